@@ -1,0 +1,377 @@
+//! Typed commands: what a client asks the model to do to one document.
+//!
+//! A [`Command`] carries a client-chosen [`CommandId`]; the model applies a command id at most
+//! once per document, so a client that lost an ack may simply retry. Things a command creates
+//! (a question, a poll, a chat message) take the command id as their own id, so a retry also
+//! names the same item. The serde form (`{"id": …, "cmd": "qa.ask", …}`) is what clients, tests
+//! and benchmarks write.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{CohortId, CommandId, DocKind, LessonId, PollId, QuestionId, SessionId, UserId};
+use crate::Role;
+
+/// A command with its idempotency id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    /// Client-chosen id; a retry with the same id is applied once.
+    pub id: CommandId,
+    /// What to do.
+    #[serde(flatten)]
+    pub body: CommandBody,
+}
+
+/// Lifecycle of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionState {
+    /// Running: every command is accepted.
+    Live,
+    /// Over: the session reads as before, new questions, votes and chat are refused.
+    Ended,
+}
+
+/// The kind of a poll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PollKind {
+    /// Pick one option.
+    Single,
+    /// Pick one or more options.
+    Multiple,
+    /// Pick a number on a 1..=scale_max scale.
+    Rating,
+    /// Free text, shown as a word cloud.
+    OpenText,
+}
+
+impl PollKind {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            PollKind::Single => "single",
+            PollKind::Multiple => "multiple",
+            PollKind::Rating => "rating",
+            PollKind::OpenText => "open_text",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Option<PollKind> {
+        match s {
+            "single" => Some(PollKind::Single),
+            "multiple" => Some(PollKind::Multiple),
+            "rating" => Some(PollKind::Rating),
+            "open_text" => Some(PollKind::OpenText),
+            _ => None,
+        }
+    }
+}
+
+/// What a poll asks, as given to `poll.create`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PollSpec {
+    /// The question shown above the options.
+    pub question: String,
+    /// Kind of answer.
+    pub kind: PollKind,
+    /// Option labels (single and multiple choice only).
+    #[serde(default)]
+    pub options: Vec<String>,
+    /// Top of the scale (rating only).
+    #[serde(default)]
+    pub scale_max: Option<u32>,
+    /// Hide results from students until the poll is revealed.
+    #[serde(default)]
+    pub hide_results: bool,
+}
+
+/// A vote; its shape must match the poll's kind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PollChoice {
+    /// Single choice: an option index.
+    Single(u32),
+    /// Multiple choice: distinct option indexes.
+    Multiple(Vec<u32>),
+    /// Rating: 1..=scale_max.
+    Rating(u32),
+    /// Open text.
+    Text(String),
+}
+
+/// A student's status on a lesson.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProgressStatus {
+    /// Not opened yet.
+    NotStarted,
+    /// Opened, not finished.
+    InProgress,
+    /// Finished.
+    Completed,
+}
+
+impl ProgressStatus {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            ProgressStatus::NotStarted => "not_started",
+            ProgressStatus::InProgress => "in_progress",
+            ProgressStatus::Completed => "completed",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Option<ProgressStatus> {
+        match s {
+            "not_started" => Some(ProgressStatus::NotStarted),
+            "in_progress" => Some(ProgressStatus::InProgress),
+            "completed" => Some(ProgressStatus::Completed),
+            _ => None,
+        }
+    }
+}
+
+/// Every command, by document kind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd")]
+pub enum CommandBody {
+    // ---- session documents ----
+    /// Create the session (instructor or admin of `cohort`).
+    #[serde(rename = "session.create")]
+    SessionCreate {
+        /// Cohort the session belongs to.
+        cohort: CohortId,
+        /// Title.
+        title: String,
+        /// Questions wait for approval before students see them.
+        #[serde(default)]
+        moderation: bool,
+    },
+    /// Change title, moderation or state (instructor or admin).
+    #[serde(rename = "session.update")]
+    SessionUpdate {
+        /// New title.
+        #[serde(default)]
+        title: Option<String>,
+        /// New moderation setting.
+        #[serde(default)]
+        moderation: Option<bool>,
+        /// New state.
+        #[serde(default)]
+        state: Option<SessionState>,
+    },
+    /// Ask a question (any member).
+    #[serde(rename = "qa.ask")]
+    QaAsk {
+        /// The question.
+        text: String,
+        /// Hide the author from classmates (staff still see it).
+        #[serde(default)]
+        anonymous: bool,
+    },
+    /// Upvote a question; one vote per user.
+    #[serde(rename = "qa.upvote")]
+    QaUpvote {
+        /// The question.
+        question: QuestionId,
+    },
+    /// Take one's upvote back.
+    #[serde(rename = "qa.unvote")]
+    QaUnvote {
+        /// The question.
+        question: QuestionId,
+    },
+    /// Answer a question (staff).
+    #[serde(rename = "qa.answer")]
+    QaAnswer {
+        /// The question.
+        question: QuestionId,
+        /// The answer.
+        text: String,
+    },
+    /// Pin or unpin a question (staff).
+    #[serde(rename = "qa.pin")]
+    QaPin {
+        /// The question.
+        question: QuestionId,
+        /// Pin (true) or unpin (false).
+        #[serde(default = "yes")]
+        pinned: bool,
+    },
+    /// Dismiss a question (staff).
+    #[serde(rename = "qa.dismiss")]
+    QaDismiss {
+        /// The question.
+        question: QuestionId,
+    },
+    /// Approve a question waiting in the moderation queue (staff).
+    #[serde(rename = "qa.approve")]
+    QaApprove {
+        /// The question.
+        question: QuestionId,
+    },
+    /// Reject a question waiting in the moderation queue (staff).
+    #[serde(rename = "qa.reject")]
+    QaReject {
+        /// The question.
+        question: QuestionId,
+    },
+    /// Create a poll (staff).
+    #[serde(rename = "poll.create")]
+    PollCreate(PollSpec),
+    /// Vote, or change one's vote (any member).
+    #[serde(rename = "poll.vote")]
+    PollVote {
+        /// The poll.
+        poll: PollId,
+        /// The vote.
+        choice: PollChoice,
+    },
+    /// Close a poll to votes (staff).
+    #[serde(rename = "poll.close")]
+    PollClose {
+        /// The poll.
+        poll: PollId,
+    },
+    /// Reveal a poll's results to students (staff).
+    #[serde(rename = "poll.reveal")]
+    PollReveal {
+        /// The poll.
+        poll: PollId,
+    },
+    /// Send a chat message (any member).
+    #[serde(rename = "chat.send")]
+    ChatSend {
+        /// The message.
+        text: String,
+    },
+    /// Delete a chat message (staff).
+    #[serde(rename = "chat.delete")]
+    ChatDelete {
+        /// Id of the message (the id of the command that sent it).
+        message: CommandId,
+    },
+    /// Broadcast to the whole session (instructor or admin).
+    #[serde(rename = "broadcast.send")]
+    BroadcastSend {
+        /// The broadcast.
+        text: String,
+    },
+    /// The caller joined the session (a connection opened).
+    #[serde(rename = "attendance.join")]
+    AttendanceJoin,
+    /// The caller left the session (their last connection closed).
+    #[serde(rename = "attendance.leave")]
+    AttendanceLeave,
+
+    // ---- cohort documents ----
+    /// Create the cohort (admin).
+    #[serde(rename = "cohort.create")]
+    CohortCreate {
+        /// Course title.
+        course: String,
+        /// Cohort title.
+        title: String,
+        /// The region whose node is the cohort's home.
+        #[serde(default)]
+        home_region: String,
+    },
+    /// Add or update a roster entry (instructor or admin).
+    #[serde(rename = "roster.add")]
+    RosterAdd {
+        /// The member.
+        user: UserId,
+        /// Their role in the cohort.
+        role: Role,
+        /// Display name.
+        name: String,
+    },
+    /// Remove a roster entry (instructor or admin).
+    #[serde(rename = "roster.remove")]
+    RosterRemove {
+        /// The member.
+        user: UserId,
+    },
+    /// Record progress on a lesson. A student may set the status of their own lessons; staff
+    /// may set any student's status and score.
+    #[serde(rename = "progress.update")]
+    ProgressUpdate {
+        /// The student.
+        student: UserId,
+        /// The lesson.
+        lesson: LessonId,
+        /// New status.
+        #[serde(default)]
+        status: Option<ProgressStatus>,
+        /// Score (staff only).
+        #[serde(default)]
+        score: Option<u32>,
+        /// Maximum score (staff only; required with a score).
+        #[serde(default)]
+        max_score: Option<u32>,
+    },
+    /// Post an announcement to the cohort (instructor or admin).
+    #[serde(rename = "announcement.post")]
+    AnnouncementPost {
+        /// Title.
+        title: String,
+        /// Body.
+        body: String,
+    },
+    /// List a session in the cohort's session index (instructor or admin).
+    #[serde(rename = "session.link")]
+    SessionLink {
+        /// The session.
+        session: SessionId,
+        /// Its title.
+        title: String,
+    },
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl CommandBody {
+    /// The command's name, as written in commit envelopes (`qa.ask` …).
+    pub fn name(&self) -> &'static str {
+        match self {
+            CommandBody::SessionCreate { .. } => "session.create",
+            CommandBody::SessionUpdate { .. } => "session.update",
+            CommandBody::QaAsk { .. } => "qa.ask",
+            CommandBody::QaUpvote { .. } => "qa.upvote",
+            CommandBody::QaUnvote { .. } => "qa.unvote",
+            CommandBody::QaAnswer { .. } => "qa.answer",
+            CommandBody::QaPin { .. } => "qa.pin",
+            CommandBody::QaDismiss { .. } => "qa.dismiss",
+            CommandBody::QaApprove { .. } => "qa.approve",
+            CommandBody::QaReject { .. } => "qa.reject",
+            CommandBody::PollCreate(_) => "poll.create",
+            CommandBody::PollVote { .. } => "poll.vote",
+            CommandBody::PollClose { .. } => "poll.close",
+            CommandBody::PollReveal { .. } => "poll.reveal",
+            CommandBody::ChatSend { .. } => "chat.send",
+            CommandBody::ChatDelete { .. } => "chat.delete",
+            CommandBody::BroadcastSend { .. } => "broadcast.send",
+            CommandBody::AttendanceJoin => "attendance.join",
+            CommandBody::AttendanceLeave => "attendance.leave",
+            CommandBody::CohortCreate { .. } => "cohort.create",
+            CommandBody::RosterAdd { .. } => "roster.add",
+            CommandBody::RosterRemove { .. } => "roster.remove",
+            CommandBody::ProgressUpdate { .. } => "progress.update",
+            CommandBody::AnnouncementPost { .. } => "announcement.post",
+            CommandBody::SessionLink { .. } => "session.link",
+        }
+    }
+
+    /// The kind of document the command applies to.
+    pub fn doc_kind(&self) -> DocKind {
+        match self {
+            CommandBody::CohortCreate { .. }
+            | CommandBody::RosterAdd { .. }
+            | CommandBody::RosterRemove { .. }
+            | CommandBody::ProgressUpdate { .. }
+            | CommandBody::AnnouncementPost { .. }
+            | CommandBody::SessionLink { .. } => DocKind::Cohort,
+            _ => DocKind::Session,
+        }
+    }
+}

@@ -1,0 +1,265 @@
+//! Events: what subscribers of a document are told after a change.
+//!
+//! One event per applied command, on the node that applied it and on every replica, derived
+//! from the commit's [`Envelope`](crate::Envelope) and the document's values as of the change
+//! (see [`Replica`](crate::Replica)). An event has one payload per audience, so that the hub
+//! serializes each payload once per event however many sockets receive it; a subscriber gets the
+//! FIRST delivery whose audience matches it (see [`Event::payload_for`]).
+
+use automerge::ReadDoc;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::read::Reader;
+use crate::replica::Envelope;
+use crate::resume::ResumeToken;
+use crate::view::{self, Poll, Question};
+
+/// Who receives a payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Audience {
+    /// Everyone subscribed to the document.
+    All,
+    /// TAs, instructors and admins.
+    Staff,
+    /// Non-staff subscribers, except one user (who gets another delivery).
+    Students {
+        /// The user excluded, if any.
+        except: Option<String>,
+    },
+    /// One user.
+    User(String),
+}
+
+impl Audience {
+    /// Whether a subscriber (`user`, staff or not) is in this audience.
+    pub fn matches(&self, user: &str, staff: bool) -> bool {
+        match self {
+            Audience::All => true,
+            Audience::Staff => staff,
+            Audience::Students { except } => !staff && except.as_deref() != Some(user),
+            Audience::User(u) => u == user,
+        }
+    }
+}
+
+/// One payload for one audience.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    /// Who gets it.
+    pub audience: Audience,
+    /// The JSON payload (the client-facing event argument).
+    pub payload: Value,
+}
+
+/// An event of a document.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// Client-facing event name (`qa:new`, `poll:results` …).
+    pub name: &'static str,
+    /// Resume token: the document's heads right after the change.
+    pub token: ResumeToken,
+    /// Id of the command that caused it.
+    pub command: String,
+    /// Payloads by audience; the first match wins.
+    pub deliveries: Vec<Delivery>,
+}
+
+impl Event {
+    /// The payload a subscriber receives, if any.
+    pub fn payload_for(&self, user: &str, staff: bool) -> Option<&Value> {
+        self.deliveries
+            .iter()
+            .find(|d| d.audience.matches(user, staff))
+            .map(|d| &d.payload)
+    }
+}
+
+fn all(payload: Value) -> Vec<Delivery> {
+    vec![Delivery {
+        audience: Audience::All,
+        payload,
+    }]
+}
+
+/// Deliveries of a question: public ones to all, anonymous ones with the author hidden from
+/// classmates, hidden ones (pending, rejected, dismissed) to staff and the author only.
+fn question_deliveries(q: &Question, payload: impl Fn(bool) -> Value) -> Vec<Delivery> {
+    let full = payload(true);
+    if !q.public() {
+        return vec![
+            Delivery {
+                audience: Audience::Staff,
+                payload: full.clone(),
+            },
+            Delivery {
+                audience: Audience::User(q.author.clone()),
+                payload: full,
+            },
+        ];
+    }
+    let anon = payload(false);
+    if anon == full {
+        return all(full);
+    }
+    vec![
+        Delivery {
+            audience: Audience::Staff,
+            payload: full.clone(),
+        },
+        Delivery {
+            audience: Audience::User(q.author.clone()),
+            payload: full,
+        },
+        Delivery {
+            audience: Audience::Students {
+                except: Some(q.author.clone()),
+            },
+            payload: anon,
+        },
+    ]
+}
+
+fn poll_deliveries(p: &Poll, payload: impl Fn(bool) -> Value) -> Vec<Delivery> {
+    if p.results_public() {
+        all(payload(true))
+    } else {
+        vec![
+            Delivery {
+                audience: Audience::Staff,
+                payload: payload(true),
+            },
+            Delivery {
+                audience: Audience::All,
+                payload: payload(false),
+            },
+        ]
+    }
+}
+
+/// The event name and deliveries for one envelope, read as of the reader's heads. `None` for a
+/// change that names no known command or whose item no longer reads.
+pub(crate) fn derive<D: ReadDoc>(
+    r: &Reader<'_, D>,
+    env: &Envelope,
+) -> Option<(&'static str, Vec<Delivery>)> {
+    let target = env.t.as_deref();
+    match env.c.as_str() {
+        "session.create" | "session.update" => {
+            let (_, meta) = view::session_meta(r)?;
+            Some(("session:updated", all(meta)))
+        }
+        "qa.ask" | "qa.answer" | "qa.pin" | "qa.dismiss" | "qa.approve" | "qa.reject" => {
+            let q = Question::read(r, target?)?;
+            let name = if env.c == "qa.ask" { "qa:new" } else { "qa:updated" };
+            Some((name, question_deliveries(&q, |reveal| q.to_json(reveal))))
+        }
+        "qa.upvote" | "qa.unvote" => {
+            let q = Question::read(r, target?)?;
+            let payload = json!({"qaId": q.id, "count": q.upvotes()});
+            Some(("qa:upvoted", question_deliveries(&q, |_| payload.clone())))
+        }
+        "poll.create" => {
+            let p = Poll::read(r, target?)?;
+            Some(("poll:new", poll_deliveries(&p, |with| p.to_json(with))))
+        }
+        "poll.vote" | "poll.reveal" => {
+            let p = Poll::read(r, target?)?;
+            let payload = json!({"pollId": p.id, "results": p.results(), "revealed": p.results_public()});
+            if p.results_public() {
+                Some(("poll:results", all(payload)))
+            } else {
+                let d = Delivery {
+                    audience: Audience::Staff,
+                    payload,
+                };
+                Some(("poll:results", vec![d]))
+            }
+        }
+        "poll.close" => {
+            let p = Poll::read(r, target?)?;
+            let payload = |with: bool| {
+                json!({"pollId": p.id, "results": if with { p.results() } else { Value::Null }})
+            };
+            Some(("poll:closed", poll_deliveries(&p, payload)))
+        }
+        "chat.send" => {
+            let (_, deleted, m) = view::chat_message(r, target?)?;
+            (!deleted).then(|| ("chat:message", all(m)))
+        }
+        "chat.delete" => Some(("chat:deleted", all(json!({"id": target?})))),
+        "broadcast.send" => {
+            let (_, b) = view::broadcast(r, target?)?;
+            Some(("broadcast", all(b)))
+        }
+        "attendance.join" | "attendance.leave" => {
+            let (present, users) = view::attendance(r, None);
+            let user = users
+                .as_array()
+                .and_then(|u| u.iter().find(|x| x["user"] == env.u.as_str()))
+                .cloned()
+                .unwrap_or(Value::Null);
+            Some((
+                "attendance:changed",
+                vec![
+                    Delivery {
+                        audience: Audience::Staff,
+                        payload: json!({"present": present, "user": user}),
+                    },
+                    Delivery {
+                        audience: Audience::All,
+                        payload: json!({"present": present}),
+                    },
+                ],
+            ))
+        }
+        "cohort.create" => {
+            let m = r.root_map(crate::schema::META)?;
+            let payload = json!({
+                "course": r.str(&m, "course"), "title": r.str(&m, "title"),
+                "homeRegion": r.str(&m, "home_region"),
+            });
+            Some(("cohort:updated", all(payload)))
+        }
+        "roster.add" | "roster.remove" => {
+            let e = view::roster_entry(r, target?)?;
+            Some((
+                "roster:updated",
+                vec![Delivery {
+                    audience: Audience::Staff,
+                    payload: e,
+                }],
+            ))
+        }
+        "progress.update" => {
+            let student = target?;
+            let lesson = env.l.as_deref()?;
+            let lessons = view::student_lessons(r, student);
+            let payload = lessons.get(lesson)?.to_json(student, lesson);
+            Some((
+                "progress",
+                vec![
+                    Delivery {
+                        audience: Audience::Staff,
+                        payload: payload.clone(),
+                    },
+                    Delivery {
+                        audience: Audience::User(student.to_owned()),
+                        payload,
+                    },
+                ],
+            ))
+        }
+        "announcement.post" => {
+            let a = view::announcement(r, target?)?;
+            Some(("announcement", all(a)))
+        }
+        "session.link" => {
+            let s = r.root_map(crate::schema::SESSIONS).and_then(|s| r.map(&s, target?))?;
+            let payload = json!({"id": target?, "title": r.str(&s, "title")});
+            Some(("session:linked", all(payload)))
+        }
+        _ => None,
+    }
+}

@@ -1,0 +1,57 @@
+//! Every limit of the domain, with its unit in its name.
+//!
+//! Text limits count Unicode scalar values (`chars`), because that is what a user sees as the
+//! length of what they typed; byte limits say `BYTES`.
+
+/// Longest id (user, cohort, session, command, lesson …), in bytes.
+pub const ID_LEN_MAX_BYTES: usize = 64;
+/// Longest display name stored with a question, chat message or roster entry.
+pub const DISPLAY_NAME_LEN_MAX_CHARS: usize = 80;
+/// Longest session, cohort, course or announcement title.
+pub const TITLE_LEN_MAX_CHARS: usize = 200;
+/// Longest question text.
+pub const QUESTION_LEN_MAX_CHARS: usize = 500;
+/// Longest answer to a question.
+pub const ANSWER_LEN_MAX_CHARS: usize = 2_000;
+/// Longest chat message.
+pub const CHAT_LEN_MAX_CHARS: usize = 1_000;
+/// Longest instructor broadcast.
+pub const BROADCAST_LEN_MAX_CHARS: usize = 1_000;
+/// Longest announcement body.
+pub const ANNOUNCEMENT_LEN_MAX_CHARS: usize = 5_000;
+/// Longest poll question.
+pub const POLL_QUESTION_LEN_MAX_CHARS: usize = 300;
+/// Longest poll option label.
+pub const POLL_OPTION_LEN_MAX_CHARS: usize = 100;
+/// Fewest options of a single or multiple choice poll.
+pub const POLL_OPTIONS_MIN: usize = 2;
+/// Most options of a single or multiple choice poll.
+pub const POLL_OPTIONS_MAX: usize = 10;
+/// Smallest top value of a rating scale (the scale runs 1..=max).
+pub const RATING_SCALE_MIN: u32 = 2;
+/// Largest top value of a rating scale.
+pub const RATING_SCALE_MAX: u32 = 10;
+/// Longest open-text (word cloud) poll answer.
+pub const OPEN_TEXT_ANSWER_LEN_MAX_CHARS: usize = 80;
+/// Words shown in an open-text poll's word cloud.
+pub const WORD_CLOUD_WORDS_MAX: usize = 50;
+/// Questions one session holds; past it `ask` is refused with `limit_reached`.
+pub const QUESTIONS_PER_SESSION_MAX: usize = 5_000;
+/// Polls one session holds.
+pub const POLLS_PER_SESSION_MAX: usize = 200;
+/// Chat messages one session holds.
+pub const CHAT_MESSAGES_PER_SESSION_MAX: usize = 20_000;
+/// Broadcasts one session holds.
+pub const BROADCASTS_PER_SESSION_MAX: usize = 1_000;
+/// Attendance visits (joins) one session records.
+pub const VISITS_PER_SESSION_MAX: usize = 50_000;
+/// Chat messages included in a joining client's state (the newest ones).
+pub const CHAT_IN_VIEW_MAX: usize = 200;
+/// Announcements one cohort holds.
+pub const ANNOUNCEMENTS_PER_COHORT_MAX: usize = 2_000;
+/// Highest score or maximum score recorded for a lesson.
+pub const SCORE_MAX_POINTS: u32 = 100_000;
+/// Heads in one resume token (a document with more concurrent heads gets a fresh snapshot).
+pub const TOKEN_HEADS_MAX: usize = 64;
+/// Events replayed for one resume; a client further behind gets a fresh snapshot instead.
+pub const REPLAY_EVENTS_MAX: usize = 10_000;

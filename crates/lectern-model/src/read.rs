@@ -1,0 +1,113 @@
+//! Defensive reads of a document, now or as of some heads.
+//!
+//! Documents arrive from peers, and a hostile or buggy peer can write anything: a string where a
+//! map belongs, a missing field. Every read here returns an `Option` and the callers skip what
+//! does not fit the schema; nothing read from a document can panic the node.
+
+use automerge::{ChangeHash, ObjType, ROOT, ReadDoc, Value};
+use automerge::ObjId;
+
+/// Reads `doc` as of `heads` (or as it is now when `heads` is `None`).
+pub(crate) struct Reader<'a, D: ReadDoc> {
+    doc: &'a D,
+    heads: Option<&'a [ChangeHash]>,
+}
+
+impl<'a, D: ReadDoc> Reader<'a, D> {
+    /// Reads the current state.
+    pub(crate) fn now(doc: &'a D) -> Self {
+        Reader { doc, heads: None }
+    }
+
+    /// Reads the state as of `heads`.
+    pub(crate) fn at(doc: &'a D, heads: &'a [ChangeHash]) -> Self {
+        Reader {
+            doc,
+            heads: Some(heads),
+        }
+    }
+
+    fn get(&self, obj: &ObjId, key: &str) -> Option<(Value<'a>, ObjId)> {
+        let got = match self.heads {
+            Some(heads) => self.doc.get_at(obj, key, heads),
+            None => self.doc.get(obj, key),
+        };
+        got.ok().flatten()
+    }
+
+    /// The map stored at `obj[key]`.
+    pub(crate) fn map(&self, obj: &ObjId, key: &str) -> Option<ObjId> {
+        match self.get(obj, key)? {
+            (Value::Object(ObjType::Map), id) => Some(id),
+            _ => None,
+        }
+    }
+
+    /// A top-level map.
+    pub(crate) fn root_map(&self, key: &str) -> Option<ObjId> {
+        self.map(&ROOT, key)
+    }
+
+    /// Every conflicting map stored at `obj[key]` (concurrent creations of the same key).
+    pub(crate) fn all_maps(&self, obj: &ObjId, key: &str) -> Vec<ObjId> {
+        let all = match self.heads {
+            Some(heads) => self.doc.get_all_at(obj, key, heads),
+            None => self.doc.get_all(obj, key),
+        };
+        all.unwrap_or_default()
+            .into_iter()
+            .filter_map(|(v, id)| matches!(v, Value::Object(ObjType::Map)).then_some(id))
+            .collect()
+    }
+
+    /// A string at `obj[key]`.
+    pub(crate) fn str(&self, obj: &ObjId, key: &str) -> Option<String> {
+        match self.get(obj, key)? {
+            (Value::Scalar(s), _) => s.as_str().map(str::to_owned),
+            _ => None,
+        }
+    }
+
+    /// An integer at `obj[key]` (any numeric scalar, as automerge coerces it).
+    pub(crate) fn int(&self, obj: &ObjId, key: &str) -> Option<i64> {
+        match self.get(obj, key)? {
+            (Value::Scalar(s), _) => s.as_i64(),
+            _ => None,
+        }
+    }
+
+    /// A boolean at `obj[key]`.
+    pub(crate) fn bool(&self, obj: &ObjId, key: &str) -> Option<bool> {
+        match self.get(obj, key)? {
+            (Value::Scalar(s), _) => s.as_bool(),
+            _ => None,
+        }
+    }
+
+    /// The keys of a map, sorted.
+    pub(crate) fn keys(&self, obj: &ObjId) -> Vec<String> {
+        match self.heads {
+            Some(heads) => self.doc.keys_at(obj, heads).collect(),
+            None => self.doc.keys(obj).collect(),
+        }
+    }
+
+    /// `(key, value)` for every string value of a map, sorted by key.
+    pub(crate) fn str_entries(&self, obj: &ObjId) -> Vec<(String, String)> {
+        self.keys(obj)
+            .into_iter()
+            .filter_map(|k| {
+                let v = self.str(obj, &k)?;
+                Some((k, v))
+            })
+            .collect()
+    }
+
+    /// The number of keys in a map.
+    pub(crate) fn len(&self, obj: &ObjId) -> usize {
+        match self.heads {
+            Some(heads) => self.doc.length_at(obj, heads),
+            None => self.doc.length(obj),
+        }
+    }
+}

@@ -1,0 +1,366 @@
+//! A replica of one document: the automerge doc, the command ids it has applied, and the
+//! operations the hub performs on it (apply a command, sync with a peer, replay events, read
+//! views).
+//!
+//! Events, for local commands, remote changes and replays alike, come from one function:
+//! walk the changes in order keeping the running heads (the resume token after each change),
+//! parse each change's envelope, and read the touched item as of that token. The current state
+//! is read instead whenever no later change in the walk touches the same item, which is the
+//! common case and costs nothing extra; only an item touched several times in one walk is read
+//! at historical heads. So a replay from any token yields exactly the events emitted live after
+//! it.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use automerge::sync::{self, SyncDoc};
+use automerge::transaction::CommitOptions;
+use automerge::{ActorId, Automerge, ChangeHash};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::apply::{Target, apply};
+use crate::command::Command;
+use crate::event::{Event, derive};
+use crate::ids::{CommandId, DocId, Millis, UserId};
+use crate::limits::REPLAY_EVENTS_MAX;
+use crate::read::Reader;
+use crate::reject::{RejectCode, Rejection};
+use crate::resume::{ResumeError, ResumeToken};
+use crate::schema::genesis;
+use crate::{Caller, view};
+
+/// The commit message of every command: small, so that replicas can derive events from
+/// `get_changes_meta` without a diff.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Command name (`qa.ask` …).
+    pub c: String,
+    /// Command id.
+    pub i: String,
+    /// Caller's user id.
+    pub u: String,
+    /// Target item, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub t: Option<String>,
+    /// Lesson, for progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub l: Option<String>,
+}
+
+impl Envelope {
+    fn parse(message: Option<&str>) -> Option<Envelope> {
+        serde_json::from_str(message?).ok()
+    }
+
+    /// The item an event reads: two changes with the same key touch the same state.
+    fn item_key(&self) -> (&str, Option<&str>) {
+        let family = self.c.split('.').next().unwrap_or("");
+        match self.c.as_str() {
+            "session.create" | "session.update" | "cohort.create" => ("meta", None),
+            "attendance.join" | "attendance.leave" => ("attendance", None),
+            _ => (family, self.t.as_deref()),
+        }
+    }
+}
+
+/// The result of an applied command.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    /// The event for subscribers (None only if the item no longer reads, which a local command
+    /// cannot cause).
+    pub event: Option<Event>,
+    /// The document's heads after the command.
+    pub token: ResumeToken,
+}
+
+/// A document that does not load.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("document does not load: {0}")]
+pub struct LoadError(pub String);
+
+/// A sync message that does not apply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SyncError {
+    /// The bytes are not an automerge sync message.
+    #[error("malformed sync message: {0}")]
+    Decode(String),
+    /// The message decoded but its changes do not apply.
+    #[error("sync message does not apply: {0}")]
+    Apply(String),
+}
+
+struct ChangeInfo {
+    hash: ChangeHash,
+    deps: Vec<ChangeHash>,
+    envelope: Option<Envelope>,
+}
+
+/// One document and its command-id index.
+pub struct Replica {
+    id: DocId,
+    doc: Automerge,
+    seen: HashSet<String>,
+}
+
+impl Replica {
+    /// A new, empty document (just its genesis change), writing as `actor`.
+    pub fn new(id: DocId, actor: &[u8]) -> Replica {
+        let mut doc = genesis(id.kind());
+        doc.set_actor(ActorId::from(actor));
+        Replica {
+            id,
+            doc,
+            seen: HashSet::new(),
+        }
+    }
+
+    /// Loads a saved document (snapshot and chunks concatenated), writing as `actor`.
+    pub fn load(id: DocId, bytes: &[u8], actor: &[u8]) -> Result<Replica, LoadError> {
+        let mut doc = Automerge::load(bytes).map_err(|e| LoadError(e.to_string()))?;
+        // A document saved by us always holds the genesis change; merging it again is a no-op
+        // then, and gives a foreign or truncated document the top-level maps it lacks.
+        let mut g = genesis(id.kind());
+        doc.merge(&mut g).map_err(|e| LoadError(e.to_string()))?;
+        doc.set_actor(ActorId::from(actor));
+        let seen = doc
+            .get_changes_meta(&[])
+            .iter()
+            .filter_map(|m| Envelope::parse(m.message.as_deref()))
+            .map(|e| e.i)
+            .collect();
+        Ok(Replica { id, doc, seen })
+    }
+
+    /// The document's id.
+    pub fn id(&self) -> &DocId {
+        &self.id
+    }
+
+    /// The automerge document (read-only).
+    pub fn doc(&self) -> &Automerge {
+        &self.doc
+    }
+
+    /// The current heads as a resume token.
+    pub fn token(&self) -> ResumeToken {
+        ResumeToken::from_heads(self.doc.get_heads())
+    }
+
+    /// Whether a command with this id was applied here (locally or by a replica).
+    pub fn has_applied(&self, id: &CommandId) -> bool {
+        self.seen.contains(id.as_str())
+    }
+
+    /// Whether the document has been created (`session.create` / `cohort.create`).
+    pub fn exists(&self) -> bool {
+        let r = Reader::now(&self.doc);
+        r.root_map(crate::schema::META)
+            .and_then(|m| r.str(&m, "title"))
+            .is_some()
+    }
+
+    /// Validates, authorizes and applies `cmd` as one commit, or refuses it leaving the
+    /// document unchanged.
+    pub fn apply(
+        &mut self,
+        caller: &Caller,
+        cmd: &Command,
+        now: Millis,
+    ) -> Result<Applied, Rejection> {
+        if cmd.body.doc_kind() != self.id.kind() {
+            return Err(Rejection::new(
+                RejectCode::WrongDocument,
+                format!("{} does not apply to {}", cmd.body.name(), self.id),
+            ));
+        }
+        if self.seen.contains(cmd.id.as_str()) {
+            return Err(Rejection::new(
+                RejectCode::DuplicateCommand,
+                format!("command {} was already applied", cmd.id),
+            ));
+        }
+        let id = self.id.clone();
+        let time_s = now.as_i64() / 1000;
+        let envelope = |t: &Target| {
+            let env = Envelope {
+                c: cmd.body.name().to_owned(),
+                i: cmd.id.as_str().to_owned(),
+                u: caller.user.as_str().to_owned(),
+                t: t.target.clone(),
+                l: t.lesson.clone(),
+            };
+            // Invariant: an Envelope of strings always serializes.
+            let message = serde_json::to_string(&env).expect("serialize an envelope of strings");
+            CommitOptions::default()
+                .with_message(message)
+                .with_time(time_s)
+        };
+        let target = self
+            .doc
+            .transact_with(envelope, |tx| apply(tx, &id, caller, cmd, now))
+            .map_err(|failure| failure.error)?
+            .result;
+        self.seen.insert(cmd.id.as_str().to_owned());
+        let env = Envelope {
+            c: cmd.body.name().to_owned(),
+            i: cmd.id.as_str().to_owned(),
+            u: caller.user.as_str().to_owned(),
+            t: target.target,
+            l: target.lesson,
+        };
+        let token = self.token();
+        let event = derive(&Reader::now(&self.doc), &env).map(|(name, deliveries)| Event {
+            name,
+            token: token.clone(),
+            command: env.i.clone(),
+            deliveries,
+        });
+        Ok(Applied { event, token })
+    }
+
+    /// Everything, compacted.
+    pub fn save(&self) -> Vec<u8> {
+        self.doc.save()
+    }
+
+    /// The changes after `heads`, in the incremental format `load` accepts appended.
+    pub fn save_after(&self, heads: &[ChangeHash]) -> Vec<u8> {
+        self.doc.save_after(heads)
+    }
+
+    /// The number of changes in the document's history.
+    pub fn change_count(&self) -> usize {
+        self.doc.get_changes_meta(&[]).len()
+    }
+
+    /// The next sync message for a peer, if there is anything to say.
+    pub fn generate_sync_message(&self, state: &mut sync::State) -> Option<Vec<u8>> {
+        self.doc.generate_sync_message(state).map(|m| m.encode())
+    }
+
+    /// Applies a peer's sync message and returns the events of the changes it brought.
+    pub fn receive_sync_message(
+        &mut self,
+        state: &mut sync::State,
+        message: &[u8],
+    ) -> Result<Vec<Event>, SyncError> {
+        let message =
+            sync::Message::decode(message).map_err(|e| SyncError::Decode(e.to_string()))?;
+        let old = self.doc.get_heads();
+        self.doc
+            .receive_sync_message(state, message)
+            .map_err(|e| SyncError::Apply(e.to_string()))?;
+        if self.doc.get_heads() == old {
+            return Ok(Vec::new());
+        }
+        let changes = self.changes_since(&old);
+        for c in &changes {
+            if let Some(env) = &c.envelope {
+                self.seen.insert(env.i.clone());
+            }
+        }
+        Ok(self.events_for(&old, &changes))
+    }
+
+    /// The events after `token`, exactly as they were emitted live.
+    pub fn events_since(&self, token: &ResumeToken) -> Result<Vec<Event>, ResumeError> {
+        let unknown: Vec<String> = token
+            .heads()
+            .iter()
+            .filter(|h| self.doc.get_change_meta_by_hash(h).is_none())
+            .map(|h| h.to_string())
+            .collect();
+        if !unknown.is_empty() {
+            return Err(ResumeError::UnknownHeads(unknown));
+        }
+        let changes = self.changes_since(token.heads());
+        if changes.len() > REPLAY_EVENTS_MAX {
+            return Err(ResumeError::TooFarBehind(changes.len()));
+        }
+        Ok(self.events_for(token.heads(), &changes))
+    }
+
+    /// The full state of a session for `viewer`.
+    pub fn session_view(&self, viewer: &Caller, now: Millis) -> Result<Value, Rejection> {
+        let DocId::Session(id) = &self.id else {
+            return Err(wrong_kind());
+        };
+        view::session_view(&Reader::now(&self.doc), id.as_str(), viewer, now)
+    }
+
+    /// The cohort as `viewer` sees it.
+    pub fn cohort_view(&self, viewer: &Caller) -> Result<Value, Rejection> {
+        let DocId::Cohort(id) = &self.id else {
+            return Err(wrong_kind());
+        };
+        view::cohort_view(&Reader::now(&self.doc), id, viewer)
+    }
+
+    /// One student's progress.
+    pub fn student_progress(&self, viewer: &Caller, student: &UserId) -> Result<Value, Rejection> {
+        let DocId::Cohort(id) = &self.id else {
+            return Err(wrong_kind());
+        };
+        view::student_progress(&Reader::now(&self.doc), id, viewer, student)
+    }
+
+    /// Per-lesson aggregates of a cohort (staff).
+    pub fn cohort_aggregates(&self, viewer: &Caller) -> Result<Value, Rejection> {
+        let DocId::Cohort(id) = &self.id else {
+            return Err(wrong_kind());
+        };
+        view::cohort_aggregates(&Reader::now(&self.doc), id, viewer)
+    }
+
+    fn changes_since(&self, heads: &[ChangeHash]) -> Vec<ChangeInfo> {
+        self.doc
+            .get_changes_meta(heads)
+            .into_iter()
+            .map(|m| ChangeInfo {
+                hash: m.hash,
+                deps: m.deps,
+                envelope: Envelope::parse(m.message.as_deref()),
+            })
+            .collect()
+    }
+
+    fn events_for(&self, start: &[ChangeHash], changes: &[ChangeInfo]) -> Vec<Event> {
+        let mut last_touch: HashMap<(&str, Option<&str>), usize> = HashMap::new();
+        for (i, c) in changes.iter().enumerate() {
+            if let Some(env) = &c.envelope {
+                last_touch.insert(env.item_key(), i);
+            }
+        }
+        let mut heads: BTreeSet<ChangeHash> = start.iter().copied().collect();
+        let mut events = Vec::new();
+        for (i, c) in changes.iter().enumerate() {
+            for d in &c.deps {
+                heads.remove(d);
+            }
+            heads.insert(c.hash);
+            let Some(env) = &c.envelope else { continue };
+            let at: Vec<ChangeHash> = heads.iter().copied().collect();
+            let derived = if last_touch.get(&env.item_key()) == Some(&i) {
+                derive(&Reader::now(&self.doc), env)
+            } else {
+                derive(&Reader::at(&self.doc, &at), env)
+            };
+            if let Some((name, deliveries)) = derived {
+                events.push(Event {
+                    name,
+                    token: ResumeToken::from_heads(at),
+                    command: env.i.clone(),
+                    deliveries,
+                });
+            }
+        }
+        events
+    }
+}
+
+fn wrong_kind() -> Rejection {
+    Rejection::new(
+        RejectCode::WrongDocument,
+        "this view does not apply to this kind of document",
+    )
+}

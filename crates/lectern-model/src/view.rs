@@ -1,0 +1,713 @@
+//! Reading documents into what clients see: the state a joining client needs, a student's
+//! progress, cohort aggregates, and the per-item payloads events carry.
+//!
+//! Items are parsed into small structs first (skipping anything that does not fit the schema),
+//! then rendered to JSON for a viewer: students do not see the authors of anonymous questions,
+//! questions waiting for moderation (except their own), or poll results before they are
+//! revealed.
+
+use std::collections::{BTreeMap, HashMap};
+
+use automerge::{ObjId, ReadDoc};
+use serde_json::{Value, json};
+
+use crate::auth::{Needs, authorize};
+use crate::command::{PollKind, ProgressStatus};
+use crate::ids::{CohortId, Millis, UserId};
+use crate::limits::{CHAT_IN_VIEW_MAX, WORD_CLOUD_WORDS_MAX};
+use crate::read::Reader;
+use crate::reject::{RejectCode, Rejection};
+use crate::schema::*;
+use crate::Caller;
+
+// ---------------------------------------------------------------------------------------------
+// Questions
+// ---------------------------------------------------------------------------------------------
+
+/// A question as stored.
+#[derive(Debug, Clone)]
+pub(crate) struct Question {
+    pub(crate) id: String,
+    text: String,
+    pub(crate) author: String,
+    author_name: String,
+    anonymous: bool,
+    pub(crate) status: String,
+    at: i64,
+    pinned: bool,
+    answer: Option<Answer>,
+    voters: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+struct Answer {
+    text: String,
+    by: String,
+    by_name: String,
+    at: i64,
+}
+
+impl Question {
+    /// Reads `questions[id]`.
+    pub(crate) fn read<D: ReadDoc>(r: &Reader<'_, D>, id: &str) -> Option<Question> {
+        let q = r.root_map(QUESTIONS).and_then(|qs| r.map(&qs, id))?;
+        Self::read_obj(r, id, &q)
+    }
+
+    fn read_obj<D: ReadDoc>(r: &Reader<'_, D>, id: &str, q: &ObjId) -> Option<Question> {
+        let voters = r
+            .map(q, "voters")
+            .map(|v| {
+                r.keys(&v)
+                    .into_iter()
+                    .filter(|k| r.bool(&v, k) == Some(true))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let answer = r.str(q, "answer").map(|text| Answer {
+            text,
+            by: r.str(q, "answer_by").unwrap_or_default(),
+            by_name: r.str(q, "answer_by_name").unwrap_or_default(),
+            at: r.int(q, "answer_at").unwrap_or(0),
+        });
+        Some(Question {
+            id: id.to_owned(),
+            text: r.str(q, "text")?,
+            author: r.str(q, "author")?,
+            author_name: r.str(q, "author_name").unwrap_or_default(),
+            anonymous: r.bool(q, "anonymous").unwrap_or(false),
+            status: r.str(q, "status").unwrap_or_else(|| Q_VISIBLE.to_owned()),
+            at: r.int(q, "at").unwrap_or(0),
+            pinned: r.bool(q, "pinned").unwrap_or(false),
+            answer,
+            voters,
+        })
+    }
+
+    /// Upvotes: the number of distinct users whose vote is on.
+    pub(crate) fn upvotes(&self) -> usize {
+        self.voters.len()
+    }
+
+    /// Everyone sees visible questions; staff see all; an author sees their own.
+    pub(crate) fn visible_to(&self, user: &str, staff: bool) -> bool {
+        staff || self.status == Q_VISIBLE || self.author == user
+    }
+
+    /// Whether students other than the author see it.
+    pub(crate) fn public(&self) -> bool {
+        self.status == Q_VISIBLE
+    }
+
+    /// JSON for a viewer; `reveal_author` is false for classmates of an anonymous asker.
+    pub(crate) fn to_json(&self, reveal_author: bool) -> Value {
+        let author = if reveal_author || !self.anonymous {
+            json!({"id": self.author, "name": self.author_name})
+        } else {
+            Value::Null
+        };
+        json!({
+            "id": self.id,
+            "question": self.text,
+            "author": author,
+            "anonymous": self.anonymous,
+            "status": self.status,
+            "pending": self.status == Q_PENDING,
+            "upvotes": self.upvotes(),
+            "pinned": self.pinned,
+            "answered": self.answer.is_some(),
+            "answer": self.answer.as_ref().map(|a| json!({
+                "text": a.text, "by": {"id": a.by, "name": a.by_name}, "at": a.at
+            })),
+            "createdAt": self.at,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Polls
+// ---------------------------------------------------------------------------------------------
+
+/// What a vote is checked against.
+pub(crate) struct PollShape {
+    pub(crate) kind: PollKind,
+    pub(crate) options: Vec<String>,
+    pub(crate) scale_max: u32,
+}
+
+/// Reads the shape of the poll at `p`; an unreadable kind reads as open text (which accepts
+/// only text votes), so a malformed poll can never be voted into an out-of-range tally.
+pub(crate) fn poll_shape<D: ReadDoc>(r: &Reader<'_, D>, p: &ObjId) -> PollShape {
+    PollShape {
+        kind: r
+            .str(p, "kind")
+            .and_then(|k| PollKind::parse(&k))
+            .unwrap_or(PollKind::OpenText),
+        options: r
+            .str(p, "options")
+            .and_then(|o| serde_json::from_str(&o).ok())
+            .unwrap_or_default(),
+        scale_max: r
+            .int(p, "scale_max")
+            .and_then(|m| u32::try_from(m).ok())
+            .unwrap_or(0),
+    }
+}
+
+/// A poll as stored.
+pub(crate) struct Poll {
+    pub(crate) id: String,
+    question: String,
+    shape: PollShape,
+    hide_results: bool,
+    open: bool,
+    revealed: bool,
+    at: i64,
+    votes: Vec<(String, String)>,
+}
+
+impl Poll {
+    /// Reads `polls[id]`.
+    pub(crate) fn read<D: ReadDoc>(r: &Reader<'_, D>, id: &str) -> Option<Poll> {
+        let p = r.root_map(POLLS).and_then(|ps| r.map(&ps, id))?;
+        Some(Poll {
+            id: id.to_owned(),
+            question: r.str(&p, "question")?,
+            shape: poll_shape(r, &p),
+            hide_results: r.bool(&p, "hide_results").unwrap_or(false),
+            open: r.str(&p, "state").as_deref() == Some("open"),
+            revealed: r.bool(&p, "revealed").unwrap_or(false),
+            at: r.int(&p, "at").unwrap_or(0),
+            votes: r.map(&p, "votes").map(|v| r.str_entries(&v)).unwrap_or_default(),
+        })
+    }
+
+    /// Students see results unless the poll hides them until it is revealed.
+    pub(crate) fn results_public(&self) -> bool {
+        !self.hide_results || self.revealed
+    }
+
+    /// The tally.
+    pub(crate) fn results(&self) -> Value {
+        let voters = self.votes.len();
+        match self.shape.kind {
+            PollKind::Single | PollKind::Multiple => {
+                let mut counts = vec![0u64; self.shape.options.len()];
+                for (_, v) in &self.votes {
+                    for i in v.split(',').filter_map(|s| s.parse::<usize>().ok()) {
+                        if let Some(c) = counts.get_mut(i) {
+                            *c += 1;
+                        }
+                    }
+                }
+                json!({"voters": voters, "counts": counts})
+            }
+            PollKind::Rating => {
+                let max = self.shape.scale_max as usize;
+                let mut counts = vec![0u64; max];
+                let (mut sum, mut n) = (0u64, 0u64);
+                for (_, v) in &self.votes {
+                    if let Ok(x) = v.parse::<usize>()
+                        && (1..=max).contains(&x)
+                    {
+                        counts[x - 1] += 1;
+                        sum += x as u64;
+                        n += 1;
+                    }
+                }
+                let average = if n == 0 {
+                    Value::Null
+                } else {
+                    json!((sum as f64 / n as f64 * 100.0).round() / 100.0)
+                };
+                json!({"voters": voters, "counts": counts, "average": average})
+            }
+            PollKind::OpenText => {
+                let mut words: HashMap<String, u64> = HashMap::new();
+                for (_, v) in &self.votes {
+                    for w in v
+                        .split(|c: char| !c.is_alphanumeric())
+                        .filter(|w| !w.is_empty())
+                    {
+                        *words.entry(w.to_lowercase()).or_default() += 1;
+                    }
+                }
+                let mut words: Vec<(String, u64)> = words.into_iter().collect();
+                words.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+                words.truncate(WORD_CLOUD_WORDS_MAX);
+                let words: Vec<Value> = words
+                    .into_iter()
+                    .map(|(word, count)| json!({"word": word, "count": count}))
+                    .collect();
+                json!({"voters": voters, "words": words})
+            }
+        }
+    }
+
+    /// JSON with or without results.
+    pub(crate) fn to_json(&self, with_results: bool) -> Value {
+        json!({
+            "id": self.id,
+            "question": self.question,
+            "kind": self.shape.kind.as_str(),
+            "options": self.shape.options,
+            "scaleMax": (self.shape.kind == PollKind::Rating).then_some(self.shape.scale_max),
+            "hideResults": self.hide_results,
+            "state": if self.open { "open" } else { "closed" },
+            "revealed": self.revealed,
+            "createdAt": self.at,
+            "results": if with_results { self.results() } else { Value::Null },
+        })
+    }
+
+    /// The viewer's own vote, as stored.
+    fn vote_of(&self, user: &str) -> Option<&str> {
+        self.votes
+            .iter()
+            .find(|(u, _)| u == user)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Chat, broadcasts, attendance, meta
+// ---------------------------------------------------------------------------------------------
+
+/// A chat message or broadcast as JSON, if it reads.
+pub(crate) fn chat_message<D: ReadDoc>(r: &Reader<'_, D>, id: &str) -> Option<(i64, bool, Value)> {
+    let m = r.root_map(CHAT).and_then(|c| r.map(&c, id))?;
+    let at = r.int(&m, "at").unwrap_or(0);
+    let deleted = r.bool(&m, "deleted").unwrap_or(false);
+    let json = json!({
+        "id": id,
+        "text": r.str(&m, "text")?,
+        "author": {"id": r.str(&m, "author")?, "name": r.str(&m, "author_name").unwrap_or_default()},
+        "at": at,
+    });
+    Some((at, deleted, json))
+}
+
+/// A broadcast as JSON, if it reads.
+pub(crate) fn broadcast<D: ReadDoc>(r: &Reader<'_, D>, id: &str) -> Option<(i64, Value)> {
+    let b = r.root_map(BROADCASTS).and_then(|c| r.map(&c, id))?;
+    let at = r.int(&b, "at").unwrap_or(0);
+    Some((
+        at,
+        json!({
+            "id": id,
+            "text": r.str(&b, "text")?,
+            "by": {"id": r.str(&b, "by").unwrap_or_default(), "name": r.str(&b, "by_name").unwrap_or_default()},
+            "at": at,
+        }),
+    ))
+}
+
+struct Visit {
+    user: String,
+    name: String,
+    join_at: i64,
+    leave_at: Option<i64>,
+}
+
+fn visits<D: ReadDoc>(r: &Reader<'_, D>) -> Vec<Visit> {
+    let Some(att) = r.root_map(ATTENDANCE) else {
+        return Vec::new();
+    };
+    r.keys(&att)
+        .iter()
+        .filter_map(|k| {
+            let v = r.map(&att, k)?;
+            Some(Visit {
+                user: r.str(&v, "user")?,
+                name: r.str(&v, "name").unwrap_or_default(),
+                join_at: r.int(&v, "join_at")?,
+                leave_at: r.int(&v, "leave_at"),
+            })
+        })
+        .collect()
+}
+
+/// Attendance: who is present, with minutes present as of `now`.
+pub(crate) fn attendance<D: ReadDoc>(r: &Reader<'_, D>, now: Option<Millis>) -> (usize, Value) {
+    let mut users: BTreeMap<String, (String, bool, i64)> = BTreeMap::new();
+    for v in visits(r) {
+        let e = users.entry(v.user).or_insert((v.name, false, 0));
+        match v.leave_at {
+            None => {
+                e.1 = true;
+                if let Some(now) = now {
+                    e.2 += (now.as_i64() - v.join_at).max(0);
+                }
+            }
+            Some(leave) => e.2 += (leave - v.join_at).max(0),
+        }
+    }
+    let present = users.values().filter(|u| u.1).count();
+    let list: Vec<Value> = users
+        .into_iter()
+        .map(|(user, (name, present, ms))| {
+            json!({"user": user, "name": name, "present": present, "minutesPresent": ms / 60_000})
+        })
+        .collect();
+    (present, Value::Array(list))
+}
+
+/// The session's meta as JSON (None until the session is created).
+pub(crate) fn session_meta<D: ReadDoc>(r: &Reader<'_, D>) -> Option<(CohortId, Value)> {
+    let m = r.root_map(META)?;
+    let cohort = CohortId::new(r.str(&m, "cohort")?).ok()?;
+    let json = json!({
+        "cohort": cohort.as_str(),
+        "title": r.str(&m, "title").unwrap_or_default(),
+        "moderation": r.bool(&m, "moderation").unwrap_or(false),
+        "state": r.str(&m, "state").unwrap_or_else(|| "live".into()),
+        "createdAt": r.int(&m, "created_at").unwrap_or(0),
+    });
+    Some((cohort, json))
+}
+
+/// The full state of a session for `viewer`, as a joining client needs it.
+pub(crate) fn session_view<D: ReadDoc>(
+    r: &Reader<'_, D>,
+    session: &str,
+    viewer: &Caller,
+    now: Millis,
+) -> Result<Value, Rejection> {
+    let Some((cohort, mut meta)) = session_meta(r) else {
+        return Err(Rejection::new(RejectCode::DocNotFound, "no such session"));
+    };
+    authorize(viewer, &cohort, Needs::Member)?;
+    let staff = viewer.role.is_staff();
+    let user = viewer.user.as_str();
+
+    let mut questions: Vec<Question> = r
+        .root_map(QUESTIONS)
+        .map(|qs| {
+            r.keys(&qs)
+                .iter()
+                .filter_map(|k| Question::read_obj(r, k, &r.map(&qs, k)?))
+                .filter(|q| q.visible_to(user, staff))
+                .collect()
+        })
+        .unwrap_or_default();
+    questions.sort_by(|a, b| a.at.cmp(&b.at).then_with(|| a.id.cmp(&b.id)));
+    let questions: Vec<Value> = questions
+        .iter()
+        .map(|q| {
+            let mut j = q.to_json(staff || q.author == user);
+            j["voted"] = json!(q.voters.iter().any(|v| v == user));
+            j
+        })
+        .collect();
+
+    let mut polls: Vec<Poll> = r
+        .root_map(POLLS)
+        .map(|ps| r.keys(&ps).iter().filter_map(|k| Poll::read(r, k)).collect())
+        .unwrap_or_default();
+    polls.sort_by(|a, b| a.at.cmp(&b.at).then_with(|| a.id.cmp(&b.id)));
+    let polls: Vec<Value> = polls
+        .iter()
+        .map(|p| {
+            let mut j = p.to_json(staff || p.results_public());
+            j["myVote"] = json!(p.vote_of(user));
+            j
+        })
+        .collect();
+
+    let mut chat: Vec<(i64, Value)> = r
+        .root_map(CHAT)
+        .map(|c| {
+            r.keys(&c)
+                .iter()
+                .filter_map(|k| chat_message(r, k))
+                .filter(|(_, deleted, _)| !deleted)
+                .map(|(at, _, j)| (at, j))
+                .collect()
+        })
+        .unwrap_or_default();
+    chat.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1["id"].as_str().cmp(&b.1["id"].as_str())));
+    let skip = chat.len().saturating_sub(CHAT_IN_VIEW_MAX);
+    let chat: Vec<Value> = chat.into_iter().skip(skip).map(|(_, j)| j).collect();
+
+    let mut broadcasts: Vec<(i64, Value)> = r
+        .root_map(BROADCASTS)
+        .map(|b| r.keys(&b).iter().filter_map(|k| broadcast(r, k)).collect())
+        .unwrap_or_default();
+    broadcasts.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1["id"].as_str().cmp(&b.1["id"].as_str())));
+    let broadcasts: Vec<Value> = broadcasts.into_iter().map(|(_, j)| j).collect();
+
+    let (present, users) = attendance(r, Some(now));
+    let attendance = if staff {
+        json!({"present": present, "users": users})
+    } else {
+        json!({"present": present})
+    };
+
+    meta["id"] = json!(session);
+    meta["questions"] = Value::Array(questions);
+    meta["polls"] = Value::Array(polls);
+    meta["chat"] = Value::Array(chat);
+    meta["broadcasts"] = Value::Array(broadcasts);
+    meta["attendance"] = attendance;
+    Ok(meta)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cohorts
+// ---------------------------------------------------------------------------------------------
+
+/// One lesson's progress for one student.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LessonProgress {
+    status: Option<ProgressStatus>,
+    score: Option<i64>,
+    max: Option<i64>,
+    at: i64,
+}
+
+impl LessonProgress {
+    pub(crate) fn to_json(&self, student: &str, lesson: &str) -> Value {
+        json!({
+            "student": student,
+            "lesson": lesson,
+            "status": self.status.unwrap_or(ProgressStatus::NotStarted).as_str(),
+            "score": self.score,
+            "maxScore": self.max,
+            "updatedAt": self.at,
+        })
+    }
+}
+
+/// A student's lessons, merged across every concurrently created copy of their progress map:
+/// each field is taken from the copy whose `{lesson}/at` is newest.
+pub(crate) fn student_lessons<D: ReadDoc>(
+    r: &Reader<'_, D>,
+    student: &str,
+) -> BTreeMap<String, LessonProgress> {
+    let Some(progress) = r.root_map(PROGRESS) else {
+        return BTreeMap::new();
+    };
+    // lesson -> field -> (at, value)
+    let mut fields: BTreeMap<String, BTreeMap<String, (i64, String)>> = BTreeMap::new();
+    for copy in r.all_maps(&progress, student) {
+        for key in r.keys(&copy) {
+            let Some((lesson, field)) = key.split_once('/') else {
+                continue;
+            };
+            let at = r.int(&copy, &format!("{lesson}/at")).unwrap_or(0);
+            let value = match field {
+                "status" => r.str(&copy, &key),
+                "score" | "max" | "at" => r.int(&copy, &key).map(|i| i.to_string()),
+                _ => None,
+            };
+            let Some(value) = value else { continue };
+            let slot = fields.entry(lesson.to_owned()).or_default();
+            match slot.get(field) {
+                Some((old_at, _)) if *old_at >= at => {}
+                _ => {
+                    slot.insert(field.to_owned(), (at, value));
+                }
+            }
+        }
+    }
+    fields
+        .into_iter()
+        .map(|(lesson, f)| {
+            let get = |k: &str| f.get(k).map(|(_, v)| v.clone());
+            let p = LessonProgress {
+                status: get("status").and_then(|s| ProgressStatus::parse(&s)),
+                score: get("score").and_then(|s| s.parse().ok()),
+                max: get("max").and_then(|s| s.parse().ok()),
+                at: get("at").and_then(|s| s.parse().ok()).unwrap_or(0),
+            };
+            (lesson, p)
+        })
+        .collect()
+}
+
+fn cohort_must_exist<D: ReadDoc>(r: &Reader<'_, D>) -> Result<ObjId, Rejection> {
+    r.root_map(META)
+        .filter(|m| r.str(m, "title").is_some())
+        .ok_or_else(|| Rejection::new(RejectCode::DocNotFound, "no such cohort"))
+}
+
+struct RosterEntry {
+    user: String,
+    role: String,
+    name: String,
+}
+
+fn roster<D: ReadDoc>(r: &Reader<'_, D>) -> Vec<RosterEntry> {
+    let Some(ro) = r.root_map(ROSTER) else {
+        return Vec::new();
+    };
+    r.keys(&ro)
+        .iter()
+        .filter_map(|k| {
+            let e = r.map(&ro, k)?;
+            if r.bool(&e, "removed").unwrap_or(false) {
+                return None;
+            }
+            Some(RosterEntry {
+                user: k.clone(),
+                role: r.str(&e, "role")?,
+                name: r.str(&e, "name").unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
+/// The cohort as a member sees it: meta, announcements, sessions; the roster for staff.
+pub(crate) fn cohort_view<D: ReadDoc>(
+    r: &Reader<'_, D>,
+    cohort: &CohortId,
+    viewer: &Caller,
+) -> Result<Value, Rejection> {
+    let m = cohort_must_exist(r)?;
+    authorize(viewer, cohort, Needs::Member)?;
+    let mut announcements: Vec<Value> = r
+        .root_map(ANNOUNCEMENTS)
+        .map(|a| r.keys(&a).iter().filter_map(|k| announcement(r, k)).collect())
+        .unwrap_or_default();
+    announcements.sort_by_key(|a| a["at"].as_i64());
+    let sessions: Vec<Value> = r
+        .root_map(SESSIONS)
+        .map(|s| {
+            r.keys(&s)
+                .iter()
+                .filter_map(|k| {
+                    let e = r.map(&s, k)?;
+                    Some(json!({"id": k, "title": r.str(&e, "title")?, "at": r.int(&e, "at").unwrap_or(0)}))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let roster_json = viewer.is_staff_of(cohort).then(|| {
+        roster(r)
+            .into_iter()
+            .map(|e| json!({"user": e.user, "role": e.role, "name": e.name}))
+            .collect::<Vec<_>>()
+    });
+    Ok(json!({
+        "id": cohort.as_str(),
+        "course": r.str(&m, "course").unwrap_or_default(),
+        "title": r.str(&m, "title").unwrap_or_default(),
+        "homeRegion": r.str(&m, "home_region").unwrap_or_default(),
+        "announcements": announcements,
+        "sessions": sessions,
+        "roster": roster_json,
+    }))
+}
+
+/// An announcement as JSON, if it reads.
+pub(crate) fn announcement<D: ReadDoc>(r: &Reader<'_, D>, id: &str) -> Option<Value> {
+    let a = r.root_map(ANNOUNCEMENTS).and_then(|x| r.map(&x, id))?;
+    Some(json!({
+        "id": id,
+        "title": r.str(&a, "title")?,
+        "body": r.str(&a, "body")?,
+        "by": {"id": r.str(&a, "by").unwrap_or_default(), "name": r.str(&a, "by_name").unwrap_or_default()},
+        "at": r.int(&a, "at").unwrap_or(0),
+    }))
+}
+
+/// A roster entry as JSON (also for removed entries, flagged).
+pub(crate) fn roster_entry<D: ReadDoc>(r: &Reader<'_, D>, user: &str) -> Option<Value> {
+    let e = r.root_map(ROSTER).and_then(|x| r.map(&x, user))?;
+    Some(json!({
+        "user": user,
+        "role": r.str(&e, "role")?,
+        "name": r.str(&e, "name").unwrap_or_default(),
+        "removed": r.bool(&e, "removed").unwrap_or(false),
+    }))
+}
+
+/// A student's progress: the student themself or staff of the cohort.
+pub(crate) fn student_progress<D: ReadDoc>(
+    r: &Reader<'_, D>,
+    cohort: &CohortId,
+    viewer: &Caller,
+    student: &UserId,
+) -> Result<Value, Rejection> {
+    cohort_must_exist(r)?;
+    authorize(viewer, cohort, Needs::Member)?;
+    if !viewer.role.is_staff() && &viewer.user != student {
+        return Err(Rejection::new(
+            RejectCode::Forbidden,
+            "a student may only see their own progress",
+        ));
+    }
+    let lessons: Vec<Value> = student_lessons(r, student.as_str())
+        .iter()
+        .map(|(lesson, p)| p.to_json(student.as_str(), lesson))
+        .collect();
+    Ok(json!({"student": student.as_str(), "lessons": lessons}))
+}
+
+/// Per-lesson status counts, completion rate and average score percentage (staff only).
+pub(crate) fn cohort_aggregates<D: ReadDoc>(
+    r: &Reader<'_, D>,
+    cohort: &CohortId,
+    viewer: &Caller,
+) -> Result<Value, Rejection> {
+    cohort_must_exist(r)?;
+    authorize(viewer, cohort, Needs::Staff)?;
+    // Students: the roster's students plus anyone with progress (a roster may lag the LMS).
+    let mut students: Vec<String> = roster(r)
+        .into_iter()
+        .filter(|e| e.role == "student")
+        .map(|e| e.user)
+        .collect();
+    if let Some(p) = r.root_map(PROGRESS) {
+        students.extend(r.keys(&p));
+    }
+    students.sort();
+    students.dedup();
+    #[derive(Default)]
+    struct Agg {
+        in_progress: u64,
+        completed: u64,
+        score_pct_sum: f64,
+        scored: u64,
+    }
+    let mut lessons: BTreeMap<String, Agg> = BTreeMap::new();
+    for s in &students {
+        for (lesson, p) in student_lessons(r, s) {
+            let a = lessons.entry(lesson).or_default();
+            match p.status {
+                Some(ProgressStatus::InProgress) => a.in_progress += 1,
+                Some(ProgressStatus::Completed) => a.completed += 1,
+                _ => {}
+            }
+            if let (Some(score), Some(max)) = (p.score, p.max)
+                && max > 0
+            {
+                a.score_pct_sum += score as f64 * 100.0 / max as f64;
+                a.scored += 1;
+            }
+        }
+    }
+    let n = students.len() as u64;
+    let round = |x: f64| (x * 10.0).round() / 10.0;
+    let lessons_json: Vec<Value> = lessons
+        .iter()
+        .map(|(lesson, a)| {
+            json!({
+                "lesson": lesson,
+                "notStarted": n.saturating_sub(a.in_progress + a.completed),
+                "inProgress": a.in_progress,
+                "completed": a.completed,
+                "completionRate": if n == 0 { 0.0 } else { round(a.completed as f64 * 100.0 / n as f64) },
+                "averageScorePct": (a.scored > 0).then(|| round(a.score_pct_sum / a.scored as f64)),
+            })
+        })
+        .collect();
+    let total: u64 = lessons.values().map(|a| a.completed).sum();
+    let slots = n * lessons.len() as u64;
+    Ok(json!({
+        "cohort": cohort.as_str(),
+        "students": n,
+        "lessons": lessons_json,
+        "completionRate": if slots == 0 { 0.0 } else { round(total as f64 * 100.0 / slots as f64) },
+    }))
+}
