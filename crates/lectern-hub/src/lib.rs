@@ -1,1 +1,422 @@
-//! placeholder
+//! The live documents of a node.
+//!
+//! The hub owns every loaded [`Replica`]: one writer task per active document, fed by a bounded
+//! inbox. A writer task takes everything queued in its inbox as one batch, applies the commands
+//! and remote sync messages in order, writes one incremental chunk for the whole batch, hands it
+//! to the store's group-commit thread (one fsync covers the queued commands of every document)
+//! and only then acknowledges, publishes events to the document's room and tells the change feed.
+//! So an acknowledged command is on disk, and no peer or subscriber ever sees a change that a
+//! crash could take back. A document with an empty inbox for `doc_idle_ms` is dropped from memory
+//! and reloaded from the store on demand.
+//!
+//! Rooms: each document has a broadcast channel of [`Published`] events whose payloads are
+//! serialized once per audience; gateways filter by audience per connection. A subscriber that
+//! falls behind the channel's capacity gets `Lagged` and resumes by token.
+//!
+//! Only this crate mutates a live document (an ARCHITECTURE.md invariant).
+
+mod doc;
+mod rooms;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use lectern_model::{
+    Caller, Command, DocId, Millis, Rejection, Replica, ResumeToken, SyncError,
+};
+use lectern_store::{NodeIdentity, Store};
+use serde_json::Value;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tracing::Instrument;
+
+pub use rooms::Published;
+
+use doc::Msg;
+
+/// Hub settings; every default is safe for a production node.
+#[derive(Clone)]
+pub struct HubConfig {
+    /// Commands and sync messages queued per document before callers get `overloaded`.
+    /// Default 4096.
+    pub inbox_capacity: usize,
+    /// Most messages one writer batch takes from its inbox (so one batch cannot starve acks).
+    /// Default 1024.
+    pub batch_max_messages: usize,
+    /// A document with nothing queued for this long is dropped from memory. Default 60 s.
+    pub doc_idle_ms: u64,
+    /// Documents held in memory at once; past it new documents are refused. Default 100,000.
+    pub docs_loaded_max: usize,
+    /// Events buffered per room; a subscriber further behind gets `Lagged`. Default 4096.
+    pub room_capacity: usize,
+    /// Compact a document when its chunks outweigh its snapshot and this many bytes.
+    /// Default 256 KiB.
+    pub compact_min_bytes: u64,
+    /// Capacity of the change feed the mesh consumes. Default 65,536.
+    pub feed_capacity: usize,
+    /// The clock; tests pass a fake one. Default: system time.
+    pub clock: Arc<dyn Fn() -> Millis + Send + Sync>,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            inbox_capacity: 4096,
+            batch_max_messages: 1024,
+            doc_idle_ms: 60_000,
+            docs_loaded_max: 100_000,
+            room_capacity: 4096,
+            compact_min_bytes: 256 * 1024,
+            feed_capacity: 65_536,
+            clock: Arc::new(system_now),
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch from the system clock.
+pub fn system_now() -> Millis {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    Millis(u64::try_from(ms).unwrap_or(u64::MAX))
+}
+
+/// Why the hub could not do what was asked.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum HubError {
+    /// The model refused the command (the client's fault; carries a stable code).
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    /// The document's inbox is full; retry later.
+    #[error("document {0} is overloaded; retry later")]
+    Overloaded(String),
+    /// The node holds as many documents as it may.
+    #[error("too many documents loaded ({0}); retry later")]
+    TooManyDocs(usize),
+    /// The hub is shutting down.
+    #[error("the node is shutting down")]
+    ShuttingDown,
+    /// A peer's sync message was refused.
+    #[error(transparent)]
+    Sync(#[from] SyncError),
+    /// The store failed; nothing was acknowledged.
+    #[error("storage failed: {0}")]
+    Store(String),
+    /// The stored document does not load.
+    #[error("document {doc} does not load: {reason}")]
+    Load {
+        /// The document.
+        doc: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl HubError {
+    /// A stable code for clients.
+    pub fn code(&self) -> &'static str {
+        match self {
+            HubError::Rejected(r) => r.code.as_str(),
+            HubError::Overloaded(_) => "overloaded",
+            HubError::TooManyDocs(_) => "overloaded",
+            HubError::ShuttingDown => "shutting_down",
+            HubError::Sync(_) => "bad_sync_message",
+            HubError::Store(_) | HubError::Load { .. } => "internal",
+        }
+    }
+}
+
+/// An acknowledged (durable) command.
+#[derive(Debug, Clone)]
+pub struct Acked {
+    /// The document's heads after the command: the resume token.
+    pub token: ResumeToken,
+    /// The event published for it.
+    pub event: Option<Arc<Published>>,
+}
+
+/// Where a joining subscriber starts.
+#[derive(Debug)]
+pub enum JoinStart {
+    /// The full state as of `token`.
+    Snapshot {
+        /// The view.
+        state: Value,
+        /// Its heads.
+        token: ResumeToken,
+        /// Why a resume was not possible, if one was asked for (`unknown_heads` …).
+        resume_refused: Option<&'static str>,
+    },
+    /// The events since the client's token, in order.
+    Replay {
+        /// The events.
+        events: Vec<Arc<Published>>,
+        /// The heads after the last of them.
+        token: ResumeToken,
+    },
+}
+
+/// A subscription that starts consistently: nothing is published between the start and the
+/// first event the receiver yields.
+#[derive(Debug)]
+pub struct Joined {
+    /// How to start.
+    pub start: JoinStart,
+    /// Events after the start.
+    pub events: broadcast::Receiver<Arc<Published>>,
+}
+
+/// Counters for metrics and tests.
+#[derive(Debug, Clone, Default)]
+pub struct HubStats {
+    /// Commands applied and acknowledged.
+    pub commands_applied: u64,
+    /// Commands refused by the model.
+    pub commands_rejected: u64,
+    /// Writer batches that reached the store.
+    pub batches: u64,
+    /// Remote sync messages applied.
+    pub sync_messages: u64,
+    /// Documents in memory now.
+    pub docs_loaded: usize,
+    /// Documents dropped from memory for being idle.
+    pub evictions: u64,
+    /// Documents compacted.
+    pub compactions: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    commands_applied: AtomicU64,
+    commands_rejected: AtomicU64,
+    batches: AtomicU64,
+    sync_messages: AtomicU64,
+    evictions: AtomicU64,
+    compactions: AtomicU64,
+}
+
+struct Inner {
+    store: Store,
+    committer: lectern_store::Committer,
+    identity: NodeIdentity,
+    config: HubConfig,
+    docs: Mutex<HashMap<DocId, mpsc::Sender<Msg>>>,
+    rooms: rooms::Rooms,
+    feed: broadcast::Sender<DocId>,
+    counters: Counters,
+    closing: AtomicBool,
+    /// Every writer task holds a clone; shutdown waits for all of them to be dropped.
+    alive: Mutex<Option<mpsc::Sender<()>>>,
+    all_done: tokio::sync::Mutex<mpsc::Receiver<()>>,
+}
+
+/// The live documents of one node. Cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+impl Hub {
+    /// A hub over `store`. Must be called inside a tokio runtime.
+    pub fn new(store: Store, config: HubConfig) -> Hub {
+        let (feed, _) = broadcast::channel(config.feed_capacity.max(1));
+        let (alive, all_done) = mpsc::channel(1);
+        let inner = Inner {
+            committer: store.committer(),
+            identity: store.identity(),
+            rooms: rooms::Rooms::new(config.room_capacity),
+            store,
+            config,
+            docs: Mutex::new(HashMap::new()),
+            feed,
+            counters: Counters::default(),
+            closing: AtomicBool::new(false),
+            alive: Mutex::new(Some(alive)),
+            all_done: tokio::sync::Mutex::new(all_done),
+        };
+        Hub {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// This node's identity (and so its automerge actor for this process).
+    pub fn identity(&self) -> &NodeIdentity {
+        &self.inner.identity
+    }
+
+    /// The store under the hub.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// Applies `cmd` to `doc` as `caller`; returns once it is on disk.
+    pub async fn execute(&self, doc: DocId, caller: Caller, cmd: Command) -> Result<Acked, HubError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(&doc, Msg::Command { caller, cmd, reply })?;
+        rx.await.map_err(|_| HubError::ShuttingDown)?
+    }
+
+    /// Runs `f` on the document on its writer task (after every command queued before it).
+    pub async fn read<T, F>(&self, doc: DocId, f: F) -> Result<T, HubError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Replica) -> T + Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        let job: doc::ReadFn = Box::new(move |replica: &Replica, _: &Arc<Inner>| {
+            let _ = reply.send(f(replica));
+        });
+        self.send(&doc, Msg::Read(job))?;
+        rx.await.map_err(|_| HubError::ShuttingDown)
+    }
+
+    /// Subscribes `caller` to `doc`: a snapshot (or, with `since`, the events after it) and a
+    /// receiver of every later event, with no gap and no overlap.
+    pub async fn join(
+        &self,
+        doc: DocId,
+        caller: Caller,
+        since: Option<ResumeToken>,
+    ) -> Result<Joined, HubError> {
+        let (reply, rx) = oneshot::channel();
+        let doc_id = doc.clone();
+        let job: doc::ReadFn = Box::new(move |replica: &Replica, inner: &Arc<Inner>| {
+            let result = doc::join(replica, inner, &doc_id, &caller, since);
+            let _ = reply.send(result);
+        });
+        self.send(&doc, Msg::Read(job))?;
+        rx.await.map_err(|_| HubError::ShuttingDown)?
+    }
+
+    /// Applies a peer's sync message to `doc`; returns the reply to send back, if any.
+    pub async fn receive_sync(
+        &self,
+        doc: DocId,
+        peer: &str,
+        message: Vec<u8>,
+    ) -> Result<Option<Vec<u8>>, HubError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(
+            &doc,
+            Msg::Sync {
+                peer: peer.to_owned(),
+                message,
+                reply,
+            },
+        )?;
+        rx.await.map_err(|_| HubError::ShuttingDown)?
+    }
+
+    /// The next sync message for `peer` about `doc`, if there is anything to say.
+    pub async fn generate_sync(&self, doc: DocId, peer: &str) -> Result<Option<Vec<u8>>, HubError> {
+        let (reply, rx) = oneshot::channel();
+        let peer = peer.to_owned();
+        self.send(&doc, Msg::GenerateSync { peer, reply })?;
+        rx.await.map_err(|_| HubError::ShuttingDown)?
+    }
+
+    /// Every document changed on this node (by a command or a peer), after it is durable.
+    /// A receiver that lags should fall back to a full heads comparison.
+    pub fn changes(&self) -> broadcast::Receiver<DocId> {
+        self.inner.feed.subscribe()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> HubStats {
+        let c = &self.inner.counters;
+        HubStats {
+            commands_applied: c.commands_applied.load(Ordering::Relaxed),
+            commands_rejected: c.commands_rejected.load(Ordering::Relaxed),
+            batches: c.batches.load(Ordering::Relaxed),
+            sync_messages: c.sync_messages.load(Ordering::Relaxed),
+            docs_loaded: self.loaded_docs(),
+            evictions: c.evictions.load(Ordering::Relaxed),
+            compactions: c.compactions.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Documents in memory now.
+    pub fn loaded_docs(&self) -> usize {
+        self.inner.docs.lock().map(|d| d.len()).unwrap_or(0)
+    }
+
+    /// Stops accepting work, lets every writer task finish what is queued, and flushes the
+    /// store.
+    pub async fn shutdown(&self) -> Result<(), HubError> {
+        self.inner.closing.store(true, Ordering::SeqCst);
+        // Dropping the senders lets each writer drain its inbox and end.
+        if let Ok(mut docs) = self.inner.docs.lock() {
+            docs.clear();
+        }
+        if let Ok(mut alive) = self.inner.alive.lock() {
+            alive.take();
+        }
+        let mut done = self.inner.all_done.lock().await;
+        // Ends when every writer task has dropped its `alive` clone.
+        while done.recv().await.is_some() {}
+        let store = self.inner.store.clone();
+        tokio::task::spawn_blocking(move || store.flush())
+            .await
+            .map_err(|e| HubError::Store(e.to_string()))?
+            .map_err(|e| HubError::Store(e.to_string()))
+    }
+
+    /// Queues `msg` for `doc`'s writer task, starting it if needed. The lookup, the start and
+    /// the send happen under one lock, and a writer only retires under that lock with an empty
+    /// inbox: so no message is ever sent to a writer that is going away, and there is never more
+    /// than one writer per document (two would reuse automerge sequence numbers).
+    fn send(&self, doc: &DocId, msg: Msg) -> Result<(), HubError> {
+        if self.inner.closing.load(Ordering::SeqCst) {
+            return Err(HubError::ShuttingDown);
+        }
+        let mut docs = self
+            .inner
+            .docs
+            .lock()
+            .map_err(|_| HubError::Store("hub lock poisoned".into()))?;
+        let mut msg = msg;
+        for _ in 0..2 {
+            let tx = match docs.get(doc) {
+                Some(tx) => tx.clone(),
+                None => {
+                    if docs.len() >= self.inner.config.docs_loaded_max {
+                        return Err(HubError::TooManyDocs(docs.len()));
+                    }
+                    let alive = self
+                        .inner
+                        .alive
+                        .lock()
+                        .ok()
+                        .and_then(|a| a.clone())
+                        .ok_or(HubError::ShuttingDown)?;
+                    let (tx, rx) = mpsc::channel(self.inner.config.inbox_capacity.max(1));
+                    docs.insert(doc.clone(), tx.clone());
+                    let span = tracing::info_span!("doc", doc = %doc);
+                    tokio::spawn(
+                        doc::run(self.inner.clone(), doc.clone(), rx, alive).instrument(span),
+                    );
+                    tx
+                }
+            };
+            match tx.try_send(msg) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    return Err(HubError::Overloaded(doc.to_string()));
+                }
+                // Only a writer that died abnormally leaves a closed sender in the map.
+                Err(mpsc::error::TrySendError::Closed(m)) => {
+                    docs.remove(doc);
+                    msg = m;
+                }
+            }
+        }
+        Err(HubError::Store(format!("writer for {doc} keeps failing")))
+    }
+}
+
+/// How long a writer waits on an empty inbox before it retires.
+fn idle(config: &HubConfig) -> Duration {
+    Duration::from_millis(config.doc_idle_ms.max(1))
+}

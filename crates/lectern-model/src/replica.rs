@@ -364,3 +364,33 @@ fn wrong_kind() -> Rejection {
         "this view does not apply to this kind of document",
     )
 }
+
+impl Replica {
+    /// Whether `caller` may subscribe to this document's events: a member of its cohort.
+    pub fn authorize_read(&self, caller: &Caller) -> Result<(), Rejection> {
+        let r = Reader::now(&self.doc);
+        let cohort = match &self.id {
+            DocId::Session(_) => match view::session_meta(&r) {
+                Some((cohort, _)) => cohort,
+                None => {
+                    return Err(Rejection::new(RejectCode::DocNotFound, "no such session"));
+                }
+            },
+            DocId::Cohort(c) => {
+                if !self.exists() {
+                    return Err(Rejection::new(RejectCode::DocNotFound, "no such cohort"));
+                }
+                c.clone()
+            }
+        };
+        crate::auth::authorize(caller, &cohort, crate::auth::Needs::Member)
+    }
+
+    /// The state a joining client needs: the session view or the cohort view.
+    pub fn join_view(&self, caller: &Caller, now: Millis) -> Result<Value, Rejection> {
+        match &self.id {
+            DocId::Session(_) => self.session_view(caller, now),
+            DocId::Cohort(_) => self.cohort_view(caller),
+        }
+    }
+}

@@ -1,0 +1,387 @@
+//! The writer task of one document: batch, apply, persist (group commit), then acknowledge and
+//! publish.
+//!
+//! Reads queued behind writes run after the batch is durable, so nothing a reader, subscriber or
+//! peer sees can be lost in a crash. If the store fails, the task drops its in-memory replica
+//! (which may hold changes that never reached disk), fails the batch, and reloads from the store
+//! on the next message.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use automerge::ChangeHash;
+use automerge::sync;
+use lectern_model::{Caller, Command, DocId, Event, Replica, ResumeError, ResumeToken};
+use lectern_store::Batch;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, warn};
+
+use crate::rooms::Published;
+use crate::{Acked, HubError, Inner, JoinStart, Joined, idle};
+
+/// A read run on the writer task.
+pub(crate) type ReadFn = Box<dyn FnOnce(&Replica, &Arc<Inner>) + Send>;
+
+/// Where a sync reply goes.
+type SyncReply = oneshot::Sender<Result<Option<Vec<u8>>, HubError>>;
+
+/// What a writer task is asked to do.
+pub(crate) enum Msg {
+    Command {
+        caller: Caller,
+        cmd: Command,
+        reply: oneshot::Sender<Result<Acked, HubError>>,
+    },
+    Sync {
+        peer: String,
+        message: Vec<u8>,
+        reply: SyncReply,
+    },
+    GenerateSync {
+        peer: String,
+        reply: SyncReply,
+    },
+    Read(ReadFn),
+}
+
+/// A loaded document and what the writer tracks about its storage.
+struct Live {
+    replica: Replica,
+    /// Heads of everything on disk; the next chunk holds the changes after them.
+    saved: Vec<ChangeHash>,
+    next_chunk_seq: u64,
+    snapshot_bytes: u64,
+    chunk_bytes: u64,
+    peers: HashMap<String, sync::State>,
+}
+
+/// Runs the writer task of `doc` until its inbox closes (shutdown) or it retires (idle).
+pub(crate) async fn run(
+    inner: Arc<Inner>,
+    doc: DocId,
+    mut rx: mpsc::Receiver<Msg>,
+    _alive: mpsc::Sender<()>,
+) {
+    let mut live: Option<Live> = None;
+    let batch_max = inner.config.batch_max_messages.max(1);
+    loop {
+        let first = match tokio::time::timeout(idle(&inner.config), rx.recv()).await {
+            Ok(Some(m)) => m,
+            Ok(None) => break,
+            Err(_) => {
+                if retire(&inner, &doc, &rx) {
+                    inner.counters.evictions.fetch_add(1, Ordering::Relaxed);
+                    debug!("evicted idle document");
+                    break;
+                }
+                continue;
+            }
+        };
+        let mut batch = vec![first];
+        while batch.len() < batch_max {
+            match rx.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
+            }
+        }
+        if live.is_none() {
+            match load(&inner, &doc).await {
+                Ok(l) => live = Some(l),
+                Err(e) => {
+                    warn!(error = %e, "document does not load");
+                    fail_all(batch, &e);
+                    continue;
+                }
+            }
+        }
+        if let Some(l) = live.as_mut()
+            && !process(&inner, &doc, l, batch).await
+        {
+            // The store failed: memory may hold changes that are not on disk. Start over from
+            // the store with the next message.
+            live = None;
+        }
+    }
+}
+
+/// Retires the writer if its inbox is empty, under the hub's lock so no sender can race it.
+fn retire(inner: &Inner, doc: &DocId, rx: &mpsc::Receiver<Msg>) -> bool {
+    let Ok(mut docs) = inner.docs.lock() else {
+        return false;
+    };
+    if !rx.is_empty() {
+        return false;
+    }
+    docs.remove(doc);
+    true
+}
+
+async fn load(inner: &Arc<Inner>, doc: &DocId) -> Result<Live, HubError> {
+    let store = inner.store.clone();
+    let key = doc.to_string();
+    let id = doc.clone();
+    let actor = inner.identity.actor_bytes();
+    tokio::task::spawn_blocking(move || {
+        let stored = store.load_doc(&key).map_err(|e| HubError::Store(e.to_string()))?;
+        let Some(stored) = stored else {
+            return Ok(Live {
+                replica: Replica::new(id, &actor),
+                saved: Vec::new(),
+                next_chunk_seq: 0,
+                snapshot_bytes: 0,
+                chunk_bytes: 0,
+                peers: HashMap::new(),
+            });
+        };
+        let replica = Replica::load(id, &stored.concat(), &actor).map_err(|e| HubError::Load {
+            doc: key.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(Live {
+            saved: replica.doc().get_heads(),
+            replica,
+            next_chunk_seq: stored.next_chunk_seq,
+            snapshot_bytes: stored.snapshot_bytes,
+            chunk_bytes: stored.chunk_bytes,
+            peers: HashMap::new(),
+        })
+    })
+    .await
+    .map_err(|e| HubError::Store(format!("load task failed: {e}")))?
+}
+
+fn fail_all(batch: Vec<Msg>, e: &HubError) {
+    for m in batch {
+        match m {
+            Msg::Command { reply, .. } => {
+                let _ = reply.send(Err(e.clone()));
+            }
+            Msg::Sync { reply, .. } | Msg::GenerateSync { reply, .. } => {
+                let _ = reply.send(Err(e.clone()));
+            }
+            // Dropping the closure drops its reply sender: the caller sees the hub go away.
+            Msg::Read(_) => {}
+        }
+    }
+}
+
+fn sync_state<'a>(
+    inner: &Inner,
+    doc: &DocId,
+    peers: &'a mut HashMap<String, sync::State>,
+    peer: &str,
+) -> &'a mut sync::State {
+    peers.entry(peer.to_owned()).or_insert_with(|| {
+        match inner.store.sync_state(peer, &doc.to_string()) {
+            Ok(Some(bytes)) => sync::State::decode(&bytes).unwrap_or_else(|e| {
+                warn!(peer, error = %e, "stored sync state does not decode; starting afresh");
+                sync::State::new()
+            }),
+            Ok(None) => sync::State::new(),
+            Err(e) => {
+                warn!(peer, error = %e, "reading sync state failed; starting afresh");
+                sync::State::new()
+            }
+        }
+    })
+}
+
+/// Processes one batch. Returns false if the store failed (the replica must be reloaded).
+async fn process(inner: &Arc<Inner>, doc: &DocId, live: &mut Live, batch: Vec<Msg>) -> bool {
+    let now = (inner.config.clock)();
+    let mut acks: Vec<(oneshot::Sender<Result<Acked, HubError>>, Acked)> = Vec::new();
+    let mut events: Vec<Arc<Published>> = Vec::new();
+    let mut sync_replies: Vec<(String, SyncReply)> = Vec::new();
+    let mut dirty_peers: HashSet<String> = HashSet::new();
+    let mut deferred: Vec<Msg> = Vec::new();
+    let mut rejected = 0u64;
+
+    for msg in batch {
+        match msg {
+            Msg::Command { caller, cmd, reply } => match live.replica.apply(&caller, &cmd, now) {
+                Ok(applied) => {
+                    let event = applied
+                        .event
+                        .as_ref()
+                        .map(|e| Arc::new(Published::from_event(doc, e)));
+                    if let Some(e) = &event {
+                        events.push(e.clone());
+                    }
+                    let ack = Acked {
+                        token: applied.token,
+                        event,
+                    };
+                    acks.push((reply, ack));
+                }
+                Err(rejection) => {
+                    rejected += 1;
+                    let _ = reply.send(Err(HubError::Rejected(rejection)));
+                }
+            },
+            Msg::Sync {
+                peer,
+                message,
+                reply,
+            } => {
+                let state = sync_state(inner, doc, &mut live.peers, &peer);
+                match live.replica.receive_sync_message(state, &message) {
+                    Ok(remote) => {
+                        inner.counters.sync_messages.fetch_add(1, Ordering::Relaxed);
+                        events.extend(remote.iter().map(|e: &Event| Arc::new(Published::from_event(doc, e))));
+                        dirty_peers.insert(peer.clone());
+                        sync_replies.push((peer, reply));
+                    }
+                    Err(e) => {
+                        warn!(peer, error = %e, "refused a sync message");
+                        let _ = reply.send(Err(HubError::Sync(e)));
+                    }
+                }
+            }
+            other => deferred.push(other),
+        }
+    }
+    inner
+        .counters
+        .commands_rejected
+        .fetch_add(rejected, Ordering::Relaxed);
+
+    let heads = live.replica.doc().get_heads();
+    let changed = heads != live.saved;
+    if changed || !dirty_peers.is_empty() {
+        let batch = storage_batch(inner, doc, live, changed, &dirty_peers);
+        let (tx, rx) = oneshot::channel();
+        inner.committer.submit(batch, move |r| {
+            let _ = tx.send(r);
+        });
+        let result = match rx.await {
+            Ok(r) => r.map_err(|e| HubError::Store(e.to_string())),
+            Err(_) => Err(HubError::Store("the commit thread stopped".into())),
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "persisting a batch failed; nothing in it is acknowledged");
+            for (reply, _) in acks {
+                let _ = reply.send(Err(e.clone()));
+            }
+            for (_, reply) in sync_replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+            fail_all(deferred, &e);
+            return false;
+        }
+        inner.counters.batches.fetch_add(1, Ordering::Relaxed);
+        live.saved = heads;
+    }
+
+    inner
+        .counters
+        .commands_applied
+        .fetch_add(acks.len() as u64, Ordering::Relaxed);
+    for (reply, ack) in acks {
+        let _ = reply.send(Ok(ack));
+    }
+    if changed {
+        inner.rooms.publish(doc, events);
+        let _ = inner.feed.send(doc.clone());
+    }
+    for (peer, reply) in sync_replies {
+        let state = sync_state(inner, doc, &mut live.peers, &peer);
+        let _ = reply.send(Ok(live.replica.generate_sync_message(state)));
+    }
+    for msg in deferred {
+        match msg {
+            Msg::GenerateSync { peer, reply } => {
+                let state = sync_state(inner, doc, &mut live.peers, &peer);
+                let _ = reply.send(Ok(live.replica.generate_sync_message(state)));
+            }
+            Msg::Read(f) => f(&live.replica, inner),
+            Msg::Command { .. } | Msg::Sync { .. } => unreachable!("only reads are deferred"),
+        }
+    }
+    true
+}
+
+/// The store batch for everything the batch changed: one incremental chunk (or, when chunks
+/// outweigh the snapshot, a fresh snapshot replacing them) and the touched peers' sync states.
+fn storage_batch(
+    inner: &Inner,
+    doc: &DocId,
+    live: &mut Live,
+    changed: bool,
+    dirty_peers: &HashSet<String>,
+) -> Batch {
+    let key = doc.to_string();
+    let mut batch = Batch::new();
+    if changed {
+        let chunk = live.replica.save_after(&live.saved);
+        let chunk_len = chunk.len() as u64;
+        let compact = live.chunk_bytes + chunk_len
+            > live.snapshot_bytes.max(inner.config.compact_min_bytes);
+        if compact {
+            let snapshot = live.replica.save();
+            live.snapshot_bytes = snapshot.len() as u64;
+            live.chunk_bytes = 0;
+            batch.put_snapshot(&key, snapshot, live.next_chunk_seq);
+            inner.counters.compactions.fetch_add(1, Ordering::Relaxed);
+        } else {
+            batch.append_chunk(&key, live.next_chunk_seq, chunk);
+            live.next_chunk_seq += 1;
+            live.chunk_bytes += chunk_len;
+        }
+    }
+    for peer in dirty_peers {
+        if let Some(state) = live.peers.get(peer) {
+            batch.put_sync_state(peer, &key, state.encode());
+        }
+    }
+    batch
+}
+
+/// Builds a consistent start for a subscriber; runs on the writer task, so no event can be
+/// published between reading the start and subscribing.
+pub(crate) fn join(
+    replica: &Replica,
+    inner: &Arc<Inner>,
+    doc: &DocId,
+    caller: &Caller,
+    since: Option<ResumeToken>,
+) -> Result<Joined, HubError> {
+    replica.authorize_read(caller)?;
+    let events = inner.rooms.subscribe(doc);
+    let token = replica.token();
+    let mut refused = None;
+    if let Some(since) = since {
+        match replica.events_since(&since) {
+            Ok(replayed) => {
+                let replayed = replayed
+                    .iter()
+                    .map(|e| Arc::new(Published::from_event(doc, e)))
+                    .collect();
+                return Ok(Joined {
+                    start: JoinStart::Replay {
+                        events: replayed,
+                        token,
+                    },
+                    events,
+                });
+            }
+            Err(e) => {
+                debug!(error = %e, "resume refused; sending a snapshot");
+                refused = Some(match e {
+                    ResumeError::Malformed(_) => "bad_token",
+                    ResumeError::UnknownHeads(_) => "unknown_heads",
+                    ResumeError::TooFarBehind(_) => "too_far_behind",
+                });
+            }
+        }
+    }
+    let state = replica.join_view(caller, (inner.config.clock)())?;
+    Ok(Joined {
+        start: JoinStart::Snapshot {
+            state,
+            token,
+            resume_refused: refused,
+        },
+        events,
+    })
+}

@@ -1,0 +1,181 @@
+//! [`Batch`]: a list of writes that the store applies all together or not at all.
+//!
+//! A batch is built without touching the database; [`apply`] turns it into one `sled::Batch`
+//! (scanning for the chunks a snapshot replaces at that moment) and hands it to
+//! `Db::apply_batch`, which makes it atomic, also across a crash. Durability is separate: the
+//! caller fsyncs afterwards, once per batch ([`crate::Store::commit`]) or once per group of
+//! batches ([`crate::Committer`]).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::StoreError;
+use crate::keys;
+use crate::store::Shared;
+
+/// Writes to apply atomically: chunk appends, snapshots (which drop the chunks they replace) and
+/// sync states. Operations take effect in the order they were added.
+#[derive(Default)]
+pub struct Batch {
+    ops: Vec<Op>,
+}
+
+impl Batch {
+    /// An empty batch.
+    pub fn new() -> Batch {
+        Batch::default()
+    }
+
+    /// Stores `bytes` as chunk `seq` of `doc`, replacing any chunk with the same seq.
+    ///
+    /// `seq` must be at most [`crate::CHUNK_SEQ_MAX`]; otherwise applying the batch fails.
+    pub fn append_chunk(&mut self, doc: &str, seq: u64, bytes: Vec<u8>) {
+        self.ops.push(Op::AppendChunk {
+            doc: doc.to_owned(),
+            seq,
+            bytes,
+        });
+    }
+
+    /// Stores `bytes` as the snapshot of `doc` and removes every chunk of `doc` with
+    /// `seq < chunks_below`, including chunks appended earlier in this batch.
+    ///
+    /// The chunks to remove are looked up when the batch is applied, so a snapshot covers
+    /// exactly what was on disk below `chunks_below` at that moment.
+    pub fn put_snapshot(&mut self, doc: &str, bytes: Vec<u8>, chunks_below: u64) {
+        self.ops.push(Op::PutSnapshot {
+            doc: doc.to_owned(),
+            bytes,
+            chunks_below,
+        });
+    }
+
+    /// Stores the automerge sync state `bytes` of (`peer`, `doc`).
+    ///
+    /// `peer` must not contain `/`; otherwise applying the batch fails.
+    pub fn put_sync_state(&mut self, peer: &str, doc: &str, bytes: Vec<u8>) {
+        self.ops.push(Op::PutSyncState {
+            peer: peer.to_owned(),
+            doc: doc.to_owned(),
+            bytes,
+        });
+    }
+
+    /// True when the batch holds no operation.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// The number of operations in the batch.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+}
+
+impl fmt::Debug for Batch {
+    // The payloads can be megabytes; show what the batch does, not its bytes.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut list = f.debug_list();
+        for op in &self.ops {
+            match op {
+                Op::AppendChunk { doc, seq, bytes } => list.entry(&format_args!(
+                    "append_chunk({doc:?}, {seq}, {} B)",
+                    bytes.len()
+                )),
+                Op::PutSnapshot {
+                    doc,
+                    bytes,
+                    chunks_below,
+                } => list.entry(&format_args!(
+                    "put_snapshot({doc:?}, {} B, below {chunks_below})",
+                    bytes.len()
+                )),
+                Op::PutSyncState { peer, doc, bytes } => list.entry(&format_args!(
+                    "put_sync_state({peer:?}, {doc:?}, {} B)",
+                    bytes.len()
+                )),
+            };
+        }
+        list.finish()
+    }
+}
+
+enum Op {
+    AppendChunk {
+        doc: String,
+        seq: u64,
+        bytes: Vec<u8>,
+    },
+    PutSnapshot {
+        doc: String,
+        bytes: Vec<u8>,
+        chunks_below: u64,
+    },
+    PutSyncState {
+        peer: String,
+        doc: String,
+        bytes: Vec<u8>,
+    },
+}
+
+/// Applies `batch` atomically (without fsync) and counts it in the store's stats.
+///
+/// Every id is validated before anything is written, so an invalid batch changes nothing.
+pub(crate) fn apply(shared: &Shared, batch: Batch) -> Result<(), StoreError> {
+    for op in &batch.ops {
+        match op {
+            Op::AppendChunk { doc, seq, .. } => {
+                keys::validate_doc(doc)?;
+                keys::validate_seq(doc, *seq)?;
+            }
+            Op::PutSnapshot { doc, .. } => keys::validate_doc(doc)?,
+            Op::PutSyncState { peer, doc, .. } => {
+                keys::validate_peer(peer)?;
+                keys::validate_doc(doc)?;
+            }
+        }
+    }
+
+    // Held from the chunk scan until the batch is in the tree, so that no other batch can add a
+    // chunk below `chunks_below` in between, and so that `load_doc` never sees half of it.
+    let _writing = shared.write_lock();
+
+    // Ordered, so that a snapshot can also drop the chunks appended earlier in this batch.
+    let mut writes: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+    for op in batch.ops {
+        match op {
+            Op::AppendChunk { doc, seq, bytes } => {
+                writes.insert(keys::chunk_key(&doc, seq), Some(bytes));
+            }
+            Op::PutSnapshot {
+                doc,
+                bytes,
+                chunks_below,
+            } => {
+                let range = keys::chunk_range(&doc, chunks_below);
+                for entry in shared.db.range(range.clone()) {
+                    let (key, _) = entry?;
+                    writes.insert(key.to_vec(), None);
+                }
+                for value in writes.range_mut(range).map(|(_, value)| value) {
+                    *value = None;
+                }
+                writes.insert(keys::snapshot_key(&doc), Some(bytes));
+            }
+            Op::PutSyncState { peer, doc, bytes } => {
+                writes.insert(keys::sync_state_key(&peer, &doc), Some(bytes));
+            }
+        }
+    }
+
+    let mut sled_batch = sled::Batch::default();
+    for (key, value) in writes {
+        match value {
+            Some(value) => sled_batch.insert(key, value),
+            None => sled_batch.remove(key),
+        }
+    }
+    shared.db.apply_batch(sled_batch)?;
+    shared.count_commit();
+    Ok(())
+}

@@ -1,0 +1,420 @@
+//! [`Store`]: opening the database, the node identity, reads, and synchronous commits.
+//!
+//! A `Store` is a cheap handle (`Arc` inside) to one open sled database in one directory. Opening
+//! takes an exclusive lock on the directory, checks the schema version, creates the node id on
+//! first use and bumps the boot epoch durably. Reads go straight to sled; writes go through a
+//! [`Batch`], either synchronously ([`Store::commit`]) or via the group-commit thread
+//! ([`Store::committer`], see [`crate::commit`]).
+
+use std::fmt;
+use std::fs::{File, OpenOptions, TryLockError};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use crate::StoreError;
+use crate::batch::{self, Batch};
+use crate::commit::{CommitThread, Committer};
+use crate::identity::{NodeId, NodeIdentity};
+use crate::keys::{self, DocKey};
+
+/// The schema version this build writes and the newest it can read.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The name of the lock file inside the store directory.
+///
+/// sled locks its own `db` file too, but reports a failure only as a generic I/O error; our
+/// own lock turns "already open" into [`StoreError::Locked`].
+const LOCK_FILE_NAME: &str = "lectern.lock";
+
+/// A handle to the node-local store. Cloning is cheap; all clones share one database.
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) inner: Arc<Inner>,
+}
+
+/// Tuning of a [`Store`], with safe defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// The most memory sled's page cache may use. Default: 64 MiB.
+    pub cache_capacity_bytes: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            cache_capacity_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// Everything stored for one document, ready for `automerge::Automerge::load`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoredDoc {
+    /// The latest snapshot (a saved document), if one was written.
+    pub snapshot: Option<Vec<u8>>,
+    /// The incremental chunks not yet folded into the snapshot, in ascending seq order.
+    pub chunks: Vec<Vec<u8>>,
+    /// One more than the highest stored chunk seq, or 0 when there are no chunks.
+    pub next_chunk_seq: u64,
+    /// Size of the snapshot in bytes (0 without one).
+    pub snapshot_bytes: u64,
+    /// Total size of the chunks in bytes.
+    pub chunk_bytes: u64,
+}
+
+impl StoredDoc {
+    /// The snapshot followed by the chunks: the byte string `automerge::Automerge::load`
+    /// accepts (it reads concatenated documents and change chunks).
+    pub fn concat(&self) -> Vec<u8> {
+        let len = self.snapshot.as_ref().map_or(0, Vec::len)
+            + self.chunks.iter().map(Vec::len).sum::<usize>();
+        let mut bytes = Vec::with_capacity(len);
+        if let Some(snapshot) = &self.snapshot {
+            bytes.extend_from_slice(snapshot);
+        }
+        for chunk in &self.chunks {
+            bytes.extend_from_slice(chunk);
+        }
+        bytes
+    }
+}
+
+/// Counters of the store's write path, for tests, benches and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Batches applied (by [`Store::commit`] and by the commit thread).
+    pub commits: u64,
+    /// fsyncs (`db.flush()` calls) issued by the store.
+    pub fsyncs: u64,
+}
+
+impl Store {
+    /// Opens (or creates) the store in directory `path` with [`StoreConfig::default`].
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        Store::open_with(path, StoreConfig::default())
+    }
+
+    /// Opens (or creates) the store in directory `path`.
+    ///
+    /// Creates the node id on first open, then increments the boot epoch and fsyncs it before
+    /// returning, so that every process start gets a fresh epoch. Fails with
+    /// [`StoreError::Locked`] if the directory is already open, here or in another process, and
+    /// with [`StoreError::NewerSchema`] if a newer lectern wrote it.
+    pub fn open_with(path: &Path, config: StoreConfig) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(path).map_err(|source| StoreError::Io {
+            action: format!("create the store directory {}", path.display()),
+            source,
+        })?;
+        let lock_file = lock_dir(path)?;
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(config.cache_capacity_bytes)
+            .open()
+            .map_err(|error| locked_or_sled(path, error))?;
+        let identity = boot(path, &db)?;
+        tracing::debug!(path = %path.display(), node = %identity.node_id, boot_epoch = identity.boot_epoch, "opened store");
+
+        let shared = Arc::new(Shared {
+            db,
+            apply_lock: RwLock::new(()),
+            commits: AtomicU64::new(0),
+            fsyncs: AtomicU64::new(0),
+        });
+        Ok(Store {
+            inner: Arc::new(Inner {
+                commit_thread: Mutex::new(None),
+                shared,
+                identity,
+                path: path.to_owned(),
+                _lock_file: lock_file,
+            }),
+        })
+    }
+
+    /// This process's identity: the node id and the boot epoch of this open.
+    pub fn identity(&self) -> NodeIdentity {
+        self.inner.identity
+    }
+
+    /// The directory the store lives in.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Everything stored for `doc`, or `None` if it has neither a snapshot nor chunks.
+    ///
+    /// Reads are consistent with batches: a concurrent [`Batch::put_snapshot`] is seen either
+    /// entirely or not at all.
+    pub fn load_doc(&self, doc: &str) -> Result<Option<StoredDoc>, StoreError> {
+        keys::validate_doc(doc)?;
+        let shared = &self.inner.shared;
+        let _reading = shared.read_lock();
+
+        let snapshot = shared
+            .db
+            .get(keys::snapshot_key(doc))?
+            .map(|bytes| bytes.to_vec());
+        let prefix_len = keys::chunk_prefix(doc).len();
+        let mut chunks = Vec::new();
+        let mut next_chunk_seq = 0;
+        for entry in shared.db.range(keys::chunk_range(doc, u64::MAX)) {
+            let (key, value) = entry?;
+            next_chunk_seq = keys::chunk_seq(prefix_len, &key)? + 1;
+            chunks.push(value.to_vec());
+        }
+        if snapshot.is_none() && chunks.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(StoredDoc {
+            snapshot_bytes: snapshot.as_ref().map_or(0, |s| s.len() as u64),
+            chunk_bytes: chunks.iter().map(|c| c.len() as u64).sum(),
+            snapshot,
+            chunks,
+            next_chunk_seq,
+        }))
+    }
+
+    /// Every doc that has a snapshot or chunks, sorted and without duplicates.
+    pub fn doc_ids(&self) -> Result<Vec<String>, StoreError> {
+        let db = &self.inner.shared.db;
+        let mut docs: Vec<String> = Vec::new();
+        let mut cursor = keys::DOC_PREFIX.to_vec();
+        // One lookup per doc rather than one step per chunk: after a doc's first chunk key,
+        // jump past all of its chunks.
+        loop {
+            let Some(entry) = db.range(cursor.as_slice()..).next() else {
+                break;
+            };
+            let (key, _) = entry?;
+            if !key.starts_with(keys::DOC_PREFIX) {
+                break;
+            }
+            let doc = match keys::parse_doc_key(&key)? {
+                DocKey::Snapshot(doc) => {
+                    cursor = key.to_vec();
+                    cursor.push(0);
+                    doc
+                }
+                DocKey::Chunk(doc) => {
+                    cursor = keys::after_chunks(doc);
+                    doc
+                }
+            };
+            if docs.last().map(String::as_str) != Some(doc) {
+                docs.push(doc.to_owned());
+            }
+        }
+        // Keys sort by bytes, so `a/s` comes after `a/b/s` and a doc can reappear later.
+        docs.sort_unstable();
+        docs.dedup();
+        Ok(docs)
+    }
+
+    /// The persisted automerge sync state of (`peer`, `doc`), if any.
+    pub fn sync_state(&self, peer: &str, doc: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        keys::validate_peer(peer)?;
+        keys::validate_doc(doc)?;
+        let value = self.inner.shared.db.get(keys::sync_state_key(peer, doc))?;
+        Ok(value.map(|bytes| bytes.to_vec()))
+    }
+
+    /// Applies `batch` atomically, then fsyncs. Blocks for the whole fsync; prefer
+    /// [`Store::committer`] where many writers commit at once.
+    pub fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+        let shared = &self.inner.shared;
+        batch::apply(shared, batch)?;
+        Ok(shared.fsync()?)
+    }
+
+    /// A handle to this store's group-commit thread, starting the thread on first use.
+    pub fn committer(&self) -> Committer {
+        Committer::new(self)
+    }
+
+    /// The size of the database files in bytes.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.inner.shared.db.size_on_disk()?)
+    }
+
+    /// Writes every applied batch to disk and fsyncs.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        Ok(self.inner.shared.fsync()?)
+    }
+
+    /// The write-path counters since this store was opened.
+    pub fn stats(&self) -> StoreStats {
+        let shared = &self.inner.shared;
+        StoreStats {
+            commits: shared.commits.load(Ordering::Relaxed),
+            fsyncs: shared.fsyncs.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.inner.path)
+            .field("identity", &self.inner.identity)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The state behind every [`Store`] clone and [`Committer`].
+pub(crate) struct Inner {
+    /// Declared first: its thread must be gone before the database closes.
+    pub(crate) commit_thread: Mutex<Option<CommitThread>>,
+    pub(crate) shared: Arc<Shared>,
+    identity: NodeIdentity,
+    path: PathBuf,
+    /// Held, never read: the exclusive lock on the directory lasts as long as this file is open.
+    /// Declared after `shared` so that the lock outlives the database.
+    _lock_file: File,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let thread = self
+            .commit_thread
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(thread) = thread {
+            // Every Committer holds an `Arc<Inner>`, so no sender is left once the channel's
+            // own sender goes here; the thread finishes its round and exits.
+            thread.stop();
+        }
+    }
+}
+
+/// What the commit thread shares with the store: the database and the write-path state.
+pub(crate) struct Shared {
+    pub(crate) db: sled::Db,
+    /// Writers (batch application) exclude readers that need a consistent view of a doc.
+    apply_lock: RwLock<()>,
+    commits: AtomicU64,
+    fsyncs: AtomicU64,
+}
+
+impl Shared {
+    /// Serializes batch application against other batches and against `load_doc`.
+    pub(crate) fn write_lock(&self) -> RwLockWriteGuard<'_, ()> {
+        // The guarded data is `()`, so a panic elsewhere cannot have left it inconsistent.
+        self.apply_lock
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn read_lock(&self) -> RwLockReadGuard<'_, ()> {
+        self.apply_lock
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn count_commit(&self) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One `db.flush()`: writes sled's buffers and fsyncs.
+    pub(crate) fn fsync(&self) -> sled::Result<()> {
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+/// Takes the exclusive lock on the store directory, or explains who has it.
+fn lock_dir(path: &Path) -> Result<File, StoreError> {
+    let lock_path = path.join(LOCK_FILE_NAME);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|source| StoreError::Io {
+            action: format!("open the lock file {}", lock_path.display()),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => Err(StoreError::Locked {
+            path: path.to_owned(),
+        }),
+        Err(TryLockError::Error(source)) => Err(StoreError::Io {
+            action: format!("lock {}", lock_path.display()),
+            source,
+        }),
+    }
+}
+
+/// sled reports its own lock failure as a generic I/O error; recognise it anyway, in case
+/// something other than lectern holds sled's lock.
+fn locked_or_sled(path: &Path, error: sled::Error) -> StoreError {
+    match &error {
+        sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+            StoreError::Locked {
+                path: path.to_owned(),
+            }
+        }
+        _ => StoreError::Sled(error),
+    }
+}
+
+/// Checks the schema, creates the node id if missing, bumps the boot epoch, and fsyncs.
+fn boot(path: &Path, db: &sled::Db) -> Result<NodeIdentity, StoreError> {
+    let mut meta = sled::Batch::default();
+
+    match db.get(keys::META_SCHEMA_VERSION)? {
+        None => meta.insert(keys::META_SCHEMA_VERSION, &SCHEMA_VERSION.to_be_bytes()),
+        Some(value) => {
+            let found = u32::from_be_bytes(fixed(keys::META_SCHEMA_VERSION, &value)?);
+            if found > SCHEMA_VERSION {
+                return Err(StoreError::NewerSchema {
+                    path: path.to_owned(),
+                    found,
+                    supported: SCHEMA_VERSION,
+                });
+            }
+            if found == 0 {
+                return Err(keys::corrupt_key(
+                    keys::META_SCHEMA_VERSION,
+                    "schema version 0 was never written by lectern",
+                ));
+            }
+        }
+    }
+
+    let node_id = match db.get(keys::META_NODE_ID)? {
+        Some(value) => NodeId(fixed(keys::META_NODE_ID, &value)?),
+        None => {
+            let node_id = NodeId(rand::random());
+            meta.insert(keys::META_NODE_ID, &node_id.0);
+            node_id
+        }
+    };
+
+    let previous_epoch = match db.get(keys::META_BOOT_EPOCH)? {
+        Some(value) => u64::from_be_bytes(fixed(keys::META_BOOT_EPOCH, &value)?),
+        None => 0,
+    };
+    let boot_epoch = previous_epoch
+        .checked_add(1)
+        .ok_or_else(|| keys::corrupt_key(keys::META_BOOT_EPOCH, "the boot epoch is at u64::MAX"))?;
+    meta.insert(keys::META_BOOT_EPOCH, &boot_epoch.to_be_bytes());
+
+    db.apply_batch(meta)?;
+    // The epoch must be durable before anything is written under it (see `identity`).
+    db.flush()?;
+    Ok(NodeIdentity {
+        node_id,
+        boot_epoch,
+    })
+}
+
+/// A fixed-size metadata value, or [`StoreError::Corrupt`] if its length is wrong.
+fn fixed<const N: usize>(key: &[u8], value: &[u8]) -> Result<[u8; N], StoreError> {
+    value
+        .try_into()
+        .map_err(|_| keys::corrupt_key(key, &format!("expected {N} bytes, found {}", value.len())))
+}

@@ -1,0 +1,524 @@
+//! Unit tests against real sled stores in unique temporary directories.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use crate::{Batch, CHUNK_SEQ_MAX, NodeId, SCHEMA_VERSION, Store, StoreError};
+
+/// A directory under the system temp dir, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let unique = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!(
+            "lectern-store-test-{}-{name}-{unique}",
+            std::process::id()
+        ));
+        // A leftover from a crashed run with the same pid would make the test flaky.
+        let _ = std::fs::remove_dir_all(&path);
+        TempDir(path)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn commit_one(store: &Store, build: impl FnOnce(&mut Batch)) {
+    let mut batch = Batch::new();
+    build(&mut batch);
+    store.commit(batch).expect("commit");
+}
+
+#[test]
+fn boot_epoch_increases_on_every_open_and_node_id_is_stable() {
+    let dir = TempDir::new("epoch");
+    let mut node_id = None;
+    for expected_epoch in 1..=3 {
+        let store = Store::open(dir.path()).expect("open");
+        let identity = store.identity();
+        assert_eq!(identity.boot_epoch, expected_epoch);
+        assert_eq!(*node_id.get_or_insert(identity.node_id), identity.node_id);
+        let actor = identity.actor_bytes();
+        assert_eq!(actor[..16], identity.node_id.0);
+        assert_eq!(actor[16..], expected_epoch.to_be_bytes());
+    }
+}
+
+#[test]
+fn second_open_of_a_locked_dir_is_refused() {
+    let dir = TempDir::new("locked");
+    let store = Store::open(dir.path()).expect("open");
+    let error = Store::open(dir.path()).expect_err("second open must fail");
+    assert!(matches!(error, StoreError::Locked { .. }), "{error}");
+    assert!(error.to_string().contains("already open"), "{error}");
+    drop(store);
+    Store::open(dir.path()).expect("reopen after the first store is dropped");
+}
+
+#[test]
+fn node_id_display_round_trips() {
+    let id = NodeId([0x01, 0xab, 0xff, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 0xfe]);
+    let text = id.to_string();
+    assert_eq!(text, "01abff000102030405060708090a0bfe");
+    assert_eq!(text.parse::<NodeId>(), Ok(id));
+    assert_eq!(text.to_uppercase().parse::<NodeId>(), Ok(id));
+    assert!("01ab".parse::<NodeId>().is_err());
+    assert!("zz".repeat(16).parse::<NodeId>().is_err());
+    assert!("é".repeat(16).parse::<NodeId>().is_err());
+}
+
+#[test]
+fn chunks_load_in_seq_order_across_byte_boundaries() {
+    let dir = TempDir::new("order");
+    let store = Store::open(dir.path()).expect("open");
+    // Inserted out of order; 256 and 1000 would sort before 3 in little-endian.
+    let seqs = [1000u64, 3, 256, 0, 255, 70_000];
+    commit_one(&store, |batch| {
+        for seq in seqs {
+            batch.append_chunk("session/a", seq, seq.to_string().into_bytes());
+        }
+    });
+
+    let doc = store
+        .load_doc("session/a")
+        .expect("load")
+        .expect("doc exists");
+    let mut sorted = seqs;
+    sorted.sort_unstable();
+    let expected: Vec<Vec<u8>> = sorted
+        .iter()
+        .map(|seq| seq.to_string().into_bytes())
+        .collect();
+    assert_eq!(doc.chunks, expected);
+    assert_eq!(doc.next_chunk_seq, 70_001);
+    assert_eq!(doc.snapshot, None);
+    assert_eq!(doc.snapshot_bytes, 0);
+    assert_eq!(
+        doc.chunk_bytes,
+        expected.iter().map(|c| c.len() as u64).sum::<u64>()
+    );
+    assert_eq!(doc.concat(), expected.concat());
+    assert_eq!(store.load_doc("session/none").expect("load"), None);
+}
+
+#[test]
+fn put_snapshot_removes_only_chunks_below() {
+    let dir = TempDir::new("snapshot");
+    let store = Store::open(dir.path()).expect("open");
+    commit_one(&store, |batch| {
+        for seq in 0..6 {
+            batch.append_chunk("doc", seq, vec![seq as u8]);
+        }
+        batch.append_chunk("other", 0, vec![100]);
+    });
+    commit_one(&store, |batch| {
+        batch.put_snapshot("doc", b"SNAP".to_vec(), 4)
+    });
+
+    let doc = store.load_doc("doc").expect("load").expect("doc exists");
+    assert_eq!(doc.snapshot.as_deref(), Some(&b"SNAP"[..]));
+    assert_eq!(doc.chunks, vec![vec![4], vec![5]]);
+    assert_eq!(doc.next_chunk_seq, 6);
+    assert_eq!(doc.snapshot_bytes, 4);
+    assert_eq!(doc.concat(), b"SNAP\x04\x05");
+    let other = store
+        .load_doc("other")
+        .expect("load")
+        .expect("other exists");
+    assert_eq!(
+        other.chunks,
+        vec![vec![100]],
+        "another doc's chunks are untouched"
+    );
+
+    // A snapshot also drops chunks appended earlier in the same batch, but not later ones.
+    commit_one(&store, |batch| {
+        batch.append_chunk("doc", 6, vec![6]);
+        batch.put_snapshot("doc", b"SNAP2".to_vec(), 7);
+        batch.append_chunk("doc", 7, vec![7]);
+    });
+    let doc = store.load_doc("doc").expect("load").expect("doc exists");
+    assert_eq!(doc.snapshot.as_deref(), Some(&b"SNAP2"[..]));
+    assert_eq!(doc.chunks, vec![vec![7]]);
+
+    // Everything folded: the doc still exists through its snapshot.
+    commit_one(&store, |batch| {
+        batch.put_snapshot("doc", b"SNAP3".to_vec(), u64::MAX)
+    });
+    let doc = store.load_doc("doc").expect("load").expect("doc exists");
+    assert!(doc.chunks.is_empty());
+    assert_eq!(doc.next_chunk_seq, 0);
+}
+
+#[test]
+fn doc_prefixes_do_not_leak_into_each_other() {
+    let dir = TempDir::new("prefix");
+    let store = Store::open(dir.path()).expect("open");
+    // `session/a/c/xyzxyz` has a snapshot key that starts with the chunk prefix of `session/a`
+    // and is exactly as long as one of its chunk keys.
+    let docs = [
+        "session/a",
+        "session/ab",
+        "session/a/b",
+        "session/a/c/xyzxyz",
+        "session/a/s",
+    ];
+    commit_one(&store, |batch| {
+        for (i, doc) in docs.iter().enumerate() {
+            batch.put_snapshot(doc, format!("snap {doc}").into_bytes(), 0);
+            batch.append_chunk(doc, 0, vec![i as u8]);
+            batch.append_chunk(doc, 300, vec![i as u8, 1]);
+        }
+    });
+    for (i, doc) in docs.iter().enumerate() {
+        let stored = store.load_doc(doc).expect("load").expect("doc exists");
+        assert_eq!(
+            stored.snapshot,
+            Some(format!("snap {doc}").into_bytes()),
+            "{doc}"
+        );
+        assert_eq!(
+            stored.chunks,
+            vec![vec![i as u8], vec![i as u8, 1]],
+            "{doc}"
+        );
+    }
+
+    // Dropping every chunk of `session/a` leaves the others alone.
+    commit_one(&store, |batch| {
+        batch.put_snapshot("session/a", b"new".to_vec(), u64::MAX)
+    });
+    for (i, doc) in docs.iter().enumerate().skip(1) {
+        let stored = store.load_doc(doc).expect("load").expect("doc exists");
+        assert_eq!(stored.chunks.len(), 2, "{doc} (#{i}) lost chunks");
+    }
+
+    let mut expected: Vec<String> = docs.iter().map(|d| d.to_string()).collect();
+    expected.sort();
+    assert_eq!(store.doc_ids().expect("doc ids"), expected);
+}
+
+#[test]
+fn doc_ids_lists_docs_with_chunks_only_or_snapshot_only() {
+    let dir = TempDir::new("doc-ids");
+    let store = Store::open(dir.path()).expect("open");
+    commit_one(&store, |batch| {
+        batch.append_chunk("b", 1, vec![1]);
+        batch.append_chunk("b", 2, vec![2]);
+        batch.put_snapshot("a", vec![0], 0);
+        batch.put_sync_state("peer", "c", vec![9]);
+    });
+    assert_eq!(store.doc_ids().expect("doc ids"), ["a", "b"]);
+}
+
+#[test]
+fn sync_states_round_trip() {
+    let dir = TempDir::new("sync");
+    {
+        let store = Store::open(dir.path()).expect("open");
+        commit_one(&store, |batch| {
+            batch.put_sync_state("peer1", "session/a", b"one".to_vec());
+            batch.put_sync_state("peer1", "session/a/b", b"two".to_vec());
+            batch.put_sync_state("peer2", "session/a", b"three".to_vec());
+        });
+        commit_one(&store, |batch| {
+            batch.put_sync_state("peer1", "session/a", b"four".to_vec())
+        });
+    }
+    let store = Store::open(dir.path()).expect("reopen");
+    let state = |peer, doc| store.sync_state(peer, doc).expect("sync state");
+    assert_eq!(state("peer1", "session/a").as_deref(), Some(&b"four"[..]));
+    assert_eq!(state("peer1", "session/a/b").as_deref(), Some(&b"two"[..]));
+    assert_eq!(state("peer2", "session/a").as_deref(), Some(&b"three"[..]));
+    assert_eq!(state("peer3", "session/a"), None);
+    assert!(
+        store.doc_ids().expect("doc ids").is_empty(),
+        "sync states are not docs"
+    );
+}
+
+#[test]
+fn invalid_ids_are_refused_and_the_batch_changes_nothing() {
+    let dir = TempDir::new("invalid");
+    let store = Store::open(dir.path()).expect("open");
+    let mut batch = Batch::new();
+    batch.append_chunk("good", 0, vec![1]);
+    batch.put_sync_state("peer/with/slash", "good", vec![2]);
+    assert_eq!(batch.len(), 2);
+    let error = store.commit(batch).expect_err("a peer with '/' is refused");
+    assert!(
+        matches!(error, StoreError::InvalidId { kind: "peer", .. }),
+        "{error}"
+    );
+    assert_eq!(
+        store.load_doc("good").expect("load"),
+        None,
+        "nothing of the batch landed"
+    );
+
+    let mut batch = Batch::new();
+    batch.append_chunk("good", CHUNK_SEQ_MAX + 1, vec![1]);
+    let error = store
+        .commit(batch)
+        .expect_err("seq above the maximum is refused");
+    assert!(
+        matches!(error, StoreError::ChunkSeqTooLarge { .. }),
+        "{error}"
+    );
+
+    for doc in ["", "nul\0doc"] {
+        let mut batch = Batch::new();
+        batch.put_snapshot(doc, vec![], 0);
+        assert!(matches!(
+            store.commit(batch),
+            Err(StoreError::InvalidId { kind: "doc", .. })
+        ));
+        assert!(store.load_doc(doc).is_err());
+    }
+    assert!(Batch::new().is_empty());
+}
+
+#[test]
+fn a_snapshot_batch_is_all_or_nothing_across_reopen() {
+    let dir = TempDir::new("atomic");
+    {
+        let store = Store::open(dir.path()).expect("open");
+        commit_one(&store, |batch| {
+            for seq in 0..50 {
+                batch.append_chunk("doc", seq, vec![seq as u8; 100]);
+            }
+        });
+        commit_one(&store, |batch| {
+            batch.put_snapshot("doc", b"SNAP".to_vec(), 50);
+            batch.put_sync_state("peer", "doc", b"state".to_vec());
+        });
+    }
+    let store = Store::open(dir.path()).expect("reopen");
+    let doc = store.load_doc("doc").expect("load").expect("doc exists");
+    assert_eq!(doc.snapshot.as_deref(), Some(&b"SNAP"[..]));
+    assert!(doc.chunks.is_empty());
+    assert_eq!(
+        store.sync_state("peer", "doc").expect("sync").as_deref(),
+        Some(&b"state"[..])
+    );
+}
+
+#[test]
+fn readers_never_see_half_a_snapshot_batch() {
+    let dir = TempDir::new("consistent");
+    let store = Store::open(dir.path()).expect("open");
+    commit_one(&store, |batch| {
+        batch.put_snapshot("doc", 0u64.to_be_bytes().to_vec(), 0)
+    });
+    // Invariant under test: the snapshot says how many chunks it folded (n), and exactly the
+    // chunks n.. are present, so every load sees chunks starting at the snapshot's n.
+    let (acks_tx, acks_rx) = mpsc::channel();
+    let writer = {
+        let store = store.clone();
+        thread::spawn(move || {
+            for n in 0..100u64 {
+                commit_one(&store, |batch| {
+                    batch.append_chunk("doc", n, n.to_be_bytes().to_vec())
+                });
+                let mut batch = Batch::new();
+                batch.put_snapshot("doc", (n + 1).to_be_bytes().to_vec(), n + 1);
+                let acks_tx = acks_tx.clone();
+                store.committer().submit(batch, move |result| {
+                    let _ = acks_tx.send(result.map_err(|e| e.to_string()));
+                });
+            }
+        })
+    };
+    while !writer.is_finished() {
+        let doc = store.load_doc("doc").expect("load").expect("doc exists");
+        let folded = u64::from_be_bytes(doc.snapshot.expect("snapshot").try_into().expect("8 B"));
+        if let Some(first) = doc.chunks.first() {
+            assert_eq!(
+                u64::from_be_bytes(first.as_slice().try_into().expect("8 B")),
+                folded
+            );
+        }
+    }
+    writer.join().expect("writer");
+    for _ in 0..100 {
+        let ack = acks_rx.recv_timeout(Duration::from_secs(10)).expect("ack");
+        ack.expect("snapshot batch commits");
+    }
+}
+
+#[test]
+fn committer_shares_fsyncs_between_concurrent_writers() {
+    const THREADS: u64 = 8;
+    const PER_THREAD: u64 = 200;
+    let dir = TempDir::new("committer");
+    let store = Store::open(dir.path()).expect("open");
+    let before = store.stats();
+    let (acks_tx, acks_rx) = mpsc::channel();
+
+    let writers: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let committer = store.committer();
+            let acks_tx = acks_tx.clone();
+            thread::spawn(move || {
+                for seq in 0..PER_THREAD {
+                    let mut batch = Batch::new();
+                    batch.append_chunk(&format!("doc{t}"), seq, vec![t as u8]);
+                    let acks_tx = acks_tx.clone();
+                    committer.submit(batch, move |result| {
+                        // The receiver outlives every callback; a failed send means the test
+                        // already failed elsewhere.
+                        let _ = acks_tx.send(result.map(|()| (t, seq)).map_err(|e| e.to_string()));
+                    });
+                }
+            })
+        })
+        .collect();
+    drop(acks_tx);
+    for writer in writers {
+        writer.join().expect("writer thread");
+    }
+
+    let mut acked = 0;
+    while let Ok(ack) = acks_rx.recv_timeout(Duration::from_secs(10)) {
+        ack.expect("every submission succeeds");
+        acked += 1;
+        if acked == THREADS * PER_THREAD {
+            break;
+        }
+    }
+    assert_eq!(acked, THREADS * PER_THREAD);
+
+    let stats = store.stats();
+    let commits = stats.commits - before.commits;
+    let fsyncs = stats.fsyncs - before.fsyncs;
+    assert_eq!(commits, THREADS * PER_THREAD);
+    assert!(
+        fsyncs < commits,
+        "no fsync was shared: {fsyncs} fsyncs for {commits} commits"
+    );
+    for t in 0..THREADS {
+        let doc = store
+            .load_doc(&format!("doc{t}"))
+            .expect("load")
+            .expect("doc exists");
+        assert_eq!(doc.chunks.len() as u64, PER_THREAD);
+    }
+}
+
+#[test]
+fn committer_reports_invalid_batches_individually() {
+    let dir = TempDir::new("committer-errors");
+    let store = Store::open(dir.path()).expect("open");
+    let committer = store.committer();
+    let (tx, rx) = mpsc::channel();
+    for peer in ["ok", "bad/peer", "ok2"] {
+        let mut batch = Batch::new();
+        batch.put_sync_state(peer, "doc", vec![1]);
+        let tx = tx.clone();
+        committer.submit(batch, move |result| {
+            let _ = tx.send((peer, result.is_ok()));
+        });
+    }
+    let mut results: Vec<_> = (0..3).map(|_| rx.recv().expect("ack")).collect();
+    results.sort();
+    assert_eq!(results, [("bad/peer", false), ("ok", true), ("ok2", true)]);
+}
+
+#[test]
+fn dropping_store_and_committers_releases_the_directory() {
+    let dir = TempDir::new("release");
+    let store = Store::open(dir.path()).expect("open");
+    let committer = store.committer();
+    let (tx, rx) = mpsc::channel();
+    let mut batch = Batch::new();
+    batch.append_chunk("doc", 0, vec![1]);
+    committer.submit(batch, move |result| {
+        let _ = tx.send(result.is_ok());
+    });
+    assert!(rx.recv().expect("ack"));
+    drop(store);
+    // The committer keeps the store open...
+    assert!(matches!(
+        Store::open(dir.path()),
+        Err(StoreError::Locked { .. })
+    ));
+    drop(committer);
+    // ...and once it is gone the thread has stopped and the directory is free.
+    let store = Store::open(dir.path()).expect("reopen");
+    assert_eq!(
+        store.load_doc("doc").expect("load").expect("doc").chunks,
+        [vec![1]]
+    );
+}
+
+#[test]
+fn corrupt_boot_epoch_is_an_error_not_a_panic() {
+    let dir = TempDir::new("corrupt-epoch");
+    drop(Store::open(dir.path()).expect("open"));
+    {
+        let db = sled::open(dir.path()).expect("raw sled open");
+        db.insert(crate::keys::META_BOOT_EPOCH, &[1u8, 2, 3][..])
+            .expect("insert");
+        db.flush().expect("flush");
+    }
+    let error = Store::open(dir.path()).expect_err("a 3-byte epoch is corrupt");
+    assert!(matches!(error, StoreError::Corrupt { .. }), "{error}");
+    assert!(error.to_string().contains("m/boot_epoch"), "{error}");
+}
+
+#[test]
+fn newer_schema_is_refused() {
+    let dir = TempDir::new("schema");
+    drop(Store::open(dir.path()).expect("open"));
+    {
+        let db = sled::open(dir.path()).expect("raw sled open");
+        let newer = (SCHEMA_VERSION + 1).to_be_bytes();
+        db.insert(crate::keys::META_SCHEMA_VERSION, &newer[..])
+            .expect("insert");
+        db.flush().expect("flush");
+    }
+    let error = Store::open(dir.path()).expect_err("newer schema");
+    assert!(
+        matches!(
+            error,
+            StoreError::NewerSchema {
+                found: 2,
+                supported: 1,
+                ..
+            }
+        ),
+        "{error}"
+    );
+}
+
+#[test]
+fn corrupt_document_keys_are_errors() {
+    let dir = TempDir::new("corrupt-keys");
+    drop(Store::open(dir.path()).expect("open"));
+    {
+        let db = sled::open(dir.path()).expect("raw sled open");
+        db.insert(&b"d/doc/zzz"[..], &b"?"[..]).expect("insert");
+        // A key inside the chunk range of `doc` with nine seq bytes.
+        db.insert(&b"d/doc/c/\0\0\0\0\0\0\0\0\x01"[..], &b"?"[..])
+            .expect("insert");
+        db.flush().expect("flush");
+    }
+    let store = Store::open(dir.path()).expect("open");
+    assert!(matches!(store.doc_ids(), Err(StoreError::Corrupt { .. })));
+    assert!(matches!(
+        store.load_doc("doc"),
+        Err(StoreError::Corrupt { .. })
+    ));
+}
