@@ -1,1 +1,9 @@
-//! tests
+//! Lectern's cross-crate tests, compiled as ONE test binary (one link on a 2-core machine):
+//! one module per area, sharing helpers from `support`.
+
+mod architecture;
+mod durability;
+mod hub;
+mod model;
+mod node;
+mod support;

@@ -4,8 +4,8 @@
 
 use lectern_hub::{Hub, HubError};
 use lectern_model::{
-    Caller, CohortId, Command, CommandBody, CommandId, DocId, PollKind, PollSpec, RejectCode,
-    Role, SessionId, UserId,
+    Caller, CohortId, Command, CommandBody, CommandId, DocId, PollKind, PollSpec, RejectCode, Role,
+    SessionId, UserId,
 };
 
 /// The demo cohort's id.
@@ -85,7 +85,11 @@ pub async fn seed_demo(hub: &Hub) -> Result<SessionId, HubError> {
         steps.push((
             cohort.clone(),
             &admin,
-            if i == 0 { "demo-roster-1" } else { "demo-roster-2" },
+            if i == 0 {
+                "demo-roster-1"
+            } else {
+                "demo-roster-2"
+            },
             CommandBody::RosterAdd {
                 user: s.user.clone(),
                 role: Role::Student,

@@ -47,7 +47,9 @@ pub struct Node {
 
 /// The HTTP routes of a node.
 pub fn router(hub: Hub) -> Router {
-    Router::new().route("/healthz", get(healthz)).with_state(hub)
+    Router::new()
+        .route("/healthz", get(healthz))
+        .with_state(hub)
 }
 
 async fn healthz(State(hub): State<Hub>) -> Json<serde_json::Value> {
@@ -125,4 +127,35 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
 /// The id of the demo session `--demo` seeds.
 pub fn demo_session_id() -> &'static str {
     demo::DEMO_SESSION
+}
+
+/// A future that completes on SIGINT or SIGTERM: the signal that stops a node. The handlers
+/// are installed when this function is called, not when the future is first polled, so a
+/// signal that arrives in between is not lost to the default action.
+pub fn shutdown_signal() -> impl Future<Output = ()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let int = signal(SignalKind::interrupt());
+        let term = signal(SignalKind::terminate());
+        async move {
+            match (int, term) {
+                (Ok(mut int), Ok(mut term)) => {
+                    tokio::select! {
+                        _ = int.recv() => {},
+                        _ = term.recv() => {},
+                    }
+                }
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }

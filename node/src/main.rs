@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use lectern_node::{NodeConfig, start};
+use lectern_node::{NodeConfig, shutdown_signal, start};
 
 /// Runs a Lectern regional node.
 #[derive(Debug, Parser)]
@@ -44,12 +44,13 @@ fn main() -> ExitCode {
     };
     let demo = config.demo;
     let result = runtime.block_on(async move {
+        let stop = shutdown_signal();
         let node = start(config).await?;
         println!("health: http://{}/healthz", node.http_addr);
         if demo {
             println!("session: {}", lectern_node::demo_session_id());
         }
-        shutdown_signal().await;
+        stop.await;
         node.stop().await
     });
     match result {
@@ -58,27 +59,5 @@ fn main() -> ExitCode {
             eprintln!("lectern: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
     }
 }

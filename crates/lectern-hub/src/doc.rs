@@ -123,7 +123,9 @@ async fn load(inner: &Arc<Inner>, doc: &DocId) -> Result<Live, HubError> {
     let id = doc.clone();
     let actor = inner.identity.actor_bytes();
     tokio::task::spawn_blocking(move || {
-        let stored = store.load_doc(&key).map_err(|e| HubError::Store(e.to_string()))?;
+        let stored = store
+            .load_doc(&key)
+            .map_err(|e| HubError::Store(e.to_string()))?;
         let Some(stored) = stored else {
             return Ok(Live {
                 replica: Replica::new(id, &actor),
@@ -228,7 +230,11 @@ async fn process(inner: &Arc<Inner>, doc: &DocId, live: &mut Live, batch: Vec<Ms
                 match live.replica.receive_sync_message(state, &message) {
                     Ok(remote) => {
                         inner.counters.sync_messages.fetch_add(1, Ordering::Relaxed);
-                        events.extend(remote.iter().map(|e: &Event| Arc::new(Published::from_event(doc, e))));
+                        events.extend(
+                            remote
+                                .iter()
+                                .map(|e: &Event| Arc::new(Published::from_event(doc, e))),
+                        );
                         dirty_peers.insert(peer.clone());
                         sync_replies.push((peer, reply));
                     }
@@ -315,8 +321,8 @@ fn storage_batch(
     if changed {
         let chunk = live.replica.save_after(&live.saved);
         let chunk_len = chunk.len() as u64;
-        let compact = live.chunk_bytes + chunk_len
-            > live.snapshot_bytes.max(inner.config.compact_min_bytes);
+        let compact =
+            live.chunk_bytes + chunk_len > live.snapshot_bytes.max(inner.config.compact_min_bytes);
         if compact {
             let snapshot = live.replica.save();
             live.snapshot_bytes = snapshot.len() as u64;

@@ -23,9 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use lectern_model::{
-    Caller, Command, DocId, Millis, Rejection, Replica, ResumeToken, SyncError,
-};
+use lectern_model::{Caller, Command, DocId, Millis, Rejection, Replica, ResumeToken, SyncError};
 use lectern_store::{NodeIdentity, Store};
 use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -252,7 +250,12 @@ impl Hub {
     }
 
     /// Applies `cmd` to `doc` as `caller`; returns once it is on disk.
-    pub async fn execute(&self, doc: DocId, caller: Caller, cmd: Command) -> Result<Acked, HubError> {
+    pub async fn execute(
+        &self,
+        doc: DocId,
+        caller: Caller,
+        cmd: Command,
+    ) -> Result<Acked, HubError> {
         let (reply, rx) = oneshot::channel();
         self.send(&doc, Msg::Command { caller, cmd, reply })?;
         rx.await.map_err(|_| HubError::ShuttingDown)?

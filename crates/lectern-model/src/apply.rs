@@ -7,6 +7,7 @@
 use automerge::transaction::{Transactable, Transaction};
 use automerge::{ObjId, ObjType, ScalarValue};
 
+use crate::Caller;
 use crate::auth::{Needs, authorize};
 use crate::command::{Command, CommandBody, PollChoice, PollKind, PollSpec, SessionState};
 use crate::ids::{CohortId, DocId, Millis};
@@ -14,7 +15,6 @@ use crate::limits::*;
 use crate::read::Reader;
 use crate::reject::{RejectCode, Rejection, check_text};
 use crate::schema::*;
-use crate::Caller;
 
 /// What a command touched, recorded in its envelope so that events can be derived from the
 /// commit alone (on this node and on every replica).
@@ -125,7 +125,12 @@ fn refused_when_ended(body: &CommandBody) -> bool {
     use CommandBody::*;
     matches!(
         body,
-        QaAsk { .. } | QaUpvote { .. } | QaUnvote { .. } | PollCreate(_) | PollVote { .. } | ChatSend { .. }
+        QaAsk { .. }
+            | QaUpvote { .. }
+            | QaUnvote { .. }
+            | PollCreate(_)
+            | PollVote { .. }
+            | ChatSend { .. }
     )
 }
 
@@ -217,7 +222,11 @@ fn apply_session(
                 r.bool(&m, "moderation").unwrap_or(false)
             };
             // Staff questions skip the queue: they are the moderators.
-            let status = if moderated && !staff { Q_PENDING } else { Q_VISIBLE };
+            let status = if moderated && !staff {
+                Q_PENDING
+            } else {
+                Q_VISIBLE
+            };
             let q = put_map(tx, &questions, cmd.id.as_str())?;
             put(tx, &q, "text", text)?;
             put(tx, &q, "author", user)?;
@@ -536,9 +545,7 @@ fn encode_vote(shape: &crate::view::PollShape, choice: &PollChoice) -> Result<St
 
 fn cohort_exists(tx: &Transaction<'_>) -> bool {
     let r = Reader::now(tx);
-    r.root_map(META)
-        .and_then(|m| r.str(&m, "title"))
-        .is_some()
+    r.root_map(META).and_then(|m| r.str(&m, "title")).is_some()
 }
 
 fn apply_cohort(

@@ -8,8 +8,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{CohortId, CommandId, DocKind, LessonId, PollId, QuestionId, SessionId, UserId};
 use crate::Role;
+use crate::ids::{CohortId, CommandId, DocKind, LessonId, PollId, QuestionId, SessionId, UserId};
 
 /// A command with its idempotency id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

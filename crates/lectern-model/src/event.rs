@@ -152,7 +152,11 @@ pub(crate) fn derive<D: ReadDoc>(
         }
         "qa.ask" | "qa.answer" | "qa.pin" | "qa.dismiss" | "qa.approve" | "qa.reject" => {
             let q = Question::read(r, target?)?;
-            let name = if env.c == "qa.ask" { "qa:new" } else { "qa:updated" };
+            let name = if env.c == "qa.ask" {
+                "qa:new"
+            } else {
+                "qa:updated"
+            };
             Some((name, question_deliveries(&q, |reveal| q.to_json(reveal))))
         }
         "qa.upvote" | "qa.unvote" => {
@@ -166,7 +170,8 @@ pub(crate) fn derive<D: ReadDoc>(
         }
         "poll.vote" | "poll.reveal" => {
             let p = Poll::read(r, target?)?;
-            let payload = json!({"pollId": p.id, "results": p.results(), "revealed": p.results_public()});
+            let payload =
+                json!({"pollId": p.id, "results": p.results(), "revealed": p.results_public()});
             if p.results_public() {
                 Some(("poll:results", all(payload)))
             } else {
@@ -179,9 +184,7 @@ pub(crate) fn derive<D: ReadDoc>(
         }
         "poll.close" => {
             let p = Poll::read(r, target?)?;
-            let payload = |with: bool| {
-                json!({"pollId": p.id, "results": if with { p.results() } else { Value::Null }})
-            };
+            let payload = |with: bool| json!({"pollId": p.id, "results": if with { p.results() } else { Value::Null }});
             Some(("poll:closed", poll_deliveries(&p, payload)))
         }
         "chat.send" => {
@@ -256,7 +259,9 @@ pub(crate) fn derive<D: ReadDoc>(
             Some(("announcement", all(a)))
         }
         "session.link" => {
-            let s = r.root_map(crate::schema::SESSIONS).and_then(|s| r.map(&s, target?))?;
+            let s = r
+                .root_map(crate::schema::SESSIONS)
+                .and_then(|s| r.map(&s, target?))?;
             let payload = json!({"id": target?, "title": r.str(&s, "title")});
             Some(("session:linked", all(payload)))
         }

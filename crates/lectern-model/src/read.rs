@@ -4,8 +4,8 @@
 //! map belongs, a missing field. Every read here returns an `Option` and the callers skip what
 //! does not fit the schema; nothing read from a document can panic the node.
 
-use automerge::{ChangeHash, ObjType, ROOT, ReadDoc, Value};
 use automerge::ObjId;
+use automerge::{ChangeHash, ObjType, ROOT, ReadDoc, Value};
 
 /// Reads `doc` as of `heads` (or as it is now when `heads` is `None`).
 pub(crate) struct Reader<'a, D: ReadDoc> {

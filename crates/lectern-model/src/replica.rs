@@ -195,11 +195,18 @@ impl Replica {
                 .with_message(message)
                 .with_time(time_s)
         };
-        let target = self
+        let done = self
             .doc
             .transact_with(envelope, |tx| apply(tx, &id, caller, cmd, now))
-            .map_err(|failure| failure.error)?
-            .result;
+            .map_err(|failure| failure.error)?;
+        if done.hash.is_none() {
+            // automerge drops a put of the value a key already holds, so a command that changes
+            // nothing (an upvote that is already on, closing a closed poll) commits no change.
+            // It still needs one: the envelope is what carries the command id to other replicas
+            // and across a reload, and what gives its event a token of its own.
+            self.doc.empty_commit(envelope(&done.result));
+        }
+        let target = done.result;
         self.seen.insert(cmd.id.as_str().to_owned());
         let env = Envelope {
             c: cmd.body.name().to_owned(),

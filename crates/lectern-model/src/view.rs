@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use automerge::{ObjId, ReadDoc};
 use serde_json::{Value, json};
 
+use crate::Caller;
 use crate::auth::{Needs, authorize};
 use crate::command::{PollKind, ProgressStatus};
 use crate::ids::{CohortId, Millis, UserId};
@@ -18,7 +19,6 @@ use crate::limits::{CHAT_IN_VIEW_MAX, WORD_CLOUD_WORDS_MAX};
 use crate::read::Reader;
 use crate::reject::{RejectCode, Rejection};
 use crate::schema::*;
-use crate::Caller;
 
 // ---------------------------------------------------------------------------------------------
 // Questions
@@ -178,7 +178,10 @@ impl Poll {
             open: r.str(&p, "state").as_deref() == Some("open"),
             revealed: r.bool(&p, "revealed").unwrap_or(false),
             at: r.int(&p, "at").unwrap_or(0),
-            votes: r.map(&p, "votes").map(|v| r.str_entries(&v)).unwrap_or_default(),
+            votes: r
+                .map(&p, "votes")
+                .map(|v| r.str_entries(&v))
+                .unwrap_or_default(),
         })
     }
 
@@ -402,7 +405,12 @@ pub(crate) fn session_view<D: ReadDoc>(
 
     let mut polls: Vec<Poll> = r
         .root_map(POLLS)
-        .map(|ps| r.keys(&ps).iter().filter_map(|k| Poll::read(r, k)).collect())
+        .map(|ps| {
+            r.keys(&ps)
+                .iter()
+                .filter_map(|k| Poll::read(r, k))
+                .collect()
+        })
         .unwrap_or_default();
     polls.sort_by(|a, b| a.at.cmp(&b.at).then_with(|| a.id.cmp(&b.id)));
     let polls: Vec<Value> = polls
@@ -425,7 +433,10 @@ pub(crate) fn session_view<D: ReadDoc>(
                 .collect()
         })
         .unwrap_or_default();
-    chat.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1["id"].as_str().cmp(&b.1["id"].as_str())));
+    chat.sort_by(|a, b| {
+        a.0.cmp(&b.0)
+            .then_with(|| a.1["id"].as_str().cmp(&b.1["id"].as_str()))
+    });
     let skip = chat.len().saturating_sub(CHAT_IN_VIEW_MAX);
     let chat: Vec<Value> = chat.into_iter().skip(skip).map(|(_, j)| j).collect();
 
@@ -433,7 +444,10 @@ pub(crate) fn session_view<D: ReadDoc>(
         .root_map(BROADCASTS)
         .map(|b| r.keys(&b).iter().filter_map(|k| broadcast(r, k)).collect())
         .unwrap_or_default();
-    broadcasts.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1["id"].as_str().cmp(&b.1["id"].as_str())));
+    broadcasts.sort_by(|a, b| {
+        a.0.cmp(&b.0)
+            .then_with(|| a.1["id"].as_str().cmp(&b.1["id"].as_str()))
+    });
     let broadcasts: Vec<Value> = broadcasts.into_iter().map(|(_, j)| j).collect();
 
     let (present, users) = attendance(r, Some(now));
@@ -567,7 +581,12 @@ pub(crate) fn cohort_view<D: ReadDoc>(
     authorize(viewer, cohort, Needs::Member)?;
     let mut announcements: Vec<Value> = r
         .root_map(ANNOUNCEMENTS)
-        .map(|a| r.keys(&a).iter().filter_map(|k| announcement(r, k)).collect())
+        .map(|a| {
+            r.keys(&a)
+                .iter()
+                .filter_map(|k| announcement(r, k))
+                .collect()
+        })
         .unwrap_or_default();
     announcements.sort_by_key(|a| a["at"].as_i64());
     let sessions: Vec<Value> = r

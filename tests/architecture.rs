@@ -1,0 +1,162 @@
+//! Architecture invariants as tests: the IO-free crates stay IO-free, the store stays
+//! blocking, and every Rust file opens with a `//!` paragraph saying what it is.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// Names of every package `package` depends on (normal dependencies, transitively).
+fn normal_dependencies(metadata: &Value, package: &str) -> BTreeSet<String> {
+    let packages = metadata["packages"].as_array().expect("packages");
+    let name_of: HashMap<&str, &str> = packages
+        .iter()
+        .map(|p| (p["id"].as_str().unwrap(), p["name"].as_str().unwrap()))
+        .collect();
+    let nodes = metadata["resolve"]["nodes"].as_array().expect("resolve");
+    let deps_of: HashMap<&str, Vec<&str>> = nodes
+        .iter()
+        .map(|n| {
+            let normal: Vec<&str> = n["deps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|d| {
+                    d["dep_kinds"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|k| k["kind"].is_null())
+                })
+                .map(|d| d["pkg"].as_str().unwrap())
+                .collect();
+            (n["id"].as_str().unwrap(), normal)
+        })
+        .collect();
+    let start = packages
+        .iter()
+        .find(|p| p["name"] == package)
+        .and_then(|p| p["id"].as_str())
+        .expect("package in the workspace");
+    let mut seen = BTreeSet::new();
+    let mut queue = VecDeque::from([start]);
+    while let Some(id) = queue.pop_front() {
+        for dep in deps_of.get(id).into_iter().flatten() {
+            if seen.insert(name_of[dep].to_owned()) {
+                queue.push_back(dep);
+            }
+        }
+    }
+    seen
+}
+
+fn metadata() -> Value {
+    let out = std::process::Command::new(env!("CARGO"))
+        .args(["metadata", "--format-version", "1", "--offline"])
+        .current_dir(workspace_root())
+        .output()
+        .expect("run cargo metadata");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("metadata JSON")
+}
+
+#[test]
+fn model_and_wire_depend_on_no_runtime_storage_or_network_crate() {
+    let metadata = metadata();
+    for package in ["lectern-model", "lectern-wire"] {
+        let deps = normal_dependencies(&metadata, package);
+        assert!(
+            deps.contains("serde"),
+            "{package}: the dependency walk found nothing"
+        );
+        for forbidden in [
+            "tokio",
+            "sled",
+            "axum",
+            "quinn",
+            "hyper",
+            "socketioxide",
+            "mio",
+        ] {
+            assert!(
+                !deps.contains(forbidden),
+                "{package} depends on {forbidden}: {deps:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn store_is_blocking_only() {
+    let deps = normal_dependencies(&metadata(), "lectern-store");
+    assert!(deps.contains("sled"));
+    assert!(!deps.contains("tokio"), "lectern-store depends on tokio");
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).expect("read dir") {
+        let path = entry.expect("entry").path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if path.is_dir() {
+            if name != "target" && !name.starts_with('.') && name != "node_modules" {
+                rust_files(&path, out);
+            }
+        } else if name.ends_with(".rs") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn model_and_wire_read_no_clock_or_randomness() {
+    let root = workspace_root();
+    let mut files = Vec::new();
+    rust_files(&root.join("crates/lectern-model/src"), &mut files);
+    rust_files(&root.join("crates/lectern-wire/src"), &mut files);
+    assert!(files.len() >= 5);
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        for needle in [
+            "SystemTime::now",
+            "Instant::now",
+            "rand::",
+            "thread_rng",
+            "getrandom",
+        ] {
+            assert!(!text.contains(needle), "{} uses {needle}", f.display());
+        }
+    }
+}
+
+#[test]
+fn every_rust_file_opens_with_a_module_doc() {
+    let root = workspace_root();
+    let mut files = Vec::new();
+    for dir in ["crates", "node", "cli", "tests", "benches"] {
+        rust_files(&root.join(dir), &mut files);
+    }
+    assert!(files.len() >= 20, "found only {} files", files.len());
+    let undocumented: Vec<String> = files
+        .iter()
+        .filter(|f| {
+            let text = std::fs::read_to_string(f).unwrap();
+            !text.trim_start().starts_with("//!")
+        })
+        .map(|f| f.strip_prefix(&root).unwrap().display().to_string())
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "files without a //! paragraph: {undocumented:?}"
+    );
+}

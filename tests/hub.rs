@@ -1,0 +1,419 @@
+//! The hub with a real sled store: group commit, room fan-out, eviction and reload, remote
+//! sync between two hubs, resume, compaction and large-document reload.
+
+use std::time::Duration;
+
+use lectern_hub::{Hub, HubConfig, HubError, JoinStart};
+use lectern_model::{CommandBody, Millis, Replica, Role};
+use lectern_store::{Batch, Store};
+
+use crate::support::{TempDir, ask, caller, cmd, create_session, session};
+
+fn hub_at(dir: &TempDir, config: HubConfig) -> Hub {
+    Hub::new(Store::open(dir.path()).expect("open store"), config)
+}
+
+async fn created(hub: &Hub, id: &str) {
+    hub.execute(
+        session(id),
+        caller("ada", Role::Instructor),
+        cmd(&format!("create-{id}"), create_session(id)),
+    )
+    .await
+    .expect("create session");
+}
+
+/// Delivers `first` from `from` to `to` and every reply back and forth until one side has
+/// nothing more to say. Every generated message must be delivered: automerge's sync state
+/// remembers what it sent.
+async fn exchange(from: (&Hub, &str), to: (&Hub, &str), id: &str, first: Vec<u8>) {
+    let (mut sender, mut receiver) = (from, to);
+    let mut message = first;
+    for _ in 0..100 {
+        match receiver
+            .0
+            .receive_sync(session(id), sender.1, message)
+            .await
+            .expect("receive")
+        {
+            Some(reply) => {
+                message = reply;
+                std::mem::swap(&mut sender, &mut receiver);
+            }
+            None => return,
+        }
+    }
+    panic!("sync did not quiesce");
+}
+
+/// Syncs two hubs until neither has anything to say.
+async fn sync_pair(a: &Hub, a_name: &str, b: &Hub, b_name: &str, id: &str) {
+    for _ in 0..10 {
+        let mut quiet = true;
+        if let Some(m) = a.generate_sync(session(id), b_name).await.expect("gen a") {
+            quiet = false;
+            exchange((a, a_name), (b, b_name), id, m).await;
+        }
+        if let Some(m) = b.generate_sync(session(id), a_name).await.expect("gen b") {
+            quiet = false;
+            exchange((b, b_name), (a, a_name), id, m).await;
+        }
+        if quiet {
+            return;
+        }
+    }
+    panic!("sync did not quiesce");
+}
+
+/// The next event, failing (not hanging) if none comes within 5 s.
+async fn recv(
+    rx: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<lectern_hub::Published>>,
+) -> std::sync::Arc<lectern_hub::Published> {
+    tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("an event within 5 s")
+        .expect("the room is open")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_commands_share_fsyncs_and_all_ack() {
+    let dir = TempDir::new("group-commit");
+    let hub = hub_at(&dir, HubConfig::default());
+    created(&hub, "s").await;
+    let mut tasks = Vec::new();
+    for i in 0..400 {
+        let hub = hub.clone();
+        tasks.push(tokio::spawn(async move {
+            let who = caller(&format!("u{i}"), Role::Student);
+            hub.execute(session("s"), who, cmd(&format!("q{i}"), ask("why?")))
+                .await
+        }));
+    }
+    for t in tasks {
+        t.await.expect("join").expect("every command acks");
+    }
+    let stats = hub.stats();
+    let fsyncs = hub.store().stats().fsyncs;
+    assert_eq!(stats.commands_applied, 401);
+    assert!(
+        stats.batches < 401,
+        "{} batches for 401 commands",
+        stats.batches
+    );
+    assert!(fsyncs < 401, "{fsyncs} fsyncs for 401 commands");
+}
+
+#[tokio::test]
+async fn room_subscribers_get_events_and_double_upvote_counts_once() {
+    let dir = TempDir::new("rooms");
+    let hub = hub_at(&dir, HubConfig::default());
+    created(&hub, "s").await;
+    let alice = caller("alice", Role::Student);
+    let bob = caller("bob", Role::Student);
+    let mut joined = hub
+        .join(session("s"), bob.clone(), None)
+        .await
+        .expect("join");
+    assert!(matches!(joined.start, JoinStart::Snapshot { .. }));
+    hub.execute(
+        session("s"),
+        alice.clone(),
+        cmd("q1", ask("What is a CRDT?")),
+    )
+    .await
+    .expect("ask");
+    for n in 0..2 {
+        let r = hub
+            .execute(
+                session("s"),
+                bob.clone(),
+                cmd(
+                    &format!("up{n}"),
+                    CommandBody::QaUpvote {
+                        question: "q1".parse().unwrap(),
+                    },
+                ),
+            )
+            .await
+            .expect("upvote");
+        assert!(r.event.is_some());
+    }
+    let first = recv(&mut joined.events).await;
+    assert_eq!(first.name, "qa:new");
+    let payload: serde_json::Value =
+        serde_json::from_str(first.payload_for("bob", false).expect("bob sees it")).unwrap();
+    assert_eq!(payload["question"], "What is a CRDT?");
+    let mut counts = Vec::new();
+    for _ in 0..2 {
+        let e = recv(&mut joined.events).await;
+        assert_eq!(e.name, "qa:upvoted");
+        let p: serde_json::Value =
+            serde_json::from_str(e.payload_for("bob", false).unwrap()).unwrap();
+        counts.push(p["count"].as_u64().unwrap());
+    }
+    assert_eq!(
+        counts,
+        vec![1, 1],
+        "the same user upvoting twice counts once"
+    );
+}
+
+#[tokio::test]
+async fn non_member_cannot_join() {
+    let dir = TempDir::new("join-auth");
+    let hub = hub_at(&dir, HubConfig::default());
+    created(&hub, "s").await;
+    let mut outsider = caller("eve", Role::Student);
+    outsider.cohorts = vec!["other".parse().unwrap()];
+    let err = hub
+        .join(session("s"), outsider, None)
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), "not_member");
+}
+
+#[tokio::test]
+async fn idle_documents_are_evicted_and_reloaded_intact() {
+    let dir = TempDir::new("evict");
+    let config = HubConfig {
+        doc_idle_ms: 30,
+        ..HubConfig::default()
+    };
+    let hub = hub_at(&dir, config);
+    created(&hub, "s").await;
+    hub.execute(
+        session("s"),
+        caller("a", Role::Student),
+        cmd("q1", ask("kept?")),
+    )
+    .await
+    .expect("ask");
+    assert_eq!(hub.loaded_docs(), 1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while hub.loaded_docs() > 0 {
+        assert!(std::time::Instant::now() < deadline, "never evicted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(hub.stats().evictions >= 1);
+    let admin = caller("admin", Role::Admin);
+    let view = hub
+        .read(session("s"), move |r| r.session_view(&admin, Millis(0)))
+        .await
+        .expect("read")
+        .expect("view");
+    assert_eq!(view["questions"][0]["question"], "kept?");
+    // A retried command is still recognised after the reload.
+    let again = hub
+        .execute(
+            session("s"),
+            caller("a", Role::Student),
+            cmd("q1", ask("kept?")),
+        )
+        .await
+        .expect_err("duplicate");
+    assert_eq!(again.code(), "duplicate_command");
+}
+
+#[tokio::test]
+async fn two_hubs_converge_through_sync_and_remote_changes_become_events() {
+    let (da, db) = (TempDir::new("sync-a"), TempDir::new("sync-b"));
+    let a = hub_at(&da, HubConfig::default());
+    let b = hub_at(&db, HubConfig::default());
+    created(&a, "s").await;
+    sync_pair(&a, "A", &b, "B", "s").await;
+    let bob = caller("bob", Role::Student);
+    let mut joined = b.join(session("s"), bob, None).await.expect("join on B");
+    let mut feed = b.changes();
+    a.execute(
+        session("s"),
+        caller("alice", Role::Student),
+        cmd("q1", ask("from A")),
+    )
+    .await
+    .expect("ask on A");
+    sync_pair(&a, "A", &b, "B", "s").await;
+    let e = recv(&mut joined.events).await;
+    assert_eq!(e.name, "qa:new");
+    assert!(e.payload_for("bob", false).unwrap().contains("from A"));
+    assert_eq!(feed.recv().await.expect("feed"), session("s"));
+    let heads_a = a.read(session("s"), |r| r.token()).await.unwrap();
+    let heads_b = b.read(session("s"), |r| r.token()).await.unwrap();
+    assert_eq!(heads_a, heads_b);
+    // B persisted its sync state with A, so a reconnect does not resend history.
+    assert!(b.store().sync_state("A", "session/s").unwrap().is_some());
+    // Retrying the command on B after it replicated is refused as a duplicate.
+    let dup = b
+        .execute(
+            session("s"),
+            caller("alice", Role::Student),
+            cmd("q1", ask("from A")),
+        )
+        .await
+        .expect_err("duplicate across nodes");
+    assert_eq!(dup.code(), "duplicate_command");
+}
+
+#[tokio::test]
+async fn garbage_sync_message_is_refused_and_the_document_keeps_serving() {
+    let dir = TempDir::new("garbage");
+    let hub = hub_at(&dir, HubConfig::default());
+    created(&hub, "s").await;
+    for junk in [vec![], vec![0x42; 7], vec![0xff; 300]] {
+        let err = hub
+            .receive_sync(session("s"), "peer", junk)
+            .await
+            .expect_err("refused");
+        assert!(matches!(err, HubError::Sync(_)), "{err:?}");
+        assert_eq!(err.code(), "bad_sync_message");
+    }
+    hub.execute(
+        session("s"),
+        caller("a", Role::Student),
+        cmd("q1", ask("still here?")),
+    )
+    .await
+    .expect("still serving");
+}
+
+#[tokio::test]
+async fn resume_token_replays_exactly_the_missed_events() {
+    let dir = TempDir::new("resume");
+    let hub = hub_at(&dir, HubConfig::default());
+    created(&hub, "s").await;
+    let alice = caller("alice", Role::Student);
+    let first = hub
+        .join(session("s"), alice.clone(), None)
+        .await
+        .expect("join");
+    let JoinStart::Snapshot { token, .. } = first.start else {
+        panic!("expected a snapshot")
+    };
+    let mut live = Vec::new();
+    for i in 0..3 {
+        let ack = hub
+            .execute(
+                session("s"),
+                alice.clone(),
+                cmd(&format!("q{i}"), ask("missed?")),
+            )
+            .await
+            .expect("ask");
+        live.push(ack.event.expect("event").token.clone());
+    }
+    let again = hub
+        .join(session("s"), alice.clone(), Some(token))
+        .await
+        .expect("rejoin");
+    let JoinStart::Replay { events, .. } = again.start else {
+        panic!("expected a replay")
+    };
+    let replayed: Vec<String> = events.iter().map(|e| e.token.clone()).collect();
+    assert_eq!(replayed, live);
+
+    // A token from a document this node never saw: a snapshot, with the reason.
+    let other = Replica::new(session("elsewhere"), &[7u8; 24]);
+    let mut other = other;
+    other
+        .apply(
+            &caller("ada", Role::Instructor),
+            &cmd("c", create_session("x")),
+            Millis(1),
+        )
+        .expect("create elsewhere");
+    let rejoin = hub
+        .join(session("s"), alice, Some(other.token()))
+        .await
+        .expect("join");
+    match rejoin.start {
+        JoinStart::Snapshot { resume_refused, .. } => {
+            assert_eq!(resume_refused, Some("unknown_heads"))
+        }
+        JoinStart::Replay { .. } => panic!("replayed from unknown heads"),
+    }
+}
+
+#[tokio::test]
+async fn compaction_keeps_content_and_heads() {
+    let dir = TempDir::new("compact");
+    let config = HubConfig {
+        compact_min_bytes: 2_000,
+        ..HubConfig::default()
+    };
+    let admin = caller("admin", Role::Admin);
+    let (heads, view) = {
+        let hub = hub_at(&dir, config);
+        created(&hub, "s").await;
+        for i in 0..300 {
+            hub.execute(
+                session("s"),
+                caller(&format!("u{}", i % 7), Role::Student),
+                cmd(&format!("q{i}"), ask(&format!("question number {i}"))),
+            )
+            .await
+            .expect("ask");
+        }
+        assert!(hub.stats().compactions >= 1, "no compaction happened");
+        let a = admin.clone();
+        let out = hub
+            .read(session("s"), move |r| {
+                (r.token(), r.session_view(&a, Millis(5)).unwrap())
+            })
+            .await
+            .unwrap();
+        hub.shutdown().await.expect("shutdown");
+        out
+    };
+    let store = Store::open(dir.path()).expect("reopen");
+    let stored = store.load_doc("session/s").unwrap().unwrap();
+    assert!(stored.snapshot.is_some());
+    assert!(
+        stored.chunks.len() < 300,
+        "{} chunks left after compaction",
+        stored.chunks.len()
+    );
+    let replica = Replica::load(session("s"), &stored.concat(), &[3u8; 24]).expect("load");
+    assert_eq!(replica.token(), heads);
+    assert_eq!(replica.session_view(&admin, Millis(5)).unwrap(), view);
+}
+
+#[tokio::test]
+async fn a_twenty_thousand_change_document_reloads() {
+    let dir = TempDir::new("20k");
+    let admin = caller("admin", Role::Admin);
+    let mut replica = Replica::new(session("big"), &[1u8; 24]);
+    replica
+        .apply(&admin, &cmd("create", create_session("big")), Millis(1))
+        .unwrap();
+    for i in 0..20_000u64 {
+        let who = caller(&format!("u{}", i % 40), Role::Student);
+        let body = if i % 4 == 0 {
+            ask(&format!("q {i}"))
+        } else {
+            CommandBody::ChatSend {
+                text: format!("chat {i}"),
+            }
+        };
+        replica
+            .apply(&who, &cmd(&format!("c{i}"), body), Millis(i))
+            .unwrap();
+    }
+    let heads = replica.token();
+    let store = Store::open(dir.path()).unwrap();
+    let mut batch = Batch::new();
+    batch.put_snapshot("session/big", replica.save(), 0);
+    store.commit(batch).unwrap();
+    let hub = Hub::new(store, HubConfig::default());
+    let (count, token) = hub
+        .read(session("big"), |r| (r.change_count(), r.token()))
+        .await
+        .expect("the hub loads it");
+    assert!(count > 20_000, "{count} changes");
+    assert_eq!(token, heads);
+    // And it still takes commands.
+    let chat = CommandBody::ChatSend {
+        text: "after reload".into(),
+    };
+    hub.execute(session("big"), admin, cmd("after", chat))
+        .await
+        .expect("command after reload");
+}
