@@ -81,10 +81,11 @@ async fn writer_child(dir: String) {
 
 /// Runs a node until SIGTERM.
 async fn node_child(dir: String) {
-    let config = lectern_node::NodeConfig {
+    let config = lectern_node::Config {
         data_dir: dir.into(),
         http: "127.0.0.1:0".parse().expect("addr"),
         demo: true,
+        ..Default::default()
     };
     let stop = lectern_node::shutdown_signal();
     let node = lectern_node::start(config).await.expect("start node");

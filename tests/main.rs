@@ -2,7 +2,9 @@
 //! one module per area, sharing helpers from `support`.
 
 mod architecture;
+mod config;
 mod durability;
+mod gateway;
 mod hub;
 mod model;
 mod node;

@@ -3,7 +3,7 @@
 
 use std::io::{Read, Write};
 
-use lectern_node::{NodeConfig, start};
+use lectern_node::{Config, start};
 use lectern_store::Store;
 
 use crate::support::TempDir;
@@ -20,10 +20,11 @@ fn get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_serves_healthz_and_restarts_with_a_new_epoch() {
     let dir = TempDir::new("node");
-    let config = NodeConfig {
+    let config = Config {
         data_dir: dir.path().to_path_buf(),
         http: "127.0.0.1:0".parse().unwrap(),
         demo: true,
+        ..Default::default()
     };
     let node = start(config.clone()).await.expect("start");
     let addr = node.http_addr;

@@ -1,1 +1,68 @@
-fn main(){}
+//! `lectern-bench`: Lectern's benchmarks, one subcommand each.
+//!
+//! - `hub-throughput`: acknowledged (fsynced) commands per second on one hot session through the
+//!   hub, with ack latencies, against the store's raw fsync rate.
+//! - `remote-apply`: a 100-change batch received through the sync protocol into a 20k-change
+//!   document, against the same batch into a 1k-change one.
+//! - `class-size`: bytes in memory and on disk and load time of a 40-student, 60-minute class,
+//!   against an empty session.
+//!
+//! Every subcommand prints a human summary; with `--json` it adds one JSON line (the last line
+//! of its output). Stores live in a fresh directory under the system's temp dir that is removed
+//! afterwards. BENCHMARKS.md at the repository root has the figures and how to read them.
+
+mod alloc;
+mod class_size;
+mod hub_throughput;
+mod remote_apply;
+mod util;
+mod workload;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[global_allocator]
+static ALLOCATOR: alloc::Counting = alloc::Counting;
+
+/// Lectern's benchmarks. Build with `--release`.
+#[derive(Debug, Parser)]
+#[command(name = "lectern-bench", version)]
+struct Cli {
+    /// Also print one JSON line with every figure.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Debug, Subcommand)]
+enum Bench {
+    /// Acked (fsynced) ask/upvote commands per second on one hot session through the hub.
+    HubThroughput(hub_throughput::Args),
+    /// A 100-change batch into a 20k-change document through the sync protocol.
+    RemoteApply(remote_apply::Args),
+    /// Memory, disk and load time of a 40-student, 60-minute class.
+    ClassSize(class_size::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if cfg!(debug_assertions) {
+        eprintln!(
+            "lectern-bench: this is a debug build; figures are meaningless without --release"
+        );
+    }
+    let result = match &cli.bench {
+        Bench::HubThroughput(args) => hub_throughput::run(args, cli.json),
+        Bench::RemoteApply(args) => remote_apply::run(args, cli.json),
+        Bench::ClassSize(args) => class_size::run(args, cli.json),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lectern-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,15 +1,22 @@
-//! `lectern`: the operator's command. Today it inspects a node's store (with the node
-//! stopped, since sled holds an exclusive lock) and checks a node's health over HTTP; cluster
-//! and token commands arrive with the mesh and gateway.
+//! `lectern`: the operator's command. It inspects a node's store (with the node stopped, since
+//! sled holds an exclusive lock), checks a node's health over HTTP, and mints tokens with the
+//! node's own secret (same config layers, same `auth-secret` file), so an operator can hand out
+//! a link without an identity provider; cluster commands arrive with the mesh.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use lectern_gateway::auth::{AuthConfig, Claims, Verifier, mint};
+use lectern_node::config::{Config, Overrides};
+
+/// Longest lifetime `lectern token mint` grants, in seconds (one year): a token cannot be
+/// revoked, only left to expire.
+const TOKEN_TTL_MAX_S: u64 = 366 * 24 * 3600;
 
 /// Operate Lectern nodes.
 #[derive(Debug, Parser)]
@@ -35,6 +42,41 @@ enum Cmd {
         /// The node's HTTP address (host:port).
         #[arg(long, default_value = "127.0.0.1:8080")]
         http: String,
+    },
+    /// Tokens signed with the node's HS256 secret.
+    Token {
+        #[command(subcommand)]
+        command: TokenCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCmd {
+    /// Print a token for a user: the secret comes from the node's configuration (`--config`,
+    /// `./lectern.toml`, `LECTERN_AUTH_SECRET`) or else `{data_dir}/auth-secret`, created if
+    /// missing exactly as the node would.
+    Mint {
+        /// The user id (`sub`).
+        #[arg(long)]
+        user: String,
+        /// The role.
+        #[arg(long, value_parser = ["student", "ta", "instructor", "admin"])]
+        role: String,
+        /// A cohort the token grants; repeat for several.
+        #[arg(long = "cohort")]
+        cohorts: Vec<String>,
+        /// Display name (default: the user id).
+        #[arg(long)]
+        name: Option<String>,
+        /// Lifetime in seconds (at most one year).
+        #[arg(long, default_value_t = 86_400)]
+        ttl_s: u64,
+        /// The node's TOML config file (default `./lectern.toml` if it exists).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The node's data directory (overrides the config).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
 }
 
@@ -78,6 +120,58 @@ fn run(args: Args) -> anyhow::Result<()> {
         Cmd::Health { http } => {
             let body = http_get(&http, "/healthz")?;
             println!("{body}");
+            Ok(())
+        }
+        Cmd::Token {
+            command:
+                TokenCmd::Mint {
+                    user,
+                    role,
+                    cohorts,
+                    name,
+                    ttl_s,
+                    config,
+                    data_dir,
+                },
+        } => {
+            if ttl_s == 0 || ttl_s > TOKEN_TTL_MAX_S {
+                bail!("--ttl-s must be between 1 and {TOKEN_TTL_MAX_S}");
+            }
+            let overrides = Overrides {
+                config_file: config,
+                data_dir,
+                ..Overrides::default()
+            };
+            let config = Config::load(overrides, &|k| std::env::var(k).ok())
+                .context("load the node configuration")?;
+            let secret = config
+                .resolve_secret()
+                .context("resolve the HS256 secret")?;
+            let now_s = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .context("read the clock")?
+                .as_secs();
+            let claims = Claims {
+                name: name.unwrap_or_else(|| user.clone()),
+                sub: user,
+                role,
+                cohorts,
+                exp: now_s.saturating_add(ttl_s),
+                iat: now_s,
+            };
+            let token = mint(&secret, &claims).context("sign the token")?;
+            // Verify with the node's own rules so a bad user or cohort id is reported here,
+            // not as a refusal when the link is first opened.
+            let verifier = Verifier::new(&AuthConfig {
+                hs256_secret: secret,
+                public_key: None,
+                leeway_s: config.auth.leeway_s,
+            })
+            .context("load the HS256 secret")?;
+            verifier
+                .verify(&token, now_s)
+                .context("the node would refuse this token")?;
+            println!("{token}");
             Ok(())
         }
     }

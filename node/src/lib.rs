@@ -1,20 +1,23 @@
 //! A Lectern regional node: opens the sled store, runs the hub of live documents and serves
-//! HTTP. `run(config, shutdown)` is the whole life of a node; tests start one in-process on
-//! `127.0.0.1:0` with [`start`] and stop it with [`Node::stop`].
+//! the gateway (Socket.IO, SSE, REST) over HTTP. `run(config, shutdown)` is the whole life of a
+//! node; tests start one in-process on `127.0.0.1:0` with [`start`] and stop it with
+//! [`Node::stop`].
 //!
 //! This crate is the only one that will know both HTTP and QUIC (an ARCHITECTURE.md
-//! invariant); today it serves `/healthz`, and the gateway and mesh plug in here.
+//! invariant); the mesh plugs in here.
 
+pub mod config;
 mod demo;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use axum::extract::State;
+use axum::Json;
 use axum::routing::get;
-use axum::{Json, Router};
+use lectern_gateway::auth::{Claims, PublicKey, PublicKeyAlg, mint};
+use lectern_gateway::{AuthConfig, Gateway, GatewayConfig};
 use lectern_hub::{Hub, HubConfig};
 use lectern_store::Store;
 use serde_json::json;
@@ -22,17 +25,18 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::info;
 
-pub use demo::seed_demo;
+pub use config::Config;
+pub use demo::{DEMO_COHORT, DEMO_SESSION, seed_demo};
 
-/// What a node needs to start.
+/// The demo's links, each with its token in a `token` query parameter.
 #[derive(Debug, Clone)]
-pub struct NodeConfig {
-    /// Directory of the sled store (created if missing).
-    pub data_dir: PathBuf,
-    /// Address to serve HTTP on; port 0 picks a free port.
-    pub http: SocketAddr,
-    /// Seed the demo course, cohort and live session.
-    pub demo: bool,
+pub struct DemoLinks {
+    /// The demo session's id.
+    pub session: String,
+    /// A student's link.
+    pub student: String,
+    /// The instructor's link.
+    pub instructor: String,
 }
 
 /// A running node.
@@ -41,29 +45,65 @@ pub struct Node {
     pub http_addr: SocketAddr,
     /// The node's live documents.
     pub hub: Hub,
+    /// The client-facing gateway.
+    pub gateway: Gateway,
+    /// The demo's links, when started with `demo`.
+    pub demo: Option<DemoLinks>,
+    /// The HS256 secret tokens are signed with (tests mint tokens with it).
+    pub secret: Vec<u8>,
     stop: oneshot::Sender<()>,
     server: JoinHandle<std::io::Result<()>>,
 }
 
-/// The HTTP routes of a node.
-pub fn router(hub: Hub) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .with_state(hub)
+fn unix_now_s() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
-async fn healthz(State(hub): State<Hub>) -> Json<serde_json::Value> {
-    let id = hub.identity();
-    Json(json!({
-        "status": "ok",
-        "node": id.node_id.to_string(),
-        "bootEpoch": id.boot_epoch,
-        "docsLoaded": hub.loaded_docs(),
-    }))
+/// The gateway's auth settings from the node's configuration.
+fn auth_config(config: &Config, secret: Vec<u8>) -> anyhow::Result<AuthConfig> {
+    let public_key = match (
+        &config.auth.public_key_pem_file,
+        &config.auth.public_key_alg,
+    ) {
+        (Some(file), Some(alg)) => {
+            let pem = std::fs::read_to_string(file)
+                .with_context(|| format!("read the public key {}", file.display()))?;
+            let alg = match alg.as_str() {
+                "EdDSA" => PublicKeyAlg::EdDsa,
+                "RS256" => PublicKeyAlg::Rs256,
+                other => anyhow::bail!("auth.public_key_alg: unknown algorithm {other}"),
+            };
+            Some(PublicKey { alg, pem })
+        }
+        (None, None) => None,
+        _ => anyhow::bail!("auth.public_key_pem_file and auth.public_key_alg go together"),
+    };
+    Ok(AuthConfig {
+        hs256_secret: secret,
+        public_key,
+        leeway_s: config.auth.leeway_s,
+    })
 }
 
-/// Opens the store, starts the hub and the HTTP server.
-pub async fn start(config: NodeConfig) -> anyhow::Result<Node> {
+/// Mints a demo token valid for a week.
+fn demo_token(secret: &[u8], user: &str, name: &str, role: &str) -> anyhow::Result<String> {
+    let now = unix_now_s();
+    let claims = Claims {
+        sub: user.into(),
+        name: name.into(),
+        role: role.into(),
+        cohorts: vec![DEMO_COHORT.into()],
+        exp: now + 7 * 24 * 3600,
+        iat: now,
+    };
+    mint(secret, &claims).context("mint a demo token")
+}
+
+/// Opens the store, starts the hub, the gateway and the HTTP server.
+pub async fn start(config: Config) -> anyhow::Result<Node> {
     let dir = config.data_dir.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(&dir))
         .await
@@ -76,17 +116,64 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Node> {
         data_dir = %config.data_dir.display(),
         "node started"
     );
+    let secret = config
+        .resolve_secret()
+        .context("resolve the token secret")?;
     let hub = Hub::new(store, HubConfig::default());
-    if config.demo {
-        seed_demo(&hub).await.context("seed the demo class")?;
-    }
+    let limits = lectern_gateway::Limits {
+        commands_per_s: config.limits.commands_per_s,
+        command_burst: config.limits.command_burst,
+        payload_max_bytes: config.limits.payload_max_bytes,
+        outbound_queue_max: config.limits.outbound_queue_max,
+        conns_max: config.limits.conns_max,
+        conns_per_user_max: config.limits.conns_per_user_max,
+    };
+    let gateway_config = GatewayConfig {
+        limits,
+        ..GatewayConfig::new(auth_config(&config, secret.clone())?)
+    };
+    let (gateway, routes) =
+        Gateway::new(hub.clone(), gateway_config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let listener = tokio::net::TcpListener::bind(config.http)
         .await
         .with_context(|| format!("bind HTTP on {}", config.http))?;
     let http_addr = listener.local_addr().context("read the bound address")?;
+    let demo = if config.demo {
+        let session = seed_demo(&hub).await.context("seed the demo class")?;
+        let base = config
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{http_addr}"));
+        let link = |user: &str, name: &str, role: &str| -> anyhow::Result<String> {
+            let token = demo_token(&secret, user, name, role)?;
+            Ok(format!("{base}/?session={session}&token={token}"))
+        };
+        Some(DemoLinks {
+            session: session.to_string(),
+            student: link("student1", "Grace", "student")?,
+            instructor: link("ada", "Ada (instructor)", "instructor")?,
+        })
+    } else {
+        None
+    };
     info!(%http_addr, "serving HTTP");
+    let health_hub = hub.clone();
+    let app = routes.route(
+        "/healthz",
+        get(move || {
+            let hub = health_hub.clone();
+            async move {
+                let id = hub.identity();
+                Json(json!({
+                    "status": "ok",
+                    "node": id.node_id.to_string(),
+                    "bootEpoch": id.boot_epoch,
+                    "docsLoaded": hub.loaded_docs(),
+                }))
+            }
+        }),
+    );
     let (stop, stopped) = oneshot::channel::<()>();
-    let app = router(hub.clone());
     let server = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async {
@@ -97,14 +184,19 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Node> {
     Ok(Node {
         http_addr,
         hub,
+        gateway,
+        demo,
+        secret,
         stop,
         server,
     })
 }
 
 impl Node {
-    /// Stops serving, lets the hub finish queued work and flushes the store.
+    /// Tells clients to reconnect elsewhere, stops serving, lets the hub finish queued work
+    /// and flushes the store.
     pub async fn stop(self) -> anyhow::Result<()> {
+        self.gateway.shutdown().await;
         let _ = self.stop.send(());
         self.server
             .await
@@ -117,16 +209,11 @@ impl Node {
 }
 
 /// Runs a node until `shutdown` completes, then stops it cleanly.
-pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let node = start(config).await?;
     shutdown.await;
     info!("shutdown requested");
     node.stop().await
-}
-
-/// The id of the demo session `--demo` seeds.
-pub fn demo_session_id() -> &'static str {
-    demo::DEMO_SESSION
 }
 
 /// A future that completes on SIGINT or SIGTERM: the signal that stops a node. The handlers

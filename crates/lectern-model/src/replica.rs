@@ -401,3 +401,15 @@ impl Replica {
         }
     }
 }
+
+impl Replica {
+    /// The kind of a poll of this session, so that a transport can read a bare vote
+    /// (`2`, `[0, 2]`, `"text"`) in the poll's terms.
+    pub fn poll_kind(&self, poll: &crate::PollId) -> Option<crate::PollKind> {
+        let r = Reader::now(&self.doc);
+        let p = r
+            .root_map(crate::schema::POLLS)
+            .and_then(|ps| r.map(&ps, poll.as_str()))?;
+        Some(view::poll_shape(&r, &p).kind)
+    }
+}

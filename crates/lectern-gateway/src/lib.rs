@@ -1,0 +1,362 @@
+//! The client-facing gateway of a node: Socket.IO (WebSocket and long-polling), SSE, REST and
+//! a long-poll events route, all behind JWT authentication and limits, all speaking to the hub.
+//!
+//! Every transport turns a request into the same thing: an authenticated [`Caller`] and a
+//! [`Command`] for the hub, or a subscription to a document's events. Authorization is the
+//! model's (`lectern-model`), so it is the same on every transport; failures are one
+//! [`AppError`] with a stable code.
+
+pub mod auth;
+mod commands;
+mod error;
+mod limits;
+mod metrics;
+mod page;
+mod rest;
+mod socket;
+mod sse;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::http::StatusCode;
+use lectern_hub::{Acked, Hub};
+use lectern_model::{Caller, Command, CommandBody, CommandId, DocId, SessionId};
+use serde_json::{Value, json};
+use socketioxide::SocketIo;
+use tokio::sync::watch;
+
+pub use auth::{AuthConfig, Verified, Verifier};
+pub use error::AppError;
+pub use limits::Limits;
+
+use commands::{Body, Parsed};
+
+/// Gateway settings.
+#[derive(Clone)]
+pub struct GatewayConfig {
+    /// Token verification.
+    pub auth: AuthConfig,
+    /// Rates, sizes and caps.
+    pub limits: Limits,
+    /// Seconds between SSE keep-alive comments. Default 15.
+    pub keepalive_s: u64,
+}
+
+impl GatewayConfig {
+    /// Defaults around an auth configuration.
+    pub fn new(auth: AuthConfig) -> Self {
+        GatewayConfig {
+            auth,
+            limits: Limits::default(),
+            keepalive_s: 15,
+        }
+    }
+}
+
+/// Per-session presence on this node: connections per user, and the throttle of
+/// `attendance:update`.
+#[derive(Default)]
+struct Presence {
+    sessions: HashMap<SessionId, SessionPresence>,
+}
+
+#[derive(Default)]
+struct SessionPresence {
+    users: HashMap<String, usize>,
+    last_update: Option<Instant>,
+    update_pending: bool,
+}
+
+pub(crate) struct Inner {
+    hub: Hub,
+    verifier: Verifier,
+    limiter: Arc<limits::Limiter>,
+    presence: Mutex<Presence>,
+    /// The Socket.IO handle. It holds the gateway as its state, so shutdown takes it out to
+    /// break that cycle.
+    io: Mutex<Option<SocketIo>>,
+    metrics: metrics::Metrics,
+    shutting_down: AtomicBool,
+    shutdown: watch::Sender<bool>,
+    keepalive: Duration,
+}
+
+/// The gateway. Cheap to clone.
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn unix_now_s() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Gateway {
+    /// Builds the gateway and its router.
+    pub fn new(hub: Hub, config: GatewayConfig) -> Result<(Gateway, Router), AppError> {
+        let verifier = Verifier::new(&config.auth)?;
+        let limits = config.limits.clone();
+        let (shutdown, _) = watch::channel(false);
+        let gw = Gateway {
+            inner: Arc::new(Inner {
+                hub,
+                verifier,
+                limiter: Arc::new(limits::Limiter::new(limits.clone())),
+                presence: Mutex::new(Presence::default()),
+                io: Mutex::new(None),
+                metrics: metrics::Metrics::default(),
+                shutting_down: AtomicBool::new(false),
+                shutdown,
+                keepalive: Duration::from_secs(config.keepalive_s.max(1)),
+            }),
+        };
+        // socketioxide takes its state at build time, and the gateway holds the io handle:
+        // the handle is set once, right after.
+        let (layer, io) = SocketIo::builder()
+            .max_payload(limits.payload_max_bytes as u64)
+            .max_buffer_size(limits.outbound_queue_max)
+            .ws_read_buffer_size(512)
+            .with_state(gw.clone())
+            .build_layer();
+        socket::register(&io);
+        *gw.inner.io.lock().unwrap_or_else(|e| e.into_inner()) = Some(io);
+        let router = rest::routes(gw.clone()).layer(layer);
+        Ok((gw, router))
+    }
+
+    /// The hub behind the gateway.
+    pub fn hub(&self) -> &Hub {
+        &self.inner.hub
+    }
+
+    /// Prometheus text for `/metrics`.
+    pub fn metrics_text(&self) -> String {
+        self.inner
+            .metrics
+            .render(self.inner.limiter.connections(), &self.inner.hub)
+    }
+
+    /// Tells every client to reconnect elsewhere and ends every stream.
+    pub async fn shutdown(&self) {
+        self.inner.shutting_down.store(true, Ordering::SeqCst);
+        let _ = self.inner.shutdown.send(true);
+        let io = self
+            .inner
+            .io
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(io) = io {
+            let _ = io
+                .emit(
+                    "server:shutdown",
+                    &json!({"code": "shutting_down", "message": "this node is shutting down; reconnect to another", "reconnect": true}),
+                )
+                .await;
+            io.close().await;
+        }
+    }
+
+    fn is_shutting_down(&self) -> bool {
+        self.inner.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Verifies a token (None → `missing_token`).
+    pub(crate) fn verify(&self, token: Option<&str>) -> Result<Verified, AppError> {
+        let token = token.ok_or(auth::AuthError::Missing)?;
+        Ok(self.inner.verifier.verify(token, unix_now_s())?)
+    }
+
+    /// Runs a command for `caller` on `doc` under the rate limit; the ack JSON.
+    pub(crate) async fn run(
+        &self,
+        caller: &Caller,
+        doc: DocId,
+        id: Option<CommandId>,
+        body: CommandBody,
+    ) -> Result<Value, AppError> {
+        self.inner.limiter.command(caller.user.as_str())?;
+        let id = id.unwrap_or_else(new_command_id);
+        let started = Instant::now();
+        let result = self
+            .inner
+            .hub
+            .execute(
+                doc,
+                caller.clone(),
+                Command {
+                    id: id.clone(),
+                    body,
+                },
+            )
+            .await;
+        self.inner.metrics.command_latency(started.elapsed());
+        let Acked { token, .. } = result?;
+        self.inner.metrics.event_in();
+        Ok(json!({"ok": true, "id": id.as_str(), "token": token.to_string()}))
+    }
+
+    /// Runs a parsed Socket.IO event.
+    pub(crate) async fn run_parsed(
+        &self,
+        caller: &Caller,
+        parsed: Parsed,
+    ) -> Result<Value, AppError> {
+        let doc = DocId::Session(parsed.session);
+        let body = match parsed.body {
+            Body::Ready(b) => b,
+            Body::Vote(poll, raw) => {
+                let p = poll.clone();
+                let kind = self
+                    .inner
+                    .hub
+                    .read(doc.clone(), move |r| r.poll_kind(&p))
+                    .await?
+                    .ok_or_else(|| {
+                        AppError::new(
+                            StatusCode::NOT_FOUND,
+                            "not_found",
+                            format!("no poll {poll}"),
+                        )
+                    })?;
+                CommandBody::PollVote {
+                    poll,
+                    choice: commands::choice(kind, &raw)?,
+                }
+            }
+        };
+        self.run(caller, doc, parsed.id, body).await
+    }
+
+    /// A user's connection to a session opened; the first one records attendance.
+    pub(crate) async fn presence_join(&self, session: &SessionId, caller: &Caller) {
+        let first = {
+            let mut p = self
+                .inner
+                .presence
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let sp = p.sessions.entry(session.clone()).or_default();
+            let n = sp.users.entry(caller.user.to_string()).or_insert(0);
+            *n += 1;
+            *n == 1
+        };
+        if first {
+            self.attendance(session, caller, CommandBody::AttendanceJoin)
+                .await;
+        }
+        self.schedule_attendance_update(session);
+    }
+
+    /// A user's connection to a session closed; the last one records their leaving.
+    pub(crate) async fn presence_leave(&self, session: &SessionId, caller: &Caller) {
+        let last = {
+            let mut p = self
+                .inner
+                .presence
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let Some(sp) = p.sessions.get_mut(session) else {
+                return;
+            };
+            let user = caller.user.to_string();
+            let Some(n) = sp.users.get_mut(&user) else {
+                return;
+            };
+            *n -= 1;
+            let last = *n == 0;
+            if last {
+                sp.users.remove(&user);
+            }
+            last
+        };
+        if last && !self.is_shutting_down() {
+            self.attendance(session, caller, CommandBody::AttendanceLeave)
+                .await;
+        }
+        self.schedule_attendance_update(session);
+    }
+
+    async fn attendance(&self, session: &SessionId, caller: &Caller, body: CommandBody) {
+        let cmd = Command {
+            id: new_command_id(),
+            body,
+        };
+        if let Err(e) = self
+            .inner
+            .hub
+            .execute(DocId::Session(session.clone()), caller.clone(), cmd)
+            .await
+        {
+            tracing::debug!(error = %e, "attendance not recorded");
+        }
+    }
+
+    /// Emits `attendance:update {present}` to the session's sockets, at most once per second.
+    fn schedule_attendance_update(&self, session: &SessionId) {
+        let delay = {
+            let mut p = self
+                .inner
+                .presence
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let sp = p.sessions.entry(session.clone()).or_default();
+            if sp.update_pending {
+                return;
+            }
+            sp.update_pending = true;
+            match sp.last_update {
+                Some(t) if t.elapsed() < Duration::from_secs(1) => {
+                    Duration::from_secs(1) - t.elapsed()
+                }
+                _ => Duration::ZERO,
+            }
+        };
+        let gw = self.clone();
+        let session = session.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let present = {
+                let mut p = gw.inner.presence.lock().unwrap_or_else(|e| e.into_inner());
+                let Some(sp) = p.sessions.get_mut(&session) else {
+                    return;
+                };
+                sp.update_pending = false;
+                sp.last_update = Some(Instant::now());
+                sp.users.len()
+            };
+            let payload = json!({"session": session.as_str(), "present": present});
+            gw.inner.presence_emit(&session, payload).await;
+        });
+    }
+}
+
+impl Inner {
+    /// Sends `attendance:update` to every socket that joined `session`.
+    async fn presence_emit(&self, session: &SessionId, payload: Value) {
+        let io = self.io.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(io) = io {
+            let _ = io
+                .to(socket::session_room(session))
+                .emit("attendance:update", &payload)
+                .await;
+        }
+    }
+}
+
+/// A fresh command id for commands whose client gave none.
+pub(crate) fn new_command_id() -> CommandId {
+    let n: u128 = rand::random();
+    // Invariant: 32 hex digits after a letter are a valid id.
+    format!("g{n:032x}")
+        .parse()
+        .expect("generated ids are valid")
+}

@@ -1,0 +1,158 @@
+//! Per-user command rate (token buckets) and connection caps.
+//!
+//! A bucket refills at `commands_per_s` up to `command_burst`; a command that finds it empty is
+//! refused with `rate_limited` (the client backs off and retries with the same command id).
+//! Connections are counted per node and per user; past either cap a new connection is refused
+//! with `too_many_connections`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::http::StatusCode;
+
+use crate::error::AppError;
+
+/// Limits the gateway enforces; every default is safe for a public node.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Sustained commands per second per user. Default 10.
+    pub commands_per_s: f64,
+    /// Commands a user may send in a burst. Default 20.
+    pub command_burst: u32,
+    /// Largest request body or Socket.IO packet, in bytes. Default 16 KiB.
+    pub payload_max_bytes: usize,
+    /// Events queued per connection before a slow consumer is cut off. Default 256.
+    pub outbound_queue_max: usize,
+    /// Connections (Socket.IO + SSE + long-poll) per node. Default 20,000.
+    pub conns_max: usize,
+    /// Connections per user. Default 16.
+    pub conns_per_user_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            commands_per_s: 10.0,
+            command_burst: 20,
+            payload_max_bytes: 16 * 1024,
+            outbound_queue_max: 256,
+            conns_max: 20_000,
+            conns_per_user_max: 16,
+        }
+    }
+}
+
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+/// Token buckets and connection counters.
+pub(crate) struct Limiter {
+    limits: Limits,
+    buckets: Mutex<HashMap<String, Bucket>>,
+    conns: AtomicUsize,
+    per_user: Mutex<HashMap<String, usize>>,
+}
+
+/// A held connection slot; released on drop.
+pub(crate) struct ConnSlot {
+    limiter: Arc<Limiter>,
+    user: String,
+}
+
+impl Limiter {
+    pub(crate) fn new(limits: Limits) -> Limiter {
+        Limiter {
+            limits,
+            buckets: Mutex::new(HashMap::new()),
+            conns: AtomicUsize::new(0),
+            per_user: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Takes one token from `user`'s bucket, or refuses.
+    pub(crate) fn command(&self, user: &str) -> Result<(), AppError> {
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        // Bound the table: drop full buckets (idle users) when it grows large.
+        if buckets.len() > 100_000 {
+            let burst = f64::from(self.limits.command_burst);
+            let rate = self.limits.commands_per_s;
+            buckets.retain(|_, b| b.tokens + now.duration_since(b.at).as_secs_f64() * rate < burst);
+        }
+        let b = buckets.entry(user.to_owned()).or_insert(Bucket {
+            tokens: f64::from(self.limits.command_burst),
+            at: now,
+        });
+        let refill = now.duration_since(b.at).as_secs_f64() * self.limits.commands_per_s;
+        b.tokens = (b.tokens + refill).min(f64::from(self.limits.command_burst));
+        b.at = now;
+        if b.tokens < 1.0 {
+            return Err(AppError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!(
+                    "more than {} commands per second; slow down",
+                    self.limits.commands_per_s
+                ),
+            ));
+        }
+        b.tokens -= 1.0;
+        Ok(())
+    }
+
+    /// Counts a new connection of `user`, or refuses it.
+    pub(crate) fn connect(self: &Arc<Self>, user: &str) -> Result<ConnSlot, AppError> {
+        let refused = |what: &str| {
+            AppError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_connections",
+                format!("{what}; try again later or another node"),
+            )
+        };
+        if self.conns.fetch_add(1, Ordering::SeqCst) >= self.limits.conns_max {
+            self.conns.fetch_sub(1, Ordering::SeqCst);
+            return Err(refused("this node is at its connection limit"));
+        }
+        let mut per_user = self.per_user.lock().unwrap_or_else(|p| p.into_inner());
+        let n = per_user.entry(user.to_owned()).or_insert(0);
+        if *n >= self.limits.conns_per_user_max {
+            self.conns.fetch_sub(1, Ordering::SeqCst);
+            return Err(refused("you have too many open connections"));
+        }
+        *n += 1;
+        Ok(ConnSlot {
+            limiter: self.clone(),
+            user: user.to_owned(),
+        })
+    }
+
+    /// Connections open now.
+    pub(crate) fn connections(&self) -> usize {
+        self.conns.load(Ordering::SeqCst)
+    }
+
+    fn release(&self, user: &str) {
+        self.conns.fetch_sub(1, Ordering::SeqCst);
+        let mut per_user = self.per_user.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = per_user.get_mut(user) {
+            *n -= 1;
+            if *n == 0 {
+                per_user.remove(user);
+            }
+        }
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.limiter.release(&self.user);
+    }
+}

@@ -1,0 +1,161 @@
+//! Counters for `/metrics`, rendered as Prometheus text by hand (a few counters and one
+//! histogram do not justify an exporter crate, and metrics-exporter-prometheus's defaults pull a
+//! second rustls crypto provider into the graph: see NOTES.md).
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use lectern_hub::Hub;
+
+/// Upper bounds of the command-latency histogram, in seconds.
+const LATENCY_BUCKETS_S: [f64; 10] = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0];
+
+#[derive(Default)]
+pub(crate) struct Metrics {
+    opened: Mutex<BTreeMap<&'static str, u64>>,
+    closed: Mutex<BTreeMap<&'static str, u64>>,
+    events_out: Mutex<BTreeMap<&'static str, u64>>,
+    rejections: Mutex<BTreeMap<&'static str, u64>>,
+    events_in: AtomicU64,
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS_S.len()],
+    latency_count: AtomicU64,
+    latency_sum_us: AtomicU64,
+}
+
+fn bump(map: &Mutex<BTreeMap<&'static str, u64>>, key: &'static str) {
+    *map.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(key)
+        .or_default() += 1;
+}
+
+impl Metrics {
+    pub(crate) fn connection_opened(&self, transport: &'static str) {
+        bump(&self.opened, transport);
+    }
+
+    pub(crate) fn connection_closed(&self, transport: &'static str) {
+        bump(&self.closed, transport);
+    }
+
+    pub(crate) fn event_out(&self, transport: &'static str) {
+        bump(&self.events_out, transport);
+    }
+
+    pub(crate) fn event_in(&self) {
+        self.events_in.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn rejected(&self, code: &'static str) {
+        bump(&self.rejections, code);
+    }
+
+    pub(crate) fn command_latency(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        for (i, le) in LATENCY_BUCKETS_S.iter().enumerate() {
+            if s <= *le {
+                self.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.latency_count.fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_us.fetch_add(
+            u64::try_from(d.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    pub(crate) fn render(&self, connections: usize, hub: &Hub) -> String {
+        let mut out = String::new();
+        let lock = |m: &Mutex<BTreeMap<&'static str, u64>>| {
+            m.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        };
+        let (opened, closed) = (lock(&self.opened), lock(&self.closed));
+        let _ = writeln!(
+            out,
+            "# HELP lectern_connections Open client connections by transport."
+        );
+        let _ = writeln!(out, "# TYPE lectern_connections gauge");
+        for (t, n) in &opened {
+            let c = closed.get(t).copied().unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "lectern_connections{{transport=\"{t}\"}} {}",
+                n.saturating_sub(c)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP lectern_connections_total Connections counted by the limiter."
+        );
+        let _ = writeln!(out, "# TYPE lectern_connections_total gauge");
+        let _ = writeln!(out, "lectern_connections_total {connections}");
+        let _ = writeln!(
+            out,
+            "# HELP lectern_events_in_total Commands accepted from clients."
+        );
+        let _ = writeln!(out, "# TYPE lectern_events_in_total counter");
+        let _ = writeln!(
+            out,
+            "lectern_events_in_total {}",
+            self.events_in.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP lectern_events_out_total Events sent to clients by transport."
+        );
+        let _ = writeln!(out, "# TYPE lectern_events_out_total counter");
+        for (t, n) in lock(&self.events_out) {
+            let _ = writeln!(out, "lectern_events_out_total{{transport=\"{t}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP lectern_rejections_total Refused requests by code."
+        );
+        let _ = writeln!(out, "# TYPE lectern_rejections_total counter");
+        for (code, n) in lock(&self.rejections) {
+            let _ = writeln!(out, "lectern_rejections_total{{code=\"{code}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP lectern_command_latency_seconds Time from command to durable ack."
+        );
+        let _ = writeln!(out, "# TYPE lectern_command_latency_seconds histogram");
+        for (i, le) in LATENCY_BUCKETS_S.iter().enumerate() {
+            let n = self.latency_buckets[i].load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "lectern_command_latency_seconds_bucket{{le=\"{le}\"}} {n}"
+            );
+        }
+        let count = self.latency_count.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "lectern_command_latency_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
+        let sum = self.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "lectern_command_latency_seconds_sum {sum}");
+        let _ = writeln!(out, "lectern_command_latency_seconds_count {count}");
+        let stats = hub.stats();
+        let _ = writeln!(out, "# HELP lectern_documents_loaded Documents in memory.");
+        let _ = writeln!(out, "# TYPE lectern_documents_loaded gauge");
+        let _ = writeln!(out, "lectern_documents_loaded {}", stats.docs_loaded);
+        let _ = writeln!(out, "# TYPE lectern_hub_commands_applied_total counter");
+        let _ = writeln!(
+            out,
+            "lectern_hub_commands_applied_total {}",
+            stats.commands_applied
+        );
+        let _ = writeln!(out, "# TYPE lectern_hub_commands_rejected_total counter");
+        let _ = writeln!(
+            out,
+            "lectern_hub_commands_rejected_total {}",
+            stats.commands_rejected
+        );
+        let _ = writeln!(out, "# TYPE lectern_hub_batches_total counter");
+        let _ = writeln!(out, "lectern_hub_batches_total {}", stats.batches);
+        out
+    }
+}

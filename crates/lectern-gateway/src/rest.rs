@@ -1,0 +1,323 @@
+//! Plain HTTP: a POST for every command, GETs for the views, the long-poll events route,
+//! `/readyz` and `/metrics`, and the router that puts every transport together.
+//!
+//! Bodies are read as bytes and parsed here, so malformed JSON gets the same `{error: {code,
+//! message}}` body as every other failure, not a framework's plain-text rejection.
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use lectern_hub::JoinStart;
+use lectern_model::{Caller, CohortId, Command, DocId, ResumeToken, SessionId, UserId};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::error::AppError;
+use crate::{Gateway, new_command_id};
+
+/// An authenticated HTTP caller (token by header, cookie or query).
+pub(crate) struct Authed(pub(crate) Caller);
+
+impl FromRequestParts<Gateway> for Authed {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, gw: &Gateway) -> Result<Self, AppError> {
+        let token = crate::auth::token_from_parts(&parts.headers, parts.uri.query());
+        Ok(Authed(gw.verify(token.as_deref())?.caller))
+    }
+}
+
+/// Every HTTP route of the gateway (the Socket.IO layer is added by [`Gateway::new`]).
+pub(crate) fn routes(gw: Gateway) -> Router {
+    let body_max = gw.inner.limiter.limits().payload_max_bytes;
+    Router::new()
+        .route("/", get(crate::page::index))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/api/sessions/{id}", get(session_view))
+        .route("/api/sessions/{id}/commands", post(session_command))
+        .route(
+            "/api/sessions/{id}/commands/{name}",
+            post(session_named_command),
+        )
+        .route("/api/sessions/{id}/events", get(long_poll))
+        .route("/api/cohorts/{id}", get(cohort_view))
+        .route("/api/cohorts/{id}/commands", post(cohort_command))
+        .route("/api/cohorts/{id}/aggregates", get(cohort_aggregates))
+        .route(
+            "/api/cohorts/{id}/progress/{student}",
+            get(student_progress),
+        )
+        .route("/api/progress", post(progress))
+        .route("/api/stream/sessions/{id}", get(crate::sse::session_stream))
+        .route(
+            "/api/stream/progress/{student}",
+            get(crate::sse::progress_stream),
+        )
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(body_max))
+        .with_state(gw)
+}
+
+async fn not_found() -> AppError {
+    AppError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+async fn readyz(State(gw): State<Gateway>) -> Response {
+    if gw.is_shutting_down() {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
+    } else {
+        (StatusCode::OK, "ready\n").into_response()
+    }
+}
+
+async fn metrics(State(gw): State<Gateway>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        gw.metrics_text(),
+    )
+        .into_response()
+}
+
+pub(crate) fn parse_id<T: std::str::FromStr<Err = lectern_model::IdError>>(
+    s: &str,
+    what: &str,
+) -> Result<T, AppError> {
+    s.parse()
+        .map_err(|e| AppError::bad_request(format!("{what}: {e}")))
+}
+
+fn json_body(body: &Bytes) -> Result<Value, AppError> {
+    if body.is_empty() {
+        return Ok(json!({}));
+    }
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        AppError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            format!("malformed JSON: {e}"),
+        )
+    })?;
+    if !v.is_object() {
+        return Err(AppError::bad_request("the body must be a JSON object"));
+    }
+    Ok(v)
+}
+
+/// A command from a JSON object `{id?, cmd, …fields}` (`id` generated when absent).
+fn command_from(mut v: Value) -> Result<Command, AppError> {
+    if v.get("id").is_none_or(Value::is_null) {
+        v["id"] = json!(new_command_id().as_str());
+    }
+    serde_json::from_value(v).map_err(|e| {
+        AppError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_command",
+            format!("not a valid command: {e}"),
+        )
+    })
+}
+
+async fn execute(
+    gw: &Gateway,
+    caller: &Caller,
+    doc: DocId,
+    cmd: Command,
+) -> Result<Response, AppError> {
+    let ack = gw.run(caller, doc, Some(cmd.id), cmd.body).await?;
+    Ok(Json(ack).into_response())
+}
+
+async fn session_command(
+    State(gw): State<Gateway>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, AppError> {
+    let session: SessionId = parse_id(&id, "session id")?;
+    let cmd = command_from(json_body(&body)?)?;
+    execute(&gw, &caller, DocId::Session(session), cmd).await
+}
+
+async fn session_named_command(
+    State(gw): State<Gateway>,
+    Authed(caller): Authed,
+    Path((id, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response, AppError> {
+    let session: SessionId = parse_id(&id, "session id")?;
+    let mut v = json_body(&body)?;
+    v["cmd"] = json!(name);
+    let cmd = command_from(v)?;
+    execute(&gw, &caller, DocId::Session(session), cmd).await
+}
+
+async fn cohort_command(
+    State(gw): State<Gateway>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, AppError> {
+    let cohort: CohortId = parse_id(&id, "cohort id")?;
+    let cmd = command_from(json_body(&body)?)?;
+    execute(&gw, &caller, DocId::Cohort(cohort), cmd).await
+}
+
+/// `POST /api/progress {cohort, student, lesson, status?, score?, maxScore?, id?}`.
+async fn progress(
+    State(gw): State<Gateway>,
+    Authed(caller): Authed,
+    body: Bytes,
+) -> Result<Response, AppError> {
+    let v = json_body(&body)?;
+    let field = |k: &str| v.get(k).and_then(Value::as_str);
+    let cohort = match field("cohort") {
+        Some(c) => parse_id::<CohortId>(c, "cohort")?,
+        None => match caller.cohorts.as_slice() {
+            [only] => only.clone(),
+            _ => return Err(AppError::bad_request("say which cohort (`cohort`)")),
+        },
+    };
+    let mut cmd = json!({
+        "cmd": "progress.update",
+        "student": v.get("student").cloned().unwrap_or_else(|| json!(caller.user.as_str())),
+        "lesson": v.get("lesson").cloned().unwrap_or(Value::Null),
+        "status": v.get("status").cloned().unwrap_or(Value::Null),
+        "score": v.get("score").cloned().unwrap_or(Value::Null),
+        "max_score": v.get("maxScore").or_else(|| v.get("max_score")).cloned().unwrap_or(Value::Null),
+    });
+    if let Some(id) = v.get("id") {
+        cmd["id"] = id.clone();
+    }
+    execute(&gw, &caller, DocId::Cohort(cohort), command_from(cmd)?).await
+}
+
+async fn read_view(
+    gw: &Gateway,
+    doc: DocId,
+    f: impl FnOnce(&lectern_model::Replica) -> Result<Value, lectern_model::Rejection> + Send + 'static,
+) -> Result<Response, AppError> {
+    let view = gw.inner.hub.read(doc, f).await?;
+    let view = view.map_err(|r| AppError::from(lectern_hub::HubError::Rejected(r)))?;
+    Ok(Json(view).into_response())
+}
+
+async fn session_view(
+    State(gw): State<Gateway>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+) -> Result<Response, AppError> {
+    let session: SessionId = parse_id(&id, "session id")?;
+    let now = lectern_hub::system_now();
+    read_view(&gw, DocId::Session(session), move |r| {
+        let mut v = r.session_view(&caller, now)?;
+        v["token"] = json!(r.token().to_string());
+        Ok(v)
+    })
+    .await
+}
+
+async fn cohort_view(
+    State(gw): State<Gateway>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+) -> Result<Response, AppError> {
+    let cohort: CohortId = parse_id(&id, "cohort id")?;
+    read_view(&gw, DocId::Cohort(cohort), move |r| r.cohort_view(&caller)).await
+}
+
+async fn cohort_aggregates(
+    State(gw): State<Gateway>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+) -> Result<Response, AppError> {
+    let cohort: CohortId = parse_id(&id, "cohort id")?;
+    read_view(&gw, DocId::Cohort(cohort), move |r| {
+        r.cohort_aggregates(&caller)
+    })
+    .await
+}
+
+async fn student_progress(
+    State(gw): State<Gateway>,
+    Authed(caller): Authed,
+    Path((id, student)): Path<(String, String)>,
+) -> Result<Response, AppError> {
+    let cohort: CohortId = parse_id(&id, "cohort id")?;
+    let student: UserId = parse_id(&student, "student id")?;
+    read_view(&gw, DocId::Cohort(cohort), move |r| {
+        r.student_progress(&caller, &student)
+    })
+    .await
+}
+
+/// Query of the long-poll route.
+#[derive(Debug, Deserialize)]
+pub(crate) struct PollQuery {
+    since: Option<String>,
+    wait: Option<u64>,
+}
+
+/// Longest a long-poll request waits for an event, in seconds.
+const LONG_POLL_WAIT_MAX_S: u64 = 30;
+
+/// `GET /api/sessions/{id}/events?since=TOKEN&wait=25`: the events after `since`, waiting up to
+/// `wait` seconds for the first one; without `since` (or with a token this node cannot resume
+/// from) the state.
+async fn long_poll(
+    State(gw): State<Gateway>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+    Query(q): Query<PollQuery>,
+) -> Result<Response, AppError> {
+    let session: SessionId = parse_id(&id, "session id")?;
+    let since = q
+        .since
+        .as_deref()
+        .map(|t| {
+            ResumeToken::parse(t)
+                .map_err(|e| AppError::new(StatusCode::BAD_REQUEST, e.code(), e.to_string()))
+        })
+        .transpose()?;
+    let staff = caller.role.is_staff();
+    let user = caller.user.to_string();
+    let mut joined = gw
+        .inner
+        .hub
+        .join(DocId::Session(session), caller, since)
+        .await?;
+    let (mut events, mut token) = match joined.start {
+        JoinStart::Snapshot {
+            state,
+            token,
+            resume_refused,
+        } => {
+            return Ok(Json(json!({"state": state, "token": token.to_string(), "resumeRefused": resume_refused})).into_response());
+        }
+        JoinStart::Replay { events, token } => (events, token.to_string()),
+    };
+    if events.is_empty() {
+        let wait = Duration::from_secs(q.wait.unwrap_or(25).min(LONG_POLL_WAIT_MAX_S));
+        if let Ok(Ok(e)) = tokio::time::timeout(wait, joined.events.recv()).await {
+            events.push(e);
+            while let Ok(e) = joined.events.try_recv() {
+                events.push(e);
+            }
+        }
+    }
+    let out: Vec<Value> = events
+        .iter()
+        .filter_map(|e| {
+            token.clone_from(&e.token);
+            let p: Value = serde_json::from_str(e.payload_for(&user, staff)?).ok()?;
+            Some(json!({"event": e.name, "data": p, "token": e.token}))
+        })
+        .collect();
+    Ok(Json(json!({"events": out, "token": token})).into_response())
+}

@@ -1,0 +1,531 @@
+//! A node's configuration, parsed once into a validated [`Config`].
+//!
+//! Four layers, each overriding the one before: documented defaults < `lectern.toml` <
+//! environment (`LECTERN_*`) < command-line flags ([`Overrides`]). Every value is checked as it
+//! is read, and an error names the key and where it came from (`limits.conns_max in
+//! ./lectern.toml`, `LECTERN_HTTP`), so an operator never has to guess which layer is wrong.
+//! Unknown keys in the file are errors rather than silently ignored typos. The environment is
+//! passed in as a function, so tests do not mutate the process environment.
+//!
+//! The HS256 secret is the one value with a side effect: when none is configured,
+//! [`Config::resolve_secret`] creates `{data_dir}/auth-secret` once, so the node and
+//! `lectern token mint --data-dir` agree on it without the operator handling key material.
+
+use std::fs;
+use std::io::{ErrorKind, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use anyhow::{Context, anyhow, bail};
+use serde::Deserialize;
+
+/// The file read when no `--config` is given (and only if it exists).
+pub const CONFIG_FILE_DEFAULT: &str = "lectern.toml";
+
+/// The file under the data directory that holds the generated HS256 secret.
+pub const SECRET_FILE: &str = "auth-secret";
+
+/// Shortest HS256 secret accepted, in bytes: HMAC-SHA256 with a short secret is guessable.
+pub const SECRET_LEN_MIN_BYTES: usize = 16;
+
+/// Longest secret file read, in bytes (a generated one is 64 hex digits).
+pub const SECRET_FILE_LEN_MAX_BYTES: usize = 4096;
+
+/// Largest accepted `auth.leeway_s`, in seconds: more would make expiry meaningless.
+pub const LEEWAY_MAX_S: u64 = 3600;
+
+/// A node's validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Directory of the node's store and generated secret. Default `./lectern-data`.
+    pub data_dir: PathBuf,
+    /// Address HTTP is served on. Default `127.0.0.1:8080` (loopback only: exposing a node is
+    /// a decision).
+    pub http: SocketAddr,
+    /// Base URL printed in demo links, without a trailing `/`. Default none, meaning
+    /// `http://{http}`.
+    pub public_url: Option<String>,
+    /// Seed a demo course, cohort and live session and print links. Default `false`.
+    pub demo: bool,
+    /// Token verification.
+    pub auth: AuthSettings,
+    /// Rates, sizes and caps.
+    pub limits: Limits,
+}
+
+/// How tokens are verified.
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    /// The HS256 shared secret (at least [`SECRET_LEN_MIN_BYTES`]). Default none, meaning
+    /// `{data_dir}/auth-secret`, generated on first use (see [`Config::resolve_secret`]).
+    pub hs256_secret: Option<String>,
+    /// PEM file of an external issuer's public key. Default none (only HS256 tokens).
+    pub public_key_pem_file: Option<PathBuf>,
+    /// Algorithm of that key: `"EdDSA"` or `"RS256"`; required with the file. Default none.
+    pub public_key_alg: Option<String>,
+    /// Clock-skew allowance on a token's `exp`, in seconds (at most [`LEEWAY_MAX_S`]).
+    /// Default 30.
+    pub leeway_s: u64,
+}
+
+/// Limits the gateway enforces; every default is safe for a public node.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Sustained commands per second per user (positive). Default 10.
+    pub commands_per_s: f64,
+    /// Commands a user may send in a burst (at least 1). Default 20.
+    pub command_burst: u32,
+    /// Largest request body or Socket.IO packet, in bytes (at least 1). Default 16 KiB.
+    pub payload_max_bytes: usize,
+    /// Events queued per connection before a slow consumer is cut off (at least 1).
+    /// Default 256.
+    pub outbound_queue_max: usize,
+    /// Connections (Socket.IO + SSE + long-poll) per node (at least 1). Default 20,000,
+    /// under the machine's 20,000 open-files limit with room for the store and peers.
+    pub conns_max: usize,
+    /// Connections per user (at least 1). Default 16.
+    pub conns_per_user_max: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./lectern-data"),
+            http: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            public_url: None,
+            demo: false,
+            auth: AuthSettings::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings {
+            hs256_secret: None,
+            public_key_pem_file: None,
+            public_key_alg: None,
+            leeway_s: 30,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            commands_per_s: 10.0,
+            command_burst: 20,
+            payload_max_bytes: 16 * 1024,
+            outbound_queue_max: 256,
+            conns_max: 20_000,
+            conns_per_user_max: 16,
+        }
+    }
+}
+
+/// What the command line says; it overrides every other layer.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--config FILE`: the TOML file to read (it must exist). Without it, `./lectern.toml` is
+    /// read if it exists.
+    pub config_file: Option<PathBuf>,
+    /// `--data-dir DIR`.
+    pub data_dir: Option<PathBuf>,
+    /// `--http ADDR`.
+    pub http: Option<SocketAddr>,
+    /// `--public-url URL`.
+    pub public_url: Option<String>,
+    /// `--demo`: turns the demo on (a flag cannot turn it off).
+    pub demo: bool,
+}
+
+impl Config {
+    /// Loads: defaults < the TOML file (given path, else ./lectern.toml if it exists) <
+    /// environment (`LECTERN_DATA_DIR`, `LECTERN_HTTP`, `LECTERN_PUBLIC_URL`, `LECTERN_DEMO`,
+    /// `LECTERN_AUTH_SECRET`, `LECTERN_AUTH_PUBLIC_KEY_FILE`, `LECTERN_AUTH_PUBLIC_KEY_ALG`,
+    /// `LECTERN_AUTH_LEEWAY_S`, `LECTERN_RATE_COMMANDS_PER_S`, `LECTERN_RATE_COMMAND_BURST`,
+    /// `LECTERN_PAYLOAD_MAX_BYTES`, `LECTERN_OUTBOUND_QUEUE_MAX`, `LECTERN_CONNS_MAX`,
+    /// `LECTERN_CONNS_PER_USER_MAX`; an empty variable counts as unset) < overrides (flags).
+    /// Unknown TOML keys are an error naming the key; invalid values are errors naming the key
+    /// and the source.
+    pub fn load(
+        overrides: Overrides,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<Config> {
+        let mut config = Config::default();
+
+        let file = match &overrides.config_file {
+            Some(path) => Some(path.clone()),
+            None => {
+                let path = PathBuf::from(CONFIG_FILE_DEFAULT);
+                path.is_file().then_some(path)
+            }
+        };
+        if let Some(path) = file {
+            let text = fs::read_to_string(&path)
+                .with_context(|| format!("read config file {}", path.display()))?;
+            let parsed: FileConfig = toml::from_str(&text)
+                .with_context(|| format!("parse config file {}", path.display()))?;
+            parsed.apply(&mut config, &path.display().to_string())?;
+        }
+
+        apply_env(&mut config, env)?;
+
+        if let Some(dir) = overrides.data_dir {
+            config.data_dir = check_path(dir, "--data-dir")?;
+        }
+        if let Some(http) = overrides.http {
+            config.http = http;
+        }
+        if let Some(url) = overrides.public_url {
+            config.public_url = Some(check_url(&url).map_err(|e| anyhow!("--public-url: {e}"))?);
+        }
+        config.demo |= overrides.demo;
+
+        config.check_together()?;
+        Ok(config)
+    }
+
+    /// The HS256 secret: configured, else `{data_dir}/auth-secret`, created with 32 random
+    /// bytes (hex) and mode 0600 on first use, so `lectern token mint --data-dir` can read the
+    /// same secret. The key is the file's text (the 64 hex digits), so copying the file into
+    /// `LECTERN_AUTH_SECRET` gives the same tokens.
+    pub fn resolve_secret(&self) -> anyhow::Result<Vec<u8>> {
+        if let Some(secret) = &self.auth.hs256_secret {
+            return Ok(secret.as_bytes().to_vec());
+        }
+        let path = self.data_dir.join(SECRET_FILE);
+        if let Some(secret) = read_secret(&path)? {
+            return Ok(secret);
+        }
+        fs::create_dir_all(&self.data_dir)
+            .with_context(|| format!("create data directory {}", self.data_dir.display()))?;
+        create_secret(&path)?;
+        read_secret(&path)?.with_context(|| format!("read back {}", path.display()))
+    }
+
+    /// Checks the settings that only make sense together.
+    fn check_together(&self) -> anyhow::Result<()> {
+        match (&self.auth.public_key_pem_file, &self.auth.public_key_alg) {
+            (Some(_), None) => bail!(
+                "auth.public_key_pem_file is set but auth.public_key_alg is not (\"EdDSA\" or \"RS256\")"
+            ),
+            (None, Some(_)) => {
+                bail!("auth.public_key_alg is set but auth.public_key_pem_file is not")
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The TOML file's layout; every key is optional and unknown keys are refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    http: Option<String>,
+    public_url: Option<String>,
+    demo: Option<bool>,
+    #[serde(default)]
+    auth: FileAuth,
+    #[serde(default)]
+    limits: FileLimits,
+}
+
+/// The file's `[auth]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAuth {
+    hs256_secret: Option<String>,
+    public_key_pem_file: Option<PathBuf>,
+    public_key_alg: Option<String>,
+    leeway_s: Option<u64>,
+}
+
+/// The file's `[limits]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLimits {
+    commands_per_s: Option<f64>,
+    command_burst: Option<u32>,
+    payload_max_bytes: Option<usize>,
+    outbound_queue_max: Option<usize>,
+    conns_max: Option<usize>,
+    conns_per_user_max: Option<usize>,
+}
+
+impl FileConfig {
+    /// Applies every key the file sets; `file` names the file in errors.
+    fn apply(self, c: &mut Config, file: &str) -> anyhow::Result<()> {
+        let at = |key: &str| format!("{key} in {file}");
+        if let Some(v) = self.data_dir {
+            c.data_dir = check_path(v, &at("data_dir"))?;
+        }
+        if let Some(v) = self.http {
+            c.http = parse_value(&v, &at("http"))?;
+        }
+        if let Some(v) = self.public_url {
+            c.public_url = Some(check_url(&v).map_err(|e| anyhow!("{}: {e}", at("public_url")))?);
+        }
+        if let Some(v) = self.demo {
+            c.demo = v;
+        }
+        let a = self.auth;
+        if let Some(v) = a.hs256_secret {
+            c.auth.hs256_secret = Some(check_secret(v, &at("auth.hs256_secret"))?);
+        }
+        if let Some(v) = a.public_key_pem_file {
+            c.auth.public_key_pem_file = Some(check_path(v, &at("auth.public_key_pem_file"))?);
+        }
+        if let Some(v) = a.public_key_alg {
+            c.auth.public_key_alg = Some(check_alg(&v, &at("auth.public_key_alg"))?);
+        }
+        if let Some(v) = a.leeway_s {
+            c.auth.leeway_s = check_leeway(v, &at("auth.leeway_s"))?;
+        }
+        let l = self.limits;
+        if let Some(v) = l.commands_per_s {
+            c.limits.commands_per_s = check_rate(v, &at("limits.commands_per_s"))?;
+        }
+        if let Some(v) = l.command_burst {
+            c.limits.command_burst = check_min_1(v, &at("limits.command_burst"))?;
+        }
+        if let Some(v) = l.payload_max_bytes {
+            c.limits.payload_max_bytes = check_min_1(v, &at("limits.payload_max_bytes"))?;
+        }
+        if let Some(v) = l.outbound_queue_max {
+            c.limits.outbound_queue_max = check_min_1(v, &at("limits.outbound_queue_max"))?;
+        }
+        if let Some(v) = l.conns_max {
+            c.limits.conns_max = check_min_1(v, &at("limits.conns_max"))?;
+        }
+        if let Some(v) = l.conns_per_user_max {
+            c.limits.conns_per_user_max = check_min_1(v, &at("limits.conns_per_user_max"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Applies every `LECTERN_*` variable that is set and not empty.
+fn apply_env(c: &mut Config, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+    let get = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+    if let Some(v) = get("LECTERN_DATA_DIR") {
+        c.data_dir = check_path(PathBuf::from(v), "LECTERN_DATA_DIR")?;
+    }
+    if let Some(v) = get("LECTERN_HTTP") {
+        c.http = parse_value(&v, "LECTERN_HTTP")?;
+    }
+    if let Some(v) = get("LECTERN_PUBLIC_URL") {
+        c.public_url = Some(check_url(&v).map_err(|e| anyhow!("LECTERN_PUBLIC_URL: {e}"))?);
+    }
+    if let Some(v) = get("LECTERN_DEMO") {
+        c.demo = parse_bool(&v, "LECTERN_DEMO")?;
+    }
+    if let Some(v) = get("LECTERN_AUTH_SECRET") {
+        c.auth.hs256_secret = Some(check_secret(v, "LECTERN_AUTH_SECRET")?);
+    }
+    if let Some(v) = get("LECTERN_AUTH_PUBLIC_KEY_FILE") {
+        c.auth.public_key_pem_file = Some(check_path(
+            PathBuf::from(v),
+            "LECTERN_AUTH_PUBLIC_KEY_FILE",
+        )?);
+    }
+    if let Some(v) = get("LECTERN_AUTH_PUBLIC_KEY_ALG") {
+        c.auth.public_key_alg = Some(check_alg(&v, "LECTERN_AUTH_PUBLIC_KEY_ALG")?);
+    }
+    if let Some(v) = get("LECTERN_AUTH_LEEWAY_S") {
+        let key = "LECTERN_AUTH_LEEWAY_S";
+        c.auth.leeway_s = check_leeway(parse_value(&v, key)?, key)?;
+    }
+    if let Some(v) = get("LECTERN_RATE_COMMANDS_PER_S") {
+        let key = "LECTERN_RATE_COMMANDS_PER_S";
+        c.limits.commands_per_s = check_rate(parse_value(&v, key)?, key)?;
+    }
+    if let Some(v) = get("LECTERN_RATE_COMMAND_BURST") {
+        let key = "LECTERN_RATE_COMMAND_BURST";
+        c.limits.command_burst = check_min_1(parse_value(&v, key)?, key)?;
+    }
+    if let Some(v) = get("LECTERN_PAYLOAD_MAX_BYTES") {
+        let key = "LECTERN_PAYLOAD_MAX_BYTES";
+        c.limits.payload_max_bytes = check_min_1(parse_value(&v, key)?, key)?;
+    }
+    if let Some(v) = get("LECTERN_OUTBOUND_QUEUE_MAX") {
+        let key = "LECTERN_OUTBOUND_QUEUE_MAX";
+        c.limits.outbound_queue_max = check_min_1(parse_value(&v, key)?, key)?;
+    }
+    if let Some(v) = get("LECTERN_CONNS_MAX") {
+        let key = "LECTERN_CONNS_MAX";
+        c.limits.conns_max = check_min_1(parse_value(&v, key)?, key)?;
+    }
+    if let Some(v) = get("LECTERN_CONNS_PER_USER_MAX") {
+        let key = "LECTERN_CONNS_PER_USER_MAX";
+        c.limits.conns_per_user_max = check_min_1(parse_value(&v, key)?, key)?;
+    }
+    Ok(())
+}
+
+/// Parses `raw` with `FromStr`; the error names `key` and quotes the value.
+fn parse_value<T>(raw: &str, key: &str) -> anyhow::Result<T>
+where
+    T: FromStr,
+    T::Err: std::fmt::Display,
+{
+    raw.trim()
+        .parse()
+        .map_err(|e| anyhow!("{key}: invalid value {raw:?}: {e}"))
+}
+
+/// `1/true/yes/on` or `0/false/no/off`, in any case.
+fn parse_bool(raw: &str, key: &str) -> anyhow::Result<bool> {
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => bail!("{key}: invalid value {raw:?}: expected true or false"),
+    }
+}
+
+/// A path must not be empty.
+fn check_path(path: PathBuf, key: &str) -> anyhow::Result<PathBuf> {
+    if path.as_os_str().is_empty() {
+        bail!("{key}: the path is empty");
+    }
+    Ok(path)
+}
+
+/// An absolute `http://` or `https://` URL; a trailing `/` is dropped.
+fn check_url(raw: &str) -> Result<String, String> {
+    let url = raw.trim().trim_end_matches('/');
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| format!("invalid value {raw:?}: expected an http:// or https:// URL"))?;
+    if rest.is_empty() || rest.chars().any(char::is_whitespace) {
+        return Err(format!(
+            "invalid value {raw:?}: expected a host after the scheme"
+        ));
+    }
+    Ok(url.to_owned())
+}
+
+fn check_secret(secret: String, key: &str) -> anyhow::Result<String> {
+    if secret.len() < SECRET_LEN_MIN_BYTES {
+        bail!(
+            "{key}: the secret is {} bytes long; use at least {SECRET_LEN_MIN_BYTES} random bytes",
+            secret.len()
+        );
+    }
+    Ok(secret)
+}
+
+/// `EdDSA` or `RS256` (any case), returned in its canonical spelling.
+fn check_alg(raw: &str, key: &str) -> anyhow::Result<String> {
+    match raw.trim().to_ascii_uppercase().as_str() {
+        "EDDSA" => Ok("EdDSA".to_owned()),
+        "RS256" => Ok("RS256".to_owned()),
+        _ => bail!("{key}: invalid value {raw:?}: expected \"EdDSA\" or \"RS256\""),
+    }
+}
+
+fn check_leeway(v: u64, key: &str) -> anyhow::Result<u64> {
+    if v > LEEWAY_MAX_S {
+        bail!("{key}: {v} s is more than the {LEEWAY_MAX_S} s allowed");
+    }
+    Ok(v)
+}
+
+fn check_rate(v: f64, key: &str) -> anyhow::Result<f64> {
+    if !(v.is_finite() && v > 0.0) {
+        bail!("{key}: invalid value {v}: expected a positive number");
+    }
+    Ok(v)
+}
+
+fn check_min_1<T: PartialOrd + From<u8> + std::fmt::Display>(v: T, key: &str) -> anyhow::Result<T> {
+    if v < T::from(1) {
+        bail!("{key}: invalid value {v}: expected at least 1");
+    }
+    Ok(v)
+}
+
+/// Reads an existing secret file: `None` if there is none yet.
+fn read_secret(path: &Path) -> anyhow::Result<Option<Vec<u8>>> {
+    let text = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("read secret file {}", path.display())),
+    };
+    if text.len() > SECRET_FILE_LEN_MAX_BYTES {
+        bail!(
+            "secret file {} is {} bytes long, more than the {SECRET_FILE_LEN_MAX_BYTES} allowed",
+            path.display(),
+            text.len()
+        );
+    }
+    let secret = text.trim_ascii().to_vec();
+    if secret.len() < SECRET_LEN_MIN_BYTES {
+        bail!(
+            "secret file {} holds {} bytes; delete it to generate a new one",
+            path.display(),
+            secret.len()
+        );
+    }
+    warn_if_readable_by_others(path);
+    Ok(Some(secret))
+}
+
+/// Writes a fresh secret to `path` unless another process got there first. The secret is
+/// written and fsynced under a temporary name, then hard-linked into place: a link fails if
+/// the name exists, so two processes starting at once agree on one secret and neither can read
+/// a half-written file.
+fn create_secret(path: &Path) -> anyhow::Result<()> {
+    let bytes: [u8; 32] = rand::random();
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let tmp = path.with_file_name(format!(
+        "{SECRET_FILE}.tmp-{}-{:016x}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    let written = write_private(&tmp, format!("{hex}\n").as_bytes());
+    let linked = written.and_then(|()| match fs::hard_link(&tmp, path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    });
+    let _ = fs::remove_file(&tmp);
+    linked.with_context(|| format!("create secret file {}", path.display()))
+}
+
+/// Creates `path` (which must not exist) readable by its owner only, writes and fsyncs it.
+fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(contents)?;
+    file.sync_all()
+}
+
+/// A secret others can read is not secret; say so, but keep working (the operator decides).
+fn warn_if_readable_by_others(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = fs::metadata(path)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            tracing::warn!(
+                path = %path.display(),
+                mode = format!("{:o}", meta.permissions().mode() & 0o777),
+                "the auth secret file is readable by other users; chmod 600 it"
+            );
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+}

@@ -1,0 +1,241 @@
+//! The node's configuration: layers override in the documented order (file < environment <
+//! flags), a typo or a bad value is an error that names the key and its source, and the
+//! generated HS256 secret is created once, privately, and read back unchanged.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use lectern_node::config::{Config, Overrides};
+
+use crate::support::TempDir;
+
+/// Writes `text` as `lectern.toml` in `dir` and returns its path.
+fn write_file(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("lectern.toml");
+    std::fs::write(&path, text).expect("write the test config file");
+    path
+}
+
+/// Loads with `file` and the given environment (and no flags).
+fn load(file: &Path, env: &[(&str, &str)]) -> anyhow::Result<Config> {
+    let env: HashMap<String, String> = env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    Config::load(
+        Overrides {
+            config_file: Some(file.to_owned()),
+            ..Overrides::default()
+        },
+        &|k| env.get(k).cloned(),
+    )
+}
+
+/// The error of a load that must fail, as printed (`{:#}`, with its context chain).
+fn load_err(file: &Path, env: &[(&str, &str)]) -> String {
+    match load(file, env) {
+        Ok(c) => panic!("config loaded: {c:?}"),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().expect("test addresses are valid")
+}
+
+#[test]
+fn defaults_are_the_documented_ones() {
+    let dir = TempDir::new("config-defaults");
+    let c = load(&write_file(dir.path(), ""), &[]).expect("an empty file is valid");
+    assert_eq!(c.data_dir, PathBuf::from("./lectern-data"));
+    assert_eq!(c.http, addr("127.0.0.1:8080"));
+    assert_eq!(c.public_url, None);
+    assert!(!c.demo);
+    assert_eq!(c.auth.hs256_secret, None);
+    assert_eq!(c.auth.leeway_s, 30);
+    assert_eq!(c.limits.commands_per_s, 10.0);
+    assert_eq!(c.limits.command_burst, 20);
+    assert_eq!(c.limits.payload_max_bytes, 16 * 1024);
+    assert_eq!(c.limits.outbound_queue_max, 256);
+    assert_eq!(c.limits.conns_max, 20_000);
+    assert_eq!(c.limits.conns_per_user_max, 16);
+}
+
+#[test]
+fn the_sample_file_is_valid_and_states_the_defaults() {
+    // deploy/lectern.toml documents every key with its default, uncommented; loading it must
+    // give exactly the defaults, or the sample is lying.
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/lectern.toml");
+    let from_sample = load(&sample, &[]).expect("deploy/lectern.toml loads");
+    let default = Config::default();
+    assert_eq!(format!("{from_sample:?}"), format!("{default:?}"));
+}
+
+#[test]
+fn precedence_file_then_env_then_flags() {
+    let dir = TempDir::new("config-precedence");
+    let file = write_file(
+        dir.path(),
+        r#"
+data_dir = "/srv/from-file"
+http = "127.0.0.1:9001"
+public_url = "https://file.example/"
+
+[auth]
+leeway_s = 10
+
+[limits]
+commands_per_s = 5.5
+conns_max = 100
+"#,
+    );
+    let env: HashMap<&str, &str> = HashMap::from([
+        ("LECTERN_HTTP", "127.0.0.1:9002"),
+        ("LECTERN_CONNS_MAX", "200"),
+        ("LECTERN_PUBLIC_URL", ""), // empty counts as unset
+        ("LECTERN_AUTH_SECRET", "an env secret of 32 bytes......."),
+    ]);
+    let c = Config::load(
+        Overrides {
+            config_file: Some(file),
+            http: Some(addr("127.0.0.1:9003")),
+            demo: true,
+            ..Overrides::default()
+        },
+        &|k| env.get(k).map(|v| (*v).to_owned()),
+    )
+    .expect("valid layers load");
+    assert_eq!(
+        c.http,
+        addr("127.0.0.1:9003"),
+        "the flag wins over env and file"
+    );
+    assert_eq!(c.limits.conns_max, 200, "env wins over the file");
+    assert_eq!(c.limits.commands_per_s, 5.5, "the file wins over defaults");
+    assert_eq!(c.data_dir, PathBuf::from("/srv/from-file"));
+    assert_eq!(c.public_url.as_deref(), Some("https://file.example"));
+    assert_eq!(c.auth.leeway_s, 10);
+    assert_eq!(
+        c.auth.hs256_secret.as_deref(),
+        Some("an env secret of 32 bytes.......")
+    );
+    assert!(c.demo);
+    assert_eq!(
+        c.limits.command_burst, 20,
+        "untouched keys keep their default"
+    );
+}
+
+#[test]
+fn unknown_keys_are_errors_naming_the_key() {
+    let dir = TempDir::new("config-unknown");
+    for (text, key) in [
+        ("htpp = \"127.0.0.1:1\"\n", "htpp"),
+        ("[limits]\nconn_max = 5\n", "conn_max"),
+        ("[auth]\nsecret = \"x\"\n", "secret"),
+        ("[limit]\nconns_max = 5\n", "limit"),
+    ] {
+        let err = load_err(&write_file(dir.path(), text), &[]);
+        assert!(err.contains(key), "{key:?} not named in: {err}");
+    }
+}
+
+#[test]
+fn bad_values_are_errors_naming_the_key_and_source() {
+    let dir = TempDir::new("config-bad");
+    let file_says = |text: &str, key: &str| {
+        let err = load_err(&write_file(dir.path(), text), &[]);
+        // The key with its table, and the file it is in.
+        assert!(err.contains(key), "{key:?} not in: {err}");
+        assert!(
+            err.contains("lectern.toml"),
+            "the file is not named in: {err}"
+        );
+    };
+    file_says("http = \"nope\"\n", "http in");
+    file_says("[limits]\nconns_max = 0\n", "limits.conns_max in");
+    file_says(
+        "[limits]\ncommands_per_s = -1.0\n",
+        "limits.commands_per_s in",
+    );
+    // A wrong type is toml's own error, which quotes the offending line.
+    file_says("[limits]\ncommands_per_s = \"fast\"\n", "commands_per_s");
+    file_says("[auth]\nhs256_secret = \"short\"\n", "auth.hs256_secret in");
+    file_says(
+        "[auth]\npublic_key_alg = \"HS256\"\n",
+        "auth.public_key_alg in",
+    );
+
+    let empty = write_file(dir.path(), "");
+    for (var, value) in [
+        ("LECTERN_HTTP", "nope"),
+        ("LECTERN_CONNS_PER_USER_MAX", "-3"),
+        ("LECTERN_RATE_COMMANDS_PER_S", "0"),
+        ("LECTERN_PUBLIC_URL", "ftp://x"),
+        ("LECTERN_DEMO", "maybe"),
+    ] {
+        let err = load_err(&empty, &[(var, value)]);
+        assert!(err.contains(var), "{var} not named in: {err}");
+    }
+}
+
+#[test]
+fn a_public_key_needs_its_algorithm_and_a_named_file_must_exist() {
+    let dir = TempDir::new("config-pubkey");
+    let file = write_file(
+        dir.path(),
+        "[auth]\npublic_key_pem_file = \"/etc/lms.pem\"\n",
+    );
+    assert!(load_err(&file, &[]).contains("public_key_alg"));
+    let ok = load(&file, &[("LECTERN_AUTH_PUBLIC_KEY_ALG", "eddsa")]).expect("both set");
+    assert_eq!(ok.auth.public_key_alg.as_deref(), Some("EdDSA"));
+
+    let missing = dir.path().join("absent.toml");
+    assert!(load_err(&missing, &[]).contains("absent.toml"));
+}
+
+#[test]
+fn resolve_secret_creates_the_file_once_privately() {
+    let dir = TempDir::new("config-secret");
+    let data_dir = dir.path().join("data");
+    let c = Config::load(
+        Overrides {
+            config_file: Some(write_file(dir.path(), "")),
+            data_dir: Some(data_dir.clone()),
+            ..Overrides::default()
+        },
+        &|_| None,
+    )
+    .expect("defaults load");
+    let first = c.resolve_secret().expect("the secret is created");
+    let second = c.resolve_secret().expect("the secret is read back");
+    assert_eq!(first, second);
+    assert_eq!(first.len(), 64, "32 random bytes in hex");
+    assert!(first.iter().all(u8::is_ascii_hexdigit));
+
+    let path = data_dir.join("auth-secret");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path)
+            .expect("the file exists")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    // No temporary file is left behind.
+    let names: Vec<_> = std::fs::read_dir(&data_dir)
+        .expect("the data dir exists")
+        .map(|e| e.expect("readable entry").file_name())
+        .collect();
+    assert_eq!(names, ["auth-secret"]);
+
+    // A configured secret wins over the file.
+    let mut configured = c.clone();
+    configured.auth.hs256_secret = Some("configured secret of 32 bytes...".into());
+    assert_eq!(
+        configured.resolve_secret().expect("configured"),
+        b"configured secret of 32 bytes...".to_vec()
+    );
+}

@@ -1,0 +1,3 @@
+//! Gateway tests.
+
+mod auth;
