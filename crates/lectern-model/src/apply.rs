@@ -42,10 +42,11 @@ pub(crate) fn apply(
     caller: &Caller,
     cmd: &Command,
     now: Millis,
+    counts: &Counts,
 ) -> Result<Target, Rejection> {
     match doc_id {
-        DocId::Session(_) => apply_session(tx, caller, cmd, now),
-        DocId::Cohort(cohort) => apply_cohort(tx, cohort, caller, cmd, now),
+        DocId::Session(_) => apply_session(tx, caller, cmd, now, counts),
+        DocId::Cohort(cohort) => apply_cohort(tx, cohort, caller, cmd, now, counts),
     }
 }
 
@@ -75,8 +76,12 @@ fn root(tx: &Transaction<'_>, key: &str) -> Result<ObjId, Rejection> {
     })
 }
 
-fn check_count(tx: &Transaction<'_>, obj: &ObjId, max: usize, what: &str) -> Result<(), Rejection> {
-    let n = Reader::now(tx).len(obj);
+/// How many commands of each kind the document holds (from its envelopes), kept by the
+/// replica so that a limit check costs a hash lookup, not a walk of the map it limits.
+pub(crate) type Counts = std::collections::HashMap<String, usize>;
+
+fn check_count(counts: &Counts, cmd: &str, max: usize, what: &str) -> Result<(), Rejection> {
+    let n = counts.get(cmd).copied().unwrap_or(0);
     if n >= max {
         return Err(Rejection::new(
             RejectCode::LimitReached,
@@ -139,6 +144,7 @@ fn apply_session(
     caller: &Caller,
     cmd: &Command,
     now: Millis,
+    counts: &Counts,
 ) -> Result<Target, Rejection> {
     let meta = session_meta(tx);
     if let CommandBody::SessionCreate {
@@ -215,7 +221,7 @@ fn apply_session(
         CommandBody::QaAsk { text, anonymous } => {
             let text = check_text("question", text, QUESTION_LEN_MAX_CHARS)?;
             let questions = root(tx, QUESTIONS)?;
-            check_count(tx, &questions, QUESTIONS_PER_SESSION_MAX, "questions")?;
+            check_count(counts, "qa.ask", QUESTIONS_PER_SESSION_MAX, "questions")?;
             let moderated = {
                 let r = Reader::now(&*tx);
                 let m = root(tx, META)?;
@@ -291,7 +297,7 @@ fn apply_session(
         CommandBody::PollCreate(spec) => {
             let checked = check_poll(spec)?;
             let polls = root(tx, POLLS)?;
-            check_count(tx, &polls, POLLS_PER_SESSION_MAX, "polls")?;
+            check_count(counts, "poll.create", POLLS_PER_SESSION_MAX, "polls")?;
             let p = put_map(tx, &polls, cmd.id.as_str())?;
             put(tx, &p, "question", checked.question)?;
             put(tx, &p, "kind", spec.kind.as_str())?;
@@ -343,7 +349,12 @@ fn apply_session(
         CommandBody::ChatSend { text } => {
             let text = check_text("message", text, CHAT_LEN_MAX_CHARS)?;
             let chat = root(tx, CHAT)?;
-            check_count(tx, &chat, CHAT_MESSAGES_PER_SESSION_MAX, "chat messages")?;
+            check_count(
+                counts,
+                "chat.send",
+                CHAT_MESSAGES_PER_SESSION_MAX,
+                "chat messages",
+            )?;
             let m = put_map(tx, &chat, cmd.id.as_str())?;
             put(tx, &m, "text", text)?;
             put(tx, &m, "author", user)?;
@@ -363,7 +374,12 @@ fn apply_session(
         CommandBody::BroadcastSend { text } => {
             let text = check_text("broadcast", text, BROADCAST_LEN_MAX_CHARS)?;
             let b = root(tx, BROADCASTS)?;
-            check_count(tx, &b, BROADCASTS_PER_SESSION_MAX, "broadcasts")?;
+            check_count(
+                counts,
+                "broadcast.send",
+                BROADCASTS_PER_SESSION_MAX,
+                "broadcasts",
+            )?;
             let m = put_map(tx, &b, cmd.id.as_str())?;
             put(tx, &m, "text", text)?;
             put(tx, &m, "by", user)?;
@@ -373,23 +389,22 @@ fn apply_session(
         }
         CommandBody::AttendanceJoin => {
             let att = root(tx, ATTENDANCE)?;
-            check_count(tx, &att, VISITS_PER_SESSION_MAX, "visits")?;
-            let v = put_map(tx, &att, cmd.id.as_str())?;
+            check_count(counts, "attendance.join", VISITS_PER_SESSION_MAX, "visits")?;
+            // Keyed `{user}/{visit}` so one user's visits are one range scan.
+            let v = put_map(tx, &att, &format!("{user}/{}", cmd.id))?;
             put(tx, &v, "user", user)?;
             put(tx, &v, "name", caller.display_name())?;
             put(tx, &v, "join_at", now.as_i64())?;
-            Ok(Target::default())
+            Ok(Target::item(user))
         }
         CommandBody::AttendanceLeave => {
             let att = root(tx, ATTENDANCE)?;
             let open: Vec<ObjId> = {
                 let r = Reader::now(&*tx);
-                r.keys(&att)
+                r.keys_under(&att, user)
                     .iter()
                     .filter_map(|k| r.map(&att, k))
-                    .filter(|v| {
-                        r.str(v, "user").as_deref() == Some(user) && r.int(v, "leave_at").is_none()
-                    })
+                    .filter(|v| r.int(v, "leave_at").is_none())
                     .collect()
             };
             if open.is_empty() {
@@ -401,7 +416,7 @@ fn apply_session(
             for v in open {
                 put(tx, &v, "leave_at", now.as_i64())?;
             }
-            Ok(Target::default())
+            Ok(Target::item(user))
         }
         _ => Err(wrong_document()),
     }
@@ -554,6 +569,7 @@ fn apply_cohort(
     caller: &Caller,
     cmd: &Command,
     now: Millis,
+    counts: &Counts,
 ) -> Result<Target, Rejection> {
     if let CommandBody::CohortCreate {
         course,
@@ -673,7 +689,12 @@ fn apply_cohort(
             let title = check_text("title", title, TITLE_LEN_MAX_CHARS)?;
             let body = check_text("body", body, ANNOUNCEMENT_LEN_MAX_CHARS)?;
             let anns = root(tx, ANNOUNCEMENTS)?;
-            check_count(tx, &anns, ANNOUNCEMENTS_PER_COHORT_MAX, "announcements")?;
+            check_count(
+                counts,
+                "announcement.post",
+                ANNOUNCEMENTS_PER_COHORT_MAX,
+                "announcements",
+            )?;
             let a = put_map(tx, &anns, cmd.id.as_str())?;
             put(tx, &a, "title", title)?;
             put(tx, &a, "body", body)?;

@@ -5,7 +5,7 @@
 //! does not fit the schema; nothing read from a document can panic the node.
 
 use automerge::ObjId;
-use automerge::{ChangeHash, ObjType, ROOT, ReadDoc, Value};
+use automerge::{ChangeHash, ObjType, ROOT, ReadDoc, ScalarValueRef, Value, ValueRef};
 
 /// Reads `doc` as of `heads` (or as it is now when `heads` is `None`).
 pub(crate) struct Reader<'a, D: ReadDoc> {
@@ -92,22 +92,42 @@ impl<'a, D: ReadDoc> Reader<'a, D> {
         }
     }
 
-    /// `(key, value)` for every string value of a map, sorted by key.
+    /// `(key, value)` for every string value of a map, sorted by key, in one pass (a `keys`
+    /// then `get` per key costs a lookup per entry; a hot poll has thousands).
     pub(crate) fn str_entries(&self, obj: &ObjId) -> Vec<(String, String)> {
-        self.keys(obj)
-            .into_iter()
-            .filter_map(|k| {
-                let v = self.str(obj, &k)?;
-                Some((k, v))
+        self.range(obj, ..)
+            .filter_map(|item| match item.value {
+                ValueRef::Scalar(ScalarValueRef::Str(s)) => {
+                    Some((item.key.into_owned(), s.to_string()))
+                }
+                _ => None,
             })
             .collect()
     }
 
-    /// The number of keys in a map.
-    pub(crate) fn len(&self, obj: &ObjId) -> usize {
+    /// The number of `true` values in a map (a voters map), in one pass.
+    pub(crate) fn count_true(&self, obj: &ObjId) -> usize {
+        self.range(obj, ..)
+            .filter(|item| matches!(item.value, ValueRef::Scalar(ScalarValueRef::Boolean(true))))
+            .count()
+    }
+
+    /// The keys of a map that start with `prefix/` (ids never contain `/`), in one range scan.
+    pub(crate) fn keys_under(&self, obj: &ObjId, prefix: &str) -> Vec<String> {
+        // '0' is the character after '/', so this range is exactly the keys `prefix/…`.
+        self.range(obj, format!("{prefix}/")..format!("{prefix}0"))
+            .map(|item| item.key.into_owned())
+            .collect()
+    }
+
+    fn range<'b, R: std::ops::RangeBounds<String> + 'b>(
+        &'b self,
+        obj: &ObjId,
+        range: R,
+    ) -> automerge::iter::MapRange<'b> {
         match self.heads {
-            Some(heads) => self.doc.length_at(obj, heads),
-            None => self.doc.length(obj),
+            Some(heads) => self.doc.map_range_at(obj, range, heads),
+            None => self.doc.map_range(obj, range),
         }
     }
 }

@@ -18,7 +18,7 @@ use automerge::{ActorId, Automerge, ChangeHash};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::apply::{Target, apply};
+use crate::apply::{Counts, Target, apply};
 use crate::command::Command;
 use crate::event::{Event, derive};
 use crate::ids::{CommandId, DocId, Millis, UserId};
@@ -57,7 +57,6 @@ impl Envelope {
         let family = self.c.split('.').next().unwrap_or("");
         match self.c.as_str() {
             "session.create" | "session.update" | "cohort.create" => ("meta", None),
-            "attendance.join" | "attendance.leave" => ("attendance", None),
             _ => (family, self.t.as_deref()),
         }
     }
@@ -100,6 +99,7 @@ pub struct Replica {
     id: DocId,
     doc: Automerge,
     seen: HashSet<String>,
+    counts: Counts,
 }
 
 impl Replica {
@@ -111,6 +111,7 @@ impl Replica {
             id,
             doc,
             seen: HashSet::new(),
+            counts: Counts::new(),
         }
     }
 
@@ -122,13 +123,22 @@ impl Replica {
         let mut g = genesis(id.kind());
         doc.merge(&mut g).map_err(|e| LoadError(e.to_string()))?;
         doc.set_actor(ActorId::from(actor));
-        let seen = doc
+        let mut replica = Replica {
+            id,
+            doc,
+            seen: HashSet::new(),
+            counts: Counts::new(),
+        };
+        let envelopes: Vec<Envelope> = replica
+            .doc
             .get_changes_meta(&[])
             .iter()
             .filter_map(|m| Envelope::parse(m.message.as_deref()))
-            .map(|e| e.i)
             .collect();
-        Ok(Replica { id, doc, seen })
+        for env in envelopes {
+            replica.index(env);
+        }
+        Ok(replica)
     }
 
     /// The document's id.
@@ -197,7 +207,9 @@ impl Replica {
         };
         let done = self
             .doc
-            .transact_with(envelope, |tx| apply(tx, &id, caller, cmd, now))
+            .transact_with(envelope, |tx| {
+                apply(tx, &id, caller, cmd, now, &self.counts)
+            })
             .map_err(|failure| failure.error)?;
         if done.hash.is_none() {
             // automerge drops a put of the value a key already holds, so a command that changes
@@ -207,7 +219,6 @@ impl Replica {
             self.doc.empty_commit(envelope(&done.result));
         }
         let target = done.result;
-        self.seen.insert(cmd.id.as_str().to_owned());
         let env = Envelope {
             c: cmd.body.name().to_owned(),
             i: cmd.id.as_str().to_owned(),
@@ -215,6 +226,7 @@ impl Replica {
             t: target.target,
             l: target.lesson,
         };
+        self.index(env.clone());
         let token = self.token();
         let event = derive(&Reader::now(&self.doc), &env).map(|(name, deliveries)| Event {
             name,
@@ -263,7 +275,7 @@ impl Replica {
         let changes = self.changes_since(&old);
         for c in &changes {
             if let Some(env) = &c.envelope {
-                self.seen.insert(env.i.clone());
+                self.index(env.clone());
             }
         }
         Ok(self.events_for(&old, &changes))
@@ -317,6 +329,13 @@ impl Replica {
             return Err(wrong_kind());
         };
         view::cohort_aggregates(&Reader::now(&self.doc), id, viewer)
+    }
+
+    /// Records an applied command: its id (idempotency) and its kind (count limits).
+    fn index(&mut self, env: Envelope) {
+        if self.seen.insert(env.i) {
+            *self.counts.entry(env.c).or_default() += 1;
+        }
     }
 
     fn changes_since(&self, heads: &[ChangeHash]) -> Vec<ChangeInfo> {

@@ -9,7 +9,7 @@
 //!                    revealed, at, by, votes: {user: encoded choice}}}
 //! chat        {mid: {text, author, author_name, at, deleted}}
 //! broadcasts  {bid: {text, by, by_name, at}}
-//! attendance  {visit: {user, name, join_at, leave_at}}
+//! attendance  {"{user}/{visit}": {user, name, join_at, leave_at}}
 //! ```
 //! Cohort document (`cohort/{id}`):
 //! ```text

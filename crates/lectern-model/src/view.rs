@@ -36,7 +36,8 @@ pub(crate) struct Question {
     at: i64,
     pinned: bool,
     answer: Option<Answer>,
-    voters: Vec<String>,
+    upvotes: usize,
+    voters: Option<ObjId>,
 }
 
 #[derive(Debug, Clone)]
@@ -55,15 +56,8 @@ impl Question {
     }
 
     fn read_obj<D: ReadDoc>(r: &Reader<'_, D>, id: &str, q: &ObjId) -> Option<Question> {
-        let voters = r
-            .map(q, "voters")
-            .map(|v| {
-                r.keys(&v)
-                    .into_iter()
-                    .filter(|k| r.bool(&v, k) == Some(true))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let voters = r.map(q, "voters");
+        let upvotes = voters.as_ref().map(|v| r.count_true(v)).unwrap_or(0);
         let answer = r.str(q, "answer").map(|text| Answer {
             text,
             by: r.str(q, "answer_by").unwrap_or_default(),
@@ -80,13 +74,21 @@ impl Question {
             at: r.int(q, "at").unwrap_or(0),
             pinned: r.bool(q, "pinned").unwrap_or(false),
             answer,
+            upvotes,
             voters,
         })
     }
 
     /// Upvotes: the number of distinct users whose vote is on.
     pub(crate) fn upvotes(&self) -> usize {
-        self.voters.len()
+        self.upvotes
+    }
+
+    /// Whether `user`'s vote on this question is on.
+    fn voted<D: ReadDoc>(&self, r: &Reader<'_, D>, user: &str) -> bool {
+        self.voters
+            .as_ref()
+            .is_some_and(|v| r.bool(v, user) == Some(true))
     }
 
     /// Everyone sees visible questions; staff see all; an author sees their own.
@@ -312,12 +314,15 @@ struct Visit {
     leave_at: Option<i64>,
 }
 
-fn visits<D: ReadDoc>(r: &Reader<'_, D>) -> Vec<Visit> {
+fn visits<D: ReadDoc>(r: &Reader<'_, D>, user: Option<&str>) -> Vec<Visit> {
     let Some(att) = r.root_map(ATTENDANCE) else {
         return Vec::new();
     };
-    r.keys(&att)
-        .iter()
+    let keys = match user {
+        Some(u) => r.keys_under(&att, u),
+        None => r.keys(&att),
+    };
+    keys.iter()
         .filter_map(|k| {
             let v = r.map(&att, k)?;
             Some(Visit {
@@ -330,10 +335,15 @@ fn visits<D: ReadDoc>(r: &Reader<'_, D>) -> Vec<Visit> {
         .collect()
 }
 
-/// Attendance: who is present, with minutes present as of `now`.
-pub(crate) fn attendance<D: ReadDoc>(r: &Reader<'_, D>, now: Option<Millis>) -> (usize, Value) {
+/// Attendance of everyone (`user` None) or one user: who is present, with minutes present
+/// as of `now`.
+pub(crate) fn attendance<D: ReadDoc>(
+    r: &Reader<'_, D>,
+    user: Option<&str>,
+    now: Option<Millis>,
+) -> (usize, Value) {
     let mut users: BTreeMap<String, (String, bool, i64)> = BTreeMap::new();
-    for v in visits(r) {
+    for v in visits(r, user) {
         let e = users.entry(v.user).or_insert((v.name, false, 0));
         match v.leave_at {
             None => {
@@ -398,7 +408,7 @@ pub(crate) fn session_view<D: ReadDoc>(
         .iter()
         .map(|q| {
             let mut j = q.to_json(staff || q.author == user);
-            j["voted"] = json!(q.voters.iter().any(|v| v == user));
+            j["voted"] = json!(q.voted(r, user));
             j
         })
         .collect();
@@ -450,7 +460,7 @@ pub(crate) fn session_view<D: ReadDoc>(
     });
     let broadcasts: Vec<Value> = broadcasts.into_iter().map(|(_, j)| j).collect();
 
-    let (present, users) = attendance(r, Some(now));
+    let (present, users) = attendance(r, None, Some(now));
     let attendance = if staff {
         json!({"present": present, "users": users})
     } else {
