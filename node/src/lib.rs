@@ -203,6 +203,18 @@ impl Node {
             .context("join the HTTP server")?
             .context("serve HTTP")?;
         self.hub.shutdown().await.context("shut the hub down")?;
+        // Connection tasks that outlive the graceful shutdown by a moment still hold the router,
+        // and through it the hub and the open store. Wait for them, so that the data directory
+        // is free when `stop` returns (a restart in the same process must be able to open it).
+        drop(self.gateway);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while self.hub.handles() > 1 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        if self.hub.handles() > 1 {
+            tracing::warn!("the store is still held after 5 s; it closes when the last user goes");
+        }
+        drop(self.hub);
         info!("node stopped");
         Ok(())
     }

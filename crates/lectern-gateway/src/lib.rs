@@ -122,6 +122,10 @@ impl Gateway {
         // the handle is set once, right after.
         let (layer, io) = SocketIo::builder()
             .max_payload(limits.payload_max_bytes as u64)
+            // `max_payload` bounds polling bodies only; WebSocket messages have their own
+            // limits (64 MiB by default), held to the same payload limit here.
+            .ws_max_message_size(limits.payload_max_bytes)
+            .ws_max_frame_size(limits.payload_max_bytes)
             .max_buffer_size(limits.outbound_queue_max)
             .ws_read_buffer_size(512)
             .with_state(gw.clone())

@@ -7,7 +7,8 @@
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -19,6 +20,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::error::AppError;
+use crate::limits::ConnSlot;
 use crate::{Gateway, new_command_id};
 
 /// An authenticated HTTP caller (token by header, cookie or query).
@@ -30,6 +32,28 @@ impl FromRequestParts<Gateway> for Authed {
     async fn from_request_parts(parts: &mut Parts, gw: &Gateway) -> Result<Self, AppError> {
         let token = crate::auth::token_from_parts(&parts.headers, parts.uri.query());
         Ok(Authed(gw.verify(token.as_deref())?.caller))
+    }
+}
+
+/// A request body as bytes. A body past `payload_max_bytes` (or one that cannot be read) is
+/// refused with the usual JSON error, not axum's plain-text rejection.
+pub(crate) struct RawBody(Bytes);
+
+impl FromRequest<Gateway> for RawBody {
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, gw: &Gateway) -> Result<Self, AppError> {
+        Bytes::from_request(req, gw)
+            .await
+            .map(RawBody)
+            .map_err(|r: BytesRejection| {
+                let code = if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    "payload_too_large"
+                } else {
+                    "bad_request"
+                };
+                AppError::new(r.status(), code, r.body_text())
+            })
     }
 }
 
@@ -138,7 +162,7 @@ async fn session_command(
     State(gw): State<Gateway>,
     Authed(caller): Authed,
     Path(id): Path<String>,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<Response, AppError> {
     let session: SessionId = parse_id(&id, "session id")?;
     let cmd = command_from(json_body(&body)?)?;
@@ -149,7 +173,7 @@ async fn session_named_command(
     State(gw): State<Gateway>,
     Authed(caller): Authed,
     Path((id, name)): Path<(String, String)>,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<Response, AppError> {
     let session: SessionId = parse_id(&id, "session id")?;
     let mut v = json_body(&body)?;
@@ -162,7 +186,7 @@ async fn cohort_command(
     State(gw): State<Gateway>,
     Authed(caller): Authed,
     Path(id): Path<String>,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<Response, AppError> {
     let cohort: CohortId = parse_id(&id, "cohort id")?;
     let cmd = command_from(json_body(&body)?)?;
@@ -173,7 +197,7 @@ async fn cohort_command(
 async fn progress(
     State(gw): State<Gateway>,
     Authed(caller): Authed,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<Response, AppError> {
     let v = json_body(&body)?;
     let field = |k: &str| v.get(k).and_then(Value::as_str);
@@ -303,6 +327,9 @@ async fn long_poll(
         JoinStart::Replay { events, token } => (events, token.to_string()),
     };
     if events.is_empty() {
+        // A held request is a connection like any other: it counts against the caps and
+        // shows in `/metrics` while it waits (it is subscribed by now).
+        let _held = Held::new(&gw, &user)?;
         let wait = Duration::from_secs(q.wait.unwrap_or(25).min(LONG_POLL_WAIT_MAX_S));
         if let Ok(Ok(e)) = tokio::time::timeout(wait, joined.events.recv()).await {
             events.push(e);
@@ -320,4 +347,27 @@ async fn long_poll(
         })
         .collect();
     Ok(Json(json!({"events": out, "token": token})).into_response())
+}
+
+/// A long-poll request held open, counted as a `longpoll` connection until it is answered.
+struct Held {
+    gw: Gateway,
+    _slot: ConnSlot,
+}
+
+impl Held {
+    fn new(gw: &Gateway, user: &str) -> Result<Held, AppError> {
+        let slot = gw.inner.limiter.connect(user)?;
+        gw.inner.metrics.connection_opened("longpoll");
+        Ok(Held {
+            gw: gw.clone(),
+            _slot: slot,
+        })
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.gw.inner.metrics.connection_closed("longpoll");
+    }
 }

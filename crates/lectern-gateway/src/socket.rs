@@ -73,11 +73,9 @@ async fn authenticate(
         closed: Arc::new(tokio::sync::watch::channel(false).0),
         _slot: Arc::new(slot),
     });
-    Ok(())
-}
-
-async fn on_connect(s: SocketRef, Extension(conn): Extension<Conn>) {
-    debug!(sid = %s.id, user = %conn.caller.user, "socket connected");
+    // The handlers are registered here, not in `on_connect`: socketioxide sends the connect
+    // reply before it spawns the connect handler, so an event a client sends right after the
+    // reply could otherwise arrive before its handler exists and be dropped without an ack.
     for event in COMMAND_EVENTS {
         s.on(*event, on_command);
     }
@@ -85,6 +83,11 @@ async fn on_connect(s: SocketRef, Extension(conn): Extension<Conn>) {
     s.on("session:leave", on_leave);
     s.on_fallback(on_unknown);
     s.on_disconnect(on_disconnect);
+    Ok(())
+}
+
+async fn on_connect(s: SocketRef, Extension(conn): Extension<Conn>) {
+    debug!(sid = %s.id, user = %conn.caller.user, "socket connected");
     // Disconnect the socket when its token expires, saying why.
     let exp = conn.expires_at_s;
     let sock = s.clone();

@@ -340,6 +340,12 @@ impl Hub {
         }
     }
 
+    /// How many `Hub` handles exist (this one included). The store closes when the last one
+    /// goes, so a node that must release its data directory waits for this to reach 1.
+    pub fn handles(&self) -> usize {
+        Arc::strong_count(&self.inner)
+    }
+
     /// Documents in memory now.
     pub fn loaded_docs(&self) -> usize {
         self.inner.docs.lock().map(|d| d.len()).unwrap_or(0)

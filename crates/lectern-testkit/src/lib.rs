@@ -1,0 +1,13 @@
+//! Dev-only protocol clients for Lectern's tests: a Socket.IO client over WebSocket and
+//! long-polling ([`sio`]), and an HTTP/1.1 client with a server-sent-events reader ([`http`]).
+//!
+//! They are written from the protocols, not from Lectern's code, so a test that passes with
+//! them shows that any conforming client works; and they can send what a conforming client
+//! would not (raw packets, oversized frames), which the bad-input tests need. This crate is a
+//! dev-dependency of `tests/` only and depends on no Lectern crate.
+
+pub mod http;
+pub mod sio;
+
+pub use http::{Http, Response, SseEvent, SseItem, SseStream};
+pub use sio::{Client, ConnectError, ServerEvent, Transport};

@@ -1,0 +1,257 @@
+//! Auth failures on every transport of a running node: no token, a bad signature, an expired
+//! token, a token for another cohort, and a student attempting instructor actions each get the
+//! right status and code on REST (header token), SSE (`?access_token=`) and the Socket.IO
+//! handshake (`auth: {token}`) or ack; 401 and 403 stay distinct; and the session is unchanged
+//! afterwards (same views, same resume token: no change at all was committed). A socket whose
+//! token expires is disconnected, told why.
+
+use anyhow::Context;
+use lectern_gateway::auth::mint;
+use lectern_node::DEMO_COHORT;
+use lectern_testkit::{Client, ConnectError, Transport};
+use serde_json::{Value, json};
+
+use super::{Demo, ack_code, claims, unix_now_s, within};
+
+/// The session view without attendance (connections come and go).
+fn without_attendance(mut v: Value) -> Value {
+    if let Some(o) = v.as_object_mut() {
+        o.remove("attendance");
+    }
+    v
+}
+
+/// The session view (without attendance: connections come and go) and the cohort view, as
+/// the instructor sees them; refused requests must leave both as they were.
+async fn views(demo: &Demo) -> anyhow::Result<(Value, Value)> {
+    let session = without_attendance(demo.session_view().await?);
+    let inst = demo.token("ada", "instructor");
+    let cohort = demo
+        .http
+        .get(&format!("/api/cohorts/{DEMO_COHORT}"), Some(&inst))
+        .await?;
+    anyhow::ensure!(cohort.status == 200, "cohort view: {}", cohort.text());
+    Ok((session, cohort.json()?))
+}
+
+/// A refused token and what every transport must answer.
+struct Case {
+    what: &'static str,
+    token: Option<String>,
+    status: u16,
+    code: &'static str,
+}
+
+fn cases(demo: &Demo) -> Vec<Case> {
+    let now = unix_now_s();
+    let forged = mint(
+        b"not-the-node-secret-0123456789ab",
+        &claims("student1", "student", &[DEMO_COHORT], now + 3600),
+    )
+    .expect("minting with a non-empty secret succeeds");
+    vec![
+        Case {
+            what: "no token",
+            token: None,
+            status: 401,
+            code: "missing_token",
+        },
+        Case {
+            what: "bad signature",
+            token: Some(forged),
+            status: 401,
+            code: "bad_signature",
+        },
+        Case {
+            what: "expired",
+            // Past the 30 s leeway.
+            token: Some(demo.mint(&claims("student1", "student", &[DEMO_COHORT], now - 3600))),
+            status: 401,
+            code: "token_expired",
+        },
+        Case {
+            what: "other cohort",
+            token: Some(demo.mint(&claims(
+                "student1",
+                "student",
+                &["other-cohort"],
+                now + 3600,
+            ))),
+            status: 403,
+            code: "not_member",
+        },
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_tokens_get_the_right_status_on_every_transport_and_change_nothing()
+-> anyhow::Result<()> {
+    within(async {
+        let demo = Demo::start("auth-http").await?;
+        let s = demo.session.clone();
+        let before = views(&demo).await?;
+        for case in cases(&demo) {
+            let token = case.token.as_deref();
+            let want = (case.status, Some(case.code));
+            let what = case.what;
+
+            // REST: a view and a command.
+            let r = demo.http.get(&format!("/api/sessions/{s}"), token).await?;
+            assert_eq!((r.status, r.error_code().as_deref()), want, "{what}: GET view: {}", r.text());
+            let r = demo
+                .http
+                .post_json(&format!("/api/sessions/{s}/commands/qa.ask"), token, &json!({"text": "let me in"}))
+                .await?;
+            assert_eq!((r.status, r.error_code().as_deref()), want, "{what}: POST qa.ask: {}", r.text());
+            let r = demo
+                .http
+                .post_json("/api/progress", token, &json!({"cohort": DEMO_COHORT, "student": "student1", "lesson": "l1", "status": "completed"}))
+                .await?;
+            assert_eq!((r.status, r.error_code().as_deref()), want, "{what}: POST progress: {}", r.text());
+
+            // SSE, with the token where EventSource puts it.
+            let progress = format!("/api/stream/progress/student1?cohort={DEMO_COHORT}");
+            for path in [format!("/api/stream/sessions/{s}?"), format!("{progress}&")] {
+                let url = match token {
+                    Some(t) => format!("{path}access_token={t}"),
+                    None => path.clone(),
+                };
+                let r = demo.http.sse(&url, &[]).await?;
+                let r = r.err().with_context(|| format!("{what}: {path} was opened"))?;
+                assert_eq!((r.status, r.error_code().as_deref()), want, "{what}: {path}: {}", r.text());
+            }
+
+            // Socket.IO: a bad token is refused at the handshake, with the code first in the
+            // message; a good token for another cohort connects but cannot join or act.
+            for transport in Transport::ALL {
+                let auth = token.map(|t| json!({ "token": t }));
+                let connected =
+                    Client::try_connect(demo.node.http_addr, transport, auth, what).await;
+                match (case.status, connected) {
+                    (401, Err(ConnectError::Refused(message))) => assert!(
+                        message.starts_with(case.code),
+                        "{what} over {}: refused with {message:?}",
+                        transport.name()
+                    ),
+                    (403, Ok(mut c)) => {
+                        let join = c.call("session:join", vec![json!(s)]).await?;
+                        assert_eq!(ack_code(&join), case.code, "{what}: join");
+                        let ask = c.call("qa:ask", vec![json!(s), json!("let me in")]).await?;
+                        assert_eq!(ack_code(&ask), case.code, "{what}: ask");
+                        c.disconnect().await;
+                    }
+                    (_, Ok(_)) => panic!("{what}: connected over {}", transport.name()),
+                    (_, Err(e)) => panic!("{what} over {}: {e}", transport.name()),
+                }
+            }
+        }
+        assert_eq!(before, views(&demo).await?, "a refused request changed something");
+        demo.stop().await
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_student_cannot_take_instructor_actions_on_any_transport() -> anyhow::Result<()> {
+    within(async {
+        let demo = Demo::start("auth-forbidden").await?;
+        let s = demo.session.clone();
+        let student = demo.token("student1", "student");
+        let before = views(&demo).await?;
+
+        let poll = json!({"question": "Pop quiz?", "kind": "single", "options": ["a", "b"]});
+        let rest: [(&str, Value); 3] = [
+            ("poll.create", poll.clone()),
+            ("broadcast.send", json!({"text": "everyone out"})),
+            (
+                "qa.answer",
+                json!({"question": "demo-q1", "text": "I know this one"}),
+            ),
+        ];
+        for (name, body) in rest {
+            let r = demo.command(&student, name, body).await?;
+            assert_eq!(
+                (r.status, r.error_code().as_deref()),
+                (403, Some("forbidden")),
+                "{name}: {}",
+                r.text()
+            );
+        }
+        // A student may not set their own score.
+        let r = demo
+            .http
+            .post_json(
+                "/api/progress",
+                Some(&student),
+                &json!({"student": "student1", "lesson": "l1", "score": 10, "maxScore": 10}),
+            )
+            .await?;
+        assert_eq!(
+            (r.status, r.error_code().as_deref()),
+            (403, Some("forbidden")),
+            "score: {}",
+            r.text()
+        );
+
+        for transport in Transport::ALL {
+            let mut c = demo.sio(transport, &student, "student").await?;
+            let calls: [(&str, Vec<Value>); 3] = [
+                ("poll:create", vec![json!(s), poll.clone()]),
+                ("broadcast:send", vec![json!(s), json!("everyone out")]),
+                (
+                    "qa:answer",
+                    vec![json!(s), json!("demo-q1"), json!("I know this one")],
+                ),
+            ];
+            for (event, args) in calls {
+                let ack = c.call(event, args).await?;
+                assert_eq!(
+                    ack_code(&ack),
+                    "forbidden",
+                    "{event} over {}",
+                    transport.name()
+                );
+            }
+            c.disconnect().await;
+        }
+        assert_eq!(
+            before,
+            views(&demo).await?,
+            "a forbidden action changed something"
+        );
+        demo.stop().await
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_is_disconnected_with_a_reason_when_its_token_expires() -> anyhow::Result<()> {
+    within(async {
+        let demo = Demo::start("auth-expiry").await?;
+        let s = demo.session.clone();
+        // Valid now (and within the leeway for a while), expiring in about two seconds.
+        let token = demo.mint(&claims(
+            "student1",
+            "student",
+            &[DEMO_COHORT],
+            unix_now_s() + 2,
+        ));
+        let expiring = Transport::ALL.map(|transport| {
+            let (demo, token, s) = (&demo, &token, &s);
+            async move {
+                let mut c = demo.sio(transport, token, transport.name()).await?;
+                let join = c.call("session:join", vec![json!(s)]).await?;
+                assert_eq!(join["ok"], true, "{join}");
+                let e = c
+                    .wait_for("server:error", |e| e.name == "server:error")
+                    .await?;
+                assert_eq!(e.data()["code"], "token_expired", "{e:?}");
+                c.closed(std::time::Duration::from_secs(5)).await?;
+                anyhow::Ok(())
+            }
+        });
+        futures_util::future::try_join_all(expiring).await?;
+        demo.stop().await
+    })
+    .await
+}
