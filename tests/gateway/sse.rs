@@ -4,7 +4,7 @@
 //! that drops mid-class and reconnects with `Last-Event-ID` gets exactly the events it missed:
 //! none lost, none duplicated, none extra. Keep-alive comments flow. The progress stream of a
 //! student gets the `progress` events an instructor posts for them, and only theirs; a student
-//! may not open a classmate's.
+//! may not open a classmate's. A stream ends with `token_expired` when its token does.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -306,6 +306,40 @@ async fn progress_stream_carries_a_students_own_progress_only() -> anyhow::Resul
         assert_eq!(staff.next_event(EVENT_WAIT).await?.event, "state");
         drop(staff);
         drop(stream);
+        demo.stop().await
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_ends_with_token_expired_when_its_token_expires() -> anyhow::Result<()> {
+    within(async {
+        let demo = Demo::start("sse-expiry").await?;
+        // Valid now (expiry is checked with leeway at the handshake), over in two seconds.
+        let token = demo.mint(&claims(
+            "student1",
+            "student",
+            &["demo-cohort"],
+            unix_now_s() + 2,
+        ));
+        let path = format!("/api/stream/sessions/{}?access_token={token}", demo.session);
+        let mut stream = open(&demo.http, &path, &[]).await?;
+        let first = stream.next_event(EVENT_WAIT).await?;
+        assert_eq!(first.event, "state");
+        let started = Instant::now();
+        let last = stream.next_event(EVENT_WAIT).await?;
+        assert_eq!(last.event, "error", "{last:?}");
+        assert_eq!(last.json()?["code"], "token_expired");
+        assert!(
+            started.elapsed() <= Duration::from_secs(4),
+            "ended late: {:?}",
+            started.elapsed()
+        );
+        // And the stream is over.
+        assert!(
+            stream.next_item(EVENT_WAIT).await?.is_none(),
+            "the stream went on"
+        );
         demo.stop().await
     })
     .await

@@ -82,9 +82,17 @@ impl From<AuthError> for AppError {
     }
 }
 
+/// The response header that carries an error's code to the metrics middleware.
+pub(crate) const ERROR_CODE_HEADER: &str = "x-lectern-error";
+
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({"error": self.body()}))).into_response()
+        let mut response = (self.status, Json(json!({"error": self.body()}))).into_response();
+        response.headers_mut().insert(
+            ERROR_CODE_HEADER,
+            axum::http::HeaderValue::from_static(self.code),
+        );
+        response
     }
 }
 

@@ -169,6 +169,11 @@ impl Gateway {
         }
     }
 
+    /// Counts a refused HTTP request (see `rest::count_rejections`).
+    pub(crate) fn count_rejection(&self, code: &str) {
+        self.inner.metrics.rejected_named(code);
+    }
+
     fn is_shutting_down(&self) -> bool {
         self.inner.shutting_down.load(Ordering::SeqCst)
     }

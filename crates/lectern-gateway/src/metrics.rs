@@ -19,6 +19,7 @@ pub(crate) struct Metrics {
     closed: Mutex<BTreeMap<&'static str, u64>>,
     events_out: Mutex<BTreeMap<&'static str, u64>>,
     rejections: Mutex<BTreeMap<&'static str, u64>>,
+    named_rejections: Mutex<BTreeMap<String, u64>>,
     events_in: AtomicU64,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS_S.len()],
     latency_count: AtomicU64,
@@ -51,6 +52,18 @@ impl Metrics {
 
     pub(crate) fn rejected(&self, code: &'static str) {
         bump(&self.rejections, code);
+    }
+
+    /// Counts a rejection known only by its code's text (from a response header).
+    pub(crate) fn rejected_named(&self, code: &str) {
+        let mut map = self
+            .named_rejections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        // Codes are a small fixed set; the bound only guards against a bug minting new ones.
+        if map.len() < 256 || map.contains_key(code) {
+            *map.entry(code.to_owned()).or_default() += 1;
+        }
     }
 
     pub(crate) fn command_latency(&self, d: Duration) {
@@ -115,7 +128,15 @@ impl Metrics {
             "# HELP lectern_rejections_total Refused requests by code."
         );
         let _ = writeln!(out, "# TYPE lectern_rejections_total counter");
+        let mut all: BTreeMap<String, u64> = self
+            .named_rejections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         for (code, n) in lock(&self.rejections) {
+            *all.entry(code.to_owned()).or_default() += n;
+        }
+        for (code, n) in all {
             let _ = writeln!(out, "lectern_rejections_total{{code=\"{code}\"}} {n}");
         }
         let _ = writeln!(

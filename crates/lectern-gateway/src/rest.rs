@@ -30,9 +30,38 @@ impl FromRequestParts<Gateway> for Authed {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, gw: &Gateway) -> Result<Self, AppError> {
-        let token = crate::auth::token_from_parts(&parts.headers, parts.uri.query());
-        Ok(Authed(gw.verify(token.as_deref())?.caller))
+        Ok(Authed(AuthedUntil::from_request_parts(parts, gw).await?.0))
     }
+}
+
+/// An authenticated caller and when their token expires (streams end then).
+pub(crate) struct AuthedUntil(pub(crate) Caller, pub(crate) u64);
+
+impl FromRequestParts<Gateway> for AuthedUntil {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, gw: &Gateway) -> Result<Self, AppError> {
+        let token = crate::auth::token_from_parts(&parts.headers, parts.uri.query());
+        let verified = gw.verify(token.as_deref())?;
+        Ok(AuthedUntil(verified.caller, verified.expires_at_s))
+    }
+}
+
+/// Counts every refused HTTP request by its code (the Socket.IO handlers count their own).
+async fn count_rejections(
+    State(gw): State<Gateway>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let mut response = next.run(request).await;
+    if let Some(code) = response
+        .headers_mut()
+        .remove(crate::error::ERROR_CODE_HEADER)
+        .and_then(|v| v.to_str().ok().map(str::to_owned))
+    {
+        gw.count_rejection(&code);
+    }
+    response
 }
 
 /// A request body as bytes. A body past `payload_max_bytes` (or one that cannot be read) is
@@ -86,6 +115,10 @@ pub(crate) fn routes(gw: Gateway) -> Router {
         )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_max))
+        .layer(axum::middleware::from_fn_with_state(
+            gw.clone(),
+            count_rejections,
+        ))
         .with_state(gw)
 }
 
@@ -222,11 +255,14 @@ async fn progress(
     execute(&gw, &caller, DocId::Cohort(cohort), command_from(cmd)?).await
 }
 
+/// Reads a view; a read loads a document, so it counts against the caller's command rate.
 async fn read_view(
     gw: &Gateway,
+    user: &str,
     doc: DocId,
     f: impl FnOnce(&lectern_model::Replica) -> Result<Value, lectern_model::Rejection> + Send + 'static,
 ) -> Result<Response, AppError> {
+    gw.inner.limiter.command(user)?;
     let view = gw.inner.hub.read(doc, f).await?;
     let view = view.map_err(|r| AppError::from(lectern_hub::HubError::Rejected(r)))?;
     Ok(Json(view).into_response())
@@ -239,11 +275,16 @@ async fn session_view(
 ) -> Result<Response, AppError> {
     let session: SessionId = parse_id(&id, "session id")?;
     let now = lectern_hub::system_now();
-    read_view(&gw, DocId::Session(session), move |r| {
-        let mut v = r.session_view(&caller, now)?;
-        v["token"] = json!(r.token().to_string());
-        Ok(v)
-    })
+    read_view(
+        &gw,
+        &caller.user.to_string(),
+        DocId::Session(session),
+        move |r| {
+            let mut v = r.session_view(&caller, now)?;
+            v["token"] = json!(r.token().to_string());
+            Ok(v)
+        },
+    )
     .await
 }
 
@@ -253,7 +294,13 @@ async fn cohort_view(
     Path(id): Path<String>,
 ) -> Result<Response, AppError> {
     let cohort: CohortId = parse_id(&id, "cohort id")?;
-    read_view(&gw, DocId::Cohort(cohort), move |r| r.cohort_view(&caller)).await
+    read_view(
+        &gw,
+        &caller.user.to_string(),
+        DocId::Cohort(cohort),
+        move |r| r.cohort_view(&caller),
+    )
+    .await
 }
 
 async fn cohort_aggregates(
@@ -262,9 +309,12 @@ async fn cohort_aggregates(
     Path(id): Path<String>,
 ) -> Result<Response, AppError> {
     let cohort: CohortId = parse_id(&id, "cohort id")?;
-    read_view(&gw, DocId::Cohort(cohort), move |r| {
-        r.cohort_aggregates(&caller)
-    })
+    read_view(
+        &gw,
+        &caller.user.to_string(),
+        DocId::Cohort(cohort),
+        move |r| r.cohort_aggregates(&caller),
+    )
     .await
 }
 
@@ -275,9 +325,12 @@ async fn student_progress(
 ) -> Result<Response, AppError> {
     let cohort: CohortId = parse_id(&id, "cohort id")?;
     let student: UserId = parse_id(&student, "student id")?;
-    read_view(&gw, DocId::Cohort(cohort), move |r| {
-        r.student_progress(&caller, &student)
-    })
+    read_view(
+        &gw,
+        &caller.user.to_string(),
+        DocId::Cohort(cohort),
+        move |r| r.student_progress(&caller, &student),
+    )
     .await
 }
 
@@ -311,6 +364,7 @@ async fn long_poll(
         .transpose()?;
     let staff = caller.role.is_staff();
     let user = caller.user.to_string();
+    gw.inner.limiter.command(&user)?;
     let mut joined = gw
         .inner
         .hub

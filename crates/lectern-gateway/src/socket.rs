@@ -212,6 +212,8 @@ async fn on_join(
                 "this socket already joined that session",
             ));
         }
+        // Joining loads a document: it counts against the caller's command rate.
+        gw.inner.limiter.command(conn.caller.user.as_str())?;
         let joined = gw.inner.hub.join(doc.clone(), (*conn.caller).clone(), since).await?;
         let staff = conn.caller.role.is_staff();
         let user = conn.caller.user.to_string();

@@ -24,7 +24,7 @@ use tokio::sync::broadcast::error::RecvError;
 use crate::Gateway;
 use crate::error::AppError;
 use crate::limits::ConnSlot;
-use crate::rest::{Authed, parse_id};
+use crate::rest::{AuthedUntil, parse_id};
 
 /// Which events of a document a stream passes on.
 #[derive(Clone)]
@@ -63,12 +63,15 @@ fn last_event_id(headers: &HeaderMap) -> Result<Option<ResumeToken>, AppError> {
 /// `GET /api/stream/sessions/{id}`.
 pub(crate) async fn session_stream(
     State(gw): State<Gateway>,
-    Authed(caller): Authed,
+    AuthedUntil(caller, expires_at_s): AuthedUntil,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
     let session: SessionId = parse_id(&id, "session id")?;
     let since = last_event_id(&headers)?;
+    // Opening a stream loads a document: it counts against the caller's command rate, so a
+    // client cannot make the node load documents faster than it may send commands.
+    gw.inner.limiter.command(caller.user.as_str())?;
     let slot = gw.inner.limiter.connect(caller.user.as_str())?;
     let staff = caller.role.is_staff();
     let user = caller.user.to_string();
@@ -77,7 +80,15 @@ pub(crate) async fn session_stream(
         .hub
         .join(DocId::Session(session), caller, since)
         .await?;
-    Ok(stream_response(gw, joined, user, staff, Filter::All, slot))
+    Ok(stream_response(
+        gw,
+        joined,
+        user,
+        staff,
+        Filter::All,
+        slot,
+        expires_at_s,
+    ))
 }
 
 /// Query of the progress stream.
@@ -90,7 +101,7 @@ pub(crate) struct ProgressQuery {
 /// the cohort see any. The cohort defaults to the caller's only cohort.
 pub(crate) async fn progress_stream(
     State(gw): State<Gateway>,
-    Authed(caller): Authed,
+    AuthedUntil(caller, expires_at_s): AuthedUntil,
     Path(student): Path<String>,
     Query(q): Query<ProgressQuery>,
     headers: HeaderMap,
@@ -111,6 +122,7 @@ pub(crate) async fn progress_stream(
         ));
     }
     let since = last_event_id(&headers)?;
+    gw.inner.limiter.command(caller.user.as_str())?;
     let slot = gw.inner.limiter.connect(caller.user.as_str())?;
     let staff = caller.role.is_staff();
     let user = caller.user.to_string();
@@ -135,6 +147,7 @@ pub(crate) async fn progress_stream(
         staff,
         Filter::Progress(student.to_string()),
         slot,
+        expires_at_s,
     ))
 }
 
@@ -157,6 +170,8 @@ struct StreamState {
     user: String,
     staff: bool,
     filter: Filter,
+    /// When the caller's token expires: the stream ends then, saying why.
+    expires: tokio::time::Instant,
     done: bool,
     guard: Guard,
 }
@@ -181,6 +196,7 @@ fn stream_response(
     staff: bool,
     filter: Filter,
     slot: ConnSlot,
+    expires_at_s: u64,
 ) -> Response {
     gw.inner.metrics.connection_opened("sse");
     let start: Vec<Event> = match &joined.start {
@@ -210,6 +226,8 @@ fn stream_response(
         user,
         staff,
         filter,
+        expires: tokio::time::Instant::now()
+            + std::time::Duration::from_secs(expires_at_s.saturating_sub(crate::unix_now_s())),
         done: false,
         guard: Guard { gw, _slot: slot },
     };
@@ -229,6 +247,11 @@ async fn next_event(mut st: StreamState) -> Option<(Result<Event, Infallible>, S
     loop {
         let recv = tokio::select! {
             r = st.events.recv() => r,
+            () = tokio::time::sleep_until(st.expires) => {
+                st.done = true;
+                let data = json!({"code": "token_expired", "message": "your token expired; reconnect with a fresh one and your last event id"});
+                return Some((Ok(Event::default().event("error").data(data.to_string())), st));
+            }
             _ = st.shutdown.changed() => {
                 st.done = true;
                 let data = json!({"code": "shutting_down", "message": "this node is shutting down; reconnect (to another node) with your last event id"});

@@ -44,7 +44,8 @@ pub struct HubConfig {
     pub batch_max_messages: usize,
     /// A document with nothing queued for this long is dropped from memory. Default 60 s.
     pub doc_idle_ms: u64,
-    /// Documents held in memory at once; past it new documents are refused. Default 100,000.
+    /// Documents held in memory at once; past it new documents are refused. Default 20,000
+    /// (about 20 KiB each when idle: a replica, a writer task and its inbox).
     pub docs_loaded_max: usize,
     /// Events buffered per room; a subscriber further behind gets `Lagged`. Default 4096.
     pub room_capacity: usize,
@@ -63,7 +64,7 @@ impl Default for HubConfig {
             inbox_capacity: 4096,
             batch_max_messages: 1024,
             doc_idle_ms: 60_000,
-            docs_loaded_max: 100_000,
+            docs_loaded_max: 20_000,
             room_capacity: 4096,
             compact_min_bytes: 256 * 1024,
             feed_capacity: 65_536,
