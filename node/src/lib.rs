@@ -8,6 +8,7 @@
 
 pub mod config;
 mod demo;
+mod serve;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -174,13 +175,7 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
         }),
     );
     let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let server = tokio::spawn(serve::serve(listener, app, stopped));
     Ok(Node {
         http_addr,
         hub,
