@@ -69,24 +69,8 @@ pub struct AuthSettings {
     pub leeway_s: u64,
 }
 
-/// Limits the gateway enforces; every default is safe for a public node.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Sustained commands per second per user (positive). Default 10.
-    pub commands_per_s: f64,
-    /// Commands a user may send in a burst (at least 1). Default 20.
-    pub command_burst: u32,
-    /// Largest request body or Socket.IO packet, in bytes (at least 1). Default 16 KiB.
-    pub payload_max_bytes: usize,
-    /// Events queued per connection before a slow consumer is cut off (at least 1).
-    /// Default 256.
-    pub outbound_queue_max: usize,
-    /// Connections (Socket.IO + SSE + long-poll) per node (at least 1). Default 20,000,
-    /// under the machine's 20,000 open-files limit with room for the store and peers.
-    pub conns_max: usize,
-    /// Connections per user (at least 1). Default 16.
-    pub conns_per_user_max: usize,
-}
+/// Limits the gateway enforces (defined with the gateway, which enforces them).
+pub use lectern_gateway::Limits;
 
 impl Default for Config {
     fn default() -> Self {
@@ -108,19 +92,6 @@ impl Default for AuthSettings {
             public_key_pem_file: None,
             public_key_alg: None,
             leeway_s: 30,
-        }
-    }
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            commands_per_s: 10.0,
-            command_burst: 20,
-            payload_max_bytes: 16 * 1024,
-            outbound_queue_max: 256,
-            conns_max: 20_000,
-            conns_per_user_max: 16,
         }
     }
 }

@@ -121,16 +121,8 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
         .resolve_secret()
         .context("resolve the token secret")?;
     let hub = Hub::new(store, HubConfig::default());
-    let limits = lectern_gateway::Limits {
-        commands_per_s: config.limits.commands_per_s,
-        command_burst: config.limits.command_burst,
-        payload_max_bytes: config.limits.payload_max_bytes,
-        outbound_queue_max: config.limits.outbound_queue_max,
-        conns_max: config.limits.conns_max,
-        conns_per_user_max: config.limits.conns_per_user_max,
-    };
     let gateway_config = GatewayConfig {
-        limits,
+        limits: config.limits.clone(),
         ..GatewayConfig::new(auth_config(&config, secret.clone())?)
     };
     let (gateway, routes) =

@@ -25,7 +25,8 @@ pub struct Limits {
     pub payload_max_bytes: usize,
     /// Events queued per connection before a slow consumer is cut off. Default 256.
     pub outbound_queue_max: usize,
-    /// Connections (Socket.IO + SSE + long-poll) per node. Default 20,000.
+    /// Connections (Socket.IO + SSE + long-poll) per node. Default 20,000, under a 20,000
+    /// open-files limit with room for the store and peers.
     pub conns_max: usize,
     /// Connections per user. Default 16.
     pub conns_per_user_max: usize,
