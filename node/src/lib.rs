@@ -167,7 +167,7 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
         }),
     );
     let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(serve::serve(listener, app, stopped));
+    let server = tokio::spawn(serve::serve(listener, app, gateway.clone(), stopped));
     Ok(Node {
         http_addr,
         hub,

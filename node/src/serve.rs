@@ -1,19 +1,34 @@
-//! The HTTP accept loop: one hyper HTTP/1.1 connection per accepted socket, upgrades allowed
-//! (Socket.IO's WebSocket), and a graceful stop that lets open requests finish.
+//! The HTTP accept loop: one task per accepted socket. SSE streams (`GET /api/stream/…`) are
+//! written by the task itself; every other request is served by hyper's HTTP/1.1 connection,
+//! upgrades allowed (Socket.IO's WebSocket), and a stop lets open requests finish.
 //!
 //! Why not `axum::serve`: it serves through hyper's auto (HTTP/1 + HTTP/2) builder, which grows
 //! each connection's read buffer to 16 KiB, and it builds the service per connection; with
 //! thousands of idle SSE and Socket.IO connections those buffers are most of the node's memory
 //! (NOTES.md: 20.4 → 11.0 KB per idle SSE connection with this loop). `writev(false)` makes
 //! hyper flatten small writes into its one write buffer instead of keeping a queue.
+//!
+//! Why SSE bypasses hyper: a hyper connection keeps its read and write buffers (8 KiB each)
+//! and its state machine for as long as a response streams, which for an idle SSE client is
+//! hours. The task reads the request head into a small buffer, parses it with `httparse`, and
+//! for a stream route hands it to [`Gateway::open_stream`], then writes the response itself:
+//! `connection: close` framing (the body ends when the socket closes), each chunk formatted
+//! into a fresh buffer that is dropped once written. Any other request goes to hyper with the
+//! bytes already read replayed first ([`Prefixed`]).
 
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use lectern_gateway::{AppError, Gateway, LeanStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, warn};
 
@@ -24,12 +39,20 @@ const DRAIN_MAX: Duration = Duration::from_secs(10);
 /// Longest a client may take to send a request's headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Serves `app` on `listener` until `stop` fires, then drains.
+/// The longest request head read before deciding; a longer one goes to hyper, which applies
+/// its own limits.
+const HEAD_MAX_BYTES: usize = 64 * 1024;
+
+/// Most headers a request may have to take the lean SSE path (more go to hyper).
+const HEADERS_MAX: usize = 64;
+
+/// Serves `app` (and `gateway`'s SSE streams) on `listener` until `stop` fires, then drains.
 pub(crate) async fn serve(
     listener: TcpListener,
     app: Router,
+    gateway: Gateway,
     mut stop: oneshot::Receiver<()>,
-) -> std::io::Result<()> {
+) -> io::Result<()> {
     let (closing, closed) = watch::channel(false);
     // Every connection task holds a clone; the drain waits for all of them to be dropped.
     let (alive, mut all_done) = tokio::sync::mpsc::channel::<()>(1);
@@ -49,36 +72,253 @@ pub(crate) async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
-        let conn = http1::Builder::new()
-            .writev(false)
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .serve_connection(TokioIo::new(stream), service)
-            .with_upgrades();
-        let mut closed = closed.clone();
+        let app = app.clone();
+        let gateway = gateway.clone();
+        let closed = closed.clone();
         let alive = alive.clone();
         tokio::spawn(async move {
             let _alive = alive;
-            let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        debug!(error = %e, "connection ended with an error");
-                    }
-                    return;
-                }
-                _ = closed.wait_for(|c| *c) => {}
-            }
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+            connection(stream, app, gateway, closed).await;
         });
     }
     drop(listener);
+    drop(gateway);
     let _ = closing.send(true);
     drop(alive);
-    if tokio::time::timeout(DRAIN_MAX, all_done.recv()).await.is_err() {
+    if tokio::time::timeout(DRAIN_MAX, all_done.recv())
+        .await
+        .is_err()
+    {
         warn!("connections still open after {DRAIN_MAX:?}; dropping them");
     }
     Ok(())
+}
+
+/// What the first request of a connection is.
+enum Head {
+    /// `GET /api/stream/…`: its target and headers.
+    Stream(String, HeaderMap),
+    /// Anything else, for hyper: the bytes read so far.
+    Other(Vec<u8>),
+}
+
+/// One connection: a stream written here, or hyper.
+async fn connection(
+    mut stream: TcpStream,
+    app: Router,
+    gateway: Gateway,
+    closed: watch::Receiver<bool>,
+) {
+    let head = match tokio::time::timeout(HEADER_READ_TIMEOUT, read_head(&mut stream)).await {
+        Ok(Ok(Some(head))) => head,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            debug!(error = %e, "reading a request head failed");
+            return;
+        }
+        Err(_) => {
+            debug!("no request head within {HEADER_READ_TIMEOUT:?}");
+            return;
+        }
+    };
+    match head {
+        Head::Stream(target, headers) => {
+            // Boxed so that the task of an idle stream is no larger than this path needs.
+            let opened = Box::pin(gateway.open_stream(&target, &headers)).await;
+            drop((target, headers, gateway, app));
+            match opened {
+                Ok(lean) => {
+                    if let Err(e) = write_stream(stream, lean, closed).await {
+                        debug!(error = %e, "stream ended with an error");
+                    }
+                }
+                Err(e) => {
+                    if let Err(e) = write_error(stream, &e).await {
+                        debug!(error = %e, "answering a refused stream failed");
+                    }
+                }
+            }
+        }
+        Head::Other(prefix) => {
+            Box::pin(serve_hyper(Prefixed::new(prefix, stream), app, closed)).await;
+        }
+    }
+}
+
+/// Reads until a whole request head is in; `None` when the client closed before sending one.
+async fn read_head(stream: &mut TcpStream) -> io::Result<Option<Head>> {
+    let mut buf: Vec<u8> = Vec::with_capacity(1024);
+    loop {
+        if buf.len() == buf.capacity() {
+            buf.reserve(buf.len());
+        }
+        if stream.read_buf(&mut buf).await? == 0 {
+            return Ok((!buf.is_empty()).then_some(Head::Other(buf)));
+        }
+        let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&buf) {
+            Ok(httparse::Status::Complete(_)) => {
+                let lean = req.method == Some("GET")
+                    && req.path.is_some_and(|p| p.starts_with("/api/stream/"));
+                if !lean {
+                    return Ok(Some(Head::Other(buf)));
+                }
+                let target = req.path.unwrap_or_default().to_owned();
+                let mut map = HeaderMap::with_capacity(req.headers.len());
+                for h in req.headers.iter() {
+                    if let (Ok(n), Ok(v)) = (
+                        HeaderName::from_bytes(h.name.as_bytes()),
+                        HeaderValue::from_bytes(h.value),
+                    ) {
+                        map.append(n, v);
+                    }
+                }
+                return Ok(Some(Head::Stream(target, map)));
+            }
+            Ok(httparse::Status::Partial) if buf.len() < HEAD_MAX_BYTES => {}
+            // Malformed, too many headers or too long: hyper answers it.
+            _ => return Ok(Some(Head::Other(buf))),
+        }
+    }
+}
+
+/// Writes an open stream until it ends, the client goes away or the server stops.
+async fn write_stream(
+    mut stream: TcpStream,
+    mut lean: LeanStream,
+    mut closed: watch::Receiver<bool>,
+) -> io::Result<()> {
+    stream
+        .write_all(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
+              connection: close\r\n\r\n",
+        )
+        .await?;
+    // A client sends nothing more on a stream; a read notices it leave (EOF or reset) while
+    // the stream is idle.
+    let mut sink = [0u8; 32];
+    loop {
+        let chunk = tokio::select! {
+            c = lean.next_chunk() => c,
+            r = stream.read(&mut sink) => match r {
+                Ok(0) | Err(_) => return Ok(()),
+                Ok(_) => continue,
+            },
+            _ = closed.wait_for(|c| *c) => None,
+        };
+        let Some(chunk) = chunk else {
+            break;
+        };
+        stream.write_all(&chunk).await?;
+    }
+    stream.shutdown().await
+}
+
+/// Answers a refused stream request with the usual JSON error, then closes.
+async fn write_error(mut stream: TcpStream, e: &AppError) -> io::Result<()> {
+    let body = serde_json::json!({"error": e.body()}).to_string();
+    let head = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n",
+        e.status.as_u16(),
+        e.status.canonical_reason().unwrap_or(""),
+        body.len()
+    );
+    let mut out = head.into_bytes();
+    out.extend_from_slice(body.as_bytes());
+    stream.write_all(&out).await?;
+    stream.shutdown().await
+}
+
+/// Serves a connection with hyper until it ends, or gracefully once the server stops.
+async fn serve_hyper(io: Prefixed, app: Router, mut closed: watch::Receiver<bool>) {
+    let service = TowerToHyperService::new(app);
+    let conn = http1::Builder::new()
+        .writev(false)
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                debug!(error = %e, "connection ended with an error");
+            }
+            return;
+        }
+        _ = closed.wait_for(|c| *c) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
+}
+
+/// A socket whose first bytes were already read: they are read again first.
+struct Prefixed {
+    prefix: Vec<u8>,
+    at: usize,
+    inner: TcpStream,
+}
+
+impl Prefixed {
+    fn new(prefix: Vec<u8>, inner: TcpStream) -> Prefixed {
+        Prefixed {
+            prefix,
+            at: 0,
+            inner,
+        }
+    }
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.at < this.prefix.len() {
+            let n = (this.prefix.len() - this.at).min(buf.remaining());
+            buf.put_slice(&this.prefix[this.at..this.at + n]);
+            this.at += n;
+            if this.at == this.prefix.len() {
+                // Replayed: free it (a WebSocket keeps this connection for hours).
+                this.prefix = Vec::new();
+                this.at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
 }

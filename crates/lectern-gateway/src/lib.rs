@@ -32,6 +32,7 @@ use tokio::sync::watch;
 pub use auth::{AuthConfig, Verified, Verifier};
 pub use error::AppError;
 pub use limits::Limits;
+pub use sse::LeanStream;
 
 use commands::{Body, Parsed};
 

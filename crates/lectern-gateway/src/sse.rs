@@ -16,7 +16,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream;
 use lectern_hub::{JoinStart, Joined, Published};
-use lectern_model::{CohortId, DocId, ResumeToken, SessionId, UserId};
+use lectern_model::{Caller, CohortId, DocId, ResumeToken, SessionId, UserId};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
@@ -60,15 +60,27 @@ fn last_event_id(headers: &HeaderMap) -> Result<Option<ResumeToken>, AppError> {
     }
 }
 
-/// `GET /api/stream/sessions/{id}`.
-pub(crate) async fn session_stream(
-    State(gw): State<Gateway>,
-    AuthedUntil(caller, expires_at_s): AuthedUntil,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Result<Response, AppError> {
-    let session: SessionId = parse_id(&id, "session id")?;
-    let since = last_event_id(&headers)?;
+/// A subscription ready to stream, before it is turned into a response (axum's [`Sse`] or the
+/// node's lean writer, [`LeanStream`]).
+struct Opened {
+    joined: Joined,
+    user: String,
+    staff: bool,
+    filter: Filter,
+    slot: ConnSlot,
+    expires_at_s: u64,
+}
+
+/// Everything `GET /api/stream/sessions/{id}` does before it streams.
+async fn open_session(
+    gw: &Gateway,
+    caller: Caller,
+    expires_at_s: u64,
+    id: &str,
+    headers: &HeaderMap,
+) -> Result<Opened, AppError> {
+    let session: SessionId = parse_id(id, "session id")?;
+    let since = last_event_id(headers)?;
     // Opening a stream loads a document: it counts against the caller's command rate, so a
     // client cannot make the node load documents faster than it may send commands.
     gw.inner.limiter.command(caller.user.as_str())?;
@@ -80,33 +92,26 @@ pub(crate) async fn session_stream(
         .hub
         .join(DocId::Session(session), caller, since)
         .await?;
-    Ok(stream_response(
-        gw,
+    Ok(Opened {
         joined,
         user,
         staff,
-        Filter::All,
+        filter: Filter::All,
         slot,
         expires_at_s,
-    ))
+    })
 }
 
-/// Query of the progress stream.
-#[derive(Debug, Deserialize)]
-pub(crate) struct ProgressQuery {
-    cohort: Option<String>,
-}
-
-/// `GET /api/stream/progress/{studentId}[?cohort=ID]`: a student sees only their own; staff of
-/// the cohort see any. The cohort defaults to the caller's only cohort.
-pub(crate) async fn progress_stream(
-    State(gw): State<Gateway>,
-    AuthedUntil(caller, expires_at_s): AuthedUntil,
-    Path(student): Path<String>,
-    Query(q): Query<ProgressQuery>,
-    headers: HeaderMap,
-) -> Result<Response, AppError> {
-    let student: UserId = parse_id(&student, "student id")?;
+/// Everything `GET /api/stream/progress/{studentId}` does before it streams.
+async fn open_progress(
+    gw: &Gateway,
+    caller: Caller,
+    expires_at_s: u64,
+    student: &str,
+    q: &ProgressQuery,
+    headers: &HeaderMap,
+) -> Result<Opened, AppError> {
+    let student: UserId = parse_id(student, "student id")?;
     let cohort: CohortId = match q.cohort.as_deref() {
         Some(c) => parse_id(c, "cohort")?,
         None => match caller.cohorts.as_slice() {
@@ -121,7 +126,7 @@ pub(crate) async fn progress_stream(
             "a student may only follow their own progress",
         ));
     }
-    let since = last_event_id(&headers)?;
+    let since = last_event_id(headers)?;
     gw.inner.limiter.command(caller.user.as_str())?;
     let slot = gw.inner.limiter.connect(caller.user.as_str())?;
     let staff = caller.role.is_staff();
@@ -140,15 +145,44 @@ pub(crate) async fn progress_stream(
     if let JoinStart::Snapshot { state, .. } = &mut joined.start {
         *state = progress;
     }
-    Ok(stream_response(
-        gw,
+    Ok(Opened {
         joined,
         user,
         staff,
-        Filter::Progress(student.to_string()),
+        filter: Filter::Progress(student.to_string()),
         slot,
         expires_at_s,
-    ))
+    })
+}
+
+/// `GET /api/stream/sessions/{id}`.
+pub(crate) async fn session_stream(
+    State(gw): State<Gateway>,
+    AuthedUntil(caller, expires_at_s): AuthedUntil,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, AppError> {
+    let opened = open_session(&gw, caller, expires_at_s, &id, &headers).await?;
+    Ok(stream_response(gw, opened))
+}
+
+/// Query of the progress stream.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct ProgressQuery {
+    cohort: Option<String>,
+}
+
+/// `GET /api/stream/progress/{studentId}[?cohort=ID]`: a student sees only their own; staff of
+/// the cohort see any. The cohort defaults to the caller's only cohort.
+pub(crate) async fn progress_stream(
+    State(gw): State<Gateway>,
+    AuthedUntil(caller, expires_at_s): AuthedUntil,
+    Path(student): Path<String>,
+    Query(q): Query<ProgressQuery>,
+    headers: HeaderMap,
+) -> Result<Response, AppError> {
+    let opened = open_progress(&gw, caller, expires_at_s, &student, &q, &headers).await?;
+    Ok(stream_response(gw, opened))
 }
 
 /// Counts the stream as a connection while it lives.
@@ -189,15 +223,15 @@ fn event_of(e: &Published, user: &str, staff: bool, filter: &Filter) -> Option<E
     )
 }
 
-fn stream_response(
-    gw: Gateway,
-    joined: Joined,
-    user: String,
-    staff: bool,
-    filter: Filter,
-    slot: ConnSlot,
-    expires_at_s: u64,
-) -> Response {
+fn stream_response(gw: Gateway, opened: Opened) -> Response {
+    let Opened {
+        joined,
+        user,
+        staff,
+        filter,
+        slot,
+        expires_at_s,
+    } = opened;
     gw.inner.metrics.connection_opened("sse");
     let start: Vec<Event> = match &joined.start {
         JoinStart::Snapshot {
@@ -249,13 +283,11 @@ async fn next_event(mut st: StreamState) -> Option<(Result<Event, Infallible>, S
             r = st.events.recv() => r,
             () = tokio::time::sleep_until(st.expires) => {
                 st.done = true;
-                let data = json!({"code": "token_expired", "message": "your token expired; reconnect with a fresh one and your last event id"});
-                return Some((Ok(Event::default().event("error").data(data.to_string())), st));
+                return Some((Ok(Event::default().event("error").data(end_data(TOKEN_EXPIRED))), st));
             }
             _ = st.shutdown.changed() => {
                 st.done = true;
-                let data = json!({"code": "shutting_down", "message": "this node is shutting down; reconnect (to another node) with your last event id"});
-                return Some((Ok(Event::default().event("error").data(data.to_string())), st));
+                return Some((Ok(Event::default().event("error").data(end_data(SHUTTING_DOWN))), st));
             }
         };
         match recv {
@@ -267,13 +299,291 @@ async fn next_event(mut st: StreamState) -> Option<(Result<Event, Infallible>, S
             }
             Err(RecvError::Lagged(_)) => {
                 st.done = true;
-                let data = json!({"code": "slow_consumer", "message": "this stream fell behind; reconnect with your last event id"});
                 return Some((
-                    Ok(Event::default().event("error").data(data.to_string())),
+                    Ok(Event::default()
+                        .event("error")
+                        .data(end_data(SLOW_CONSUMER))),
                     st,
                 ));
             }
             Err(RecvError::Closed) => return None,
         }
+    }
+}
+
+/// The `error` event that ends a stream whose token expired.
+const TOKEN_EXPIRED: &str = "token_expired";
+/// The `error` event that ends every stream when the node stops.
+const SHUTTING_DOWN: &str = "shutting_down";
+/// The `error` event that ends a stream that fell behind.
+const SLOW_CONSUMER: &str = "slow_consumer";
+
+/// The data of the `error` event that ends a stream, by its code.
+fn end_data(code: &'static str) -> String {
+    let message = match code {
+        TOKEN_EXPIRED => "your token expired; reconnect with a fresh one and your last event id",
+        SHUTTING_DOWN => {
+            "this node is shutting down; reconnect (to another node) with your last event id"
+        }
+        _ => "this stream fell behind; reconnect with your last event id",
+    };
+    json!({"code": code, "message": message}).to_string()
+}
+
+/// Appends one event in the `text/event-stream` format (fields in the order axum's `Event`
+/// writes them: `event`, `id`, `data`).
+fn write_event(out: &mut Vec<u8>, name: &str, id: Option<&str>, data: &str) {
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(name.as_bytes());
+    out.push(b'\n');
+    if let Some(id) = id {
+        out.extend_from_slice(b"id: ");
+        out.extend_from_slice(id.as_bytes());
+        out.push(b'\n');
+    }
+    for line in data.split('\n') {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(line.as_bytes());
+        out.push(b'\n');
+    }
+    out.push(b'\n');
+}
+
+/// One event, formatted, when the subscriber may see it.
+fn lean_event_of(e: &Published, user: &str, staff: bool, filter: &Filter, out: &mut Vec<u8>) {
+    let Some(payload) = e.payload_for(user, staff) else {
+        return;
+    };
+    if filter.keeps(e, payload) {
+        write_event(out, e.name, Some(&e.token), payload);
+    }
+}
+
+/// A stream route and its raw (still percent-encoded) path segment.
+enum StreamRoute<'a> {
+    Session(&'a str),
+    Progress(&'a str),
+}
+
+fn stream_route(path: &str) -> Option<StreamRoute<'_>> {
+    let (kind, segment) = path.strip_prefix("/api/stream/")?.split_once('/')?;
+    if segment.is_empty() || segment.contains('/') {
+        return None;
+    }
+    match kind {
+        "sessions" => Some(StreamRoute::Session(segment)),
+        "progress" => Some(StreamRoute::Progress(segment)),
+        _ => None,
+    }
+}
+
+/// Percent-decodes a path segment, as axum's `Path` does (`+` stays `+`).
+fn percent_decode(s: &str) -> Result<String, AppError> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
+                let v = hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0);
+                out.push(u8::try_from(v).unwrap_or(0));
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| AppError::bad_request("the path is not UTF-8"))
+}
+
+impl Gateway {
+    /// Opens an SSE stream for a `GET` of `target` (the request target: path and query) with
+    /// `headers`, for a server that writes the stream itself instead of through axum (the
+    /// node's lean path: no HTTP framework state per idle stream).
+    ///
+    /// It does exactly what the `/api/stream/…` routes do (auth by header, cookie or query,
+    /// `Last-Event-ID`, the rate limit, a connection slot, the join, the filters, the token's
+    /// expiry, shutdown, keep-alive comments) and counts a refusal in `/metrics` as the
+    /// router does. A target that is no stream route is `404 not_found`, like the router's.
+    pub async fn open_stream(
+        &self,
+        target: &str,
+        headers: &HeaderMap,
+    ) -> Result<LeanStream, AppError> {
+        let opened = self.open_lean(target, headers).await;
+        match opened {
+            Ok(opened) => Ok(LeanStream::new(self.clone(), opened)),
+            Err(e) => {
+                self.count_rejection(e.code);
+                Err(e)
+            }
+        }
+    }
+
+    async fn open_lean(&self, target: &str, headers: &HeaderMap) -> Result<Opened, AppError> {
+        let not_found = || {
+            AppError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                "not_found",
+                "no such route",
+            )
+        };
+        let uri: axum::http::Uri = target.parse().map_err(|_| not_found())?;
+        let route = stream_route(uri.path()).ok_or_else(not_found)?;
+        let token = crate::auth::token_from_parts(headers, uri.query());
+        let verified = self.verify(token.as_deref())?;
+        let (caller, expires_at_s) = (verified.caller, verified.expires_at_s);
+        match route {
+            StreamRoute::Session(id) => {
+                let id = percent_decode(id)?;
+                open_session(self, caller, expires_at_s, &id, headers).await
+            }
+            StreamRoute::Progress(student) => {
+                let student = percent_decode(student)?;
+                let q = match uri.query() {
+                    None => ProgressQuery::default(),
+                    Some(_) => {
+                        Query::<ProgressQuery>::try_from_uri(&uri)
+                            .map_err(|r| AppError::bad_request(r.body_text()))?
+                            .0
+                    }
+                };
+                open_progress(self, caller, expires_at_s, &student, &q, headers).await
+            }
+        }
+    }
+}
+
+/// An open SSE stream that its server writes itself: [`LeanStream::next_chunk`] gives the next
+/// bytes of the `text/event-stream` body (the start, events, keep-alive comments, the ending
+/// `error` event), formatted into a fresh buffer that the writer drops once written, so an
+/// idle stream holds no buffer. The connection counts as `transport="sse"` while it lives.
+pub struct LeanStream {
+    /// The start events, formatted; taken by the first chunk.
+    start: Vec<u8>,
+    events: tokio::sync::broadcast::Receiver<Arc<Published>>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    user: String,
+    staff: bool,
+    filter: Filter,
+    /// When the caller's token expires: the stream ends then, saying why.
+    expires: tokio::time::Instant,
+    /// When the next keep-alive comment is due (each chunk postpones it).
+    keepalive_at: tokio::time::Instant,
+    done: bool,
+    guard: Guard,
+}
+
+impl std::fmt::Debug for LeanStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeanStream")
+            .field("user", &self.user)
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LeanStream {
+    fn new(gw: Gateway, opened: Opened) -> LeanStream {
+        let Opened {
+            joined,
+            user,
+            staff,
+            filter,
+            slot,
+            expires_at_s,
+        } = opened;
+        gw.inner.metrics.connection_opened("sse");
+        let mut start = Vec::new();
+        match &joined.start {
+            JoinStart::Snapshot {
+                state,
+                token,
+                resume_refused,
+            } => {
+                let data = json!({"state": state, "resumeRefused": resume_refused});
+                write_event(
+                    &mut start,
+                    "state",
+                    Some(&token.to_string()),
+                    &data.to_string(),
+                );
+            }
+            JoinStart::Replay { events, .. } => {
+                for e in events {
+                    lean_event_of(e, &user, staff, &filter, &mut start);
+                }
+            }
+        }
+        let now = tokio::time::Instant::now();
+        LeanStream {
+            start,
+            events: joined.events,
+            shutdown: gw.inner.shutdown.subscribe(),
+            user,
+            staff,
+            filter,
+            expires: now
+                + std::time::Duration::from_secs(expires_at_s.saturating_sub(crate::unix_now_s())),
+            keepalive_at: now + gw.inner.keepalive,
+            done: false,
+            guard: Guard { gw, _slot: slot },
+        }
+    }
+
+    /// The next bytes of the body; `None` once the stream is over (close the connection).
+    /// Cancel-safe: a dropped call loses nothing.
+    pub async fn next_chunk(&mut self) -> Option<Vec<u8>> {
+        if self.done {
+            return None;
+        }
+        let keepalive = self.guard.gw.inner.keepalive;
+        if !self.start.is_empty() {
+            self.keepalive_at = tokio::time::Instant::now() + keepalive;
+            return Some(std::mem::take(&mut self.start));
+        }
+        loop {
+            // One timer for both the keep-alive and the token's expiry.
+            let wake = self.keepalive_at.min(self.expires);
+            let recv = tokio::select! {
+                r = self.events.recv() => r,
+                () = tokio::time::sleep_until(wake) => {
+                    let now = tokio::time::Instant::now();
+                    if now >= self.expires {
+                        return Some(self.end(TOKEN_EXPIRED));
+                    }
+                    self.keepalive_at = now + keepalive;
+                    return Some(b":\n\n".to_vec());
+                }
+                _ = self.shutdown.changed() => return Some(self.end(SHUTTING_DOWN)),
+            };
+            match recv {
+                Ok(e) => {
+                    let mut out = Vec::new();
+                    lean_event_of(&e, &self.user, self.staff, &self.filter, &mut out);
+                    if !out.is_empty() {
+                        self.guard.gw.inner.metrics.event_out("sse");
+                        self.keepalive_at = tokio::time::Instant::now() + keepalive;
+                        return Some(out);
+                    }
+                }
+                Err(RecvError::Lagged(_)) => return Some(self.end(SLOW_CONSUMER)),
+                Err(RecvError::Closed) => {
+                    self.done = true;
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// The ending `error` event; the stream is over after it.
+    fn end(&mut self, code: &'static str) -> Vec<u8> {
+        self.done = true;
+        let mut out = Vec::new();
+        write_event(&mut out, "error", None, &end_data(code));
+        out
     }
 }
