@@ -12,7 +12,6 @@ use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream;
 use lectern_hub::{JoinStart, Joined, Published};
@@ -197,118 +196,26 @@ impl Drop for Guard {
     }
 }
 
-struct StreamState {
-    start: std::vec::IntoIter<Event>,
-    events: tokio::sync::broadcast::Receiver<Arc<Published>>,
-    shutdown: tokio::sync::watch::Receiver<bool>,
-    user: String,
-    staff: bool,
-    filter: Filter,
-    /// When the caller's token expires: the stream ends then, saying why.
-    expires: tokio::time::Instant,
-    done: bool,
-    guard: Guard,
-}
-
-fn event_of(e: &Published, user: &str, staff: bool, filter: &Filter) -> Option<Event> {
-    let payload = e.payload_for(user, staff)?;
-    if !filter.keeps(e, payload) {
-        return None;
-    }
-    Some(
-        Event::default()
-            .event(e.name)
-            .id(e.token.clone())
-            .data(payload.as_ref()),
-    )
-}
-
+/// The same stream through axum (a stream request on a kept-alive connection, or a server
+/// that is not the node's accept loop): the lean stream's chunks as the response body.
 fn stream_response(gw: Gateway, opened: Opened) -> Response {
-    let Opened {
-        joined,
-        user,
-        staff,
-        filter,
-        slot,
-        expires_at_s,
-    } = opened;
-    gw.inner.metrics.connection_opened("sse");
-    let start: Vec<Event> = match &joined.start {
-        JoinStart::Snapshot {
-            state,
-            token,
-            resume_refused,
-        } => {
-            let data = json!({"state": state, "resumeRefused": resume_refused});
-            vec![
-                Event::default()
-                    .event("state")
-                    .id(token.to_string())
-                    .data(data.to_string()),
-            ]
-        }
-        JoinStart::Replay { events, .. } => events
-            .iter()
-            .filter_map(|e| event_of(e, &user, staff, &filter))
-            .collect(),
-    };
-    let keepalive = gw.inner.keepalive;
-    let state = StreamState {
-        start: start.into_iter(),
-        events: joined.events,
-        shutdown: gw.inner.shutdown.subscribe(),
-        user,
-        staff,
-        filter,
-        expires: tokio::time::Instant::now()
-            + std::time::Duration::from_secs(expires_at_s.saturating_sub(crate::unix_now_s())),
-        done: false,
-        guard: Guard { gw, _slot: slot },
-    };
-    let s = stream::unfold(state, next_event);
-    Sse::new(s)
-        .keep_alive(KeepAlive::new().interval(keepalive))
-        .into_response()
-}
-
-async fn next_event(mut st: StreamState) -> Option<(Result<Event, Infallible>, StreamState)> {
-    if st.done {
-        return None;
-    }
-    if let Some(e) = st.start.next() {
-        return Some((Ok(e), st));
-    }
-    loop {
-        let recv = tokio::select! {
-            r = st.events.recv() => r,
-            () = tokio::time::sleep_until(st.expires) => {
-                st.done = true;
-                return Some((Ok(Event::default().event("error").data(end_data(TOKEN_EXPIRED))), st));
-            }
-            _ = st.shutdown.changed() => {
-                st.done = true;
-                return Some((Ok(Event::default().event("error").data(end_data(SHUTTING_DOWN))), st));
-            }
-        };
-        match recv {
-            Ok(e) => {
-                if let Some(ev) = event_of(&e, &st.user, st.staff, &st.filter) {
-                    st.guard.gw.inner.metrics.event_out("sse");
-                    return Some((Ok(ev), st));
-                }
-            }
-            Err(RecvError::Lagged(_)) => {
-                st.done = true;
-                return Some((
-                    Ok(Event::default()
-                        .event("error")
-                        .data(end_data(SLOW_CONSUMER))),
-                    st,
-                ));
-            }
-            Err(RecvError::Closed) => return None,
-        }
-    }
+    let lean = LeanStream::new(gw, opened);
+    let chunks = stream::unfold(lean, |mut lean| async move {
+        let chunk = lean.next_chunk().await?;
+        Some((Ok::<_, Infallible>(chunk), lean))
+    });
+    Response::builder()
+        .header(axum::http::header::CONTENT_TYPE, "text/event-stream")
+        .header(axum::http::header::CACHE_CONTROL, "no-cache")
+        .body(axum::body::Body::from_stream(chunks))
+        .unwrap_or_else(|_| {
+            AppError::new(
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "could not build the stream response",
+            )
+            .into_response()
+        })
 }
 
 /// The `error` event that ends a stream whose token expired.
