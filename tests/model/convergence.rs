@@ -749,7 +749,12 @@ impl World {
                     applied.token == r.token(),
                     "{name}: token is not the new heads"
                 );
-                ensure!(applied.event.is_some(), "local {name} emitted no event");
+                // Every command emits an event but presence, which the gateway reports.
+                ensure!(
+                    applied.event.is_some() != name.starts_with("attendance."),
+                    "local {name}: event {:?}",
+                    applied.event.as_ref().map(|e| e.name)
+                );
                 self.record(&sent, &who);
                 self.accepted.push(sent);
             }
@@ -1023,8 +1028,13 @@ impl World {
             };
             for s in self.accepted.iter().filter(|s| s.doc == kind) {
                 // Only a chat message deleted before the last change that wrote it reads as
-                // nothing to tell.
-                let silent_ok = matches!(s.cmd.body, CommandBody::ChatSend { .. });
+                // nothing to tell; presence never emits (the gateway reports it).
+                let silent_ok = matches!(
+                    s.cmd.body,
+                    CommandBody::ChatSend { .. }
+                        | CommandBody::AttendanceJoin
+                        | CommandBody::AttendanceLeave
+                );
                 ensure!(
                     replayed.contains(s.cmd.id.as_str()) || silent_ok,
                     "{doc}: no event replays {} {}",

@@ -1,6 +1,7 @@
 //! Events: what subscribers of a document are told after a change.
 //!
-//! One event per applied command, on the node that applied it and on every replica, derived
+//! One event per applied command (but attendance, see `derive`), on the node that applied it
+//! and on every replica, derived
 //! from the commit's [`Envelope`](crate::Envelope) and the document's values as of the change
 //! (see [`Replica`](crate::Replica)). An event has one payload per audience, so that the hub
 //! serializes each payload once per event however many sockets receive it; a subscriber gets the
@@ -196,24 +197,10 @@ pub(crate) fn derive<D: ReadDoc>(
             let (_, b) = view::broadcast(r, target?)?;
             Some(("broadcast", all(b)))
         }
-        "attendance.join" | "attendance.leave" => {
-            // Only the user's own visits are read (a range scan), so the event costs the same
-            // at the end of a long class as at its start. The head count for everyone is the
-            // gateway's `attendance:update`, from live connections.
-            let (_, users) = view::attendance(r, Some(env.u.as_str()), None);
-            let user = users
-                .as_array()
-                .and_then(|u| u.first())
-                .cloned()
-                .unwrap_or(Value::Null);
-            Some((
-                "attendance:changed",
-                vec![Delivery {
-                    audience: Audience::Staff,
-                    payload: json!({"user": user}),
-                }],
-            ))
-        }
+        // Joins and leaves come and go with connections: an event per connection would wake
+        // every subscriber of the session for each one (O(N²) at class scale). Presence reaches
+        // clients as the gateway's throttled `attendance:update`; the record is in the view.
+        "attendance.join" | "attendance.leave" => None,
         "cohort.create" => {
             let m = r.root_map(crate::schema::META)?;
             let payload = json!({
