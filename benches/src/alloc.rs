@@ -47,6 +47,14 @@ pub fn stop() -> Window {
     }
 }
 
+/// The running window's figures so far, without ending it; `None` when not counting.
+pub fn live() -> Option<Window> {
+    ENABLED.load(Ordering::SeqCst).then(|| Window {
+        retained_bytes: CURRENT.load(Ordering::SeqCst),
+        peak_bytes: PEAK.load(Ordering::SeqCst),
+    })
+}
+
 fn grew(bytes: usize) {
     if ENABLED.load(Ordering::Relaxed) {
         let bytes = isize::try_from(bytes).unwrap_or(isize::MAX);

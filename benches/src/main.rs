@@ -6,6 +6,10 @@
 //!   document, against the same batch into a 1k-change one.
 //! - `class-size`: bytes in memory and on disk and load time of a 40-student, 60-minute class,
 //!   against an empty session.
+//! - `load`: N Socket.IO websocket and M SSE clients on one session of a node (a child
+//!   process); fan-out latency, deliveries and the node's memory per connection, against a
+//!   bare tokio server (the floor) in the same run. `serve` and `floor-serve` are the two
+//!   server processes it starts (hidden: not meant to be run by hand).
 //!
 //! Every subcommand prints a human summary; with `--json` it adds one JSON line (the last line
 //! of its output). Stores live in a fresh directory under the system's temp dir that is removed
@@ -14,6 +18,7 @@
 mod alloc;
 mod class_size;
 mod hub_throughput;
+mod load;
 mod remote_apply;
 mod util;
 mod workload;
@@ -44,6 +49,15 @@ enum Bench {
     RemoteApply(remote_apply::Args),
     /// Memory, disk and load time of a 40-student, 60-minute class.
     ClassSize(class_size::Args),
+    /// N websocket + M SSE clients on one session: fan-out latency, delivery, node memory per
+    /// connection, against a bare tokio floor.
+    Load(load::Args),
+    /// Runs a node with the demo class for `load` (configured by `LECTERN_*`).
+    #[command(hide = true)]
+    Serve(load::node::ServeArgs),
+    /// Runs the floor server for `load`.
+    #[command(hide = true)]
+    FloorServe(load::floor::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +71,9 @@ fn main() -> ExitCode {
         Bench::HubThroughput(args) => hub_throughput::run(args, cli.json),
         Bench::RemoteApply(args) => remote_apply::run(args, cli.json),
         Bench::ClassSize(args) => class_size::run(args, cli.json),
+        Bench::Load(args) => load::run(args, cli.json),
+        Bench::Serve(args) => load::node::serve(args),
+        Bench::FloorServe(args) => load::floor::serve(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
