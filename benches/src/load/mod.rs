@@ -11,7 +11,9 @@
 //! 2. connect and join the websocket clients (a bounded number at once), wait for idle, read;
 //! 3. connect the SSE clients (each gets `event: state` first), wait for idle, read;
 //! 4. ask `rate × seconds` questions, each text starting with a probe (sequence number and
-//!    send time); wait for every ack, then for the deliveries (at most `--drain-s`);
+//!    send time); wait for every ack, then for the deliveries (at most `--drain-s`); with
+//!    several rates (`--rate 1,2,5`), one such phase per rate on the same clients, each
+//!    reported on its own (connecting 16,000 clients takes long enough to be worth sharing);
 //! 5. stop the clients, stop the node; the same for the floor with its own clients.
 //!
 //! Clients spread over several 127.0.0.x source addresses (a fresh block per phase), so neither
