@@ -11,6 +11,7 @@ use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
 
 use crate::StoreError;
 use crate::batch::{self, Batch};
@@ -107,11 +108,7 @@ impl Store {
             source,
         })?;
         let lock_file = lock_dir(path)?;
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(config.cache_capacity_bytes)
-            .open()
-            .map_err(|error| locked_or_sled(path, error))?;
+        let db = open_sled(path, &config)?;
         let identity = boot(path, &db)?;
         tracing::debug!(path = %path.display(), node = %identity.node_id, boot_epoch = identity.boot_epoch, "opened store");
 
@@ -345,6 +342,32 @@ fn lock_dir(path: &Path) -> Result<File, StoreError> {
             action: format!("lock {}", lock_path.display()),
             source,
         }),
+    }
+}
+
+/// How long [`open_sled`] waits for sled's own lock once ours is held.
+const SLED_LOCK_WAIT: Duration = Duration::from_secs(3);
+
+/// Opens sled under our lock. A `sled::Db` that was just dropped can keep sled's file lock for a
+/// moment, because sled's background pool still holds its file while it finishes a log write or
+/// a segment truncation. Holding `lectern.lock` means no other lectern has the directory, so a
+/// lock failure here is that tail: retry for [`SLED_LOCK_WAIT`] before reporting it.
+fn open_sled(path: &Path, config: &StoreConfig) -> Result<sled::Db, StoreError> {
+    let deadline = Instant::now() + SLED_LOCK_WAIT;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        let opened = sled::Config::new()
+            .path(path)
+            .cache_capacity(config.cache_capacity_bytes)
+            .open()
+            .map_err(|error| locked_or_sled(path, error));
+        match opened {
+            Err(StoreError::Locked { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            other => return other,
+        }
     }
 }
 

@@ -29,6 +29,21 @@ impl TempDir {
     }
 }
 
+/// Opens the directory with sled alone, to plant what a store would never write. A store just
+/// dropped can hold sled's lock for a moment (see `open_sled`), so this waits for it too.
+fn raw_sled(path: &Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        match sled::open(path) {
+            Ok(db) => return db,
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(error) => panic!("raw sled open: {error}"),
+        }
+    }
+}
+
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
@@ -468,7 +483,7 @@ fn corrupt_boot_epoch_is_an_error_not_a_panic() {
     let dir = TempDir::new("corrupt-epoch");
     drop(Store::open(dir.path()).expect("open"));
     {
-        let db = sled::open(dir.path()).expect("raw sled open");
+        let db = raw_sled(dir.path());
         db.insert(crate::keys::META_BOOT_EPOCH, &[1u8, 2, 3][..])
             .expect("insert");
         db.flush().expect("flush");
@@ -483,7 +498,7 @@ fn newer_schema_is_refused() {
     let dir = TempDir::new("schema");
     drop(Store::open(dir.path()).expect("open"));
     {
-        let db = sled::open(dir.path()).expect("raw sled open");
+        let db = raw_sled(dir.path());
         let newer = (SCHEMA_VERSION + 1).to_be_bytes();
         db.insert(crate::keys::META_SCHEMA_VERSION, &newer[..])
             .expect("insert");
@@ -508,7 +523,7 @@ fn corrupt_document_keys_are_errors() {
     let dir = TempDir::new("corrupt-keys");
     drop(Store::open(dir.path()).expect("open"));
     {
-        let db = sled::open(dir.path()).expect("raw sled open");
+        let db = raw_sled(dir.path());
         db.insert(&b"d/doc/zzz"[..], &b"?"[..]).expect("insert");
         // A key inside the chunk range of `doc` with nine seq bytes.
         db.insert(&b"d/doc/c/\0\0\0\0\0\0\0\0\x01"[..], &b"?"[..])
