@@ -1,6 +1,9 @@
 //! The HTTP accept loop: one task per accepted socket. SSE streams (`GET /api/stream/…`) are
-//! written by the task itself; every other request is served by hyper's HTTP/1.1 connection,
-//! upgrades allowed (Socket.IO's WebSocket), and a stop lets open requests finish.
+//! written by the task itself, and a Socket.IO WebSocket that opens directly
+//! (`GET /socket.io/?EIO=4&transport=websocket`, no `sid`) is handed with its socket to the
+//! gateway's lean transport ([`Gateway::serve_websocket`]); every other request is served by
+//! hyper's HTTP/1.1 connection, upgrades allowed (a Socket.IO polling session upgrading to
+//! WebSocket), and a stop lets open requests finish.
 //!
 //! Why not `axum::serve`: it serves through hyper's auto (HTTP/1 + HTTP/2) builder, which grows
 //! each connection's read buffer to 16 KiB, and it builds the service per connection; with
@@ -14,7 +17,8 @@
 //! for a stream route hands it to [`Gateway::open_stream`], then writes the response itself:
 //! `connection: close` framing (the body ends when the socket closes), each chunk formatted
 //! into a fresh buffer that is dropped once written. Any other request goes to hyper with the
-//! bytes already read replayed first ([`Prefixed`]).
+//! bytes already read replayed first ([`Prefixed`]). The lean WebSocket bypasses hyper for the
+//! same reason (and socketioxide's per-socket tasks and queues: see the gateway's `ws.rs`).
 
 use std::io;
 use std::pin::Pin;
@@ -26,7 +30,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use lectern_gateway::{AppError, Gateway, LeanStream};
+use lectern_gateway::{AppError, Gateway, LeanStream, is_lean_websocket};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
@@ -98,6 +102,9 @@ pub(crate) async fn serve(
 enum Head {
     /// `GET /api/stream/…`: its target and headers.
     Stream(String, HeaderMap),
+    /// A Socket.IO WebSocket that opens directly (see [`is_lean_websocket`]): its target,
+    /// headers and any bytes the client sent after the head.
+    WebSocket(String, HeaderMap, Vec<u8>),
     /// Anything else, for hyper: the bytes read so far.
     Other(Vec<u8>),
 }
@@ -139,6 +146,11 @@ async fn connection(
                 }
             }
         }
+        Head::WebSocket(target, headers, early) => {
+            drop((app, closed));
+            // The gateway ends it when the node stops (it tells the client first).
+            Box::pin(gateway.serve_websocket(stream, target, headers, early)).await;
+        }
         Head::Other(prefix) => {
             Box::pin(serve_hyper(Prefixed::new(prefix, stream), app, closed)).await;
         }
@@ -158,10 +170,12 @@ async fn read_head(stream: &mut TcpStream) -> io::Result<Option<Head>> {
         let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(&buf) {
-            Ok(httparse::Status::Complete(_)) => {
-                let lean = req.method == Some("GET")
-                    && req.path.is_some_and(|p| p.starts_with("/api/stream/"));
-                if !lean {
+            Ok(httparse::Status::Complete(head_len)) => {
+                let get = req.method == Some("GET");
+                let path = req.path.unwrap_or_default();
+                let stream = get && path.starts_with("/api/stream/");
+                let socket_io = get && path.starts_with("/socket.io");
+                if !stream && !socket_io {
                     return Ok(Some(Head::Other(buf)));
                 }
                 let target = req.path.unwrap_or_default().to_owned();
@@ -174,7 +188,15 @@ async fn read_head(stream: &mut TcpStream) -> io::Result<Option<Head>> {
                         map.append(n, v);
                     }
                 }
-                return Ok(Some(Head::Stream(target, map)));
+                if stream {
+                    return Ok(Some(Head::Stream(target, map)));
+                }
+                if !is_lean_websocket(&target, &map) {
+                    // Polling, an upgrade of a polling session: socketioxide's.
+                    return Ok(Some(Head::Other(buf)));
+                }
+                let early = buf.get(head_len..).unwrap_or_default().to_vec();
+                return Ok(Some(Head::WebSocket(target, map, early)));
             }
             Ok(httparse::Status::Partial) if buf.len() < HEAD_MAX_BYTES => {}
             // Malformed, too many headers or too long: hyper answers it.

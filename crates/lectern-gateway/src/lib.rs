@@ -1,5 +1,6 @@
-//! The client-facing gateway of a node: Socket.IO (WebSocket and long-polling), SSE, REST and
-//! a long-poll events route, all behind JWT authentication and limits, all speaking to the hub.
+//! The client-facing gateway of a node: Socket.IO (a lean WebSocket transport of our own, and
+//! socketioxide for long-polling and upgrades), SSE, REST and a long-poll events route, all
+//! behind JWT authentication and limits, all speaking to the hub.
 //!
 //! Every transport turns a request into the same thing: an authenticated [`Caller`] and a
 //! [`Command`] for the hub, or a subscription to a document's events. Authorization is the
@@ -13,8 +14,11 @@ mod limits;
 mod metrics;
 mod page;
 mod rest;
+mod sio;
 mod socket;
 mod sse;
+mod ws;
+mod wsframe;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,6 +37,7 @@ pub use auth::{AuthConfig, Verified, Verifier};
 pub use error::AppError;
 pub use limits::Limits;
 pub use sse::LeanStream;
+pub use ws::is_lean_websocket;
 
 use commands::{Body, Parsed};
 
@@ -65,11 +70,25 @@ struct Presence {
     sessions: HashMap<SessionId, SessionPresence>,
 }
 
-#[derive(Default)]
 struct SessionPresence {
     users: HashMap<String, usize>,
     last_update: Option<Instant>,
     update_pending: bool,
+    /// The latest `attendance:update` frame, for the lean WebSocket sockets that joined the
+    /// session (socketioxide's sockets get it through their room). Latest wins: a socket that
+    /// missed one update only needs the next.
+    attendance: watch::Sender<Option<Arc<[u8]>>>,
+}
+
+impl Default for SessionPresence {
+    fn default() -> Self {
+        SessionPresence {
+            users: HashMap::new(),
+            last_update: None,
+            update_pending: false,
+            attendance: watch::Sender::new(None),
+        }
+    }
 }
 
 pub(crate) struct Inner {
@@ -129,6 +148,8 @@ impl Gateway {
             .ws_max_frame_size(limits.payload_max_bytes)
             .max_buffer_size(limits.outbound_queue_max)
             .ws_read_buffer_size(512)
+            .ping_interval(Duration::from_millis(limits.ping_interval_ms.max(1)))
+            .ping_timeout(Duration::from_millis(limits.ping_timeout_ms.max(1)))
             .with_state(gw.clone())
             .build_layer();
         socket::register(&io);
@@ -162,12 +183,7 @@ impl Gateway {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         if let Some(io) = io {
-            let _ = io
-                .emit(
-                    "server:shutdown",
-                    &json!({"code": "shutting_down", "message": "this node is shutting down; reconnect to another", "reconnect": true}),
-                )
-                .await;
+            let _ = io.emit("server:shutdown", &sio::shutdown_payload()).await;
             io.close().await;
         }
     }
@@ -312,6 +328,24 @@ impl Gateway {
         }
     }
 
+    /// The `attendance:update` frames of `session` for a lean WebSocket socket: it sees every
+    /// update sent after this call (the latest, if several pass while it is busy).
+    pub(crate) fn attendance_watch(
+        &self,
+        session: &SessionId,
+    ) -> watch::Receiver<Option<Arc<[u8]>>> {
+        let mut p = self
+            .inner
+            .presence
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        p.sessions
+            .entry(session.clone())
+            .or_default()
+            .attendance
+            .subscribe()
+    }
+
     /// Emits `attendance:update {present}` to the session's sockets, at most once per second.
     fn schedule_attendance_update(&self, session: &SessionId) {
         let delay = {
@@ -336,16 +370,19 @@ impl Gateway {
         let session = session.clone();
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            let present = {
+            let payload = {
                 let mut p = gw.inner.presence.lock().unwrap_or_else(|e| e.into_inner());
                 let Some(sp) = p.sessions.get_mut(&session) else {
                     return;
                 };
                 sp.update_pending = false;
                 sp.last_update = Some(Instant::now());
-                sp.users.len()
+                let payload = sio::attendance_payload(&session, sp.users.len());
+                let packet = sio::event_packet("attendance:update", &[&payload]);
+                sp.attendance
+                    .send_replace(Some(Arc::from(wsframe::text(packet.as_bytes()))));
+                payload
             };
-            let payload = json!({"session": session.as_str(), "present": present});
             gw.inner.presence_emit(&session, payload).await;
         });
     }

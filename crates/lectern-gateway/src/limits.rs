@@ -30,6 +30,12 @@ pub struct Limits {
     pub conns_max: usize,
     /// Connections per user. Default 16.
     pub conns_per_user_max: usize,
+    /// Milliseconds between the server's Engine.IO pings on a Socket.IO connection (both
+    /// transports). Default 25,000 (socketioxide's and the Socket.IO reference server's).
+    pub ping_interval_ms: u64,
+    /// Milliseconds a client has to answer a ping before its connection is closed. Default
+    /// 20,000.
+    pub ping_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -41,6 +47,8 @@ impl Default for Limits {
             outbound_queue_max: 256,
             conns_max: 20_000,
             conns_per_user_max: 16,
+            ping_interval_ms: 25_000,
+            ping_timeout_ms: 20_000,
         }
     }
 }

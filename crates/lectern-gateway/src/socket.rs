@@ -1,6 +1,7 @@
-//! The Socket.IO namespace `/`: authentication at the handshake, the class commands as events
-//! with acks, `session:join` with resume, one forwarding task per joined session per socket,
-//! presence and `attendance:update`.
+//! The Socket.IO namespace `/` on socketioxide: the transport of clients that long-poll, or
+//! that start on polling and upgrade to WebSocket (socket.io-client's default). A client that
+//! opens with `transport=websocket` gets the lean transport instead (`ws.rs`); both call the
+//! same Socket.IO core (`sio.rs`) for authentication, commands, joins and presence.
 //!
 //! Each joined socket has its own subscription to the document's room (from `Hub::join`), so
 //! the snapshot or replay it gets and the events it receives after it have no gap and no
@@ -10,29 +11,27 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lectern_hub::{JoinStart, Published};
-use lectern_model::{Caller, DocId, ResumeToken, SessionId};
+use lectern_hub::Published;
+use lectern_model::SessionId;
+use serde_json::Value;
 use serde_json::value::RawValue;
-use serde_json::{Value, json};
 use socketioxide::SocketIo;
 use socketioxide::extract::{AckSender, Extension, SocketRef, State, TryData};
 use socketioxide::handler::ConnectHandler;
 use tokio::sync::broadcast::error::RecvError;
 use tracing::debug;
 
-use crate::commands::{self, COMMAND_EVENTS};
+use crate::commands::COMMAND_EVENTS;
 use crate::error::AppError;
-use crate::limits::ConnSlot;
+use crate::sio::{self, Args, Cut, TRANSPORT_SOCKETIOXIDE};
 use crate::{Gateway, unix_now_s};
 
-/// What the handshake established about a socket.
+/// What the handshake established about a socket (kept in its extensions).
 #[derive(Clone)]
 pub(crate) struct Conn {
-    pub(crate) caller: Arc<Caller>,
-    expires_at_s: u64,
+    conn: Arc<sio::Conn>,
     /// Set to true when the socket disconnects, so its forwarding tasks end at once.
     closed: Arc<tokio::sync::watch::Sender<bool>>,
-    _slot: Arc<ConnSlot>,
 }
 
 /// The Socket.IO room of a session's sockets on this node (for `attendance:update`).
@@ -45,33 +44,22 @@ pub(crate) fn register(io: &SocketIo) {
     io.ns("/", on_connect.with(authenticate));
 }
 
-/// The handshake: a token in `auth: {token}` (or `?token=` / Authorization on the request).
+/// The handshake (see [`sio::authenticate`]).
 async fn authenticate(
     s: SocketRef,
     TryData(auth): TryData<Value>,
     State(gw): State<Gateway>,
 ) -> Result<(), AppError> {
-    if gw.is_shutting_down() {
-        return Err(AppError::new(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            "this node is shutting down; connect to another",
-        ));
-    }
-    let from_auth = auth
-        .ok()
-        .and_then(|a| a.get("token").and_then(Value::as_str).map(str::to_owned));
     let parts = s.req_parts();
-    let token =
-        from_auth.or_else(|| crate::auth::token_from_parts(&parts.headers, parts.uri.query()));
-    let verified = gw.verify(token.as_deref())?;
-    let slot = gw.inner.limiter.connect(verified.caller.user.as_str())?;
-    gw.inner.metrics.connection_opened("socketio");
+    let conn = sio::authenticate(
+        &gw,
+        auth.ok().as_ref(),
+        crate::auth::token_from_parts(&parts.headers, parts.uri.query()),
+        TRANSPORT_SOCKETIOXIDE,
+    )?;
     s.extensions.insert(Conn {
-        caller: Arc::new(verified.caller),
-        expires_at_s: verified.expires_at_s,
+        conn: Arc::new(conn),
         closed: Arc::new(tokio::sync::watch::channel(false).0),
-        _slot: Arc::new(slot),
     });
     // The handlers are registered here, not in `on_connect`: socketioxide sends the connect
     // reply before it spawns the connect handler, so an event a client sends right after the
@@ -87,9 +75,9 @@ async fn authenticate(
 }
 
 async fn on_connect(s: SocketRef, Extension(conn): Extension<Conn>) {
-    debug!(sid = %s.id, user = %conn.caller.user, "socket connected");
+    debug!(sid = %s.id, user = %conn.conn.caller.user, "socket connected");
     // Disconnect the socket when its token expires, saying why.
-    let exp = conn.expires_at_s;
+    let exp = conn.conn.expires_at_s;
     let sock = s.clone();
     let mut closed = conn.closed.subscribe();
     tokio::spawn(async move {
@@ -97,7 +85,7 @@ async fn on_connect(s: SocketRef, Extension(conn): Extension<Conn>) {
         tokio::select! {
             () = tokio::time::sleep(wait) => {
                 if sock.connected() {
-                    cut_off(&sock, "token_expired", "your token expired; reconnect with a fresh one");
+                    cut_off(&sock, Cut::TokenExpired);
                 }
             }
             _ = closed.wait_for(|c| *c) => {}
@@ -105,65 +93,15 @@ async fn on_connect(s: SocketRef, Extension(conn): Extension<Conn>) {
     });
 }
 
-/// Every argument of an event, however many. socketioxide hands a handler all of an event's
-/// arguments only when the extracted type deserializes as a tuple (otherwise just the first),
-/// so this type asks serde for a tuple and collects what is there.
-pub(crate) struct Args(Vec<Value>);
-
-impl<'de> serde::Deserialize<'de> for Args {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = Args;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("event arguments")
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Args, A::Error> {
-                let mut out = Vec::new();
-                while let Some(v) = seq.next_element::<Value>()? {
-                    if out.len() >= ARGS_MAX {
-                        return Err(serde::de::Error::custom("too many arguments"));
-                    }
-                    out.push(v);
-                }
-                Ok(Args(out))
-            }
-        }
-        d.deserialize_tuple(ARGS_MAX, V)
-    }
-}
-
-/// Most arguments an event may carry.
-const ARGS_MAX: usize = 8;
-
-fn arg_list(data: Result<Args, impl std::fmt::Display>) -> Result<Vec<Value>, AppError> {
-    data.map(|a| a.0)
-        .map_err(|e| AppError::bad_request(format!("malformed event data: {e}")))
-}
-
 async fn on_command(
-    s: SocketRef,
     socketioxide::extract::Event(event): socketioxide::extract::Event,
     TryData(data): TryData<Args>,
     ack: AckSender,
     Extension(conn): Extension<Conn>,
     State(gw): State<Gateway>,
 ) {
-    let result = async {
-        let args = arg_list(data)?;
-        let parsed = commands::parse(&event, args)?;
-        gw.run_parsed(&conn.caller, parsed).await
-    }
-    .await;
-    let reply = match result {
-        Ok(v) => v,
-        Err(e) => {
-            gw.inner.metrics.rejected(e.code);
-            e.ack()
-        }
-    };
+    let reply = sio::command(&gw, &conn.conn.caller, &event, sio::arg_list(data)).await;
     let _ = ack.send(&reply);
-    let _ = s;
 }
 
 async fn on_unknown(
@@ -171,13 +109,7 @@ async fn on_unknown(
     ack: AckSender,
     State(gw): State<Gateway>,
 ) {
-    let e = AppError::new(
-        axum::http::StatusCode::NOT_FOUND,
-        "unknown_event",
-        format!("no event {event}"),
-    );
-    gw.inner.metrics.rejected(e.code);
-    let _ = ack.send(&e.ack());
+    let _ = ack.send(&sio::unknown_event(&gw, &event));
 }
 
 /// `session:join (sessionId, [resumeToken], ack)` → `{ok, state | events, token}`.
@@ -189,59 +121,35 @@ async fn on_join(
     State(gw): State<Gateway>,
 ) {
     let result = async {
-        let args = arg_list(data)?;
-        let session: SessionId = args
-            .first()
-            .and_then(Value::as_str)
-            .ok_or_else(|| AppError::bad_request("session:join takes a session id"))?
-            .parse()
-            .map_err(|e| AppError::bad_request(format!("session id: {e}")))?;
-        let since = match args.get(1) {
-            None | Some(Value::Null) => None,
-            Some(Value::String(t)) => Some(
-                ResumeToken::parse(t)
-                    .map_err(|e| AppError::new(axum::http::StatusCode::BAD_REQUEST, e.code(), e.to_string()))?,
-            ),
-            Some(_) => return Err(AppError::bad_request("the resume token must be a string")),
-        };
-        let doc = DocId::Session(session.clone());
-        if s.extensions.get::<Joined>().is_some_and(|j| j.0.contains(&session)) {
-            return Err(AppError::new(
-                axum::http::StatusCode::CONFLICT,
-                "already_joined",
-                "this socket already joined that session",
-            ));
+        let args = sio::arg_list(data)?;
+        let (session, since) = sio::join_args(&args)?;
+        if s.extensions
+            .get::<Joined>()
+            .is_some_and(|j| j.0.contains(&session))
+        {
+            return Err(sio::already_joined());
         }
-        // Joining loads a document: it counts against the caller's command rate.
-        gw.inner.limiter.command(conn.caller.user.as_str())?;
-        let joined = gw.inner.hub.join(doc.clone(), (*conn.caller).clone(), since).await?;
-        let staff = conn.caller.role.is_staff();
-        let user = conn.caller.user.to_string();
-        let reply = match joined.start {
-            JoinStart::Snapshot {
-                state,
-                token,
-                resume_refused,
-            } => json!({"ok": true, "state": state, "token": token.to_string(), "resumeRefused": resume_refused}),
-            JoinStart::Replay { events, token } => {
-                let events: Vec<Value> = events
-                    .iter()
-                    .filter_map(|e| {
-                        let payload = e.payload_for(&user, staff)?;
-                        let payload: Value = serde_json::from_str(payload).ok()?;
-                        Some(json!({"event": e.name, "data": payload, "token": e.token}))
-                    })
-                    .collect();
-                json!({"ok": true, "events": events, "token": token.to_string()})
-            }
-        };
-        let mut sessions = s.extensions.get::<Joined>().map(|j| j.0).unwrap_or_default();
+        let caller = &conn.conn.caller;
+        let (reply, events) = sio::join(&gw, caller, &session, since).await?;
+        let mut sessions = s
+            .extensions
+            .get::<Joined>()
+            .map(|j| j.0)
+            .unwrap_or_default();
         sessions.push(session.clone());
         s.extensions.insert(Joined(sessions));
         s.join(session_room(&session));
-        gw.presence_join(&session, &conn.caller).await;
         let closed = conn.closed.subscribe();
-        tokio::spawn(forward(s.clone(), gw.clone(), session, joined.events, closed, user, staff));
+        let (user, staff) = (caller.user.to_string(), caller.role.is_staff());
+        tokio::spawn(forward(
+            s.clone(),
+            gw.clone(),
+            session,
+            events,
+            closed,
+            user,
+            staff,
+        ));
         Ok(reply)
     }
     .await;
@@ -260,14 +168,13 @@ async fn on_leave(
     Extension(conn): Extension<Conn>,
     State(gw): State<Gateway>,
 ) {
-    let session = arg_list(data).ok().and_then(|a| {
-        a.first()
-            .and_then(Value::as_str)
-            .and_then(|x| x.parse::<SessionId>().ok())
-    });
-    let Some(session) = session else {
-        let _ = ack.send(&AppError::bad_request("session:leave takes a session id").ack());
-        return;
+    let session = sio::arg_list(data).and_then(|a| sio::leave_args(&a));
+    let session = match session {
+        Ok(session) => session,
+        Err(e) => {
+            let _ = ack.send(&e.ack());
+            return;
+        }
     };
     let mut sessions = s
         .extensions
@@ -280,13 +187,13 @@ async fn on_leave(
     s.extensions.insert(Joined(sessions));
     if left {
         s.leave(session_room(&session));
-        gw.presence_leave(&session, &conn.caller).await;
+        gw.presence_leave(&session, &conn.conn.caller).await;
     }
-    let _ = ack.send(&json!({"ok": true, "left": left}));
+    let _ = ack.send(&serde_json::json!({"ok": true, "left": left}));
 }
 
 async fn on_disconnect(s: SocketRef, State(gw): State<Gateway>) {
-    gw.inner.metrics.connection_closed("socketio");
+    gw.inner.metrics.connection_closed(TRANSPORT_SOCKETIOXIDE);
     let Some(conn) = s.extensions.get::<Conn>() else {
         return;
     };
@@ -297,7 +204,7 @@ async fn on_disconnect(s: SocketRef, State(gw): State<Gateway>) {
         .map(|j| j.0)
         .unwrap_or_default();
     for session in sessions {
-        gw.presence_leave(&session, &conn.caller).await;
+        gw.presence_leave(&session, &conn.conn.caller).await;
     }
 }
 
@@ -332,32 +239,20 @@ async fn forward(
                 let Ok(raw) = RawValue::from_string(payload.to_string()) else {
                     continue;
                 };
-                let meta = json!({"token": e.token, "session": session.as_str()});
-                gw.inner.metrics.event_out("socketio");
+                let meta = sio::event_meta(&e, &session);
+                gw.inner.metrics.event_out(TRANSPORT_SOCKETIOXIDE);
                 if s.emit(e.name, &(raw, meta)).is_err() {
-                    cut_off(
-                        &s,
-                        "slow_consumer",
-                        "your connection could not keep up; reconnect and resume with your last token",
-                    );
+                    cut_off(&s, Cut::SlowConsumer);
                     return;
                 }
             }
             Err(RecvError::Lagged(_)) => {
-                cut_off(
-                    &s,
-                    "slow_consumer",
-                    "you fell behind the session; reconnect and resume with your last token",
-                );
+                cut_off(&s, Cut::Lagged);
                 return;
             }
             Err(RecvError::Closed) => {
                 if s.connected() {
-                    cut_off(
-                        &s,
-                        "shutting_down",
-                        "this node is shutting down; reconnect to another",
-                    );
+                    cut_off(&s, Cut::ShuttingDown);
                 }
                 return;
             }
@@ -365,8 +260,8 @@ async fn forward(
     }
 }
 
-fn cut_off(s: &SocketRef, code: &str, message: &str) {
-    let _ = s.emit("server:error", &json!({"code": code, "message": message}));
+fn cut_off(s: &SocketRef, cut: Cut) {
+    let _ = s.emit("server:error", &cut.payload());
     let s = s.clone();
     // Give the error frame a moment to leave before the socket closes.
     tokio::spawn(async move {

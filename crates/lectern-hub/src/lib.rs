@@ -29,7 +29,7 @@ use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::Instrument;
 
-pub use rooms::Published;
+pub use rooms::{Encoding, Published};
 
 use doc::Msg;
 

@@ -1,10 +1,12 @@
 //! Rooms: one broadcast channel of published events per document.
 //!
 //! A [`Published`] event carries each audience's payload serialized once, so fanning out to
-//! thousands of sockets costs one `Arc` clone per socket, not one serialization.
+//! thousands of sockets costs one `Arc` clone per socket, not one serialization. A transport
+//! that wraps the payload in its own framing (a Socket.IO event frame, an SSE event) does that
+//! once per event and audience too, through [`Published::encoded`], and shares the bytes.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use lectern_model::{Audience, DocId, Event};
 use tokio::sync::broadcast;
@@ -22,7 +24,23 @@ pub struct Published {
     pub command: String,
     /// Serialized payloads by audience; the first match wins.
     pub deliveries: Vec<(Audience, Arc<str>)>,
+    /// Each delivery in each [`Encoding`], made by the first subscriber that needs it
+    /// (`deliveries.len() × ENCODINGS` slots).
+    encoded: Box<[OnceLock<Arc<[u8]>>]>,
 }
+
+/// A transport's framing of an event, made once per event and audience (see
+/// [`Published::encoded`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// The finished WebSocket frame of a Socket.IO event packet.
+    SocketIoFrame,
+    /// The `text/event-stream` event.
+    Sse,
+}
+
+/// How many [`Encoding`]s there are.
+const ENCODINGS: usize = 2;
 
 impl Published {
     /// Serializes an event's payloads, once each.
@@ -37,7 +55,31 @@ impl Published {
                 .iter()
                 .map(|d| (d.audience.clone(), Arc::from(d.payload.to_string())))
                 .collect(),
+            encoded: (0..event.deliveries.len() * ENCODINGS)
+                .map(|_| OnceLock::new())
+                .collect(),
         }
+    }
+
+    /// The index in `deliveries` of what a subscriber (`user`, staff or not) receives, if any.
+    pub fn delivery_for(&self, user: &str, staff: bool) -> Option<usize> {
+        self.deliveries
+            .iter()
+            .position(|(a, _)| a.matches(user, staff))
+    }
+
+    /// Delivery `delivery` in `encoding`: `make` (given the payload) runs for the first caller
+    /// only; every later caller, on any thread, shares its bytes. `None` for an index past the
+    /// deliveries.
+    pub fn encoded(
+        &self,
+        delivery: usize,
+        encoding: Encoding,
+        make: impl FnOnce(&str) -> Vec<u8>,
+    ) -> Option<Arc<[u8]>> {
+        let (_, payload) = self.deliveries.get(delivery)?;
+        let slot = self.encoded.get(delivery * ENCODINGS + encoding as usize)?;
+        Some(slot.get_or_init(|| Arc::from(make(payload))).clone())
     }
 
     /// The payload a subscriber (`user`, staff or not) receives, if any.

@@ -1,0 +1,291 @@
+//! Socket.IO semantics, shared by the gateway's two Socket.IO transports: socketioxide
+//! (`socket.rs`: long-polling, and a polling session that upgrades to WebSocket) and the lean
+//! WebSocket (`ws.rs`: a client that opens with `transport=websocket`).
+//!
+//! Both call these functions and nothing else for what a socket means: the handshake's
+//! authentication and connection slot, the command events and their acks, `session:join` with
+//! resume (and presence), `session:leave`, unknown events, the `server:error` cut-offs and the
+//! `server:shutdown` notice. What differs is only how packets travel.
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use lectern_hub::{Encoding, JoinStart, Published};
+use lectern_model::{Caller, DocId, ResumeToken, SessionId};
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+
+use crate::commands;
+use crate::error::AppError;
+use crate::limits::ConnSlot;
+use crate::{Gateway, wsframe};
+
+/// What the handshake established about a socket: who, until when, and its connection slot.
+pub(crate) struct Conn {
+    /// The authenticated caller.
+    pub(crate) caller: Arc<Caller>,
+    /// When the token expires (Unix seconds): the socket is cut off then.
+    pub(crate) expires_at_s: u64,
+    _slot: ConnSlot,
+}
+
+/// Metric label of the socketioxide transport (polling, and polling upgraded to WebSocket).
+pub(crate) const TRANSPORT_SOCKETIOXIDE: &str = "socketio";
+/// Metric label of the lean WebSocket transport.
+pub(crate) const TRANSPORT_WEBSOCKET: &str = "websocket";
+
+/// The handshake: a token in the connect packet's `auth: {token}`, or else `request_token`
+/// (the request's `?token=` / Authorization / cookie, by [`crate::auth::token_from_parts`]);
+/// then a connection slot. Counts the connection as `transport` in `/metrics` (the caller
+/// counts its close).
+pub(crate) fn authenticate(
+    gw: &Gateway,
+    auth: Option<&Value>,
+    request_token: Option<String>,
+    transport: &'static str,
+) -> Result<Conn, AppError> {
+    if gw.is_shutting_down() {
+        return Err(AppError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "this node is shutting down; connect to another",
+        ));
+    }
+    let from_auth = auth
+        .and_then(|a| a.get("token"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let token = from_auth.or(request_token);
+    let verified = gw.verify(token.as_deref())?;
+    let slot = gw.inner.limiter.connect(verified.caller.user.as_str())?;
+    gw.inner.metrics.connection_opened(transport);
+    Ok(Conn {
+        caller: Arc::new(verified.caller),
+        expires_at_s: verified.expires_at_s,
+        _slot: slot,
+    })
+}
+
+/// Every argument of an event, however many (at most [`ARGS_MAX`]). socketioxide hands a
+/// handler all of an event's arguments only when the extracted type deserializes as a tuple
+/// (otherwise just the first), so this type asks serde for a tuple and collects what is there.
+pub(crate) struct Args(pub(crate) Vec<Value>);
+
+impl<'de> serde::Deserialize<'de> for Args {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Args;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("event arguments")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Args, A::Error> {
+                let mut out = Vec::new();
+                while let Some(v) = seq.next_element::<Value>()? {
+                    if out.len() >= ARGS_MAX {
+                        return Err(serde::de::Error::custom(TOO_MANY_ARGS));
+                    }
+                    out.push(v);
+                }
+                Ok(Args(out))
+            }
+        }
+        d.deserialize_tuple(ARGS_MAX, V)
+    }
+}
+
+/// Most arguments an event may carry.
+pub(crate) const ARGS_MAX: usize = 8;
+
+const TOO_MANY_ARGS: &str = "too many arguments";
+
+/// An event's arguments, or the `bad_request` its malformed data gets.
+pub(crate) fn arg_list(data: Result<Args, impl std::fmt::Display>) -> Result<Vec<Value>, AppError> {
+    data.map(|a| a.0)
+        .map_err(|e| AppError::bad_request(format!("malformed event data: {e}")))
+}
+
+/// A command event (`qa:ask` …, or an unknown name): runs it as `caller`; the ack to send.
+/// Refusals are counted in `/metrics`.
+pub(crate) async fn command(
+    gw: &Gateway,
+    caller: &Caller,
+    event: &str,
+    args: Result<Vec<Value>, AppError>,
+) -> Value {
+    let result = async {
+        let parsed = commands::parse(event, args?)?;
+        gw.run_parsed(caller, parsed).await
+    }
+    .await;
+    result.unwrap_or_else(|e| refused(gw, &e))
+}
+
+/// The ack of an event with no handler.
+pub(crate) fn unknown_event(gw: &Gateway, event: &str) -> Value {
+    let e = AppError::new(
+        StatusCode::NOT_FOUND,
+        "unknown_event",
+        format!("no event {event}"),
+    );
+    refused(gw, &e)
+}
+
+/// Counts a refusal and returns its ack.
+pub(crate) fn refused(gw: &Gateway, e: &AppError) -> Value {
+    gw.inner.metrics.rejected(e.code);
+    e.ack()
+}
+
+/// The refusal of a second join of the same session on one socket.
+pub(crate) fn already_joined() -> AppError {
+    AppError::new(
+        StatusCode::CONFLICT,
+        "already_joined",
+        "this socket already joined that session",
+    )
+}
+
+/// `session:join`'s arguments: `(sessionId, [resumeToken])`.
+pub(crate) fn join_args(args: &[Value]) -> Result<(SessionId, Option<ResumeToken>), AppError> {
+    let session: SessionId = args
+        .first()
+        .and_then(Value::as_str)
+        .ok_or_else(|| AppError::bad_request("session:join takes a session id"))?
+        .parse()
+        .map_err(|e| AppError::bad_request(format!("session id: {e}")))?;
+    let since = match args.get(1) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(t)) => Some(
+            ResumeToken::parse(t)
+                .map_err(|e| AppError::new(StatusCode::BAD_REQUEST, e.code(), e.to_string()))?,
+        ),
+        Some(_) => return Err(AppError::bad_request("the resume token must be a string")),
+    };
+    Ok((session, since))
+}
+
+/// `session:leave`'s argument: the session id.
+pub(crate) fn leave_args(args: &[Value]) -> Result<SessionId, AppError> {
+    args.first()
+        .and_then(Value::as_str)
+        .and_then(|x| x.parse::<SessionId>().ok())
+        .ok_or_else(|| AppError::bad_request("session:leave takes a session id"))
+}
+
+/// Joins `session` for `caller`: the rate limit (joining loads a document), the hub's join
+/// (a snapshot, or the replay after `since`), then presence. The ack (`{ok, state | events,
+/// token}`) and the subscription to the events after it (no gap, no overlap).
+pub(crate) async fn join(
+    gw: &Gateway,
+    caller: &Caller,
+    session: &SessionId,
+    since: Option<ResumeToken>,
+) -> Result<(Value, broadcast::Receiver<Arc<Published>>), AppError> {
+    gw.inner.limiter.command(caller.user.as_str())?;
+    let joined = gw
+        .inner
+        .hub
+        .join(DocId::Session(session.clone()), caller.clone(), since)
+        .await?;
+    let staff = caller.role.is_staff();
+    let user = caller.user.as_str();
+    let reply = match joined.start {
+        JoinStart::Snapshot {
+            state,
+            token,
+            resume_refused,
+        } => {
+            json!({"ok": true, "state": state, "token": token.to_string(), "resumeRefused": resume_refused})
+        }
+        JoinStart::Replay { events, token } => {
+            let events: Vec<Value> = events
+                .iter()
+                .filter_map(|e| {
+                    let payload = e.payload_for(user, staff)?;
+                    let payload: Value = serde_json::from_str(payload).ok()?;
+                    Some(json!({"event": e.name, "data": payload, "token": e.token}))
+                })
+                .collect();
+            json!({"ok": true, "events": events, "token": token.to_string()})
+        }
+    };
+    gw.presence_join(session, caller).await;
+    Ok((reply, joined.events))
+}
+
+/// The `{token, session}` meta that follows every event's payload.
+pub(crate) fn event_meta(e: &Published, session: &SessionId) -> Value {
+    json!({"token": e.token, "session": session.as_str()})
+}
+
+/// The finished WebSocket frame of event `e` (`42["qa:new",payload,{token,session}]`) for a
+/// subscriber (`user`, staff or not) of `session`, if they may see it. Made once per event and
+/// audience and shared by every socket that gets the same payload.
+pub(crate) fn event_frame(
+    e: &Published,
+    session: &SessionId,
+    user: &str,
+    staff: bool,
+) -> Option<Arc<[u8]>> {
+    let delivery = e.delivery_for(user, staff)?;
+    e.encoded(delivery, Encoding::SocketIoFrame, |payload| {
+        let name = Value::from(e.name);
+        let meta = event_meta(e, session);
+        wsframe::text(format!("42[{name},{payload},{meta}]").as_bytes())
+    })
+}
+
+/// The Engine.IO message of an event emitted by the server: `42[name, …args]`.
+pub(crate) fn event_packet(name: &str, args: &[&Value]) -> String {
+    let mut packet = vec![Value::from(name)];
+    packet.extend(args.iter().map(|a| (*a).clone()));
+    format!("42{}", Value::Array(packet))
+}
+
+/// Why the server ends a socket, told to the client first as `server:error {code, message}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cut {
+    /// Its outbound queue filled up.
+    SlowConsumer,
+    /// It fell behind the session's room.
+    Lagged,
+    /// Its token expired.
+    TokenExpired,
+    /// The node is stopping.
+    ShuttingDown,
+}
+
+impl Cut {
+    /// The stable code.
+    pub(crate) fn code(self) -> &'static str {
+        match self {
+            Cut::SlowConsumer | Cut::Lagged => "slow_consumer",
+            Cut::TokenExpired => "token_expired",
+            Cut::ShuttingDown => "shutting_down",
+        }
+    }
+
+    /// `server:error`'s payload.
+    pub(crate) fn payload(self) -> Value {
+        let message = match self {
+            Cut::SlowConsumer => {
+                "your connection could not keep up; reconnect and resume with your last token"
+            }
+            Cut::Lagged => "you fell behind the session; reconnect and resume with your last token",
+            Cut::TokenExpired => "your token expired; reconnect with a fresh one",
+            Cut::ShuttingDown => "this node is shutting down; reconnect to another",
+        };
+        json!({"code": self.code(), "message": message})
+    }
+}
+
+/// `server:shutdown`'s payload: reconnect elsewhere.
+pub(crate) fn shutdown_payload() -> Value {
+    json!({"code": "shutting_down", "message": "this node is shutting down; reconnect to another", "reconnect": true})
+}
+
+/// `attendance:update`'s payload.
+pub(crate) fn attendance_payload(session: &SessionId, present: usize) -> Value {
+    json!({"session": session.as_str(), "present": present})
+}
