@@ -10,6 +10,7 @@
 mod auth;
 mod auth_http;
 mod bad_input;
+mod lean_ws;
 mod long_poll;
 mod socketio_js;
 mod socketio_rust;

@@ -1,5 +1,6 @@
 //! The official JS client (`socket.io-client` from npm, run by Node.js) runs a whole class
-//! against an in-process demo node, over the websocket transport and over polling:
+//! against an in-process demo node, over the websocket transport (the node's lean transport),
+//! over polling, and with the client's default transports (polling upgraded to websocket):
 //! `tests/js/class.mjs` drives two students and an instructor and prints one JSON summary,
 //! which this module checks field by field.
 //!
@@ -94,11 +95,19 @@ async fn run_class(transport: &str) -> anyhow::Result<Value> {
     Ok(summary)
 }
 
-/// What a correct node makes the script print.
+/// What a correct node makes the script print when run with `transport`: the transport the
+/// clients end on, and the node's transport serving them (a client that opens on WebSocket gets
+/// the lean transport; polling, and polling upgraded to WebSocket, stay on socketioxide).
 fn expected(transport: &str) -> Value {
     let q = "How do I...?";
+    let (ends_on, connections) = match transport {
+        "websocket" => ("websocket", json!({"websocket": 3, "socketio": 0})),
+        "polling" => ("polling", json!({"websocket": 0, "socketio": 3})),
+        _ => ("websocket", json!({"websocket": 0, "socketio": 3})),
+    };
     json!({
-        "transport": transport,
+        "transport": ends_on,
+        "connections": connections,
         "joined": [true, true, true],
         "joinToken": true,
         "ask": true,
@@ -145,6 +154,15 @@ fn check(summary: &Value, transport: &str) {
 async fn official_js_client_runs_a_class_over_websocket() -> anyhow::Result<()> {
     let summary = within(run_class("websocket")).await?;
     check(&summary, "websocket");
+    Ok(())
+}
+
+/// socket.io-client's default: it opens on polling and upgrades to WebSocket (socketioxide's
+/// upgrade path, not the lean transport).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_js_client_runs_a_class_with_default_transports_upgrading() -> anyhow::Result<()> {
+    let summary = within(run_class("default")).await?;
+    check(&summary, "default");
     Ok(())
 }
 

@@ -2,6 +2,8 @@
 // ask, upvote (twice by the same user), answer, create a poll, vote, close and reveal; plus bad
 // input. Prints one JSON summary line for the Rust test to check.
 // Usage: node class.mjs URL SESSION TRANSPORT STUDENT1_TOKEN STUDENT2_TOKEN INSTRUCTOR_TOKEN
+// TRANSPORT is `websocket` or `polling` (that transport only), or `default` (the client's
+// default: polling first, then an upgrade to websocket, which the script waits for).
 import { io } from 'socket.io-client';
 
 const [url, session, transport, t1, t2, tInst] = process.argv.slice(2);
@@ -9,7 +11,9 @@ const timeout = setTimeout(() => { console.log(JSON.stringify({ error: 'timeout'
 const log = [];
 
 function connect(token, name) {
-  const s = io(url, { transports: [transport], auth: { token }, reconnection: false, forceNew: true });
+  const opts = { auth: { token }, reconnection: false, forceNew: true };
+  if (transport !== 'default') opts.transports = [transport];
+  const s = io(url, opts);
   s.name = name;
   s.seen = [];
   s.onAny((event, ...args) => { s.seen.push({ event, data: args[0], meta: args[1] }); });
@@ -30,7 +34,16 @@ const waitFor = async (s, pred, what) => {
 
 try {
   const [a, b, inst] = await Promise.all([connect(t1, 'a'), connect(t2, 'b'), connect(tInst, 'inst')]);
+  const upgraded = (s) => new Promise(resolve => {
+    if (s.io.engine.transport.name === 'websocket') resolve();
+    else s.io.engine.once('upgrade', () => resolve());
+  });
+  if (transport === 'default') await Promise.all([a, b, inst].map(upgraded));
   const out = { transport: a.io.engine.transport.name };
+  // Which of the node's Socket.IO transports serves these three connections.
+  const metrics = await (await fetch(url + '/metrics')).text();
+  const count = (t) => Number((metrics.match(new RegExp(`lectern_connections\\{transport="${t}"\\} (\\d+)`)) || [0, 0])[1]);
+  out.connections = { websocket: count('websocket'), socketio: count('socketio') };
   const joins = await Promise.all([a, b, inst].map(s => call(s, 'session:join', session)));
   out.joined = joins.map(j => j.ok);
   out.joinToken = typeof joins[0].token === 'string';

@@ -14,7 +14,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use futures_util::stream;
-use lectern_hub::{JoinStart, Joined, Published};
+use lectern_hub::{Encoding, JoinStart, Joined, Published};
 use lectern_model::{Caller, CohortId, DocId, ResumeToken, SessionId, UserId};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -258,12 +258,24 @@ fn write_event(out: &mut Vec<u8>, name: &str, id: Option<&str>, data: &str) {
 
 /// One event, formatted, when the subscriber may see it.
 fn lean_event_of(e: &Published, user: &str, staff: bool, filter: &Filter, out: &mut Vec<u8>) {
-    let Some(payload) = e.payload_for(user, staff) else {
-        return;
-    };
-    if filter.keeps(e, payload) {
-        write_event(out, e.name, Some(&e.token), payload);
+    if let Some(frame) = event_frame(e, user, staff, filter) {
+        out.extend_from_slice(&frame);
     }
+}
+
+/// The `text/event-stream` event of `e` for a subscriber (`user`, staff or not), when it may
+/// see it: formatted once per event and audience, and shared by every stream that gets it.
+fn event_frame(e: &Published, user: &str, staff: bool, filter: &Filter) -> Option<Arc<[u8]>> {
+    let delivery = e.delivery_for(user, staff)?;
+    let (_, payload) = e.deliveries.get(delivery)?;
+    if !filter.keeps(e, payload) {
+        return None;
+    }
+    e.encoded(delivery, Encoding::Sse, |payload| {
+        let mut out = Vec::new();
+        write_event(&mut out, e.name, Some(&e.token), payload);
+        out
+    })
 }
 
 /// A stream route and its raw (still percent-encoded) path segment.
@@ -469,12 +481,10 @@ impl LeanStream {
             };
             match recv {
                 Ok(e) => {
-                    let mut out = Vec::new();
-                    lean_event_of(&e, &self.user, self.staff, &self.filter, &mut out);
-                    if !out.is_empty() {
+                    if let Some(frame) = event_frame(&e, &self.user, self.staff, &self.filter) {
                         self.guard.gw.inner.metrics.event_out("sse");
                         self.keepalive_at = tokio::time::Instant::now() + keepalive;
-                        return Some(out);
+                        return Some(frame.to_vec());
                     }
                 }
                 Err(RecvError::Lagged(_)) => return Some(self.end(SLOW_CONSUMER)),
