@@ -225,6 +225,8 @@ struct FileLimits {
     outbound_queue_max: Option<usize>,
     conns_max: Option<usize>,
     conns_per_user_max: Option<usize>,
+    ping_interval_ms: Option<u64>,
+    ping_timeout_ms: Option<u64>,
 }
 
 impl FileConfig {
@@ -274,6 +276,12 @@ impl FileConfig {
         }
         if let Some(v) = l.conns_per_user_max {
             c.limits.conns_per_user_max = check_min_1(v, &at("limits.conns_per_user_max"))?;
+        }
+        if let Some(v) = l.ping_interval_ms {
+            c.limits.ping_interval_ms = check_min_1(v, &at("limits.ping_interval_ms"))?;
+        }
+        if let Some(v) = l.ping_timeout_ms {
+            c.limits.ping_timeout_ms = check_min_1(v, &at("limits.ping_timeout_ms"))?;
         }
         Ok(())
     }
@@ -333,6 +341,14 @@ fn apply_env(c: &mut Config, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Re
     if let Some(v) = get("LECTERN_CONNS_PER_USER_MAX") {
         let key = "LECTERN_CONNS_PER_USER_MAX";
         c.limits.conns_per_user_max = check_min_1(parse_value(&v, key)?, key)?;
+    }
+    if let Some(v) = get("LECTERN_PING_INTERVAL_MS") {
+        let key = "LECTERN_PING_INTERVAL_MS";
+        c.limits.ping_interval_ms = check_min_1(parse_value(&v, key)?, key)?;
+    }
+    if let Some(v) = get("LECTERN_PING_TIMEOUT_MS") {
+        let key = "LECTERN_PING_TIMEOUT_MS";
+        c.limits.ping_timeout_ms = check_min_1(parse_value(&v, key)?, key)?;
     }
     Ok(())
 }

@@ -135,7 +135,9 @@ async fn connection(
             drop((target, headers, gateway, app));
             match opened {
                 Ok(lean) => {
-                    if let Err(e) = write_stream(stream, lean, closed).await {
+                    // Boxed: the connection's task is sized by its largest state, and the
+                    // lean WebSocket's connections should not carry a stream writer's.
+                    if let Err(e) = Box::pin(write_stream(stream, lean, closed)).await {
                         debug!(error = %e, "stream ended with an error");
                     }
                 }

@@ -283,15 +283,14 @@ impl Socket {
                         self.shut_down();
                     }
                 }
-                r = self.stream.readable(), if reading => match r {
-                    Ok(()) => self.on_readable(),
+                r = ready(&self.stream, reading, !self.out.is_empty()) => match r {
+                    Ok(readable) => {
+                        if readable {
+                            self.on_readable();
+                        }
+                    }
                     Err(_) => self.ending = Some(End::Gone),
                 },
-                r = self.stream.writable(), if !self.out.is_empty() => {
-                    if r.is_err() {
-                        self.ending = Some(End::Gone);
-                    }
-                }
                 (i, input) = next_input(&mut self.subs) => self.on_input(i, input),
                 done = next_done(&mut self.inflight), if self.inflight.is_some() => match done {
                     Some(done) => self.on_done(done),
@@ -300,7 +299,9 @@ impl Socket {
                 () = &mut sleep => self.on_timer(),
             }
         }
-        self.finish().await;
+        // Boxed: its presence and hub futures are large, and would otherwise size every idle
+        // socket's task.
+        Box::pin(self.finish()).await;
     }
 
     /// The earliest timer: the next ping, a pong's deadline, the connect deadline, the token's
@@ -712,6 +713,26 @@ impl Socket {
             self.gw.inner.metrics.connection_closed(TRANSPORT_WEBSOCKET);
         }
     }
+}
+
+/// Waits until the socket is readable (when `read`) or writable (when `write`); whether it is
+/// readable. Polls tokio's per-direction readiness, which keeps the waker in the socket's
+/// registration: nothing is linked into a waiter list and unlinked again on every wake-up.
+async fn ready(stream: &TcpStream, read: bool, write: bool) -> io::Result<bool> {
+    std::future::poll_fn(|cx| {
+        if read {
+            if let std::task::Poll::Ready(r) = stream.poll_read_ready(cx) {
+                return std::task::Poll::Ready(r.map(|()| true));
+            }
+        }
+        if write {
+            if let std::task::Poll::Ready(r) = stream.poll_write_ready(cx) {
+                return std::task::Poll::Ready(r.map(|()| false));
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 /// The next thing a joined session has for the socket, and which session; never, without one.
