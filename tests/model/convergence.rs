@@ -899,6 +899,34 @@ impl World {
             .map_err(|e| format!("staff view: {e}"))?;
         let doc = r.doc();
 
+        // A student's `present` comes from the replica's running count, staff's from reading
+        // every visit: on every replica they agree.
+        for (k, rep) in self.session.iter().enumerate() {
+            let full = rep
+                .session_view(&instructor(), end)
+                .map_err(|e| format!("staff view: {e}"))?["attendance"]["present"]
+                .clone();
+            let users = view["attendance"]["users"]
+                .as_array()
+                .ok_or("attendance users is not a list")?;
+            let listed = users.iter().filter(|u| u["present"] == true).count();
+            ensure!(
+                full == listed,
+                "replica {k}: staff see present {full} but {listed} users listed present"
+            );
+            for student in ["s1", "s2", "s3"].map(student) {
+                let counted = rep
+                    .session_view(&student, end)
+                    .map_err(|e| format!("student view: {e}"))?["attendance"]["present"]
+                    .clone();
+                ensure!(
+                    counted == full,
+                    "replica {k}: {} sees present {counted}, staff see {full}",
+                    student.user
+                );
+            }
+        }
+
         let questions = view["questions"]
             .as_array()
             .ok_or("questions is not a list")?;

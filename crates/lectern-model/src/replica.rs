@@ -100,6 +100,10 @@ pub struct Replica {
     doc: Automerge,
     seen: HashSet<String>,
     counts: Counts,
+    /// The users with an open visit (sessions only): kept as attendance changes arrive, so
+    /// that a join's view does not read every visit of a big class (joins run one after
+    /// another on the document's task).
+    present: HashSet<String>,
 }
 
 impl Replica {
@@ -112,6 +116,7 @@ impl Replica {
             doc,
             seen: HashSet::new(),
             counts: Counts::new(),
+            present: HashSet::new(),
         }
     }
 
@@ -123,11 +128,13 @@ impl Replica {
         let mut g = genesis(id.kind());
         doc.merge(&mut g).map_err(|e| LoadError(e.to_string()))?;
         doc.set_actor(ActorId::from(actor));
+        let present = view::present_users(&Reader::now(&doc));
         let mut replica = Replica {
             id,
             doc,
             seen: HashSet::new(),
             counts: Counts::new(),
+            present,
         };
         let envelopes: Vec<Envelope> = replica
             .doc
@@ -226,6 +233,7 @@ impl Replica {
             t: target.target,
             l: target.lesson,
         };
+        self.note_attendance(&env);
         self.index(env.clone());
         let token = self.token();
         let event = derive(&Reader::now(&self.doc), &env).map(|(name, deliveries)| Event {
@@ -275,6 +283,7 @@ impl Replica {
         let changes = self.changes_since(&old);
         for c in &changes {
             if let Some(env) = &c.envelope {
+                self.note_attendance(env);
                 self.index(env.clone());
             }
         }
@@ -304,7 +313,13 @@ impl Replica {
         let DocId::Session(id) = &self.id else {
             return Err(wrong_kind());
         };
-        view::session_view(&Reader::now(&self.doc), id.as_str(), viewer, now)
+        view::session_view(
+            &Reader::now(&self.doc),
+            id.as_str(),
+            viewer,
+            now,
+            self.present.len(),
+        )
     }
 
     /// The cohort as `viewer` sees it.
@@ -332,6 +347,24 @@ impl Replica {
     }
 
     /// Records an applied command: its id (idempotency) and its kind (count limits).
+    /// After an attendance change by `env.u` (local or merged), re-reads that user's visits:
+    /// the result holds whatever order concurrent joins and leaves merged in.
+    fn note_attendance(&mut self, env: &Envelope) {
+        if !matches!(env.c.as_str(), "attendance.join" | "attendance.leave") {
+            return;
+        }
+        if view::is_present(&Reader::now(&self.doc), &env.u) {
+            self.present.insert(env.u.clone());
+        } else {
+            self.present.remove(&env.u);
+        }
+    }
+
+    /// The number of users present in this session (0 for a cohort).
+    pub fn present(&self) -> usize {
+        self.present.len()
+    }
+
     fn index(&mut self, env: Envelope) {
         if self.seen.insert(env.i) {
             *self.counts.entry(env.c).or_default() += 1;

@@ -6,7 +6,7 @@
 //! questions waiting for moderation (except their own), or poll results before they are
 //! revealed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use automerge::{ObjId, ReadDoc};
 use serde_json::{Value, json};
@@ -335,6 +335,20 @@ fn visits<D: ReadDoc>(r: &Reader<'_, D>, user: Option<&str>) -> Vec<Visit> {
         .collect()
 }
 
+/// Whether `user` has a visit of this session that is still open.
+pub(crate) fn is_present<D: ReadDoc>(r: &Reader<'_, D>, user: &str) -> bool {
+    visits(r, Some(user)).iter().any(|v| v.leave_at.is_none())
+}
+
+/// The users with a visit of this session that is still open.
+pub(crate) fn present_users<D: ReadDoc>(r: &Reader<'_, D>) -> HashSet<String> {
+    visits(r, None)
+        .into_iter()
+        .filter(|v| v.leave_at.is_none())
+        .map(|v| v.user)
+        .collect()
+}
+
 /// Attendance of everyone (`user` None) or one user: who is present, with minutes present
 /// as of `now`.
 pub(crate) fn attendance<D: ReadDoc>(
@@ -379,12 +393,16 @@ pub(crate) fn session_meta<D: ReadDoc>(r: &Reader<'_, D>) -> Option<(CohortId, V
     Some((cohort, json))
 }
 
-/// The full state of a session for `viewer`, as a joining client needs it.
+/// The full state of a session for `viewer`, as a joining client needs it. `present` is the
+/// number of users present, which the replica keeps up to date: a student's view needs only
+/// that, and counting the visits here would make every join cost O(visits) (see
+/// `Replica::present`); staff get the per-user list, which reads every visit.
 pub(crate) fn session_view<D: ReadDoc>(
     r: &Reader<'_, D>,
     session: &str,
     viewer: &Caller,
     now: Millis,
+    present: usize,
 ) -> Result<Value, Rejection> {
     let Some((cohort, mut meta)) = session_meta(r) else {
         return Err(Rejection::new(RejectCode::DocNotFound, "no such session"));
@@ -460,8 +478,8 @@ pub(crate) fn session_view<D: ReadDoc>(
     });
     let broadcasts: Vec<Value> = broadcasts.into_iter().map(|(_, j)| j).collect();
 
-    let (present, users) = attendance(r, None, Some(now));
     let attendance = if staff {
+        let (present, users) = attendance(r, None, Some(now));
         json!({"present": present, "users": users})
     } else {
         json!({"present": present})
