@@ -1,7 +1,7 @@
 //! The HTTP accept loop: one task per accepted socket. SSE streams (`GET /api/stream/…`) are
 //! written by the task itself, and a Socket.IO WebSocket that opens directly
 //! (`GET /socket.io/?EIO=4&transport=websocket`, no `sid`) is handed with its socket to the
-//! gateway's lean transport ([`Gateway::serve_websocket`]); every other request is served by
+//! gateway's lean transport ([`Gateway::open_websocket`]); every other request is served by
 //! hyper's HTTP/1.1 connection, upgrades allowed (a Socket.IO polling session upgrading to
 //! WebSocket), and a stop lets open requests finish.
 //!
@@ -20,6 +20,7 @@
 //! bytes already read replayed first ([`Prefixed`]). The lean WebSocket bypasses hyper for the
 //! same reason (and socketioxide's per-socket tasks and queues: see the gateway's `ws.rs`).
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -128,33 +129,47 @@ async fn connection(
             return;
         }
     };
-    match head {
+    // What serves the connection from here, boxed: a connection's task is sized by its
+    // largest state, so every path after the head lives in an allocation of its own size (an
+    // idle lean WebSocket or SSE stream holds hours of memory, per client).
+    let rest: Pin<Box<dyn Future<Output = ()> + Send>> = match head {
         Head::Stream(target, headers) => {
-            // Boxed so that the task of an idle stream is no larger than this path needs.
-            let opened = Box::pin(gateway.open_stream(&target, &headers)).await;
-            drop((target, headers, gateway, app));
-            match opened {
-                Ok(lean) => {
-                    // Boxed: the connection's task is sized by its largest state, and the
-                    // lean WebSocket's connections should not carry a stream writer's.
-                    if let Err(e) = Box::pin(write_stream(stream, lean, closed)).await {
-                        debug!(error = %e, "stream ended with an error");
-                    }
-                }
-                Err(e) => {
-                    if let Err(e) = write_error(stream, &e).await {
-                        debug!(error = %e, "answering a refused stream failed");
-                    }
-                }
-            }
+            drop(app);
+            Box::pin(sse_stream(stream, gateway, target, headers, closed))
         }
         Head::WebSocket(target, headers, early) => {
             drop((app, closed));
             // The gateway ends it when the node stops (it tells the client first).
-            Box::pin(gateway.serve_websocket(stream, target, headers, early)).await;
+            match gateway.open_websocket(stream, &target, &headers, early) {
+                Some(socket) => Box::pin(socket),
+                None => return,
+            }
         }
-        Head::Other(prefix) => {
-            Box::pin(serve_hyper(Prefixed::new(prefix, stream), app, closed)).await;
+        Head::Other(prefix) => Box::pin(serve_hyper(Prefixed::new(prefix, stream), app, closed)),
+    };
+    rest.await;
+}
+
+/// Opens an SSE stream and writes it, or answers its refusal.
+async fn sse_stream(
+    stream: TcpStream,
+    gateway: Gateway,
+    target: String,
+    headers: HeaderMap,
+    closed: watch::Receiver<bool>,
+) {
+    let opened = Box::pin(gateway.open_stream(&target, &headers)).await;
+    drop((target, headers, gateway));
+    match opened {
+        Ok(lean) => {
+            if let Err(e) = write_stream(stream, lean, closed).await {
+                debug!(error = %e, "stream ended with an error");
+            }
+        }
+        Err(e) => {
+            if let Err(e) = write_error(stream, &e).await {
+                debug!(error = %e, "answering a refused stream failed");
+            }
         }
     }
 }

@@ -94,44 +94,21 @@ pub fn is_lean_websocket(target: &str, headers: &HeaderMap) -> bool {
 }
 
 impl Gateway {
-    /// Serves a request that [`is_lean_websocket`] accepted, on its `stream`, until the socket
-    /// ends: answers the upgrade, then speaks Engine.IO and Socket.IO. `early` holds bytes the
-    /// caller read past the request head. The request's target and headers are dropped once
-    /// the handshake has what it needs (the key, a token outside the connect packet).
-    pub async fn serve_websocket(
+    /// Takes over a request that [`is_lean_websocket`] accepted, on its `stream`: the returned
+    /// future answers the upgrade and then speaks Engine.IO and Socket.IO until the socket
+    /// ends (the caller runs it; nothing else of the request is kept). `early` holds bytes
+    /// the caller read past the request head. `None` when the request has no WebSocket key.
+    pub fn open_websocket(
         &self,
         stream: TcpStream,
-        target: String,
-        headers: HeaderMap,
+        target: &str,
+        headers: &HeaderMap,
         early: Vec<u8>,
-    ) {
-        let Some(key) = headers.get("sec-websocket-key") else {
-            return;
-        };
+    ) -> Option<impl Future<Output = ()> + Send + 'static> {
+        let key = headers.get("sec-websocket-key")?;
         let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
         let query = target.split_once('?').map(|(_, q)| q);
-        let fallback_token = crate::auth::token_from_parts(&headers, query);
-        drop((target, headers));
         let limits = self.inner.limiter.limits();
-        let mut socket = Socket {
-            gw: self.clone(),
-            stream,
-            decoder: wsframe::Decoder::new(limits.payload_max_bytes),
-            inbuf: early,
-            out: VecDeque::new(),
-            out_at: 0,
-            fallback_token,
-            conn: None,
-            subs: Vec::new(),
-            joining: Vec::new(),
-            inflight: None,
-            ping_at: Instant::now() + ping_interval(&self.inner.limiter),
-            pong_by: None,
-            connect_by: Some(Instant::now() + CONNECT_TIMEOUT),
-            expires: None,
-            shutdown: self.inner.shutdown.subscribe(),
-            ending: None,
-        };
         let mut handshake = format!(
             "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\
              sec-websocket-accept: {accept}\r\n\r\n"
@@ -145,8 +122,29 @@ impl Gateway {
             "maxPayload": limits.payload_max_bytes,
         });
         handshake.extend_from_slice(&wsframe::text(format!("0{open}").as_bytes()));
-        socket.out.push_back(Out::Owned(handshake));
-        socket.run().await;
+        let mut out = VecDeque::with_capacity(1);
+        out.push_back(Out::Owned(handshake));
+        let now = Instant::now();
+        let socket = Socket {
+            gw: self.clone(),
+            stream,
+            decoder: wsframe::Decoder::new(limits.payload_max_bytes),
+            inbuf: early,
+            out,
+            out_at: 0,
+            fallback_token: crate::auth::token_from_parts(headers, query),
+            conn: None,
+            subs: Vec::new(),
+            joining: Vec::new(),
+            inflight: None,
+            ping_at: now + ping_interval(&self.inner.limiter),
+            pong_by: None,
+            connect_by: Some(now + CONNECT_TIMEOUT),
+            expires: None,
+            shutdown: self.inner.shutdown.subscribe(),
+            ending: None,
+        };
+        Some(socket.run())
     }
 }
 
@@ -581,9 +579,14 @@ impl Socket {
                 result,
             } => {
                 self.joining.retain(|s| s != &session);
+                if self.joining.is_empty() {
+                    self.joining = Vec::new();
+                }
                 match result {
                     Ok((reply, events)) => {
                         self.ack(ack, &reply);
+                        // Most sockets join one session: no spare capacity.
+                        self.subs.reserve_exact(1);
                         self.subs.push(Sub {
                             session,
                             events,
