@@ -723,15 +723,11 @@ impl Socket {
 /// registration: nothing is linked into a waiter list and unlinked again on every wake-up.
 async fn ready(stream: &TcpStream, read: bool, write: bool) -> io::Result<bool> {
     std::future::poll_fn(|cx| {
-        if read {
-            if let std::task::Poll::Ready(r) = stream.poll_read_ready(cx) {
-                return std::task::Poll::Ready(r.map(|()| true));
-            }
+        if read && let std::task::Poll::Ready(r) = stream.poll_read_ready(cx) {
+            return std::task::Poll::Ready(r.map(|()| true));
         }
-        if write {
-            if let std::task::Poll::Ready(r) = stream.poll_write_ready(cx) {
-                return std::task::Poll::Ready(r.map(|()| false));
-            }
+        if write && let std::task::Poll::Ready(r) = stream.poll_write_ready(cx) {
+            return std::task::Poll::Ready(r.map(|()| false));
         }
         std::task::Poll::Pending
     })
