@@ -141,10 +141,9 @@ impl Gateway {
             pong_by: None,
             connect_by: Some(now + CONNECT_TIMEOUT),
             expires: None,
-            shutdown: self.inner.shutdown.subscribe(),
             ending: None,
         };
-        Some(socket.run())
+        Some(socket.run(self.inner.shutdown.subscribe()))
     }
 }
 
@@ -250,15 +249,16 @@ struct Socket {
     pong_by: Option<Instant>,
     connect_by: Option<Instant>,
     expires: Option<Instant>,
-    shutdown: watch::Receiver<bool>,
     ending: Option<End>,
 }
 
 impl Socket {
-    async fn run(mut self) {
-        if *self.shutdown.borrow_and_update() {
-            self.shut_down();
-        }
+    async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        // One wait for the node's stop, for the socket's life: re-created per wake-up, it
+        // would link into (and out of) a list every socket shares, once per event.
+        let stopping = shutdown.wait_for(|stop| *stop);
+        tokio::pin!(stopping);
+        let mut stop_pending = true;
         if !self.inbuf.is_empty() {
             self.decode_all();
         }
@@ -276,8 +276,11 @@ impl Socket {
             }
             let reading = self.inflight.as_ref().map_or(0, FuturesUnordered::len) < INFLIGHT_MAX;
             tokio::select! {
-                Ok(()) = self.shutdown.changed() => {
-                    if *self.shutdown.borrow_and_update() {
+                r = &mut stopping, if stop_pending => {
+                    // Never polled again once done. (An error would mean the gateway is gone,
+                    // which this socket's own handle on it rules out.)
+                    stop_pending = false;
+                    if r.is_ok() {
                         self.shut_down();
                     }
                 }
@@ -334,7 +337,21 @@ impl Socket {
         Ok(())
     }
 
+    /// Sends `frame` after what is queued: written at once when nothing is (the usual case,
+    /// which allocates nothing), queued when the socket would block.
     fn push(&mut self, frame: Out) {
+        if self.out.is_empty() {
+            let bytes = frame.bytes();
+            match self.stream.try_write(bytes) {
+                Ok(n) if n == bytes.len() => return,
+                Ok(n) => self.out_at = n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => {
+                    self.ending = Some(End::Gone);
+                    return;
+                }
+            }
+        }
         self.out.push_back(frame);
     }
 
