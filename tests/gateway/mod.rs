@@ -2,7 +2,11 @@
 //! whole demo node started in-process on `127.0.0.1:0`: the official JS Socket.IO client
 //! (`socketio_js`), the Rust Socket.IO client of lectern-testkit over WebSocket and polling
 //! (`socketio_rust`), SSE with resume (`sse`), the long-poll route (`long_poll`), auth failures
-//! on every transport (`auth_http`) and bad input on every transport (`bad_input`).
+//! on every transport (`auth_http`), bad input on every transport (`bad_input`), and the lean
+//! WebSocket transport's own cases (`lean_ws`: routing, heartbeat, garbage frames, slow
+//! consumers, attendance over both transports, shutdown). A client that opens with
+//! `transport=websocket` is served by the lean transport, so every WebSocket case above runs
+//! on it; polling runs on socketioxide.
 //!
 //! [`Demo`] is the shared harness: a demo node in a temp dir, its HTTP client, and tokens for
 //! the demo class's people (students `student1`, `student2`, instructor `ada`).
