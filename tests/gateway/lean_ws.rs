@@ -236,7 +236,6 @@ async fn metric(demo: &Demo, series: &str) -> anyhow::Result<u64> {
 
 /// Waits (yielding, up to 10 s) until `cond` holds.
 async fn until(
-    _demo: &Demo,
     what: &str,
     mut cond: impl AsyncFnMut() -> anyhow::Result<bool>,
 ) -> anyhow::Result<()> {
@@ -354,8 +353,10 @@ async fn heartbeat_matches_socketioxide_and_a_silent_client_is_closed() -> anyho
         let started = std::time::Instant::now();
         let code = ws.until_closed().await?;
         assert_eq!(code, Some(1001), "closed with {code:?}");
+        // Well before anything else could close it (the connect deadline is 45 s, the
+        // token's an hour).
         assert!(
-            started.elapsed() < Duration::from_secs(3),
+            started.elapsed() < Duration::from_secs(8),
             "closed only after {:?}",
             started.elapsed()
         );
@@ -530,7 +531,7 @@ async fn garbage_frames_close_only_their_socket_with_the_rfc_status() -> anyhow:
         }
         // Every junk socket's task ended cleanly (a panic would skip its accounting): only
         // `good` is left.
-        until(&demo, "the junk sockets closed", async || {
+        until("the junk sockets closed", async || {
             Ok(connections(&demo, "websocket").await? == 1)
         })
         .await?;
