@@ -11,7 +11,11 @@
 // Every wait is for a condition on the page (no fixed sleeps); each has a deadline.
 import { chromium } from 'playwright-core';
 import { createInterface } from 'node:readline';
+import { createRequire } from 'node:module';
+import fs from 'node:fs';
 import path from 'node:path';
+
+const AXE = fs.readFileSync(createRequire(import.meta.url).resolve('axe-core/axe.min.js'), 'utf8');
 
 const [scenario, base, session, shots, tStudent, tInstructor] = process.argv.slice(2);
 const WAIT_MS = 20000;
@@ -82,6 +86,15 @@ async function askByKeyboard(page, text, anonymous = false) {
   await page.keyboard.press('Enter');
 }
 
+/** axe-core's WCAG 2.1 A/AA violations on the page as it is now (contrast, names, ARIA). */
+async function audit(page) {
+  await page.addScriptTag({ content: AXE });
+  const r = await page.evaluate(() => window.axe.run(document, {
+    runOnly: { type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa'] },
+  }));
+  return r.violations.map((v) => ({ id: v.id, impact: v.impact, nodes: v.nodes.slice(0, 3).map((n) => n.target.join(' ')) }));
+}
+
 async function vote(page, pollQuestion, label) {
   const form = page.locator('form.vote', { has: page.locator('legend', { hasText: pollQuestion }) });
   await form.getByLabel(label, { exact: true }).check({ timeout: WAIT_MS });
@@ -108,7 +121,7 @@ async function runClass(browser) {
   // Upvote: the student upvotes the demo question; the instructor sees 2.
   const demoQ = "Why can't we just trust wall-clock time";
   await question(student, demoQ).getByRole('button', { name: /^Upvote/ }).click();
-  await question(teacher, demoQ).getByRole('button', { name: /\(2 upvotes\)/ }).waitFor({ timeout: WAIT_MS });
+  await question(teacher, demoQ).getByRole('button', { name: 'Upvote (2)', exact: true }).waitFor({ timeout: WAIT_MS });
   out.upvotePressed = await question(student, demoQ).getByRole('button', { name: /^Upvote/ }).getAttribute('aria-pressed');
   out.upvotesSeen = 2;
 
@@ -155,9 +168,20 @@ async function runClass(browser) {
   out.broadcastSeen = true;
   out.broadcastAnnounced = (await student.textContent('#alerter')).includes('Break in five minutes');
 
+  // Own progress over SSE: the instructor records a score, the student's page shows it.
+  const res = await fetch(`${base}/api/progress`, {
+    method: 'POST',
+    headers: { Authorization: `Bearer ${tInstructor}`, 'Content-Type': 'application/json' },
+    body: JSON.stringify({ student: 'student1', lesson: 'lesson-1', status: 'completed', score: 8, maxScore: 10 }),
+  });
+  if (!res.ok) throw new Error(`POST /api/progress: ${res.status} ${await res.text()}`);
+  await student.locator('#progress li', { hasText: 'lesson-1' }).locator('text=8/10').waitFor({ timeout: WAIT_MS });
+  out.progressSeen = true;
+
   await shot(student, 'class-student.png');
   await shot(teacher, 'class-instructor.png');
   await shot(projector, 'class-projector.png');
+  out.a11y = { student: await audit(student), instructor: await audit(teacher), projector: await audit(projector) };
   out.question = q;
   out.poll = pq;
 }
@@ -258,6 +282,7 @@ async function runRestart(browser) {
   await waitQueued(student, 4);
   out.queuedWhileDown = Number(await student.getAttribute('#conn', 'data-queued'));
   out.statusWhileDown = (await student.textContent('#conn-text')).trim();
+  out.outboxListed = await student.locator('#outbox li').count();
   await shot(student, 'restart-student-offline.png');
 
   // 3. The node comes back on the same port and data: the page recovers and sends the queue.

@@ -213,6 +213,17 @@ async fn a_student_and_an_instructor_run_a_class_in_chromium() -> anyhow::Result
     assert_eq!(summary["revealedOnProjector"], true, "{summary}");
     assert_eq!(summary["broadcastAnnounced"], true, "{summary}");
     assert_eq!(summary["screenshots"].as_array().map(Vec::len), Some(3));
+    assert_eq!(
+        summary["progressSeen"], true,
+        "own progress over SSE: {summary}"
+    );
+    for view in ["student", "instructor", "projector"] {
+        assert_eq!(
+            summary["a11y"][view],
+            serde_json::json!([]),
+            "axe-core finds WCAG 2.1 AA violations in the {view} view"
+        );
+    }
 
     // What the browsers did is what the node holds.
     let view = demo.session_view().await?;
@@ -444,6 +455,10 @@ async fn the_page_recovers_from_a_node_restart_and_sends_its_queue_exactly_once(
             .as_str()
             .is_some_and(|t| t.contains("4 actions waiting")),
         "the page says what is waiting: {summary}"
+    );
+    assert_eq!(
+        summary["outboxListed"], 4,
+        "the page lists what waits: {summary}"
     );
     assert_eq!(summary["transportAfter"], "websocket");
     assert_eq!(summary["offlineShownOnce"], 1);

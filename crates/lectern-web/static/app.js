@@ -108,6 +108,28 @@ function showStatus(s) {
   if (s.queued) text += ` · ${s.queued} action${s.queued === 1 ? '' : 's'} waiting to be sent`;
   $('conn-text').textContent = text;
   el.title = s.detail || '';
+  renderOutbox();
+}
+
+/** What is waiting in the offline queue, said plainly (the status says how many). */
+function renderOutbox() {
+  const el = $('outbox');
+  const items = conn ? conn.outbox.items : [];
+  if (!items.length) { el.hidden = true; el.replaceChildren(); return; }
+  el.hidden = false;
+  const describe = (c) => {
+    const q = c.question && m.questions.get(c.question);
+    const p = c.poll && m.polls.get(c.poll);
+    switch (c.cmd) {
+      case 'qa.ask': return `Question: ${c.text}`;
+      case 'chat.send': return `Message: ${c.text}`;
+      case 'broadcast.send': return `Broadcast: ${c.text}`;
+      case 'poll.vote': return `Vote on: ${p ? p.question : c.poll}`;
+      default: return `${COMMAND_TEXT[c.cmd] || c.cmd}${q ? `: ${q.question}` : p ? `: ${p.question}` : ''}`;
+    }
+  };
+  el.innerHTML = `<p><strong>Waiting to be sent</strong> (sent in this order as soon as the connection is back; nothing is applied twice):</p>
+    <ul>${items.map((c) => `<li>${esc(describe(c))}</li>`).join('')}</ul>`;
 }
 
 function announce({ text, urgent }) {
@@ -210,14 +232,16 @@ function questionItem(q) {
   const who = q.author ? esc(q.author.name || q.author.id) : 'Anonymous';
   const anon = q.anonymous && q.author ? ' (anonymous to classmates)' : '';
   const mine = q.author && q.author.id === claims.sub;
+  // The visible text is the start of the accessible name (WCAG 2.5.3); the question is the
+  // button's description.
   const up = q.pending ? '' : `<button data-key="up:${esc(q.id)}" data-act="vote" data-q="${esc(q.id)}" aria-pressed="${q.voted ? 'true' : 'false'}"
-      aria-label="Upvote: ${esc(q.question)} (${q.upvotes} upvote${q.upvotes === 1 ? '' : 's'})">▲ ${q.upvotes}</button>`;
+      aria-describedby="qt-${esc(q.id)}"><span aria-hidden="true">▲</span> Upvote (${q.upvotes})</button>`;
   const staffButtons = view === 'instructor' ? `
       <button data-key="answer:${esc(q.id)}" data-act="answer" data-q="${esc(q.id)}">${q.answer ? 'Edit answer' : 'Answer'}</button>
       <button data-key="pin:${esc(q.id)}" data-act="pin" data-q="${esc(q.id)}" aria-pressed="${q.pinned ? 'true' : 'false'}">${q.pinned ? 'Unpin' : 'Pin'}</button>
       <button data-key="dismiss:${esc(q.id)}" data-act="dismiss" data-q="${esc(q.id)}">Dismiss</button>` : '';
   return `<li data-qid="${esc(q.id)}">
-    <p class="q-text">${badges}${esc(q.question)}</p>
+    <p class="q-text">${badges}<span id="qt-${esc(q.id)}">${esc(q.question)}</span></p>
     <p class="meta">${who}${anon}${mine ? ' · you' : ''}</p>
     <div class="row">${up}${staffButtons}</div>
     ${q.answer ? `<p class="answer"><strong>${esc(q.answer.by && q.answer.by.name || 'Answer')}:</strong> ${esc(q.answer.text)}</p>` : ''}
@@ -277,7 +301,7 @@ function voteForm(poll) {
     inputs = `<label for="vote-${esc(id)}">Your answer</label><input type="text" id="vote-${esc(id)}" data-key="text:${esc(id)}" data-draft="${esc(id)}" maxlength="200" value="${esc(draft ?? '')}">`;
   } else {
     const type = poll.kind === 'multiple' ? 'checkbox' : 'radio';
-    const chosen = new Set(String(draft ?? poll.myVote ?? '').split(',').filter((x) => x !== ''));
+    const chosen = new Set(String(draft ?? ui.drafts.get(`sent:${id}`) ?? poll.myVote ?? '').split(',').filter((x) => x !== ''));
     inputs = labels.map((l, i) => {
       const value = poll.kind === 'rating' ? String(i + 1) : String(i);
       return `<label class="check"><input type="${type}" name="choice-${esc(id)}" value="${value}" data-key="opt:${esc(id)}:${value}" data-draft="${esc(id)}" ${chosen.has(value) ? 'checked' : ''}> ${esc(l)}</label>`;
