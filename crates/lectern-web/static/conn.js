@@ -232,6 +232,9 @@ class SocketTransport {
         fail(FATAL_CODES.has(code) ? new Fatal(code, err.message) : new TransportDown(String(err && err.message)));
       });
       s.on('disconnect', (reason) => fail(new TransportDown(`disconnected (${reason})`, { blocked: false })));
+      // A WebSocket closed before the Engine.IO handshake (a proxy that accepts the upgrade and
+      // hangs up) is no error to the Manager, which would wait for its timeout: fail at once.
+      if (s.io.engine) s.io.engine.on('close', (reason) => fail(new TransportDown(`closed before the handshake (${reason})`)));
       s.on('server:error', (e) => conn.notice('server', e));
       s.on('server:shutdown', (e) => conn.notice('server', e));
       s.on('attendance:update', (p) => conn.attendance(p));
