@@ -86,6 +86,17 @@ async function askByKeyboard(page, text, anonymous = false) {
   await page.keyboard.press('Enter');
 }
 
+/** POSTs JSON to the node as the holder of `tok` (what another client would do). */
+async function post(route, tok, body) {
+  const res = await fetch(`${base}${route}`, {
+    method: 'POST',
+    headers: { Authorization: `Bearer ${tok}`, 'Content-Type': 'application/json' },
+    body: JSON.stringify(body),
+  });
+  if (!res.ok) throw new Error(`POST ${route}: ${res.status} ${await res.text()}`);
+  return res.json();
+}
+
 /** axe-core's WCAG 2.1 A/AA violations on the page as it is now (contrast, names, ARIA). */
 async function audit(page) {
   await page.addScriptTag({ content: AXE });
@@ -168,13 +179,39 @@ async function runClass(browser) {
   out.broadcastSeen = true;
   out.broadcastAnnounced = (await student.textContent('#alerter')).includes('Break in five minutes');
 
+  // Sort: "Recent" (by keyboard) puts the newest question first.
+  await student.getByLabel('Recent', { exact: true }).focus();
+  await student.keyboard.press('Space');
+  out.recentFirst = (await student.locator('#questions > li .q-text').first().textContent()).trim();
+
+  // Moderation: turned on, a student's questions wait (the author sees them marked); the
+  // instructor approves one and dismisses another from the list.
+  await post('/api/sessions/' + session + '/commands/session.update', tInstructor, { moderation: true });
+  const held = 'Is this one moderated?';
+  const waiting = 'Will this one wait?';
+  await askByKeyboard(student, held);
+  await askByKeyboard(student, waiting);
+  await question(student, held).locator('.badge.pending').waitFor({ timeout: WAIT_MS });
+  const queue = teacher.locator('#moderation > li', { hasText: held });
+  await queue.waitFor({ timeout: WAIT_MS });
+  await teacher.locator('#moderation > li', { hasText: waiting }).waitFor({ timeout: WAIT_MS });
+  out.pendingBadge = true;
+  out.inQueue = await teacher.locator('#moderation > li').count();
+  await queue.getByRole('button', { name: 'Approve' }).click();
+  await question(teacher, held).waitFor({ timeout: WAIT_MS });
+  await student.waitForFunction((t) => [...document.querySelectorAll('#questions > li')]
+    .some((li) => li.textContent.includes(t) && !li.querySelector('.badge.pending')), held, { timeout: WAIT_MS });
+  out.approvedVisible = true;
+  const dismissMe = "Why can't we just trust wall-clock time";
+  await question(teacher, dismissMe).getByRole('button', { name: 'Dismiss' }).click();
+  await question(teacher, dismissMe).waitFor({ state: 'detached', timeout: WAIT_MS });
+  out.dismissedGone = true;
+
+  // Reduced motion (the context asks for it): no transition on the result bars.
+  out.barTransition = await student.evaluate(() => getComputedStyle(document.querySelector('.fill')).transitionDuration);
+
   // Own progress over SSE: the instructor records a score, the student's page shows it.
-  const res = await fetch(`${base}/api/progress`, {
-    method: 'POST',
-    headers: { Authorization: `Bearer ${tInstructor}`, 'Content-Type': 'application/json' },
-    body: JSON.stringify({ student: 'student1', lesson: 'lesson-1', status: 'completed', score: 8, maxScore: 10 }),
-  });
-  if (!res.ok) throw new Error(`POST /api/progress: ${res.status} ${await res.text()}`);
+  await post('/api/progress', tInstructor, { student: 'student1', lesson: 'lesson-1', status: 'completed', score: 8, maxScore: 10 });
   await student.locator('#progress li', { hasText: 'lesson-1' }).locator('text=8/10').waitFor({ timeout: WAIT_MS });
   out.progressSeen = true;
 
@@ -184,6 +221,8 @@ async function runClass(browser) {
   out.a11y = { student: await audit(student), instructor: await audit(teacher), projector: await audit(projector) };
   out.question = q;
   out.poll = pq;
+  out.held = held;
+  out.waiting = waiting;
 }
 
 async function runFallback(browser) {

@@ -241,6 +241,15 @@ async fn a_student_and_an_instructor_run_a_class_in_chromium() -> anyhow::Result
         "Why can't we just trust wall-clock time across nodes?",
     );
     assert_eq!(demo_q["upvotes"], 2, "the student's upvote counted once");
+    assert_eq!(demo_q["status"], "dismissed");
+    let held = summary["held"].as_str().context("held")?;
+    assert_eq!(question(&view, held)["status"], "visible", "approved");
+    let waiting = summary["waiting"].as_str().context("waiting")?;
+    assert_eq!(
+        question(&view, waiting)["status"],
+        "pending",
+        "still waiting"
+    );
     let p = poll(&view, summary["poll"].as_str().context("poll")?);
     assert_eq!(p["state"], "closed");
     assert_eq!(p["revealed"], true);
@@ -397,10 +406,17 @@ impl Drop for NodeChild {
 }
 
 /// A loopback address with a port that was free a moment ago (the child binds it; the port
-/// must stay the same across the restart, so it cannot be `:0`).
+/// must stay the same across the restart, so it cannot be `:0`). The port is taken below the
+/// kernel's ephemeral range (32768 and up), so that no outgoing connection of another test can
+/// borrow it while the node is down.
 fn free_addr() -> anyhow::Result<SocketAddr> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").context("find a free port")?;
-    l.local_addr().context("read the port")
+    for _ in 0..100 {
+        let port = 20_000 + rand::random::<u16>() % 12_000;
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return l.local_addr().context("read the port");
+        }
+    }
+    bail!("no free port found below the ephemeral range")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
