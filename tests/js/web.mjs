@@ -136,12 +136,18 @@ async function runClass(browser) {
   out.upvotePressed = await question(student, demoQ).getByRole('button', { name: /^Upvote/ }).getAttribute('aria-pressed');
   out.upvotesSeen = 2;
 
-  // Answer through the dialog; the student sees it.
-  await question(teacher, q).getByRole('button', { name: 'Answer' }).click();
-  await teacher.fill('#answer-text', 'One that counts events, not seconds.');
-  await teacher.getByRole('button', { name: 'Send answer' }).click();
+  // Answer through the dialog, by keyboard; the student sees it, and the instructor's focus
+  // is back on the question's button once the dialog closes.
+  await question(teacher, q).getByRole('button', { name: 'Answer' }).focus();
+  await teacher.keyboard.press('Enter');
+  await teacher.locator('#answer-text').waitFor({ timeout: WAIT_MS });
+  await teacher.keyboard.type('One that counts events, not seconds.');
+  await teacher.keyboard.press('Tab');
+  await teacher.keyboard.press('Enter');
   await question(student, q).locator('.answer', { hasText: 'counts events' }).waitFor({ timeout: WAIT_MS });
+  await question(teacher, q).locator('.answer', { hasText: 'counts events' }).waitFor({ timeout: WAIT_MS });
   out.answerSeen = true;
+  out.focusAfterAnswer = await teacher.evaluate(() => (document.activeElement && document.activeElement.dataset.key) || '');
 
   // Pin: the projector shows it.
   await question(teacher, q).getByRole('button', { name: 'Pin' }).click();
@@ -271,6 +277,17 @@ async function runFallback(browser) {
   out.lpQuestion = q2;
   out.lpBroadcastSeen = true;
   await shot(lp, 'fallback-longpoll-student.png');
+
+  // Join by code: the bare page asks for the session code and a token.
+  const ctx = await browser.newContext({ reducedMotion: 'reduce' });
+  const bare = await ctx.newPage();
+  await bare.goto(`${base}/`);
+  await bare.getByLabel('Session code').fill(session);
+  await bare.getByLabel(/^Access token/).fill(tStudent);
+  await bare.keyboard.press('Enter');
+  await waitConn(bare, 'live', 'websocket');
+  await question(bare, q2).waitFor({ timeout: WAIT_MS });
+  out.joinedByCode = await bare.getAttribute('body', 'data-view');
 }
 
 async function runRestart(browser) {

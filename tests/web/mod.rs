@@ -208,6 +208,12 @@ async fn a_student_and_an_instructor_run_a_class_in_chromium() -> anyhow::Result
         "new question announced: {summary}"
     );
     assert_eq!(summary["upvotePressed"], "true", "{summary}");
+    assert!(
+        summary["focusAfterAnswer"]
+            .as_str()
+            .is_some_and(|k| k.starts_with("answer:")),
+        "focus returns to the Answer button: {summary}"
+    );
     assert_eq!(summary["hiddenBeforeReveal"], true, "{summary}");
     assert_eq!(summary["revealedToStudent"], true, "{summary}");
     assert_eq!(summary["revealedOnProjector"], true, "{summary}");
@@ -289,6 +295,10 @@ async fn with_websocket_blocked_the_page_falls_back_to_sse_then_long_polling() -
     assert_eq!(summary["sseAnswerSeen"], true);
     assert_eq!(summary["lpTransport"], "longpoll", "{summary}");
     assert_eq!(summary["lpBroadcastSeen"], true);
+    assert_eq!(
+        summary["joinedByCode"], "student",
+        "joined by code: {summary}"
+    );
 
     let view = demo.session_view().await?;
     for field in ["sseQuestion", "lpQuestion"] {

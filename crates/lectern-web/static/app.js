@@ -490,7 +490,8 @@ function wire() {
       closeAnswer();
     });
     $('answer-cancel').addEventListener('click', closeAnswer);
-    dialog.addEventListener('close', () => { ui.answering = null; });
+    // However it closes (Send, Cancel, Escape), focus goes back to the question's button.
+    dialog.addEventListener('close', () => { ui.answering = null; returnFocus(); });
   }
   main.addEventListener('change', (e) => {
     const t = e.target;
@@ -566,7 +567,11 @@ function openAnswer(q) {
 function closeAnswer() {
   const d = $('answer-dialog');
   if (d.open) d.close();
-  ui.answering = null;
+}
+
+/** Focus back on the control that opened the dialog (found again by key: the list it was in
+ * may have been re-rendered meanwhile). */
+function returnFocus() {
   if (answerReturn) {
     const n = document.querySelector(`[data-key="${CSS.escape(answerReturn)}"]`);
     if (n) n.focus();

@@ -111,7 +111,8 @@ export function resultsText(poll) {
 
 /** Questions a viewer should see in the main list, sorted by `order` (`top` or `recent`). */
 export function visibleQuestions(m, order, staff) {
-  const qs = [...m.questions.values()].filter((q) => q.status === 'visible' || q.status === 'pending' || (staff && q.status === undefined));
+  // Students get their own pending questions (marked); staff see those in the moderation queue.
+  const qs = [...m.questions.values()].filter((q) => q.status === 'visible' || q.status === 'pending');
   if (order === 'recent') qs.sort((a, b) => b.createdAt - a.createdAt || (a.id < b.id ? -1 : 1));
   else qs.sort((a, b) => b.upvotes - a.upvotes || a.createdAt - b.createdAt || (a.id < b.id ? -1 : 1));
   return staff ? qs.filter((q) => q.status !== 'pending') : qs;
