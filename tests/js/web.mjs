@@ -288,6 +288,13 @@ async function runFallback(browser) {
   await waitConn(bare, 'live', 'websocket');
   await question(bare, q2).waitFor({ timeout: WAIT_MS });
   out.joinedByCode = await bare.getAttribute('body', 'data-view');
+
+  // A token whose signature is wrong: the page says it cannot connect, and why, instead of
+  // retrying forever.
+  const forged = tStudent.slice(0, -4) + (tStudent.endsWith('AAAA') ? 'BBBB' : 'AAAA');
+  const refused = await open(browser, forged, 'forged');
+  await waitConn(refused, 'error');
+  out.forgedStatus = (await refused.textContent('#conn-text')).trim();
 }
 
 async function runRestart(browser) {

@@ -36,6 +36,10 @@ const FATAL_CODES = new Set([
   'not_member', 'forbidden', 'doc_not_found',
 ]);
 
+/** Codes of a resume token the node cannot resume from (`bad_token` here is the resume
+ * token's, not the JWT's: a 400 on a join, never a 401): start again from a fresh state. */
+const RESUME_CODES = new Set(['bad_token', 'unknown_heads', 'too_far_behind']);
+
 /** Events of a session document (see the client contract). */
 export const SESSION_EVENTS = new Set([
   'session:updated', 'qa:new', 'qa:updated', 'qa:upvoted', 'poll:new', 'poll:results',
@@ -81,8 +85,15 @@ async function httpError(res) {
     const body = await res.json();
     if (body && body.error) ({ code, message } = body.error);
   } catch (_) { /* not JSON: keep the status */ }
-  if (FATAL_CODES.has(code) || res.status === 401 || res.status === 403) return new Fatal(code, message);
-  // 404 on the stream route itself would mean a proxy in the way; 429/503 are passing states.
+  if (res.status === 400 && RESUME_CODES.has(code)) {
+    const e = new TransportDown(`${code}: ${message}`, { blocked: false });
+    e.resume = true;
+    return e;
+  }
+  if (res.status === 401 || res.status === 403 || (res.status === 404 && code === 'doc_not_found')) {
+    return new Fatal(code, message);
+  }
+  // 404 on the route itself would mean a proxy in the way; 429/503 are passing states.
   return new TransportDown(`${code}: ${message}`, { blocked: res.status === 404 });
 }
 
@@ -234,7 +245,10 @@ class SocketTransport {
       s.on('disconnect', (reason) => fail(new TransportDown(`disconnected (${reason})`, { blocked: false })));
       // A WebSocket closed before the Engine.IO handshake (a proxy that accepts the upgrade and
       // hangs up) is no error to the Manager, which would wait for its timeout: fail at once.
-      if (s.io.engine) s.io.engine.on('close', (reason) => fail(new TransportDown(`closed before the handshake (${reason})`)));
+      let connected = false;
+      if (s.io.engine) {
+        s.io.engine.on('close', (reason) => fail(new TransportDown(`connection closed (${reason})`, { blocked: !connected })));
+      }
       s.on('server:error', (e) => conn.notice('server', e));
       s.on('server:shutdown', (e) => conn.notice('server', e));
       s.on('attendance:update', (p) => conn.attendance(p));
@@ -245,6 +259,7 @@ class SocketTransport {
         else conn.event(event, payload, meta && meta.token);
       });
       s.on('connect', async () => {
+        connected = true;
         let ack;
         try {
           ack = await s.timeout(JOIN_TIMEOUT_MS).emitWithAck('session:join', conn.session, conn.lastToken || null);
@@ -254,8 +269,11 @@ class SocketTransport {
         }
         if (!ack || !ack.ok) {
           const e = (ack && ack.error) || { code: 'join_failed' };
-          if (e.code === 'bad_resume_token' || e.code === 'unknown_heads') conn.lastToken = null;
-          fail(FATAL_CODES.has(e.code) ? new Fatal(e.code, e.message) : new TransportDown(`${e.code}: ${e.message}`, { blocked: false }));
+          // Authentication happened at the handshake: a join fails on the resume token or
+          // on membership.
+          if (RESUME_CODES.has(e.code)) conn.lastToken = null;
+          const fatal = FATAL_CODES.has(e.code) && !RESUME_CODES.has(e.code);
+          fail(fatal ? new Fatal(e.code, e.message) : new TransportDown(`${e.code}: ${e.message}`, { blocked: false }));
           return;
         }
         conn.joined(ack);
@@ -338,7 +356,7 @@ class SseTransport {
     }
     if (!res.ok) {
       const e = await httpError(res);
-      if (e.code === 'bad_resume_token' || e.code === 'unknown_heads') conn.lastToken = null;
+      if (e.resume) conn.lastToken = null;
       throw e;
     }
     let gotFirst;
@@ -403,7 +421,7 @@ class LongPollTransport {
     }
     if (!res.ok) {
       const e = await httpError(res);
-      if (e.code === 'bad_resume_token' || e.code === 'unknown_heads') conn.lastToken = null;
+      if (e.resume) conn.lastToken = null;
       throw e;
     }
     const body = await res.json();
