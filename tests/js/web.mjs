@@ -120,6 +120,7 @@ async function runClass(browser) {
   const projector = await open(browser, tInstructor, 'projector', { extra: '&view=projector' });
   await Promise.all([student, teacher, projector].map((p) => waitConn(p, 'live', 'websocket')));
   out.transports = ['websocket', 'websocket', 'websocket'];
+  out.liveMs = { websocket: Number(await student.getAttribute('#conn', 'data-first-live-ms')) };
 
   // Ask (keyboard only), seen live by the instructor.
   const q = 'What makes a clock logical?';
@@ -240,6 +241,7 @@ async function runFallback(browser) {
   await waitConn(teacher, 'live', 'websocket');
   await waitConn(student, 'live', 'sse');
   out.sseTransport = await student.getAttribute('#conn', 'data-transport');
+  out.liveMs = { sse: Number(await student.getAttribute('#conn', 'data-first-live-ms')) };
   out.sseStatusText = (await student.textContent('#conn-text')).trim();
 
   const q = 'Asked over SSE and POST';
@@ -266,6 +268,7 @@ async function runFallback(browser) {
   });
   await waitConn(lp, 'live', 'longpoll');
   out.lpTransport = await lp.getAttribute('#conn', 'data-transport');
+  out.liveMs.longpoll = Number(await lp.getAttribute('#conn', 'data-first-live-ms'));
   const q2 = 'Asked over long-polling';
   await askByKeyboard(lp, q2);
   await question(teacher, q2).waitFor({ timeout: WAIT_MS });

@@ -47,7 +47,10 @@ fn js_dir() -> PathBuf {
 fn shots_dir(scenario: &str) -> anyhow::Result<PathBuf> {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+        .unwrap_or_else(|| {
+            let tests = Path::new(env!("CARGO_MANIFEST_DIR"));
+            tests.parent().unwrap_or(tests).join("target")
+        });
     let dir = target.join("web-screenshots").join(scenario);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
@@ -201,6 +204,7 @@ async fn a_student_and_an_instructor_run_a_class_in_chromium() -> anyhow::Result
         run_script("class", &base, &session, [&s, &i], no_steps)
     })
     .await??;
+    println!("time to live (ms since navigation): {}", summary["liveMs"]);
 
     assert_eq!(summary["askedSeenByInstructor"], 1, "{summary}");
     assert_eq!(
@@ -284,6 +288,7 @@ async fn with_websocket_blocked_the_page_falls_back_to_sse_then_long_polling() -
         run_script("fallback", &base, &session, [&s, &i], no_steps)
     })
     .await??;
+    println!("time to live (ms since navigation): {}", summary["liveMs"]);
 
     assert_eq!(summary["sseTransport"], "sse", "{summary}");
     assert!(

@@ -94,6 +94,8 @@ const TRANSPORT_TEXT = {
 
 function showStatus(s) {
   const el = $('conn');
+  // When the page first went live, in ms since navigation (read by the browser tests).
+  if (s.state === 'live' && !el.dataset.firstLiveMs) el.dataset.firstLiveMs = String(Math.round(performance.now()));
   el.dataset.state = s.state;
   el.dataset.transport = s.transport || '';
   el.dataset.queued = String(s.queued);
