@@ -7,6 +7,7 @@
 //   fallback  WebSocket refused → SSE + POST; WebSocket and SSE refused → long-polling
 //   restart   the node is killed and restarted (by the Rust test, told over stdin/stdout)
 //             while the student acts; plus an ack lost on the wire, retried under its id
+//   restart-sse  the same with the page on SSE + POST
 //
 // Every wait is for a condition on the page (no fixed sleeps); each has a deadline.
 import { chromium } from 'playwright-core';
@@ -301,28 +302,40 @@ async function runFallback(browser) {
 }
 
 async function runRestart(browser) {
-  // The WebSocket goes through a relay in this script, so that one ack can be lost on the wire.
+  // Over WebSocket (`restart`) or SSE + POST (`restart-sse`). Every command goes through a
+  // relay in this script, so that one ack can be lost on the wire: the server applies the
+  // command, the page never hears so.
+  const transport = scenario === 'restart-sse' ? 'sse' : 'websocket';
   let dropNextCommandAck = false;
   let droppedAcks = 0;
-  const student = await open(browser, tStudent, 'student', {
-    setup: (page) => page.routeWebSocket(/\/socket\.io\//, (ws) => {
-      const server = ws.connectToServer();
-      server.onMessage((msg) => {
-        // A Socket.IO ack on namespace "/" is `43<n>[…]`; a command's ack is `{id, ok, token}`
-        // (a join's carries a state or events instead).
-        const commandAck = typeof msg === 'string' && /^43\d+\[/.test(msg) && msg.includes('"ok":true')
-          && /"id":"w[0-9a-f]{24}"/.test(msg) && !msg.includes('"state"') && !msg.includes('"events"');
-        if (dropNextCommandAck && commandAck) {
-          dropNextCommandAck = false;
-          droppedAcks += 1;
-          ws.close();
-          return;
-        }
-        ws.send(msg);
-      });
-    }),
+  const relayWebSocket = (page) => page.routeWebSocket(/\/socket\.io\//, (ws) => {
+    const server = ws.connectToServer();
+    server.onMessage((msg) => {
+      // A Socket.IO ack on namespace "/" is `43<n>[…]`; a command's ack is `{id, ok, token}`
+      // (a join's carries a state or events instead).
+      const commandAck = typeof msg === 'string' && /^43\d+\[/.test(msg) && msg.includes('"ok":true')
+        && /"id":"w[0-9a-f]{24}"/.test(msg) && !msg.includes('"state"') && !msg.includes('"events"');
+      if (dropNextCommandAck && commandAck) {
+        dropNextCommandAck = false;
+        droppedAcks += 1;
+        ws.close();
+        return;
+      }
+      ws.send(msg);
+    });
   });
-  await waitConn(student, 'live', 'websocket');
+  const relayPost = (page) => page.route(/\/api\/sessions\/[^/]+\/commands$/, async (route) => {
+    if (!dropNextCommandAck) return route.continue();
+    dropNextCommandAck = false;
+    const res = await route.fetch();
+    if (res.ok()) droppedAcks += 1;
+    return route.abort('connectionreset');
+  });
+  const student = await open(browser, tStudent, 'student', {
+    extra: transport === 'sse' ? '&transport=sse' : '',
+    setup: transport === 'sse' ? relayPost : relayWebSocket,
+  });
+  await waitConn(student, 'live', transport);
 
   // 1. An ack lost on the wire: the server applied the question, the page never heard so,
   // and sends it again (same id) after reconnecting.
@@ -330,7 +343,7 @@ async function runRestart(browser) {
   const lost = 'Asked when the ack was lost';
   await askByKeyboard(student, lost);
   await question(student, lost).waitFor({ timeout: WAIT_MS });
-  await waitConn(student, 'live', 'websocket');
+  await waitConn(student, 'live', transport);
   await waitQueued(student, 0);
   out.droppedAcks = droppedAcks;
   out.lostAckShownOnce = await countQuestions(student, lost);
@@ -353,7 +366,7 @@ async function runRestart(browser) {
 
   // 3. The node comes back on the same port and data: the page recovers and sends the queue.
   if ((await ask('restart')) !== 'restarted') throw new Error('the test did not restart the node');
-  await waitConn(student, 'live', 'websocket');
+  await waitConn(student, 'live', transport);
   await waitQueued(student, 0);
   await question(student, offline).waitFor({ timeout: WAIT_MS });
   await student.locator('#chat li', { hasText: 'Sent while the node was down' }).waitFor({ timeout: WAIT_MS });
@@ -363,14 +376,14 @@ async function runRestart(browser) {
 
   // 4. A reload reads the server's state afresh: still once each.
   await student.reload();
-  await waitConn(student, 'live', 'websocket');
+  await waitConn(student, 'live', transport);
   await question(student, offline).waitFor({ timeout: WAIT_MS });
   out.afterReload = [await countQuestions(student, lost), await countQuestions(student, offline)];
   out.lost = lost;
   out.offline = offline;
 }
 
-const SCENARIOS = { class: runClass, fallback: runFallback, restart: runRestart };
+const SCENARIOS = { class: runClass, fallback: runFallback, restart: runRestart, 'restart-sse': runRestart };
 
 let browser;
 const deadline = setTimeout(() => {

@@ -5,9 +5,10 @@
 //! * `a_student_and_an_instructor_run_a_class_in_chromium`: two browser contexts and a
 //!   projector; ask, upvote, answer, pin, poll, vote, close, reveal, broadcast.
 //! * `with_websocket_blocked_the_page_falls_back_to_sse_then_long_polling`.
-//! * `the_page_recovers_from_a_node_restart_and_sends_its_queue_exactly_once`: the node runs as
-//!   a child process on a fixed port and data directory; the test SIGKILLs it and starts it
-//!   again while the student acts.
+//! * `the_page_recovers_from_a_node_restart_and_sends_its_queue_exactly_once` (and `on_sse_…`,
+//!   the same with the page on SSE + POST): an ack lost on the wire is retried under its command
+//!   id; the node runs as a child process on a fixed port and data directory; the test
+//!   SIGKILLs it and starts it again while the student acts.
 //!
 //! Screenshots of every view go to `target/web-screenshots/{scenario}/` (printed by each test).
 //! Chromium and the npm package are installed by `scripts/setup`; without them these tests fail
@@ -437,6 +438,19 @@ fn free_addr() -> anyhow::Result<SocketAddr> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_recovers_from_a_node_restart_and_sends_its_queue_exactly_once()
 -> anyhow::Result<()> {
+    restart("restart", "websocket").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_sse_the_page_recovers_from_a_node_restart_and_sends_its_queue_exactly_once()
+-> anyhow::Result<()> {
+    restart("restart-sse", "sse").await
+}
+
+/// The restart scenario with the page on `transport`: an ack lost on the wire, then the node
+/// SIGKILLed and restarted while the student acts; the restarted node must hold every action
+/// exactly once.
+async fn restart(scenario: &'static str, transport: &str) -> anyhow::Result<()> {
     let _one = BROWSER.lock().await;
     let dir = TempDir::new("web-restart");
     let addr = free_addr()?;
@@ -455,7 +469,7 @@ async fn the_page_recovers_from_a_node_restart_and_sends_its_queue_exactly_once(
     let summary = tokio::task::spawn_blocking(move || {
         let mut node = Some(node);
         run_script(
-            "restart",
+            scenario,
             &base,
             lectern_node::DEMO_SESSION,
             [&s, &inst],
@@ -491,7 +505,7 @@ async fn the_page_recovers_from_a_node_restart_and_sends_its_queue_exactly_once(
         summary["outboxListed"], 4,
         "the page lists what waits: {summary}"
     );
-    assert_eq!(summary["transportAfter"], "websocket");
+    assert_eq!(summary["transportAfter"], transport);
     assert_eq!(summary["offlineShownOnce"], 1);
     assert_eq!(summary["afterReload"], serde_json::json!([1, 1]));
 
