@@ -55,12 +55,11 @@ function main() {
     wire();
     conn = new Connection({
       session, token, user: claims.sub, first,
-      onState: (s) => { applyState(m, s); resync(); schedule(); },
+      onState: (s) => { applyState(m, s); startStreamsOnce(); schedule(); },
       onEvent: (name, p) => { const said = applyEvent(m, name, p, claims.sub); if (said) announce(said); schedule(); },
       onAttendance: (p) => { m.present = p.present; refreshAttendance(); schedule(); },
       onStatus: showStatus,
       onNotice: notice,
-      onAck: () => {},
     });
     conn.start();
   }
@@ -210,7 +209,7 @@ function render() {
 
 /** After a full state: the progress and side streams need the cohort, known from now on. */
 let streamsStarted = false;
-function resync() {
+function startStreamsOnce() {
   if (streamsStarted || !m.cohort || view === 'projector') return;
   streamsStarted = true;
   startSideStreams();
