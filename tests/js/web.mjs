@@ -371,6 +371,9 @@ async function runRestart(browser) {
   await question(student, offline).waitFor({ timeout: WAIT_MS });
   await student.locator('#chat li', { hasText: 'Sent while the node was down' }).waitFor({ timeout: WAIT_MS });
   out.transportAfter = await student.getAttribute('#conn', 'data-transport');
+  // Every reconnect (after the lost ack, after the restart) resumed from the last event's
+  // token: the page took one full state, when it first joined.
+  out.snapshots = Number(await student.getAttribute('#conn', 'data-snapshots'));
   out.offlineShownOnce = await countQuestions(student, offline);
   await shot(student, 'restart-student-recovered.png');
 

@@ -506,6 +506,10 @@ async fn restart(scenario: &'static str, transport: &str) -> anyhow::Result<()> 
         "the page lists what waits: {summary}"
     );
     assert_eq!(summary["transportAfter"], transport);
+    assert_eq!(
+        summary["snapshots"], 1,
+        "reconnects resumed by token: {summary}"
+    );
     assert_eq!(summary["offlineShownOnce"], 1);
     assert_eq!(summary["afterReload"], serde_json::json!([1, 1]));
 

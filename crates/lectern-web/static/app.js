@@ -58,7 +58,7 @@ function main() {
       onState: (s) => { applyState(m, s); startStreamsOnce(); schedule(); },
       onEvent: (name, p) => { const said = applyEvent(m, name, p, claims.sub); if (said) announce(said); schedule(); },
       onAttendance: (p) => { m.present = p.present; refreshAttendance(); schedule(); },
-      onStatus: showStatus,
+      onStatus: (s) => { showStatus(s); if (s.state === 'live' && s.transport !== 'websocket') refreshAttendance(); },
       onNotice: notice,
     });
     conn.start();
@@ -98,6 +98,7 @@ function showStatus(s) {
   el.dataset.state = s.state;
   el.dataset.transport = s.transport || '';
   el.dataset.queued = String(s.queued);
+  el.dataset.snapshots = String(s.snapshots || 0);
   let text;
   switch (s.state) {
     case 'live': text = `Live · ${TRANSPORT_TEXT[s.transport] || s.transport}`; break;
@@ -632,11 +633,17 @@ function refreshAttendance() {
   if (view !== 'instructor' || attendanceTimer) return;
   attendanceTimer = setTimeout(async () => {
     attendanceTimer = null;
+    // Off WebSocket no attendance:update arrives: keep reading while the page is live.
+    if (conn && conn.status.state === 'live' && conn.status.transport !== 'websocket') refreshAttendance();
     try {
       const r = await fetch(`/api/sessions/${encodeURIComponent(session)}`, { headers: { Authorization: `Bearer ${token}` }, cache: 'no-store' });
       if (!r.ok) return;
       const v = await r.json();
-      if (v.attendance && Array.isArray(v.attendance.users)) { m.users = v.attendance.users; schedule(); }
+      if (v.attendance && Array.isArray(v.attendance.users)) {
+        m.users = v.attendance.users;
+        m.present = v.attendance.present;
+        schedule();
+      }
     } catch (_) { /* the next change tries again */ }
   }, ATTENDANCE_REFRESH_MS);
 }

@@ -482,6 +482,7 @@ export class Connection {
     this.flushing = false;
     this.wake = null;
     this.status = { state: 'connecting', transport: TRANSPORTS[this.level], queued: 0, detail: '' };
+    this.snapshots = 0;
     this.outbox = new Outbox(`lectern:outbox:${session}:${user}`);
     this.status.queued = this.outbox.length;
     addEventListener('online', () => this.wake && this.wake());
@@ -508,6 +509,8 @@ export class Connection {
   // ---- called by transports ----
 
   joined(ack) {
+    // Full states taken; a reconnect that resumes from the last token takes none.
+    if (ack.state) this.snapshots += 1;
     if (ack.state) this.cb.onState(ack.state);
     for (const e of ack.events || []) if (SESSION_EVENTS.has(e.event)) this.cb.onEvent(e.event, e.data);
     if (ack.token) this.lastToken = ack.token;
@@ -525,7 +528,7 @@ export class Connection {
   // ---- the loop ----
 
   setStatus(patch) {
-    this.status = { ...this.status, ...patch, queued: this.outbox.length };
+    this.status = { ...this.status, ...patch, queued: this.outbox.length, snapshots: this.snapshots };
     this.cb.onStatus && this.cb.onStatus(this.status);
   }
 
