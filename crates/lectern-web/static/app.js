@@ -40,6 +40,7 @@ function decodeClaims(t) {
 // ---------------------------------------------------------------------------------------------
 
 let conn = null;
+let baseWho = '';
 
 /** Runs once the module is evaluated (called at the bottom, after every constant exists). */
 function main() {
@@ -48,9 +49,10 @@ function main() {
   } else {
     document.body.classList.add(view);
     document.body.dataset.view = view;
-    $('who').textContent = view === 'projector'
+    baseWho = view === 'projector'
       ? 'Projector'
       : `${claims.name || claims.sub} · ${staff ? 'Instructor view' : 'Student view'}`;
+    $('who').textContent = baseWho;
     $('main').innerHTML = view === 'projector' ? projectorSkeleton() : view === 'instructor' ? instructorSkeleton() : studentSkeleton();
     wire();
     conn = new Connection({
@@ -194,6 +196,7 @@ function renderInto(el, html) {
 function render() {
   document.title = m.title ? `${m.title} · Lectern` : 'Lectern';
   $('title').textContent = m.title || 'Lectern';
+  $('who').textContent = `${baseWho}${m.state === 'ended' ? ' · this session has ended' : ''}`;
   if (view === 'projector') return renderProjector();
   renderBroadcast();
   renderQuestions();
@@ -419,9 +422,9 @@ function instructorSkeleton() {
       <label class="check"><input type="checkbox" id="poll-hide" checked> Hide results from students until revealed</label>
       <div><button class="primary" type="submit">Start poll</button></div></form>
     <ul id="polls" class="items"></ul></section>
-  <section class="card" aria-labelledby="bc-h"><h2 id="bc-h">Broadcast</h2>
-    <form id="broadcast-form" class="stack"><label for="bc-text">Message to everyone</label><input id="bc-text" type="text" maxlength="500" required>
-    <div><button class="primary" type="submit">Broadcast</button></div></form>
+  <section class="card" aria-labelledby="bc-h"><h2 id="bc-h">${claims.role === 'ta' ? 'Projector' : 'Broadcast'}</h2>
+    ${claims.role === 'ta' ? '' : `<form id="broadcast-form" class="stack"><label for="bc-text">Message to everyone</label><input id="bc-text" type="text" maxlength="500" required>
+    <div><button class="primary" type="submit">Broadcast</button></div></form>`}
     <p><a href="/?${esc(projector)}" target="_blank" rel="noopener">Open the projector view</a></p></section>
   <section class="card" aria-labelledby="att-h"><h2 id="att-h">Attendance: <span id="present">0</span> present</h2><ul id="attendance" class="items"></ul></section>
   <section class="card" aria-labelledby="chat-h"><h2 id="chat-h">Chat</h2><ul id="chat" class="items"></ul>
