@@ -160,3 +160,10 @@ fn every_rust_file_opens_with_a_module_doc() {
         "files without a //! paragraph: {undocumented:?}"
     );
 }
+
+#[test]
+fn web_client_is_files_only() {
+    // The browser client is static files compiled into the node: no crate of its own to run.
+    let deps = normal_dependencies(&metadata(), "lectern-web");
+    assert!(deps.is_empty(), "lectern-web depends on {deps:?}");
+}

@@ -9,3 +9,4 @@ mod hub;
 mod model;
 mod node;
 mod support;
+mod web;

@@ -155,6 +155,7 @@ impl Gateway {
         socket::register(&io);
         *gw.inner.io.lock().unwrap_or_else(|e| e.into_inner()) = Some(io);
         let router = rest::routes(gw.clone())
+            .merge(page::routes())
             .layer(layer)
             .layer(axum::middleware::map_request(compact_request));
         Ok((gw, router))

@@ -1,0 +1,682 @@
+// Lectern's page: reads `?session=…&token=…[&view=projector][&transport=sse|longpoll]`, picks
+// the view from the token's role (student, or instructor/TA/admin) or the `view` parameter,
+// and keeps it current through a Connection (conn.js). Without a session or token it shows a
+// form to join by code.
+//
+// Rendering replaces a container's HTML and then gives focus back to the control that had it
+// (matched by `data-key`), so keyboard users keep their place while events arrive. What a
+// user is typing or choosing lives outside re-rendered markup or in `drafts`.
+import { Connection, followStream, TRANSPORTS } from '/static/conn.js';
+import {
+  applyEvent, applyState, currentPoll, emptySession, pinnedQuestion, pollLabels, resultsText,
+  visibleQuestions,
+} from '/static/model.js';
+
+const $ = (id) => document.getElementById(id);
+const esc = (s) => String(s ?? '').replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' }[c]));
+
+const params = new URLSearchParams(location.search);
+const session = params.get('session') || '';
+const token = params.get('token') || '';
+const claims = decodeClaims(token);
+const staff = !!claims && ['ta', 'instructor', 'admin'].includes(claims.role);
+const view = params.get('view') === 'projector' ? 'projector' : staff ? 'instructor' : 'student';
+const first = TRANSPORTS.includes(params.get('transport')) ? params.get('transport') : 'websocket';
+
+const m = emptySession();
+const ui = { order: 'top', drafts: new Map(), answering: null, dirty: false, progress: null, notes: [], dash: null };
+
+function decodeClaims(t) {
+  try {
+    const b = t.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+    return JSON.parse(decodeURIComponent(escape(atob(b))));
+  } catch (_) {
+    return null;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Start
+// ---------------------------------------------------------------------------------------------
+
+let conn = null;
+let baseWho = '';
+
+/** Runs once the module is evaluated (called at the bottom, after every constant exists). */
+function main() {
+  if (!session || !token || !claims) {
+    showJoinForm();
+  } else {
+    document.body.classList.add(view);
+    document.body.dataset.view = view;
+    baseWho = view === 'projector'
+      ? 'Projector'
+      : `${claims.name || claims.sub} · ${staff ? 'Instructor view' : 'Student view'}`;
+    $('who').textContent = baseWho;
+    $('main').innerHTML = view === 'projector' ? projectorSkeleton() : view === 'instructor' ? instructorSkeleton() : studentSkeleton();
+    wire();
+    conn = new Connection({
+      session, token, user: claims.sub, first,
+      onState: (s) => { applyState(m, s); startStreamsOnce(); schedule(); },
+      onEvent: (name, p) => { const said = applyEvent(m, name, p, claims.sub); if (said) announce(said); schedule(); },
+      onAttendance: (p) => { m.present = p.present; refreshAttendance(); schedule(); },
+      onStatus: (s) => { showStatus(s); if (s.state === 'live' && s.transport !== 'websocket') refreshAttendance(); },
+      onNotice: notice,
+    });
+    conn.start();
+  }
+}
+
+function showJoinForm() {
+  document.body.dataset.view = 'join';
+  $('main').innerHTML = `<section class="card" aria-labelledby="join-h"><h2 id="join-h">Join a session</h2>
+    <form id="join" class="stack">
+      <label for="join-code">Session code</label><input id="join-code" type="text" required autocomplete="off" value="${esc(session)}">
+      <label for="join-token">Access token (from your course or the link you were sent)</label><input id="join-token" type="text" required autocomplete="off" value="${esc(token)}">
+      <button class="primary" type="submit">Join</button>
+    </form></section>`;
+  showStatus({ state: 'error', transport: '', queued: 0, detail: 'not joined' });
+  $('join').addEventListener('submit', (e) => {
+    e.preventDefault();
+    const q = new URLSearchParams({ session: $('join-code').value.trim(), token: $('join-token').value.trim() });
+    location.search = q.toString();
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Status, announcements, errors
+// ---------------------------------------------------------------------------------------------
+
+const TRANSPORT_TEXT = {
+  websocket: 'WebSocket',
+  sse: 'server-sent events + POST',
+  longpoll: 'long-polling',
+};
+
+function showStatus(s) {
+  const el = $('conn');
+  // When the page first went live, in ms since navigation (read by the browser tests).
+  if (s.state === 'live' && !el.dataset.firstLiveMs) el.dataset.firstLiveMs = String(Math.round(performance.now()));
+  el.dataset.state = s.state;
+  el.dataset.transport = s.transport || '';
+  el.dataset.queued = String(s.queued);
+  el.dataset.snapshots = String(s.snapshots || 0);
+  let text;
+  switch (s.state) {
+    case 'live': text = `Live · ${TRANSPORT_TEXT[s.transport] || s.transport}`; break;
+    case 'connecting': text = 'Connecting…'; break;
+    case 'reconnecting': text = 'Connection lost · reconnecting…'; break;
+    case 'offline': text = 'Offline · waiting for the network'; break;
+    default: text = `Not connected${s.detail ? ` · ${s.detail}` : ''}`;
+  }
+  if (s.queued) text += ` · ${s.queued} action${s.queued === 1 ? '' : 's'} waiting to be sent`;
+  $('conn-text').textContent = text;
+  el.title = s.detail || '';
+  renderOutbox();
+}
+
+/** What is waiting in the offline queue, said plainly (the status says how many). */
+function renderOutbox() {
+  const el = $('outbox');
+  const items = conn ? conn.outbox.items : [];
+  if (!items.length) { el.hidden = true; el.replaceChildren(); return; }
+  el.hidden = false;
+  const describe = (c) => {
+    const q = c.question && m.questions.get(c.question);
+    const p = c.poll && m.polls.get(c.poll);
+    switch (c.cmd) {
+      case 'qa.ask': return `Question: ${c.text}`;
+      case 'chat.send': return `Message: ${c.text}`;
+      case 'broadcast.send': return `Broadcast: ${c.text}`;
+      case 'poll.vote': return `Vote on: ${p ? p.question : c.poll}`;
+      default: return `${COMMAND_TEXT[c.cmd] || c.cmd}${q ? `: ${q.question}` : p ? `: ${p.question}` : ''}`;
+    }
+  };
+  el.innerHTML = `<p><strong>Waiting to be sent</strong> (sent in this order as soon as the connection is back; nothing is applied twice):</p>
+    <ul>${items.map((c) => `<li>${esc(describe(c))}</li>`).join('')}</ul>`;
+}
+
+function announce({ text, urgent }) {
+  const el = urgent ? $('alerter') : $('announcer');
+  const p = document.createElement('p');
+  p.textContent = text;
+  el.append(p);
+  while (el.childElementCount > 5) el.firstElementChild.remove();
+}
+
+const COMMAND_TEXT = {
+  'qa.ask': 'Your question', 'qa.upvote': 'Your upvote', 'qa.unvote': 'Taking back your upvote',
+  'qa.answer': 'The answer', 'qa.pin': 'Pinning', 'qa.dismiss': 'Dismissing', 'qa.approve': 'Approving',
+  'qa.reject': 'Rejecting', 'poll.create': 'The poll', 'poll.vote': 'Your vote', 'poll.close': 'Closing the poll',
+  'poll.reveal': 'Revealing results', 'chat.send': 'Your message', 'broadcast.send': 'The broadcast',
+};
+
+function notice(kind, d) {
+  if (kind === 'rejected') {
+    const what = COMMAND_TEXT[d.cmd] || d.cmd;
+    showError(`${what} was not accepted: ${d.message || d.code} (${d.code})`);
+    const q = d.command && d.command.question && m.questions.get(d.command.question);
+    if (q && (d.cmd === 'qa.upvote' || d.cmd === 'qa.unvote')) { q.voted = d.cmd === 'qa.unvote'; schedule(); }
+  } else if (kind === 'dropped') {
+    showError(d.message);
+  } else if (kind === 'server' && d && d.code) {
+    announce({ text: d.code === 'shutting_down' ? 'The server is restarting; reconnecting.' : `Server: ${d.message || d.code}` });
+  }
+}
+
+function showError(text) {
+  const p = document.createElement('p');
+  p.textContent = text;
+  $('errors').replaceChildren(p);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rendering
+// ---------------------------------------------------------------------------------------------
+
+/** Renders on the next turn, once for any number of events. */
+function schedule() {
+  if (ui.dirty) return;
+  ui.dirty = true;
+  setTimeout(() => { ui.dirty = false; render(); }, 0);
+}
+
+/** Replaces `el`'s content, keeping focus on the control with the same data-key. */
+function renderInto(el, html) {
+  if (!el) return;
+  const a = document.activeElement;
+  const key = a && el.contains(a) ? a.dataset.key : null;
+  el.innerHTML = html;
+  if (key) {
+    const n = el.querySelector(`[data-key="${CSS.escape(key)}"]`);
+    if (n) n.focus();
+  }
+}
+
+function render() {
+  document.title = m.title ? `${m.title} · Lectern` : 'Lectern';
+  $('title').textContent = m.title || 'Lectern';
+  $('who').textContent = `${baseWho}${m.state === 'ended' ? ' · this session has ended' : ''}`;
+  if (view === 'projector') return renderProjector();
+  renderBroadcast();
+  renderQuestions();
+  renderPolls();
+  renderChat();
+  if (view === 'instructor') {
+    renderModeration();
+    renderAttendance();
+  }
+  if (view === 'student') renderProgress();
+  renderNotes();
+  renderDashboard();
+}
+
+/** After a full state: the progress and side streams need the cohort, known from now on. */
+let streamsStarted = false;
+function startStreamsOnce() {
+  if (streamsStarted || !m.cohort || view === 'projector') return;
+  streamsStarted = true;
+  startSideStreams();
+}
+
+function renderBroadcast() {
+  const el = $('broadcast');
+  const bs = [...m.broadcasts.values()].sort((a, b) => b.at - a.at);
+  if (!bs.length) { el.hidden = true; return; }
+  el.hidden = false;
+  const b = bs[0];
+  renderInto(el, `<p><strong>Announcement from ${esc(b.by && b.by.name)}:</strong> ${esc(b.text)}</p>`);
+}
+
+function questionItem(q) {
+  const badges = [
+    q.pinned ? '<span class="badge pinned">Pinned</span>' : '',
+    q.pending ? '<span class="badge pending">Waiting for moderation</span>' : '',
+    q.answer ? '<span class="badge answered">Answered</span>' : '',
+  ].join('');
+  const who = q.author ? esc(q.author.name || q.author.id) : 'Anonymous';
+  const anon = q.anonymous && q.author ? ' (anonymous to classmates)' : '';
+  const mine = q.author && q.author.id === claims.sub;
+  // The visible text is the start of the accessible name (WCAG 2.5.3); the question is the
+  // button's description.
+  const up = q.pending ? '' : `<button data-key="up:${esc(q.id)}" data-act="vote" data-q="${esc(q.id)}" aria-pressed="${q.voted ? 'true' : 'false'}"
+      aria-describedby="qt-${esc(q.id)}"><span aria-hidden="true">▲</span> Upvote (${q.upvotes})</button>`;
+  const staffButtons = view === 'instructor' ? `
+      <button data-key="answer:${esc(q.id)}" data-act="answer" data-q="${esc(q.id)}">${q.answer ? 'Edit answer' : 'Answer'}</button>
+      <button data-key="pin:${esc(q.id)}" data-act="pin" data-q="${esc(q.id)}" aria-pressed="${q.pinned ? 'true' : 'false'}">${q.pinned ? 'Unpin' : 'Pin'}</button>
+      <button data-key="dismiss:${esc(q.id)}" data-act="dismiss" data-q="${esc(q.id)}">Dismiss</button>` : '';
+  return `<li data-qid="${esc(q.id)}">
+    <p class="q-text">${badges}<span id="qt-${esc(q.id)}">${esc(q.question)}</span></p>
+    <p class="meta">${who}${anon}${mine ? ' · you' : ''}</p>
+    <div class="row">${up}${staffButtons}</div>
+    ${q.answer ? `<p class="answer"><strong>${esc(q.answer.by && q.answer.by.name || 'Answer')}:</strong> ${esc(q.answer.text)}</p>` : ''}
+  </li>`;
+}
+
+function renderQuestions() {
+  const qs = visibleQuestions(m, ui.order, view === 'instructor');
+  renderInto($('questions'), qs.length ? qs.map(questionItem).join('') : '<li class="empty">No questions yet.</li>');
+  $('q-count').textContent = `(${qs.length})`;
+}
+
+function renderModeration() {
+  const pending = [...m.questions.values()].filter((q) => q.status === 'pending').sort((a, b) => a.createdAt - b.createdAt);
+  $('mod-count').textContent = `(${pending.length})`;
+  renderInto($('moderation'), pending.length ? pending.map((q) => `<li data-qid="${esc(q.id)}">
+      <p class="q-text">${esc(q.question)}</p><p class="meta">${esc(q.author ? q.author.name : 'Anonymous')}</p>
+      <div class="row"><button class="primary" data-key="approve:${esc(q.id)}" data-act="approve" data-q="${esc(q.id)}">Approve</button>
+      <button data-key="reject:${esc(q.id)}" data-act="reject" data-q="${esc(q.id)}">Reject</button></div></li>`).join('')
+    : `<li class="empty">${m.moderation ? 'Nothing waiting.' : 'Moderation is off: questions appear at once.'}</li>`);
+}
+
+function resultsHtml(poll) {
+  const r = poll.results;
+  if (!r) return '<p class="meta">Results are hidden until the instructor reveals them.</p>';
+  if (r.words) {
+    return `<div class="results"><p class="meta">${r.voters} answer${r.voters === 1 ? '' : 's'}</p>
+      <p class="words">${r.words.map((w) => `<span>${esc(w.word)} <span class="meta">×${w.count}</span></span>`).join('')}</p></div>`;
+  }
+  const labels = pollLabels(poll);
+  const total = (r.counts || []).reduce((a, b) => a + b, 0);
+  const rows = (r.counts || []).map((c, i) => {
+    const pct = total ? Math.round((c * 100) / total) : 0;
+    return `<div class="result"><span>${esc(labels[i] ?? i + 1)}</span>
+      <span class="track" aria-hidden="true"><span class="fill" style="--w:${pct}%"></span></span>
+      <span>${c} (${pct}%)</span></div>`;
+  }).join('');
+  const avg = r.average != null ? `<p class="meta">Average: ${r.average}</p>` : '';
+  return `<div class="results" data-results="${esc(poll.id)}"><p class="meta">${r.voters} voter${r.voters === 1 ? '' : 's'}</p>${rows}${avg}</div>`;
+}
+
+function myVoteText(poll) {
+  const v = ui.drafts.get(`sent:${poll.id}`) ?? poll.myVote;
+  if (v == null) return '';
+  if (poll.kind === 'open_text') return `Your answer: ${v}`;
+  const labels = pollLabels(poll);
+  const picks = String(v).split(',').map((x) => (poll.kind === 'rating' ? x : labels[Number(x)] ?? x));
+  return `Your vote: ${picks.join(', ')}`;
+}
+
+function voteForm(poll) {
+  const id = poll.id;
+  const labels = pollLabels(poll);
+  const draft = ui.drafts.get(id);
+  let inputs;
+  if (poll.kind === 'open_text') {
+    inputs = `<label for="vote-${esc(id)}">Your answer</label><input type="text" id="vote-${esc(id)}" data-key="text:${esc(id)}" data-draft="${esc(id)}" maxlength="200" value="${esc(draft ?? '')}">`;
+  } else {
+    const type = poll.kind === 'multiple' ? 'checkbox' : 'radio';
+    const chosen = new Set(String(draft ?? ui.drafts.get(`sent:${id}`) ?? poll.myVote ?? '').split(',').filter((x) => x !== ''));
+    inputs = labels.map((l, i) => {
+      const value = poll.kind === 'rating' ? String(i + 1) : String(i);
+      return `<label class="check"><input type="${type}" name="choice-${esc(id)}" value="${value}" data-key="opt:${esc(id)}:${value}" data-draft="${esc(id)}" ${chosen.has(value) ? 'checked' : ''}> ${esc(l)}</label>`;
+    }).join('');
+  }
+  return `<form class="vote" data-poll="${esc(id)}"><fieldset><legend>${esc(poll.question)}</legend>${inputs}</fieldset>
+    <button class="primary" type="submit" data-key="vote:${esc(id)}">Vote</button> <span class="meta">${esc(myVoteText(poll))}</span></form>`;
+}
+
+function renderPolls() {
+  const polls = [...m.polls.values()].sort((a, b) => b.createdAt - a.createdAt);
+  const html = polls.map((p) => {
+    const state = p.state === 'open' ? 'open' : 'closed';
+    const hidden = p.hideResults && !p.revealed;
+    const head = `<h3>${esc(p.question)} <span class="meta">(${state}${hidden ? ', results hidden from students' : ''})</span></h3>`;
+    if (view === 'instructor') {
+      return `<li data-pid="${esc(p.id)}">${head}
+        <div class="row">${p.state === 'open' ? `<button data-key="close:${esc(p.id)}" data-act="close" data-p="${esc(p.id)}">Close</button>` : ''}
+        ${hidden ? `<button data-key="reveal:${esc(p.id)}" data-act="reveal" data-p="${esc(p.id)}">Reveal results</button>` : ''}</div>
+        ${resultsHtml(p)}</li>`;
+    }
+    const body = p.state === 'open' ? voteForm(p) : `<p class="meta">${esc(myVoteText(p)) || 'Voting is closed.'}</p>`;
+    return `<li data-pid="${esc(p.id)}">${p.state === 'open' ? '' : head}${body}${resultsHtml(p)}</li>`;
+  }).join('');
+  renderInto($('polls'), html || '<li class="empty">No polls yet.</li>');
+}
+
+function renderChat() {
+  const msgs = [...m.chat.values()].sort((a, b) => a.at - b.at).slice(-50);
+  renderInto($('chat'), msgs.length ? msgs.map((c) => `<li><span class="meta">${esc(c.author && c.author.name)}:</span> ${esc(c.text)}</li>`).join('') : '<li class="empty">No messages yet.</li>');
+}
+
+function renderAttendance() {
+  $('present').textContent = String(m.present);
+  renderInto($('attendance'), m.users.map((u) => `<li>${esc(u.name || u.user)} <span class="meta">${u.present ? 'present' : 'left'} · ${u.minutesPresent} min</span></li>`).join(''));
+}
+
+function renderProgress() {
+  const sec = $('progress-card');
+  if (!ui.progress) { sec.hidden = true; return; }
+  sec.hidden = false;
+  const lessons = [...ui.progress.values()];
+  renderInto($('progress'), lessons.length ? lessons.map((l) => `<li>${esc(l.lesson)} <span class="meta">${esc(l.status.replace('_', ' '))}${l.score != null ? ` · ${l.score}/${l.maxScore}` : ''}</span></li>`).join('') : '<li class="empty">No lessons started yet.</li>');
+}
+
+function renderNotes() {
+  const sec = $('notes-card');
+  if (!sec) return;
+  sec.hidden = !ui.notesOn;
+  renderInto($('notes'), ui.notes.length ? ui.notes.slice(-20).reverse().map((n) => `<li>${esc(n)}</li>`).join('') : '<li class="empty">No notifications.</li>');
+}
+
+function renderDashboard() {
+  const sec = $('dash-card');
+  if (!sec) return;
+  sec.hidden = !ui.dash;
+  if (!ui.dash) return;
+  renderInto($('dash'), ui.dash.map(([k, v]) => `<div><dt>${esc(k)}</dt><dd>${esc(v)}</dd></div>`).join(''));
+}
+
+function renderProjector() {
+  const q = pinnedQuestion(m);
+  renderInto($('proj-q'), q
+    ? `<p class="proj-question">${esc(q.question)}</p><p class="proj-sub">${q.author ? esc(q.author.name) : 'Anonymous'} · ▲ ${q.upvotes}</p>
+       ${q.answer ? `<p class="proj-sub">Answer: ${esc(q.answer.text)}</p>` : ''}`
+    : '<p class="proj-sub">No question pinned.</p>');
+  const p = currentPoll(m);
+  if (!p) { renderInto($('proj-poll'), '<p class="proj-sub">No poll yet.</p>'); return; }
+  const shown = !p.hideResults || p.revealed;
+  renderInto($('proj-poll'), `<p class="proj-question">${esc(p.question)}</p>
+    <p class="proj-sub">${p.state === 'open' ? 'Voting is open' : 'Voting is closed'}</p>
+    ${shown && p.results ? resultsHtml(p) : '<p class="proj-sub">Results will appear when revealed.</p>'}`);
+  $('proj-sr').textContent = shown && p.results ? `Results of ${p.question}: ${resultsText(p)}` : '';
+}
+
+// ---------------------------------------------------------------------------------------------
+// Skeletons
+// ---------------------------------------------------------------------------------------------
+
+function sortControl() {
+  return `<fieldset class="row"><legend>Sort questions</legend>
+    <label class="check"><input type="radio" name="order" value="top" checked> Top</label>
+    <label class="check"><input type="radio" name="order" value="recent"> Recent</label></fieldset>`;
+}
+
+function studentSkeleton() {
+  return `<div id="broadcast" class="broadcast wide" hidden></div>
+  <section class="card" aria-labelledby="qa-h"><h2 id="qa-h">Questions <span id="q-count" class="meta"></span></h2>
+    <form id="ask-form" class="stack"><label for="ask-text">Ask a question</label>
+      <textarea id="ask-text" rows="2" maxlength="500" required></textarea>
+      <label class="check"><input type="checkbox" id="ask-anon"> Ask anonymously</label>
+      <div><button class="primary" type="submit">Ask</button></div></form>
+    ${sortControl()}
+    <ol id="questions" class="items"></ol></section>
+  <section class="card" aria-labelledby="polls-h"><h2 id="polls-h">Polls</h2><ul id="polls" class="items"></ul></section>
+  <section class="card" aria-labelledby="chat-h"><h2 id="chat-h">Chat</h2><ul id="chat" class="items"></ul>
+    <form id="chat-form" class="stack"><label for="chat-text">Message</label><input id="chat-text" type="text" maxlength="500" required>
+    <div><button type="submit">Send</button></div></form></section>
+  <section id="progress-card" class="card" aria-labelledby="prog-h" hidden><h2 id="prog-h">My progress</h2><ul id="progress" class="items"></ul></section>
+  <section id="notes-card" class="card" aria-labelledby="notes-h" hidden><h2 id="notes-h">Notifications</h2><ul id="notes" class="items" aria-live="polite"></ul></section>`;
+}
+
+function instructorSkeleton() {
+  const projector = new URLSearchParams({ session, token, view: 'projector' });
+  return `<div id="broadcast" class="broadcast wide" hidden></div>
+  <section class="card" aria-labelledby="mod-h"><h2 id="mod-h">Moderation queue <span id="mod-count" class="meta"></span></h2><ul id="moderation" class="items"></ul></section>
+  <section class="card" aria-labelledby="qa-h"><h2 id="qa-h">Questions <span id="q-count" class="meta"></span></h2>${sortControl()}<ol id="questions" class="items"></ol></section>
+  <section class="card" aria-labelledby="polls-h"><h2 id="polls-h">Polls</h2>
+    <form id="poll-form" class="stack"><label for="poll-q">New poll question</label><input id="poll-q" type="text" maxlength="300" required>
+      <label for="poll-kind">Kind</label><select id="poll-kind"><option value="single">Single choice</option><option value="multiple">Multiple choice</option><option value="rating">Rating</option><option value="open_text">Open text</option></select>
+      <label for="poll-options">Options, one per line</label><textarea id="poll-options" rows="3"></textarea>
+      <label for="poll-scale">Top of the rating scale</label><input id="poll-scale" type="number" min="2" max="10" value="5">
+      <label class="check"><input type="checkbox" id="poll-hide" checked> Hide results from students until revealed</label>
+      <div><button class="primary" type="submit">Start poll</button></div></form>
+    <ul id="polls" class="items"></ul></section>
+  <section class="card" aria-labelledby="bc-h"><h2 id="bc-h">${claims.role === 'ta' ? 'Projector' : 'Broadcast'}</h2>
+    ${claims.role === 'ta' ? '' : `<form id="broadcast-form" class="stack"><label for="bc-text">Message to everyone</label><input id="bc-text" type="text" maxlength="500" required>
+    <div><button class="primary" type="submit">Broadcast</button></div></form>`}
+    <p><a href="/?${esc(projector)}" target="_blank" rel="noopener">Open the projector view</a></p></section>
+  <section class="card" aria-labelledby="att-h"><h2 id="att-h">Attendance: <span id="present">0</span> present</h2><ul id="attendance" class="items"></ul></section>
+  <section class="card" aria-labelledby="chat-h"><h2 id="chat-h">Chat</h2><ul id="chat" class="items"></ul>
+    <form id="chat-form" class="stack"><label for="chat-text">Message</label><input id="chat-text" type="text" maxlength="500" required>
+    <div><button type="submit">Send</button></div></form></section>
+  <section id="dash-card" class="card" aria-labelledby="dash-h" hidden><h2 id="dash-h">Cohort dashboard</h2><dl id="dash"></dl></section>
+  <section id="notes-card" class="card" aria-labelledby="notes-h" hidden><h2 id="notes-h">Notifications</h2><ul id="notes" class="items" aria-live="polite"></ul></section>
+  <dialog id="answer-dialog" aria-labelledby="answer-h"><form id="answer-form" class="stack" method="dialog">
+    <h2 id="answer-h">Answer</h2><p id="answer-q" class="q-text"></p>
+    <label for="answer-text">Your answer</label><textarea id="answer-text" rows="4" maxlength="2000" required></textarea>
+    <div class="row"><button class="primary" type="submit" value="send">Send answer</button><button type="button" id="answer-cancel">Cancel</button></div>
+  </form></dialog>`;
+}
+
+function projectorSkeleton() {
+  return `<section class="proj-block" aria-labelledby="pq-h"><h2 id="pq-h" class="proj-label">Pinned question</h2><div id="proj-q" aria-live="polite"></div></section>
+  <section class="proj-block" aria-labelledby="pp-h"><h2 id="pp-h" class="proj-label">Poll</h2><div id="proj-poll"></div><p id="proj-sr" class="sr-only" aria-live="polite"></p></section>`;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Actions
+// ---------------------------------------------------------------------------------------------
+
+function submit(body) {
+  $('errors').replaceChildren();
+  return conn.submit(body);
+}
+
+function onSubmit(id, f) {
+  const el = $(id);
+  if (el) el.addEventListener('submit', (e) => { e.preventDefault(); f(el); });
+}
+
+function wire() {
+  const main = $('main');
+  onSubmit('ask-form', () => {
+    const text = $('ask-text').value.trim();
+    if (!text) return;
+    submit({ cmd: 'qa.ask', text, anonymous: $('ask-anon').checked });
+    $('ask-text').value = '';
+  });
+  onSubmit('chat-form', () => {
+    const text = $('chat-text').value.trim();
+    if (text) submit({ cmd: 'chat.send', text });
+    $('chat-text').value = '';
+  });
+  onSubmit('broadcast-form', () => {
+    const text = $('bc-text').value.trim();
+    if (text) submit({ cmd: 'broadcast.send', text });
+    $('bc-text').value = '';
+  });
+  onSubmit('poll-form', () => {
+    const kind = $('poll-kind').value;
+    const options = $('poll-options').value.split('\n').map((s) => s.trim()).filter(Boolean);
+    const body = { cmd: 'poll.create', question: $('poll-q').value.trim(), kind, hide_results: $('poll-hide').checked };
+    if (kind === 'single' || kind === 'multiple') body.options = options;
+    if (kind === 'rating') body.scale_max = Number($('poll-scale').value) || 5;
+    submit(body);
+    $('poll-q').value = '';
+    $('poll-options').value = '';
+  });
+  const dialog = $('answer-dialog');
+  if (dialog) {
+    $('answer-form').addEventListener('submit', (e) => {
+      e.preventDefault();
+      const text = $('answer-text').value.trim();
+      if (text && ui.answering) submit({ cmd: 'qa.answer', question: ui.answering, text });
+      closeAnswer();
+    });
+    $('answer-cancel').addEventListener('click', closeAnswer);
+    // However it closes (Send, Cancel, Escape), focus goes back to the question's button.
+    dialog.addEventListener('close', () => { ui.answering = null; returnFocus(); });
+  }
+  main.addEventListener('change', (e) => {
+    const t = e.target;
+    if (t.name === 'order') { ui.order = t.value; renderQuestions(); return; }
+    if (t.dataset.draft) {
+      const form = t.closest('form');
+      const picked = [...form.querySelectorAll('input:checked')].map((x) => x.value);
+      ui.drafts.set(t.dataset.draft, t.type === 'text' ? t.value : picked.join(','));
+    }
+  });
+  main.addEventListener('input', (e) => {
+    const t = e.target;
+    if (t.dataset.draft && t.type === 'text') ui.drafts.set(t.dataset.draft, t.value);
+  });
+  main.addEventListener('submit', (e) => {
+    const form = e.target.closest('form.vote');
+    if (!form) return;
+    e.preventDefault();
+    const poll = m.polls.get(form.dataset.poll);
+    if (!poll) return;
+    const picked = [...form.querySelectorAll('input:checked')].map((x) => Number(x.value));
+    let choice;
+    if (poll.kind === 'open_text') {
+      const text = form.querySelector('input[type=text]').value.trim();
+      if (!text) return;
+      choice = { text };
+    } else if (!picked.length) {
+      showError('Choose an option first.');
+      return;
+    } else if (poll.kind === 'multiple') choice = { multiple: picked };
+    else if (poll.kind === 'rating') choice = { rating: picked[0] };
+    else choice = { single: picked[0] };
+    submit({ cmd: 'poll.vote', poll: poll.id, choice });
+    const shown = poll.kind === 'open_text' ? choice.text : picked.join(',');
+    ui.drafts.set(`sent:${poll.id}`, shown);
+    ui.drafts.delete(poll.id);
+    schedule();
+  });
+  main.addEventListener('click', (e) => {
+    const b = e.target.closest('button[data-act]');
+    if (!b) return;
+    const q = b.dataset.q && m.questions.get(b.dataset.q);
+    switch (b.dataset.act) {
+      case 'vote':
+        if (!q) return;
+        submit({ cmd: q.voted ? 'qa.unvote' : 'qa.upvote', question: q.id });
+        q.voted = !q.voted;
+        schedule();
+        break;
+      case 'answer': openAnswer(q); break;
+      case 'pin': submit({ cmd: 'qa.pin', question: q.id, pinned: !q.pinned }); break;
+      case 'dismiss': submit({ cmd: 'qa.dismiss', question: q.id }); break;
+      case 'approve': submit({ cmd: 'qa.approve', question: q.id }); break;
+      case 'reject': submit({ cmd: 'qa.reject', question: q.id }); break;
+      case 'close': submit({ cmd: 'poll.close', poll: b.dataset.p }); break;
+      case 'reveal': submit({ cmd: 'poll.reveal', poll: b.dataset.p }); break;
+      default: break;
+    }
+  });
+}
+
+let answerReturn = null;
+function openAnswer(q) {
+  if (!q) return;
+  ui.answering = q.id;
+  answerReturn = document.activeElement && document.activeElement.dataset.key;
+  $('answer-q').textContent = q.question;
+  $('answer-text').value = q.answer ? q.answer.text : '';
+  $('answer-dialog').showModal();
+  $('answer-text').focus();
+}
+
+function closeAnswer() {
+  const d = $('answer-dialog');
+  if (d.open) d.close();
+}
+
+/** Focus back on the control that opened the dialog (found again by key: the list it was in
+ * may have been re-rendered meanwhile). */
+function returnFocus() {
+  if (answerReturn) {
+    const n = document.querySelector(`[data-key="${CSS.escape(answerReturn)}"]`);
+    if (n) n.focus();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Side streams: own progress (students), notifications, the instructor dashboard. Each may be
+// missing on an older node (404): its section then stays hidden.
+// ---------------------------------------------------------------------------------------------
+
+function startSideStreams() {
+  if (view === 'student') {
+    const url = `/api/stream/progress/${encodeURIComponent(claims.sub)}?cohort=${encodeURIComponent(m.cohort)}`;
+    followStream(url, token, {
+      onEvent: (name, d) => {
+        if (name === 'state' && d && d.state) {
+          ui.progress = new Map((d.state.lessons || []).map((l) => [l.lesson, l]));
+        } else if (name === 'progress' && d && d.lesson) {
+          if (!ui.progress) ui.progress = new Map();
+          ui.progress.set(d.lesson, d);
+        }
+        schedule();
+      },
+      onMissing: () => { ui.progress = null; schedule(); },
+    });
+  }
+  followStream('/api/stream/notifications', token, {
+    onOpen: () => { ui.notesOn = true; schedule(); },
+    onEvent: (name, d) => {
+      if (name === 'error') return;
+      const items = name === 'state' ? listIn(d && d.state) : [d];
+      for (const it of items) ui.notes.push(summary(it));
+      if (name !== 'state' && items.length) announce({ text: `Notification: ${summary(items[0])}` });
+      schedule();
+    },
+    onMissing: () => { ui.notesOn = false; schedule(); },
+  });
+  if (view === 'instructor') {
+    followStream(`/api/stream/instructor/${encodeURIComponent(m.cohort)}`, token, {
+      onEvent: (name, d) => {
+        if (name === 'error') return;
+        const data = name === 'state' && d && d.state ? d.state : d;
+        ui.dash = flatten(data).slice(0, 24);
+        schedule();
+      },
+      onMissing: () => { ui.dash = null; schedule(); },
+    });
+  }
+}
+
+/** Staff see who is present: the list comes with the session view, re-read (at most every
+ * ATTENDANCE_REFRESH_MS) when the present count changes. */
+const ATTENDANCE_REFRESH_MS = 5000;
+let attendanceTimer = null;
+function refreshAttendance() {
+  if (view !== 'instructor' || attendanceTimer) return;
+  attendanceTimer = setTimeout(async () => {
+    attendanceTimer = null;
+    // Off WebSocket no attendance:update arrives: keep reading while the page is live.
+    if (conn && conn.status.state === 'live' && conn.status.transport !== 'websocket') refreshAttendance();
+    try {
+      const r = await fetch(`/api/sessions/${encodeURIComponent(session)}`, { headers: { Authorization: `Bearer ${token}` }, cache: 'no-store' });
+      if (!r.ok) return;
+      const v = await r.json();
+      if (v.attendance && Array.isArray(v.attendance.users)) {
+        m.users = v.attendance.users;
+        m.present = v.attendance.present;
+        schedule();
+      }
+    } catch (_) { /* the next change tries again */ }
+  }, ATTENDANCE_REFRESH_MS);
+}
+
+function listIn(s) {
+  if (Array.isArray(s)) return s;
+  if (s && typeof s === 'object') {
+    for (const k of ['notifications', 'items', 'unread']) if (Array.isArray(s[k])) return s[k];
+  }
+  return [];
+}
+
+function summary(n) {
+  if (n == null) return '';
+  if (typeof n !== 'object') return String(n);
+  return n.title || n.text || n.message || n.body || JSON.stringify(n).slice(0, 140);
+}
+
+/** Scalar fields of a dashboard payload as [path, value] pairs. */
+function flatten(v, path = '', out = []) {
+  if (v == null || typeof v !== 'object') {
+    if (path) out.push([path, String(v)]);
+    return out;
+  }
+  if (Array.isArray(v)) {
+    out.push([path || 'items', `${v.length} item${v.length === 1 ? '' : 's'}`]);
+    return out;
+  }
+  for (const [k, x] of Object.entries(v)) flatten(x, path ? `${path}.${k}` : k, out);
+  return out;
+}
+
+main();

@@ -1,0 +1,409 @@
+// Drives Lectern's browser client in Debian's Chromium (playwright-core, no browser download)
+// for tests/web/. One scenario per run; prints progress lines and ends with one JSON summary
+// line (`{"summary": …}`) that the Rust test checks.
+//
+// Usage: node web.mjs SCENARIO BASE_URL SESSION SHOTS_DIR STUDENT_TOKEN INSTRUCTOR_TOKEN
+//   class     a student and an instructor (two browser contexts) and a projector run a class
+//   fallback  WebSocket refused → SSE + POST; WebSocket and SSE refused → long-polling
+//   restart   the node is killed and restarted (by the Rust test, told over stdin/stdout)
+//             while the student acts; plus an ack lost on the wire, retried under its id
+//   restart-sse  the same with the page on SSE + POST
+//
+// Every wait is for a condition on the page (no fixed sleeps); each has a deadline.
+import { chromium } from 'playwright-core';
+import { createInterface } from 'node:readline';
+import { createRequire } from 'node:module';
+import fs from 'node:fs';
+import path from 'node:path';
+
+const AXE = fs.readFileSync(createRequire(import.meta.url).resolve('axe-core/axe.min.js'), 'utf8');
+
+const [scenario, base, session, shots, tStudent, tInstructor] = process.argv.slice(2);
+const WAIT_MS = 20000;
+const CHROMIUM = process.env.LECTERN_CHROMIUM || '/usr/bin/chromium';
+// This machine's network is closed: without these Chromium stalls on lookups it cannot make.
+// playwright's launch() gives every run a fresh temporary profile (--user-data-dir).
+const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync'];
+
+const out = {};
+const log = (...a) => console.error(`[web.mjs ${scenario}]`, ...a);
+const say = (obj) => console.log(JSON.stringify(obj));
+
+const stdinLines = createInterface({ input: process.stdin });
+const waiting = [];
+stdinLines.on('line', (l) => { const w = waiting.shift(); if (w) w(l.trim()); });
+/** Asks the Rust test to do `step` and waits for its reply line. */
+function ask(step) {
+  const p = new Promise((r) => waiting.push(r));
+  say({ step });
+  return p;
+}
+
+const link = (tok, extra = '') => `${base}/?session=${encodeURIComponent(session)}&token=${encodeURIComponent(tok)}${extra}`;
+
+async function open(browser, tok, name, { extra = '', setup } = {}) {
+  const ctx = await browser.newContext({ viewport: { width: 1280, height: 900 }, reducedMotion: 'reduce' });
+  const page = await ctx.newPage();
+  page.on('pageerror', (e) => log(name, 'page error:', e.message));
+  if (setup) await setup(page, ctx);
+  await page.goto(link(tok, extra));
+  page.name = name;
+  return page;
+}
+
+/** Waits until the page's connection indicator says `state` (and `transport`, if given). */
+async function waitConn(page, state, transport) {
+  const sel = transport ? `#conn[data-state="${state}"][data-transport="${transport}"]` : `#conn[data-state="${state}"]`;
+  await page.waitForSelector(sel, { timeout: WAIT_MS });
+}
+
+async function waitQueued(page, n) {
+  await page.waitForSelector(`#conn[data-queued="${n}"]`, { timeout: WAIT_MS });
+}
+
+/** The list item of the question whose text is `text` (waits for it). */
+function question(page, text) {
+  return page.locator('#questions > li', { has: page.locator('.q-text', { hasText: text }) });
+}
+
+async function countQuestions(page, text) {
+  return page.locator('#questions .q-text', { hasText: text }).count();
+}
+
+async function shot(page, file) {
+  const p = path.join(shots, file);
+  await page.screenshot({ path: p, fullPage: true });
+  out.screenshots = [...(out.screenshots || []), p];
+}
+
+/** Asks a question with the keyboard only: type, Tab to the Ask button, Enter. */
+async function askByKeyboard(page, text, anonymous = false) {
+  await page.focus('#ask-text');
+  await page.keyboard.type(text);
+  await page.keyboard.press('Tab');
+  if (anonymous) await page.keyboard.press('Space');
+  await page.keyboard.press('Tab');
+  await page.keyboard.press('Enter');
+}
+
+/** POSTs JSON to the node as the holder of `tok` (what another client would do). */
+async function post(route, tok, body) {
+  const res = await fetch(`${base}${route}`, {
+    method: 'POST',
+    headers: { Authorization: `Bearer ${tok}`, 'Content-Type': 'application/json' },
+    body: JSON.stringify(body),
+  });
+  if (!res.ok) throw new Error(`POST ${route}: ${res.status} ${await res.text()}`);
+  return res.json();
+}
+
+/** axe-core's WCAG 2.1 A/AA violations on the page as it is now (contrast, names, ARIA). */
+async function audit(page) {
+  await page.addScriptTag({ content: AXE });
+  const r = await page.evaluate(() => window.axe.run(document, {
+    runOnly: { type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa'] },
+  }));
+  return r.violations.map((v) => ({ id: v.id, impact: v.impact, nodes: v.nodes.slice(0, 3).map((n) => n.target.join(' ')) }));
+}
+
+async function vote(page, pollQuestion, label) {
+  const form = page.locator('form.vote', { has: page.locator('legend', { hasText: pollQuestion }) });
+  await form.getByLabel(label, { exact: true }).check({ timeout: WAIT_MS });
+  await form.getByRole('button', { name: 'Vote' }).click();
+}
+
+// ---------------------------------------------------------------------------------------------
+
+async function runClass(browser) {
+  const student = await open(browser, tStudent, 'student');
+  const teacher = await open(browser, tInstructor, 'instructor');
+  const projector = await open(browser, tInstructor, 'projector', { extra: '&view=projector' });
+  await Promise.all([student, teacher, projector].map((p) => waitConn(p, 'live', 'websocket')));
+  out.transports = ['websocket', 'websocket', 'websocket'];
+  out.liveMs = { websocket: Number(await student.getAttribute('#conn', 'data-first-live-ms')) };
+
+  // Ask (keyboard only), seen live by the instructor.
+  const q = 'What makes a clock logical?';
+  await askByKeyboard(student, q);
+  await question(teacher, q).waitFor({ timeout: WAIT_MS });
+  await question(student, q).waitFor({ timeout: WAIT_MS });
+  out.askedSeenByInstructor = await countQuestions(teacher, q);
+  out.announced = (await teacher.textContent('#announcer')).includes(`New question: ${q}`);
+
+  // Upvote: the student upvotes the demo question; the instructor sees 2.
+  const demoQ = "Why can't we just trust wall-clock time";
+  await question(student, demoQ).getByRole('button', { name: /^Upvote/ }).click();
+  await question(teacher, demoQ).getByRole('button', { name: 'Upvote (2)', exact: true }).waitFor({ timeout: WAIT_MS });
+  out.upvotePressed = await question(student, demoQ).getByRole('button', { name: /^Upvote/ }).getAttribute('aria-pressed');
+  out.upvotesSeen = 2;
+
+  // Answer through the dialog, by keyboard; the student sees it, and the instructor's focus
+  // is back on the question's button once the dialog closes.
+  await question(teacher, q).getByRole('button', { name: 'Answer' }).focus();
+  await teacher.keyboard.press('Enter');
+  await teacher.locator('#answer-text').waitFor({ timeout: WAIT_MS });
+  await teacher.keyboard.type('One that counts events, not seconds.');
+  await teacher.keyboard.press('Tab');
+  await teacher.keyboard.press('Enter');
+  await question(student, q).locator('.answer', { hasText: 'counts events' }).waitFor({ timeout: WAIT_MS });
+  await question(teacher, q).locator('.answer', { hasText: 'counts events' }).waitFor({ timeout: WAIT_MS });
+  out.answerSeen = true;
+  out.focusAfterAnswer = await teacher.evaluate(() => (document.activeElement && document.activeElement.dataset.key) || '');
+
+  // Pin: the projector shows it.
+  await question(teacher, q).getByRole('button', { name: 'Pin' }).click();
+  await projector.locator('#proj-q .proj-question', { hasText: q }).waitFor({ timeout: WAIT_MS });
+  out.projectorPinned = (await projector.textContent('#proj-q .proj-question')).trim();
+
+  // Poll: create with hidden results, the student votes by keyboard, close, reveal.
+  const pq = 'Which clock orders events causally?';
+  await teacher.fill('#poll-q', pq);
+  await teacher.selectOption('#poll-kind', 'single');
+  await teacher.fill('#poll-options', 'Lamport clock\nVector clock\nWall clock');
+  await teacher.getByRole('button', { name: 'Start poll' }).click();
+  const form = student.locator('form.vote', { has: student.locator('legend', { hasText: pq }) });
+  await form.waitFor({ timeout: WAIT_MS });
+  await form.getByLabel('Vector clock', { exact: true }).focus();
+  await student.keyboard.press('Space');
+  await form.getByRole('button', { name: 'Vote' }).focus();
+  await student.keyboard.press('Enter');
+  const tPoll = teacher.locator('#polls > li', { has: teacher.locator('h3', { hasText: pq }) });
+  await tPoll.locator('.results', { hasText: '1 voter' }).waitFor({ timeout: WAIT_MS });
+  const sPoll = student.locator('#polls > li', { has: student.locator('legend, h3', { hasText: pq }) });
+  out.hiddenBeforeReveal = (await sPoll.textContent()).includes('hidden until the instructor reveals');
+  await projector.locator('#proj-poll', { hasText: 'Results will appear when revealed' }).waitFor({ timeout: WAIT_MS });
+  await tPoll.getByRole('button', { name: 'Close' }).click();
+  await tPoll.getByRole('button', { name: 'Reveal results' }).click();
+  await sPoll.locator('.result', { hasText: 'Vector clock' }).locator('text=1 (100%)').waitFor({ timeout: WAIT_MS });
+  await projector.locator('#proj-poll .result', { hasText: 'Vector clock' }).locator('text=1 (100%)').waitFor({ timeout: WAIT_MS });
+  out.revealedToStudent = true;
+  out.revealedOnProjector = true;
+
+  // Broadcast.
+  await teacher.fill('#bc-text', 'Break in five minutes');
+  await teacher.getByRole('button', { name: 'Broadcast' }).click();
+  await student.locator('#broadcast', { hasText: 'Break in five minutes' }).waitFor({ timeout: WAIT_MS });
+  out.broadcastSeen = true;
+  out.broadcastAnnounced = (await student.textContent('#alerter')).includes('Break in five minutes');
+
+  // Sort: "Recent" (by keyboard) puts the newest question first.
+  await student.getByLabel('Recent', { exact: true }).focus();
+  await student.keyboard.press('Space');
+  out.recentFirst = (await student.locator('#questions > li .q-text').first().textContent()).trim();
+
+  // Moderation: turned on, a student's questions wait (the author sees them marked); the
+  // instructor approves one and dismisses another from the list.
+  await post('/api/sessions/' + session + '/commands/session.update', tInstructor, { moderation: true });
+  const held = 'Is this one moderated?';
+  const waiting = 'Will this one wait?';
+  await askByKeyboard(student, held);
+  await askByKeyboard(student, waiting);
+  await question(student, held).locator('.badge.pending').waitFor({ timeout: WAIT_MS });
+  const queue = teacher.locator('#moderation > li', { hasText: held });
+  await queue.waitFor({ timeout: WAIT_MS });
+  await teacher.locator('#moderation > li', { hasText: waiting }).waitFor({ timeout: WAIT_MS });
+  out.pendingBadge = true;
+  out.inQueue = await teacher.locator('#moderation > li').count();
+  await queue.getByRole('button', { name: 'Approve' }).click();
+  await question(teacher, held).waitFor({ timeout: WAIT_MS });
+  await student.waitForFunction((t) => [...document.querySelectorAll('#questions > li')]
+    .some((li) => li.textContent.includes(t) && !li.querySelector('.badge.pending')), held, { timeout: WAIT_MS });
+  out.approvedVisible = true;
+  const dismissMe = "Why can't we just trust wall-clock time";
+  await question(teacher, dismissMe).getByRole('button', { name: 'Dismiss' }).click();
+  await question(teacher, dismissMe).waitFor({ state: 'detached', timeout: WAIT_MS });
+  out.dismissedGone = true;
+
+  // Reduced motion (the context asks for it): no transition on the result bars.
+  out.barTransition = await student.evaluate(() => getComputedStyle(document.querySelector('.fill')).transitionDuration);
+
+  // Own progress over SSE: the instructor records a score, the student's page shows it.
+  await post('/api/progress', tInstructor, { student: 'student1', lesson: 'lesson-1', status: 'completed', score: 8, maxScore: 10 });
+  await student.locator('#progress li', { hasText: 'lesson-1' }).locator('text=8/10').waitFor({ timeout: WAIT_MS });
+  out.progressSeen = true;
+
+  await shot(student, 'class-student.png');
+  await shot(teacher, 'class-instructor.png');
+  await shot(projector, 'class-projector.png');
+  out.a11y = { student: await audit(student), instructor: await audit(teacher), projector: await audit(projector) };
+  out.question = q;
+  out.poll = pq;
+  out.held = held;
+  out.waiting = waiting;
+}
+
+async function runFallback(browser) {
+  // WebSocket refused: every Socket.IO WebSocket is closed before it says anything.
+  const student = await open(browser, tStudent, 'student-sse', {
+    setup: (page) => page.routeWebSocket(/\/socket\.io\//, (ws) => ws.close()),
+  });
+  const teacher = await open(browser, tInstructor, 'instructor');
+  await waitConn(teacher, 'live', 'websocket');
+  await waitConn(student, 'live', 'sse');
+  out.sseTransport = await student.getAttribute('#conn', 'data-transport');
+  out.liveMs = { sse: Number(await student.getAttribute('#conn', 'data-first-live-ms')) };
+  out.sseStatusText = (await student.textContent('#conn-text')).trim();
+
+  const q = 'Asked over SSE and POST';
+  await askByKeyboard(student, q);
+  await question(teacher, q).waitFor({ timeout: WAIT_MS });
+  await question(student, q).waitFor({ timeout: WAIT_MS });
+  await question(teacher, q).getByRole('button', { name: 'Answer' }).click();
+  await teacher.fill('#answer-text', 'Received over SSE.');
+  await teacher.getByRole('button', { name: 'Send answer' }).click();
+  await question(student, q).locator('.answer', { hasText: 'Received over SSE.' }).waitFor({ timeout: WAIT_MS });
+  await vote(student, 'How confident are you with Lamport clocks?', '4');
+  await student.locator('form.vote .meta', { hasText: 'Your vote: 4' }).waitFor({ timeout: WAIT_MS });
+  await waitQueued(student, 0);
+  out.sseQuestion = q;
+  out.sseAnswerSeen = true;
+  await shot(student, 'fallback-sse-student.png');
+
+  // WebSocket and the SSE stream refused: long-polling.
+  const lp = await open(browser, tStudent, 'student-longpoll', {
+    setup: async (page) => {
+      await page.routeWebSocket(/\/socket\.io\//, (ws) => ws.close());
+      await page.route(/\/api\/stream\/sessions\//, (route) => route.abort('connectionrefused'));
+    },
+  });
+  await waitConn(lp, 'live', 'longpoll');
+  out.lpTransport = await lp.getAttribute('#conn', 'data-transport');
+  out.liveMs.longpoll = Number(await lp.getAttribute('#conn', 'data-first-live-ms'));
+  const q2 = 'Asked over long-polling';
+  await askByKeyboard(lp, q2);
+  await question(teacher, q2).waitFor({ timeout: WAIT_MS });
+  await question(lp, q2).waitFor({ timeout: WAIT_MS });
+  // An event from someone else reaches the long-polling page.
+  await teacher.fill('#bc-text', 'Heard over long-polling');
+  await teacher.getByRole('button', { name: 'Broadcast' }).click();
+  await lp.locator('#broadcast', { hasText: 'Heard over long-polling' }).waitFor({ timeout: WAIT_MS });
+  out.lpQuestion = q2;
+  out.lpBroadcastSeen = true;
+  await shot(lp, 'fallback-longpoll-student.png');
+
+  // Join by code: the bare page asks for the session code and a token.
+  const ctx = await browser.newContext({ reducedMotion: 'reduce' });
+  const bare = await ctx.newPage();
+  await bare.goto(`${base}/`);
+  await bare.getByLabel('Session code').fill(session);
+  await bare.getByLabel(/^Access token/).fill(tStudent);
+  await bare.keyboard.press('Enter');
+  await waitConn(bare, 'live', 'websocket');
+  await question(bare, q2).waitFor({ timeout: WAIT_MS });
+  out.joinedByCode = await bare.getAttribute('body', 'data-view');
+
+  // A token whose signature is wrong: the page says it cannot connect, and why, instead of
+  // retrying forever.
+  const forged = tStudent.slice(0, -4) + (tStudent.endsWith('AAAA') ? 'BBBB' : 'AAAA');
+  const refused = await open(browser, forged, 'forged');
+  await waitConn(refused, 'error');
+  out.forgedStatus = (await refused.textContent('#conn-text')).trim();
+}
+
+async function runRestart(browser) {
+  // Over WebSocket (`restart`) or SSE + POST (`restart-sse`). Every command goes through a
+  // relay in this script, so that one ack can be lost on the wire: the server applies the
+  // command, the page never hears so.
+  const transport = scenario === 'restart-sse' ? 'sse' : 'websocket';
+  let dropNextCommandAck = false;
+  let droppedAcks = 0;
+  const relayWebSocket = (page) => page.routeWebSocket(/\/socket\.io\//, (ws) => {
+    const server = ws.connectToServer();
+    server.onMessage((msg) => {
+      // A Socket.IO ack on namespace "/" is `43<n>[…]`; a command's ack is `{id, ok, token}`
+      // (a join's carries a state or events instead).
+      const commandAck = typeof msg === 'string' && /^43\d+\[/.test(msg) && msg.includes('"ok":true')
+        && /"id":"w[0-9a-f]{24}"/.test(msg) && !msg.includes('"state"') && !msg.includes('"events"');
+      if (dropNextCommandAck && commandAck) {
+        dropNextCommandAck = false;
+        droppedAcks += 1;
+        ws.close();
+        return;
+      }
+      ws.send(msg);
+    });
+  });
+  const relayPost = (page) => page.route(/\/api\/sessions\/[^/]+\/commands$/, async (route) => {
+    if (!dropNextCommandAck) return route.continue();
+    dropNextCommandAck = false;
+    const res = await route.fetch();
+    if (res.ok()) droppedAcks += 1;
+    return route.abort('connectionreset');
+  });
+  const student = await open(browser, tStudent, 'student', {
+    extra: transport === 'sse' ? '&transport=sse' : '',
+    setup: transport === 'sse' ? relayPost : relayWebSocket,
+  });
+  await waitConn(student, 'live', transport);
+
+  // 1. An ack lost on the wire: the server applied the question, the page never heard so,
+  // and sends it again (same id) after reconnecting.
+  dropNextCommandAck = true;
+  const lost = 'Asked when the ack was lost';
+  await askByKeyboard(student, lost);
+  await question(student, lost).waitFor({ timeout: WAIT_MS });
+  await waitConn(student, 'live', transport);
+  await waitQueued(student, 0);
+  out.droppedAcks = droppedAcks;
+  out.lostAckShownOnce = await countQuestions(student, lost);
+
+  // 2. The node is killed; the student acts while it is down.
+  if ((await ask('kill')) !== 'killed') throw new Error('the test did not kill the node');
+  await student.waitForSelector('#conn:not([data-state="live"])', { timeout: WAIT_MS });
+  out.stateWhileDown = await student.getAttribute('#conn', 'data-state');
+  const offline = 'Asked while the node was down';
+  await askByKeyboard(student, offline);
+  await question(student, 'Is a vector clock the same as a version vector?').getByRole('button', { name: /^Upvote/ }).click();
+  await vote(student, 'How confident are you with Lamport clocks?', '2');
+  await student.fill('#chat-text', 'Sent while the node was down');
+  await student.press('#chat-text', 'Enter');
+  await waitQueued(student, 4);
+  out.queuedWhileDown = Number(await student.getAttribute('#conn', 'data-queued'));
+  out.statusWhileDown = (await student.textContent('#conn-text')).trim();
+  out.outboxListed = await student.locator('#outbox li').count();
+  await shot(student, 'restart-student-offline.png');
+
+  // 3. The node comes back on the same port and data: the page recovers and sends the queue.
+  if ((await ask('restart')) !== 'restarted') throw new Error('the test did not restart the node');
+  await waitConn(student, 'live', transport);
+  await waitQueued(student, 0);
+  await question(student, offline).waitFor({ timeout: WAIT_MS });
+  await student.locator('#chat li', { hasText: 'Sent while the node was down' }).waitFor({ timeout: WAIT_MS });
+  out.transportAfter = await student.getAttribute('#conn', 'data-transport');
+  // Every reconnect (after the lost ack, after the restart) resumed from the last event's
+  // token: the page took one full state, when it first joined.
+  out.snapshots = Number(await student.getAttribute('#conn', 'data-snapshots'));
+  out.offlineShownOnce = await countQuestions(student, offline);
+  await shot(student, 'restart-student-recovered.png');
+
+  // 4. A reload reads the server's state afresh: still once each.
+  await student.reload();
+  await waitConn(student, 'live', transport);
+  await question(student, offline).waitFor({ timeout: WAIT_MS });
+  out.afterReload = [await countQuestions(student, lost), await countQuestions(student, offline)];
+  out.lost = lost;
+  out.offline = offline;
+}
+
+const SCENARIOS = { class: runClass, fallback: runFallback, restart: runRestart, 'restart-sse': runRestart };
+
+let browser;
+const deadline = setTimeout(() => {
+  say({ summary: { ...out, error: 'scenario timed out' } });
+  process.exit(3);
+}, 150000);
+try {
+  if (!SCENARIOS[scenario]) throw new Error(`unknown scenario ${scenario}`);
+  browser = await chromium.launch({ executablePath: CHROMIUM, args: ARGS, timeout: 60000 });
+  await SCENARIOS[scenario](browser);
+  await browser.close();
+  clearTimeout(deadline);
+  say({ summary: out });
+  process.exit(0);
+} catch (e) {
+  clearTimeout(deadline);
+  say({ summary: { ...out, error: String((e && e.stack) || e) } });
+  if (browser) await browser.close().catch(() => {});
+  process.exit(1);
+}
