@@ -235,7 +235,14 @@ async fn two_hubs_converge_through_sync_and_remote_changes_become_events() {
     let e = recv(&mut joined.events).await;
     assert_eq!(e.name, "qa:new");
     assert!(e.payload_for("bob", false).unwrap().contains("from A"));
-    assert_eq!(feed.recv().await.expect("feed"), session("s"));
+    let change = feed.recv().await.expect("feed");
+    assert_eq!(change.doc, session("s"));
+    assert_eq!(
+        change.origin,
+        lectern_hub::Origin::Remote,
+        "a peer's change is announced as remote (no side effects on this node)"
+    );
+    assert_eq!(Some(change.heads), b.doc_heads(&session("s")));
     let heads_a = a.read(session("s"), |r| r.token()).await.unwrap();
     let heads_b = b.read(session("s"), |r| r.token()).await.unwrap();
     assert_eq!(heads_a, heads_b);

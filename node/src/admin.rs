@@ -19,6 +19,7 @@ use lectern_hub::Hub;
 use lectern_mesh::{Mesh, ShareFilter};
 use lectern_model::{Caller, CohortId, DocId, Role};
 use serde_json::{Value, json};
+use tokio::sync::watch;
 
 /// The admin routes.
 pub(crate) fn routes(hub: Hub, mesh: Option<Arc<Mesh>>, token: Option<String>) -> Router {
@@ -116,15 +117,18 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// The share policy of a node restricted to `cohorts`: their cohort documents, and the session
-/// documents their cohort documents list (refreshed whenever one of them changes).
-pub(crate) fn share_filter(hub: &Hub, cohorts: &[String]) -> ShareFilter {
+/// documents their cohort documents list (refreshed whenever one of them changes; the receiver
+/// ticks after each refresh, so the mesh can run anti-entropy for newly admitted sessions).
+pub(crate) fn share_filter(hub: &Hub, cohorts: &[String]) -> (ShareFilter, watch::Receiver<u64>) {
     let cohort_docs: HashSet<String> = cohorts.iter().map(|c| format!("cohort/{c}")).collect();
     let sessions: Arc<RwLock<HashSet<String>>> = Arc::new(RwLock::new(HashSet::new()));
     let ids: Vec<CohortId> = cohorts.iter().filter_map(|c| c.parse().ok()).collect();
-    tokio::spawn(refresh_sessions(hub.clone(), ids, sessions.clone()));
-    Arc::new(move |doc: &str| {
+    let (ticks, rx) = watch::channel(0u64);
+    tokio::spawn(refresh_sessions(hub.clone(), ids, sessions.clone(), ticks));
+    let filter: ShareFilter = Arc::new(move |doc: &str| {
         cohort_docs.contains(doc) || sessions.read().map(|s| s.contains(doc)).unwrap_or(false)
-    })
+    });
+    (filter, rx)
 }
 
 /// Keeps `sessions` equal to the session documents listed by `cohorts`' documents.
@@ -132,6 +136,7 @@ async fn refresh_sessions(
     hub: Hub,
     cohorts: Vec<CohortId>,
     sessions: Arc<RwLock<HashSet<String>>>,
+    ticks: watch::Sender<u64>,
 ) {
     let mut changes = hub.changes();
     let reader = Caller {
@@ -162,8 +167,16 @@ async fn refresh_sessions(
                 }
             }
         }
-        if let Ok(mut s) = sessions.write() {
-            *s = found;
+        let grew = match sessions.write() {
+            Ok(mut s) => {
+                let grew = !found.is_subset(&s);
+                *s = found;
+                grew
+            }
+            Err(_) => false,
+        };
+        if grew {
+            ticks.send_modify(|t| *t += 1);
         }
         // Wait for a change of one of the cohorts (or a lag, which may hide one).
         loop {

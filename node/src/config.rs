@@ -86,6 +86,9 @@ pub struct MeshSettings {
     /// Local changes are pushed to peers at most this often, in ms (at most
     /// [`PUSH_COALESCE_MAX_MS`]). Default 10.
     pub push_coalesce_ms: u64,
+    /// Longest wait between two dials of an unreachable peer, in ms (jittered exponential
+    /// backoff from 100 ms up to this). Default 5000.
+    pub reconnect_max_ms: u64,
 }
 
 impl Default for MeshSettings {
@@ -98,6 +101,7 @@ impl Default for MeshSettings {
             peers: Vec::new(),
             share_cohorts: None,
             push_coalesce_ms: 10,
+            reconnect_max_ms: 5_000,
         }
     }
 }
@@ -300,6 +304,7 @@ struct FileMesh {
     peers: Option<Vec<String>>,
     share_cohorts: Option<Vec<String>>,
     push_coalesce_ms: Option<u64>,
+    reconnect_max_ms: Option<u64>,
 }
 
 /// The file's `[auth]` table.
@@ -374,6 +379,9 @@ impl FileConfig {
         }
         if let Some(v) = m.push_coalesce_ms {
             c.mesh.push_coalesce_ms = check_coalesce(v, &at("mesh.push_coalesce_ms"))?;
+        }
+        if let Some(v) = m.reconnect_max_ms {
+            c.mesh.reconnect_max_ms = check_min_1(v, &at("mesh.reconnect_max_ms"))?;
         }
         if let Some(v) = self.admin_token {
             c.admin_token = Some(check_secret(v, &at("admin_token"))?);

@@ -163,7 +163,7 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
         None
     };
     let mesh = match &config.mesh.tls_dir {
-        Some(dir) => Some(Arc::new(start_mesh(&config, dir, hub.clone()).await?)),
+        Some(dir) => Some(start_mesh(&config, dir, hub.clone()).await?),
         None => None,
     };
     info!(%http_addr, "serving HTTP");
@@ -268,7 +268,11 @@ pub async fn start_demo_cluster(config: Config, n: usize) -> anyhow::Result<Vec<
 }
 
 /// Starts the mesh from the node's configuration.
-async fn start_mesh(config: &Config, tls_dir: &std::path::Path, hub: Hub) -> anyhow::Result<Mesh> {
+async fn start_mesh(
+    config: &Config,
+    tls_dir: &std::path::Path,
+    hub: Hub,
+) -> anyhow::Result<Arc<Mesh>> {
     let tls = NodeTls::load(tls_dir)?;
     let settings = &config.mesh;
     let mut mesh_config = MeshConfig::new(&settings.name, &settings.region, settings.listen, tls);
@@ -278,12 +282,32 @@ async fn start_mesh(config: &Config, tls_dir: &std::path::Path, hub: Hub) -> any
         .map(|p| p.parse::<PeerAddr>())
         .collect::<anyhow::Result<Vec<_>>>()?;
     mesh_config.push_coalesce_ms = settings.push_coalesce_ms;
+    mesh_config.backoff_max_ms = settings.reconnect_max_ms;
+    mesh_config.backoff_min_ms = mesh_config.backoff_min_ms.min(settings.reconnect_max_ms);
+    let mut admitted = None;
     if let Some(cohorts) = &settings.share_cohorts {
-        mesh_config.share = admin::share_filter(&hub, cohorts);
+        let (filter, ticks) = admin::share_filter(&hub, cohorts);
+        mesh_config.share = filter;
+        admitted = Some(ticks);
     }
-    Mesh::start(mesh_config, hub)
-        .await
-        .with_context(|| format!("start the mesh on {}", settings.listen))
+    let mesh = Arc::new(
+        Mesh::start(mesh_config, hub)
+            .await
+            .with_context(|| format!("start the mesh on {}", settings.listen))?,
+    );
+    if let Some(mut ticks) = admitted {
+        // New sessions admitted by the share policy: run anti-entropy again to fetch them.
+        let weak = Arc::downgrade(&mesh);
+        tokio::spawn(async move {
+            while ticks.changed().await.is_ok() {
+                match weak.upgrade() {
+                    Some(mesh) => mesh.resync(),
+                    None => return,
+                }
+            }
+        });
+    }
+    Ok(mesh)
 }
 
 impl Node {

@@ -189,6 +189,7 @@ struct Shared {
     dial_errors: Mutex<HashMap<String, String>>,
     changed: watch::Sender<u64>,
     shutdown: watch::Sender<bool>,
+    resync: watch::Sender<u64>,
     ephemeral_out: broadcast::Sender<(String, Vec<u8>)>,
     ephemeral_in: broadcast::Sender<EphemeralIn>,
     next_conn_id: AtomicU64,
@@ -222,6 +223,7 @@ impl Mesh {
             dial_errors: Mutex::new(HashMap::new()),
             changed: watch::channel(0).0,
             shutdown: watch::channel(false).0,
+            resync: watch::channel(0).0,
             ephemeral_out,
             ephemeral_in,
             next_conn_id: AtomicU64::new(1),
@@ -263,6 +265,12 @@ impl Mesh {
     pub async fn peers_changed(&self) {
         let mut rx = self.shared.changed.subscribe();
         let _ = rx.changed().await;
+    }
+
+    /// Runs anti-entropy again with every peer: a fresh heads summary each way compared with
+    /// the last one received. Call it when the share policy admits new documents.
+    pub fn resync(&self) {
+        self.shared.resync.send_modify(|v| *v += 1);
     }
 
     /// Sends an ephemeral message about `doc` to every connected peer.
@@ -529,6 +537,7 @@ async fn run_connection(
     let mut feed = shared.hub.changes();
     let mut ephemeral_out = shared.ephemeral_out.subscribe();
     let mut shutdown = shared.shutdown.subscribe();
+    let mut resync = shared.resync.subscribe();
     let pending = Arc::new(AtomicUsize::new(0));
 
     let (frames_tx, mut frames_rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE_MAX_FRAMES);
@@ -681,6 +690,7 @@ async fn run_connection(
                     session.send_ephemeral(&doc, &sender, payload);
                 }
             },
+            _ = resync.changed(), if open => session.send_summary(summary(&shared.hub)),
             _ = sleep_until(timeout) => session.handle_timeout(Instant::now()),
             _ = shutdown.wait_for(|s| *s) => session.close("shutting down"),
             e = conn.closed() => {

@@ -129,7 +129,8 @@ pub struct Session {
     phase: Phase,
     peer: Option<PeerInfo>,
     hello_deadline: Instant,
-    /// Our summary, once sent, and the peer's, until compared.
+    /// Our last summary, and the peer's last one (kept, so that a resync after a change of the
+    /// share policy can compare again).
     local_summary: Option<HashMap<String, [u8; 32]>>,
     remote_summary: Option<Vec<(String, [u8; 32])>>,
     dirty: BTreeSet<String>,
@@ -358,12 +359,12 @@ impl Session {
 
     /// With both summaries in hand, starts syncing every document that differs.
     fn compare_summaries(&mut self) {
-        let (Some(local), Some(remote)) = (&self.local_summary, self.remote_summary.take()) else {
+        let (Some(local), Some(remote)) = (&self.local_summary, &self.remote_summary) else {
             return;
         };
         let mut differing: BTreeSet<String> = BTreeSet::new();
         let mut seen_remote: BTreeSet<&str> = BTreeSet::new();
-        for (doc, digest) in &remote {
+        for (doc, digest) in remote {
             seen_remote.insert(doc.as_str());
             if local.get(doc) != Some(digest) && (self.share)(doc) {
                 differing.insert(doc.clone());

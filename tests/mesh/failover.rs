@@ -1,0 +1,1 @@
+//! Failover (filled in below).

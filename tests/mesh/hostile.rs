@@ -1,0 +1,1 @@
+//! hostile (filled in below).

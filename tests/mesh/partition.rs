@@ -1,0 +1,1 @@
+//! partition (filled in below).
