@@ -196,6 +196,16 @@ pub fn demo_session() -> DocId {
     DocId::Session(DEMO_SESSION.parse().expect("valid id"))
 }
 
+/// A caller in the demo cohort (the demo roster has `student1`, `student2`, `ada`).
+pub fn demo_caller(user: &str, role: lectern_model::Role) -> lectern_model::Caller {
+    lectern_model::Caller {
+        user: user.parse().expect("valid user id"),
+        name: format!("User {user}"),
+        role,
+        cohorts: vec![DEMO_COHORT.parse().expect("valid cohort id")],
+    }
+}
+
 /// A token for `user` with `role` in the demo cohort, valid for an hour.
 pub fn token(user: &str, role: &str) -> String {
     let now = SystemTime::now()
