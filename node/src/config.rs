@@ -89,6 +89,12 @@ pub struct MeshSettings {
     /// Longest wait between two dials of an unreachable peer, in ms (jittered exponential
     /// backoff from 100 ms up to this). Default 5000.
     pub reconnect_max_ms: u64,
+    /// A peer silent for this long is dead (its connection closes, its presence expires), in
+    /// ms. Default 5000.
+    pub peer_idle_timeout_ms: u64,
+    /// A dial (QUIC + TLS handshake) that takes longer than this is abandoned and retried, in
+    /// ms. Default 3000.
+    pub connect_timeout_ms: u64,
 }
 
 impl Default for MeshSettings {
@@ -102,6 +108,8 @@ impl Default for MeshSettings {
             share_cohorts: None,
             push_coalesce_ms: 10,
             reconnect_max_ms: 5_000,
+            peer_idle_timeout_ms: 5_000,
+            connect_timeout_ms: 3_000,
         }
     }
 }
@@ -305,6 +313,8 @@ struct FileMesh {
     share_cohorts: Option<Vec<String>>,
     push_coalesce_ms: Option<u64>,
     reconnect_max_ms: Option<u64>,
+    peer_idle_timeout_ms: Option<u64>,
+    connect_timeout_ms: Option<u64>,
 }
 
 /// The file's `[auth]` table.
@@ -382,6 +392,12 @@ impl FileConfig {
         }
         if let Some(v) = m.reconnect_max_ms {
             c.mesh.reconnect_max_ms = check_min_1(v, &at("mesh.reconnect_max_ms"))?;
+        }
+        if let Some(v) = m.peer_idle_timeout_ms {
+            c.mesh.peer_idle_timeout_ms = check_min_1(v, &at("mesh.peer_idle_timeout_ms"))?;
+        }
+        if let Some(v) = m.connect_timeout_ms {
+            c.mesh.connect_timeout_ms = check_min_1(v, &at("mesh.connect_timeout_ms"))?;
         }
         if let Some(v) = self.admin_token {
             c.admin_token = Some(check_secret(v, &at("admin_token"))?);

@@ -86,7 +86,7 @@ async fn peers_without_a_cluster_certificate_or_sending_garbage_are_refused() ->
         let other = ClusterCa::generate()?.issue_node("node-x")?;
         let foreign =
             NodeTls::from_pem(&other.cert_pem, &other.key_pem, &cluster.ca.cert_pem)?;
-        let r = try_exchange(foreign.client_config()?, addr_b, b"hello?").await;
+        let r = try_exchange(foreign.client_config(5_000)?, addr_b, b"hello?").await;
         assert!(r.is_err(), "a peer of another CA got an answer: {r:?}");
         eventually("the refusal is counted", Duration::from_secs(5), || {
             faults() > before
@@ -98,12 +98,12 @@ async fn peers_without_a_cluster_certificate_or_sending_garbage_are_refused() ->
         let valid = NodeTls::from_pem(&intruder.cert_pem, &intruder.key_pem, &intruder.ca_pem)?;
         let mut garbage = 7u32.to_be_bytes().to_vec();
         garbage.extend_from_slice(&[0xFF, 0x00, 0x13, 0x37, 0x42, 0x42, 0x42]);
-        let answer = try_exchange(valid.client_config()?, addr_b, &garbage).await?;
+        let answer = try_exchange(valid.client_config(5_000)?, addr_b, &garbage).await?;
         assert!(!answer.is_empty(), "B answered (its hello) before closing");
 
         // 4. A frame header claiming 4 GiB: the stream is cut, counted.
         let before = faults();
-        let _ = try_exchange(valid.client_config()?, addr_b, &u32::MAX.to_be_bytes()).await;
+        let _ = try_exchange(valid.client_config(5_000)?, addr_b, &u32::MAX.to_be_bytes()).await;
         eventually("the oversized frame is counted", Duration::from_secs(5), || {
             faults() > before
         })
@@ -125,7 +125,7 @@ async fn peers_without_a_cluster_certificate_or_sending_garbage_are_refused() ->
             doc: "not a doc id".into(),
             message: vec![1, 2, 3],
         })?);
-        let answer = try_exchange(valid.client_config()?, addr_b, &stream).await?;
+        let answer = try_exchange(valid.client_config(5_000)?, addr_b, &stream).await?;
         assert!(!answer.is_empty());
 
         // The real peer is unaffected: a command on A still reaches B.

@@ -106,7 +106,10 @@ impl Cluster {
         config.mesh.listen = "127.0.0.1:0".parse()?;
         config.mesh.tls_dir = Some(self.tls_dir(name)?);
         config.mesh.peers = peers;
+        // Loopback: dead peers are noticed in 1.5 s and redialled within about a second.
         config.mesh.reconnect_max_ms = 200;
+        config.mesh.peer_idle_timeout_ms = 1_500;
+        config.mesh.connect_timeout_ms = 700;
         config.admin_token = Some("admin-token-0123456789".into());
         Ok(config)
     }

@@ -39,8 +39,6 @@ const SYNC_WORKER_QUEUE_MAX: usize = 4096;
 const WRITE_QUEUE_MAX_FRAMES: usize = 4096;
 /// Bytes read from the stream at once.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
-/// A dial or handshake that takes longer than this failed.
-const CONNECT_TIMEOUT_MS: u64 = 5_000;
 /// Ephemeral messages buffered for local subscribers.
 const EPHEMERAL_CAPACITY: usize = 4096;
 
@@ -95,6 +93,10 @@ pub struct MeshConfig {
     pub backoff_max_ms: u64,
     /// Largest frame accepted from a peer. Default: the protocol's 16 MiB.
     pub frame_len_max_bytes: usize,
+    /// A dial or handshake that takes longer than this failed (and is retried). Default 3 s.
+    pub connect_timeout_ms: u64,
+    /// A peer silent for this long is dead. Default [`crate::IDLE_TIMEOUT_MS`] (5 s).
+    pub idle_timeout_ms: u64,
 }
 
 impl MeshConfig {
@@ -111,6 +113,8 @@ impl MeshConfig {
             backoff_min_ms: 100,
             backoff_max_ms: 5_000,
             frame_len_max_bytes: FRAME_LEN_MAX_BYTES,
+            connect_timeout_ms: 3_000,
+            idle_timeout_ms: crate::IDLE_TIMEOUT_MS,
         }
     }
 }
@@ -206,8 +210,8 @@ impl Mesh {
     /// Binds the endpoint, starts accepting peers and dialling the configured ones.
     pub async fn start(config: MeshConfig, hub: Hub) -> anyhow::Result<Mesh> {
         crate::tls::validate_node_name(&config.name)?;
-        let server = config.tls.server_config()?;
-        let client = config.tls.client_config()?;
+        let server = config.tls.server_config(config.idle_timeout_ms)?;
+        let client = config.tls.client_config(config.idle_timeout_ms)?;
         let mut endpoint = quinn::Endpoint::server(server, config.listen)
             .with_context(|| format!("bind QUIC on {}", config.listen))?;
         endpoint.set_default_client_config(client);
@@ -371,7 +375,7 @@ async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
         connections.spawn(
             async move {
                 let conn =
-                    match tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), incoming)
+                    match tokio::time::timeout(Duration::from_millis(shared.config.connect_timeout_ms), incoming)
                         .await
                     {
                         Ok(Ok(conn)) => conn,
@@ -387,7 +391,7 @@ async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
                         }
                     };
                 let stream = tokio::time::timeout(
-                    Duration::from_millis(CONNECT_TIMEOUT_MS),
+                    Duration::from_millis(shared.config.connect_timeout_ms),
                     conn.accept_bi(),
                 )
                 .await;
@@ -431,7 +435,7 @@ async fn dial_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint, peer: PeerAdd
             anyhow::Ok((conn, send, recv))
         };
         let result = tokio::select! {
-            r = tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), attempt) => r,
+            r = tokio::time::timeout(Duration::from_millis(shared.config.connect_timeout_ms), attempt) => r,
             _ = shutdown.wait_for(|s| *s) => return,
         };
         match result {

@@ -27,6 +27,6 @@ pub use tls::{ClusterCa, NodeCert, NodeTls};
 /// QUIC keep-alive on a peer connection, so a quiet link is not taken for a dead one.
 pub const KEEP_ALIVE_INTERVAL_MS: u64 = 1_000;
 
-/// A peer silent for this long is dead: its connection closes, its presence expires, and the
-/// dial loop starts reconnecting.
+/// By default, a peer silent for this long is dead: its connection closes, its presence
+/// expires, and the dial loop starts reconnecting.
 pub const IDLE_TIMEOUT_MS: u64 = 5_000;

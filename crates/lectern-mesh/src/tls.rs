@@ -179,9 +179,9 @@ impl NodeTls {
         })
     }
 
-    /// The QUIC server config: TLS 1.3, ALPN `lectern/1`, a client certificate of the cluster
+    /// The QUIC server config (a peer silent for `idle_timeout_ms` is dropped): TLS 1.3, ALPN `lectern/1`, a client certificate of the cluster
     /// CA required.
-    pub fn server_config(&self) -> anyhow::Result<quinn::ServerConfig> {
+    pub fn server_config(&self, idle_timeout_ms: u64) -> anyhow::Result<quinn::ServerConfig> {
         let provider = provider();
         let verifier =
             WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider.clone())
@@ -197,13 +197,13 @@ impl NodeTls {
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
             .context("a QUIC server config from rustls")?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        config.transport_config(transport());
+        config.transport_config(transport(idle_timeout_ms));
         Ok(config)
     }
 
-    /// The QUIC client config: TLS 1.3, ALPN `lectern/1`, the cluster CA as the only root and
+    /// The QUIC client config (a peer silent for `idle_timeout_ms` is dropped): TLS 1.3, ALPN `lectern/1`, the cluster CA as the only root and
     /// this node's certificate as the client certificate.
-    pub fn client_config(&self) -> anyhow::Result<quinn::ClientConfig> {
+    pub fn client_config(&self, idle_timeout_ms: u64) -> anyhow::Result<quinn::ClientConfig> {
         let mut tls = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .context("TLS 1.3 with ring")?
@@ -214,7 +214,7 @@ impl NodeTls {
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
             .context("a QUIC client config from rustls")?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-        config.transport_config(transport());
+        config.transport_config(transport(idle_timeout_ms));
         Ok(config)
     }
 }
@@ -250,14 +250,13 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// Transport limits of a peer connection: keep-alive well under the idle timeout, so that a
 /// quiet link stays up and a dead one is noticed within the idle timeout.
-fn transport() -> Arc<quinn::TransportConfig> {
+fn transport(idle_timeout_ms: u64) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
-    t.keep_alive_interval(Some(std::time::Duration::from_millis(
-        crate::KEEP_ALIVE_INTERVAL_MS,
-    )));
+    let keep_alive_ms = crate::KEEP_ALIVE_INTERVAL_MS.min(idle_timeout_ms / 3).max(1);
+    t.keep_alive_interval(Some(std::time::Duration::from_millis(keep_alive_ms)));
     // An idle timeout in milliseconds always fits quinn's VarInt.
     if let Ok(idle) =
-        quinn::IdleTimeout::try_from(std::time::Duration::from_millis(crate::IDLE_TIMEOUT_MS))
+        quinn::IdleTimeout::try_from(std::time::Duration::from_millis(idle_timeout_ms))
     {
         t.max_idle_timeout(Some(idle));
     }
