@@ -1,8 +1,9 @@
 //! The node's admin API and the mesh's share policy: the two places where the node looks at the
 //! hub and the mesh together.
 //!
-//! `GET /admin/status` (node id, name, region, uptime, documents, peers) and `GET /admin/peers`
-//! (peers only) answer only a `Authorization: Bearer {admin_token}`; without a configured token
+//! `GET /admin/status` (node id, name, region, uptime, documents, peers), `GET /admin/peers`
+//! (peers only) and `GET /admin/heads?doc=ID` (a document's heads digest, to compare replicas)
+//! answer only a `Authorization: Bearer {admin_token}`; without a configured token
 //! they answer 404, so an unconfigured node exposes nothing. `lectern status` and `lectern
 //! peers` call them.
 
@@ -31,7 +32,18 @@ pub(crate) fn routes(hub: Hub, mesh: Option<Arc<Mesh>>, token: Option<String>) -
         started,
     });
     let status_state = state.clone();
+    let heads_state = state.clone();
     Router::new()
+        .route(
+            "/admin/heads",
+            get(
+                move |headers: HeaderMap,
+                      axum::extract::Query(q): axum::extract::Query<HeadsQuery>| {
+                    let state = heads_state.clone();
+                    async move { state.guarded(&headers, |s| s.heads(&q.doc)) }
+                },
+            ),
+        )
         .route(
             "/admin/status",
             get(move |headers: HeaderMap| {
@@ -46,6 +58,12 @@ pub(crate) fn routes(hub: Hub, mesh: Option<Arc<Mesh>>, token: Option<String>) -
                 async move { state.guarded(&headers, |s| json!({"peers": s.peers()})) }
             }),
         )
+}
+
+/// `?doc=` of `/admin/heads`.
+#[derive(serde::Deserialize)]
+struct HeadsQuery {
+    doc: String,
 }
 
 struct AdminState {
@@ -94,6 +112,14 @@ impl AdminState {
             "peerFaults": mesh.as_ref().map(|m| m.peer_faults),
             "peers": self.peers(),
         })
+    }
+
+    fn heads(&self, doc: &str) -> Value {
+        let digest = DocId::parse(doc)
+            .ok()
+            .and_then(|d| self.hub.doc_heads(&d))
+            .map(|h| h.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        json!({"doc": doc, "heads": digest})
     }
 
     fn peers(&self) -> Value {
