@@ -33,6 +33,10 @@ use tracing::info;
 pub use config::Config;
 pub use demo::{DEMO_COHORT, DEMO_SESSION, seed_demo};
 
+/// How long a join with a resume token from a node that is ahead waits for the mesh to bring
+/// the missing changes, in ms.
+const RESUME_WAIT_MS: u64 = 2_000;
+
 /// The demo's links, each with its token in a `token` query parameter.
 #[derive(Debug, Clone)]
 pub struct DemoLinks {
@@ -139,7 +143,16 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
     let secret = config
         .resolve_secret()
         .context("resolve the token secret")?;
-    let hub = Hub::new(store, HubConfig::default());
+    let hub_config = HubConfig {
+        // With peers, a client failing over from a node that is ahead waits for the mesh.
+        resume_wait_ms: if config.mesh.tls_dir.is_some() {
+            RESUME_WAIT_MS
+        } else {
+            0
+        },
+        ..HubConfig::default()
+    };
+    let hub = Hub::new(store, hub_config);
     let gateway_config = GatewayConfig {
         limits: config.limits.clone(),
         ..GatewayConfig::new(auth_config(&config, secret.clone())?)

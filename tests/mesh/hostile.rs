@@ -66,7 +66,9 @@ async fn peers_without_a_cluster_certificate_or_sending_garbage_are_refused() ->
     within(async {
         let mut cluster = Cluster::new("mesh-hostile")?;
         let b = cluster.start("node-b", vec![], true).await?;
-        let a = cluster.start("node-a", vec![cluster.peer(b)], false).await?;
+        let a = cluster
+            .start("node-a", vec![cluster.peer(b)], false)
+            .await?;
         cluster.connected(b, 1).await?;
         let addr_b = cluster.quic(b);
         let mesh_b = cluster.node(b).mesh.clone().context("mesh")?;
@@ -75,7 +77,10 @@ async fn peers_without_a_cluster_certificate_or_sending_garbage_are_refused() ->
         // 1. No client certificate: the handshake fails; nothing is ever read.
         let before = faults();
         let r = try_exchange(no_cert_config(&cluster.ca.cert_pem)?, addr_b, b"hello?").await;
-        assert!(r.is_err(), "a peer without a certificate got an answer: {r:?}");
+        assert!(
+            r.is_err(),
+            "a peer without a certificate got an answer: {r:?}"
+        );
         eventually("the refusal is counted", Duration::from_secs(5), || {
             faults() > before
         })
@@ -84,8 +89,7 @@ async fn peers_without_a_cluster_certificate_or_sending_garbage_are_refused() ->
         // 2. A certificate of another CA (the client still trusts B's CA): refused.
         let before = faults();
         let other = ClusterCa::generate()?.issue_node("node-x")?;
-        let foreign =
-            NodeTls::from_pem(&other.cert_pem, &other.key_pem, &cluster.ca.cert_pem)?;
+        let foreign = NodeTls::from_pem(&other.cert_pem, &other.key_pem, &cluster.ca.cert_pem)?;
         let r = try_exchange(foreign.client_config(5_000)?, addr_b, b"hello?").await;
         assert!(r.is_err(), "a peer of another CA got an answer: {r:?}");
         eventually("the refusal is counted", Duration::from_secs(5), || {
@@ -104,9 +108,11 @@ async fn peers_without_a_cluster_certificate_or_sending_garbage_are_refused() ->
         // 4. A frame header claiming 4 GiB: the stream is cut, counted.
         let before = faults();
         let _ = try_exchange(valid.client_config(5_000)?, addr_b, &u32::MAX.to_be_bytes()).await;
-        eventually("the oversized frame is counted", Duration::from_secs(5), || {
-            faults() > before
-        })
+        eventually(
+            "the oversized frame is counted",
+            Duration::from_secs(5),
+            || faults() > before,
+        )
         .await?;
 
         // 5. A proper hello followed by a sync message that is not automerge: refused by the

@@ -118,7 +118,9 @@ async fn a_partition_heals_to_identical_heads_with_every_acked_command_and_no_do
     within(async {
         let mut cluster = Cluster::new("mesh-part")?;
         let c = cluster.start("node-c", vec![], true).await?;
-        let b = cluster.start("node-b", vec![cluster.peer(c)], false).await?;
+        let b = cluster
+            .start("node-b", vec![cluster.peer(c)], false)
+            .await?;
         let to_b = UdpProxy::start(cluster.quic(b), 1).await?;
         let to_c = UdpProxy::start(cluster.quic(c), 2).await?;
         let a = cluster
@@ -212,11 +214,9 @@ async fn a_partition_heals_to_identical_heads_with_every_acked_command_and_no_do
         };
         tokio::try_join!(side_a, side_b, side_c)?;
         let mesh_a = cluster.node(a).mesh.clone().context("mesh")?;
-        eventually(
-            "A notices the partition",
-            Duration::from_secs(10),
-            || mesh_a.connected_peers().is_empty(),
-        )
+        eventually("A notices the partition", Duration::from_secs(10), || {
+            mesh_a.connected_peers().is_empty()
+        })
         .await?;
         // More writes while A is cut off and knows it.
         write(
@@ -282,7 +282,10 @@ async fn a_partition_heals_to_identical_heads_with_every_acked_command_and_no_do
                 .as_array()
                 .and_then(|ps| ps.iter().find(|p| p["id"] == "poll-shared"))
                 .context("the shared poll")?;
-            assert_eq!(p["results"]["voters"], 1, "student1's two votes count once: {p}");
+            assert_eq!(
+                p["results"]["voters"], 1,
+                "student1's two votes count once: {p}"
+            );
         }
         cluster.stop_all().await
     })

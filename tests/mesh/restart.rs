@@ -194,7 +194,11 @@ async fn a_node_killed_during_writes_restarts_and_catches_up_losing_nothing() ->
         let mut b_acked: Vec<String> = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(30);
         while b_acked.len() < 100 {
-            anyhow::ensure!(Instant::now() < deadline, "B acknowledged only {}", b_acked.len());
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "B acknowledged only {}",
+                b_acked.len()
+            );
             if let Ok(line) = lines.recv_timeout(Duration::from_millis(100))
                 && let Some(id) = line.strip_prefix("ACK ")
             {

@@ -98,6 +98,11 @@ pub struct HubConfig {
     pub compact_min_bytes: u64,
     /// Capacity of the change feed the mesh consumes. Default 65,536.
     pub feed_capacity: usize,
+    /// A join whose resume token names heads this node does not have yet (the client comes from
+    /// another node that is ahead) waits this long for the mesh to bring them before it falls
+    /// back to a snapshot. Default 0 (a node without peers has nobody to wait for); a node with
+    /// a mesh sets it.
+    pub resume_wait_ms: u64,
     /// The clock; tests pass a fake one. Default: system time.
     pub clock: Arc<dyn Fn() -> Millis + Send + Sync>,
 }
@@ -112,6 +117,7 @@ impl Default for HubConfig {
             room_capacity: 4096,
             compact_min_bytes: 256 * 1024,
             feed_capacity: 65_536,
+            resume_wait_ms: 0,
             clock: Arc::new(system_now),
         }
     }
@@ -340,7 +346,49 @@ impl Hub {
 
     /// Subscribes `caller` to `doc`: a snapshot (or, with `since`, the events after it) and a
     /// receiver of every later event, with no gap and no overlap.
+    ///
+    /// A token with heads this node does not have yet waits up to `resume_wait_ms` for them to
+    /// arrive from a peer (failover: the client's previous node was ahead), so the client gets
+    /// exactly the events it missed rather than a snapshot.
     pub async fn join(
+        &self,
+        doc: DocId,
+        caller: Caller,
+        since: Option<ResumeToken>,
+    ) -> Result<Joined, HubError> {
+        let wait = Duration::from_millis(self.inner.config.resume_wait_ms);
+        if since.is_none() || wait.is_zero() {
+            return self.join_once(doc, caller, since).await;
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        // Subscribed before the first attempt, so a change in between is not missed.
+        let mut feed = self.changes();
+        loop {
+            let joined = self
+                .join_once(doc.clone(), caller.clone(), since.clone())
+                .await?;
+            let behind = matches!(
+                joined.start,
+                JoinStart::Snapshot {
+                    resume_refused: Some("unknown_heads"),
+                    ..
+                }
+            );
+            if !behind || tokio::time::Instant::now() >= deadline {
+                return Ok(joined);
+            }
+            // Wait for this document to change (or the deadline), then try again.
+            loop {
+                match tokio::time::timeout_at(deadline, feed.recv()).await {
+                    Ok(Ok(change)) if change.doc != doc => continue,
+                    Ok(Ok(_)) | Ok(Err(broadcast::error::RecvError::Lagged(_))) | Err(_) => break,
+                    Ok(Err(broadcast::error::RecvError::Closed)) => return Ok(joined),
+                }
+            }
+        }
+    }
+
+    async fn join_once(
         &self,
         doc: DocId,
         caller: Caller,

@@ -374,22 +374,24 @@ async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
         let span = tracing::info_span!("peer", peer = %remote);
         connections.spawn(
             async move {
-                let conn =
-                    match tokio::time::timeout(Duration::from_millis(shared.config.connect_timeout_ms), incoming)
-                        .await
-                    {
-                        Ok(Ok(conn)) => conn,
-                        Ok(Err(e)) => {
-                            shared.faults.fetch_add(1, Ordering::Relaxed);
-                            warn!(error = %e, "refused a peer: handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            shared.faults.fetch_add(1, Ordering::Relaxed);
-                            warn!("refused a peer: handshake timed out");
-                            return;
-                        }
-                    };
+                let conn = match tokio::time::timeout(
+                    Duration::from_millis(shared.config.connect_timeout_ms),
+                    incoming,
+                )
+                .await
+                {
+                    Ok(Ok(conn)) => conn,
+                    Ok(Err(e)) => {
+                        shared.faults.fetch_add(1, Ordering::Relaxed);
+                        warn!(error = %e, "refused a peer: handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        shared.faults.fetch_add(1, Ordering::Relaxed);
+                        warn!("refused a peer: handshake timed out");
+                        return;
+                    }
+                };
                 let stream = tokio::time::timeout(
                     Duration::from_millis(shared.config.connect_timeout_ms),
                     conn.accept_bi(),

@@ -252,7 +252,9 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// quiet link stays up and a dead one is noticed within the idle timeout.
 fn transport(idle_timeout_ms: u64) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
-    let keep_alive_ms = crate::KEEP_ALIVE_INTERVAL_MS.min(idle_timeout_ms / 3).max(1);
+    let keep_alive_ms = crate::KEEP_ALIVE_INTERVAL_MS
+        .min(idle_timeout_ms / 3)
+        .max(1);
     t.keep_alive_interval(Some(std::time::Duration::from_millis(keep_alive_ms)));
     // An idle timeout in milliseconds always fits quinn's VarInt.
     if let Ok(idle) =
