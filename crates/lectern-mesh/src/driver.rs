@@ -215,7 +215,7 @@ impl Mesh {
         let mut endpoint = quinn::Endpoint::server(server, config.listen)
             .with_context(|| format!("bind QUIC on {}", config.listen))?;
         endpoint.set_default_client_config(client);
-        let identity = hub.identity().clone();
+        let identity = *hub.identity();
         let (ephemeral_out, _) = broadcast::channel(EPHEMERAL_CAPACITY);
         let (ephemeral_in, _) = broadcast::channel(EPHEMERAL_CAPACITY);
         let shared = Arc::new(Shared {

@@ -321,14 +321,12 @@ impl Session {
             Phase::AwaitingHello if now >= self.hello_deadline => {
                 self.close("no hello in time");
             }
-            Phase::Open => {
-                if self.flush_at.is_some_and(|at| now >= at) {
-                    self.flush_at = None;
-                    self.last_flush = Some(now);
-                    let dirty = std::mem::take(&mut self.dirty);
-                    self.stats.docs_pushed += dirty.len() as u64;
-                    self.out.extend(dirty.into_iter().map(Output::GenerateSync));
-                }
+            Phase::Open if self.flush_at.is_some_and(|at| now >= at) => {
+                self.flush_at = None;
+                self.last_flush = Some(now);
+                let dirty = std::mem::take(&mut self.dirty);
+                self.stats.docs_pushed += dirty.len() as u64;
+                self.out.extend(dirty.into_iter().map(Output::GenerateSync));
             }
             _ => {}
         }
