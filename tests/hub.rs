@@ -224,6 +224,7 @@ async fn two_hubs_converge_through_sync_and_remote_changes_become_events() {
     let bob = caller("bob", Role::Student);
     let mut joined = b.join(session("s"), bob, None).await.expect("join on B");
     let mut feed = b.changes();
+    let mut feed_a = a.changes();
     a.execute(
         session("s"),
         caller("alice", Role::Student),
@@ -231,6 +232,12 @@ async fn two_hubs_converge_through_sync_and_remote_changes_become_events() {
     )
     .await
     .expect("ask on A");
+    let local = feed_a.recv().await.expect("A's feed");
+    assert_eq!(
+        local.origin,
+        lectern_hub::Origin::Local,
+        "a command accepted here is announced as local (side effects run here)"
+    );
     sync_pair(&a, "A", &b, "B", "s").await;
     let e = recv(&mut joined.events).await;
     assert_eq!(e.name, "qa:new");

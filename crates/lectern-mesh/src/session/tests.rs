@@ -374,3 +374,87 @@ fn the_share_policy_keeps_other_documents_out_both_ways() {
     a.session.local_change("session/private", now);
     assert_eq!(a.session.pending_docs(), 0);
 }
+
+/// A frame of any variant with arbitrary fields.
+fn any_frame() -> impl proptest::strategy::Strategy<Value = PeerFrame> {
+    use proptest::prelude::*;
+    let s = || "[a-z/]{0,12}";
+    prop_oneof![
+        (s(), s(), s(), 0u32..3).prop_map(|(node_id, name, region, protocol_version)| {
+            PeerFrame::Hello {
+                node_id,
+                name,
+                region,
+                protocol_version,
+            }
+        }),
+        (s(), proptest::collection::vec(any::<u8>(), 0..32))
+            .prop_map(|(doc, message)| PeerFrame::Sync { doc, message }),
+        proptest::collection::vec((s(), any::<[u8; 32]>()), 0..8)
+            .prop_map(|docs| PeerFrame::HeadsSummary { docs }),
+        (
+            s(),
+            s(),
+            any::<u64>(),
+            proptest::collection::vec(any::<u8>(), 0..8)
+        )
+            .prop_map(|(doc, sender, counter, payload)| PeerFrame::Ephemeral {
+                doc,
+                sender,
+                counter,
+                payload,
+            }),
+        s().prop_map(|reason| PeerFrame::Bye { reason }),
+    ]
+}
+
+proptest::proptest! {
+    /// Whatever a peer sends, in whatever order, the session never panics, never asks for more
+    /// than one sync step per frame and summary entry, and once closed stays closed.
+    #[test]
+    fn any_frame_sequence_never_panics(
+        frames in proptest::collection::vec(any_frame(), 0..40),
+        garbage in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+    ) {
+        let now = Instant::now();
+        let mut session = Session::new(SessionConfig::new("self", "self", "r"), share_all(), now);
+        // Garbage through the real decoder first: whatever decodes is fed in too.
+        let mut decoder = FrameDecoder::new(1024);
+        decoder.push(&garbage);
+        let mut inputs = Vec::new();
+        for _ in 0..garbage.len() {
+            match decoder.next_frame() {
+                Ok(Some(f)) => inputs.push(f),
+                Ok(None) | Err(lectern_wire::FrameError::TooLarge { .. }) => break,
+                Err(_) => {}
+            }
+        }
+        inputs.extend(frames);
+        let mut closed = false;
+        for (i, frame) in inputs.into_iter().enumerate() {
+            let budget = match &frame {
+                PeerFrame::HeadsSummary { docs } => docs.len() + 2,
+                _ => 3,
+            };
+            session.handle_frame(frame, now + Duration::from_millis(i as u64));
+            if session.is_open() {
+                session.send_summary(vec![("session/x".into(), [1; 32])]);
+            }
+            session.local_change("session/y", now);
+            session.handle_timeout(now + Duration::from_secs(60));
+            let mut n = 0;
+            while let Some(output) = session.poll_output() {
+                n += 1;
+                if matches!(output, Output::Close { .. }) {
+                    closed = true;
+                }
+            }
+            // Our summary, a sync step per differing document twice (the frame's and ours),
+            // the push, a bye and a close.
+            proptest::prop_assert!(n <= 2 * budget + 4, "{n} outputs for one frame");
+            if closed {
+                proptest::prop_assert!(!session.is_open());
+            }
+        }
+    }
+}
