@@ -10,6 +10,7 @@
 mod admin;
 pub mod config;
 mod demo;
+mod presence;
 mod serve;
 
 use std::future::Future;
@@ -176,7 +177,11 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
         None
     };
     let mesh = match &config.mesh.tls_dir {
-        Some(dir) => Some(start_mesh(&config, dir, hub.clone()).await?),
+        Some(dir) => {
+            let mesh = start_mesh(&config, dir, hub.clone()).await?;
+            presence::start(gateway.clone(), &mesh);
+            Some(mesh)
+        }
         None => None,
     };
     info!(%http_addr, "serving HTTP");

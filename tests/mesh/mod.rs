@@ -9,6 +9,7 @@
 mod failover;
 mod hostile;
 mod partition;
+mod presence;
 mod replicate;
 mod restart;
 

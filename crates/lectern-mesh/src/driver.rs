@@ -265,10 +265,15 @@ impl Mesh {
         names
     }
 
-    /// Waits until the set of connected peers changes (or the mesh stops).
-    pub async fn peers_changed(&self) {
-        let mut rx = self.shared.changed.subscribe();
-        let _ = rx.changed().await;
+    /// A receiver that ticks whenever the set of connected peers changes.
+    pub fn peer_changes(&self) -> watch::Receiver<u64> {
+        self.shared.changed.subscribe()
+    }
+
+    /// Completes once [`Mesh::stop`] has been called.
+    pub async fn stopped(&self) {
+        let mut rx = self.shared.shutdown.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
     }
 
     /// Runs anti-entropy again with every peer: a fresh heads summary each way compared with
