@@ -166,6 +166,10 @@ pub struct MeshStatus {
     pub peers: Vec<PeerStatus>,
     /// Connections refused or dropped for a protocol fault since start.
     pub peer_faults: u64,
+    /// Frame bytes sent to peers since start (headers included).
+    pub bytes_sent: u64,
+    /// Frame bytes received from peers since start.
+    pub bytes_received: u64,
 }
 
 /// The running mesh of one node.
@@ -198,6 +202,8 @@ struct Shared {
     ephemeral_in: broadcast::Sender<EphemeralIn>,
     next_conn_id: AtomicU64,
     faults: AtomicU64,
+    bytes_sent: Arc<AtomicU64>,
+    bytes_received: AtomicU64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -232,6 +238,8 @@ impl Mesh {
             ephemeral_in,
             next_conn_id: AtomicU64::new(1),
             faults: AtomicU64::new(0),
+            bytes_sent: Arc::new(AtomicU64::new(0)),
+            bytes_received: AtomicU64::new(0),
         });
         let mut tasks = JoinSet::new();
         let span = tracing::info_span!("mesh", node = %shared.config.name);
@@ -343,6 +351,8 @@ impl Mesh {
                 .unwrap_or_default(),
             peers,
             peer_faults: shared.faults.load(Ordering::Relaxed),
+            bytes_sent: shared.bytes_sent.load(Ordering::Relaxed),
+            bytes_received: shared.bytes_received.load(Ordering::Relaxed),
         }
     }
 
@@ -552,6 +562,7 @@ async fn run_connection(
     let pending = Arc::new(AtomicUsize::new(0));
 
     let (frames_tx, mut frames_rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE_MAX_FRAMES);
+    let sent = shared.bytes_sent.clone();
     let writer = tokio::spawn(async move {
         while let Some(first) = frames_rx.recv().await {
             let mut bytes = first;
@@ -564,6 +575,7 @@ async fn run_connection(
             if send.write_all(&bytes).await.is_err() {
                 return;
             }
+            sent.fetch_add(bytes.len() as u64, Ordering::Relaxed);
         }
         let _ = send.finish();
     });
@@ -660,6 +672,7 @@ async fn run_connection(
         tokio::select! {
             read = recv.read(&mut buf) => match read {
                 Ok(Some(n)) => {
+                    shared.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
                     decoder.push(&buf[..n]);
                     loop {
                         match decoder.next_frame() {
