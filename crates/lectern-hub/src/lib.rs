@@ -446,7 +446,7 @@ impl Hub {
             .lock()
             .map(|h| h.iter().map(|(d, h)| (d.clone(), *h)).collect())
             .unwrap_or_default();
-        list.sort_by_key(|(doc, _)| doc.to_string());
+        list.sort_unstable();
         list
     }
 

@@ -32,11 +32,9 @@ use crate::session::{Output, PeerInfo, Session, SessionConfig, ShareFilter};
 use crate::tls::NodeTls;
 
 /// Sync workers per connection: documents sync concurrently up to this many at a time.
-const SYNC_WORKERS: usize = 8;
+const SYNC_WORKERS: usize = 32;
 /// Sync steps queued per worker before the connection stops reading (backpressure).
 const SYNC_WORKER_QUEUE_MAX: usize = 4096;
-/// Encoded frames queued for the writer before the connection stops producing.
-const WRITE_QUEUE_MAX_FRAMES: usize = 4096;
 /// Bytes read from the stream at once.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// Ephemeral messages buffered for local subscribers.
@@ -561,7 +559,12 @@ async fn run_connection(
     let mut resync = shared.resync.subscribe();
     let pending = Arc::new(AtomicUsize::new(0));
 
-    let (frames_tx, mut frames_rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE_MAX_FRAMES);
+    // Unbounded on purpose, yet bounded in practice: every frame comes from a queued sync step
+    // (at most SYNC_WORKERS × SYNC_WORKER_QUEUE_MAX) or from the session (hello, summaries,
+    // presence). A bounded queue here would close a cycle: our reader waits for our workers,
+    // our workers for our writer, our writer for the peer's reader, which waits the same way
+    // for ours, and both ends could block for good.
+    let (frames_tx, mut frames_rx) = mpsc::unbounded_channel::<Vec<u8>>();
     let sent = shared.bytes_sent.clone();
     let writer = tokio::spawn(async move {
         while let Some(first) = frames_rx.recv().await {
@@ -594,7 +597,7 @@ async fn run_connection(
             match output {
                 Output::Send(frame) => match encode_frame(&frame) {
                     Ok(bytes) => {
-                        if frames_tx.send(bytes).await.is_err() {
+                        if frames_tx.send(bytes).is_err() {
                             break 'conn;
                         }
                     }
@@ -783,7 +786,7 @@ async fn sync_worker(
     hub: Hub,
     peer_node_id: String,
     mut rx: mpsc::Receiver<Work>,
-    frames: mpsc::Sender<Vec<u8>>,
+    frames: mpsc::UnboundedSender<Vec<u8>>,
 ) {
     while let Some(work) = rx.recv().await {
         let (doc, result) = match work {
@@ -812,7 +815,7 @@ async fn sync_worker(
                 };
                 match encode_frame(&frame) {
                     Ok(bytes) => {
-                        if frames.send(bytes).await.is_err() {
+                        if frames.send(bytes).is_err() {
                             return;
                         }
                     }
