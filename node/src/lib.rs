@@ -228,8 +228,9 @@ const DEMO_REGIONS: [&str; 9] = [
 /// Starts a demo cluster of `n` nodes in this process (see `lectern-node --demo --nodes`): a
 /// cluster CA and node certificates under `{data_dir}/cluster`, one store per node under
 /// `{data_dir}/{name}`, HTTP and QUIC ports counted up from the configured ones, every node
-/// dialling every other. The first node seeds the demo class; the others receive it over the
-/// mesh. Returns `(name, node)` in order.
+/// dialling the ones started before it. Port 0 for HTTP or QUIC gives every node a free port.
+/// The first node seeds the demo class; the others receive it over the mesh. Returns
+/// `(name, node)` in order.
 pub async fn start_demo_cluster(config: Config, n: usize) -> anyhow::Result<Vec<(String, Node)>> {
     let n = n.clamp(1, DEMO_REGIONS.len());
     let cluster_dir = config.data_dir.join("cluster");
@@ -253,10 +254,7 @@ pub async fn start_demo_cluster(config: Config, n: usize) -> anyhow::Result<Vec<
         }
     };
     let names: Vec<&str> = DEMO_REGIONS[..n].to_vec();
-    let quic: Vec<SocketAddr> = (0..n)
-        .map(|i| SocketAddr::new(config.mesh.listen.ip(), port(config.mesh.listen.port(), i)))
-        .collect();
-    let mut nodes = Vec::new();
+    let mut nodes: Vec<(String, Node)> = Vec::new();
     for (i, name) in names.iter().enumerate() {
         let tls_dir = cluster_dir.join(name);
         if !tls_dir.join(lectern_mesh::tls::NODE_CERT_FILE).is_file() {
@@ -271,11 +269,17 @@ pub async fn start_demo_cluster(config: Config, n: usize) -> anyhow::Result<Vec<
         c.public_url = None;
         c.mesh.name = (*name).to_owned();
         c.mesh.region = (*name).to_owned();
-        c.mesh.listen = quic[i];
+        c.mesh.listen =
+            SocketAddr::new(config.mesh.listen.ip(), port(config.mesh.listen.port(), i));
         c.mesh.tls_dir = Some(tls_dir);
-        c.mesh.peers = (0..n)
-            .filter(|&j| j != i)
-            .map(|j| format!("{}@{}", names[j], quic[j]))
+        // Each node dials the ones started before it (their addresses are known by now, even
+        // with port 0): every pair is connected once.
+        c.mesh.peers = nodes
+            .iter()
+            .filter_map(|(peer, node)| {
+                let addr = node.mesh.as_ref()?.local_addr().ok()?;
+                Some(format!("{peer}@{addr}"))
+            })
             .collect();
         let node = start(c)
             .await

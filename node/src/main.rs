@@ -100,8 +100,8 @@ fn main() -> ExitCode {
             for (name, node) in &cluster {
                 println!("node {name}: http://{}", node.http_addr);
                 if let Some(demo) = &node.demo {
-                    println!("  student: {}", demo.student);
-                    println!("  instructor: {}", demo.instructor);
+                    println!("student: {}", demo.student);
+                    println!("instructor: {}", demo.instructor);
                 }
             }
             stop.await;
