@@ -134,6 +134,21 @@ async fn peers_without_a_cluster_certificate_or_sending_garbage_are_refused() ->
         let answer = try_exchange(valid.client_config(5_000)?, addr_b, &stream).await?;
         assert!(!answer.is_empty());
 
+        // 6. A valid certificate for node-i whose hello claims to be node-a: closed, counted,
+        // and the real node-a keeps its connection.
+        let before = faults();
+        let impostor = encode_frame(&PeerFrame::Hello {
+            node_id: "000000000000000000000000000000aa".into(),
+            name: "node-a".into(),
+            region: "nowhere".into(),
+            protocol_version: PROTOCOL_VERSION,
+        })?;
+        let _ = try_exchange(valid.client_config(5_000)?, addr_b, &impostor).await;
+        eventually("the impostor is counted", Duration::from_secs(5), || {
+            faults() > before
+        })
+        .await?;
+
         // The real peer is unaffected: a command on A still reaches B.
         cluster
             .node(a)

@@ -295,6 +295,12 @@ async fn process(inner: &Arc<Inner>, doc: &DocId, live: &mut Live, batch: Vec<Ms
         inner.counters.batches.fetch_add(1, Ordering::Relaxed);
         live.saved = heads.clone();
     }
+    // The heads index first, so that when `execute` returns, `Hub::doc_heads` already shows the
+    // acknowledged state (a caller comparing replicas never sees the pre-ack heads).
+    let digest = crate::heads_digest(&heads);
+    if changed && let Ok(mut index) = inner.heads.lock() {
+        index.insert(doc.clone(), digest);
+    }
 
     let local = !acks.is_empty();
     inner
@@ -306,10 +312,6 @@ async fn process(inner: &Arc<Inner>, doc: &DocId, live: &mut Live, batch: Vec<Ms
     }
     if changed {
         inner.rooms.publish(doc, events);
-        let digest = crate::heads_digest(&heads);
-        if let Ok(mut index) = inner.heads.lock() {
-            index.insert(doc.clone(), digest);
-        }
         let origin = if !local {
             crate::Origin::Remote
         } else {

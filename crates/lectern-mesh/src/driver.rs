@@ -605,10 +605,12 @@ async fn run_connection(
                 },
                 Output::Established(info) => {
                     let span_peer = info.name.clone();
-                    if direction == Direction::Dialed && !conn_name_matches(&conn, &info.name) {
-                        // The TLS layer already checked the certificate against the dialled
-                        // name; the hello must agree.
-                        session.close("the hello's name is not the dialled peer's");
+                    if !certificate_names(&conn, &info.name) {
+                        // The TLS layer verified the certificate chain (and, when dialling, the
+                        // name dialled); the name the peer claims must be its certificate's.
+                        shared.faults.fetch_add(1, Ordering::Relaxed);
+                        warn!(claimed = %info.name, "closing: the hello's name is not the certificate's");
+                        session.close("the hello's name is not the certificate's");
                         continue;
                     }
                     let dialer = match direction {
@@ -752,12 +754,25 @@ fn summary(hub: &Hub) -> Vec<(String, [u8; 32])> {
         .collect()
 }
 
-/// Whether the certificate-checked server name of a dialled connection is `name`.
-fn conn_name_matches(conn: &quinn::Connection, name: &str) -> bool {
-    conn.handshake_data()
-        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
-        .and_then(|d| d.server_name)
-        .is_none_or(|server_name| server_name == name)
+/// Whether the peer's certificate (verified against the cluster CA during the handshake) was
+/// issued for `name`.
+fn certificate_names(conn: &quinn::Connection, name: &str) -> bool {
+    let Some(certs) = conn.peer_identity().and_then(|id| {
+        id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+            .ok()
+    }) else {
+        return false;
+    };
+    let Some(leaf) = certs.first() else {
+        return false;
+    };
+    let Ok(cert) = webpki::EndEntityCert::try_from(leaf) else {
+        return false;
+    };
+    let Ok(server_name) = rustls::pki_types::ServerName::try_from(name) else {
+        return false;
+    };
+    cert.verify_is_valid_for_subject_name(&server_name).is_ok()
 }
 
 /// Queues work for the worker that owns its document.
