@@ -469,8 +469,8 @@ async fn anti_entropy(docs: usize, differing: usize, json_out: bool) -> anyhow::
     for (label, k) in [("baseline, 0 differ", 0), ("differing", differing)] {
         pair.link.set_cut(true);
         pair.wait_disconnected().await?;
-        if k > 0 {
-            let step = (docs / k).max(1);
+        if let Some(step) = docs.checked_div(k) {
+            let step = step.max(1);
             let chosen: Vec<DocId> = list.iter().step_by(step).take(k).cloned().collect();
             write_asks(&pair.a.hub, &chosen, "ae-change", k).await?;
         }
