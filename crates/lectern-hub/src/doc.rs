@@ -244,7 +244,11 @@ async fn process(inner: &Arc<Inner>, doc: &DocId, live: &mut Live, batch: Vec<Ms
                 reply,
             } => {
                 let state = sync_state(inner, doc, &mut live.peers, &peer);
-                match live.replica.receive_sync_message(state, &message) {
+                let followed = inner.rooms.has_subscribers(doc);
+                match live
+                    .replica
+                    .receive_sync_message_with(state, &message, followed)
+                {
                     Ok(remote) => {
                         inner.counters.sync_messages.fetch_add(1, Ordering::Relaxed);
                         events.extend(
