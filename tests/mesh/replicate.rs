@@ -1,6 +1,6 @@
 //! Replication across three nodes: a student on A asks, a student on C receives `qa:new` over
 //! Socket.IO; the admin API reports the peers; a node restricted to its cohorts keeps the
-//! others' documents out.
+//! others' documents out; two nodes that dial each other keep one connection.
 
 use std::time::Duration;
 
@@ -158,6 +158,64 @@ async fn a_node_restricted_to_its_cohorts_keeps_other_documents_out() -> anyhow:
             None,
             "a session of another cohort never reaches the classroom node"
         );
+        cluster.stop_all().await
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_dialling_each_other_keep_one_connection_and_replicate_both_ways()
+-> anyhow::Result<()> {
+    within(async {
+        let mut cluster = Cluster::new("mesh-mutual")?;
+        // Both QUIC ports are needed before either node starts: probe two free ones (held
+        // together, so they differ), then release them for the nodes.
+        let (quic_a, quic_b) = {
+            let s1 = std::net::UdpSocket::bind("127.0.0.1:0")?;
+            let s2 = std::net::UdpSocket::bind("127.0.0.1:0")?;
+            (s1.local_addr()?, s2.local_addr()?)
+        };
+        let mut started = Vec::new();
+        for (name, listen, peer, seed) in [
+            ("node-a", quic_a, format!("node-b@{quic_b}"), true),
+            ("node-b", quic_b, format!("node-a@{quic_a}"), false),
+        ] {
+            let dir = crate::support::TempDir::new(&format!("mesh-mutual-{name}"));
+            let mut config = cluster.config(name, dir.path(), vec![peer])?;
+            config.mesh.listen = listen;
+            config.demo = seed;
+            let node = lectern_node::start(config).await?;
+            cluster.dirs.push(dir);
+            cluster.nodes.push((name.into(), Some(node)));
+            started.push(cluster.nodes.len() - 1);
+        }
+        let (a, b) = (started[0], started[1]);
+        cluster.connected(a, 1).await?;
+        cluster.connected(b, 1).await?;
+        cluster
+            .converged(&demo_session(), &[a, b], Duration::from_secs(5))
+            .await?;
+        for (i, id) in [(a, "from-a"), (b, "from-b")] {
+            cluster
+                .node(i)
+                .hub
+                .execute(
+                    demo_session(),
+                    super::demo_caller("student1", Role::Student),
+                    cmd(id, crate::support::ask(id)),
+                )
+                .await?;
+        }
+        cluster
+            .converged(&demo_session(), &[a, b], Duration::from_secs(2))
+            .await?;
+        // One connection per pair: both sides agree on who dialled it.
+        for i in [a, b] {
+            let mesh = cluster.node(i).mesh.clone().context("mesh")?;
+            let peers = mesh.status().peers;
+            assert_eq!(peers.len(), 1, "{peers:?}");
+            assert_eq!(peers[0].state, "connected");
+        }
         cluster.stop_all().await
     })
     .await
