@@ -16,7 +16,7 @@ mod rest;
 mod socket;
 mod sse;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -27,7 +27,7 @@ use lectern_hub::{Acked, Hub};
 use lectern_model::{Caller, Command, CommandBody, CommandId, DocId, SessionId};
 use serde_json::{Value, json};
 use socketioxide::SocketIo;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 pub use auth::{AuthConfig, Verified, Verifier};
 pub use error::AppError;
@@ -68,15 +68,33 @@ struct Presence {
 #[derive(Default)]
 struct SessionPresence {
     users: HashMap<String, usize>,
+    /// Users present on other nodes, by the node that reported them (the mesh's presence).
+    remote: HashMap<String, HashSet<String>>,
     last_update: Option<Instant>,
     update_pending: bool,
 }
+
+impl SessionPresence {
+    /// Everyone present in the session, on this node or another, each user once.
+    fn present(&self) -> usize {
+        let mut all: HashSet<&str> = self.users.keys().map(String::as_str).collect();
+        for users in self.remote.values() {
+            all.extend(users.iter().map(String::as_str));
+        }
+        all.len()
+    }
+}
+
+/// Capacity of the local-presence change feed (sessions whose local presence changed).
+const PRESENCE_FEED_CAPACITY: usize = 1024;
 
 pub(crate) struct Inner {
     hub: Hub,
     verifier: Verifier,
     limiter: Arc<limits::Limiter>,
     presence: Mutex<Presence>,
+    /// Sessions whose local presence changed (the node relays them to peers).
+    presence_feed: broadcast::Sender<SessionId>,
     /// The Socket.IO handle. It holds the gateway as its state, so shutdown takes it out to
     /// break that cycle.
     io: Mutex<Option<SocketIo>>,
@@ -112,6 +130,7 @@ impl Gateway {
                 verifier,
                 limiter: Arc::new(limits::Limiter::new(limits.clone())),
                 presence: Mutex::new(Presence::default()),
+                presence_feed: broadcast::channel(PRESENCE_FEED_CAPACITY).0,
                 io: Mutex::new(None),
                 metrics: metrics::Metrics::default(),
                 shutting_down: AtomicBool::new(false),
@@ -249,6 +268,85 @@ impl Gateway {
         self.run(caller, doc, parsed.id, body).await
     }
 
+    /// Sessions whose presence on this node changed (for the mesh to tell peers). A lagging
+    /// receiver should resend [`Gateway::local_presence_all`].
+    pub fn presence_changes(&self) -> broadcast::Receiver<SessionId> {
+        self.inner.presence_feed.subscribe()
+    }
+
+    /// The users present in `session` on this node.
+    pub fn local_presence(&self, session: &SessionId) -> Vec<String> {
+        let p = self
+            .inner
+            .presence
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut users: Vec<String> = p
+            .sessions
+            .get(session)
+            .map(|sp| sp.users.keys().cloned().collect())
+            .unwrap_or_default();
+        users.sort();
+        users
+    }
+
+    /// Every session with users present on this node, and those users.
+    pub fn local_presence_all(&self) -> Vec<(SessionId, Vec<String>)> {
+        let p = self
+            .inner
+            .presence
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        p.sessions
+            .iter()
+            .filter(|(_, sp)| !sp.users.is_empty())
+            .map(|(s, sp)| (s.clone(), sp.users.keys().cloned().collect()))
+            .collect()
+    }
+
+    /// Records that node `source` has `users` present in `session` (replacing what it said
+    /// before; an empty list removes it). `attendance:update` counts them with the local ones.
+    pub fn set_remote_presence(&self, source: &str, session: &SessionId, users: Vec<String>) {
+        let changed = {
+            let mut p = self
+                .inner
+                .presence
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let sp = p.sessions.entry(session.clone()).or_default();
+            let users: HashSet<String> = users.into_iter().collect();
+            let before = sp.present();
+            if users.is_empty() {
+                sp.remote.remove(source);
+            } else {
+                sp.remote.insert(source.to_owned(), users);
+            }
+            sp.present() != before
+        };
+        if changed {
+            self.schedule_attendance_update(session);
+        }
+    }
+
+    /// Forgets everything node `source` reported (it disconnected or went silent).
+    pub fn clear_remote_presence(&self, source: &str) {
+        let sessions: Vec<SessionId> = {
+            let p = self
+                .inner
+                .presence
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            p.sessions
+                .iter()
+                .filter(|(_, sp)| sp.remote.contains_key(source))
+                .map(|(s, _)| s.clone())
+                .collect()
+        };
+        for session in sessions {
+            self.set_remote_presence(source, &session, Vec::new());
+        }
+    }
+
     /// A user's connection to a session opened; the first one records attendance.
     pub(crate) async fn presence_join(&self, session: &SessionId, caller: &Caller) {
         let first = {
@@ -263,6 +361,7 @@ impl Gateway {
             *n == 1
         };
         if first {
+            let _ = self.inner.presence_feed.send(session.clone());
             self.attendance(session, caller, CommandBody::AttendanceJoin)
                 .await;
         }
@@ -291,6 +390,9 @@ impl Gateway {
             }
             last
         };
+        if last {
+            let _ = self.inner.presence_feed.send(session.clone());
+        }
         if last && !self.is_shutting_down() {
             self.attendance(session, caller, CommandBody::AttendanceLeave)
                 .await;
@@ -344,7 +446,7 @@ impl Gateway {
                 };
                 sp.update_pending = false;
                 sp.last_update = Some(Instant::now());
-                sp.users.len()
+                sp.present()
             };
             let payload = json!({"session": session.as_str(), "present": present});
             gw.inner.presence_emit(&session, payload).await;
