@@ -1,5 +1,6 @@
 //! Architecture invariants as tests: the IO-free crates stay IO-free, the store stays
-//! blocking, and every Rust file opens with a `//!` paragraph saying what it is.
+//! blocking, only the node knows both HTTP and QUIC, and every Rust file opens with a `//!`
+//! paragraph saying what it is.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -57,9 +58,32 @@ fn normal_dependencies(metadata: &Value, package: &str) -> BTreeSet<String> {
     seen
 }
 
+/// The host's target triple, from `rustc -vV`.
+fn host_triple() -> String {
+    let out = std::process::Command::new("rustc")
+        .arg("-vV")
+        .output()
+        .expect("run rustc -vV");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: ").map(str::to_owned))
+        .expect("rustc -vV names the host")
+}
+
+/// The resolved dependency graph for this host. Filtered to the host because `--offline`
+/// cannot resolve packages only other targets use (quinn's `web-time` for wasm) that a host
+/// build never downloads.
 fn metadata() -> Value {
+    let host = host_triple();
     let out = std::process::Command::new(env!("CARGO"))
-        .args(["metadata", "--format-version", "1", "--offline"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--offline",
+            "--filter-platform",
+        ])
+        .arg(&host)
         .current_dir(workspace_root())
         .output()
         .expect("run cargo metadata");
@@ -102,6 +126,32 @@ fn store_is_blocking_only() {
     let deps = normal_dependencies(&metadata(), "lectern-store");
     assert!(deps.contains("sled"));
     assert!(!deps.contains("tokio"), "lectern-store depends on tokio");
+}
+
+#[test]
+fn only_the_node_knows_both_http_and_quic() {
+    let metadata = metadata();
+    let http = ["axum", "hyper", "socketioxide"];
+    let quic = ["quinn", "rustls"];
+    let mesh = normal_dependencies(&metadata, "lectern-mesh");
+    assert!(mesh.contains("quinn"), "the mesh walk found no quinn");
+    for forbidden in http {
+        assert!(
+            !mesh.contains(forbidden),
+            "lectern-mesh depends on {forbidden}"
+        );
+    }
+    for package in ["lectern-gateway", "lectern-hub"] {
+        let deps = normal_dependencies(&metadata, package);
+        for forbidden in quic {
+            assert!(
+                !deps.contains(forbidden),
+                "{package} depends on {forbidden}"
+            );
+        }
+    }
+    let node = normal_dependencies(&metadata, "lectern-node");
+    assert!(node.contains("quinn") && node.contains("axum"));
 }
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -73,6 +73,65 @@ fn the_sample_file_is_valid_and_states_the_defaults() {
 }
 
 #[test]
+fn mesh_settings_from_file_env_and_flags_with_checked_values() {
+    let dir = TempDir::new("config-mesh");
+    let file = write_file(
+        dir.path(),
+        r#"
+[mesh]
+name = "sydney-1"
+region = "apac"
+listen = "0.0.0.0:7401"
+tls_dir = "/etc/lectern/tls"
+peers = ["berlin-1@10.0.0.2:7400"]
+share_cohorts = ["c1"]
+push_coalesce_ms = 5
+"#,
+    );
+    let env: HashMap<&str, &str> = HashMap::from([
+        (
+            "LECTERN_MESH_PEERS",
+            "berlin-1@10.0.0.2:7400, tokyo-1@10.0.0.3:7400",
+        ),
+        ("LECTERN_ADMIN_TOKEN", "an admin token of 32 bytes......"),
+    ]);
+    let c = Config::load(
+        Overrides {
+            config_file: Some(file.clone()),
+            region: Some("apac-2".into()),
+            ..Overrides::default()
+        },
+        &|k| env.get(k).map(|v| v.to_string()),
+    )
+    .expect("loads");
+    assert_eq!(c.mesh.name, "sydney-1");
+    assert_eq!(c.mesh.region, "apac-2", "the flag wins");
+    assert_eq!(c.mesh.listen.to_string(), "0.0.0.0:7401");
+    assert_eq!(c.mesh.peers.len(), 2, "the environment wins over the file");
+    assert_eq!(c.mesh.share_cohorts, Some(vec!["c1".to_owned()]));
+    assert_eq!(c.mesh.push_coalesce_ms, 5);
+    assert!(c.admin_token.is_some());
+
+    for (text, key) in [
+        ("[mesh]\npush_coalesce_ms = 50\n", "mesh.push_coalesce_ms"),
+        ("[mesh]\npeers = [\"no-address\"]\n", "mesh.peers"),
+        ("[mesh]\nname = \"Bad_Name\"\n", "mesh.name"),
+        ("[mesh]\nlisten = \"nowhere\"\n", "mesh.listen"),
+    ] {
+        let bad = write_file(dir.path(), text);
+        let err = Config::load(
+            Overrides {
+                config_file: Some(bad),
+                ..Overrides::default()
+            },
+            &|_| None,
+        )
+        .expect_err("a bad mesh value is refused");
+        assert!(format!("{err:#}").contains(key), "{err:#} names {key}");
+    }
+}
+
+#[test]
 fn precedence_file_then_env_then_flags() {
     let dir = TempDir::new("config-precedence");
     let file = write_file(

@@ -224,6 +224,7 @@ async fn two_hubs_converge_through_sync_and_remote_changes_become_events() {
     let bob = caller("bob", Role::Student);
     let mut joined = b.join(session("s"), bob, None).await.expect("join on B");
     let mut feed = b.changes();
+    let mut feed_a = a.changes();
     a.execute(
         session("s"),
         caller("alice", Role::Student),
@@ -231,11 +232,24 @@ async fn two_hubs_converge_through_sync_and_remote_changes_become_events() {
     )
     .await
     .expect("ask on A");
+    let local = feed_a.recv().await.expect("A's feed");
+    assert_eq!(
+        local.origin,
+        lectern_hub::Origin::Local,
+        "a command accepted here is announced as local (side effects run here)"
+    );
     sync_pair(&a, "A", &b, "B", "s").await;
     let e = recv(&mut joined.events).await;
     assert_eq!(e.name, "qa:new");
     assert!(e.payload_for("bob", false).unwrap().contains("from A"));
-    assert_eq!(feed.recv().await.expect("feed"), session("s"));
+    let change = feed.recv().await.expect("feed");
+    assert_eq!(change.doc, session("s"));
+    assert_eq!(
+        change.origin,
+        lectern_hub::Origin::Remote,
+        "a peer's change is announced as remote (no side effects on this node)"
+    );
+    assert_eq!(Some(change.heads), b.doc_heads(&session("s")));
     let heads_a = a.read(session("s"), |r| r.token()).await.unwrap();
     let heads_b = b.read(session("s"), |r| r.token()).await.unwrap();
     assert_eq!(heads_a, heads_b);

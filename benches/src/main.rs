@@ -11,6 +11,10 @@
 //!   bare tokio server (the floor) in the same run. `serve` and `floor-serve` are the two
 //!   server processes it starts (hidden: not meant to be run by hand).
 //!
+//! - `mesh latency|catch-up|anti-entropy`: two nodes replicating over QUIC with mutual TLS on
+//!   loopback: replication latency at a fixed command rate, catch-up after both sides wrote
+//!   apart, and anti-entropy over many documents of which few differ.
+//!
 //! Every subcommand prints a human summary; with `--json` it adds one JSON line (the last line
 //! of its output). Stores live in a fresh directory under the system's temp dir that is removed
 //! afterwards. BENCHMARKS.md at the repository root has the figures and how to read them.
@@ -19,6 +23,7 @@ mod alloc;
 mod class_size;
 mod hub_throughput;
 mod load;
+mod mesh;
 mod remote_apply;
 mod util;
 mod workload;
@@ -52,6 +57,8 @@ enum Bench {
     /// N websocket + M SSE clients on one session: fan-out latency, delivery, node memory per
     /// connection, against a bare tokio floor.
     Load(load::Args),
+    /// Two nodes over QUIC/mTLS: replication latency, catch-up, anti-entropy.
+    Mesh(mesh::Args),
     /// Runs a node with the demo class for `load` (configured by `LECTERN_*`).
     #[command(hide = true)]
     Serve(load::node::ServeArgs),
@@ -72,6 +79,7 @@ fn main() -> ExitCode {
         Bench::RemoteApply(args) => remote_apply::run(args, cli.json),
         Bench::ClassSize(args) => class_size::run(args, cli.json),
         Bench::Load(args) => load::run(args, cli.json),
+        Bench::Mesh(args) => mesh::run(args, cli.json),
         Bench::Serve(args) => load::node::serve(args),
         Bench::FloorServe(args) => load::floor::serve(args),
     };

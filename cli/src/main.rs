@@ -1,7 +1,8 @@
 //! `lectern`: the operator's command. It inspects a node's store (with the node stopped, since
 //! sled holds an exclusive lock), checks a node's health over HTTP, and mints tokens with the
 //! node's own secret (same config layers, same `auth-secret` file), so an operator can hand out
-//! a link without an identity provider; cluster commands arrive with the mesh.
+//! a link without an identity provider. `cluster init` / `cluster issue-node` create the mesh's
+//! CA and node certificates; `status` and `peers` ask a running node's admin API.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -47,6 +48,57 @@ enum Cmd {
     Token {
         #[command(subcommand)]
         command: TokenCmd,
+    },
+    /// The mesh's certificates.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCmd,
+    },
+    /// A running node's status: node id, region, uptime, documents, peers (admin API).
+    Status {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// A running node's peers: state, RTT, lag (admin API).
+    Peers {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// How to reach a node's admin API.
+#[derive(Debug, clap::Args)]
+struct AdminArgs {
+    /// The node's HTTP address (host:port).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    http: String,
+    /// The node's admin token.
+    #[arg(long, env = "LECTERN_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: String,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCmd {
+    /// Create a cluster CA: DIR/ca.pem and DIR/ca.key (keep the key offline).
+    Init {
+        /// Where to write the CA (must not hold one yet).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Issue a node certificate signed by the cluster CA: DIR/node.pem, DIR/node.key, DIR/ca.pem.
+    IssueNode {
+        /// The node's cluster name (a-z, 0-9, '-'); peers dial it as NAME@HOST:PORT.
+        #[arg(long)]
+        id: String,
+        /// The CA directory (`cluster init --out`).
+        #[arg(long)]
+        ca: PathBuf,
+        /// Where to write the node's files (the node's `mesh.tls_dir`).
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -174,14 +226,100 @@ fn run(args: Args) -> anyhow::Result<()> {
             println!("{token}");
             Ok(())
         }
+        Cmd::Cluster {
+            command: ClusterCmd::Init { out },
+        } => {
+            let ca = lectern_mesh::ClusterCa::generate()?;
+            ca.write(&out)?;
+            println!("cluster CA written to {}", out.display());
+            Ok(())
+        }
+        Cmd::Cluster {
+            command: ClusterCmd::IssueNode { id, ca, out },
+        } => {
+            let ca = lectern_mesh::ClusterCa::read(&ca)?;
+            ca.issue_node(&id)?.write(&out)?;
+            println!("node certificate for {id} written to {}", out.display());
+            Ok(())
+        }
+        Cmd::Status { admin } => {
+            let body = admin_get(&admin, "/admin/status")?;
+            let v: serde_json::Value =
+                serde_json::from_str(&body).context("parse the node's answer")?;
+            if admin.json {
+                println!("{v:#}");
+                return Ok(());
+            }
+            let s = |k: &str| v[k].as_str().unwrap_or("-").to_owned();
+            println!("node:      {} ({})", s("name"), s("nodeId"));
+            println!("region:    {}", s("region"));
+            println!("quic:      {}", s("quic"));
+            println!("uptime:    {} s", v["uptimeS"]);
+            println!("documents: {} ({} loaded)", v["documents"], v["docsLoaded"]);
+            print_peers(&v["peers"]);
+            Ok(())
+        }
+        Cmd::Peers { admin } => {
+            let body = admin_get(&admin, "/admin/peers")?;
+            let v: serde_json::Value =
+                serde_json::from_str(&body).context("parse the node's answer")?;
+            if admin.json {
+                println!("{v:#}");
+            } else {
+                print_peers(&v["peers"]);
+            }
+            Ok(())
+        }
     }
+}
+
+/// A table of peers from the admin API's JSON.
+fn print_peers(peers: &serde_json::Value) {
+    let list = peers.as_array().cloned().unwrap_or_default();
+    println!("peers:     {}", list.len());
+    for p in list {
+        let rtt = p["rtt_ms"]
+            .as_f64()
+            .map(|r| format!("{r:.1} ms"))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "  {:<16} {:<10} region={:<12} rtt={:<10} lag={} docs{}",
+            p["name"].as_str().unwrap_or("?"),
+            p["state"].as_str().unwrap_or("?"),
+            p["region"].as_str().unwrap_or("-"),
+            rtt,
+            p["lag_docs"],
+            p["last_error"]
+                .as_str()
+                .map(|e| format!("  ({e})"))
+                .unwrap_or_default(),
+        );
+    }
+}
+
+/// GET `path` from the admin API with the admin token.
+fn admin_get(admin: &AdminArgs, path: &str) -> anyhow::Result<String> {
+    http_request(
+        &admin.http,
+        path,
+        &format!("Authorization: Bearer {}\r\n", admin.admin_token),
+    )
 }
 
 /// A minimal HTTP/1.0 GET, enough for a health probe without an HTTP client dependency.
 fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
+    http_request(addr, path, "")
+}
+
+/// A minimal HTTP/1.0 GET with extra header lines (each ending in CRLF).
+fn http_request(addr: &str, path: &str, headers: &str) -> anyhow::Result<String> {
     let mut stream = TcpStream::connect(addr).with_context(|| format!("connect to {addr}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").context("send the request")?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{headers}\r\n"
+    )
+    .context("send the request")?;
     let mut response = String::new();
     stream
         .read_to_string(&mut response)

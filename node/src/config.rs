@@ -48,10 +48,70 @@ pub struct Config {
     pub public_url: Option<String>,
     /// Seed a demo course, cohort and live session and print links. Default `false`.
     pub demo: bool,
+    /// Print the demo's links without seeding it (a node of a demo cluster that receives the
+    /// demo from its peers). Not configurable; set by `--demo --nodes N`. Default `false`.
+    pub demo_links: bool,
     /// Token verification.
     pub auth: AuthSettings,
     /// Rates, sizes and caps.
     pub limits: Limits,
+    /// The regional mesh (off unless `mesh.tls_dir` is set).
+    pub mesh: MeshSettings,
+    /// Bearer token of the admin API (`/admin/status`, `/admin/peers`; what `lectern status`
+    /// and `lectern peers` call). Default none: the admin API answers 404.
+    pub admin_token: Option<String>,
+}
+
+/// Longest push coalescing window accepted, in ms (the replication-latency budget).
+pub const PUSH_COALESCE_MAX_MS: u64 = 20;
+
+/// The regional mesh: QUIC with mutual TLS to the other nodes.
+#[derive(Debug, Clone)]
+pub struct MeshSettings {
+    /// This node's cluster name: the `--id` its certificate was issued for. Default: the
+    /// certificate directory is required, the name then defaults to `node`.
+    pub name: String,
+    /// This node's region, shown to peers and operators. Default `local`.
+    pub region: String,
+    /// UDP address to listen on for peers. Default `127.0.0.1:7400`.
+    pub listen: SocketAddr,
+    /// Directory with `node.pem`, `node.key`, `ca.pem` (`lectern cluster issue-node`).
+    /// Default none: the mesh is off.
+    pub tls_dir: Option<PathBuf>,
+    /// Peers to dial, each `NAME@HOST:PORT`. Default none.
+    pub peers: Vec<String>,
+    /// Share only these cohorts' documents (and their sessions') with peers, in both
+    /// directions: a classroom node restricted to its own cohorts. Default none: share all.
+    pub share_cohorts: Option<Vec<String>>,
+    /// Local changes are pushed to peers at most this often, in ms (at most
+    /// [`PUSH_COALESCE_MAX_MS`]). Default 10.
+    pub push_coalesce_ms: u64,
+    /// Longest wait between two dials of an unreachable peer, in ms (jittered exponential
+    /// backoff from 100 ms up to this). Default 5000.
+    pub reconnect_max_ms: u64,
+    /// A peer silent for this long is dead (its connection closes, its presence expires), in
+    /// ms. Default 5000.
+    pub peer_idle_timeout_ms: u64,
+    /// A dial (QUIC + TLS handshake) that takes longer than this is abandoned and retried, in
+    /// ms. Default 3000.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for MeshSettings {
+    fn default() -> Self {
+        MeshSettings {
+            name: "node".into(),
+            region: "local".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
+            tls_dir: None,
+            peers: Vec::new(),
+            share_cohorts: None,
+            push_coalesce_ms: 10,
+            reconnect_max_ms: 5_000,
+            peer_idle_timeout_ms: 5_000,
+            connect_timeout_ms: 3_000,
+        }
+    }
 }
 
 /// How tokens are verified.
@@ -79,8 +139,11 @@ impl Default for Config {
             http: SocketAddr::from(([127, 0, 0, 1], 8080)),
             public_url: None,
             demo: false,
+            demo_links: false,
             auth: AuthSettings::default(),
             limits: Limits::default(),
+            mesh: MeshSettings::default(),
+            admin_token: None,
         }
     }
 }
@@ -110,6 +173,18 @@ pub struct Overrides {
     pub public_url: Option<String>,
     /// `--demo`: turns the demo on (a flag cannot turn it off).
     pub demo: bool,
+    /// `--mesh-name NAME`.
+    pub mesh_name: Option<String>,
+    /// `--region REGION`.
+    pub region: Option<String>,
+    /// `--mesh-listen ADDR`.
+    pub mesh_listen: Option<SocketAddr>,
+    /// `--mesh-tls-dir DIR`.
+    pub mesh_tls_dir: Option<PathBuf>,
+    /// `--peer NAME@HOST:PORT` (repeatable; replaces the peers of the other layers).
+    pub peers: Vec<String>,
+    /// `--admin-token TOKEN`.
+    pub admin_token: Option<String>,
 }
 
 impl Config {
@@ -154,6 +229,24 @@ impl Config {
             config.public_url = Some(check_url(&url).map_err(|e| anyhow!("--public-url: {e}"))?);
         }
         config.demo |= overrides.demo;
+        if let Some(v) = overrides.mesh_name {
+            config.mesh.name = check_node_name(&v, "--mesh-name")?;
+        }
+        if let Some(v) = overrides.region {
+            config.mesh.region = check_nonempty(&v, "--region")?;
+        }
+        if let Some(v) = overrides.mesh_listen {
+            config.mesh.listen = v;
+        }
+        if let Some(v) = overrides.mesh_tls_dir {
+            config.mesh.tls_dir = Some(check_path(v, "--mesh-tls-dir")?);
+        }
+        if !overrides.peers.is_empty() {
+            config.mesh.peers = check_peers(overrides.peers, "--peer")?;
+        }
+        if let Some(v) = overrides.admin_token {
+            config.admin_token = Some(check_secret(v, "--admin-token")?);
+        }
 
         config.check_together()?;
         Ok(config)
@@ -203,6 +296,25 @@ struct FileConfig {
     auth: FileAuth,
     #[serde(default)]
     limits: FileLimits,
+    #[serde(default)]
+    mesh: FileMesh,
+    admin_token: Option<String>,
+}
+
+/// The file's `[mesh]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileMesh {
+    name: Option<String>,
+    region: Option<String>,
+    listen: Option<String>,
+    tls_dir: Option<PathBuf>,
+    peers: Option<Vec<String>>,
+    share_cohorts: Option<Vec<String>>,
+    push_coalesce_ms: Option<u64>,
+    reconnect_max_ms: Option<u64>,
+    peer_idle_timeout_ms: Option<u64>,
+    connect_timeout_ms: Option<u64>,
 }
 
 /// The file's `[auth]` table.
@@ -257,6 +369,40 @@ impl FileConfig {
         }
         if let Some(v) = a.leeway_s {
             c.auth.leeway_s = check_leeway(v, &at("auth.leeway_s"))?;
+        }
+        let m = self.mesh;
+        if let Some(v) = m.name {
+            c.mesh.name = check_node_name(&v, &at("mesh.name"))?;
+        }
+        if let Some(v) = m.region {
+            c.mesh.region = check_nonempty(&v, &at("mesh.region"))?;
+        }
+        if let Some(v) = m.listen {
+            c.mesh.listen = parse_value(&v, &at("mesh.listen"))?;
+        }
+        if let Some(v) = m.tls_dir {
+            c.mesh.tls_dir = Some(check_path(v, &at("mesh.tls_dir"))?);
+        }
+        if let Some(v) = m.peers {
+            c.mesh.peers = check_peers(v, &at("mesh.peers"))?;
+        }
+        if let Some(v) = m.share_cohorts {
+            c.mesh.share_cohorts = Some(v);
+        }
+        if let Some(v) = m.push_coalesce_ms {
+            c.mesh.push_coalesce_ms = check_coalesce(v, &at("mesh.push_coalesce_ms"))?;
+        }
+        if let Some(v) = m.reconnect_max_ms {
+            c.mesh.reconnect_max_ms = check_min_1(v, &at("mesh.reconnect_max_ms"))?;
+        }
+        if let Some(v) = m.peer_idle_timeout_ms {
+            c.mesh.peer_idle_timeout_ms = check_min_1(v, &at("mesh.peer_idle_timeout_ms"))?;
+        }
+        if let Some(v) = m.connect_timeout_ms {
+            c.mesh.connect_timeout_ms = check_min_1(v, &at("mesh.connect_timeout_ms"))?;
+        }
+        if let Some(v) = self.admin_token {
+            c.admin_token = Some(check_secret(v, &at("admin_token"))?);
         }
         let l = self.limits;
         if let Some(v) = l.commands_per_s {
@@ -317,6 +463,43 @@ fn apply_env(c: &mut Config, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Re
     if let Some(v) = get("LECTERN_AUTH_LEEWAY_S") {
         let key = "LECTERN_AUTH_LEEWAY_S";
         c.auth.leeway_s = check_leeway(parse_value(&v, key)?, key)?;
+    }
+    if let Some(v) = get("LECTERN_MESH_NAME") {
+        c.mesh.name = check_node_name(&v, "LECTERN_MESH_NAME")?;
+    }
+    if let Some(v) = get("LECTERN_REGION") {
+        c.mesh.region = check_nonempty(&v, "LECTERN_REGION")?;
+    }
+    if let Some(v) = get("LECTERN_MESH_LISTEN") {
+        c.mesh.listen = parse_value(&v, "LECTERN_MESH_LISTEN")?;
+    }
+    if let Some(v) = get("LECTERN_MESH_TLS_DIR") {
+        c.mesh.tls_dir = Some(check_path(PathBuf::from(v), "LECTERN_MESH_TLS_DIR")?);
+    }
+    if let Some(v) = get("LECTERN_MESH_PEERS") {
+        let peers = v
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(str::to_owned)
+            .collect();
+        c.mesh.peers = check_peers(peers, "LECTERN_MESH_PEERS")?;
+    }
+    if let Some(v) = get("LECTERN_MESH_SHARE_COHORTS") {
+        c.mesh.share_cohorts = Some(
+            v.split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        );
+    }
+    if let Some(v) = get("LECTERN_MESH_PUSH_COALESCE_MS") {
+        let key = "LECTERN_MESH_PUSH_COALESCE_MS";
+        c.mesh.push_coalesce_ms = check_coalesce(parse_value(&v, key)?, key)?;
+    }
+    if let Some(v) = get("LECTERN_ADMIN_TOKEN") {
+        c.admin_token = Some(check_secret(v, "LECTERN_ADMIN_TOKEN")?);
     }
     if let Some(v) = get("LECTERN_RATE_COMMANDS_PER_S") {
         let key = "LECTERN_RATE_COMMANDS_PER_S";
@@ -413,6 +596,42 @@ fn check_alg(raw: &str, key: &str) -> anyhow::Result<String> {
         "RS256" => Ok("RS256".to_owned()),
         _ => bail!("{key}: invalid value {raw:?}: expected \"EdDSA\" or \"RS256\""),
     }
+}
+
+fn check_node_name(v: &str, key: &str) -> anyhow::Result<String> {
+    lectern_mesh::tls::validate_node_name(v.trim()).map_err(|e| anyhow!("{key}: {e}"))?;
+    Ok(v.trim().to_owned())
+}
+
+fn check_nonempty(v: &str, key: &str) -> anyhow::Result<String> {
+    if v.trim().is_empty() {
+        bail!("{key}: the value is empty");
+    }
+    Ok(v.trim().to_owned())
+}
+
+/// Every peer must parse as `NAME@HOST:PORT` (resolved later, when dialled).
+fn check_peers(peers: Vec<String>, key: &str) -> anyhow::Result<Vec<String>> {
+    for peer in &peers {
+        let Some((name, addr)) = peer.split_once('@') else {
+            bail!("{key}: invalid peer {peer:?}: expected NAME@HOST:PORT");
+        };
+        lectern_mesh::tls::validate_node_name(name).map_err(|e| anyhow!("{key}: {e}"))?;
+        if addr
+            .rsplit_once(':')
+            .is_none_or(|(_, port)| port.parse::<u16>().is_err())
+        {
+            bail!("{key}: invalid peer {peer:?}: expected NAME@HOST:PORT");
+        }
+    }
+    Ok(peers)
+}
+
+fn check_coalesce(v: u64, key: &str) -> anyhow::Result<u64> {
+    if v > PUSH_COALESCE_MAX_MS {
+        bail!("{key}: {v} ms is more than the {PUSH_COALESCE_MAX_MS} ms allowed");
+    }
+    Ok(v)
 }
 
 fn check_leeway(v: u64, key: &str) -> anyhow::Result<u64> {

@@ -3,15 +3,19 @@
 //! node; tests start one in-process on `127.0.0.1:0` with [`start`] and stop it with
 //! [`Node::stop`].
 //!
-//! This crate is the only one that will know both HTTP and QUIC (an ARCHITECTURE.md
-//! invariant); the mesh plugs in here.
+//! This crate is the only one that knows both HTTP and QUIC (an ARCHITECTURE.md invariant):
+//! it starts the mesh (`lectern-mesh`) next to the gateway when `mesh.tls_dir` is configured,
+//! and serves the admin API (`/admin/status`, `/admin/peers`) that reports on both.
 
+mod admin;
 pub mod config;
 mod demo;
+mod presence;
 mod serve;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -20,6 +24,7 @@ use axum::routing::get;
 use lectern_gateway::auth::{Claims, PublicKey, PublicKeyAlg, mint};
 use lectern_gateway::{AuthConfig, Gateway, GatewayConfig};
 use lectern_hub::{Hub, HubConfig};
+use lectern_mesh::{Mesh, MeshConfig, NodeTls, PeerAddr};
 use lectern_store::Store;
 use serde_json::json;
 use tokio::sync::oneshot;
@@ -28,6 +33,10 @@ use tracing::info;
 
 pub use config::Config;
 pub use demo::{DEMO_COHORT, DEMO_SESSION, seed_demo};
+
+/// How long a join with a resume token from a node that is ahead waits for the mesh to bring
+/// the missing changes, in ms.
+const RESUME_WAIT_MS: u64 = 2_000;
 
 /// The demo's links, each with its token in a `token` query parameter.
 #[derive(Debug, Clone)]
@@ -52,6 +61,8 @@ pub struct Node {
     pub demo: Option<DemoLinks>,
     /// The HS256 secret tokens are signed with (tests mint tokens with it).
     pub secret: Vec<u8>,
+    /// The regional mesh, when configured.
+    pub mesh: Option<Arc<Mesh>>,
     stop: oneshot::Sender<()>,
     server: JoinHandle<std::io::Result<()>>,
 }
@@ -103,6 +114,19 @@ fn demo_token(secret: &[u8], user: &str, name: &str, role: &str) -> anyhow::Resu
     mint(secret, &claims).context("mint a demo token")
 }
 
+/// The demo session's links on the node at `base`.
+pub fn demo_links(secret: &[u8], base: &str) -> anyhow::Result<DemoLinks> {
+    let link = |user: &str, name: &str, role: &str| -> anyhow::Result<String> {
+        let token = demo_token(secret, user, name, role)?;
+        Ok(format!("{base}/?session={DEMO_SESSION}&token={token}"))
+    };
+    Ok(DemoLinks {
+        session: DEMO_SESSION.to_owned(),
+        student: link("student1", "Grace", "student")?,
+        instructor: link("ada", "Ada (instructor)", "instructor")?,
+    })
+}
+
 /// Opens the store, starts the hub, the gateway and the HTTP server.
 pub async fn start(config: Config) -> anyhow::Result<Node> {
     let dir = config.data_dir.clone();
@@ -120,7 +144,16 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
     let secret = config
         .resolve_secret()
         .context("resolve the token secret")?;
-    let hub = Hub::new(store, HubConfig::default());
+    let hub_config = HubConfig {
+        // With peers, a client failing over from a node that is ahead waits for the mesh.
+        resume_wait_ms: if config.mesh.tls_dir.is_some() {
+            RESUME_WAIT_MS
+        } else {
+            0
+        },
+        ..HubConfig::default()
+    };
+    let hub = Hub::new(store, hub_config);
     let gateway_config = GatewayConfig {
         limits: config.limits.clone(),
         ..GatewayConfig::new(auth_config(&config, secret.clone())?)
@@ -131,25 +164,32 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
         .await
         .with_context(|| format!("bind HTTP on {}", config.http))?;
     let http_addr = listener.local_addr().context("read the bound address")?;
+    let base = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{http_addr}"));
     let demo = if config.demo {
-        let session = seed_demo(&hub).await.context("seed the demo class")?;
-        let base = config
-            .public_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{http_addr}"));
-        let link = |user: &str, name: &str, role: &str| -> anyhow::Result<String> {
-            let token = demo_token(&secret, user, name, role)?;
-            Ok(format!("{base}/?session={session}&token={token}"))
-        };
-        Some(DemoLinks {
-            session: session.to_string(),
-            student: link("student1", "Grace", "student")?,
-            instructor: link("ada", "Ada (instructor)", "instructor")?,
-        })
+        seed_demo(&hub).await.context("seed the demo class")?;
+        Some(demo_links(&secret, &base)?)
+    } else if config.demo_links {
+        Some(demo_links(&secret, &base)?)
     } else {
         None
     };
+    let mesh = match &config.mesh.tls_dir {
+        Some(dir) => {
+            let mesh = start_mesh(&config, dir, hub.clone()).await?;
+            presence::start(gateway.clone(), &mesh);
+            Some(mesh)
+        }
+        None => None,
+    };
     info!(%http_addr, "serving HTTP");
+    let routes = routes.merge(admin::routes(
+        hub.clone(),
+        mesh.clone(),
+        config.admin_token.clone(),
+    ));
     let health_hub = hub.clone();
     let app = routes.route(
         "/healthz",
@@ -174,15 +214,133 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
         gateway,
         demo,
         secret,
+        mesh,
         stop,
         server,
     })
+}
+
+/// The regions of a demo cluster's nodes, in order.
+const DEMO_REGIONS: [&str; 9] = [
+    "sydney", "berlin", "virginia", "tokyo", "saopaulo", "mumbai", "london", "toronto", "cairo",
+];
+
+/// Starts a demo cluster of `n` nodes in this process (see `lectern-node --demo --nodes`): a
+/// cluster CA and node certificates under `{data_dir}/cluster`, one store per node under
+/// `{data_dir}/{name}`, HTTP and QUIC ports counted up from the configured ones, every node
+/// dialling the ones started before it. Port 0 for HTTP or QUIC gives every node a free port.
+/// The first node seeds the demo class; the others receive it over the mesh. Returns
+/// `(name, node)` in order.
+pub async fn start_demo_cluster(config: Config, n: usize) -> anyhow::Result<Vec<(String, Node)>> {
+    let n = n.clamp(1, DEMO_REGIONS.len());
+    let cluster_dir = config.data_dir.join("cluster");
+    let ca_dir = cluster_dir.join("ca");
+    let ca = if ca_dir.join(lectern_mesh::tls::CA_CERT_FILE).is_file() {
+        lectern_mesh::ClusterCa::read(&ca_dir)?
+    } else {
+        let ca = lectern_mesh::ClusterCa::generate()?;
+        ca.write(&ca_dir)?;
+        ca
+    };
+    let secret = config
+        .resolve_secret()
+        .context("resolve the token secret")?;
+    let secret = String::from_utf8(secret).context("the demo secret must be text")?;
+    let port = |base: u16, i: usize| -> u16 {
+        if base == 0 {
+            0
+        } else {
+            base.saturating_add(u16::try_from(i).unwrap_or(u16::MAX))
+        }
+    };
+    let names: Vec<&str> = DEMO_REGIONS[..n].to_vec();
+    let mut nodes: Vec<(String, Node)> = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let tls_dir = cluster_dir.join(name);
+        if !tls_dir.join(lectern_mesh::tls::NODE_CERT_FILE).is_file() {
+            ca.issue_node(name)?.write(&tls_dir)?;
+        }
+        let mut c = config.clone();
+        c.data_dir = config.data_dir.join(name);
+        c.http = SocketAddr::new(config.http.ip(), port(config.http.port(), i));
+        c.auth.hs256_secret = Some(secret.clone());
+        c.demo = i == 0;
+        c.demo_links = i != 0;
+        c.public_url = None;
+        c.mesh.name = (*name).to_owned();
+        c.mesh.region = (*name).to_owned();
+        c.mesh.listen =
+            SocketAddr::new(config.mesh.listen.ip(), port(config.mesh.listen.port(), i));
+        c.mesh.tls_dir = Some(tls_dir);
+        // Each node dials the ones started before it (their addresses are known by now, even
+        // with port 0): every pair is connected once.
+        c.mesh.peers = nodes
+            .iter()
+            .filter_map(|(peer, node)| {
+                let addr = node.mesh.as_ref()?.local_addr().ok()?;
+                Some(format!("{peer}@{addr}"))
+            })
+            .collect();
+        let node = start(c)
+            .await
+            .with_context(|| format!("start demo node {name}"))?;
+        nodes.push(((*name).to_owned(), node));
+    }
+    Ok(nodes)
+}
+
+/// Starts the mesh from the node's configuration.
+async fn start_mesh(
+    config: &Config,
+    tls_dir: &std::path::Path,
+    hub: Hub,
+) -> anyhow::Result<Arc<Mesh>> {
+    let tls = NodeTls::load(tls_dir)?;
+    let settings = &config.mesh;
+    let mut mesh_config = MeshConfig::new(&settings.name, &settings.region, settings.listen, tls);
+    mesh_config.peers = settings
+        .peers
+        .iter()
+        .map(|p| p.parse::<PeerAddr>())
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    mesh_config.push_coalesce_ms = settings.push_coalesce_ms;
+    mesh_config.backoff_max_ms = settings.reconnect_max_ms;
+    mesh_config.idle_timeout_ms = settings.peer_idle_timeout_ms;
+    mesh_config.connect_timeout_ms = settings.connect_timeout_ms;
+    mesh_config.backoff_min_ms = mesh_config.backoff_min_ms.min(settings.reconnect_max_ms);
+    let mut admitted = None;
+    if let Some(cohorts) = &settings.share_cohorts {
+        let (filter, ticks) = admin::share_filter(&hub, cohorts);
+        mesh_config.share = filter;
+        admitted = Some(ticks);
+    }
+    let mesh = Arc::new(
+        Mesh::start(mesh_config, hub)
+            .await
+            .with_context(|| format!("start the mesh on {}", settings.listen))?,
+    );
+    if let Some(mut ticks) = admitted {
+        // New sessions admitted by the share policy: run anti-entropy again to fetch them.
+        let weak = Arc::downgrade(&mesh);
+        tokio::spawn(async move {
+            while ticks.changed().await.is_ok() {
+                match weak.upgrade() {
+                    Some(mesh) => mesh.resync(),
+                    None => return,
+                }
+            }
+        });
+    }
+    Ok(mesh)
 }
 
 impl Node {
     /// Tells clients to reconnect elsewhere, stops serving, lets the hub finish queued work
     /// and flushes the store.
     pub async fn stop(self) -> anyhow::Result<()> {
+        if let Some(mesh) = &self.mesh {
+            mesh.stop().await;
+        }
         self.gateway.shutdown().await;
         let _ = self.stop.send(());
         self.server
@@ -194,6 +352,7 @@ impl Node {
         // and through it the hub and the open store. Wait for them, so that the data directory
         // is free when `stop` returns (a restart in the same process must be able to open it).
         drop(self.gateway);
+        drop(self.mesh);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while self.hub.handles() > 1 && std::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;

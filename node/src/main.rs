@@ -2,6 +2,10 @@
 //!
 //! Configuration: `lectern.toml` < environment (`LECTERN_*`) < these flags; see
 //! `deploy/lectern.toml` for every key and its default.
+//!
+//! `--demo --nodes N` starts a demo cluster in this process: N nodes, each with its own store
+//! (`{data_dir}/{name}`), HTTP port (`--http` port + i) and QUIC port (`--mesh-listen` port + i),
+//! connected by real mutual TLS with a cluster CA generated under `{data_dir}/cluster`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -30,6 +34,27 @@ struct Args {
     /// Seed a demo course, cohort and live session, and print links to it.
     #[arg(long)]
     demo: bool,
+    /// With --demo: start a cluster of this many nodes in this process.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=9))]
+    nodes: u16,
+    /// This node's cluster name (the --id of its certificate).
+    #[arg(long)]
+    mesh_name: Option<String>,
+    /// This node's region.
+    #[arg(long)]
+    region: Option<String>,
+    /// UDP address to listen on for peers [default: 127.0.0.1:7400].
+    #[arg(long)]
+    mesh_listen: Option<SocketAddr>,
+    /// Directory with node.pem, node.key and ca.pem; turns the mesh on.
+    #[arg(long)]
+    mesh_tls_dir: Option<PathBuf>,
+    /// A peer to dial, NAME@HOST:PORT (repeatable).
+    #[arg(long = "peer")]
+    peers: Vec<String>,
+    /// Bearer token of the admin API (/admin/status, /admin/peers).
+    #[arg(long)]
+    admin_token: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -46,7 +71,14 @@ fn main() -> ExitCode {
         http: args.http,
         public_url: args.public_url,
         demo: args.demo,
+        mesh_name: args.mesh_name,
+        region: args.region,
+        mesh_listen: args.mesh_listen,
+        mesh_tls_dir: args.mesh_tls_dir,
+        peers: args.peers,
+        admin_token: args.admin_token,
     };
+    let nodes = args.nodes;
     let config = match Config::load(overrides, &|k| std::env::var(k).ok()) {
         Ok(c) => c,
         Err(e) => {
@@ -63,6 +95,21 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         let stop = shutdown_signal();
+        if config.demo && nodes > 1 {
+            let cluster = lectern_node::start_demo_cluster(config, usize::from(nodes)).await?;
+            for (name, node) in &cluster {
+                println!("node {name}: http://{}", node.http_addr);
+                if let Some(demo) = &node.demo {
+                    println!("student: {}", demo.student);
+                    println!("instructor: {}", demo.instructor);
+                }
+            }
+            stop.await;
+            for (_, node) in cluster {
+                node.stop().await?;
+            }
+            return Ok(());
+        }
         let node = start(config).await?;
         println!("node: http://{}", node.http_addr);
         if let Some(demo) = &node.demo {

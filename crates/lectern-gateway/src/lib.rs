@@ -20,7 +20,7 @@ mod sse;
 mod ws;
 mod wsframe;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -31,7 +31,7 @@ use lectern_hub::{Acked, Hub};
 use lectern_model::{Caller, Command, CommandBody, CommandId, DocId, SessionId};
 use serde_json::{Value, json};
 use socketioxide::SocketIo;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 pub use auth::{AuthConfig, Verified, Verifier};
 pub use error::AppError;
@@ -72,6 +72,8 @@ struct Presence {
 
 struct SessionPresence {
     users: HashMap<String, usize>,
+    /// Users present on other nodes, by the node that reported them (the mesh's presence).
+    remote: HashMap<String, HashSet<String>>,
     last_update: Option<Instant>,
     update_pending: bool,
     /// The latest `attendance:update` frame, for the lean WebSocket sockets that joined the
@@ -84,6 +86,7 @@ impl Default for SessionPresence {
     fn default() -> Self {
         SessionPresence {
             users: HashMap::new(),
+            remote: HashMap::new(),
             last_update: None,
             update_pending: false,
             attendance: watch::Sender::new(None),
@@ -91,11 +94,27 @@ impl Default for SessionPresence {
     }
 }
 
+impl SessionPresence {
+    /// Everyone present in the session, on this node or another, each user once.
+    fn present(&self) -> usize {
+        let mut all: HashSet<&str> = self.users.keys().map(String::as_str).collect();
+        for users in self.remote.values() {
+            all.extend(users.iter().map(String::as_str));
+        }
+        all.len()
+    }
+}
+
+/// Capacity of the local-presence change feed (sessions whose local presence changed).
+const PRESENCE_FEED_CAPACITY: usize = 1024;
+
 pub(crate) struct Inner {
     hub: Hub,
     verifier: Verifier,
     limiter: Arc<limits::Limiter>,
     presence: Mutex<Presence>,
+    /// Sessions whose local presence changed (the node relays them to peers).
+    presence_feed: broadcast::Sender<SessionId>,
     /// The Socket.IO handle. It holds the gateway as its state, so shutdown takes it out to
     /// break that cycle.
     io: Mutex<Option<SocketIo>>,
@@ -131,6 +150,7 @@ impl Gateway {
                 verifier,
                 limiter: Arc::new(limits::Limiter::new(limits.clone())),
                 presence: Mutex::new(Presence::default()),
+                presence_feed: broadcast::channel(PRESENCE_FEED_CAPACITY).0,
                 io: Mutex::new(None),
                 metrics: metrics::Metrics::default(),
                 shutting_down: AtomicBool::new(false),
@@ -265,6 +285,85 @@ impl Gateway {
         self.run(caller, doc, parsed.id, body).await
     }
 
+    /// Sessions whose presence on this node changed (for the mesh to tell peers). A lagging
+    /// receiver should resend [`Gateway::local_presence_all`].
+    pub fn presence_changes(&self) -> broadcast::Receiver<SessionId> {
+        self.inner.presence_feed.subscribe()
+    }
+
+    /// The users present in `session` on this node.
+    pub fn local_presence(&self, session: &SessionId) -> Vec<String> {
+        let p = self
+            .inner
+            .presence
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut users: Vec<String> = p
+            .sessions
+            .get(session)
+            .map(|sp| sp.users.keys().cloned().collect())
+            .unwrap_or_default();
+        users.sort();
+        users
+    }
+
+    /// Every session with users present on this node, and those users.
+    pub fn local_presence_all(&self) -> Vec<(SessionId, Vec<String>)> {
+        let p = self
+            .inner
+            .presence
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        p.sessions
+            .iter()
+            .filter(|(_, sp)| !sp.users.is_empty())
+            .map(|(s, sp)| (s.clone(), sp.users.keys().cloned().collect()))
+            .collect()
+    }
+
+    /// Records that node `source` has `users` present in `session` (replacing what it said
+    /// before; an empty list removes it). `attendance:update` counts them with the local ones.
+    pub fn set_remote_presence(&self, source: &str, session: &SessionId, users: Vec<String>) {
+        let changed = {
+            let mut p = self
+                .inner
+                .presence
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let sp = p.sessions.entry(session.clone()).or_default();
+            let users: HashSet<String> = users.into_iter().collect();
+            let before = sp.present();
+            if users.is_empty() {
+                sp.remote.remove(source);
+            } else {
+                sp.remote.insert(source.to_owned(), users);
+            }
+            sp.present() != before
+        };
+        if changed {
+            self.schedule_attendance_update(session);
+        }
+    }
+
+    /// Forgets everything node `source` reported (it disconnected or went silent).
+    pub fn clear_remote_presence(&self, source: &str) {
+        let sessions: Vec<SessionId> = {
+            let p = self
+                .inner
+                .presence
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            p.sessions
+                .iter()
+                .filter(|(_, sp)| sp.remote.contains_key(source))
+                .map(|(s, _)| s.clone())
+                .collect()
+        };
+        for session in sessions {
+            self.set_remote_presence(source, &session, Vec::new());
+        }
+    }
+
     /// A user's connection to a session opened; the first one records attendance.
     pub(crate) async fn presence_join(&self, session: &SessionId, caller: &Caller) {
         let first = {
@@ -279,6 +378,7 @@ impl Gateway {
             *n == 1
         };
         if first {
+            let _ = self.inner.presence_feed.send(session.clone());
             self.attendance(session, caller, CommandBody::AttendanceJoin)
                 .await;
         }
@@ -307,6 +407,9 @@ impl Gateway {
             }
             last
         };
+        if last {
+            let _ = self.inner.presence_feed.send(session.clone());
+        }
         if last && !self.is_shutting_down() {
             self.attendance(session, caller, CommandBody::AttendanceLeave)
                 .await;
@@ -378,7 +481,7 @@ impl Gateway {
                 };
                 sp.update_pending = false;
                 sp.last_update = Some(Instant::now());
-                let payload = sio::attendance_payload(&session, sp.users.len());
+                let payload = sio::attendance_payload(&session, sp.present());
                 let packet = sio::event_packet("attendance:update", &[&payload]);
                 sp.attendance
                     .send_replace(Some(Arc::from(wsframe::text(packet.as_bytes()))));

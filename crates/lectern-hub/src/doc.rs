@@ -53,7 +53,9 @@ struct Live {
     next_chunk_seq: u64,
     snapshot_bytes: u64,
     chunk_bytes: u64,
-    peers: HashMap<String, sync::State>,
+    /// Per peer: the conversation (see `Hub::peer_connected`) the state belongs to, and the
+    /// state.
+    peers: HashMap<String, (u64, sync::State)>,
 }
 
 /// Runs the writer task of `doc` until its inbox closes (shutdown) or it retires (idle).
@@ -168,14 +170,23 @@ fn fail_all(batch: Vec<Msg>, e: &HubError) {
     }
 }
 
+/// The sync state of (`peer`, `doc`), loaded from the store on first use. A state from an
+/// earlier conversation with `peer` is cut back to its persisted part (the shared heads): what it
+/// says about messages in flight belonged to a connection that is gone.
 fn sync_state<'a>(
     inner: &Inner,
     doc: &DocId,
-    peers: &'a mut HashMap<String, sync::State>,
+    peers: &'a mut HashMap<String, (u64, sync::State)>,
     peer: &str,
 ) -> &'a mut sync::State {
-    peers.entry(peer.to_owned()).or_insert_with(|| {
-        match inner.store.sync_state(peer, &doc.to_string()) {
+    let epoch = inner
+        .peer_epochs
+        .lock()
+        .ok()
+        .and_then(|e| e.get(peer).copied())
+        .unwrap_or(0);
+    let entry = peers.entry(peer.to_owned()).or_insert_with(|| {
+        let state = match inner.store.sync_state(peer, &doc.to_string()) {
             Ok(Some(bytes)) => sync::State::decode(&bytes).unwrap_or_else(|e| {
                 warn!(peer, error = %e, "stored sync state does not decode; starting afresh");
                 sync::State::new()
@@ -185,8 +196,14 @@ fn sync_state<'a>(
                 warn!(peer, error = %e, "reading sync state failed; starting afresh");
                 sync::State::new()
             }
-        }
-    })
+        };
+        (epoch, state)
+    });
+    if entry.0 != epoch {
+        entry.1 = sync::State::decode(&entry.1.encode()).unwrap_or_else(|_| sync::State::new());
+        entry.0 = epoch;
+    }
+    &mut entry.1
 }
 
 /// Processes one batch. Returns false if the store failed (the replica must be reloaded).
@@ -227,7 +244,11 @@ async fn process(inner: &Arc<Inner>, doc: &DocId, live: &mut Live, batch: Vec<Ms
                 reply,
             } => {
                 let state = sync_state(inner, doc, &mut live.peers, &peer);
-                match live.replica.receive_sync_message(state, &message) {
+                let followed = inner.rooms.has_subscribers(doc);
+                match live
+                    .replica
+                    .receive_sync_message_with(state, &message, followed)
+                {
                     Ok(remote) => {
                         inner.counters.sync_messages.fetch_add(1, Ordering::Relaxed);
                         events.extend(
@@ -276,9 +297,16 @@ async fn process(inner: &Arc<Inner>, doc: &DocId, live: &mut Live, batch: Vec<Ms
             return false;
         }
         inner.counters.batches.fetch_add(1, Ordering::Relaxed);
-        live.saved = heads;
+        live.saved = heads.clone();
+    }
+    // The heads index first, so that when `execute` returns, `Hub::doc_heads` already shows the
+    // acknowledged state (a caller comparing replicas never sees the pre-ack heads).
+    let digest = crate::heads_digest(&heads);
+    if changed && let Ok(mut index) = inner.heads.lock() {
+        index.insert(doc.clone(), digest);
     }
 
+    let local = !acks.is_empty();
     inner
         .counters
         .commands_applied
@@ -288,7 +316,16 @@ async fn process(inner: &Arc<Inner>, doc: &DocId, live: &mut Live, batch: Vec<Ms
     }
     if changed {
         inner.rooms.publish(doc, events);
-        let _ = inner.feed.send(doc.clone());
+        let origin = if !local {
+            crate::Origin::Remote
+        } else {
+            crate::Origin::Local
+        };
+        let _ = inner.feed.send(crate::Change {
+            doc: doc.clone(),
+            origin,
+            heads: digest,
+        });
     }
     for (peer, reply) in sync_replies {
         let state = sync_state(inner, doc, &mut live.peers, &peer);
@@ -319,6 +356,7 @@ fn storage_batch(
     let key = doc.to_string();
     let mut batch = Batch::new();
     if changed {
+        batch.put_heads(&key, crate::heads_digest(&live.replica.doc().get_heads()));
         let chunk = live.replica.save_after(&live.saved);
         let chunk_len = chunk.len() as u64;
         let compact =
@@ -336,7 +374,7 @@ fn storage_batch(
         }
     }
     for peer in dirty_peers {
-        if let Some(state) = live.peers.get(peer) {
+        if let Some((_, state)) = live.peers.get(peer) {
             batch.put_sync_state(peer, &key, state.encode());
         }
     }

@@ -14,6 +14,13 @@
 //! falls behind the channel's capacity gets `Lagged` and resumes by token.
 //!
 //! Only this crate mutates a live document (an ARCHITECTURE.md invariant).
+//!
+//! For the mesh: [`Hub::changes`] announces every durable change with its [`Origin`] (a command
+//! accepted here, or a peer's sync message); [`Hub::heads_summary`] lists a digest of every
+//! document's heads (kept in memory and in the store, so no document is loaded to build it);
+//! [`Hub::receive_sync`] / [`Hub::generate_sync`] run automerge's sync protocol with one
+//! persisted `sync::State` per (peer, document); [`Hub::peer_connected`] starts a new
+//! conversation with a peer while keeping what the persisted states say it already has.
 
 mod doc;
 mod rooms;
@@ -30,6 +37,43 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::Instrument;
 
 pub use rooms::{Encoding, Published};
+
+/// Where a durable change came from.
+///
+/// Side effects (notifications, emails, jobs) must be triggered only on the node that accepted
+/// the command, i.e. from [`Hub::execute`]'s acknowledgement or a [`Origin::Local`] change,
+/// never from a [`Origin::Remote`] one: every replica sees every change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The change holds at least one command accepted on this node.
+    Local,
+    /// The change came only from peers' sync messages.
+    Remote,
+}
+
+/// One durable change of a document, as announced on [`Hub::changes`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The document.
+    pub doc: DocId,
+    /// Where the change came from.
+    pub origin: Origin,
+    /// The digest of the document's heads after it (see [`heads_digest`]).
+    pub heads: [u8; 32],
+}
+
+/// A 32-byte digest of a set of heads: SHA-256 over the sorted change hashes. Equal digests
+/// mean (but for a SHA-256 collision) equal documents; the empty set has its own digest.
+pub fn heads_digest(heads: &[automerge::ChangeHash]) -> [u8; 32] {
+    use sha2::Digest;
+    let mut sorted: Vec<&automerge::ChangeHash> = heads.iter().collect();
+    sorted.sort();
+    let mut hasher = sha2::Sha256::new();
+    for head in sorted {
+        hasher.update(head.0);
+    }
+    hasher.finalize().into()
+}
 
 use doc::Msg;
 
@@ -54,6 +98,11 @@ pub struct HubConfig {
     pub compact_min_bytes: u64,
     /// Capacity of the change feed the mesh consumes. Default 65,536.
     pub feed_capacity: usize,
+    /// A join whose resume token names heads this node does not have yet (the client comes from
+    /// another node that is ahead) waits this long for the mesh to bring them before it falls
+    /// back to a snapshot. Default 0 (a node without peers has nobody to wait for); a node with
+    /// a mesh sets it.
+    pub resume_wait_ms: u64,
     /// The clock; tests pass a fake one. Default: system time.
     pub clock: Arc<dyn Fn() -> Millis + Send + Sync>,
 }
@@ -68,6 +117,7 @@ impl Default for HubConfig {
             room_capacity: 4096,
             compact_min_bytes: 256 * 1024,
             feed_capacity: 65_536,
+            resume_wait_ms: 0,
             clock: Arc::new(system_now),
         }
     }
@@ -203,7 +253,13 @@ struct Inner {
     config: HubConfig,
     docs: Mutex<HashMap<DocId, mpsc::Sender<Msg>>>,
     rooms: rooms::Rooms,
-    feed: broadcast::Sender<DocId>,
+    feed: broadcast::Sender<Change>,
+    /// The heads digest of every stored document (seeded from the store, updated after every
+    /// durable batch).
+    heads: Mutex<HashMap<DocId, [u8; 32]>>,
+    /// Per peer, a counter bumped by [`Hub::peer_connected`]; a writer holding a sync state of
+    /// an older conversation resets it to what was persisted.
+    peer_epochs: Mutex<HashMap<String, u64>>,
     counters: Counters,
     closing: AtomicBool,
     /// Every writer task holds a clone; shutdown waits for all of them to be dropped.
@@ -222,7 +278,19 @@ impl Hub {
     pub fn new(store: Store, config: HubConfig) -> Hub {
         let (feed, _) = broadcast::channel(config.feed_capacity.max(1));
         let (alive, all_done) = mpsc::channel(1);
+        let heads = match store.heads_digests() {
+            Ok(list) => list
+                .into_iter()
+                .filter_map(|(doc, digest)| DocId::parse(&doc).ok().map(|d| (d, digest)))
+                .collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "reading the heads digests failed; anti-entropy starts empty");
+                HashMap::new()
+            }
+        };
         let inner = Inner {
+            heads: Mutex::new(heads),
+            peer_epochs: Mutex::new(HashMap::new()),
             committer: store.committer(),
             identity: store.identity(),
             rooms: rooms::Rooms::new(config.room_capacity),
@@ -278,7 +346,49 @@ impl Hub {
 
     /// Subscribes `caller` to `doc`: a snapshot (or, with `since`, the events after it) and a
     /// receiver of every later event, with no gap and no overlap.
+    ///
+    /// A token with heads this node does not have yet waits up to `resume_wait_ms` for them to
+    /// arrive from a peer (failover: the client's previous node was ahead), so the client gets
+    /// exactly the events it missed rather than a snapshot.
     pub async fn join(
+        &self,
+        doc: DocId,
+        caller: Caller,
+        since: Option<ResumeToken>,
+    ) -> Result<Joined, HubError> {
+        let wait = Duration::from_millis(self.inner.config.resume_wait_ms);
+        if since.is_none() || wait.is_zero() {
+            return self.join_once(doc, caller, since).await;
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        // Subscribed before the first attempt, so a change in between is not missed.
+        let mut feed = self.changes();
+        loop {
+            let joined = self
+                .join_once(doc.clone(), caller.clone(), since.clone())
+                .await?;
+            let behind = matches!(
+                joined.start,
+                JoinStart::Snapshot {
+                    resume_refused: Some("unknown_heads"),
+                    ..
+                }
+            );
+            if !behind || tokio::time::Instant::now() >= deadline {
+                return Ok(joined);
+            }
+            // Wait for this document to change (or the deadline), then try again.
+            loop {
+                match tokio::time::timeout_at(deadline, feed.recv()).await {
+                    Ok(Ok(change)) if change.doc != doc => continue,
+                    Ok(Ok(_)) | Ok(Err(broadcast::error::RecvError::Lagged(_))) | Err(_) => break,
+                    Ok(Err(broadcast::error::RecvError::Closed)) => return Ok(joined),
+                }
+            }
+        }
+    }
+
+    async fn join_once(
         &self,
         doc: DocId,
         caller: Caller,
@@ -323,8 +433,36 @@ impl Hub {
 
     /// Every document changed on this node (by a command or a peer), after it is durable.
     /// A receiver that lags should fall back to a full heads comparison.
-    pub fn changes(&self) -> broadcast::Receiver<DocId> {
+    pub fn changes(&self) -> broadcast::Receiver<Change> {
         self.inner.feed.subscribe()
+    }
+
+    /// The heads digest of every document this node stores, sorted by doc id. Built from
+    /// memory: no document is loaded.
+    pub fn heads_summary(&self) -> Vec<(DocId, [u8; 32])> {
+        let mut list: Vec<(DocId, [u8; 32])> = self
+            .inner
+            .heads
+            .lock()
+            .map(|h| h.iter().map(|(d, h)| (d.clone(), *h)).collect())
+            .unwrap_or_default();
+        list.sort_unstable();
+        list
+    }
+
+    /// The heads digest of `doc`, if this node stores it.
+    pub fn doc_heads(&self, doc: &DocId) -> Option<[u8; 32]> {
+        self.inner.heads.lock().ok()?.get(doc).copied()
+    }
+
+    /// Starts a new conversation with `peer`: every sync state with it drops what it assumed
+    /// about messages in flight on the previous connection and keeps only the persisted part
+    /// (the heads both sides had in common), so a reconnect neither resends history nor waits
+    /// for a reply that will never come.
+    pub fn peer_connected(&self, peer: &str) {
+        if let Ok(mut epochs) = self.inner.peer_epochs.lock() {
+            *epochs.entry(peer.to_owned()).or_insert(0) += 1;
+        }
     }
 
     /// Counters.

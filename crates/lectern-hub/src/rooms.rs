@@ -112,6 +112,13 @@ impl Rooms {
             .subscribe()
     }
 
+    /// Whether anyone follows `doc` now. Subscribing happens on the document's writer task, so
+    /// the answer holds for the whole batch that asks.
+    pub(crate) fn has_subscribers(&self, doc: &DocId) -> bool {
+        let rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        rooms.get(doc).is_some_and(|tx| tx.receiver_count() > 0)
+    }
+
     /// Publishes to the room; a room whose last subscriber left is removed.
     pub(crate) fn publish(&self, doc: &DocId, events: Vec<Arc<Published>>) {
         if events.is_empty() {

@@ -271,6 +271,18 @@ impl Replica {
         state: &mut sync::State,
         message: &[u8],
     ) -> Result<Vec<Event>, SyncError> {
+        self.receive_sync_message_with(state, message, true)
+    }
+
+    /// Applies a peer's sync message; derives the events of the changes it brought only if
+    /// `with_events` (deriving them is most of the cost of a catch-up, and a document nobody
+    /// follows needs none: a later subscriber starts from a snapshot or a replay).
+    pub fn receive_sync_message_with(
+        &mut self,
+        state: &mut sync::State,
+        message: &[u8],
+        with_events: bool,
+    ) -> Result<Vec<Event>, SyncError> {
         let message =
             sync::Message::decode(message).map_err(|e| SyncError::Decode(e.to_string()))?;
         let old = self.doc.get_heads();
@@ -286,6 +298,9 @@ impl Replica {
                 self.note_attendance(env);
                 self.index(env.clone());
             }
+        }
+        if !with_events {
+            return Ok(Vec::new());
         }
         Ok(self.events_for(&old, &changes))
     }

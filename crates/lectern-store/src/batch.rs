@@ -61,6 +61,15 @@ impl Batch {
         });
     }
 
+    /// Stores `digest`, a summary of `doc`'s current heads, for the mesh's anti-entropy: a peer
+    /// compares digests to find the documents that differ without loading any of them.
+    pub fn put_heads(&mut self, doc: &str, digest: [u8; 32]) {
+        self.ops.push(Op::PutHeads {
+            doc: doc.to_owned(),
+            digest,
+        });
+    }
+
     /// True when the batch holds no operation.
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
@@ -94,6 +103,7 @@ impl fmt::Debug for Batch {
                     "put_sync_state({peer:?}, {doc:?}, {} B)",
                     bytes.len()
                 )),
+                Op::PutHeads { doc, .. } => list.entry(&format_args!("put_heads({doc:?})")),
             };
         }
         list.finish()
@@ -116,6 +126,10 @@ enum Op {
         doc: String,
         bytes: Vec<u8>,
     },
+    PutHeads {
+        doc: String,
+        digest: [u8; 32],
+    },
 }
 
 /// Applies `batch` atomically (without fsync) and counts it in the store's stats.
@@ -128,7 +142,7 @@ pub(crate) fn apply(shared: &Shared, batch: Batch) -> Result<(), StoreError> {
                 keys::validate_doc(doc)?;
                 keys::validate_seq(doc, *seq)?;
             }
-            Op::PutSnapshot { doc, .. } => keys::validate_doc(doc)?,
+            Op::PutSnapshot { doc, .. } | Op::PutHeads { doc, .. } => keys::validate_doc(doc)?,
             Op::PutSyncState { peer, doc, .. } => {
                 keys::validate_peer(peer)?;
                 keys::validate_doc(doc)?;
@@ -164,6 +178,9 @@ pub(crate) fn apply(shared: &Shared, batch: Batch) -> Result<(), StoreError> {
             }
             Op::PutSyncState { peer, doc, bytes } => {
                 writes.insert(keys::sync_state_key(&peer, &doc), Some(bytes));
+            }
+            Op::PutHeads { doc, digest } => {
+                writes.insert(keys::heads_key(&doc), Some(digest.to_vec()));
             }
         }
     }

@@ -97,6 +97,17 @@ pub(crate) fn sync_state_key(peer: &str, doc: &str) -> Vec<u8> {
     key
 }
 
+/// Prefix of every heads-digest key.
+pub(crate) const HEADS_PREFIX: &[u8] = b"h/";
+
+/// `h/{doc}`
+pub(crate) fn heads_key(doc: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(HEADS_PREFIX.len() + doc.len());
+    key.extend_from_slice(HEADS_PREFIX);
+    key.extend_from_slice(doc.as_bytes());
+    key
+}
+
 /// What a key under [`DOC_PREFIX`] belongs to.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum DocKey<'a> {

@@ -8,6 +8,7 @@
 //! | `d/{doc}/s` | the document's snapshot (a saved automerge document) |
 //! | `d/{doc}/c/` + seq as 8 big-endian bytes | an incremental chunk |
 //! | `y/{peer}/{doc}` | the persisted automerge sync state of (peer, doc) |
+//! | `h/{doc}` | a 32-byte digest of the document's heads (the mesh's anti-entropy summary) |
 //! | `m/node_id`, `m/boot_epoch`, `m/schema_version` | 16 random bytes, u64 BE, u32 BE |
 //!
 //! One keyspace rather than one sled tree per kind, because a `sled::Batch` applied with

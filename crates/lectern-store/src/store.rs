@@ -208,6 +208,23 @@ impl Store {
         Ok(docs)
     }
 
+    /// Every document's heads digest (see [`crate::Batch::put_heads`]), sorted by doc id.
+    /// A value of the wrong length is corruption.
+    pub fn heads_digests(&self) -> Result<Vec<(String, [u8; 32])>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.inner.shared.db.scan_prefix(keys::HEADS_PREFIX) {
+            let (key, value) = entry?;
+            let doc = std::str::from_utf8(&key[keys::HEADS_PREFIX.len()..])
+                .map_err(|_| keys::corrupt_key(&key, "the doc id in the key is not UTF-8"))?;
+            let digest: [u8; 32] = value
+                .as_ref()
+                .try_into()
+                .map_err(|_| keys::corrupt_key(&key, "a heads digest must be 32 bytes"))?;
+            out.push((doc.to_owned(), digest));
+        }
+        Ok(out)
+    }
+
     /// The persisted automerge sync state of (`peer`, `doc`), if any.
     pub fn sync_state(&self, peer: &str, doc: &str) -> Result<Option<Vec<u8>>, StoreError> {
         keys::validate_peer(peer)?;

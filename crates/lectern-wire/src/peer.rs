@@ -21,8 +21,12 @@ pub const ALPN: &[u8] = b"lectern/1";
 pub enum PeerFrame {
     /// The first frame in each direction of a connection.
     Hello {
-        /// The sender's node id (32 lowercase hex characters).
+        /// The sender's node id (32 lowercase hex characters): the identity of its store, under
+        /// which peers persist their sync states with it.
         node_id: String,
+        /// The sender's cluster name: the id its certificate was issued for
+        /// (`lectern cluster issue-node --id`), which peers dial it by.
+        name: String,
         /// The sender's region, as configured.
         region: String,
         /// The sender's [`PROTOCOL_VERSION`].

@@ -11,6 +11,7 @@ fn every_variant() -> Vec<PeerFrame> {
     vec![
         PeerFrame::Hello {
             node_id: "01abff000102030405060708090a0bfe".into(),
+            name: "sydney-1".into(),
             region: "eu-west".into(),
             protocol_version: PROTOCOL_VERSION,
         },

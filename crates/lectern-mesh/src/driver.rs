@@ -1,0 +1,851 @@
+//! The quinn driver of the mesh: sockets, tasks and timers around the sans-IO [`Session`].
+//!
+//! One QUIC endpoint per node serves incoming peers and dials the configured ones. Each
+//! connection carries one bidirectional stream of length-prefixed frames. Its task feeds
+//! received frames, local changes (the hub's change feed) and timer ticks into the session and
+//! carries out the session's outputs: frames go to a writer task; sync steps go to a small pool
+//! of workers (a document always to the same worker, so its messages stay in order) that call
+//! the hub.
+//!
+//! Two nodes that both dial each other end up with two connections; the one dialled by the node
+//! with the smaller name is kept, on both sides alike, and the other is closed. A dial loop
+//! waits while its peer is connected (either way) and otherwise retries with jittered
+//! exponential backoff.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use lectern_hub::Hub;
+use lectern_model::DocId;
+use lectern_wire::{FRAME_LEN_MAX_BYTES, FrameDecoder, FrameError, PeerFrame, encode_frame};
+use rand::Rng;
+use serde::Serialize;
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::task::JoinSet;
+use tracing::{Instrument, debug, info, warn};
+
+use crate::session::{Output, PeerInfo, Session, SessionConfig, ShareFilter};
+use crate::tls::NodeTls;
+
+/// Sync workers per connection: documents sync concurrently up to this many at a time.
+const SYNC_WORKERS: usize = 32;
+/// Sync steps queued per worker before the connection stops reading (backpressure).
+const SYNC_WORKER_QUEUE_MAX: usize = 4096;
+/// Bytes read from the stream at once.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// Ephemeral messages buffered for local subscribers.
+const EPHEMERAL_CAPACITY: usize = 4096;
+
+/// A configured peer: `name@host:port`, where `name` is the id its certificate was issued for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerAddr {
+    /// The peer's cluster name (checked against its certificate).
+    pub name: String,
+    /// Where it listens for QUIC.
+    pub addr: SocketAddr,
+}
+
+impl std::str::FromStr for PeerAddr {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<PeerAddr, anyhow::Error> {
+        let (name, addr) = s
+            .split_once('@')
+            .with_context(|| format!("peer {s:?} must be NAME@HOST:PORT"))?;
+        crate::tls::validate_node_name(name)?;
+        let addr = std::net::ToSocketAddrs::to_socket_addrs(addr)
+            .with_context(|| format!("resolve the address of peer {s:?}"))?
+            .next()
+            .with_context(|| format!("peer {s:?}: the address resolves to nothing"))?;
+        Ok(PeerAddr {
+            name: name.to_owned(),
+            addr,
+        })
+    }
+}
+
+/// The mesh's settings.
+#[derive(Clone)]
+pub struct MeshConfig {
+    /// This node's cluster name (its certificate's name).
+    pub name: String,
+    /// This node's region.
+    pub region: String,
+    /// The UDP address to listen on.
+    pub listen: SocketAddr,
+    /// The peers to dial.
+    pub peers: Vec<PeerAddr>,
+    /// This node's certificate, key and cluster CA.
+    pub tls: NodeTls,
+    /// Which documents to share (both ways).
+    pub share: ShareFilter,
+    /// Local changes are pushed at most this often. Default 10 ms.
+    pub push_coalesce_ms: u64,
+    /// First reconnect delay. Default 100 ms.
+    pub backoff_min_ms: u64,
+    /// Longest reconnect delay. Default 5 s.
+    pub backoff_max_ms: u64,
+    /// Largest frame accepted from a peer. Default: the protocol's 16 MiB.
+    pub frame_len_max_bytes: usize,
+    /// A dial or handshake that takes longer than this failed (and is retried). Default 3 s.
+    pub connect_timeout_ms: u64,
+    /// A peer silent for this long is dead. Default [`crate::IDLE_TIMEOUT_MS`] (5 s).
+    pub idle_timeout_ms: u64,
+}
+
+impl MeshConfig {
+    /// A config with default limits, sharing everything.
+    pub fn new(name: &str, region: &str, listen: SocketAddr, tls: NodeTls) -> MeshConfig {
+        MeshConfig {
+            name: name.to_owned(),
+            region: region.to_owned(),
+            listen,
+            peers: Vec::new(),
+            tls,
+            share: crate::session::share_all(),
+            push_coalesce_ms: 10,
+            backoff_min_ms: 100,
+            backoff_max_ms: 5_000,
+            frame_len_max_bytes: FRAME_LEN_MAX_BYTES,
+            connect_timeout_ms: 3_000,
+            idle_timeout_ms: crate::IDLE_TIMEOUT_MS,
+        }
+    }
+}
+
+/// An ephemeral message received from a peer.
+#[derive(Debug, Clone)]
+pub struct EphemeralIn {
+    /// The peer's cluster name.
+    pub peer: String,
+    /// The document it concerns.
+    pub doc: String,
+    /// The payload.
+    pub payload: Vec<u8>,
+}
+
+/// One peer as `lectern peers` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerStatus {
+    /// Cluster name.
+    pub name: String,
+    /// `connected` or `connecting`.
+    pub state: &'static str,
+    /// Its node id, once known.
+    pub node_id: Option<String>,
+    /// Its region, once known.
+    pub region: Option<String>,
+    /// Its address.
+    pub addr: Option<String>,
+    /// Round-trip time in ms, when connected.
+    pub rtt_ms: Option<f64>,
+    /// Documents waiting to be pushed to it (the replication lag, in documents).
+    pub lag_docs: usize,
+    /// Seconds connected.
+    pub connected_s: Option<u64>,
+    /// The last dial error, when not connected.
+    pub last_error: Option<String>,
+}
+
+/// The mesh as `lectern status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct MeshStatus {
+    /// This node's cluster name.
+    pub name: String,
+    /// Its region.
+    pub region: String,
+    /// The QUIC address it listens on.
+    pub listen: String,
+    /// Its peers.
+    pub peers: Vec<PeerStatus>,
+    /// Connections refused or dropped for a protocol fault since start.
+    pub peer_faults: u64,
+    /// Frame bytes sent to peers since start (headers included).
+    pub bytes_sent: u64,
+    /// Frame bytes received from peers since start.
+    pub bytes_received: u64,
+}
+
+/// The running mesh of one node.
+pub struct Mesh {
+    shared: Arc<Shared>,
+    endpoint: quinn::Endpoint,
+    tasks: Mutex<JoinSet<()>>,
+}
+
+struct PeerEntry {
+    conn_id: u64,
+    conn: quinn::Connection,
+    info: PeerInfo,
+    dialer: String,
+    since: Instant,
+    pending: Arc<AtomicUsize>,
+}
+
+struct Shared {
+    hub: Hub,
+    config: MeshConfig,
+    node_id: String,
+    ephemeral_sender: String,
+    sessions: Mutex<HashMap<String, PeerEntry>>,
+    dial_errors: Mutex<HashMap<String, String>>,
+    changed: watch::Sender<u64>,
+    shutdown: watch::Sender<bool>,
+    resync: watch::Sender<u64>,
+    ephemeral_out: broadcast::Sender<(String, Vec<u8>)>,
+    ephemeral_in: broadcast::Sender<EphemeralIn>,
+    next_conn_id: AtomicU64,
+    faults: AtomicU64,
+    bytes_sent: Arc<AtomicU64>,
+    bytes_received: AtomicU64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Direction {
+    Dialed,
+    Accepted,
+}
+
+impl Mesh {
+    /// Binds the endpoint, starts accepting peers and dialling the configured ones.
+    pub async fn start(config: MeshConfig, hub: Hub) -> anyhow::Result<Mesh> {
+        crate::tls::validate_node_name(&config.name)?;
+        let server = config.tls.server_config(config.idle_timeout_ms)?;
+        let client = config.tls.client_config(config.idle_timeout_ms)?;
+        let mut endpoint = quinn::Endpoint::server(server, config.listen)
+            .with_context(|| format!("bind QUIC on {}", config.listen))?;
+        endpoint.set_default_client_config(client);
+        let identity = *hub.identity();
+        let (ephemeral_out, _) = broadcast::channel(EPHEMERAL_CAPACITY);
+        let (ephemeral_in, _) = broadcast::channel(EPHEMERAL_CAPACITY);
+        let shared = Arc::new(Shared {
+            node_id: identity.node_id.to_string(),
+            ephemeral_sender: format!("{}.{}", identity.node_id, identity.boot_epoch),
+            hub,
+            config,
+            sessions: Mutex::new(HashMap::new()),
+            dial_errors: Mutex::new(HashMap::new()),
+            changed: watch::channel(0).0,
+            shutdown: watch::channel(false).0,
+            resync: watch::channel(0).0,
+            ephemeral_out,
+            ephemeral_in,
+            next_conn_id: AtomicU64::new(1),
+            faults: AtomicU64::new(0),
+            bytes_sent: Arc::new(AtomicU64::new(0)),
+            bytes_received: AtomicU64::new(0),
+        });
+        let mut tasks = JoinSet::new();
+        let span = tracing::info_span!("mesh", node = %shared.config.name);
+        tasks.spawn(accept_loop(shared.clone(), endpoint.clone()).instrument(span.clone()));
+        for peer in shared.config.peers.clone() {
+            let span = tracing::info_span!(parent: &span, "dial", peer = %peer.name);
+            tasks.spawn(dial_loop(shared.clone(), endpoint.clone(), peer).instrument(span));
+        }
+        info!(listen = %endpoint.local_addr().map(|a| a.to_string()).unwrap_or_default(), "mesh started");
+        Ok(Mesh {
+            shared,
+            endpoint,
+            tasks: Mutex::new(tasks),
+        })
+    }
+
+    /// The UDP address the mesh listens on.
+    pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.endpoint.local_addr().context("read the QUIC address")
+    }
+
+    /// Names of the peers connected now.
+    pub fn connected_peers(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .shared
+            .sessions
+            .lock()
+            .map(|s| s.keys().cloned().collect())
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    /// A receiver that ticks whenever the set of connected peers changes.
+    pub fn peer_changes(&self) -> watch::Receiver<u64> {
+        self.shared.changed.subscribe()
+    }
+
+    /// Completes once [`Mesh::stop`] has been called.
+    pub async fn stopped(&self) {
+        let mut rx = self.shared.shutdown.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
+    /// Runs anti-entropy again with every peer: a fresh heads summary each way compared with
+    /// the last one received. Call it when the share policy admits new documents.
+    pub fn resync(&self) {
+        self.shared.resync.send_modify(|v| *v += 1);
+    }
+
+    /// Sends an ephemeral message about `doc` to every connected peer.
+    pub fn send_ephemeral(&self, doc: &str, payload: Vec<u8>) {
+        let _ = self.shared.ephemeral_out.send((doc.to_owned(), payload));
+    }
+
+    /// Ephemeral messages received from peers.
+    pub fn ephemeral(&self) -> broadcast::Receiver<EphemeralIn> {
+        self.shared.ephemeral_in.subscribe()
+    }
+
+    /// The mesh's state for `lectern status` / `lectern peers`.
+    pub fn status(&self) -> MeshStatus {
+        let shared = &self.shared;
+        let sessions = shared.sessions.lock();
+        let errors = shared
+            .dial_errors
+            .lock()
+            .map(|e| e.clone())
+            .unwrap_or_default();
+        let mut peers: Vec<PeerStatus> = Vec::new();
+        if let Ok(sessions) = &sessions {
+            for (name, entry) in sessions.iter() {
+                peers.push(PeerStatus {
+                    name: name.clone(),
+                    state: "connected",
+                    node_id: Some(entry.info.node_id.clone()),
+                    region: Some(entry.info.region.clone()),
+                    addr: Some(entry.conn.remote_address().to_string()),
+                    rtt_ms: Some(entry.conn.rtt().as_secs_f64() * 1000.0),
+                    lag_docs: entry.pending.load(Ordering::Relaxed),
+                    connected_s: Some(entry.since.elapsed().as_secs()),
+                    last_error: None,
+                });
+            }
+            for peer in &shared.config.peers {
+                if !sessions.contains_key(&peer.name) {
+                    peers.push(PeerStatus {
+                        name: peer.name.clone(),
+                        state: "connecting",
+                        node_id: None,
+                        region: None,
+                        addr: Some(peer.addr.to_string()),
+                        rtt_ms: None,
+                        lag_docs: 0,
+                        connected_s: None,
+                        last_error: errors.get(&peer.name).cloned(),
+                    });
+                }
+            }
+        }
+        peers.sort_by(|a, b| a.name.cmp(&b.name));
+        MeshStatus {
+            name: shared.config.name.clone(),
+            region: shared.config.region.clone(),
+            listen: self
+                .endpoint
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            peers,
+            peer_faults: shared.faults.load(Ordering::Relaxed),
+            bytes_sent: shared.bytes_sent.load(Ordering::Relaxed),
+            bytes_received: shared.bytes_received.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Says bye to every peer, closes the endpoint and waits for the mesh's tasks.
+    pub async fn stop(&self) {
+        let _ = self.shared.shutdown.send(true);
+        let mut tasks = match self.tasks.lock() {
+            Ok(mut t) => std::mem::take(&mut *t),
+            Err(_) => return,
+        };
+        let drained = tokio::time::timeout(Duration::from_secs(2), async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tasks.abort_all();
+        }
+        self.endpoint.close(0u32.into(), b"shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+}
+
+async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
+    let mut shutdown = shared.shutdown.subscribe();
+    let mut connections = JoinSet::new();
+    loop {
+        let incoming = tokio::select! {
+            incoming = endpoint.accept() => incoming,
+            _ = shutdown.wait_for(|s| *s) => break,
+        };
+        let Some(incoming) = incoming else { break };
+        let shared = shared.clone();
+        let remote = incoming.remote_address();
+        let span = tracing::info_span!("peer", peer = %remote);
+        connections.spawn(
+            async move {
+                let conn = match tokio::time::timeout(
+                    Duration::from_millis(shared.config.connect_timeout_ms),
+                    incoming,
+                )
+                .await
+                {
+                    Ok(Ok(conn)) => conn,
+                    Ok(Err(e)) => {
+                        shared.faults.fetch_add(1, Ordering::Relaxed);
+                        warn!(error = %e, "refused a peer: handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        shared.faults.fetch_add(1, Ordering::Relaxed);
+                        warn!("refused a peer: handshake timed out");
+                        return;
+                    }
+                };
+                let stream = tokio::time::timeout(
+                    Duration::from_millis(shared.config.connect_timeout_ms),
+                    conn.accept_bi(),
+                )
+                .await;
+                match stream {
+                    Ok(Ok((send, recv))) => {
+                        run_connection(shared, conn, send, recv, Direction::Accepted).await;
+                    }
+                    _ => debug!("peer opened no stream"),
+                }
+            }
+            .instrument(span),
+        );
+        // Reap finished connection tasks as we go.
+        while connections.try_join_next().is_some() {}
+    }
+    connections.shutdown().await;
+}
+
+async fn dial_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint, peer: PeerAddr) {
+    let config = &shared.config;
+    let mut backoff = config.backoff_min_ms.max(1);
+    let mut shutdown = shared.shutdown.subscribe();
+    let mut changed = shared.changed.subscribe();
+    loop {
+        // Wait while the peer is connected, whichever side dialled.
+        while shared.is_connected(&peer.name) {
+            tokio::select! {
+                _ = changed.changed() => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        let attempt = async {
+            let connecting = endpoint
+                .connect(peer.addr, &peer.name)
+                .context("start a QUIC connection")?;
+            let conn = connecting.await.context("QUIC/TLS handshake")?;
+            let (send, recv) = conn.open_bi().await.context("open the peer stream")?;
+            anyhow::Ok((conn, send, recv))
+        };
+        let result = tokio::select! {
+            r = tokio::time::timeout(Duration::from_millis(shared.config.connect_timeout_ms), attempt) => r,
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        match result {
+            Ok(Ok((conn, send, recv))) => {
+                if let Ok(mut errors) = shared.dial_errors.lock() {
+                    errors.remove(&peer.name);
+                }
+                let established =
+                    run_connection(shared.clone(), conn, send, recv, Direction::Dialed).await;
+                if established {
+                    backoff = config.backoff_min_ms.max(1);
+                }
+            }
+            Ok(Err(e)) => {
+                debug!(error = format!("{e:#}"), "dial failed");
+                if let Ok(mut errors) = shared.dial_errors.lock() {
+                    errors.insert(peer.name.clone(), format!("{e:#}"));
+                }
+            }
+            Err(_) => {
+                if let Ok(mut errors) = shared.dial_errors.lock() {
+                    errors.insert(peer.name.clone(), "timed out".into());
+                }
+            }
+        }
+        // Jitter in [backoff/2, backoff], so that nodes restarted together do not dial in step.
+        let delay = rand::rng().random_range(backoff / 2..=backoff);
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(delay)) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        backoff = (backoff * 2).min(config.backoff_max_ms.max(1));
+    }
+}
+
+impl Shared {
+    fn is_connected(&self, name: &str) -> bool {
+        self.sessions
+            .lock()
+            .map(|s| s.contains_key(name))
+            .unwrap_or(false)
+    }
+
+    /// Registers an established connection; false if an existing one with the same peer wins.
+    fn register(&self, entry: PeerEntry) -> bool {
+        let Ok(mut sessions) = self.sessions.lock() else {
+            return false;
+        };
+        let name = entry.info.name.clone();
+        if let Some(old) = sessions.get(&name) {
+            let preferred_dialer = std::cmp::min(self.config.name.as_str(), name.as_str());
+            let new_wins = old.dialer == entry.dialer || entry.dialer == preferred_dialer;
+            if !new_wins {
+                return false;
+            }
+            old.conn.close(0u32.into(), b"duplicate connection");
+        }
+        sessions.insert(name, entry);
+        drop(sessions);
+        self.changed.send_modify(|v| *v += 1);
+        true
+    }
+
+    fn unregister(&self, name: &str, conn_id: u64) {
+        let removed = match self.sessions.lock() {
+            Ok(mut sessions) => {
+                if sessions.get(name).is_some_and(|e| e.conn_id == conn_id) {
+                    sessions.remove(name);
+                    true
+                } else {
+                    false
+                }
+            }
+            Err(_) => false,
+        };
+        if removed {
+            self.changed.send_modify(|v| *v += 1);
+        }
+    }
+}
+
+/// What a sync worker does for one document.
+enum Work {
+    Generate(String),
+    Receive(String, Vec<u8>),
+}
+
+/// Runs one peer connection until it ends. Returns whether the handshake completed.
+async fn run_connection(
+    shared: Arc<Shared>,
+    conn: quinn::Connection,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    direction: Direction,
+) -> bool {
+    let conn_id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
+    let config = &shared.config;
+    let mut session_config = SessionConfig::new(&shared.node_id, &config.name, &config.region);
+    session_config.push_coalesce_ms = config.push_coalesce_ms;
+    let mut session = Session::new(session_config, config.share.clone(), Instant::now());
+    // Subscribed before the summary is taken, so no change falls between the two; consumed
+    // only once the session is open.
+    let mut feed = shared.hub.changes();
+    let mut ephemeral_out = shared.ephemeral_out.subscribe();
+    let mut shutdown = shared.shutdown.subscribe();
+    let mut resync = shared.resync.subscribe();
+    let pending = Arc::new(AtomicUsize::new(0));
+
+    // Unbounded on purpose, yet bounded in practice: every frame comes from a queued sync step
+    // (at most SYNC_WORKERS × SYNC_WORKER_QUEUE_MAX) or from the session (hello, summaries,
+    // presence). A bounded queue here would close a cycle: our reader waits for our workers,
+    // our workers for our writer, our writer for the peer's reader, which waits the same way
+    // for ours, and both ends could block for good.
+    let (frames_tx, mut frames_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let sent = shared.bytes_sent.clone();
+    let writer = tokio::spawn(async move {
+        while let Some(first) = frames_rx.recv().await {
+            let mut bytes = first;
+            while bytes.len() < READ_CHUNK_BYTES {
+                match frames_rx.try_recv() {
+                    Ok(more) => bytes.extend_from_slice(&more),
+                    Err(_) => break,
+                }
+            }
+            if send.write_all(&bytes).await.is_err() {
+                return;
+            }
+            sent.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        }
+        let _ = send.finish();
+    });
+
+    let mut workers: Vec<mpsc::Sender<Work>> = Vec::new();
+    let mut worker_tasks = JoinSet::new();
+    let mut decoder = FrameDecoder::new(config.frame_len_max_bytes);
+    let mut buf = vec![0u8; READ_CHUNK_BYTES];
+    let mut peer: Option<PeerInfo> = None;
+    let mut registered = false;
+    let mut close_reason = String::from("connection ended");
+
+    'conn: loop {
+        // Carry out everything the session asked for.
+        while let Some(output) = session.poll_output() {
+            match output {
+                Output::Send(frame) => match encode_frame(&frame) {
+                    Ok(bytes) => {
+                        if frames_tx.send(bytes).is_err() {
+                            break 'conn;
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "a frame does not encode"),
+                },
+                Output::Established(info) => {
+                    let span_peer = info.name.clone();
+                    if !certificate_names(&conn, &info.name) {
+                        // The TLS layer verified the certificate chain (and, when dialling, the
+                        // name dialled); the name the peer claims must be its certificate's.
+                        shared.faults.fetch_add(1, Ordering::Relaxed);
+                        warn!(claimed = %info.name, "closing: the hello's name is not the certificate's");
+                        session.close("the hello's name is not the certificate's");
+                        continue;
+                    }
+                    let dialer = match direction {
+                        Direction::Dialed => config.name.clone(),
+                        Direction::Accepted => info.name.clone(),
+                    };
+                    let entry = PeerEntry {
+                        conn_id,
+                        conn: conn.clone(),
+                        info: info.clone(),
+                        dialer,
+                        since: Instant::now(),
+                        pending: pending.clone(),
+                    };
+                    if !shared.register(entry) {
+                        session.close("duplicate connection");
+                        continue;
+                    }
+                    registered = true;
+                    info!(peer = %span_peer, region = %info.region, ?direction, "peer connected");
+                    shared.hub.peer_connected(&info.node_id);
+                    for _ in 0..SYNC_WORKERS {
+                        let (tx, rx) = mpsc::channel(SYNC_WORKER_QUEUE_MAX);
+                        workers.push(tx);
+                        worker_tasks.spawn(sync_worker(
+                            shared.hub.clone(),
+                            info.node_id.clone(),
+                            rx,
+                            frames_tx.clone(),
+                        ));
+                    }
+                    peer = Some(info);
+                    session.send_summary(summary(&shared.hub));
+                }
+                Output::GenerateSync(doc) => {
+                    if !dispatch(&workers, Work::Generate(doc)).await {
+                        break 'conn;
+                    }
+                }
+                Output::ReceiveSync { doc, message } => {
+                    if !dispatch(&workers, Work::Receive(doc, message)).await {
+                        break 'conn;
+                    }
+                }
+                Output::Ephemeral { doc, payload, .. } => {
+                    if let Some(p) = &peer {
+                        let _ = shared.ephemeral_in.send(EphemeralIn {
+                            peer: p.name.clone(),
+                            doc,
+                            payload,
+                        });
+                    }
+                }
+                Output::Close { reason } => {
+                    close_reason = reason;
+                    break 'conn;
+                }
+            }
+        }
+        pending.store(session.pending_docs(), Ordering::Relaxed);
+
+        let timeout = session.poll_timeout();
+        let open = session.is_open();
+        tokio::select! {
+            read = recv.read(&mut buf) => match read {
+                Ok(Some(n)) => {
+                    shared.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
+                    decoder.push(&buf[..n]);
+                    loop {
+                        match decoder.next_frame() {
+                            Ok(Some(frame)) => session.handle_frame(frame, Instant::now()),
+                            Ok(None) => break,
+                            Err(FrameError::Malformed { reason }) => {
+                                shared.faults.fetch_add(1, Ordering::Relaxed);
+                                warn!(reason, "dropped a malformed frame");
+                            }
+                            Err(e) => {
+                                shared.faults.fetch_add(1, Ordering::Relaxed);
+                                warn!(error = %e, "closing: the peer's stream is unusable");
+                                session.close("frame too large");
+                                break;
+                            }
+                        }
+                    }
+                }
+                Ok(None) => {
+                    close_reason = "the peer closed its stream".into();
+                    break 'conn;
+                }
+                Err(e) => {
+                    close_reason = format!("read failed: {e}");
+                    break 'conn;
+                }
+            },
+            change = feed.recv(), if open => match change {
+                Ok(change) => session.local_change(&change.doc.to_string(), Instant::now()),
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    debug!(missed = n, "change feed lagged; resending the heads summary");
+                    session.send_summary(summary(&shared.hub));
+                }
+                Err(broadcast::error::RecvError::Closed) => break 'conn,
+            },
+            msg = ephemeral_out.recv(), if open => {
+                if let Ok((doc, payload)) = msg {
+                    let sender = shared.ephemeral_sender.clone();
+                    session.send_ephemeral(&doc, &sender, payload);
+                }
+            },
+            _ = resync.changed(), if open => session.send_summary(summary(&shared.hub)),
+            _ = sleep_until(timeout) => session.handle_timeout(Instant::now()),
+            _ = shutdown.wait_for(|s| *s) => session.close("shutting down"),
+            e = conn.closed() => {
+                close_reason = format!("connection closed: {e}");
+                break 'conn;
+            }
+        }
+    }
+
+    // Stop the workers, let the writer flush what was queued (the bye), then close.
+    drop(workers);
+    worker_tasks.abort_all();
+    drop(frames_tx);
+    let _ = tokio::time::timeout(Duration::from_millis(500), writer).await;
+    conn.close(0u32.into(), close_reason.as_bytes());
+    if let Some(p) = &peer
+        && registered
+    {
+        shared.unregister(&p.name, conn_id);
+        info!(peer = %p.name, reason = %close_reason, "peer disconnected");
+    } else {
+        debug!(reason = %close_reason, "connection ended before the handshake");
+    }
+    registered
+}
+
+/// The hub's heads summary with doc ids as strings.
+fn summary(hub: &Hub) -> Vec<(String, [u8; 32])> {
+    hub.heads_summary()
+        .into_iter()
+        .map(|(doc, digest)| (doc.to_string(), digest))
+        .collect()
+}
+
+/// Whether the peer's certificate (verified against the cluster CA during the handshake) was
+/// issued for `name`.
+fn certificate_names(conn: &quinn::Connection, name: &str) -> bool {
+    let Some(certs) = conn.peer_identity().and_then(|id| {
+        id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+            .ok()
+    }) else {
+        return false;
+    };
+    let Some(leaf) = certs.first() else {
+        return false;
+    };
+    let Ok(cert) = webpki::EndEntityCert::try_from(leaf) else {
+        return false;
+    };
+    let Ok(server_name) = rustls::pki_types::ServerName::try_from(name) else {
+        return false;
+    };
+    cert.verify_is_valid_for_subject_name(&server_name).is_ok()
+}
+
+/// Queues work for the worker that owns its document.
+async fn dispatch(workers: &[mpsc::Sender<Work>], work: Work) -> bool {
+    if workers.is_empty() {
+        return true;
+    }
+    let doc = match &work {
+        Work::Generate(doc) | Work::Receive(doc, _) => doc,
+    };
+    let index = worker_index(doc, workers.len());
+    workers[index].send(work).await.is_ok()
+}
+
+fn worker_index(doc: &str, workers: usize) -> usize {
+    // FNV-1a: stable and cheap; only the spread matters.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in doc.as_bytes() {
+        hash = (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    (hash % workers as u64) as usize
+}
+
+/// Runs the hub's side of automerge's sync for the documents routed to this worker.
+async fn sync_worker(
+    hub: Hub,
+    peer_node_id: String,
+    mut rx: mpsc::Receiver<Work>,
+    frames: mpsc::UnboundedSender<Vec<u8>>,
+) {
+    while let Some(work) = rx.recv().await {
+        let (doc, result) = match work {
+            Work::Generate(doc) => {
+                let Ok(id) = DocId::parse(&doc) else {
+                    warn!(doc, "not a document id; skipped");
+                    continue;
+                };
+                let result = hub.generate_sync(id, &peer_node_id).await;
+                (doc, result)
+            }
+            Work::Receive(doc, message) => {
+                let Ok(id) = DocId::parse(&doc) else {
+                    warn!(doc, "a sync message for a malformed document id; dropped");
+                    continue;
+                };
+                let result = hub.receive_sync(id, &peer_node_id, message).await;
+                (doc, result)
+            }
+        };
+        match result {
+            Ok(Some(message)) => {
+                let frame = PeerFrame::Sync {
+                    doc: doc.clone(),
+                    message,
+                };
+                match encode_frame(&frame) {
+                    Ok(bytes) => {
+                        if frames.send(bytes).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => warn!(doc, error = %e, "a sync message does not fit a frame"),
+                }
+            }
+            Ok(None) => {}
+            Err(e) => warn!(doc, code = e.code(), error = %e, "sync step failed"),
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,220 @@
+//! The node's admin API and the mesh's share policy: the two places where the node looks at the
+//! hub and the mesh together.
+//!
+//! `GET /admin/status` (node id, name, region, uptime, documents, peers), `GET /admin/peers`
+//! (peers only) and `GET /admin/heads?doc=ID` (a document's heads digest, to compare replicas)
+//! answer only a `Authorization: Bearer {admin_token}`; without a configured token
+//! they answer 404, so an unconfigured node exposes nothing. `lectern status` and `lectern
+//! peers` call them.
+
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use axum::Json;
+use axum::Router;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use lectern_hub::Hub;
+use lectern_mesh::{Mesh, ShareFilter};
+use lectern_model::{Caller, CohortId, DocId, Role};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+/// The admin routes.
+pub(crate) fn routes(hub: Hub, mesh: Option<Arc<Mesh>>, token: Option<String>) -> Router {
+    let started = Instant::now();
+    let state = Arc::new(AdminState {
+        hub,
+        mesh,
+        token,
+        started,
+    });
+    let status_state = state.clone();
+    let heads_state = state.clone();
+    Router::new()
+        .route(
+            "/admin/heads",
+            get(
+                move |headers: HeaderMap,
+                      axum::extract::Query(q): axum::extract::Query<HeadsQuery>| {
+                    let state = heads_state.clone();
+                    async move { state.guarded(&headers, |s| s.heads(&q.doc)) }
+                },
+            ),
+        )
+        .route(
+            "/admin/status",
+            get(move |headers: HeaderMap| {
+                let state = status_state.clone();
+                async move { state.guarded(&headers, |s| s.status()) }
+            }),
+        )
+        .route(
+            "/admin/peers",
+            get(move |headers: HeaderMap| {
+                let state = state.clone();
+                async move { state.guarded(&headers, |s| json!({"peers": s.peers()})) }
+            }),
+        )
+}
+
+/// `?doc=` of `/admin/heads`.
+#[derive(serde::Deserialize)]
+struct HeadsQuery {
+    doc: String,
+}
+
+struct AdminState {
+    hub: Hub,
+    mesh: Option<Arc<Mesh>>,
+    token: Option<String>,
+    started: Instant,
+}
+
+impl AdminState {
+    fn guarded(&self, headers: &HeaderMap, f: impl FnOnce(&AdminState) -> Value) -> Response {
+        let Some(expected) = &self.token else {
+            return error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "the admin API is not configured",
+            );
+        };
+        let given = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid admin token is required",
+            );
+        }
+        Json(f(self)).into_response()
+    }
+
+    fn status(&self) -> Value {
+        let id = self.hub.identity();
+        let mesh = self.mesh.as_ref().map(|m| m.status());
+        json!({
+            "nodeId": id.node_id.to_string(),
+            "bootEpoch": id.boot_epoch,
+            "name": mesh.as_ref().map(|m| m.name.clone()),
+            "region": mesh.as_ref().map(|m| m.region.clone()),
+            "quic": mesh.as_ref().map(|m| m.listen.clone()),
+            "uptimeS": self.started.elapsed().as_secs(),
+            "documents": self.hub.heads_summary().len(),
+            "docsLoaded": self.hub.loaded_docs(),
+            "peerFaults": mesh.as_ref().map(|m| m.peer_faults),
+            "peers": self.peers(),
+        })
+    }
+
+    fn heads(&self, doc: &str) -> Value {
+        let digest = DocId::parse(doc)
+            .ok()
+            .and_then(|d| self.hub.doc_heads(&d))
+            .map(|h| h.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        json!({"doc": doc, "heads": digest})
+    }
+
+    fn peers(&self) -> Value {
+        match &self.mesh {
+            Some(mesh) => serde_json::to_value(mesh.status().peers).unwrap_or(Value::Null),
+            None => json!([]),
+        }
+    }
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        Json(json!({"error": {"code": code, "message": message}})),
+    )
+        .into_response()
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The share policy of a node restricted to `cohorts`: their cohort documents, and the session
+/// documents their cohort documents list (refreshed whenever one of them changes; the receiver
+/// ticks after each refresh, so the mesh can run anti-entropy for newly admitted sessions).
+pub(crate) fn share_filter(hub: &Hub, cohorts: &[String]) -> (ShareFilter, watch::Receiver<u64>) {
+    let cohort_docs: HashSet<String> = cohorts.iter().map(|c| format!("cohort/{c}")).collect();
+    let sessions: Arc<RwLock<HashSet<String>>> = Arc::new(RwLock::new(HashSet::new()));
+    let ids: Vec<CohortId> = cohorts.iter().filter_map(|c| c.parse().ok()).collect();
+    let (ticks, rx) = watch::channel(0u64);
+    tokio::spawn(refresh_sessions(hub.clone(), ids, sessions.clone(), ticks));
+    let filter: ShareFilter = Arc::new(move |doc: &str| {
+        cohort_docs.contains(doc) || sessions.read().map(|s| s.contains(doc)).unwrap_or(false)
+    });
+    (filter, rx)
+}
+
+/// Keeps `sessions` equal to the session documents listed by `cohorts`' documents.
+async fn refresh_sessions(
+    hub: Hub,
+    cohorts: Vec<CohortId>,
+    sessions: Arc<RwLock<HashSet<String>>>,
+    ticks: watch::Sender<u64>,
+) {
+    let mut changes = hub.changes();
+    let reader = Caller {
+        user: match "mesh".parse() {
+            Ok(u) => u,
+            Err(_) => return,
+        },
+        name: "mesh".into(),
+        role: Role::Admin,
+        cohorts: cohorts.clone(),
+    };
+    loop {
+        let mut found = HashSet::new();
+        for cohort in &cohorts {
+            let reader = reader.clone();
+            let view = hub
+                .read(DocId::Cohort(cohort.clone()), move |r| {
+                    r.cohort_view(&reader)
+                })
+                .await;
+            if let Ok(Ok(view)) = view
+                && let Some(list) = view["sessions"].as_array()
+            {
+                for s in list {
+                    if let Some(id) = s["id"].as_str() {
+                        found.insert(format!("session/{id}"));
+                    }
+                }
+            }
+        }
+        let grew = match sessions.write() {
+            Ok(mut s) => {
+                let grew = !found.is_subset(&s);
+                *s = found;
+                grew
+            }
+            Err(_) => false,
+        };
+        if grew {
+            ticks.send_modify(|t| *t += 1);
+        }
+        // Wait for a change of one of the cohorts (or a lag, which may hide one).
+        loop {
+            match changes.recv().await {
+                Ok(change) => {
+                    if matches!(&change.doc, DocId::Cohort(c) if cohorts.contains(c)) {
+                        break;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+}

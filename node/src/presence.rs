@@ -1,0 +1,134 @@
+//! Presence across nodes: the gateway knows who is connected here, the mesh carries ephemeral
+//! frames; this glue (the node is the only place that knows both) relays one to the other.
+//!
+//! Out: whenever a session's local presence changes, and every [`HEARTBEAT_MS`] for every
+//! session, the node sends `{"users": [...]}` as an ephemeral message about `session/{id}`.
+//! In: a peer's message replaces what that peer reported for the session. A peer that
+//! disconnects is forgotten at once; one that stays connected but stops reporting a session is
+//! forgotten after [`PRESENCE_TTL_MS`]. So a dead node's students stop counting within the
+//! mesh's idle timeout (5 s by default), and never later than 30 s.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lectern_gateway::Gateway;
+use lectern_mesh::Mesh;
+use lectern_model::{DocId, SessionId};
+use serde_json::json;
+use tokio::sync::broadcast::error::RecvError;
+
+/// Every session's local presence is re-sent this often, in ms.
+pub const HEARTBEAT_MS: u64 = 10_000;
+
+/// A peer's report about a session expires after this long without a refresh, in ms.
+pub const PRESENCE_TTL_MS: u64 = 30_000;
+
+/// Longest user list relayed for one session (larger lists are cut; the count is approximate
+/// beyond it).
+const USERS_PER_MESSAGE_MAX: usize = 5_000;
+
+/// Starts the relay tasks; they end when the mesh is dropped.
+pub(crate) fn start(gateway: Gateway, mesh: &Arc<Mesh>) {
+    tokio::spawn(export(gateway.clone(), Arc::downgrade(mesh)));
+    tokio::spawn(import(gateway, mesh.clone()));
+}
+
+fn send(mesh: &Mesh, session: &SessionId, mut users: Vec<String>) {
+    users.truncate(USERS_PER_MESSAGE_MAX);
+    let payload = json!({ "users": users }).to_string().into_bytes();
+    mesh.send_ephemeral(&DocId::Session(session.clone()).to_string(), payload);
+}
+
+/// Local presence → peers: on every change, on every new peer, and on a heartbeat.
+async fn export(gateway: Gateway, mesh: std::sync::Weak<Mesh>) {
+    let mut changes = gateway.presence_changes();
+    let mut heartbeat = tokio::time::interval(Duration::from_millis(HEARTBEAT_MS));
+    let Some(m) = mesh.upgrade() else { return };
+    let mut peers = m.connected_peers();
+    let mut peer_changes = m.peer_changes();
+    drop(m);
+    loop {
+        let Some(m) = mesh.upgrade() else { return };
+        let resend_all = tokio::select! {
+            _ = m.stopped() => return,
+            change = changes.recv() => match change {
+                Ok(session) => {
+                    send(&m, &session, gateway.local_presence(&session));
+                    false
+                }
+                Err(RecvError::Lagged(_)) => true,
+                Err(RecvError::Closed) => return,
+            },
+            _ = heartbeat.tick() => true,
+            _ = peer_changes.changed() => {
+                let now = m.connected_peers();
+                let joined = now.iter().any(|p| !peers.contains(p));
+                peers = now;
+                joined
+            }
+        };
+        if resend_all {
+            for (session, users) in gateway.local_presence_all() {
+                send(&m, &session, users);
+            }
+        }
+    }
+}
+
+/// Peers' presence → the gateway, with expiry.
+async fn import(gateway: Gateway, mesh: Arc<Mesh>) {
+    let mut incoming = mesh.ephemeral();
+    let mut seen: HashMap<(String, SessionId), Instant> = HashMap::new();
+    let mut sweep = tokio::time::interval(Duration::from_millis(PRESENCE_TTL_MS / 6));
+    let mut peers: HashSet<String> = mesh.connected_peers().into_iter().collect();
+    let mut peer_changes = mesh.peer_changes();
+    let weak = Arc::downgrade(&mesh);
+    drop(mesh);
+    loop {
+        let Some(mesh) = weak.upgrade() else { return };
+        tokio::select! {
+            _ = mesh.stopped() => return,
+            msg = incoming.recv() => match msg {
+                Ok(msg) => {
+                    let Ok(DocId::Session(session)) = DocId::parse(&msg.doc) else { continue };
+                    let Ok(value) = serde_json::from_slice::<serde_json::Value>(&msg.payload) else {
+                        tracing::debug!(peer = %msg.peer, "ignored a presence message that is not JSON");
+                        continue;
+                    };
+                    let users: Vec<String> = value["users"]
+                        .as_array()
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|u| u.as_str().map(str::to_owned))
+                                .take(USERS_PER_MESSAGE_MAX)
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    seen.insert((msg.peer.clone(), session.clone()), Instant::now());
+                    gateway.set_remote_presence(&msg.peer, &session, users);
+                }
+                Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => return,
+            },
+            _ = sweep.tick() => {
+                let ttl = Duration::from_millis(PRESENCE_TTL_MS);
+                seen.retain(|(peer, session), at| {
+                    let fresh = at.elapsed() < ttl;
+                    if !fresh {
+                        gateway.set_remote_presence(peer, session, Vec::new());
+                    }
+                    fresh
+                });
+            }
+            _ = peer_changes.changed() => {
+                let now: HashSet<String> = mesh.connected_peers().into_iter().collect();
+                for gone in peers.difference(&now) {
+                    gateway.clear_remote_presence(gone);
+                    seen.retain(|(peer, _), _| peer != gone);
+                }
+                peers = now;
+            }
+        }
+    }
+}

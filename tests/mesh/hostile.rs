@@ -1,0 +1,169 @@
+//! Hostile peers: a client without a certificate, one with a certificate of another CA, and one
+//! with a valid certificate that sends garbage frames. Each is refused or dropped and counted as
+//! a peer fault; the node does not panic and keeps replicating with its real peer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use lectern_mesh::{ClusterCa, NodeTls};
+use lectern_model::Role;
+use lectern_wire::{PROTOCOL_VERSION, PeerFrame, encode_frame};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+
+use super::{Cluster, demo_caller, demo_session, eventually, within};
+use crate::support::{ask, cmd};
+
+/// Connects to `addr` as a client with `tls` and tries one exchange: send `bytes`, read what
+/// comes back. Ok(bytes read) if the node talked; Err if the connection was refused or closed
+/// before anything came back.
+async fn try_exchange(
+    config: quinn::ClientConfig,
+    addr: std::net::SocketAddr,
+    bytes: &[u8],
+) -> anyhow::Result<Vec<u8>> {
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    endpoint.set_default_client_config(config);
+    let result = async {
+        let conn = endpoint.connect(addr, "node-b")?.await?;
+        let (mut send, mut recv) = conn.open_bi().await?;
+        send.write_all(bytes).await?;
+        let mut got = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), recv.read(&mut got))
+            .await
+            .context("no answer within 5 s")??
+            .context("the stream ended")?;
+        got.truncate(n);
+        anyhow::Ok(got)
+    }
+    .await;
+    endpoint.close(0u32.into(), b"done");
+    result
+}
+
+/// A client config that trusts the cluster CA but presents no certificate.
+fn no_cert_config(ca_pem: &str) -> anyhow::Result<quinn::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(ca?)?;
+    }
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tls.alpn_protocols = vec![lectern_wire::ALPN.to_vec()];
+    Ok(quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls)?,
+    )))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_without_a_cluster_certificate_or_sending_garbage_are_refused() -> anyhow::Result<()>
+{
+    within(async {
+        let mut cluster = Cluster::new("mesh-hostile")?;
+        let b = cluster.start("node-b", vec![], true).await?;
+        let a = cluster
+            .start("node-a", vec![cluster.peer(b)], false)
+            .await?;
+        cluster.connected(b, 1).await?;
+        let addr_b = cluster.quic(b);
+        let mesh_b = cluster.node(b).mesh.clone().context("mesh")?;
+        let faults = || mesh_b.status().peer_faults;
+
+        // 1. No client certificate: the handshake fails; nothing is ever read.
+        let before = faults();
+        let r = try_exchange(no_cert_config(&cluster.ca.cert_pem)?, addr_b, b"hello?").await;
+        assert!(
+            r.is_err(),
+            "a peer without a certificate got an answer: {r:?}"
+        );
+        eventually("the refusal is counted", Duration::from_secs(5), || {
+            faults() > before
+        })
+        .await?;
+
+        // 2. A certificate of another CA (the client still trusts B's CA): refused.
+        let before = faults();
+        let other = ClusterCa::generate()?.issue_node("node-x")?;
+        let foreign = NodeTls::from_pem(&other.cert_pem, &other.key_pem, &cluster.ca.cert_pem)?;
+        let r = try_exchange(foreign.client_config(5_000)?, addr_b, b"hello?").await;
+        assert!(r.is_err(), "a peer of another CA got an answer: {r:?}");
+        eventually("the refusal is counted", Duration::from_secs(5), || {
+            faults() > before
+        })
+        .await?;
+
+        // 3. A valid certificate, then garbage instead of a hello: B says hello, then bye.
+        let intruder = cluster.ca.issue_node("node-i")?;
+        let valid = NodeTls::from_pem(&intruder.cert_pem, &intruder.key_pem, &intruder.ca_pem)?;
+        let mut garbage = 7u32.to_be_bytes().to_vec();
+        garbage.extend_from_slice(&[0xFF, 0x00, 0x13, 0x37, 0x42, 0x42, 0x42]);
+        let answer = try_exchange(valid.client_config(5_000)?, addr_b, &garbage).await?;
+        assert!(!answer.is_empty(), "B answered (its hello) before closing");
+
+        // 4. A frame header claiming 4 GiB: the stream is cut, counted.
+        let before = faults();
+        let _ = try_exchange(valid.client_config(5_000)?, addr_b, &u32::MAX.to_be_bytes()).await;
+        eventually(
+            "the oversized frame is counted",
+            Duration::from_secs(5),
+            || faults() > before,
+        )
+        .await?;
+
+        // 5. A proper hello followed by a sync message that is not automerge: refused by the
+        // hub (bad_sync_message), logged; the connection and the node carry on.
+        let mut stream = encode_frame(&PeerFrame::Hello {
+            node_id: "00000000000000000000000000000bad".into(),
+            name: "node-i".into(),
+            region: "nowhere".into(),
+            protocol_version: PROTOCOL_VERSION,
+        })?;
+        stream.extend(encode_frame(&PeerFrame::Sync {
+            doc: super::demo_session().to_string(),
+            message: vec![0x42; 64],
+        })?);
+        stream.extend(encode_frame(&PeerFrame::Sync {
+            doc: "not a doc id".into(),
+            message: vec![1, 2, 3],
+        })?);
+        let answer = try_exchange(valid.client_config(5_000)?, addr_b, &stream).await?;
+        assert!(!answer.is_empty());
+
+        // 6. A valid certificate for node-i whose hello claims to be node-a: closed, counted,
+        // and the real node-a keeps its connection.
+        let before = faults();
+        let impostor = encode_frame(&PeerFrame::Hello {
+            node_id: "000000000000000000000000000000aa".into(),
+            name: "node-a".into(),
+            region: "nowhere".into(),
+            protocol_version: PROTOCOL_VERSION,
+        })?;
+        let _ = try_exchange(valid.client_config(5_000)?, addr_b, &impostor).await;
+        eventually("the impostor is counted", Duration::from_secs(5), || {
+            faults() > before
+        })
+        .await?;
+
+        // The real peer is unaffected: a command on A still reaches B.
+        cluster
+            .node(a)
+            .hub
+            .execute(
+                demo_session(),
+                demo_caller("student1", Role::Student),
+                cmd("after-hostile", ask("still there?")),
+            )
+            .await?;
+        cluster
+            .converged(&demo_session(), &[a, b], Duration::from_secs(2))
+            .await?;
+        assert_eq!(mesh_b.connected_peers(), ["node-a"]);
+        cluster.stop_all().await
+    })
+    .await
+}

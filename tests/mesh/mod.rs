@@ -1,0 +1,252 @@
+//! Mesh tests: real nodes (each its own sled store, HTTP port and QUIC endpoint) replicating over
+//! real QUIC with mutual TLS on loopback, with real Socket.IO clients, the fault-injecting UDP
+//! proxy of lectern-testkit for partitions, and a re-executed child process for SIGKILL.
+//!
+//! [`Cluster`] is the harness: a cluster CA made in memory, node certificates written to a temp
+//! dir, one shared token secret, and nodes started in order so that each later node dials the
+//! earlier ones (their QUIC ports are known by then).
+
+mod demo;
+mod failover;
+mod hostile;
+mod partition;
+mod presence;
+mod replicate;
+mod restart;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use lectern_gateway::auth::{Claims, mint};
+use lectern_mesh::ClusterCa;
+use lectern_model::DocId;
+use lectern_node::{Config, DEMO_COHORT, DEMO_SESSION, Node};
+use lectern_testkit::{Client, Transport};
+use serde_json::json;
+
+use crate::support::TempDir;
+
+/// The longest any one mesh test may run before it fails as hung.
+pub const TEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The shared HS256 secret of a test cluster.
+pub const SECRET: &str = "mesh-test-secret-0123456789abcdef";
+
+/// Runs a test body under [`TEST_TIMEOUT`].
+pub async fn within<T>(body: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::time::timeout(TEST_TIMEOUT, body)
+        .await
+        .with_context(|| format!("the test did not finish within {TEST_TIMEOUT:?}"))?
+}
+
+/// Polls `cond` every 5 ms until it holds or `limit` passes; how long it took.
+pub async fn eventually(
+    what: &str,
+    limit: Duration,
+    mut cond: impl FnMut() -> bool,
+) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return Ok(start.elapsed());
+        }
+        anyhow::ensure!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A test cluster.
+pub struct Cluster {
+    /// The cluster CA.
+    pub ca: ClusterCa,
+    /// Running nodes, by index, with their names.
+    pub nodes: Vec<(String, Option<Node>)>,
+    /// Each node's data dir (kept across restarts).
+    pub dirs: Vec<TempDir>,
+    tls_root: TempDir,
+    tag: String,
+}
+
+impl Cluster {
+    /// An empty cluster with a fresh CA.
+    pub fn new(tag: &str) -> anyhow::Result<Cluster> {
+        Ok(Cluster {
+            ca: ClusterCa::generate()?,
+            nodes: Vec::new(),
+            dirs: Vec::new(),
+            tls_root: TempDir::new(&format!("{tag}-tls")),
+            tag: tag.to_owned(),
+        })
+    }
+
+    /// The TLS dir of node `name` (certificate issued on first use).
+    pub fn tls_dir(&self, name: &str) -> anyhow::Result<std::path::PathBuf> {
+        let dir = self.tls_root.path().join(name);
+        if !dir.join(lectern_mesh::tls::NODE_CERT_FILE).is_file() {
+            self.ca.issue_node(name)?.write(&dir)?;
+        }
+        Ok(dir)
+    }
+
+    /// The config of a node named `name` dialling `peers` (`NAME@ADDR`), storing in `dir`.
+    pub fn config(
+        &self,
+        name: &str,
+        dir: &std::path::Path,
+        peers: Vec<String>,
+    ) -> anyhow::Result<Config> {
+        let mut config = Config {
+            data_dir: dir.to_path_buf(),
+            http: "127.0.0.1:0".parse()?,
+            ..Default::default()
+        };
+        config.auth.hs256_secret = Some(SECRET.into());
+        config.mesh.name = name.into();
+        config.mesh.region = format!("region-{name}");
+        config.mesh.listen = "127.0.0.1:0".parse()?;
+        config.mesh.tls_dir = Some(self.tls_dir(name)?);
+        config.mesh.peers = peers;
+        // Loopback: dead peers are noticed in 1.5 s and redialled within about a second.
+        config.mesh.reconnect_max_ms = 200;
+        config.mesh.peer_idle_timeout_ms = 1_500;
+        config.mesh.connect_timeout_ms = 700;
+        config.admin_token = Some("admin-token-0123456789".into());
+        Ok(config)
+    }
+
+    /// Starts node `name` dialling `peers`; `seed` seeds the demo class on it. Its index.
+    pub async fn start(
+        &mut self,
+        name: &str,
+        peers: Vec<String>,
+        seed: bool,
+    ) -> anyhow::Result<usize> {
+        let dir = TempDir::new(&format!("{}-{name}", self.tag));
+        let mut config = self.config(name, dir.path(), peers)?;
+        config.demo = seed;
+        let node = lectern_node::start(config)
+            .await
+            .with_context(|| format!("start node {name}"))?;
+        self.dirs.push(dir);
+        self.nodes.push((name.to_owned(), Some(node)));
+        Ok(self.nodes.len() - 1)
+    }
+
+    /// Node `i`.
+    pub fn node(&self, i: usize) -> &Node {
+        // Invariant: tests only address nodes they started and have not stopped.
+        self.nodes[i].1.as_ref().expect("the node is running")
+    }
+
+    /// `name@quic-addr` of node `i`, for another node's peer list.
+    pub fn peer(&self, i: usize) -> String {
+        format!("{}@{}", self.nodes[i].0, self.quic(i))
+    }
+
+    /// Node `i`'s QUIC address.
+    pub fn quic(&self, i: usize) -> SocketAddr {
+        let mesh = self.node(i).mesh.as_ref().expect("the node runs a mesh");
+        mesh.local_addr().expect("the mesh has an address")
+    }
+
+    /// Waits until every node in `among` has a copy of `doc` with the same heads.
+    pub async fn converged(
+        &self,
+        doc: &DocId,
+        among: &[usize],
+        limit: Duration,
+    ) -> anyhow::Result<Duration> {
+        eventually(&format!("{doc} converges on {among:?}"), limit, || {
+            let heads: Vec<Option<[u8; 32]>> = among
+                .iter()
+                .map(|&i| self.node(i).hub.doc_heads(doc))
+                .collect();
+            heads[0].is_some() && heads.iter().all(|h| *h == heads[0])
+        })
+        .await
+    }
+
+    /// Waits until node `i` is connected to `n` peers.
+    pub async fn connected(&self, i: usize, n: usize) -> anyhow::Result<Duration> {
+        let mesh = self.node(i).mesh.clone().context("a mesh")?;
+        eventually(
+            &format!("node {i} connects to {n} peers"),
+            Duration::from_secs(10),
+            || mesh.connected_peers().len() == n,
+        )
+        .await
+    }
+
+    /// Stops node `i` cleanly.
+    pub async fn stop(&mut self, i: usize) -> anyhow::Result<()> {
+        if let Some(node) = self.nodes[i].1.take() {
+            node.stop().await?;
+        }
+        Ok(())
+    }
+
+    /// Stops every node.
+    pub async fn stop_all(mut self) -> anyhow::Result<()> {
+        for i in 0..self.nodes.len() {
+            self.stop(i).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The demo session's document.
+pub fn demo_session() -> DocId {
+    DocId::Session(DEMO_SESSION.parse().expect("valid id"))
+}
+
+/// A caller in the demo cohort (the demo roster has `student1`, `student2`, `ada`).
+pub fn demo_caller(user: &str, role: lectern_model::Role) -> lectern_model::Caller {
+    lectern_model::Caller {
+        user: user.parse().expect("valid user id"),
+        name: format!("User {user}"),
+        role,
+        cohorts: vec![DEMO_COHORT.parse().expect("valid cohort id")],
+    }
+}
+
+/// A token for `user` with `role` in the demo cohort, valid for an hour.
+pub fn token(user: &str, role: &str) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let claims = Claims {
+        sub: user.into(),
+        name: format!("User {user}"),
+        role: role.into(),
+        cohorts: vec![DEMO_COHORT.into()],
+        exp: now + 3600,
+        iat: now,
+    };
+    mint(SECRET.as_bytes(), &claims).expect("minting with the test secret succeeds")
+}
+
+/// A Socket.IO client of `node` as `user`, joined to the demo session; and its join ack.
+pub async fn joined(
+    node: &Node,
+    user: &str,
+    role: &str,
+    resume: Option<&str>,
+) -> anyhow::Result<(Client, serde_json::Value)> {
+    let mut client = Client::connect(
+        node.http_addr,
+        Transport::WebSocket,
+        json!({ "token": token(user, role) }),
+        user,
+    )
+    .await?;
+    let mut args = vec![json!(DEMO_SESSION)];
+    if let Some(r) = resume {
+        args.push(json!(r));
+    }
+    let ack = client.call("session:join", args).await?;
+    anyhow::ensure!(ack["ok"] == true, "session:join on {user}: {ack}");
+    Ok((client, ack))
+}

@@ -1,0 +1,222 @@
+//! Replication across three nodes: a student on A asks, a student on C receives `qa:new` over
+//! Socket.IO; the admin API reports the peers; a node restricted to its cohorts keeps the
+//! others' documents out; two nodes that dial each other keep one connection.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use lectern_model::{CommandBody, DocId, Role};
+use lectern_testkit::Http;
+use serde_json::json;
+
+use super::{Cluster, demo_session, joined, within};
+use crate::support::{caller, cmd};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_student_on_a_asks_and_a_student_on_c_receives_qa_new() -> anyhow::Result<()> {
+    within(async {
+        let mut cluster = Cluster::new("mesh-3")?;
+        let c = cluster.start("node-c", vec![], true).await?;
+        let b = cluster
+            .start("node-b", vec![cluster.peer(c)], false)
+            .await?;
+        let a = cluster
+            .start("node-a", vec![cluster.peer(b), cluster.peer(c)], false)
+            .await?;
+        for i in [a, b, c] {
+            cluster.connected(i, 2).await?;
+        }
+        // The demo class seeded on C reaches A and B by anti-entropy.
+        cluster
+            .converged(&demo_session(), &[a, b, c], Duration::from_secs(5))
+            .await?;
+
+        let (mut on_a, _) = joined(cluster.node(a), "student1", "student", None).await?;
+        let (mut on_c, _) = joined(cluster.node(c), "student2", "student", None).await?;
+        let ask = on_a
+            .call(
+                "qa:ask",
+                vec![json!(super::DEMO_SESSION), json!("Across regions?")],
+            )
+            .await?;
+        assert_eq!(ask["ok"], true, "{ask}");
+        let id = ask["id"]
+            .as_str()
+            .context("the ask ack has an id")?
+            .to_owned();
+        let event = on_c
+            .wait_for("qa:new from node A", |e| {
+                e.name == "qa:new" && e.data()["id"] == id.as_str()
+            })
+            .await?;
+        assert_eq!(event.data()["question"], "Across regions?");
+        assert!(
+            event.token().is_some(),
+            "the replicated event carries a token"
+        );
+        cluster
+            .converged(&demo_session(), &[a, b, c], Duration::from_secs(2))
+            .await?;
+
+        // The admin API reports both peers of B as connected, with an RTT; only with the token.
+        let http = Http::new(cluster.node(b).http_addr);
+        let refused = http.get("/admin/status", Some("wrong-token")).await?;
+        assert_eq!(refused.status, 401);
+        assert_eq!(refused.error_code().as_deref(), Some("unauthorized"));
+        let status = http
+            .get("/admin/status", Some("admin-token-0123456789"))
+            .await?
+            .json()?;
+        assert_eq!(status["name"], "node-b");
+        assert_eq!(status["region"], "region-node-b");
+        assert!(status["documents"].as_u64() >= Some(2), "{status}");
+        let peers = status["peers"].as_array().context("peers")?;
+        let names: Vec<&str> = peers.iter().filter_map(|p| p["name"].as_str()).collect();
+        assert_eq!(names, ["node-a", "node-c"]);
+        for p in peers {
+            assert_eq!(p["state"], "connected", "{p}");
+            assert!(p["rtt_ms"].as_f64().is_some(), "{p}");
+        }
+        on_a.disconnect().await;
+        on_c.disconnect().await;
+        cluster.stop_all().await
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restricted_to_its_cohorts_keeps_other_documents_out() -> anyhow::Result<()> {
+    within(async {
+        let mut cluster = Cluster::new("mesh-share")?;
+        // B holds two cohorts' sessions; A (a classroom) shares only cohort c1.
+        let b = cluster.start("node-b", vec![], false).await?;
+        let admin = caller("admin", Role::Admin);
+        let hub_b = cluster.node(b).hub.clone();
+        let mine = DocId::Session("mine".parse()?);
+        let theirs = DocId::Session("theirs".parse()?);
+        let cohort = DocId::Cohort("c1".parse()?);
+        hub_b
+            .execute(
+                cohort.clone(),
+                admin.clone(),
+                cmd(
+                    "c1-create",
+                    CommandBody::CohortCreate {
+                        course: "Course".into(),
+                        title: "C1".into(),
+                        home_region: "x".into(),
+                    },
+                ),
+            )
+            .await?;
+        for (doc, c, id) in [(&mine, "c1", "s-mine"), (&theirs, "c2", "s-theirs")] {
+            hub_b
+                .execute(
+                    doc.clone(),
+                    admin.clone(),
+                    cmd(
+                        id,
+                        CommandBody::SessionCreate {
+                            cohort: c.parse()?,
+                            title: id.into(),
+                            moderation: false,
+                        },
+                    ),
+                )
+                .await?;
+        }
+        hub_b
+            .execute(
+                cohort.clone(),
+                admin.clone(),
+                cmd(
+                    "link-mine",
+                    CommandBody::SessionLink {
+                        session: "mine".parse()?,
+                        title: "mine".into(),
+                    },
+                ),
+            )
+            .await?;
+
+        let dir = crate::support::TempDir::new("mesh-share-a");
+        let mut config = cluster.config("node-a", dir.path(), vec![cluster.peer(b)])?;
+        config.mesh.share_cohorts = Some(vec!["c1".into()]);
+        let node_a = lectern_node::start(config).await?;
+        cluster.dirs.push(dir);
+        cluster.nodes.push(("node-a".into(), Some(node_a)));
+        let a = cluster.nodes.len() - 1;
+        cluster
+            .converged(&cohort, &[a, b], Duration::from_secs(5))
+            .await?;
+        // The session the shared cohort lists follows as soon as the cohort arrives.
+        cluster
+            .converged(&mine, &[a, b], Duration::from_secs(5))
+            .await?;
+        assert_eq!(
+            cluster.node(a).hub.doc_heads(&theirs),
+            None,
+            "a session of another cohort never reaches the classroom node"
+        );
+        cluster.stop_all().await
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_dialling_each_other_keep_one_connection_and_replicate_both_ways()
+-> anyhow::Result<()> {
+    within(async {
+        let mut cluster = Cluster::new("mesh-mutual")?;
+        // Both QUIC ports are needed before either node starts: probe two free ones (held
+        // together, so they differ), then release them for the nodes.
+        let (quic_a, quic_b) = {
+            let s1 = std::net::UdpSocket::bind("127.0.0.1:0")?;
+            let s2 = std::net::UdpSocket::bind("127.0.0.1:0")?;
+            (s1.local_addr()?, s2.local_addr()?)
+        };
+        let mut started = Vec::new();
+        for (name, listen, peer, seed) in [
+            ("node-a", quic_a, format!("node-b@{quic_b}"), true),
+            ("node-b", quic_b, format!("node-a@{quic_a}"), false),
+        ] {
+            let dir = crate::support::TempDir::new(&format!("mesh-mutual-{name}"));
+            let mut config = cluster.config(name, dir.path(), vec![peer])?;
+            config.mesh.listen = listen;
+            config.demo = seed;
+            let node = lectern_node::start(config).await?;
+            cluster.dirs.push(dir);
+            cluster.nodes.push((name.into(), Some(node)));
+            started.push(cluster.nodes.len() - 1);
+        }
+        let (a, b) = (started[0], started[1]);
+        cluster.connected(a, 1).await?;
+        cluster.connected(b, 1).await?;
+        cluster
+            .converged(&demo_session(), &[a, b], Duration::from_secs(5))
+            .await?;
+        for (i, id) in [(a, "from-a"), (b, "from-b")] {
+            cluster
+                .node(i)
+                .hub
+                .execute(
+                    demo_session(),
+                    super::demo_caller("student1", Role::Student),
+                    cmd(id, crate::support::ask(id)),
+                )
+                .await?;
+        }
+        cluster
+            .converged(&demo_session(), &[a, b], Duration::from_secs(2))
+            .await?;
+        // One connection per pair: both sides agree on who dialled it.
+        for i in [a, b] {
+            let mesh = cluster.node(i).mesh.clone().context("mesh")?;
+            let peers = mesh.status().peers;
+            assert_eq!(peers.len(), 1, "{peers:?}");
+            assert_eq!(peers[0].state, "connected");
+        }
+        cluster.stop_all().await
+    })
+    .await
+}

@@ -1,0 +1,285 @@
+//! SIGKILL and restart: node B runs in a child process (this test binary, re-executed) and
+//! writes while node A (in this process) writes too; B is SIGKILLed mid-stream and A keeps
+//! writing; B restarts on the same store and QUIC port, catches up, and nothing B acknowledged
+//! before the kill is lost (every acknowledged command reaches A).
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use lectern_model::{CommandId, Role};
+use lectern_node::DEMO_SESSION;
+use lectern_testkit::Http;
+
+use super::{Cluster, demo_caller, demo_session, token, within};
+use crate::support::{TempDir, ask, cmd};
+
+const CHILD_ENV: &str = "LECTERN_TEST_MESH_CHILD";
+const ADMIN_TOKEN: &str = "admin-token-0123456789";
+
+/// Not a test of its own: the entry point of the mesh node child process below. Without the
+/// environment variable it returns at once.
+#[test]
+fn mesh_child_entrypoint() {
+    let Ok(role) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let var = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} is set"));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let mut config = lectern_node::Config {
+            data_dir: var("MESH_CHILD_DIR").into(),
+            http: "127.0.0.1:0".parse().expect("addr"),
+            ..Default::default()
+        };
+        config.auth.hs256_secret = Some(super::SECRET.into());
+        config.mesh.name = "node-b".into();
+        config.mesh.listen = var("MESH_CHILD_QUIC").parse().expect("quic addr");
+        config.mesh.tls_dir = Some(var("MESH_CHILD_TLS").into());
+        config.mesh.peer_idle_timeout_ms = 1_500;
+        config.mesh.connect_timeout_ms = 700;
+        config.mesh.reconnect_max_ms = 200;
+        config.admin_token = Some(ADMIN_TOKEN.into());
+        let node = lectern_node::start(config).await.expect("start node B");
+        println!("HTTP {}", node.http_addr);
+        if role != "writer" {
+            std::future::pending::<()>().await;
+        }
+        // Write once the demo session has arrived from A.
+        let doc = demo_session();
+        while node.hub.doc_heads(&doc).is_none() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let epoch = node.hub.identity().boot_epoch;
+        let mut tasks = Vec::new();
+        for lane in 0..4u64 {
+            let hub = node.hub.clone();
+            let doc = doc.clone();
+            tasks.push(tokio::spawn(async move {
+                let student = demo_caller("student2", Role::Student);
+                for n in 0.. {
+                    let id = format!("b{epoch}-l{lane}-n{n}");
+                    let r = hub
+                        .execute(doc.clone(), student.clone(), cmd(&id, ask(&id)))
+                        .await;
+                    if r.is_ok() {
+                        use std::io::Write;
+                        let mut out = std::io::stdout().lock();
+                        let _ = writeln!(out, "ACK {id}");
+                        let _ = out.flush();
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    });
+}
+
+/// Starts node B as a child; its stdout lines go to the returned receiver.
+fn spawn_b(
+    role: &str,
+    dir: &std::path::Path,
+    tls: &std::path::Path,
+    quic: std::net::SocketAddr,
+) -> anyhow::Result<(std::process::Child, std::sync::mpsc::Receiver<String>)> {
+    let exe = std::env::current_exe()?;
+    let mut child = std::process::Command::new(exe)
+        .args([
+            "--exact",
+            "mesh::restart::mesh_child_entrypoint",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, role)
+        .env("MESH_CHILD_DIR", dir)
+        .env("MESH_CHILD_TLS", tls)
+        .env("MESH_CHILD_QUIC", quic.to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let stdout = child.stdout.take().context("piped stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    Ok((child, rx))
+}
+
+/// Reads lines until the `HTTP addr` one.
+fn http_addr(rx: &std::sync::mpsc::Receiver<String>) -> anyhow::Result<std::net::SocketAddr> {
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .context("node B prints its HTTP address")?;
+        // The test harness prints `test … ... ` in front of the child's first line.
+        if let Some((_, addr)) = line.split_once("HTTP ") {
+            return Ok(addr.trim().parse()?);
+        }
+    }
+}
+
+fn kill(child: &std::process::Child, signal: i32) {
+    // The child's pid fits a pid_t; the signal is SIGKILL or SIGTERM.
+    #[allow(unsafe_code)]
+    // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, signal);
+    }
+}
+
+/// B's heads digest of the demo session, through its admin API.
+async fn heads_on(http: &Http) -> anyhow::Result<Option<String>> {
+    let resp = http
+        .get(
+            &format!("/admin/heads?doc=session/{DEMO_SESSION}"),
+            Some(ADMIN_TOKEN),
+        )
+        .await?;
+    Ok(resp.json()?["heads"].as_str().map(str::to_owned))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_during_writes_restarts_and_catches_up_losing_nothing() -> anyhow::Result<()>
+{
+    within(async {
+        let mut cluster = Cluster::new("mesh-kill")?;
+        let quic_b = {
+            let probe = std::net::UdpSocket::bind("127.0.0.1:0")?;
+            probe.local_addr()?
+        };
+        let a = cluster
+            .start("node-a", vec![format!("node-b@{quic_b}")], true)
+            .await?;
+        let dir_b = TempDir::new("mesh-kill-b");
+        let tls_b = cluster.tls_dir("node-b")?;
+
+        // B writes; A writes at the same time.
+        let (mut child, lines) = spawn_b("writer", dir_b.path(), &tls_b, quic_b)?;
+        http_addr(&lines)?;
+        let a_acked: Arc<Mutex<Vec<String>>> = Arc::default();
+        let hub_a = cluster.node(a).hub.clone();
+        let writer_a = {
+            let acked = a_acked.clone();
+            let hub = hub_a.clone();
+            tokio::spawn(async move {
+                for n in 0..200 {
+                    let id = format!("a-n{n}");
+                    if hub
+                        .execute(
+                            demo_session(),
+                            demo_caller("student1", Role::Student),
+                            cmd(&id, ask(&id)),
+                        )
+                        .await
+                        .is_ok()
+                    {
+                        acked.lock().expect("lock").push(id);
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            })
+        };
+        let mut b_acked: Vec<String> = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while b_acked.len() < 100 {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "B acknowledged only {}",
+                b_acked.len()
+            );
+            if let Ok(line) = lines.recv_timeout(Duration::from_millis(100))
+                && let Some(id) = line.strip_prefix("ACK ")
+            {
+                b_acked.push(id.to_owned());
+            }
+        }
+        kill(&child, libc::SIGKILL);
+        let _ = child.wait();
+        // Every ACK printed before the kill counts.
+        while let Ok(line) = lines.recv_timeout(Duration::from_millis(200)) {
+            if let Some(id) = line.strip_prefix("ACK ") {
+                b_acked.push(id.to_owned());
+            }
+        }
+        writer_a.await?;
+
+        // A keeps going while B is down.
+        for n in 0..30 {
+            let id = format!("a-while-down-{n}");
+            hub_a
+                .execute(
+                    demo_session(),
+                    demo_caller("student1", Role::Student),
+                    cmd(&id, ask(&id)),
+                )
+                .await?;
+            a_acked.lock().expect("lock").push(id);
+        }
+
+        // B restarts on the same store and port and catches up.
+        let (mut child, lines) = spawn_b("quiet", dir_b.path(), &tls_b, quic_b)?;
+        let http_b = Http::new(http_addr(&lines)?);
+        let start = Instant::now();
+        loop {
+            let on_b = heads_on(&http_b).await?;
+            let on_a = hub_a
+                .doc_heads(&demo_session())
+                .map(|h| h.iter().map(|b| format!("{b:02x}")).collect::<String>());
+            if on_b.is_some() && on_b == on_a {
+                break;
+            }
+            anyhow::ensure!(
+                start.elapsed() < Duration::from_secs(10),
+                "B did not catch up: {on_b:?} vs {on_a:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        println!(
+            "restart: caught up {:?} after start; B had acknowledged {} asks",
+            start.elapsed(),
+            b_acked.len()
+        );
+
+        // Nothing B acknowledged is lost: all of it reached A.
+        for id in &b_acked {
+            let cid: CommandId = id.parse()?;
+            let present = hub_a
+                .read(demo_session(), move |r| r.has_applied(&cid))
+                .await?;
+            assert!(present, "B acknowledged {id} before the kill, A lacks it");
+        }
+        // And B has everything A acknowledged (its view lists every question).
+        let view = http_b
+            .get(
+                &format!("/api/sessions/{DEMO_SESSION}"),
+                Some(&token("ada", "instructor")),
+            )
+            .await?
+            .json()?;
+        let ids: HashSet<&str> = view["questions"]
+            .as_array()
+            .context("questions")?
+            .iter()
+            .filter_map(|q| q["id"].as_str())
+            .collect();
+        for id in a_acked.lock().expect("lock").iter() {
+            assert!(ids.contains(id.as_str()), "B lacks {id} from A");
+        }
+        kill(&child, libc::SIGTERM);
+        let _ = child.wait();
+        cluster.stop_all().await
+    })
+    .await
+}
