@@ -13,6 +13,10 @@
 //! serialized once per audience; gateways filter by audience per connection. A subscriber that
 //! falls behind the channel's capacity gets `Lagged` and resumes by token.
 //!
+//! Jobs: a [`JobHook`] in the config turns the triggers of commands accepted HERE into job
+//! records that ride in the same store batch as the command's chunk, so a notification is
+//! enqueued if and only if its command is durable. Remote changes never trigger.
+//!
 //! Only this crate mutates a live document (an ARCHITECTURE.md invariant).
 
 mod doc;
@@ -23,7 +27,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use lectern_model::{Caller, Command, DocId, Millis, Rejection, Replica, ResumeToken, SyncError};
+use lectern_model::{
+    Caller, Command, DocId, Millis, Rejection, Replica, ResumeToken, SyncError, Trigger,
+};
 use lectern_store::{NodeIdentity, Store};
 use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -56,6 +62,22 @@ pub struct HubConfig {
     pub feed_capacity: usize,
     /// The clock; tests pass a fake one. Default: system time.
     pub clock: Arc<dyn Fn() -> Millis + Send + Sync>,
+    /// Turns the triggers of commands accepted on this node into jobs that are committed in
+    /// the same atomic batch as the command. Default: none (no jobs).
+    pub jobs: Option<Arc<dyn JobHook>>,
+}
+
+/// What the hub asks of a job queue (lectern-jobs implements it).
+///
+/// Called only for commands this node accepted (`execute`), never for changes that arrived by
+/// `receive_sync`: a replica never triggers, so an event is notified once however many nodes
+/// hold its document.
+pub trait JobHook: Send + Sync {
+    /// The jobs `trigger` enqueues, as (job id, record). Runs on the document's writer task,
+    /// so it must be quick (encode, no IO).
+    fn jobs_for(&self, trigger: &Trigger) -> Vec<(String, Vec<u8>)>;
+    /// The jobs of a batch are durable (called after the fsync, before the acks).
+    fn enqueued(&self, jobs: Vec<(String, Vec<u8>)>);
 }
 
 impl Default for HubConfig {
@@ -69,6 +91,7 @@ impl Default for HubConfig {
             compact_min_bytes: 256 * 1024,
             feed_capacity: 65_536,
             clock: Arc::new(system_now),
+            jobs: None,
         }
     }
 }

@@ -242,6 +242,7 @@ pub(crate) fn derive<D: ReadDoc>(
             let a = view::announcement(r, target?)?;
             Some(("announcement", all(a)))
         }
+        "inbox.push" | "inbox.read" | "inbox.prefs" => crate::notify::derive_inbox(r, env),
         "session.link" => {
             let s = r
                 .root_map(crate::schema::SESSIONS)

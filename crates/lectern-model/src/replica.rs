@@ -57,6 +57,8 @@ impl Envelope {
         let family = self.c.split('.').next().unwrap_or("");
         match self.c.as_str() {
             "session.create" | "session.update" | "cohort.create" => ("meta", None),
+            // An inbox event carries the unread count, which every inbox command changes.
+            "inbox.push" | "inbox.read" | "inbox.prefs" => ("inbox", None),
             _ => (family, self.t.as_deref()),
         }
     }
@@ -402,6 +404,7 @@ impl Replica {
                     return Err(Rejection::new(RejectCode::DocNotFound, "no such session"));
                 }
             },
+            DocId::Inbox(owner) => return crate::notify::authorize_read(caller, owner),
             DocId::Cohort(c) => {
                 if !self.exists() {
                     return Err(Rejection::new(RejectCode::DocNotFound, "no such cohort"));
@@ -417,7 +420,36 @@ impl Replica {
         match &self.id {
             DocId::Session(_) => self.session_view(caller, now),
             DocId::Cohort(_) => self.cohort_view(caller),
+            DocId::Inbox(_) => self.inbox_view(caller),
         }
+    }
+
+    /// The inbox as `viewer` (its owner or an admin) sees it.
+    pub fn inbox_view(&self, viewer: &Caller) -> Result<Value, Rejection> {
+        let DocId::Inbox(owner) = &self.id else {
+            return Err(wrong_kind());
+        };
+        crate::notify::inbox_view(&Reader::now(&self.doc), owner, viewer)
+    }
+
+    /// The notification preferences of an inbox (defaults for any other document).
+    pub fn inbox_prefs(&self) -> crate::InboxPrefs {
+        match &self.id {
+            DocId::Inbox(_) => crate::notify::read_prefs(&Reader::now(&self.doc)),
+            _ => crate::InboxPrefs::default(),
+        }
+    }
+
+    /// Who `cmd` notifies, when `caller` just applied it here (it must be this replica's last
+    /// local change) at `now`. The hub asks only for commands it accepted itself, never for
+    /// changes from peers: one notification per event however many nodes hold the document.
+    pub fn trigger_for(
+        &self,
+        caller: &Caller,
+        cmd: &Command,
+        now: Millis,
+    ) -> Option<crate::Trigger> {
+        crate::notify::trigger(&self.doc, &self.id, caller, cmd, now)
     }
 }
 

@@ -49,6 +49,16 @@ struct Answer {
 }
 
 impl Question {
+    /// The answer's text, if the question was answered.
+    pub(crate) fn answer_text(&self) -> Option<&str> {
+        self.answer.as_ref().map(|a| a.text.as_str())
+    }
+
+    /// The question's text.
+    pub(crate) fn text(&self) -> &str {
+        &self.text
+    }
+
     /// Reads `questions[id]`.
     pub(crate) fn read<D: ReadDoc>(r: &Reader<'_, D>, id: &str) -> Option<Question> {
         let q = r.root_map(QUESTIONS).and_then(|qs| r.map(&qs, id))?;
@@ -159,13 +169,13 @@ pub(crate) fn poll_shape<D: ReadDoc>(r: &Reader<'_, D>, p: &ObjId) -> PollShape 
 /// A poll as stored.
 pub(crate) struct Poll {
     pub(crate) id: String,
-    question: String,
+    pub(crate) question: String,
     shape: PollShape,
     hide_results: bool,
     open: bool,
     revealed: bool,
     at: i64,
-    votes: Vec<(String, String)>,
+    pub(crate) votes: Vec<(String, String)>,
 }
 
 impl Poll {
@@ -555,13 +565,13 @@ fn cohort_must_exist<D: ReadDoc>(r: &Reader<'_, D>) -> Result<ObjId, Rejection> 
         .ok_or_else(|| Rejection::new(RejectCode::DocNotFound, "no such cohort"))
 }
 
-struct RosterEntry {
-    user: String,
-    role: String,
-    name: String,
+pub(crate) struct RosterEntry {
+    pub(crate) user: String,
+    pub(crate) role: String,
+    pub(crate) name: String,
 }
 
-fn roster<D: ReadDoc>(r: &Reader<'_, D>) -> Vec<RosterEntry> {
+pub(crate) fn roster<D: ReadDoc>(r: &Reader<'_, D>) -> Vec<RosterEntry> {
     let Some(ro) = r.root_map(ROSTER) else {
         return Vec::new();
     };

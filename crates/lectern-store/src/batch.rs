@@ -135,10 +135,9 @@ impl fmt::Debug for Batch {
                     list.entry(&format_args!("update_job({id:?}, {} B)", bytes.len()))
                 }
                 Op::CompleteJob { id } => list.entry(&format_args!("complete_job({id:?})")),
-                Op::DeadLetterJob { id, bytes } => list.entry(&format_args!(
-                    "dead_letter_job({id:?}, {} B)",
-                    bytes.len()
-                )),
+                Op::DeadLetterJob { id, bytes } => {
+                    list.entry(&format_args!("dead_letter_job({id:?}, {} B)", bytes.len()))
+                }
             };
         }
         list.finish()

@@ -233,6 +233,13 @@ impl Store {
         Ok(self.inner.shared.db.contains_key(key)?)
     }
 
+    /// Whether job `id` is queued (neither finished nor dead-lettered nor unknown).
+    pub fn job_pending(&self, id: &str) -> Result<bool, StoreError> {
+        keys::validate_job(id)?;
+        let key = keys::job_key(keys::JOB_QUEUE_PREFIX, id);
+        Ok(self.inner.shared.db.contains_key(key)?)
+    }
+
     fn jobs_under(&self, prefix: &[u8]) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let mut jobs = Vec::new();
         for entry in self.inner.shared.db.scan_prefix(prefix) {

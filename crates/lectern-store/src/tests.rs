@@ -584,6 +584,8 @@ fn jobs_enqueue_once_by_id_complete_and_dead_letter_durably() {
         vec![("c".to_owned(), b"c: smtp down".to_vec())]
     );
     assert!(store.job_done("a").expect("done"));
+    assert!(store.job_pending("b").expect("pending"));
+    assert!(!store.job_pending("a").expect("pending"));
     assert!(!store.job_done("b").expect("done"));
     // Jobs do not show up as documents.
     assert_eq!(store.doc_ids().expect("docs"), vec!["cohort/c1".to_owned()]);
