@@ -8,4 +8,5 @@ mod gateway;
 mod hub;
 mod model;
 mod node;
+mod notify;
 mod support;

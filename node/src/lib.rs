@@ -20,6 +20,7 @@ use axum::routing::get;
 use lectern_gateway::auth::{Claims, PublicKey, PublicKeyAlg, mint};
 use lectern_gateway::{AuthConfig, Gateway, GatewayConfig};
 use lectern_hub::{Hub, HubConfig};
+use lectern_jobs::{JobRunner, JobsConfig, MailIdentity, Mailer, SmtpConfig};
 use lectern_store::Store;
 use serde_json::json;
 use tokio::sync::oneshot;
@@ -52,6 +53,8 @@ pub struct Node {
     pub demo: Option<DemoLinks>,
     /// The HS256 secret tokens are signed with (tests mint tokens with it).
     pub secret: Vec<u8>,
+    /// The notification job runner.
+    pub jobs: JobRunner,
     stop: oneshot::Sender<()>,
     server: JoinHandle<std::io::Result<()>>,
 }
@@ -120,23 +123,37 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
     let secret = config
         .resolve_secret()
         .context("resolve the token secret")?;
-    let hub = Hub::new(store, HubConfig::default());
+    let listener = tokio::net::TcpListener::bind(config.http)
+        .await
+        .with_context(|| format!("bind HTTP on {}", config.http))?;
+    let http_addr = listener.local_addr().context("read the bound address")?;
+    let public_base = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{http_addr}"));
+    let jobs_config = jobs_config(&config, &secret, &public_base);
+    let (queue, queue_rx) = lectern_jobs::queue(&jobs_config);
+    let hub = Hub::new(
+        store,
+        HubConfig {
+            jobs: Some(std::sync::Arc::new(queue)),
+            ..HubConfig::default()
+        },
+    );
+    let mailer = mailer(&config)?;
+    let jobs = JobRunner::start(hub.clone(), queue_rx, mailer, jobs_config)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))
+        .context("start the job runner")?;
     let gateway_config = GatewayConfig {
         limits: config.limits.clone(),
         ..GatewayConfig::new(auth_config(&config, secret.clone())?)
     };
     let (gateway, routes) =
         Gateway::new(hub.clone(), gateway_config).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let listener = tokio::net::TcpListener::bind(config.http)
-        .await
-        .with_context(|| format!("bind HTTP on {}", config.http))?;
-    let http_addr = listener.local_addr().context("read the bound address")?;
     let demo = if config.demo {
         let session = seed_demo(&hub).await.context("seed the demo class")?;
-        let base = config
-            .public_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{http_addr}"));
+        let base = public_base.clone();
         let link = |user: &str, name: &str, role: &str| -> anyhow::Result<String> {
             let token = demo_token(&secret, user, name, role)?;
             Ok(format!("{base}/?session={session}&token={token}"))
@@ -174,9 +191,54 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
         gateway,
         demo,
         secret,
+        jobs,
         stop,
         server,
     })
+}
+
+/// The job runner's settings from the node's configuration.
+fn jobs_config(config: &Config, secret: &[u8], public_base: &str) -> JobsConfig {
+    let n = &config.notify;
+    JobsConfig {
+        workers: n.workers,
+        attempts_max: n.attempts_max,
+        backoff_base_ms: n.backoff_base_ms,
+        backoff_max_ms: n.backoff_max_ms,
+        email_domain: n.email_domain.clone(),
+        digest_offset_ms: n.digest_hour_utc * 3_600_000,
+        digest_period_ms: n.digest_period_ms,
+        ..JobsConfig::new(MailIdentity {
+            from: n.from.clone(),
+            public_url: public_base.to_owned(),
+            // The gateway verifies unsubscribe links with the same key (GatewayConfig's default).
+            unsubscribe_key: secret.to_vec(),
+        })
+    }
+}
+
+/// SMTP when configured, else the outbox folder (`{data_dir}/outbox` by default).
+fn mailer(config: &Config) -> anyhow::Result<Mailer> {
+    match &config.notify.smtp {
+        Some(s) => Mailer::smtp(&SmtpConfig {
+            host: s.host.clone(),
+            port: s.port,
+            tls: s.tls,
+            username: s.username.clone(),
+            password: s.password.clone(),
+            timeout_ms: s.timeout_ms,
+            connections_max: 4,
+        })
+        .map_err(|e| anyhow::anyhow!(e))
+        .context("set up SMTP"),
+        None => Ok(Mailer::Outbox(
+            config
+                .notify
+                .outbox_dir
+                .clone()
+                .unwrap_or_else(|| config.data_dir.join("outbox")),
+        )),
+    }
 }
 
 impl Node {
@@ -189,6 +251,8 @@ impl Node {
             .await
             .context("join the HTTP server")?
             .context("serve HTTP")?;
+        // Running jobs write inboxes through the hub: they finish (or stay queued) first.
+        self.jobs.stop().await;
         self.hub.shutdown().await.context("shut the hub down")?;
         // Connection tasks that outlive the graceful shutdown by a moment still hold the router,
         // and through it the hub and the open store. Wait for them, so that the data directory

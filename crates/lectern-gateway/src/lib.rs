@@ -11,6 +11,7 @@ mod commands;
 mod error;
 mod limits;
 mod metrics;
+mod notifications;
 mod page;
 mod rest;
 mod socket;
@@ -45,12 +46,17 @@ pub struct GatewayConfig {
     pub limits: Limits,
     /// Seconds between SSE keep-alive comments. Default 15.
     pub keepalive_s: u64,
+    /// The key unsubscribe links in emails are signed with (the node's job runner signs them
+    /// with the same key). Default: the HS256 token secret; the signed text is
+    /// domain-separated, so no signature of one kind passes as the other.
+    pub unsubscribe_key: Vec<u8>,
 }
 
 impl GatewayConfig {
     /// Defaults around an auth configuration.
     pub fn new(auth: AuthConfig) -> Self {
         GatewayConfig {
+            unsubscribe_key: auth.hs256_secret.clone(),
             auth,
             limits: Limits::default(),
             keepalive_s: 15,
@@ -134,6 +140,10 @@ impl Gateway {
         socket::register(&io);
         *gw.inner.io.lock().unwrap_or_else(|e| e.into_inner()) = Some(io);
         let router = rest::routes(gw.clone())
+            .merge(notifications::routes(
+                gw.clone(),
+                Arc::from(config.unsubscribe_key.as_slice()),
+            ))
             .layer(layer)
             .layer(axum::middleware::map_request(compact_request));
         Ok((gw, router))

@@ -82,9 +82,17 @@ impl JobRunner {
         });
         let mut queue = Queue::default();
         let mut corrupt = Batch::new();
+        let next_digest = ctx.config.next_digest_ms(ctx.now_ms());
         for (id, bytes) in stored {
             match JobRecord::decode(&bytes) {
-                Ok(record) if record.id == id => queue.insert(record),
+                Ok(mut record) if record.id == id => {
+                    // A digest waits for the next digest time as configured NOW, so a changed
+                    // digest hour applies to what is already queued.
+                    if let Job::Email { digest: true, .. } = record.job {
+                        record.run_at_ms = record.run_at_ms.min(next_digest);
+                    }
+                    queue.insert(record);
+                }
                 Ok(_) | Err(_) => {
                     error!(job = %id, "a queued job record does not read; dead-lettering it");
                     corrupt.dead_letter_job(&id, bytes);

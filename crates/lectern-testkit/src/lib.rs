@@ -1,5 +1,6 @@
 //! Dev-only protocol clients for Lectern's tests: a Socket.IO client over WebSocket and
-//! long-polling ([`sio`]), and an HTTP/1.1 client with a server-sent-events reader ([`http`]).
+//! long-polling ([`sio`]), an HTTP/1.1 client with a server-sent-events reader ([`http`]), and
+//! an SMTP server that tests point a node at ([`smtp`]).
 //!
 //! They are written from the protocols, not from Lectern's code, so a test that passes with
 //! them shows that any conforming client works; and they can send what a conforming client
@@ -8,6 +9,8 @@
 
 pub mod http;
 pub mod sio;
+pub mod smtp;
 
 pub use http::{Http, Response, SseEvent, SseItem, SseStream};
 pub use sio::{Client, ConnectError, ServerEvent, Transport};
+pub use smtp::{ReceivedMail, SmtpMode, SmtpServer};
