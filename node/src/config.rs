@@ -81,6 +81,12 @@ pub struct NotifySettings {
     /// How often digests go out, in ms. Default 86,400,000 (daily); not in the file or the
     /// environment: tests shorten it.
     pub digest_period_ms: u64,
+    /// The leaderboard stream updates at most this often, in ms. Default 30,000.
+    pub leaderboard_interval_ms: u64,
+    /// The instructor dashboard stream updates at most this often, in ms. Default 5,000.
+    pub dashboard_interval_ms: u64,
+    /// The dashboard lists students inactive for this many days. Default 7.
+    pub inactive_days: u64,
 }
 
 /// An SMTP server.
@@ -113,6 +119,9 @@ impl Default for NotifySettings {
             backoff_max_ms: 3_600_000,
             digest_hour_utc: 7,
             digest_period_ms: 86_400_000,
+            leaderboard_interval_ms: 30_000,
+            dashboard_interval_ms: 5_000,
+            inactive_days: 7,
         }
     }
 }
@@ -285,6 +294,9 @@ struct FileNotify {
     backoff_base_ms: Option<u64>,
     backoff_max_ms: Option<u64>,
     digest_hour_utc: Option<u64>,
+    leaderboard_interval_ms: Option<u64>,
+    dashboard_interval_ms: Option<u64>,
+    inactive_days: Option<u64>,
     smtp: Option<FileSmtp>,
 }
 
@@ -394,6 +406,16 @@ impl FileConfig {
         }
         if let Some(v) = n.digest_hour_utc {
             c.notify.digest_hour_utc = check_hour(v, &at("notify.digest_hour_utc"))?;
+        }
+        if let Some(v) = n.leaderboard_interval_ms {
+            c.notify.leaderboard_interval_ms =
+                check_min_1(v, &at("notify.leaderboard_interval_ms"))?;
+        }
+        if let Some(v) = n.dashboard_interval_ms {
+            c.notify.dashboard_interval_ms = check_min_1(v, &at("notify.dashboard_interval_ms"))?;
+        }
+        if let Some(v) = n.inactive_days {
+            c.notify.inactive_days = check_min_1(v, &at("notify.inactive_days"))?;
         }
         if let Some(s) = n.smtp {
             let tls = match s.tls {

@@ -147,6 +147,12 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
         .context("start the job runner")?;
     let gateway_config = GatewayConfig {
         limits: config.limits.clone(),
+        boards: lectern_gateway::BoardSettings {
+            leaderboard_interval_ms: config.notify.leaderboard_interval_ms,
+            dashboard_interval_ms: config.notify.dashboard_interval_ms,
+            inactive_days: config.notify.inactive_days,
+            ..Default::default()
+        },
         ..GatewayConfig::new(auth_config(&config, secret.clone())?)
     };
     let (gateway, routes) =

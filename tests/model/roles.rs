@@ -38,6 +38,9 @@ enum Doc {
     Cohort,
     /// The inbox of the first caller, `stu1`.
     Inbox,
+    /// The set-up cohort with every caller on its roster (even the outsider: membership comes
+    /// from the token, not the roster).
+    RosteredCohort,
 }
 
 struct Row {
@@ -302,6 +305,24 @@ fn table() -> Vec<Row> {
             },
             expect: [FORBIDDEN, FORBIDDEN, OK, OK, NOT_MEMBER],
         },
+        Row {
+            name: "leaderboard.privacy",
+            doc: Doc::RosteredCohort,
+            body: |_| B::LeaderboardPrivacy { anonymous: true },
+            expect: [OK, OK, OK, OK, NOT_MEMBER],
+        },
+        Row {
+            name: "leaderboard.privacy (not on the roster)",
+            doc: Doc::Cohort,
+            body: |_| B::LeaderboardPrivacy { anonymous: true },
+            expect: [
+                Expect::Refused("not_found"),
+                Expect::Refused("not_found"),
+                Expect::Refused("not_found"),
+                Expect::Refused("not_found"),
+                NOT_MEMBER,
+            ],
+        },
         // An inbox is its owner's (stu1, the first column); only the node's job runner (an
         // admin) pushes into it, and an admin may change its preferences (unsubscribe links).
         Row {
@@ -375,9 +396,10 @@ fn variant(body: &CommandBody) -> usize {
         B::InboxPush { .. } => 25,
         B::InboxRead { .. } => 26,
         B::InboxPrefs { .. } => 27,
+        B::LeaderboardPrivacy { .. } => 28,
     }
 }
-const VARIANTS: usize = 28;
+const VARIANTS: usize = 29;
 
 /// The session every session row starts from: created by the instructor, every member present,
 /// a visible question, a question waiting for moderation, an open poll and a chat message, all
@@ -481,6 +503,18 @@ fn every_command_has_exactly_the_tabled_outcome_for_every_role() {
 
     let session = session_fixture();
     let cohort = cohort_fixture();
+    let mut rostered = copy(&cohort, cohort_doc(), 0x70);
+    for (i, c) in callers.iter().enumerate() {
+        let add = cmd(
+            &format!("add-all-{i}"),
+            CommandBody::RosterAdd {
+                user: c.user.clone(),
+                role: c.role,
+                name: c.name.clone(),
+            },
+        );
+        ok(&mut rostered, &instructor(), &add, NOW);
+    }
     let mut mismatches = Vec::new();
     for row in &table {
         for (col, who) in callers.iter().enumerate() {
@@ -491,6 +525,7 @@ fn every_command_has_exactly_the_tabled_outcome_for_every_role() {
                 Doc::FreshCohort => Replica::new(cohort_doc(), &[actor; 16]),
                 Doc::Cohort => copy(&cohort, cohort_doc(), actor),
                 Doc::Inbox => Replica::new(DocId::Inbox(uid("stu1")), &[actor; 16]),
+                Doc::RosteredCohort => copy(&rostered, cohort_doc(), actor),
             };
             let c = cmd("under-test", (row.body)(who));
             assert_eq!(

@@ -14,6 +14,7 @@
 //! will feed: a test that applies a peer's changes through it is the honest stand-in for
 //! "three nodes replicate the cohort" until the mesh lands.
 
+mod boards;
 mod email;
 mod inbox;
 mod restart;

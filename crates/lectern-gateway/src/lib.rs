@@ -7,6 +7,7 @@
 //! [`AppError`] with a stable code.
 
 pub mod auth;
+mod boards;
 mod commands;
 mod error;
 mod limits;
@@ -31,6 +32,7 @@ use socketioxide::SocketIo;
 use tokio::sync::watch;
 
 pub use auth::{AuthConfig, Verified, Verifier};
+pub use boards::BoardSettings;
 pub use error::AppError;
 pub use limits::Limits;
 pub use sse::LeanStream;
@@ -50,6 +52,8 @@ pub struct GatewayConfig {
     /// with the same key). Default: the HS256 token secret; the signed text is
     /// domain-separated, so no signature of one kind passes as the other.
     pub unsubscribe_key: Vec<u8>,
+    /// The leaderboard and instructor dashboard streams.
+    pub boards: BoardSettings,
 }
 
 impl GatewayConfig {
@@ -60,6 +64,7 @@ impl GatewayConfig {
             auth,
             limits: Limits::default(),
             keepalive_s: 15,
+            boards: BoardSettings::default(),
         }
     }
 }
@@ -90,6 +95,8 @@ pub(crate) struct Inner {
     shutting_down: AtomicBool,
     shutdown: watch::Sender<bool>,
     keepalive: Duration,
+    boards: boards::Boards,
+    boards_settings: BoardSettings,
 }
 
 /// The gateway. Cheap to clone.
@@ -123,6 +130,8 @@ impl Gateway {
                 shutting_down: AtomicBool::new(false),
                 shutdown,
                 keepalive: Duration::from_secs(config.keepalive_s.max(1)),
+                boards: boards::Boards::default(),
+                boards_settings: config.boards.clone(),
             }),
         };
         // socketioxide takes its state at build time, and the gateway holds the io handle:
@@ -144,6 +153,7 @@ impl Gateway {
                 gw.clone(),
                 Arc::from(config.unsubscribe_key.as_slice()),
             ))
+            .merge(boards::routes(gw.clone()))
             .layer(layer)
             .layer(axum::middleware::map_request(compact_request));
         Ok((gw, router))

@@ -271,6 +271,8 @@ enum StreamRoute<'a> {
     Session(&'a str),
     Progress(&'a str),
     Notifications,
+    Leaderboard(&'a str),
+    Instructor(&'a str),
 }
 
 fn stream_route(path: &str) -> Option<StreamRoute<'_>> {
@@ -285,6 +287,8 @@ fn stream_route(path: &str) -> Option<StreamRoute<'_>> {
     match kind {
         "sessions" => Some(StreamRoute::Session(segment)),
         "progress" => Some(StreamRoute::Progress(segment)),
+        "leaderboard" => Some(StreamRoute::Leaderboard(segment)),
+        "instructor" => Some(StreamRoute::Instructor(segment)),
         _ => None,
     }
 }
@@ -367,6 +371,14 @@ impl Gateway {
             }
             StreamRoute::Notifications => {
                 crate::notifications::open(self, caller, expires_at_s, headers).await
+            }
+            StreamRoute::Leaderboard(cohort) => {
+                let cohort = percent_decode(cohort)?;
+                crate::boards::open_leaderboard(self, caller, expires_at_s, &cohort, headers).await
+            }
+            StreamRoute::Instructor(cohort) => {
+                let cohort = percent_decode(cohort)?;
+                crate::boards::open_dashboard(self, caller, expires_at_s, &cohort, headers).await
             }
         }
     }

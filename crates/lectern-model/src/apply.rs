@@ -713,6 +713,17 @@ fn apply_cohort(
             put(tx, &a, "at", now.as_i64())?;
             Ok(Target::item(cmd.id.as_str()))
         }
+        CommandBody::LeaderboardPrivacy { anonymous } => {
+            authorize(caller, cohort, Needs::Member)?;
+            let roster = root(tx, ROSTER)?;
+            let e = Reader::now(&*tx)
+                .map(&roster, caller.user.as_str())
+                .ok_or_else(|| {
+                    Rejection::new(RejectCode::NotFound, "you are not on this cohort's roster")
+                })?;
+            put(tx, &e, crate::board::LEADERBOARD_ANONYMOUS, *anonymous)?;
+            Ok(Target::item(caller.user.as_str()))
+        }
         CommandBody::SessionLink { session, title } => {
             authorize(caller, cohort, Needs::Instructor)?;
             let title = check_text("title", title, TITLE_LEN_MAX_CHARS)?;

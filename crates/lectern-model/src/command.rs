@@ -326,6 +326,14 @@ pub enum CommandBody {
         title: String,
     },
 
+    /// Show or hide the caller's name on the cohort's leaderboard (any member on the roster,
+    /// for themselves).
+    #[serde(rename = "leaderboard.privacy")]
+    LeaderboardPrivacy {
+        /// Appear as "Anonymous" to other students.
+        anonymous: bool,
+    },
+
     // ---- inbox documents ----
     /// Put a notification into the inbox (the node's job runner, as an admin).
     #[serde(rename = "inbox.push")]
@@ -400,6 +408,7 @@ impl CommandBody {
             CommandBody::ProgressUpdate { .. } => "progress.update",
             CommandBody::AnnouncementPost { .. } => "announcement.post",
             CommandBody::SessionLink { .. } => "session.link",
+            CommandBody::LeaderboardPrivacy { .. } => "leaderboard.privacy",
             CommandBody::InboxPush { .. } => "inbox.push",
             CommandBody::InboxRead { .. } => "inbox.read",
             CommandBody::InboxPrefs { .. } => "inbox.prefs",
@@ -414,7 +423,8 @@ impl CommandBody {
             | CommandBody::RosterRemove { .. }
             | CommandBody::ProgressUpdate { .. }
             | CommandBody::AnnouncementPost { .. }
-            | CommandBody::SessionLink { .. } => DocKind::Cohort,
+            | CommandBody::SessionLink { .. }
+            | CommandBody::LeaderboardPrivacy { .. } => DocKind::Cohort,
             CommandBody::InboxPush { .. }
             | CommandBody::InboxRead { .. }
             | CommandBody::InboxPrefs { .. } => DocKind::Inbox,

@@ -209,7 +209,7 @@ pub(crate) fn derive<D: ReadDoc>(
             });
             Some(("cohort:updated", all(payload)))
         }
-        "roster.add" | "roster.remove" => {
+        "roster.add" | "roster.remove" | "leaderboard.privacy" => {
             let e = view::roster_entry(r, target?)?;
             Some((
                 "roster:updated",

@@ -12,6 +12,7 @@
 
 mod apply;
 mod auth;
+mod board;
 mod command;
 mod event;
 mod ids;

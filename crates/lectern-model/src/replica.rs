@@ -59,6 +59,8 @@ impl Envelope {
             "session.create" | "session.update" | "cohort.create" => ("meta", None),
             // An inbox event carries the unread count, which every inbox command changes.
             "inbox.push" | "inbox.read" | "inbox.prefs" => ("inbox", None),
+            // It writes the caller's roster entry.
+            "leaderboard.privacy" => ("roster", self.t.as_deref()),
             _ => (family, self.t.as_deref()),
         }
     }
@@ -422,6 +424,43 @@ impl Replica {
             DocId::Cohort(_) => self.cohort_view(caller),
             DocId::Inbox(_) => self.inbox_view(caller),
         }
+    }
+
+    /// The leaderboard of a cohort as `(full, public)`: staff see `full`; in `public`, students
+    /// who opted out are "Anonymous". Authorize with [`Replica::authorize_read`] first.
+    pub fn leaderboard(&self) -> Result<(Value, Value), Rejection> {
+        let DocId::Cohort(id) = &self.id else {
+            return Err(wrong_kind());
+        };
+        if !self.exists() {
+            return Err(Rejection::new(RejectCode::DocNotFound, "no such cohort"));
+        }
+        Ok(crate::board::leaderboard(
+            &Reader::now(&self.doc),
+            id.as_str(),
+        ))
+    }
+
+    /// Per student of a cohort: their latest progress time; and the cohort's sessions, newest
+    /// first (the instructor dashboard's cohort half).
+    pub fn cohort_activity(&self) -> Result<Value, Rejection> {
+        if !matches!(self.id, DocId::Cohort(_)) {
+            return Err(wrong_kind());
+        }
+        Ok(crate::board::cohort_activity(&Reader::now(&self.doc)))
+    }
+
+    /// A session for the instructor dashboard: present users, last-seen times, open questions,
+    /// poll participation.
+    pub fn session_summary(&self, now: Millis) -> Result<Value, Rejection> {
+        let DocId::Session(id) = &self.id else {
+            return Err(wrong_kind());
+        };
+        Ok(crate::board::session_summary(
+            &Reader::now(&self.doc),
+            id.as_str(),
+            now,
+        ))
     }
 
     /// The inbox as `viewer` (its owner or an admin) sees it.

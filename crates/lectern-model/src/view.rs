@@ -197,6 +197,11 @@ impl Poll {
         })
     }
 
+    /// Whether votes are still taken.
+    pub(crate) fn is_open(&self) -> bool {
+        self.open
+    }
+
     /// Students see results unless the poll hides them until it is revealed.
     pub(crate) fn results_public(&self) -> bool {
         !self.hide_results || self.revealed
@@ -375,6 +380,17 @@ pub(crate) fn attendance<D: ReadDoc>(
     (present, Value::Array(list))
 }
 
+/// When each user was last seen in the session: the latest of their joins and leaves (ms).
+pub(crate) fn last_seen<D: ReadDoc>(r: &Reader<'_, D>) -> Value {
+    let mut seen: BTreeMap<String, i64> = BTreeMap::new();
+    for v in visits(r, None) {
+        let t = v.leave_at.unwrap_or(v.join_at).max(v.join_at);
+        let e = seen.entry(v.user).or_insert(t);
+        *e = (*e).max(t);
+    }
+    json!(seen)
+}
+
 /// The session's meta as JSON (None until the session is created).
 pub(crate) fn session_meta<D: ReadDoc>(r: &Reader<'_, D>) -> Option<(CohortId, Value)> {
     let m = r.root_map(META)?;
@@ -500,6 +516,22 @@ pub(crate) struct LessonProgress {
 }
 
 impl LessonProgress {
+    pub(crate) fn score(&self) -> Option<i64> {
+        self.score
+    }
+
+    pub(crate) fn max(&self) -> Option<i64> {
+        self.max
+    }
+
+    pub(crate) fn at(&self) -> i64 {
+        self.at
+    }
+
+    pub(crate) fn completed(&self) -> bool {
+        self.status == Some(ProgressStatus::Completed)
+    }
+
     pub(crate) fn to_json(&self, student: &str, lesson: &str) -> Value {
         json!({
             "student": student,
