@@ -10,6 +10,9 @@
 //!   process); fan-out latency, deliveries and the node's memory per connection, against a
 //!   bare tokio server (the floor) in the same run. `serve` and `floor-serve` are the two
 //!   server processes it starts (hidden: not meant to be run by hand).
+//! - `notify`: an announcement to 5,000 students each on `/api/stream/notifications`: p95 until
+//!   every stream shows it, time until every email is accepted by a real SMTP server, and the
+//!   node's memory before and after; a one-student grade as the baseline.
 //!
 //! Every subcommand prints a human summary; with `--json` it adds one JSON line (the last line
 //! of its output). Stores live in a fresh directory under the system's temp dir that is removed
@@ -19,6 +22,7 @@ mod alloc;
 mod class_size;
 mod hub_throughput;
 mod load;
+mod notify;
 mod remote_apply;
 mod util;
 mod workload;
@@ -52,6 +56,9 @@ enum Bench {
     /// N websocket + M SSE clients on one session: fan-out latency, delivery, node memory per
     /// connection, against a bare tokio floor.
     Load(load::Args),
+    /// An announcement to N students connected over SSE: time until each stream shows it,
+    /// until every email is accepted by SMTP, and the node's memory.
+    Notify(notify::Args),
     /// Runs a node with the demo class for `load` (configured by `LECTERN_*`).
     #[command(hide = true)]
     Serve(load::node::ServeArgs),
@@ -72,6 +79,7 @@ fn main() -> ExitCode {
         Bench::RemoteApply(args) => remote_apply::run(args, cli.json),
         Bench::ClassSize(args) => class_size::run(args, cli.json),
         Bench::Load(args) => load::run(args, cli.json),
+        Bench::Notify(args) => notify::run(args, cli.json),
         Bench::Serve(args) => load::node::serve(args),
         Bench::FloorServe(args) => load::floor::serve(args),
     };

@@ -255,3 +255,31 @@ async fn preferences_choose_the_channel_and_the_digest_batches_emails_into_one()
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_smtp_emails_are_written_to_the_outbox_as_eml_files() {
+    within(async {
+        let smtp = SmtpServer::start().await?;
+        let node = NotifyNode::start_with("notify-outbox", &smtp, |c| c.notify.smtp = None).await?;
+        node.grade("student1", "quiz1", 10).await?;
+        let stats = node.jobs_idle().await?;
+        assert_eq!(stats.emails_sent, 1, "{stats:?}");
+        assert!(smtp.mails().is_empty(), "nothing goes to SMTP");
+        let outbox = node.node.hub.store().path().join("outbox");
+        let files: Vec<std::path::PathBuf> = std::fs::read_dir(&outbox)?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<Result<_, _>>()?;
+        assert_eq!(files.len(), 1, "{files:?}");
+        let name = files[0].file_name().and_then(|n| n.to_str()).unwrap_or("");
+        assert!(name.ends_with("_student1_email.eml"), "{name}");
+        let eml = std::fs::read_to_string(&files[0])?;
+        assert!(eml.contains("To: student1@example.test\r\n"), "{eml}");
+        assert!(eml.contains("Subject: Your grade for quiz1 is ready\r\n"));
+        assert!(eml.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"));
+        assert!(eml.contains("List-Unsubscribe: <http://"));
+        node.stop().await?;
+        Ok(())
+    })
+    .await
+    .unwrap();
+}
