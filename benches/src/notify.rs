@@ -36,6 +36,9 @@ pub struct Args {
     /// Grades measured for the single-student baseline.
     #[arg(long, default_value_t = 20)]
     pub baseline: usize,
+    /// The node's job workers (`[notify] workers`); default: the node's default.
+    #[arg(long)]
+    pub workers: Option<usize>,
 }
 
 const SECRET: &str = "lectern-bench-notify-secret-0123456789";
@@ -69,6 +72,14 @@ async fn run_async(args: &Args, json_out: bool) -> anyhow::Result<()> {
     let dir = TempDir::new("notify")?;
     let exe = std::env::current_exe().context("find lectern-bench")?;
     let data = dir.path().join("data");
+    if let Some(w) = args.workers {
+        // The child reads ./lectern.toml from its working directory, the scratch directory.
+        std::fs::write(
+            dir.path().join("lectern.toml"),
+            format!("[notify]\nworkers = {w}\n"),
+        )
+        .context("write the node's lectern.toml")?;
+    }
     let env: Vec<(String, String)> = [
         ("LECTERN_AUTH_SECRET", SECRET.to_owned()),
         ("LECTERN_SMTP_HOST", "127.0.0.1".to_owned()),

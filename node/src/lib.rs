@@ -203,6 +203,10 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
     })
 }
 
+/// The mail domain of the demo's users when nothing else is configured (`.invalid` is reserved:
+/// nothing is ever delivered there, and without SMTP nothing is sent anyway).
+pub const DEMO_EMAIL_DOMAIN: &str = "demo.invalid";
+
 /// The job runner's settings from the node's configuration.
 fn jobs_config(config: &Config, secret: &[u8], public_base: &str) -> JobsConfig {
     let n = &config.notify;
@@ -211,7 +215,11 @@ fn jobs_config(config: &Config, secret: &[u8], public_base: &str) -> JobsConfig 
         attempts_max: n.attempts_max,
         backoff_base_ms: n.backoff_base_ms,
         backoff_max_ms: n.backoff_max_ms,
-        email_domain: n.email_domain.clone(),
+        // The demo writes its emails to the outbox: give its users addresses there.
+        email_domain: n
+            .email_domain
+            .clone()
+            .or_else(|| (config.demo && n.smtp.is_none()).then(|| DEMO_EMAIL_DOMAIN.to_owned())),
         digest_offset_ms: n.digest_hour_utc * 3_600_000,
         digest_period_ms: n.digest_period_ms,
         ..JobsConfig::new(MailIdentity {

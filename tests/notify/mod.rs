@@ -15,6 +15,8 @@
 //! "three nodes replicate the cohort" until the mesh lands.
 
 mod boards;
+mod config;
+mod crash;
 mod email;
 mod inbox;
 mod restart;

@@ -55,6 +55,9 @@ pub struct HubConfig {
     pub docs_loaded_max: usize,
     /// Events buffered per room; a subscriber further behind gets `Lagged`. Default 4096.
     pub room_capacity: usize,
+    /// Events buffered per inbox room (one per user with an open notification stream; the
+    /// slots are allocated up front, 4096 would cost ≈ 160 KB per user). Default 64.
+    pub inbox_room_capacity: usize,
     /// Compact a document when its chunks outweigh its snapshot and this many bytes.
     /// Default 256 KiB.
     pub compact_min_bytes: u64,
@@ -88,6 +91,7 @@ impl Default for HubConfig {
             doc_idle_ms: 60_000,
             docs_loaded_max: 20_000,
             room_capacity: 4096,
+            inbox_room_capacity: 64,
             compact_min_bytes: 256 * 1024,
             feed_capacity: 65_536,
             clock: Arc::new(system_now),
@@ -248,7 +252,7 @@ impl Hub {
         let inner = Inner {
             committer: store.committer(),
             identity: store.identity(),
-            rooms: rooms::Rooms::new(config.room_capacity),
+            rooms: rooms::Rooms::new(config.room_capacity, config.inbox_room_capacity),
             store,
             config,
             docs: Mutex::new(HashMap::new()),

@@ -51,13 +51,18 @@ impl Published {
 
 pub(crate) struct Rooms {
     capacity: usize,
+    /// Capacity of an inbox's room: a broadcast channel allocates every slot up front
+    /// (≈ 40 B each), and a node holds one inbox room per user with an open notification
+    /// stream, each with a handful of subscribers and rare events.
+    inbox_capacity: usize,
     rooms: Mutex<HashMap<DocId, broadcast::Sender<Arc<Published>>>>,
 }
 
 impl Rooms {
-    pub(crate) fn new(capacity: usize) -> Rooms {
+    pub(crate) fn new(capacity: usize, inbox_capacity: usize) -> Rooms {
         Rooms {
             capacity: capacity.max(1),
+            inbox_capacity: inbox_capacity.max(1),
             rooms: Mutex::new(HashMap::new()),
         }
     }
@@ -66,7 +71,13 @@ impl Rooms {
         let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
         rooms
             .entry(doc.clone())
-            .or_insert_with(|| broadcast::channel(self.capacity).0)
+            .or_insert_with(|| {
+                let capacity = match doc {
+                    DocId::Inbox(_) => self.inbox_capacity,
+                    _ => self.capacity,
+                };
+                broadcast::channel(capacity).0
+            })
             .subscribe()
     }
 

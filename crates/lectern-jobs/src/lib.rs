@@ -9,7 +9,8 @@
 //!    jobs without their command; changes from peers never trigger.
 //! 2. The [`JobRunner`] holds the queue in memory (loaded from the store at start, fed by the
 //!    hook after each fsync) and runs due jobs on up to `workers` tasks:
-//!    * fan-out: one notification to many users becomes one delivery job per user, in one batch;
+//!    * fan-out: one notification to many users is pushed into their inboxes a chunk at a time
+//!      (no job per recipient); a recipient whose push fails gets a delivery job of their own;
 //!    * delivery: the user's preferences decide; the notification goes into their
 //!      `inbox/{user}` document (idempotent: the notification id is the command id) and, if
 //!      they want email, an email job is enqueued (now, or at their next daily digest);
@@ -51,8 +52,9 @@ pub struct JobsConfig {
     pub backoff_base_ms: u64,
     /// Longest delay between retries. Default 1 h.
     pub backoff_max_ms: u64,
-    /// A trigger with at most this many recipients enqueues their deliveries directly; above
-    /// it, one fan-out job (keeps the command's batch small for a 5,000-student announcement).
+    /// A trigger with at most this many recipients enqueues one delivery job each; above it,
+    /// one fan-out job (keeps the command's batch small for a 5,000-student announcement, and
+    /// spares a job record per recipient).
     /// Default 16.
     pub fanout_inline_max: usize,
     /// The From address, links and the unsubscribe key of emails.

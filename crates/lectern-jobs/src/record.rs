@@ -29,7 +29,8 @@ pub struct JobRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Job {
-    /// Split a notification into one delivery per recipient (one atomic batch).
+    /// Deliver a notification to many recipients in-app, a chunk at a time, leaving their
+    /// email jobs (and a delivery job for each recipient whose push failed).
     Fanout {
         /// The notification.
         notification: Notification,

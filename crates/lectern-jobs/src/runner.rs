@@ -443,7 +443,7 @@ async fn run_job(ctx: Arc<Ctx>, bundle: Vec<JobRecord>) -> Outcome {
         Job::Fanout {
             notification,
             recipients,
-        } => Ok(fanout(&ctx, notification, recipients)),
+        } => Ok(fanout(&ctx, notification, recipients).await),
         Job::Deliver { notification, user } => deliver(&ctx, notification, user).await,
         Job::Email { .. } => email(&ctx, &bundle).await,
     };
@@ -510,26 +510,56 @@ async fn fail(ctx: &Ctx, bundle: Vec<JobRecord>, failure: Failure) -> Outcome {
     }
 }
 
-fn fanout(ctx: &Ctx, n: &Notification, recipients: &[lectern_model::UserId]) -> Step {
-    let now = ctx.now_ms();
-    let followups = recipients
-        .iter()
-        .map(|user| {
-            JobRecord::new(
-                deliver_id(n, user),
-                now,
-                Job::Deliver {
-                    notification: n.clone(),
-                    user: user.clone(),
-                },
-            )
-        })
-        .collect();
-    Step {
-        followups,
+/// Recipients a fan-out delivers to at once.
+const FANOUT_CHUNK: usize = 128;
+
+/// Delivers a notification to many users: in-app for a chunk of recipients at a time, all at
+/// once (each inbox has its own writer; their commits share fsyncs), with no job record per
+/// recipient. What a recipient needs next comes back as follow-ups: their email job, or, if
+/// their in-app delivery failed, a delivery job of their own that retries alone.
+///
+/// A fan-out that a crash interrupts runs again from the start; that is safe because an inbox
+/// refuses a notification it holds (`duplicate_command`) and the store refuses to enqueue an
+/// email job that already finished.
+async fn fanout(ctx: &Arc<Ctx>, n: &Notification, recipients: &[lectern_model::UserId]) -> Step {
+    let mut step = Step {
+        followups: Vec::new(),
         inapp: 0,
         emails: 0,
+    };
+    for chunk in recipients.chunks(FANOUT_CHUNK) {
+        let mut tasks = JoinSet::new();
+        for user in chunk {
+            let (ctx, n, user) = (ctx.clone(), n.clone(), user.clone());
+            tasks.spawn(async move {
+                let result = deliver_inapp(&ctx, &n, &user).await;
+                (user, result)
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            let Ok((user, result)) = done else {
+                continue;
+            };
+            match result {
+                Ok((pushed, email)) => {
+                    step.inapp += u64::from(pushed);
+                    step.followups.extend(email);
+                }
+                Err(failure) => {
+                    debug!(%user, reason = %failure.reason, "fan-out delivery failed; it retries alone");
+                    step.followups.push(JobRecord::new(
+                        deliver_id(n, &user),
+                        ctx.now_ms(),
+                        Job::Deliver {
+                            notification: n.clone(),
+                            user,
+                        },
+                    ));
+                }
+            }
+        }
     }
+    step
 }
 
 fn hub_failure(e: HubError) -> Failure {
@@ -544,6 +574,21 @@ async fn deliver(
     n: &Notification,
     user: &lectern_model::UserId,
 ) -> Result<Step, Failure> {
+    let (pushed, email) = deliver_inapp(ctx, n, user).await?;
+    Ok(Step {
+        followups: email.into_iter().collect(),
+        inapp: u64::from(pushed),
+        emails: 0,
+    })
+}
+
+/// Puts `n` into `user`'s inbox (unless they turned its kind off); returns whether it was
+/// pushed now and the email job to enqueue, if they want email.
+async fn deliver_inapp(
+    ctx: &Ctx,
+    n: &Notification,
+    user: &lectern_model::UserId,
+) -> Result<(bool, Option<JobRecord>), Failure> {
     let inbox = DocId::Inbox(user.clone());
     let prefs: InboxPrefs = ctx
         .hub
@@ -551,7 +596,7 @@ async fn deliver(
         .await
         .map_err(hub_failure)?;
     let channel = prefs.channel(n.kind);
-    let mut inapp = 0;
+    let mut pushed = false;
     if channel != Channel::Off {
         let cmd = Command {
             id: n.id.clone(),
@@ -565,7 +610,7 @@ async fn deliver(
             },
         };
         match ctx.hub.execute(inbox, system_caller(), cmd).await {
-            Ok(_) => inapp = 1,
+            Ok(_) => pushed = true,
             // Pushed before a crash took the completion: it is in the inbox once, as it should.
             Err(HubError::Rejected(r))
                 if matches!(
@@ -575,7 +620,7 @@ async fn deliver(
             Err(e) => return Err(hub_failure(e)),
         }
     }
-    let mut followups = Vec::new();
+    let mut email = None;
     if channel == Channel::Email {
         let to = prefs.email.clone().or_else(|| {
             ctx.config
@@ -591,7 +636,7 @@ async fn deliver(
                 } else {
                     now
                 };
-                followups.push(JobRecord::new(
+                email = Some(JobRecord::new(
                     email_id(n, user),
                     run_at,
                     Job::Email {
@@ -605,11 +650,7 @@ async fn deliver(
             None => debug!(%user, "no email address; in-app only"),
         }
     }
-    Ok(Step {
-        followups,
-        inapp,
-        emails: 0,
-    })
+    Ok((pushed, email))
 }
 
 async fn email(ctx: &Ctx, bundle: &[JobRecord]) -> Result<Step, Failure> {
