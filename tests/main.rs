@@ -9,5 +9,6 @@ mod hub;
 mod mesh;
 mod model;
 mod node;
+mod notify;
 mod support;
 mod web;

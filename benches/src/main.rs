@@ -10,6 +10,9 @@
 //!   process); fan-out latency, deliveries and the node's memory per connection, against a
 //!   bare tokio server (the floor) in the same run. `serve` and `floor-serve` are the two
 //!   server processes it starts (hidden: not meant to be run by hand).
+//! - `notify`: an announcement to 5,000 students each on `/api/stream/notifications`: p95 until
+//!   every stream shows it, time until every email is accepted by a real SMTP server, and the
+//!   node's memory before and after; a one-student grade as the baseline.
 //!
 //! - `mesh latency|catch-up|anti-entropy`: two nodes replicating over QUIC with mutual TLS on
 //!   loopback: replication latency at a fixed command rate, catch-up after both sides wrote
@@ -24,6 +27,7 @@ mod class_size;
 mod hub_throughput;
 mod load;
 mod mesh;
+mod notify;
 mod remote_apply;
 mod util;
 mod workload;
@@ -59,6 +63,9 @@ enum Bench {
     Load(load::Args),
     /// Two nodes over QUIC/mTLS: replication latency, catch-up, anti-entropy.
     Mesh(mesh::Args),
+    /// An announcement to N students connected over SSE: time until each stream shows it,
+    /// until every email is accepted by SMTP, and the node's memory.
+    Notify(notify::Args),
     /// Runs a node with the demo class for `load` (configured by `LECTERN_*`).
     #[command(hide = true)]
     Serve(load::node::ServeArgs),
@@ -80,6 +87,7 @@ fn main() -> ExitCode {
         Bench::ClassSize(args) => class_size::run(args, cli.json),
         Bench::Load(args) => load::run(args, cli.json),
         Bench::Mesh(args) => mesh::run(args, cli.json),
+        Bench::Notify(args) => notify::run(args, cli.json),
         Bench::Serve(args) => load::node::serve(args),
         Bench::FloorServe(args) => load::floor::serve(args),
     };

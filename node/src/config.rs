@@ -60,6 +60,8 @@ pub struct Config {
     /// Bearer token of the admin API (`/admin/status`, `/admin/peers`; what `lectern status`
     /// and `lectern peers` call). Default none: the admin API answers 404.
     pub admin_token: Option<String>,
+    /// Notifications: email, the job queue, digests.
+    pub notify: NotifySettings,
 }
 
 /// Longest push coalescing window accepted, in ms (the replication-latency budget).
@@ -114,6 +116,76 @@ impl Default for MeshSettings {
     }
 }
 
+/// Notification delivery: where email goes, and how the job queue retries.
+#[derive(Debug, Clone)]
+pub struct NotifySettings {
+    /// The SMTP server. Default none: emails are written as `.eml` files to `outbox_dir`.
+    pub smtp: Option<SmtpSettings>,
+    /// Where emails go without SMTP. Default none, meaning `{data_dir}/outbox`.
+    pub outbox_dir: Option<PathBuf>,
+    /// The From mailbox. Default `Lectern <no-reply@lectern.invalid>`.
+    pub from: String,
+    /// Users who gave no address get `{user}@{email_domain}` (for an institution whose user
+    /// ids are its mail names). Default none: no email without an address.
+    pub email_domain: Option<String>,
+    /// Jobs running at once. Default 32.
+    pub workers: usize,
+    /// Attempts before a job is dead-lettered. Default 8.
+    pub attempts_max: u32,
+    /// First retry delay in ms, doubled per attempt. Default 2000.
+    pub backoff_base_ms: u64,
+    /// Longest retry delay in ms. Default 3,600,000 (1 h).
+    pub backoff_max_ms: u64,
+    /// Hour of the day (UTC) the daily digest goes out. Default 7.
+    pub digest_hour_utc: u64,
+    /// How often digests go out, in ms. Default 86,400,000 (daily); not in the file or the
+    /// environment: tests shorten it.
+    pub digest_period_ms: u64,
+    /// The leaderboard stream updates at most this often, in ms. Default 30,000.
+    pub leaderboard_interval_ms: u64,
+    /// The instructor dashboard stream updates at most this often, in ms. Default 5,000.
+    pub dashboard_interval_ms: u64,
+    /// The dashboard lists students inactive for this many days. Default 7.
+    pub inactive_days: u64,
+}
+
+/// An SMTP server.
+#[derive(Debug, Clone)]
+pub struct SmtpSettings {
+    /// Host name.
+    pub host: String,
+    /// Port. Default by TLS mode: 25 (none), 587 (starttls), 465 (tls).
+    pub port: u16,
+    /// `none`, `starttls` or `tls`. Default `starttls`.
+    pub tls: lectern_jobs::TlsMode,
+    /// Login, if the server wants one (with `password`).
+    pub username: Option<String>,
+    /// Password for `username`.
+    pub password: Option<String>,
+    /// Timeout of a connection or command, in ms. Default 10,000.
+    pub timeout_ms: u64,
+}
+
+impl Default for NotifySettings {
+    fn default() -> Self {
+        NotifySettings {
+            smtp: None,
+            outbox_dir: None,
+            from: "Lectern <no-reply@lectern.invalid>".to_owned(),
+            email_domain: None,
+            workers: 32,
+            attempts_max: 8,
+            backoff_base_ms: 2_000,
+            backoff_max_ms: 3_600_000,
+            digest_hour_utc: 7,
+            digest_period_ms: 86_400_000,
+            leaderboard_interval_ms: 30_000,
+            dashboard_interval_ms: 5_000,
+            inactive_days: 7,
+        }
+    }
+}
+
 /// How tokens are verified.
 #[derive(Debug, Clone)]
 pub struct AuthSettings {
@@ -144,6 +216,7 @@ impl Default for Config {
             limits: Limits::default(),
             mesh: MeshSettings::default(),
             admin_token: None,
+            notify: NotifySettings::default(),
         }
     }
 }
@@ -193,7 +266,9 @@ impl Config {
     /// `LECTERN_AUTH_SECRET`, `LECTERN_AUTH_PUBLIC_KEY_FILE`, `LECTERN_AUTH_PUBLIC_KEY_ALG`,
     /// `LECTERN_AUTH_LEEWAY_S`, `LECTERN_RATE_COMMANDS_PER_S`, `LECTERN_RATE_COMMAND_BURST`,
     /// `LECTERN_PAYLOAD_MAX_BYTES`, `LECTERN_OUTBOUND_QUEUE_MAX`, `LECTERN_CONNS_MAX`,
-    /// `LECTERN_CONNS_PER_USER_MAX`; an empty variable counts as unset) < overrides (flags).
+    /// `LECTERN_CONNS_PER_USER_MAX`, `LECTERN_MAIL_FROM`, `LECTERN_EMAIL_DOMAIN`,
+    /// `LECTERN_SMTP_HOST`, `LECTERN_SMTP_PORT`, `LECTERN_SMTP_TLS`, `LECTERN_SMTP_USERNAME`,
+    /// `LECTERN_SMTP_PASSWORD`; an empty variable counts as unset) < overrides (flags).
     /// Unknown TOML keys are an error naming the key; invalid values are errors naming the key
     /// and the source.
     pub fn load(
@@ -299,6 +374,8 @@ struct FileConfig {
     #[serde(default)]
     mesh: FileMesh,
     admin_token: Option<String>,
+    #[serde(default)]
+    notify: FileNotify,
 }
 
 /// The file's `[mesh]` table.
@@ -315,6 +392,36 @@ struct FileMesh {
     reconnect_max_ms: Option<u64>,
     peer_idle_timeout_ms: Option<u64>,
     connect_timeout_ms: Option<u64>,
+}
+
+/// The file's `[notify]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileNotify {
+    outbox_dir: Option<PathBuf>,
+    from: Option<String>,
+    email_domain: Option<String>,
+    workers: Option<usize>,
+    attempts_max: Option<u32>,
+    backoff_base_ms: Option<u64>,
+    backoff_max_ms: Option<u64>,
+    digest_hour_utc: Option<u64>,
+    leaderboard_interval_ms: Option<u64>,
+    dashboard_interval_ms: Option<u64>,
+    inactive_days: Option<u64>,
+    smtp: Option<FileSmtp>,
+}
+
+/// The file's `[notify.smtp]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSmtp {
+    host: String,
+    port: Option<u16>,
+    tls: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    timeout_ms: Option<u64>,
 }
 
 /// The file's `[auth]` table.
@@ -429,8 +536,114 @@ impl FileConfig {
         if let Some(v) = l.ping_timeout_ms {
             c.limits.ping_timeout_ms = check_min_1(v, &at("limits.ping_timeout_ms"))?;
         }
+        let n = self.notify;
+        if let Some(v) = n.outbox_dir {
+            c.notify.outbox_dir = Some(check_path(v, &at("notify.outbox_dir"))?);
+        }
+        if let Some(v) = n.from {
+            c.notify.from = check_from(&v, &at("notify.from"))?;
+        }
+        if let Some(v) = n.email_domain {
+            c.notify.email_domain = Some(check_domain(&v, &at("notify.email_domain"))?);
+        }
+        if let Some(v) = n.workers {
+            c.notify.workers = check_min_1(v, &at("notify.workers"))?;
+        }
+        if let Some(v) = n.attempts_max {
+            c.notify.attempts_max = check_min_1(v, &at("notify.attempts_max"))?;
+        }
+        if let Some(v) = n.backoff_base_ms {
+            c.notify.backoff_base_ms = check_min_1(v, &at("notify.backoff_base_ms"))?;
+        }
+        if let Some(v) = n.backoff_max_ms {
+            c.notify.backoff_max_ms = check_min_1(v, &at("notify.backoff_max_ms"))?;
+        }
+        if let Some(v) = n.digest_hour_utc {
+            c.notify.digest_hour_utc = check_hour(v, &at("notify.digest_hour_utc"))?;
+        }
+        if let Some(v) = n.leaderboard_interval_ms {
+            c.notify.leaderboard_interval_ms =
+                check_min_1(v, &at("notify.leaderboard_interval_ms"))?;
+        }
+        if let Some(v) = n.dashboard_interval_ms {
+            c.notify.dashboard_interval_ms = check_min_1(v, &at("notify.dashboard_interval_ms"))?;
+        }
+        if let Some(v) = n.inactive_days {
+            c.notify.inactive_days = check_min_1(v, &at("notify.inactive_days"))?;
+        }
+        if let Some(s) = n.smtp {
+            let tls = match s.tls {
+                Some(v) => parse_tls(&v, &at("notify.smtp.tls"))?,
+                None => lectern_jobs::TlsMode::Starttls,
+            };
+            c.notify.smtp = Some(SmtpSettings {
+                host: check_host(&s.host, &at("notify.smtp.host"))?,
+                port: s.port.unwrap_or_else(|| default_port(tls)),
+                tls,
+                username: s.username,
+                password: s.password,
+                timeout_ms: check_min_1(
+                    s.timeout_ms.unwrap_or(10_000),
+                    &at("notify.smtp.timeout_ms"),
+                )?,
+            });
+        }
         Ok(())
     }
+}
+
+/// The usual port of an SMTP TLS mode.
+fn default_port(tls: lectern_jobs::TlsMode) -> u16 {
+    match tls {
+        lectern_jobs::TlsMode::None => 25,
+        lectern_jobs::TlsMode::Starttls => 587,
+        lectern_jobs::TlsMode::Tls => 465,
+    }
+}
+
+fn parse_tls(raw: &str, key: &str) -> anyhow::Result<lectern_jobs::TlsMode> {
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "none" => Ok(lectern_jobs::TlsMode::None),
+        "starttls" => Ok(lectern_jobs::TlsMode::Starttls),
+        "tls" => Ok(lectern_jobs::TlsMode::Tls),
+        _ => bail!("{key}: invalid value {raw:?}: expected \"none\", \"starttls\" or \"tls\""),
+    }
+}
+
+fn check_host(raw: &str, key: &str) -> anyhow::Result<String> {
+    let host = raw.trim();
+    if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c == '/') {
+        bail!("{key}: invalid value {raw:?}: expected a host name or address");
+    }
+    Ok(host.to_owned())
+}
+
+fn check_domain(raw: &str, key: &str) -> anyhow::Result<String> {
+    let domain = raw.trim().trim_start_matches('@');
+    if domain.is_empty()
+        || !domain.contains('.')
+        || domain.chars().any(|c| c.is_whitespace() || c == '@')
+    {
+        bail!("{key}: invalid value {raw:?}: expected a mail domain such as example.edu");
+    }
+    Ok(domain.to_owned())
+}
+
+fn check_from(raw: &str, key: &str) -> anyhow::Result<String> {
+    let from = raw.trim();
+    if !from.contains('@') {
+        bail!(
+            "{key}: invalid value {raw:?}: expected a mailbox such as \"Lectern <no-reply@example.edu>\""
+        );
+    }
+    Ok(from.to_owned())
+}
+
+fn check_hour(v: u64, key: &str) -> anyhow::Result<u64> {
+    if v > 23 {
+        bail!("{key}: invalid value {v}: expected an hour from 0 to 23");
+    }
+    Ok(v)
 }
 
 /// Applies every `LECTERN_*` variable that is set and not empty.
@@ -532,6 +745,30 @@ fn apply_env(c: &mut Config, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Re
     if let Some(v) = get("LECTERN_PING_TIMEOUT_MS") {
         let key = "LECTERN_PING_TIMEOUT_MS";
         c.limits.ping_timeout_ms = check_min_1(parse_value(&v, key)?, key)?;
+    }
+    if let Some(v) = get("LECTERN_MAIL_FROM") {
+        c.notify.from = check_from(&v, "LECTERN_MAIL_FROM")?;
+    }
+    if let Some(v) = get("LECTERN_EMAIL_DOMAIN") {
+        c.notify.email_domain = Some(check_domain(&v, "LECTERN_EMAIL_DOMAIN")?);
+    }
+    if let Some(v) = get("LECTERN_SMTP_HOST") {
+        let tls = match get("LECTERN_SMTP_TLS") {
+            Some(t) => parse_tls(&t, "LECTERN_SMTP_TLS")?,
+            None => lectern_jobs::TlsMode::Starttls,
+        };
+        let port = match get("LECTERN_SMTP_PORT") {
+            Some(p) => parse_value(&p, "LECTERN_SMTP_PORT")?,
+            None => default_port(tls),
+        };
+        c.notify.smtp = Some(SmtpSettings {
+            host: check_host(&v, "LECTERN_SMTP_HOST")?,
+            port,
+            tls,
+            username: get("LECTERN_SMTP_USERNAME"),
+            password: get("LECTERN_SMTP_PASSWORD"),
+            timeout_ms: 10_000,
+        });
     }
     Ok(())
 }

@@ -24,6 +24,7 @@ use axum::routing::get;
 use lectern_gateway::auth::{Claims, PublicKey, PublicKeyAlg, mint};
 use lectern_gateway::{AuthConfig, Gateway, GatewayConfig};
 use lectern_hub::{Hub, HubConfig};
+use lectern_jobs::{JobRunner, JobsConfig, MailIdentity, Mailer, SmtpConfig};
 use lectern_mesh::{Mesh, MeshConfig, NodeTls, PeerAddr};
 use lectern_store::Store;
 use serde_json::json;
@@ -63,6 +64,8 @@ pub struct Node {
     pub secret: Vec<u8>,
     /// The regional mesh, when configured.
     pub mesh: Option<Arc<Mesh>>,
+    /// The notification job runner.
+    pub jobs: JobRunner,
     stop: oneshot::Sender<()>,
     server: JoinHandle<std::io::Result<()>>,
 }
@@ -144,35 +147,51 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
     let secret = config
         .resolve_secret()
         .context("resolve the token secret")?;
-    let hub_config = HubConfig {
-        // With peers, a client failing over from a node that is ahead waits for the mesh.
-        resume_wait_ms: if config.mesh.tls_dir.is_some() {
-            RESUME_WAIT_MS
-        } else {
-            0
-        },
-        ..HubConfig::default()
-    };
-    let hub = Hub::new(store, hub_config);
-    let gateway_config = GatewayConfig {
-        limits: config.limits.clone(),
-        ..GatewayConfig::new(auth_config(&config, secret.clone())?)
-    };
-    let (gateway, routes) =
-        Gateway::new(hub.clone(), gateway_config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let listener = tokio::net::TcpListener::bind(config.http)
         .await
         .with_context(|| format!("bind HTTP on {}", config.http))?;
     let http_addr = listener.local_addr().context("read the bound address")?;
-    let base = config
+    let public_base = config
         .public_url
         .clone()
         .unwrap_or_else(|| format!("http://{http_addr}"));
+    let jobs_config = jobs_config(&config, &secret, &public_base);
+    let (queue, queue_rx) = lectern_jobs::queue(&jobs_config);
+    let hub = Hub::new(
+        store,
+        HubConfig {
+            jobs: Some(std::sync::Arc::new(queue)),
+            // With peers, a client failing over from a node that is ahead waits for the mesh.
+            resume_wait_ms: if config.mesh.tls_dir.is_some() {
+                RESUME_WAIT_MS
+            } else {
+                0
+            },
+            ..HubConfig::default()
+        },
+    );
+    let mailer = mailer(&config)?;
+    let jobs = JobRunner::start(hub.clone(), queue_rx, mailer, jobs_config)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))
+        .context("start the job runner")?;
+    let gateway_config = GatewayConfig {
+        limits: config.limits.clone(),
+        boards: lectern_gateway::BoardSettings {
+            leaderboard_interval_ms: config.notify.leaderboard_interval_ms,
+            dashboard_interval_ms: config.notify.dashboard_interval_ms,
+            inactive_days: config.notify.inactive_days,
+            ..Default::default()
+        },
+        ..GatewayConfig::new(auth_config(&config, secret.clone())?)
+    };
+    let (gateway, routes) =
+        Gateway::new(hub.clone(), gateway_config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let demo = if config.demo {
         seed_demo(&hub).await.context("seed the demo class")?;
-        Some(demo_links(&secret, &base)?)
+        Some(demo_links(&secret, &public_base)?)
     } else if config.demo_links {
-        Some(demo_links(&secret, &base)?)
+        Some(demo_links(&secret, &public_base)?)
     } else {
         None
     };
@@ -215,6 +234,7 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
         demo,
         secret,
         mesh,
+        jobs,
         stop,
         server,
     })
@@ -334,6 +354,58 @@ async fn start_mesh(
     Ok(mesh)
 }
 
+/// The mail domain of the demo's users when nothing else is configured (`.invalid` is reserved:
+/// nothing is ever delivered there, and without SMTP nothing is sent anyway).
+pub const DEMO_EMAIL_DOMAIN: &str = "demo.invalid";
+
+/// The job runner's settings from the node's configuration.
+fn jobs_config(config: &Config, secret: &[u8], public_base: &str) -> JobsConfig {
+    let n = &config.notify;
+    JobsConfig {
+        workers: n.workers,
+        attempts_max: n.attempts_max,
+        backoff_base_ms: n.backoff_base_ms,
+        backoff_max_ms: n.backoff_max_ms,
+        // The demo writes its emails to the outbox: give its users addresses there.
+        email_domain: n
+            .email_domain
+            .clone()
+            .or_else(|| (config.demo && n.smtp.is_none()).then(|| DEMO_EMAIL_DOMAIN.to_owned())),
+        digest_offset_ms: n.digest_hour_utc * 3_600_000,
+        digest_period_ms: n.digest_period_ms,
+        ..JobsConfig::new(MailIdentity {
+            from: n.from.clone(),
+            public_url: public_base.to_owned(),
+            // The gateway verifies unsubscribe links with the same key (GatewayConfig's default).
+            unsubscribe_key: secret.to_vec(),
+        })
+    }
+}
+
+/// SMTP when configured, else the outbox folder (`{data_dir}/outbox` by default).
+fn mailer(config: &Config) -> anyhow::Result<Mailer> {
+    match &config.notify.smtp {
+        Some(s) => Mailer::smtp(&SmtpConfig {
+            host: s.host.clone(),
+            port: s.port,
+            tls: s.tls,
+            username: s.username.clone(),
+            password: s.password.clone(),
+            timeout_ms: s.timeout_ms,
+            connections_max: 4,
+        })
+        .map_err(|e| anyhow::anyhow!(e))
+        .context("set up SMTP"),
+        None => Ok(Mailer::Outbox(
+            config
+                .notify
+                .outbox_dir
+                .clone()
+                .unwrap_or_else(|| config.data_dir.join("outbox")),
+        )),
+    }
+}
+
 impl Node {
     /// Tells clients to reconnect elsewhere, stops serving, lets the hub finish queued work
     /// and flushes the store.
@@ -347,6 +419,8 @@ impl Node {
             .await
             .context("join the HTTP server")?
             .context("serve HTTP")?;
+        // Running jobs write inboxes through the hub: they finish (or stay queued) first.
+        self.jobs.stop().await;
         self.hub.shutdown().await.context("shut the hub down")?;
         // Connection tasks that outlive the graceful shutdown by a moment still hold the router,
         // and through it the hub and the open store. Wait for them, so that the data directory

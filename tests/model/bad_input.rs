@@ -156,6 +156,7 @@ fn views(r: &Replica, who: &Caller) -> Vec<String> {
             render(r.cohort_view(&instructor())),
             render(r.cohort_view(who)),
         ],
+        lectern_model::DocId::Inbox(_) => vec![render(r.inbox_view(who))],
     }
 }
 

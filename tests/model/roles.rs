@@ -36,6 +36,11 @@ enum Doc {
     FreshCohort,
     /// The set-up cohort (see `cohort_fixture`).
     Cohort,
+    /// The inbox of the first caller, `stu1`.
+    Inbox,
+    /// The set-up cohort with every caller on its roster (even the outsider: membership comes
+    /// from the token, not the roster).
+    RosteredCohort,
 }
 
 struct Row {
@@ -300,6 +305,61 @@ fn table() -> Vec<Row> {
             },
             expect: [FORBIDDEN, FORBIDDEN, OK, OK, NOT_MEMBER],
         },
+        Row {
+            name: "leaderboard.privacy",
+            doc: Doc::RosteredCohort,
+            body: |_| B::LeaderboardPrivacy { anonymous: true },
+            expect: [OK, OK, OK, OK, NOT_MEMBER],
+        },
+        Row {
+            name: "leaderboard.privacy (not on the roster)",
+            doc: Doc::Cohort,
+            body: |_| B::LeaderboardPrivacy { anonymous: true },
+            expect: [
+                Expect::Refused("not_found"),
+                Expect::Refused("not_found"),
+                Expect::Refused("not_found"),
+                Expect::Refused("not_found"),
+                NOT_MEMBER,
+            ],
+        },
+        // An inbox is its owner's (stu1, the first column); only the node's job runner (an
+        // admin) pushes into it, and an admin may change its preferences (unsubscribe links).
+        Row {
+            name: "inbox.push",
+            doc: Doc::Inbox,
+            body: |_| B::InboxPush {
+                notification: lectern_model::CommandId::new("n1").expect("valid id"),
+                kind: lectern_model::NotifyKind::Grade,
+                title: "Grade".into(),
+                body: "8/10".into(),
+                link: String::new(),
+                cohort: Some(cohort_id()),
+            },
+            expect: [FORBIDDEN, FORBIDDEN, FORBIDDEN, OK, FORBIDDEN],
+        },
+        Row {
+            name: "inbox.read",
+            doc: Doc::Inbox,
+            body: |_| B::InboxRead {
+                notifications: vec![],
+            },
+            expect: [OK, FORBIDDEN, FORBIDDEN, OK, FORBIDDEN],
+        },
+        Row {
+            name: "inbox.prefs",
+            doc: Doc::Inbox,
+            body: |_| B::InboxPrefs {
+                kinds: [(
+                    lectern_model::NotifyKind::Announcement,
+                    lectern_model::Channel::Off,
+                )]
+                .into(),
+                digest: Some(true),
+                email: Some("stu1@example.org".into()),
+            },
+            expect: [OK, FORBIDDEN, FORBIDDEN, OK, FORBIDDEN],
+        },
     ]
 }
 
@@ -333,9 +393,13 @@ fn variant(body: &CommandBody) -> usize {
         B::ProgressUpdate { .. } => 22,
         B::AnnouncementPost { .. } => 23,
         B::SessionLink { .. } => 24,
+        B::InboxPush { .. } => 25,
+        B::InboxRead { .. } => 26,
+        B::InboxPrefs { .. } => 27,
+        B::LeaderboardPrivacy { .. } => 28,
     }
 }
-const VARIANTS: usize = 25;
+const VARIANTS: usize = 29;
 
 /// The session every session row starts from: created by the instructor, every member present,
 /// a visible question, a question waiting for moderation, an open poll and a chat message, all
@@ -439,6 +503,18 @@ fn every_command_has_exactly_the_tabled_outcome_for_every_role() {
 
     let session = session_fixture();
     let cohort = cohort_fixture();
+    let mut rostered = copy(&cohort, cohort_doc(), 0x70);
+    for (i, c) in callers.iter().enumerate() {
+        let add = cmd(
+            &format!("add-all-{i}"),
+            CommandBody::RosterAdd {
+                user: c.user.clone(),
+                role: c.role,
+                name: c.name.clone(),
+            },
+        );
+        ok(&mut rostered, &instructor(), &add, NOW);
+    }
     let mut mismatches = Vec::new();
     for row in &table {
         for (col, who) in callers.iter().enumerate() {
@@ -448,6 +524,8 @@ fn every_command_has_exactly_the_tabled_outcome_for_every_role() {
                 Doc::Session => copy(&session, session_doc(), actor),
                 Doc::FreshCohort => Replica::new(cohort_doc(), &[actor; 16]),
                 Doc::Cohort => copy(&cohort, cohort_doc(), actor),
+                Doc::Inbox => Replica::new(DocId::Inbox(uid("stu1")), &[actor; 16]),
+                Doc::RosteredCohort => copy(&rostered, cohort_doc(), actor),
             };
             let c = cmd("under-test", (row.body)(who));
             assert_eq!(

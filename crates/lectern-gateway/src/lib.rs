@@ -8,10 +8,12 @@
 //! [`AppError`] with a stable code.
 
 pub mod auth;
+mod boards;
 mod commands;
 mod error;
 mod limits;
 mod metrics;
+mod notifications;
 mod page;
 mod rest;
 mod sio;
@@ -34,6 +36,7 @@ use socketioxide::SocketIo;
 use tokio::sync::{broadcast, watch};
 
 pub use auth::{AuthConfig, Verified, Verifier};
+pub use boards::BoardSettings;
 pub use error::AppError;
 pub use limits::Limits;
 pub use sse::LeanStream;
@@ -50,15 +53,23 @@ pub struct GatewayConfig {
     pub limits: Limits,
     /// Seconds between SSE keep-alive comments. Default 15.
     pub keepalive_s: u64,
+    /// The key unsubscribe links in emails are signed with (the node's job runner signs them
+    /// with the same key). Default: the HS256 token secret; the signed text is
+    /// domain-separated, so no signature of one kind passes as the other.
+    pub unsubscribe_key: Vec<u8>,
+    /// The leaderboard and instructor dashboard streams.
+    pub boards: BoardSettings,
 }
 
 impl GatewayConfig {
     /// Defaults around an auth configuration.
     pub fn new(auth: AuthConfig) -> Self {
         GatewayConfig {
+            unsubscribe_key: auth.hs256_secret.clone(),
             auth,
             limits: Limits::default(),
             keepalive_s: 15,
+            boards: BoardSettings::default(),
         }
     }
 }
@@ -122,6 +133,8 @@ pub(crate) struct Inner {
     shutting_down: AtomicBool,
     shutdown: watch::Sender<bool>,
     keepalive: Duration,
+    boards: boards::Boards,
+    boards_settings: BoardSettings,
 }
 
 /// The gateway. Cheap to clone.
@@ -156,6 +169,8 @@ impl Gateway {
                 shutting_down: AtomicBool::new(false),
                 shutdown,
                 keepalive: Duration::from_secs(config.keepalive_s.max(1)),
+                boards: boards::Boards::default(),
+                boards_settings: config.boards.clone(),
             }),
         };
         // socketioxide takes its state at build time, and the gateway holds the io handle:
@@ -176,6 +191,11 @@ impl Gateway {
         *gw.inner.io.lock().unwrap_or_else(|e| e.into_inner()) = Some(io);
         let router = rest::routes(gw.clone())
             .merge(page::routes())
+            .merge(notifications::routes(
+                gw.clone(),
+                Arc::from(config.unsubscribe_key.as_slice()),
+            ))
+            .merge(boards::routes(gw.clone()))
             .layer(layer)
             .layer(axum::middleware::map_request(compact_request));
         Ok((gw, router))

@@ -66,7 +66,7 @@ async fn count_rejections(
 
 /// A request body as bytes. A body past `payload_max_bytes` (or one that cannot be read) is
 /// refused with the usual JSON error, not axum's plain-text rejection.
-pub(crate) struct RawBody(Bytes);
+pub(crate) struct RawBody(pub(crate) Bytes);
 
 impl FromRequest<Gateway> for RawBody {
     type Rejection = AppError;

@@ -27,7 +27,7 @@ use crate::rest::{AuthedUntil, parse_id};
 
 /// Which events of a document a stream passes on.
 #[derive(Clone)]
-enum Filter {
+pub(crate) enum Filter {
     /// Everything the subscriber may see.
     All,
     /// `progress` events of one student.
@@ -48,7 +48,7 @@ impl Filter {
     }
 }
 
-fn last_event_id(headers: &HeaderMap) -> Result<Option<ResumeToken>, AppError> {
+pub(crate) fn last_event_id(headers: &HeaderMap) -> Result<Option<ResumeToken>, AppError> {
     match headers.get("last-event-id").map(|v| v.to_str()) {
         None => Ok(None),
         Some(Ok(s)) if s.trim().is_empty() => Ok(None),
@@ -61,13 +61,13 @@ fn last_event_id(headers: &HeaderMap) -> Result<Option<ResumeToken>, AppError> {
 
 /// A subscription ready to stream, before it is turned into a response (axum's [`Sse`] or the
 /// node's lean writer, [`LeanStream`]).
-struct Opened {
-    joined: Joined,
-    user: String,
-    staff: bool,
-    filter: Filter,
-    slot: ConnSlot,
-    expires_at_s: u64,
+pub(crate) struct Opened {
+    pub(crate) joined: Joined,
+    pub(crate) user: String,
+    pub(crate) staff: bool,
+    pub(crate) filter: Filter,
+    pub(crate) slot: ConnSlot,
+    pub(crate) expires_at_s: u64,
 }
 
 /// Everything `GET /api/stream/sessions/{id}` does before it streams.
@@ -198,7 +198,7 @@ impl Drop for Guard {
 
 /// The same stream through axum (a stream request on a kept-alive connection, or a server
 /// that is not the node's accept loop): the lean stream's chunks as the response body.
-fn stream_response(gw: Gateway, opened: Opened) -> Response {
+pub(crate) fn stream_response(gw: Gateway, opened: Opened) -> Response {
     let lean = LeanStream::new(gw, opened);
     let chunks = stream::unfold(lean, |mut lean| async move {
         let chunk = lean.next_chunk().await?;
@@ -282,16 +282,25 @@ fn event_frame(e: &Published, user: &str, staff: bool, filter: &Filter) -> Optio
 enum StreamRoute<'a> {
     Session(&'a str),
     Progress(&'a str),
+    Notifications,
+    Leaderboard(&'a str),
+    Instructor(&'a str),
 }
 
 fn stream_route(path: &str) -> Option<StreamRoute<'_>> {
-    let (kind, segment) = path.strip_prefix("/api/stream/")?.split_once('/')?;
+    let rest = path.strip_prefix("/api/stream/")?;
+    if rest == "notifications" {
+        return Some(StreamRoute::Notifications);
+    }
+    let (kind, segment) = rest.split_once('/')?;
     if segment.is_empty() || segment.contains('/') {
         return None;
     }
     match kind {
         "sessions" => Some(StreamRoute::Session(segment)),
         "progress" => Some(StreamRoute::Progress(segment)),
+        "leaderboard" => Some(StreamRoute::Leaderboard(segment)),
+        "instructor" => Some(StreamRoute::Instructor(segment)),
         _ => None,
     }
 }
@@ -371,6 +380,17 @@ impl Gateway {
                     }
                 };
                 open_progress(self, caller, expires_at_s, &student, &q, headers).await
+            }
+            StreamRoute::Notifications => {
+                crate::notifications::open(self, caller, expires_at_s, headers).await
+            }
+            StreamRoute::Leaderboard(cohort) => {
+                let cohort = percent_decode(cohort)?;
+                crate::boards::open_leaderboard(self, caller, expires_at_s, &cohort, headers).await
+            }
+            StreamRoute::Instructor(cohort) => {
+                let cohort = percent_decode(cohort)?;
+                crate::boards::open_dashboard(self, caller, expires_at_s, &cohort, headers).await
             }
         }
     }

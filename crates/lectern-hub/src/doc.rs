@@ -215,11 +215,17 @@ async fn process(inner: &Arc<Inner>, doc: &DocId, live: &mut Live, batch: Vec<Ms
     let mut dirty_peers: HashSet<String> = HashSet::new();
     let mut deferred: Vec<Msg> = Vec::new();
     let mut rejected = 0u64;
+    let mut jobs: Vec<(String, Vec<u8>)> = Vec::new();
 
     for msg in batch {
         match msg {
             Msg::Command { caller, cmd, reply } => match live.replica.apply(&caller, &cmd, now) {
                 Ok(applied) => {
+                    if let Some(hook) = &inner.config.jobs
+                        && let Some(trigger) = live.replica.trigger_for(&caller, &cmd, now)
+                    {
+                        jobs.extend(hook.jobs_for(&trigger));
+                    }
                     let event = applied
                         .event
                         .as_ref()
@@ -276,7 +282,10 @@ async fn process(inner: &Arc<Inner>, doc: &DocId, live: &mut Live, batch: Vec<Ms
     let heads = live.replica.doc().get_heads();
     let changed = heads != live.saved;
     if changed || !dirty_peers.is_empty() {
-        let batch = storage_batch(inner, doc, live, changed, &dirty_peers);
+        let mut batch = storage_batch(inner, doc, live, changed, &dirty_peers);
+        for (id, record) in &jobs {
+            batch.enqueue_job(id, record.clone());
+        }
         let (tx, rx) = oneshot::channel();
         inner.committer.submit(batch, move |r| {
             let _ = tx.send(r);
@@ -298,6 +307,11 @@ async fn process(inner: &Arc<Inner>, doc: &DocId, live: &mut Live, batch: Vec<Ms
         }
         inner.counters.batches.fetch_add(1, Ordering::Relaxed);
         live.saved = heads.clone();
+        if let Some(hook) = &inner.config.jobs
+            && !jobs.is_empty()
+        {
+            hook.enqueued(jobs);
+        }
     }
     // The heads index first, so that when `execute` returns, `Hub::doc_heads` already shows the
     // acknowledged state (a caller comparing replicas never sees the pre-ack heads).

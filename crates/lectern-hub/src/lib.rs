@@ -13,6 +13,10 @@
 //! serialized once per audience; gateways filter by audience per connection. A subscriber that
 //! falls behind the channel's capacity gets `Lagged` and resumes by token.
 //!
+//! Jobs: a [`JobHook`] in the config turns the triggers of commands accepted HERE into job
+//! records that ride in the same store batch as the command's chunk, so a notification is
+//! enqueued if and only if its command is durable. Remote changes never trigger.
+//!
 //! Only this crate mutates a live document (an ARCHITECTURE.md invariant).
 //!
 //! For the mesh: [`Hub::changes`] announces every durable change with its [`Origin`] (a command
@@ -30,7 +34,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use lectern_model::{Caller, Command, DocId, Millis, Rejection, Replica, ResumeToken, SyncError};
+use lectern_model::{
+    Caller, Command, DocId, Millis, Rejection, Replica, ResumeToken, SyncError, Trigger,
+};
 use lectern_store::{NodeIdentity, Store};
 use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -93,6 +99,9 @@ pub struct HubConfig {
     pub docs_loaded_max: usize,
     /// Events buffered per room; a subscriber further behind gets `Lagged`. Default 4096.
     pub room_capacity: usize,
+    /// Events buffered per inbox room (one per user with an open notification stream; the
+    /// slots are allocated up front, 4096 would cost ≈ 160 KB per user). Default 64.
+    pub inbox_room_capacity: usize,
     /// Compact a document when its chunks outweigh its snapshot and this many bytes.
     /// Default 256 KiB.
     pub compact_min_bytes: u64,
@@ -105,6 +114,22 @@ pub struct HubConfig {
     pub resume_wait_ms: u64,
     /// The clock; tests pass a fake one. Default: system time.
     pub clock: Arc<dyn Fn() -> Millis + Send + Sync>,
+    /// Turns the triggers of commands accepted on this node into jobs that are committed in
+    /// the same atomic batch as the command. Default: none (no jobs).
+    pub jobs: Option<Arc<dyn JobHook>>,
+}
+
+/// What the hub asks of a job queue (lectern-jobs implements it).
+///
+/// Called only for commands this node accepted (`execute`), never for changes that arrived by
+/// `receive_sync`: a replica never triggers, so an event is notified once however many nodes
+/// hold its document.
+pub trait JobHook: Send + Sync {
+    /// The jobs `trigger` enqueues, as (job id, record). Runs on the document's writer task,
+    /// so it must be quick (encode, no IO).
+    fn jobs_for(&self, trigger: &Trigger) -> Vec<(String, Vec<u8>)>;
+    /// The jobs of a batch are durable (called after the fsync, before the acks).
+    fn enqueued(&self, jobs: Vec<(String, Vec<u8>)>);
 }
 
 impl Default for HubConfig {
@@ -115,10 +140,12 @@ impl Default for HubConfig {
             doc_idle_ms: 60_000,
             docs_loaded_max: 20_000,
             room_capacity: 4096,
+            inbox_room_capacity: 64,
             compact_min_bytes: 256 * 1024,
             feed_capacity: 65_536,
             resume_wait_ms: 0,
             clock: Arc::new(system_now),
+            jobs: None,
         }
     }
 }
@@ -293,7 +320,7 @@ impl Hub {
             peer_epochs: Mutex::new(HashMap::new()),
             committer: store.committer(),
             identity: store.identity(),
-            rooms: rooms::Rooms::new(config.room_capacity),
+            rooms: rooms::Rooms::new(config.room_capacity, config.inbox_room_capacity),
             store,
             config,
             docs: Mutex::new(HashMap::new()),

@@ -45,19 +45,38 @@ const ENCODINGS: usize = 2;
 impl Published {
     /// Serializes an event's payloads, once each.
     pub fn from_event(doc: &DocId, event: &Event) -> Published {
-        Published {
-            doc: doc.clone(),
-            name: event.name,
-            token: event.token.to_string(),
-            command: event.command.clone(),
-            deliveries: event
+        Published::new(
+            doc.clone(),
+            event.name,
+            event.token.to_string(),
+            event.command.clone(),
+            event
                 .deliveries
                 .iter()
                 .map(|d| (d.audience.clone(), Arc::from(d.payload.to_string())))
                 .collect(),
-            encoded: (0..event.deliveries.len() * ENCODINGS)
-                .map(|_| OnceLock::new())
-                .collect(),
+        )
+    }
+
+    /// An event made outside a document's writer (a board computed from documents, say), with
+    /// its payloads already serialized.
+    pub fn new(
+        doc: DocId,
+        name: &'static str,
+        token: String,
+        command: String,
+        deliveries: Vec<(Audience, Arc<str>)>,
+    ) -> Published {
+        let encoded = (0..deliveries.len() * ENCODINGS)
+            .map(|_| OnceLock::new())
+            .collect();
+        Published {
+            doc,
+            name,
+            token,
+            command,
+            deliveries,
+            encoded,
         }
     }
 
@@ -93,13 +112,18 @@ impl Published {
 
 pub(crate) struct Rooms {
     capacity: usize,
+    /// Capacity of an inbox's room: a broadcast channel allocates every slot up front
+    /// (≈ 40 B each), and a node holds one inbox room per user with an open notification
+    /// stream, each with a handful of subscribers and rare events.
+    inbox_capacity: usize,
     rooms: Mutex<HashMap<DocId, broadcast::Sender<Arc<Published>>>>,
 }
 
 impl Rooms {
-    pub(crate) fn new(capacity: usize) -> Rooms {
+    pub(crate) fn new(capacity: usize, inbox_capacity: usize) -> Rooms {
         Rooms {
             capacity: capacity.max(1),
+            inbox_capacity: inbox_capacity.max(1),
             rooms: Mutex::new(HashMap::new()),
         }
     }
@@ -108,7 +132,13 @@ impl Rooms {
         let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
         rooms
             .entry(doc.clone())
-            .or_insert_with(|| broadcast::channel(self.capacity).0)
+            .or_insert_with(|| {
+                let capacity = match doc {
+                    DocId::Inbox(_) => self.inbox_capacity,
+                    _ => self.capacity,
+                };
+                broadcast::channel(capacity).0
+            })
             .subscribe()
     }
 

@@ -47,6 +47,7 @@ pub(crate) fn apply(
     match doc_id {
         DocId::Session(_) => apply_session(tx, caller, cmd, now, counts),
         DocId::Cohort(cohort) => apply_cohort(tx, cohort, caller, cmd, now, counts),
+        DocId::Inbox(owner) => crate::notify::apply_inbox(tx, owner, caller, cmd, now, counts),
     }
 }
 
@@ -54,7 +55,7 @@ fn internal(e: automerge::AutomergeError) -> Rejection {
     Rejection::new(RejectCode::Internal, format!("document write failed: {e}"))
 }
 
-fn put(
+pub(crate) fn put(
     tx: &mut Transaction<'_>,
     obj: &ObjId,
     key: &str,
@@ -63,11 +64,15 @@ fn put(
     tx.put(obj, key, value).map_err(internal)
 }
 
-fn put_map(tx: &mut Transaction<'_>, obj: &ObjId, key: &str) -> Result<ObjId, Rejection> {
+pub(crate) fn put_map(
+    tx: &mut Transaction<'_>,
+    obj: &ObjId,
+    key: &str,
+) -> Result<ObjId, Rejection> {
     tx.put_object(obj, key, ObjType::Map).map_err(internal)
 }
 
-fn root(tx: &Transaction<'_>, key: &str) -> Result<ObjId, Rejection> {
+pub(crate) fn root(tx: &Transaction<'_>, key: &str) -> Result<ObjId, Rejection> {
     Reader::now(tx).root_map(key).ok_or_else(|| {
         Rejection::new(
             RejectCode::Internal,
@@ -80,7 +85,12 @@ fn root(tx: &Transaction<'_>, key: &str) -> Result<ObjId, Rejection> {
 /// replica so that a limit check costs a hash lookup, not a walk of the map it limits.
 pub(crate) type Counts = std::collections::HashMap<String, usize>;
 
-fn check_count(counts: &Counts, cmd: &str, max: usize, what: &str) -> Result<(), Rejection> {
+pub(crate) fn check_count(
+    counts: &Counts,
+    cmd: &str,
+    max: usize,
+    what: &str,
+) -> Result<(), Rejection> {
     let n = counts.get(cmd).copied().unwrap_or(0);
     if n >= max {
         return Err(Rejection::new(
@@ -702,6 +712,17 @@ fn apply_cohort(
             put(tx, &a, "by_name", caller.display_name())?;
             put(tx, &a, "at", now.as_i64())?;
             Ok(Target::item(cmd.id.as_str()))
+        }
+        CommandBody::LeaderboardPrivacy { anonymous } => {
+            authorize(caller, cohort, Needs::Member)?;
+            let roster = root(tx, ROSTER)?;
+            let e = Reader::now(&*tx)
+                .map(&roster, caller.user.as_str())
+                .ok_or_else(|| {
+                    Rejection::new(RejectCode::NotFound, "you are not on this cohort's roster")
+                })?;
+            put(tx, &e, crate::board::LEADERBOARD_ANONYMOUS, *anonymous)?;
+            Ok(Target::item(caller.user.as_str()))
         }
         CommandBody::SessionLink { session, title } => {
             authorize(caller, cohort, Needs::Instructor)?;

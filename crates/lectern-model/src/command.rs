@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Role;
 use crate::ids::{CohortId, CommandId, DocKind, LessonId, PollId, QuestionId, SessionId, UserId};
+use crate::notify::{Channel, NotifyKind};
 
 /// A command with its idempotency id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -324,6 +325,54 @@ pub enum CommandBody {
         /// Its title.
         title: String,
     },
+
+    /// Show or hide the caller's name on the cohort's leaderboard (any member on the roster,
+    /// for themselves).
+    #[serde(rename = "leaderboard.privacy")]
+    LeaderboardPrivacy {
+        /// Appear as "Anonymous" to other students.
+        anonymous: bool,
+    },
+
+    // ---- inbox documents ----
+    /// Put a notification into the inbox (the node's job runner, as an admin).
+    #[serde(rename = "inbox.push")]
+    InboxPush {
+        /// The notification's id (the same in every inbox it reaches).
+        notification: CommandId,
+        /// What it is about.
+        kind: NotifyKind,
+        /// Title.
+        title: String,
+        /// Body.
+        body: String,
+        /// Where the client can show the thing it is about (a path).
+        #[serde(default)]
+        link: String,
+        /// The cohort it comes from.
+        #[serde(default)]
+        cohort: Option<CohortId>,
+    },
+    /// Mark notifications read (the inbox's owner); an empty list marks every one.
+    #[serde(rename = "inbox.read")]
+    InboxRead {
+        /// The notifications; empty means all.
+        #[serde(default)]
+        notifications: Vec<CommandId>,
+    },
+    /// Change notification preferences (the inbox's owner, or an admin for an unsubscribe).
+    #[serde(rename = "inbox.prefs")]
+    InboxPrefs {
+        /// Channel per kind of notification; kinds not named keep their setting.
+        #[serde(default)]
+        kinds: std::collections::BTreeMap<NotifyKind, Channel>,
+        /// Batch emails into one daily digest.
+        #[serde(default)]
+        digest: Option<bool>,
+        /// The address emails go to (empty clears it).
+        #[serde(default)]
+        email: Option<String>,
+    },
 }
 
 fn yes() -> bool {
@@ -359,6 +408,10 @@ impl CommandBody {
             CommandBody::ProgressUpdate { .. } => "progress.update",
             CommandBody::AnnouncementPost { .. } => "announcement.post",
             CommandBody::SessionLink { .. } => "session.link",
+            CommandBody::LeaderboardPrivacy { .. } => "leaderboard.privacy",
+            CommandBody::InboxPush { .. } => "inbox.push",
+            CommandBody::InboxRead { .. } => "inbox.read",
+            CommandBody::InboxPrefs { .. } => "inbox.prefs",
         }
     }
 
@@ -370,7 +423,11 @@ impl CommandBody {
             | CommandBody::RosterRemove { .. }
             | CommandBody::ProgressUpdate { .. }
             | CommandBody::AnnouncementPost { .. }
-            | CommandBody::SessionLink { .. } => DocKind::Cohort,
+            | CommandBody::SessionLink { .. }
+            | CommandBody::LeaderboardPrivacy { .. } => DocKind::Cohort,
+            CommandBody::InboxPush { .. }
+            | CommandBody::InboxRead { .. }
+            | CommandBody::InboxPrefs { .. } => DocKind::Inbox,
             _ => DocKind::Session,
         }
     }

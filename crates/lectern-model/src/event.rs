@@ -209,7 +209,7 @@ pub(crate) fn derive<D: ReadDoc>(
             });
             Some(("cohort:updated", all(payload)))
         }
-        "roster.add" | "roster.remove" => {
+        "roster.add" | "roster.remove" | "leaderboard.privacy" => {
             let e = view::roster_entry(r, target?)?;
             Some((
                 "roster:updated",
@@ -242,6 +242,7 @@ pub(crate) fn derive<D: ReadDoc>(
             let a = view::announcement(r, target?)?;
             Some(("announcement", all(a)))
         }
+        "inbox.push" | "inbox.read" | "inbox.prefs" => crate::notify::derive_inbox(r, env),
         "session.link" => {
             let s = r
                 .root_map(crate::schema::SESSIONS)

@@ -137,13 +137,15 @@ impl Millis {
     }
 }
 
-/// The two kinds of replicated documents this crate knows.
+/// The kinds of replicated documents this crate knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum DocKind {
     /// `session/{id}`: a live class.
     Session,
     /// `cohort/{id}`: roster, progress, announcements.
     Cohort,
+    /// `inbox/{user}`: one user's in-app notifications, read marks and notification preferences.
+    Inbox,
 }
 
 /// The id of a replicated document; its string form (`session/{id}`, `cohort/{id}`) is the key
@@ -154,6 +156,8 @@ pub enum DocId {
     Session(SessionId),
     /// A cohort document.
     Cohort(CohortId),
+    /// A user's inbox document.
+    Inbox(UserId),
 }
 
 impl DocId {
@@ -162,14 +166,16 @@ impl DocId {
         match self {
             DocId::Session(_) => DocKind::Session,
             DocId::Cohort(_) => DocKind::Cohort,
+            DocId::Inbox(_) => DocKind::Inbox,
         }
     }
 
-    /// Parses `session/{id}` or `cohort/{id}`.
+    /// Parses `session/{id}`, `cohort/{id}` or `inbox/{user}`.
     pub fn parse(s: &str) -> Result<DocId, IdError> {
         match s.split_once('/') {
             Some(("session", id)) => Ok(DocId::Session(SessionId::new(id)?)),
             Some(("cohort", id)) => Ok(DocId::Cohort(CohortId::new(id)?)),
+            Some(("inbox", id)) => Ok(DocId::Inbox(UserId::new(id)?)),
             _ => Err(IdError::BadChar { ch: '/' }),
         }
     }
@@ -180,6 +186,7 @@ impl fmt::Display for DocId {
         match self {
             DocId::Session(id) => write!(f, "session/{id}"),
             DocId::Cohort(id) => write!(f, "cohort/{id}"),
+            DocId::Inbox(id) => write!(f, "inbox/{id}"),
         }
     }
 }

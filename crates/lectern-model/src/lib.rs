@@ -1,5 +1,5 @@
-//! Lectern's domain, free of IO: ids, roles, limits, the two replicated document kinds
-//! (session and cohort), the commands that change them, the views clients read and the events
+//! Lectern's domain, free of IO: ids, roles, limits, the three replicated document kinds
+//! (session, cohort and a user's inbox), the commands that change them, the views clients read and the events
 //! they receive.
 //!
 //! Everything here is a pure function of its inputs. The clock, ids and the automerge actor are
@@ -12,10 +12,12 @@
 
 mod apply;
 mod auth;
+mod board;
 mod command;
 mod event;
 mod ids;
 pub mod limits;
+mod notify;
 mod read;
 mod reject;
 mod replica;
@@ -32,6 +34,7 @@ pub use ids::{
     CohortId, CommandId, DocId, DocKind, IdError, LessonId, Millis, PollId, QuestionId, SessionId,
     UserId,
 };
+pub use notify::{Channel, InboxPrefs, Notification, NotifyKind, Trigger};
 pub use reject::{RejectCode, Rejection};
 pub use replica::{Applied, Envelope, LoadError, Replica, SyncError};
 pub use resume::{ResumeError, ResumeToken};

@@ -55,3 +55,12 @@ pub const SCORE_MAX_POINTS: u32 = 100_000;
 pub const TOKEN_HEADS_MAX: usize = 64;
 /// Events replayed for one resume; a client further behind gets a fresh snapshot instead.
 pub const REPLAY_EVENTS_MAX: usize = 10_000;
+
+/// Notifications one inbox holds (then pushes are refused with `limit_reached`).
+pub const INBOX_ITEMS_MAX: usize = 10_000;
+
+/// Notifications the inbox view lists (newest first); the rest are counted.
+pub const INBOX_VIEW_ITEMS_MAX: usize = 100;
+
+/// Longest email address (RFC 5321's path limit).
+pub const EMAIL_ADDRESS_LEN_MAX_CHARS: usize = 254;

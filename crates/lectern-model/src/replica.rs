@@ -57,6 +57,10 @@ impl Envelope {
         let family = self.c.split('.').next().unwrap_or("");
         match self.c.as_str() {
             "session.create" | "session.update" | "cohort.create" => ("meta", None),
+            // An inbox event carries the unread count, which every inbox command changes.
+            "inbox.push" | "inbox.read" | "inbox.prefs" => ("inbox", None),
+            // It writes the caller's roster entry.
+            "leaderboard.privacy" => ("roster", self.t.as_deref()),
             _ => (family, self.t.as_deref()),
         }
     }
@@ -450,6 +454,7 @@ impl Replica {
                     return Err(Rejection::new(RejectCode::DocNotFound, "no such session"));
                 }
             },
+            DocId::Inbox(owner) => return crate::notify::authorize_read(caller, owner),
             DocId::Cohort(c) => {
                 if !self.exists() {
                     return Err(Rejection::new(RejectCode::DocNotFound, "no such cohort"));
@@ -465,7 +470,73 @@ impl Replica {
         match &self.id {
             DocId::Session(_) => self.session_view(caller, now),
             DocId::Cohort(_) => self.cohort_view(caller),
+            DocId::Inbox(_) => self.inbox_view(caller),
         }
+    }
+
+    /// The leaderboard of a cohort as `(full, public)`: staff see `full`; in `public`, students
+    /// who opted out are "Anonymous". Authorize with [`Replica::authorize_read`] first.
+    pub fn leaderboard(&self) -> Result<(Value, Value), Rejection> {
+        let DocId::Cohort(id) = &self.id else {
+            return Err(wrong_kind());
+        };
+        if !self.exists() {
+            return Err(Rejection::new(RejectCode::DocNotFound, "no such cohort"));
+        }
+        Ok(crate::board::leaderboard(
+            &Reader::now(&self.doc),
+            id.as_str(),
+        ))
+    }
+
+    /// Per student of a cohort: their latest progress time; and the cohort's sessions, newest
+    /// first (the instructor dashboard's cohort half).
+    pub fn cohort_activity(&self) -> Result<Value, Rejection> {
+        if !matches!(self.id, DocId::Cohort(_)) {
+            return Err(wrong_kind());
+        }
+        Ok(crate::board::cohort_activity(&Reader::now(&self.doc)))
+    }
+
+    /// A session for the instructor dashboard: present users, last-seen times, open questions,
+    /// poll participation.
+    pub fn session_summary(&self, now: Millis) -> Result<Value, Rejection> {
+        let DocId::Session(id) = &self.id else {
+            return Err(wrong_kind());
+        };
+        Ok(crate::board::session_summary(
+            &Reader::now(&self.doc),
+            id.as_str(),
+            now,
+        ))
+    }
+
+    /// The inbox as `viewer` (its owner or an admin) sees it.
+    pub fn inbox_view(&self, viewer: &Caller) -> Result<Value, Rejection> {
+        let DocId::Inbox(owner) = &self.id else {
+            return Err(wrong_kind());
+        };
+        crate::notify::inbox_view(&Reader::now(&self.doc), owner, viewer)
+    }
+
+    /// The notification preferences of an inbox (defaults for any other document).
+    pub fn inbox_prefs(&self) -> crate::InboxPrefs {
+        match &self.id {
+            DocId::Inbox(_) => crate::notify::read_prefs(&Reader::now(&self.doc)),
+            _ => crate::InboxPrefs::default(),
+        }
+    }
+
+    /// Who `cmd` notifies, when `caller` just applied it here (it must be this replica's last
+    /// local change) at `now`. The hub asks only for commands it accepted itself, never for
+    /// changes from peers: one notification per event however many nodes hold the document.
+    pub fn trigger_for(
+        &self,
+        caller: &Caller,
+        cmd: &Command,
+        now: Millis,
+    ) -> Option<crate::Trigger> {
+        crate::notify::trigger(&self.doc, &self.id, caller, cmd, now)
     }
 }
 

@@ -19,6 +19,11 @@
 //! announcements {aid: {title, body, by, by_name, at}}
 //! sessions      {sid: {title, at}}
 //! ```
+//! Inbox document (`inbox/{user}`):
+//! ```text
+//! items   {nid: {kind, title, body, link, cohort, at, read}}
+//! prefs   {"kind/{kind}": "in_app" | "email" | "off", digest: bool, email: address}
+//! ```
 //! Why this shape (see DESIGN.md §2): every question, poll and student has its own map object,
 //! because remote-apply cost grows with the history of the touched object; votes are a voters
 //! map keyed by user (an automerge Counter would count one voter twice when they vote on two
@@ -44,6 +49,8 @@ pub(crate) const ROSTER: &str = "roster";
 pub(crate) const PROGRESS: &str = "progress";
 pub(crate) const ANNOUNCEMENTS: &str = "announcements";
 pub(crate) const SESSIONS: &str = "sessions";
+pub(crate) const ITEMS: &str = "items";
+pub(crate) const PREFS: &str = "prefs";
 
 /// Question status values.
 pub(crate) const Q_VISIBLE: &str = "visible";
@@ -59,6 +66,7 @@ pub(crate) fn top_level(kind: DocKind) -> &'static [&'static str] {
     match kind {
         DocKind::Session => &[META, QUESTIONS, POLLS, CHAT, BROADCASTS, ATTENDANCE],
         DocKind::Cohort => &[META, ROSTER, PROGRESS, ANNOUNCEMENTS, SESSIONS],
+        DocKind::Inbox => &[ITEMS, PREFS],
     }
 }
 
@@ -67,6 +75,7 @@ pub(crate) fn genesis(kind: DocKind) -> Automerge {
     let actor = match kind {
         DocKind::Session => ActorId::from(b"lectern-genesis-session".as_slice()),
         DocKind::Cohort => ActorId::from(b"lectern-genesis-cohort".as_slice()),
+        DocKind::Inbox => ActorId::from(b"lectern-genesis-inbox".as_slice()),
     };
     let mut doc = Automerge::new().with_actor(actor);
     let mut tx = doc.transaction();

@@ -49,6 +49,16 @@ struct Answer {
 }
 
 impl Question {
+    /// The answer's text, if the question was answered.
+    pub(crate) fn answer_text(&self) -> Option<&str> {
+        self.answer.as_ref().map(|a| a.text.as_str())
+    }
+
+    /// The question's text.
+    pub(crate) fn text(&self) -> &str {
+        &self.text
+    }
+
     /// Reads `questions[id]`.
     pub(crate) fn read<D: ReadDoc>(r: &Reader<'_, D>, id: &str) -> Option<Question> {
         let q = r.root_map(QUESTIONS).and_then(|qs| r.map(&qs, id))?;
@@ -159,13 +169,13 @@ pub(crate) fn poll_shape<D: ReadDoc>(r: &Reader<'_, D>, p: &ObjId) -> PollShape 
 /// A poll as stored.
 pub(crate) struct Poll {
     pub(crate) id: String,
-    question: String,
+    pub(crate) question: String,
     shape: PollShape,
     hide_results: bool,
     open: bool,
     revealed: bool,
     at: i64,
-    votes: Vec<(String, String)>,
+    pub(crate) votes: Vec<(String, String)>,
 }
 
 impl Poll {
@@ -185,6 +195,11 @@ impl Poll {
                 .map(|v| r.str_entries(&v))
                 .unwrap_or_default(),
         })
+    }
+
+    /// Whether votes are still taken.
+    pub(crate) fn is_open(&self) -> bool {
+        self.open
     }
 
     /// Students see results unless the poll hides them until it is revealed.
@@ -379,6 +394,17 @@ pub(crate) fn attendance<D: ReadDoc>(
     (present, Value::Array(list))
 }
 
+/// When each user was last seen in the session: the latest of their joins and leaves (ms).
+pub(crate) fn last_seen<D: ReadDoc>(r: &Reader<'_, D>) -> Value {
+    let mut seen: BTreeMap<String, i64> = BTreeMap::new();
+    for v in visits(r, None) {
+        let t = v.leave_at.unwrap_or(v.join_at).max(v.join_at);
+        let e = seen.entry(v.user).or_insert(t);
+        *e = (*e).max(t);
+    }
+    json!(seen)
+}
+
 /// The session's meta as JSON (None until the session is created).
 pub(crate) fn session_meta<D: ReadDoc>(r: &Reader<'_, D>) -> Option<(CohortId, Value)> {
     let m = r.root_map(META)?;
@@ -508,6 +534,22 @@ pub(crate) struct LessonProgress {
 }
 
 impl LessonProgress {
+    pub(crate) fn score(&self) -> Option<i64> {
+        self.score
+    }
+
+    pub(crate) fn max(&self) -> Option<i64> {
+        self.max
+    }
+
+    pub(crate) fn at(&self) -> i64 {
+        self.at
+    }
+
+    pub(crate) fn completed(&self) -> bool {
+        self.status == Some(ProgressStatus::Completed)
+    }
+
     pub(crate) fn to_json(&self, student: &str, lesson: &str) -> Value {
         json!({
             "student": student,
@@ -573,13 +615,13 @@ fn cohort_must_exist<D: ReadDoc>(r: &Reader<'_, D>) -> Result<ObjId, Rejection> 
         .ok_or_else(|| Rejection::new(RejectCode::DocNotFound, "no such cohort"))
 }
 
-struct RosterEntry {
-    user: String,
-    role: String,
-    name: String,
+pub(crate) struct RosterEntry {
+    pub(crate) user: String,
+    pub(crate) role: String,
+    pub(crate) name: String,
 }
 
-fn roster<D: ReadDoc>(r: &Reader<'_, D>) -> Vec<RosterEntry> {
+pub(crate) fn roster<D: ReadDoc>(r: &Reader<'_, D>) -> Vec<RosterEntry> {
     let Some(ro) = r.root_map(ROSTER) else {
         return Vec::new();
     };

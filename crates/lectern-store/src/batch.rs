@@ -13,8 +13,8 @@ use crate::StoreError;
 use crate::keys;
 use crate::store::Shared;
 
-/// Writes to apply atomically: chunk appends, snapshots (which drop the chunks they replace) and
-/// sync states. Operations take effect in the order they were added.
+/// Writes to apply atomically: chunk appends, snapshots (which drop the chunks they replace),
+/// sync states and job queue changes. Operations take effect in the order they were added.
 #[derive(Default)]
 pub struct Batch {
     ops: Vec<Op>,
@@ -70,6 +70,40 @@ impl Batch {
         });
     }
 
+    /// Queues job `id` with the record `bytes`, unless a job with this id is already queued,
+    /// finished or dead-lettered: enqueueing is idempotent by job id, so a trigger replayed
+    /// after a crash never runs a job twice.
+    pub fn enqueue_job(&mut self, id: &str, bytes: Vec<u8>) {
+        self.ops.push(Op::EnqueueJob {
+            id: id.to_owned(),
+            bytes,
+        });
+    }
+
+    /// Replaces the record of queued job `id` (its attempts and next run time after a failure).
+    /// Does nothing if the job is no longer queued.
+    pub fn update_job(&mut self, id: &str, bytes: Vec<u8>) {
+        self.ops.push(Op::UpdateJob {
+            id: id.to_owned(),
+            bytes,
+        });
+    }
+
+    /// Removes job `id` from the queue and records it as finished, so that it is never enqueued
+    /// or run again.
+    pub fn complete_job(&mut self, id: &str) {
+        self.ops.push(Op::CompleteJob { id: id.to_owned() });
+    }
+
+    /// Removes job `id` from the queue and keeps `bytes` (the record with its last error) among
+    /// the dead-lettered jobs.
+    pub fn dead_letter_job(&mut self, id: &str, bytes: Vec<u8>) {
+        self.ops.push(Op::DeadLetterJob {
+            id: id.to_owned(),
+            bytes,
+        });
+    }
+
     /// True when the batch holds no operation.
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
@@ -104,6 +138,16 @@ impl fmt::Debug for Batch {
                     bytes.len()
                 )),
                 Op::PutHeads { doc, .. } => list.entry(&format_args!("put_heads({doc:?})")),
+                Op::EnqueueJob { id, bytes } => {
+                    list.entry(&format_args!("enqueue_job({id:?}, {} B)", bytes.len()))
+                }
+                Op::UpdateJob { id, bytes } => {
+                    list.entry(&format_args!("update_job({id:?}, {} B)", bytes.len()))
+                }
+                Op::CompleteJob { id } => list.entry(&format_args!("complete_job({id:?})")),
+                Op::DeadLetterJob { id, bytes } => {
+                    list.entry(&format_args!("dead_letter_job({id:?}, {} B)", bytes.len()))
+                }
             };
         }
         list.finish()
@@ -130,6 +174,21 @@ enum Op {
         doc: String,
         digest: [u8; 32],
     },
+    EnqueueJob {
+        id: String,
+        bytes: Vec<u8>,
+    },
+    UpdateJob {
+        id: String,
+        bytes: Vec<u8>,
+    },
+    CompleteJob {
+        id: String,
+    },
+    DeadLetterJob {
+        id: String,
+        bytes: Vec<u8>,
+    },
 }
 
 /// Applies `batch` atomically (without fsync) and counts it in the store's stats.
@@ -147,6 +206,10 @@ pub(crate) fn apply(shared: &Shared, batch: Batch) -> Result<(), StoreError> {
                 keys::validate_peer(peer)?;
                 keys::validate_doc(doc)?;
             }
+            Op::EnqueueJob { id, .. }
+            | Op::UpdateJob { id, .. }
+            | Op::CompleteJob { id }
+            | Op::DeadLetterJob { id, .. } => keys::validate_job(id)?,
         }
     }
 
@@ -181,6 +244,39 @@ pub(crate) fn apply(shared: &Shared, batch: Batch) -> Result<(), StoreError> {
             }
             Op::PutHeads { doc, digest } => {
                 writes.insert(keys::heads_key(&doc), Some(digest.to_vec()));
+            }
+            Op::EnqueueJob { id, bytes } => {
+                let queued = keys::job_key(keys::JOB_QUEUE_PREFIX, &id);
+                let known = |key: Vec<u8>| -> Result<bool, StoreError> {
+                    Ok(match writes.get(&key) {
+                        Some(value) => value.is_some(),
+                        None => shared.db.contains_key(&key)?,
+                    })
+                };
+                if !known(queued.clone())?
+                    && !known(keys::job_key(keys::JOB_DONE_PREFIX, &id))?
+                    && !known(keys::job_key(keys::JOB_DEAD_PREFIX, &id))?
+                {
+                    writes.insert(queued, Some(bytes));
+                }
+            }
+            Op::UpdateJob { id, bytes } => {
+                let queued = keys::job_key(keys::JOB_QUEUE_PREFIX, &id);
+                let present = match writes.get(&queued) {
+                    Some(value) => value.is_some(),
+                    None => shared.db.contains_key(&queued)?,
+                };
+                if present {
+                    writes.insert(queued, Some(bytes));
+                }
+            }
+            Op::CompleteJob { id } => {
+                writes.insert(keys::job_key(keys::JOB_QUEUE_PREFIX, &id), None);
+                writes.insert(keys::job_key(keys::JOB_DONE_PREFIX, &id), Some(Vec::new()));
+            }
+            Op::DeadLetterJob { id, bytes } => {
+                writes.insert(keys::job_key(keys::JOB_QUEUE_PREFIX, &id), None);
+                writes.insert(keys::job_key(keys::JOB_DEAD_PREFIX, &id), Some(bytes));
             }
         }
     }

@@ -1,7 +1,7 @@
 //! The key layout of the one sled keyspace, and the validation of the ids that go into it.
 //!
 //! Everything lives in sled's default tree under short prefixes (`d/` documents, `y/` sync
-//! states, `m/` metadata), so that a single `sled::Batch` can touch all of it atomically. The
+//! states, `m/` metadata, `j/` jobs), so that a single `sled::Batch` can touch all of it atomically. The
 //! functions here are the only place that builds or parses keys; the rest of the crate never
 //! formats a key by hand.
 //!
@@ -29,6 +29,13 @@ pub(crate) const META_NODE_ID: &[u8] = b"m/node_id";
 pub(crate) const META_BOOT_EPOCH: &[u8] = b"m/boot_epoch";
 /// Metadata key of the schema version (u32, big-endian).
 pub(crate) const META_SCHEMA_VERSION: &[u8] = b"m/schema_version";
+
+/// Prefix of every pending job (`j/q/{job}`): the job queue.
+pub(crate) const JOB_QUEUE_PREFIX: &[u8] = b"j/q/";
+/// Prefix of every finished job's marker (`j/d/{job}`): what makes enqueueing idempotent.
+pub(crate) const JOB_DONE_PREFIX: &[u8] = b"j/d/";
+/// Prefix of every dead-lettered job (`j/x/{job}`).
+pub(crate) const JOB_DEAD_PREFIX: &[u8] = b"j/x/";
 
 /// Prefix of every document key (snapshots and chunks).
 pub(crate) const DOC_PREFIX: &[u8] = b"d/";
@@ -106,6 +113,27 @@ pub(crate) fn heads_key(doc: &str) -> Vec<u8> {
     key.extend_from_slice(HEADS_PREFIX);
     key.extend_from_slice(doc.as_bytes());
     key
+}
+
+/// `prefix` + `job`: a job's key under one of the three job prefixes.
+pub(crate) fn job_key(prefix: &[u8], job: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(prefix.len() + job.len());
+    key.extend_from_slice(prefix);
+    key.extend_from_slice(job.as_bytes());
+    key
+}
+
+/// The job id of a key found under `prefix`.
+pub(crate) fn job_id(prefix: &[u8], key: &[u8]) -> Result<String, StoreError> {
+    let id = key
+        .strip_prefix(prefix)
+        .ok_or_else(|| corrupt_key(key, "a job key must start with its prefix"))?;
+    String::from_utf8(id.to_vec()).map_err(|_| corrupt_key(key, "the job id is not UTF-8"))
+}
+
+/// Checks a job id before it becomes part of a key.
+pub(crate) fn validate_job(job: &str) -> Result<(), StoreError> {
+    validate_id("job", job, false)
 }
 
 /// What a key under [`DOC_PREFIX`] belongs to.

@@ -10,6 +10,10 @@
 //! | `y/{peer}/{doc}` | the persisted automerge sync state of (peer, doc) |
 //! | `h/{doc}` | a 32-byte digest of the document's heads (the mesh's anti-entropy summary) |
 //! | `m/node_id`, `m/boot_epoch`, `m/schema_version` | 16 random bytes, u64 BE, u32 BE |
+//! | `j/q/{job}`, `j/d/{job}`, `j/x/{job}` | a queued job's record, a finished job's (empty) marker, a dead-lettered job's record |
+//!
+//! Jobs share the keyspace so that a command's document chunk and the jobs it triggers land in
+//! ONE atomic batch: a crash can lose neither one without the other.
 //!
 //! One keyspace rather than one sled tree per kind, because a `sled::Batch` applied with
 //! `Db::apply_batch` is atomic only within one tree: a snapshot that replaces chunks, together

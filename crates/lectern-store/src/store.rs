@@ -233,6 +233,39 @@ impl Store {
         Ok(value.map(|bytes| bytes.to_vec()))
     }
 
+    /// Every queued job as (id, record), in id order: what a job runner resumes after a restart.
+    pub fn pending_jobs(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.jobs_under(keys::JOB_QUEUE_PREFIX)
+    }
+
+    /// Every dead-lettered job as (id, record), in id order.
+    pub fn dead_jobs(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.jobs_under(keys::JOB_DEAD_PREFIX)
+    }
+
+    /// Whether job `id` finished (see [`Batch::complete_job`]).
+    pub fn job_done(&self, id: &str) -> Result<bool, StoreError> {
+        keys::validate_job(id)?;
+        let key = keys::job_key(keys::JOB_DONE_PREFIX, id);
+        Ok(self.inner.shared.db.contains_key(key)?)
+    }
+
+    /// Whether job `id` is queued (neither finished nor dead-lettered nor unknown).
+    pub fn job_pending(&self, id: &str) -> Result<bool, StoreError> {
+        keys::validate_job(id)?;
+        let key = keys::job_key(keys::JOB_QUEUE_PREFIX, id);
+        Ok(self.inner.shared.db.contains_key(key)?)
+    }
+
+    fn jobs_under(&self, prefix: &[u8]) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let mut jobs = Vec::new();
+        for entry in self.inner.shared.db.scan_prefix(prefix) {
+            let (key, value) = entry?;
+            jobs.push((keys::job_id(prefix, &key)?, value.to_vec()));
+        }
+        Ok(jobs)
+    }
+
     /// Applies `batch` atomically, then fsyncs. Blocks for the whole fsync; prefer
     /// [`Store::committer`] where many writers commit at once.
     pub fn commit(&self, batch: Batch) -> Result<(), StoreError> {

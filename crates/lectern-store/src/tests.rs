@@ -537,3 +537,56 @@ fn corrupt_document_keys_are_errors() {
         Err(StoreError::Corrupt { .. })
     ));
 }
+
+#[test]
+fn jobs_enqueue_once_by_id_complete_and_dead_letter_durably() {
+    let dir = TempDir::new("jobs");
+    {
+        let store = Store::open(dir.path()).expect("open");
+        commit_one(&store, |b| {
+            b.append_chunk("cohort/c1", 0, b"chunk".to_vec());
+            b.enqueue_job("a", b"first".to_vec());
+            b.enqueue_job("b", b"b".to_vec());
+            b.enqueue_job("c", b"c".to_vec());
+            // A second enqueue of the same id in the same batch changes nothing.
+            b.enqueue_job("a", b"second".to_vec());
+        });
+        commit_one(&store, |b| b.enqueue_job("a", b"third".to_vec()));
+        let pending = store.pending_jobs().expect("pending");
+        assert_eq!(
+            pending,
+            vec![
+                ("a".to_owned(), b"first".to_vec()),
+                ("b".to_owned(), b"b".to_vec()),
+                ("c".to_owned(), b"c".to_vec()),
+            ]
+        );
+        commit_one(&store, |b| {
+            b.complete_job("a");
+            b.update_job("b", b"b, attempt 2".to_vec());
+            b.dead_letter_job("c", b"c: smtp down".to_vec());
+            // Updating a job that is not queued does not resurrect it.
+            b.update_job("zz", b"ghost".to_vec());
+        });
+        // Finished and dead jobs are never enqueued again.
+        commit_one(&store, |b| {
+            b.enqueue_job("a", b"again".to_vec());
+            b.enqueue_job("c", b"again".to_vec());
+        });
+    }
+    let store = Store::open(dir.path()).expect("reopen");
+    assert_eq!(
+        store.pending_jobs().expect("pending"),
+        vec![("b".to_owned(), b"b, attempt 2".to_vec())]
+    );
+    assert_eq!(
+        store.dead_jobs().expect("dead"),
+        vec![("c".to_owned(), b"c: smtp down".to_vec())]
+    );
+    assert!(store.job_done("a").expect("done"));
+    assert!(store.job_pending("b").expect("pending"));
+    assert!(!store.job_pending("a").expect("pending"));
+    assert!(!store.job_done("b").expect("done"));
+    // Jobs do not show up as documents.
+    assert_eq!(store.doc_ids().expect("docs"), vec!["cohort/c1".to_owned()]);
+}

@@ -1,0 +1,268 @@
+//! Notifications over HTTP: the caller's inbox (`GET /api/notifications`, mark read, preferences),
+//! its SSE stream (`GET /api/stream/notifications`, with the unread count in every event, resumed
+//! by `Last-Event-ID` like every stream), and the signed unsubscribe endpoint that emails link to
+//! (`/api/notifications/unsubscribe`: a GET shows a button, the RFC 8058 one-click POST acts).
+//!
+//! The inbox is the caller's own `inbox/{user}` document, so all of this is the hub's ordinary
+//! commands, reads and joins; authorization (only the owner) is the model's.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use lectern_model::{Caller, Channel, CommandBody, CommandId, DocId, NotifyKind, Role};
+use serde::Deserialize;
+
+use crate::error::AppError;
+use crate::rest::{Authed, AuthedUntil, RawBody};
+use crate::sse::{Filter, Opened, last_event_id, stream_response};
+use crate::{Gateway, new_command_id};
+
+/// The notification routes. `unsubscribe_key` verifies unsubscribe links (the jobs sign them).
+pub(crate) fn routes(gw: Gateway, unsubscribe_key: Arc<[u8]>) -> Router {
+    let page_key = unsubscribe_key.clone();
+    Router::new()
+        .route("/api/notifications", get(list))
+        .route("/api/notifications/read", post(mark_read))
+        .route(
+            "/api/notifications/preferences",
+            get(preferences).put(set_preferences).post(set_preferences),
+        )
+        .route(
+            "/api/notifications/unsubscribe",
+            get(move |q: Query<UnsubscribeQuery>| unsubscribe_page(page_key.clone(), q)).post(
+                move |gw: State<Gateway>, q: Query<UnsubscribeQuery>| {
+                    unsubscribe(gw, unsubscribe_key.clone(), q)
+                },
+            ),
+        )
+        .route("/api/stream/notifications", get(stream))
+        .with_state(gw)
+}
+
+fn inbox_of(caller: &Caller) -> DocId {
+    DocId::Inbox(caller.user.clone())
+}
+
+/// `GET /api/notifications`: the newest notifications, the unread count and the preferences.
+async fn list(State(gw): State<Gateway>, Authed(caller): Authed) -> Result<Response, AppError> {
+    gw.inner.limiter.command(caller.user.as_str())?;
+    let doc = inbox_of(&caller);
+    let view = gw
+        .inner
+        .hub
+        .read(doc, move |r| r.inbox_view(&caller))
+        .await?
+        .map_err(|r| AppError::from(lectern_hub::HubError::Rejected(r)))?;
+    Ok(axum::Json(view).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReadBody {
+    /// Ids to mark read; absent or empty: all.
+    #[serde(default)]
+    ids: Vec<CommandId>,
+    /// Idempotency id of the command.
+    #[serde(default)]
+    id: Option<CommandId>,
+}
+
+fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, AppError> {
+    let body = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}".as_slice()
+    } else {
+        body
+    };
+    serde_json::from_slice(body).map_err(|e| {
+        AppError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_input",
+            format!("the body does not fit: {e}"),
+        )
+    })
+}
+
+/// `POST /api/notifications/read` `{ids?: [..]}`: marks notifications read (all without ids).
+async fn mark_read(
+    State(gw): State<Gateway>,
+    Authed(caller): Authed,
+    RawBody(body): RawBody,
+) -> Result<Response, AppError> {
+    let body: ReadBody = parse_body(&body)?;
+    let doc = inbox_of(&caller);
+    let ack = gw
+        .run(
+            &caller,
+            doc,
+            body.id,
+            CommandBody::InboxRead {
+                notifications: body.ids,
+            },
+        )
+        .await?;
+    Ok(axum::Json(ack).into_response())
+}
+
+/// `GET /api/notifications/preferences`.
+async fn preferences(
+    State(gw): State<Gateway>,
+    Authed(caller): Authed,
+) -> Result<Response, AppError> {
+    gw.inner.limiter.command(caller.user.as_str())?;
+    let prefs = gw
+        .inner
+        .hub
+        .read(inbox_of(&caller), |r| r.inbox_prefs().to_json())
+        .await?;
+    Ok(axum::Json(prefs).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PrefsBody {
+    #[serde(default)]
+    kinds: BTreeMap<NotifyKind, Channel>,
+    #[serde(default)]
+    digest: Option<bool>,
+    #[serde(default)]
+    email: Option<String>,
+    #[serde(default)]
+    id: Option<CommandId>,
+}
+
+/// `PUT /api/notifications/preferences` `{kinds?: {grade: "email"|"in_app"|"off", …},
+/// digest?, email?}`.
+async fn set_preferences(
+    State(gw): State<Gateway>,
+    Authed(caller): Authed,
+    RawBody(body): RawBody,
+) -> Result<Response, AppError> {
+    let body: PrefsBody = parse_body(&body)?;
+    let ack = gw
+        .run(
+            &caller,
+            inbox_of(&caller),
+            body.id,
+            CommandBody::InboxPrefs {
+                kinds: body.kinds,
+                digest: body.digest,
+                email: body.email,
+            },
+        )
+        .await?;
+    Ok(axum::Json(ack).into_response())
+}
+
+/// The query of an unsubscribe link.
+#[derive(Debug, Deserialize)]
+pub(crate) struct UnsubscribeQuery {
+    u: String,
+    k: String,
+    s: String,
+}
+
+/// The kinds an unsubscribe link names, if its signature holds.
+fn checked(key: &[u8], q: &UnsubscribeQuery) -> Result<Vec<NotifyKind>, AppError> {
+    if !lectern_jobs::unsubscribe::verify(key, &q.u, &q.k, &q.s) {
+        return Err(AppError::new(
+            StatusCode::FORBIDDEN,
+            "bad_signature",
+            "this unsubscribe link is not valid",
+        ));
+    }
+    if q.k == lectern_jobs::unsubscribe::ALL_KINDS {
+        return Ok(NotifyKind::ALL.to_vec());
+    }
+    NotifyKind::parse(&q.k)
+        .map(|k| vec![k])
+        .ok_or_else(|| AppError::bad_request(format!("unknown notification kind {:?}", q.k)))
+}
+
+/// `GET` of an unsubscribe link: a page with a button, since mail scanners fetch links and
+/// must not unsubscribe anyone (RFC 8058 §3.2 keeps the action on POST).
+async fn unsubscribe_page(
+    key: Arc<[u8]>,
+    Query(q): Query<UnsubscribeQuery>,
+) -> Result<Response, AppError> {
+    checked(&key, &q)?;
+    let what = if q.k == lectern_jobs::unsubscribe::ALL_KINDS {
+        "all Lectern emails".to_owned()
+    } else {
+        format!("Lectern emails about {}", q.k.replace('_', " "))
+    };
+    let page = format!(
+        "<!doctype html><meta charset=utf-8><title>Unsubscribe</title>\
+         <form method=post><p>Stop {what}? You keep seeing them in the app.</p>\
+         <button type=submit>Unsubscribe</button></form>"
+    );
+    Ok(Html(page).into_response())
+}
+
+/// `POST` of an unsubscribe link (RFC 8058 one-click, or the page's button): the named kinds
+/// go to in-app only.
+async fn unsubscribe(
+    State(gw): State<Gateway>,
+    key: Arc<[u8]>,
+    Query(q): Query<UnsubscribeQuery>,
+) -> Result<Response, AppError> {
+    let kinds = checked(&key, &q)?;
+    let user = crate::rest::parse_id(&q.u, "user")?;
+    let system = Caller {
+        // Invariant: a fixed, valid id.
+        user: "lectern-unsubscribe".parse().expect("a valid user id"),
+        name: "Lectern".to_owned(),
+        role: Role::Admin,
+        cohorts: Vec::new(),
+    };
+    let body = CommandBody::InboxPrefs {
+        kinds: kinds.into_iter().map(|k| (k, Channel::InApp)).collect(),
+        digest: None,
+        email: None,
+    };
+    gw.run(&system, DocId::Inbox(user), Some(new_command_id()), body)
+        .await?;
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        "You are unsubscribed from these emails.\n",
+    )
+        .into_response())
+}
+
+/// Everything `GET /api/stream/notifications` does before it streams.
+pub(crate) async fn open(
+    gw: &Gateway,
+    caller: Caller,
+    expires_at_s: u64,
+    headers: &HeaderMap,
+) -> Result<Opened, AppError> {
+    let since = last_event_id(headers)?;
+    gw.inner.limiter.command(caller.user.as_str())?;
+    let slot = gw.inner.limiter.connect(caller.user.as_str())?;
+    let user = caller.user.to_string();
+    let staff = caller.role.is_staff();
+    let joined = gw.inner.hub.join(inbox_of(&caller), caller, since).await?;
+    Ok(Opened {
+        joined,
+        user,
+        staff,
+        filter: Filter::All,
+        slot,
+        expires_at_s,
+    })
+}
+
+/// `GET /api/stream/notifications`: the inbox (`state`), then `notification` (with `unread`),
+/// `notifications:read` and `notifications:prefs` events.
+async fn stream(
+    State(gw): State<Gateway>,
+    AuthedUntil(caller, expires_at_s): AuthedUntil,
+    headers: HeaderMap,
+) -> Result<Response, AppError> {
+    let opened = open(&gw, caller, expires_at_s, &headers).await?;
+    Ok(stream_response(gw, opened))
+}

@@ -1,0 +1,698 @@
+//! The job runner: one task that owns the in-memory queue (a map of records and a heap by due
+//! time) and up to `workers` job tasks. Each job task commits its own outcome (so concurrent
+//! jobs share the store's group-commit fsyncs) and reports it back.
+//!
+//! The runner never runs one job id twice at once (a job is either pending or running), and a
+//! job task first checks that its job is still queued in the store, so a copy that reached the
+//! runner twice (the start-up scan and the hook's message for the same job) runs once.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lectern_hub::{Hub, HubError};
+use lectern_model::{
+    Caller, Channel, Command, CommandBody, DocId, InboxPrefs, Notification, RejectCode, Role,
+};
+use lectern_store::{Batch, Committer};
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinSet;
+use tracing::{debug, error, info, warn};
+
+use crate::mail::{self, Mailer};
+use crate::record::{Job, JobRecord, deliver_id, email_id};
+use crate::{JobsConfig, QueueReceiver};
+
+/// Counters and gauges of the runner.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JobStats {
+    /// Jobs queued and not running.
+    pub pending: usize,
+    /// Jobs running now.
+    pub running: usize,
+    /// Jobs finished since start.
+    pub completed: u64,
+    /// Failed attempts that will be retried.
+    pub retried: u64,
+    /// Jobs dead-lettered since start.
+    pub dead: u64,
+    /// Notifications put into inboxes.
+    pub inapp_delivered: u64,
+    /// Emails handed to SMTP or the outbox (a digest counts once).
+    pub emails_sent: u64,
+}
+
+/// A running job runner.
+pub struct JobRunner {
+    stop: watch::Sender<bool>,
+    stats: watch::Receiver<JobStats>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for JobRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobRunner")
+            .field("stats", &*self.stats.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl JobRunner {
+    /// Loads the queued jobs from the hub's store and starts running them.
+    pub async fn start(
+        hub: Hub,
+        queue: QueueReceiver,
+        mailer: Mailer,
+        config: JobsConfig,
+    ) -> Result<JobRunner, String> {
+        let QueueReceiver(mut rx) = queue;
+        // Everything the hook announced so far is on disk: the scan below includes it.
+        while rx.try_recv().is_ok() {}
+        let store = hub.store().clone();
+        let stored = tokio::task::spawn_blocking(move || store.pending_jobs())
+            .await
+            .map_err(|e| format!("the job scan task failed: {e}"))?
+            .map_err(|e| format!("read the job queue: {e}"))?;
+        let ctx = Arc::new(Ctx {
+            committer: hub.store().committer(),
+            hub,
+            mailer,
+            config,
+        });
+        let mut queue = Queue::default();
+        let mut corrupt = Batch::new();
+        let next_digest = ctx.config.next_digest_ms(ctx.now_ms());
+        for (id, bytes) in stored {
+            match JobRecord::decode(&bytes) {
+                Ok(mut record) if record.id == id => {
+                    // A digest waits for the next digest time as configured NOW, so a changed
+                    // digest hour applies to what is already queued.
+                    if let Job::Email { digest: true, .. } = record.job {
+                        record.run_at_ms = record.run_at_ms.min(next_digest);
+                    }
+                    queue.insert(record);
+                }
+                Ok(_) | Err(_) => {
+                    error!(job = %id, "a queued job record does not read; dead-lettering it");
+                    corrupt.dead_letter_job(&id, bytes);
+                }
+            }
+        }
+        if !corrupt.is_empty() {
+            commit(&ctx.committer, corrupt).await?;
+        }
+        info!(jobs = queue.records.len(), "job runner started");
+        let (stop, stop_rx) = watch::channel(false);
+        let (stats_tx, stats) = watch::channel(JobStats {
+            pending: queue.records.len(),
+            ..JobStats::default()
+        });
+        let task = tokio::spawn(run(ctx, queue, rx, stop_rx, stats_tx));
+        Ok(JobRunner { stop, stats, task })
+    }
+
+    /// The counters now.
+    pub fn stats(&self) -> JobStats {
+        *self.stats.borrow()
+    }
+
+    /// A receiver that sees every change of the counters (tests wait on it).
+    pub fn watch(&self) -> watch::Receiver<JobStats> {
+        self.stats.clone()
+    }
+
+    /// Stops taking jobs, lets running ones finish (up to `drain_timeout_ms`) and returns.
+    /// Whatever did not finish stays queued in the store for the next start.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        if let Err(e) = self.task.await {
+            error!(error = %e, "the job runner task failed");
+        }
+    }
+}
+
+/// What every job task shares.
+struct Ctx {
+    hub: Hub,
+    committer: Committer,
+    mailer: Mailer,
+    config: JobsConfig,
+}
+
+impl Ctx {
+    fn now_ms(&self) -> u64 {
+        (self.config.clock)().0
+    }
+}
+
+/// The in-memory queue.
+#[derive(Default)]
+struct Queue {
+    records: HashMap<String, JobRecord>,
+    due: BinaryHeap<Reverse<(u64, String)>>,
+    running: HashSet<String>,
+}
+
+impl Queue {
+    /// Adds a record unless the same job is already pending or running.
+    fn insert(&mut self, record: JobRecord) {
+        if self.running.contains(&record.id) || self.records.contains_key(&record.id) {
+            return;
+        }
+        self.due
+            .push(Reverse((record.run_at_ms, record.id.clone())));
+        self.records.insert(record.id.clone(), record);
+    }
+
+    /// Puts back a record that ran (a retry), replacing the stale heap entry by due time.
+    fn requeue(&mut self, record: JobRecord) {
+        self.running.remove(&record.id);
+        self.insert(record);
+    }
+
+    fn next_due_ms(&mut self) -> Option<u64> {
+        // Drop stale heap entries (retried with a new time, or taken into a digest).
+        while let Some(Reverse((at, id))) = self.due.peek() {
+            match self.records.get(id) {
+                Some(r) if r.run_at_ms == *at => return Some(*at),
+                _ => {
+                    self.due.pop();
+                }
+            }
+        }
+        None
+    }
+
+    /// The next due job (with the rest of its user's digest), marked running.
+    fn take_due(&mut self, now_ms: u64) -> Option<Vec<JobRecord>> {
+        let at = self.next_due_ms()?;
+        if at > now_ms {
+            return None;
+        }
+        let Reverse((_, id)) = self.due.pop()?;
+        let record = self.records.remove(&id)?;
+        let mut bundle = vec![record];
+        if let Job::Email {
+            digest: true, user, ..
+        } = &bundle[0].job
+        {
+            let user = user.clone();
+            let mates: Vec<String> = self
+                .records
+                .values()
+                .filter(
+                    |r| matches!(&r.job, Job::Email { digest: true, user: u, .. } if *u == user),
+                )
+                .map(|r| r.id.clone())
+                .collect();
+            for mate in mates {
+                if let Some(r) = self.records.remove(&mate) {
+                    bundle.push(r);
+                }
+            }
+        }
+        for r in &bundle {
+            self.running.insert(r.id.clone());
+        }
+        Some(bundle)
+    }
+}
+
+/// What a job task did (its batch is already committed).
+enum Outcome {
+    /// Finished; these follow-up jobs were enqueued with it.
+    Done {
+        followups: Vec<JobRecord>,
+        inapp: u64,
+        emails: u64,
+    },
+    /// Failed; these records (with new attempt counts and times) wait for a retry.
+    Retry(Vec<JobRecord>),
+    /// Failed for good; dead-lettered.
+    Dead,
+    /// No longer queued in the store (it ran already): nothing done.
+    Skipped,
+    /// The outcome could not be committed: run the jobs again later.
+    StoreFailed(Vec<JobRecord>),
+}
+
+async fn run(
+    ctx: Arc<Ctx>,
+    mut queue: Queue,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Vec<(String, Vec<u8>)>>,
+    mut stop: watch::Receiver<bool>,
+    stats_tx: watch::Sender<JobStats>,
+) {
+    let workers_max = ctx.config.workers.max(1);
+    let mut tasks: JoinSet<Outcome> = JoinSet::new();
+    let mut task_ids: HashMap<tokio::task::Id, Vec<String>> = HashMap::new();
+    let mut stats = JobStats::default();
+    let mut stopping = false;
+    let mut drain_deadline = None;
+    loop {
+        if !stopping {
+            let now = ctx.now_ms();
+            while tasks.len() < workers_max {
+                let Some(bundle) = queue.take_due(now) else {
+                    break;
+                };
+                let ids = bundle.iter().map(|r| r.id.clone()).collect();
+                let handle = tasks.spawn(run_job(ctx.clone(), bundle));
+                task_ids.insert(handle.id(), ids);
+            }
+        }
+        stats.pending = queue.records.len();
+        stats.running = queue.running.len();
+        stats_tx.send_if_modified(|s| {
+            let changed = *s != stats;
+            *s = stats;
+            changed
+        });
+        if stopping && tasks.is_empty() {
+            break;
+        }
+        let wake = if stopping || tasks.len() >= workers_max {
+            None
+        } else {
+            queue
+                .next_due_ms()
+                .map(|at| Duration::from_millis(at.saturating_sub(ctx.now_ms())))
+        };
+        tokio::select! {
+            received = rx.recv(), if !stopping => match received {
+                Some(jobs) => {
+                    for (id, bytes) in jobs {
+                        match JobRecord::decode(&bytes) {
+                            Ok(record) => queue.insert(record),
+                            Err(e) => error!(job = %id, error = %e, "an enqueued job does not read"),
+                        }
+                    }
+                }
+                // The hub is gone: nothing new will come; keep running what is queued.
+                None => {
+                    if queue.records.is_empty() && tasks.is_empty() {
+                        stopping = true;
+                    }
+                }
+            },
+            joined = tasks.join_next_with_id(), if !tasks.is_empty() => {
+                let Some(joined) = joined else { continue };
+                match joined {
+                    Ok((task, outcome)) => {
+                        let ids = task_ids.remove(&task).unwrap_or_default();
+                        for id in &ids {
+                            queue.running.remove(id);
+                        }
+                        match outcome {
+                            Outcome::Done { followups, inapp, emails } => {
+                                stats.completed += ids.len() as u64;
+                                stats.inapp_delivered += inapp;
+                                stats.emails_sent += emails;
+                                for f in followups {
+                                    queue.insert(f);
+                                }
+                            }
+                            Outcome::Retry(records) => {
+                                stats.retried += records.len() as u64;
+                                stats.dead += (ids.len() - records.len()) as u64;
+                                for r in records {
+                                    queue.requeue(r);
+                                }
+                            }
+                            Outcome::Dead => stats.dead += ids.len() as u64,
+                            Outcome::Skipped => {}
+                            Outcome::StoreFailed(records) => {
+                                let later = ctx.now_ms() + 1_000;
+                                for mut r in records {
+                                    r.run_at_ms = later;
+                                    queue.requeue(r);
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let ids = task_ids.remove(&e.id()).unwrap_or_default();
+                        for id in &ids {
+                            queue.running.remove(id);
+                        }
+                        if !e.is_cancelled() {
+                            error!(jobs = ?ids, error = %e, "a job task panicked; its jobs run again after a restart");
+                        }
+                    }
+                }
+            },
+            () = sleep_for(wake) => {},
+            changed = stop.changed(), if !stopping => {
+                let _ = changed;
+                stopping = true;
+                drain_deadline = Some(tokio::time::Instant::now()
+                    + Duration::from_millis(ctx.config.drain_timeout_ms));
+            },
+            () = sleep_until(drain_deadline) => {
+                warn!(running = tasks.len(), "jobs still running at the stop deadline; they run again after a restart");
+                tasks.abort_all();
+                while tasks.join_next().await.is_some() {}
+                break;
+            },
+        }
+    }
+    debug!("job runner stopped");
+}
+
+async fn sleep_for(wake: Option<Duration>) {
+    match wake {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Commits `batch` through the group-commit thread.
+async fn commit(committer: &Committer, batch: Batch) -> Result<(), String> {
+    let (tx, rx) = oneshot::channel();
+    committer.submit(batch, move |r| {
+        let _ = tx.send(r);
+    });
+    match rx.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("commit the job outcome: {e}")),
+        Err(_) => Err("the store's commit thread stopped".to_owned()),
+    }
+}
+
+/// The caller the runner writes inboxes as.
+fn system_caller() -> Caller {
+    Caller {
+        // Invariant: a fixed, valid id.
+        user: "lectern-jobs".parse().expect("a valid user id"),
+        name: "Lectern".to_owned(),
+        role: Role::Admin,
+        cohorts: Vec::new(),
+    }
+}
+
+/// A failure of a step: transient ones retry, permanent ones dead-letter at once.
+struct Failure {
+    permanent: bool,
+    reason: String,
+}
+
+impl Failure {
+    fn transient(reason: impl Into<String>) -> Failure {
+        Failure {
+            permanent: false,
+            reason: reason.into(),
+        }
+    }
+
+    fn permanent(reason: impl Into<String>) -> Failure {
+        Failure {
+            permanent: true,
+            reason: reason.into(),
+        }
+    }
+}
+
+async fn run_job(ctx: Arc<Ctx>, bundle: Vec<JobRecord>) -> Outcome {
+    // A copy of a job that already ran (or was dead-lettered) is not queued any more.
+    let store = ctx.hub.store().clone();
+    let ids: Vec<String> = bundle.iter().map(|r| r.id.clone()).collect();
+    let queued = tokio::task::spawn_blocking(move || {
+        ids.iter()
+            .map(|id| store.job_pending(id).unwrap_or(false))
+            .collect::<Vec<bool>>()
+    })
+    .await
+    .unwrap_or_default();
+    let bundle: Vec<JobRecord> = bundle
+        .into_iter()
+        .zip(queued)
+        .filter_map(|(r, q)| q.then_some(r))
+        .collect();
+    if bundle.is_empty() {
+        return Outcome::Skipped;
+    }
+    let result = match &bundle[0].job {
+        Job::Fanout {
+            notification,
+            recipients,
+        } => Ok(fanout(&ctx, notification, recipients).await),
+        Job::Deliver { notification, user } => deliver(&ctx, notification, user).await,
+        Job::Email { .. } => email(&ctx, &bundle).await,
+    };
+    match result {
+        Ok(step) => {
+            let mut batch = Batch::new();
+            for r in &bundle {
+                batch.complete_job(&r.id);
+            }
+            for f in &step.followups {
+                batch.enqueue_job(&f.id, f.encode());
+            }
+            match commit(&ctx.committer, batch).await {
+                Ok(()) => Outcome::Done {
+                    followups: step.followups,
+                    inapp: step.inapp,
+                    emails: step.emails,
+                },
+                Err(e) => {
+                    error!(error = %e, "a job's completion was not committed; it runs again");
+                    Outcome::StoreFailed(bundle)
+                }
+            }
+        }
+        Err(failure) => fail(&ctx, bundle, failure).await,
+    }
+}
+
+/// What a successful step leaves to commit and count.
+struct Step {
+    followups: Vec<JobRecord>,
+    inapp: u64,
+    emails: u64,
+}
+
+/// Retries with backoff (jittered up to +25%, so a recovering mail server is not hit by every
+/// job at once), or dead-letters with the reason.
+async fn fail(ctx: &Ctx, bundle: Vec<JobRecord>, failure: Failure) -> Outcome {
+    let now = ctx.now_ms();
+    let mut batch = Batch::new();
+    let mut retry = Vec::new();
+    for mut r in bundle.iter().cloned() {
+        r.attempts += 1;
+        r.last_error = Some(failure.reason.clone());
+        if failure.permanent || r.attempts >= ctx.config.attempts_max {
+            warn!(job = %r.id, attempts = r.attempts, reason = %failure.reason, "job dead-lettered");
+            batch.dead_letter_job(&r.id, r.encode());
+        } else {
+            let delay = ctx.config.backoff_ms(r.attempts);
+            let jitter = rand::random_range(0..=delay / 4);
+            r.run_at_ms = now + delay + jitter;
+            debug!(job = %r.id, attempts = r.attempts, delay_ms = delay + jitter, reason = %failure.reason, "job will be retried");
+            batch.update_job(&r.id, r.encode());
+            retry.push(r);
+        }
+    }
+    match commit(&ctx.committer, batch).await {
+        Ok(()) if retry.is_empty() => Outcome::Dead,
+        Ok(()) => Outcome::Retry(retry),
+        Err(e) => {
+            error!(error = %e, "a job's failure was not committed; it runs again");
+            Outcome::StoreFailed(bundle)
+        }
+    }
+}
+
+/// Recipients a fan-out delivers to at once.
+const FANOUT_CHUNK: usize = 128;
+
+/// Delivers a notification to many users: in-app for a chunk of recipients at a time, all at
+/// once (each inbox has its own writer; their commits share fsyncs), with no job record per
+/// recipient. What a recipient needs next comes back as follow-ups: their email job, or, if
+/// their in-app delivery failed, a delivery job of their own that retries alone.
+///
+/// A fan-out that a crash interrupts runs again from the start; that is safe because an inbox
+/// refuses a notification it holds (`duplicate_command`) and the store refuses to enqueue an
+/// email job that already finished.
+async fn fanout(ctx: &Arc<Ctx>, n: &Notification, recipients: &[lectern_model::UserId]) -> Step {
+    let mut step = Step {
+        followups: Vec::new(),
+        inapp: 0,
+        emails: 0,
+    };
+    for chunk in recipients.chunks(FANOUT_CHUNK) {
+        let mut tasks = JoinSet::new();
+        for user in chunk {
+            let (ctx, n, user) = (ctx.clone(), n.clone(), user.clone());
+            tasks.spawn(async move {
+                let result = deliver_inapp(&ctx, &n, &user).await;
+                (user, result)
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            let Ok((user, result)) = done else {
+                continue;
+            };
+            match result {
+                Ok((pushed, email)) => {
+                    step.inapp += u64::from(pushed);
+                    step.followups.extend(email);
+                }
+                Err(failure) => {
+                    debug!(%user, reason = %failure.reason, "fan-out delivery failed; it retries alone");
+                    step.followups.push(JobRecord::new(
+                        deliver_id(n, &user),
+                        ctx.now_ms(),
+                        Job::Deliver {
+                            notification: n.clone(),
+                            user,
+                        },
+                    ));
+                }
+            }
+        }
+    }
+    step
+}
+
+fn hub_failure(e: HubError) -> Failure {
+    match e {
+        HubError::Rejected(r) => Failure::permanent(format!("{}: {}", r.code.as_str(), r.message)),
+        other => Failure::transient(other.to_string()),
+    }
+}
+
+async fn deliver(
+    ctx: &Ctx,
+    n: &Notification,
+    user: &lectern_model::UserId,
+) -> Result<Step, Failure> {
+    let (pushed, email) = deliver_inapp(ctx, n, user).await?;
+    Ok(Step {
+        followups: email.into_iter().collect(),
+        inapp: u64::from(pushed),
+        emails: 0,
+    })
+}
+
+/// Puts `n` into `user`'s inbox (unless they turned its kind off); returns whether it was
+/// pushed now and the email job to enqueue, if they want email.
+async fn deliver_inapp(
+    ctx: &Ctx,
+    n: &Notification,
+    user: &lectern_model::UserId,
+) -> Result<(bool, Option<JobRecord>), Failure> {
+    let inbox = DocId::Inbox(user.clone());
+    let prefs: InboxPrefs = ctx
+        .hub
+        .read(inbox.clone(), |r| r.inbox_prefs())
+        .await
+        .map_err(hub_failure)?;
+    let channel = prefs.channel(n.kind);
+    let mut pushed = false;
+    if channel != Channel::Off {
+        let cmd = Command {
+            id: n.id.clone(),
+            body: CommandBody::InboxPush {
+                notification: n.id.clone(),
+                kind: n.kind,
+                title: n.title.clone(),
+                body: n.body.clone(),
+                link: n.link.clone(),
+                cohort: n.cohort.clone(),
+            },
+        };
+        match ctx.hub.execute(inbox, system_caller(), cmd).await {
+            Ok(_) => pushed = true,
+            // Pushed before a crash took the completion: it is in the inbox once, as it should.
+            Err(HubError::Rejected(r))
+                if matches!(
+                    r.code,
+                    RejectCode::DuplicateCommand | RejectCode::AlreadyExists
+                ) => {}
+            Err(e) => return Err(hub_failure(e)),
+        }
+    }
+    let mut email = None;
+    if channel == Channel::Email {
+        let to = prefs.email.clone().or_else(|| {
+            ctx.config
+                .email_domain
+                .as_ref()
+                .map(|domain| format!("{user}@{domain}"))
+        });
+        match to {
+            Some(to) => {
+                let now = ctx.now_ms();
+                let run_at = if prefs.digest {
+                    ctx.config.next_digest_ms(now)
+                } else {
+                    now
+                };
+                email = Some(JobRecord::new(
+                    email_id(n, user),
+                    run_at,
+                    Job::Email {
+                        notification: n.clone(),
+                        user: user.clone(),
+                        to,
+                        digest: prefs.digest,
+                    },
+                ));
+            }
+            None => debug!(%user, "no email address; in-app only"),
+        }
+    }
+    Ok((pushed, email))
+}
+
+async fn email(ctx: &Ctx, bundle: &[JobRecord]) -> Result<Step, Failure> {
+    let Job::Email {
+        notification,
+        user,
+        to,
+        digest,
+    } = &bundle[0].job
+    else {
+        return Err(Failure::permanent("not an email job"));
+    };
+    let identity = &ctx.config.mail;
+    let outgoing = if *digest {
+        let notifications: Vec<&Notification> = bundle
+            .iter()
+            .filter_map(|r| match &r.job {
+                Job::Email { notification, .. } => Some(notification),
+                _ => None,
+            })
+            .collect();
+        mail::digest(
+            identity,
+            &format!("{}/digest", bundle[0].id),
+            &notifications,
+            user,
+            to,
+        )
+    } else {
+        mail::single(identity, &bundle[0].id, notification, user, to)
+    }
+    .map_err(|e| Failure {
+        permanent: e.permanent,
+        reason: e.reason,
+    })?;
+    ctx.mailer.send(&outgoing).await.map_err(|e| Failure {
+        permanent: e.permanent,
+        reason: e.reason,
+    })?;
+    Ok(Step {
+        followups: Vec::new(),
+        inapp: 0,
+        emails: 1,
+    })
+}

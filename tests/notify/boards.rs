@@ -1,0 +1,314 @@
+//! The leaderboard and instructor dashboard streams with a real SSE client: contents, opted-out
+//! students anonymized, at most one update per interval and only when the board changed, and
+//! `Last-Event-ID` resume.
+
+use std::time::{Duration, Instant};
+
+use lectern_model::{Caller, Command, CommandBody, DocId, Role};
+use lectern_node::{DEMO_COHORT, DEMO_SESSION};
+use lectern_testkit::{SmtpServer, SseEvent, SseStream};
+use serde_json::{Value, json};
+
+use super::NotifyNode;
+use crate::gateway::within;
+
+const WAIT: Duration = Duration::from_secs(20);
+const INTERVAL_MS: u64 = 300;
+
+async fn open(
+    node: &NotifyNode,
+    path: &str,
+    token: &str,
+    last: Option<&str>,
+) -> anyhow::Result<SseStream> {
+    let auth = format!("Bearer {token}");
+    let mut headers = vec![("authorization", auth.as_str())];
+    if let Some(id) = last {
+        headers.push(("last-event-id", id));
+    }
+    node.http
+        .sse(path, &headers)
+        .await?
+        .map_err(|r| anyhow::anyhow!("{path} refused: {} {}", r.status, r.text()))
+}
+
+fn data(e: &SseEvent) -> anyhow::Result<Value> {
+    Ok(serde_json::from_str(&e.data)?)
+}
+
+/// Reads `name` events until one satisfies `done`; every event must differ from the one
+/// before it (a board is only sent when it changed) and come at least an interval after it.
+async fn until(
+    stream: &mut SseStream,
+    name: &str,
+    last: &mut (Value, Option<Instant>),
+    done: impl Fn(&Value) -> bool,
+) -> anyhow::Result<SseEvent> {
+    loop {
+        let e = stream.next_event(WAIT).await?;
+        anyhow::ensure!(e.event == name, "expected {name}, got {e:?}");
+        let v = data(&e)?;
+        anyhow::ensure!(v != last.0, "an update that changes nothing: {v}");
+        let now = Instant::now();
+        if let Some(before) = last.1 {
+            // The ticker's interval, less a little for timer granularity.
+            let floor = Duration::from_millis(INTERVAL_MS * 9 / 10);
+            anyhow::ensure!(
+                now - before >= floor,
+                "two updates {:?} apart, the interval is {INTERVAL_MS} ms",
+                now - before
+            );
+        }
+        *last = (v.clone(), Some(now));
+        if done(&v) {
+            return Ok(e);
+        }
+    }
+}
+
+fn entry<'a>(board: &'a Value, rank_of: &str) -> Option<&'a Value> {
+    board["entries"]
+        .as_array()?
+        .iter()
+        .find(|e| e["user"] == rank_of || (rank_of == "Anonymous" && e["name"] == "Anonymous"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leaderboard_streams_changes_at_most_once_per_interval_anonymizes_and_resumes() {
+    within(async {
+        let smtp = SmtpServer::start().await?;
+        let node = NotifyNode::start_with("boards-lb", &smtp, |c| {
+            c.notify.leaderboard_interval_ms = INTERVAL_MS;
+        })
+        .await?;
+        let path = format!("/api/stream/leaderboard/{DEMO_COHORT}");
+        let s1 = node.token("student1", "student");
+        let s2 = node.token("student2", "student");
+        let ada = node.token("ada", "instructor");
+        let mut student = open(&node, &path, &s1, None).await?;
+        let mut staff = open(&node, &path, &ada, None).await?;
+        let state = student.next_event(WAIT).await?;
+        assert_eq!(state.event, "state");
+        let board = data(&state)?["state"].clone();
+        assert_eq!(
+            board["entries"].as_array().map(Vec::len),
+            Some(2),
+            "{board}"
+        );
+        assert_eq!(staff.next_event(WAIT).await?.event, "state");
+
+        // student2 hides their name, then both are graded in a burst of commands.
+        node.cohort_command(
+            &s2,
+            json!({"cmd": "leaderboard.privacy", "anonymous": true}),
+        )
+        .await?;
+        for (lesson, s1_score, s2_score) in [("q1", 5, 9), ("q2", 6, 10), ("q3", 7, 10)] {
+            node.grade("student1", lesson, s1_score).await?;
+            node.grade("student2", lesson, s2_score).await?;
+        }
+        let mut seen = (board.clone(), None);
+        let e = until(&mut student, "leaderboard", &mut seen, |b| {
+            entry(b, "Anonymous").is_some_and(|e| e["score"] == 29)
+                && entry(b, "student1").is_some_and(|e| e["score"] == 18)
+        })
+        .await?;
+        let b = data(&e)?;
+        let anon = entry(&b, "Anonymous").expect("student2, anonymized");
+        assert_eq!(anon["rank"], 1);
+        assert_eq!(anon["user"], Value::Null);
+        assert!(!b.to_string().contains("student2"), "{b}");
+        let me = entry(&b, "student1").expect("student1");
+        assert_eq!(me["rank"], 2);
+        assert_eq!(me["maxScore"], 30);
+        // Staff see the name.
+        let mut staff_seen = (Value::Null, None);
+        let se = until(&mut staff, "leaderboard", &mut staff_seen, |b| {
+            entry(b, "student2").is_some_and(|e| e["score"] == 29)
+        })
+        .await?;
+        assert_eq!(
+            entry(&data(&se)?, "student2").expect("named")["name"],
+            "Linus"
+        );
+
+        // A change that does not move the board sends nothing; the next one that does is the
+        // next event (so nothing was sent for the first).
+        node.cohort_command(
+            &ada,
+            json!({"cmd": "announcement.post", "title": "Hi", "body": "No scores here."}),
+        )
+        .await?;
+        node.grade("student1", "q4", 10).await?;
+        let e = until(&mut student, "leaderboard", &mut seen, |_| true).await?;
+        assert_eq!(
+            entry(&data(&e)?, "student1").expect("student1")["score"],
+            28
+        );
+        let last_id = e.id.clone().expect("an id");
+        drop(student);
+
+        // Resume with the latest id: nothing until the board changes.
+        let mut resumed = open(&node, &path, &s1, Some(&last_id)).await?;
+        node.grade("student1", "q5", 3).await?;
+        let e = resumed.next_event(WAIT).await?;
+        assert_eq!(
+            e.event, "leaderboard",
+            "no state for a client that is current: {e:?}"
+        );
+        assert_eq!(
+            entry(&data(&e)?, "student1").expect("student1")["score"],
+            31
+        );
+        drop(resumed);
+        // Resume with an old id: the current board at once.
+        let mut behind = open(&node, &path, &s1, Some(&last_id)).await?;
+        let e = behind.next_event(WAIT).await?;
+        assert_eq!(e.event, "state");
+        assert_eq!(
+            entry(&data(&e)?["state"], "student1").expect("student1")["score"],
+            31
+        );
+
+        // Non-members are refused.
+        let outsider = lectern_gateway::auth::mint(
+            &node.node.secret,
+            &crate::gateway::claims(
+                "eve",
+                "student",
+                &["other"],
+                crate::gateway::unix_now_s() + 60,
+            ),
+        )?;
+        let refused = node
+            .http
+            .sse(&path, &[("authorization", &format!("Bearer {outsider}"))])
+            .await?;
+        let r = refused.err().expect("refused");
+        assert_eq!(r.status, 403);
+        node.stop().await?;
+        Ok(())
+    })
+    .await
+    .unwrap();
+}
+
+fn student(user: &str) -> Caller {
+    Caller {
+        user: user.parse().expect("an id"),
+        name: user.to_owned(),
+        role: Role::Student,
+        cohorts: vec![DEMO_COHORT.parse().expect("an id")],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_instructor_dashboard_shows_the_class_live_to_staff_only_and_resumes() {
+    within(async {
+        let smtp = SmtpServer::start().await?;
+        let node = NotifyNode::start_with("boards-dash", &smtp, |c| {
+            c.notify.dashboard_interval_ms = INTERVAL_MS;
+            c.notify.inactive_days = 1;
+        })
+        .await?;
+        let path = format!("/api/stream/instructor/{DEMO_COHORT}");
+        let s1 = node.token("student1", "student");
+        let refused = node
+            .http
+            .sse(&path, &[("authorization", &format!("Bearer {s1}"))])
+            .await?
+            .err()
+            .expect("a student is refused");
+        assert_eq!(refused.status, 403);
+        assert_eq!(refused.error_code().as_deref(), Some("forbidden"));
+
+        let ada = node.token("ada", "instructor");
+        let mut dash = open(&node, &path, &ada, None).await?;
+        let state = dash.next_event(WAIT).await?;
+        assert_eq!(state.event, "state");
+        let d = data(&state)?["state"].clone();
+        assert_eq!(d["students"], 2, "{d}");
+        assert_eq!(d["online"]["count"], 0);
+        assert_eq!(d["openQuestions"], 2, "the demo's two questions: {d}");
+        assert_eq!(d["polls"][0]["voters"], 0);
+        assert_eq!(d["inactive"].as_array().map(Vec::len), Some(2));
+
+        // The class happens: student1 joins the session and gets a grade, the instructor
+        // answers a question, student2 votes.
+        let session = DocId::Session(DEMO_SESSION.parse()?);
+        let hub = node.hub();
+        let run = |who: Caller, id: &str, body: CommandBody| {
+            let cmd = Command {
+                id: id.parse().expect("an id"),
+                body,
+            };
+            let doc = session.clone();
+            async move { hub.execute(doc, who, cmd).await }
+        };
+        run(
+            student("student1"),
+            "dash-join",
+            CommandBody::AttendanceJoin,
+        )
+        .await?;
+        node.grade("student1", "q1", 4).await?;
+        let ada_caller = Caller {
+            role: Role::Instructor,
+            ..student("ada")
+        };
+        run(
+            ada_caller,
+            "dash-answer",
+            CommandBody::QaAnswer {
+                question: "demo-q1".parse()?,
+                text: "Clocks drift.".into(),
+            },
+        )
+        .await?;
+        run(
+            student("student2"),
+            "dash-vote",
+            CommandBody::PollVote {
+                poll: "demo-poll".parse()?,
+                choice: lectern_model::PollChoice::Rating(4),
+            },
+        )
+        .await?;
+        let mut seen = (d.clone(), None);
+        let e = until(&mut dash, "dashboard", &mut seen, |d| {
+            d["online"]["count"] == 1
+                && d["openQuestions"] == 1
+                && d["polls"][0]["voters"] == 1
+                && d["inactive"].as_array().map(Vec::len) == Some(1)
+        })
+        .await?;
+        let d = data(&e)?;
+        assert_eq!(d["online"]["users"], json!(["student1"]));
+        assert_eq!(d["polls"][0]["participationPct"], 50.0);
+        assert_eq!(d["inactive"][0]["user"], "student2", "{d}");
+        let q1 = d["lessons"]
+            .as_array()
+            .and_then(|l| l.iter().find(|l| l["lesson"] == "q1"))
+            .expect("lesson q1");
+        assert_eq!(q1["completed"], 1);
+        assert_eq!(q1["notStarted"], 1);
+        let last_id = e.id.clone().expect("an id");
+        drop(dash);
+
+        // Resume: current → nothing until a change; the change arrives as an update.
+        let mut resumed = open(&node, &path, &ada, Some(&last_id)).await?;
+        run(
+            student("student1"),
+            "dash-leave",
+            CommandBody::AttendanceLeave,
+        )
+        .await?;
+        let e = resumed.next_event(WAIT).await?;
+        assert_eq!(e.event, "dashboard", "{e:?}");
+        assert_eq!(data(&e)?["online"]["count"], 0);
+        node.stop().await?;
+        Ok(())
+    })
+    .await
+    .unwrap();
+}
