@@ -9,6 +9,7 @@
 mod demo;
 mod failover;
 mod hostile;
+mod notify;
 mod partition;
 mod presence;
 mod replicate;
@@ -123,9 +124,21 @@ impl Cluster {
         peers: Vec<String>,
         seed: bool,
     ) -> anyhow::Result<usize> {
+        self.start_with(name, peers, seed, |_| {}).await
+    }
+
+    /// [`Cluster::start`], after `edit` adjusts the node's configuration.
+    pub async fn start_with(
+        &mut self,
+        name: &str,
+        peers: Vec<String>,
+        seed: bool,
+        edit: impl FnOnce(&mut Config),
+    ) -> anyhow::Result<usize> {
         let dir = TempDir::new(&format!("{}-{name}", self.tag));
         let mut config = self.config(name, dir.path(), peers)?;
         config.demo = seed;
+        edit(&mut config);
         let node = lectern_node::start(config)
             .await
             .with_context(|| format!("start node {name}"))?;
