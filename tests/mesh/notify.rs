@@ -15,17 +15,7 @@ use super::{Cluster, demo_caller, token, within};
 async fn a_grade_replicated_to_three_nodes_over_quic_sends_exactly_one_email() {
     within(async {
         let smtp = SmtpServer::start().await?;
-        let mail_to = |c: &mut lectern_node::Config| {
-            c.notify.smtp = Some(lectern_node::config::SmtpSettings {
-                host: smtp.addr().ip().to_string(),
-                port: smtp.addr().port(),
-                tls: lectern_jobs::TlsMode::None,
-                username: None,
-                password: None,
-                timeout_ms: 5_000,
-            });
-            c.notify.email_domain = Some("example.test".into());
-        };
+        let mail_to = |c: &mut lectern_node::Config| crate::notify::mail_to(c, &smtp);
         let mut cluster = Cluster::new("mesh-notify")?;
         let a = cluster.start_with("a", vec![], true, mail_to).await?;
         let b = cluster
@@ -92,7 +82,10 @@ async fn a_grade_replicated_to_three_nodes_over_quic_sends_exactly_one_email() {
             );
         }
         anyhow::ensure!(smtp.mails().len() == 1, "emails: {}", smtp.mails().len());
-        assert_eq!(mails[0].rcpt_to, vec!["student1@example.test".to_owned()]);
+        assert_eq!(
+            mails[0].rcpt_to,
+            vec![format!("student1@{}", crate::notify::EMAIL_DOMAIN)]
+        );
         assert_eq!(
             mails[0].header("Subject").as_deref(),
             Some("Your grade for quiz1 is ready")

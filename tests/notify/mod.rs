@@ -55,6 +55,14 @@ pub fn config(dir: &TempDir, smtp: &SmtpServer) -> Config {
         demo: true,
         ..Default::default()
     };
+    mail_to(&mut config, smtp);
+    config.notify.from = "Lectern <no-reply@lectern.test>".to_owned();
+    config.notify.backoff_base_ms = 50;
+    config
+}
+
+/// Points `config`'s email at `smtp` (plain SMTP), users at `{user}@`[`EMAIL_DOMAIN`].
+pub fn mail_to(config: &mut Config, smtp: &SmtpServer) {
     config.notify.smtp = Some(lectern_node::config::SmtpSettings {
         host: smtp.addr().ip().to_string(),
         port: smtp.addr().port(),
@@ -64,9 +72,6 @@ pub fn config(dir: &TempDir, smtp: &SmtpServer) -> Config {
         timeout_ms: 5_000,
     });
     config.notify.email_domain = Some(EMAIL_DOMAIN.to_owned());
-    config.notify.from = "Lectern <no-reply@lectern.test>".to_owned();
-    config.notify.backoff_base_ms = 50;
-    config
 }
 
 impl NotifyNode {

@@ -34,6 +34,7 @@ use tokio::sync::broadcast;
 
 use crate::Gateway;
 use crate::error::AppError;
+use crate::lock;
 use crate::rest::{AuthedUntil, parse_id};
 use crate::sse::{Filter, Opened, last_event_id, stream_response};
 
@@ -246,10 +247,6 @@ async fn subscribe(
     );
     tokio::spawn(tick(gw.clone(), board, cohort.clone(), tx, latest));
     Ok((rx, computed))
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The ticker of one board: see the module docs.

@@ -143,6 +143,12 @@ pub struct Gateway {
     inner: Arc<Inner>,
 }
 
+/// Locks `m`, recovering the data if a holder panicked (the tables behind gateway mutexes are
+/// always left consistent between statements).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Seconds since the Unix epoch.
 pub(crate) fn unix_now_s() -> u64 {
     SystemTime::now()
@@ -313,11 +319,7 @@ impl Gateway {
 
     /// The users present in `session` on this node.
     pub fn local_presence(&self, session: &SessionId) -> Vec<String> {
-        let p = self
-            .inner
-            .presence
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let p = crate::lock(&self.inner.presence);
         let mut users: Vec<String> = p
             .sessions
             .get(session)
@@ -329,11 +331,7 @@ impl Gateway {
 
     /// Every session with users present on this node, and those users.
     pub fn local_presence_all(&self) -> Vec<(SessionId, Vec<String>)> {
-        let p = self
-            .inner
-            .presence
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let p = crate::lock(&self.inner.presence);
         p.sessions
             .iter()
             .filter(|(_, sp)| !sp.users.is_empty())
@@ -345,11 +343,7 @@ impl Gateway {
     /// before; an empty list removes it). `attendance:update` counts them with the local ones.
     pub fn set_remote_presence(&self, source: &str, session: &SessionId, users: Vec<String>) {
         let changed = {
-            let mut p = self
-                .inner
-                .presence
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut p = crate::lock(&self.inner.presence);
             let sp = p.sessions.entry(session.clone()).or_default();
             let users: HashSet<String> = users.into_iter().collect();
             let before = sp.present();
@@ -368,11 +362,7 @@ impl Gateway {
     /// Forgets everything node `source` reported (it disconnected or went silent).
     pub fn clear_remote_presence(&self, source: &str) {
         let sessions: Vec<SessionId> = {
-            let p = self
-                .inner
-                .presence
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let p = crate::lock(&self.inner.presence);
             p.sessions
                 .iter()
                 .filter(|(_, sp)| sp.remote.contains_key(source))
@@ -387,11 +377,7 @@ impl Gateway {
     /// A user's connection to a session opened; the first one records attendance.
     pub(crate) async fn presence_join(&self, session: &SessionId, caller: &Caller) {
         let first = {
-            let mut p = self
-                .inner
-                .presence
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut p = crate::lock(&self.inner.presence);
             let sp = p.sessions.entry(session.clone()).or_default();
             let n = sp.users.entry(caller.user.to_string()).or_insert(0);
             *n += 1;
@@ -408,11 +394,7 @@ impl Gateway {
     /// A user's connection to a session closed; the last one records their leaving.
     pub(crate) async fn presence_leave(&self, session: &SessionId, caller: &Caller) {
         let last = {
-            let mut p = self
-                .inner
-                .presence
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut p = crate::lock(&self.inner.presence);
             let Some(sp) = p.sessions.get_mut(session) else {
                 return;
             };
@@ -458,11 +440,7 @@ impl Gateway {
         &self,
         session: &SessionId,
     ) -> watch::Receiver<Option<Arc<[u8]>>> {
-        let mut p = self
-            .inner
-            .presence
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut p = crate::lock(&self.inner.presence);
         p.sessions
             .entry(session.clone())
             .or_default()
@@ -473,11 +451,7 @@ impl Gateway {
     /// Emits `attendance:update {present}` to the session's sockets, at most once per second.
     fn schedule_attendance_update(&self, session: &SessionId) {
         let delay = {
-            let mut p = self
-                .inner
-                .presence
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut p = crate::lock(&self.inner.presence);
             let sp = p.sessions.entry(session.clone()).or_default();
             if sp.update_pending {
                 return;
@@ -495,7 +469,7 @@ impl Gateway {
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             let payload = {
-                let mut p = gw.inner.presence.lock().unwrap_or_else(|e| e.into_inner());
+                let mut p = crate::lock(&gw.inner.presence);
                 let Some(sp) = p.sessions.get_mut(&session) else {
                     return;
                 };
