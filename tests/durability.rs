@@ -21,11 +21,7 @@ fn child_entrypoint() {
         return;
     };
     let dir = std::env::var("LECTERN_TEST_CHILD_DIR").expect("child dir");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = crate::support::child_runtime();
     match role.as_str() {
         "writer" => rt.block_on(writer_child(dir)),
         "node" => rt.block_on(node_child(dir)),

@@ -97,3 +97,13 @@ pub fn spawn_child(role: &str, dir: &Path) -> std::process::Child {
         .spawn()
         .expect("spawn the child process")
 }
+
+/// The runtime of a re-executed child process (a node a test SIGKILLs): two workers, like the
+/// machine, with IO and timers.
+pub fn child_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a child process's runtime")
+}

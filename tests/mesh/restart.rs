@@ -27,11 +27,7 @@ fn mesh_child_entrypoint() {
         return;
     };
     let var = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} is set"));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = crate::support::child_runtime();
     rt.block_on(async move {
         let mut config = lectern_node::Config {
             data_dir: var("MESH_CHILD_DIR").into(),

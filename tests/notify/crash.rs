@@ -31,11 +31,7 @@ fn child_entrypoint() {
         .expect("smtp port")
         .parse()
         .expect("a port");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = crate::support::child_runtime();
     rt.block_on(async move {
         let smtp_addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
         let mut c = config_for(std::path::Path::new(&dir), smtp_addr);

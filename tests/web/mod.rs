@@ -341,11 +341,7 @@ fn web_node_child() {
     ) else {
         return;
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = crate::support::child_runtime();
     rt.block_on(async move {
         let mut config = lectern_node::Config {
             data_dir: dir.into(),
