@@ -152,9 +152,28 @@ impl NotifyNode {
         .await
     }
 
-    /// Waits until the job runner has nothing pending or running.
+    /// Waits until every job in the store has run and the runner has nothing pending or
+    /// running. The runner's counters alone are not enough: a job is committed with its
+    /// command before the ack, but reaches the runner a moment later, so right after a command
+    /// the runner can still report idle with the job waiting in the store.
     pub async fn jobs_idle(&self) -> anyhow::Result<JobStats> {
-        wait_jobs(&self.node, |s| s.pending == 0 && s.running == 0).await
+        let idle = |s: &JobStats| s.pending == 0 && s.running == 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            wait_jobs(&self.node, idle).await?;
+            let store = self.hub().store().clone();
+            let queued = tokio::task::spawn_blocking(move || store.pending_jobs()).await??;
+            if queued.is_empty() {
+                // Every outcome is committed; wait for the runner to count the last of them.
+                return wait_jobs(&self.node, idle).await;
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "{} jobs stay queued in the store",
+                queued.len()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Stops the node; returns its directory for a restart.
