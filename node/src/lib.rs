@@ -10,6 +10,7 @@
 mod admin;
 pub mod config;
 mod demo;
+mod metrics;
 mod presence;
 mod serve;
 
@@ -187,6 +188,7 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
     };
     let (gateway, routes) =
         Gateway::new(hub.clone(), gateway_config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    gateway.add_metrics(metrics::jobs(&jobs));
     let demo = if config.demo {
         seed_demo(&hub).await.context("seed the demo class")?;
         Some(demo_links(&secret, &public_base)?)
@@ -199,6 +201,7 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
         Some(dir) => {
             let mesh = start_mesh(&config, dir, hub.clone()).await?;
             presence::start(gateway.clone(), &mesh);
+            gateway.add_metrics(metrics::mesh(&mesh));
             Some(mesh)
         }
         None => None,

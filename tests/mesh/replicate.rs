@@ -77,6 +77,26 @@ async fn a_student_on_a_asks_and_a_student_on_c_receives_qa_new() -> anyhow::Res
             assert_eq!(p["state"], "connected", "{p}");
             assert!(p["rtt_ms"].as_f64().is_some(), "{p}");
         }
+        // `/metrics` tells the same to a scraper.
+        let metrics = http.get("/metrics", None).await?.text();
+        for line in [
+            "lectern_mesh_peers{state=\"connected\"} 2",
+            "lectern_mesh_peers{state=\"connecting\"} 0",
+        ] {
+            assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
+        }
+        for peer in ["node-a", "node-c"] {
+            let rtt = format!("lectern_mesh_peer_rtt_seconds{{peer=\"{peer}\"}} ");
+            let lag = format!("lectern_mesh_peer_lag_documents{{peer=\"{peer}\"}} ");
+            assert!(
+                metrics.lines().any(|l| l.starts_with(&rtt)),
+                "{rtt} in {metrics}"
+            );
+            assert!(
+                metrics.lines().any(|l| l.starts_with(&lag)),
+                "{lag} in {metrics}"
+            );
+        }
         on_a.disconnect().await;
         on_c.disconnect().await;
         cluster.stop_all().await

@@ -27,6 +27,17 @@ async fn a_mail_server_that_refuses_gets_retries_with_backoff_then_a_dead_letter
         let stats = wait_jobs(&node.node, |s| s.dead == 1 && s.running == 0).await?;
         assert_eq!(stats.retried, 4, "{stats:?}");
         assert_eq!(stats.emails_sent, 0);
+        // `/metrics` shows the runner's counters.
+        let metrics = node.http.get("/metrics", None).await?.text();
+        for line in [
+            "lectern_jobs_dead_total 1",
+            "lectern_jobs_retried_total 4",
+            "lectern_jobs_pending 0",
+            "lectern_notifications_inapp_total 1",
+            "lectern_notifications_emails_total 0",
+        ] {
+            assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
+        }
         let attempts = smtp.attempts();
         assert_eq!(attempts.len(), 5, "one MAIL FROM per attempt");
         // Each wait at least the backoff (100, 200, 400, 800 ms), and growing.

@@ -39,6 +39,7 @@ pub use auth::{AuthConfig, Verified, Verifier};
 pub use boards::BoardSettings;
 pub use error::AppError;
 pub use limits::Limits;
+pub use metrics::MetricsSection;
 pub use sse::LeanStream;
 pub use ws::is_lean_websocket;
 
@@ -217,6 +218,11 @@ impl Gateway {
         self.inner
             .metrics
             .render(self.inner.limiter.connections(), &self.inner.hub)
+    }
+
+    /// Adds a section to `/metrics` (the node's job runner and mesh add theirs).
+    pub fn add_metrics(&self, section: MetricsSection) {
+        self.inner.metrics.add_section(section);
     }
 
     /// Tells every client to reconnect elsewhere and ends every stream.

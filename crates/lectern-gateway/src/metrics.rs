@@ -4,8 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lectern_hub::Hub;
@@ -16,8 +16,13 @@ const LATENCY_BUCKETS_S: [f64; 10] = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1
 /// The transports whose deliveries are counted.
 const EVENT_TRANSPORTS: [&str; 4] = ["socketio", "websocket", "sse", "longpoll"];
 
+/// A section of `/metrics` rendered by another part of the node (its job runner, its mesh):
+/// it appends complete Prometheus lines, `# HELP` and `# TYPE` included.
+pub type MetricsSection = Arc<dyn Fn(&mut String) + Send + Sync>;
+
 #[derive(Default)]
 pub(crate) struct Metrics {
+    sections: Mutex<Vec<MetricsSection>>,
     opened: Mutex<BTreeMap<&'static str, u64>>,
     closed: Mutex<BTreeMap<&'static str, u64>>,
     /// Per transport of [`EVENT_TRANSPORTS`]: counted once per delivery, so an atomic, not a
@@ -71,6 +76,10 @@ impl Metrics {
         if map.len() < 256 || map.contains_key(code) {
             *map.entry(code.to_owned()).or_default() += 1;
         }
+    }
+
+    pub(crate) fn add_section(&self, section: MetricsSection) {
+        crate::lock(&self.sections).push(section);
     }
 
     pub(crate) fn command_latency(&self, d: Duration) {
@@ -187,6 +196,10 @@ impl Metrics {
         );
         let _ = writeln!(out, "# TYPE lectern_hub_batches_total counter");
         let _ = writeln!(out, "lectern_hub_batches_total {}", stats.batches);
+        let sections = crate::lock(&self.sections).clone();
+        for section in sections {
+            section(&mut out);
+        }
         out
     }
 }
