@@ -310,8 +310,10 @@ async fn direct_websockets_are_lean_and_polling_and_upgrades_stay_on_socketioxid
 async fn heartbeat_matches_socketioxide_and_a_silent_client_is_closed() -> anyhow::Result<()> {
     within(async {
         let demo = Demo::start_with("lean-heartbeat", |c| {
+            // Short pings, and a pong deadline that a loaded machine's stalls (the HTTP
+            // requests below, a starved task) stay well inside.
             c.limits.ping_interval_ms = 200;
-            c.limits.ping_timeout_ms = 300;
+            c.limits.ping_timeout_ms = 2_000;
         })
         .await?;
         let addr = demo.node.http_addr;
@@ -328,7 +330,7 @@ async fn heartbeat_matches_socketioxide_and_a_silent_client_is_closed() -> anyho
             assert_eq!(open[field], polling[field], "{field}: {open} vs {polling}");
         }
         assert_eq!(open["pingInterval"], 200);
-        assert_eq!(open["pingTimeout"], 300);
+        assert_eq!(open["pingTimeout"], 2_000);
         assert_eq!(open["upgrades"], json!([]));
         assert_eq!(open["sid"].as_str().map(str::len), Some(16), "{open}");
 

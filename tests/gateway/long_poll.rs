@@ -48,7 +48,7 @@ async fn long_poll_returns_events_posted_while_it_waits() -> anyhow::Result<()> 
         // Start the request, then post: the held request returns the event.
         let started = Instant::now();
         let http = demo.http;
-        let url = format!("{path}?since={token}&wait=5");
+        let url = format!("{path}?since={token}&wait=30");
         let waiting = tokio::spawn({
             let student = student.clone();
             async move { http.get(&url, Some(&student)).await }
@@ -68,7 +68,7 @@ async fn long_poll_returns_events_posted_while_it_waits() -> anyhow::Result<()> 
         assert_eq!(events[0]["token"], ack["token"]);
         assert_eq!(body["token"], ack["token"], "the next `since`");
         assert!(
-            elapsed < Duration::from_secs(5),
+            elapsed < Duration::from_secs(20),
             "it waited out its time: {elapsed:?}"
         );
         assert_eq!(held(&demo).await?, 0, "the long-poll is no longer held");
@@ -103,7 +103,7 @@ async fn long_poll_returns_events_posted_while_it_waits() -> anyhow::Result<()> 
         assert_eq!(body["events"], json!([]), "{body}");
         assert_eq!(body["token"], since);
         assert!(
-            elapsed >= Duration::from_millis(1900) && elapsed < Duration::from_secs(5),
+            elapsed >= Duration::from_millis(1900) && elapsed < Duration::from_secs(10),
             "an empty long-poll took {elapsed:?} for wait=2"
         );
 

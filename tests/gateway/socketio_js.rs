@@ -16,8 +16,8 @@ use serde_json::{Value, json};
 
 use super::{Demo, within};
 
-/// How long the script may run (it has its own 20 s timeout inside).
-const SCRIPT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the script may run (it has its own 50 s timeout inside).
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(75);
 
 fn js_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("js")

@@ -262,7 +262,16 @@ async fn resume(transport: Transport) -> anyhow::Result<()> {
         .iter()
         .map(replay_key)
         .collect();
-    let end = rejoin["token"].as_str().context("rejoin token")?.to_owned();
+    anyhow::ensure!(
+        rejoin["token"].as_str().is_some(),
+        "a resume gives a token: {rejoin}"
+    );
+    // The replay's last event. (Not the rejoin token: that is the document's heads, which may
+    // end in a change that publishes no event, such as `a` leaving the attendance.)
+    let end = replay
+        .last()
+        .map(|(_, token, _)| token.clone())
+        .context("the replay is empty")?;
 
     // The reference: what the classmate saw live between `since` and the replay's end, both
     // placed by the instructor's order of every token.

@@ -330,8 +330,10 @@ async fn a_stream_ends_with_token_expired_when_its_token_expires() -> anyhow::Re
         let last = stream.next_event(EVENT_WAIT).await?;
         assert_eq!(last.event, "error", "{last:?}");
         assert_eq!(last.json()?["code"], "token_expired");
+        // Two seconds after the mint at most, plus a loaded machine's slack; nothing else
+        // would end it (keep-alives every 15 s, the stream otherwise open for good).
         assert!(
-            started.elapsed() <= Duration::from_secs(4),
+            started.elapsed() <= Duration::from_secs(10),
             "ended late: {:?}",
             started.elapsed()
         );

@@ -7,7 +7,7 @@
 import { io } from 'socket.io-client';
 
 const [url, session, transport, t1, t2, tInst] = process.argv.slice(2);
-const timeout = setTimeout(() => { console.log(JSON.stringify({ error: 'timeout', log })); process.exit(2); }, 20000);
+const timeout = setTimeout(() => { console.log(JSON.stringify({ error: 'timeout', log })); process.exit(2); }, 50000);
 const log = [];
 
 function connect(token, name) {
@@ -22,9 +22,9 @@ function connect(token, name) {
     s.on('connect_error', (e) => reject(new Error(name + ': ' + e.message)));
   });
 }
-const call = (s, ...args) => s.timeout(5000).emitWithAck(...args);
+const call = (s, ...args) => s.timeout(15000).emitWithAck(...args);
 const waitFor = async (s, pred, what) => {
-  for (let i = 0; i < 200; i++) {
+  for (let i = 0; i < 600; i++) {
     const hit = s.seen.find(pred);
     if (hit) return hit;
     await new Promise(r => setTimeout(r, 25));

@@ -174,14 +174,18 @@ pub(crate) fn leave_args(args: &[Value]) -> Result<SessionId, AppError> {
 }
 
 /// Joins `session` for `caller`: the rate limit (joining loads a document), the hub's join
-/// (a snapshot, or the replay after `since`), then presence. The ack (`{ok, state | events,
-/// token}`) and the subscription to the events after it (no gap, no overlap).
-pub(crate) async fn join(
+/// (a snapshot, or the replay after `since`), then `subscribe` (the transport subscribes the
+/// socket to the session's `attendance:update`s, once the caller is known to be allowed in),
+/// then presence, so the socket sees the update its own arrival causes. The ack (`{ok, state |
+/// events, token}`), the subscription to the events after it (no gap, no overlap) and what
+/// `subscribe` returned.
+pub(crate) async fn join<T>(
     gw: &Gateway,
     caller: &Caller,
     session: &SessionId,
     since: Option<ResumeToken>,
-) -> Result<(Value, broadcast::Receiver<Arc<Published>>), AppError> {
+    subscribe: impl FnOnce() -> T,
+) -> Result<(Value, broadcast::Receiver<Arc<Published>>, T), AppError> {
     gw.inner.limiter.command(caller.user.as_str())?;
     let joined = gw
         .inner
@@ -210,8 +214,9 @@ pub(crate) async fn join(
             json!({"ok": true, "events": events, "token": token.to_string()})
         }
     };
+    let subscribed = subscribe();
     gw.presence_join(session, caller).await;
-    Ok((reply, joined.events))
+    Ok((reply, joined.events, subscribed))
 }
 
 /// The `{token, session}` meta that follows every event's payload.

@@ -130,7 +130,8 @@ async fn on_join(
             return Err(sio::already_joined());
         }
         let caller = &conn.conn.caller;
-        let (reply, events) = sio::join(&gw, caller, &session, since).await?;
+        let room = session_room(&session);
+        let (reply, events, ()) = sio::join(&gw, caller, &session, since, || s.join(room)).await?;
         let mut sessions = s
             .extensions
             .get::<Joined>()
@@ -138,7 +139,6 @@ async fn on_join(
             .unwrap_or_default();
         sessions.push(session.clone());
         s.extensions.insert(Joined(sessions));
-        s.join(session_room(&session));
         let closed = conn.closed.subscribe();
         let (user, staff) = (caller.user.to_string(), caller.role.is_staff());
         tokio::spawn(forward(

@@ -218,8 +218,15 @@ enum Done {
     Joined {
         ack: Option<u64>,
         session: SessionId,
-        attendance: watch::Receiver<Option<Arc<[u8]>>>,
-        result: Result<(Value, broadcast::Receiver<Arc<Published>>), AppError>,
+        /// The ack, the events after it and the socket's `attendance:update`s.
+        result: Result<
+            (
+                Value,
+                broadcast::Receiver<Arc<Published>>,
+                watch::Receiver<Option<Arc<[u8]>>>,
+            ),
+            AppError,
+        >,
     },
 }
 
@@ -545,12 +552,13 @@ impl Socket {
         self.joining.push(session.clone());
         self.start(Box::pin(async move {
             // Subscribed before presence counts this socket, so it sees that update.
-            let attendance = gw.attendance_watch(&session);
-            let result = sio::join(&gw, &caller, &session, since).await;
+            let result = sio::join(&gw, &caller, &session, since, || {
+                gw.attendance_watch(&session)
+            })
+            .await;
             Done::Joined {
                 ack,
                 session,
-                attendance,
                 result,
             }
         }));
@@ -592,7 +600,6 @@ impl Socket {
             Done::Joined {
                 ack,
                 session,
-                attendance,
                 result,
             } => {
                 self.joining.retain(|s| s != &session);
@@ -600,7 +607,7 @@ impl Socket {
                     self.joining = Vec::new();
                 }
                 match result {
-                    Ok((reply, events)) => {
+                    Ok((reply, events, attendance)) => {
                         self.ack(ack, &reply);
                         // Most sockets join one session: no spare capacity.
                         self.subs.reserve_exact(1);
@@ -713,8 +720,7 @@ impl Socket {
             while let Some(done) = inflight.next().await {
                 if let Done::Joined {
                     session,
-                    attendance,
-                    result: Ok((_, events)),
+                    result: Ok((_, events, attendance)),
                     ..
                 } = done
                 {
