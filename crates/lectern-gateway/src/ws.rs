@@ -218,17 +218,16 @@ enum Done {
     Joined {
         ack: Option<u64>,
         session: SessionId,
-        /// The ack, the events after it and the socket's `attendance:update`s.
-        result: Result<
-            (
-                Value,
-                broadcast::Receiver<Arc<Published>>,
-                watch::Receiver<Option<Arc<[u8]>>>,
-            ),
-            AppError,
-        >,
+        result: Result<JoinedSession, AppError>,
     },
 }
+
+/// A join's ack, the session's events after it and the socket's `attendance:update`s.
+type JoinedSession = (
+    Value,
+    broadcast::Receiver<Arc<Published>>,
+    watch::Receiver<Option<Arc<[u8]>>>,
+);
 
 type Work = Pin<Box<dyn Future<Output = Done> + Send>>;
 
