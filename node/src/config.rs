@@ -97,6 +97,9 @@ pub struct MeshSettings {
     /// A dial (QUIC + TLS handshake) that takes longer than this is abandoned and retried, in
     /// ms. Default 3000.
     pub connect_timeout_ms: u64,
+    /// Inbound peer connections allowed at once between their first packet and a verified
+    /// hello; more are refused, so a flood of handshakes costs a bounded amount. Default 64.
+    pub handshakes_max: usize,
 }
 
 impl Default for MeshSettings {
@@ -112,6 +115,7 @@ impl Default for MeshSettings {
             reconnect_max_ms: 5_000,
             peer_idle_timeout_ms: 5_000,
             connect_timeout_ms: 3_000,
+            handshakes_max: lectern_mesh::HANDSHAKES_MAX_DEFAULT,
         }
     }
 }
@@ -392,6 +396,7 @@ struct FileMesh {
     reconnect_max_ms: Option<u64>,
     peer_idle_timeout_ms: Option<u64>,
     connect_timeout_ms: Option<u64>,
+    handshakes_max: Option<u64>,
 }
 
 /// The file's `[notify]` table.
@@ -507,6 +512,10 @@ impl FileConfig {
         }
         if let Some(v) = m.connect_timeout_ms {
             c.mesh.connect_timeout_ms = check_min_1(v, &at("mesh.connect_timeout_ms"))?;
+        }
+        if let Some(v) = m.handshakes_max {
+            let v = check_min_1(v, &at("mesh.handshakes_max"))?;
+            c.mesh.handshakes_max = usize::try_from(v).unwrap_or(usize::MAX);
         }
         if let Some(v) = self.admin_token {
             c.admin_token = Some(check_secret(v, &at("admin_token"))?);

@@ -330,6 +330,7 @@ async fn start_mesh(
     mesh_config.backoff_max_ms = settings.reconnect_max_ms;
     mesh_config.idle_timeout_ms = settings.peer_idle_timeout_ms;
     mesh_config.connect_timeout_ms = settings.connect_timeout_ms;
+    mesh_config.handshakes_max = settings.handshakes_max;
     mesh_config.backoff_min_ms = mesh_config.backoff_min_ms.min(settings.reconnect_max_ms);
     let mut admitted = None;
     if let Some(cohorts) = &settings.share_cohorts {

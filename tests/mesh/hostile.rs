@@ -167,3 +167,90 @@ async fn peers_without_a_cluster_certificate_or_sending_garbage_are_refused() ->
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_half_open_connections_is_capped_and_the_real_peer_gets_through_after_it()
+-> anyhow::Result<()> {
+    within(async {
+        const CAP: usize = 4;
+        const FLOOD: usize = 12;
+        let mut cluster = Cluster::new("mesh-flood")?;
+        // A long connect timeout, so the flood's connections hold their places for the whole
+        // test, however slow the machine: they are let go below, by closing them.
+        let b = cluster
+            .start_with("node-b", vec![], true, |c| {
+                c.mesh.handshakes_max = CAP;
+                c.mesh.connect_timeout_ms = 60_000;
+            })
+            .await?;
+        let addr_b = cluster.quic(b);
+        let mesh_b = cluster.node(b).mesh.clone().context("mesh")?;
+        let faults_before = mesh_b.status().peer_faults;
+
+        // An intruder with a cluster certificate opens connections and never a stream: each
+        // holds one of B's handshake places. One at a time, so the order is known.
+        let intruder = cluster.ca.issue_node("node-i")?;
+        let valid = NodeTls::from_pem(&intruder.cert_pem, &intruder.key_pem, &intruder.ca_pem)?;
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+        endpoint.set_default_client_config(valid.client_config(120_000)?);
+        let mut held = Vec::new();
+        let mut refused = 0;
+        for i in 0..FLOOD {
+            match endpoint.connect(addr_b, "node-b")?.await {
+                Ok(conn) => held.push(conn),
+                Err(quinn::ConnectionError::ConnectionClosed(close))
+                    if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED =>
+                {
+                    refused += 1;
+                }
+                Err(e) => anyhow::bail!("connection {i} failed otherwise: {e}"),
+            }
+        }
+        assert_eq!(held.len(), CAP, "B took exactly its cap of handshakes");
+        assert_eq!(refused, FLOOD - CAP, "and refused the rest at once");
+        eventually("the refusals are counted", Duration::from_secs(10), || {
+            mesh_b.status().peer_faults >= faults_before + (FLOOD - CAP) as u64
+        })
+        .await?;
+
+        // B keeps serving its clients meanwhile.
+        cluster
+            .node(b)
+            .hub
+            .execute(
+                demo_session(),
+                demo_caller("student1", Role::Student),
+                cmd("during-flood", ask("is B still up?")),
+            )
+            .await?;
+
+        // A real peer dialling now is refused too (B cannot tell it from the flood yet)...
+        let a = cluster
+            .start("node-a", vec![cluster.peer(b)], false)
+            .await?;
+        let mesh_a = cluster.node(a).mesh.clone().context("mesh")?;
+        eventually("A's dials are refused", Duration::from_secs(20), || {
+            mesh_a.status().peers.iter().any(|p| {
+                p.last_error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("refused"))
+            })
+        })
+        .await?;
+        assert!(mesh_b.connected_peers().is_empty());
+
+        // ...and gets through once the flood lets go, then catches up.
+        for conn in &held {
+            conn.close(0u32.into(), b"done");
+        }
+        cluster.connected(a, 1).await?;
+        cluster
+            .converged(&demo_session(), &[a, b], Duration::from_secs(15))
+            .await?;
+        endpoint.wait_idle().await;
+        // The nodes' stops wait for every handle on their stores: let go of ours first.
+        drop((mesh_a, mesh_b));
+        cluster.stop_all().await
+    })
+    .await
+}

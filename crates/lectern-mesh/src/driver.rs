@@ -24,7 +24,7 @@ use lectern_model::DocId;
 use lectern_wire::{FRAME_LEN_MAX_BYTES, FrameDecoder, FrameError, PeerFrame, encode_frame};
 use rand::Rng;
 use serde::Serialize;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, warn};
 
@@ -95,7 +95,16 @@ pub struct MeshConfig {
     pub connect_timeout_ms: u64,
     /// A peer silent for this long is dead. Default [`crate::IDLE_TIMEOUT_MS`] (5 s).
     pub idle_timeout_ms: u64,
+    /// Inbound connections allowed at once between their first packet and a verified hello
+    /// (each holds a task for up to `connect_timeout_ms`); beyond this, new ones are refused,
+    /// so a flood of handshakes costs the node a bounded amount. Default
+    /// [`HANDSHAKES_MAX_DEFAULT`].
+    pub handshakes_max: usize,
 }
+
+/// Default of [`MeshConfig::handshakes_max`]: far more than a cluster's nodes redialling at
+/// once, far fewer than a flood.
+pub const HANDSHAKES_MAX_DEFAULT: usize = 64;
 
 impl MeshConfig {
     /// A config with default limits, sharing everything.
@@ -113,6 +122,7 @@ impl MeshConfig {
             frame_len_max_bytes: FRAME_LEN_MAX_BYTES,
             connect_timeout_ms: 3_000,
             idle_timeout_ms: crate::IDLE_TIMEOUT_MS,
+            handshakes_max: HANDSHAKES_MAX_DEFAULT,
         }
     }
 }
@@ -376,12 +386,33 @@ impl Mesh {
 async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
     let mut shutdown = shared.shutdown.subscribe();
     let mut connections = JoinSet::new();
+    // One permit per inbound connection not yet past a verified hello.
+    let handshakes = Arc::new(Semaphore::new(shared.config.handshakes_max.max(1)));
+    let mut refused_since_log = 0u64;
+    let mut last_refusal_log: Option<Instant> = None;
     loop {
         let incoming = tokio::select! {
             incoming = endpoint.accept() => incoming,
             _ = shutdown.wait_for(|s| *s) => break,
         };
         let Some(incoming) = incoming else { break };
+        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+            // A flood: refuse at once (one packet, no task, no TLS work), and log a summary
+            // at most once a second rather than a line per packet.
+            incoming.refuse();
+            shared.faults.fetch_add(1, Ordering::Relaxed);
+            refused_since_log += 1;
+            if last_refusal_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                warn!(
+                    refused = refused_since_log,
+                    limit = shared.config.handshakes_max,
+                    "refusing inbound connections: too many handshakes at once"
+                );
+                refused_since_log = 0;
+                last_refusal_log = Some(Instant::now());
+            }
+            continue;
+        };
         let shared = shared.clone();
         let remote = incoming.remote_address();
         let span = tracing::info_span!("peer", peer = %remote);
@@ -412,7 +443,8 @@ async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
                 .await;
                 match stream {
                     Ok(Ok((send, recv))) => {
-                        run_connection(shared, conn, send, recv, Direction::Accepted).await;
+                        let accepted = Direction::Accepted;
+                        run_connection(shared, conn, send, recv, accepted, Some(permit)).await;
                     }
                     _ => debug!("peer opened no stream"),
                 }
@@ -459,7 +491,7 @@ async fn dial_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint, peer: PeerAdd
                     errors.remove(&peer.name);
                 }
                 let established =
-                    run_connection(shared.clone(), conn, send, recv, Direction::Dialed).await;
+                    run_connection(shared.clone(), conn, send, recv, Direction::Dialed, None).await;
                 if established {
                     backoff = config.backoff_min_ms.max(1);
                 }
@@ -539,12 +571,15 @@ enum Work {
 }
 
 /// Runs one peer connection until it ends. Returns whether the handshake completed.
+/// `handshake` (an accepted connection's place among the handshakes in progress) is released
+/// once the peer's hello is verified and it is registered.
 async fn run_connection(
     shared: Arc<Shared>,
     conn: quinn::Connection,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     direction: Direction,
+    mut handshake: Option<OwnedSemaphorePermit>,
 ) -> bool {
     let conn_id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
     let config = &shared.config;
@@ -630,6 +665,7 @@ async fn run_connection(
                         continue;
                     }
                     registered = true;
+                    drop(handshake.take());
                     info!(peer = %span_peer, region = %info.region, ?direction, "peer connected");
                     shared.hub.peer_connected(&info.node_id);
                     for _ in 0..SYNC_WORKERS {

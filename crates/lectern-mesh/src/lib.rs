@@ -20,7 +20,9 @@ pub mod driver;
 pub mod session;
 pub mod tls;
 
-pub use driver::{EphemeralIn, Mesh, MeshConfig, MeshStatus, PeerAddr, PeerStatus};
+pub use driver::{
+    EphemeralIn, HANDSHAKES_MAX_DEFAULT, Mesh, MeshConfig, MeshStatus, PeerAddr, PeerStatus,
+};
 pub use session::{Output, PeerInfo, Session, SessionConfig, ShareFilter, share_all};
 pub use tls::{ClusterCa, NodeCert, NodeTls};
 
