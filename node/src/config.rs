@@ -151,6 +151,9 @@ pub struct NotifySettings {
     pub dashboard_interval_ms: u64,
     /// The dashboard lists students inactive for this many days. Default 7.
     pub inactive_days: u64,
+    /// How long a finished job's marker is kept (it keeps the job from being queued again), in
+    /// ms; the file says `finished_jobs_kept_days`. Default 30 days.
+    pub finished_jobs_kept_ms: u64,
 }
 
 /// An SMTP server.
@@ -170,6 +173,9 @@ pub struct SmtpSettings {
     pub timeout_ms: u64,
 }
 
+/// A day, in ms.
+const DAY_MS: u64 = 86_400_000;
+
 impl Default for NotifySettings {
     fn default() -> Self {
         NotifySettings {
@@ -186,6 +192,7 @@ impl Default for NotifySettings {
             leaderboard_interval_ms: 30_000,
             dashboard_interval_ms: 5_000,
             inactive_days: 7,
+            finished_jobs_kept_ms: 30 * DAY_MS,
         }
     }
 }
@@ -414,6 +421,7 @@ struct FileNotify {
     leaderboard_interval_ms: Option<u64>,
     dashboard_interval_ms: Option<u64>,
     inactive_days: Option<u64>,
+    finished_jobs_kept_days: Option<u64>,
     smtp: Option<FileSmtp>,
 }
 
@@ -579,6 +587,10 @@ impl FileConfig {
         }
         if let Some(v) = n.inactive_days {
             c.notify.inactive_days = check_min_1(v, &at("notify.inactive_days"))?;
+        }
+        if let Some(v) = n.finished_jobs_kept_days {
+            let days = check_min_1(v, &at("notify.finished_jobs_kept_days"))?;
+            c.notify.finished_jobs_kept_ms = days.saturating_mul(DAY_MS);
         }
         if let Some(s) = n.smtp {
             let tls = match s.tls {

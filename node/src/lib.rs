@@ -377,6 +377,7 @@ fn jobs_config(config: &Config, secret: &[u8], public_base: &str) -> JobsConfig 
             .or_else(|| (config.demo && n.smtp.is_none()).then(|| DEMO_EMAIL_DOMAIN.to_owned())),
         digest_offset_ms: n.digest_hour_utc * 3_600_000,
         digest_period_ms: n.digest_period_ms,
+        finished_kept_ms: n.finished_jobs_kept_ms,
         ..JobsConfig::new(MailIdentity {
             from: n.from.clone(),
             public_url: public_base.to_owned(),

@@ -19,6 +19,7 @@ mod config;
 mod crash;
 mod email;
 mod inbox;
+mod markers;
 mod restart;
 mod smtp_down;
 

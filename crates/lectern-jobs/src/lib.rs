@@ -41,6 +41,11 @@ pub use mail::{MailError, MailIdentity, Mailer, Outgoing, SmtpConfig, TlsMode};
 pub use record::{Job, JobRecord, deliver_id, email_id, fanout_id};
 pub use runner::{JobRunner, JobStats};
 
+/// The shortest time between two sweeps of finished-job markers, in ms.
+pub const PRUNE_EVERY_MIN_MS: u64 = 100;
+/// The longest time between two sweeps of finished-job markers, in ms (an hour).
+pub const PRUNE_EVERY_MAX_MS: u64 = 3_600_000;
+
 /// Job settings; every default is safe for a production node.
 #[derive(Clone)]
 pub struct JobsConfig {
@@ -69,6 +74,10 @@ pub struct JobsConfig {
     /// On stop, how long running jobs may take to finish before they are abandoned (they run
     /// again after the restart). Default 10 s.
     pub drain_timeout_ms: u64,
+    /// How long a finished job's marker is kept, in ms: while it is, the job id is never
+    /// queued again. Markers past it are forgotten by a sweep at start and then every quarter
+    /// of this (between [`PRUNE_EVERY_MIN_MS`] and [`PRUNE_EVERY_MAX_MS`]). Default 30 days.
+    pub finished_kept_ms: u64,
     /// The clock; tests pass a fake one. Default: system time.
     pub clock: Arc<dyn Fn() -> Millis + Send + Sync>,
 }
@@ -87,6 +96,7 @@ impl JobsConfig {
             digest_period_ms: 86_400_000,
             digest_offset_ms: 7 * 3_600_000,
             drain_timeout_ms: 10_000,
+            finished_kept_ms: 30 * 86_400_000,
             clock: Arc::new(lectern_hub::system_now),
         }
     }

@@ -22,7 +22,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::mail::{self, Mailer};
 use crate::record::{Job, JobRecord, deliver_id, email_id};
-use crate::{JobsConfig, QueueReceiver};
+use crate::{JobsConfig, PRUNE_EVERY_MAX_MS, PRUNE_EVERY_MIN_MS, QueueReceiver};
 
 /// Counters and gauges of the runner.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -48,6 +48,7 @@ pub struct JobRunner {
     stop: watch::Sender<bool>,
     stats: watch::Receiver<JobStats>,
     task: tokio::task::JoinHandle<()>,
+    pruner: tokio::task::JoinHandle<()>,
 }
 
 impl std::fmt::Debug for JobRunner {
@@ -108,8 +109,14 @@ impl JobRunner {
             pending: queue.records.len(),
             ..JobStats::default()
         });
+        let pruner = tokio::spawn(prune_markers(ctx.clone(), stop_rx.clone()));
         let task = tokio::spawn(run(ctx, queue, rx, stop_rx, stats_tx));
-        Ok(JobRunner { stop, stats, task })
+        Ok(JobRunner {
+            stop,
+            stats,
+            task,
+            pruner,
+        })
     }
 
     /// The counters now.
@@ -128,6 +135,30 @@ impl JobRunner {
         let _ = self.stop.send(true);
         if let Err(e) = self.task.await {
             error!(error = %e, "the job runner task failed");
+        }
+        if let Err(e) = self.pruner.await {
+            error!(error = %e, "the job marker sweep failed");
+        }
+    }
+}
+
+/// Forgets finished-job markers past `finished_kept_ms`: once at start, then every quarter of
+/// the retention (clamped), until the runner stops.
+async fn prune_markers(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
+    let kept = ctx.config.finished_kept_ms;
+    let every = Duration::from_millis((kept / 4).clamp(PRUNE_EVERY_MIN_MS, PRUNE_EVERY_MAX_MS));
+    loop {
+        let cutoff = ctx.now_ms().saturating_sub(kept);
+        let store = ctx.hub.store().clone();
+        match tokio::task::spawn_blocking(move || store.prune_job_markers(cutoff)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => debug!(markers = n, "forgot finished jobs past their retention"),
+            Ok(Err(e)) => warn!(error = %e, "could not prune finished-job markers"),
+            Err(e) => warn!(error = %e, "the marker sweep task failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.wait_for(|s| *s) => return,
         }
     }
 }
@@ -451,7 +482,7 @@ async fn run_job(ctx: Arc<Ctx>, bundle: Vec<JobRecord>) -> Outcome {
         Ok(step) => {
             let mut batch = Batch::new();
             for r in &bundle {
-                batch.complete_job(&r.id);
+                batch.complete_job(&r.id, ctx.now_ms());
             }
             for f in &step.followups {
                 batch.enqueue_job(&f.id, f.encode());

@@ -89,10 +89,14 @@ impl Batch {
         });
     }
 
-    /// Removes job `id` from the queue and records it as finished, so that it is never enqueued
-    /// or run again.
-    pub fn complete_job(&mut self, id: &str) {
-        self.ops.push(Op::CompleteJob { id: id.to_owned() });
+    /// Removes job `id` from the queue and records it as finished at `finished_at_ms` (Unix
+    /// ms), so that it is never enqueued or run again while the marker is kept (see
+    /// [`crate::Store::prune_job_markers`]).
+    pub fn complete_job(&mut self, id: &str, finished_at_ms: u64) {
+        self.ops.push(Op::CompleteJob {
+            id: id.to_owned(),
+            finished_at_ms,
+        });
     }
 
     /// Removes job `id` from the queue and keeps `bytes` (the record with its last error) among
@@ -144,7 +148,7 @@ impl fmt::Debug for Batch {
                 Op::UpdateJob { id, bytes } => {
                     list.entry(&format_args!("update_job({id:?}, {} B)", bytes.len()))
                 }
-                Op::CompleteJob { id } => list.entry(&format_args!("complete_job({id:?})")),
+                Op::CompleteJob { id, .. } => list.entry(&format_args!("complete_job({id:?})")),
                 Op::DeadLetterJob { id, bytes } => {
                     list.entry(&format_args!("dead_letter_job({id:?}, {} B)", bytes.len()))
                 }
@@ -184,6 +188,7 @@ enum Op {
     },
     CompleteJob {
         id: String,
+        finished_at_ms: u64,
     },
     DeadLetterJob {
         id: String,
@@ -208,7 +213,7 @@ pub(crate) fn apply(shared: &Shared, batch: Batch) -> Result<(), StoreError> {
             }
             Op::EnqueueJob { id, .. }
             | Op::UpdateJob { id, .. }
-            | Op::CompleteJob { id }
+            | Op::CompleteJob { id, .. }
             | Op::DeadLetterJob { id, .. } => keys::validate_job(id)?,
         }
     }
@@ -270,9 +275,12 @@ pub(crate) fn apply(shared: &Shared, batch: Batch) -> Result<(), StoreError> {
                     writes.insert(queued, Some(bytes));
                 }
             }
-            Op::CompleteJob { id } => {
+            Op::CompleteJob { id, finished_at_ms } => {
                 writes.insert(keys::job_key(keys::JOB_QUEUE_PREFIX, &id), None);
-                writes.insert(keys::job_key(keys::JOB_DONE_PREFIX, &id), Some(Vec::new()));
+                writes.insert(
+                    keys::job_key(keys::JOB_DONE_PREFIX, &id),
+                    Some(finished_at_ms.to_be_bytes().to_vec()),
+                );
             }
             Op::DeadLetterJob { id, bytes } => {
                 writes.insert(keys::job_key(keys::JOB_QUEUE_PREFIX, &id), None);

@@ -10,7 +10,7 @@
 //! | `y/{peer}/{doc}` | the persisted automerge sync state of (peer, doc) |
 //! | `h/{doc}` | a 32-byte digest of the document's heads (the mesh's anti-entropy summary) |
 //! | `m/node_id`, `m/boot_epoch`, `m/schema_version` | 16 random bytes, u64 BE, u32 BE |
-//! | `j/q/{job}`, `j/d/{job}`, `j/x/{job}` | a queued job's record, a finished job's (empty) marker, a dead-lettered job's record |
+//! | `j/q/{job}`, `j/d/{job}`, `j/x/{job}` | a queued job's record, a finished job's marker (its finish time, u64 BE ms; pruned after a retention), a dead-lettered job's record |
 //!
 //! Jobs share the keyspace so that a command's document chunk and the jobs it triggers land in
 //! ONE atomic batch: a crash can lose neither one without the other.

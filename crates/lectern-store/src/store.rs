@@ -243,11 +243,46 @@ impl Store {
         self.jobs_under(keys::JOB_DEAD_PREFIX)
     }
 
+    /// How many finished jobs are remembered (their markers not yet pruned).
+    pub fn finished_jobs(&self) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for entry in self.inner.shared.db.scan_prefix(keys::JOB_DONE_PREFIX) {
+            entry?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// Whether job `id` finished (see [`Batch::complete_job`]).
     pub fn job_done(&self, id: &str) -> Result<bool, StoreError> {
         keys::validate_job(id)?;
         let key = keys::job_key(keys::JOB_DONE_PREFIX, id);
         Ok(self.inner.shared.db.contains_key(key)?)
+    }
+
+    /// Forgets the markers of jobs that finished before `finished_before_ms` (Unix ms): a
+    /// marker only has to outlive every way its job could be enqueued again, and kept forever
+    /// they would grow the store by one key per notification. A marker without a time (written
+    /// before markers had one) counts as finished at 0. Returns how many were removed. Not
+    /// fsynced: a marker that reappears after a crash is only pruned again.
+    pub fn prune_job_markers(&self, finished_before_ms: u64) -> Result<usize, StoreError> {
+        let db = &self.inner.shared.db;
+        let mut batch = sled::Batch::default();
+        let mut removed = 0;
+        for entry in db.scan_prefix(keys::JOB_DONE_PREFIX) {
+            let (key, value) = entry?;
+            let finished_at = <[u8; 8]>::try_from(value.as_ref())
+                .map(u64::from_be_bytes)
+                .unwrap_or(0);
+            if finished_at < finished_before_ms {
+                batch.remove(key);
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            db.apply_batch(batch)?;
+        }
+        Ok(removed)
     }
 
     /// Whether job `id` is queued (neither finished nor dead-lettered nor unknown).

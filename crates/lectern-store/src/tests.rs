@@ -562,7 +562,7 @@ fn jobs_enqueue_once_by_id_complete_and_dead_letter_durably() {
             ]
         );
         commit_one(&store, |b| {
-            b.complete_job("a");
+            b.complete_job("a", 1_000);
             b.update_job("b", b"b, attempt 2".to_vec());
             b.dead_letter_job("c", b"c: smtp down".to_vec());
             // Updating a job that is not queued does not resurrect it.
@@ -589,4 +589,52 @@ fn jobs_enqueue_once_by_id_complete_and_dead_letter_durably() {
     assert!(!store.job_done("b").expect("done"));
     // Jobs do not show up as documents.
     assert_eq!(store.doc_ids().expect("docs"), vec!["cohort/c1".to_owned()]);
+}
+
+#[test]
+fn finished_job_markers_are_pruned_by_age_and_nothing_else_is() {
+    let dir = TempDir::new("job-markers");
+    let store = Store::open(dir.path()).expect("open");
+    commit_one(&store, |b| {
+        for id in ["old", "new", "queued", "dead"] {
+            b.enqueue_job(id, id.as_bytes().to_vec());
+        }
+    });
+    commit_one(&store, |b| {
+        b.complete_job("old", 1_000);
+        b.complete_job("new", 5_000);
+        b.dead_letter_job("dead", b"dead: reason".to_vec());
+    });
+    // A marker from before markers had a time: as old as can be.
+    store
+        .inner
+        .shared
+        .db
+        .insert(b"j/d/legacy", b"")
+        .expect("write a legacy marker");
+
+    assert_eq!(
+        store.prune_job_markers(1_000).expect("prune"),
+        1,
+        "only the legacy one"
+    );
+    assert!(store.job_done("old").expect("done"));
+    assert_eq!(store.prune_job_markers(5_000).expect("prune"), 1);
+    assert!(!store.job_done("old").expect("done"), "pruned");
+    assert!(
+        store.job_done("new").expect("done"),
+        "kept: finished at the cutoff"
+    );
+    assert_eq!(store.prune_job_markers(5_000).expect("prune"), 0);
+    // Queued and dead-lettered jobs are untouched.
+    assert_eq!(
+        store.pending_jobs().expect("pending"),
+        vec![("queued".to_owned(), b"queued".to_vec())]
+    );
+    assert_eq!(store.dead_jobs().expect("dead").len(), 1);
+    // Once its marker is gone, a finished id can be queued again: what the retention is for.
+    commit_one(&store, |b| b.enqueue_job("old", b"again".to_vec()));
+    assert!(store.job_pending("old").expect("pending"));
+    commit_one(&store, |b| b.enqueue_job("new", b"again".to_vec()));
+    assert!(!store.job_pending("new").expect("pending"), "still marked");
 }
