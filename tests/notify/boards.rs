@@ -1,8 +1,15 @@
 //! The leaderboard and instructor dashboard streams with a real SSE client: contents, opted-out
 //! students anonymized, at most one update per interval and only when the board changed, and
 //! `Last-Event-ID` resume.
+//!
+//! "At most once per interval" is checked on the boards' `publishedAt` stamps, which the server
+//! takes from its ticker's schedule, not on when the test reads them: a board published in the
+//! middle of a burst of commands and the next one an interval later can reach a reader that was
+//! busy elsewhere a moment apart, or together.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
 
 use lectern_model::{Caller, Command, CommandBody, DocId, Role};
 use lectern_node::{DEMO_COHORT, DEMO_SESSION};
@@ -36,30 +43,66 @@ fn data(e: &SseEvent) -> anyhow::Result<Value> {
     Ok(serde_json::from_str(&e.data)?)
 }
 
-/// Reads `name` events until one satisfies `done`; every event must differ from the one
-/// before it (a board is only sent when it changed) and come at least an interval after it.
+fn unix_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// A board's `publishedAt`: present, and not in the future (the server shares this clock; a
+/// second of slack for the stamp's rounding).
+fn published_at(board: &Value) -> anyhow::Result<u64> {
+    let at = board["publishedAt"]
+        .as_u64()
+        .with_context(|| format!("a board without publishedAt: {board}"))?;
+    let now = unix_now_ms();
+    anyhow::ensure!(
+        at <= now + 1_000,
+        "published at {at}, in the future of {now}"
+    );
+    Ok(at)
+}
+
+/// A board without its publication stamp: what changes when the board changes.
+fn content(board: &Value) -> Value {
+    let mut v = board.clone();
+    if let Some(map) = v.as_object_mut() {
+        map.remove("publishedAt");
+    }
+    v
+}
+
+/// Checks that `next` may follow `last` on a board stream: it changed something (a board is
+/// only sent when it changed) and was published at least an interval after it.
+fn follows(last: &Value, next: &Value) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        content(next) != content(last),
+        "an update that changes nothing: {next}"
+    );
+    let (before, at) = (published_at(last)?, published_at(next)?);
+    anyhow::ensure!(
+        at >= before + INTERVAL_MS,
+        "two updates published {} ms apart, the interval is {INTERVAL_MS} ms: {last} then {next}",
+        at.saturating_sub(before)
+    );
+    Ok(())
+}
+
+/// Reads `name` events until one satisfies `done`; each must follow the one before it (see
+/// [`follows`]), the first `last`.
 async fn until(
     stream: &mut SseStream,
     name: &str,
-    last: &mut (Value, Option<Instant>),
+    last: &mut Value,
     done: impl Fn(&Value) -> bool,
 ) -> anyhow::Result<SseEvent> {
     loop {
         let e = stream.next_event(WAIT).await?;
         anyhow::ensure!(e.event == name, "expected {name}, got {e:?}");
         let v = data(&e)?;
-        anyhow::ensure!(v != last.0, "an update that changes nothing: {v}");
-        let now = Instant::now();
-        if let Some(before) = last.1 {
-            // The ticker's interval, less a little for timer granularity.
-            let floor = Duration::from_millis(INTERVAL_MS * 9 / 10);
-            anyhow::ensure!(
-                now - before >= floor,
-                "two updates {:?} apart, the interval is {INTERVAL_MS} ms",
-                now - before
-            );
-        }
-        *last = (v.clone(), Some(now));
+        follows(last, &v)?;
+        *last = v.clone();
         if done(&v) {
             return Ok(e);
         }
@@ -95,7 +138,10 @@ async fn the_leaderboard_streams_changes_at_most_once_per_interval_anonymizes_an
             Some(2),
             "{board}"
         );
-        assert_eq!(staff.next_event(WAIT).await?.event, "state");
+        published_at(&board)?;
+        let staff_state = staff.next_event(WAIT).await?;
+        assert_eq!(staff_state.event, "state");
+        let staff_board = data(&staff_state)?["state"].clone();
 
         // student2 hides their name, then both are graded in a burst of commands.
         node.cohort_command(
@@ -107,7 +153,7 @@ async fn the_leaderboard_streams_changes_at_most_once_per_interval_anonymizes_an
             node.grade("student1", lesson, s1_score).await?;
             node.grade("student2", lesson, s2_score).await?;
         }
-        let mut seen = (board.clone(), None);
+        let mut seen = board.clone();
         let e = until(&mut student, "leaderboard", &mut seen, |b| {
             entry(b, "Anonymous").is_some_and(|e| e["score"] == 29)
                 && entry(b, "student1").is_some_and(|e| e["score"] == 18)
@@ -122,7 +168,7 @@ async fn the_leaderboard_streams_changes_at_most_once_per_interval_anonymizes_an
         assert_eq!(me["rank"], 2);
         assert_eq!(me["maxScore"], 30);
         // Staff see the name.
-        let mut staff_seen = (Value::Null, None);
+        let mut staff_seen = staff_board;
         let se = until(&mut staff, "leaderboard", &mut staff_seen, |b| {
             entry(b, "student2").is_some_and(|e| e["score"] == 29)
         })
@@ -156,18 +202,19 @@ async fn the_leaderboard_streams_changes_at_most_once_per_interval_anonymizes_an
             e.event, "leaderboard",
             "no state for a client that is current: {e:?}"
         );
-        assert_eq!(
-            entry(&data(&e)?, "student1").expect("student1")["score"],
-            31
-        );
+        let b = data(&e)?;
+        follows(&seen, &b)?;
+        assert_eq!(entry(&b, "student1").expect("student1")["score"], 31);
         drop(resumed);
         // Resume with an old id: the current board at once.
         let mut behind = open(&node, &path, &s1, Some(&last_id)).await?;
         let e = behind.next_event(WAIT).await?;
         assert_eq!(e.event, "state");
+        let current = data(&e)?["state"].clone();
+        assert_eq!(entry(&current, "student1").expect("student1")["score"], 31);
         assert_eq!(
-            entry(&data(&e)?["state"], "student1").expect("student1")["score"],
-            31
+            current["publishedAt"], b["publishedAt"],
+            "the current board, as it was published"
         );
 
         // Non-members are refused.
@@ -232,6 +279,7 @@ async fn the_instructor_dashboard_shows_the_class_live_to_staff_only_and_resumes
         assert_eq!(d["openQuestions"], 2, "the demo's two questions: {d}");
         assert_eq!(d["polls"][0]["voters"], 0);
         assert_eq!(d["inactive"].as_array().map(Vec::len), Some(2));
+        published_at(&d)?;
 
         // The class happens: student1 joins the session and gets a grade, the instructor
         // answers a question, student2 votes.
@@ -274,7 +322,7 @@ async fn the_instructor_dashboard_shows_the_class_live_to_staff_only_and_resumes
             },
         )
         .await?;
-        let mut seen = (d.clone(), None);
+        let mut seen = d.clone();
         let e = until(&mut dash, "dashboard", &mut seen, |d| {
             d["online"]["count"] == 1
                 && d["openQuestions"] == 1
@@ -305,7 +353,9 @@ async fn the_instructor_dashboard_shows_the_class_live_to_staff_only_and_resumes
         .await?;
         let e = resumed.next_event(WAIT).await?;
         assert_eq!(e.event, "dashboard", "{e:?}");
-        assert_eq!(data(&e)?["online"]["count"], 0);
+        let d = data(&e)?;
+        follows(&seen, &d)?;
+        assert_eq!(d["online"]["count"], 0);
         node.stop().await?;
         Ok(())
     })

@@ -3,6 +3,12 @@
 //! out, and an email sent twice (handed to SMTP just before the kill, its completion not yet on
 //! disk) carries the same Message-ID both times, so the copy can be dropped; there are at most
 //! as many such copies as jobs that were running.
+//!
+//! The kill's moment is made certain, not raced: the mail server accepts [`BEFORE_KILL`] emails,
+//! then holds the next ones unanswered until every worker is in the middle of one, and takes
+//! those without ever answering (it has them; the child never learns it). So at the kill
+//! exactly [`WORKERS`] emails are with the server and not completed on disk: each must come
+//! again, with its Message-ID, and nothing else twice.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -19,6 +25,8 @@ use crate::support::TempDir;
 const CHILD_ENV: &str = "LECTERN_TEST_NOTIFY_CHILD";
 const STUDENTS: usize = 300;
 const WORKERS: usize = 32;
+/// Emails the server accepts (and answers) before it holds the rest.
+const BEFORE_KILL: usize = 40;
 
 /// Not a test of its own: the child process of the test below. Without the child environment
 /// variable it returns at once.
@@ -77,7 +85,8 @@ fn config_for(dir: &std::path::Path, smtp: std::net::SocketAddr) -> lectern_node
         tls: lectern_jobs::TlsMode::None,
         username: None,
         password: None,
-        timeout_ms: 5_000,
+        // Held emails wait for the test, never for a timeout.
+        timeout_ms: 120_000,
     });
     c.notify.email_domain = Some(super::EMAIL_DOMAIN.to_owned());
     c.notify.from = "Lectern <no-reply@lectern.test>".to_owned();
@@ -88,7 +97,7 @@ fn config_for(dir: &std::path::Path, smtp: std::net::SocketAddr) -> lectern_node
 async fn a_sigkill_mid_announcement_loses_nothing_and_duplicates_only_in_flight_emails() {
     within(async {
         let smtp = SmtpServer::start().await?;
-        smtp.set_delay(Duration::from_millis(3));
+        smtp.pause_after(BEFORE_KILL);
         let dir = TempDir::new("notify-crash");
         let exe = std::env::current_exe()?;
         let mut child = std::process::Command::new(exe)
@@ -112,15 +121,21 @@ async fn a_sigkill_mid_announcement_loses_nothing_and_duplicates_only_in_flight_
                 .any(|l| l.trim_end().ends_with("POSTED"))
         });
         anyhow::ensure!(posted.await?, "the child never posted");
-        smtp.wait_for_mails(40, Duration::from_secs(60)).await?;
+        smtp.wait_for_held(WORKERS, Duration::from_secs(60)).await?;
+        let unanswered = smtp.take_held_unanswered();
         child.kill()?; // SIGKILL
         child.wait()?;
-        let at_kill = smtp.mails().len();
+        let at_kill = smtp.mails();
         let expected = STUDENTS + 2;
-        anyhow::ensure!(
-            at_kill < expected,
-            "the kill came after everything ({at_kill})"
-        );
+        assert_eq!(unanswered, WORKERS);
+        assert_eq!(at_kill.len(), BEFORE_KILL + unanswered);
+        // Those the child never heard back about.
+        let mut unconfirmed: Vec<String> = at_kill[BEFORE_KILL..]
+            .iter()
+            .flat_map(|m| m.rcpt_to.clone())
+            .collect();
+        unconfirmed.sort();
+        smtp.resume();
 
         // The restart, in this process, on the same directory.
         let node = NotifyNode::restart(dir, &smtp, |c| c.notify.workers = WORKERS).await?;
@@ -141,6 +156,19 @@ async fn a_sigkill_mid_announcement_loses_nothing_and_duplicates_only_in_flight_
                 "{rcpt} got different messages: {list:?}"
             );
         }
+        let mut twice: Vec<String> = ids
+            .iter()
+            .filter(|(_, list)| list.len() > 1)
+            .map(|(rcpt, list)| {
+                assert_eq!(list.len(), 2, "{rcpt}: {list:?}");
+                rcpt.clone()
+            })
+            .collect();
+        twice.sort();
+        assert_eq!(
+            twice, unconfirmed,
+            "exactly the emails whose sending was not confirmed before the kill come again"
+        );
         let copies = mails.len() - expected;
         assert!(
             copies <= WORKERS,
@@ -164,7 +192,10 @@ async fn a_sigkill_mid_announcement_loses_nothing_and_duplicates_only_in_flight_
                 .map_err(|r| anyhow::anyhow!("{r}"))?;
             assert_eq!(view["total"], 1, "{owner}: {view}");
         }
-        eprintln!("crash: {at_kill} emails before the kill, {copies} sent twice");
+        eprintln!(
+            "crash: {} emails before the kill, {copies} sent twice",
+            at_kill.len()
+        );
         node.stop().await?;
         Ok(())
     })

@@ -163,7 +163,14 @@ async fn a_graded_quiz_sends_exactly_one_email_even_when_three_nodes_hold_the_co
 async fn preferences_choose_the_channel_and_the_digest_batches_emails_into_one() {
     within(async {
         let smtp = SmtpServer::start().await?;
-        let node = NotifyNode::start("notify-prefs", &smtp).await?;
+        // The digest goes out at a fixed hour (UTC): half a day from now, so that it is not due
+        // while the test runs, whatever the time of day (at the default 07:00, a run crossing
+        // 07:00:00 would send it early).
+        let hour_now = crate::gateway::unix_now_s() / 3_600 % 24;
+        let node = NotifyNode::start_with("notify-prefs", &smtp, |c| {
+            c.notify.digest_hour_utc = (hour_now + 12) % 24;
+        })
+        .await?;
         let s1 = node.token("student1", "student");
         let s2 = node.token("student2", "student");
         // student1: announcements off entirely; student2: a digest to their own address.

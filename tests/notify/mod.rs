@@ -9,6 +9,10 @@
 //! * `smtp_down`: retries with backoff, then a dead letter with the reason; in-app delivery is
 //!   unaffected.
 //! * `inbox`: the notifications SSE stream with unread counts, mark read, resume.
+//! * `boards`: the leaderboard and instructor dashboard streams.
+//! * `crash`: a SIGKILL in the middle of an announcement's emails.
+//! * `smtp_hold`: the test SMTP server's hold, which `restart` and `crash` stop or kill a node
+//!   by, at a known point instead of a raced one.
 //!
 //! Replication between nodes goes through `Hub::receive_sync`, the entry point the QUIC mesh
 //! will feed: a test that applies a peer's changes through it is the honest stand-in for
@@ -22,6 +26,7 @@ mod inbox;
 mod markers;
 mod restart;
 mod smtp_down;
+mod smtp_hold;
 
 use std::time::Duration;
 

@@ -40,7 +40,10 @@ async fn a_mail_server_that_refuses_gets_retries_with_backoff_then_a_dead_letter
         }
         let attempts = smtp.attempts();
         assert_eq!(attempts.len(), 5, "one MAIL FROM per attempt");
-        // Each wait at least the backoff (100, 200, 400, 800 ms), and growing.
+        // Each wait at least its backoff, which doubles from the base: 100, 200, 400, 800 ms.
+        // These floors are what proves the growth (a constant or linear delay from the base
+        // falls short of them); no upper bound or ratio between gaps is checked, since a
+        // stall of the machine can stretch any one wait.
         let gaps: Vec<Duration> = attempts.windows(2).map(|w| w[1] - w[0]).collect();
         for (i, gap) in gaps.iter().enumerate() {
             let floor = Duration::from_millis(100 << i);
@@ -49,7 +52,6 @@ async fn a_mail_server_that_refuses_gets_retries_with_backoff_then_a_dead_letter
                 "retry {i} came after {gap:?}, before {floor:?}: {gaps:?}"
             );
         }
-        assert!(gaps[3] > gaps[0] * 4, "{gaps:?}");
 
         let store = node.hub().store().clone();
         let dead = tokio::task::spawn_blocking(move || store.dead_jobs()).await??;

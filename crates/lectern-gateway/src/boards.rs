@@ -9,12 +9,20 @@
 //! only when the result differs. So a board updates at most once per interval, and only when it
 //! changed.
 //!
-//! Every snapshot's event id is a hash of its content. A client that reconnects with
-//! `Last-Event-ID` equal to the current hash gets nothing until the next change; with any other
-//! id, the current board. Streams reuse the SSE machinery of `sse.rs` (keep-alive, token
-//! expiry, shutdown, slow consumers); the first event is `state`, then `leaderboard` or
-//! `dashboard` events. Staff see full names on the leaderboard; students see "Anonymous" for
-//! classmates who opted out (`leaderboard.privacy`).
+//! Every board carries `publishedAt` (ms since the Unix epoch): the scheduled time of the tick
+//! that published it, or for a board computed when its ticker started, the time it was computed;
+//! it holds every change made before then ("data as of"). Ticks are scheduled at least an
+//! interval apart (a late tick pushes the next one back, never closer), and the stamps come from
+//! the monotonic clock (the ticker's start on the wall clock plus the tick's offset from it), so
+//! two updates' `publishedAt` differ by at least the interval, however late either was sent or
+//! read.
+//!
+//! Every snapshot's event id is a hash of its content, `publishedAt` left out. A client that
+//! reconnects with `Last-Event-ID` equal to the current hash gets nothing until the next change;
+//! with any other id, the current board. Streams reuse the SSE machinery of `sse.rs`
+//! (keep-alive, token expiry, shutdown, slow consumers); the first event is `state`, then
+//! `leaderboard` or `dashboard` events. Staff see full names on the leaderboard; students see
+//! "Anonymous" for classmates who opted out (`leaderboard.privacy`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -88,6 +96,22 @@ struct Snapshot {
     public: Value,
     /// Documents whose change makes the board stale.
     watched: HashSet<DocId>,
+}
+
+/// The payload field with a board's publication time (see the module docs).
+const PUBLISHED_AT: &str = "publishedAt";
+
+impl Snapshot {
+    /// The snapshot with `publishedAt` set in both versions (the token, a hash of the content,
+    /// stays as it is).
+    fn stamped(mut self, published_at_ms: u64) -> Snapshot {
+        for v in [&mut self.full, &mut self.public] {
+            if let Value::Object(map) = v {
+                map.insert(PUBLISHED_AT.to_owned(), json!(published_at_ms));
+            }
+        }
+        self
+    }
 }
 
 struct Ticker {
@@ -229,7 +253,8 @@ async fn subscribe(
             return Ok((t.tx.subscribe(), latest.clone()));
         }
     }
-    let computed = compute(gw, board, cohort).await?;
+    let at = lectern_hub::system_now().0;
+    let computed = compute(gw, board, cohort).await?.stamped(at);
     let mut tickers = lock(&gw.inner.boards.tickers);
     if let Some(t) = tickers.get(&key) {
         // Another subscriber started it meanwhile.
@@ -266,13 +291,19 @@ async fn tick(
     );
     let mut feed = gw.inner.hub.changes();
     let mut shutdown = gw.inner.shutdown.subscribe();
-    let mut interval = tokio::time::interval(every);
+    // The same moment on both clocks: stamps are `origin_ms` plus a tick's offset from `origin`.
+    let origin = tokio::time::Instant::now();
+    let origin_ms = lectern_hub::system_now().0;
+    let mut interval = tokio::time::interval_at(origin, every);
+    // A tick that comes late pushes the next one back: `tick()` returns each tick's scheduled
+    // time, and those are at least `every` apart.
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is `origin` itself.
     interval.tick().await;
     let mut dirty = false;
     loop {
         tokio::select! {
-            _ = interval.tick() => {
+            scheduled = interval.tick() => {
                 {
                     let mut tickers = lock(&gw.inner.boards.tickers);
                     if tx.receiver_count() == 0 {
@@ -288,6 +319,9 @@ async fn tick(
                     Ok(next) => {
                         let mut current = lock(&latest);
                         if next.token != current.token {
+                            let offset = scheduled.duration_since(origin).as_millis();
+                            let offset = u64::try_from(offset).unwrap_or(u64::MAX);
+                            let next = next.stamped(origin_ms.saturating_add(offset));
                             let published = Arc::new(Published::new(
                                 DocId::Cohort(cohort.clone()),
                                 board.event(),

@@ -4,6 +4,14 @@
 //! refuse mail with a transient (`451`) or permanent (`550`) reply, or to go away entirely (its
 //! port then refuses connections), so that tests can watch retries and backoff.
 //!
+//! It can also be paused after `n` messages ([`SmtpServer::pause_after`]): each further message
+//! is read to its end and then held, unanswered, until the test releases it with a `250`
+//! ([`SmtpServer::release_held`], [`SmtpServer::resume`]) or takes it without ever answering
+//! ([`SmtpServer::take_held_unanswered`]: the server has the message, the sender never learns
+//! it), or hangs up on it ([`SmtpServer::drop_held`]: never accepted). A held message whose
+//! sender hangs up first is dropped. So a test can stop or kill a sender at a known point of a
+//! run, with messages known to be in flight, instead of racing it.
+//!
 //! Written from the RFC, not from any Lectern code, like the other clients of this kit.
 
 use std::net::SocketAddr;
@@ -13,8 +21,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 /// How the server answers `MAIL FROM`.
@@ -74,6 +83,44 @@ impl ReceivedMail {
 struct State {
     mails: Vec<ReceivedMail>,
     attempts: Vec<Instant>,
+    /// Accept messages while fewer than this many were accepted; hold the rest.
+    pause_after: Option<usize>,
+    /// Messages read to their end and not answered yet, oldest first.
+    held: Vec<Held>,
+    next_held_id: u64,
+}
+
+/// A held message and how to tell its session what became of it.
+struct Held {
+    id: u64,
+    mail: ReceivedMail,
+    decided: oneshot::Sender<Decision>,
+}
+
+/// What becomes of a held message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decision {
+    /// Accepted: `250`.
+    Answer,
+    /// Accepted, but the reply never comes.
+    Silence,
+    /// Not accepted: the connection is closed without a reply.
+    HangUp,
+}
+
+impl State {
+    /// Ends the hold of every held message as `decision` (accepted ones join `mails`).
+    fn decide_held(&mut self, decision: Decision) -> usize {
+        let held = std::mem::take(&mut self.held);
+        let n = held.len();
+        for h in held {
+            if decision != Decision::HangUp {
+                self.mails.push(h.mail);
+            }
+            let _ = h.decided.send(decision);
+        }
+        n
+    }
 }
 
 /// A running test SMTP server.
@@ -84,6 +131,7 @@ pub struct SmtpServer {
     /// Milliseconds the server waits before answering `DATA`'s end (a slow server).
     delay_ms: Arc<AtomicU64>,
     changed: watch::Receiver<u64>,
+    notify: Arc<watch::Sender<u64>>,
     task: JoinHandle<()>,
 }
 
@@ -119,6 +167,7 @@ impl SmtpServer {
         let delay_ms = Arc::new(AtomicU64::new(0));
         let (tx, changed) = watch::channel(0u64);
         let tx = Arc::new(tx);
+        let notify = tx.clone();
         let task = {
             let (state, mode, delay_ms) = (state.clone(), mode.clone(), delay_ms.clone());
             tokio::spawn(async move {
@@ -137,6 +186,7 @@ impl SmtpServer {
             mode,
             delay_ms,
             changed,
+            notify,
             task,
         })
     }
@@ -162,22 +212,79 @@ impl SmtpServer {
             .store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
-    /// Every message accepted so far.
+    /// Every message accepted so far (held ones are not, until released or taken).
     pub fn mails(&self) -> Vec<ReceivedMail> {
-        self.state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .mails
-            .clone()
+        self.lock().mails.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// From now on, accepts messages only while fewer than `n` in all were accepted; every
+    /// further one is read to its end and held without a reply (its sender waits) until
+    /// [`SmtpServer::release_held`], [`SmtpServer::take_held_unanswered`],
+    /// [`SmtpServer::drop_held`] or [`SmtpServer::resume`]. A held message whose sender hangs
+    /// up is dropped.
+    pub fn pause_after(&self, n: usize) {
+        self.lock().pause_after = Some(n);
+    }
+
+    /// How many messages are held now.
+    pub fn held(&self) -> usize {
+        self.lock().held.len()
+    }
+
+    /// Waits until at least `n` messages are held at once.
+    pub async fn wait_for_held(&self, n: usize, timeout: Duration) -> anyhow::Result<()> {
+        self.wait(timeout, |s| s.held.len() >= n, || format!("{n} held mails"))
+            .await
+    }
+
+    /// Accepts the messages held now (they join [`SmtpServer::mails`], their senders get
+    /// `250`); the pause goes on, so later ones are held again. Returns how many.
+    pub fn release_held(&self) -> usize {
+        let n = self.lock().decide_held(Decision::Answer);
+        self.changed_now();
+        n
+    }
+
+    /// Takes the messages held now as received (they join [`SmtpServer::mails`]) but never
+    /// answers them: what a sender sees when the connection breaks between the end of its
+    /// message and the server's `250`, though the server has the message. The pause goes on.
+    /// Returns how many.
+    pub fn take_held_unanswered(&self) -> usize {
+        let n = self.lock().decide_held(Decision::Silence);
+        self.changed_now();
+        n
+    }
+
+    /// Hangs up on the messages held now without a reply: they were never accepted (what a
+    /// sender sees when the server goes down before taking its message). The pause goes on.
+    /// Returns how many.
+    pub fn drop_held(&self) -> usize {
+        let n = self.lock().decide_held(Decision::HangUp);
+        self.changed_now();
+        n
+    }
+
+    /// Ends the pause: accepts everything held and everything after.
+    pub fn resume(&self) {
+        {
+            let mut state = self.lock();
+            state.pause_after = None;
+            state.decide_held(Decision::Answer);
+        }
+        self.changed_now();
+    }
+
+    fn changed_now(&self) {
+        self.notify.send_modify(|n| *n += 1);
     }
 
     /// The time of every `MAIL FROM` received so far (accepted or not).
     pub fn attempts(&self) -> Vec<Instant> {
-        self.state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .attempts
-            .clone()
+        self.lock().attempts.clone()
     }
 
     /// Waits until at least `n` messages were accepted; returns them.
@@ -210,22 +317,21 @@ impl SmtpServer {
         let mut changed = self.changed.clone();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            {
-                let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-                if done(&state) {
-                    return Ok(());
-                }
+            if done(&self.lock()) {
+                return Ok(());
             }
             match tokio::time::timeout_at(deadline, changed.changed()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => bail!("the SMTP server stopped"),
                 Err(_) => {
-                    let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                    let state = self.lock();
                     bail!(
-                        "timed out after {timeout:?} waiting for {} (have {} mails, {} attempts)",
+                        "timed out after {timeout:?} waiting for {} \
+                         (have {} mails, {} attempts, {} held)",
                         what(),
                         state.mails.len(),
-                        state.attempts.len()
+                        state.attempts.len(),
+                        state.held.len()
                     );
                 }
             }
@@ -322,12 +428,42 @@ async fn session(
                     rcpt_to: std::mem::take(&mut rcpt_to),
                     data,
                 };
-                state
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .mails
-                    .push(mail);
+                let hold = {
+                    let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+                    if s.pause_after.is_some_and(|n| s.mails.len() >= n) {
+                        let (decided, decision) = oneshot::channel();
+                        let id = s.next_held_id;
+                        s.next_held_id += 1;
+                        s.held.push(Held { id, mail, decided });
+                        Some((id, decision))
+                    } else {
+                        s.mails.push(mail);
+                        None
+                    }
+                };
                 bump();
+                if let Some((id, decision)) = hold {
+                    tokio::select! {
+                        decision = decision => match decision {
+                            Ok(Decision::Answer) => {}
+                            // Taken without an answer: say nothing until the sender hangs up.
+                            Ok(Decision::Silence) => {
+                                closed(&mut read).await;
+                                return Ok(());
+                            }
+                            // Returning drops the connection.
+                            Ok(Decision::HangUp) | Err(_) => return Ok(()),
+                        },
+                        () = closed(&mut read) => {
+                            // The sender hung up first: the message was never accepted.
+                            let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+                            s.held.retain(|h| h.id != id);
+                            drop(s);
+                            bump();
+                            return Ok(());
+                        }
+                    }
+                }
                 b"250 2.0.0 queued\r\n"
             }
         } else if upper == "RSET" {
@@ -343,6 +479,16 @@ async fn session(
             b"502 5.5.2 command not implemented\r\n"
         };
         write.write_all(reply).await?;
+    }
+}
+
+/// Completes when the peer closes the connection (or it fails). A peer that sends something
+/// instead is not waiting for an answer of ours to hang up: then this never completes (and the
+/// bytes stay buffered for the session).
+async fn closed(read: &mut BufReader<OwnedReadHalf>) {
+    match read.fill_buf().await {
+        Ok(bytes) if !bytes.is_empty() => std::future::pending().await,
+        _ => {}
     }
 }
 
