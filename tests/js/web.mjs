@@ -314,6 +314,7 @@ async function runBoards(browser) {
   }, null, { timeout: WAIT_MS });
   out.dash = {
     online: (await teacher.textContent('#dash-online')).trim(),
+    onlineNames: (await teacher.textContent('#dash-online-names')).trim(),
     completion: (await teacher.textContent('#dash-completion')).trim(),
     openQuestions: (await teacher.textContent('#dash-questions')).trim(),
     students: (await teacher.textContent('#dash-students')).trim(),
@@ -331,6 +332,24 @@ async function runBoards(browser) {
   await shot(teacher, 'boards-instructor.png');
   out.a11y = { student: await audit(student), instructor: await audit(teacher) };
   out.announcement = title;
+
+  // A node without these streams (404): their sections stay hidden, the rest works.
+  const without = (page) => page.route(/\/api\/stream\/(notifications|leaderboard|instructor)(\/|$|\?)/,
+    (route) => route.fulfill({ status: 404, body: 'not found' }));
+  const oldStudent = await open(browser, tStudent, 'student-old-node', { setup: without });
+  const oldTeacher = await open(browser, tInstructor, 'instructor-old-node', { setup: without });
+  await Promise.all([oldStudent, oldTeacher].map((p) => waitConn(p, 'live', 'websocket')));
+  const hidden = async (page, sel) => {
+    await page.locator(`${sel}[data-stream="missing"]`).waitFor({ state: 'attached', timeout: WAIT_MS });
+    return page.$eval(sel, (el) => el.hidden && getComputedStyle(el).display === 'none');
+  };
+  out.missingHidden = {
+    notes: await hidden(oldStudent, '#notes-card'),
+    leaderboard: await hidden(oldStudent, '#lb-card'),
+    dashboard: await hidden(oldTeacher, '#dash-card'),
+  };
+  await oldStudent.locator('#progress-card:not([hidden])').waitFor({ timeout: WAIT_MS });
+  out.progressWithoutBoards = true;
 }
 
 async function runFallback(browser) {

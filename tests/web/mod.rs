@@ -420,7 +420,13 @@ async fn notifications_the_leaderboard_and_the_dashboard_in_chromium() -> anyhow
     // Dashboard: what the node computed, as text.
     let dash = &summary["dash"];
     let online: u64 = dash["online"].as_str().unwrap_or_default().parse()?;
-    assert!(online >= 1, "the student's page is in the session: {dash}");
+    assert!(online >= 1, "{dash}");
+    assert!(
+        dash["onlineNames"]
+            .as_str()
+            .is_some_and(|n| n.split(", ").any(|n| n == "User student1")),
+        "the student's page is in the session, named: {dash}"
+    );
     assert_eq!(summary["completionBefore"], "0%", "{summary}");
     assert_eq!(
         dash["completion"], "50%",
@@ -458,6 +464,12 @@ async fn notifications_the_leaderboard_and_the_dashboard_in_chromium() -> anyhow
         serde_json::json!({"student": [], "instructor": []}),
         "{summary}"
     );
+    assert_eq!(
+        summary["missingHidden"],
+        serde_json::json!({"notes": true, "leaderboard": true, "dashboard": true}),
+        "a stream the node lacks hides its section: {summary}"
+    );
+    assert_eq!(summary["progressWithoutBoards"], true);
     assert_eq!(summary["screenshots"].as_array().map(Vec::len), Some(5));
     for view in ["student", "instructor"] {
         assert_eq!(

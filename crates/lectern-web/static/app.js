@@ -24,7 +24,7 @@ const view = params.get('view') === 'projector' ? 'projector' : staff ? 'instruc
 const first = TRANSPORTS.includes(params.get('transport')) ? params.get('transport') : 'websocket';
 
 const m = emptySession();
-const ui = { order: 'top', drafts: new Map(), answering: null, dirty: false, progress: null, notes: new Map(), unread: null, notesOn: false, focusNote: null, dash: null, board: null };
+const ui = { order: 'top', drafts: new Map(), answering: null, dirty: false, progress: null, notes: new Map(), unread: null, notesOn: false, focusNote: null, dash: null, board: null, missing: new Set() };
 
 function decodeClaims(t) {
   try {
@@ -373,10 +373,18 @@ function noteItem(n) {
     ${mark}</li>`;
 }
 
+/** A side stream's section is shown once its stream is open; `data-stream` says which of
+ * waiting, open or missing (the node has no such stream, or refuses it: the section stays
+ * hidden). */
+function showSection(sec, name, open) {
+  sec.hidden = !open;
+  sec.dataset.stream = ui.missing.has(name) ? 'missing' : open ? 'open' : 'waiting';
+}
+
 function renderNotes() {
   const sec = $('notes-card');
   if (!sec) return;
-  sec.hidden = !ui.notesOn;
+  showSection(sec, 'notes', ui.notesOn);
   if (!ui.notesOn) return;
   // The count is shown once the node said it (the stream's first event).
   const count = $('notes-count');
@@ -416,7 +424,7 @@ function leaderboardRow(e) {
 function renderLeaderboard() {
   const sec = $('lb-card');
   if (!sec) return;
-  sec.hidden = !ui.board;
+  showSection(sec, 'board', !!ui.board);
   if (!ui.board) return;
   const entries = ui.board.entries || [];
   if (!entries.length) { renderInto($('lb'), '<p class="empty">No scores yet.</p>'); return; }
@@ -437,7 +445,7 @@ function lessonRow(l, students) {
   const w = (x) => `${((x * 100) / n).toFixed(1)}%`;
   const avg = l.averageScorePct != null ? pct(l.averageScorePct) : '—';
   return `<tr data-lesson="${esc(l.lesson)}"><th scope="row">${esc(l.lesson)}</th>
-    <td class="num">${l.completed}</td><td class="num">${l.inProgress}</td><td class="num">${l.notStarted}</td>
+    <td class="num">${esc(l.completed)}</td><td class="num">${esc(l.inProgress)}</td><td class="num">${esc(l.notStarted)}</td>
     <td class="num">${pct(l.completionRate)}</td><td class="num">${avg}</td>
     <td><span class="dist-bar" aria-hidden="true"><span class="seg done" style="--w:${w(l.completed)}"></span><span class="seg doing" style="--w:${w(l.inProgress)}"></span><span class="seg todo" style="--w:${w(l.notStarted)}"></span></span></td></tr>`;
 }
@@ -445,7 +453,7 @@ function lessonRow(l, students) {
 function renderDashboard() {
   const sec = $('dash-card');
   if (!sec) return;
-  sec.hidden = !ui.dash;
+  showSection(sec, 'dash', !!ui.dash);
   if (!ui.dash) return;
   const d = ui.dash;
   const online = d.online || { count: 0, users: [] };
@@ -454,7 +462,7 @@ function renderDashboard() {
   const inactive = d.inactive || [];
   const onlineNames = (online.users || []).map(nameOf);
   const stats = `<dl class="stats">
-    <div><dt>Online now</dt><dd id="dash-online">${esc(online.count)}</dd>${onlineNames.length ? `<dd class="meta">${esc(onlineNames.join(', '))}</dd>` : ''}</div>
+    <div><dt>Online now</dt><dd id="dash-online">${esc(online.count)}</dd>${onlineNames.length ? `<dd class="meta" id="dash-online-names">${esc(onlineNames.join(', '))}</dd>` : ''}</div>
     <div><dt>Completion rate</dt><dd id="dash-completion">${esc(pct(d.completionRate))}</dd></div>
     <div><dt>Open questions</dt><dd id="dash-questions">${esc(d.openQuestions ?? 0)}</dd></div>
     <div><dt>Students</dt><dd id="dash-students">${esc(d.students ?? 0)}</dd></div></dl>`;
@@ -766,7 +774,7 @@ function startSideStreams() {
       }
       schedule();
     },
-    onMissing: () => { ui.notesOn = false; schedule(); },
+    onMissing: () => { ui.notesOn = false; ui.missing.add('notes'); schedule(); },
   });
   const board = (kind, key) => followStream(`/api/stream/${kind}/${encodeURIComponent(m.cohort)}`, token, {
     onEvent: (name, d) => {
@@ -775,7 +783,7 @@ function startSideStreams() {
       else if (name === 'leaderboard' || name === 'dashboard') ui[key] = d;
       schedule();
     },
-    onMissing: () => { ui[key] = null; schedule(); },
+    onMissing: () => { ui[key] = null; ui.missing.add(key); schedule(); },
   });
   board('leaderboard', 'board');
   if (view === 'instructor') board('instructor', 'dash');
