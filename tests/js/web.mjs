@@ -4,6 +4,8 @@
 //
 // Usage: node web.mjs SCENARIO BASE_URL SESSION SHOTS_DIR STUDENT_TOKEN INSTRUCTOR_TOKEN
 //   class     a student and an instructor (two browser contexts) and a projector run a class
+//   boards    notifications (grade, announcement, mark read), the leaderboard and the
+//             instructor dashboard, with the node's board intervals shortened by the test
 //   fallback  WebSocket refused → SSE + POST; WebSocket and SSE refused → long-polling
 //   restart   the node is killed and restarted (by the Rust test, told over stdin/stdout)
 //             while the student acts; plus an ack lost on the wire, retried under its id
@@ -71,9 +73,10 @@ async function countQuestions(page, text) {
   return page.locator('#questions .q-text', { hasText: text }).count();
 }
 
-async function shot(page, file) {
+/** A screenshot of a page (whole) or of one element (a locator). */
+async function shot(target, file) {
   const p = path.join(shots, file);
-  await page.screenshot({ path: p, fullPage: true });
+  await target.screenshot(typeof target.goto === 'function' ? { path: p, fullPage: true } : { path: p });
   out.screenshots = [...(out.screenshots || []), p];
 }
 
@@ -233,6 +236,122 @@ async function runClass(browser) {
   out.waiting = waiting;
 }
 
+/** Visible text of every row of `selector` (a table), cell by cell. */
+function tableRows(page, selector) {
+  return page.$$eval(`${selector} tbody tr`, (trs) => trs.map((tr) => [...tr.children].map((c) => c.textContent.replace(/\s+/g, ' ').trim())));
+}
+
+async function runBoards(browser) {
+  const student = await open(browser, tStudent, 'student');
+  const teacher = await open(browser, tInstructor, 'instructor');
+  await Promise.all([student, teacher].map((p) => waitConn(p, 'live', 'websocket')));
+
+  // The panels come up with what the node says: nothing unread yet, no lesson progress.
+  await student.locator('#notes-count[data-unread]').waitFor({ timeout: WAIT_MS });
+  out.unreadBefore = (await student.textContent('#notes-count')).trim();
+  await teacher.locator('#dash-card #dash-completion').waitFor({ timeout: WAIT_MS });
+  out.completionBefore = (await teacher.textContent('#dash-completion')).trim();
+  await student.locator('#lb-card table.board').waitFor({ timeout: WAIT_MS });
+
+  // The student votes in the demo poll (poll participation); the instructor grades the quiz
+  // (REST, as an LMS would) and posts an announcement from the page, by keyboard.
+  await vote(student, 'How confident are you with Lamport clocks?', '4');
+  await post('/api/progress', tInstructor, { student: 'student1', lesson: 'quiz-1', status: 'completed', score: 8, maxScore: 10 });
+  const title = 'Quiz 2 opens on Monday';
+  await teacher.focus('#ann-title');
+  await teacher.keyboard.type(title);
+  await teacher.keyboard.press('Tab');
+  await teacher.keyboard.type('Bring your notes on vector clocks.');
+  await teacher.keyboard.press('Tab');
+  await teacher.keyboard.press('Enter');
+  await teacher.locator('#ann-status', { hasText: 'Posted' }).waitFor({ timeout: WAIT_MS });
+
+  // The student's page: both notifications, 2 unread, each announced politely.
+  const grade = 'Your grade for quiz-1 is ready';
+  await student.locator('#notes > li.unread', { hasText: grade }).waitFor({ timeout: WAIT_MS });
+  await student.locator('#notes > li.unread', { hasText: title }).waitFor({ timeout: WAIT_MS });
+  await student.locator('#notes-count[data-unread="2"]').waitFor({ timeout: WAIT_MS });
+  out.unreadText = (await student.textContent('#notes-count')).trim();
+  out.notes = await student.$$eval('#notes > li', (lis) => lis.map((li) => ({
+    title: li.querySelector('.note-title strong').textContent.trim(),
+    body: (li.querySelector('.note-body') || { textContent: '' }).textContent.trim(),
+    meta: li.querySelector('.meta').textContent.replace(/\s+/g, ' ').trim(),
+    badge: !!li.querySelector('.badge.new'),
+  })));
+  const said = await student.textContent('#announcer');
+  out.notesAnnounced = [grade, title].filter((t) => said.includes(`New notification: ${t}.`));
+  out.announcerPolite = await student.getAttribute('#announcer', 'aria-live');
+  await shot(student.locator('#notes-card'), 'boards-notifications.png');
+
+  // Mark one read by keyboard (focus stays on it), then all.
+  await student.locator('#notes > li', { hasText: grade }).getByRole('button', { name: 'Mark read' }).focus();
+  await student.keyboard.press('Enter');
+  await student.locator('#notes-count[data-unread="1"]').waitFor({ timeout: WAIT_MS });
+  out.unreadAfterOne = (await student.textContent('#notes-count')).trim();
+  out.focusAfterMark = await student.evaluate(() => (document.activeElement && document.activeElement.dataset.key) || '');
+  out.gradeItemRead = await student.locator('#notes > li:not(.unread)', { hasText: grade }).count();
+  await student.getByRole('button', { name: 'Mark all read' }).click();
+  await student.locator('#notes-count[data-unread="0"]').waitFor({ timeout: WAIT_MS });
+  out.unreadAfterAll = (await student.textContent('#notes-count')).trim();
+  out.unreadItemsAfterAll = await student.locator('#notes > li.unread').count();
+
+  // The leaderboard: the student's own rank highlighted; a classmate who opted out anonymized
+  // (for the student), named for staff.
+  await student.locator('#lb tr.me', { hasText: '8 / 10' }).waitFor({ timeout: WAIT_MS });
+  out.lbStudent = await tableRows(student, '#lb table.board');
+  out.lbMine = (await student.textContent('#lb-mine')).trim();
+  out.lbMeRow = await student.$eval('#lb tr.me', (tr) => [...tr.children].map((c) => c.textContent.trim()).join(' | '));
+  out.lbMeWeight = await student.$eval('#lb tr.me', (tr) => getComputedStyle(tr).fontWeight);
+  await teacher.locator('#lb tr', { hasText: '8 / 10' }).waitFor({ timeout: WAIT_MS });
+  out.lbInstructor = await tableRows(teacher, '#lb table.board');
+
+  // The instructor's dashboard: the graded lesson, the vote, the student online.
+  await teacher.waitForFunction(() => {
+    const poll = document.querySelector('#dash-polls tbody tr');
+    return document.querySelector('#dash-lessons tr[data-lesson="quiz-1"]')
+      && Number(document.querySelector('#dash-online').textContent) >= 1
+      && poll && poll.textContent.includes('50%');
+  }, null, { timeout: WAIT_MS });
+  out.dash = {
+    online: (await teacher.textContent('#dash-online')).trim(),
+    onlineNames: (await teacher.textContent('#dash-online-names')).trim(),
+    completion: (await teacher.textContent('#dash-completion')).trim(),
+    openQuestions: (await teacher.textContent('#dash-questions')).trim(),
+    students: (await teacher.textContent('#dash-students')).trim(),
+    lessons: await tableRows(teacher, '#dash-lessons'),
+    polls: await tableRows(teacher, '#dash-polls'),
+    inactiveHeading: (await teacher.textContent('#dash-inactive-h')).trim(),
+    inactive: await teacher.$$eval('#dash-inactive > li', (lis) => lis.map((li) => li.textContent.replace(/\s+/g, ' ').trim())),
+  };
+  await shot(teacher.locator('#dash-card'), 'boards-dashboard.png');
+  await shot(student.locator('#lb-card'), 'boards-leaderboard.png');
+  // Nothing of a form is cut off (a style meant for something else once collapsed them).
+  const clipped = (page) => page.$$eval('form', (fs) => fs.filter((f) => f.scrollHeight > f.clientHeight + 1).map((f) => f.id || f.className));
+  out.clippedForms = { student: await clipped(student), instructor: await clipped(teacher) };
+  await shot(student, 'boards-student.png');
+  await shot(teacher, 'boards-instructor.png');
+  out.a11y = { student: await audit(student), instructor: await audit(teacher) };
+  out.announcement = title;
+
+  // A node without these streams (404): their sections stay hidden, the rest works.
+  const without = (page) => page.route(/\/api\/stream\/(notifications|leaderboard|instructor)(\/|$|\?)/,
+    (route) => route.fulfill({ status: 404, body: 'not found' }));
+  const oldStudent = await open(browser, tStudent, 'student-old-node', { setup: without });
+  const oldTeacher = await open(browser, tInstructor, 'instructor-old-node', { setup: without });
+  await Promise.all([oldStudent, oldTeacher].map((p) => waitConn(p, 'live', 'websocket')));
+  const hidden = async (page, sel) => {
+    await page.locator(`${sel}[data-stream="missing"]`).waitFor({ state: 'attached', timeout: WAIT_MS });
+    return page.$eval(sel, (el) => el.hidden && getComputedStyle(el).display === 'none');
+  };
+  out.missingHidden = {
+    notes: await hidden(oldStudent, '#notes-card'),
+    leaderboard: await hidden(oldStudent, '#lb-card'),
+    dashboard: await hidden(oldTeacher, '#dash-card'),
+  };
+  await oldStudent.locator('#progress-card:not([hidden])').waitFor({ timeout: WAIT_MS });
+  out.progressWithoutBoards = true;
+}
+
 async function runFallback(browser) {
   // WebSocket refused: every Socket.IO WebSocket is closed before it says anything.
   const student = await open(browser, tStudent, 'student-sse', {
@@ -386,7 +505,7 @@ async function runRestart(browser) {
   out.offline = offline;
 }
 
-const SCENARIOS = { class: runClass, fallback: runFallback, restart: runRestart, 'restart-sse': runRestart };
+const SCENARIOS = { class: runClass, boards: runBoards, fallback: runFallback, restart: runRestart, 'restart-sse': runRestart };
 
 let browser;
 const deadline = setTimeout(() => {

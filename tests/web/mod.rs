@@ -4,6 +4,10 @@
 //!
 //! * `a_student_and_an_instructor_run_a_class_in_chromium`: two browser contexts and a
 //!   projector; ask, upvote, answer, pin, poll, vote, close, reveal, broadcast.
+//! * `notifications_the_leaderboard_and_the_dashboard_in_chromium`: a grade and an announcement
+//!   reach the student's notifications panel (2 unread, announced), marked read one and then
+//!   all (the node's inbox agrees); the leaderboard with the student's own rank and an opted-out
+//!   classmate anonymized; the instructor dashboard's values as text.
 //! * `with_websocket_blocked_the_page_falls_back_to_sse_then_long_polling`.
 //! * `the_page_recovers_from_a_node_restart_and_sends_its_queue_exactly_once` (and `on_sse_…`,
 //!   the same with the page on SSE + POST): an ack lost on the wire is retried under its command
@@ -271,6 +275,209 @@ async fn a_student_and_an_instructor_run_a_class_in_chromium() -> anyhow::Result
             .is_some_and(|b| b.iter().any(|b| b["text"] == "Break in five minutes")),
         "{view}"
     );
+    demo.stop().await
+}
+
+/// The board intervals of the boards scenario's node: short, so that the test is quick.
+const BOARD_INTERVAL_MS: u64 = 200;
+
+/// Rows of a table the script read, as lists of cell texts.
+fn rows(v: &Value) -> Vec<Vec<String>> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            r.as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| c.as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_the_leaderboard_and_the_dashboard_in_chromium() -> anyhow::Result<()> {
+    let _one = BROWSER.lock().await;
+    let demo = Demo::start_with("web-boards", |c| {
+        c.notify.leaderboard_interval_ms = BOARD_INTERVAL_MS;
+        c.notify.dashboard_interval_ms = BOARD_INTERVAL_MS;
+    })
+    .await?;
+    let base = format!("http://{}", demo.node.http_addr);
+    // student2 (Linus) hides their name from classmates.
+    let s2 = demo.token("student2", "student");
+    let r = demo
+        .http
+        .post_json(
+            &format!("/api/cohorts/{DEMO_COHORT}/commands"),
+            Some(&s2),
+            &serde_json::json!({"cmd": "leaderboard.privacy", "anonymous": true}),
+        )
+        .await?;
+    ensure!(
+        r.status == 200,
+        "leaderboard.privacy: {} {}",
+        r.status,
+        r.text()
+    );
+    let (session, s, i) = (
+        demo.session.clone(),
+        demo.token("student1", "student"),
+        demo.token("ada", "instructor"),
+    );
+    let student_token = s.clone();
+    let summary = tokio::task::spawn_blocking(move || {
+        run_script("boards", &base, &session, [&s, &i], no_steps)
+    })
+    .await??;
+
+    // Notifications: the grade and the announcement, 2 unread, announced; one marked read,
+    // then all.
+    assert_eq!(summary["unreadBefore"], "(0 unread)", "{summary}");
+    assert_eq!(summary["unreadText"], "(2 unread)", "{summary}");
+    let title = summary["announcement"].as_str().context("announcement")?;
+    let notes = summary["notes"].as_array().context("notes")?;
+    assert_eq!(notes.len(), 2, "{summary}");
+    let note = |t: &str| notes.iter().find(|n| n["title"] == t).cloned();
+    let grade = note("Your grade for quiz-1 is ready").context("the grade notification")?;
+    assert_eq!(grade["body"], "You scored 8 out of 10 on quiz-1.");
+    assert!(
+        grade["meta"]
+            .as_str()
+            .is_some_and(|m| m.contains("Grade") && m.ends_with("unread")),
+        "{grade}"
+    );
+    assert_eq!(grade["badge"], true);
+    let ann = note(title).context("the announcement")?;
+    assert_eq!(ann["body"], "Bring your notes on vector clocks.");
+    assert!(
+        ann["meta"]
+            .as_str()
+            .is_some_and(|m| m.contains("Announcement")),
+        "{ann}"
+    );
+    assert_eq!(
+        summary["notesAnnounced"],
+        serde_json::json!(["Your grade for quiz-1 is ready", title]),
+        "each new notification said in the live region: {summary}"
+    );
+    assert_eq!(summary["announcerPolite"], "polite");
+    assert_eq!(summary["unreadAfterOne"], "(1 unread)", "{summary}");
+    assert_eq!(summary["gradeItemRead"], 1, "{summary}");
+    assert!(
+        summary["focusAfterMark"]
+            .as_str()
+            .is_some_and(|k| k.starts_with("note:")),
+        "focus stays on the notification marked read: {summary}"
+    );
+    assert_eq!(summary["unreadAfterAll"], "(0 unread)", "{summary}");
+    assert_eq!(summary["unreadItemsAfterAll"], 0, "{summary}");
+    // The node's inbox agrees.
+    let r = demo
+        .http
+        .get("/api/notifications", Some(&student_token))
+        .await?;
+    ensure!(r.status == 200, "inbox: {} {}", r.status, r.text());
+    let inbox = r.json()?;
+    assert_eq!(inbox["unread"], 0, "{inbox}");
+    assert_eq!(inbox["total"], 2, "{inbox}");
+    assert!(
+        inbox["items"]
+            .as_array()
+            .is_some_and(|items| items.iter().all(|n| n["read"] == true)
+                && items
+                    .iter()
+                    .any(|n| n["title"] == title && n["kind"] == "announcement")),
+        "{inbox}"
+    );
+
+    // Leaderboard: Grace (student1) first with 8/10, highlighted; Linus anonymized for
+    // classmates, named for staff.
+    assert_eq!(
+        rows(&summary["lbStudent"]),
+        vec![
+            vec!["1", "Grace (you)", "8 / 10", "1"],
+            vec!["2", "Anonymous", "0", "0"],
+        ],
+        "{summary}"
+    );
+    assert_eq!(summary["lbMine"], "Your rank: 1 of 2");
+    assert_eq!(summary["lbMeRow"], "1 | Grace (you) | 8 / 10 | 1");
+    assert_eq!(
+        summary["lbMeWeight"], "700",
+        "the own row stands out: {summary}"
+    );
+    assert_eq!(
+        rows(&summary["lbInstructor"]),
+        vec![
+            vec!["1", "Grace", "8 / 10", "1"],
+            vec!["2", "Linus (anonymous to classmates)", "0", "0"],
+        ],
+        "{summary}"
+    );
+
+    // Dashboard: what the node computed, as text.
+    let dash = &summary["dash"];
+    let online: u64 = dash["online"].as_str().unwrap_or_default().parse()?;
+    assert!(online >= 1, "{dash}");
+    assert!(
+        dash["onlineNames"]
+            .as_str()
+            .is_some_and(|n| n.split(", ").any(|n| n == "User student1")),
+        "the student's page is in the session, named: {dash}"
+    );
+    assert_eq!(summary["completionBefore"], "0%", "{summary}");
+    assert_eq!(
+        dash["completion"], "50%",
+        "one of two students completed quiz-1"
+    );
+    assert_eq!(dash["students"], "2");
+    assert_eq!(
+        dash["openQuestions"], "2",
+        "the demo's two questions: {dash}"
+    );
+    assert_eq!(
+        rows(&dash["lessons"]),
+        vec![vec!["quiz-1", "1", "0", "1", "50%", "80%", ""]],
+        "{dash}"
+    );
+    assert_eq!(
+        rows(&dash["polls"]),
+        vec![vec![
+            "How confident are you with Lamport clocks?",
+            "open",
+            "1",
+            "50%"
+        ]],
+        "{dash}"
+    );
+    assert_eq!(dash["inactiveHeading"], "Inactive for 7 days or more (1)");
+    assert!(
+        dash["inactive"]
+            .as_array()
+            .is_some_and(|l| l.len() == 1 && l[0] == "Linus no activity yet"),
+        "{dash}"
+    );
+    assert_eq!(
+        summary["clippedForms"],
+        serde_json::json!({"student": [], "instructor": []}),
+        "{summary}"
+    );
+    assert_eq!(
+        summary["missingHidden"],
+        serde_json::json!({"notes": true, "leaderboard": true, "dashboard": true}),
+        "a stream the node lacks hides its section: {summary}"
+    );
+    assert_eq!(summary["progressWithoutBoards"], true);
+    assert_eq!(summary["screenshots"].as_array().map(Vec::len), Some(5));
+    for view in ["student", "instructor"] {
+        assert_eq!(
+            summary["a11y"][view],
+            serde_json::json!([]),
+            "axe-core finds WCAG 2.1 AA violations in the {view} view"
+        );
+    }
     demo.stop().await
 }
 

@@ -6,7 +6,7 @@
 // Rendering replaces a container's HTML and then gives focus back to the control that had it
 // (matched by `data-key`), so keyboard users keep their place while events arrive. What a
 // user is typing or choosing lives outside re-rendered markup or in `drafts`.
-import { Connection, followStream, TRANSPORTS } from '/static/conn.js';
+import { Connection, followStream, newCommandId, TRANSPORTS } from '/static/conn.js';
 import {
   applyEvent, applyState, currentPoll, emptySession, pinnedQuestion, pollLabels, resultsText,
   visibleQuestions,
@@ -24,7 +24,7 @@ const view = params.get('view') === 'projector' ? 'projector' : staff ? 'instruc
 const first = TRANSPORTS.includes(params.get('transport')) ? params.get('transport') : 'websocket';
 
 const m = emptySession();
-const ui = { order: 'top', drafts: new Map(), answering: null, dirty: false, progress: null, notes: [], dash: null };
+const ui = { order: 'top', drafts: new Map(), answering: null, dirty: false, progress: null, notes: new Map(), unread: null, notesOn: false, focusNote: null, dash: null, board: null, missing: new Set() };
 
 function decodeClaims(t) {
   try {
@@ -208,6 +208,7 @@ function render() {
   }
   if (view === 'student') renderProgress();
   renderNotes();
+  renderLeaderboard();
   renderDashboard();
 }
 
@@ -352,19 +353,134 @@ function renderProgress() {
   renderInto($('progress'), lessons.length ? lessons.map((l) => `<li>${esc(l.lesson)} <span class="meta">${esc(l.status.replace('_', ' '))}${l.score != null ? ` · ${l.score}/${l.maxScore}` : ''}</span></li>`).join('') : '<li class="empty">No lessons started yet.</li>');
 }
 
+// ---------------------------------------------------------------------------------------------
+// Notifications, leaderboard, dashboard
+// ---------------------------------------------------------------------------------------------
+
+const DATE_TIME = new Intl.DateTimeFormat(undefined, { dateStyle: 'medium', timeStyle: 'short' });
+const when = (ms) => (ms ? DATE_TIME.format(new Date(ms)) : '');
+const KIND_TEXT = { grade: 'Grade', announcement: 'Announcement', answer: 'Answer', poll_closed: 'Poll closed' };
+const pct = (x) => `${Number(x ?? 0)}%`;
+const plural = (n, one, many = `${one}s`) => `${n} ${n === 1 ? one : many}`;
+
+function noteItem(n) {
+  const id = esc(n.id);
+  const mark = n.read ? '' : `<button type="button" data-key="read:${id}" data-act="read" data-n="${id}" aria-describedby="nt-${id}">Mark read</button>`;
+  return `<li class="note${n.read ? '' : ' unread'}" data-nid="${id}" data-key="note:${id}" tabindex="-1">
+    <p class="note-title">${n.read ? '' : '<span class="badge new">New</span>'}<strong id="nt-${id}">${esc(n.title)}</strong></p>
+    ${n.body ? `<p class="note-body">${esc(n.body)}</p>` : ''}
+    <p class="meta"><time datetime="${esc(new Date(n.at || 0).toISOString())}">${esc(when(n.at))}</time> · ${esc(KIND_TEXT[n.kind] || n.kind)} · ${n.read ? 'read' : 'unread'}</p>
+    ${mark}</li>`;
+}
+
+/** A side stream's section is shown once its stream is open; `data-stream` says which of
+ * waiting, open or missing (the node has no such stream, or refuses it: the section stays
+ * hidden). */
+function showSection(sec, name, open) {
+  sec.hidden = !open;
+  sec.dataset.stream = ui.missing.has(name) ? 'missing' : open ? 'open' : 'waiting';
+}
+
 function renderNotes() {
   const sec = $('notes-card');
   if (!sec) return;
-  sec.hidden = !ui.notesOn;
-  renderInto($('notes'), ui.notes.length ? ui.notes.slice(-20).reverse().map((n) => `<li>${esc(n)}</li>`).join('') : '<li class="empty">No notifications.</li>');
+  showSection(sec, 'notes', ui.notesOn);
+  if (!ui.notesOn) return;
+  // The count is shown once the node said it (the stream's first event).
+  const count = $('notes-count');
+  if (ui.unread == null) {
+    count.textContent = '';
+    delete count.dataset.unread;
+  } else {
+    count.textContent = `(${ui.unread} unread)`;
+    count.dataset.unread = String(ui.unread);
+  }
+  const items = [...ui.notes.values()].sort((a, b) => b.at - a.at || (a.id < b.id ? 1 : -1)).slice(0, NOTES_SHOWN);
+  renderInto($('notes'), items.length ? items.map(noteItem).join('') : '<li class="empty">No notifications.</li>');
+  if (ui.focusNote) {
+    const li = document.querySelector(`[data-key="note:${CSS.escape(ui.focusNote)}"]`);
+    ui.focusNote = null;
+    if (li) li.focus();
+  }
+}
+
+/** Display names by user id, from what the page knows (attendance, the staff leaderboard). */
+function nameOf(user) {
+  const u = m.users.find((x) => x.user === user);
+  if (u && u.name) return u.name;
+  const e = ui.board && (ui.board.entries || []).find((x) => x.user === user);
+  return (e && e.name) || user;
+}
+
+const LEADERBOARD_TOP = 10;
+
+function leaderboardRow(e) {
+  const me = e.user != null && e.user === claims.sub;
+  const name = `${esc(e.name ?? 'Anonymous')}${me ? ' <strong>(you)</strong>' : ''}${staff && e.anonymous ? ' <span class="meta">(anonymous to classmates)</span>' : ''}`;
+  const score = e.maxScore ? `${e.score} / ${e.maxScore}` : String(e.score ?? 0);
+  return `<tr${me ? ' class="me" aria-current="true"' : ''}><th scope="row">${esc(e.rank)}</th><td>${name}</td><td class="score">${esc(score)}</td><td class="score">${esc(e.completedLessons ?? 0)}</td></tr>`;
+}
+
+function renderLeaderboard() {
+  const sec = $('lb-card');
+  if (!sec) return;
+  showSection(sec, 'board', !!ui.board);
+  if (!ui.board) return;
+  const entries = ui.board.entries || [];
+  if (!entries.length) { renderInto($('lb'), '<p class="empty">No scores yet.</p>'); return; }
+  const top = entries.slice(0, LEADERBOARD_TOP);
+  const mine = entries.findIndex((e) => e.user != null && e.user === claims.sub);
+  const rows = top.map(leaderboardRow);
+  if (mine >= LEADERBOARD_TOP) rows.push(`<tr class="gap"><td colspan="4">…</td></tr>`, leaderboardRow(entries[mine]));
+  const me = mine >= 0 ? `<p class="meta" id="lb-mine">Your rank: ${esc(entries[mine].rank)} of ${entries.length}</p>` : '';
+  renderInto($('lb'), `${me}<table class="board"><caption>Top ${Math.min(LEADERBOARD_TOP, entries.length)} of ${plural(entries.length, 'student')} by total score</caption>
+    <thead><tr><th scope="col">Rank</th><th scope="col">Student</th><th scope="col" class="score">Score</th><th scope="col" class="score">Lessons completed</th></tr></thead>
+    <tbody>${rows.join('')}</tbody></table>`);
+}
+
+/** One lesson's distribution: a stacked bar for the eye (hidden from assistive technology, its
+ * segments told apart by pattern as well as colour) and the numbers as text in the row. */
+function lessonRow(l, students) {
+  const n = students || (l.completed + l.inProgress + l.notStarted) || 1;
+  const w = (x) => `${((x * 100) / n).toFixed(1)}%`;
+  const avg = l.averageScorePct != null ? pct(l.averageScorePct) : '—';
+  return `<tr data-lesson="${esc(l.lesson)}"><th scope="row">${esc(l.lesson)}</th>
+    <td class="num">${esc(l.completed)}</td><td class="num">${esc(l.inProgress)}</td><td class="num">${esc(l.notStarted)}</td>
+    <td class="num">${pct(l.completionRate)}</td><td class="num">${avg}</td>
+    <td><span class="dist-bar" aria-hidden="true"><span class="seg done" style="--w:${w(l.completed)}"></span><span class="seg doing" style="--w:${w(l.inProgress)}"></span><span class="seg todo" style="--w:${w(l.notStarted)}"></span></span></td></tr>`;
 }
 
 function renderDashboard() {
   const sec = $('dash-card');
   if (!sec) return;
-  sec.hidden = !ui.dash;
+  showSection(sec, 'dash', !!ui.dash);
   if (!ui.dash) return;
-  renderInto($('dash'), ui.dash.map(([k, v]) => `<div><dt>${esc(k)}</dt><dd>${esc(v)}</dd></div>`).join(''));
+  const d = ui.dash;
+  const online = d.online || { count: 0, users: [] };
+  const lessons = d.lessons || [];
+  const polls = d.polls || [];
+  const inactive = d.inactive || [];
+  const onlineNames = (online.users || []).map(nameOf);
+  const stats = `<dl class="stats">
+    <div><dt>Online now</dt><dd id="dash-online">${esc(online.count)}</dd>${onlineNames.length ? `<dd class="meta" id="dash-online-names">${esc(onlineNames.join(', '))}</dd>` : ''}</div>
+    <div><dt>Completion rate</dt><dd id="dash-completion">${esc(pct(d.completionRate))}</dd></div>
+    <div><dt>Open questions</dt><dd id="dash-questions">${esc(d.openQuestions ?? 0)}</dd></div>
+    <div><dt>Students</dt><dd id="dash-students">${esc(d.students ?? 0)}</dd></div></dl>`;
+  const dist = lessons.length ? `<table class="dist" id="dash-lessons"><caption>Progress per lesson (students)</caption>
+      <thead><tr><th scope="col">Lesson</th><th scope="col" class="num">Completed</th><th scope="col" class="num">In progress</th><th scope="col" class="num">Not started</th><th scope="col" class="num">Completion</th><th scope="col" class="num">Average score</th><th scope="col">Distribution</th></tr></thead>
+      <tbody>${lessons.map((l) => lessonRow(l, d.students)).join('')}</tbody></table>
+      <p class="meta legend" aria-hidden="true"><span class="key done"></span> completed <span class="key doing"></span> in progress <span class="key todo"></span> not started</p>`
+    : '<p class="empty" id="dash-lessons">No lesson progress yet.</p>';
+  const pollHtml = polls.length ? `<table class="dist" id="dash-polls"><caption>Poll participation</caption>
+      <thead><tr><th scope="col">Poll</th><th scope="col">State</th><th scope="col" class="num">Voters</th><th scope="col" class="num">Participation</th></tr></thead>
+      <tbody>${polls.map((p) => `<tr><th scope="row">${esc(p.question)}</th><td>${p.open ? 'open' : 'closed'}</td><td class="num">${esc(p.voters)}</td><td class="num">${esc(pct(p.participationPct))}</td></tr>`).join('')}</tbody></table>`
+    : '<p class="empty" id="dash-polls">No polls yet.</p>';
+  const days = d.inactiveDays ?? '';
+  const inactiveHtml = `<h3 id="dash-inactive-h">Inactive for ${esc(days)} days or more (${inactive.length})</h3>
+    <ul id="dash-inactive" class="items" aria-labelledby="dash-inactive-h">${inactive.length
+      ? inactive.map((s) => `<li>${esc(s.name || s.user)} <span class="meta">${s.lastActiveAt ? `last active ${esc(when(s.lastActiveAt))}` : 'no activity yet'}</span></li>`).join('')
+      : '<li class="empty">Everyone has been active.</li>'}</ul>`;
+  renderInto($('dash'), `${stats}${dist}${pollHtml}${inactiveHtml}`);
 }
 
 function renderProjector() {
@@ -406,7 +522,21 @@ function studentSkeleton() {
     <form id="chat-form" class="stack"><label for="chat-text">Message</label><input id="chat-text" type="text" maxlength="500" required>
     <div><button type="submit">Send</button></div></form></section>
   <section id="progress-card" class="card" aria-labelledby="prog-h" hidden><h2 id="prog-h">My progress</h2><ul id="progress" class="items"></ul></section>
-  <section id="notes-card" class="card" aria-labelledby="notes-h" hidden><h2 id="notes-h">Notifications</h2><ul id="notes" class="items" aria-live="polite"></ul></section>`;
+  ${notesSkeleton()}
+  ${leaderboardSkeleton()}`;
+}
+
+/** The notifications panel: its heading carries the unread count; new ones are announced
+ * through the polite live region (#announcer), not by making the list itself live. */
+function notesSkeleton() {
+  return `<section id="notes-card" class="card" aria-labelledby="notes-h" hidden>
+    <h2 id="notes-h">Notifications <span id="notes-count" class="meta"></span></h2>
+    <div class="row"><button type="button" id="notes-all" data-key="notes-all" data-act="read-all">Mark all read</button></div>
+    <ul id="notes" class="items"></ul></section>`;
+}
+
+function leaderboardSkeleton() {
+  return `<section id="lb-card" class="card" aria-labelledby="lb-h" hidden><h2 id="lb-h">Leaderboard</h2><div id="lb"></div></section>`;
 }
 
 function instructorSkeleton() {
@@ -430,8 +560,14 @@ function instructorSkeleton() {
   <section class="card" aria-labelledby="chat-h"><h2 id="chat-h">Chat</h2><ul id="chat" class="items"></ul>
     <form id="chat-form" class="stack"><label for="chat-text">Message</label><input id="chat-text" type="text" maxlength="500" required>
     <div><button type="submit">Send</button></div></form></section>
-  <section id="dash-card" class="card" aria-labelledby="dash-h" hidden><h2 id="dash-h">Cohort dashboard</h2><dl id="dash"></dl></section>
-  <section id="notes-card" class="card" aria-labelledby="notes-h" hidden><h2 id="notes-h">Notifications</h2><ul id="notes" class="items" aria-live="polite"></ul></section>
+  ${claims.role === 'ta' ? '' : `<section class="card" aria-labelledby="ann-h"><h2 id="ann-h">Announce to the cohort</h2>
+    <form id="announce-form" class="stack"><label for="ann-title">Title</label><input id="ann-title" type="text" maxlength="200" required>
+      <label for="ann-body">Message</label><textarea id="ann-body" rows="3" maxlength="5000" required></textarea>
+      <div><button class="primary" type="submit">Post announcement</button></div>
+      <p id="ann-status" class="meta" role="status"></p></form></section>`}
+  <section id="dash-card" class="card wide" aria-labelledby="dash-h" hidden><h2 id="dash-h">Cohort dashboard</h2><div id="dash"></div></section>
+  ${leaderboardSkeleton()}
+  ${notesSkeleton()}
   <dialog id="answer-dialog" aria-labelledby="answer-h"><form id="answer-form" class="stack" method="dialog">
     <h2 id="answer-h">Answer</h2><p id="answer-q" class="q-text"></p>
     <label for="answer-text">Your answer</label><textarea id="answer-text" rows="4" maxlength="2000" required></textarea>
@@ -485,6 +621,15 @@ function wire() {
     submit(body);
     $('poll-q').value = '';
     $('poll-options').value = '';
+  });
+  onSubmit('announce-form', async () => {
+    const title = $('ann-title').value.trim();
+    const text = $('ann-body').value.trim();
+    if (!title || !text || !m.cohort) return;
+    if (await postAnnouncement(title, text)) {
+      $('ann-title').value = '';
+      $('ann-body').value = '';
+    }
   });
   const dialog = $('answer-dialog');
   if (dialog) {
@@ -553,6 +698,11 @@ function wire() {
       case 'reject': submit({ cmd: 'qa.reject', question: q.id }); break;
       case 'close': submit({ cmd: 'poll.close', poll: b.dataset.p }); break;
       case 'reveal': submit({ cmd: 'poll.reveal', poll: b.dataset.p }); break;
+      case 'read':
+        // The button goes away with the mark; focus stays on its notification.
+        markRead([b.dataset.n]).then((ok) => { if (ok) ui.focusNote = b.dataset.n; schedule(); });
+        break;
+      case 'read-all': markRead(null); break;
       default: break;
     }
   });
@@ -604,28 +754,127 @@ function startSideStreams() {
       onMissing: () => { ui.progress = null; schedule(); },
     });
   }
+  // The inbox: `state` is the list (`items`, `unread`); then `notification` (one item with the
+  // new `unread`), `notifications:read` (`unread`). A resumed stream replays what was missed,
+  // so items are kept by id.
   followStream('/api/stream/notifications', token, {
     onOpen: () => { ui.notesOn = true; schedule(); },
     onEvent: (name, d) => {
-      if (name === 'error') return;
-      const items = name === 'state' ? listIn(d && d.state) : [d];
-      for (const it of items) ui.notes.push(summary(it));
-      if (name !== 'state' && items.length) announce({ text: `Notification: ${summary(items[0])}` });
+      if (!d || typeof d !== 'object') return;
+      if (name === 'state' && d.state) {
+        setInbox(d.state);
+      } else if (name === 'notification' && d.id) {
+        const fresh = !ui.notes.has(d.id);
+        ui.notes.set(d.id, d);
+        if (typeof d.unread === 'number') ui.unread = d.unread;
+        if (fresh && !d.read) announce({ text: `New notification: ${d.title}. ${ui.unread ?? 0} unread.` });
+      } else if (name === 'notifications:read' && typeof d.unread === 'number') {
+        ui.unread = d.unread;
+        syncReadMarks();
+      }
       schedule();
     },
-    onMissing: () => { ui.notesOn = false; schedule(); },
+    onMissing: () => { ui.notesOn = false; ui.missing.add('notes'); schedule(); },
   });
-  if (view === 'instructor') {
-    followStream(`/api/stream/instructor/${encodeURIComponent(m.cohort)}`, token, {
-      onEvent: (name, d) => {
-        if (name === 'error') return;
-        const data = name === 'state' && d && d.state ? d.state : d;
-        ui.dash = flatten(data).slice(0, 24);
-        schedule();
-      },
-      onMissing: () => { ui.dash = null; schedule(); },
-    });
+  const board = (kind, key) => followStream(`/api/stream/${kind}/${encodeURIComponent(m.cohort)}`, token, {
+    onEvent: (name, d) => {
+      if (!d || typeof d !== 'object') return;
+      if (name === 'state' && d.state) ui[key] = d.state;
+      else if (name === 'leaderboard' || name === 'dashboard') ui[key] = d;
+      schedule();
+    },
+    onMissing: () => { ui[key] = null; ui.missing.add(key); schedule(); },
+  });
+  board('leaderboard', 'board');
+  if (view === 'instructor') board('instructor', 'dash');
+}
+
+/** Notifications listed at most (the node sends its newest ones). */
+const NOTES_SHOWN = 50;
+
+function setInbox(v) {
+  ui.notes = new Map((v.items || []).map((n) => [n.id, n]));
+  if (typeof v.unread === 'number') ui.unread = v.unread;
+}
+
+/** After a read mark: all read if the count says so; if the count and the items disagree (an
+ * item marked read elsewhere), the list is read again. */
+function syncReadMarks() {
+  if (ui.unread === 0) {
+    for (const n of ui.notes.values()) n.read = true;
+    return;
   }
+  const local = [...ui.notes.values()].filter((n) => !n.read).length;
+  if (local !== ui.unread) refreshInbox();
+}
+
+async function refreshInbox() {
+  try {
+    const r = await fetch('/api/notifications', { headers: { Authorization: `Bearer ${token}` }, cache: 'no-store' });
+    if (!r.ok) return;
+    setInbox(await r.json());
+    schedule();
+  } catch (_) { /* the next event tries again */ }
+}
+
+/** Marks notifications read (all without `ids`) through `POST /api/notifications/read`. */
+async function markRead(ids) {
+  $('errors').replaceChildren();
+  const body = { id: newCommandId() };
+  if (ids) body.ids = ids;
+  let res;
+  try {
+    res = await fetch('/api/notifications/read', {
+      method: 'POST', cache: 'no-store',
+      headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'application/json' },
+      body: JSON.stringify(body),
+    });
+  } catch (_) {
+    showError('Marking notifications read did not reach the server; try again when connected.');
+    return false;
+  }
+  if (!res.ok) {
+    showError(`Marking notifications read was not accepted: ${await errorText(res)}`);
+    return false;
+  }
+  const marked = ids ? ids.map((id) => ui.notes.get(id)).filter((n) => n && !n.read) : [...ui.notes.values()];
+  for (const n of marked) n.read = true;
+  ui.unread = ids ? Math.max(0, (ui.unread ?? 0) - marked.length) : 0;
+  schedule();
+  return true;
+}
+
+/** Posts an announcement to the session's cohort (`announcement.post`). */
+async function postAnnouncement(title, text) {
+  const status = $('ann-status');
+  status.textContent = 'Posting…';
+  let res;
+  try {
+    res = await fetch(`/api/cohorts/${encodeURIComponent(m.cohort)}/commands`, {
+      method: 'POST', cache: 'no-store',
+      headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'application/json' },
+      body: JSON.stringify({ cmd: 'announcement.post', id: newCommandId(), title, body: text }),
+    });
+  } catch (_) {
+    status.textContent = '';
+    showError('The announcement did not reach the server; it was not posted.');
+    return false;
+  }
+  if (!res.ok) {
+    status.textContent = '';
+    showError(`The announcement was not accepted: ${await errorText(res)}`);
+    return false;
+  }
+  status.textContent = `Posted “${title}” to the cohort.`;
+  return true;
+}
+
+async function errorText(res) {
+  try {
+    const e = (await res.json()).error;
+    if (e) return `${e.message} (${e.code})`;
+  } catch (_) { /* not JSON */ }
+  return `HTTP ${res.status}`;
 }
 
 /** Staff see who is present: the list comes with the session view, re-read (at most every
@@ -649,34 +898,6 @@ function refreshAttendance() {
       }
     } catch (_) { /* the next change tries again */ }
   }, ATTENDANCE_REFRESH_MS);
-}
-
-function listIn(s) {
-  if (Array.isArray(s)) return s;
-  if (s && typeof s === 'object') {
-    for (const k of ['notifications', 'items', 'unread']) if (Array.isArray(s[k])) return s[k];
-  }
-  return [];
-}
-
-function summary(n) {
-  if (n == null) return '';
-  if (typeof n !== 'object') return String(n);
-  return n.title || n.text || n.message || n.body || JSON.stringify(n).slice(0, 140);
-}
-
-/** Scalar fields of a dashboard payload as [path, value] pairs. */
-function flatten(v, path = '', out = []) {
-  if (v == null || typeof v !== 'object') {
-    if (path) out.push([path, String(v)]);
-    return out;
-  }
-  if (Array.isArray(v)) {
-    out.push([path || 'items', `${v.length} item${v.length === 1 ? '' : 's'}`]);
-    return out;
-  }
-  for (const [k, x] of Object.entries(v)) flatten(x, path ? `${path}.${k}` : k, out);
-  return out;
 }
 
 main();
