@@ -310,11 +310,13 @@ async function runBoards(browser) {
     const poll = document.querySelector('#dash-polls tbody tr');
     return document.querySelector('#dash-lessons tr[data-lesson="quiz-1"]')
       && Number(document.querySelector('#dash-online').textContent) >= 1
+      && document.querySelector('#dash-online-staff')
       && poll && poll.textContent.includes('50%');
   }, null, { timeout: WAIT_MS });
   out.dash = {
     online: (await teacher.textContent('#dash-online')).trim(),
     onlineNames: (await teacher.textContent('#dash-online-names')).trim(),
+    onlineStaff: (await teacher.textContent('#dash-online-staff')).trim(),
     completion: (await teacher.textContent('#dash-completion')).trim(),
     openQuestions: (await teacher.textContent('#dash-questions')).trim(),
     students: (await teacher.textContent('#dash-students')).trim(),

@@ -304,6 +304,13 @@ async fn the_instructor_dashboard_shows_the_class_live_to_staff_only_and_resumes
             role: Role::Instructor,
             ..student("ada")
         };
+        // The instructor is present too: counted apart from the students.
+        run(
+            ada_caller.clone(),
+            "dash-ada-join",
+            CommandBody::AttendanceJoin,
+        )
+        .await?;
         run(
             ada_caller,
             "dash-answer",
@@ -325,6 +332,7 @@ async fn the_instructor_dashboard_shows_the_class_live_to_staff_only_and_resumes
         let mut seen = d.clone();
         let e = until(&mut dash, "dashboard", &mut seen, |d| {
             d["online"]["count"] == 1
+                && d["online"]["staff"] == 1
                 && d["openQuestions"] == 1
                 && d["polls"][0]["voters"] == 1
                 && d["inactive"].as_array().map(Vec::len) == Some(1)
@@ -332,6 +340,7 @@ async fn the_instructor_dashboard_shows_the_class_live_to_staff_only_and_resumes
         .await?;
         let d = data(&e)?;
         assert_eq!(d["online"]["users"], json!(["student1"]));
+        assert_eq!(d["online"]["staff"], 1, "{d}");
         assert_eq!(d["polls"][0]["participationPct"], 50.0);
         assert_eq!(d["inactive"][0]["user"], "student2", "{d}");
         let q1 = d["lessons"]

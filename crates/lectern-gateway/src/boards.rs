@@ -478,12 +478,21 @@ async fn dashboard(gw: &Gateway, cohort: &CohortId) -> Result<Snapshot, AppError
             }
         })
         .collect();
-    let mut online: Vec<String> = online.into_iter().collect();
+    // Online now: the cohort's students; staff (and anyone else present) only as a count.
+    let roster: HashSet<&str> = activity["students"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["user"].as_str())
+        .collect();
+    let (mut online, others): (Vec<String>, Vec<String>) = online
+        .into_iter()
+        .partition(|u| roster.contains(u.as_str()));
     online.sort();
     let payload = json!({
         "cohort": cohort.as_str(),
         "students": students,
-        "online": {"count": online.len(), "users": online},
+        "online": {"count": online.len(), "users": online, "staff": others.len()},
         "lessons": aggregates["lessons"],
         "completionRate": aggregates["completionRate"],
         "openQuestions": open_questions,

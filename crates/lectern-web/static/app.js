@@ -456,13 +456,13 @@ function renderDashboard() {
   showSection(sec, 'dash', !!ui.dash);
   if (!ui.dash) return;
   const d = ui.dash;
-  const online = d.online || { count: 0, users: [] };
+  const online = d.online || { count: 0, users: [], staff: 0 };
   const lessons = d.lessons || [];
   const polls = d.polls || [];
   const inactive = d.inactive || [];
   const onlineNames = (online.users || []).map(nameOf);
   const stats = `<dl class="stats">
-    <div><dt>Online now</dt><dd id="dash-online">${esc(online.count)}</dd>${onlineNames.length ? `<dd class="meta" id="dash-online-names">${esc(onlineNames.join(', '))}</dd>` : ''}</div>
+    <div><dt>Students online</dt><dd id="dash-online">${esc(online.count)}</dd>${onlineNames.length ? `<dd class="meta" id="dash-online-names">${esc(onlineNames.join(', '))}</dd>` : ''}${online.staff ? `<dd class="meta" id="dash-online-staff">and ${esc(online.staff)} staff</dd>` : ''}</div>
     <div><dt>Completion rate</dt><dd id="dash-completion">${esc(pct(d.completionRate))}</dd></div>
     <div><dt>Open questions</dt><dd id="dash-questions">${esc(d.openQuestions ?? 0)}</dd></div>
     <div><dt>Students</dt><dd id="dash-students">${esc(d.students ?? 0)}</dd></div></dl>`;
