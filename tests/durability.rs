@@ -1,7 +1,7 @@
 //! Crash tests: a child process (this very test binary, re-executed) applies commands through a
 //! real hub and store and prints each acknowledgement; the parent SIGKILLs it mid-stream and
 //! checks that every acknowledged command survived and the document loads. Also: a node stops
-//! cleanly on SIGTERM.
+//! cleanly on SIGTERM, and the watchdog that kills a hung child (and only while it is armed).
 
 use std::io::{BufRead, BufReader};
 use std::sync::Arc;
@@ -208,5 +208,36 @@ fn node_stops_cleanly_on_sigterm() {
             .load_doc("session/demo-session")
             .expect("read")
             .is_some()
+    );
+}
+
+#[test]
+fn a_watchdog_kills_a_hung_child_and_a_disarmed_one_leaves_it_alone() {
+    use std::os::unix::process::ExitStatusExt;
+    // Fires: a child that would run for a minute is killed after 100 ms.
+    let mut hung = KillOnDrop(
+        std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .expect("spawn sleep"),
+    );
+    let started = Instant::now();
+    let _armed = Watchdog::arm(hung.id(), Duration::from_millis(100));
+    let status = hung.wait().expect("wait for the hung child");
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status}");
+    assert!(started.elapsed() < Duration::from_secs(30), "killed late");
+
+    // Disarmed: dropped before its deadline, it never signals the child, which exits normally.
+    let mut quick = KillOnDrop(
+        std::process::Command::new("sleep")
+            .arg("0.5")
+            .spawn()
+            .expect("spawn sleep"),
+    );
+    drop(Watchdog::arm(quick.id(), Duration::from_millis(100)));
+    let status = quick.wait().expect("wait for the child");
+    assert!(
+        status.success(),
+        "a disarmed watchdog killed its child: {status}"
     );
 }

@@ -70,6 +70,11 @@ async fn peers_without_a_cluster_certificate_or_sending_garbage_are_refused() ->
             .start("node-a", vec![cluster.peer(b)], false)
             .await?;
         cluster.connected(b, 1).await?;
+        // A has the demo session before anything is asked of it (the last step writes to it on
+        // A); connected alone does not mean synced.
+        cluster
+            .converged(&demo_session(), &[a, b], Duration::from_secs(10))
+            .await?;
         let addr_b = cluster.quic(b);
         let mesh_b = cluster.node(b).mesh.clone().context("mesh")?;
         let faults = || mesh_b.status().peer_faults;
