@@ -302,6 +302,8 @@ async fn a_partition_heals_to_identical_heads_with_every_acked_command_and_no_do
                 "student1's two votes count once: {p}"
             );
         }
+        // The test's own handles keep the node's hub, and so its store, open past its stop.
+        drop(mesh_a);
         cluster.stop_all().await
     })
     .await

@@ -196,6 +196,8 @@ async fn a_node_restricted_to_its_cohorts_keeps_other_documents_out() -> anyhow:
             None,
             "a session of another cohort never reaches the classroom node"
         );
+        // The test's own handles keep the node's hub, and so its store, open past its stop.
+        drop(hub_b);
         cluster.stop_all().await
     })
     .await

@@ -304,6 +304,8 @@ async fn a_node_killed_during_writes_restarts_and_catches_up_losing_nothing() ->
         }
         kill(&child, libc::SIGTERM);
         reap(child).await?;
+        // The test's own handles keep the node's hub, and so its store, open past its stop.
+        drop(hub_a);
         cluster.stop_all().await
     })
     .await
