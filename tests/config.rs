@@ -86,6 +86,7 @@ tls_dir = "/etc/lectern/tls"
 peers = ["berlin-1@10.0.0.2:7400"]
 share_cohorts = ["c1"]
 push_coalesce_ms = 5
+resume_wait_ms = 4000
 "#,
     );
     let env: HashMap<&str, &str> = HashMap::from([
@@ -94,6 +95,7 @@ push_coalesce_ms = 5
             "berlin-1@10.0.0.2:7400, tokyo-1@10.0.0.3:7400",
         ),
         ("LECTERN_ADMIN_TOKEN", "an admin token of 32 bytes......"),
+        ("LECTERN_MESH_RESUME_WAIT_MS", "7500"),
     ]);
     let c = Config::load(
         Overrides {
@@ -110,10 +112,25 @@ push_coalesce_ms = 5
     assert_eq!(c.mesh.peers.len(), 2, "the environment wins over the file");
     assert_eq!(c.mesh.share_cohorts, Some(vec!["c1".to_owned()]));
     assert_eq!(c.mesh.push_coalesce_ms, 5);
+    assert_eq!(
+        c.mesh.resume_wait_ms, 7_500,
+        "the environment wins over the file"
+    );
     assert!(c.admin_token.is_some());
+    let file_only = Config::load(
+        Overrides {
+            config_file: Some(file.clone()),
+            ..Overrides::default()
+        },
+        &|_| None,
+    )
+    .expect("loads");
+    assert_eq!(file_only.mesh.resume_wait_ms, 4_000);
+    assert_eq!(Config::default().mesh.resume_wait_ms, 2_000);
 
     for (text, key) in [
         ("[mesh]\npush_coalesce_ms = 50\n", "mesh.push_coalesce_ms"),
+        ("[mesh]\nresume_wait_ms = 600000\n", "mesh.resume_wait_ms"),
         ("[mesh]\npeers = [\"no-address\"]\n", "mesh.peers"),
         ("[mesh]\nname = \"Bad_Name\"\n", "mesh.name"),
         ("[mesh]\nlisten = \"nowhere\"\n", "mesh.listen"),

@@ -1,7 +1,7 @@
 //! Crash tests: a child process (this very test binary, re-executed) applies commands through a
 //! real hub and store and prints each acknowledgement; the parent SIGKILLs it mid-stream and
 //! checks that every acknowledged command survived and the document loads. Also: a node stops
-//! cleanly on SIGTERM.
+//! cleanly on SIGTERM, and the watchdog that kills a hung child (and only while it is armed).
 
 use std::io::{BufRead, BufReader};
 use std::sync::Arc;
@@ -11,7 +11,10 @@ use lectern_hub::{Hub, HubConfig};
 use lectern_model::{CommandId, Replica, Role};
 use lectern_store::Store;
 
-use crate::support::{CHILD_ENV, TempDir, ask, caller, cmd, create_session, session, spawn_child};
+use crate::support::{
+    CHILD_ENV, KillOnDrop, TempDir, Watchdog, ask, caller, cmd, create_session, session,
+    spawn_child,
+};
 
 /// Not a test of its own: the entry point of the child processes the tests below start. Run
 /// without the child environment variable it has nothing to do and returns at once.
@@ -97,15 +100,6 @@ fn kill(child: &std::process::Child, signal: i32) {
     assert_eq!(rc, 0, "kill({pid}, {signal}) failed");
 }
 
-/// Kills the child after `secs` seconds, so a hung child fails the test instead of hanging it.
-fn watchdog(child: &std::process::Child, secs: u64) {
-    let pid = i32::try_from(child.id()).expect("pid fits i32");
-    std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(secs));
-        let _ = unsafe_kill(pid, libc::SIGKILL);
-    });
-}
-
 #[allow(unsafe_code)]
 fn unsafe_kill(pid: i32, signal: i32) -> i32 {
     // SAFETY: kill(2) has no memory-safety preconditions.
@@ -141,8 +135,10 @@ fn sigkill_mid_stream_loses_no_acknowledged_command() {
     let mut all_acked: Vec<String> = Vec::new();
     // Two crash rounds: the second run appends to the document the first one crashed on.
     for round in 0..2 {
-        let mut child = spawn_child("writer", dir.path());
-        watchdog(&child, 120);
+        // Killed if this round fails half-way; a hung child is killed by the watchdog, which
+        // is disarmed (dropped) once this round's child is reaped.
+        let mut child = KillOnDrop(spawn_child("writer", dir.path()));
+        let _watchdog = Watchdog::arm(child.id(), Duration::from_secs(120));
         let mut acked = read_acks(&mut child, 400);
         assert!(
             acked.len() >= 400,
@@ -186,8 +182,8 @@ fn sigkill_mid_stream_loses_no_acknowledged_command() {
 #[test]
 fn node_stops_cleanly_on_sigterm() {
     let dir = TempDir::new("sigterm");
-    let mut child = spawn_child("node", dir.path());
-    watchdog(&child, 60);
+    let mut child = KillOnDrop(spawn_child("node", dir.path()));
+    let watchdog = Watchdog::arm(child.id(), Duration::from_secs(60));
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
     let ready = lines
@@ -201,6 +197,7 @@ fn node_stops_cleanly_on_sigterm() {
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     let stopped = rest.iter().any(|l| l.contains("STOPPED"));
     let status = child.wait().expect("wait for the node");
+    drop(watchdog);
     assert!(stopped, "the node did not report a clean stop");
     assert!(status.success(), "exit status {status}");
     // The store was flushed and its lock released: it reopens with the demo data.
@@ -211,5 +208,36 @@ fn node_stops_cleanly_on_sigterm() {
             .load_doc("session/demo-session")
             .expect("read")
             .is_some()
+    );
+}
+
+#[test]
+fn a_watchdog_kills_a_hung_child_and_a_disarmed_one_leaves_it_alone() {
+    use std::os::unix::process::ExitStatusExt;
+    // Fires: a child that would run for a minute is killed after 100 ms.
+    let mut hung = KillOnDrop(
+        std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .expect("spawn sleep"),
+    );
+    let started = Instant::now();
+    let _armed = Watchdog::arm(hung.id(), Duration::from_millis(100));
+    let status = hung.wait().expect("wait for the hung child");
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status}");
+    assert!(started.elapsed() < Duration::from_secs(30), "killed late");
+
+    // Disarmed: dropped before its deadline, it never signals the child, which exits normally.
+    let mut quick = KillOnDrop(
+        std::process::Command::new("sleep")
+            .arg("0.5")
+            .spawn()
+            .expect("spawn sleep"),
+    );
+    drop(Watchdog::arm(quick.id(), Duration::from_millis(100)));
+    let status = quick.wait().expect("wait for the child");
+    assert!(
+        status.success(),
+        "a disarmed watchdog killed its child: {status}"
     );
 }

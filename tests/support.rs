@@ -1,8 +1,11 @@
-//! Helpers shared by the test modules: temporary directories, callers, command builders, and
-//! the child-process entry point that crash tests re-execute this test binary into.
+//! Helpers shared by the test modules: temporary directories, callers, command builders, the
+//! child-process entry point that crash tests re-execute this test binary into, and the
+//! watchdog that kills a hung child.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
 
 use lectern_model::{Caller, Command, CommandBody, CommandId, DocId, Role, SessionId};
 
@@ -106,4 +109,119 @@ pub fn child_runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("a child process's runtime")
+}
+
+/// Kills a child process with SIGKILL if it outlives `after`, so that a hung child fails its
+/// test instead of hanging it. Dropping the watchdog disarms it (the sender's drop wakes the
+/// waiting thread with `Disconnected`).
+///
+/// On Linux the child is addressed through a pidfd opened when the watchdog is armed (while the
+/// child is still ours and unreaped), so a watchdog that fires late can only ever signal that
+/// process: once it is reaped, its pid may belong to an unrelated process, but the pidfd does
+/// not follow the pid. Elsewhere it falls back to `kill(pid)`, disarmed by the drop.
+pub struct Watchdog(#[allow(dead_code)] mpsc::Sender<()>);
+
+impl Watchdog {
+    /// Arms a watchdog for the child with process id `pid` (call it right after spawning, before
+    /// the child can have been reaped).
+    pub fn arm(pid: u32, after: Duration) -> Watchdog {
+        let target = KillTarget::open(pid);
+        let (tx, rx) = mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            if rx.recv_timeout(after) == Err(mpsc::RecvTimeoutError::Timeout) {
+                target.kill();
+            }
+        });
+        Watchdog(tx)
+    }
+}
+
+/// What a [`Watchdog`] signals: a pidfd where the kernel has them, else the bare pid.
+enum KillTarget {
+    #[cfg(target_os = "linux")]
+    PidFd(std::os::fd::OwnedFd),
+    Pid(i32),
+    Nothing,
+}
+
+impl KillTarget {
+    fn open(pid: u32) -> KillTarget {
+        let Ok(pid) = i32::try_from(pid) else {
+            return KillTarget::Nothing;
+        };
+        #[cfg(target_os = "linux")]
+        {
+            #[allow(unsafe_code)]
+            // SAFETY: pidfd_open(2) takes a pid and flags and returns a new descriptor or -1;
+            // it touches no memory of ours.
+            let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+            if let Ok(fd) = i32::try_from(fd)
+                && fd >= 0
+            {
+                use std::os::fd::FromRawFd;
+                #[allow(unsafe_code)]
+                // SAFETY: `fd` is a descriptor the kernel just created for us and nothing else
+                // owns; the OwnedFd closes it once.
+                return KillTarget::PidFd(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
+            }
+        }
+        KillTarget::Pid(pid)
+    }
+
+    fn kill(&self) {
+        match self {
+            #[cfg(target_os = "linux")]
+            KillTarget::PidFd(fd) => {
+                use std::os::fd::AsRawFd;
+                #[allow(unsafe_code)]
+                // SAFETY: pidfd_send_signal(2) with a pidfd we own, a valid signal, no siginfo
+                // (null) and no flags; it touches no memory of ours.
+                unsafe {
+                    libc::syscall(
+                        libc::SYS_pidfd_send_signal,
+                        fd.as_raw_fd(),
+                        libc::SIGKILL,
+                        std::ptr::null::<libc::siginfo_t>(),
+                        0u32,
+                    );
+                }
+            }
+            KillTarget::Pid(pid) => {
+                #[allow(unsafe_code)]
+                // SAFETY: kill(2) has no memory-safety preconditions.
+                unsafe {
+                    libc::kill(*pid, libc::SIGKILL);
+                }
+            }
+            KillTarget::Nothing => {}
+        }
+    }
+}
+
+/// A child process that is killed (SIGKILL) and reaped when dropped unless it was reaped
+/// already, so that a test failing half-way leaves no child running.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = std::process::Child;
+
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // `Child` knows whether it was reaped: it never signals a pid it has waited for.
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }

@@ -67,6 +67,9 @@ pub struct Config {
 /// Longest push coalescing window accepted, in ms (the replication-latency budget).
 pub const PUSH_COALESCE_MAX_MS: u64 = 20;
 
+/// Longest resume wait accepted, in ms: a join held longer would outlast a client's patience.
+pub const RESUME_WAIT_MAX_MS: u64 = 60_000;
+
 /// The regional mesh: QUIC with mutual TLS to the other nodes.
 #[derive(Debug, Clone)]
 pub struct MeshSettings {
@@ -100,6 +103,11 @@ pub struct MeshSettings {
     /// Inbound peer connections allowed at once between their first packet and a verified
     /// hello; more are refused, so a flood of handshakes costs a bounded amount. Default 64.
     pub handshakes_max: usize,
+    /// A client that resumes here with a token from a node that is ahead (failover) waits up to
+    /// this long for the mesh to bring the missing changes, then gets a snapshot instead of
+    /// the events it missed, in ms (at most [`RESUME_WAIT_MAX_MS`]; 0 answers at once). The
+    /// wait ends as soon as the changes arrive. Default 2000.
+    pub resume_wait_ms: u64,
 }
 
 impl Default for MeshSettings {
@@ -116,6 +124,7 @@ impl Default for MeshSettings {
             peer_idle_timeout_ms: 5_000,
             connect_timeout_ms: 3_000,
             handshakes_max: lectern_mesh::HANDSHAKES_MAX_DEFAULT,
+            resume_wait_ms: 2_000,
         }
     }
 }
@@ -404,6 +413,7 @@ struct FileMesh {
     peer_idle_timeout_ms: Option<u64>,
     connect_timeout_ms: Option<u64>,
     handshakes_max: Option<u64>,
+    resume_wait_ms: Option<u64>,
 }
 
 /// The file's `[notify]` table.
@@ -524,6 +534,9 @@ impl FileConfig {
         if let Some(v) = m.handshakes_max {
             let v = check_min_1(v, &at("mesh.handshakes_max"))?;
             c.mesh.handshakes_max = usize::try_from(v).unwrap_or(usize::MAX);
+        }
+        if let Some(v) = m.resume_wait_ms {
+            c.mesh.resume_wait_ms = check_resume_wait(v, &at("mesh.resume_wait_ms"))?;
         }
         if let Some(v) = self.admin_token {
             c.admin_token = Some(check_secret(v, &at("admin_token"))?);
@@ -732,6 +745,10 @@ fn apply_env(c: &mut Config, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Re
         let key = "LECTERN_MESH_PUSH_COALESCE_MS";
         c.mesh.push_coalesce_ms = check_coalesce(parse_value(&v, key)?, key)?;
     }
+    if let Some(v) = get("LECTERN_MESH_RESUME_WAIT_MS") {
+        let key = "LECTERN_MESH_RESUME_WAIT_MS";
+        c.mesh.resume_wait_ms = check_resume_wait(parse_value(&v, key)?, key)?;
+    }
     if let Some(v) = get("LECTERN_ADMIN_TOKEN") {
         c.admin_token = Some(check_secret(v, "LECTERN_ADMIN_TOKEN")?);
     }
@@ -888,6 +905,13 @@ fn check_peers(peers: Vec<String>, key: &str) -> anyhow::Result<Vec<String>> {
 fn check_coalesce(v: u64, key: &str) -> anyhow::Result<u64> {
     if v > PUSH_COALESCE_MAX_MS {
         bail!("{key}: {v} ms is more than the {PUSH_COALESCE_MAX_MS} ms allowed");
+    }
+    Ok(v)
+}
+
+fn check_resume_wait(v: u64, key: &str) -> anyhow::Result<u64> {
+    if v > RESUME_WAIT_MAX_MS {
+        bail!("{key}: {v} ms is more than the {RESUME_WAIT_MAX_MS} ms allowed");
     }
     Ok(v)
 }

@@ -13,6 +13,9 @@ use serde_json::{Value, json};
 use super::{Cluster, DEMO_SESSION, demo_caller, demo_session, joined, within};
 use crate::support::{ask, cmd};
 
+/// How long the link stays cut after the student starts joining B (see its use).
+const JOIN_HEAD_START: Duration = Duration::from_millis(200);
+
 /// The `qa:new` ids in a join ack's replayed events, in order.
 fn replayed_asks(ack: &Value) -> anyhow::Result<Vec<String>> {
     let events = ack["events"]
@@ -36,7 +39,7 @@ async fn a_client_failing_over_to_b_with_its_token_gets_exactly_the_missed_event
             .await?;
         cluster.connected(a, 1).await?;
         cluster
-            .converged(&demo_session(), &[a, b], Duration::from_secs(5))
+            .converged(&demo_session(), &[a, b], Duration::from_secs(10))
             .await?;
 
         // The student follows the session on A and sees q-before.
@@ -71,7 +74,7 @@ async fn a_client_failing_over_to_b_with_its_token_gets_exactly_the_missed_event
             )
             .await?;
         cluster
-            .converged(&demo_session(), &[a, b], Duration::from_secs(2))
+            .converged(&demo_session(), &[a, b], Duration::from_secs(10))
             .await?;
         cluster.stop(a).await?;
         cluster
@@ -104,7 +107,7 @@ async fn a_node_behind_the_token_syncs_first_then_replays() -> anyhow::Result<()
             .await?;
         cluster.connected(a, 1).await?;
         cluster
-            .converged(&demo_session(), &[a, b], Duration::from_secs(5))
+            .converged(&demo_session(), &[a, b], Duration::from_secs(10))
             .await?;
 
         let (mut student, _) = joined(cluster.node(a), "student1", "student", None).await?;
@@ -128,11 +131,20 @@ async fn a_node_behind_the_token_syncs_first_then_replays() -> anyhow::Result<()
             )
             .await?;
 
-        // Join B with a token B cannot know yet; heal while it waits.
+        // Join B with a token B cannot know yet (the link is still cut); heal while it waits.
+        assert_ne!(
+            cluster.node(b).hub.doc_heads(&demo_session()),
+            cluster.node(a).hub.doc_heads(&demo_session()),
+            "B is behind the token when the student joins"
+        );
         let node_b = cluster.node(b);
         let join = joined(node_b, "student1", "student", Some(&token));
         let heal = async {
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            // Not a synchronisation: the outcome is the same whenever the heal comes within
+            // B's resume wait (the mesh test's RESUME_WAIT_MS, 8 s; the wait ends as soon as the
+            // changes arrive). The head start only lets the join reach B while it is still
+            // behind, so that the run exercises the wait; nothing B exposes says "waiting".
+            tokio::time::sleep(JOIN_HEAD_START).await;
             to_b.heal();
             anyhow::Ok(())
         };

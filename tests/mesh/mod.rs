@@ -35,6 +35,24 @@ pub const TEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// The shared HS256 secret of a test cluster.
 pub const SECRET: &str = "mesh-test-secret-0123456789abcdef";
 
+/// A test node's longest wait between two dials, in ms: a peer back from a partition or a
+/// restart is redialled within a fraction of a second.
+pub const RECONNECT_MAX_MS: u64 = 200;
+
+/// A test node's peer idle timeout, in ms: a dead or cut-off peer is noticed after this long
+/// (keep-alives every third of it). Short enough for the dead-peer tests (partition, presence
+/// expiry, restart) to notice within their limits, long enough that a loaded 2-core machine
+/// that does not schedule a node for a moment does not drop a healthy connection.
+pub const PEER_IDLE_TIMEOUT_MS: u64 = 3_000;
+
+/// A test node's dial timeout, in ms (a dial into a partition is retried this often).
+pub const CONNECT_TIMEOUT_MS: u64 = 700;
+
+/// How long a test node holds a resume join for the mesh to catch up, in ms: generous (the
+/// wait ends as soon as the changes arrive), and shorter than the test client's 10 s wait
+/// for an ack, so that a node that gives up is seen answering with a snapshot.
+pub const RESUME_WAIT_MS: u64 = 8_000;
+
 /// Runs a test body under [`TEST_TIMEOUT`].
 pub async fn within<T>(body: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
     tokio::time::timeout(TEST_TIMEOUT, body)
@@ -56,6 +74,74 @@ pub async fn eventually(
         anyhow::ensure!(start.elapsed() < limit, "{what}: not within {limit:?}");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// Retries the async check `check` every 20 ms until it succeeds or `limit` passes (then its
+/// last error is the test's); how long it took. For conditions read over HTTP or that need
+/// `ensure!`s with their own messages.
+pub async fn eventually_ok<F, Fut>(
+    what: &str,
+    limit: Duration,
+    mut check: F,
+) -> anyhow::Result<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let start = Instant::now();
+    loop {
+        match check().await {
+            Ok(()) => return Ok(start.elapsed()),
+            Err(e) if start.elapsed() >= limit => {
+                return Err(e.context(format!("{what}: not within {limit:?}")));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// A loopback UDP address for a node's QUIC endpoint that a test has to know before the node
+/// binds it (two nodes that dial each other; a node restarted on the same address), and that
+/// nothing else can take in between.
+///
+/// Probing `127.0.0.1:0` and releasing the port would not do: the kernel hands released
+/// ephemeral ports to the next socket that binds port 0, in this process or another. So the
+/// address is one of 127.0.0.0/8's own (unique to this process and call: derived from the pid
+/// and a counter; no other code binds it by name), and the port lies below the kernel's
+/// ephemeral range (`ip_local_port_range`), which it never hands out by itself. The port is
+/// checked free by binding it once; only a socket bound on purpose to exactly this port of every
+/// address could take it afterwards.
+pub fn reserved_udp_addr() -> anyhow::Result<SocketAddr> {
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static CALLS: AtomicU32 = AtomicU32::new(0);
+    let call = CALLS.fetch_add(1, Ordering::Relaxed);
+    let pid = std::process::id();
+    // 127.64.0.0 to 127.127.255.255: 14 bits of pid, 8 of call (1 to 254 in the last byte).
+    let ip = Ipv4Addr::new(
+        127,
+        64 | ((pid >> 8) & 0x3f) as u8,
+        (pid & 0xff) as u8,
+        1 + (call % 254) as u8,
+    );
+    let ephemeral_low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768);
+    let (low, high) = (10_000u16, ephemeral_low.max(10_001));
+    let span = u32::from(high - low);
+    let first = (pid
+        .wrapping_mul(7_919)
+        .wrapping_add(call.wrapping_mul(104_729)))
+        % span;
+    for i in 0..span {
+        let port = low + ((first + i) % span) as u16;
+        let addr = SocketAddr::new(IpAddr::V4(ip), port);
+        if std::net::UdpSocket::bind(addr).is_ok() {
+            return Ok(addr);
+        }
+    }
+    anyhow::bail!("no free UDP port below {high} on {ip}")
 }
 
 /// A test cluster.
@@ -109,10 +195,10 @@ impl Cluster {
         config.mesh.listen = "127.0.0.1:0".parse()?;
         config.mesh.tls_dir = Some(self.tls_dir(name)?);
         config.mesh.peers = peers;
-        // Loopback: dead peers are noticed in 1.5 s and redialled within about a second.
-        config.mesh.reconnect_max_ms = 200;
-        config.mesh.peer_idle_timeout_ms = 1_500;
-        config.mesh.connect_timeout_ms = 700;
+        config.mesh.reconnect_max_ms = RECONNECT_MAX_MS;
+        config.mesh.peer_idle_timeout_ms = PEER_IDLE_TIMEOUT_MS;
+        config.mesh.connect_timeout_ms = CONNECT_TIMEOUT_MS;
+        config.mesh.resume_wait_ms = RESUME_WAIT_MS;
         config.admin_token = Some("admin-token-0123456789".into());
         Ok(config)
     }

@@ -12,9 +12,10 @@ use anyhow::Context;
 use lectern_model::{CommandId, Role};
 use lectern_node::DEMO_SESSION;
 use lectern_testkit::Http;
+use tokio::sync::mpsc::UnboundedReceiver;
 
-use super::{Cluster, demo_caller, demo_session, token, within};
-use crate::support::{TempDir, ask, cmd};
+use super::{Cluster, demo_caller, demo_session, reserved_udp_addr, token, within};
+use crate::support::{KillOnDrop, TempDir, ask, cmd};
 
 const CHILD_ENV: &str = "LECTERN_TEST_MESH_CHILD";
 const ADMIN_TOKEN: &str = "admin-token-0123456789";
@@ -38,9 +39,9 @@ fn mesh_child_entrypoint() {
         config.mesh.name = "node-b".into();
         config.mesh.listen = var("MESH_CHILD_QUIC").parse().expect("quic addr");
         config.mesh.tls_dir = Some(var("MESH_CHILD_TLS").into());
-        config.mesh.peer_idle_timeout_ms = 1_500;
-        config.mesh.connect_timeout_ms = 700;
-        config.mesh.reconnect_max_ms = 200;
+        config.mesh.peer_idle_timeout_ms = super::PEER_IDLE_TIMEOUT_MS;
+        config.mesh.connect_timeout_ms = super::CONNECT_TIMEOUT_MS;
+        config.mesh.reconnect_max_ms = super::RECONNECT_MAX_MS;
         config.admin_token = Some(ADMIN_TOKEN.into());
         let node = lectern_node::start(config).await.expect("start node B");
         println!("HTTP {}", node.http_addr);
@@ -79,15 +80,17 @@ fn mesh_child_entrypoint() {
     });
 }
 
-/// Starts node B as a child; its stdout lines go to the returned receiver.
+/// Starts node B as a child (killed if dropped while running); its stdout lines go to the
+/// returned receiver, read by a thread of their own, which closes the channel once the child's
+/// stdout ends (the child exited: every line it printed has been delivered).
 fn spawn_b(
     role: &str,
     dir: &std::path::Path,
     tls: &std::path::Path,
     quic: std::net::SocketAddr,
-) -> anyhow::Result<(std::process::Child, std::sync::mpsc::Receiver<String>)> {
+) -> anyhow::Result<(KillOnDrop, UnboundedReceiver<String>)> {
     let exe = std::env::current_exe()?;
-    let mut child = std::process::Command::new(exe)
+    let child = std::process::Command::new(exe)
         .args([
             "--exact",
             "mesh::restart::mesh_child_entrypoint",
@@ -101,8 +104,9 @@ fn spawn_b(
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()?;
+    let mut child = KillOnDrop(child);
     let stdout = child.stdout.take().context("piped stdout")?;
-    let (tx, rx) = std::sync::mpsc::channel();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if tx.send(line).is_err() {
@@ -113,17 +117,28 @@ fn spawn_b(
     Ok((child, rx))
 }
 
-/// Reads lines until the `HTTP addr` one.
-fn http_addr(rx: &std::sync::mpsc::Receiver<String>) -> anyhow::Result<std::net::SocketAddr> {
+/// Reads lines until the `HTTP addr` one (awaiting: the runtime's workers stay free).
+async fn http_addr(rx: &mut UnboundedReceiver<String>) -> anyhow::Result<std::net::SocketAddr> {
+    let limit = Duration::from_secs(30);
     loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .context("node B prints its HTTP address")?;
+        let line = tokio::time::timeout(limit, rx.recv())
+            .await
+            .with_context(|| format!("node B prints its HTTP address within {limit:?}"))?
+            .context("node B exited before printing its HTTP address")?;
         // The test harness prints `test … ... ` in front of the child's first line.
         if let Some((_, addr)) = line.split_once("HTTP ") {
             return Ok(addr.trim().parse()?);
         }
     }
+}
+
+/// Reaps `child` (already signalled) off the runtime's workers.
+async fn reap(mut child: KillOnDrop) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .context("join the reaping task")?
+        .context("wait for node B")?;
+    Ok(())
 }
 
 fn kill(child: &std::process::Child, signal: i32) {
@@ -151,10 +166,9 @@ async fn a_node_killed_during_writes_restarts_and_catches_up_losing_nothing() ->
 {
     within(async {
         let mut cluster = Cluster::new("mesh-kill")?;
-        let quic_b = {
-            let probe = std::net::UdpSocket::bind("127.0.0.1:0")?;
-            probe.local_addr()?
-        };
+        // B's QUIC address is in A's peer list and B restarts on it: a reserved one, which no
+        // other socket can be given before B binds it or while B is down.
+        let quic_b = reserved_udp_addr()?;
         let a = cluster
             .start("node-a", vec![format!("node-b@{quic_b}")], true)
             .await?;
@@ -162,8 +176,8 @@ async fn a_node_killed_during_writes_restarts_and_catches_up_losing_nothing() ->
         let tls_b = cluster.tls_dir("node-b")?;
 
         // B writes; A writes at the same time.
-        let (mut child, lines) = spawn_b("writer", dir_b.path(), &tls_b, quic_b)?;
-        http_addr(&lines)?;
+        let (child, mut lines) = spawn_b("writer", dir_b.path(), &tls_b, quic_b)?;
+        http_addr(&mut lines).await?;
         let a_acked: Arc<Mutex<Vec<String>>> = Arc::default();
         let hub_a = cluster.node(a).hub.clone();
         let writer_a = {
@@ -187,29 +201,42 @@ async fn a_node_killed_during_writes_restarts_and_catches_up_losing_nothing() ->
                 }
             })
         };
+        // Kill B mid-stream once it has acknowledged 100 asks and A has written alongside.
         let mut b_acked: Vec<String> = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while b_acked.len() < 100 {
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "B acknowledged only {}",
-                b_acked.len()
-            );
-            if let Ok(line) = lines.recv_timeout(Duration::from_millis(100))
-                && let Some(id) = line.strip_prefix("ACK ")
-            {
-                b_acked.push(id.to_owned());
-            }
-        }
-        kill(&child, libc::SIGKILL);
-        let _ = child.wait();
-        // Every ACK printed before the kill counts.
-        while let Ok(line) = lines.recv_timeout(Duration::from_millis(200)) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while b_acked.len() < 100 || a_acked.lock().expect("lock").is_empty() {
+            let line = tokio::time::timeout_at(deadline, lines.recv())
+                .await
+                .with_context(|| {
+                    format!(
+                        "B acknowledged only {} and A {} within 60 s",
+                        b_acked.len(),
+                        a_acked.lock().map(|a| a.len()).unwrap_or(0)
+                    )
+                })?
+                .context("node B exited before it was killed")?;
             if let Some(id) = line.strip_prefix("ACK ") {
                 b_acked.push(id.to_owned());
             }
         }
+        let a_before_kill = a_acked.lock().expect("lock").len();
+        kill(&child, libc::SIGKILL);
+        reap(child).await?;
+        // Every ACK printed before the kill counts: read until B's stdout has ended.
+        let drained = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.recv().await {
+                if let Some(id) = line.strip_prefix("ACK ") {
+                    b_acked.push(id.to_owned());
+                }
+            }
+        })
+        .await;
+        anyhow::ensure!(drained.is_ok(), "B's output did not end after the kill");
         writer_a.await?;
+        println!(
+            "restart: B acknowledged {} asks before the kill, A {a_before_kill} by then",
+            b_acked.len()
+        );
 
         // A keeps going while B is down.
         for n in 0..30 {
@@ -225,8 +252,8 @@ async fn a_node_killed_during_writes_restarts_and_catches_up_losing_nothing() ->
         }
 
         // B restarts on the same store and port and catches up.
-        let (mut child, lines) = spawn_b("quiet", dir_b.path(), &tls_b, quic_b)?;
-        let http_b = Http::new(http_addr(&lines)?);
+        let (child, mut lines) = spawn_b("quiet", dir_b.path(), &tls_b, quic_b)?;
+        let http_b = Http::new(http_addr(&mut lines).await?);
         let start = Instant::now();
         loop {
             let on_b = heads_on(&http_b).await?;
@@ -236,8 +263,10 @@ async fn a_node_killed_during_writes_restarts_and_catches_up_losing_nothing() ->
             if on_b.is_some() && on_b == on_a {
                 break;
             }
+            // Generous: A notices the old connection is dead after the idle timeout, then
+            // redials; the wait ends as soon as the heads agree.
             anyhow::ensure!(
-                start.elapsed() < Duration::from_secs(10),
+                start.elapsed() < Duration::from_secs(30),
                 "B did not catch up: {on_b:?} vs {on_a:?}"
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -274,7 +303,9 @@ async fn a_node_killed_during_writes_restarts_and_catches_up_losing_nothing() ->
             assert!(ids.contains(id.as_str()), "B lacks {id} from A");
         }
         kill(&child, libc::SIGTERM);
-        let _ = child.wait();
+        reap(child).await?;
+        // The test's own handles keep the node's hub, and so its store, open past its stop.
+        drop(hub_a);
         cluster.stop_all().await
     })
     .await

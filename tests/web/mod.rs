@@ -22,7 +22,6 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
@@ -32,7 +31,7 @@ use lectern_testkit::Http;
 use serde_json::Value;
 
 use crate::gateway::{Demo, claims, unix_now_s};
-use crate::support::TempDir;
+use crate::support::{TempDir, Watchdog};
 
 /// The Chromium the scripts drive (Debian's package).
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -139,22 +138,6 @@ fn run_script(
         ensure!(len > 1000, "screenshot {path} is missing or empty");
     }
     Ok(summary)
-}
-
-/// Kills a child process (by its id) if it outlives its deadline; dropping it disarms it (the
-/// sender's drop wakes the waiting thread with `Disconnected`).
-struct Watchdog(#[allow(dead_code)] mpsc::Sender<()>);
-
-impl Watchdog {
-    fn arm(pid: u32, after: Duration) -> Watchdog {
-        let (tx, rx) = mpsc::channel::<()>();
-        std::thread::spawn(move || {
-            if rx.recv_timeout(after) == Err(mpsc::RecvTimeoutError::Timeout) {
-                kill(pid, libc::SIGKILL);
-            }
-        });
-        Watchdog(tx)
-    }
 }
 
 fn kill(pid: u32, signal: i32) {

@@ -430,8 +430,10 @@ fn lock_dir(path: &Path) -> Result<File, StoreError> {
     }
 }
 
-/// How long [`open_sled`] waits for sled's own lock once ours is held.
-const SLED_LOCK_WAIT: Duration = Duration::from_secs(3);
+/// How long [`open_sled`] waits for sled's own lock once ours is held. Generous: the wait ends
+/// as soon as sled's lock is free, and only a starved machine (sled's background thread not
+/// scheduled) comes near it; running out means a restart fails with `Locked`.
+const SLED_LOCK_WAIT: Duration = Duration::from_secs(15);
 
 /// Opens sled under our lock. A `sled::Db` that was just dropped can keep sled's file lock for a
 /// moment, because sled's background pool still holds its file while it finishes a log write or
