@@ -204,9 +204,15 @@ async fn refresh_sessions(
         if grew {
             ticks.send_modify(|t| *t += 1);
         }
-        // Wait for a change of one of the cohorts (or a lag, which may hide one).
+        // Wait for a change of one of the cohorts (or a lag, which may hide one). Once nobody
+        // listens to the ticks (the mesh stopped), end, letting go of the hub: its change feed
+        // never closes while this task holds it.
         loop {
-            match changes.recv().await {
+            let received = tokio::select! {
+                received = changes.recv() => received,
+                () = ticks.closed() => return,
+            };
+            match received {
                 Ok(change) => {
                     if matches!(&change.doc, DocId::Cohort(c) if cohorts.contains(c)) {
                         break;

@@ -349,12 +349,17 @@ async fn start_mesh(
     );
     if let Some(mut ticks) = admitted {
         // New sessions admitted by the share policy: run anti-entropy again to fetch them.
-        let weak = Arc::downgrade(&mesh);
+        // Ends when the mesh stops, dropping the ticks, which ends the share policy's refresh
+        // task and its handle on the hub (so a stopped node lets go of its store).
+        let mesh = mesh.clone();
         tokio::spawn(async move {
-            while ticks.changed().await.is_ok() {
-                match weak.upgrade() {
-                    Some(mesh) => mesh.resync(),
-                    None => return,
+            loop {
+                tokio::select! {
+                    changed = ticks.changed() => match changed {
+                        Ok(()) => mesh.resync(),
+                        Err(_) => return,
+                    },
+                    () = mesh.stopped() => return,
                 }
             }
         });

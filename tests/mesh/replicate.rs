@@ -196,6 +196,16 @@ async fn a_node_restricted_to_its_cohorts_keeps_other_documents_out() -> anyhow:
             None,
             "a session of another cohort never reaches the classroom node"
         );
+        // A stopped classroom node lets go of its store (its share policy's tasks end with
+        // the mesh), so it can be opened again at once, as a restart in this process would.
+        cluster.stop(a).await?;
+        let reopened = lectern_store::Store::open(cluster.dirs[a].path());
+        assert!(
+            reopened.is_ok(),
+            "the store is still held after the stop: {:?}",
+            reopened.err()
+        );
+        drop(reopened);
         // The test's own handles keep the node's hub, and so its store, open past its stop.
         drop(hub_b);
         cluster.stop_all().await
