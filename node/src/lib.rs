@@ -38,10 +38,8 @@ pub use demo::{DEMO_COHORT, DEMO_SESSION, seed_demo};
 
 /// How long [`Node::stop`] waits for the tasks that outlive the graceful shutdown (connection
 /// tasks past the drain, mesh tasks being aborted) to let go of the hub and so of the store.
-/// The wait ends as soon as they are gone (milliseconds, in every test that stops a node).
-/// Not longer: a node with `mesh.share_cohorts` never gets there (the share filter's refresh
-/// task holds a hub handle while it waits on that hub's own change feed), and each of its stops
-/// costs the whole wait.
+/// The wait ends as soon as they are gone (milliseconds, in every test that stops a node); past
+/// it, `stop` returns anyway and the store closes when the last handle goes.
 const STORE_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The demo's links, each with its token in a `token` query parameter.
