@@ -178,6 +178,40 @@ async fn the_leaderboard_streams_changes_at_most_once_per_interval_anonymizes_an
             "Linus"
         );
 
+        // Each finds their own place on the board the stream last published, anonymized or
+        // not; staff are not on it; another cohort's member may not look.
+        let me_path = format!("/api/cohorts/{DEMO_COHORT}/leaderboard/me");
+        let me = |token: String| {
+            let (http, path) = (&node.http, me_path.clone());
+            async move {
+                let r = http.get(&path, Some(&token)).await?;
+                anyhow::ensure!(r.status == 200, "{} {}", r.status, r.text());
+                r.json()
+            }
+        };
+        let linus = me(s2.clone()).await?;
+        assert_eq!(
+            (&linus["rank"], &linus["of"], &linus["score"], &linus["anonymous"]),
+            (&json!(1), &json!(2), &json!(29), &json!(true)),
+            "{linus}"
+        );
+        assert!(linus["publishedAt"].as_u64().is_some(), "{linus}");
+        let grace = me(s1.clone()).await?;
+        assert_eq!(
+            (&grace["rank"], &grace["maxScore"], &grace["anonymous"]),
+            (&json!(2), &json!(30), &json!(false)),
+            "{grace}"
+        );
+        let staff_me = me(ada.clone()).await?;
+        assert_eq!((&staff_me["rank"], &staff_me["of"]), (&Value::Null, &json!(2)));
+        let outsider = lectern_gateway::auth::mint(
+            &node.node.secret,
+            &crate::gateway::claims("eve", "student", &["other-cohort"], crate::gateway::unix_now_s() + 600),
+        )?;
+        let refused = node.http.get(&me_path, Some(&outsider)).await?;
+        assert_eq!(refused.status, 403, "{}", refused.text());
+        assert_eq!(refused.error_code().as_deref(), Some("not_member"));
+
         // A change that does not move the board sends nothing; the next one that does is the
         // next event (so nothing was sent for the first).
         node.cohort_command(
@@ -267,7 +301,7 @@ async fn the_instructor_dashboard_shows_the_class_live_to_staff_only_and_resumes
             .err()
             .expect("a student is refused");
         assert_eq!(refused.status, 403);
-        assert_eq!(refused.error_code().as_deref(), Some("forbidden"));
+        assert_eq!(refused.error_code().as_deref(), Some("not_member"));
 
         let ada = node.token("ada", "instructor");
         let mut dash = open(&node, &path, &ada, None).await?;

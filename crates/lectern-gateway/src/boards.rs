@@ -28,7 +28,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::Router;
+use axum::{Json, Router};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -43,7 +43,7 @@ use tokio::sync::broadcast;
 use crate::Gateway;
 use crate::error::AppError;
 use crate::lock;
-use crate::rest::{AuthedUntil, parse_id};
+use crate::rest::{Authed, AuthedUntil, parse_id};
 use crate::sse::{Filter, Opened, last_event_id, stream_response};
 
 /// Events buffered per board for slow subscribers (a board changes at most every few seconds).
@@ -132,7 +132,63 @@ pub(crate) fn routes(gw: Gateway) -> Router {
     Router::new()
         .route("/api/stream/leaderboard/{cohort}", get(leaderboard_stream))
         .route("/api/stream/instructor/{cohort}", get(dashboard_stream))
+        .route("/api/cohorts/{cohort}/leaderboard/me", get(leaderboard_me))
         .with_state(gw)
+}
+
+/// `GET /api/cohorts/{cohort}/leaderboard/me`: the caller's own place on the cohort's current
+/// leaderboard (the one its stream last published): `{rank, of, score, maxScore,
+/// completedLessons, anonymous, publishedAt}`, `rank` null when the caller is not on it. A
+/// student who opted out is "Anonymous" to everyone on the shared board, themselves included:
+/// this is how their page finds their own row and shows their privacy choice.
+async fn leaderboard_me(
+    State(gw): State<Gateway>,
+    Authed(caller): Authed,
+    Path(cohort): Path<String>,
+) -> Result<Json<Value>, AppError> {
+    let cohort: CohortId = parse_id(&cohort, "cohort id")?;
+    gw.inner.limiter.command(caller.user.as_str())?;
+    authorize_read(&gw, &caller, &cohort).await?;
+    let key = (Board::Leaderboard, cohort.clone());
+    let running = {
+        let tickers = lock(&gw.inner.boards.tickers);
+        tickers.get(&key).map(|t| lock(&t.latest).full.clone())
+    };
+    let full = match running {
+        Some(full) => full,
+        None => {
+            let at = lectern_hub::system_now().0;
+            compute(&gw, Board::Leaderboard, &cohort)
+                .await?
+                .stamped(at)
+                .full
+        }
+    };
+    let entries = full["entries"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    let me = entries
+        .iter()
+        .find(|e| e["user"].as_str() == Some(caller.user.as_str()));
+    let field = |k: &str| me.map_or(Value::Null, |e| e[k].clone());
+    Ok(Json(json!({
+        "cohort": cohort.as_str(),
+        "of": entries.len(),
+        "rank": field("rank"),
+        "score": field("score"),
+        "maxScore": field("maxScore"),
+        "completedLessons": field("completedLessons"),
+        "anonymous": me.is_some_and(|e| e["anonymous"] == true),
+        PUBLISHED_AT: full[PUBLISHED_AT],
+    })))
+}
+
+/// Refuses `caller` unless they may read `cohort`'s document.
+async fn authorize_read(gw: &Gateway, caller: &Caller, cohort: &CohortId) -> Result<(), AppError> {
+    let c = caller.clone();
+    gw.inner
+        .hub
+        .read(DocId::Cohort(cohort.clone()), move |r| r.authorize_read(&c))
+        .await?
+        .map_err(|r| AppError::from(lectern_hub::HubError::Rejected(r)))
 }
 
 async fn leaderboard_stream(
@@ -196,13 +252,7 @@ async fn open(
     let cohort: CohortId = parse_id(cohort, "cohort id")?;
     let since = last_event_id(headers)?;
     gw.inner.limiter.command(caller.user.as_str())?;
-    let doc = DocId::Cohort(cohort.clone());
-    let c = caller.clone();
-    gw.inner
-        .hub
-        .read(doc, move |r| r.authorize_read(&c))
-        .await?
-        .map_err(|r| AppError::from(lectern_hub::HubError::Rejected(r)))?;
+    authorize_read(gw, &caller, &cohort).await?;
     if board == Board::Dashboard && !caller.is_staff_of(&cohort) {
         return Err(AppError::new(
             StatusCode::FORBIDDEN,
