@@ -335,6 +335,20 @@ async function runBoards(browser) {
   out.a11y = { student: await audit(student), instructor: await audit(teacher) };
   out.announcement = title;
 
+  // The student hides their name, by keyboard: classmates see "Anonymous", and the student's
+  // page still knows which row is theirs; staff see the choice.
+  await student.locator('#lb-show-name:not([disabled])').waitFor({ timeout: WAIT_MS });
+  out.showNameBefore = await student.isChecked('#lb-show-name');
+  await student.locator('#lb-show-name').focus();
+  await student.keyboard.press('Space');
+  await student.locator('#lb tr.me', { hasText: 'Anonymous' }).waitFor({ timeout: WAIT_MS });
+  out.lbMeAnonRow = await student.$eval('#lb tr.me', (tr) => [...tr.children].map((c) => c.textContent.trim()).join(' | '));
+  out.lbMineAnon = (await student.textContent('#lb-mine')).trim();
+  out.privacyStatus = (await student.textContent('#lb-privacy-status')).trim();
+  out.showNameAfter = await student.isChecked('#lb-show-name');
+  await teacher.locator('#lb tr', { hasText: 'Grace (anonymous to classmates)' }).waitFor({ timeout: WAIT_MS });
+  out.lbInstructorAnon = await tableRows(teacher, '#lb table.board');
+
   // A node without these streams (404): their sections stay hidden, the rest works.
   const without = (page) => page.route(/\/api\/stream\/(notifications|leaderboard|instructor)(\/|$|\?)/,
     (route) => route.fulfill({ status: 404, body: 'not found' }));

@@ -191,7 +191,12 @@ async fn the_leaderboard_streams_changes_at_most_once_per_interval_anonymizes_an
         };
         let linus = me(s2.clone()).await?;
         assert_eq!(
-            (&linus["rank"], &linus["of"], &linus["score"], &linus["anonymous"]),
+            (
+                &linus["rank"],
+                &linus["of"],
+                &linus["score"],
+                &linus["anonymous"]
+            ),
             (&json!(1), &json!(2), &json!(29), &json!(true)),
             "{linus}"
         );
@@ -203,10 +208,18 @@ async fn the_leaderboard_streams_changes_at_most_once_per_interval_anonymizes_an
             "{grace}"
         );
         let staff_me = me(ada.clone()).await?;
-        assert_eq!((&staff_me["rank"], &staff_me["of"]), (&Value::Null, &json!(2)));
+        assert_eq!(
+            (&staff_me["rank"], &staff_me["of"]),
+            (&Value::Null, &json!(2))
+        );
         let outsider = lectern_gateway::auth::mint(
             &node.node.secret,
-            &crate::gateway::claims("eve", "student", &["other-cohort"], crate::gateway::unix_now_s() + 600),
+            &crate::gateway::claims(
+                "eve",
+                "student",
+                &["other-cohort"],
+                crate::gateway::unix_now_s() + 600,
+            ),
         )?;
         let refused = node.http.get(&me_path, Some(&outsider)).await?;
         assert_eq!(refused.status, 403, "{}", refused.text());

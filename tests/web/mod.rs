@@ -399,6 +399,27 @@ async fn notifications_the_leaderboard_and_the_dashboard_in_chromium() -> anyhow
         ],
         "{summary}"
     );
+    // Grace hides her name: her row is "Anonymous" and still hers on her page; staff see both
+    // choices.
+    assert_eq!(summary["showNameBefore"], true, "{summary}");
+    assert_eq!(summary["showNameAfter"], false, "{summary}");
+    assert_eq!(summary["lbMeAnonRow"], "1 | Anonymous (you) | 8 / 10 | 1");
+    assert_eq!(
+        summary["lbMineAnon"],
+        "Your rank: 1 of 2 (classmates see you as Anonymous)"
+    );
+    assert_eq!(
+        summary["privacyStatus"],
+        "Classmates now see you as Anonymous."
+    );
+    assert_eq!(
+        rows(&summary["lbInstructorAnon"]),
+        vec![
+            vec!["1", "Grace (anonymous to classmates)", "8 / 10", "1"],
+            vec!["2", "Linus (anonymous to classmates)", "0", "0"],
+        ],
+        "{summary}"
+    );
 
     // Dashboard: what the node computed, as text.
     let dash = &summary["dash"];

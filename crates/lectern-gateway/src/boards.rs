@@ -28,11 +28,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::{Json, Router};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::get;
+use axum::{Json, Router};
 use lectern_hub::{JoinStart, Joined, Published};
 use lectern_model::automerge::ChangeHash;
 use lectern_model::{Audience, Caller, CohortId, DocId, ResumeToken, Role, SessionId};

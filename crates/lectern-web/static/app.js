@@ -24,7 +24,7 @@ const view = params.get('view') === 'projector' ? 'projector' : staff ? 'instruc
 const first = TRANSPORTS.includes(params.get('transport')) ? params.get('transport') : 'websocket';
 
 const m = emptySession();
-const ui = { order: 'top', drafts: new Map(), answering: null, dirty: false, progress: null, notes: new Map(), unread: null, notesOn: false, focusNote: null, dash: null, board: null, missing: new Set() };
+const ui = { order: 'top', drafts: new Map(), answering: null, dirty: false, progress: null, notes: new Map(), unread: null, notesOn: false, focusNote: null, dash: null, board: null, lbMe: null, privacyBusy: false, missing: new Set() };
 
 function decodeClaims(t) {
   try {
@@ -414,8 +414,7 @@ function nameOf(user) {
 
 const LEADERBOARD_TOP = 10;
 
-function leaderboardRow(e) {
-  const me = e.user != null && e.user === claims.sub;
+function leaderboardRow(e, me) {
   const name = `${esc(e.name ?? 'Anonymous')}${me ? ' <strong>(you)</strong>' : ''}${staff && e.anonymous ? ' <span class="meta">(anonymous to classmates)</span>' : ''}`;
   const score = e.maxScore ? `${e.score} / ${e.maxScore}` : String(e.score ?? 0);
   return `<tr${me ? ' class="me" aria-current="true"' : ''}><th scope="row">${esc(e.rank)}</th><td>${name}</td><td class="score">${esc(score)}</td><td class="score">${esc(e.completedLessons ?? 0)}</td></tr>`;
@@ -429,10 +428,22 @@ function renderLeaderboard() {
   const entries = ui.board.entries || [];
   if (!entries.length) { renderInto($('lb'), '<p class="empty">No scores yet.</p>'); return; }
   const top = entries.slice(0, LEADERBOARD_TOP);
-  const mine = entries.findIndex((e) => e.user != null && e.user === claims.sub);
-  const rows = top.map(leaderboardRow);
-  if (mine >= LEADERBOARD_TOP) rows.push(`<tr class="gap"><td colspan="4">…</td></tr>`, leaderboardRow(entries[mine]));
-  const me = mine >= 0 ? `<p class="meta" id="lb-mine">Your rank: ${esc(entries[mine].rank)} of ${entries.length}</p>` : '';
+  // Our own row: by user id, or, when we are anonymous to classmates (and so to ourselves on
+  // the shared board), by the place the node told us (`leaderboard/me`).
+  const own = ui.lbMe;
+  let mine = entries.findIndex((e) => e.user != null && e.user === claims.sub);
+  if (mine < 0 && own && own.anonymous && own.rank != null) {
+    mine = entries.findIndex((e) => e.user == null && e.rank === own.rank && e.score === own.score);
+  }
+  const rows = top.map((e, i) => leaderboardRow(e, i === mine));
+  if (mine >= LEADERBOARD_TOP) rows.push(`<tr class="gap"><td colspan="4">…</td></tr>`, leaderboardRow(entries[mine], true));
+  const hidden = own && own.anonymous ? ' (classmates see you as Anonymous)' : '';
+  const me = mine >= 0 ? `<p class="meta" id="lb-mine">Your rank: ${esc(entries[mine].rank)} of ${entries.length}${hidden}</p>` : '';
+  const box = $('lb-show-name');
+  if (box && own && !ui.privacyBusy) {
+    box.disabled = false;
+    box.checked = !own.anonymous;
+  }
   renderInto($('lb'), `${me}<table class="board"><caption>Top ${Math.min(LEADERBOARD_TOP, entries.length)} of ${plural(entries.length, 'student')} by total score</caption>
     <thead><tr><th scope="col">Rank</th><th scope="col">Student</th><th scope="col" class="score">Score</th><th scope="col" class="score">Lessons completed</th></tr></thead>
     <tbody>${rows.join('')}</tbody></table>`);
@@ -536,7 +547,10 @@ function notesSkeleton() {
 }
 
 function leaderboardSkeleton() {
-  return `<section id="lb-card" class="card" aria-labelledby="lb-h" hidden><h2 id="lb-h">Leaderboard</h2><div id="lb"></div></section>`;
+  // Students choose whether classmates see their name (`leaderboard.privacy`).
+  const privacy = staff ? '' : `<p class="lb-privacy"><label><input type="checkbox" id="lb-show-name" disabled> Show my name to classmates</label>
+    <span id="lb-privacy-status" class="meta" role="status"></span></p>`;
+  return `<section id="lb-card" class="card" aria-labelledby="lb-h" hidden><h2 id="lb-h">Leaderboard</h2>${privacy}<div id="lb"></div></section>`;
 }
 
 function instructorSkeleton() {
@@ -646,6 +660,7 @@ function wire() {
   main.addEventListener('change', (e) => {
     const t = e.target;
     if (t.name === 'order') { ui.order = t.value; renderQuestions(); return; }
+    if (t.id === 'lb-show-name') { setPrivacy(!t.checked); return; }
     if (t.dataset.draft) {
       const form = t.closest('form');
       const picked = [...form.querySelectorAll('input:checked')].map((x) => x.value);
@@ -781,6 +796,7 @@ function startSideStreams() {
       if (!d || typeof d !== 'object') return;
       if (name === 'state' && d.state) ui[key] = d.state;
       else if (name === 'leaderboard' || name === 'dashboard') ui[key] = d;
+      if (key === 'board') refreshLeaderboardMe();
       schedule();
     },
     onMissing: () => { ui[key] = null; ui.missing.add(key); schedule(); },
@@ -842,6 +858,52 @@ async function markRead(ids) {
   ui.unread = ids ? Math.max(0, (ui.unread ?? 0) - marked.length) : 0;
   schedule();
   return true;
+}
+
+/** Our own place on the leaderboard (`GET …/leaderboard/me`), asked after each board update:
+ * how a student anonymous to classmates finds their row, and what their privacy choice is.
+ * Students only; one request at a time (an update meanwhile asks once more after it). */
+let meAsking = false;
+let meAgain = false;
+async function refreshLeaderboardMe() {
+  if (staff) return;
+  if (meAsking) { meAgain = true; return; }
+  meAsking = true;
+  try {
+    const r = await fetch(`/api/cohorts/${encodeURIComponent(m.cohort)}/leaderboard/me`, { headers: { Authorization: `Bearer ${token}` }, cache: 'no-store' });
+    if (r.ok) { ui.lbMe = await r.json(); schedule(); }
+  } catch (_) { /* the next board update asks again */ }
+  meAsking = false;
+  if (meAgain) { meAgain = false; refreshLeaderboardMe(); }
+}
+
+/** Shows or hides our name to classmates (`leaderboard.privacy`); the board follows at its
+ * next update. */
+async function setPrivacy(anonymous) {
+  const box = $('lb-show-name');
+  const status = $('lb-privacy-status');
+  ui.privacyBusy = true;
+  box.disabled = true;
+  status.textContent = 'Saving…';
+  let res = null;
+  try {
+    res = await fetch(`/api/cohorts/${encodeURIComponent(m.cohort)}/commands`, {
+      method: 'POST', cache: 'no-store',
+      headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'application/json' },
+      body: JSON.stringify({ cmd: 'leaderboard.privacy', id: newCommandId(), anonymous }),
+    });
+  } catch (_) { /* said below */ }
+  ui.privacyBusy = false;
+  box.disabled = false;
+  if (!res || !res.ok) {
+    status.textContent = '';
+    box.checked = !(ui.lbMe && ui.lbMe.anonymous);
+    showError(res ? `Your choice was not saved: ${await errorText(res)}` : 'Your choice did not reach the server; nothing changed.');
+    return;
+  }
+  if (ui.lbMe) ui.lbMe.anonymous = anonymous;
+  status.textContent = anonymous ? 'Classmates now see you as Anonymous.' : 'Classmates now see your name.';
+  schedule();
 }
 
 /** Posts an announcement to the session's cohort (`announcement.post`). */
