@@ -314,7 +314,7 @@ async fn the_instructor_dashboard_shows_the_class_live_to_staff_only_and_resumes
             .err()
             .expect("a student is refused");
         assert_eq!(refused.status, 403);
-        assert_eq!(refused.error_code().as_deref(), Some("not_member"));
+        assert_eq!(refused.error_code().as_deref(), Some("forbidden"));
 
         let ada = node.token("ada", "instructor");
         let mut dash = open(&node, &path, &ada, None).await?;
