@@ -149,27 +149,32 @@ async fn leaderboard_me(
     let cohort: CohortId = parse_id(&cohort, "cohort id")?;
     gw.inner.limiter.command(caller.user.as_str())?;
     authorize_read(&gw, &caller, &cohort).await?;
+    let user = caller.user.as_str();
     let key = (Board::Leaderboard, cohort.clone());
+    // The published board when its ticker runs (read in place: it may list thousands).
     let running = {
         let tickers = lock(&gw.inner.boards.tickers);
-        tickers.get(&key).map(|t| lock(&t.latest).full.clone())
+        tickers
+            .get(&key)
+            .map(|t| place(&cohort, &lock(&t.latest).full, user))
     };
-    let full = match running {
-        Some(full) => full,
+    let mine = match running {
+        Some(mine) => mine,
         None => {
             let at = lectern_hub::system_now().0;
-            compute(&gw, Board::Leaderboard, &cohort)
-                .await?
-                .stamped(at)
-                .full
+            let board = compute(&gw, Board::Leaderboard, &cohort).await?;
+            place(&cohort, &board.stamped(at).full, user)
         }
     };
+    Ok(Json(mine))
+}
+
+/// `user`'s place on the full leaderboard `full` (see [`leaderboard_me`]).
+fn place(cohort: &CohortId, full: &Value, user: &str) -> Value {
     let entries = full["entries"].as_array().map(Vec::as_slice).unwrap_or(&[]);
-    let me = entries
-        .iter()
-        .find(|e| e["user"].as_str() == Some(caller.user.as_str()));
+    let me = entries.iter().find(|e| e["user"].as_str() == Some(user));
     let field = |k: &str| me.map_or(Value::Null, |e| e[k].clone());
-    Ok(Json(json!({
+    json!({
         "cohort": cohort.as_str(),
         "of": entries.len(),
         "rank": field("rank"),
@@ -178,7 +183,7 @@ async fn leaderboard_me(
         "completedLessons": field("completedLessons"),
         "anonymous": me.is_some_and(|e| e["anonymous"] == true),
         PUBLISHED_AT: full[PUBLISHED_AT],
-    })))
+    })
 }
 
 /// Refuses `caller` unless they may read `cohort`'s document.

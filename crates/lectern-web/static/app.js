@@ -796,7 +796,8 @@ function startSideStreams() {
       if (!d || typeof d !== 'object') return;
       if (name === 'state' && d.state) ui[key] = d.state;
       else if (name === 'leaderboard' || name === 'dashboard') ui[key] = d;
-      if (key === 'board') refreshLeaderboardMe();
+      // Our privacy choice once; then, while we are anonymous, where our row went.
+      if (key === 'board' && (!ui.lbMe || ui.lbMe.anonymous)) refreshLeaderboardMe();
       schedule();
     },
     onMissing: () => { ui[key] = null; ui.missing.add(key); schedule(); },
@@ -860,8 +861,8 @@ async function markRead(ids) {
   return true;
 }
 
-/** Our own place on the leaderboard (`GET …/leaderboard/me`), asked after each board update:
- * how a student anonymous to classmates finds their row, and what their privacy choice is.
+/** Our own place on the leaderboard (`GET …/leaderboard/me`): what our privacy choice is, and,
+ * asked again after each board update while we are anonymous, where our row is.
  * Students only; one request at a time (an update meanwhile asks once more after it). */
 let meAsking = false;
 let meAgain = false;
@@ -902,6 +903,7 @@ async function setPrivacy(anonymous) {
     return;
   }
   if (ui.lbMe) ui.lbMe.anonymous = anonymous;
+  if (anonymous) refreshLeaderboardMe();
   status.textContent = anonymous ? 'Classmates now see you as Anonymous.' : 'Classmates now see your name.';
   schedule();
 }
