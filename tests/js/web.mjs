@@ -245,6 +245,12 @@ async function runBoards(browser) {
   const student = await open(browser, tStudent, 'student');
   const teacher = await open(browser, tInstructor, 'instructor');
   await Promise.all([student, teacher].map((p) => waitConn(p, 'live', 'websocket')));
+  // The node's answers about the student's own leaderboard place come late, so that board
+  // updates and the student's privacy choice overtake them (as on a slow link).
+  await student.route(/\/leaderboard\/me$/, async (route) => {
+    await new Promise((r) => setTimeout(r, 500));
+    await route.continue();
+  });
 
   // The panels come up with what the node says: nothing unread yet, no lesson progress.
   await student.locator('#notes-count[data-unread]').waitFor({ timeout: WAIT_MS });

@@ -24,7 +24,7 @@ const view = params.get('view') === 'projector' ? 'projector' : staff ? 'instruc
 const first = TRANSPORTS.includes(params.get('transport')) ? params.get('transport') : 'websocket';
 
 const m = emptySession();
-const ui = { order: 'top', drafts: new Map(), answering: null, dirty: false, progress: null, notes: new Map(), unread: null, notesOn: false, focusNote: null, dash: null, board: null, lbMe: null, privacyBusy: false, missing: new Set() };
+const ui = { order: 'top', drafts: new Map(), answering: null, dirty: false, progress: null, notes: new Map(), unread: null, notesOn: false, focusNote: null, dash: null, board: null, lbMe: null, lbHidden: null, privacyChosen: false, privacyBusy: false, missing: new Set() };
 
 function decodeClaims(t) {
   try {
@@ -432,17 +432,17 @@ function renderLeaderboard() {
   // the shared board), by the place the node told us (`leaderboard/me`).
   const own = ui.lbMe;
   let mine = entries.findIndex((e) => e.user != null && e.user === claims.sub);
-  if (mine < 0 && own && own.anonymous && own.rank != null) {
+  if (mine < 0 && ui.lbHidden && own && own.rank != null) {
     mine = entries.findIndex((e) => e.user == null && e.rank === own.rank && e.score === own.score);
   }
   const rows = top.map((e, i) => leaderboardRow(e, i === mine));
   if (mine >= LEADERBOARD_TOP) rows.push(`<tr class="gap"><td colspan="4">…</td></tr>`, leaderboardRow(entries[mine], true));
-  const hidden = own && own.anonymous ? ' (classmates see you as Anonymous)' : '';
+  const hidden = ui.lbHidden ? ' (classmates see you as Anonymous)' : '';
   const me = mine >= 0 ? `<p class="meta" id="lb-mine">Your rank: ${esc(entries[mine].rank)} of ${entries.length}${hidden}</p>` : '';
   const box = $('lb-show-name');
-  if (box && own && !ui.privacyBusy) {
+  if (box && ui.lbHidden !== null && !ui.privacyBusy) {
     box.disabled = false;
-    box.checked = !own.anonymous;
+    box.checked = !ui.lbHidden;
   }
   renderInto($('lb'), `${me}<table class="board"><caption>Top ${Math.min(LEADERBOARD_TOP, entries.length)} of ${plural(entries.length, 'student')} by total score</caption>
     <thead><tr><th scope="col">Rank</th><th scope="col">Student</th><th scope="col" class="score">Score</th><th scope="col" class="score">Lessons completed</th></tr></thead>
@@ -797,7 +797,7 @@ function startSideStreams() {
       if (name === 'state' && d.state) ui[key] = d.state;
       else if (name === 'leaderboard' || name === 'dashboard') ui[key] = d;
       // Our privacy choice once; then, while we are anonymous, where our row went.
-      if (key === 'board' && (!ui.lbMe || ui.lbMe.anonymous)) refreshLeaderboardMe();
+      if (key === 'board' && ui.lbHidden !== false) refreshLeaderboardMe();
       schedule();
     },
     onMissing: () => { ui[key] = null; ui.missing.add(key); schedule(); },
@@ -872,7 +872,13 @@ async function refreshLeaderboardMe() {
   meAsking = true;
   try {
     const r = await fetch(`/api/cohorts/${encodeURIComponent(m.cohort)}/leaderboard/me`, { headers: { Authorization: `Bearer ${token}` }, cache: 'no-store' });
-    if (r.ok) { ui.lbMe = await r.json(); schedule(); }
+    if (r.ok) {
+      ui.lbMe = await r.json();
+      // The node's word on our choice, until we make one here (the board it reads may not
+      // show our latest choice yet).
+      if (!ui.privacyChosen) ui.lbHidden = !!ui.lbMe.anonymous;
+      schedule();
+    }
   } catch (_) { /* the next board update asks again */ }
   meAsking = false;
   if (meAgain) { meAgain = false; refreshLeaderboardMe(); }
@@ -898,12 +904,12 @@ async function setPrivacy(anonymous) {
   box.disabled = false;
   if (!res || !res.ok) {
     status.textContent = '';
-    box.checked = !(ui.lbMe && ui.lbMe.anonymous);
+    box.checked = !ui.lbHidden;
     showError(res ? `Your choice was not saved: ${await errorText(res)}` : 'Your choice did not reach the server; nothing changed.');
     return;
   }
-  if (ui.lbMe) ui.lbMe.anonymous = anonymous;
-  if (anonymous) refreshLeaderboardMe();
+  ui.privacyChosen = true;
+  ui.lbHidden = anonymous;
   status.textContent = anonymous ? 'Classmates now see you as Anonymous.' : 'Classmates now see your name.';
   schedule();
 }
