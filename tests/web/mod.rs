@@ -150,6 +150,19 @@ fn kill(pid: u32, signal: i32) {
     }
 }
 
+/// Runs `web.mjs scenario` against the demo node `demo` as student1 and the instructor ada (for
+/// scenarios that ask for no steps).
+async fn run_demo_script(demo: &Demo, scenario: &'static str) -> anyhow::Result<Value> {
+    let base = format!("http://{}", demo.node.http_addr);
+    let (session, s, i) = (
+        demo.session.clone(),
+        demo.token("student1", "student"),
+        demo.token("ada", "instructor"),
+    );
+    tokio::task::spawn_blocking(move || run_script(scenario, &base, &session, [&s, &i], no_steps))
+        .await?
+}
+
 fn no_steps(step: &str) -> anyhow::Result<String> {
     bail!("this scenario asks for no step, got {step}")
 }
@@ -182,16 +195,7 @@ fn poll<'a>(view: &'a Value, text: &str) -> &'a Value {
 async fn a_student_and_an_instructor_run_a_class_in_chromium() -> anyhow::Result<()> {
     let _one = BROWSER.lock().await;
     let demo = Demo::start("web-class").await?;
-    let base = format!("http://{}", demo.node.http_addr);
-    let (session, s, i) = (
-        demo.session.clone(),
-        demo.token("student1", "student"),
-        demo.token("ada", "instructor"),
-    );
-    let summary = tokio::task::spawn_blocking(move || {
-        run_script("class", &base, &session, [&s, &i], no_steps)
-    })
-    .await??;
+    let summary = run_demo_script(&demo, "class").await?;
     println!("time to live (ms since navigation): {}", summary["liveMs"]);
 
     assert_eq!(summary["askedSeenByInstructor"], 1, "{summary}");
@@ -287,7 +291,6 @@ async fn notifications_the_leaderboard_and_the_dashboard_in_chromium() -> anyhow
         c.notify.dashboard_interval_ms = BOARD_INTERVAL_MS;
     })
     .await?;
-    let base = format!("http://{}", demo.node.http_addr);
     // student2 (Linus) hides their name from classmates.
     let s2 = demo.token("student2", "student");
     let r = demo
@@ -304,16 +307,8 @@ async fn notifications_the_leaderboard_and_the_dashboard_in_chromium() -> anyhow
         r.status,
         r.text()
     );
-    let (session, s, i) = (
-        demo.session.clone(),
-        demo.token("student1", "student"),
-        demo.token("ada", "instructor"),
-    );
-    let student_token = s.clone();
-    let summary = tokio::task::spawn_blocking(move || {
-        run_script("boards", &base, &session, [&s, &i], no_steps)
-    })
-    .await??;
+    let student_token = demo.token("student1", "student");
+    let summary = run_demo_script(&demo, "boards").await?;
 
     // Notifications: the grade and the announcement, 2 unread, announced; one marked read,
     // then all.
@@ -486,16 +481,7 @@ async fn with_websocket_blocked_the_page_falls_back_to_sse_then_long_polling() -
 {
     let _one = BROWSER.lock().await;
     let demo = Demo::start("web-fallback").await?;
-    let base = format!("http://{}", demo.node.http_addr);
-    let (session, s, i) = (
-        demo.session.clone(),
-        demo.token("student1", "student"),
-        demo.token("ada", "instructor"),
-    );
-    let summary = tokio::task::spawn_blocking(move || {
-        run_script("fallback", &base, &session, [&s, &i], no_steps)
-    })
-    .await??;
+    let summary = run_demo_script(&demo, "fallback").await?;
     println!("time to live (ms since navigation): {}", summary["liveMs"]);
 
     assert_eq!(summary["sseTransport"], "sse", "{summary}");
