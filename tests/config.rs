@@ -11,14 +11,14 @@ use lectern_node::config::{Config, Overrides};
 use crate::support::TempDir;
 
 /// Writes `text` as `lectern.toml` in `dir` and returns its path.
-fn write_file(dir: &Path, text: &str) -> PathBuf {
+pub(crate) fn write_file(dir: &Path, text: &str) -> PathBuf {
     let path = dir.join("lectern.toml");
     std::fs::write(&path, text).expect("write the test config file");
     path
 }
 
 /// Loads with `file` and the given environment (and no flags).
-fn load(file: &Path, env: &[(&str, &str)]) -> anyhow::Result<Config> {
+pub(crate) fn load(file: &Path, env: &[(&str, &str)]) -> anyhow::Result<Config> {
     let env: HashMap<String, String> = env
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))

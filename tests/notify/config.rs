@@ -1,26 +1,13 @@
 //! The `[notify]` configuration: file, environment, validation with the key named.
 
-use std::collections::HashMap;
-
-use lectern_node::config::{Config, Overrides};
+use lectern_node::config::Config;
 
 use crate::support::TempDir;
 
+/// Loads `text` as the config file, with `env` as the environment.
 fn load(text: &str, env: &[(&str, &str)]) -> anyhow::Result<Config> {
     let dir = TempDir::new("notify-config");
-    let path = dir.path().join("lectern.toml");
-    std::fs::write(&path, text)?;
-    let env: HashMap<String, String> = env
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    Config::load(
-        Overrides {
-            config_file: Some(path),
-            ..Overrides::default()
-        },
-        &|k| env.get(k).cloned(),
-    )
+    crate::config::load(&crate::config::write_file(dir.path(), text), env)
 }
 
 #[test]
