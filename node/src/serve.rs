@@ -8,7 +8,7 @@
 //! Why not `axum::serve`: it serves through hyper's auto (HTTP/1 + HTTP/2) builder, which grows
 //! each connection's read buffer to 16 KiB, and it builds the service per connection; with
 //! thousands of idle SSE and Socket.IO connections those buffers are most of the node's memory
-//! (NOTES.md: 20.4 → 11.0 KB per idle SSE connection with this loop). `writev(false)` makes
+//! (20.4 → 11.0 KB per idle SSE connection with this loop: docs/dependencies.md). `writev(false)` makes
 //! hyper flatten small writes into its one write buffer instead of keeping a queue.
 //!
 //! Why SSE bypasses hyper: a hyper connection keeps its read and write buffers (8 KiB each)

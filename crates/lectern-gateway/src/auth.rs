@@ -2,7 +2,7 @@
 //!
 //! Every transport (Socket.IO, SSE, REST, long-poll) authenticates the same way: the token
 //! comes from [`token_from_parts`], [`Verifier::verify`] checks it and returns the `Caller`
-//! that `lectern-model` authorizes (DESIGN.md §6). Tokens are HS256 with the node's shared
+//! that `lectern-model` authorizes (`lectern_model::auth`). Tokens are HS256 with the node's shared
 //! secret by default; an external issuer (an LMS) can be trusted with one EdDSA or RS256
 //! public key. Verification takes `now_s` instead of reading the clock, so tests and the
 //! caller decide what time it is; jsonwebtoken's own clock-based `exp` check is switched off.
@@ -26,7 +26,7 @@ pub const LEEWAY_DEFAULT_S: u64 = 30;
 /// The cookie that carries a token when no `Authorization` header is sent.
 pub const TOKEN_COOKIE: &str = "lectern_token";
 
-/// Claims in a Lectern token (DESIGN.md §6).
+/// Claims in a Lectern token.
 #[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct Claims {
     /// The user id; must be a valid [`UserId`].

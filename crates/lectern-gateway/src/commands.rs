@@ -1,6 +1,6 @@
 //! Socket.IO events to model commands.
 //!
-//! The client contract (DESIGN.md §4) follows the seed's positional style:
+//! The client contract (ARCHITECTURE.md, "Client contract") follows the seed's positional style:
 //! `socket.emit('qa:ask', sessionId, 'How do I…?', {anonymous, id}, ack)`. Every event takes the
 //! session id first; a trailing object may carry options, including `id`, the client's command
 //! id (a retry with the same id is applied once). Arguments of the wrong type or number are a

@@ -509,7 +509,7 @@ impl Inner {
 ///
 /// hyper parses them as slices of the connection's read buffer, and engineioxide keeps the
 /// request parts of every WebSocket for the socket's whole life: without this copy each idle
-/// socket pins a whole read buffer (NOTES.md measured ≈ 7 KB per socket). Runs before the
+/// socket pins a whole read buffer (≈ 7 KB per socket, docs/dependencies.md). Runs before the
 /// Socket.IO layer (it is the outer layer).
 async fn compact_request(mut req: axum::extract::Request) -> axum::extract::Request {
     if let Ok(uri) = req.uri().to_string().parse::<axum::http::Uri>() {

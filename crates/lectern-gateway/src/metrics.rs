@@ -1,6 +1,6 @@
 //! Counters for `/metrics`, rendered as Prometheus text by hand (a few counters and one
 //! histogram do not justify an exporter crate, and metrics-exporter-prometheus's defaults pull a
-//! second rustls crypto provider into the graph: see NOTES.md).
+//! second rustls crypto provider into the graph: see docs/dependencies.md).
 
 use std::collections::BTreeMap;
 use std::fmt::Write;

@@ -24,7 +24,7 @@
 //! items   {nid: {kind, title, body, link, cohort, at, read}}
 //! prefs   {"kind/{kind}": "in_app" | "email" | "off", digest: bool, email: address}
 //! ```
-//! Why this shape (see DESIGN.md §2): every question, poll and student has its own map object,
+//! Why this shape (docs/dependencies.md has the costs): every question, poll and student has its own map object,
 //! because remote-apply cost grows with the history of the touched object; votes are a voters
 //! map keyed by user (an automerge Counter would count one voter twice when they vote on two
 //! nodes at once); a nested map that two nodes might create concurrently (a student's progress
