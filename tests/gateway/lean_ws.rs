@@ -447,15 +447,46 @@ async fn garbage_frames_close_only_their_socket_with_the_rfc_status() -> anyhow:
             ("text not UTF-8", bad_utf8, After::Closed(1007)),
             ("a 2^62-byte length", huge_len, After::Closed(1009)),
             ("over the payload limit", over_limit, After::Closed(1009)),
-            ("binary", masked(true, 2, b"\x00\x01"), After::Served),
-            ("not JSON", masked(true, 1, b"42[not json"), After::Served),
-            ("not an engine packet", masked(true, 1, b"x"), After::Served),
-            ("empty text", masked(true, 1, b""), After::Served),
+            // Valid WebSocket, invalid Engine.IO or Socket.IO: closed at once as a protocol
+            // error (Engine.IO v4 / Socket.IO v5 close on a parse error).
             (
-                "a namespace disconnect",
-                masked(true, 1, b"41"),
-                After::Closed(1000),
+                "binary with no binary packet",
+                masked(true, 2, b"\x00\x01"),
+                After::Closed(1002),
             ),
+            (
+                "not JSON",
+                masked(true, 1, b"42[not json"),
+                After::Closed(1002),
+            ),
+            (
+                "not an array",
+                masked(true, 1, b"42{\"a\":1}"),
+                After::Closed(1002),
+            ),
+            (
+                "an empty event",
+                masked(true, 1, b"42[]"),
+                After::Closed(1002),
+            ),
+            (
+                "a nameless event",
+                masked(true, 1, b"42[12]"),
+                After::Closed(1002),
+            ),
+            (
+                "not an engine packet",
+                masked(true, 1, b"x"),
+                After::Closed(1002),
+            ),
+            (
+                "an unknown packet type",
+                masked(true, 1, b"49[\"x\"]"),
+                After::Closed(1002),
+            ),
+            ("empty text", masked(true, 1, b""), After::Closed(1002)),
+            ("a client ping", masked(true, 1, b"2probe"), After::Served),
+            ("a noop", masked(true, 1, b"6"), After::Served),
         ];
         for (what, bytes, want) in cases {
             let (mut ws, _) = RawWs::open(addr, "", None).await?;
@@ -538,6 +569,159 @@ async fn garbage_frames_close_only_their_socket_with_the_rfc_status() -> anyhow:
         })
         .await?;
         good.disconnect().await;
+        demo.stop().await
+    })
+    .await
+}
+
+/// Waits for the server to close `ws`; its close status and how long it took.
+async fn closed_within(ws: &mut RawWs, what: &str) -> anyhow::Result<(Option<u16>, Duration)> {
+    let started = std::time::Instant::now();
+    let code = ws.until_closed().await.with_context(|| what.to_owned())?;
+    Ok((code, started.elapsed()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_rules_close_at_once_and_a_namespace_disconnect_keeps_the_connection()
+-> anyhow::Result<()> {
+    within(async {
+        // The default heartbeat (25 s + 20 s): anything that closes within a few seconds was
+        // closed by the rule under test, not by a missed pong.
+        let demo = Demo::start_with("lean-rules", |c| {
+            c.limits.connect_timeout_ms = 1_000;
+            c.limits.command_burst = 1000;
+        })
+        .await?;
+        let s = demo.session.clone();
+        let addr = demo.node.http_addr;
+        let token = demo.token("student1", "student");
+        let chat = |id: u64, text: &str| format!("42{id}{}", json!(["chat:send", s, text]));
+        let prompt = Duration::from_secs(5);
+
+        // A Socket.IO event before CONNECT closes at once.
+        let (mut ws, _) = RawWs::open(addr, "", None).await?;
+        ws.send_text(&chat(1, "too early")).await?;
+        let (code, took) = closed_within(&mut ws, "an event before CONNECT").await?;
+        assert_eq!(code, Some(1002), "an event before CONNECT");
+        assert!(
+            took < prompt,
+            "an event before CONNECT closed only after {took:?}"
+        );
+
+        // No CONNECT within connect_timeout_ms (1 s here) closes, even while pings flow.
+        let (mut ws, _) = RawWs::open(addr, "", None).await?;
+        let (code, took) = closed_within(&mut ws, "no CONNECT").await?;
+        assert_eq!(code, Some(1008), "no CONNECT");
+        assert!(took < prompt, "no CONNECT closed only after {took:?}");
+        // A connected socket outlives that deadline.
+        let (mut ws, _) = RawWs::open(addr, "", None).await?;
+        ws.connect(&token).await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(1_500);
+        while tokio::time::Instant::now() < deadline {
+            match tokio::time::timeout_at(deadline, ws.frame()).await {
+                Err(_) => break,
+                Ok(frame) => {
+                    if let Some(Frame::Close(code)) = frame? {
+                        bail!("a connected socket was closed ({code:?})");
+                    }
+                }
+            }
+        }
+        ws.send_text(&chat(1, "after the connect deadline")).await?;
+        let reply = ws.text().await?;
+        assert!(
+            reply.starts_with("431[") && reply.contains("\"ok\":true"),
+            "{reply}"
+        );
+
+        // A binary event with an ack id is refused with `unsupported`; its attachment is
+        // skipped and the socket served on.
+        ws.send_text(&format!(
+            "451-7{}",
+            json!(["chat:send", s, {"_placeholder": true, "num": 0}])
+        ))
+        .await?;
+        ws.send_frame(true, 2, b"\x01\x02").await?;
+        let reply = ws.text().await?;
+        let ack: Value = serde_json::from_str(reply.strip_prefix("437").context("ack 7")?)?;
+        assert_eq!(ack_code(&ack[0]), "unsupported", "{reply}");
+        ws.send_text(&chat(1, "after a binary event")).await?;
+        let reply = ws.text().await?;
+        assert!(
+            reply.starts_with("431[") && reply.contains("\"ok\":true"),
+            "{reply}"
+        );
+
+        // `41` leaves the namespace and its sessions, and keeps the Engine.IO connection: the
+        // user leaves presence, and the same connection CONNECTs again and is served.
+        let mut watcher = demo
+            .sio(
+                Transport::WebSocket,
+                &demo.token("student2", "student"),
+                "watcher",
+            )
+            .await?;
+        let ack = watcher.call("session:join", vec![json!(s)]).await?;
+        assert_eq!(ack["ok"], true, "{ack}");
+        ws.send_text(&format!("422{}", json!(["session:join", s])))
+            .await?;
+        loop {
+            let t = ws.text().await?;
+            if t.starts_with("432[") {
+                assert!(t.contains("\"ok\":true"), "{t}");
+                break;
+            }
+        }
+        watcher
+            .wait_for("two present", |e| {
+                e.name == "attendance:update" && e.data()["present"] == 2
+            })
+            .await?;
+        ws.send_text("41").await?;
+        watcher
+            .wait_for("one present after 41", |e| {
+                e.name == "attendance:update" && e.data()["present"] == 1
+            })
+            .await?;
+        let reply = ws.connect(&token).await?;
+        assert!(reply.starts_with("40{\"sid\":"), "{reply}");
+        ws.send_text(&chat(3, "after 41 and a new CONNECT")).await?;
+        loop {
+            let t = ws.text().await?;
+            if t.starts_with("433[") {
+                assert!(t.contains("\"ok\":true"), "{t}");
+                break;
+            }
+        }
+        watcher.disconnect().await;
+        demo.stop().await
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_ping_comes_one_interval_after_the_handshake() -> anyhow::Result<()> {
+    within(async {
+        let demo = Demo::start_with("lean-first-ping", |c| {
+            c.limits.ping_interval_ms = 1_500;
+            c.limits.ping_timeout_ms = 5_000;
+        })
+        .await?;
+        let started = std::time::Instant::now();
+        let (mut ws, _) = RawWs::open(demo.node.http_addr, "", None).await?;
+        ws.connect(&demo.token("student1", "student")).await?;
+        loop {
+            match ws.frame().await?.context("closed before the first ping")? {
+                Frame::Text(t) if t == "2" => break,
+                Frame::Close(code) => bail!("closed before the first ping ({code:?})"),
+                _ => {}
+            }
+        }
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(1_400),
+            "the first ping came {took:?} after the handshake, before the 1.5 s interval"
+        );
         demo.stop().await
     })
     .await

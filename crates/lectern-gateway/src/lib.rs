@@ -192,6 +192,7 @@ impl Gateway {
             .ws_read_buffer_size(512)
             .ping_interval(Duration::from_millis(limits.ping_interval_ms.max(1)))
             .ping_timeout(Duration::from_millis(limits.ping_timeout_ms.max(1)))
+            .connect_timeout(Duration::from_millis(limits.connect_timeout_ms.max(1)))
             .with_state(gw.clone())
             .build_layer();
         socket::register(&io);

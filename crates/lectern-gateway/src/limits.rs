@@ -36,6 +36,9 @@ pub struct Limits {
     /// Milliseconds a client has to answer a ping before its connection is closed. Default
     /// 20,000.
     pub ping_timeout_ms: u64,
+    /// Milliseconds a Socket.IO connection may go without connecting namespace `/` before it
+    /// is closed (both transports). Default 45,000 (socket.io's `connectTimeout`).
+    pub connect_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -49,6 +52,7 @@ impl Default for Limits {
             conns_per_user_max: 16,
             ping_interval_ms: 25_000,
             ping_timeout_ms: 20_000,
+            connect_timeout_ms: 45_000,
         }
     }
 }

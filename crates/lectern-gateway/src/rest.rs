@@ -20,7 +20,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::error::AppError;
-use crate::limits::ConnSlot;
+use crate::sio::{ConnGuard, Transport};
 use crate::{Gateway, new_command_id};
 
 /// An authenticated HTTP caller (token by header, cookie or query).
@@ -383,7 +383,8 @@ async fn long_poll(
     if events.is_empty() {
         // A held request is a connection like any other: it counts against the caps and
         // shows in `/metrics` while it waits (it is subscribed by now).
-        let _held = Held::new(&gw, &user)?;
+        // Counted as a `longpoll` connection until it is answered.
+        let _held = ConnGuard::open(&gw, &user, Transport::LongPoll)?;
         let wait = Duration::from_secs(q.wait.unwrap_or(25).min(LONG_POLL_WAIT_MAX_S));
         if let Ok(Ok(e)) = tokio::time::timeout(wait, joined.events.recv()).await {
             events.push(e);
@@ -401,27 +402,4 @@ async fn long_poll(
         })
         .collect();
     Ok(Json(json!({"events": out, "token": token})).into_response())
-}
-
-/// A long-poll request held open, counted as a `longpoll` connection until it is answered.
-struct Held {
-    gw: Gateway,
-    _slot: ConnSlot,
-}
-
-impl Held {
-    fn new(gw: &Gateway, user: &str) -> Result<Held, AppError> {
-        let slot = gw.inner.limiter.connect(user)?;
-        gw.inner.metrics.connection_opened("longpoll");
-        Ok(Held {
-            gw: gw.clone(),
-            _slot: slot,
-        })
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        self.gw.inner.metrics.connection_closed("longpoll");
-    }
 }

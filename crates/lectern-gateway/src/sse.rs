@@ -24,6 +24,7 @@ use crate::Gateway;
 use crate::error::AppError;
 use crate::limits::ConnSlot;
 use crate::rest::{AuthedUntil, parse_id};
+use crate::sio::{ConnGuard, Transport};
 
 /// Which events of a document a stream passes on.
 #[derive(Clone)]
@@ -66,6 +67,7 @@ pub(crate) struct Opened {
     pub(crate) user: String,
     pub(crate) staff: bool,
     pub(crate) filter: Filter,
+    /// The stream's connection slot, taken before the join.
     pub(crate) slot: ConnSlot,
     pub(crate) expires_at_s: u64,
 }
@@ -182,18 +184,6 @@ pub(crate) async fn progress_stream(
 ) -> Result<Response, AppError> {
     let opened = open_progress(&gw, caller, expires_at_s, &student, &q, &headers).await?;
     Ok(stream_response(gw, opened))
-}
-
-/// Counts the stream as a connection while it lives.
-struct Guard {
-    gw: Gateway,
-    _slot: ConnSlot,
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        self.gw.inner.metrics.connection_closed("sse");
-    }
 }
 
 /// The same stream through axum (a stream request on a kept-alive connection, or a server
@@ -408,12 +398,15 @@ pub struct LeanStream {
     user: String,
     staff: bool,
     filter: Filter,
-    /// When the caller's token expires: the stream ends then, saying why.
-    expires: tokio::time::Instant,
+    /// When the caller's token expires: the stream ends then, saying why (`None`: past the
+    /// clock's range, so never while the node runs).
+    expires: Option<tokio::time::Instant>,
     /// When the next keep-alive comment is due (each chunk postpones it).
     keepalive_at: tokio::time::Instant,
     done: bool,
-    guard: Guard,
+    /// Counts the stream as a connection while it lives.
+    _guard: ConnGuard,
+    gw: Gateway,
 }
 
 impl std::fmt::Debug for LeanStream {
@@ -435,7 +428,7 @@ impl LeanStream {
             slot,
             expires_at_s,
         } = opened;
-        gw.inner.metrics.connection_opened("sse");
+        let guard = ConnGuard::counted(&gw, slot, Transport::Sse);
         let mut start = Vec::new();
         match &joined.start {
             JoinStart::Snapshot {
@@ -465,11 +458,14 @@ impl LeanStream {
             user,
             staff,
             filter,
-            expires: now
-                + std::time::Duration::from_secs(expires_at_s.saturating_sub(crate::unix_now_s())),
+            // Checked: a token that expires near the end of time must not overflow the clock.
+            expires: now.checked_add(std::time::Duration::from_secs(
+                expires_at_s.saturating_sub(crate::unix_now_s()),
+            )),
             keepalive_at: now + gw.inner.keepalive,
             done: false,
-            guard: Guard { gw, _slot: slot },
+            _guard: guard,
+            gw,
         }
     }
 
@@ -479,19 +475,21 @@ impl LeanStream {
         if self.done {
             return None;
         }
-        let keepalive = self.guard.gw.inner.keepalive;
+        let keepalive = self.gw.inner.keepalive;
         if !self.start.is_empty() {
             self.keepalive_at = tokio::time::Instant::now() + keepalive;
             return Some(std::mem::take(&mut self.start));
         }
         loop {
             // One timer for both the keep-alive and the token's expiry.
-            let wake = self.keepalive_at.min(self.expires);
+            let wake = self
+                .expires
+                .map_or(self.keepalive_at, |e| self.keepalive_at.min(e));
             let recv = tokio::select! {
                 r = self.events.recv() => r,
                 () = tokio::time::sleep_until(wake) => {
                     let now = tokio::time::Instant::now();
-                    if now >= self.expires {
+                    if self.expires.is_some_and(|e| now >= e) {
                         return Some(self.end(TOKEN_EXPIRED));
                     }
                     self.keepalive_at = now + keepalive;
@@ -502,7 +500,7 @@ impl LeanStream {
             match recv {
                 Ok(e) => {
                     if let Some(frame) = event_frame(&e, &self.user, self.staff, &self.filter) {
-                        self.guard.gw.inner.metrics.event_out("sse");
+                        self.gw.inner.metrics.event_out("sse");
                         self.keepalive_at = tokio::time::Instant::now() + keepalive;
                         return Some(frame.to_vec());
                     }
