@@ -678,13 +678,14 @@ async fn protocol_rules_close_at_once_and_a_namespace_disconnect_keeps_the_conne
             })
             .await?;
         ws.send_text("41").await?;
+        // CONNECTs again at once (the connect deadline, 1 s here, restarts at `41`).
+        let reply = ws.connect(&token).await?;
+        assert!(reply.starts_with("40{\"sid\":"), "{reply}");
         watcher
             .wait_for("one present after 41", |e| {
                 e.name == "attendance:update" && e.data()["present"] == 1
             })
             .await?;
-        let reply = ws.connect(&token).await?;
-        assert!(reply.starts_with("40{\"sid\":"), "{reply}");
         ws.send_text(&chat(3, "after 41 and a new CONNECT")).await?;
         loop {
             let t = ws.text().await?;

@@ -19,8 +19,10 @@ use lectern_model::SessionId;
 use serde_json::Value;
 use serde_json::value::RawValue;
 use socketioxide::SocketIo;
+use socketioxide::adapter::Adapter;
 use socketioxide::extract::{AckSender, Event, Extension, SocketRef, State, TryData};
-use socketioxide::handler::ConnectHandler;
+use socketioxide::handler::{ConnectHandler, FromMessageParts, Value as Payload};
+use socketioxide::socket::Socket;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 use tracing::debug;
@@ -105,8 +107,27 @@ async fn on_connect(s: SocketRef, Extension(conn): Extension<Conn>) {
     });
 }
 
+/// Whether an event came with binary attachments (a BINARY_EVENT).
+struct Binary(bool);
+
+impl<A: Adapter> FromMessageParts<A> for Binary {
+    type Error = std::convert::Infallible;
+
+    fn from_message_parts(
+        _: &Arc<Socket<A>>,
+        v: &mut Payload,
+        _: &Option<i64>,
+    ) -> Result<Self, Self::Error> {
+        Ok(Binary(match v {
+            Payload::Str(_, bins) => bins.as_ref().is_some_and(|b| !b.is_empty()),
+            Payload::Bytes(_) => true,
+        }))
+    }
+}
+
 /// Every event of a connected socket: the core says what it is, this carries it out.
 async fn on_event(
+    Binary(binary): Binary,
     s: SocketRef,
     Event(event): Event,
     TryData(data): TryData<Args>,
@@ -114,7 +135,11 @@ async fn on_event(
     Extension(conn): Extension<Conn>,
     State(gw): State<Gateway>,
 ) {
-    let dispatch = lock(&conn.client).on_event(&event, sio::arg_list(data));
+    let dispatch = if binary {
+        lock(&conn.client).on_binary_event()
+    } else {
+        lock(&conn.client).on_event(&event, sio::arg_list(data))
+    };
     let Some(dispatch) = dispatch else { return };
     let caller = &conn.conn.caller;
     let reply = match dispatch {

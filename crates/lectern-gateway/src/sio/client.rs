@@ -371,10 +371,9 @@ impl SioClient {
             }
             SioKind::BinaryEvent => {
                 self.attachments_due = p.attachments;
-                if p.ack.is_some() {
-                    Some(Action::Event(p.ack, Dispatch::Refuse(unsupported_binary())))
-                } else {
-                    None
+                match p.ack {
+                    Some(_) => self.on_binary_event().map(|d| Action::Event(p.ack, d)),
+                    None => None,
                 }
             }
             SioKind::BinaryAck => {
@@ -433,6 +432,13 @@ impl SioClient {
             },
             name => Dispatch::Refuse(unknown_event(name)),
         })
+    }
+
+    /// An event with binary attachments (socketioxide's handlers call this directly; the
+    /// lean WebSocket through [`SioClient::on_text`]): refused, whatever its name.
+    pub(crate) fn on_binary_event(&self) -> Option<Dispatch> {
+        self.is_connected()
+            .then(|| Dispatch::Refuse(unsupported_binary()))
     }
 
     /// A join the core asked for finished (`ok`: it succeeded). Whether the transport keeps
