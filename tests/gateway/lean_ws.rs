@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-use super::{Demo, ack_code, within};
+use super::{Demo, ack_code, claims, within};
 
 /// How long a raw client waits for one frame.
 const FRAME_WAIT: Duration = Duration::from_secs(10);
@@ -723,6 +723,129 @@ async fn the_first_ping_comes_one_interval_after_the_handshake() -> anyhow::Resu
             took >= Duration::from_millis(1_400),
             "the first ping came {took:?} after the handshake, before the 1.5 s interval"
         );
+        demo.stop().await
+    })
+    .await
+}
+
+/// This process's resident set (the node runs in it), in bytes.
+fn rss_bytes() -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .context("VmRSS in /proc/self/status")?;
+    Ok(kib * 1024)
+}
+
+/// Bytes of pings a flooding client sends at most.
+const FLOOD_BYTES: usize = 64 << 20;
+/// How much the process may grow while it does (the pongs it would queue without a bound take
+/// ≈ 9× the pings' bytes).
+const FLOOD_RSS_GROWTH_MAX: u64 = 128 << 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_sends_pings_and_never_reads_is_bounded_and_closed() -> anyhow::Result<()> {
+    within(async {
+        let demo = Demo::start("lean-ping-flood").await?;
+        let addr = demo.node.http_addr;
+        // Never authenticated, never reading, with a small receive buffer.
+        let (mut ws, _) = RawWs::open(addr, "", Some(4096)).await?;
+        let chunk = masked(true, 1, b"2").repeat(64 * 1024 / 7);
+        let before = rss_bytes()?;
+        let (mut sent, mut peak) = (0, before);
+        let closed = loop {
+            if sent >= FLOOD_BYTES {
+                break false;
+            }
+            match tokio::time::timeout(Duration::from_secs(20), ws.stream.write_all(&chunk)).await {
+                Ok(Ok(())) => {
+                    sent += chunk.len();
+                    peak = peak.max(rss_bytes()?);
+                }
+                // The server closed the socket: the write is refused.
+                Ok(Err(_)) => break true,
+                Err(_) => bail!("the server stopped reading but kept the socket for 20 s"),
+            }
+        };
+        let grew = peak.saturating_sub(before);
+        println!("ping flood: {sent} bytes sent, RSS grew {grew} bytes, closed: {closed}");
+        assert!(
+            closed,
+            "the server took {sent} bytes of pings and kept the socket"
+        );
+        assert!(
+            grew < FLOOD_RSS_GROWTH_MAX,
+            "RSS grew {grew} bytes under {sent} bytes of pings"
+        );
+        // Others are served, and the flooder's socket is gone from /metrics' count.
+        let mut c = demo
+            .sio(
+                Transport::WebSocket,
+                &demo.token("student2", "student"),
+                "after",
+            )
+            .await?;
+        chat_ok(&mut c, &demo.session, "after a ping flood").await?;
+        c.disconnect().await;
+        demo.stop().await
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_valid_until_the_end_of_time_is_served_and_counted_right() -> anyhow::Result<()> {
+    within(async {
+        let demo = Demo::start("lean-endless-token").await?;
+        let s = demo.session.clone();
+        // Validly signed, expiring at the end of u64 time: the expiry deadline is past the
+        // clock's range on every transport.
+        let endless = demo.mint(&claims(
+            "student1",
+            "student",
+            &[lectern_node::DEMO_COHORT],
+            u64::MAX,
+        ));
+        for transport in Transport::ALL {
+            let mut c = demo.sio(transport, &endless, transport.name()).await?;
+            let ack = c.call("session:join", vec![json!(s)]).await?;
+            assert_eq!(ack["ok"], true, "{}: {ack}", transport.name());
+            chat_ok(&mut c, &s, transport.name()).await?;
+            c.disconnect().await;
+        }
+        let stream = demo
+            .http
+            .sse(
+                &format!("/api/stream/sessions/{s}"),
+                &[("authorization", &format!("Bearer {endless}"))],
+            )
+            .await?;
+        let mut stream = match stream {
+            Ok(stream) => stream,
+            Err(r) => bail!("SSE refused: {} {}", r.status, r.text()),
+        };
+        let first = stream.next_event(Duration::from_secs(10)).await?;
+        assert_eq!(first.event, "state", "{first:?}");
+        drop(stream);
+        // Every connection was counted closed (a panicking connection task would leave its
+        // count), and others are served.
+        for label in ["websocket", "socketio", "sse"] {
+            until(&format!("{label} connections back to 0"), async || {
+                Ok(connections(&demo, label).await? == 0)
+            })
+            .await?;
+        }
+        let mut c = demo
+            .sio(
+                Transport::WebSocket,
+                &demo.token("student2", "student"),
+                "after",
+            )
+            .await?;
+        chat_ok(&mut c, &s, "after an endless token").await?;
+        c.disconnect().await;
         demo.stop().await
     })
     .await

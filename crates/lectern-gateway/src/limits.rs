@@ -23,8 +23,12 @@ pub struct Limits {
     pub command_burst: u32,
     /// Largest request body or Socket.IO packet, in bytes. Default 16 KiB.
     pub payload_max_bytes: usize,
-    /// Events queued per connection before a slow consumer is cut off. Default 256.
+    /// Frames queued per connection (events, acks, pongs, every push) before a slow consumer
+    /// is cut off. Default 256.
     pub outbound_queue_max: usize,
+    /// Bytes queued per lean WebSocket connection (every push counts) before it is cut off;
+    /// one frame alone is always let through. Default 4 MiB.
+    pub outbound_bytes_max: usize,
     /// Connections (Socket.IO + SSE + long-poll) per node. Default 20,000, under a 20,000
     /// open-files limit with room for the store and peers.
     pub conns_max: usize,
@@ -48,6 +52,7 @@ impl Default for Limits {
             command_burst: 20,
             payload_max_bytes: 16 * 1024,
             outbound_queue_max: 256,
+            outbound_bytes_max: 4 * 1024 * 1024,
             conns_max: 20_000,
             conns_per_user_max: 16,
             ping_interval_ms: 25_000,

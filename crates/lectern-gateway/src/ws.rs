@@ -17,8 +17,11 @@
 //! long-polling and clients that upgrade from it) drives too. This file carries out its
 //! [`Action`]s.
 //!
-//! A socket whose outbound queue reaches `outbound_queue_max` is cut off (the client is told
-//! why) and resumes by token.
+//! Every frame the socket sends (events, acks, pongs, Engine.IO echoes, pings) counts against
+//! ONE budget of `outbound_queue_max` frames and `outbound_bytes_max` bytes queued: while the
+//! queue is at the budget the socket's input is not read (so a client that sends and never
+//! reads stops itself by TCP flow control), and a push past it cuts the socket off as a slow
+//! consumer (the client is told why and resumes by token).
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -127,6 +130,7 @@ impl Gateway {
             stream,
             decoder: wsframe::Decoder::new(self.inner.limiter.limits().payload_max_bytes),
             inbuf: early,
+            out_bytes: out.iter().map(|o| o.bytes().len()).sum(),
             out,
             out_at: 0,
             fallback_token: crate::auth::token_from_parts(headers, query),
@@ -230,6 +234,8 @@ struct Socket {
     out: VecDeque<Out>,
     /// Bytes of the front frame already written.
     out_at: usize,
+    /// Bytes of the queued frames (whole frames, the front one included).
+    out_bytes: usize,
     /// A token from the request (query, header, cookie), used when the connect packet has none.
     fallback_token: Option<String>,
     /// Set while namespace `/` is connected.
@@ -265,7 +271,10 @@ impl Socket {
             if sleep.deadline() != wake {
                 sleep.as_mut().reset(wake);
             }
-            let reading = self.inflight.as_ref().map_or(0, FuturesUnordered::len) < INFLIGHT_MAX;
+            // Input is read only while output keeps up: what a client sends can make the socket
+            // queue answers (acks, pongs), and the queue is bounded.
+            let reading = self.inflight.as_ref().map_or(0, FuturesUnordered::len) < INFLIGHT_MAX
+                && !self.at_budget();
             tokio::select! {
                 r = &mut stopping, if stop_pending => {
                     // Never polled again once done. (An error would mean the gateway is gone,
@@ -313,7 +322,9 @@ impl Socket {
                 Ok(n) => {
                     self.out_at += n;
                     if n == bytes.len() {
-                        self.out.pop_front();
+                        if let Some(done) = self.out.pop_front() {
+                            self.out_bytes -= done.bytes().len();
+                        }
                         self.out_at = 0;
                     }
                 }
@@ -328,8 +339,23 @@ impl Socket {
         Ok(())
     }
 
+    /// Whether the queue holds its budget of frames or bytes.
+    fn at_budget(&self) -> bool {
+        let limits = self.gw.inner.limiter.limits();
+        self.out.len() >= limits.outbound_queue_max || self.out_bytes >= limits.outbound_bytes_max
+    }
+
+    /// Whether the queue is past its budget (one frame alone never is).
+    fn over_budget(&self) -> bool {
+        let limits = self.gw.inner.limiter.limits();
+        self.out.len() > 1
+            && (self.out.len() > limits.outbound_queue_max
+                || self.out_bytes > limits.outbound_bytes_max)
+    }
+
     /// Sends `frame` after what is queued: written at once when nothing is (the usual case,
-    /// which allocates nothing), queued when the socket would block.
+    /// which allocates nothing), queued when the socket would block. A push past the budget
+    /// cuts the socket off (once closing, the last frames are let through).
     fn push(&mut self, frame: Out) {
         if self.out.is_empty() {
             let bytes = frame.bytes();
@@ -343,7 +369,12 @@ impl Socket {
                 }
             }
         }
+        self.out_bytes += frame.bytes().len();
         self.out.push_back(frame);
+        if self.ending.is_none() && self.over_budget() {
+            let cut = self.client.cut(Cut::SlowConsumer);
+            self.act(cut);
+        }
     }
 
     fn push_text(&mut self, text: &str) {
@@ -566,11 +597,6 @@ impl Socket {
                     caller.role.is_staff(),
                 );
                 let Some(frame) = frame else { return };
-                if self.out.len() >= self.gw.inner.limiter.limits().outbound_queue_max {
-                    let cut = self.client.cut(Cut::SlowConsumer);
-                    self.act(cut);
-                    return;
-                }
                 self.gw
                     .inner
                     .metrics
@@ -600,6 +626,7 @@ impl Socket {
         if let Why::Cut(_) = why {
             let keep = usize::from(self.out_at > 0);
             self.out.truncate(keep);
+            self.out_bytes = self.out.iter().map(|o| o.bytes().len()).sum();
         }
         if let Some(code) = why.code() {
             self.gw.count_rejection(code);
