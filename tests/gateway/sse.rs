@@ -287,12 +287,19 @@ async fn progress_stream_carries_a_students_own_progress_only() -> anyhow::Resul
         assert_eq!(p["student"], "student1", "{p}");
         assert_eq!(p["lesson"], "lesson-1", "{p}");
         assert_eq!(p["score"], 8, "{p}");
+        // The same update unnamed, for a plain EventSource's `onmessage` (which never sees
+        // named events), with the same id.
+        let m = stream.next_event(EVENT_WAIT).await?;
+        assert_eq!((m.event.as_str(), m.id.as_deref()), ("message", Some(t1.as_str())));
+        assert_eq!(m.json()?, p);
 
         // A classmate's progress does not reach this stream: the next event is student1's.
         post("student2", "lesson-1", 3).await?;
         let t3 = post("student1", "lesson-2", 9).await?;
         let e = stream.next_event(EVENT_WAIT).await?;
         assert_eq!((e.event.as_str(), e.id.as_deref()), ("progress", Some(t3.as_str())), "{e:?}");
+        let m = stream.next_event(EVENT_WAIT).await?;
+        assert_eq!((m.event.as_str(), m.id.as_deref()), ("message", Some(t3.as_str())), "{m:?}");
 
         // A student may not follow a classmate's progress; the instructor may.
         let resp = demo

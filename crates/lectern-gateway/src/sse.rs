@@ -72,6 +72,40 @@ pub(crate) struct Opened {
     pub(crate) expires_at_s: u64,
 }
 
+/// What every document stream does before it streams, in this order: `Last-Event-ID`, a token
+/// from the caller's command-rate bucket (opening a stream loads a document, so a client cannot
+/// make the node load documents faster than it may send commands), a connection slot, then
+/// `snapshot` (a fresh stream's first state in place of the document's view, when it gives
+/// one) and the hub's join.
+async fn open_doc(
+    gw: &Gateway,
+    caller: Caller,
+    expires_at_s: u64,
+    doc: DocId,
+    headers: &HeaderMap,
+    filter: Filter,
+    snapshot: impl AsyncFnOnce(&Caller, &DocId) -> Result<Option<Value>, AppError>,
+) -> Result<Opened, AppError> {
+    let since = last_event_id(headers)?;
+    gw.inner.limiter.command(caller.user.as_str())?;
+    let slot = gw.inner.limiter.connect(caller.user.as_str())?;
+    let staff = caller.role.is_staff();
+    let user = caller.user.to_string();
+    let state = snapshot(&caller, &doc).await?;
+    let mut joined = gw.inner.hub.join(doc, caller, since).await?;
+    if let (JoinStart::Snapshot { state: start, .. }, Some(state)) = (&mut joined.start, state) {
+        *start = state;
+    }
+    Ok(Opened {
+        joined,
+        user,
+        staff,
+        filter,
+        slot,
+        expires_at_s,
+    })
+}
+
 /// Everything `GET /api/stream/sessions/{id}` does before it streams.
 async fn open_session(
     gw: &Gateway,
@@ -81,26 +115,17 @@ async fn open_session(
     headers: &HeaderMap,
 ) -> Result<Opened, AppError> {
     let session: SessionId = parse_id(id, "session id")?;
-    let since = last_event_id(headers)?;
-    // Opening a stream loads a document: it counts against the caller's command rate, so a
-    // client cannot make the node load documents faster than it may send commands.
-    gw.inner.limiter.command(caller.user.as_str())?;
-    let slot = gw.inner.limiter.connect(caller.user.as_str())?;
-    let staff = caller.role.is_staff();
-    let user = caller.user.to_string();
-    let joined = gw
-        .inner
-        .hub
-        .join(DocId::Session(session), caller, since)
-        .await?;
-    Ok(Opened {
-        joined,
-        user,
-        staff,
-        filter: Filter::All,
-        slot,
+    let doc = DocId::Session(session);
+    open_doc(
+        gw,
+        caller,
         expires_at_s,
-    })
+        doc,
+        headers,
+        Filter::All,
+        async |_, _| Ok(None),
+    )
+    .await
 }
 
 /// Everything `GET /api/stream/progress/{studentId}` does before it streams.
@@ -127,33 +152,20 @@ async fn open_progress(
             "a student may only follow their own progress",
         ));
     }
-    let since = last_event_id(headers)?;
-    gw.inner.limiter.command(caller.user.as_str())?;
-    let slot = gw.inner.limiter.connect(caller.user.as_str())?;
-    let staff = caller.role.is_staff();
-    let user = caller.user.to_string();
-    let doc = DocId::Cohort(cohort);
-    let c = caller.clone();
-    let s = student.clone();
+    let filter = Filter::Progress(student.to_string());
     // The initial state of a progress stream is the student's progress, not the cohort view.
-    let progress = gw
-        .inner
-        .hub
-        .read(doc.clone(), move |r| r.student_progress(&c, &s))
-        .await?
-        .map_err(|r| AppError::from(lectern_hub::HubError::Rejected(r)))?;
-    let mut joined = gw.inner.hub.join(doc, caller, since).await?;
-    if let JoinStart::Snapshot { state, .. } = &mut joined.start {
-        *state = progress;
-    }
-    Ok(Opened {
-        joined,
-        user,
-        staff,
-        filter: Filter::Progress(student.to_string()),
-        slot,
-        expires_at_s,
-    })
+    let progress = async |caller: &Caller, doc: &DocId| {
+        let (c, s) = (caller.clone(), student.clone());
+        let progress = gw
+            .inner
+            .hub
+            .read(doc.clone(), move |r| r.student_progress(&c, &s))
+            .await?
+            .map_err(|r| AppError::from(lectern_hub::HubError::Rejected(r)))?;
+        Ok(Some(progress))
+    };
+    let doc = DocId::Cohort(cohort);
+    open_doc(gw, caller, expires_at_s, doc, headers, filter, progress).await
 }
 
 /// `GET /api/stream/sessions/{id}`.
@@ -233,6 +245,11 @@ fn write_event(out: &mut Vec<u8>, name: &str, id: Option<&str>, data: &str) {
     out.extend_from_slice(b"event: ");
     out.extend_from_slice(name.as_bytes());
     out.push(b'\n');
+    write_message(out, id, data);
+}
+
+/// Appends one unnamed event (EventSource's `message`, which `onmessage` receives).
+fn write_message(out: &mut Vec<u8>, id: Option<&str>, data: &str) {
     if let Some(id) = id {
         out.extend_from_slice(b"id: ");
         out.extend_from_slice(id.as_bytes());
@@ -255,17 +272,29 @@ fn lean_event_of(e: &Published, user: &str, staff: bool, filter: &Filter, out: &
 
 /// The `text/event-stream` event of `e` for a subscriber (`user`, staff or not), when it may
 /// see it: formatted once per event and audience, and shared by every stream that gets it.
+///
+/// A progress stream sends each update twice, with the same id: named `progress` (for clients
+/// that listen by name, like ours) and unnamed (for a plain `EventSource`'s `onmessage`, which
+/// never sees named events). A client resuming from either id misses nothing.
 fn event_frame(e: &Published, user: &str, staff: bool, filter: &Filter) -> Option<Arc<[u8]>> {
     let delivery = e.delivery_for(user, staff)?;
     let (_, payload) = e.deliveries.get(delivery)?;
     if !filter.keeps(e, payload) {
         return None;
     }
-    e.encoded(delivery, Encoding::Sse, |payload| {
+    let named = e.encoded(delivery, Encoding::Sse, |payload| {
         let mut out = Vec::new();
         write_event(&mut out, e.name, Some(&e.token), payload);
         out
-    })
+    })?;
+    match filter {
+        Filter::All => Some(named),
+        Filter::Progress(_) => {
+            let mut both = named.to_vec();
+            write_message(&mut both, Some(&e.token), payload);
+            Some(Arc::from(both))
+        }
+    }
 }
 
 /// A stream route and its raw (still percent-encoded) path segment.
