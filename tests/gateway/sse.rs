@@ -353,3 +353,68 @@ async fn a_stream_ends_with_token_expired_when_its_token_expires() -> anyhow::Re
     })
     .await
 }
+
+/// How long `eventsource.mjs` may run (it has its own 60 s timeout inside).
+const BROWSER_SCRIPT_TIMEOUT: Duration = Duration::from_secs(80);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_browser_eventsource_receives_progress_through_onmessage() -> anyhow::Result<()> {
+    within(async {
+        let js = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("js");
+        ensure!(
+            js.join("node_modules/playwright-core/package.json")
+                .is_file(),
+            "{} has no playwright-core: run scripts/setup before the tests",
+            js.display()
+        );
+        let demo = Demo::start("sse-eventsource").await?;
+        let args = [
+            js.join("eventsource.mjs").display().to_string(),
+            format!("http://{}", demo.node.http_addr),
+            "student1".to_owned(),
+            demo.token("student1", "student"),
+            demo.token("ada", "instructor"),
+            lectern_node::DEMO_COHORT.to_owned(),
+        ];
+        let run = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("node")
+                .args(&args)
+                .stdin(std::process::Stdio::null())
+                .output()
+        });
+        let output = tokio::time::timeout(BROWSER_SCRIPT_TIMEOUT, run)
+            .await
+            .context("eventsource.mjs did not finish")???;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let summary = stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find_map(|v| v.get("summary").cloned())
+            .with_context(|| format!("no summary; stderr:\n{stderr}"))?;
+        ensure!(
+            output.status.success() && summary.get("error").is_none(),
+            "eventsource.mjs failed: {summary:#}\nstderr:\n{stderr}"
+        );
+        // Each update, once, in order, with its resume token as the event id.
+        let posted: Vec<(Value, Value)> = summary["posted"]
+            .as_array()
+            .context("posted")?
+            .iter()
+            .map(|p| (p["lesson"].clone(), p["token"].clone()))
+            .collect();
+        let received: Vec<(Value, Value)> = summary["received"]
+            .as_array()
+            .context("received")?
+            .iter()
+            .map(|m| {
+                assert_eq!(m["student"], "student1", "{m}");
+                (m["lesson"].clone(), m["id"].clone())
+            })
+            .collect();
+        assert_eq!(posted.len(), 3, "{summary}");
+        assert_eq!(received, posted, "{summary}");
+        demo.stop().await
+    })
+    .await
+}
