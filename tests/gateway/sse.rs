@@ -263,7 +263,7 @@ async fn progress_stream_carries_a_students_own_progress_only() -> anyhow::Resul
         let classmate = demo.token("student2", "student");
         let inst = demo.token("ada", "instructor");
 
-        // The seed's path: `new EventSource('/api/stream/progress/student123')`.
+        // The path a plain `new EventSource('/api/stream/progress/' + id)` opens.
         let path = format!("/api/stream/progress/student1?access_token={student}");
         let mut stream = open(&demo.http, &path, &[]).await?;
         let state = stream.next_event(EVENT_WAIT).await?;

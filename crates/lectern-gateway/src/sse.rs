@@ -1,5 +1,6 @@
-//! Server-sent event streams: `/api/stream/sessions/{id}` and the seed's
-//! `/api/stream/progress/{studentId}`.
+//! Server-sent event streams: `/api/stream/sessions/{id}` and
+//! `/api/stream/progress/{studentId}` (which a plain browser `EventSource` can follow: each
+//! update also goes unnamed, for `onmessage`).
 //!
 //! Each event's `id:` is its resume token; a client that reconnects with `Last-Event-ID` (the
 //! browser's EventSource does it by itself) gets exactly the events it missed, from this node
