@@ -743,3 +743,16 @@ fn new_sid() -> String {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    /// Every idle socket's task holds a [`super::Socket`] (the idle memory per WebSocket in
+    /// BENCHMARKS.md): growing it is a choice to make knowingly, so this test fails first.
+    #[test]
+    fn an_idle_socket_stays_small() {
+        let socket = std::mem::size_of::<super::Socket>();
+        let client = std::mem::size_of::<crate::sio::client::SioClient>();
+        assert!(socket <= 416, "a Socket takes {socket} bytes");
+        assert!(client <= 96, "a SioClient takes {client} bytes");
+    }
+}

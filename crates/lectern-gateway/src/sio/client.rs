@@ -39,15 +39,41 @@ pub(crate) const SERVER_ERROR_EVENT: &str = "server:error";
 /// The event that tells every client the node is stopping.
 pub(crate) const SERVER_SHUTDOWN_EVENT: &str = "server:shutdown";
 
-/// The heartbeat and connect deadlines of a connection.
+/// The heartbeat and connect deadlines of a connection, in milliseconds (`u32`: every
+/// connection holds one, and 49 days is past any deadline worth setting).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Timing {
+    ping_interval_ms: u32,
+    ping_timeout_ms: u32,
+    connect_timeout_ms: u32,
+}
+
+impl Timing {
+    /// Between the server's pings, how long a ping may go unanswered, and how long a
+    /// connection may go without a connected namespace (each capped at `u32::MAX` ms).
+    pub(crate) fn new(ping_interval: Duration, ping_timeout: Duration, connect: Duration) -> Self {
+        let ms = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
+        Timing {
+            ping_interval_ms: ms(ping_interval),
+            ping_timeout_ms: ms(ping_timeout),
+            connect_timeout_ms: ms(connect),
+        }
+    }
+
     /// Between the server's pings.
-    pub(crate) ping_interval: Duration,
+    pub(crate) fn ping_interval(&self) -> Duration {
+        Duration::from_millis(self.ping_interval_ms.into())
+    }
+
     /// How long a ping may go unanswered.
-    pub(crate) ping_timeout: Duration,
+    pub(crate) fn ping_timeout(&self) -> Duration {
+        Duration::from_millis(self.ping_timeout_ms.into())
+    }
+
     /// How long a connection may go without a connected namespace.
-    pub(crate) connect_timeout: Duration,
+    pub(crate) fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms.into())
+    }
 }
 
 /// Where the connection's namespace `/` stands.
@@ -218,9 +244,9 @@ impl SioClient {
         SioClient {
             timing,
             phase: Phase::Waiting {
-                by: after(now, timing.connect_timeout),
+                by: after(now, timing.connect_timeout()),
             },
-            ping_at: after(now, timing.ping_interval),
+            ping_at: after(now, timing.ping_interval()),
             pong_by: None,
             sessions: Vec::new(),
             attachments_due: 0,
@@ -343,7 +369,7 @@ impl SioClient {
                 // Leaving the namespace starts a fresh wait for a CONNECT: a connection
                 // without one holds nothing for long.
                 self.phase = Phase::Waiting {
-                    by: after(now, self.timing.connect_timeout),
+                    by: after(now, self.timing.connect_timeout()),
                 };
                 let left = self.sessions.drain(..).filter(|j| j.settled);
                 Some(Action::Disconnected(left.map(|j| j.session).collect()))
@@ -406,6 +432,8 @@ impl SioClient {
                     Dispatch::Refuse(already_joined())
                 }
                 Ok((session, since)) => {
+                    // Most connections join one session: no spare capacity (idle memory).
+                    self.sessions.reserve_exact(1);
                     self.sessions.push(Joined {
                         session: session.clone(),
                         settled: false,
@@ -496,9 +524,9 @@ impl SioClient {
             return self.cut(Cut::TokenExpired);
         }
         if due(self.ping_at) {
-            self.ping_at = after(now, self.timing.ping_interval);
+            self.ping_at = after(now, self.timing.ping_interval());
             if self.pong_by.is_none() {
-                self.pong_by = after(now, self.timing.ping_timeout);
+                self.pong_by = after(now, self.timing.ping_timeout());
             }
             return Some(Action::Ping);
         }
@@ -540,8 +568,8 @@ pub(crate) fn open_packet(sid: &str, timing: &Timing, payload_max_bytes: usize) 
     let open = json!({
         "sid": sid,
         "upgrades": [],
-        "pingInterval": timing.ping_interval.as_millis(),
-        "pingTimeout": timing.ping_timeout.as_millis(),
+        "pingInterval": timing.ping_interval_ms,
+        "pingTimeout": timing.ping_timeout_ms,
         "maxPayload": payload_max_bytes,
     });
     format!("0{open}")
@@ -559,11 +587,7 @@ mod tests {
     const SECOND: Duration = Duration::from_secs(1);
 
     fn timing() -> Timing {
-        Timing {
-            ping_interval: 25 * SECOND,
-            ping_timeout: 20 * SECOND,
-            connect_timeout: 45 * SECOND,
-        }
+        Timing::new(25 * SECOND, 20 * SECOND, 45 * SECOND)
     }
 
     /// A client whose namespace is connected with a token valid for an hour.
@@ -888,13 +912,11 @@ mod tests {
         assert_eq!(c.next_deadline(), Some(t0 + 25 * SECOND));
         let c = SioClient::connected_elsewhere(timing(), Duration::MAX, t0);
         assert_eq!(c.next_deadline(), None);
-        // And a configured interval past the clock does not overflow either.
-        let huge = Timing {
-            ping_interval: Duration::MAX,
-            ping_timeout: Duration::MAX,
-            connect_timeout: Duration::MAX,
-        };
-        assert_eq!(SioClient::open(huge, t0).next_deadline(), None);
+        // And a configured interval past the clock does not overflow either: it is capped.
+        let huge = Timing::new(Duration::MAX, Duration::MAX, Duration::MAX);
+        let cap = Duration::from_millis(u32::MAX.into());
+        assert_eq!(huge.ping_interval(), cap);
+        assert_eq!(SioClient::open(huge, t0).next_deadline(), Some(t0 + cap));
     }
 
     #[test]

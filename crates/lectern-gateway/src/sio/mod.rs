@@ -106,11 +106,12 @@ impl Conn {
 /// The heartbeat and connect deadlines the gateway's limits set.
 pub(crate) fn timing(gw: &Gateway) -> client::Timing {
     let limits = gw.inner.limiter.limits();
-    client::Timing {
-        ping_interval: std::time::Duration::from_millis(limits.ping_interval_ms.max(1)),
-        ping_timeout: std::time::Duration::from_millis(limits.ping_timeout_ms.max(1)),
-        connect_timeout: std::time::Duration::from_millis(limits.connect_timeout_ms.max(1)),
-    }
+    let ms = |v: u64| std::time::Duration::from_millis(v.max(1));
+    client::Timing::new(
+        ms(limits.ping_interval_ms),
+        ms(limits.ping_timeout_ms),
+        ms(limits.connect_timeout_ms),
+    )
 }
 
 /// The handshake: a token in the connect packet's `auth: {token}`, or else `request_token`
