@@ -675,3 +675,62 @@ async fn polling_sends_the_first_ping_one_interval_after_the_handshake() -> anyh
     })
     .await
 }
+
+/// A series' value in `/metrics` (0 when absent).
+async fn metric(demo: &Demo, series: &str) -> anyhow::Result<u64> {
+    let m = demo.http.get("/metrics", None).await?.text();
+    let prefix = format!("{series} ");
+    Ok(m.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_polling_client_that_stops_reading_is_cut_off_at_its_queue_bound() -> anyhow::Result<()> {
+    within(async {
+        let demo = Demo::start_with("sio-polling-bound", |c| {
+            c.limits.outbound_queue_max = 16;
+            c.limits.command_burst = 1000;
+            // socketioxide cannot queue a disconnect into a full queue: the socket ends at its
+            // next heartbeat ping, which cannot be queued either.
+            c.limits.ping_interval_ms = 1_000;
+            c.limits.ping_timeout_ms = 10_000;
+        })
+        .await?;
+        let s = demo.session.clone();
+        let p = RawPoll::open(demo.http).await?;
+        p.connect(&demo.token("student1", "student")).await?;
+        let ack = p.call(1, json!(["session:join", s])).await?;
+        assert_eq!(ack["ok"], true, "{ack}");
+        let open = "lectern_connections{transport=\"socketio\"}";
+        assert_eq!(metric(&demo, open).await?, 1);
+        // From here on `p` never polls: its socket's queue (16 packets) fills with events.
+        let mut talker = demo
+            .sio(
+                Transport::WebSocket,
+                &demo.token("student2", "student"),
+                "talker",
+            )
+            .await?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut sent = 0;
+        while metric(&demo, "lectern_rejections_total{code=\"slow_consumer\"}").await? == 0 {
+            ensure!(Instant::now() < deadline, "no cut-off after {sent} events");
+            let ack = talker
+                .call("chat:send", vec![json!(s), json!(format!("event {sent}"))])
+                .await?;
+            ensure!(ack["ok"] == true, "{ack}");
+            sent += 1;
+        }
+        ensure!(sent >= 16, "cut off after only {sent} events");
+        // The socket is gone (at its next heartbeat, 1 s here), its count released.
+        while metric(&demo, open).await? != 0 {
+            ensure!(Instant::now() < deadline, "the cut-off socket still counts");
+            tokio::task::yield_now().await;
+        }
+        talker.disconnect().await;
+        demo.stop().await
+    })
+    .await
+}

@@ -241,7 +241,10 @@ async fn forward(
     }
 }
 
-/// Tells the client why (if there is a notice for `why`), then disconnects it.
+/// Tells the client why (if there is a notice for `why`), then disconnects it. socketioxide
+/// cannot queue its disconnect packet into a full queue (a client that stopped reading): such a
+/// socket ends at its next heartbeat ping, which cannot be queued either, so within
+/// `ping_interval_ms`; nothing more is queued for it meanwhile.
 fn close(s: &SocketRef, why: Why) {
     if let Some((event, payload)) = why.notice() {
         let _ = s.emit(event, &payload);
