@@ -19,6 +19,14 @@
 //!
 //! Only this crate mutates a live document (an ARCHITECTURE.md invariant).
 //!
+//! Documents come into being only by a create command ([`creates_document`]: `session.create`,
+//! `cohort.create`, and the inbox commands `inbox.push` / `inbox.prefs`) or by a peer's
+//! changes. A read, join or any other command naming a document this node does not store is
+//! answered `doc_not_found` without starting a writer, and nothing is written: no genesis
+//! change, no sync state, no change-feed item, so nothing reaches a peer either. (A hostile
+//! client naming random ids would otherwise fill the store, and through the mesh every peer's,
+//! with empty documents.)
+//!
 //! For the mesh: [`Hub::changes`] announces every durable change with its [`Origin`] (a command
 //! accepted here, or a peer's sync message); [`Hub::heads_summary`] lists a digest of every
 //! document's heads (kept in memory and in the store, so no document is loaded to build it);
@@ -35,7 +43,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lectern_model::{
-    Caller, Command, DocId, Millis, Rejection, Replica, ResumeToken, SyncError, Trigger,
+    Caller, Command, CommandBody, DocId, Millis, RejectCode, Rejection, Replica, ResumeToken,
+    SyncError, Trigger,
 };
 use lectern_store::{NodeIdentity, Store};
 use serde_json::Value;
@@ -191,6 +200,21 @@ pub enum HubError {
 }
 
 impl HubError {
+    /// The answer for a document this node does not store: `doc_not_found`, the model's code
+    /// for a session or cohort that was never created, so clients see one code for both.
+    pub fn not_found(doc: &DocId) -> HubError {
+        HubError::Rejected(Rejection::new(
+            RejectCode::DocNotFound,
+            format!("no such document: {doc}"),
+        ))
+    }
+
+    /// Whether this is the answer for a document that does not exist (see
+    /// [`HubError::not_found`]).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, HubError::Rejected(r) if r.code == RejectCode::DocNotFound)
+    }
+
     /// A stable code for clients.
     pub fn code(&self) -> &'static str {
         match self {
@@ -284,6 +308,9 @@ struct Inner {
     /// The heads digest of every stored document (seeded from the store, updated after every
     /// durable batch).
     heads: Mutex<HashMap<DocId, [u8; 32]>>,
+    /// Documents the store holds without a heads digest (written by a tool, or restored): they
+    /// exist all the same. A writer that loads one puts its digest into `heads`.
+    undigested: Mutex<std::collections::HashSet<DocId>>,
     /// Per peer, a counter bumped by [`Hub::peer_connected`]; a writer holding a sync state of
     /// an older conversation resets it to what was persisted.
     peer_epochs: Mutex<HashMap<String, u64>>,
@@ -315,8 +342,20 @@ impl Hub {
                 HashMap::new()
             }
         };
+        let undigested = match store.doc_ids() {
+            Ok(ids) => ids
+                .into_iter()
+                .filter_map(|d| DocId::parse(&d).ok())
+                .filter(|d| !heads.contains_key(d))
+                .collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "listing the stored documents failed");
+                std::collections::HashSet::new()
+            }
+        };
         let inner = Inner {
             heads: Mutex::new(heads),
+            undigested: Mutex::new(undigested),
             peer_epochs: Mutex::new(HashMap::new()),
             committer: store.committer(),
             identity: store.identity(),
@@ -346,6 +385,9 @@ impl Hub {
     }
 
     /// Applies `cmd` to `doc` as `caller`; returns once it is on disk.
+    ///
+    /// On a document this node does not store, only a create command ([`creates_document`])
+    /// runs; any other is refused with [`HubError::not_found`] and nothing is written.
     pub async fn execute(
         &self,
         doc: DocId,
@@ -358,17 +400,21 @@ impl Hub {
     }
 
     /// Runs `f` on the document on its writer task (after every command queued before it).
+    ///
+    /// A session or cohort this node does not store answers [`HubError::not_found`] and starts
+    /// no writer; an inbox that does not exist yet reads as empty (it is its owner's, and
+    /// nothing is written).
     pub async fn read<T, F>(&self, doc: DocId, f: F) -> Result<T, HubError>
     where
         T: Send + 'static,
         F: FnOnce(&Replica) -> T + Send + 'static,
     {
         let (reply, rx) = oneshot::channel();
-        let job: doc::ReadFn = Box::new(move |replica: &Replica, _: &Arc<Inner>| {
-            let _ = reply.send(f(replica));
+        let job: doc::ReadFn = Box::new(move |replica: doc::ReadOn<'_>, _: &Arc<Inner>| {
+            let _ = reply.send(replica.map(f));
         });
         self.send(&doc, Msg::Read(job))?;
-        rx.await.map_err(|_| HubError::ShuttingDown)
+        rx.await.map_err(|_| HubError::ShuttingDown)?
     }
 
     /// Subscribes `caller` to `doc`: a snapshot (or, with `since`, the events after it) and a
@@ -423,8 +469,9 @@ impl Hub {
     ) -> Result<Joined, HubError> {
         let (reply, rx) = oneshot::channel();
         let doc_id = doc.clone();
-        let job: doc::ReadFn = Box::new(move |replica: &Replica, inner: &Arc<Inner>| {
-            let result = doc::join(replica, inner, &doc_id, &caller, since);
+        let job: doc::ReadFn = Box::new(move |replica: doc::ReadOn<'_>, inner: &Arc<Inner>| {
+            let result =
+                replica.and_then(|replica| doc::join(replica, inner, &doc_id, &caller, since));
             let _ = reply.send(result);
         });
         self.send(&doc, Msg::Read(job))?;
@@ -556,6 +603,12 @@ impl Hub {
             let tx = match docs.get(doc) {
                 Some(tx) => tx.clone(),
                 None => {
+                    // No writer: ask the heads index (every stored document, kept with each
+                    // durable batch) whether the document exists, so a request naming a random
+                    // id costs one lookup and starts nothing.
+                    if !msg.may_start(doc) && !self.stored(doc) {
+                        return Err(HubError::not_found(doc));
+                    }
                     if docs.len() >= self.inner.config.docs_loaded_max {
                         return Err(HubError::TooManyDocs(docs.len()));
                     }
@@ -589,6 +642,40 @@ impl Hub {
         }
         Err(HubError::Store(format!("writer for {doc} keeps failing")))
     }
+}
+
+impl Hub {
+    /// Whether this node stores `doc` (its heads digest is in the index, or it was stored
+    /// without one).
+    fn stored(&self, doc: &DocId) -> bool {
+        // One lock at a time (a writer takes `undigested` before `heads`).
+        let indexed = match self.inner.heads.lock() {
+            Ok(h) => h.contains_key(doc),
+            Err(_) => true,
+        };
+        indexed
+            || match self.inner.undigested.lock() {
+                Ok(u) => u.contains(doc),
+                Err(_) => true,
+            }
+    }
+}
+
+/// Whether `body` may bring document `doc` into being: `session.create` for a session,
+/// `cohort.create` for a cohort, and for an inbox the job runner's `inbox.push` and its owner's
+/// `inbox.prefs` (an inbox is keyed by an authenticated user, who may set preferences before
+/// any notification; the model lets only the owner or an admin write it, so a caller can
+/// create at most their own). Every other command needs the document to exist.
+pub fn creates_document(doc: &DocId, body: &CommandBody) -> bool {
+    matches!(
+        (doc, body),
+        (DocId::Session(_), CommandBody::SessionCreate { .. })
+            | (DocId::Cohort(_), CommandBody::CohortCreate { .. })
+            | (
+                DocId::Inbox(_),
+                CommandBody::InboxPush { .. } | CommandBody::InboxPrefs { .. }
+            )
+    )
 }
 
 /// How long a writer waits on an empty inbox before it retires.

@@ -1,0 +1,461 @@
+//! Hostile requests against the hub's document lifecycle: reads, joins, views, long-polls,
+//! streams and commands naming documents that do not exist answer `doc_not_found` and write
+//! nothing (nothing in the store, on the change feed, to peers), checked on a bare hub, on a
+//! real node over real HTTP, SSE and Socket.IO, and on a real two-node cluster; and only the
+//! create commands bring a document into being.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use lectern_hub::{Hub, HubConfig, HubError};
+use lectern_model::{Caller, CommandBody, DocId, Millis, PollChoice, Replica, Role, UserId};
+use lectern_store::Store;
+use lectern_testkit::Transport;
+use serde_json::json;
+use tokio::sync::broadcast::error::TryRecvError;
+
+use crate::support::{TempDir, ask, caller, cmd, create_session, session};
+
+fn hub_at(dir: &TempDir) -> Hub {
+    Hub::new(
+        Store::open(dir.path()).expect("open store"),
+        HubConfig::default(),
+    )
+}
+
+fn cohort(id: &str) -> DocId {
+    DocId::Cohort(id.parse().expect("valid cohort id"))
+}
+
+fn inbox(user: &str) -> DocId {
+    DocId::Inbox(user.parse::<UserId>().expect("valid user id"))
+}
+
+fn assert_not_found<T: std::fmt::Debug>(what: &str, r: Result<T, HubError>) {
+    match r {
+        Err(e) => assert_eq!(e.code(), "doc_not_found", "{what}: {e:?}"),
+        Ok(v) => panic!("{what}: answered {v:?} for a document that does not exist"),
+    }
+}
+
+/// Nothing of `hub`'s store names a document: no snapshot or chunk, no heads digest.
+fn assert_store_empty(hub: &Hub) {
+    assert_eq!(
+        hub.store().doc_ids().expect("doc ids"),
+        Vec::<String>::new(),
+        "no document was written"
+    );
+    assert!(hub.heads_summary().is_empty(), "no heads digest was kept");
+}
+
+#[tokio::test]
+async fn reads_joins_and_commands_on_absent_documents_start_nothing_and_write_nothing() {
+    let dir = TempDir::new("ghost-hub");
+    let hub = hub_at(&dir);
+    let mut feed = hub.changes();
+    let student = caller("sam", Role::Student);
+    let ada = caller("ada", Role::Instructor);
+    for i in 0..20 {
+        let s = session(&format!("ghost{i}"));
+        assert_not_found("read", hub.read(s.clone(), |r| r.token()).await);
+        assert_not_found(
+            "session view",
+            hub.read(s.clone(), {
+                let c = student.clone();
+                move |r| r.session_view(&c, Millis(0))
+            })
+            .await,
+        );
+        assert_not_found("join", hub.join(s.clone(), student.clone(), None).await);
+        assert_not_found(
+            "ask",
+            hub.execute(s.clone(), student.clone(), cmd(&format!("a{i}"), ask("hi")))
+                .await,
+        );
+        let vote = CommandBody::PollVote {
+            poll: "p1".parse().expect("valid poll id"),
+            choice: PollChoice::Single(0),
+        };
+        assert_not_found(
+            "vote",
+            hub.execute(s.clone(), student.clone(), cmd(&format!("v{i}"), vote))
+                .await,
+        );
+        assert_not_found(
+            "attendance",
+            hub.execute(
+                s,
+                student.clone(),
+                cmd(&format!("j{i}"), CommandBody::AttendanceJoin),
+            )
+            .await,
+        );
+        let c = cohort(&format!("gc{i}"));
+        assert_not_found("cohort read", hub.read(c.clone(), |r| r.token()).await);
+        assert_not_found(
+            "leaderboard",
+            hub.read(c.clone(), |r| r.leaderboard().map(|_| ())).await,
+        );
+        let privacy = CommandBody::LeaderboardPrivacy { anonymous: true };
+        assert_not_found(
+            "cohort command",
+            hub.execute(c, ada.clone(), cmd(&format!("p{i}"), privacy))
+                .await,
+        );
+        // An inbox command other than the creating ones.
+        let read_all = CommandBody::InboxRead {
+            notifications: vec![],
+        };
+        let me = caller(&format!("u{i}"), Role::Student);
+        assert_not_found(
+            "inbox.read",
+            hub.execute(inbox(&format!("u{i}")), me, cmd(&format!("r{i}"), read_all))
+                .await,
+        );
+    }
+    assert_eq!(
+        hub.loaded_docs(),
+        0,
+        "no writer is started for a session or cohort that does not exist"
+    );
+    // A create command a caller may not send (a student creating a session) is refused and
+    // leaves nothing behind either.
+    let refused = hub
+        .execute(
+            session("ghost-create"),
+            student.clone(),
+            cmd("c0", create_session("mine")),
+        )
+        .await
+        .expect_err("a student may not create a session");
+    assert_eq!(refused.code(), "forbidden");
+    // An inbox that does not exist yet reads as empty for its owner, and is not written.
+    let me = caller("u1", Role::Student);
+    let view = hub
+        .read(inbox("u1"), move |r| r.inbox_view(&me))
+        .await
+        .expect("an empty inbox reads");
+    assert!(view.is_ok(), "the owner reads their empty inbox: {view:?}");
+    let joined = hub
+        .join(inbox("u1"), caller("u1", Role::Student), None)
+        .await
+        .expect("the owner follows their empty inbox");
+    drop(joined);
+    // A peer's sync about a document this node lacks writes neither it nor a sync state.
+    let empty = Replica::new(session("ghost-sync"), &[7; 16]);
+    let mut state = lectern_model::automerge::sync::State::new();
+    let hello = empty
+        .generate_sync_message(&mut state)
+        .expect("a first sync message");
+    hub.receive_sync(session("ghost-sync"), "peer", hello)
+        .await
+        .expect("a sync message about nothing is accepted");
+    hub.generate_sync(session("ghost-sync2"), "peer")
+        .await
+        .expect("a sync message is made");
+    assert!(
+        hub.store()
+            .sync_state("peer", "session/ghost-sync")
+            .expect("read")
+            .is_none(),
+        "no sync state is kept for a document that does not exist"
+    );
+    // A writer already running for an absent document (started by the sync above) answers
+    // reads and commands the same way.
+    assert_not_found(
+        "read on a live writer",
+        hub.read(session("ghost-sync2"), |r| r.token()).await,
+    );
+    assert_not_found(
+        "ask on a live writer",
+        hub.execute(
+            session("ghost-sync2"),
+            student.clone(),
+            cmd("a-live", ask("hi")),
+        )
+        .await,
+    );
+    assert_store_empty(&hub);
+    assert!(
+        matches!(feed.try_recv(), Err(TryRecvError::Empty)),
+        "nothing was announced on the change feed"
+    );
+    hub.shutdown().await.expect("shutdown");
+    drop(hub);
+    // Reopened from disk: still nothing.
+    let again = hub_at(&dir);
+    assert_store_empty(&again);
+    again.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn create_commands_and_inbox_pushes_create_documents() {
+    let dir = TempDir::new("ghost-create");
+    let hub = hub_at(&dir);
+    let ada = caller("ada", Role::Instructor);
+    let student = caller("sam", Role::Student);
+    // A create and a command sent at once (one writer batch): the second sees the first.
+    let (created, asked) = tokio::join!(
+        hub.execute(session("s"), ada.clone(), cmd("c1", create_session("s"))),
+        hub.execute(session("s"), student.clone(), cmd("q1", ask("first?"))),
+    );
+    created.expect("session.create creates the session");
+    asked.expect("a command after the create in the same batch applies");
+    let admin = caller("root", Role::Admin);
+    hub.execute(
+        cohort("c9"),
+        admin.clone(),
+        cmd(
+            "k1",
+            CommandBody::CohortCreate {
+                course: "Course".into(),
+                title: "Cohort".into(),
+                home_region: String::new(),
+            },
+        ),
+    )
+    .await
+    .expect("cohort.create creates the cohort");
+    let push = CommandBody::InboxPush {
+        notification: "n1".parse().expect("valid id"),
+        kind: lectern_model::NotifyKind::Announcement,
+        title: "Hello".into(),
+        body: "Body".into(),
+        link: String::new(),
+        cohort: None,
+    };
+    hub.execute(inbox("sam"), admin.clone(), cmd("n1", push))
+        .await
+        .expect("the job runner's push creates the inbox");
+    let prefs = CommandBody::InboxPrefs {
+        kinds: Default::default(),
+        digest: Some(true),
+        email: None,
+    };
+    hub.execute(
+        inbox("kim"),
+        caller("kim", Role::Student),
+        cmd("pr1", prefs),
+    )
+    .await
+    .expect("an owner's preferences create their inbox");
+    assert_eq!(
+        hub.store().doc_ids().expect("doc ids"),
+        vec!["cohort/c9", "inbox/kim", "inbox/sam", "session/s"],
+    );
+    let view = hub
+        .read(session("s"), {
+            let c: Caller = student.clone();
+            move |r| r.session_view(&c, Millis(0))
+        })
+        .await
+        .expect("read")
+        .expect("the student reads the created session");
+    assert!(view.to_string().contains("first?"), "{view}");
+    hub.shutdown().await.expect("shutdown");
+}
+
+mod node {
+    //! The same on a real node, over real HTTP, SSE and Socket.IO.
+
+    use super::*;
+    use crate::gateway::{Demo, ack_code, claims, unix_now_s, within};
+
+    /// Every document the node stores, and every heads digest it keeps.
+    pub(super) fn stored(hub: &Hub) -> (Vec<String>, BTreeSet<String>) {
+        let docs = hub.store().doc_ids().expect("doc ids");
+        let heads = hub
+            .heads_summary()
+            .into_iter()
+            .map(|(d, _)| d.to_string())
+            .collect();
+        (docs, heads)
+    }
+
+    /// Asks for `n` random sessions and cohorts in every way a client can; each answer must
+    /// be 404 / `doc_not_found`. Returns the ids asked for.
+    pub(super) async fn hostile_requests(
+        node: &lectern_node::Node,
+        http: &lectern_testkit::Http,
+        token: &str,
+        cohort_token: &str,
+        n: usize,
+    ) -> anyhow::Result<Vec<String>> {
+        let mut asked = Vec::new();
+        let mut sio = lectern_testkit::Client::connect(
+            node.http_addr,
+            Transport::WebSocket,
+            json!({ "token": token }),
+            "ghost",
+        )
+        .await?;
+        for i in 0..n {
+            let id = format!("ghost{i}x{}", unix_now_s() % 1000);
+            asked.push(format!("session/{id}"));
+            for path in [
+                format!("/api/sessions/{id}"),
+                format!("/api/sessions/{id}/events?wait=1"),
+            ] {
+                let r = http.get(&path, Some(token)).await?;
+                anyhow::ensure!(
+                    r.status == 404 && r.error_code().as_deref() == Some("doc_not_found"),
+                    "GET {path}: {} {}",
+                    r.status,
+                    r.text()
+                );
+            }
+            let r = http
+                .post_json(
+                    &format!("/api/sessions/{id}/commands/qa.ask"),
+                    Some(token),
+                    &json!({"text": "hello?"}),
+                )
+                .await?;
+            anyhow::ensure!(
+                r.status == 404 && r.error_code().as_deref() == Some("doc_not_found"),
+                "POST qa.ask: {} {}",
+                r.status,
+                r.text()
+            );
+            let auth = format!("Bearer {token}");
+            match http
+                .sse(
+                    &format!("/api/stream/sessions/{id}"),
+                    &[("authorization", &auth)],
+                )
+                .await?
+            {
+                Ok(_) => anyhow::bail!("a stream of a session that does not exist opened"),
+                Err(r) => anyhow::ensure!(r.status == 404, "SSE: {} {}", r.status, r.text()),
+            }
+            let ack = sio.call("session:join", vec![json!(id)]).await?;
+            anyhow::ensure!(ack_code(&ack) == "doc_not_found", "join: {ack}");
+            let ack = sio
+                .call("poll:vote", vec![json!(id), json!("p1"), json!(0)])
+                .await?;
+            anyhow::ensure!(ack_code(&ack) == "doc_not_found", "vote: {ack}");
+            let ack = sio.call("qa:ask", vec![json!(id), json!("hi?")]).await?;
+            anyhow::ensure!(ack_code(&ack) == "doc_not_found", "ask: {ack}");
+            let cohort = format!("gc{i}");
+            asked.push(format!("cohort/{cohort}"));
+            for path in [
+                format!("/api/cohorts/{cohort}"),
+                format!("/api/cohorts/{cohort}/aggregates"),
+            ] {
+                let r = http.get(&path, Some(cohort_token)).await?;
+                anyhow::ensure!(
+                    r.status == 404 && r.error_code().as_deref() == Some("doc_not_found"),
+                    "GET {path}: {} {}",
+                    r.status,
+                    r.text()
+                );
+            }
+        }
+        sio.disconnect().await;
+        Ok(asked)
+    }
+
+    /// A token of an instructor of the random cohorts `gc0`…`gc{n-1}` (so the gateway's own
+    /// membership check lets the request reach the hub).
+    pub(super) fn cohort_claims(n: usize) -> lectern_gateway::auth::Claims {
+        let cohorts: Vec<String> = (0..n).map(|i| format!("gc{i}")).collect();
+        let refs: Vec<&str> = cohorts.iter().map(String::as_str).collect();
+        claims("eve", "instructor", &refs, unix_now_s() + 3600)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn random_ids_over_http_sse_and_socketio_answer_not_found_and_write_nothing()
+    -> anyhow::Result<()> {
+        within(async {
+            let demo = Demo::start_with("ghost-node", |c| {
+                c.limits.command_burst = 1_000;
+            })
+            .await?;
+            let hub = demo.node.hub.clone();
+            let before = stored(&hub);
+            let mut feed = hub.changes();
+            let token = demo.token("student1", "student");
+            let n = 5;
+            let cohort_token = demo.mint(&cohort_claims(n));
+            let asked = hostile_requests(&demo.node, &demo.http, &token, &cohort_token, n).await?;
+            anyhow::ensure!(stored(&hub) == before, "the store is unchanged");
+            loop {
+                match feed.try_recv() {
+                    Ok(change) => anyhow::ensure!(
+                        !asked.contains(&change.doc.to_string()),
+                        "{} was announced on the change feed",
+                        change.doc
+                    ),
+                    Err(TryRecvError::Lagged(_)) => continue,
+                    Err(_) => break,
+                }
+            }
+            demo.stop().await
+        })
+        .await
+    }
+}
+
+mod cluster {
+    //! On a real two-node cluster: hostile requests on A create no document on B.
+
+    use super::node::{cohort_claims, hostile_requests, stored};
+    use super::*;
+    use crate::mesh::{Cluster, demo_caller, eventually, within};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn random_ids_on_one_node_create_no_document_on_its_peer() -> anyhow::Result<()> {
+        within(async {
+            let mut cluster = Cluster::new("ghost-mesh")?;
+            let a = cluster
+                .start_with("a", vec![], true, |c| c.limits.command_burst = 1_000)
+                .await?;
+            let b = cluster.start("b", vec![cluster.peer(a)], false).await?;
+            cluster.connected(b, 1).await?;
+            let node_a = cluster.node(a);
+            let n = 5;
+            let http = lectern_testkit::Http::new(node_a.http_addr);
+            let token = crate::mesh::token("student1", "student");
+            let cohort_token =
+                lectern_gateway::auth::mint(crate::mesh::SECRET.as_bytes(), &cohort_claims(n))?;
+            let asked = hostile_requests(node_a, &http, &token, &cohort_token, n).await?;
+            // A marker made after the requests: once B has it, and every document A stores,
+            // anything the requests had made would have reached B too.
+            let marker = session("marker");
+            node_a
+                .hub
+                .execute(
+                    marker.clone(),
+                    demo_caller("ada", Role::Instructor),
+                    cmd(
+                        "marker",
+                        CommandBody::SessionCreate {
+                            cohort: lectern_node::DEMO_COHORT.parse()?,
+                            title: "marker".into(),
+                            moderation: false,
+                        },
+                    ),
+                )
+                .await?;
+            cluster
+                .converged(&marker, &[a, b], Duration::from_secs(30))
+                .await?;
+            let (hub_a, hub_b) = (cluster.node(a).hub.clone(), cluster.node(b).hub.clone());
+            eventually(
+                "B holds every document A holds",
+                Duration::from_secs(30),
+                || stored(&hub_a).1 == stored(&hub_b).1,
+            )
+            .await?;
+            for hub in [&hub_a, &hub_b] {
+                let (docs, heads) = stored(hub);
+                for ghost in &asked {
+                    anyhow::ensure!(!docs.contains(ghost), "{ghost} was stored");
+                    anyhow::ensure!(!heads.contains(ghost), "{ghost} has a heads digest");
+                }
+            }
+            cluster.stop_all().await
+        })
+        .await
+    }
+}
