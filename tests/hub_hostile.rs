@@ -459,3 +459,375 @@ mod cluster {
         .await
     }
 }
+
+mod limits {
+    //! Loaded documents: LRU eviction instead of refusal, the per-user cap, the exact
+    //! boundaries of `docs_loaded_max` and of a writer's inbox (`Overloaded`), and one writer
+    //! per document while writers are evicted and retire under load.
+
+    use std::collections::{HashMap, HashSet};
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+
+    use super::*;
+
+    fn hub_with(dir: &TempDir, edit: impl FnOnce(&mut HubConfig)) -> Hub {
+        let mut config = HubConfig {
+            // Nothing retires by itself in these tests unless they say so.
+            doc_idle_ms: 600_000,
+            ..HubConfig::default()
+        };
+        edit(&mut config);
+        Hub::new(Store::open(dir.path()).expect("open store"), config)
+    }
+
+    /// Creates sessions `s0`…`s{n-1}` as an admin (charged to nobody).
+    async fn sessions(hub: &Hub, n: usize) {
+        for i in 0..n {
+            hub.execute(
+                session(&format!("s{i}")),
+                caller("root", Role::Admin),
+                cmd(&format!("create{i}"), create_session("s")),
+            )
+            .await
+            .expect("create a session");
+        }
+    }
+
+    /// Polls `fut` once: `None` if it is still waiting (its message is queued), else its result.
+    fn poll_once<T>(fut: impl Future<Output = T>) -> Option<T> {
+        let mut fut = pin!(fut);
+        match fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(v) => Some(v),
+            Poll::Pending => None,
+        }
+    }
+
+    /// Blocks `doc`'s writer inside a read until the returned sender is dropped or sent to;
+    /// returns once the writer is inside it.
+    async fn block_writer(hub: &Hub, doc: DocId) -> std::sync::mpsc::Sender<()> {
+        let (started_tx, started) = tokio::sync::oneshot::channel();
+        let (release, release_rx) = std::sync::mpsc::channel::<()>();
+        let hub2 = hub.clone();
+        tokio::spawn(async move {
+            let _ = hub2
+                .read(doc, move |_| {
+                    let _ = started_tx.send(());
+                    let _ = release_rx.recv();
+                })
+                .await;
+        });
+        started.await.expect("the writer runs the blocking read");
+        release
+    }
+
+    /// Kills: evicting a document that someone follows, or refusing instead of evicting.
+    #[tokio::test]
+    async fn a_full_hub_evicts_idle_documents_instead_of_refusing() {
+        let dir = TempDir::new("lru");
+        let hub = hub_with(&dir, |c| c.docs_loaded_max = 4);
+        sessions(&hub, 10).await;
+        assert!(hub.loaded_docs() <= 4, "{} loaded", hub.loaded_docs());
+        for round in 0..2 {
+            for i in 0..10 {
+                hub.read(session(&format!("s{i}")), |r| r.token())
+                    .await
+                    .unwrap_or_else(|e| panic!("round {round}: read s{i}: {e}"));
+                assert!(hub.loaded_docs() <= 4, "{} loaded", hub.loaded_docs());
+            }
+        }
+        let stats = hub.stats();
+        assert_eq!(stats.refused_full, 0);
+        assert!(stats.evictions_lru >= 16, "{stats:?}");
+        hub.shutdown().await.expect("shutdown");
+    }
+
+    /// The exact boundary of `docs_loaded_max`: with every loaded document followed, the next
+    /// load is refused `overloaded`; once one is left, the load evicts it. Kills: `>=` turned
+    /// into `>` in the full check, evicting followed documents.
+    #[tokio::test]
+    async fn docs_loaded_max_refuses_only_when_every_document_is_followed_or_busy() {
+        let dir = TempDir::new("full");
+        let hub = hub_with(&dir, |c| c.docs_loaded_max = 3);
+        sessions(&hub, 5).await;
+        let mut followers = Vec::new();
+        for i in 0..3 {
+            let who = caller(&format!("u{i}"), Role::Student);
+            followers.push(
+                hub.join(session(&format!("s{i}")), who, None)
+                    .await
+                    .expect("a join under the limit"),
+            );
+        }
+        assert_eq!(hub.loaded_docs(), 3);
+        let err = hub
+            .join(session("s3"), caller("u3", Role::Student), None)
+            .await
+            .expect_err("the fourth document does not fit");
+        assert!(matches!(err, HubError::TooManyDocs(3)), "{err:?}");
+        assert_eq!(err.code(), "overloaded");
+        assert_eq!(hub.stats().refused_full, 1);
+        // One subscriber leaves: its document may go.
+        drop(followers.remove(0));
+        let joined = hub
+            .join(session("s3"), caller("u3", Role::Student), None)
+            .await
+            .expect("the load evicts the unfollowed document");
+        assert_eq!(hub.loaded_docs(), 3);
+        // The followed ones stayed: their subscribers still get events.
+        hub.execute(
+            session("s1"),
+            caller("u1", Role::Student),
+            cmd("after", ask("still live?")),
+        )
+        .await
+        .expect("a command on a followed document");
+        let e = tokio::time::timeout(Duration::from_secs(5), followers[0].events.recv())
+            .await
+            .expect("an event within 5 s")
+            .expect("the room is open");
+        assert_eq!(e.name, "qa:new");
+        drop(joined);
+        hub.shutdown().await.expect("shutdown");
+    }
+
+    /// Kills: evicting a writer with work in flight (two writers for one document).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_busy_writer_is_never_evicted() {
+        let dir = TempDir::new("busy");
+        let hub = hub_with(&dir, |c| c.docs_loaded_max = 1);
+        sessions(&hub, 2).await;
+        let release = block_writer(&hub, session("s0")).await;
+        let err = hub
+            .read(session("s1"), |r| r.token())
+            .await
+            .expect_err("the only loaded writer is busy");
+        assert!(matches!(err, HubError::TooManyDocs(1)), "{err:?}");
+        drop(release);
+        // Once it is done, it may go.
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if hub.read(session("s1"), |r| r.token()).await.is_ok() {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("s1 loads once s0's writer is idle");
+        hub.shutdown().await.expect("shutdown");
+    }
+
+    /// The exact boundary of a writer's inbox: with the writer busy, `inbox_capacity`
+    /// messages queue and the next is refused `overloaded`; the queued ones all apply. Kills:
+    /// an unbounded inbox, an off-by-one in the capacity.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_writer_inbox_refuses_exactly_past_its_capacity() {
+        let dir = TempDir::new("inbox");
+        let hub = hub_with(&dir, |c| c.inbox_capacity = 4);
+        sessions(&hub, 1).await;
+        let release = block_writer(&hub, session("s0")).await;
+        let sam = caller("sam", Role::Student);
+        for i in 0..4 {
+            let queued = poll_once(hub.execute(
+                session("s0"),
+                sam.clone(),
+                cmd(&format!("q{i}"), ask("queued")),
+            ));
+            assert!(queued.is_none(), "message {i} queues: {queued:?}");
+        }
+        let refused = poll_once(hub.execute(session("s0"), sam.clone(), cmd("q4", ask("no"))))
+            .expect("refused at once");
+        let err = refused.expect_err("the fifth does not fit");
+        assert!(matches!(err, HubError::Overloaded(_)), "{err:?}");
+        assert_eq!(err.code(), "overloaded");
+        drop(release);
+        // The inbox drains once the writer is free; until then a read is refused like the rest.
+        let applied = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let r = hub
+                    .read(session("s0"), |r| {
+                        (0..5)
+                            .map(|i| r.has_applied(&format!("q{i}").parse().expect("id")))
+                            .collect::<Vec<bool>>()
+                    })
+                    .await;
+                match r {
+                    Ok(v) => break v,
+                    Err(HubError::Overloaded(_)) => tokio::task::yield_now().await,
+                    Err(e) => panic!("read after the queue drained: {e}"),
+                }
+            }
+        })
+        .await
+        .expect("the inbox drains");
+        assert_eq!(applied, vec![true, true, true, true, false]);
+        hub.shutdown().await.expect("shutdown");
+    }
+
+    /// One user holding documents cannot make another user's join fail: the user's own cap
+    /// stops them (`too_many_documents`), their idle documents make room for their next, and
+    /// everyone else joins. Kills: no per-user cap, charging only the user who loaded a
+    /// document (joins of documents others loaded would then pin without limit).
+    #[tokio::test]
+    async fn one_user_loading_many_documents_cannot_make_another_users_join_fail() {
+        let dir = TempDir::new("per-user");
+        let hub = hub_with(&dir, |c| {
+            c.docs_loaded_max = 8;
+            c.docs_loaded_per_user_max = 3;
+        });
+        sessions(&hub, 12).await;
+        // Touch every session as an admin, so the hostile user's joins find some loaded by
+        // someone else.
+        for i in 0..12 {
+            hub.read(session(&format!("s{i}")), |r| r.token())
+                .await
+                .expect("read");
+        }
+        let mal = caller("mal", Role::Student);
+        let mut held = Vec::new();
+        let mut refused = 0;
+        for i in 0..12 {
+            match hub.join(session(&format!("s{i}")), mal.clone(), None).await {
+                Ok(j) => held.push((i, j)),
+                Err(e) => {
+                    assert!(matches!(e, HubError::TooManyDocsForUser(3)), "{e:?}");
+                    assert_eq!(e.code(), "too_many_documents");
+                    refused += 1;
+                }
+            }
+        }
+        assert_eq!(held.len(), 3, "exactly the cap of joins holds");
+        assert_eq!(refused, 9);
+        let mal_ask = hub
+            .execute(session("s11"), mal.clone(), cmd("m1", ask("more?")))
+            .await
+            .expect_err("a command on a fourth document is refused too");
+        assert_eq!(mal_ask.code(), "too_many_documents");
+        // Everyone else: five other users join five other sessions, all while mal holds three.
+        let mut others = Vec::new();
+        for (n, i) in (3..8).enumerate() {
+            let who = caller(&format!("u{n}"), Role::Student);
+            others.push(
+                hub.join(session(&format!("s{i}")), who, None)
+                    .await
+                    .unwrap_or_else(|e| panic!("u{n}'s join of s{i} failed: {e}")),
+            );
+        }
+        assert!(hub.loaded_docs() <= 8);
+        assert_eq!(hub.stats().refused_full, 0);
+        // Mal leaves one: their next document takes its place.
+        let (left, joined) = held.remove(0);
+        drop(joined);
+        hub.join(session("s9"), mal.clone(), None)
+            .await
+            .unwrap_or_else(|e| panic!("after leaving s{left}, mal joins another: {e}"));
+        hub.shutdown().await.expect("shutdown");
+    }
+
+    /// Many concurrent commands over more documents than may be loaded, with writers evicted
+    /// and retiring (a 1 ms idle time) all the while: every acknowledged command is on disk
+    /// after a reopen, and every actor's changes form one chain (no sequence number used twice,
+    /// none skipped). Kills: evicting or retiring a writer with work queued or in flight.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writers_evicted_and_retired_under_load_keep_one_writer_per_document() {
+        let dir = TempDir::new("evict-stress");
+        let hub = hub_with(&dir, |c| {
+            c.docs_loaded_max = 2;
+            c.doc_idle_ms = 1;
+        });
+        let docs = 5;
+        sessions(&hub, docs).await;
+        let mut tasks = Vec::new();
+        let (writers, commands) = (8, 60);
+        for t in 0..writers {
+            let hub = hub.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut acked = Vec::new();
+                for n in 0..commands {
+                    let s = (t + n) % docs;
+                    let id = format!("t{t}n{n}");
+                    let who = caller(&format!("w{t}"), Role::Student);
+                    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+                    loop {
+                        let r = hub
+                            .execute(session(&format!("s{s}")), who.clone(), cmd(&id, ask("x")))
+                            .await;
+                        match r {
+                            Ok(_) => {
+                                acked.push((s, id));
+                                break;
+                            }
+                            Err(HubError::TooManyDocs(_)) | Err(HubError::Overloaded(_))
+                                if tokio::time::Instant::now() < deadline =>
+                            {
+                                tokio::task::yield_now().await
+                            }
+                            Err(e) => panic!("{id} on s{s}: {e}"),
+                        }
+                    }
+                    // Reads between commands, so writers start, go idle and are evicted.
+                    let _ = hub
+                        .read(session(&format!("s{}", (s + 2) % docs)), |r| r.token())
+                        .await;
+                }
+                acked
+            }));
+        }
+        let mut acked = Vec::new();
+        for t in tasks {
+            acked.extend(t.await.expect("task"));
+        }
+        assert_eq!(
+            acked.len(),
+            writers * commands,
+            "every command was acknowledged in the end"
+        );
+        let stats = hub.stats();
+        assert!(
+            stats.evictions_lru + stats.evictions > 10,
+            "writers came and went: {stats:?}"
+        );
+        hub.shutdown().await.expect("shutdown");
+        drop(hub);
+        let store = Store::open(dir.path()).expect("reopen");
+        let mut by_doc: HashMap<usize, Vec<String>> = HashMap::new();
+        for (s, id) in acked {
+            by_doc.entry(s).or_default().push(id);
+        }
+        for s in 0..docs {
+            let key = format!("session/s{s}");
+            let stored = store.load_doc(&key).expect("load").expect("stored");
+            let replica =
+                Replica::load(session(&format!("s{s}")), &stored.concat(), &[9; 16]).expect("load");
+            for id in by_doc.get(&s).into_iter().flatten() {
+                assert!(
+                    replica.has_applied(&id.parse().expect("id")),
+                    "{id} acked on {key} but not on disk"
+                );
+            }
+            let mut chains: HashMap<Vec<u8>, Vec<u64>> = HashMap::new();
+            for change in replica.doc().get_changes(&[]) {
+                chains
+                    .entry(change.actor_id().to_bytes().to_vec())
+                    .or_default()
+                    .push(change.seq());
+            }
+            for (actor, mut seqs) in chains {
+                seqs.sort_unstable();
+                let unique: HashSet<u64> = seqs.iter().copied().collect();
+                assert_eq!(
+                    unique.len(),
+                    seqs.len(),
+                    "{key}: a sequence number reused by {actor:?}"
+                );
+                assert_eq!(
+                    seqs,
+                    (1..=seqs.len() as u64).collect::<Vec<_>>(),
+                    "{key}: one chain per actor"
+                );
+            }
+        }
+    }
+}

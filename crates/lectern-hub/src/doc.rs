@@ -13,7 +13,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use automerge::ChangeHash;
 use automerge::sync;
@@ -90,27 +90,42 @@ impl Live {
     }
 }
 
-/// Runs the writer task of `doc` until its inbox closes (shutdown) or it retires (idle).
-pub(crate) async fn run(
-    inner: Arc<Inner>,
-    doc: DocId,
-    mut rx: mpsc::Receiver<Msg>,
-    _alive: mpsc::Sender<()>,
-) {
+/// Who a writer task is.
+pub(crate) struct Writer {
+    pub(crate) inner: Arc<Inner>,
+    pub(crate) doc: DocId,
+    /// Its entry's id in the hub's table (see `loaded::Writer::id`).
+    pub(crate) id: u64,
+    /// Messages sent to it and not yet fully processed: lowered only once everything a batch
+    /// does (the commit, the acks, the reads) is done, so an evictor that sees 0 under the
+    /// hub's lock knows this task will not touch the store again.
+    pub(crate) in_flight: Arc<AtomicUsize>,
+}
+
+/// Runs the writer task of `doc` until its inbox closes (shutdown or eviction) or it retires
+/// (idle).
+pub(crate) async fn run(writer: Writer, mut rx: mpsc::Receiver<Msg>, _alive: mpsc::Sender<()>) {
+    let Writer {
+        inner,
+        doc,
+        id,
+        in_flight,
+    } = writer;
     let mut live: Option<Live> = None;
     let batch_max = inner.config.batch_max_messages.max(1);
     loop {
         let first = match tokio::time::timeout(idle(&inner.config), rx.recv()).await {
             Ok(Some(m)) => m,
             Ok(None) => break,
-            Err(_) => {
-                if retire(&inner, &doc, &rx) {
+            Err(_) => match retire(&inner, &doc, id, &rx) {
+                Retire::Retired => {
                     inner.counters.evictions.fetch_add(1, Ordering::Relaxed);
                     debug!("evicted idle document");
                     break;
                 }
-                continue;
-            }
+                Retire::Evicted => break,
+                Retire::Busy => continue,
+            },
         };
         let mut batch = vec![first];
         while batch.len() < batch_max {
@@ -119,6 +134,7 @@ pub(crate) async fn run(
                 Err(_) => break,
             }
         }
+        let taken = batch.len();
         if live.is_none() {
             match load(&inner, &doc).await {
                 Ok(l) => {
@@ -128,6 +144,7 @@ pub(crate) async fn run(
                 Err(e) => {
                     warn!(error = %e, "document does not load");
                     fail_all(&inner, batch, &e);
+                    in_flight.fetch_sub(taken, Ordering::SeqCst);
                     continue;
                 }
             }
@@ -139,19 +156,33 @@ pub(crate) async fn run(
             // the store with the next message.
             live = None;
         }
+        in_flight.fetch_sub(taken, Ordering::SeqCst);
     }
 }
 
+/// What an idle writer found when it tried to retire.
+enum Retire {
+    /// It left the table: end the task.
+    Retired,
+    /// Its entry is gone already (evicted; a successor may run): end the task.
+    Evicted,
+    /// A message arrived meanwhile: keep going.
+    Busy,
+}
+
 /// Retires the writer if its inbox is empty, under the hub's lock so no sender can race it.
-fn retire(inner: &Inner, doc: &DocId, rx: &mpsc::Receiver<Msg>) -> bool {
+fn retire(inner: &Inner, doc: &DocId, id: u64, rx: &mpsc::Receiver<Msg>) -> Retire {
     let Ok(mut docs) = inner.docs.lock() else {
-        return false;
+        return Retire::Busy;
     };
     if !rx.is_empty() {
-        return false;
+        return Retire::Busy;
     }
-    docs.remove(doc);
-    true
+    if docs.remove(doc, Some(id)) {
+        Retire::Retired
+    } else {
+        Retire::Evicted
+    }
 }
 
 /// A document stored without a heads digest gets one in the index once loaded (the next
