@@ -396,6 +396,101 @@ mod node {
     }
 }
 
+mod node_limits {
+    //! The per-user cap on a real node over Socket.IO: one student joining more sessions than
+    //! one user may hold is refused `too_many_documents` past the cap, alone; another student
+    //! joins a session nobody has loaded; `/metrics` counts the refusals.
+
+    use super::*;
+    use crate::gateway::{Demo, ack_code, within};
+
+    /// The node's default `docs_loaded_per_user_max`.
+    const PER_USER_MAX: usize = 64;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_student_joining_many_sessions_is_capped_alone() -> anyhow::Result<()> {
+        within(async {
+            let demo = Demo::start_with("ghost-per-user", |c| {
+                c.limits.command_burst = 1_000;
+            })
+            .await?;
+            let hub = demo.node.hub.clone();
+            let n = PER_USER_MAX + 6;
+            for i in 0..=n {
+                hub.execute(
+                    session(&format!("many{i}")),
+                    crate::mesh::demo_caller("root", Role::Admin),
+                    cmd(
+                        &format!("create-many{i}"),
+                        CommandBody::SessionCreate {
+                            cohort: lectern_node::DEMO_COHORT.parse()?,
+                            title: format!("session {i}"),
+                            moderation: false,
+                        },
+                    ),
+                )
+                .await?;
+            }
+            let mut mal = demo
+                .sio(
+                    Transport::WebSocket,
+                    &demo.token("student1", "student"),
+                    "mal",
+                )
+                .await?;
+            let mut codes = Vec::new();
+            for i in 0..n {
+                let ack = mal
+                    .call("session:join", vec![json!(format!("many{i}"))])
+                    .await?;
+                codes.push(if ack["ok"] == true {
+                    "ok".to_owned()
+                } else {
+                    ack_code(&ack)
+                });
+            }
+            let expected: Vec<String> = (0..n)
+                .map(|i| {
+                    if i < PER_USER_MAX {
+                        "ok".to_owned()
+                    } else {
+                        "too_many_documents".to_owned()
+                    }
+                })
+                .collect();
+            anyhow::ensure!(codes == expected, "joins answered {codes:?}");
+            // Another student joins the one session nobody has loaded yet.
+            let mut other = demo
+                .sio(
+                    Transport::WebSocket,
+                    &demo.token("student2", "student"),
+                    "other",
+                )
+                .await?;
+            let ack = other
+                .call("session:join", vec![json!(format!("many{n}"))])
+                .await?;
+            anyhow::ensure!(ack["ok"] == true, "the other student's join: {ack}");
+            let metrics = demo.http.get("/metrics", None).await?.text();
+            anyhow::ensure!(
+                metrics.contains(&format!(
+                    "lectern_hub_loads_refused_total{{reason=\"per_user\"}} {}",
+                    n - PER_USER_MAX
+                )),
+                "the refusals are counted: {metrics}"
+            );
+            anyhow::ensure!(
+                metrics.contains("lectern_hub_loads_refused_total{reason=\"full\"} 0"),
+                "nothing was refused for a full hub"
+            );
+            mal.disconnect().await;
+            other.disconnect().await;
+            demo.stop().await
+        })
+        .await
+    }
+}
+
 mod cluster {
     //! On a real two-node cluster: hostile requests on A create no document on B.
 
