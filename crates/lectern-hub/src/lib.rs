@@ -9,6 +9,12 @@
 //! crash could take back. A document with an empty inbox for `doc_idle_ms` is dropped from memory
 //! and reloaded from the store on demand.
 //!
+//! Memory: at most `docs_loaded_max` documents are loaded; a load that finds the hub full evicts
+//! the least recently used document with nothing in flight and nobody following it, and is
+//! refused only when none can go. Each user is charged for the documents their commands and
+//! joins touch, at most `docs_loaded_per_user_max` at once, so one user cannot take the room
+//! everyone else needs (`loaded.rs`).
+//!
 //! Rooms: each document has a broadcast channel of [`Published`] events whose payloads are
 //! serialized once per audience; gateways filter by audience per connection. A subscriber that
 //! falls behind the channel's capacity gets `Lagged` and resumes by token.
