@@ -350,6 +350,17 @@ mod node {
                     r.text()
                 );
             }
+            let auth = format!("Bearer {cohort_token}");
+            for path in [
+                format!("/api/stream/leaderboard/{cohort}"),
+                format!("/api/stream/instructor/{cohort}"),
+                format!("/api/stream/progress/eve?cohort={cohort}"),
+            ] {
+                match http.sse(&path, &[("authorization", &auth)]).await? {
+                    Ok(_) => anyhow::bail!("{path} opened for a cohort that does not exist"),
+                    Err(r) => anyhow::ensure!(r.status == 404, "{path}: {} {}", r.status, r.text()),
+                }
+            }
         }
         sio.disconnect().await;
         Ok(asked)
