@@ -725,6 +725,49 @@ mod limits {
         hub.shutdown().await.expect("shutdown");
     }
 
+    /// A message sent to a writer after its idle time ran out but before it took the hub's lock
+    /// to retire is served, not lost: the writer sees its inbox is not empty and stays. Kills:
+    /// retiring without the empty-inbox check under the lock.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_writer_retiring_while_a_message_arrives_serves_it() {
+        type Gate = (std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>);
+        let dir = TempDir::new("retire-race");
+        let (entered_tx, entered_rx) = std::sync::mpsc::channel::<()>();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let gate: std::sync::Mutex<Option<Gate>> =
+            std::sync::Mutex::new(Some((entered_tx, release_rx)));
+        let target = session("s0");
+        let hub = hub_with(&dir, |c| {
+            c.doc_idle_ms = 20;
+            c.before_retire = Some(std::sync::Arc::new(move |doc: &DocId| {
+                if *doc != target {
+                    return;
+                }
+                let taken = gate.lock().ok().and_then(|mut g| g.take());
+                if let Some((entered, release)) = taken {
+                    let _ = entered.send(());
+                    let _ = release.recv_timeout(Duration::from_secs(30));
+                }
+            }));
+        });
+        sessions(&hub, 1).await;
+        tokio::task::spawn_blocking(move || entered_rx.recv_timeout(Duration::from_secs(30)))
+            .await
+            .expect("join")
+            .expect("the idle writer reaches its retirement");
+        let mut read = Box::pin(hub.read(session("s0"), |r| r.token()));
+        assert!(
+            poll_once(read.as_mut()).is_none(),
+            "the read is queued to the retiring writer"
+        );
+        release_tx.send(()).expect("release");
+        let token = tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .expect("answered within 10 s");
+        assert!(token.is_ok(), "the read is served: {token:?}");
+        hub.shutdown().await.expect("shutdown");
+    }
+
     /// The exact boundary of a writer's inbox: with the writer busy, `inbox_capacity`
     /// messages queue and the next is refused `overloaded`; the queued ones all apply. Kills:
     /// an unbounded inbox, an off-by-one in the capacity.

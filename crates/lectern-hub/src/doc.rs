@@ -172,6 +172,9 @@ enum Retire {
 
 /// Retires the writer if its inbox is empty, under the hub's lock so no sender can race it.
 fn retire(inner: &Inner, doc: &DocId, id: u64, rx: &mpsc::Receiver<Msg>) -> Retire {
+    if let Some(hook) = &inner.config.before_retire {
+        hook(doc);
+    }
     let Ok(mut docs) = inner.docs.lock() else {
         return Retire::Busy;
     };

@@ -142,7 +142,14 @@ pub struct HubConfig {
     /// Turns the triggers of commands accepted on this node into jobs that are committed in
     /// the same atomic batch as the command. Default: none (no jobs).
     pub jobs: Option<Arc<dyn JobHook>>,
+    /// A fault seam for tests: runs on an idle writer's task after its idle time ran out and
+    /// before it takes the hub's lock to retire, so a test can send to it in between (the race
+    /// the empty-inbox check under the lock exists for). Default: none.
+    pub before_retire: Option<RetireHook>,
 }
+
+/// See [`HubConfig::before_retire`].
+pub type RetireHook = Arc<dyn Fn(&DocId) + Send + Sync>;
 
 /// What the hub asks of a job queue (lectern-jobs implements it).
 ///
@@ -172,6 +179,7 @@ impl Default for HubConfig {
             resume_wait_ms: 0,
             clock: Arc::new(system_now),
             jobs: None,
+            before_retire: None,
         }
     }
 }
