@@ -588,16 +588,29 @@ mod limits {
         Hub::new(Store::open(dir.path()).expect("open store"), config)
     }
 
-    /// Creates sessions `s0`…`s{n-1}` as an admin (charged to nobody).
+    /// Creates sessions `s0`…`s{n-1}` as an admin (charged to nobody), retrying while a small
+    /// hub is full of writers still finishing (an ack reaches its caller just before its
+    /// writer counts the batch done).
     async fn sessions(hub: &Hub, n: usize) {
         for i in 0..n {
-            hub.execute(
-                session(&format!("s{i}")),
-                caller("root", Role::Admin),
-                cmd(&format!("create{i}"), create_session("s")),
-            )
+            let create = || {
+                hub.execute(
+                    session(&format!("s{i}")),
+                    caller("root", Role::Admin),
+                    cmd(&format!("create{i}"), create_session("s")),
+                )
+            };
+            tokio::time::timeout(Duration::from_secs(10), async {
+                loop {
+                    match create().await {
+                        Ok(_) => break,
+                        Err(HubError::TooManyDocs(_)) => tokio::task::yield_now().await,
+                        Err(e) => panic!("create s{i}: {e}"),
+                    }
+                }
+            })
             .await
-            .expect("create a session");
+            .unwrap_or_else(|_| panic!("s{i} is created within 10 s"));
         }
     }
 
@@ -610,9 +623,29 @@ mod limits {
         }
     }
 
+    /// Reads session `id`, retrying while the hub is full of writers still finishing (an ack
+    /// reaches its caller just before its writer counts the batch done).
+    async fn read_when_room(hub: &Hub, id: &str) {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match hub.read(session(id), |r| r.token()).await {
+                    Ok(_) => break,
+                    Err(HubError::TooManyDocs(_)) => tokio::task::yield_now().await,
+                    Err(e) => panic!("read {id}: {e}"),
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{id} loads within 10 s"));
+    }
+
     /// Blocks `doc`'s writer inside a read until the returned sender is dropped or sent to;
     /// returns once the writer is inside it.
-    async fn block_writer(hub: &Hub, doc: DocId) -> std::sync::mpsc::Sender<()> {
+    async fn block_writer(hub: &Hub, id: &str) -> std::sync::mpsc::Sender<()> {
+        // Loaded first (retrying while the hub is full of writers still finishing), so the
+        // blocking read goes to a running writer.
+        read_when_room(hub, id).await;
+        let doc = session(id);
         let (started_tx, started) = tokio::sync::oneshot::channel();
         let (release, release_rx) = std::sync::mpsc::channel::<()>();
         let hub2 = hub.clone();
@@ -704,7 +737,7 @@ mod limits {
         let dir = TempDir::new("busy");
         let hub = hub_with(&dir, |c| c.docs_loaded_max = 1);
         sessions(&hub, 2).await;
-        let release = block_writer(&hub, session("s0")).await;
+        let release = block_writer(&hub, "s0").await;
         let err = hub
             .read(session("s1"), |r| r.token())
             .await
@@ -768,6 +801,70 @@ mod limits {
         hub.shutdown().await.expect("shutdown");
     }
 
+    /// A writer evicted while it was on its way to retire does not remove its successor:
+    /// the retiring writer checks the table's entry is still its own. Kills: retiring by
+    /// document alone (the successor, busy, would lose its entry, and the next message would
+    /// start a second writer for the document).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_evicted_writer_retiring_late_leaves_its_successor_in_place() {
+        type Gate = (std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>);
+        let dir = TempDir::new("retire-evicted");
+        let (entered_tx, entered_rx) = std::sync::mpsc::channel::<()>();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let gate: std::sync::Mutex<Option<Gate>> =
+            std::sync::Mutex::new(Some((entered_tx, release_rx)));
+        // The sessions first, on a hub without limits.
+        let setup = hub_with(&dir, |_| {});
+        sessions(&setup, 2).await;
+        setup.shutdown().await.expect("shutdown");
+        drop(setup);
+        let target = session("s0");
+        let hub = hub_with(&dir, |c| {
+            c.doc_idle_ms = 20;
+            c.docs_loaded_max = 1;
+            c.before_retire = Some(std::sync::Arc::new(move |doc: &DocId| {
+                if *doc != target {
+                    return;
+                }
+                let taken = gate.lock().ok().and_then(|mut g| g.take());
+                if let Some((entered, release)) = taken {
+                    let _ = entered.send(());
+                    let _ = release.recv_timeout(Duration::from_secs(30));
+                }
+            }));
+        });
+        // s0's first writer is held on its way to retire.
+        read_when_room(&hub, "s0").await;
+        tokio::task::spawn_blocking(move || entered_rx.recv_timeout(Duration::from_secs(30)))
+            .await
+            .expect("join")
+            .expect("s0's idle writer reaches its retirement");
+        // Loading s1 evicts that writer (idle, unfollowed); a blocked read starts its
+        // successor, which stays busy.
+        read_when_room(&hub, "s1").await;
+        let release_b = block_writer(&hub, "s0").await;
+        assert_eq!(hub.loaded_docs(), 1);
+        let evictions = hub.stats().evictions;
+        let handles = hub.handles();
+        release_tx.send(()).expect("release the first writer");
+        // The first writer's task ends (it held a handle of the hub).
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while hub.handles() >= handles {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the first writer ends");
+        assert_eq!(hub.loaded_docs(), 1, "the successor keeps its entry");
+        assert_eq!(
+            hub.stats().evictions,
+            evictions,
+            "the evicted writer did not count itself as retired"
+        );
+        drop(release_b);
+        hub.shutdown().await.expect("shutdown");
+    }
+
     /// The exact boundary of a writer's inbox: with the writer busy, `inbox_capacity`
     /// messages queue and the next is refused `overloaded`; the queued ones all apply. Kills:
     /// an unbounded inbox, an off-by-one in the capacity.
@@ -776,7 +873,7 @@ mod limits {
         let dir = TempDir::new("inbox");
         let hub = hub_with(&dir, |c| c.inbox_capacity = 4);
         sessions(&hub, 1).await;
-        let release = block_writer(&hub, session("s0")).await;
+        let release = block_writer(&hub, "s0").await;
         let sam = caller("sam", Role::Student);
         for i in 0..4 {
             let queued = poll_once(hub.execute(
