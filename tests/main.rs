@@ -7,6 +7,7 @@ mod deploy;
 mod durability;
 mod gateway;
 mod hub;
+mod hub_hostile;
 mod mesh;
 mod model;
 mod node;
