@@ -6,6 +6,7 @@ mod config;
 mod durability;
 mod gateway;
 mod hub;
+mod invariants;
 mod mesh;
 mod model;
 mod node;
