@@ -331,3 +331,142 @@ async fn a_failed_batch_is_not_emitted_and_the_writer_reloads_from_disk() {
         .expect("view");
     assert_eq!(view["questions"][0]["answer"]["text"], "fsynced", "{view}");
 }
+
+/// How long the writer-retirement stress runs.
+const STRESS_FOR: Duration = Duration::from_secs(4);
+
+/// Writers retire under load: with a 1 ms idle timeout, 12 tasks send commands and reads to six
+/// documents for several seconds, pausing about a millisecond between calls so that writers
+/// keep retiring while new messages arrive. Every call is answered with success; after a
+/// reopen every acknowledged question is there, and every actor's changes form one chain
+/// (sequence numbers 1..=n, none reused: two writers of one document would reuse them).
+///
+/// Kills: "retire without checking that the inbox is empty" (`retire` in `lectern-hub`
+/// `doc.rs`): a message queued to a retiring writer is dropped unanswered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_retire_under_load_without_losing_or_forking_anything() {
+    const TASKS: usize = 12;
+    const DOCS: [&str; 6] = ["s0", "s1", "s2", "s3", "s4", "s5"];
+    let dir = TempDir::new("retire-stress");
+    let store = Store::open(dir.path()).expect("open store");
+    let hub = Hub::new(
+        store.clone(),
+        HubConfig {
+            doc_idle_ms: 1,
+            ..HubConfig::default()
+        },
+    );
+    for doc in DOCS {
+        hub.execute(
+            session(doc),
+            caller("ada", Role::Instructor),
+            cmd(&format!("create-{doc}"), create_session(doc)),
+        )
+        .await
+        .expect("create");
+    }
+    let deadline = tokio::time::Instant::now() + STRESS_FOR;
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|t| {
+            let hub = hub.clone();
+            tokio::spawn(async move {
+                let mut acked: Vec<(usize, String)> = Vec::new();
+                let mut reads = 0u64;
+                let mut i = 0usize;
+                while tokio::time::Instant::now() < deadline {
+                    let d = t % DOCS.len();
+                    let id = format!("t{t}-{i}");
+                    hub.execute(
+                        session(DOCS[d]),
+                        caller(&format!("u{t}"), Role::Student),
+                        cmd(&id, ask(&id)),
+                    )
+                    .await
+                    .unwrap_or_else(|e| panic!("command {id} was not applied: {e:?}"));
+                    acked.push((d, id));
+                    // About the idle timeout: the writer is often retiring as the next one comes.
+                    tokio::time::sleep(Duration::from_micros(900 + 40 * t as u64)).await;
+                    hub.read(session(DOCS[(d + 1) % DOCS.len()]), |r| r.token())
+                        .await
+                        .unwrap_or_else(|e| panic!("a read was not answered: {e:?}"));
+                    reads += 1;
+                    i += 1;
+                    tokio::time::sleep(Duration::from_micros(1000)).await;
+                }
+                (acked, reads)
+            })
+        })
+        .collect();
+    let mut acked: Vec<(usize, String)> = Vec::new();
+    let mut reads = 0;
+    for task in tasks {
+        let (a, r) = within("a stress task", task).await.expect("task");
+        acked.extend(a);
+        reads += r;
+    }
+    assert!(
+        acked.len() >= 100 && reads >= 100,
+        "too little load: {} commands",
+        acked.len()
+    );
+    assert!(
+        hub.stats().evictions >= 10,
+        "writers barely retired: {:?}",
+        hub.stats()
+    );
+    hub.shutdown().await.expect("shutdown");
+    drop((hub, store));
+
+    let reopen_deadline = std::time::Instant::now() + EXPECT_WITHIN;
+    let store = loop {
+        match Store::open(dir.path()) {
+            Ok(store) => break store,
+            Err(lectern_store::StoreError::Locked { .. })
+                if std::time::Instant::now() < reopen_deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(error) => panic!("reopen: {error}"),
+        }
+    };
+    for (d, doc) in DOCS.iter().enumerate() {
+        let stored = store
+            .load_doc(&session(doc).to_string())
+            .expect("load")
+            .expect("stored");
+        let am = automerge::Automerge::load(&stored.concat()).expect("the stored doc loads");
+        let mut chains: std::collections::HashMap<automerge::ActorId, Vec<u64>> =
+            std::collections::HashMap::new();
+        for change in am.get_changes(&[]) {
+            chains
+                .entry(change.actor_id().clone())
+                .or_default()
+                .push(change.seq());
+        }
+        for (actor, mut seqs) in chains {
+            seqs.sort_unstable();
+            let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
+            assert_eq!(
+                seqs, expected,
+                "actor {actor} of {doc} does not form one chain"
+            );
+        }
+        let replica = lectern_model::Replica::load(session(doc), &stored.concat(), &[9; 24])
+            .expect("replica");
+        let view = replica
+            .session_view(&caller("admin", Role::Admin), Millis(0))
+            .expect("view");
+        let ids: std::collections::HashSet<&str> = view["questions"]
+            .as_array()
+            .expect("questions")
+            .iter()
+            .filter_map(|q| q["id"].as_str())
+            .collect();
+        for (_, id) in acked.iter().filter(|(ad, _)| *ad == d) {
+            assert!(
+                ids.contains(id.as_str()),
+                "acked {id} is missing from {doc} after a reopen"
+            );
+        }
+    }
+}
