@@ -861,3 +861,29 @@ fn a_failed_fsync_fails_every_batch_of_its_round() {
         vec![vec![7]]
     );
 }
+
+/// A hook that overrides nothing lets every batch and round through, on both commit paths.
+///
+/// Kills the cargo-mutants mutations "`CommitHook::before_apply` / `before_fsync` default ->
+/// false".
+#[test]
+fn a_hook_with_the_default_methods_changes_nothing() {
+    struct Passive;
+    impl crate::CommitHook for Passive {}
+    let dir = TempDir::new("hook-default");
+    let store = Store::open(dir.path()).expect("open");
+    store.set_commit_hook(Some(std::sync::Arc::new(Passive)));
+    commit_one(&store, |b| b.append_chunk("doc", 0, vec![1]));
+    let (tx, rx) = mpsc::channel();
+    let mut batch = Batch::new();
+    batch.append_chunk("doc", 1, vec![2]);
+    store.committer().submit(batch, move |result| {
+        let _ = tx.send(result.map_err(|e| e.to_string()));
+    });
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(30)).expect("callback"),
+        Ok(())
+    );
+    let doc = store.load_doc("doc").expect("load").expect("doc");
+    assert_eq!(doc.chunks, vec![vec![1], vec![2]]);
+}
