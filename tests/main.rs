@@ -8,6 +8,7 @@ mod durability;
 mod gateway;
 mod hub;
 mod hub_hostile;
+mod invariants;
 mod mesh;
 mod model;
 mod node;

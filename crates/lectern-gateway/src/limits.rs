@@ -97,7 +97,11 @@ impl Limiter {
 
     /// Takes one token from `user`'s bucket, or refuses.
     pub(crate) fn command(&self, user: &str) -> Result<(), AppError> {
-        let now = Instant::now();
+        self.command_at(user, Instant::now())
+    }
+
+    /// [`Limiter::command`] at time `now`: the clock seam, so tests can step time exactly.
+    pub(crate) fn command_at(&self, user: &str, now: Instant) -> Result<(), AppError> {
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         // Bound the table: drop full buckets (idle users) when it grows large.
         if buckets.len() > 100_000 {
@@ -174,3 +178,7 @@ impl Drop for ConnSlot {
         self.limiter.release(&self.user);
     }
 }
+
+#[cfg(test)]
+#[path = "limits_tests.rs"]
+mod tests;
