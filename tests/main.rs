@@ -3,6 +3,7 @@
 
 mod architecture;
 mod config;
+mod deploy;
 mod durability;
 mod gateway;
 mod hub;

@@ -44,10 +44,18 @@ function ask(step) {
 
 const link = (tok, extra = '') => `${base}/?session=${encodeURIComponent(session)}&token=${encodeURIComponent(tok)}${extra}`;
 
+// Files under /static/ a page fetched by their plain (revalidated) names instead of their
+// fingerprinted ones: the page's import map should leave none.
+const plainStatic = new Set();
+
 async function open(browser, tok, name, { extra = '', setup } = {}) {
   const ctx = await browser.newContext({ viewport: { width: 1280, height: 900 }, reducedMotion: 'reduce' });
   const page = await ctx.newPage();
   page.on('pageerror', (e) => log(name, 'page error:', e.message));
+  page.on('request', (r) => {
+    const path = new URL(r.url()).pathname;
+    if (path.startsWith('/static/') && !/\.[0-9a-f]{16}\.[a-z]+$/.test(path)) plainStatic.add(path);
+  });
   if (setup) await setup(page, ctx);
   await page.goto(link(tok, extra));
   page.name = name;
@@ -531,7 +539,7 @@ const SCENARIOS = { class: runClass, boards: runBoards, fallback: runFallback, r
 
 let browser;
 const deadline = setTimeout(() => {
-  say({ summary: { ...out, error: 'scenario timed out' } });
+  say({ summary: { ...out, plainStatic: [...plainStatic], error: 'scenario timed out' } });
   process.exit(3);
 }, 150000);
 try {
@@ -540,11 +548,11 @@ try {
   await SCENARIOS[scenario](browser);
   await browser.close();
   clearTimeout(deadline);
-  say({ summary: out });
+  say({ summary: { ...out, plainStatic: [...plainStatic] } });
   process.exit(0);
 } catch (e) {
   clearTimeout(deadline);
-  say({ summary: { ...out, error: String((e && e.stack) || e) } });
+  say({ summary: { ...out, plainStatic: [...plainStatic], error: String((e && e.stack) || e) } });
   if (browser) await browser.close().catch(() => {});
   process.exit(1);
 }

@@ -199,6 +199,8 @@ async fn a_student_and_an_instructor_run_a_class_in_chromium() -> anyhow::Result
     println!("time to live (ms since navigation): {}", summary["liveMs"]);
 
     assert_eq!(summary["askedSeenByInstructor"], 1, "{summary}");
+    // Every module and the stylesheet came by its fingerprinted (immutable) name.
+    assert_eq!(summary["plainStatic"], serde_json::json!([]), "{summary}");
     assert_eq!(
         summary["announced"], true,
         "new question announced: {summary}"
