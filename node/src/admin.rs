@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use lectern_hub::Hub;
 use lectern_mesh::{Mesh, ShareFilter};
-use lectern_model::{Caller, CohortId, DocId, Role};
+use lectern_model::{Caller, CohortId, DocId, Role, SessionId};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
@@ -187,7 +187,20 @@ async fn refresh_sessions(
                 && let Some(list) = view["sessions"].as_array()
             {
                 for s in list {
-                    if let Some(id) = s["id"].as_str() {
+                    let Some(id) = s["id"].as_str() else {
+                        continue;
+                    };
+                    let Ok(session) = id.parse::<SessionId>() else {
+                        continue;
+                    };
+                    // Only a session of this cohort is shared, whatever the cohort document
+                    // links: a link to another cohort's session must not widen what a
+                    // classroom node receives. A session not here yet is added on a later
+                    // refresh, when its document arrives.
+                    let owner = hub
+                        .read(DocId::Session(session), |r| r.session_cohort())
+                        .await;
+                    if matches!(&owner, Ok(Some(o)) if o == cohort) {
                         found.insert(format!("session/{id}"));
                     }
                 }

@@ -266,6 +266,16 @@ impl Gateway {
         body: CommandBody,
     ) -> Result<Value, AppError> {
         self.inner.limiter.command(caller.user.as_str())?;
+        // A cohort may link only its own sessions; the cohort document cannot see the session's.
+        if let (DocId::Cohort(cohort), CommandBody::SessionLink { session, .. }) = (&doc, &body) {
+            let owner = self
+                .inner
+                .hub
+                .read(DocId::Session(session.clone()), |r| r.session_cohort())
+                .await?;
+            lectern_model::check_session_link(cohort, owner.as_ref())
+                .map_err(|r| AppError::from(lectern_hub::HubError::Rejected(r)))?;
+        }
         let id = id.unwrap_or_else(new_command_id);
         let started = Instant::now();
         let result = self
