@@ -197,13 +197,15 @@ impl Gateway {
             .build_layer();
         socket::register(&io);
         *gw.inner.io.lock().unwrap_or_else(|e| e.into_inner()) = Some(io);
-        let router = rest::routes(gw.clone())
+        let merged = rest::routes(gw.clone())
             .merge(page::routes())
             .merge(notifications::routes(
                 gw.clone(),
                 Arc::from(config.unsubscribe_key.as_slice()),
             ))
-            .merge(boards::routes(gw.clone()))
+            .merge(boards::routes(gw.clone()));
+        // After every merge: a layer covers only the routes that exist when it is added.
+        let router = rest::shared_middleware(merged, &gw)
             .layer(layer)
             .layer(axum::middleware::map_request(compact_request));
         Ok((gw, router))

@@ -86,9 +86,9 @@ impl FromRequest<Gateway> for RawBody {
     }
 }
 
-/// Every HTTP route of the gateway (the Socket.IO layer is added by [`Gateway::new`]).
+/// The REST routes of the gateway (the shared middleware and the Socket.IO layer are added by
+/// [`Gateway::new`]).
 pub(crate) fn routes(gw: Gateway) -> Router {
-    let body_max = gw.inner.limiter.limits().payload_max_bytes;
     Router::new()
         .route("/", get(crate::page::index))
         .route("/readyz", get(readyz))
@@ -114,12 +114,48 @@ pub(crate) fn routes(gw: Gateway) -> Router {
             get(crate::sse::progress_stream),
         )
         .fallback(not_found)
+        .with_state(gw)
+}
+
+/// The middleware every HTTP route shares, applied by [`crate::Gateway::new`] once every
+/// router is merged (axum layers only the routes that exist when a layer is added, so a router
+/// merged after this would skip it): the body limit, a fast 413 for a declared body past it
+/// (also on routes that never read their body), and the rejection counter, which also takes the
+/// internal error-code header off every response.
+pub(crate) fn shared_middleware(router: Router, gw: &Gateway) -> Router {
+    let body_max = gw.inner.limiter.limits().payload_max_bytes;
+    router
         .layer(DefaultBodyLimit::max(body_max))
+        .layer(axum::middleware::from_fn_with_state(
+            body_max,
+            refuse_declared_oversized,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             gw.clone(),
             count_rejections,
         ))
-        .with_state(gw)
+}
+
+/// Refuses a request whose `Content-Length` is past `body_max` bytes before any handler runs.
+async fn refuse_declared_oversized(
+    State(body_max): State<usize>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match declared {
+        Some(n) if n > body_max as u64 => AppError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body is {n} bytes, past the limit of {body_max}"),
+        )
+        .into_response(),
+        _ => next.run(request).await,
+    }
 }
 
 async fn not_found() -> AppError {
