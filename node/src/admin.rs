@@ -195,12 +195,18 @@ async fn refresh_sessions(
                     };
                     // Only a session of this cohort is shared, whatever the cohort document
                     // links: a link to another cohort's session must not widen what a
-                    // classroom node receives. A session not here yet is added on a later
-                    // refresh, when its document arrives.
+                    // classroom node receives. A session this node does not hold yet is
+                    // listed so that the mesh can bring it (it cannot arrive otherwise); once
+                    // here, the next refresh drops it if it names another cohort.
                     let owner = hub
                         .read(DocId::Session(session), |r| r.session_cohort())
                         .await;
-                    if matches!(&owner, Ok(Some(o)) if o == cohort) {
+                    let keep = match &owner {
+                        Ok(Some(o)) => o == cohort,
+                        Ok(None) => false,
+                        Err(_) => true,
+                    };
+                    if keep {
                         found.insert(format!("session/{id}"));
                     }
                 }
