@@ -157,6 +157,7 @@ fn views(r: &Replica, who: &Caller) -> Vec<String> {
             render(r.cohort_view(who)),
         ],
         lectern_model::DocId::Inbox(_) => vec![render(r.inbox_view(who))],
+        lectern_model::DocId::Course(_) => vec![render(r.course_view())],
     }
 }
 

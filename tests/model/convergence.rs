@@ -1054,7 +1054,7 @@ impl World {
                 DocId::Session(_) => Doc::Session,
                 DocId::Cohort(_) => Doc::Cohort,
                 // The convergence model drives session and cohort documents only.
-                DocId::Inbox(_) => continue,
+                DocId::Inbox(_) | DocId::Course(_) => continue,
             };
             for s in self.accepted.iter().filter(|s| s.doc == kind) {
                 // Only a chat message deleted before the last change that wrote it reads as

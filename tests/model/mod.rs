@@ -1,7 +1,8 @@
 //! Tests of `lectern-model`, the IO-free domain, at its public boundary: replicas of one
 //! document converge whatever the interleaving of commands and sync rounds (`convergence`),
 //! every command is authorized exactly as documented (`roles`), bad input is refused without a
-//! trace (`bad_input`), and events replay exactly as they were emitted (`resume`).
+//! trace (`bad_input`), events replay exactly as they were emitted (`resume`), and course documents hold whole
+//! published versions (`course`).
 //!
 //! This file holds what the four share: the cohort and session used everywhere, one caller per
 //! role, id and command builders, helpers that apply a command expecting success or a given
@@ -10,6 +11,7 @@
 
 mod bad_input;
 mod convergence;
+mod course;
 mod resume;
 mod roles;
 
@@ -42,6 +44,11 @@ pub fn session_doc() -> DocId {
 /// `cohort/c1`.
 pub fn cohort_doc() -> DocId {
     DocId::Cohort(cohort_id())
+}
+
+/// `course/k1`.
+pub fn course_doc() -> DocId {
+    DocId::Course(lectern_model::CourseId::new("k1").expect("a valid course id"))
 }
 
 /// A caller with one cohort claim (none for an empty `cohort`).

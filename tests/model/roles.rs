@@ -10,8 +10,8 @@ use lectern_model::{
 };
 
 use super::{
-    NOW, admin, cmd, cohort_doc, cohort_id, heads, instructor, lid, live_cohort, live_session, ok,
-    outsider, pid, qid, session_doc, student, ta, uid,
+    NOW, admin, cmd, cohort_doc, cohort_id, course_doc, heads, instructor, lid, live_cohort,
+    live_session, ok, outsider, pid, qid, session_doc, student, ta, uid,
 };
 
 /// The expected outcome of one command for one caller.
@@ -38,6 +38,10 @@ enum Doc {
     Cohort,
     /// The inbox of the first caller, `stu1`.
     Inbox,
+    /// A course that was never created (for `course.create`).
+    FreshCourse,
+    /// A course created by the instructor `ins1`.
+    Course,
     /// The set-up cohort with every caller on its roster (even the outsider: membership comes
     /// from the token, not the roster).
     RosteredCohort,
@@ -360,6 +364,34 @@ fn table() -> Vec<Row> {
             },
             expect: [OK, FORBIDDEN, FORBIDDEN, OK, FORBIDDEN],
         },
+        // A course belongs to no cohort: the role in the token decides, membership does not.
+        Row {
+            name: "course.create",
+            doc: Doc::FreshCourse,
+            body: |_| B::CourseCreate {
+                title: "Rust".into(),
+                description: "Ownership first.".into(),
+            },
+            expect: [FORBIDDEN, FORBIDDEN, OK, OK, FORBIDDEN],
+        },
+        Row {
+            name: "course.publish",
+            doc: Doc::Course,
+            body: |_| B::CoursePublish {
+                title: None,
+                description: None,
+                modules: vec![lectern_model::CourseModule {
+                    title: "Basics".into(),
+                    lessons: vec![lectern_model::CourseLesson {
+                        id: lid("l1"),
+                        title: "Hello".into(),
+                        body: "ab".repeat(32),
+                        assets: Vec::new(),
+                    }],
+                }],
+            },
+            expect: [FORBIDDEN, FORBIDDEN, OK, OK, FORBIDDEN],
+        },
     ]
 }
 
@@ -397,9 +429,11 @@ fn variant(body: &CommandBody) -> usize {
         B::InboxRead { .. } => 26,
         B::InboxPrefs { .. } => 27,
         B::LeaderboardPrivacy { .. } => 28,
+        B::CourseCreate { .. } => 29,
+        B::CoursePublish { .. } => 30,
     }
 }
-const VARIANTS: usize = 29;
+const VARIANTS: usize = 31;
 
 /// The session every session row starts from: created by the instructor, every member present,
 /// a visible question, a question waiting for moderation, an open poll and a chat message, all
@@ -503,6 +537,19 @@ fn every_command_has_exactly_the_tabled_outcome_for_every_role() {
 
     let session = session_fixture();
     let cohort = cohort_fixture();
+    let mut course = Replica::new(course_doc(), &[0x71; 16]);
+    ok(
+        &mut course,
+        &instructor(),
+        &cmd(
+            "course-create",
+            CommandBody::CourseCreate {
+                title: "Rust".into(),
+                description: String::new(),
+            },
+        ),
+        NOW,
+    );
     let mut rostered = copy(&cohort, cohort_doc(), 0x70);
     for (i, c) in callers.iter().enumerate() {
         let add = cmd(
@@ -526,6 +573,8 @@ fn every_command_has_exactly_the_tabled_outcome_for_every_role() {
                 Doc::Cohort => copy(&cohort, cohort_doc(), actor),
                 Doc::Inbox => Replica::new(DocId::Inbox(uid("stu1")), &[actor; 16]),
                 Doc::RosteredCohort => copy(&rostered, cohort_doc(), actor),
+                Doc::FreshCourse => Replica::new(course_doc(), &[actor; 16]),
+                Doc::Course => copy(&course, course_doc(), actor),
             };
             let c = cmd("under-test", (row.body)(who));
             assert_eq!(

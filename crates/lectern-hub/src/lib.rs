@@ -755,7 +755,7 @@ impl Hub {
 }
 
 /// Whether `body` may bring document `doc` into being: `session.create` for a session,
-/// `cohort.create` for a cohort, and for an inbox the job runner's `inbox.push` and its owner's
+/// `cohort.create` for a cohort, `course.create` for a course, and for an inbox the job runner's `inbox.push` and its owner's
 /// `inbox.prefs` (an inbox is keyed by an authenticated user, who may set preferences before
 /// any notification; the model lets only the owner or an admin write it, so a caller can
 /// create at most their own). Every other command needs the document to exist.
@@ -764,6 +764,7 @@ pub fn creates_document(doc: &DocId, body: &CommandBody) -> bool {
         (doc, body),
         (DocId::Session(_), CommandBody::SessionCreate { .. })
             | (DocId::Cohort(_), CommandBody::CohortCreate { .. })
+            | (DocId::Course(_), CommandBody::CourseCreate { .. })
             | (
                 DocId::Inbox(_),
                 CommandBody::InboxPush { .. } | CommandBody::InboxPrefs { .. }

@@ -48,6 +48,7 @@ pub(crate) fn apply(
         DocId::Session(_) => apply_session(tx, caller, cmd, now, counts),
         DocId::Cohort(cohort) => apply_cohort(tx, cohort, caller, cmd, now, counts),
         DocId::Inbox(owner) => crate::notify::apply_inbox(tx, owner, caller, cmd, now, counts),
+        DocId::Course(_) => crate::course::apply_course(tx, caller, cmd, now),
     }
 }
 

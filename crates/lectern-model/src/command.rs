@@ -334,6 +334,29 @@ pub enum CommandBody {
         anonymous: bool,
     },
 
+    // ---- course documents ----
+    /// Create the course (an instructor or admin).
+    #[serde(rename = "course.create")]
+    CourseCreate {
+        /// Title.
+        title: String,
+        /// Description shown in the catalog.
+        #[serde(default)]
+        description: String,
+    },
+    /// Publish a new version of the course's outline (its creator or an admin).
+    #[serde(rename = "course.publish")]
+    CoursePublish {
+        /// New title.
+        #[serde(default)]
+        title: Option<String>,
+        /// New description.
+        #[serde(default)]
+        description: Option<String>,
+        /// The whole outline of the new version.
+        modules: Vec<crate::course::CourseModule>,
+    },
+
     // ---- inbox documents ----
     /// Put a notification into the inbox (the node's job runner, as an admin).
     #[serde(rename = "inbox.push")]
@@ -409,6 +432,8 @@ impl CommandBody {
             CommandBody::AnnouncementPost { .. } => "announcement.post",
             CommandBody::SessionLink { .. } => "session.link",
             CommandBody::LeaderboardPrivacy { .. } => "leaderboard.privacy",
+            CommandBody::CourseCreate { .. } => "course.create",
+            CommandBody::CoursePublish { .. } => "course.publish",
             CommandBody::InboxPush { .. } => "inbox.push",
             CommandBody::InboxRead { .. } => "inbox.read",
             CommandBody::InboxPrefs { .. } => "inbox.prefs",
@@ -428,6 +453,7 @@ impl CommandBody {
             CommandBody::InboxPush { .. }
             | CommandBody::InboxRead { .. }
             | CommandBody::InboxPrefs { .. } => DocKind::Inbox,
+            CommandBody::CourseCreate { .. } | CommandBody::CoursePublish { .. } => DocKind::Course,
             _ => DocKind::Session,
         }
     }

@@ -125,6 +125,10 @@ id_type!(
     /// A lesson of a course.
     LessonId
 );
+id_type!(
+    /// A course: its title, description and published outline of lessons.
+    CourseId
+);
 
 /// Milliseconds since the Unix epoch. The model never reads a clock: callers pass `now`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -146,6 +150,8 @@ pub enum DocKind {
     Cohort,
     /// `inbox/{user}`: one user's in-app notifications, read marks and notification preferences.
     Inbox,
+    /// `course/{id}`: a course's title, description and published outline.
+    Course,
 }
 
 /// The id of a replicated document; its string form (`session/{id}`, `cohort/{id}`) is the key
@@ -158,6 +164,8 @@ pub enum DocId {
     Cohort(CohortId),
     /// A user's inbox document.
     Inbox(UserId),
+    /// A course document.
+    Course(CourseId),
 }
 
 impl DocId {
@@ -167,15 +175,17 @@ impl DocId {
             DocId::Session(_) => DocKind::Session,
             DocId::Cohort(_) => DocKind::Cohort,
             DocId::Inbox(_) => DocKind::Inbox,
+            DocId::Course(_) => DocKind::Course,
         }
     }
 
-    /// Parses `session/{id}`, `cohort/{id}` or `inbox/{user}`.
+    /// Parses `session/{id}`, `cohort/{id}`, `inbox/{user}` or `course/{id}`.
     pub fn parse(s: &str) -> Result<DocId, IdError> {
         match s.split_once('/') {
             Some(("session", id)) => Ok(DocId::Session(SessionId::new(id)?)),
             Some(("cohort", id)) => Ok(DocId::Cohort(CohortId::new(id)?)),
             Some(("inbox", id)) => Ok(DocId::Inbox(UserId::new(id)?)),
+            Some(("course", id)) => Ok(DocId::Course(CourseId::new(id)?)),
             _ => Err(IdError::BadChar { ch: '/' }),
         }
     }
@@ -187,6 +197,7 @@ impl fmt::Display for DocId {
             DocId::Session(id) => write!(f, "session/{id}"),
             DocId::Cohort(id) => write!(f, "cohort/{id}"),
             DocId::Inbox(id) => write!(f, "inbox/{id}"),
+            DocId::Course(id) => write!(f, "course/{id}"),
         }
     }
 }

@@ -1,5 +1,5 @@
-//! Lectern's domain, free of IO: ids, roles, limits, the three replicated document kinds
-//! (session, cohort and a user's inbox), the commands that change them, the views clients read and the events
+//! Lectern's domain, free of IO: ids, roles, limits, the four replicated document kinds
+//! (session, cohort, a user's inbox and a course), the commands that change them, the views clients read and the events
 //! they receive.
 //!
 //! Everything here is a pure function of its inputs. The clock, ids and the automerge actor are
@@ -14,6 +14,7 @@ mod apply;
 mod auth;
 mod board;
 mod command;
+mod course;
 mod event;
 mod ids;
 pub mod limits;
@@ -30,10 +31,14 @@ pub use auth::{Caller, Role};
 pub use command::{
     Command, CommandBody, PollChoice, PollKind, PollSpec, ProgressStatus, SessionState,
 };
+pub use course::{
+    COURSE_DESCRIPTION_LEN_MAX_CHARS, COURSE_LESSONS_MAX, COURSE_MODULES_MAX, CourseLesson,
+    CourseModule, LESSON_ASSETS_MAX, is_blob_hash,
+};
 pub use event::{Audience, Delivery, Event};
 pub use ids::{
-    CohortId, CommandId, DocId, DocKind, IdError, LessonId, Millis, PollId, QuestionId, SessionId,
-    UserId,
+    CohortId, CommandId, CourseId, DocId, DocKind, IdError, LessonId, Millis, PollId, QuestionId,
+    SessionId, UserId,
 };
 pub use notify::{Channel, InboxPrefs, Notification, NotifyKind, Trigger};
 pub use reject::{RejectCode, Rejection};

@@ -455,6 +455,14 @@ impl Replica {
                 }
             },
             DocId::Inbox(owner) => return crate::notify::authorize_read(caller, owner),
+            // Course metadata is public: it is served to anyone, once the course exists.
+            DocId::Course(_) => {
+                return if self.exists() {
+                    Ok(())
+                } else {
+                    Err(Rejection::new(RejectCode::DocNotFound, "no such course"))
+                };
+            }
             DocId::Cohort(c) => {
                 if !self.exists() {
                     return Err(Rejection::new(RejectCode::DocNotFound, "no such cohort"));
@@ -471,6 +479,7 @@ impl Replica {
             DocId::Session(_) => self.session_view(caller, now),
             DocId::Cohort(_) => self.cohort_view(caller),
             DocId::Inbox(_) => self.inbox_view(caller),
+            DocId::Course(_) => self.course_view(),
         }
     }
 
@@ -519,6 +528,25 @@ impl Replica {
             return None;
         }
         crate::apply::session_cohort(&self.doc)
+    }
+
+    /// The course as anyone sees it (its metadata is public); `doc_not_found` before
+    /// `course.create`.
+    pub fn course_view(&self) -> Result<Value, Rejection> {
+        let DocId::Course(id) = &self.id else {
+            return Err(wrong_kind());
+        };
+        crate::course::course_view(&Reader::now(&self.doc), id.as_str())
+            .ok_or_else(|| Rejection::new(RejectCode::DocNotFound, "no such course"))
+    }
+
+    /// The published outline of a course document (empty for any other document or before
+    /// the first publication): what a node walks to find the blobs a course needs.
+    pub fn course_outline(&self) -> Vec<crate::CourseModule> {
+        match &self.id {
+            DocId::Course(_) => crate::course::course_outline(&Reader::now(&self.doc)),
+            _ => Vec::new(),
+        }
     }
 
     /// The inbox as `viewer` (its owner or an admin) sees it.

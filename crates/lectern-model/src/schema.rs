@@ -19,6 +19,8 @@
 //! announcements {aid: {title, body, by, by_name, at}}
 //! sessions      {sid: {title, at}}
 //! ```
+//! Course document (`course/{id}`): see `course.rs`.
+//!
 //! Inbox document (`inbox/{user}`):
 //! ```text
 //! items   {nid: {kind, title, body, link, cohort, at, read}}
@@ -67,6 +69,7 @@ pub(crate) fn top_level(kind: DocKind) -> &'static [&'static str] {
         DocKind::Session => &[META, QUESTIONS, POLLS, CHAT, BROADCASTS, ATTENDANCE],
         DocKind::Cohort => &[META, ROSTER, PROGRESS, ANNOUNCEMENTS, SESSIONS],
         DocKind::Inbox => &[ITEMS, PREFS],
+        DocKind::Course => &[META],
     }
 }
 
@@ -76,6 +79,7 @@ pub(crate) fn genesis(kind: DocKind) -> Automerge {
         DocKind::Session => ActorId::from(b"lectern-genesis-session".as_slice()),
         DocKind::Cohort => ActorId::from(b"lectern-genesis-cohort".as_slice()),
         DocKind::Inbox => ActorId::from(b"lectern-genesis-inbox".as_slice()),
+        DocKind::Course => ActorId::from(b"lectern-genesis-course".as_slice()),
     };
     let mut doc = Automerge::new().with_actor(actor);
     let mut tx = doc.transaction();
