@@ -3,6 +3,7 @@
 
 mod architecture;
 mod config;
+mod content;
 mod deploy;
 mod durability;
 mod gateway;

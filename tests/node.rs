@@ -53,6 +53,10 @@ async fn node_serves_healthz_and_restarts_with_a_new_epoch() {
     let store = Store::open(dir.path()).expect("the store is released after stop");
     assert_eq!(
         store.doc_ids().unwrap(),
-        vec!["cohort/demo-cohort", "session/demo-session"]
+        vec![
+            "cohort/demo-cohort",
+            "course/demo-course",
+            "session/demo-session"
+        ]
     );
 }

@@ -10,6 +10,7 @@
 mod admin;
 pub mod config;
 mod demo;
+mod demo_course;
 mod metrics;
 mod presence;
 mod serve;
@@ -133,6 +134,9 @@ pub fn demo_links(secret: &[u8], base: &str) -> anyhow::Result<DemoLinks> {
     })
 }
 
+/// The directory under the data directory that holds the content blobs.
+pub const CONTENT_DIR_NAME: &str = "content";
+
 /// Opens the store, starts the hub, the gateway and the HTTP server.
 pub async fn start(config: Config) -> anyhow::Result<Node> {
     let dir = config.data_dir.clone();
@@ -174,6 +178,15 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
         },
     );
     let mailer = mailer(&config)?;
+    // Content blobs live beside the store's files, in their own directory.
+    let content_dir = config.data_dir.join(CONTENT_DIR_NAME);
+    let content = tokio::task::spawn_blocking(move || {
+        lectern_content::BlobStore::open(&content_dir, lectern_content::BlobLimits::default())
+    })
+    .await
+    .context("join the content-opening task")?
+    .context("open the content blob store")?;
+    let content = std::sync::Arc::new(content);
     let jobs = JobRunner::start(hub.clone(), queue_rx, mailer, jobs_config)
         .await
         .map_err(|e| anyhow::anyhow!(e))
@@ -186,6 +199,7 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
             inactive_days: config.notify.inactive_days,
             ..Default::default()
         },
+        content: Some(content.clone()),
         ..GatewayConfig::new(auth_config(&config, secret.clone())?)
     };
     let (gateway, routes) =
@@ -193,6 +207,7 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
     gateway.add_metrics(metrics::jobs(&jobs));
     let demo = if config.demo {
         seed_demo(&hub).await.context("seed the demo class")?;
+        demo_course::seed_demo_course(&hub, &content).await?;
         Some(demo_links(&secret, &public_base)?)
     } else if config.demo_links {
         Some(demo_links(&secret, &public_base)?)

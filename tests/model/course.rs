@@ -22,6 +22,7 @@ fn outline(lesson: &str, body: &str) -> Vec<CourseModule> {
             id: lid(lesson),
             title: format!("Lesson {lesson}"),
             body: body.into(),
+            html: None,
             assets: vec!["cd".repeat(32)],
         }],
     }]

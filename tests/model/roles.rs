@@ -386,6 +386,7 @@ fn table() -> Vec<Row> {
                         id: lid("l1"),
                         title: "Hello".into(),
                         body: "ab".repeat(32),
+                        html: Some("cd".repeat(32)),
                         assets: Vec::new(),
                     }],
                 }],

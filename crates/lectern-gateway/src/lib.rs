@@ -10,6 +10,7 @@
 pub mod auth;
 mod boards;
 mod commands;
+mod courses;
 mod error;
 mod limits;
 mod metrics;
@@ -60,6 +61,8 @@ pub struct GatewayConfig {
     pub unsubscribe_key: Vec<u8>,
     /// The leaderboard and instructor dashboard streams.
     pub boards: BoardSettings,
+    /// The node's content blob store, served at `/content/{sha256}`; `None` serves no content.
+    pub content: Option<std::sync::Arc<lectern_content::BlobStore>>,
 }
 
 impl GatewayConfig {
@@ -71,6 +74,7 @@ impl GatewayConfig {
             limits: Limits::default(),
             keepalive_s: 15,
             boards: BoardSettings::default(),
+            content: None,
         }
     }
 }
@@ -203,7 +207,8 @@ impl Gateway {
                 gw.clone(),
                 Arc::from(config.unsubscribe_key.as_slice()),
             ))
-            .merge(boards::routes(gw.clone()));
+            .merge(boards::routes(gw.clone()))
+            .merge(courses::routes(gw.clone(), config.content.clone()));
         // After every merge: a layer covers only the routes that exist when it is added.
         let router = rest::shared_middleware(merged, &gw)
             .layer(layer)

@@ -50,6 +50,9 @@ pub struct CourseLesson {
     pub title: String,
     /// SHA-256 (64 lowercase hex digits) of the Markdown body blob.
     pub body: String,
+    /// SHA-256 of the body rendered to sanitized HTML at publication (what clients show).
+    #[serde(default)]
+    pub html: Option<String>,
     /// SHA-256 of every asset blob the body references.
     #[serde(default)]
     pub assets: Vec<String>,
@@ -109,6 +112,12 @@ fn check_outline(modules: &[CourseModule]) -> Result<Vec<CourseModule>, Rejectio
                     l.id
                 )));
             }
+            if l.html.as_deref().is_some_and(|h| !is_blob_hash(h)) {
+                return Err(invalid(format!(
+                    "lesson {}: html is not a SHA-256 hash",
+                    l.id
+                )));
+            }
             if l.assets.len() > LESSON_ASSETS_MAX {
                 return Err(Rejection::new(
                     RejectCode::LimitReached,
@@ -129,6 +138,7 @@ fn check_outline(modules: &[CourseModule]) -> Result<Vec<CourseModule>, Rejectio
                 id: l.id.clone(),
                 title: lt,
                 body: l.body.clone(),
+                html: l.html.clone(),
                 assets: l.assets.clone(),
             });
         }
