@@ -212,6 +212,7 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
     let routes = routes.merge(admin::routes(
         hub.clone(),
         mesh.clone(),
+        jobs.control(),
         config.admin_token.clone(),
     ));
     let health_hub = hub.clone();

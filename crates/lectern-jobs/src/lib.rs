@@ -26,6 +26,7 @@
 //! completion reached disk) is sent again after the restart with the same Message-ID; a graceful
 //! stop lets running jobs finish, so a planned restart sends nothing twice.
 
+mod control;
 mod mail;
 mod record;
 mod runner;
@@ -37,6 +38,7 @@ use lectern_hub::JobHook;
 use lectern_model::{Millis, Trigger};
 use tokio::sync::mpsc;
 
+pub use control::{JOBS_LIST_MAX, JobControl, JobFilter, JobListing, JobState, JobView, JobsError};
 pub use mail::{MailError, MailIdentity, Mailer, Outgoing, SmtpConfig, TlsMode};
 pub use record::{Job, JobRecord, deliver_id, email_id, fanout_id};
 pub use runner::{JobRunner, JobStats};

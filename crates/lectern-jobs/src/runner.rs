@@ -20,9 +20,14 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
+use crate::control::{Control, JobControl, JobState, JobView, JobsError, queued_state};
 use crate::mail::{self, Mailer};
 use crate::record::{Job, JobRecord, deliver_id, email_id};
 use crate::{JobsConfig, PRUNE_EVERY_MAX_MS, PRUNE_EVERY_MIN_MS, QueueReceiver};
+
+/// Operator requests waiting for the runner's task at most; more wait for room (an operator's
+/// command is rare, and the admin API answers each in turn).
+const CONTROL_QUEUE_MAX: usize = 16;
 
 /// Counters and gauges of the runner.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -45,6 +50,7 @@ pub struct JobStats {
 
 /// A running job runner.
 pub struct JobRunner {
+    control: JobControl,
     stop: watch::Sender<bool>,
     stats: watch::Receiver<JobStats>,
     task: tokio::task::JoinHandle<()>,
@@ -109,9 +115,15 @@ impl JobRunner {
             pending: queue.records.len(),
             ..JobStats::default()
         });
+        let (control_tx, control_rx) = tokio::sync::mpsc::channel(CONTROL_QUEUE_MAX);
+        let control = JobControl {
+            tx: control_tx,
+            store: ctx.hub.store().clone(),
+        };
         let pruner = tokio::spawn(prune_markers(ctx.clone(), stop_rx.clone()));
-        let task = tokio::spawn(run(ctx, queue, rx, stop_rx, stats_tx));
+        let task = tokio::spawn(run(ctx, queue, rx, control_rx, stop_rx, stats_tx));
         Ok(JobRunner {
+            control,
             stop,
             stats,
             task,
@@ -122,6 +134,11 @@ impl JobRunner {
     /// The counters now.
     pub fn stats(&self) -> JobStats {
         *self.stats.borrow()
+    }
+
+    /// The operator's handle on the queue (the admin API's `/admin/jobs`).
+    pub fn control(&self) -> JobControl {
+        self.control.clone()
     }
 
     /// A receiver that sees every change of the counters (tests wait on it).
@@ -272,6 +289,7 @@ async fn run(
     ctx: Arc<Ctx>,
     mut queue: Queue,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<Vec<(String, Vec<u8>)>>,
+    mut control: tokio::sync::mpsc::Receiver<Control>,
     mut stop: watch::Receiver<bool>,
     stats_tx: watch::Sender<JobStats>,
 ) {
@@ -373,6 +391,11 @@ async fn run(
                     }
                 }
             },
+            request = control.recv(), if !stopping => {
+                if let Some(request) = request {
+                    operate(&ctx, &mut queue, request).await;
+                }
+            },
             () = sleep_for(wake) => {},
             changed = stop.changed(), if !stopping => {
                 let _ = changed;
@@ -389,6 +412,120 @@ async fn run(
         }
     }
     debug!("job runner stopped");
+}
+
+/// Does what an operator asked, on the runner's task (so never to a running job).
+async fn operate(ctx: &Ctx, queue: &mut Queue, request: Control) {
+    match request {
+        Control::Running(reply) => {
+            let _ = reply.send(queue.running.iter().cloned().collect());
+        }
+        Control::Retry { id, reply } => {
+            let _ = reply.send(retry(ctx, queue, &id).await);
+        }
+        Control::Drop { id, reply } => {
+            let _ = reply.send(drop_job(ctx, queue, &id).await);
+        }
+    }
+}
+
+/// A queued job runs now (attempts kept); a dead letter goes back into the queue, due now,
+/// with its attempts reset (its last error kept until the next attempt replaces it).
+async fn retry(ctx: &Ctx, queue: &mut Queue, id: &str) -> Result<JobView, JobsError> {
+    if queue.running.contains(id) {
+        return Err(JobsError::Running(id.to_owned()));
+    }
+    let now = ctx.now_ms();
+    if let Some(record) = queue.records.get(id) {
+        let mut record = record.clone();
+        record.run_at_ms = now;
+        let mut batch = Batch::new();
+        batch.update_job(id, record.encode());
+        commit(&ctx.committer, batch)
+            .await
+            .map_err(JobsError::Store)?;
+        queue.records.remove(id);
+        queue.insert(record.clone());
+        info!(job = %id, "an operator runs a queued job now");
+        return Ok(JobView {
+            id: id.to_owned(),
+            state: queued_state(Some(&record), false),
+            record: Ok(record),
+        });
+    }
+    let store = ctx.hub.store().clone();
+    let key = id.to_owned();
+    let dead = tokio::task::spawn_blocking(move || store.dead_job(&key))
+        .await
+        .map_err(|e| JobsError::Store(e.to_string()))?
+        .map_err(|e| JobsError::Store(e.to_string()))?;
+    let Some(bytes) = dead else {
+        return Err(JobsError::NotFound(id.to_owned()));
+    };
+    let mut record = JobRecord::decode(&bytes).map_err(|e| {
+        JobsError::Store(format!(
+            "the dead letter does not read ({e}); drop it instead"
+        ))
+    })?;
+    if record.id != id {
+        return Err(JobsError::Store(format!(
+            "the dead letter under {id:?} is job {:?}; drop it instead",
+            record.id
+        )));
+    }
+    record.attempts = 0;
+    record.run_at_ms = now;
+    record.parked_since_ms = None;
+    let mut batch = Batch::new();
+    batch.requeue_dead_job(id, record.encode());
+    commit(&ctx.committer, batch)
+        .await
+        .map_err(JobsError::Store)?;
+    queue.insert(record.clone());
+    info!(job = %id, "an operator re-drives a dead letter");
+    Ok(JobView {
+        id: id.to_owned(),
+        state: JobState::Queued,
+        record: Ok(record),
+    })
+}
+
+/// Forgets a queued or dead job for good (marked finished).
+async fn drop_job(ctx: &Ctx, queue: &mut Queue, id: &str) -> Result<JobView, JobsError> {
+    if queue.running.contains(id) {
+        return Err(JobsError::Running(id.to_owned()));
+    }
+    let view = match queue.records.get(id) {
+        Some(record) => JobView {
+            id: id.to_owned(),
+            state: queued_state(Some(record), false),
+            record: Ok(record.clone()),
+        },
+        None => {
+            let store = ctx.hub.store().clone();
+            let key = id.to_owned();
+            let dead = tokio::task::spawn_blocking(move || store.dead_job(&key))
+                .await
+                .map_err(|e| JobsError::Store(e.to_string()))?
+                .map_err(|e| JobsError::Store(e.to_string()))?;
+            match dead {
+                Some(bytes) => JobView {
+                    id: id.to_owned(),
+                    state: JobState::Dead,
+                    record: JobRecord::decode(&bytes),
+                },
+                None => return Err(JobsError::NotFound(id.to_owned())),
+            }
+        }
+    };
+    let mut batch = Batch::new();
+    batch.drop_job(id, ctx.now_ms());
+    commit(&ctx.committer, batch)
+        .await
+        .map_err(JobsError::Store)?;
+    queue.records.remove(id);
+    warn!(job = %id, state = view.state.as_str(), "an operator dropped a job");
+    Ok(view)
 }
 
 async fn sleep_for(wake: Option<Duration>) {
