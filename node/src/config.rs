@@ -163,6 +163,13 @@ pub struct NotifySettings {
     /// How long a finished job's marker is kept (it keeps the job from being queued again), in
     /// ms; the file says `finished_jobs_kept_days`. Default 30 days.
     pub finished_jobs_kept_ms: u64,
+    /// How long an email waits (parked, spending no attempts) for a mail server that cannot be
+    /// reached before it is dead-lettered, in ms; the file says `park_unreachable_hours`; 0
+    /// turns parking off. Default 72 h.
+    pub park_unreachable_ms: u64,
+    /// While the mail server is unreachable, the longest time between two probes of it, in ms
+    /// (so the longest an email waits after the server is back). Default 60,000.
+    pub park_probe_max_ms: u64,
 }
 
 /// An SMTP server.
@@ -202,6 +209,8 @@ impl Default for NotifySettings {
             dashboard_interval_ms: 5_000,
             inactive_days: 7,
             finished_jobs_kept_ms: 30 * DAY_MS,
+            park_unreachable_ms: 72 * 3_600_000,
+            park_probe_max_ms: 60_000,
         }
     }
 }
@@ -432,6 +441,8 @@ struct FileNotify {
     dashboard_interval_ms: Option<u64>,
     inactive_days: Option<u64>,
     finished_jobs_kept_days: Option<u64>,
+    park_unreachable_hours: Option<u64>,
+    park_probe_max_ms: Option<u64>,
     smtp: Option<FileSmtp>,
 }
 
@@ -604,6 +615,12 @@ impl FileConfig {
         if let Some(v) = n.finished_jobs_kept_days {
             let days = check_min_1(v, &at("notify.finished_jobs_kept_days"))?;
             c.notify.finished_jobs_kept_ms = days.saturating_mul(DAY_MS);
+        }
+        if let Some(v) = n.park_unreachable_hours {
+            c.notify.park_unreachable_ms = v.saturating_mul(3_600_000);
+        }
+        if let Some(v) = n.park_probe_max_ms {
+            c.notify.park_probe_max_ms = check_min_1(v, &at("notify.park_probe_max_ms"))?;
         }
         if let Some(s) = n.smtp {
             let tls = match s.tls {

@@ -386,6 +386,8 @@ fn jobs_config(config: &Config, secret: &[u8], public_base: &str) -> JobsConfig 
         digest_offset_ms: n.digest_hour_utc * 3_600_000,
         digest_period_ms: n.digest_period_ms,
         finished_kept_ms: n.finished_jobs_kept_ms,
+        park_unreachable_ms: n.park_unreachable_ms,
+        park_probe_max_ms: n.park_probe_max_ms,
         ..JobsConfig::new(MailIdentity {
             from: n.from.clone(),
             public_url: public_base.to_owned(),

@@ -5,8 +5,11 @@
 //! * `jobs`: `lectern jobs list|show|retry|drop`: a dead-lettered email re-driven and delivered
 //!   exactly once, a job that is running refused as busy, a dropped job never sent, and the
 //!   errors an operator meets (wrong token, no admin API, no such job, no node).
+//! * `park`: emails wait, parked, for a mail server that cannot be reached, and go out once
+//!   when it is back; a parking period that ends dead-letters them.
 
 mod jobs;
+mod park;
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -89,8 +89,8 @@ impl JobsError {
 
 /// A request to the runner's task.
 pub(crate) enum Control {
-    /// The ids of the jobs running now.
-    Running(oneshot::Sender<Vec<String>>),
+    /// The ids of the jobs running now, and of those parked.
+    States(oneshot::Sender<(Vec<String>, Vec<String>)>),
     /// Run a queued job now, or requeue a dead letter.
     Retry {
         id: String,
@@ -145,7 +145,7 @@ pub enum JobFilter {
 impl JobControl {
     /// Queued and dead-lettered jobs (`filter`), at most `limit` records.
     pub async fn list(&self, filter: JobFilter, limit: usize) -> Result<JobListing, JobsError> {
-        let running = self.running().await?;
+        let (running, parked) = self.states().await?;
         let store = self.store.clone();
         let (queued, dead) = tokio::task::spawn_blocking(move || {
             Ok::<_, lectern_store::StoreError>((store.pending_jobs()?, store.dead_jobs()?))
@@ -161,7 +161,11 @@ impl JobControl {
         };
         for (id, bytes) in queued {
             let record = JobRecord::decode(&bytes);
-            let state = queued_state(record.as_ref().ok(), running.contains(&id));
+            let state = queued_state(
+                record.as_ref().ok(),
+                running.contains(&id),
+                parked.contains(&id),
+            );
             if state == JobState::Parked {
                 listing.parked += 1;
             }
@@ -187,7 +191,7 @@ impl JobControl {
     /// One queued or dead-lettered job.
     pub async fn show(&self, id: &str) -> Result<JobView, JobsError> {
         check_id(id)?;
-        let running = self.running().await?;
+        let (running, parked) = self.states().await?;
         let store = self.store.clone();
         let key = id.to_owned();
         let (queued, dead) = tokio::task::spawn_blocking(move || {
@@ -198,7 +202,11 @@ impl JobControl {
         .map_err(|e| JobsError::Store(e.to_string()))?;
         if let Some(bytes) = queued {
             let record = JobRecord::decode(&bytes);
-            let state = queued_state(record.as_ref().ok(), running.iter().any(|r| r == id));
+            let state = queued_state(
+                record.as_ref().ok(),
+                running.iter().any(|r| r == id),
+                parked.iter().any(|r| r == id),
+            );
             return Ok(JobView {
                 id: id.to_owned(),
                 state,
@@ -237,10 +245,10 @@ impl JobControl {
         .await
     }
 
-    async fn running(&self) -> Result<Vec<String>, JobsError> {
+    async fn states(&self) -> Result<(Vec<String>, Vec<String>), JobsError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Control::Running(reply))
+            .send(Control::States(reply))
             .await
             .map_err(|_| JobsError::Stopped)?;
         rx.await.map_err(|_| JobsError::Stopped)
@@ -260,10 +268,10 @@ impl JobControl {
 }
 
 /// The state of a job found in the queue.
-pub(crate) fn queued_state(record: Option<&JobRecord>, running: bool) -> JobState {
+pub(crate) fn queued_state(record: Option<&JobRecord>, running: bool, parked: bool) -> JobState {
     if running {
         JobState::Running
-    } else if record.is_some_and(|r| r.parked_since_ms.is_some()) {
+    } else if parked || record.is_some_and(|r| r.parked_since_ms.is_some()) {
         JobState::Parked
     } else {
         JobState::Queued

@@ -7,7 +7,7 @@
 //! runner twice (the start-up scan and the hook's message for the same job) runs once.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +36,8 @@ pub struct JobStats {
     pub pending: usize,
     /// Jobs running now.
     pub running: usize,
+    /// Email jobs parked (among `pending`): due, but waiting for an unreachable mail server.
+    pub parked: usize,
     /// Jobs finished since start.
     pub completed: u64,
     /// Failed attempts that will be retried.
@@ -200,6 +202,24 @@ struct Queue {
     records: HashMap<String, JobRecord>,
     due: BinaryHeap<Reverse<(u64, String)>>,
     running: HashSet<String>,
+    /// Email jobs (in `records`, not in `due`) waiting for the mail server, oldest first. An id
+    /// here whose record is gone (dropped, or retried by an operator and run) is skipped.
+    parked: VecDeque<String>,
+    /// What the email jobs found of the mail server.
+    gate: MailGate,
+}
+
+/// Whether the mail server can be reached, as the last email attempt found it. While it cannot,
+/// due email jobs are parked instead of run, and one of them probes the server at
+/// `next_probe_ms`; an answer of any kind (sent, or a 4xx/5xx refusal) opens the gate again.
+#[derive(Default)]
+struct MailGate {
+    /// Since when the server has been unreachable; `None`: it is reachable (or not tried).
+    down_since_ms: Option<u64>,
+    /// When a parked job next probes the server.
+    next_probe_ms: u64,
+    /// The task of the probe running now.
+    probe: Option<tokio::task::Id>,
 }
 
 impl Queue {
@@ -217,6 +237,58 @@ impl Queue {
     fn requeue(&mut self, record: JobRecord) {
         self.running.remove(&record.id);
         self.insert(record);
+    }
+
+    /// Parks a due email bundle while the mail server is unreachable (kept in `records`, so
+    /// it counts as pending and an operator can see, retry or drop it). Returns the records
+    /// parked for the first time (their parking time is to be stored).
+    fn park(&mut self, bundle: Vec<JobRecord>, now_ms: u64) -> Vec<JobRecord> {
+        let mut first = Vec::new();
+        for mut r in bundle {
+            self.running.remove(&r.id);
+            if self.records.contains_key(&r.id) {
+                continue;
+            }
+            if r.parked_since_ms.is_none() {
+                r.parked_since_ms = Some(now_ms);
+                first.push(r.clone());
+            }
+            self.parked.push_back(r.id.clone());
+            self.records.insert(r.id.clone(), r);
+        }
+        first
+    }
+
+    /// The parked jobs still queued (the list can hold ids dropped or run since).
+    fn parked_ids(&self) -> impl Iterator<Item = &String> {
+        self.parked
+            .iter()
+            .filter(|id| self.records.contains_key(*id) && !self.running.contains(*id))
+    }
+
+    /// The oldest parked job that is still parked (with its digest mates), marked running.
+    fn take_probe(&mut self) -> Option<Vec<JobRecord>> {
+        while let Some(id) = self.parked.pop_front() {
+            if self.running.contains(&id) {
+                continue;
+            }
+            if let Some(record) = self.records.remove(&id) {
+                return Some(self.bundle(record));
+            }
+        }
+        None
+    }
+
+    /// The mail server answered: every parked job is due now.
+    fn unpark_all(&mut self, now_ms: u64) {
+        self.gate = MailGate::default();
+        for id in std::mem::take(&mut self.parked) {
+            if let Some(r) = self.records.get_mut(&id) {
+                r.run_at_ms = now_ms;
+                r.parked_since_ms = None;
+                self.due.push(Reverse((now_ms, id)));
+            }
+        }
     }
 
     fn next_due_ms(&mut self) -> Option<u64> {
@@ -240,6 +312,11 @@ impl Queue {
         }
         let Reverse((_, id)) = self.due.pop()?;
         let record = self.records.remove(&id)?;
+        Some(self.bundle(record))
+    }
+
+    /// `record` with the rest of its user's digest (taken out of the queue), marked running.
+    fn bundle(&mut self, record: JobRecord) -> Vec<JobRecord> {
         let mut bundle = vec![record];
         if let Job::Email {
             digest: true, user, ..
@@ -263,8 +340,17 @@ impl Queue {
         for r in &bundle {
             self.running.insert(r.id.clone());
         }
-        Some(bundle)
+        bundle
     }
+}
+
+/// What an email attempt found of the mail server (`None` for other jobs).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reach {
+    /// The server answered (it took the message, or refused it with a reply).
+    Answered,
+    /// No reply at all: refused connection, reset, timeout.
+    Unreachable,
 }
 
 /// What a job task did (its batch is already committed).
@@ -294,7 +380,7 @@ async fn run(
     stats_tx: watch::Sender<JobStats>,
 ) {
     let workers_max = ctx.config.workers.max(1);
-    let mut tasks: JoinSet<Outcome> = JoinSet::new();
+    let mut tasks: JoinSet<(Outcome, Option<Reach>)> = JoinSet::new();
     let mut task_ids: HashMap<tokio::task::Id, Vec<String>> = HashMap::new();
     let mut stats = JobStats::default();
     let mut stopping = false;
@@ -302,17 +388,47 @@ async fn run(
     loop {
         if !stopping {
             let now = ctx.now_ms();
+            // While the mail server is unreachable, the oldest parked email probes it when its
+            // time comes; the rest wait for the answer.
+            if queue.gate.down_since_ms.is_some()
+                && queue.gate.probe.is_none()
+                && now >= queue.gate.next_probe_ms
+                && tasks.len() < workers_max
+                && let Some(bundle) = queue.take_probe()
+            {
+                let ids = bundle.iter().map(|r| r.id.clone()).collect();
+                let handle = tasks.spawn(run_job(ctx.clone(), bundle));
+                queue.gate.probe = Some(handle.id());
+                task_ids.insert(handle.id(), ids);
+            }
+            let mut newly_parked = Vec::new();
             while tasks.len() < workers_max {
                 let Some(bundle) = queue.take_due(now) else {
                     break;
                 };
+                if queue.gate.down_since_ms.is_some() && matches!(bundle[0].job, Job::Email { .. })
+                {
+                    newly_parked.extend(queue.park(bundle, now));
+                    continue;
+                }
                 let ids = bundle.iter().map(|r| r.id.clone()).collect();
                 let handle = tasks.spawn(run_job(ctx.clone(), bundle));
                 task_ids.insert(handle.id(), ids);
             }
+            if !newly_parked.is_empty() {
+                // Stored, so the parking period survives a restart.
+                let mut batch = Batch::new();
+                for r in &newly_parked {
+                    batch.update_job(&r.id, r.encode());
+                }
+                if let Err(e) = commit(&ctx.committer, batch).await {
+                    warn!(error = %e, "could not store when jobs were parked");
+                }
+            }
         }
         stats.pending = queue.records.len();
         stats.running = queue.running.len();
+        stats.parked = queue.parked_ids().count();
         stats_tx.send_if_modified(|s| {
             let changed = *s != stats;
             *s = stats;
@@ -324,9 +440,15 @@ async fn run(
         let wake = if stopping || tasks.len() >= workers_max {
             None
         } else {
-            queue
-                .next_due_ms()
-                .map(|at| Duration::from_millis(at.saturating_sub(ctx.now_ms())))
+            let probe = (queue.gate.down_since_ms.is_some()
+                && queue.gate.probe.is_none()
+                && queue.parked_ids().next().is_some())
+            .then_some(queue.gate.next_probe_ms);
+            match (queue.next_due_ms(), probe) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
+            .map(|at| Duration::from_millis(at.saturating_sub(ctx.now_ms())))
         };
         tokio::select! {
             received = rx.recv(), if !stopping => match received {
@@ -348,10 +470,33 @@ async fn run(
             joined = tasks.join_next_with_id(), if !tasks.is_empty() => {
                 let Some(joined) = joined else { continue };
                 match joined {
-                    Ok((task, outcome)) => {
+                    Ok((task, (outcome, reach))) => {
                         let ids = task_ids.remove(&task).unwrap_or_default();
                         for id in &ids {
                             queue.running.remove(id);
+                        }
+                        if queue.gate.probe == Some(task) {
+                            queue.gate.probe = None;
+                        }
+                        match reach {
+                            Some(Reach::Answered) if queue.gate.down_since_ms.is_some() => {
+                                info!("the mail server answers again; parked emails go out");
+                                queue.unpark_all(ctx.now_ms());
+                            }
+                            Some(Reach::Unreachable) if ctx.config.park_unreachable_ms > 0 => {
+                                let now = ctx.now_ms();
+                                if queue.gate.down_since_ms.is_none() {
+                                    warn!("the mail server cannot be reached; emails are parked until it answers");
+                                }
+                                let since = *queue.gate.down_since_ms.get_or_insert(now);
+                                let delay = now
+                                    .saturating_sub(since)
+                                    .clamp(ctx.config.backoff_base_ms, ctx.config.park_probe_max_ms.max(1));
+                                queue.gate.next_probe_ms =
+                                    now + delay + rand::random_range(0..=delay / 4);
+                                stats.dead += expire_parked(&ctx, &mut queue, now).await;
+                            }
+                            _ => {}
                         }
                         match outcome {
                             Outcome::Done { followups, inapp, emails } => {
@@ -381,6 +526,9 @@ async fn run(
                         }
                     }
                     Err(e) => {
+                        if queue.gate.probe == Some(e.id()) {
+                            queue.gate.probe = None;
+                        }
                         let ids = task_ids.remove(&e.id()).unwrap_or_default();
                         for id in &ids {
                             queue.running.remove(id);
@@ -414,11 +562,63 @@ async fn run(
     debug!("job runner stopped");
 }
 
+/// Dead-letters the parked emails whose parking period is over (each is checked when a probe
+/// fails, however long the list: a probe reaches only one of them). Returns how many.
+async fn expire_parked(ctx: &Ctx, queue: &mut Queue, now_ms: u64) -> u64 {
+    let park_ms = ctx.config.park_unreachable_ms;
+    if park_ms == 0 {
+        return 0;
+    }
+    let expired: Vec<String> = queue
+        .parked_ids()
+        .filter(|id| {
+            queue.records.get(*id).is_some_and(|r| {
+                r.parked_since_ms
+                    .is_some_and(|since| now_ms.saturating_sub(since) >= park_ms)
+            })
+        })
+        .cloned()
+        .collect();
+    if expired.is_empty() {
+        return 0;
+    }
+    let mut batch = Batch::new();
+    let mut records = Vec::new();
+    for id in &expired {
+        if let Some(mut r) = queue.records.get(id).cloned() {
+            r.last_error = Some(format!(
+                "the mail server was unreachable for {} h: {}",
+                park_ms / 3_600_000,
+                r.last_error.as_deref().unwrap_or("no answer")
+            ));
+            batch.dead_letter_job(id, r.encode());
+            records.push(r);
+        }
+    }
+    match commit(&ctx.committer, batch).await {
+        Ok(()) => {
+            for r in &records {
+                queue.records.remove(&r.id);
+            }
+            warn!(
+                jobs = records.len(),
+                "parked emails dead-lettered after their parking period"
+            );
+            records.len() as u64
+        }
+        Err(e) => {
+            warn!(error = %e, "could not dead-letter expired parked emails; tried again on the next probe");
+            0
+        }
+    }
+}
+
 /// Does what an operator asked, on the runner's task (so never to a running job).
 async fn operate(ctx: &Ctx, queue: &mut Queue, request: Control) {
     match request {
-        Control::Running(reply) => {
-            let _ = reply.send(queue.running.iter().cloned().collect());
+        Control::States(reply) => {
+            let parked = queue.parked_ids().cloned().collect();
+            let _ = reply.send((queue.running.iter().cloned().collect(), parked));
         }
         Control::Retry { id, reply } => {
             let _ = reply.send(retry(ctx, queue, &id).await);
@@ -445,11 +645,19 @@ async fn retry(ctx: &Ctx, queue: &mut Queue, id: &str) -> Result<JobView, JobsEr
             .await
             .map_err(JobsError::Store)?;
         queue.records.remove(id);
+        let was_parked = queue.parked.iter().position(|p| p == id);
+        if let Some(at) = was_parked {
+            // The operator says the mail server may be back: probe it now (with this job, the
+            // oldest parked one or another, as the probe order has it).
+            queue.parked.remove(at);
+            queue.gate.next_probe_ms = now;
+        }
+        let state = queued_state(Some(&record), false, was_parked.is_some());
         queue.insert(record.clone());
         info!(job = %id, "an operator runs a queued job now");
         return Ok(JobView {
             id: id.to_owned(),
-            state: queued_state(Some(&record), false),
+            state,
             record: Ok(record),
         });
     }
@@ -498,7 +706,7 @@ async fn drop_job(ctx: &Ctx, queue: &mut Queue, id: &str) -> Result<JobView, Job
     let view = match queue.records.get(id) {
         Some(record) => JobView {
             id: id.to_owned(),
-            state: queued_state(Some(record), false),
+            state: queued_state(Some(record), false, queue.parked.contains(&id.to_owned())),
             record: Ok(record.clone()),
         },
         None => {
@@ -569,6 +777,8 @@ fn system_caller() -> Caller {
 /// A failure of a step: transient ones retry, permanent ones dead-letter at once.
 struct Failure {
     permanent: bool,
+    /// The mail server could not be reached: the job parks instead of spending an attempt.
+    unreachable: bool,
     reason: String,
 }
 
@@ -576,6 +786,7 @@ impl Failure {
     fn transient(reason: impl Into<String>) -> Failure {
         Failure {
             permanent: false,
+            unreachable: false,
             reason: reason.into(),
         }
     }
@@ -583,12 +794,13 @@ impl Failure {
     fn permanent(reason: impl Into<String>) -> Failure {
         Failure {
             permanent: true,
+            unreachable: false,
             reason: reason.into(),
         }
     }
 }
 
-async fn run_job(ctx: Arc<Ctx>, bundle: Vec<JobRecord>) -> Outcome {
+async fn run_job(ctx: Arc<Ctx>, bundle: Vec<JobRecord>) -> (Outcome, Option<Reach>) {
     // A copy of a job that already ran (or was dead-lettered) is not queued any more.
     let store = ctx.hub.store().clone();
     let ids: Vec<String> = bundle.iter().map(|r| r.id.clone()).collect();
@@ -605,8 +817,9 @@ async fn run_job(ctx: Arc<Ctx>, bundle: Vec<JobRecord>) -> Outcome {
         .filter_map(|(r, q)| q.then_some(r))
         .collect();
     if bundle.is_empty() {
-        return Outcome::Skipped;
+        return (Outcome::Skipped, None);
     }
+    let is_email = matches!(bundle[0].job, Job::Email { .. });
     let result = match &bundle[0].job {
         Job::Fanout {
             notification,
@@ -615,7 +828,11 @@ async fn run_job(ctx: Arc<Ctx>, bundle: Vec<JobRecord>) -> Outcome {
         Job::Deliver { notification, user } => deliver(&ctx, notification, user).await,
         Job::Email { .. } => email(&ctx, &bundle).await,
     };
-    match result {
+    let reach = is_email.then_some(match &result {
+        Err(f) if f.unreachable => Reach::Unreachable,
+        _ => Reach::Answered,
+    });
+    let outcome = match result {
         Ok(step) => {
             let mut batch = Batch::new();
             for r in &bundle {
@@ -637,7 +854,8 @@ async fn run_job(ctx: Arc<Ctx>, bundle: Vec<JobRecord>) -> Outcome {
             }
         }
         Err(failure) => fail(&ctx, bundle, failure).await,
-    }
+    };
+    (outcome, reach)
 }
 
 /// What a successful step leaves to commit and count.
@@ -653,9 +871,30 @@ async fn fail(ctx: &Ctx, bundle: Vec<JobRecord>, failure: Failure) -> Outcome {
     let now = ctx.now_ms();
     let mut batch = Batch::new();
     let mut retry = Vec::new();
+    let park_ms = ctx.config.park_unreachable_ms;
     for mut r in bundle.iter().cloned() {
-        r.attempts += 1;
         r.last_error = Some(failure.reason.clone());
+        if failure.unreachable && park_ms > 0 {
+            // Parked: no attempt spent; due again at once, and the runner holds it until the
+            // mail server answers a probe.
+            let since = *r.parked_since_ms.get_or_insert(now);
+            if now.saturating_sub(since) >= park_ms {
+                r.last_error = Some(format!(
+                    "the mail server was unreachable for {} h: {}",
+                    park_ms / 3_600_000,
+                    failure.reason
+                ));
+                warn!(job = %r.id, reason = %failure.reason, "email dead-lettered after its parking period");
+                batch.dead_letter_job(&r.id, r.encode());
+            } else {
+                r.run_at_ms = now;
+                batch.update_job(&r.id, r.encode());
+                retry.push(r);
+            }
+            continue;
+        }
+        r.parked_since_ms = None;
+        r.attempts += 1;
         if failure.permanent || r.attempts >= ctx.config.attempts_max {
             warn!(job = %r.id, attempts = r.attempts, reason = %failure.reason, "job dead-lettered");
             batch.dead_letter_job(&r.id, r.encode());
@@ -852,10 +1091,12 @@ async fn email(ctx: &Ctx, bundle: &[JobRecord]) -> Result<Step, Failure> {
     }
     .map_err(|e| Failure {
         permanent: e.permanent,
+        unreachable: e.unreachable,
         reason: e.reason,
     })?;
     ctx.mailer.send(&outgoing).await.map_err(|e| Failure {
         permanent: e.permanent,
+        unreachable: e.unreachable,
         reason: e.reason,
     })?;
     Ok(Step {
