@@ -62,6 +62,11 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// Notifications: email, the job queue, digests.
     pub notify: NotifySettings,
+    /// A separate, private address for the operator's surface (`/metrics`, `/admin/*`,
+    /// `/healthz`): when set, they are served there only and the public listener answers 404
+    /// for them. Default none: they share the public listener (`http`), so put the node behind
+    /// a proxy that hides them (deploy/nginx does) or set this.
+    pub admin_http: Option<SocketAddr>,
 }
 
 /// Longest push coalescing window accepted, in ms (the replication-latency budget).
@@ -246,6 +251,7 @@ impl Default for Config {
             mesh: MeshSettings::default(),
             admin_token: None,
             notify: NotifySettings::default(),
+            admin_http: None,
         }
     }
 }
@@ -287,6 +293,8 @@ pub struct Overrides {
     pub peers: Vec<String>,
     /// `--admin-token TOKEN`.
     pub admin_token: Option<String>,
+    /// `--admin-http ADDR`.
+    pub admin_http: Option<SocketAddr>,
 }
 
 impl Config {
@@ -351,6 +359,9 @@ impl Config {
         if let Some(v) = overrides.admin_token {
             config.admin_token = Some(check_secret(v, "--admin-token")?);
         }
+        if let Some(v) = overrides.admin_http {
+            config.admin_http = Some(v);
+        }
 
         config.check_together()?;
         Ok(config)
@@ -403,6 +414,7 @@ struct FileConfig {
     #[serde(default)]
     mesh: FileMesh,
     admin_token: Option<String>,
+    admin_http: Option<String>,
     #[serde(default)]
     notify: FileNotify,
 }
@@ -551,6 +563,9 @@ impl FileConfig {
         }
         if let Some(v) = self.admin_token {
             c.admin_token = Some(check_secret(v, &at("admin_token"))?);
+        }
+        if let Some(v) = self.admin_http {
+            c.admin_http = Some(parse_value(&v, &at("admin_http"))?);
         }
         let l = self.limits;
         if let Some(v) = l.commands_per_s {
@@ -768,6 +783,9 @@ fn apply_env(c: &mut Config, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Re
     }
     if let Some(v) = get("LECTERN_ADMIN_TOKEN") {
         c.admin_token = Some(check_secret(v, "LECTERN_ADMIN_TOKEN")?);
+    }
+    if let Some(v) = get("LECTERN_ADMIN_HTTP") {
+        c.admin_http = Some(parse_value(&v, "LECTERN_ADMIN_HTTP")?);
     }
     if let Some(v) = get("LECTERN_RATE_COMMANDS_PER_S") {
         let key = "LECTERN_RATE_COMMANDS_PER_S";

@@ -55,6 +55,9 @@ struct Args {
     /// Bearer token of the admin API (/admin/status, /admin/peers).
     #[arg(long)]
     admin_token: Option<String>,
+    /// A private address for /metrics, /admin/* and /healthz (off the public listener).
+    #[arg(long)]
+    admin_http: Option<SocketAddr>,
 }
 
 fn main() -> ExitCode {
@@ -77,6 +80,7 @@ fn main() -> ExitCode {
         mesh_tls_dir: args.mesh_tls_dir,
         peers: args.peers,
         admin_token: args.admin_token,
+        admin_http: args.admin_http,
     };
     let nodes = args.nodes;
     let config = match Config::load(overrides, &|k| std::env::var(k).ok()) {

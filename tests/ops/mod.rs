@@ -2,12 +2,15 @@
 //! real sockets, a real store, the test kit's SMTP server) and runs the command as an operator
 //! would, checking its output, its `--json` and its exit code.
 //!
+//! * `admin_listener`: `/metrics` and `/admin/*` on a private listener (`admin_http`), hidden
+//!   from the public one.
 //! * `jobs`: `lectern jobs list|show|retry|drop`: a dead-lettered email re-driven and delivered
 //!   exactly once, a job that is running refused as busy, a dropped job never sent, and the
 //!   errors an operator meets (wrong token, no admin API, no such job, no node).
 //! * `park`: emails wait, parked, for a mail server that cannot be reached, and go out once
 //!   when it is back; a parking period that ends dead-letters them.
 
+mod admin_listener;
 mod jobs;
 mod park;
 
