@@ -194,6 +194,8 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
     let (gateway, routes) =
         Gateway::new(hub.clone(), gateway_config).map_err(|e| anyhow::anyhow!("{e}"))?;
     gateway.add_metrics(metrics::jobs(&jobs));
+    gateway.add_metrics(metrics::hub(&hub));
+    gateway.add_metrics(metrics::process());
     let demo = if config.demo {
         seed_demo(&hub).await.context("seed the demo class")?;
         Some(demo_links(&secret, &public_base)?)

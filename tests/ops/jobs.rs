@@ -51,6 +51,13 @@ async fn a_dead_lettered_email_is_re_driven_with_lectern_jobs_retry_and_delivere
         node.grade("student1", "quiz1", 7).await?;
         wait_jobs(&node.node, |s| s.dead == 1 && s.running == 0).await?;
         assert_eq!(smtp.attempts().len(), 1, "a 5xx is not retried");
+        let gauge = |text: String, line: &str| text.lines().any(|l| l == line);
+        let metrics = node.http.get("/metrics", None).await?.text();
+        assert!(
+            gauge(metrics.clone(), "lectern_jobs_dead_letters 1"),
+            "{metrics}"
+        );
+        assert!(gauge(metrics, "lectern_emails_dead_total 1"));
 
         // Listed, with the reason, in JSON and as a table.
         let listed = jobs(&node, true, "list", &["--state", "dead"])
@@ -126,6 +133,12 @@ async fn a_dead_lettered_email_is_re_driven_with_lectern_jobs_retry_and_delivere
         assert_eq!(listed["counts"]["queued"], 0, "{listed}");
         assert_eq!(smtp.mails().len(), 1, "exactly once");
         assert_eq!(smtp.attempts().len(), 2, "the refusal and the delivery");
+        let metrics = node.http.get("/metrics", None).await?.text();
+        assert!(
+            gauge(metrics.clone(), "lectern_jobs_dead_letters 0"),
+            "{metrics}"
+        );
+        assert!(gauge(metrics, "lectern_notifications_emails_total 1"));
         node.stop().await?;
         Ok(())
     })

@@ -9,10 +9,13 @@
 //!   errors an operator meets (wrong token, no admin API, no such job, no node).
 //! * `park`: emails wait, parked, for a mail server that cannot be reached, and go out once
 //!   when it is back; a parking period that ends dead-letters them.
+//! * `prometheus`: the alert rules pass `promtool test rules`, and every metric they and the
+//!   Grafana dashboard use is exported by a real node.
 
 mod admin_listener;
 mod jobs;
 mod park;
+mod prometheus;
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -53,6 +53,17 @@ async fn emails_wait_parked_while_the_mail_server_is_unreachable_and_go_out_once
         let stats = wait_jobs(&node.node, |s| s.parked == 3 && s.retried >= 8).await?;
         assert_eq!(stats.dead, 0, "{stats:?}");
         assert_eq!(stats.inapp_delivered, 3, "in-app is not held up: {stats:?}");
+        let metrics = node.http.get("/metrics", None).await?.text();
+        assert!(
+            metrics.lines().any(|l| l == "lectern_jobs_parked 3"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.lines().any(|l| l
+                .starts_with("lectern_email_failures_total{reason=\"unreachable\"}")
+                && !l.ends_with(" 0")),
+            "{metrics}"
+        );
         let listed = list(&node).await?;
         assert_eq!(listed["counts"]["parked"], 3, "{listed}");
         assert_eq!(listed["counts"]["dead"], 0, "{listed}");

@@ -240,7 +240,9 @@ async fn forward(
                     continue;
                 };
                 let meta = sio::event_meta(&e, &session);
-                gw.inner.metrics.event_out(TRANSPORT_SOCKETIOXIDE);
+                gw.inner
+                    .metrics
+                    .event_out(TRANSPORT_SOCKETIOXIDE, e.published_at);
                 if s.emit(e.name, &(raw, meta)).is_err() {
                     cut_off(&s, Cut::SlowConsumer);
                     return;

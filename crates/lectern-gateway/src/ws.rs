@@ -649,7 +649,10 @@ impl Socket {
                     self.cut(Cut::SlowConsumer);
                     return;
                 }
-                self.gw.inner.metrics.event_out(TRANSPORT_WEBSOCKET);
+                self.gw
+                    .inner
+                    .metrics
+                    .event_out(TRANSPORT_WEBSOCKET, e.published_at);
                 self.push(Out::Shared(frame));
             }
             Input::Event(Err(RecvError::Lagged(_))) => self.cut(Cut::Lagged),

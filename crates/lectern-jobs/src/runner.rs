@@ -38,6 +38,17 @@ pub struct JobStats {
     pub running: usize,
     /// Email jobs parked (among `pending`): due, but waiting for an unreachable mail server.
     pub parked: usize,
+    /// Dead letters in the store now (they stay until an operator retries or drops them).
+    pub dead_letters: usize,
+    /// The due time (ms since the Unix epoch) of the earliest queued job that is neither
+    /// running nor parked; `now - this`, when positive, is how late the queue runs.
+    pub next_due_ms: Option<u64>,
+    /// Email attempts the mail server refused with a reply (4xx, 5xx) since start.
+    pub emails_refused: u64,
+    /// Email attempts that found the mail server unreachable since start.
+    pub emails_unreachable: u64,
+    /// Email jobs dead-lettered since start.
+    pub emails_dead: u64,
     /// Jobs finished since start.
     pub completed: u64,
     /// Failed attempts that will be retried.
@@ -79,10 +90,12 @@ impl JobRunner {
         // Everything the hook announced so far is on disk: the scan below includes it.
         while rx.try_recv().is_ok() {}
         let store = hub.store().clone();
-        let stored = tokio::task::spawn_blocking(move || store.pending_jobs())
-            .await
-            .map_err(|e| format!("the job scan task failed: {e}"))?
-            .map_err(|e| format!("read the job queue: {e}"))?;
+        let (stored, dead_letters) = tokio::task::spawn_blocking(move || {
+            Ok::<_, lectern_store::StoreError>((store.pending_jobs()?, store.dead_jobs()?.len()))
+        })
+        .await
+        .map_err(|e| format!("the job scan task failed: {e}"))?
+        .map_err(|e| format!("read the job queue: {e}"))?;
         let ctx = Arc::new(Ctx {
             committer: hub.store().committer(),
             hub,
@@ -108,13 +121,16 @@ impl JobRunner {
                 }
             }
         }
+        let corrupt_count = corrupt.len();
         if !corrupt.is_empty() {
             commit(&ctx.committer, corrupt).await?;
         }
         info!(jobs = queue.records.len(), "job runner started");
         let (stop, stop_rx) = watch::channel(false);
+        let dead_letters = dead_letters + corrupt_count;
         let (stats_tx, stats) = watch::channel(JobStats {
             pending: queue.records.len(),
+            dead_letters,
             ..JobStats::default()
         });
         let (control_tx, control_rx) = tokio::sync::mpsc::channel(CONTROL_QUEUE_MAX);
@@ -382,7 +398,7 @@ async fn run(
     let workers_max = ctx.config.workers.max(1);
     let mut tasks: JoinSet<(Outcome, Option<Reach>)> = JoinSet::new();
     let mut task_ids: HashMap<tokio::task::Id, Vec<String>> = HashMap::new();
-    let mut stats = JobStats::default();
+    let mut stats = *stats_tx.borrow();
     let mut stopping = false;
     let mut drain_deadline = None;
     loop {
@@ -429,6 +445,7 @@ async fn run(
         stats.pending = queue.records.len();
         stats.running = queue.running.len();
         stats.parked = queue.parked_ids().count();
+        stats.next_due_ms = queue.next_due_ms();
         stats_tx.send_if_modified(|s| {
             let changed = *s != stats;
             *s = stats;
@@ -479,11 +496,22 @@ async fn run(
                             queue.gate.probe = None;
                         }
                         match reach {
+                            Some(Reach::Answered) if matches!(outcome, Outcome::Retry(_) | Outcome::Dead) => {
+                                stats.emails_refused += 1;
+                                if queue.gate.down_since_ms.is_some() {
+                                    info!("the mail server answers again; parked emails go out");
+                                    queue.unpark_all(ctx.now_ms());
+                                }
+                            }
                             Some(Reach::Answered) if queue.gate.down_since_ms.is_some() => {
                                 info!("the mail server answers again; parked emails go out");
                                 queue.unpark_all(ctx.now_ms());
                             }
-                            Some(Reach::Unreachable) if ctx.config.park_unreachable_ms > 0 => {
+                            Some(Reach::Unreachable) if ctx.config.park_unreachable_ms == 0 => {
+                                stats.emails_unreachable += 1;
+                            }
+                            Some(Reach::Unreachable) => {
+                                stats.emails_unreachable += 1;
                                 let now = ctx.now_ms();
                                 if queue.gate.down_since_ms.is_none() {
                                     warn!("the mail server cannot be reached; emails are parked until it answers");
@@ -494,7 +522,10 @@ async fn run(
                                     .clamp(ctx.config.backoff_base_ms, ctx.config.park_probe_max_ms.max(1));
                                 queue.gate.next_probe_ms =
                                     now + delay + rand::random_range(0..=delay / 4);
-                                stats.dead += expire_parked(&ctx, &mut queue, now).await;
+                                let expired = expire_parked(&ctx, &mut queue, now).await;
+                                stats.dead += expired;
+                                stats.emails_dead += expired;
+                                stats.dead_letters += expired as usize;
                             }
                             _ => {}
                         }
@@ -508,13 +539,24 @@ async fn run(
                                 }
                             }
                             Outcome::Retry(records) => {
+                                let dead = (ids.len() - records.len()) as u64;
                                 stats.retried += records.len() as u64;
-                                stats.dead += (ids.len() - records.len()) as u64;
+                                stats.dead += dead;
+                                stats.dead_letters += dead as usize;
+                                if reach.is_some() {
+                                    stats.emails_dead += dead;
+                                }
                                 for r in records {
                                     queue.requeue(r);
                                 }
                             }
-                            Outcome::Dead => stats.dead += ids.len() as u64,
+                            Outcome::Dead => {
+                                stats.dead += ids.len() as u64;
+                                stats.dead_letters += ids.len();
+                                if reach.is_some() {
+                                    stats.emails_dead += ids.len() as u64;
+                                }
+                            }
                             Outcome::Skipped => {}
                             Outcome::StoreFailed(records) => {
                                 let later = ctx.now_ms() + 1_000;
@@ -540,8 +582,10 @@ async fn run(
                 }
             },
             request = control.recv(), if !stopping => {
-                if let Some(request) = request {
-                    operate(&ctx, &mut queue, request).await;
+                if let Some(request) = request
+                    && operate(&ctx, &mut queue, request).await
+                {
+                    stats.dead_letters = stats.dead_letters.saturating_sub(1);
                 }
             },
             () = sleep_for(wake) => {},
@@ -613,18 +657,27 @@ async fn expire_parked(ctx: &Ctx, queue: &mut Queue, now_ms: u64) -> u64 {
     }
 }
 
-/// Does what an operator asked, on the runner's task (so never to a running job).
-async fn operate(ctx: &Ctx, queue: &mut Queue, request: Control) {
+/// Does what an operator asked, on the runner's task (so never to a running job). Returns
+/// whether a dead letter left the store (requeued or dropped), for the dead-letter gauge.
+async fn operate(ctx: &Ctx, queue: &mut Queue, request: Control) -> bool {
     match request {
         Control::States(reply) => {
             let parked = queue.parked_ids().cloned().collect();
             let _ = reply.send((queue.running.iter().cloned().collect(), parked));
+            false
         }
         Control::Retry { id, reply } => {
-            let _ = reply.send(retry(ctx, queue, &id).await);
+            let queued = queue.records.contains_key(&id);
+            let result = retry(ctx, queue, &id).await;
+            let dead_left = result.is_ok() && !queued;
+            let _ = reply.send(result);
+            dead_left
         }
         Control::Drop { id, reply } => {
-            let _ = reply.send(drop_job(ctx, queue, &id).await);
+            let result = drop_job(ctx, queue, &id).await;
+            let dead_left = matches!(&result, Ok(v) if v.state == JobState::Dead);
+            let _ = reply.send(result);
+            dead_left
         }
     }
 }
