@@ -127,6 +127,14 @@ enum Cmd {
         #[command(subcommand)]
         command: JobsCmd,
     },
+    /// Print the shell completion script: `lectern completions bash > /etc/bash_completion.d/lectern`,
+    /// `lectern completions zsh > "${fpath[1]}/_lectern"`, `lectern completions fish >
+    /// ~/.config/fish/completions/lectern.fish`.
+    Completions {
+        /// The shell.
+        #[arg(value_parser = ["bash", "zsh", "fish"])]
+        shell: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -417,6 +425,23 @@ fn run(args: Args) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Jobs { command } => jobs(command, json),
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            let shell = match shell.as_str() {
+                "bash" => clap_complete::Shell::Bash,
+                "zsh" => clap_complete::Shell::Zsh,
+                _ => clap_complete::Shell::Fish,
+            };
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Args::command(), "lectern", &mut script);
+            let script = String::from_utf8(script).context("the completion script is text")?;
+            if json {
+                print_json(&serde_json::json!({"shell": shell.to_string(), "script": script}));
+            } else {
+                print!("{script}");
+            }
+            Ok(())
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 //!
 //! * `admin_listener`: `/metrics` and `/admin/*` on a private listener (`admin_http`), hidden
 //!   from the public one.
+//! * `cli`: `--json` on every command, the exit codes in `--help`, shell completions.
 //! * `jobs`: `lectern jobs list|show|retry|drop`: a dead-lettered email re-driven and delivered
 //!   exactly once, a job that is running refused as busy, a dropped job never sent, and the
 //!   errors an operator meets (wrong token, no admin API, no such job, no node).
@@ -13,6 +14,7 @@
 //!   Grafana dashboard use is exported by a real node.
 
 mod admin_listener;
+mod cli;
 mod jobs;
 mod park;
 mod prometheus;
