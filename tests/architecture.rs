@@ -219,3 +219,80 @@ fn web_client_is_files_only() {
     let deps = normal_dependencies(&metadata(), "lectern-web");
     assert!(deps.is_empty(), "lectern-web depends on {deps:?}");
 }
+
+/// The string literals of a Rust source, outside comments (plain `"…"` literals; escapes kept
+/// as written).
+fn string_literals(source: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in source.lines() {
+        let code = line.trim_start();
+        if code.starts_with("//") {
+            continue;
+        }
+        let mut rest = code;
+        while let Some(start) = rest.find('"') {
+            let after = &rest[start + 1..];
+            let mut end = None;
+            let mut escaped = false;
+            for (i, c) in after.char_indices() {
+                match c {
+                    '\\' if !escaped => escaped = true,
+                    '"' if !escaped => {
+                        end = Some(i);
+                        break;
+                    }
+                    _ => escaped = false,
+                }
+            }
+            let Some(end) = end else { break };
+            out.push(after[..end].to_owned());
+            rest = &after[end + 1..];
+        }
+    }
+    out
+}
+
+/// Whether a literal looks like a Socket.IO event or room name (`qa:ask`, `session:join`,
+/// `server:error`, `session:{id}`).
+fn names_an_event(literal: &str) -> bool {
+    let Some((family, _)) = literal.split_once(':') else {
+        return false;
+    };
+    !family.is_empty() && family.bytes().all(|b| b.is_ascii_lowercase())
+}
+
+#[test]
+fn socketio_semantics_live_in_one_place() {
+    // What a Socket.IO event means (names, dispatch, acks, joins, cut-off notices) is decided
+    // by the sans-IO core in the gateway's `sio` module; the transports only move packets.
+    let src = workspace_root().join("crates/lectern-gateway/src");
+    for file in ["ws.rs", "socket.rs"] {
+        let source = std::fs::read_to_string(src.join(file)).expect("read a transport");
+        let named: Vec<String> = string_literals(&source)
+            .into_iter()
+            .filter(|l| names_an_event(l))
+            .collect();
+        assert!(
+            named.is_empty(),
+            "{file} names Socket.IO events {named:?}: their meaning belongs in sio/"
+        );
+        for forbidden in [
+            "COMMAND_EVENTS",
+            "join_args",
+            "leave_args",
+            "already_joined",
+        ] {
+            assert!(
+                !source.contains(forbidden),
+                "{file} uses {forbidden}: event dispatch belongs in sio/client.rs"
+            );
+        }
+    }
+    // The check itself can fail: it sees an event name where one is written.
+    assert!(
+        string_literals(r#"s.on("session:join", f); // "qa:ask""#)
+            .iter()
+            .any(|l| names_an_event(l))
+    );
+    assert!(!names_an_event("HTTP/1.1 101 Switching Protocols"));
+}

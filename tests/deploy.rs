@@ -16,7 +16,7 @@ use anyhow::{Context, bail, ensure};
 use serde_json::{Value, json};
 
 use crate::gateway::{Demo, within};
-use crate::support::TempDir;
+use crate::support::{TempDir, run_js};
 
 /// How long a Node.js script may run (each has its own shorter timeout inside).
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(75);
@@ -178,43 +178,9 @@ fn replace_all(text: &str, pairs: &[(&str, &str)]) -> anyhow::Result<String> {
 /// Runs a script of `tests/js` with Node.js, trusting the edge's self-signed certificate (as
 /// an extra root, so certificate checks stay on); its last JSON line.
 async fn node_script(edge: &Edge, script: &str, args: &[String]) -> anyhow::Result<Value> {
-    let dir = repo().join("tests/js");
-    ensure!(
-        dir.join("node_modules/socket.io-client/package.json")
-            .is_file(),
-        "tests/js has no node_modules: run scripts/setup before the tests"
-    );
-    let child = Command::new("node")
-        .arg(dir.join(script))
-        .args(args)
-        .env("NODE_EXTRA_CA_CERTS", edge._dir.path().join("tls.crt"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("run `node` (Node.js 20 must be on PATH)")?;
-    let pid = child.id();
-    let output = tokio::task::spawn_blocking(move || child.wait_with_output());
-    let output = match tokio::time::timeout(SCRIPT_TIMEOUT, output).await {
-        Ok(joined) => joined??,
-        Err(_) => {
-            signal(pid, libc::SIGKILL);
-            bail!("{script} did not finish within {SCRIPT_TIMEOUT:?}");
-        }
-    };
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .with_context(|| {
-            format!(
-                "{script} printed no summary ({}); stderr: {}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr)
-            )
-        })?;
-    serde_json::from_str(line).with_context(|| format!("parse {line}"))
+    let cert = edge._dir.path().join("tls.crt");
+    let env = [("NODE_EXTRA_CA_CERTS", cert.as_os_str())];
+    Ok(run_js(script, args, &env, SCRIPT_TIMEOUT).await?.0)
 }
 
 /// A whole class (join, ask, upvote, answer, polls, bad input) through the edge over TLS, on

@@ -7,6 +7,8 @@ mod deploy;
 mod durability;
 mod gateway;
 mod hub;
+mod hub_hostile;
+mod invariants;
 mod mesh;
 mod model;
 mod node;

@@ -225,3 +225,69 @@ impl Drop for KillOnDrop {
         }
     }
 }
+
+/// Runs `tests/js/{script}` with Node.js and `env`, within `timeout` (then SIGKILLed); the last
+/// JSON line it printed, and whether it exited successfully. Fails, saying why, when
+/// `scripts/setup` has not installed the npm packages.
+pub async fn run_js(
+    script: &str,
+    args: &[String],
+    env: &[(&str, &std::ffi::OsStr)],
+    timeout: Duration,
+) -> anyhow::Result<(serde_json::Value, bool)> {
+    use anyhow::Context;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("js");
+    anyhow::ensure!(
+        dir.join("node_modules/socket.io-client/package.json")
+            .is_file(),
+        "{} has no socket.io-client: run scripts/setup (it runs `npm ci --prefix tests/js`) \
+         before the tests",
+        dir.join("node_modules").display()
+    );
+    let mut command = std::process::Command::new("node");
+    command
+        .arg(dir.join(script))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let child = command
+        .spawn()
+        .context("run `node` (Node.js 20 must be on PATH; see scripts/setup)")?;
+    let pid = child.id();
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output());
+    let output = match tokio::time::timeout(timeout, output).await {
+        Ok(joined) => joined
+            .context("join the waiting thread")?
+            .context("wait for node")?,
+        Err(_) => {
+            let pid = i32::try_from(pid).context("pid fits an i32")?;
+            #[allow(unsafe_code)]
+            // SAFETY: kill(2) with a pid we spawned and a valid signal has no memory effects.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+            anyhow::bail!("{script} did not finish within {timeout:?}");
+        }
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .with_context(|| {
+            format!(
+                "{script} printed no summary (status {}); stdout: {stdout}; stderr: {stderr}",
+                output.status
+            )
+        })?;
+    let summary = serde_json::from_str(line).with_context(|| format!("parse {line}"))?;
+    if !output.status.success() {
+        eprintln!("{script} failed ({}); stderr: {stderr}", output.status);
+    }
+    Ok((summary, output.status.success()))
+}

@@ -22,7 +22,7 @@ use axum::routing::{get, post};
 use lectern_hub::Hub;
 use lectern_jobs::{JOBS_LIST_MAX, JobControl, JobFilter, JobView, JobsError};
 use lectern_mesh::{Mesh, ShareFilter};
-use lectern_model::{Caller, CohortId, DocId, Role};
+use lectern_model::{Caller, CohortId, DocId, Role, SessionId};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
@@ -334,7 +334,26 @@ async fn refresh_sessions(
                 && let Some(list) = view["sessions"].as_array()
             {
                 for s in list {
-                    if let Some(id) = s["id"].as_str() {
+                    let Some(id) = s["id"].as_str() else {
+                        continue;
+                    };
+                    let Ok(session) = id.parse::<SessionId>() else {
+                        continue;
+                    };
+                    // Only a session of this cohort is shared, whatever the cohort document
+                    // links: a link to another cohort's session must not widen what a
+                    // classroom node receives. A session this node does not hold yet is
+                    // listed so that the mesh can bring it (it cannot arrive otherwise); once
+                    // here, the next refresh drops it if it names another cohort.
+                    let owner = hub
+                        .read(DocId::Session(session), |r| r.session_cohort())
+                        .await;
+                    let keep = match &owner {
+                        Ok(Some(o)) => o == cohort,
+                        Ok(None) => false,
+                        Err(_) => true,
+                    };
+                    if keep {
                         found.insert(format!("session/{id}"));
                     }
                 }

@@ -206,6 +206,15 @@ async fn read_head(stream: &mut TcpStream) -> io::Result<Option<Head>> {
                     }
                 }
                 if stream {
+                    // A stream request that declares a body takes the router's path, where
+                    // the shared body limit and header hygiene apply to it like any route.
+                    let has_body = map.contains_key(axum::http::header::TRANSFER_ENCODING)
+                        || map
+                            .get(axum::http::header::CONTENT_LENGTH)
+                            .is_some_and(|v| v.as_bytes() != b"0");
+                    if has_body {
+                        return Ok(Some(Head::Other(buf)));
+                    }
                     return Ok(Some(Head::Stream(target, map)));
                 }
                 if !is_lean_websocket(&target, &map) {

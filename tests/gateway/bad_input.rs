@@ -389,3 +389,90 @@ async fn futures_join_all<T>(
     let results = futures_util::future::join_all(set).await;
     results.into_iter().collect()
 }
+
+/// Every route, the notification and board routes included, refuses a body past the payload
+/// limit with 413 `payload_too_large`, and no response carries the internal error-code header
+/// (the shared middleware is applied once every router is merged).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_refuses_an_oversized_body_and_hides_internal_headers() -> anyhow::Result<()> {
+    within(async {
+        let demo = Demo::start_with("big-body", |c| c.limits.command_burst = 1000).await?;
+        let student = demo.token("student1", "student");
+        let auth = format!("Bearer {student}");
+        let s = demo.session.clone();
+        let c = super::DEMO_COHORT;
+        let big = format!("{{\"text\": \"{}\"}}", "x".repeat(20 * 1024)).into_bytes();
+        let routes: Vec<(&str, String)> = vec![
+            ("GET", "/".into()),
+            ("GET", "/readyz".into()),
+            ("GET", format!("/api/sessions/{s}")),
+            ("POST", format!("/api/sessions/{s}/commands")),
+            ("POST", format!("/api/sessions/{s}/commands/qa.ask")),
+            ("GET", format!("/api/sessions/{s}/events")),
+            ("GET", format!("/api/cohorts/{c}")),
+            ("POST", format!("/api/cohorts/{c}/commands")),
+            ("GET", format!("/api/cohorts/{c}/aggregates")),
+            ("GET", format!("/api/cohorts/{c}/progress/student1")),
+            ("POST", "/api/progress".into()),
+            ("GET", format!("/api/stream/sessions/{s}")),
+            ("GET", "/api/stream/progress/student1".into()),
+            ("GET", "/api/notifications".into()),
+            ("POST", "/api/notifications/read".into()),
+            ("GET", "/api/notifications/preferences".into()),
+            ("PUT", "/api/notifications/preferences".into()),
+            ("POST", "/api/notifications/preferences".into()),
+            ("POST", "/api/notifications/unsubscribe?token=x".into()),
+            ("GET", format!("/api/stream/leaderboard/{c}")),
+            ("GET", format!("/api/stream/instructor/{c}")),
+            ("GET", format!("/api/cohorts/{c}/leaderboard/me")),
+            ("GET", "/static/nope.js".into()),
+            ("POST", "/api/nope".into()),
+        ];
+        for (method, path) in &routes {
+            let r = demo
+                .http
+                .send(
+                    method,
+                    path,
+                    &[
+                        ("authorization", auth.as_str()),
+                        ("content-type", "application/json"),
+                    ],
+                    Some(big.clone()),
+                    lectern_testkit::http::REQUEST_TIMEOUT,
+                )
+                .await?;
+            assert_eq!(
+                (r.status, r.error_code().as_deref()),
+                (413, Some("payload_too_large")),
+                "{method} {path}: {}",
+                r.text()
+            );
+            assert_eq!(r.header("x-lectern-error"), None, "{method} {path}");
+        }
+        // Errors of the merged routers reach the client without the internal header too.
+        for (method, path, body) in [
+            ("POST", "/api/notifications/read", b"{\"ids\": ".to_vec()),
+            ("PUT", "/api/notifications/preferences", b"[".to_vec()),
+        ] {
+            let r = demo
+                .http
+                .send(
+                    method,
+                    path,
+                    &[
+                        ("authorization", auth.as_str()),
+                        ("content-type", "application/json"),
+                    ],
+                    Some(body),
+                    lectern_testkit::http::REQUEST_TIMEOUT,
+                )
+                .await?;
+            assert!(r.status >= 400, "{method} {path}: {}", r.text());
+            assert_eq!(r.header("x-lectern-error"), None, "{method} {path}");
+        }
+        still_serving(&demo, "oversized bodies").await?;
+        demo.stop().await
+    })
+    .await
+}

@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-use super::{Demo, ack_code, within};
+use super::{Demo, ack_code, claims, within};
 
 /// How long a raw client waits for one frame.
 const FRAME_WAIT: Duration = Duration::from_secs(10);
@@ -447,15 +447,46 @@ async fn garbage_frames_close_only_their_socket_with_the_rfc_status() -> anyhow:
             ("text not UTF-8", bad_utf8, After::Closed(1007)),
             ("a 2^62-byte length", huge_len, After::Closed(1009)),
             ("over the payload limit", over_limit, After::Closed(1009)),
-            ("binary", masked(true, 2, b"\x00\x01"), After::Served),
-            ("not JSON", masked(true, 1, b"42[not json"), After::Served),
-            ("not an engine packet", masked(true, 1, b"x"), After::Served),
-            ("empty text", masked(true, 1, b""), After::Served),
+            // Valid WebSocket, invalid Engine.IO or Socket.IO: closed at once as a protocol
+            // error (Engine.IO v4 / Socket.IO v5 close on a parse error).
             (
-                "a namespace disconnect",
-                masked(true, 1, b"41"),
-                After::Closed(1000),
+                "binary with no binary packet",
+                masked(true, 2, b"\x00\x01"),
+                After::Closed(1002),
             ),
+            (
+                "not JSON",
+                masked(true, 1, b"42[not json"),
+                After::Closed(1002),
+            ),
+            (
+                "not an array",
+                masked(true, 1, b"42{\"a\":1}"),
+                After::Closed(1002),
+            ),
+            (
+                "an empty event",
+                masked(true, 1, b"42[]"),
+                After::Closed(1002),
+            ),
+            (
+                "a nameless event",
+                masked(true, 1, b"42[12]"),
+                After::Closed(1002),
+            ),
+            (
+                "not an engine packet",
+                masked(true, 1, b"x"),
+                After::Closed(1002),
+            ),
+            (
+                "an unknown packet type",
+                masked(true, 1, b"49[\"x\"]"),
+                After::Closed(1002),
+            ),
+            ("empty text", masked(true, 1, b""), After::Closed(1002)),
+            ("a client ping", masked(true, 1, b"2probe"), After::Served),
+            ("a noop", masked(true, 1, b"6"), After::Served),
         ];
         for (what, bytes, want) in cases {
             let (mut ws, _) = RawWs::open(addr, "", None).await?;
@@ -538,6 +569,283 @@ async fn garbage_frames_close_only_their_socket_with_the_rfc_status() -> anyhow:
         })
         .await?;
         good.disconnect().await;
+        demo.stop().await
+    })
+    .await
+}
+
+/// Waits for the server to close `ws`; its close status and how long it took.
+async fn closed_within(ws: &mut RawWs, what: &str) -> anyhow::Result<(Option<u16>, Duration)> {
+    let started = std::time::Instant::now();
+    let code = ws.until_closed().await.with_context(|| what.to_owned())?;
+    Ok((code, started.elapsed()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_rules_close_at_once_and_a_namespace_disconnect_keeps_the_connection()
+-> anyhow::Result<()> {
+    within(async {
+        // The default heartbeat (25 s + 20 s): anything that closes within a few seconds was
+        // closed by the rule under test, not by a missed pong.
+        let demo = Demo::start_with("lean-rules", |c| {
+            c.limits.connect_timeout_ms = 1_000;
+            c.limits.command_burst = 1000;
+        })
+        .await?;
+        let s = demo.session.clone();
+        let addr = demo.node.http_addr;
+        let token = demo.token("student1", "student");
+        let chat = |id: u64, text: &str| format!("42{id}{}", json!(["chat:send", s, text]));
+        let prompt = Duration::from_secs(5);
+
+        // A Socket.IO event before CONNECT closes at once.
+        let (mut ws, _) = RawWs::open(addr, "", None).await?;
+        ws.send_text(&chat(1, "too early")).await?;
+        let (code, took) = closed_within(&mut ws, "an event before CONNECT").await?;
+        assert_eq!(code, Some(1002), "an event before CONNECT");
+        assert!(
+            took < prompt,
+            "an event before CONNECT closed only after {took:?}"
+        );
+
+        // No CONNECT within connect_timeout_ms (1 s here) closes, even while pings flow.
+        let (mut ws, _) = RawWs::open(addr, "", None).await?;
+        let (code, took) = closed_within(&mut ws, "no CONNECT").await?;
+        assert_eq!(code, Some(1008), "no CONNECT");
+        assert!(took < prompt, "no CONNECT closed only after {took:?}");
+        // A connected socket outlives that deadline.
+        let (mut ws, _) = RawWs::open(addr, "", None).await?;
+        ws.connect(&token).await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(1_500);
+        while tokio::time::Instant::now() < deadline {
+            match tokio::time::timeout_at(deadline, ws.frame()).await {
+                Err(_) => break,
+                Ok(frame) => {
+                    if let Some(Frame::Close(code)) = frame? {
+                        bail!("a connected socket was closed ({code:?})");
+                    }
+                }
+            }
+        }
+        ws.send_text(&chat(1, "after the connect deadline")).await?;
+        let reply = ws.text().await?;
+        assert!(
+            reply.starts_with("431[") && reply.contains("\"ok\":true"),
+            "{reply}"
+        );
+
+        // A binary event with an ack id is refused with `unsupported`; its attachment is
+        // skipped and the socket served on.
+        ws.send_text(&format!(
+            "451-7{}",
+            json!(["chat:send", s, {"_placeholder": true, "num": 0}])
+        ))
+        .await?;
+        ws.send_frame(true, 2, b"\x01\x02").await?;
+        let reply = ws.text().await?;
+        let ack: Value = serde_json::from_str(reply.strip_prefix("437").context("ack 7")?)?;
+        assert_eq!(ack_code(&ack[0]), "unsupported", "{reply}");
+        ws.send_text(&chat(1, "after a binary event")).await?;
+        let reply = ws.text().await?;
+        assert!(
+            reply.starts_with("431[") && reply.contains("\"ok\":true"),
+            "{reply}"
+        );
+
+        // `41` leaves the namespace and its sessions, and keeps the Engine.IO connection: the
+        // user leaves presence, and the same connection CONNECTs again and is served.
+        let mut watcher = demo
+            .sio(
+                Transport::WebSocket,
+                &demo.token("student2", "student"),
+                "watcher",
+            )
+            .await?;
+        let ack = watcher.call("session:join", vec![json!(s)]).await?;
+        assert_eq!(ack["ok"], true, "{ack}");
+        ws.send_text(&format!("422{}", json!(["session:join", s])))
+            .await?;
+        loop {
+            let t = ws.text().await?;
+            if t.starts_with("432[") {
+                assert!(t.contains("\"ok\":true"), "{t}");
+                break;
+            }
+        }
+        watcher
+            .wait_for("two present", |e| {
+                e.name == "attendance:update" && e.data()["present"] == 2
+            })
+            .await?;
+        ws.send_text("41").await?;
+        // CONNECTs again at once (the connect deadline, 1 s here, restarts at `41`).
+        let reply = ws.connect(&token).await?;
+        assert!(reply.starts_with("40{\"sid\":"), "{reply}");
+        watcher
+            .wait_for("one present after 41", |e| {
+                e.name == "attendance:update" && e.data()["present"] == 1
+            })
+            .await?;
+        ws.send_text(&chat(3, "after 41 and a new CONNECT")).await?;
+        loop {
+            let t = ws.text().await?;
+            if t.starts_with("433[") {
+                assert!(t.contains("\"ok\":true"), "{t}");
+                break;
+            }
+        }
+        watcher.disconnect().await;
+        demo.stop().await
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_ping_comes_one_interval_after_the_handshake() -> anyhow::Result<()> {
+    within(async {
+        let demo = Demo::start_with("lean-first-ping", |c| {
+            c.limits.ping_interval_ms = 1_500;
+            c.limits.ping_timeout_ms = 5_000;
+        })
+        .await?;
+        let started = std::time::Instant::now();
+        let (mut ws, _) = RawWs::open(demo.node.http_addr, "", None).await?;
+        ws.connect(&demo.token("student1", "student")).await?;
+        loop {
+            match ws.frame().await?.context("closed before the first ping")? {
+                Frame::Text(t) if t == "2" => break,
+                Frame::Close(code) => bail!("closed before the first ping ({code:?})"),
+                _ => {}
+            }
+        }
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(1_400),
+            "the first ping came {took:?} after the handshake, before the 1.5 s interval"
+        );
+        demo.stop().await
+    })
+    .await
+}
+
+/// This process's resident set (the node runs in it), in bytes.
+fn rss_bytes() -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .context("VmRSS in /proc/self/status")?;
+    Ok(kib * 1024)
+}
+
+/// Bytes of pings a flooding client sends at most.
+const FLOOD_BYTES: usize = 64 << 20;
+/// How much the process may grow while it does (the pongs it would queue without a bound take
+/// ≈ 9× the pings' bytes).
+const FLOOD_RSS_GROWTH_MAX: u64 = 128 << 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_sends_pings_and_never_reads_is_bounded_and_closed() -> anyhow::Result<()> {
+    within(async {
+        let demo = Demo::start("lean-ping-flood").await?;
+        let addr = demo.node.http_addr;
+        // Never authenticated, never reading, with a small receive buffer.
+        let (mut ws, _) = RawWs::open(addr, "", Some(4096)).await?;
+        let chunk = masked(true, 1, b"2").repeat(64 * 1024 / 7);
+        let before = rss_bytes()?;
+        let (mut sent, mut peak) = (0, before);
+        let closed = loop {
+            if sent >= FLOOD_BYTES {
+                break false;
+            }
+            match tokio::time::timeout(Duration::from_secs(20), ws.stream.write_all(&chunk)).await {
+                Ok(Ok(())) => {
+                    sent += chunk.len();
+                    peak = peak.max(rss_bytes()?);
+                }
+                // The server closed the socket: the write is refused.
+                Ok(Err(_)) => break true,
+                Err(_) => bail!("the server stopped reading but kept the socket for 20 s"),
+            }
+        };
+        let grew = peak.saturating_sub(before);
+        println!("ping flood: {sent} bytes sent, RSS grew {grew} bytes, closed: {closed}");
+        assert!(
+            closed,
+            "the server took {sent} bytes of pings and kept the socket"
+        );
+        assert!(
+            grew < FLOOD_RSS_GROWTH_MAX,
+            "RSS grew {grew} bytes under {sent} bytes of pings"
+        );
+        // Others are served, and the flooder's socket is gone from /metrics' count.
+        let mut c = demo
+            .sio(
+                Transport::WebSocket,
+                &demo.token("student2", "student"),
+                "after",
+            )
+            .await?;
+        chat_ok(&mut c, &demo.session, "after a ping flood").await?;
+        c.disconnect().await;
+        demo.stop().await
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_valid_until_the_end_of_time_is_served_and_counted_right() -> anyhow::Result<()> {
+    within(async {
+        let demo = Demo::start("lean-endless-token").await?;
+        let s = demo.session.clone();
+        // Validly signed, expiring at the end of u64 time: the expiry deadline is past the
+        // clock's range on every transport.
+        let endless = demo.mint(&claims(
+            "student1",
+            "student",
+            &[lectern_node::DEMO_COHORT],
+            u64::MAX,
+        ));
+        for transport in Transport::ALL {
+            let mut c = demo.sio(transport, &endless, transport.name()).await?;
+            let ack = c.call("session:join", vec![json!(s)]).await?;
+            assert_eq!(ack["ok"], true, "{}: {ack}", transport.name());
+            chat_ok(&mut c, &s, transport.name()).await?;
+            c.disconnect().await;
+        }
+        let stream = demo
+            .http
+            .sse(
+                &format!("/api/stream/sessions/{s}"),
+                &[("authorization", &format!("Bearer {endless}"))],
+            )
+            .await?;
+        let mut stream = match stream {
+            Ok(stream) => stream,
+            Err(r) => bail!("SSE refused: {} {}", r.status, r.text()),
+        };
+        let first = stream.next_event(Duration::from_secs(10)).await?;
+        assert_eq!(first.event, "state", "{first:?}");
+        drop(stream);
+        // Every connection was counted closed (a panicking connection task would leave its
+        // count), and others are served.
+        for label in ["websocket", "socketio", "sse"] {
+            until(&format!("{label} connections back to 0"), async || {
+                Ok(connections(&demo, label).await? == 0)
+            })
+            .await?;
+        }
+        let mut c = demo
+            .sio(
+                Transport::WebSocket,
+                &demo.token("student2", "student"),
+                "after",
+            )
+            .await?;
+        chat_ok(&mut c, &s, "after an endless token").await?;
+        c.disconnect().await;
         demo.stop().await
     })
     .await

@@ -7,90 +7,33 @@
 //! The npm package is installed by `scripts/setup`; without it this test fails (it does not
 //! skip), saying so, because a skipped real-client test would hide a broken contract.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use serde_json::{Value, json};
 
 use super::{Demo, within};
+use crate::support::run_js;
 
 /// How long the script may run (it has its own 50 s timeout inside).
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(75);
 
-fn js_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("js")
-}
-
 /// Runs `class.mjs` against a fresh demo node over `transport`; its summary.
 async fn run_class(transport: &str) -> anyhow::Result<Value> {
-    let dir = js_dir();
-    if !dir
-        .join("node_modules/socket.io-client/package.json")
-        .is_file()
-    {
-        bail!(
-            "{} has no socket.io-client: run scripts/setup (it runs `npm ci --prefix tests/js`) \
-             before the tests",
-            dir.join("node_modules").display()
-        );
-    }
     let demo = Demo::start("sio-js").await?;
-    let url = format!("http://{}", demo.node.http_addr);
     let args = [
-        dir.join("class.mjs").display().to_string(),
-        url,
+        format!("http://{}", demo.node.http_addr),
         demo.session.clone(),
         transport.to_owned(),
         demo.token("student1", "student"),
         demo.token("student2", "student"),
         demo.token("ada", "instructor"),
     ];
-    let child = Command::new("node")
-        .args(&args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("run `node` (Node.js 20 must be on PATH; see scripts/setup)")?;
-    let pid = child.id();
-    let output = tokio::task::spawn_blocking(move || child.wait_with_output());
-    let output = match tokio::time::timeout(SCRIPT_TIMEOUT, output).await {
-        Ok(joined) => joined
-            .context("join the waiting thread")?
-            .context("wait for node")?,
-        Err(_) => {
-            // The child we spawned, by its id.
-            let pid = i32::try_from(pid).context("pid fits an i32")?;
-            #[allow(unsafe_code)]
-            // SAFETY: kill(2) with a pid we spawned and a valid signal has no memory effects.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
-            bail!("class.mjs did not finish within {SCRIPT_TIMEOUT:?}");
-        }
-    };
+    let ran = run_js("class.mjs", &args, &[], SCRIPT_TIMEOUT).await;
     demo.stop().await?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .with_context(|| {
-            format!(
-                "class.mjs printed no summary (status {}); stdout: {stdout}; stderr: {stderr}",
-                output.status
-            )
-        })?;
-    let summary: Value =
-        serde_json::from_str(line).with_context(|| format!("parse the summary {line}"))?;
-    if !output.status.success() {
-        bail!(
-            "class.mjs failed ({}): {summary}; stderr: {stderr}",
-            output.status
-        );
+    let (summary, ok) = ran?;
+    if !ok {
+        bail!("class.mjs failed: {summary}");
     }
     Ok(summary)
 }

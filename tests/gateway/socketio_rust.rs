@@ -2,10 +2,14 @@
 //! WebSocket and over long-polling: two students and an instructor join, ask, upvote (twice by
 //! the same student: counted once), answer, and run a poll with hidden results through vote,
 //! close (a late vote is refused) and reveal. Plus resume: a student who drops out and rejoins
-//! with its last token gets exactly the events it missed, in order.
+//! with its last token gets exactly the events it missed, in order. And the protocol rules on
+//! the polling transport, with a raw polling client ([`RawPoll`]) that sends what no library
+//! would.
 
-use anyhow::{Context, ensure};
-use lectern_testkit::{Client, ServerEvent, Transport};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use lectern_testkit::{Client, Http, ServerEvent, Transport};
 use serde_json::{Value, json};
 
 use super::{Demo, ack_code, within};
@@ -396,4 +400,337 @@ async fn connect_and_join_at_once(n: usize) -> anyhow::Result<()> {
         }
     }
     demo.stop().await
+}
+
+/// The Engine.IO record separator of a polling payload.
+const RECORD_SEPARATOR: char = '\u{1e}';
+
+/// How long a raw polling GET may wait (past the default ping interval).
+const POLL_WAIT: Duration = Duration::from_secs(40);
+
+/// A long-polling Engine.IO client written for these tests: it sends packets as given.
+struct RawPoll {
+    http: Http,
+    sid: String,
+    /// When the handshake answered.
+    opened: Instant,
+    /// When the first ping arrived.
+    first_ping: std::sync::Mutex<Option<Instant>>,
+}
+
+impl RawPoll {
+    async fn open(http: Http) -> anyhow::Result<RawPoll> {
+        let r = http
+            .get("/socket.io/?EIO=4&transport=polling", None)
+            .await?;
+        ensure!(r.status == 200, "handshake: {} {}", r.status, r.text());
+        let open: Value = serde_json::from_str(r.text().strip_prefix('0').context("open packet")?)?;
+        let sid = open["sid"].as_str().context("sid")?.to_owned();
+        Ok(RawPoll {
+            http,
+            sid,
+            opened: Instant::now(),
+            first_ping: std::sync::Mutex::new(None),
+        })
+    }
+
+    fn path(&self) -> String {
+        format!("/socket.io/?EIO=4&transport=polling&sid={}", self.sid)
+    }
+
+    /// POSTs a payload (records joined by the separator); whether the server took it.
+    async fn post(&self, payload: &str) -> anyhow::Result<bool> {
+        let headers = [("content-type", "text/plain;charset=UTF-8")];
+        let path = self.path();
+        let body = Some(payload.as_bytes().to_vec());
+        let r = self
+            .http
+            .send("POST", &path, &headers, body, POLL_WAIT)
+            .await?;
+        Ok(r.status == 200)
+    }
+
+    /// The next GET's packets, or `None` once the server closed the session (a close packet
+    /// or an unknown sid).
+    async fn get(&self) -> anyhow::Result<Option<Vec<String>>> {
+        let r = self
+            .http
+            .send("GET", &self.path(), &[], None, POLL_WAIT)
+            .await?;
+        if r.status != 200 {
+            return Ok(None);
+        }
+        let packets: Vec<String> = r
+            .text()
+            .split(RECORD_SEPARATOR)
+            .map(str::to_owned)
+            .collect();
+        if packets.iter().any(|p| p == "2") {
+            let mut first = self.first_ping.lock().unwrap_or_else(|e| e.into_inner());
+            first.get_or_insert_with(Instant::now);
+        }
+        if packets.iter().any(|p| p == "1") {
+            return Ok(None);
+        }
+        Ok(Some(packets))
+    }
+
+    /// Reads (answering pings) until a packet matches `want`; it.
+    async fn until(&self, what: &str, want: impl Fn(&str) -> bool) -> anyhow::Result<String> {
+        loop {
+            let packets = self
+                .get()
+                .await?
+                .with_context(|| format!("closed before {what}"))?;
+            for p in packets {
+                if p == "2" {
+                    self.post("3").await?;
+                } else if want(&p) {
+                    return Ok(p);
+                }
+            }
+        }
+    }
+
+    /// Reads (answering pings) until the server closes; how long that took.
+    async fn until_closed(&self) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        while let Some(packets) = self.get().await? {
+            if packets.iter().any(|p| p == "2") {
+                // A closed session refuses the POST: the next GET tells.
+                let _ = self.post("3").await;
+            }
+        }
+        Ok(started.elapsed())
+    }
+
+    /// CONNECTs namespace `/` with `token`; the reply.
+    async fn connect(&self, token: &str) -> anyhow::Result<String> {
+        ensure!(
+            self.post(&format!("40{}", json!({ "token": token })))
+                .await?,
+            "POST 40"
+        );
+        self.until("the connect reply", |p| {
+            p.starts_with("40") || p.starts_with("44")
+        })
+        .await
+    }
+
+    /// Sends an event with ack id `id`; the ack's payload.
+    async fn call(&self, id: u64, args: Value) -> anyhow::Result<Value> {
+        ensure!(self.post(&format!("42{id}{args}")).await?, "POST event");
+        let prefix = format!("43{id}");
+        let ack = self.until("the ack", |p| p.starts_with(&prefix)).await?;
+        let ack: Value = serde_json::from_str(&ack[prefix.len()..])?;
+        Ok(ack[0].clone())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_follows_the_protocol_rules() -> anyhow::Result<()> {
+    within(async {
+        let demo = Demo::start_with("sio-polling-rules", |c| {
+            c.limits.connect_timeout_ms = 1_000;
+            c.limits.ping_interval_ms = 500;
+            c.limits.ping_timeout_ms = 10_000;
+            c.limits.command_burst = 1000;
+        })
+        .await?;
+        let s = demo.session.clone();
+        let token = demo.token("student1", "student");
+        let prompt = Duration::from_secs(5);
+
+        // Invalid Engine.IO or Socket.IO, and an event before CONNECT: closed at once.
+        for (what, connected, payload) in [
+            (
+                "an event before CONNECT",
+                false,
+                format!("42{}", json!(["chat:send", s, "x"])),
+            ),
+            ("not an Engine.IO packet", true, "x".to_owned()),
+            ("an unknown Socket.IO type", true, "49[\"x\"]".to_owned()),
+            (
+                "an event that is not an array",
+                true,
+                "42{\"a\":1}".to_owned(),
+            ),
+            ("an empty event", true, "42[]".to_owned()),
+            ("a nameless event", true, "42[12]".to_owned()),
+        ] {
+            let p = RawPoll::open(demo.http).await?;
+            if connected {
+                let reply = p.connect(&token).await?;
+                ensure!(reply.starts_with("40{"), "{what}: connect: {reply}");
+            }
+            p.post(&payload).await?;
+            let took = p.until_closed().await.with_context(|| what.to_owned())?;
+            ensure!(took < prompt, "{what}: closed only after {took:?}");
+        }
+
+        // No CONNECT within connect_timeout_ms (1 s here): closed.
+        let p = RawPoll::open(demo.http).await?;
+        let took = p.until_closed().await?;
+        ensure!(took < prompt, "no CONNECT: closed only after {took:?}");
+
+        // A binary event with an ack id: `unsupported`, and the socket is served on.
+        let p = RawPoll::open(demo.http).await?;
+        p.connect(&token).await?;
+        let binary = format!(
+            "451-5{}{RECORD_SEPARATOR}bAQI=",
+            json!(["chat:send", s, {"_placeholder": true, "num": 0}])
+        );
+        ensure!(p.post(&binary).await?, "POST a binary event");
+        let ack = p
+            .until("the binary event's ack", |x| x.starts_with("435"))
+            .await?;
+        let ack: Value = serde_json::from_str(&ack[3..])?;
+        assert_eq!(ack_code(&ack[0]), "unsupported", "{ack}");
+        let ack = p
+            .call(6, json!(["chat:send", s, "after a binary event"]))
+            .await?;
+        assert_eq!(ack["ok"], true, "{ack}");
+
+        // `41` leaves the namespace (and its sessions) and keeps the Engine.IO session: the
+        // same session CONNECTs again and is served.
+        let mut watcher = demo
+            .sio(
+                Transport::WebSocket,
+                &demo.token("student2", "student"),
+                "watcher",
+            )
+            .await?;
+        join(&mut watcher, &s).await?;
+        let ack = p.call(7, json!(["session:join", s])).await?;
+        assert_eq!(ack["ok"], true, "{ack}");
+        watcher
+            .wait_for("two present", |e| {
+                e.name == "attendance:update" && e.data()["present"] == 2
+            })
+            .await?;
+        ensure!(p.post("41").await?, "POST 41");
+        watcher
+            .wait_for("one present after 41", |e| {
+                e.name == "attendance:update" && e.data()["present"] == 1
+            })
+            .await?;
+        // socketioxide removes the namespace's socket only once its disconnect handler is
+        // done, and ignores a CONNECT that comes before: the client sends CONNECT again after
+        // each poll that brought no reply (a poll returns within the 500 ms ping interval).
+        let reply = loop {
+            ensure!(
+                p.post(&format!("40{}", json!({ "token": token }))).await?,
+                "POST 40"
+            );
+            let packets = p.get().await?.context("closed after 41")?;
+            if let Some(reply) = packets
+                .iter()
+                .find(|x| x.starts_with("40") || x.starts_with("44"))
+            {
+                break reply.clone();
+            }
+            if packets.iter().any(|x| x == "2") {
+                p.post("3").await?;
+            }
+        };
+        ensure!(reply.starts_with("40{"), "connect again: {reply}");
+        let ack = p.call(8, json!(["chat:send", s, "after 41"])).await?;
+        assert_eq!(ack["ok"], true, "{ack}");
+        // Closed by the client, so the node's stop need not wait for its heartbeat to fail.
+        p.post("1").await?;
+        watcher.disconnect().await;
+        demo.stop().await
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_sends_the_first_ping_one_interval_after_the_handshake() -> anyhow::Result<()> {
+    within(async {
+        let demo = Demo::start_with("sio-polling-first-ping", |c| {
+            c.limits.ping_interval_ms = 1_500;
+            c.limits.ping_timeout_ms = 5_000;
+        })
+        .await?;
+        let p = RawPoll::open(demo.http).await?;
+        // The connect reply answers pings on the way, and notes the first.
+        p.connect(&demo.token("student1", "student")).await?;
+        let first = loop {
+            if let Some(at) = *p.first_ping.lock().unwrap_or_else(|e| e.into_inner()) {
+                break at;
+            }
+            let packets = p.get().await?.context("closed before the first ping")?;
+            for x in packets {
+                if x == "2" {
+                    p.post("3").await?;
+                }
+            }
+        };
+        let took = first.duration_since(p.opened);
+        if took < Duration::from_millis(1_400) {
+            bail!("the first ping came {took:?} after the handshake, before the 1.5 s interval");
+        }
+        p.post("1").await?;
+        demo.stop().await
+    })
+    .await
+}
+
+/// A series' value in `/metrics` (0 when absent).
+async fn metric(demo: &Demo, series: &str) -> anyhow::Result<u64> {
+    let m = demo.http.get("/metrics", None).await?.text();
+    let prefix = format!("{series} ");
+    Ok(m.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_polling_client_that_stops_reading_is_cut_off_at_its_queue_bound() -> anyhow::Result<()> {
+    within(async {
+        let demo = Demo::start_with("sio-polling-bound", |c| {
+            c.limits.outbound_queue_max = 16;
+            c.limits.command_burst = 1000;
+            // socketioxide cannot queue a disconnect into a full queue: the socket ends at its
+            // next heartbeat ping, which cannot be queued either.
+            c.limits.ping_interval_ms = 1_000;
+            c.limits.ping_timeout_ms = 10_000;
+        })
+        .await?;
+        let s = demo.session.clone();
+        let p = RawPoll::open(demo.http).await?;
+        p.connect(&demo.token("student1", "student")).await?;
+        let ack = p.call(1, json!(["session:join", s])).await?;
+        assert_eq!(ack["ok"], true, "{ack}");
+        let open = "lectern_connections{transport=\"socketio\"}";
+        assert_eq!(metric(&demo, open).await?, 1);
+        // From here on `p` never polls: its socket's queue (16 packets) fills with events.
+        let mut talker = demo
+            .sio(
+                Transport::WebSocket,
+                &demo.token("student2", "student"),
+                "talker",
+            )
+            .await?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut sent = 0;
+        while metric(&demo, "lectern_rejections_total{code=\"slow_consumer\"}").await? == 0 {
+            ensure!(Instant::now() < deadline, "no cut-off after {sent} events");
+            let ack = talker
+                .call("chat:send", vec![json!(s), json!(format!("event {sent}"))])
+                .await?;
+            ensure!(ack["ok"] == true, "{ack}");
+            sent += 1;
+        }
+        ensure!(sent >= 16, "cut off after only {sent} events");
+        // The socket is gone (at its next heartbeat, 1 s here), its count released.
+        while metric(&demo, open).await? != 0 {
+            ensure!(Instant::now() < deadline, "the cut-off socket still counts");
+            tokio::task::yield_now().await;
+        }
+        talker.disconnect().await;
+        demo.stop().await
+    })
+    .await
 }

@@ -263,7 +263,7 @@ async fn progress_stream_carries_a_students_own_progress_only() -> anyhow::Resul
         let classmate = demo.token("student2", "student");
         let inst = demo.token("ada", "instructor");
 
-        // The seed's path: `new EventSource('/api/stream/progress/student123')`.
+        // The path a plain `new EventSource('/api/stream/progress/' + id)` opens.
         let path = format!("/api/stream/progress/student1?access_token={student}");
         let mut stream = open(&demo.http, &path, &[]).await?;
         let state = stream.next_event(EVENT_WAIT).await?;
@@ -287,12 +287,19 @@ async fn progress_stream_carries_a_students_own_progress_only() -> anyhow::Resul
         assert_eq!(p["student"], "student1", "{p}");
         assert_eq!(p["lesson"], "lesson-1", "{p}");
         assert_eq!(p["score"], 8, "{p}");
+        // The same update unnamed, for a plain EventSource's `onmessage` (which never sees
+        // named events), with the same id.
+        let m = stream.next_event(EVENT_WAIT).await?;
+        assert_eq!((m.event.as_str(), m.id.as_deref()), ("message", Some(t1.as_str())));
+        assert_eq!(m.json()?, p);
 
         // A classmate's progress does not reach this stream: the next event is student1's.
         post("student2", "lesson-1", 3).await?;
         let t3 = post("student1", "lesson-2", 9).await?;
         let e = stream.next_event(EVENT_WAIT).await?;
         assert_eq!((e.event.as_str(), e.id.as_deref()), ("progress", Some(t3.as_str())), "{e:?}");
+        let m = stream.next_event(EVENT_WAIT).await?;
+        assert_eq!((m.event.as_str(), m.id.as_deref()), ("message", Some(t3.as_str())), "{m:?}");
 
         // A student may not follow a classmate's progress; the instructor may.
         let resp = demo
@@ -342,6 +349,71 @@ async fn a_stream_ends_with_token_expired_when_its_token_expires() -> anyhow::Re
             stream.next_item(EVENT_WAIT).await?.is_none(),
             "the stream went on"
         );
+        demo.stop().await
+    })
+    .await
+}
+
+/// How long `eventsource.mjs` may run (it has its own 60 s timeout inside).
+const BROWSER_SCRIPT_TIMEOUT: Duration = Duration::from_secs(80);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_browser_eventsource_receives_progress_through_onmessage() -> anyhow::Result<()> {
+    within(async {
+        let js = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("js");
+        ensure!(
+            js.join("node_modules/playwright-core/package.json")
+                .is_file(),
+            "{} has no playwright-core: run scripts/setup before the tests",
+            js.display()
+        );
+        let demo = Demo::start("sse-eventsource").await?;
+        let args = [
+            js.join("eventsource.mjs").display().to_string(),
+            format!("http://{}", demo.node.http_addr),
+            "student1".to_owned(),
+            demo.token("student1", "student"),
+            demo.token("ada", "instructor"),
+            lectern_node::DEMO_COHORT.to_owned(),
+        ];
+        let run = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("node")
+                .args(&args)
+                .stdin(std::process::Stdio::null())
+                .output()
+        });
+        let output = tokio::time::timeout(BROWSER_SCRIPT_TIMEOUT, run)
+            .await
+            .context("eventsource.mjs did not finish")???;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let summary = stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find_map(|v| v.get("summary").cloned())
+            .with_context(|| format!("no summary; stderr:\n{stderr}"))?;
+        ensure!(
+            output.status.success() && summary.get("error").is_none(),
+            "eventsource.mjs failed: {summary:#}\nstderr:\n{stderr}"
+        );
+        // Each update, once, in order, with its resume token as the event id.
+        let posted: Vec<(Value, Value)> = summary["posted"]
+            .as_array()
+            .context("posted")?
+            .iter()
+            .map(|p| (p["lesson"].clone(), p["token"].clone()))
+            .collect();
+        let received: Vec<(Value, Value)> = summary["received"]
+            .as_array()
+            .context("received")?
+            .iter()
+            .map(|m| {
+                assert_eq!(m["student"], "student1", "{m}");
+                (m["lesson"].clone(), m["id"].clone())
+            })
+            .collect();
+        assert_eq!(posted.len(), 3, "{summary}");
+        assert_eq!(received, posted, "{summary}");
         demo.stop().await
     })
     .await

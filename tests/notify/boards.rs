@@ -418,3 +418,129 @@ async fn the_instructor_dashboard_shows_the_class_live_to_staff_only_and_resumes
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cohort_links_only_its_own_sessions_and_its_dashboard_never_shows_another_cohorts() {
+    within(async {
+        let smtp = SmtpServer::start().await?;
+        let node = NotifyNode::start_with("boards-xcohort", &smtp, |c| {
+            c.notify.dashboard_interval_ms = INTERVAL_MS;
+        })
+        .await?;
+        let hub = node.hub();
+        // Cohort B's session, with a student present and an open question.
+        let other: lectern_model::CohortId = "other".parse()?;
+        let b_session = DocId::Session("other-s1".parse()?);
+        let b = |user: &str, role: Role| Caller {
+            user: user.parse().expect("an id"),
+            name: user.to_owned(),
+            role,
+            cohorts: vec![other.clone()],
+        };
+        let cmd = |id: &str, body: CommandBody| Command {
+            id: id.parse().expect("an id"),
+            body,
+        };
+        let b_bodies = [
+            (
+                b("grace", Role::Instructor),
+                cmd(
+                    "b-create",
+                    CommandBody::SessionCreate {
+                        cohort: other.clone(),
+                        title: "B only".into(),
+                        moderation: false,
+                    },
+                ),
+            ),
+            (
+                b("bob", Role::Student),
+                cmd("b-join", CommandBody::AttendanceJoin),
+            ),
+            (
+                b("bob", Role::Student),
+                cmd(
+                    "b-ask",
+                    CommandBody::QaAsk {
+                        text: "B's secret question".into(),
+                        anonymous: false,
+                    },
+                ),
+            ),
+        ];
+        for (who, c) in b_bodies {
+            hub.execute(b_session.clone(), who, c).await?;
+        }
+
+        // Cohort A's instructor links B's session through the gateway: refused, nothing written.
+        let ada = node.token("ada", "instructor");
+        let refused = node
+            .http
+            .post_json(
+                &format!("/api/cohorts/{DEMO_COHORT}/commands"),
+                Some(&ada),
+                &json!({"cmd": "session.link", "session": "other-s1", "title": "stolen"}),
+            )
+            .await?;
+        assert!(
+            refused.status >= 400,
+            "{} {}",
+            refused.status,
+            refused.text()
+        );
+        assert_eq!(refused.error_code().as_deref(), Some("wrong_cohort"));
+        let view = node
+            .http
+            .get(&format!("/api/cohorts/{DEMO_COHORT}"), Some(&ada))
+            .await?
+            .json()?;
+        assert!(!view.to_string().contains("other-s1"), "{view}");
+        // A session that does not exist cannot be linked either.
+        let absent = node
+            .http
+            .post_json(
+                &format!("/api/cohorts/{DEMO_COHORT}/commands"),
+                Some(&ada),
+                &json!({"cmd": "session.link", "session": "nowhere", "title": "ghost"}),
+            )
+            .await?;
+        assert_eq!(absent.error_code().as_deref(), Some("doc_not_found"));
+
+        // The same link written past the gateway (a peer or an older node): A's dashboard
+        // still counts only A's sessions.
+        let ada_caller = Caller {
+            role: Role::Instructor,
+            ..student("ada")
+        };
+        hub.execute(
+            DocId::Cohort(DEMO_COHORT.parse()?),
+            ada_caller,
+            cmd(
+                "a-link-b",
+                CommandBody::SessionLink {
+                    session: "other-s1".parse()?,
+                    title: "stolen".into(),
+                },
+            ),
+        )
+        .await?;
+        let mut dash = open(
+            &node,
+            &format!("/api/stream/instructor/{DEMO_COHORT}"),
+            &ada,
+            None,
+        )
+        .await?;
+        let state = dash.next_event(WAIT).await?;
+        assert_eq!(state.event, "state");
+        let d = data(&state)?["state"].clone();
+        assert_eq!(d["openQuestions"], 2, "only the demo's two questions: {d}");
+        assert_eq!(d["online"]["count"], 0, "{d}");
+        assert!(!d.to_string().contains("other-s1"), "{d}");
+        assert!(!d.to_string().contains("bob"), "{d}");
+        node.stop().await?;
+        Ok(())
+    })
+    .await
+    .unwrap();
+}

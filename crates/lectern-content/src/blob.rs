@@ -577,22 +577,7 @@ pub fn unbrotli(bytes: &[u8]) -> io::Result<Vec<u8>> {
 mod tests {
     use super::*;
 
-    struct Dir(PathBuf);
-    impl Dir {
-        fn new(tag: &str) -> Dir {
-            let d = std::env::temp_dir().join(format!(
-                "lectern-blob-{tag}-{}-{:x}",
-                std::process::id(),
-                rand::random::<u32>()
-            ));
-            Dir(d)
-        }
-    }
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::test_dir::TestDir as Dir;
 
     fn lesson() -> Vec<u8> {
         "# Lesson\n\nSome text that repeats. "

@@ -268,7 +268,7 @@ mod tests {
     use tower::ServiceExt;
 
     struct Fixture {
-        dir: std::path::PathBuf,
+        _dir: crate::test_dir::TestDir,
         router: Router,
         lesson: Vec<u8>,
         lesson_hash: BlobHash,
@@ -276,25 +276,15 @@ mod tests {
         video_hash: BlobHash,
     }
 
-    impl Drop for Fixture {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-
     fn fixture(tag: &str) -> Fixture {
-        let dir = std::env::temp_dir().join(format!(
-            "lectern-content-http-{tag}-{}-{:x}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        let store = Arc::new(BlobStore::open(&dir, BlobLimits::default()).unwrap());
+        let dir = crate::test_dir::TestDir::new(tag);
+        let store = Arc::new(BlobStore::open(&dir.0, BlobLimits::default()).unwrap());
         let lesson = "# Week 1\n\nRead this twice. ".repeat(300).into_bytes();
         let lesson_hash = store.put(&lesson, "text/markdown; charset=utf-8").unwrap();
         let video: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
         let video_hash = store.put(&video, "video/webm").unwrap();
         Fixture {
-            dir,
+            _dir: dir,
             router: routes(store),
             lesson,
             lesson_hash,

@@ -18,6 +18,8 @@ pub mod blob;
 pub mod http;
 pub mod markdown;
 pub mod package;
+#[cfg(test)]
+mod test_dir;
 
 pub use blob::{Blob, BlobError, BlobHash, BlobLimits, BlobStats, BlobStore};
 pub use http::routes;

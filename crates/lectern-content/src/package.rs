@@ -397,26 +397,13 @@ fn file_err(path: &str, reason: &str) -> PackageError {
 mod tests {
     use super::*;
 
-    struct Dir(PathBuf);
+    use crate::test_dir::TestDir as Dir;
+
     impl Dir {
-        fn new(tag: &str) -> Dir {
-            let d = std::env::temp_dir().join(format!(
-                "lectern-package-{tag}-{}-{:x}",
-                std::process::id(),
-                rand::random::<u32>()
-            ));
-            std::fs::create_dir_all(&d).unwrap();
-            Dir(d)
-        }
         fn write(&self, rel: &str, bytes: &[u8]) {
             let p = self.0.join(rel);
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(p, bytes).unwrap();
-        }
-    }
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
         }
     }
 

@@ -482,10 +482,14 @@ async fn dashboard(gw: &Gateway, cohort: &CohortId) -> Result<Snapshot, AppError
         let summary = match gw
             .inner
             .hub
-            .read(sdoc, move |r| r.session_summary(now))
+            .read(sdoc, move |r| {
+                Ok::<_, lectern_model::Rejection>((r.session_cohort(), r.session_summary(now)?))
+            })
             .await
         {
-            Ok(Ok(s)) => s,
+            // Only a session of this cohort counts, whatever the cohort document lists (a link
+            // made by a peer or an older node may name another cohort's session).
+            Ok(Ok((Some(owner), s))) if &owner == cohort => s,
             // A linked session that does not read (not here yet) is left out, not fatal.
             _ => continue,
         };

@@ -61,6 +61,7 @@ impl From<HubError> for AppError {
             HubError::Overloaded(_) | HubError::TooManyDocs(_) | HubError::ShuttingDown => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            HubError::TooManyDocsForUser(_) => StatusCode::TOO_MANY_REQUESTS,
             HubError::Sync(_) => StatusCode::BAD_REQUEST,
             HubError::Store(_) | HubError::Load { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         };

@@ -192,17 +192,20 @@ impl Gateway {
             .ws_read_buffer_size(512)
             .ping_interval(Duration::from_millis(limits.ping_interval_ms.max(1)))
             .ping_timeout(Duration::from_millis(limits.ping_timeout_ms.max(1)))
+            .connect_timeout(Duration::from_millis(limits.connect_timeout_ms.max(1)))
             .with_state(gw.clone())
             .build_layer();
         socket::register(&io);
         *gw.inner.io.lock().unwrap_or_else(|e| e.into_inner()) = Some(io);
-        let router = rest::routes(gw.clone())
+        let merged = rest::routes(gw.clone())
             .merge(page::routes())
             .merge(notifications::routes(
                 gw.clone(),
                 Arc::from(config.unsubscribe_key.as_slice()),
             ))
-            .merge(boards::routes(gw.clone()))
+            .merge(boards::routes(gw.clone()));
+        // After every merge: a layer covers only the routes that exist when it is added.
+        let router = rest::shared_middleware(merged, &gw)
             .layer(layer)
             .layer(axum::middleware::map_request(compact_request));
         Ok((gw, router))
@@ -265,6 +268,16 @@ impl Gateway {
         body: CommandBody,
     ) -> Result<Value, AppError> {
         self.inner.limiter.command(caller.user.as_str())?;
+        // A cohort may link only its own sessions; the cohort document cannot see the session's.
+        if let (DocId::Cohort(cohort), CommandBody::SessionLink { session, .. }) = (&doc, &body) {
+            let owner = self
+                .inner
+                .hub
+                .read(DocId::Session(session.clone()), |r| r.session_cohort())
+                .await?;
+            lectern_model::check_session_link(cohort, owner.as_ref())
+                .map_err(|r| AppError::from(lectern_hub::HubError::Rejected(r)))?;
+        }
         let id = id.unwrap_or_else(new_command_id);
         let started = Instant::now();
         let result = self

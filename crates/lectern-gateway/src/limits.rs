@@ -23,8 +23,12 @@ pub struct Limits {
     pub command_burst: u32,
     /// Largest request body or Socket.IO packet, in bytes. Default 16 KiB.
     pub payload_max_bytes: usize,
-    /// Events queued per connection before a slow consumer is cut off. Default 256.
+    /// Frames queued per connection (events, acks, pongs, every push) before a slow consumer
+    /// is cut off. Default 256.
     pub outbound_queue_max: usize,
+    /// Bytes queued per lean WebSocket connection (every push counts) before it is cut off;
+    /// one frame alone is always let through. Default 4 MiB.
+    pub outbound_bytes_max: usize,
     /// Connections (Socket.IO + SSE + long-poll) per node. Default 20,000, under a 20,000
     /// open-files limit with room for the store and peers.
     pub conns_max: usize,
@@ -36,6 +40,9 @@ pub struct Limits {
     /// Milliseconds a client has to answer a ping before its connection is closed. Default
     /// 20,000.
     pub ping_timeout_ms: u64,
+    /// Milliseconds a Socket.IO connection may go without connecting namespace `/` before it
+    /// is closed (both transports). Default 45,000 (socket.io's `connectTimeout`).
+    pub connect_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -45,10 +52,12 @@ impl Default for Limits {
             command_burst: 20,
             payload_max_bytes: 16 * 1024,
             outbound_queue_max: 256,
+            outbound_bytes_max: 4 * 1024 * 1024,
             conns_max: 20_000,
             conns_per_user_max: 16,
             ping_interval_ms: 25_000,
             ping_timeout_ms: 20_000,
+            connect_timeout_ms: 45_000,
         }
     }
 }
@@ -88,7 +97,11 @@ impl Limiter {
 
     /// Takes one token from `user`'s bucket, or refuses.
     pub(crate) fn command(&self, user: &str) -> Result<(), AppError> {
-        let now = Instant::now();
+        self.command_at(user, Instant::now())
+    }
+
+    /// [`Limiter::command`] at time `now`: the clock seam, so tests can step time exactly.
+    pub(crate) fn command_at(&self, user: &str, now: Instant) -> Result<(), AppError> {
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         // Bound the table: drop full buckets (idle users) when it grows large.
         if buckets.len() > 100_000 {
@@ -165,3 +178,7 @@ impl Drop for ConnSlot {
         self.limiter.release(&self.user);
     }
 }
+
+#[cfg(test)]
+#[path = "limits_tests.rs"]
+mod tests;

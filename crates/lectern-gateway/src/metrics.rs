@@ -278,6 +278,36 @@ impl Metrics {
         );
         let _ = writeln!(out, "# TYPE lectern_hub_batches_total counter");
         let _ = writeln!(out, "lectern_hub_batches_total {}", stats.batches);
+        let _ = writeln!(
+            out,
+            "# HELP lectern_hub_evictions_total Documents dropped from memory: idle for doc_idle_ms, or the least recently used idle one to make room for a load."
+        );
+        let _ = writeln!(out, "# TYPE lectern_hub_evictions_total counter");
+        let _ = writeln!(
+            out,
+            "lectern_hub_evictions_total{{reason=\"idle\"}} {}",
+            stats.evictions
+        );
+        let _ = writeln!(
+            out,
+            "lectern_hub_evictions_total{{reason=\"room\"}} {}",
+            stats.evictions_lru
+        );
+        let _ = writeln!(
+            out,
+            "# HELP lectern_hub_loads_refused_total Loads refused: the hub full of busy or followed documents, or the user at docs_loaded_per_user_max."
+        );
+        let _ = writeln!(out, "# TYPE lectern_hub_loads_refused_total counter");
+        let _ = writeln!(
+            out,
+            "lectern_hub_loads_refused_total{{reason=\"full\"}} {}",
+            stats.refused_full
+        );
+        let _ = writeln!(
+            out,
+            "lectern_hub_loads_refused_total{{reason=\"per_user\"}} {}",
+            stats.refused_per_user
+        );
         let sections = crate::lock(&self.sections).clone();
         for section in sections {
             section(&mut out);

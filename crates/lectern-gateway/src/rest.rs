@@ -20,7 +20,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::error::AppError;
-use crate::limits::ConnSlot;
+use crate::sio::{ConnGuard, Transport};
 use crate::{Gateway, new_command_id};
 
 /// An authenticated HTTP caller (token by header, cookie or query).
@@ -86,9 +86,9 @@ impl FromRequest<Gateway> for RawBody {
     }
 }
 
-/// Every HTTP route of the gateway (the Socket.IO layer is added by [`Gateway::new`]).
+/// The REST routes of the gateway (the shared middleware and the Socket.IO layer are added by
+/// [`Gateway::new`]).
 pub(crate) fn routes(gw: Gateway) -> Router {
-    let body_max = gw.inner.limiter.limits().payload_max_bytes;
     Router::new()
         .route("/", get(crate::page::index))
         .route("/readyz", get(readyz))
@@ -114,12 +114,48 @@ pub(crate) fn routes(gw: Gateway) -> Router {
             get(crate::sse::progress_stream),
         )
         .fallback(not_found)
+        .with_state(gw)
+}
+
+/// The middleware every HTTP route shares, applied by [`crate::Gateway::new`] once every
+/// router is merged (axum layers only the routes that exist when a layer is added, so a router
+/// merged after this would skip it): the body limit, a fast 413 for a declared body past it
+/// (also on routes that never read their body), and the rejection counter, which also takes the
+/// internal error-code header off every response.
+pub(crate) fn shared_middleware(router: Router, gw: &Gateway) -> Router {
+    let body_max = gw.inner.limiter.limits().payload_max_bytes;
+    router
         .layer(DefaultBodyLimit::max(body_max))
+        .layer(axum::middleware::from_fn_with_state(
+            body_max,
+            refuse_declared_oversized,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             gw.clone(),
             count_rejections,
         ))
-        .with_state(gw)
+}
+
+/// Refuses a request whose `Content-Length` is past `body_max` bytes before any handler runs.
+async fn refuse_declared_oversized(
+    State(body_max): State<usize>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match declared {
+        Some(n) if n > body_max as u64 => AppError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body is {n} bytes, past the limit of {body_max}"),
+        )
+        .into_response(),
+        _ => next.run(request).await,
+    }
 }
 
 async fn not_found() -> AppError {
@@ -383,7 +419,8 @@ async fn long_poll(
     if events.is_empty() {
         // A held request is a connection like any other: it counts against the caps and
         // shows in `/metrics` while it waits (it is subscribed by now).
-        let _held = Held::new(&gw, &user)?;
+        // Counted as a `longpoll` connection until it is answered.
+        let _held = ConnGuard::open(&gw, &user, Transport::LongPoll)?;
         let wait = Duration::from_secs(q.wait.unwrap_or(25).min(LONG_POLL_WAIT_MAX_S));
         if let Ok(Ok(e)) = tokio::time::timeout(wait, joined.events.recv()).await {
             events.push(e);
@@ -401,27 +438,4 @@ async fn long_poll(
         })
         .collect();
     Ok(Json(json!({"events": out, "token": token})).into_response())
-}
-
-/// A long-poll request held open, counted as a `longpoll` connection until it is answered.
-struct Held {
-    gw: Gateway,
-    _slot: ConnSlot,
-}
-
-impl Held {
-    fn new(gw: &Gateway, user: &str) -> Result<Held, AppError> {
-        let slot = gw.inner.limiter.connect(user)?;
-        gw.inner.metrics.connection_opened("longpoll");
-        Ok(Held {
-            gw: gw.clone(),
-            _slot: slot,
-        })
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        self.gw.inner.metrics.connection_closed("longpoll");
-    }
 }

@@ -1,14 +1,17 @@
 //! The Socket.IO namespace `/` on socketioxide: the transport of clients that long-poll, or
 //! that start on polling and upgrade to WebSocket (socket.io-client's default). A client that
-//! opens with `transport=websocket` gets the lean transport instead (`ws.rs`); both call the
-//! same Socket.IO core (`sio.rs`) for authentication, commands, joins and presence.
+//! opens with `transport=websocket` gets the lean transport instead (`ws.rs`); both drive
+//! the same sans-IO core ([`SioClient`]) for what events mean, and call `sio` for
+//! authentication, commands, joins and presence. This file is only socketioxide glue:
+//! socketioxide does Engine.IO (handshake, heartbeat, upgrades), parses packets and closes a
+//! connection on a parse error or a CONNECT timeout (`connect_timeout_ms`).
 //!
 //! Each joined socket has its own subscription to the document's room (from `Hub::join`), so
 //! the snapshot or replay it gets and the events it receives after it have no gap and no
 //! overlap. Payloads come serialized once per audience; a socket that cannot keep up (its queue
 //! is full or it lags the room) is told why and disconnected, and resumes with its last token.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lectern_hub::Published;
@@ -16,27 +19,36 @@ use lectern_model::SessionId;
 use serde_json::Value;
 use serde_json::value::RawValue;
 use socketioxide::SocketIo;
-use socketioxide::extract::{AckSender, Extension, SocketRef, State, TryData};
-use socketioxide::handler::ConnectHandler;
+use socketioxide::adapter::Adapter;
+use socketioxide::extract::{AckSender, Event, Extension, SocketRef, State, TryData};
+use socketioxide::handler::{ConnectHandler, FromMessageParts, Value as Payload};
+use socketioxide::socket::Socket;
 use tokio::sync::broadcast::error::RecvError;
+use tokio::time::Instant;
 use tracing::debug;
 
-use crate::commands::COMMAND_EVENTS;
 use crate::error::AppError;
-use crate::sio::{self, Args, Cut, TRANSPORT_SOCKETIOXIDE};
-use crate::{Gateway, unix_now_s};
+use crate::sio::client::{self, Action, Dispatch, SioClient, Why};
+use crate::sio::{self, Args, Cut, Transport};
+use crate::{Gateway, lock};
+
+/// How long a closing socket's last event (`server:error`) gets to leave before the socket is
+/// disconnected.
+const NOTICE_FLUSH: Duration = Duration::from_millis(50);
 
 /// What the handshake established about a socket (kept in its extensions).
 #[derive(Clone)]
 pub(crate) struct Conn {
     conn: Arc<sio::Conn>,
+    /// The socket's protocol state (joined sessions, the token's expiry).
+    client: Arc<Mutex<SioClient>>,
     /// Set to true when the socket disconnects, so its forwarding tasks end at once.
     closed: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 /// The Socket.IO room of a session's sockets on this node (for `attendance:update`).
 pub(crate) fn session_room(session: &SessionId) -> String {
-    format!("session:{session}")
+    sio::session_room(session)
 }
 
 /// Registers the namespace on `io`.
@@ -55,154 +67,128 @@ async fn authenticate(
         &gw,
         auth.ok().as_ref(),
         crate::auth::token_from_parts(&parts.headers, parts.uri.query()),
-        TRANSPORT_SOCKETIOXIDE,
+        Transport::SocketIo,
     )?;
+    let client = SioClient::connected_elsewhere(sio::timing(&gw), conn.valid_for(), Instant::now());
     s.extensions.insert(Conn {
         conn: Arc::new(conn),
+        client: Arc::new(Mutex::new(client)),
         closed: Arc::new(tokio::sync::watch::channel(false).0),
     });
-    // The handlers are registered here, not in `on_connect`: socketioxide sends the connect
+    // The handler is registered here, not in `on_connect`: socketioxide sends the connect
     // reply before it spawns the connect handler, so an event a client sends right after the
     // reply could otherwise arrive before its handler exists and be dropped without an ack.
-    for event in COMMAND_EVENTS {
-        s.on(*event, on_command);
-    }
-    s.on("session:join", on_join);
-    s.on("session:leave", on_leave);
-    s.on_fallback(on_unknown);
+    // One handler for every event: the core says what each means.
+    s.on_fallback(on_event);
     s.on_disconnect(on_disconnect);
     Ok(())
 }
 
 async fn on_connect(s: SocketRef, Extension(conn): Extension<Conn>) {
     debug!(sid = %s.id, user = %conn.conn.caller.user, "socket connected");
-    // Disconnect the socket when its token expires, saying why.
-    let exp = conn.conn.expires_at_s;
-    let sock = s.clone();
+    // The core's deadlines (the token's expiry): the socket is cut off when one is due.
     let mut closed = conn.closed.subscribe();
     tokio::spawn(async move {
-        let wait = Duration::from_secs(exp.saturating_sub(unix_now_s()));
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {
-                if sock.connected() {
-                    cut_off(&sock, Cut::TokenExpired);
+        loop {
+            let Some(at) = lock(&conn.client).next_deadline() else {
+                return;
+            };
+            tokio::select! {
+                () = tokio::time::sleep_until(at) => {
+                    let due = lock(&conn.client).on_timer(Instant::now());
+                    if let Some(Action::Close(why)) = due {
+                        close(&s, why);
+                        return;
+                    }
                 }
+                _ = closed.wait_for(|c| *c) => return,
             }
-            _ = closed.wait_for(|c| *c) => {}
         }
     });
 }
 
-async fn on_command(
-    socketioxide::extract::Event(event): socketioxide::extract::Event,
-    TryData(data): TryData<Args>,
-    ack: AckSender,
-    Extension(conn): Extension<Conn>,
-    State(gw): State<Gateway>,
-) {
-    let reply = sio::command(&gw, &conn.conn.caller, &event, sio::arg_list(data)).await;
-    let _ = ack.send(&reply);
-}
+/// Whether an event came with binary attachments (a BINARY_EVENT).
+struct Binary(bool);
 
-async fn on_unknown(
-    socketioxide::extract::Event(event): socketioxide::extract::Event,
-    ack: AckSender,
-    State(gw): State<Gateway>,
-) {
-    let _ = ack.send(&sio::unknown_event(&gw, &event));
-}
+impl<A: Adapter> FromMessageParts<A> for Binary {
+    type Error = std::convert::Infallible;
 
-/// `session:join (sessionId, [resumeToken], ack)` → `{ok, state | events, token}`.
-async fn on_join(
-    s: SocketRef,
-    TryData(data): TryData<Args>,
-    ack: AckSender,
-    Extension(conn): Extension<Conn>,
-    State(gw): State<Gateway>,
-) {
-    let result = async {
-        let args = sio::arg_list(data)?;
-        let (session, since) = sio::join_args(&args)?;
-        if s.extensions
-            .get::<Joined>()
-            .is_some_and(|j| j.0.contains(&session))
-        {
-            return Err(sio::already_joined());
-        }
-        let caller = &conn.conn.caller;
-        let room = session_room(&session);
-        let (reply, events, ()) = sio::join(&gw, caller, &session, since, || s.join(room)).await?;
-        let mut sessions = s
-            .extensions
-            .get::<Joined>()
-            .map(|j| j.0)
-            .unwrap_or_default();
-        sessions.push(session.clone());
-        s.extensions.insert(Joined(sessions));
-        let closed = conn.closed.subscribe();
-        let (user, staff) = (caller.user.to_string(), caller.role.is_staff());
-        tokio::spawn(forward(
-            s.clone(),
-            gw.clone(),
-            session,
-            events,
-            closed,
-            user,
-            staff,
-        ));
-        Ok(reply)
+    fn from_message_parts(
+        _: &Arc<Socket<A>>,
+        v: &mut Payload,
+        _: &Option<i64>,
+    ) -> Result<Self, Self::Error> {
+        Ok(Binary(match v {
+            Payload::Str(_, bins) => bins.as_ref().is_some_and(|b| !b.is_empty()),
+            Payload::Bytes(_) => true,
+        }))
     }
-    .await;
-    let reply = result.unwrap_or_else(|e: AppError| e.ack());
-    let _ = ack.send(&reply);
 }
 
-/// Sessions a socket has joined.
-#[derive(Clone, Default)]
-struct Joined(Vec<SessionId>);
-
-async fn on_leave(
+/// Every event of a connected socket: the core says what it is, this carries it out.
+async fn on_event(
+    Binary(binary): Binary,
     s: SocketRef,
+    Event(event): Event,
     TryData(data): TryData<Args>,
     ack: AckSender,
     Extension(conn): Extension<Conn>,
     State(gw): State<Gateway>,
 ) {
-    let session = sio::arg_list(data).and_then(|a| sio::leave_args(&a));
-    let session = match session {
-        Ok(session) => session,
-        Err(e) => {
-            let _ = ack.send(&e.ack());
-            return;
+    let dispatch = if binary {
+        lock(&conn.client).on_binary_event()
+    } else {
+        lock(&conn.client).on_event(&event, sio::arg_list(data))
+    };
+    let Some(dispatch) = dispatch else { return };
+    let caller = &conn.conn.caller;
+    let reply = match dispatch {
+        Dispatch::Reply(reply) => reply,
+        Dispatch::Refuse(e) => sio::refused(&gw, &e),
+        Dispatch::Command { event, args } => sio::command(&gw, caller, &event, Ok(args)).await,
+        Dispatch::Join { session, since } => {
+            let room = session_room(&session);
+            let joined = sio::join(&gw, caller, &session, since, || s.join(room.clone())).await;
+            let keep = lock(&conn.client).join_done(&session, joined.is_ok());
+            match joined {
+                Ok((reply, events, ())) if keep => {
+                    let (user, staff) = (caller.user.to_string(), caller.role.is_staff());
+                    tokio::spawn(forward(
+                        s.clone(),
+                        gw.clone(),
+                        conn.clone(),
+                        session,
+                        events,
+                        user,
+                        staff,
+                    ));
+                    reply
+                }
+                Ok(_) => {
+                    // The socket closed while the join ran.
+                    s.leave(room);
+                    gw.presence_leave(&session, caller).await;
+                    return;
+                }
+                Err(e) => e.ack(),
+            }
+        }
+        Dispatch::Leave { session } => {
+            s.leave(session_room(&session));
+            gw.presence_leave(&session, caller).await;
+            client::left_reply(true)
         }
     };
-    let mut sessions = s
-        .extensions
-        .get::<Joined>()
-        .map(|j| j.0)
-        .unwrap_or_default();
-    let before = sessions.len();
-    sessions.retain(|x| x != &session);
-    let left = sessions.len() < before;
-    s.extensions.insert(Joined(sessions));
-    if left {
-        s.leave(session_room(&session));
-        gw.presence_leave(&session, &conn.conn.caller).await;
-    }
-    let _ = ack.send(&serde_json::json!({"ok": true, "left": left}));
+    let _ = ack.send(&reply);
 }
 
 async fn on_disconnect(s: SocketRef, State(gw): State<Gateway>) {
-    gw.inner.metrics.connection_closed(TRANSPORT_SOCKETIOXIDE);
-    let Some(conn) = s.extensions.get::<Conn>() else {
+    // Removed, so the connection's slot and count go as soon as running handlers finish.
+    let Some(conn) = s.extensions.remove::<Conn>() else {
         return;
     };
     conn.closed.send_replace(true);
-    let sessions = s
-        .extensions
-        .get::<Joined>()
-        .map(|j| j.0)
-        .unwrap_or_default();
+    let sessions = lock(&conn.client).take_sessions();
     for session in sessions {
         gw.presence_leave(&session, &conn.conn.caller).await;
     }
@@ -212,26 +198,22 @@ async fn on_disconnect(s: SocketRef, State(gw): State<Gateway>) {
 async fn forward(
     s: SocketRef,
     gw: Gateway,
+    conn: Conn,
     session: SessionId,
     mut events: tokio::sync::broadcast::Receiver<Arc<Published>>,
-    mut closed: tokio::sync::watch::Receiver<bool>,
     user: String,
     staff: bool,
 ) {
+    let mut closed = conn.closed.subscribe();
     loop {
-        let joined = |s: &SocketRef| {
-            s.extensions
-                .get::<Joined>()
-                .is_some_and(|j| j.0.contains(&session))
-        };
         let event = tokio::select! {
             e = events.recv() => e,
             _ = closed.wait_for(|c| *c) => return,
         };
-        if !s.connected() || !joined(&s) {
+        if !s.connected() || !lock(&conn.client).is_joined(&session) {
             return;
         }
-        match event {
+        let cut = match event {
             Ok(e) => {
                 let Some(payload) = e.payload_for(&user, staff) else {
                     continue;
@@ -240,34 +222,37 @@ async fn forward(
                     continue;
                 };
                 let meta = sio::event_meta(&e, &session);
-                gw.inner
-                    .metrics
-                    .event_out(TRANSPORT_SOCKETIOXIDE, e.published_at);
-                if s.emit(e.name, &(raw, meta)).is_err() {
-                    cut_off(&s, Cut::SlowConsumer);
-                    return;
+                gw.inner.metrics.event_out(Transport::SocketIo.label(), e.published_at);
+                if s.emit(e.name, &(raw, meta)).is_ok() {
+                    continue;
                 }
+                Cut::SlowConsumer
             }
-            Err(RecvError::Lagged(_)) => {
-                cut_off(&s, Cut::Lagged);
-                return;
-            }
-            Err(RecvError::Closed) => {
-                if s.connected() {
-                    cut_off(&s, Cut::ShuttingDown);
-                }
-                return;
-            }
+            Err(RecvError::Lagged(_)) => Cut::Lagged,
+            Err(RecvError::Closed) => Cut::ShuttingDown,
+        };
+        if s.connected()
+            && let Some(Action::Close(why)) = lock(&conn.client).cut(cut)
+        {
+            gw.count_rejection(cut.code());
+            close(&s, why);
         }
+        return;
     }
 }
 
-fn cut_off(s: &SocketRef, cut: Cut) {
-    let _ = s.emit("server:error", &cut.payload());
+/// Tells the client why (if there is a notice for `why`), then disconnects it. socketioxide
+/// cannot queue its disconnect packet into a full queue (a client that stopped reading): such a
+/// socket ends at its next heartbeat ping, which cannot be queued either, so within
+/// `ping_interval_ms`; nothing more is queued for it meanwhile.
+fn close(s: &SocketRef, why: Why) {
+    if let Some((event, payload)) = why.notice() {
+        let _ = s.emit(event, &payload);
+    }
     let s = s.clone();
-    // Give the error frame a moment to leave before the socket closes.
+    // Give the notice a moment to leave before the socket closes.
     tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(NOTICE_FLUSH).await;
         let _ = s.disconnect();
     });
 }

@@ -1,5 +1,6 @@
-//! Server-sent event streams: `/api/stream/sessions/{id}` and the seed's
-//! `/api/stream/progress/{studentId}`.
+//! Server-sent event streams: `/api/stream/sessions/{id}` and
+//! `/api/stream/progress/{studentId}` (which a plain browser `EventSource` can follow: each
+//! update also goes unnamed, for `onmessage`).
 //!
 //! Each event's `id:` is its resume token; a client that reconnects with `Last-Event-ID` (the
 //! browser's EventSource does it by itself) gets exactly the events it missed, from this node
@@ -24,6 +25,7 @@ use crate::Gateway;
 use crate::error::AppError;
 use crate::limits::ConnSlot;
 use crate::rest::{AuthedUntil, parse_id};
+use crate::sio::{ConnGuard, Transport};
 
 /// Which events of a document a stream passes on.
 #[derive(Clone)]
@@ -66,8 +68,43 @@ pub(crate) struct Opened {
     pub(crate) user: String,
     pub(crate) staff: bool,
     pub(crate) filter: Filter,
+    /// The stream's connection slot, taken before the join.
     pub(crate) slot: ConnSlot,
     pub(crate) expires_at_s: u64,
+}
+
+/// What every document stream does before it streams, in this order: `Last-Event-ID`, a token
+/// from the caller's command-rate bucket (opening a stream loads a document, so a client cannot
+/// make the node load documents faster than it may send commands), a connection slot, then
+/// `snapshot` (a fresh stream's first state in place of the document's view, when it gives
+/// one) and the hub's join.
+async fn open_doc(
+    gw: &Gateway,
+    caller: Caller,
+    expires_at_s: u64,
+    doc: DocId,
+    headers: &HeaderMap,
+    filter: Filter,
+    snapshot: impl AsyncFnOnce(&Caller, &DocId) -> Result<Option<Value>, AppError>,
+) -> Result<Opened, AppError> {
+    let since = last_event_id(headers)?;
+    gw.inner.limiter.command(caller.user.as_str())?;
+    let slot = gw.inner.limiter.connect(caller.user.as_str())?;
+    let staff = caller.role.is_staff();
+    let user = caller.user.to_string();
+    let state = snapshot(&caller, &doc).await?;
+    let mut joined = gw.inner.hub.join(doc, caller, since).await?;
+    if let (JoinStart::Snapshot { state: start, .. }, Some(state)) = (&mut joined.start, state) {
+        *start = state;
+    }
+    Ok(Opened {
+        joined,
+        user,
+        staff,
+        filter,
+        slot,
+        expires_at_s,
+    })
 }
 
 /// Everything `GET /api/stream/sessions/{id}` does before it streams.
@@ -79,26 +116,17 @@ async fn open_session(
     headers: &HeaderMap,
 ) -> Result<Opened, AppError> {
     let session: SessionId = parse_id(id, "session id")?;
-    let since = last_event_id(headers)?;
-    // Opening a stream loads a document: it counts against the caller's command rate, so a
-    // client cannot make the node load documents faster than it may send commands.
-    gw.inner.limiter.command(caller.user.as_str())?;
-    let slot = gw.inner.limiter.connect(caller.user.as_str())?;
-    let staff = caller.role.is_staff();
-    let user = caller.user.to_string();
-    let joined = gw
-        .inner
-        .hub
-        .join(DocId::Session(session), caller, since)
-        .await?;
-    Ok(Opened {
-        joined,
-        user,
-        staff,
-        filter: Filter::All,
-        slot,
+    let doc = DocId::Session(session);
+    open_doc(
+        gw,
+        caller,
         expires_at_s,
-    })
+        doc,
+        headers,
+        Filter::All,
+        async |_, _| Ok(None),
+    )
+    .await
 }
 
 /// Everything `GET /api/stream/progress/{studentId}` does before it streams.
@@ -125,33 +153,20 @@ async fn open_progress(
             "a student may only follow their own progress",
         ));
     }
-    let since = last_event_id(headers)?;
-    gw.inner.limiter.command(caller.user.as_str())?;
-    let slot = gw.inner.limiter.connect(caller.user.as_str())?;
-    let staff = caller.role.is_staff();
-    let user = caller.user.to_string();
-    let doc = DocId::Cohort(cohort);
-    let c = caller.clone();
-    let s = student.clone();
+    let filter = Filter::Progress(student.to_string());
     // The initial state of a progress stream is the student's progress, not the cohort view.
-    let progress = gw
-        .inner
-        .hub
-        .read(doc.clone(), move |r| r.student_progress(&c, &s))
-        .await?
-        .map_err(|r| AppError::from(lectern_hub::HubError::Rejected(r)))?;
-    let mut joined = gw.inner.hub.join(doc, caller, since).await?;
-    if let JoinStart::Snapshot { state, .. } = &mut joined.start {
-        *state = progress;
-    }
-    Ok(Opened {
-        joined,
-        user,
-        staff,
-        filter: Filter::Progress(student.to_string()),
-        slot,
-        expires_at_s,
-    })
+    let progress = async |caller: &Caller, doc: &DocId| {
+        let (c, s) = (caller.clone(), student.clone());
+        let progress = gw
+            .inner
+            .hub
+            .read(doc.clone(), move |r| r.student_progress(&c, &s))
+            .await?
+            .map_err(|r| AppError::from(lectern_hub::HubError::Rejected(r)))?;
+        Ok(Some(progress))
+    };
+    let doc = DocId::Cohort(cohort);
+    open_doc(gw, caller, expires_at_s, doc, headers, filter, progress).await
 }
 
 /// `GET /api/stream/sessions/{id}`.
@@ -182,18 +197,6 @@ pub(crate) async fn progress_stream(
 ) -> Result<Response, AppError> {
     let opened = open_progress(&gw, caller, expires_at_s, &student, &q, &headers).await?;
     Ok(stream_response(gw, opened))
-}
-
-/// Counts the stream as a connection while it lives.
-struct Guard {
-    gw: Gateway,
-    _slot: ConnSlot,
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        self.gw.inner.metrics.connection_closed("sse");
-    }
 }
 
 /// The same stream through axum (a stream request on a kept-alive connection, or a server
@@ -243,6 +246,11 @@ fn write_event(out: &mut Vec<u8>, name: &str, id: Option<&str>, data: &str) {
     out.extend_from_slice(b"event: ");
     out.extend_from_slice(name.as_bytes());
     out.push(b'\n');
+    write_message(out, id, data);
+}
+
+/// Appends one unnamed event (EventSource's `message`, which `onmessage` receives).
+fn write_message(out: &mut Vec<u8>, id: Option<&str>, data: &str) {
     if let Some(id) = id {
         out.extend_from_slice(b"id: ");
         out.extend_from_slice(id.as_bytes());
@@ -265,17 +273,29 @@ fn lean_event_of(e: &Published, user: &str, staff: bool, filter: &Filter, out: &
 
 /// The `text/event-stream` event of `e` for a subscriber (`user`, staff or not), when it may
 /// see it: formatted once per event and audience, and shared by every stream that gets it.
+///
+/// A progress stream sends each update twice, with the same id: named `progress` (for clients
+/// that listen by name, like ours) and unnamed (for a plain `EventSource`'s `onmessage`, which
+/// never sees named events). A client resuming from either id misses nothing.
 fn event_frame(e: &Published, user: &str, staff: bool, filter: &Filter) -> Option<Arc<[u8]>> {
     let delivery = e.delivery_for(user, staff)?;
     let (_, payload) = e.deliveries.get(delivery)?;
     if !filter.keeps(e, payload) {
         return None;
     }
-    e.encoded(delivery, Encoding::Sse, |payload| {
+    let named = e.encoded(delivery, Encoding::Sse, |payload| {
         let mut out = Vec::new();
         write_event(&mut out, e.name, Some(&e.token), payload);
         out
-    })
+    })?;
+    match filter {
+        Filter::All => Some(named),
+        Filter::Progress(_) => {
+            let mut both = named.to_vec();
+            write_message(&mut both, Some(&e.token), payload);
+            Some(Arc::from(both))
+        }
+    }
 }
 
 /// A stream route and its raw (still percent-encoded) path segment.
@@ -409,12 +429,15 @@ pub struct LeanStream {
     user: String,
     staff: bool,
     filter: Filter,
-    /// When the caller's token expires: the stream ends then, saying why.
-    expires: tokio::time::Instant,
+    /// When the caller's token expires: the stream ends then, saying why (`None`: past the
+    /// clock's range, so never while the node runs).
+    expires: Option<tokio::time::Instant>,
     /// When the next keep-alive comment is due (each chunk postpones it).
     keepalive_at: tokio::time::Instant,
     done: bool,
-    guard: Guard,
+    /// Counts the stream as a connection while it lives.
+    _guard: ConnGuard,
+    gw: Gateway,
 }
 
 impl std::fmt::Debug for LeanStream {
@@ -436,7 +459,7 @@ impl LeanStream {
             slot,
             expires_at_s,
         } = opened;
-        gw.inner.metrics.connection_opened("sse");
+        let guard = ConnGuard::counted(&gw, slot, Transport::Sse);
         let mut start = Vec::new();
         match &joined.start {
             JoinStart::Snapshot {
@@ -466,11 +489,14 @@ impl LeanStream {
             user,
             staff,
             filter,
-            expires: now
-                + std::time::Duration::from_secs(expires_at_s.saturating_sub(crate::unix_now_s())),
+            // Checked: a token that expires near the end of time must not overflow the clock.
+            expires: now.checked_add(std::time::Duration::from_secs(
+                expires_at_s.saturating_sub(crate::unix_now_s()),
+            )),
             keepalive_at: now + gw.inner.keepalive,
             done: false,
-            guard: Guard { gw, _slot: slot },
+            _guard: guard,
+            gw,
         }
     }
 
@@ -480,19 +506,21 @@ impl LeanStream {
         if self.done {
             return None;
         }
-        let keepalive = self.guard.gw.inner.keepalive;
+        let keepalive = self.gw.inner.keepalive;
         if !self.start.is_empty() {
             self.keepalive_at = tokio::time::Instant::now() + keepalive;
             return Some(std::mem::take(&mut self.start));
         }
         loop {
             // One timer for both the keep-alive and the token's expiry.
-            let wake = self.keepalive_at.min(self.expires);
+            let wake = self
+                .expires
+                .map_or(self.keepalive_at, |e| self.keepalive_at.min(e));
             let recv = tokio::select! {
                 r = self.events.recv() => r,
                 () = tokio::time::sleep_until(wake) => {
                     let now = tokio::time::Instant::now();
-                    if now >= self.expires {
+                    if self.expires.is_some_and(|e| now >= e) {
                         return Some(self.end(TOKEN_EXPIRED));
                     }
                     self.keepalive_at = now + keepalive;
@@ -503,7 +531,7 @@ impl LeanStream {
             match recv {
                 Ok(e) => {
                     if let Some(frame) = event_frame(&e, &self.user, self.staff, &self.filter) {
-                        self.guard.gw.inner.metrics.event_out("sse", e.published_at);
+                        self.gw.inner.metrics.event_out("sse", e.published_at);
                         self.keepalive_at = tokio::time::Instant::now() + keepalive;
                         return Some(frame.to_vec());
                     }

@@ -10,16 +10,18 @@
 //! few timers; no read or write buffer lives between frames. Fan-out writes the event's finished
 //! frame, made once per event and audience ([`sio::event_frame`]), with one `write`.
 //!
-//! Everything Socket.IO means (authentication, commands and acks, joins with resume, presence,
-//! cut-offs) is `sio.rs`, shared with socketioxide's path (`socket.rs`), which keeps serving
-//! long-polling and clients that start on polling and upgrade (their request has a `sid`).
+//! This file keeps only the TCP stream, WebSocket framing, the queue and the timers: what the
+//! packets mean (the handshake, CONNECT, events and acks, joins, the heartbeat and connect
+//! deadlines, the token's expiry, the protocol rules) is decided by the sans-IO
+//! [`SioClient`](crate::sio::client::SioClient), which socketioxide's path (`socket.rs`, for
+//! long-polling and clients that upgrade from it) drives too. This file carries out its
+//! [`Action`]s.
 //!
-//! Protocol: the server sends the open packet `0{sid, upgrades: [], pingInterval, pingTimeout,
-//! maxPayload}`; the client connects namespace `/` with `40{auth}` and gets `40{sid}` or
-//! `44{message}`; events are `42[name, …args]`, with an ack id `42<id>[…]` answered `43<id>[…]`.
-//! The server pings (`2`) every `ping_interval_ms` and closes a socket whose pong (`3`) does not
-//! come within `ping_timeout_ms`. A socket whose outbound queue reaches `outbound_queue_max` is
-//! told `server:error {code: slow_consumer}` and closed; it resumes by token.
+//! Every frame the socket sends (events, acks, pongs, Engine.IO echoes, pings) counts against
+//! ONE budget of `outbound_queue_max` frames and `outbound_bytes_max` bytes queued: while the
+//! queue is at the budget the socket's input is not read (so a client that sends and never
+//! reads stops itself by TCP flow control), and a push past it cuts the socket off as a slow
+//! consumer (the client is told why and resumes by token).
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -33,7 +35,7 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use lectern_hub::Published;
 use lectern_model::SessionId;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::broadcast::error::RecvError;
@@ -41,15 +43,13 @@ use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 use tracing::debug;
 
-use crate::commands::COMMAND_EVENTS;
-use crate::error::AppError;
-use crate::sio::{self, ARGS_MAX, Cut, TRANSPORT_WEBSOCKET};
-use crate::wsframe::{self, Message};
-use crate::{Gateway, unix_now_s};
+use lectern_model::Caller;
 
-/// How long a client may take to connect namespace `/` after the open packet (socketioxide's
-/// default `connect_timeout`).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(45);
+use crate::Gateway;
+use crate::error::AppError;
+use crate::sio::client::{self, Action, Dispatch, SioClient, Why};
+use crate::sio::{self, Cut, Transport};
+use crate::wsframe::{self, Message};
 
 /// Commands (and joins, leaves) of one socket running at once; past this the socket's input is
 /// not read until one finishes (backpressure, not an error).
@@ -57,6 +57,9 @@ const INFLIGHT_MAX: usize = 16;
 
 /// Bytes read from the socket per wake-up (a stack buffer: nothing is kept between frames).
 const READ_CHUNK_BYTES: usize = 2048;
+
+/// How long the task sleeps when the core has no deadline (it then re-asks).
+const IDLE_WAKE: Duration = Duration::from_secs(86_400);
 
 /// How long a closing socket may take to drain its last frames (`server:error`, the close
 /// frame) before it is dropped.
@@ -108,51 +111,37 @@ impl Gateway {
         let key = headers.get("sec-websocket-key")?;
         let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
         let query = target.split_once('?').map(|(_, q)| q);
-        let limits = self.inner.limiter.limits();
+        let timing = sio::timing(self);
         let mut handshake = format!(
             "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\
              sec-websocket-accept: {accept}\r\n\r\n"
         )
         .into_bytes();
-        let open = json!({
-            "sid": new_sid(),
-            "upgrades": [],
-            "pingInterval": limits.ping_interval_ms.max(1),
-            "pingTimeout": limits.ping_timeout_ms.max(1),
-            "maxPayload": limits.payload_max_bytes,
-        });
-        handshake.extend_from_slice(&wsframe::text(format!("0{open}").as_bytes()));
+        let open = client::open_packet(
+            &new_sid(),
+            &timing,
+            self.inner.limiter.limits().payload_max_bytes,
+        );
+        handshake.extend_from_slice(&wsframe::text(open.as_bytes()));
         let mut out = VecDeque::with_capacity(1);
         out.push_back(Out::Owned(handshake));
-        let now = Instant::now();
         let socket = Socket {
             gw: self.clone(),
             stream,
-            decoder: wsframe::Decoder::new(limits.payload_max_bytes),
+            decoder: wsframe::Decoder::new(self.inner.limiter.limits().payload_max_bytes),
             inbuf: early,
+            out_bytes: out.iter().map(|o| o.bytes().len()).sum(),
             out,
             out_at: 0,
             fallback_token: crate::auth::token_from_parts(headers, query),
             conn: None,
             subs: Vec::new(),
-            joining: Vec::new(),
             inflight: None,
-            ping_at: now + ping_interval(&self.inner.limiter),
-            pong_by: None,
-            connect_by: Some(now + CONNECT_TIMEOUT),
-            expires: None,
+            client: SioClient::open(timing, Instant::now()),
             ending: None,
         };
         Some(socket.run(self.inner.shutdown.subscribe()))
     }
-}
-
-fn ping_interval(limiter: &crate::limits::Limiter) -> Duration {
-    Duration::from_millis(limiter.limits().ping_interval_ms.max(1))
-}
-
-fn ping_timeout(limiter: &crate::limits::Limiter) -> Duration {
-    Duration::from_millis(limiter.limits().ping_timeout_ms.max(1))
 }
 
 /// A frame waiting to be written.
@@ -214,10 +203,13 @@ impl Sub {
 enum Done {
     /// Send this ack (if the client asked for one).
     Ack(Option<u64>, Value),
+    /// Nothing to send (the sessions a `41` left are left).
+    Nothing,
     /// A join finished.
     Joined {
         ack: Option<u64>,
         session: SessionId,
+        caller: Arc<Caller>,
         result: Result<JoinedSession, AppError>,
     },
 }
@@ -242,19 +234,18 @@ struct Socket {
     out: VecDeque<Out>,
     /// Bytes of the front frame already written.
     out_at: usize,
+    /// Bytes of the queued frames (whole frames, the front one included).
+    out_bytes: usize,
     /// A token from the request (query, header, cookie), used when the connect packet has none.
     fallback_token: Option<String>,
-    /// Set once namespace `/` is connected.
+    /// Set while namespace `/` is connected.
     conn: Option<sio::Conn>,
+    /// The joined sessions' subscriptions (each one counts in presence).
     subs: Vec<Sub>,
-    /// Sessions whose join is running.
-    joining: Vec<SessionId>,
     /// Commands, joins and leaves running; `None` (no allocation) when there are none.
     inflight: Option<FuturesUnordered<Work>>,
-    ping_at: Instant,
-    pong_by: Option<Instant>,
-    connect_by: Option<Instant>,
-    expires: Option<Instant>,
+    /// The protocol state.
+    client: SioClient,
     ending: Option<End>,
 }
 
@@ -280,7 +271,10 @@ impl Socket {
             if sleep.deadline() != wake {
                 sleep.as_mut().reset(wake);
             }
-            let reading = self.inflight.as_ref().map_or(0, FuturesUnordered::len) < INFLIGHT_MAX;
+            // Input is read only while output keeps up: what a client sends can make the socket
+            // queue answers (acks, pongs), and the queue is bounded.
+            let reading = self.inflight.as_ref().map_or(0, FuturesUnordered::len) < INFLIGHT_MAX
+                && !self.at_budget();
             tokio::select! {
                 r = &mut stopping, if stop_pending => {
                     // Never polled again once done. (An error would mean the gateway is gone,
@@ -311,13 +305,13 @@ impl Socket {
         Box::pin(self.finish()).await;
     }
 
-    /// The earliest timer: the next ping, a pong's deadline, the connect deadline, the token's
-    /// expiry.
+    /// The core's next deadline (the next ping, a pong's deadline, the connect deadline, the
+    /// token's expiry), or a day away when it has none within the clock's range.
     fn next_wake(&self) -> Instant {
-        [self.pong_by, self.connect_by, self.expires]
-            .into_iter()
-            .flatten()
-            .fold(self.ping_at, Instant::min)
+        self.client.next_deadline().unwrap_or_else(|| {
+            let now = Instant::now();
+            now.checked_add(IDLE_WAKE).unwrap_or(now)
+        })
     }
 
     /// Writes queued frames until the socket would block.
@@ -328,7 +322,9 @@ impl Socket {
                 Ok(n) => {
                     self.out_at += n;
                     if n == bytes.len() {
-                        self.out.pop_front();
+                        if let Some(done) = self.out.pop_front() {
+                            self.out_bytes -= done.bytes().len();
+                        }
                         self.out_at = 0;
                     }
                 }
@@ -343,8 +339,23 @@ impl Socket {
         Ok(())
     }
 
+    /// Whether the queue holds its budget of frames or bytes.
+    fn at_budget(&self) -> bool {
+        let limits = self.gw.inner.limiter.limits();
+        self.out.len() >= limits.outbound_queue_max || self.out_bytes >= limits.outbound_bytes_max
+    }
+
+    /// Whether the queue is past its budget (one frame alone never is).
+    fn over_budget(&self) -> bool {
+        let limits = self.gw.inner.limiter.limits();
+        self.out.len() > 1
+            && (self.out.len() > limits.outbound_queue_max
+                || self.out_bytes > limits.outbound_bytes_max)
+    }
+
     /// Sends `frame` after what is queued: written at once when nothing is (the usual case,
-    /// which allocates nothing), queued when the socket would block.
+    /// which allocates nothing), queued when the socket would block. A push past the budget
+    /// cuts the socket off (once closing, the last frames are let through).
     fn push(&mut self, frame: Out) {
         if self.out.is_empty() {
             let bytes = frame.bytes();
@@ -358,7 +369,12 @@ impl Socket {
                 }
             }
         }
+        self.out_bytes += frame.bytes().len();
         self.out.push_back(frame);
+        if self.ending.is_none() && self.over_budget() {
+            let cut = self.client.cut(Cut::SlowConsumer);
+            self.act(cut);
+        }
     }
 
     fn push_text(&mut self, text: &str) {
@@ -407,178 +423,105 @@ impl Socket {
     }
 
     fn on_message(&mut self, message: Message) {
-        match message {
-            Message::Text(t) => self.on_engine_packet(&t),
-            // Socket.IO attachments: Lectern takes none, and they are dropped.
-            Message::Binary | Message::Pong => {}
-            Message::Ping(payload) => self.push(Out::Owned(wsframe::pong(&payload))),
-            Message::Close => self.ending = Some(End::Close(1000, "")),
-        }
-    }
-
-    fn on_engine_packet(&mut self, packet: &str) {
-        let mut chars = packet.chars();
-        let kind = chars.next();
-        let rest = chars.as_str();
-        match kind {
-            Some('1') => self.ending = Some(End::Close(1000, "")),
-            // A client ping (a probe) is answered; a pong proves the client alive.
-            Some('2') => self.push_text(&format!("3{rest}")),
-            Some('3') => self.pong_by = None,
-            Some('4') => self.on_socketio_packet(rest),
-            // Upgrade and noop packets mean nothing on a socket that opened as WebSocket, and
-            // unknown packets are dropped: neither harms anyone else.
-            _ => {}
-        }
-    }
-
-    fn on_socketio_packet(&mut self, packet: &str) {
-        let mut chars = packet.chars();
-        let kind = chars.next();
-        let mut rest = chars.as_str();
-        // A namespace other than `/` is written `/name,`.
-        if rest.starts_with('/') {
-            let (ns, after) = rest.split_once(',').unwrap_or((rest, ""));
-            if ns != "/" {
-                if kind == Some('0') {
-                    self.push_text(&format!(
-                        "44{ns},{}",
-                        json!({"message": "Invalid namespace"})
-                    ));
-                }
-                return;
+        let action = match message {
+            Message::Text(t) => self.client.on_text(&t, Instant::now()),
+            Message::Binary => self.client.on_binary(),
+            Message::Pong => None,
+            Message::Ping(payload) => {
+                self.push(Out::Owned(wsframe::pong(&payload)));
+                None
             }
-            rest = after;
-        }
-        match kind {
-            Some('0') => self.on_connect(rest),
-            Some('1') => self.ending = Some(End::Close(1000, "")),
-            Some('2') if self.conn.is_some() => self.on_event(rest),
-            // Acks from the client (the server asks for none), binary packets, events before
-            // the connect, unknown types: dropped.
-            _ => {}
+            Message::Close => self.client.on_text("1", Instant::now()),
+        };
+        self.act(action);
+    }
+
+    /// Carries out what the core asked for.
+    fn act(&mut self, action: Option<Action>) {
+        let Some(action) = action else { return };
+        match action {
+            Action::Send(text) => self.push_text(&text),
+            Action::Ping => self.push(Out::Static(PING_FRAME)),
+            Action::Authenticate(auth) => self.authenticate(auth),
+            Action::Event(ack, dispatch) => self.dispatch(ack, dispatch),
+            Action::Disconnected(sessions) => {
+                self.subs.retain(|s| !sessions.contains(&s.session));
+                let (gw, conn) = (self.gw.clone(), self.conn.take());
+                if let Some(conn) = conn {
+                    self.start(Box::pin(async move {
+                        for session in &sessions {
+                            gw.presence_leave(session, &conn.caller).await;
+                        }
+                        // The connection's slot and count go with it.
+                        drop(conn);
+                        Done::Nothing
+                    }));
+                }
+            }
+            Action::Close(why) => self.close(why),
         }
     }
 
-    fn on_connect(&mut self, auth: &str) {
-        if self.conn.is_some() {
-            // A second connect of a connected namespace is ignored, as socketioxide does.
-            return;
-        }
-        let auth: Option<Value> = serde_json::from_str(auth).ok();
+    fn authenticate(&mut self, auth: Option<Value>) {
         let fallback = self.fallback_token.take();
         let result = sio::authenticate(
             &self.gw,
             auth.as_ref(),
             fallback.clone(),
-            TRANSPORT_WEBSOCKET,
+            Transport::WebSocket,
         );
-        match result {
+        let reply = match result {
             Ok(conn) => {
                 debug!(user = %conn.caller.user, "websocket connected");
-                let wait = conn.expires_at_s.saturating_sub(unix_now_s());
-                self.expires = Some(Instant::now() + Duration::from_secs(wait));
+                let reply = self
+                    .client
+                    .connected(&new_sid(), conn.valid_for(), Instant::now());
                 self.conn = Some(conn);
-                self.connect_by = None;
-                self.push_text(&format!("40{}", json!({"sid": new_sid()})));
+                reply
             }
             Err(e) => {
                 // The client may try again (with a fresh token) until the connect deadline.
                 self.fallback_token = fallback;
                 self.gw.count_rejection(e.code);
-                self.push_text(&format!("44{}", json!({"message": e.to_string()})));
+                self.client.connect_refused(&e.to_string())
             }
-        }
+        };
+        self.act(Some(reply));
     }
 
-    /// `42<id>[name, …args]`.
-    fn on_event(&mut self, body: &str) {
-        let digits = body.bytes().take_while(u8::is_ascii_digit).count();
-        let (id, json) = body.split_at(digits);
-        let ack: Option<u64> = id.parse().ok();
-        let Ok(mut packet) = serde_json::from_str::<Vec<Value>>(json) else {
-            if ack.is_some() {
-                let e = AppError::bad_request("malformed event data: not a JSON array");
+    fn dispatch(&mut self, ack: Option<u64>, dispatch: Dispatch) {
+        let Some(conn) = &self.conn else { return };
+        let (gw, caller) = (self.gw.clone(), conn.caller.clone());
+        match dispatch {
+            Dispatch::Reply(reply) => self.ack(ack, &reply),
+            Dispatch::Refuse(e) => {
                 let reply = sio::refused(&self.gw, &e);
                 self.ack(ack, &reply);
             }
-            return;
-        };
-        if packet.is_empty() {
-            return;
-        }
-        let Value::String(event) = packet.remove(0) else {
-            if ack.is_some() {
-                let reply = sio::unknown_event(&self.gw, "(not a name)");
-                self.ack(ack, &reply);
-            }
-            return;
-        };
-        let args = if packet.len() > ARGS_MAX {
-            Err(AppError::bad_request(
-                "malformed event data: too many arguments",
-            ))
-        } else {
-            Ok(packet)
-        };
-        match event.as_str() {
-            "session:join" => self.on_join(ack, args),
-            "session:leave" => self.on_leave(ack, args),
-            name if COMMAND_EVENTS.contains(&name) => {
-                let Some(conn) = &self.conn else { return };
-                let (gw, caller) = (self.gw.clone(), conn.caller.clone());
+            Dispatch::Command { event, args } => self.start(Box::pin(async move {
+                Done::Ack(ack, sio::command(&gw, &caller, &event, Ok(args)).await)
+            })),
+            Dispatch::Join { session, since } => self.start(Box::pin(async move {
+                // Subscribed before presence counts this socket, so it sees that update.
+                let result = sio::join(&gw, &caller, &session, since, || {
+                    gw.attendance_watch(&session)
+                })
+                .await;
+                Done::Joined {
+                    ack,
+                    session,
+                    caller,
+                    result,
+                }
+            })),
+            Dispatch::Leave { session } => {
+                self.subs.retain(|s| s.session != session);
                 self.start(Box::pin(async move {
-                    Done::Ack(ack, sio::command(&gw, &caller, &event, args).await)
+                    gw.presence_leave(&session, &caller).await;
+                    Done::Ack(ack, client::left_reply(true))
                 }));
             }
-            name => {
-                let reply = sio::unknown_event(&self.gw, name);
-                self.ack(ack, &reply);
-            }
         }
-    }
-
-    fn on_join(&mut self, ack: Option<u64>, args: Result<Vec<Value>, AppError>) {
-        let Some(conn) = &self.conn else { return };
-        let (session, since) = match args.and_then(|a| sio::join_args(&a)) {
-            Ok(x) => x,
-            Err(e) => return self.ack(ack, &e.ack()),
-        };
-        if self.joining.contains(&session) || self.subs.iter().any(|s| s.session == session) {
-            return self.ack(ack, &sio::already_joined().ack());
-        }
-        let (gw, caller) = (self.gw.clone(), conn.caller.clone());
-        self.joining.push(session.clone());
-        self.start(Box::pin(async move {
-            // Subscribed before presence counts this socket, so it sees that update.
-            let result = sio::join(&gw, &caller, &session, since, || {
-                gw.attendance_watch(&session)
-            })
-            .await;
-            Done::Joined {
-                ack,
-                session,
-                result,
-            }
-        }));
-    }
-
-    fn on_leave(&mut self, ack: Option<u64>, args: Result<Vec<Value>, AppError>) {
-        let Some(conn) = &self.conn else { return };
-        let session = match args.and_then(|a| sio::leave_args(&a)) {
-            Ok(s) => s,
-            Err(e) => return self.ack(ack, &e.ack()),
-        };
-        let before = self.subs.len();
-        self.subs.retain(|s| s.session != session);
-        if self.subs.len() == before {
-            return self.ack(ack, &json!({"ok": true, "left": false}));
-        }
-        let (gw, caller) = (self.gw.clone(), conn.caller.clone());
-        self.start(Box::pin(async move {
-            gw.presence_leave(&session, &caller).await;
-            Done::Ack(ack, json!({"ok": true, "left": true}))
-        }));
     }
 
     fn start(&mut self, work: Work) {
@@ -589,24 +532,23 @@ impl Socket {
 
     fn ack(&mut self, ack: Option<u64>, reply: &Value) {
         if let Some(id) = ack {
-            self.push_text(&format!("43{id}[{reply}]"));
+            self.push_text(&client::ack_packet(id, reply));
         }
     }
 
     fn on_done(&mut self, done: Done) {
         match done {
             Done::Ack(ack, reply) => self.ack(ack, &reply),
+            Done::Nothing => {}
             Done::Joined {
                 ack,
                 session,
+                caller,
                 result,
             } => {
-                self.joining.retain(|s| s != &session);
-                if self.joining.is_empty() {
-                    self.joining = Vec::new();
-                }
+                let keep = self.client.join_done(&session, result.is_ok());
                 match result {
-                    Ok((reply, events, attendance)) => {
+                    Ok((reply, events, attendance)) if keep => {
                         self.ack(ack, &reply);
                         // Most sockets join one session: no spare capacity.
                         self.subs.reserve_exact(1);
@@ -616,7 +558,17 @@ impl Socket {
                             attendance,
                         });
                     }
-                    Err(e) => self.ack(ack, &e.ack()),
+                    // The namespace left (or the socket closed) while the join ran: leave
+                    // again, answer nothing.
+                    Ok(_) => {
+                        let gw = self.gw.clone();
+                        self.start(Box::pin(async move {
+                            gw.presence_leave(&session, &caller).await;
+                            Done::Nothing
+                        }));
+                    }
+                    Err(e) if self.client.is_connected() => self.ack(ack, &e.ack()),
+                    Err(_) => {}
                 }
             }
         }
@@ -645,54 +597,53 @@ impl Socket {
                     caller.role.is_staff(),
                 );
                 let Some(frame) = frame else { return };
-                if self.out.len() >= self.gw.inner.limiter.limits().outbound_queue_max {
-                    self.cut(Cut::SlowConsumer);
-                    return;
-                }
                 self.gw
                     .inner
                     .metrics
-                    .event_out(TRANSPORT_WEBSOCKET, e.published_at);
+                    .event_out(Transport::WebSocket.label(), e.published_at);
                 self.push(Out::Shared(frame));
             }
-            Input::Event(Err(RecvError::Lagged(_))) => self.cut(Cut::Lagged),
-            Input::Event(Err(RecvError::Closed)) => self.cut(Cut::ShuttingDown),
+            Input::Event(Err(RecvError::Lagged(_))) => {
+                let cut = self.client.cut(Cut::Lagged);
+                self.act(cut);
+            }
+            Input::Event(Err(RecvError::Closed)) => {
+                let cut = self.client.cut(Cut::ShuttingDown);
+                self.act(cut);
+            }
         }
     }
 
     fn on_timer(&mut self) {
-        let now = Instant::now();
-        if self.connect_by.is_some_and(|t| now >= t) {
-            self.ending = Some(End::Close(1008, "no namespace connect"));
-        } else if self.pong_by.is_some_and(|t| now >= t) {
-            debug!("websocket ping timeout");
-            self.ending = Some(End::Close(1001, "ping timeout"));
-        } else if self.expires.is_some_and(|t| now >= t) {
-            self.expires = None;
-            self.cut(Cut::TokenExpired);
-        } else if now >= self.ping_at {
-            let limiter = &self.gw.inner.limiter;
-            self.ping_at = now + ping_interval(limiter);
-            self.pong_by.get_or_insert(now + ping_timeout(limiter));
-            self.push(Out::Static(PING_FRAME));
-        }
+        let due = self.client.on_timer(Instant::now());
+        self.act(due);
     }
 
-    /// Tells the client why in `server:error`, then closes. Frames still queued are dropped
-    /// (a partly written one is finished): the client resumes from its last token.
-    fn cut(&mut self, cut: Cut) {
-        let keep = usize::from(self.out_at > 0);
-        self.out.truncate(keep);
-        self.gw.count_rejection(cut.code());
-        let packet = sio::event_packet("server:error", &[&cut.payload()]);
-        self.push_text(&packet);
-        self.ending = Some(End::Close(1000, ""));
+    /// Closes for `why`: a cut-off drops the frames still queued (a partly written one is
+    /// finished; the client resumes from its last token); a notice, if `why` has one, is the
+    /// last frame before the close frame.
+    fn close(&mut self, why: Why) {
+        if let Why::Cut(_) = why {
+            let keep = usize::from(self.out_at > 0);
+            self.out.truncate(keep);
+            self.out_bytes = self.out.iter().map(|o| o.bytes().len()).sum();
+        }
+        if let Some(code) = why.code() {
+            self.gw.count_rejection(code);
+        }
+        if let Why::Invalid(reason) = why {
+            debug!(reason, "closing a websocket on an invalid packet");
+        }
+        if let Some((event, payload)) = why.notice() {
+            self.push_text(&sio::event_packet(event, &[&payload]));
+        }
+        let (status, reason) = why.ws_close();
+        self.ending = Some(End::Close(status, reason));
     }
 
     fn shut_down(&mut self) {
-        let packet = sio::event_packet("server:shutdown", &[&sio::shutdown_payload()]);
-        self.push_text(&packet);
-        self.ending = Some(End::Close(1001, "node shutting down"));
+        let action = self.client.shut_down();
+        self.act(action);
     }
 
     /// Sends the last frames (bounded in time), closes, finishes running work, leaves every
@@ -716,29 +667,30 @@ impl Socket {
             let _ = self.stream.shutdown().await;
         }
         drop(self.stream);
-        // A join that was running may already count in presence: let it finish, so that it
-        // is left below like the others.
+        // A join that was running may already count in presence: let it finish, and leave it
+        // below like the others.
+        let mut late = Vec::new();
         if let Some(mut inflight) = self.inflight.take() {
             while let Some(done) = inflight.next().await {
                 if let Done::Joined {
                     session,
-                    result: Ok((_, events, attendance)),
+                    caller,
+                    result: Ok(_),
                     ..
                 } = done
                 {
-                    self.subs.push(Sub {
-                        session,
-                        events,
-                        attendance,
-                    });
+                    late.push((session, caller));
                 }
             }
         }
+        self.client.take_sessions();
         if let Some(conn) = self.conn.take() {
             for sub in std::mem::take(&mut self.subs) {
                 self.gw.presence_leave(&sub.session, &conn.caller).await;
             }
-            self.gw.inner.metrics.connection_closed(TRANSPORT_WEBSOCKET);
+        }
+        for (session, caller) in late {
+            self.gw.presence_leave(&session, &caller).await;
         }
     }
 }
@@ -790,4 +742,17 @@ fn new_sid() -> String {
             char::from(c)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every idle socket's task holds a [`super::Socket`] (the idle memory per WebSocket in
+    /// BENCHMARKS.md): growing it is a choice to make knowingly, so this test fails first.
+    #[test]
+    fn an_idle_socket_stays_small() {
+        let socket = std::mem::size_of::<super::Socket>();
+        let client = std::mem::size_of::<crate::sio::client::SioClient>();
+        assert!(socket <= 416, "a Socket takes {socket} bytes");
+        assert!(client <= 96, "a SioClient takes {client} bytes");
+    }
 }

@@ -5,10 +5,15 @@
 //! peer sees can be lost in a crash. If the store fails, the task drops its in-memory replica
 //! (which may hold changes that never reached disk), fails the batch, and reloads from the store
 //! on the next message.
+//!
+//! A document that is not in the store is held as its genesis only, and that is never written:
+//! only a create command (`crate::creates_document`) or a peer's changes make it exist; reads of
+//! a session or cohort that does not exist answer `doc_not_found`, other commands are refused
+//! with it, and no sync state of it is persisted.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use automerge::ChangeHash;
 use automerge::sync;
@@ -20,8 +25,12 @@ use tracing::{debug, warn};
 use crate::rooms::Published;
 use crate::{Acked, HubError, Inner, JoinStart, Joined, idle};
 
+/// What a read runs on: the replica, or why there is none to read (the document does not
+/// exist, or does not load).
+pub(crate) type ReadOn<'a> = Result<&'a Replica, HubError>;
+
 /// A read run on the writer task.
-pub(crate) type ReadFn = Box<dyn FnOnce(&Replica, &Arc<Inner>) + Send>;
+pub(crate) type ReadFn = Box<dyn FnOnce(ReadOn<'_>, &Arc<Inner>) + Send>;
 
 /// Where a sync reply goes.
 type SyncReply = oneshot::Sender<Result<Option<Vec<u8>>, HubError>>;
@@ -45,6 +54,19 @@ pub(crate) enum Msg {
     Read(ReadFn),
 }
 
+impl Msg {
+    /// Whether this message may start a writer for `doc` when the store does not hold it: a
+    /// create command, a peer's sync (replication brings documents into being), and a read of
+    /// an inbox (an empty inbox is its owner's normal state; nothing is written for it).
+    pub(crate) fn may_start(&self, doc: &DocId) -> bool {
+        match self {
+            Msg::Command { cmd, .. } => crate::creates_document(doc, &cmd.body),
+            Msg::Sync { .. } | Msg::GenerateSync { .. } => true,
+            Msg::Read(_) => matches!(doc, DocId::Inbox(_)),
+        }
+    }
+}
+
 /// A loaded document and what the writer tracks about its storage.
 struct Live {
     replica: Replica,
@@ -56,29 +78,54 @@ struct Live {
     /// Per peer: the conversation (see `Hub::peer_connected`) the state belongs to, and the
     /// state.
     peers: HashMap<String, (u64, sync::State)>,
+    /// For a document the store did not hold: the heads of its genesis (never written on its
+    /// own). Empty for a document loaded from the store.
+    fresh: Vec<ChangeHash>,
 }
 
-/// Runs the writer task of `doc` until its inbox closes (shutdown) or it retires (idle).
-pub(crate) async fn run(
-    inner: Arc<Inner>,
-    doc: DocId,
-    mut rx: mpsc::Receiver<Msg>,
-    _alive: mpsc::Sender<()>,
-) {
+impl Live {
+    /// Whether the document exists: it was stored, or something beyond its genesis was applied.
+    fn exists(&self) -> bool {
+        self.fresh.is_empty() || self.replica.doc().get_heads() != self.fresh
+    }
+}
+
+/// Who a writer task is.
+pub(crate) struct Writer {
+    pub(crate) inner: Arc<Inner>,
+    pub(crate) doc: DocId,
+    /// Its entry's id in the hub's table (see `loaded::Writer::id`).
+    pub(crate) id: u64,
+    /// Messages sent to it and not yet fully processed: lowered only once everything a batch
+    /// does (the commit, the acks, the reads) is done, so an evictor that sees 0 under the
+    /// hub's lock knows this task will not touch the store again.
+    pub(crate) in_flight: Arc<AtomicUsize>,
+}
+
+/// Runs the writer task of `doc` until its inbox closes (shutdown or eviction) or it retires
+/// (idle).
+pub(crate) async fn run(writer: Writer, mut rx: mpsc::Receiver<Msg>, _alive: mpsc::Sender<()>) {
+    let Writer {
+        inner,
+        doc,
+        id,
+        in_flight,
+    } = writer;
     let mut live: Option<Live> = None;
     let batch_max = inner.config.batch_max_messages.max(1);
     loop {
         let first = match tokio::time::timeout(idle(&inner.config), rx.recv()).await {
             Ok(Some(m)) => m,
             Ok(None) => break,
-            Err(_) => {
-                if retire(&inner, &doc, &rx) {
+            Err(_) => match retire(&inner, &doc, id, &rx) {
+                Retire::Retired => {
                     inner.counters.evictions.fetch_add(1, Ordering::Relaxed);
                     debug!("evicted idle document");
                     break;
                 }
-                continue;
-            }
+                Retire::Evicted => break,
+                Retire::Busy => continue,
+            },
         };
         let mut batch = vec![first];
         while batch.len() < batch_max {
@@ -87,12 +134,17 @@ pub(crate) async fn run(
                 Err(_) => break,
             }
         }
+        let taken = batch.len();
         if live.is_none() {
             match load(&inner, &doc).await {
-                Ok(l) => live = Some(l),
+                Ok(l) => {
+                    index_undigested(&inner, &doc, &l);
+                    live = Some(l)
+                }
                 Err(e) => {
                     warn!(error = %e, "document does not load");
-                    fail_all(batch, &e);
+                    fail_all(&inner, batch, &e);
+                    in_flight.fetch_sub(taken, Ordering::SeqCst);
                     continue;
                 }
             }
@@ -104,19 +156,49 @@ pub(crate) async fn run(
             // the store with the next message.
             live = None;
         }
+        in_flight.fetch_sub(taken, Ordering::SeqCst);
     }
 }
 
+/// What an idle writer found when it tried to retire.
+enum Retire {
+    /// It left the table: end the task.
+    Retired,
+    /// Its entry is gone already (evicted; a successor may run): end the task.
+    Evicted,
+    /// A message arrived meanwhile: keep going.
+    Busy,
+}
+
 /// Retires the writer if its inbox is empty, under the hub's lock so no sender can race it.
-fn retire(inner: &Inner, doc: &DocId, rx: &mpsc::Receiver<Msg>) -> bool {
+fn retire(inner: &Inner, doc: &DocId, id: u64, rx: &mpsc::Receiver<Msg>) -> Retire {
+    if let Some(hook) = &inner.config.before_retire {
+        hook(doc);
+    }
     let Ok(mut docs) = inner.docs.lock() else {
-        return false;
+        return Retire::Busy;
     };
     if !rx.is_empty() {
-        return false;
+        return Retire::Busy;
     }
-    docs.remove(doc);
-    true
+    if docs.remove(doc, Some(id)) {
+        Retire::Retired
+    } else {
+        Retire::Evicted
+    }
+}
+
+/// A document stored without a heads digest gets one in the index once loaded (the next
+/// batch that changes it stores one).
+fn index_undigested(inner: &Inner, doc: &DocId, live: &Live) {
+    let Ok(mut undigested) = inner.undigested.lock() else {
+        return;
+    };
+    if undigested.remove(doc)
+        && let Ok(mut heads) = inner.heads.lock()
+    {
+        heads.insert(doc.clone(), crate::heads_digest(&live.saved));
+    }
 }
 
 async fn load(inner: &Arc<Inner>, doc: &DocId) -> Result<Live, HubError> {
@@ -129,8 +211,10 @@ async fn load(inner: &Arc<Inner>, doc: &DocId) -> Result<Live, HubError> {
             .load_doc(&key)
             .map_err(|e| HubError::Store(e.to_string()))?;
         let Some(stored) = stored else {
+            let replica = Replica::new(id, &actor);
             return Ok(Live {
-                replica: Replica::new(id, &actor),
+                fresh: replica.doc().get_heads(),
+                replica,
                 saved: Vec::new(),
                 next_chunk_seq: 0,
                 snapshot_bytes: 0,
@@ -149,13 +233,14 @@ async fn load(inner: &Arc<Inner>, doc: &DocId) -> Result<Live, HubError> {
             snapshot_bytes: stored.snapshot_bytes,
             chunk_bytes: stored.chunk_bytes,
             peers: HashMap::new(),
+            fresh: Vec::new(),
         })
     })
     .await
     .map_err(|e| HubError::Store(format!("load task failed: {e}")))?
 }
 
-fn fail_all(batch: Vec<Msg>, e: &HubError) {
+fn fail_all(inner: &Arc<Inner>, batch: Vec<Msg>, e: &HubError) {
     for m in batch {
         match m {
             Msg::Command { reply, .. } => {
@@ -164,8 +249,7 @@ fn fail_all(batch: Vec<Msg>, e: &HubError) {
             Msg::Sync { reply, .. } | Msg::GenerateSync { reply, .. } => {
                 let _ = reply.send(Err(e.clone()));
             }
-            // Dropping the closure drops its reply sender: the caller sees the hub go away.
-            Msg::Read(_) => {}
+            Msg::Read(f) => f(Err(e.clone()), inner),
         }
     }
 }
@@ -219,6 +303,12 @@ async fn process(inner: &Arc<Inner>, doc: &DocId, live: &mut Live, batch: Vec<Ms
 
     for msg in batch {
         match msg {
+            Msg::Command { cmd, reply, .. }
+                if !live.exists() && !crate::creates_document(doc, &cmd.body) =>
+            {
+                rejected += 1;
+                let _ = reply.send(Err(HubError::not_found(doc)));
+            }
             Msg::Command { caller, cmd, reply } => match live.replica.apply(&caller, &cmd, now) {
                 Ok(applied) => {
                     if let Some(hook) = &inner.config.jobs
@@ -280,7 +370,13 @@ async fn process(inner: &Arc<Inner>, doc: &DocId, live: &mut Live, batch: Vec<Ms
         .fetch_add(rejected, Ordering::Relaxed);
 
     let heads = live.replica.doc().get_heads();
-    let changed = heads != live.saved;
+    // A genesis alone is not a document: it is never written, announced or sent.
+    let changed = heads != live.saved && live.exists();
+    // Sync states are kept only for documents in the store: a peer cannot make this node write
+    // one for a document that does not exist.
+    if !changed && live.saved.is_empty() {
+        dirty_peers.clear();
+    }
     if changed || !dirty_peers.is_empty() {
         let mut batch = storage_batch(inner, doc, live, changed, &dirty_peers);
         for (id, record) in &jobs {
@@ -302,7 +398,7 @@ async fn process(inner: &Arc<Inner>, doc: &DocId, live: &mut Live, batch: Vec<Ms
             for (_, reply) in sync_replies {
                 let _ = reply.send(Err(e.clone()));
             }
-            fail_all(deferred, &e);
+            fail_all(inner, deferred, &e);
             return false;
         }
         inner.counters.batches.fetch_add(1, Ordering::Relaxed);
@@ -351,7 +447,12 @@ async fn process(inner: &Arc<Inner>, doc: &DocId, live: &mut Live, batch: Vec<Ms
                 let state = sync_state(inner, doc, &mut live.peers, &peer);
                 let _ = reply.send(Ok(live.replica.generate_sync_message(state)));
             }
-            Msg::Read(f) => f(&live.replica, inner),
+            // A session or cohort that does not exist has nothing to read; an inbox that does
+            // not exist yet reads as empty.
+            Msg::Read(f) if !live.exists() && !matches!(doc, DocId::Inbox(_)) => {
+                f(Err(HubError::not_found(doc)), inner)
+            }
+            Msg::Read(f) => f(Ok(&live.replica), inner),
             Msg::Command { .. } | Msg::Sync { .. } => unreachable!("only reads are deferred"),
         }
     }

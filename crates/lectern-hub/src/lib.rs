@@ -9,6 +9,12 @@
 //! crash could take back. A document with an empty inbox for `doc_idle_ms` is dropped from memory
 //! and reloaded from the store on demand.
 //!
+//! Memory: at most `docs_loaded_max` documents are loaded; a load that finds the hub full evicts
+//! the least recently used document with nothing in flight and nobody following it, and is
+//! refused only when none can go. Each user is charged for the documents their commands and
+//! joins touch, at most `docs_loaded_per_user_max` at once, so one user cannot take the room
+//! everyone else needs (`loaded.rs`).
+//!
 //! Rooms: each document has a broadcast channel of [`Published`] events whose payloads are
 //! serialized once per audience; gateways filter by audience per connection. A subscriber that
 //! falls behind the channel's capacity gets `Lagged` and resumes by token.
@@ -19,6 +25,14 @@
 //!
 //! Only this crate mutates a live document (an ARCHITECTURE.md invariant).
 //!
+//! Documents come into being only by a create command ([`creates_document`]: `session.create`,
+//! `cohort.create`, and the inbox commands `inbox.push` / `inbox.prefs`) or by a peer's
+//! changes. A read, join or any other command naming a document this node does not store is
+//! answered `doc_not_found` without starting a writer, and nothing is written: no genesis
+//! change, no sync state, no change-feed item, so nothing reaches a peer either. (A hostile
+//! client naming random ids would otherwise fill the store, and through the mesh every peer's,
+//! with empty documents.)
+//!
 //! For the mesh: [`Hub::changes`] announces every durable change with its [`Origin`] (a command
 //! accepted here, or a peer's sync message); [`Hub::heads_summary`] lists a digest of every
 //! document's heads (kept in memory and in the store, so no document is loaded to build it);
@@ -27,15 +41,17 @@
 //! conversation with a peer while keeping what the persisted states say it already has.
 
 mod doc;
+mod loaded;
 mod rooms;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lectern_model::{
-    Caller, Command, DocId, Millis, Rejection, Replica, ResumeToken, SyncError, Trigger,
+    Caller, Command, CommandBody, DocId, Millis, RejectCode, Rejection, Replica, ResumeToken, Role,
+    SyncError, Trigger, UserId,
 };
 use lectern_store::{NodeIdentity, Store};
 use serde_json::Value;
@@ -94,9 +110,18 @@ pub struct HubConfig {
     pub batch_max_messages: usize,
     /// A document with nothing queued for this long is dropped from memory. Default 60 s.
     pub doc_idle_ms: u64,
-    /// Documents held in memory at once; past it new documents are refused. Default 20,000
-    /// (about 20 KiB each when idle: a replica, a writer task and its inbox).
+    /// Documents held in memory at once. A load that finds the hub full evicts the least
+    /// recently used document that has nothing queued or in progress and nobody following it;
+    /// only when none can go is it refused (`overloaded`). Default 20,000 (about 20 KiB each
+    /// when idle: a replica, a writer task and its inbox).
     pub docs_loaded_max: usize,
+    /// Loaded documents one user may hold at once: a document is charged to every user whose
+    /// command or join touched it while loaded (not to an admin, the node itself or a peer).
+    /// A user at the cap who touches another document evicts their own least recently used one
+    /// that is idle and unfollowed; if none is, the request is refused with
+    /// `too_many_documents`, and nobody else is affected. Default 64 (a student needs a
+    /// session or two, their cohort and their inbox).
+    pub docs_loaded_per_user_max: usize,
     /// Events buffered per room; a subscriber further behind gets `Lagged`. Default 4096.
     pub room_capacity: usize,
     /// Events buffered per inbox room (one per user with an open notification stream; the
@@ -117,7 +142,14 @@ pub struct HubConfig {
     /// Turns the triggers of commands accepted on this node into jobs that are committed in
     /// the same atomic batch as the command. Default: none (no jobs).
     pub jobs: Option<Arc<dyn JobHook>>,
+    /// A fault seam for tests: runs on an idle writer's task after its idle time ran out and
+    /// before it takes the hub's lock to retire, so a test can send to it in between (the race
+    /// the empty-inbox check under the lock exists for). Default: none.
+    pub before_retire: Option<RetireHook>,
 }
+
+/// See [`HubConfig::before_retire`].
+pub type RetireHook = Arc<dyn Fn(&DocId) + Send + Sync>;
 
 /// What the hub asks of a job queue (lectern-jobs implements it).
 ///
@@ -139,6 +171,7 @@ impl Default for HubConfig {
             batch_max_messages: 1024,
             doc_idle_ms: 60_000,
             docs_loaded_max: 20_000,
+            docs_loaded_per_user_max: 64,
             room_capacity: 4096,
             inbox_room_capacity: 64,
             compact_min_bytes: 256 * 1024,
@@ -146,6 +179,7 @@ impl Default for HubConfig {
             resume_wait_ms: 0,
             clock: Arc::new(system_now),
             jobs: None,
+            before_retire: None,
         }
     }
 }
@@ -168,9 +202,13 @@ pub enum HubError {
     /// The document's inbox is full; retry later.
     #[error("document {0} is overloaded; retry later")]
     Overloaded(String),
-    /// The node holds as many documents as it may.
+    /// The node holds as many documents as it may, and none of them can be evicted.
     #[error("too many documents loaded ({0}); retry later")]
     TooManyDocs(usize),
+    /// The caller's requests hold as many loaded documents as one user may
+    /// (`docs_loaded_per_user_max`), and none of them can be evicted.
+    #[error("you hold {0} loaded documents, the most one user may; leave one first")]
+    TooManyDocsForUser(usize),
     /// The hub is shutting down.
     #[error("the node is shutting down")]
     ShuttingDown,
@@ -191,12 +229,28 @@ pub enum HubError {
 }
 
 impl HubError {
+    /// The answer for a document this node does not store: `doc_not_found`, the model's code
+    /// for a session or cohort that was never created, so clients see one code for both.
+    pub fn not_found(doc: &DocId) -> HubError {
+        HubError::Rejected(Rejection::new(
+            RejectCode::DocNotFound,
+            format!("no such document: {doc}"),
+        ))
+    }
+
+    /// Whether this is the answer for a document that does not exist (see
+    /// [`HubError::not_found`]).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, HubError::Rejected(r) if r.code == RejectCode::DocNotFound)
+    }
+
     /// A stable code for clients.
     pub fn code(&self) -> &'static str {
         match self {
             HubError::Rejected(r) => r.code.as_str(),
             HubError::Overloaded(_) => "overloaded",
             HubError::TooManyDocs(_) => "overloaded",
+            HubError::TooManyDocsForUser(_) => "too_many_documents",
             HubError::ShuttingDown => "shutting_down",
             HubError::Sync(_) => "bad_sync_message",
             HubError::Store(_) | HubError::Load { .. } => "internal",
@@ -259,6 +313,13 @@ pub struct HubStats {
     pub docs_loaded: usize,
     /// Documents dropped from memory for being idle.
     pub evictions: u64,
+    /// Idle documents dropped to make room for a load (the hub was full, or the user at their
+    /// cap).
+    pub evictions_lru: u64,
+    /// Loads refused because the caller held `docs_loaded_per_user_max` documents.
+    pub refused_per_user: u64,
+    /// Loads refused because the hub was full and nothing could be evicted.
+    pub refused_full: u64,
     /// Documents compacted.
     pub compactions: u64,
 }
@@ -270,6 +331,9 @@ struct Counters {
     batches: AtomicU64,
     sync_messages: AtomicU64,
     evictions: AtomicU64,
+    evictions_lru: AtomicU64,
+    refused_per_user: AtomicU64,
+    refused_full: AtomicU64,
     compactions: AtomicU64,
 }
 
@@ -278,12 +342,15 @@ struct Inner {
     committer: lectern_store::Committer,
     identity: NodeIdentity,
     config: HubConfig,
-    docs: Mutex<HashMap<DocId, mpsc::Sender<Msg>>>,
+    docs: Mutex<loaded::Loaded>,
     rooms: rooms::Rooms,
     feed: broadcast::Sender<Change>,
     /// The heads digest of every stored document (seeded from the store, updated after every
     /// durable batch).
     heads: Mutex<HashMap<DocId, [u8; 32]>>,
+    /// Documents the store holds without a heads digest (written by a tool, or restored): they
+    /// exist all the same. A writer that loads one puts its digest into `heads`.
+    undigested: Mutex<std::collections::HashSet<DocId>>,
     /// Per peer, a counter bumped by [`Hub::peer_connected`]; a writer holding a sync state of
     /// an older conversation resets it to what was persisted.
     peer_epochs: Mutex<HashMap<String, u64>>,
@@ -315,15 +382,27 @@ impl Hub {
                 HashMap::new()
             }
         };
+        let undigested = match store.doc_ids() {
+            Ok(ids) => ids
+                .into_iter()
+                .filter_map(|d| DocId::parse(&d).ok())
+                .filter(|d| !heads.contains_key(d))
+                .collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "listing the stored documents failed");
+                std::collections::HashSet::new()
+            }
+        };
         let inner = Inner {
             heads: Mutex::new(heads),
+            undigested: Mutex::new(undigested),
             peer_epochs: Mutex::new(HashMap::new()),
             committer: store.committer(),
             identity: store.identity(),
             rooms: rooms::Rooms::new(config.room_capacity, config.inbox_room_capacity),
             store,
             config,
-            docs: Mutex::new(HashMap::new()),
+            docs: Mutex::new(loaded::Loaded::default()),
             feed,
             counters: Counters::default(),
             closing: AtomicBool::new(false),
@@ -346,6 +425,9 @@ impl Hub {
     }
 
     /// Applies `cmd` to `doc` as `caller`; returns once it is on disk.
+    ///
+    /// On a document this node does not store, only a create command ([`creates_document`])
+    /// runs; any other is refused with [`HubError::not_found`] and nothing is written.
     pub async fn execute(
         &self,
         doc: DocId,
@@ -353,22 +435,27 @@ impl Hub {
         cmd: Command,
     ) -> Result<Acked, HubError> {
         let (reply, rx) = oneshot::channel();
-        self.send(&doc, Msg::Command { caller, cmd, reply })?;
+        let owner = charged(&caller);
+        self.send(&doc, owner, Msg::Command { caller, cmd, reply })?;
         rx.await.map_err(|_| HubError::ShuttingDown)?
     }
 
     /// Runs `f` on the document on its writer task (after every command queued before it).
+    ///
+    /// A session or cohort this node does not store answers [`HubError::not_found`] and starts
+    /// no writer; an inbox that does not exist yet reads as empty (it is its owner's, and
+    /// nothing is written).
     pub async fn read<T, F>(&self, doc: DocId, f: F) -> Result<T, HubError>
     where
         T: Send + 'static,
         F: FnOnce(&Replica) -> T + Send + 'static,
     {
         let (reply, rx) = oneshot::channel();
-        let job: doc::ReadFn = Box::new(move |replica: &Replica, _: &Arc<Inner>| {
-            let _ = reply.send(f(replica));
+        let job: doc::ReadFn = Box::new(move |replica: doc::ReadOn<'_>, _: &Arc<Inner>| {
+            let _ = reply.send(replica.map(f));
         });
-        self.send(&doc, Msg::Read(job))?;
-        rx.await.map_err(|_| HubError::ShuttingDown)
+        self.send(&doc, None, Msg::Read(job))?;
+        rx.await.map_err(|_| HubError::ShuttingDown)?
     }
 
     /// Subscribes `caller` to `doc`: a snapshot (or, with `since`, the events after it) and a
@@ -423,11 +510,13 @@ impl Hub {
     ) -> Result<Joined, HubError> {
         let (reply, rx) = oneshot::channel();
         let doc_id = doc.clone();
-        let job: doc::ReadFn = Box::new(move |replica: &Replica, inner: &Arc<Inner>| {
-            let result = doc::join(replica, inner, &doc_id, &caller, since);
+        let owner = charged(&caller);
+        let job: doc::ReadFn = Box::new(move |replica: doc::ReadOn<'_>, inner: &Arc<Inner>| {
+            let result =
+                replica.and_then(|replica| doc::join(replica, inner, &doc_id, &caller, since));
             let _ = reply.send(result);
         });
-        self.send(&doc, Msg::Read(job))?;
+        self.send(&doc, owner, Msg::Read(job))?;
         rx.await.map_err(|_| HubError::ShuttingDown)?
     }
 
@@ -441,6 +530,7 @@ impl Hub {
         let (reply, rx) = oneshot::channel();
         self.send(
             &doc,
+            None,
             Msg::Sync {
                 peer: peer.to_owned(),
                 message,
@@ -454,7 +544,7 @@ impl Hub {
     pub async fn generate_sync(&self, doc: DocId, peer: &str) -> Result<Option<Vec<u8>>, HubError> {
         let (reply, rx) = oneshot::channel();
         let peer = peer.to_owned();
-        self.send(&doc, Msg::GenerateSync { peer, reply })?;
+        self.send(&doc, None, Msg::GenerateSync { peer, reply })?;
         rx.await.map_err(|_| HubError::ShuttingDown)?
     }
 
@@ -502,6 +592,9 @@ impl Hub {
             sync_messages: c.sync_messages.load(Ordering::Relaxed),
             docs_loaded: self.loaded_docs(),
             evictions: c.evictions.load(Ordering::Relaxed),
+            evictions_lru: c.evictions_lru.load(Ordering::Relaxed),
+            refused_per_user: c.refused_per_user.load(Ordering::Relaxed),
+            refused_full: c.refused_full.load(Ordering::Relaxed),
             compactions: c.compactions.load(Ordering::Relaxed),
         }
     }
@@ -538,11 +631,12 @@ impl Hub {
             .map_err(|e| HubError::Store(e.to_string()))
     }
 
-    /// Queues `msg` for `doc`'s writer task, starting it if needed. The lookup, the start and
-    /// the send happen under one lock, and a writer only retires under that lock with an empty
-    /// inbox: so no message is ever sent to a writer that is going away, and there is never more
-    /// than one writer per document (two would reuse automerge sequence numbers).
-    fn send(&self, doc: &DocId, msg: Msg) -> Result<(), HubError> {
+    /// Queues `msg` for `doc`'s writer task, starting it if needed (charged to `owner`, the
+    /// user whose request it is, if any). The lookup, the start, the send and any eviction
+    /// happen under one lock, and a writer only retires or is evicted under that lock with
+    /// nothing queued: so no message is ever sent to a writer that is going away, and there is
+    /// never more than one writer per document (two would reuse automerge sequence numbers).
+    fn send(&self, doc: &DocId, owner: Option<UserId>, msg: Msg) -> Result<(), HubError> {
         if self.inner.closing.load(Ordering::SeqCst) {
             return Err(HubError::ShuttingDown);
         }
@@ -553,12 +647,22 @@ impl Hub {
             .map_err(|_| HubError::Store("hub lock poisoned".into()))?;
         let mut msg = msg;
         for _ in 0..2 {
-            let tx = match docs.get(doc) {
-                Some(tx) => tx.clone(),
+            // A user's first request to a document charges it to them: make room under their
+            // cap first (evicting one of their own idle documents, or refusing them alone).
+            let charge = owner.as_ref().filter(|u| !docs.is_charged(doc, u));
+            if let Some(user) = charge {
+                self.make_room_for_user(&mut docs, user)?;
+            }
+            let (tx, in_flight) = match docs.touch(doc) {
+                Some(w) => (w.tx.clone(), w.in_flight.clone()),
                 None => {
-                    if docs.len() >= self.inner.config.docs_loaded_max {
-                        return Err(HubError::TooManyDocs(docs.len()));
+                    // No writer: ask the heads index (every stored document, kept with each
+                    // durable batch) whether the document exists, so a request naming a random
+                    // id costs one lookup and starts nothing.
+                    if !msg.may_start(doc) && !self.stored(doc) {
+                        return Err(HubError::not_found(doc));
                     }
+                    self.make_room(&mut docs)?;
                     let alive = self
                         .inner
                         .alive
@@ -567,28 +671,110 @@ impl Hub {
                         .and_then(|a| a.clone())
                         .ok_or(HubError::ShuttingDown)?;
                     let (tx, rx) = mpsc::channel(self.inner.config.inbox_capacity.max(1));
-                    docs.insert(doc.clone(), tx.clone());
+                    let in_flight = Arc::new(AtomicUsize::new(0));
+                    let id = docs.insert(doc.clone(), tx.clone(), in_flight.clone());
                     let span = tracing::info_span!("doc", doc = %doc);
-                    tokio::spawn(
-                        doc::run(self.inner.clone(), doc.clone(), rx, alive).instrument(span),
-                    );
-                    tx
+                    let writer = doc::Writer {
+                        inner: self.inner.clone(),
+                        doc: doc.clone(),
+                        id,
+                        in_flight: in_flight.clone(),
+                    };
+                    tokio::spawn(doc::run(writer, rx, alive).instrument(span));
+                    (tx, in_flight)
                 }
             };
             match tx.try_send(msg) {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    in_flight.fetch_add(1, Ordering::SeqCst);
+                    if let Some(user) = charge {
+                        docs.charge(doc, user);
+                    }
+                    return Ok(());
+                }
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     return Err(HubError::Overloaded(doc.to_string()));
                 }
                 // Only a writer that died abnormally leaves a closed sender in the map.
                 Err(mpsc::error::TrySendError::Closed(m)) => {
-                    docs.remove(doc);
+                    docs.remove(doc, None);
                     msg = m;
                 }
             }
         }
         Err(HubError::Store(format!("writer for {doc} keeps failing")))
     }
+
+    /// Keeps `user` under `docs_loaded_per_user_max` before a document is charged to them, by
+    /// evicting the least recently used of their documents that is idle and unfollowed.
+    fn make_room_for_user(&self, docs: &mut loaded::Loaded, user: &UserId) -> Result<(), HubError> {
+        let max = self.inner.config.docs_loaded_per_user_max.max(1);
+        let counters = &self.inner.counters;
+        let followed = |d: &DocId| self.inner.rooms.has_subscribers(d);
+        while docs.held_by(user) >= max {
+            if !docs.evict_users(user, followed) {
+                counters.refused_per_user.fetch_add(1, Ordering::Relaxed);
+                return Err(HubError::TooManyDocsForUser(docs.held_by(user)));
+            }
+            counters.evictions_lru.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Before a new writer starts: keeps the hub under `docs_loaded_max` by evicting the least
+    /// recently used document that is idle and unfollowed.
+    fn make_room(&self, docs: &mut loaded::Loaded) -> Result<(), HubError> {
+        let counters = &self.inner.counters;
+        let followed = |d: &DocId| self.inner.rooms.has_subscribers(d);
+        while docs.len() >= self.inner.config.docs_loaded_max.max(1) {
+            if !docs.evict_lru(followed) {
+                counters.refused_full.fetch_add(1, Ordering::Relaxed);
+                return Err(HubError::TooManyDocs(docs.len()));
+            }
+            counters.evictions_lru.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
+impl Hub {
+    /// Whether this node stores `doc` (its heads digest is in the index, or it was stored
+    /// without one).
+    fn stored(&self, doc: &DocId) -> bool {
+        // One lock at a time (a writer takes `undigested` before `heads`).
+        let indexed = match self.inner.heads.lock() {
+            Ok(h) => h.contains_key(doc),
+            Err(_) => true,
+        };
+        indexed
+            || match self.inner.undigested.lock() {
+                Ok(u) => u.contains(doc),
+                Err(_) => true,
+            }
+    }
+}
+
+/// Whether `body` may bring document `doc` into being: `session.create` for a session,
+/// `cohort.create` for a cohort, and for an inbox the job runner's `inbox.push` and its owner's
+/// `inbox.prefs` (an inbox is keyed by an authenticated user, who may set preferences before
+/// any notification; the model lets only the owner or an admin write it, so a caller can
+/// create at most their own). Every other command needs the document to exist.
+pub fn creates_document(doc: &DocId, body: &CommandBody) -> bool {
+    matches!(
+        (doc, body),
+        (DocId::Session(_), CommandBody::SessionCreate { .. })
+            | (DocId::Cohort(_), CommandBody::CohortCreate { .. })
+            | (
+                DocId::Inbox(_),
+                CommandBody::InboxPush { .. } | CommandBody::InboxPrefs { .. }
+            )
+    )
+}
+
+/// The user a request's loads are charged to: none for an admin (the node's own job runner
+/// and operators act as admins and may touch any number of documents).
+fn charged(caller: &Caller) -> Option<UserId> {
+    (caller.role != Role::Admin).then(|| caller.user.clone())
 }
 
 /// How long a writer waits on an empty inbox before it retires.

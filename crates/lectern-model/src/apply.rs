@@ -5,7 +5,7 @@
 //! writes and returns the [`Target`] that goes into the commit's envelope.
 
 use automerge::transaction::{Transactable, Transaction};
-use automerge::{ObjId, ObjType, ScalarValue};
+use automerge::{ObjId, ObjType, ReadDoc, ScalarValue};
 
 use crate::Caller;
 use crate::auth::{Needs, authorize};
@@ -116,6 +116,32 @@ fn session_meta(tx: &Transaction<'_>) -> Option<SessionMeta> {
     let cohort = CohortId::new(r.str(&meta, "cohort")?).ok()?;
     let ended = r.str(&meta, "state").as_deref() == Some("ended");
     Some(SessionMeta { cohort, ended })
+}
+
+/// The cohort recorded in a session document's meta (`None` before `session.create`).
+pub(crate) fn session_cohort<D: ReadDoc>(doc: &D) -> Option<CohortId> {
+    let r = Reader::now(doc);
+    let meta = r.root_map(META)?;
+    CohortId::new(r.str(&meta, "cohort")?).ok()
+}
+
+/// Whether a session whose document names `owner` as its cohort may be linked into `cohort`'s
+/// document: only a session that exists and is of the same cohort, so a link can never widen
+/// what a cohort's staff read (the dashboard) or what the share policy sends to a classroom node.
+/// The cohort document cannot see the session's, so whoever holds both (the gateway, before
+/// running `session.link`) asks this.
+pub fn check_session_link(cohort: &CohortId, owner: Option<&CohortId>) -> Result<(), Rejection> {
+    match owner {
+        None => Err(Rejection::new(
+            RejectCode::DocNotFound,
+            "no such session to link",
+        )),
+        Some(o) if o == cohort => Ok(()),
+        Some(_) => Err(Rejection::new(
+            RejectCode::WrongCohort,
+            "the session belongs to another cohort",
+        )),
+    }
 }
 
 fn session_needs(body: &CommandBody) -> Needs {

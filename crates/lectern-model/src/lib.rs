@@ -25,6 +25,7 @@ mod resume;
 mod schema;
 mod view;
 
+pub use apply::check_session_link;
 pub use auth::{Caller, Role};
 pub use command::{
     Command, CommandBody, PollChoice, PollKind, PollSpec, ProgressStatus, SessionState,

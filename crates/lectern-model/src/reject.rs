@@ -45,6 +45,9 @@ pub enum RejectCode {
     SessionEnded,
     /// The document could not be written; a bug or a corrupt document, never the client's fault.
     Internal,
+    /// A session of another cohort named where only the document's own cohort's sessions may be
+    /// (a `session.link`).
+    WrongCohort,
 }
 
 impl RejectCode {
@@ -68,6 +71,7 @@ impl RejectCode {
             RejectCode::InvalidInput => "invalid_input",
             RejectCode::SessionEnded => "session_ended",
             RejectCode::Internal => "internal",
+            RejectCode::WrongCohort => "wrong_cohort",
         }
     }
 }

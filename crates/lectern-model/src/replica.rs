@@ -21,7 +21,7 @@ use serde_json::Value;
 use crate::apply::{Counts, Target, apply};
 use crate::command::Command;
 use crate::event::{Event, derive};
-use crate::ids::{CommandId, DocId, Millis, UserId};
+use crate::ids::{CohortId, CommandId, DocId, Millis, UserId};
 use crate::limits::REPLAY_EVENTS_MAX;
 use crate::read::Reader;
 use crate::reject::{RejectCode, Rejection};
@@ -509,6 +509,16 @@ impl Replica {
             id.as_str(),
             now,
         ))
+    }
+
+    /// The cohort this session document belongs to: `None` for a cohort or inbox document, or a
+    /// session not created (here) yet. What the dashboard and the share policy compare a cohort's
+    /// links against.
+    pub fn session_cohort(&self) -> Option<CohortId> {
+        if !matches!(self.id, DocId::Session(_)) {
+            return None;
+        }
+        crate::apply::session_cohort(&self.doc)
     }
 
     /// The inbox as `viewer` (its owner or an admin) sees it.

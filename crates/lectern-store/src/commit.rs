@@ -11,6 +11,11 @@
 //! is the callers' job (each writer has at most a few batches in flight because it waits for
 //! `done`). A round is capped at [`ROUND_REQUESTS_MAX`] requests so that callbacks are not
 //! delayed indefinitely under constant load.
+//!
+//! A [`CommitHook`] installed with [`Store::set_commit_hook`] is the fault seam of this path:
+//! it can fail a batch before it is applied, fail a round before its fsync (as a failing disk
+//! would), or delay or block there, so that tests can observe what a node does while a write is
+//! not yet durable. Production stores have no hook.
 
 use std::fmt;
 use std::panic::{self, AssertUnwindSafe};
@@ -25,8 +30,31 @@ use crate::store::{Inner, Shared, Store};
 /// The most requests one round applies before it fsyncs.
 pub const ROUND_REQUESTS_MAX: usize = 1024;
 
+/// [`StoreError::Injected`]'s stage for a fault from [`CommitHook::before_apply`].
+pub(crate) const STAGE_BEFORE_APPLY: &str = "before apply";
+
+/// [`StoreError::Injected`]'s stage for a fault from [`CommitHook::before_fsync`].
+pub(crate) const STAGE_BEFORE_FSYNC: &str = "before fsync";
+
 /// The name of the group-commit thread.
 const THREAD_NAME: &str = "lectern-store-commit";
+
+/// Fault injection on the commit path (see the module docs). Both methods run on the
+/// committing thread and may block or sleep there; returning `false` fails the batch
+/// (`before_apply`: it is not applied) or the whole round (`before_fsync`: no fsync) exactly
+/// like a failing write or fsync, and the caller gets [`StoreError::Injected`].
+pub trait CommitHook: Send + Sync {
+    /// Called before each batch is applied; `false` fails it. Default: let it through.
+    fn before_apply(&self) -> bool {
+        true
+    }
+
+    /// Called once per round after its batches are applied and before the fsync; no callback
+    /// of the round runs before it returns. `false` fails the round. Default: let it through.
+    fn before_fsync(&self) -> bool {
+        true
+    }
+}
 
 /// A handle for submitting batches to a store's group-commit thread. Cloning is cheap.
 ///
@@ -139,15 +167,26 @@ fn run(shared: &Shared, rx: &Receiver<Request>) {
 
         let mut dones = Vec::with_capacity(round.len());
         for request in round.drain(..) {
-            results.push(batch::apply(shared, request.batch));
+            results.push(
+                shared
+                    .hook_before_apply()
+                    .and_then(|()| batch::apply(shared, request.batch)),
+            );
             dones.push(request.done);
         }
-        let flushed = shared.fsync();
+        // `None`: the hook failed the round; `Some`: sled's fsync did.
+        let flushed: Result<(), Option<sled::Error>> = match shared.hook_before_fsync() {
+            Ok(()) => shared.fsync().map_err(Some),
+            Err(_) => Err(None),
+        };
 
         for (done, applied) in dones.into_iter().zip(results.drain(..)) {
             let result = match (applied, &flushed) {
                 (Err(error), _) => Err(error),
-                (Ok(()), Err(error)) => Err(StoreError::Sled(error.clone())),
+                (Ok(()), Err(Some(error))) => Err(StoreError::Sled(error.clone())),
+                (Ok(()), Err(None)) => Err(StoreError::Injected {
+                    stage: STAGE_BEFORE_FSYNC,
+                }),
                 (Ok(()), Ok(())) => Ok(()),
             };
             // A panicking callback must not take the thread, and every later writer, with it.

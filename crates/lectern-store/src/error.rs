@@ -81,6 +81,14 @@ pub enum StoreError {
         max: u64,
     },
 
+    /// A [`crate::CommitHook`] failed the batch on purpose (fault injection in tests); the
+    /// batch is treated exactly like one whose write or fsync failed.
+    #[error("an injected fault failed the commit {stage}")]
+    Injected {
+        /// Where the fault struck: `"before apply"` or `"before fsync"`.
+        stage: &'static str,
+    },
+
     /// The group-commit thread is gone (it could not be started), so the batch was not applied.
     #[error("the store's commit thread is not running, so the batch was not applied")]
     CommitterStopped,

@@ -41,7 +41,7 @@ mod keys;
 mod store;
 
 pub use batch::Batch;
-pub use commit::{Committer, ROUND_REQUESTS_MAX};
+pub use commit::{CommitHook, Committer, ROUND_REQUESTS_MAX};
 pub use error::StoreError;
 pub use identity::{NodeId, NodeIdentity, ParseNodeIdError};
 pub use keys::{CHUNK_SEQ_MAX, ID_LEN_MAX_BYTES};

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::StoreError;
 use crate::batch::{self, Batch};
-use crate::commit::{CommitThread, Committer};
+use crate::commit::{CommitHook, CommitThread, Committer, STAGE_BEFORE_APPLY, STAGE_BEFORE_FSYNC};
 use crate::identity::{NodeId, NodeIdentity};
 use crate::keys::{self, DocKey};
 
@@ -117,6 +117,7 @@ impl Store {
             apply_lock: RwLock::new(()),
             commits: AtomicU64::new(0),
             fsyncs: AtomicU64::new(0),
+            hook: RwLock::new(None),
         });
         Ok(Store {
             inner: Arc::new(Inner {
@@ -319,8 +320,22 @@ impl Store {
     /// [`Store::committer`] where many writers commit at once.
     pub fn commit(&self, batch: Batch) -> Result<(), StoreError> {
         let shared = &self.inner.shared;
+        shared.hook_before_apply()?;
         batch::apply(shared, batch)?;
+        shared.hook_before_fsync()?;
         Ok(shared.fsync()?)
+    }
+
+    /// Installs (or with `None` removes) a fault-injection hook on every commit path of this
+    /// store and its committers: [`Store::commit`] and the group-commit thread. Without a hook
+    /// (the production case) the commit path is unchanged but for one uncontended read lock.
+    pub fn set_commit_hook(&self, hook: Option<Arc<dyn CommitHook>>) {
+        *self
+            .inner
+            .shared
+            .hook
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = hook;
     }
 
     /// A handle to this store's group-commit thread, starting the thread on first use.
@@ -391,6 +406,8 @@ pub(crate) struct Shared {
     apply_lock: RwLock<()>,
     commits: AtomicU64,
     fsyncs: AtomicU64,
+    /// The fault-injection hook, if a test installed one.
+    hook: RwLock<Option<Arc<dyn CommitHook>>>,
 }
 
 impl Shared {
@@ -410,6 +427,33 @@ impl Shared {
 
     pub(crate) fn count_commit(&self) {
         self.commits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn hook(&self) -> Option<Arc<dyn CommitHook>> {
+        self.hook
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Asks the hook, if any, whether the next batch may be applied.
+    pub(crate) fn hook_before_apply(&self) -> Result<(), StoreError> {
+        match self.hook() {
+            Some(hook) if !hook.before_apply() => Err(StoreError::Injected {
+                stage: STAGE_BEFORE_APPLY,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Asks the hook, if any, whether the round may be fsynced (it may also block here).
+    pub(crate) fn hook_before_fsync(&self) -> Result<(), StoreError> {
+        match self.hook() {
+            Some(hook) if !hook.before_fsync() => Err(StoreError::Injected {
+                stage: STAGE_BEFORE_FSYNC,
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// One `db.flush()`: writes sled's buffers and fsyncs.

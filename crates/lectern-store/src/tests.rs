@@ -691,3 +691,252 @@ fn an_operator_requeues_a_dead_letter_once_and_drops_jobs_for_good() {
     assert!(store.job_done("queued").expect("done"));
     assert!(store.job_done("dead").expect("done"));
 }
+
+/// A fault-injection hook driven by the test: it can fail the next N batches before they are
+/// applied, fail the next N rounds before their fsync, or hold a round at its fsync until the
+/// test releases it (telling the test when a round arrived there).
+#[derive(Default)]
+struct TestHook {
+    fail_applies: std::sync::Mutex<u32>,
+    fail_fsyncs: std::sync::Mutex<u32>,
+    /// While set, a round entering `before_fsync` reports on `arrived` and waits on `release`.
+    gate: std::sync::Mutex<Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>>,
+}
+
+impl TestHook {
+    fn take(counter: &std::sync::Mutex<u32>) -> bool {
+        let mut left = counter.lock().expect("hook counter");
+        if *left > 0 {
+            *left -= 1;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl crate::CommitHook for TestHook {
+    fn before_apply(&self) -> bool {
+        !TestHook::take(&self.fail_applies)
+    }
+
+    fn before_fsync(&self) -> bool {
+        if let Some((arrived, release)) = self.gate.lock().expect("hook gate").take() {
+            let _ = arrived.send(());
+            // Blocks the commit thread, as a slow disk would, until the test says go.
+            let _ = release.recv();
+        }
+        !TestHook::take(&self.fail_fsyncs)
+    }
+}
+
+fn install_hook(store: &Store) -> std::sync::Arc<TestHook> {
+    let hook = std::sync::Arc::new(TestHook::default());
+    store.set_commit_hook(Some(hook.clone()));
+    hook
+}
+
+/// While a round is held before its fsync, no `done` callback of it has run and no fsync was
+/// counted; released, the callback runs with `Ok` and the fsync is counted.
+///
+/// Kills the mutation "run the round's callbacks before the fsync" in `commit::run` (and
+/// "skip the fsync": the counter would not move).
+#[test]
+fn committer_calls_back_only_after_the_round_is_fsynced() {
+    let dir = TempDir::new("hook-gate");
+    let store = Store::open(dir.path()).expect("open");
+    let hook = install_hook(&store);
+    let (arrived_tx, arrived_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel();
+    *hook.gate.lock().expect("gate") = Some((arrived_tx, release_rx));
+    let fsyncs_before = store.stats().fsyncs;
+
+    let (done_tx, done_rx) = mpsc::channel();
+    let mut batch = Batch::new();
+    batch.append_chunk("doc", 0, b"held".to_vec());
+    store.committer().submit(batch, move |result| {
+        let _ = done_tx.send(result.map_err(|e| e.to_string()));
+    });
+
+    arrived_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the round reaches the hook before its fsync");
+    // The commit thread is parked in the hook: whatever has not happened yet cannot happen
+    // until it is released, so checking now is not a race.
+    assert!(
+        matches!(done_rx.try_recv(), Err(mpsc::TryRecvError::Empty)),
+        "a callback ran before its round was fsynced"
+    );
+    assert_eq!(
+        store.stats().fsyncs,
+        fsyncs_before,
+        "fsynced before the hook let it"
+    );
+
+    release_tx.send(()).expect("release");
+    let result = done_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the callback runs once released");
+    assert_eq!(result, Ok(()));
+    assert_eq!(store.stats().fsyncs, fsyncs_before + 1);
+    let doc = store.load_doc("doc").expect("load").expect("doc");
+    assert_eq!(doc.chunks, vec![b"held".to_vec()]);
+}
+
+/// A batch failed before apply gives its caller `Injected` and leaves nothing on disk, while
+/// the next batch commits; the synchronous `Store::commit` obeys the hook too.
+///
+/// Kills the mutations "ignore `before_apply`" and "report Ok for a batch that failed" in
+/// `commit::run`.
+#[test]
+fn a_batch_failed_before_apply_is_not_written_and_its_caller_gets_the_error() {
+    let dir = TempDir::new("hook-fail-apply");
+    let store = Store::open(dir.path()).expect("open");
+    let hook = install_hook(&store);
+    *hook.fail_applies.lock().expect("counter") = 1;
+
+    let submit = |seq: u64| {
+        let (tx, rx) = mpsc::channel();
+        let mut batch = Batch::new();
+        batch.append_chunk("doc", seq, vec![seq as u8]);
+        store.committer().submit(batch, move |result| {
+            let _ = tx.send(result);
+        });
+        rx.recv_timeout(Duration::from_secs(30)).expect("callback")
+    };
+    assert!(matches!(
+        submit(0),
+        Err(StoreError::Injected {
+            stage: "before apply"
+        })
+    ));
+    assert!(
+        store.load_doc("doc").expect("load").is_none(),
+        "a failed batch was applied"
+    );
+    submit(1).expect("the next batch commits");
+    assert_eq!(
+        store.load_doc("doc").expect("load").expect("doc").chunks,
+        vec![vec![1]]
+    );
+
+    *hook.fail_applies.lock().expect("counter") = 1;
+    let mut batch = Batch::new();
+    batch.append_chunk("other", 0, vec![9]);
+    assert!(matches!(
+        store.commit(batch),
+        Err(StoreError::Injected { .. })
+    ));
+    assert!(store.load_doc("other").expect("load").is_none());
+}
+
+/// A round whose fsync is failed gives EVERY batch of the round the error and issues no fsync;
+/// without the hook the store commits again and what was acknowledged survives a reopen.
+///
+/// Kills the mutations "ignore `before_fsync`" and "fail only the first batch of a failed
+/// round" in `commit::run`.
+#[test]
+fn a_failed_fsync_fails_every_batch_of_its_round() {
+    let dir = TempDir::new("hook-fail-fsync");
+    {
+        let store = Store::open(dir.path()).expect("open");
+        let hook = install_hook(&store);
+        let (arrived_tx, arrived_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel();
+        *hook.gate.lock().expect("gate") = Some((arrived_tx, release_rx));
+        *hook.fail_fsyncs.lock().expect("counter") = 1;
+
+        // The first batch holds the thread at the gate; the next two queue behind it and form
+        // the second round, which is let through.
+        let (done_tx, done_rx) = mpsc::channel();
+        let committer = store.committer();
+        for seq in 0..3u64 {
+            let mut batch = Batch::new();
+            batch.append_chunk("doc", seq, vec![seq as u8]);
+            let done_tx = done_tx.clone();
+            committer.submit(batch, move |result| {
+                let _ = done_tx.send((seq, result.map_err(|e| e.to_string())));
+            });
+            if seq == 0 {
+                arrived_rx
+                    .recv_timeout(Duration::from_secs(30))
+                    .expect("gate");
+            }
+        }
+        let fsyncs_before = store.stats().fsyncs;
+        release_tx.send(()).expect("release");
+        let first = done_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("first");
+        assert_eq!(first.0, 0);
+        assert!(
+            first.1.is_err(),
+            "the failed round's batch was acknowledged"
+        );
+        for _ in 0..2 {
+            let (seq, result) = done_rx.recv_timeout(Duration::from_secs(30)).expect("next");
+            assert!(
+                result.is_ok(),
+                "batch {seq} of a healthy round failed: {result:?}"
+            );
+        }
+        assert_eq!(
+            store.stats().fsyncs,
+            fsyncs_before + 1,
+            "one fsync, for the healthy round"
+        );
+
+        *hook.fail_fsyncs.lock().expect("counter") = 1;
+        let mut batch = Batch::new();
+        batch.append_chunk("sync", 0, vec![1]);
+        assert!(matches!(
+            store.commit(batch),
+            Err(StoreError::Injected {
+                stage: "before fsync"
+            })
+        ));
+        store.set_commit_hook(None);
+        let mut batch = Batch::new();
+        batch.append_chunk("after", 0, vec![7]);
+        store.commit(batch).expect("commits without the hook");
+    }
+    let store = Store::open(dir.path()).expect("reopen");
+    let doc = store.load_doc("doc").expect("load").expect("doc");
+    // Batch 0 was applied before its round failed, so it may or may not be on disk (as after a
+    // real fsync failure); the acknowledged ones must be.
+    assert!(
+        doc.chunks.contains(&vec![1]) && doc.chunks.contains(&vec![2]),
+        "an acknowledged batch is missing after a reopen: {:?}",
+        doc.chunks
+    );
+    assert_eq!(
+        store.load_doc("after").expect("load").expect("doc").chunks,
+        vec![vec![7]]
+    );
+}
+
+/// A hook that overrides nothing lets every batch and round through, on both commit paths.
+///
+/// Kills the cargo-mutants mutations "`CommitHook::before_apply` / `before_fsync` default ->
+/// false".
+#[test]
+fn a_hook_with_the_default_methods_changes_nothing() {
+    struct Passive;
+    impl crate::CommitHook for Passive {}
+    let dir = TempDir::new("hook-default");
+    let store = Store::open(dir.path()).expect("open");
+    store.set_commit_hook(Some(std::sync::Arc::new(Passive)));
+    commit_one(&store, |b| b.append_chunk("doc", 0, vec![1]));
+    let (tx, rx) = mpsc::channel();
+    let mut batch = Batch::new();
+    batch.append_chunk("doc", 1, vec![2]);
+    store.committer().submit(batch, move |result| {
+        let _ = tx.send(result.map_err(|e| e.to_string()));
+    });
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(30)).expect("callback"),
+        Ok(())
+    );
+    let doc = store.load_doc("doc").expect("load").expect("doc");
+    assert_eq!(doc.chunks, vec![vec![1], vec![2]]);
+}

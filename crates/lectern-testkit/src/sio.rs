@@ -3,8 +3,7 @@
 //! not: raw packets, oversized frames, arguments of the wrong type.
 //!
 //! What it speaks: the Engine.IO open packet (`0{sid, pingInterval, …}`), ping/pong (`2` → `3`,
-//! answered at any time, including before the namespace connect reply: socketioxide sends its
-//! first ping early), the namespace `/` connect with an `auth` object (`40{…}` → `40{sid}` or
+//! answered at any time, including before the namespace connect reply), the namespace `/` connect with an `auth` object (`40{…}` → `40{sid}` or
 //! `44{message}`), events (`42[…]`), events with an ack id (`42<id>[…]` → `43<id>[…]`) and
 //! disconnects (`41`, engine close `1`). Polling sends each batch of packets as one POST body
 //! separated by `\x1e` and reads them back from one outstanding GET at a time. Binary packets

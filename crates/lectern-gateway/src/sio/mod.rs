@@ -1,11 +1,17 @@
-//! Socket.IO semantics, shared by the gateway's two Socket.IO transports: socketioxide
+//! Socket.IO semantics, in one place for the gateway's two Socket.IO transports: socketioxide
 //! (`socket.rs`: long-polling, and a polling session that upgrades to WebSocket) and the lean
 //! WebSocket (`ws.rs`: a client that opens with `transport=websocket`).
 //!
-//! Both call these functions and nothing else for what a socket means: the handshake's
-//! authentication and connection slot, the command events and their acks, `session:join` with
-//! resume (and presence), `session:leave`, unknown events, the `server:error` cut-offs and the
-//! `server:shutdown` notice. What differs is only how packets travel.
+//! [`client::SioClient`] is a connection's protocol state with no IO: both transports feed it
+//! what arrives and carry out the [`client::Action`]s it answers with. The functions here do
+//! the work those actions name: the handshake's authentication and connection slot
+//! ([`authenticate`], [`ConnGuard`]), command events and their acks, `session:join` with
+//! resume (and presence), the `server:error` cut-offs and the `server:shutdown` notice.
+//! [`packet`] parses what clients send. What differs between transports is only how packets
+//! travel.
+
+pub(crate) mod client;
+pub(crate) mod packet;
 
 use std::sync::Arc;
 
@@ -20,29 +26,102 @@ use crate::error::AppError;
 use crate::limits::ConnSlot;
 use crate::{Gateway, wsframe};
 
+/// The transports a client connection comes over (the label in `/metrics`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Transport {
+    /// socketioxide: long-polling, and polling upgraded to WebSocket.
+    SocketIo,
+    /// The lean WebSocket.
+    WebSocket,
+    /// Server-sent events.
+    Sse,
+    /// The long-poll events route.
+    LongPoll,
+}
+
+impl Transport {
+    /// The label in `/metrics`.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Transport::SocketIo => "socketio",
+            Transport::WebSocket => "websocket",
+            Transport::Sse => "sse",
+            Transport::LongPoll => "longpoll",
+        }
+    }
+}
+
+/// A client connection counted while it lives: its connection slot (the per-node and per-user
+/// caps) and its count in `/metrics`, both released on drop, however the connection ends
+/// (a panicking task included).
+pub(crate) struct ConnGuard {
+    gw: Gateway,
+    transport: Transport,
+    _slot: ConnSlot,
+}
+
+impl ConnGuard {
+    /// Takes a connection slot for `user` and counts the connection as `transport`.
+    pub(crate) fn open(gw: &Gateway, user: &str, transport: Transport) -> Result<Self, AppError> {
+        let slot = gw.inner.limiter.connect(user)?;
+        Ok(Self::counted(gw, slot, transport))
+    }
+
+    /// Counts a connection whose slot is already taken as `transport`.
+    pub(crate) fn counted(gw: &Gateway, slot: ConnSlot, transport: Transport) -> Self {
+        gw.inner.metrics.connection_opened(transport.label());
+        ConnGuard {
+            gw: gw.clone(),
+            transport,
+            _slot: slot,
+        }
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.gw
+            .inner
+            .metrics
+            .connection_closed(self.transport.label());
+    }
+}
+
 /// What the handshake established about a socket: who, until when, and its connection slot.
 pub(crate) struct Conn {
     /// The authenticated caller.
     pub(crate) caller: Arc<Caller>,
     /// When the token expires (Unix seconds): the socket is cut off then.
     pub(crate) expires_at_s: u64,
-    _slot: ConnSlot,
+    _guard: ConnGuard,
 }
 
-/// Metric label of the socketioxide transport (polling, and polling upgraded to WebSocket).
-pub(crate) const TRANSPORT_SOCKETIOXIDE: &str = "socketio";
-/// Metric label of the lean WebSocket transport.
-pub(crate) const TRANSPORT_WEBSOCKET: &str = "websocket";
+impl Conn {
+    /// How long the token stays valid from now.
+    pub(crate) fn valid_for(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.expires_at_s.saturating_sub(crate::unix_now_s()))
+    }
+}
+
+/// The heartbeat and connect deadlines the gateway's limits set.
+pub(crate) fn timing(gw: &Gateway) -> client::Timing {
+    let limits = gw.inner.limiter.limits();
+    let ms = |v: u64| std::time::Duration::from_millis(v.max(1));
+    client::Timing::new(
+        ms(limits.ping_interval_ms),
+        ms(limits.ping_timeout_ms),
+        ms(limits.connect_timeout_ms),
+    )
+}
 
 /// The handshake: a token in the connect packet's `auth: {token}`, or else `request_token`
 /// (the request's `?token=` / Authorization / cookie, by [`crate::auth::token_from_parts`]);
-/// then a connection slot. Counts the connection as `transport` in `/metrics` (the caller
-/// counts its close).
+/// then a connection slot, counted as `transport` in `/metrics` while the [`Conn`] lives.
 pub(crate) fn authenticate(
     gw: &Gateway,
     auth: Option<&Value>,
     request_token: Option<String>,
-    transport: &'static str,
+    transport: Transport,
 ) -> Result<Conn, AppError> {
     let conn = open_conn(gw, auth, request_token, transport);
     if conn.is_err() {
@@ -71,12 +150,11 @@ fn open_conn(
         .map(str::to_owned);
     let token = from_auth.or(request_token);
     let verified = gw.verify(token.as_deref())?;
-    let slot = gw.inner.limiter.connect(verified.caller.user.as_str())?;
-    gw.inner.metrics.connection_opened(transport);
+    let guard = ConnGuard::open(gw, verified.caller.user.as_str(), transport)?;
     Ok(Conn {
         caller: Arc::new(verified.caller),
         expires_at_s: verified.expires_at_s,
-        _slot: slot,
+        _guard: guard,
     })
 }
 
@@ -133,16 +211,6 @@ pub(crate) async fn command(
     }
     .await;
     result.unwrap_or_else(|e| refused(gw, &e))
-}
-
-/// The ack of an event with no handler.
-pub(crate) fn unknown_event(gw: &Gateway, event: &str) -> Value {
-    let e = AppError::new(
-        StatusCode::NOT_FOUND,
-        "unknown_event",
-        format!("no event {event}"),
-    );
-    refused(gw, &e)
 }
 
 /// Counts a refusal and returns its ack.
@@ -302,6 +370,11 @@ impl Cut {
 /// `server:shutdown`'s payload: reconnect elsewhere.
 pub(crate) fn shutdown_payload() -> Value {
     json!({"code": "shutting_down", "message": "this node is shutting down; reconnect to another", "reconnect": true})
+}
+
+/// The socketioxide room of a session's sockets on this node.
+pub(crate) fn session_room(session: &SessionId) -> String {
+    format!("session:{session}")
 }
 
 /// `attendance:update`'s payload.
