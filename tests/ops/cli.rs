@@ -4,7 +4,7 @@
 
 use lectern_node::Config;
 
-use super::{Run, lectern, lectern_bin};
+use super::{Run, lectern};
 use crate::gateway::within;
 use crate::support::TempDir;
 
@@ -44,22 +44,46 @@ async fn every_command_answers_json() {
         assert_eq!(jobs["counts"]["dead"], 0, "{jobs}");
         let data_dir = data.display().to_string();
         let token = json_ok(&[
-            "token", "mint", "--user", "u1", "--role", "student", "--cohort", "c1", "--data-dir",
+            "token",
+            "mint",
+            "--user",
+            "u1",
+            "--role",
+            "student",
+            "--cohort",
+            "c1",
+            "--data-dir",
             &data_dir,
         ])
         .await?;
-        assert!(token["token"].as_str().is_some_and(|t| t.split('.').count() == 3), "{token}");
+        assert!(
+            token["token"]
+                .as_str()
+                .is_some_and(|t| t.split('.').count() == 3),
+            "{token}"
+        );
         let ca = dir.path().join("ca").display().to_string();
         let made = json_ok(&["cluster", "init", "--out", &ca]).await?;
         assert_eq!(made["ca"], ca.as_str());
         let issued_dir = dir.path().join("n1").display().to_string();
         let issued = json_ok(&[
-            "cluster", "issue-node", "--id", "n1", "--ca", &ca, "--out", &issued_dir,
+            "cluster",
+            "issue-node",
+            "--id",
+            "n1",
+            "--ca",
+            &ca,
+            "--out",
+            &issued_dir,
         ])
         .await?;
         assert_eq!(issued["node"], "n1");
         let completions = json_ok(&["completions", "bash"]).await?;
-        assert!(completions["script"].as_str().is_some_and(|s| s.contains("_lectern")));
+        assert!(
+            completions["script"]
+                .as_str()
+                .is_some_and(|s| s.contains("_lectern"))
+        );
 
         // store-info reads a stopped node's store; on a running one it says to stop it first.
         let busy = lectern(&["--json", "store-info", "--data-dir", &data_dir])
@@ -67,12 +91,18 @@ async fn every_command_answers_json() {
             .expect_code(1)?;
         let busy = busy.json()?;
         assert!(
-            busy["error"]["message"].as_str().unwrap_or_default().contains("stop the node"),
+            busy["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("stop the node"),
             "{busy}"
         );
         node.stop().await?;
         let info = json_ok(&["store-info", "--data-dir", &data_dir]).await?;
-        assert!(info["documents"].as_array().is_some_and(|d| !d.is_empty()), "{info}");
+        assert!(
+            info["documents"].as_array().is_some_and(|d| !d.is_empty()),
+            "{info}"
+        );
         Ok(())
     })
     .await
@@ -88,14 +118,16 @@ async fn help_lists_the_exit_codes_and_bash_completes_the_commands() {
         }
 
         let dir = TempDir::new("ops-cli-completions");
-        let script = lectern(&["completions", "bash"]).await?.expect_code(0)?.stdout;
+        let script = lectern(&["completions", "bash"])
+            .await?
+            .expect_code(0)?
+            .stdout;
         let file = dir.path().join("lectern.bash");
         std::fs::write(&file, script)?;
         // What bash does on `lectern jobs re<TAB>` and `lectern com<TAB>`.
         let complete = |words: &'static str, cword: usize| {
             let file = file.clone();
             async move {
-                let bin = lectern_bin()?;
                 let out = tokio::task::spawn_blocking(move || {
                     std::process::Command::new("bash")
                         .arg("-c")
@@ -105,7 +137,6 @@ async fn help_lists_the_exit_codes_and_bash_completes_the_commands() {
                              \"${{COMP_WORDS[$COMP_CWORD-1]}}\"; echo \"${{COMPREPLY[@]}}\"",
                             file.display()
                         ))
-                        .env("PATH", bin.parent().map(|p| p.display().to_string()).unwrap_or_default())
                         .output()
                 })
                 .await??;
@@ -115,11 +146,17 @@ async fn help_lists_the_exit_codes_and_bash_completes_the_commands() {
         let jobs = complete("lectern jobs re", 2).await?;
         assert!(jobs.split_whitespace().any(|w| w == "retry"), "{jobs:?}");
         let top = complete("lectern com", 1).await?;
-        assert!(top.split_whitespace().any(|w| w == "completions"), "{top:?}");
+        assert!(
+            top.split_whitespace().any(|w| w == "completions"),
+            "{top:?}"
+        );
         // zsh and fish get theirs (their shells are not installed here to run them).
         for shell in ["zsh", "fish"] {
-            let script = lectern(&["completions", shell]).await?.expect_code(0)?.stdout;
-            for word in ["jobs", "retry", "completions", "--admin-token"] {
+            let script = lectern(&["completions", shell])
+                .await?
+                .expect_code(0)?
+                .stdout;
+            for word in ["jobs", "retry", "completions", "admin-token"] {
                 assert!(script.contains(word), "{shell}: {word}");
             }
         }

@@ -125,7 +125,7 @@ pub(crate) fn authenticate(
 ) -> Result<Conn, AppError> {
     let conn = open_conn(gw, auth, request_token, transport);
     if conn.is_err() {
-        gw.inner.metrics.connection_failed(transport);
+        gw.inner.metrics.connection_failed(transport.label());
     }
     conn
 }
@@ -135,7 +135,7 @@ fn open_conn(
     gw: &Gateway,
     auth: Option<&Value>,
     request_token: Option<String>,
-    transport: &'static str,
+    transport: Transport,
 ) -> Result<Conn, AppError> {
     if gw.is_shutting_down() {
         return Err(AppError::new(
