@@ -22,7 +22,7 @@ use axum::routing::{get, post};
 use lectern_hub::Hub;
 use lectern_jobs::{JOBS_LIST_MAX, JobControl, JobFilter, JobView, JobsError};
 use lectern_mesh::{Mesh, ShareFilter};
-use lectern_model::{Caller, CohortId, DocId, Role, SessionId};
+use lectern_model::{Caller, CohortId, DocId, Role, SessionId, UserId};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
@@ -289,9 +289,12 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The share policy of a node restricted to `cohorts`: their cohort documents, and the session
-/// documents their cohort documents list (refreshed whenever one of them changes; the receiver
-/// ticks after each refresh, so the mesh can run anti-entropy for newly admitted sessions).
+/// The share policy of a node restricted to `cohorts`: their cohort documents, the session
+/// documents their cohort documents list, and the inboxes of their rosters' members (so a
+/// notification made on either side reaches its owner on the other), refreshed whenever one of
+/// the cohorts changes; the receiver ticks after each refresh, so the mesh can run
+/// anti-entropy for newly admitted documents. A member's inbox holds every notification of
+/// theirs, from other cohorts too: the node serves that member, so it may hold what they see.
 pub(crate) fn share_filter(hub: &Hub, cohorts: &[String]) -> (ShareFilter, watch::Receiver<u64>) {
     let cohort_docs: HashSet<String> = cohorts.iter().map(|c| format!("cohort/{c}")).collect();
     let sessions: Arc<RwLock<HashSet<String>>> = Arc::new(RwLock::new(HashSet::new()));
@@ -304,7 +307,8 @@ pub(crate) fn share_filter(hub: &Hub, cohorts: &[String]) -> (ShareFilter, watch
     (filter, rx)
 }
 
-/// Keeps `sessions` equal to the session documents listed by `cohorts`' documents.
+/// Keeps `sessions` equal to the session documents listed by `cohorts`' documents and the
+/// inboxes of their members.
 async fn refresh_sessions(
     hub: Hub,
     cohorts: Vec<CohortId>,
@@ -330,7 +334,7 @@ async fn refresh_sessions(
                     r.cohort_view(&reader)
                 })
                 .await;
-            if let Ok(Ok(view)) = view
+            if let Ok(Ok(view)) = &view
                 && let Some(list) = view["sessions"].as_array()
             {
                 for s in list {
@@ -356,6 +360,14 @@ async fn refresh_sessions(
                     if keep {
                         found.insert(format!("session/{id}"));
                     }
+                }
+            }
+            if let Ok(Ok(view)) = &view
+                && let Some(roster) = view["roster"].as_array()
+            {
+                let members = roster.iter().filter_map(|m| m["user"].as_str());
+                for user in members.filter_map(|u| u.parse::<UserId>().ok()) {
+                    found.insert(DocId::Inbox(user).to_string());
                 }
             }
         }
