@@ -190,13 +190,15 @@ struct AdminArgs {
 
 #[derive(Debug, Subcommand)]
 enum ClusterCmd {
-    /// Create a cluster CA: DIR/ca.pem and DIR/ca.key (keep the key offline).
+    /// Create a cluster: its CA (DIR/ca.pem, DIR/ca.key) and the token key every node verifies
+    /// with (DIR/auth-secret). Keep the directory offline.
     Init {
         /// Where to write the CA (must not hold one yet).
         #[arg(long)]
         out: PathBuf,
     },
-    /// Issue a node certificate signed by the cluster CA: DIR/node.pem, DIR/node.key, DIR/ca.pem.
+    /// Issue a node's bundle: its certificate signed by the cluster CA (DIR/node.pem,
+    /// DIR/node.key, DIR/ca.pem) and the cluster's token key (DIR/auth-secret).
     IssueNode {
         /// The node's cluster name (a-z, 0-9, '-'); peers dial it as NAME@HOST:PORT.
         #[arg(long)]
@@ -381,6 +383,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         } => {
             let ca = lectern_mesh::ClusterCa::generate()?;
             ca.write(&out)?;
+            lectern_node::create_cluster_secret(&out)?;
             if json {
                 print_json(&serde_json::json!({"ca": out.display().to_string()}));
             } else {
@@ -391,8 +394,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         Cmd::Cluster {
             command: ClusterCmd::IssueNode { id, ca, out },
         } => {
-            let ca = lectern_mesh::ClusterCa::read(&ca)?;
+            let ca_dir = ca;
+            let ca = lectern_mesh::ClusterCa::read(&ca_dir)?;
             ca.issue_node(&id)?.write(&out)?;
+            lectern_node::install_cluster_secret(&ca_dir, &out)?;
             if json {
                 print_json(&serde_json::json!({"node": id, "dir": out.display().to_string()}));
             } else {

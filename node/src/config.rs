@@ -371,9 +371,19 @@ impl Config {
     /// bytes (hex) and mode 0600 on first use, so `lectern token mint --data-dir` can read the
     /// same secret. The key is the file's text (the 64 hex digits), so copying the file into
     /// `LECTERN_AUTH_SECRET` gives the same tokens.
+    ///
+    /// A node enrolled with `lectern cluster issue-node` finds the cluster's secret in its
+    /// certificate directory (`{mesh.tls_dir}/auth-secret`, made once by `lectern cluster
+    /// init`); that one comes before the data directory's, so every node of the cluster, and
+    /// `lectern token mint` with any node's configuration, accept and sign the same tokens.
     pub fn resolve_secret(&self) -> anyhow::Result<Vec<u8>> {
         if let Some(secret) = &self.auth.hs256_secret {
             return Ok(secret.as_bytes().to_vec());
+        }
+        if let Some(dir) = &self.mesh.tls_dir
+            && let Some(secret) = read_secret(&dir.join(SECRET_FILE))?
+        {
+            return Ok(secret);
         }
         let path = self.data_dir.join(SECRET_FILE);
         if let Some(secret) = read_secret(&path)? {
@@ -1002,6 +1012,26 @@ fn read_secret(path: &Path) -> anyhow::Result<Option<Vec<u8>>> {
 /// written and fsynced under a temporary name, then hard-linked into place: a link fails if
 /// the name exists, so two processes starting at once agree on one secret and neither can read
 /// a half-written file.
+/// Makes the cluster's token secret beside its CA (`lectern cluster init`): `{dir}/auth-secret`,
+/// 32 random bytes as hex, mode 0600; an existing one is kept.
+pub fn create_cluster_secret(dir: &Path) -> anyhow::Result<()> {
+    create_secret(&dir.join(SECRET_FILE))
+}
+
+/// Copies the cluster's token secret from the CA directory into a node's certificate
+/// directory (`lectern cluster issue-node`), mode 0600. Returns false when the CA directory has
+/// none (a CA made before clusters had one: its nodes keep their own secrets).
+pub fn install_cluster_secret(ca_dir: &Path, node_dir: &Path) -> anyhow::Result<bool> {
+    let Some(secret) = read_secret(&ca_dir.join(SECRET_FILE))? else {
+        return Ok(false);
+    };
+    let mut text = secret;
+    text.push(b'\n');
+    let path = node_dir.join(SECRET_FILE);
+    write_private(&path, &text).with_context(|| format!("write {}", path.display()))?;
+    Ok(true)
+}
+
 fn create_secret(path: &Path) -> anyhow::Result<()> {
     let bytes: [u8; 32] = rand::random();
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();

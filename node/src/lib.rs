@@ -33,7 +33,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::info;
 
-pub use config::Config;
+pub use config::{Config, create_cluster_secret, install_cluster_secret};
 pub use demo::{DEMO_COHORT, DEMO_SESSION, seed_demo};
 
 /// How long [`Node::stop`] waits for the tasks that outlive the graceful shutdown (connection

@@ -12,12 +12,14 @@
 //!   when it is back; a parking period that ends dead-letters them.
 //! * `prometheus`: the alert rules pass `promtool test rules`, and every metric they and the
 //!   Grafana dashboard use is exported by a real node.
+//! * `trust`: one token key per cluster, carried by every node's bundle.
 
 mod admin_listener;
 mod cli;
 mod jobs;
 mod park;
 mod prometheus;
+mod trust;
 
 use std::path::PathBuf;
 use std::process::Command;
