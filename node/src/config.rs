@@ -46,6 +46,10 @@ pub struct Config {
     /// Base URL printed in demo links, without a trailing `/`. Default none, meaning
     /// `http://{http}`.
     pub public_url: Option<String>,
+    /// The public client URLs of the cluster's other nodes, in the order a browser should try
+    /// them when this node fails (`GET /api/nodes` lists this node's, then these; cross-origin
+    /// requests from these origins are allowed). Default none: the page stays on its node.
+    pub cluster_urls: Vec<String>,
     /// Seed a demo course, cohort and live session and print links. Default `false`.
     pub demo: bool,
     /// Print the demo's links without seeding it (a node of a demo cluster that receives the
@@ -244,6 +248,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./lectern-data"),
             http: SocketAddr::from(([127, 0, 0, 1], 8080)),
             public_url: None,
+            cluster_urls: Vec::new(),
             demo: false,
             demo_links: false,
             auth: AuthSettings::default(),
@@ -279,6 +284,8 @@ pub struct Overrides {
     pub http: Option<SocketAddr>,
     /// `--public-url URL`.
     pub public_url: Option<String>,
+    /// `--cluster-url URL` (repeatable; replaces the list of the other layers).
+    pub cluster_urls: Vec<String>,
     /// `--demo`: turns the demo on (a flag cannot turn it off).
     pub demo: bool,
     /// `--mesh-name NAME`.
@@ -299,7 +306,8 @@ pub struct Overrides {
 
 impl Config {
     /// Loads: defaults < the TOML file (given path, else ./lectern.toml if it exists) <
-    /// environment (`LECTERN_DATA_DIR`, `LECTERN_HTTP`, `LECTERN_PUBLIC_URL`, `LECTERN_DEMO`,
+    /// environment (`LECTERN_DATA_DIR`, `LECTERN_HTTP`, `LECTERN_PUBLIC_URL`, `LECTERN_CLUSTER_URLS`,
+    /// `LECTERN_DEMO`,
     /// `LECTERN_AUTH_SECRET`, `LECTERN_AUTH_PUBLIC_KEY_FILE`, `LECTERN_AUTH_PUBLIC_KEY_ALG`,
     /// `LECTERN_AUTH_LEEWAY_S`, `LECTERN_RATE_COMMANDS_PER_S`, `LECTERN_RATE_COMMAND_BURST`,
     /// `LECTERN_PAYLOAD_MAX_BYTES`, `LECTERN_OUTBOUND_QUEUE_MAX`, `LECTERN_CONNS_MAX`,
@@ -339,6 +347,9 @@ impl Config {
         }
         if let Some(url) = overrides.public_url {
             config.public_url = Some(check_url(&url).map_err(|e| anyhow!("--public-url: {e}"))?);
+        }
+        if !overrides.cluster_urls.is_empty() {
+            config.cluster_urls = check_urls(overrides.cluster_urls, "--cluster-url")?;
         }
         config.demo |= overrides.demo;
         if let Some(v) = overrides.mesh_name {
@@ -416,6 +427,7 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     http: Option<String>,
     public_url: Option<String>,
+    cluster_urls: Option<Vec<String>>,
     demo: Option<bool>,
     #[serde(default)]
     auth: FileAuth,
@@ -516,6 +528,9 @@ impl FileConfig {
         }
         if let Some(v) = self.public_url {
             c.public_url = Some(check_url(&v).map_err(|e| anyhow!("{}: {e}", at("public_url")))?);
+        }
+        if let Some(v) = self.cluster_urls {
+            c.cluster_urls = check_urls(v, &at("cluster_urls"))?;
         }
         if let Some(v) = self.demo {
             c.demo = v;
@@ -734,6 +749,15 @@ fn apply_env(c: &mut Config, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Re
     if let Some(v) = get("LECTERN_PUBLIC_URL") {
         c.public_url = Some(check_url(&v).map_err(|e| anyhow!("LECTERN_PUBLIC_URL: {e}"))?);
     }
+    if let Some(v) = get("LECTERN_CLUSTER_URLS") {
+        let urls = v
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned)
+            .collect();
+        c.cluster_urls = check_urls(urls, "LECTERN_CLUSTER_URLS")?;
+    }
     if let Some(v) = get("LECTERN_DEMO") {
         c.demo = parse_bool(&v, "LECTERN_DEMO")?;
     }
@@ -897,6 +921,12 @@ fn check_url(raw: &str) -> Result<String, String> {
         ));
     }
     Ok(url.to_owned())
+}
+
+fn check_urls(urls: Vec<String>, key: &str) -> anyhow::Result<Vec<String>> {
+    urls.iter()
+        .map(|u| check_url(u).map_err(|e| anyhow!("{key}: {e}")))
+        .collect()
 }
 
 fn check_secret(secret: String, key: &str) -> anyhow::Result<String> {

@@ -189,6 +189,20 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
             inactive_days: config.notify.inactive_days,
             ..Default::default()
         },
+        // Pages fail over to the cluster's other nodes: this one first, then the configured.
+        nodes: if config.cluster_urls.is_empty() {
+            Vec::new()
+        } else {
+            std::iter::once(public_base.clone())
+                .chain(
+                    config
+                        .cluster_urls
+                        .iter()
+                        .filter(|u| **u != public_base)
+                        .cloned(),
+                )
+                .collect()
+        },
         ..GatewayConfig::new(auth_config(&config, secret.clone())?)
     };
     let (gateway, routes) =

@@ -31,6 +31,9 @@ struct Args {
     /// Base URL for printed links [default: http://<http>].
     #[arg(long)]
     public_url: Option<String>,
+    /// Another node's public client URL, where the page fails over (repeatable, in order).
+    #[arg(long = "cluster-url")]
+    cluster_urls: Vec<String>,
     /// Seed a demo course, cohort and live session, and print links to it.
     #[arg(long)]
     demo: bool,
@@ -73,6 +76,7 @@ fn main() -> ExitCode {
         data_dir: args.data_dir,
         http: args.http,
         public_url: args.public_url,
+        cluster_urls: args.cluster_urls,
         demo: args.demo,
         mesh_name: args.mesh_name,
         region: args.region,

@@ -13,6 +13,7 @@ mod commands;
 mod error;
 mod limits;
 mod metrics;
+mod nodes;
 mod notifications;
 mod page;
 mod rest;
@@ -60,6 +61,10 @@ pub struct GatewayConfig {
     pub unsubscribe_key: Vec<u8>,
     /// The leaderboard and instructor dashboard streams.
     pub boards: BoardSettings,
+    /// The public client URLs of this node and then of the cluster's other nodes, in the order
+    /// a page should fail over to them (`GET /api/nodes`; CORS allows their origins). Default
+    /// none: pages stay on their node.
+    pub nodes: Vec<String>,
 }
 
 impl GatewayConfig {
@@ -71,6 +76,7 @@ impl GatewayConfig {
             limits: Limits::default(),
             keepalive_s: 15,
             boards: BoardSettings::default(),
+            nodes: Vec::new(),
         }
     }
 }
@@ -203,11 +209,17 @@ impl Gateway {
                 gw.clone(),
                 Arc::from(config.unsubscribe_key.as_slice()),
             ))
-            .merge(boards::routes(gw.clone()));
+            .merge(boards::routes(gw.clone()))
+            .merge(nodes::routes(config.nodes.clone()));
         // After every merge: a layer covers only the routes that exist when it is added.
         let router = rest::shared_middleware(merged, &gw)
             .layer(layer)
             .layer(axum::middleware::map_request(compact_request));
+        // Outermost: a preflight is answered before any other layer sees it.
+        let router = match nodes::cors(&config.nodes) {
+            Some(cors) => router.layer(cors),
+            None => router,
+        };
         Ok((gw, router))
     }
 
