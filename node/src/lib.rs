@@ -401,6 +401,21 @@ pub async fn start_demo_cluster(config: Config, n: usize) -> anyhow::Result<Vec<
         c.demo = i == 0;
         c.demo_links = i != 0;
         c.public_url = None;
+        // With known ports, the pages learn the other demo nodes for failover (`/api/nodes`).
+        c.cluster_urls = if config.http.port() == 0 {
+            Vec::new()
+        } else {
+            (0..n)
+                .filter(|j| *j != i)
+                .map(|j| {
+                    format!(
+                        "http://{}:{}",
+                        config.http.ip(),
+                        port(config.http.port(), j)
+                    )
+                })
+                .collect()
+        };
         c.mesh.name = (*name).to_owned();
         c.mesh.region = (*name).to_owned();
         c.mesh.listen =
