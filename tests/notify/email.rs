@@ -284,6 +284,18 @@ async fn without_smtp_emails_are_written_to_the_outbox_as_eml_files() {
         assert!(eml.contains("Subject: Your grade for quiz1 is ready\r\n"));
         assert!(eml.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"));
         assert!(eml.contains("List-Unsubscribe: <http://"));
+        // Live unsubscribe links and the store: the node's user only.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &std::path::Path| -> anyhow::Result<u32> {
+            Ok(std::fs::metadata(p)?.permissions().mode() & 0o777)
+        };
+        assert_eq!(mode(&files[0])?, 0o600, "the email file");
+        assert_eq!(mode(&outbox)?, 0o700, "the outbox");
+        assert_eq!(
+            mode(node.node.hub.store().path())?,
+            0o700,
+            "the store directory"
+        );
         node.stop().await?;
         Ok(())
     })
