@@ -14,5 +14,6 @@ mod mesh;
 mod model;
 mod node;
 mod notify;
+mod ops;
 mod support;
 mod web;

@@ -323,6 +323,7 @@ pub fn token(user: &str, role: &str) -> String {
         cohorts: vec![DEMO_COHORT.into()],
         exp: now + 3600,
         iat: now,
+        nbf: None,
     };
     mint(SECRET.as_bytes(), &claims).expect("minting with the test secret succeeds")
 }
