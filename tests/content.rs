@@ -34,13 +34,22 @@ impl Reply {
 
 /// One HTTP/1.0 GET over a real socket (the connection closes after the reply).
 fn get(addr: SocketAddr, path: &str, extra: &[(&str, &str)]) -> Reply {
+    send(addr, "GET", path, extra, &[])
+}
+
+/// One HTTP/1.0 request with a body over a real socket.
+fn send(addr: SocketAddr, method: &str, path: &str, extra: &[(&str, &str)], body: &[u8]) -> Reply {
     let mut s = std::net::TcpStream::connect(addr).expect("connect");
-    let mut req = format!("GET {path} HTTP/1.0\r\nHost: x\r\n");
+    let mut req = format!("{method} {path} HTTP/1.0\r\nHost: x\r\n");
     for (k, v) in extra {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
+    if method != "GET" {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
     req.push_str("\r\n");
     s.write_all(req.as_bytes()).expect("send");
+    s.write_all(body).expect("send the body");
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).expect("read");
     let split = raw
@@ -223,5 +232,198 @@ async fn the_demo_lesson_renders_to_sanitized_html_and_its_image_loads_from_cont
     )
     .await;
     assert_eq!(revalidated.status, 304);
+    node.stop().await.expect("stop");
+}
+
+const SECRET: &str = "content tests secret of at least 32 bytes";
+
+fn token(user: &str, role: &str) -> String {
+    let claims = lectern_gateway::auth::Claims {
+        sub: user.into(),
+        name: user.into(),
+        role: role.into(),
+        cohorts: Vec::new(),
+        exp: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs()
+            + 3600,
+        iat: 0,
+        nbf: None,
+    };
+    lectern_gateway::auth::mint(SECRET.as_bytes(), &claims).expect("mint")
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    lectern_content::BlobHash::of(bytes).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instructors_upload_verified_blobs_and_publish_versions_without_overwriting() {
+    let dir = TempDir::new("content-publish");
+    let mut config = demo_config(&dir);
+    config.demo = false;
+    config.auth.hs256_secret = Some(SECRET.into());
+    let node = start(config).await.expect("start");
+    let addr = node.http_addr;
+    let ins = format!("Bearer {}", token("ins9", "instructor"));
+    let stu = format!("Bearer {}", token("stu9", "student"));
+    let req = move |method: &'static str,
+                    path: String,
+                    headers: Vec<(&'static str, String)>,
+                    body: Vec<u8>| {
+        tokio::task::spawn_blocking(move || {
+            let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            send(addr, method, &path, &h, &body)
+        })
+    };
+
+    // A 100 KB asset: past the gateway's 16 KiB default body limit, under the upload limit.
+    let image: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let h = sha256_hex(&image);
+    let auth = |t: &str, ty: &str| {
+        vec![
+            ("Authorization", t.to_owned()),
+            ("Content-Type", ty.to_owned()),
+        ]
+    };
+    let r = req(
+        "PUT",
+        format!("/api/content/{h}"),
+        auth(&stu, "image/png"),
+        image.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].clone()),
+        (403, "forbidden".into())
+    );
+    let r = req(
+        "PUT",
+        format!("/api/content/{}", "0".repeat(64)),
+        auth(&ins, "image/png"),
+        image.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].clone()),
+        (422, "hash_mismatch".into())
+    );
+    let r = req(
+        "PUT",
+        format!("/api/content/{h}"),
+        auth(&ins, "application/x-sh"),
+        image.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].clone()),
+        (415, "unsupported_type".into())
+    );
+    let raw = b"<p onclick=\"x()\">hi</p><script>x()</script>".to_vec();
+    let r = req(
+        "PUT",
+        format!("/api/content/{}", sha256_hex(&raw)),
+        auth(&ins, "text/html; charset=utf-8"),
+        raw,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].clone()),
+        (422, "unsanitized_html".into())
+    );
+    assert_eq!(
+        get_async(addr, &format!("/content/{h}.png"), &[])
+            .await
+            .status,
+        404,
+        "a refused upload stored something"
+    );
+    let r = req(
+        "PUT",
+        format!("/api/content/{h}"),
+        auth(&ins, "image/png"),
+        image.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let served = get_async(addr, &format!("/content/{h}.png"), &[]).await;
+    assert_eq!(served.body, image);
+
+    // Lesson v1 and v2 are two blobs; publishing v2 leaves v1 readable.
+    let v1 = b"# One\n".to_vec();
+    let v2 = b"# One, revised\n".to_vec();
+    for body in [&v1, &v2] {
+        let r = req(
+            "PUT",
+            format!("/api/content/{}", sha256_hex(body)),
+            auth(&ins, "text/markdown; charset=utf-8"),
+            body.clone(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, 201);
+    }
+    let json_auth = |t: &str| auth(t, "application/json");
+    let publish = |id: &str, body: &[u8]| {
+        serde_json::to_vec(&serde_json::json!({
+            "id": id, "cmd": "course.publish",
+            "modules": [{"title": "M", "lessons": [{"id": "one", "title": "One", "body": sha256_hex(body), "assets": [h]}]}]
+        })).unwrap()
+    };
+    let r = req(
+        "POST",
+        "/api/courses/k9/commands".into(),
+        json_auth(&ins),
+        publish("p0", &v1),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].clone()),
+        (404, "doc_not_found".into())
+    );
+    let create =
+        serde_json::to_vec(&serde_json::json!({"id": "c", "cmd": "course.create", "title": "K9"}))
+            .unwrap();
+    let r = req(
+        "POST",
+        "/api/courses/k9/commands".into(),
+        json_auth(&stu),
+        create.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 403);
+    let r = req(
+        "POST",
+        "/api/courses/k9/commands".into(),
+        json_auth(&ins),
+        create,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    for (id, body) in [("p1", &v1), ("p2", &v2)] {
+        let r = req(
+            "POST",
+            "/api/courses/k9/commands".into(),
+            json_auth(&ins),
+            publish(id, body),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    }
+    let course = get_async(addr, "/api/courses/k9", &[]).await.json();
+    assert_eq!(course["version"], 2);
+    assert_eq!(course["modules"][0]["lessons"][0]["body"], sha256_hex(&v2));
+    let old = get_async(addr, &format!("/content/{}.md", sha256_hex(&v1)), &[]).await;
+    assert_eq!((old.status, old.body), (200, v1));
     node.stop().await.expect("stop");
 }

@@ -39,6 +39,20 @@ pub fn render(
     let mut unsafe_html = String::with_capacity(markdown.len() * 3 / 2);
     html::push_html(&mut unsafe_html, Parser::new_ext(markdown, options));
 
+    clean(&unsafe_html, resolve)
+}
+
+/// Sanitizes HTML with the same allowlist as [`render`], dropping every relative URL: what a
+/// node checks an uploaded lesson rendering against (HTML that is not already a fixpoint of
+/// this function was not made by [`render`], or was edited after).
+pub fn sanitize_html(html: &str) -> String {
+    clean(html, |_| None)
+}
+
+fn clean(
+    unsafe_html: &str,
+    resolve: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
+) -> String {
     let mut builder = ammonia::Builder::default();
     builder.add_tags(MEDIA_TAGS.iter().map(|(t, _)| *t));
     for (tag, attrs) in MEDIA_TAGS {
@@ -51,7 +65,7 @@ pub fn render(
         }
         resolve(value).map(Cow::Owned)
     });
-    builder.clean(&unsafe_html).to_string()
+    builder.clean(unsafe_html).to_string()
 }
 
 /// The relative URLs a lesson references (images, links, media), as written: what a
@@ -92,6 +106,16 @@ fn is_relative(url: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rendered_lessons_are_a_fixpoint_of_the_sanitizer_and_raw_html_is_not() {
+        let md = "# T\n\n![d](img/diagram.png) <video src=\"clip.webm\" controls></video>\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n[x](https://example.org)";
+        let html = render(md, resolve);
+        assert_eq!(sanitize_html(&html), html);
+        let raw = "<p onclick=\"steal()\">hi</p><script>steal()</script>";
+        assert_ne!(sanitize_html(raw), raw);
+        assert!(!sanitize_html(raw).contains("script"));
+    }
 
     fn resolve(url: &str) -> Option<String> {
         match url {

@@ -9,24 +9,30 @@
 //! in the outline, so a stale outline only ever points at lessons that still exist. The catalog's
 //! `ETag` is a hash of every course's heads, built from memory without loading a document.
 //!
+//! Publishing: `PUT /api/content/{sha256}` (an instructor or admin; the body must hash to the
+//! name, its `Content-Type` must be one of [`UPLOAD_TYPES`], HTML only if it is already what
+//! the sanitizer makes of it) stores a blob; `POST /api/courses/{id}/commands` runs
+//! `course.create` / `course.publish`. A blob is never overwritten: the same name is the same
+//! bytes, and a new lesson version is a new name.
+//!
 //! These reads take no rate-limit token: they are public, cacheable, and a `304` costs a
 //! map lookup.
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use lectern_content::BlobStore;
+use axum::routing::{get, post, put};
+use lectern_content::{BlobError, BlobHash, BlobStore};
 use lectern_model::{CourseId, DocId};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::Gateway;
 use crate::error::AppError;
-use crate::rest::parse_id;
+use crate::rest::{Authed, RawBody, parse_id};
 
 /// 7 days, in seconds: how long clients and CDNs may use course metadata without revalidating.
 pub const COURSE_MAX_AGE_S: u64 = 7 * 24 * 3600;
@@ -34,6 +40,42 @@ pub const COURSE_MAX_AGE_S: u64 = 7 * 24 * 3600;
 pub const COURSE_STALE_WHILE_REVALIDATE_S: u64 = 24 * 3600;
 /// Most courses listed in the catalog (the rest are left off, oldest ids last).
 pub const CATALOG_COURSES_MAX: usize = 1000;
+
+/// Largest blob an upload may carry, in bytes (the store's own limit applies too).
+pub const CONTENT_UPLOAD_MAX_BYTES: usize = 32 * 1024 * 1024;
+/// Largest course command body, in bytes (an outline of hundreds of lessons).
+pub const COURSE_COMMAND_MAX_BYTES: usize = 512 * 1024;
+
+/// The content types an upload may declare: lesson sources and renderings, images, documents,
+/// audio, video and captions.
+pub const UPLOAD_TYPES: &[&str] = &[
+    "text/markdown; charset=utf-8",
+    "text/html; charset=utf-8",
+    "text/plain; charset=utf-8",
+    "text/vtt; charset=utf-8",
+    "image/png",
+    "image/jpeg",
+    "image/gif",
+    "image/webp",
+    "application/pdf",
+    "audio/mpeg",
+    "audio/ogg",
+    "audio/wav",
+    "video/mp4",
+    "video/webm",
+];
+
+/// The body limit of a route of this module that takes more than the gateway's default (the
+/// shared middleware's early 413 asks, so it does not refuse an upload by its declared size).
+pub(crate) fn own_body_limit(path: &str) -> Option<usize> {
+    if path.starts_with("/api/content/") {
+        Some(CONTENT_UPLOAD_MAX_BYTES)
+    } else if path.starts_with("/api/courses/") && path.ends_with("/commands") {
+        Some(COURSE_COMMAND_MAX_BYTES)
+    } else {
+        None
+    }
+}
 
 fn cache_control() -> HeaderValue {
     // Invariant: digits and ASCII punctuation make a valid header value.
@@ -48,10 +90,125 @@ pub(crate) fn routes(gw: Gateway, content: Option<Arc<BlobStore>>) -> Router {
     let courses = Router::new()
         .route("/api/courses", get(catalog))
         .route("/api/courses/{id}", get(course))
-        .with_state(gw);
+        .merge(
+            Router::new()
+                .route("/api/courses/{id}/commands", post(course_command))
+                .layer(DefaultBodyLimit::max(COURSE_COMMAND_MAX_BYTES)),
+        )
+        .with_state(gw.clone());
     match content {
-        Some(store) => courses.merge(lectern_content::routes(store)),
+        Some(store) => courses
+            .merge(
+                Router::new()
+                    .route("/api/content/{hash}", put(upload))
+                    .layer(DefaultBodyLimit::max(CONTENT_UPLOAD_MAX_BYTES))
+                    .layer(axum::Extension(store.clone()))
+                    .with_state(gw),
+            )
+            .merge(lectern_content::routes(store)),
         None => courses,
+    }
+}
+
+async fn course_command(
+    State(gw): State<Gateway>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+    RawBody(body): RawBody,
+) -> Result<Response, AppError> {
+    let course: CourseId = parse_id(&id, "course id")?;
+    let cmd: lectern_model::Command = serde_json::from_slice(&body).map_err(|e| {
+        AppError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_command",
+            format!("not a valid command: {e}"),
+        )
+    })?;
+    let ack = gw
+        .run(&caller, DocId::Course(course), Some(cmd.id), cmd.body)
+        .await?;
+    Ok(axum::Json(ack).into_response())
+}
+
+async fn upload(
+    axum::Extension(store): axum::Extension<Arc<BlobStore>>,
+    Authed(caller): Authed,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<Response, AppError> {
+    if !caller.role.is_instructor() {
+        return Err(AppError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "only an instructor or admin may upload content",
+        ));
+    }
+    let hash: BlobHash = name.parse().map_err(|_| {
+        AppError::bad_request("content is named by its SHA-256, 64 lowercase hex digits")
+    })?;
+    let declared = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let Some(content_type) = UPLOAD_TYPES
+        .iter()
+        .find(|t| t.eq_ignore_ascii_case(declared.trim()))
+    else {
+        return Err(AppError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_type",
+            format!("{declared:?} is not an accepted content type; accepted: {UPLOAD_TYPES:?}"),
+        ));
+    };
+    if content_type.starts_with("text/html") {
+        // Clients insert a lesson's HTML into the page: only HTML the sanitizer leaves as it is
+        // (what `markdown::render` makes) may be stored.
+        let text =
+            std::str::from_utf8(&body).map_err(|_| AppError::bad_request("HTML must be UTF-8"))?;
+        if lectern_content::markdown::sanitize_html(text) != text {
+            return Err(AppError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unsanitized_html",
+                "the HTML is not what the sanitizer makes of it; upload a rendering made by \
+                 `lectern content push`",
+            ));
+        }
+    }
+    let size = body.len();
+    let stored = tokio::task::spawn_blocking(move || store.put_verified(hash, &body, content_type))
+        .await
+        .map_err(|_| {
+            AppError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "upload task failed",
+            )
+        })?;
+    match stored {
+        Ok(()) => Ok((
+            StatusCode::CREATED,
+            axum::Json(json!({"hash": hash.to_string(), "bytes": size})),
+        )
+            .into_response()),
+        Err(BlobError::HashMismatch { actual, .. }) => Err(AppError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "hash_mismatch",
+            format!("the body's SHA-256 is {actual}, not the name it was put at"),
+        )),
+        Err(BlobError::TooLarge { .. }) => Err(AppError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "the blob is over the node's size limit",
+        )),
+        Err(e) => {
+            tracing::error!(error = %e, "storing an uploaded blob failed");
+            Err(AppError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the blob could not be stored",
+            ))
+        }
     }
 }
 

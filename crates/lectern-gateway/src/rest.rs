@@ -142,6 +142,8 @@ async fn refuse_declared_oversized(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    // Upload routes set a larger limit of their own (their route layer enforces it).
+    let body_max = crate::courses::own_body_limit(request.uri().path()).unwrap_or(body_max);
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
