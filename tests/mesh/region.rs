@@ -73,8 +73,8 @@ async fn three_nodes_of_a_region_share_a_class_as_one_room() -> anyhow::Result<(
         );
 
         // Presence counted once across nodes: a client on each node sees every user.
-        for i in 0..3 {
-            clients[i]
+        for (i, client) in clients.iter_mut().take(3).enumerate() {
+            client
                 .wait_for(&format!("attendance of all on node {i}"), |e| {
                     e.name == "attendance:update" && e.data()["present"] == 3 * PER_NODE
                 })
