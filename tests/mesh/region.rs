@@ -42,7 +42,7 @@ async fn three_nodes_of_a_region_share_a_class_as_one_room() -> anyhow::Result<(
             .iter()
             .map(|&i| cluster.node(i).http_addr)
             .collect();
-        let mut clients: Vec<Client> = futures_util::stream::iter(0..3 * PER_NODE)
+        let mut joined: Vec<(usize, Client)> = futures_util::stream::iter(0..3 * PER_NODE)
             .map(|i| {
                 let addr = addrs[i % 3];
                 async move {
@@ -58,7 +58,7 @@ async fn three_nodes_of_a_region_share_a_class_as_one_room() -> anyhow::Result<(
                         .call("session:join", vec![json!(DEMO_SESSION)])
                         .await?;
                     anyhow::ensure!(ack["ok"] == true, "{user}'s join: {ack}");
-                    anyhow::Ok(client)
+                    anyhow::Ok((i, client))
                 }
             })
             .buffer_unordered(CONNECTING)
@@ -66,6 +66,9 @@ async fn three_nodes_of_a_region_share_a_class_as_one_room() -> anyhow::Result<(
             .await
             .into_iter()
             .collect::<anyhow::Result<_>>()?;
+        // In connection order: clients 0, 1 and 2 are on nodes A, B and C.
+        joined.sort_by_key(|(i, _)| *i);
+        let mut clients: Vec<Client> = joined.into_iter().map(|(_, c)| c).collect();
         println!(
             "region: {} clients joined over 3 nodes in {:?}",
             clients.len(),
