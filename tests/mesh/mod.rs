@@ -12,6 +12,7 @@ mod hostile;
 mod notify;
 mod partition;
 mod presence;
+mod region;
 mod replicate;
 mod restart;
 
