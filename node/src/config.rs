@@ -35,6 +35,9 @@ pub const SECRET_FILE_LEN_MAX_BYTES: usize = 4096;
 /// Largest accepted `auth.leeway_s`, in seconds: more would make expiry meaningless.
 pub const LEEWAY_MAX_S: u64 = 3600;
 
+/// Largest accepted `auth.token_lifetime_max_s`, in seconds (one year).
+pub const TOKEN_LIFETIME_MAX_MAX_S: u64 = 365 * 24 * 3600;
+
 /// A node's validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -219,6 +222,13 @@ pub struct AuthSettings {
     /// Clock-skew allowance on a token's `exp`, in seconds (at most [`LEEWAY_MAX_S`]).
     /// Default 30.
     pub leeway_s: u64,
+    /// Longest accepted time from now to a token's `exp`, in seconds (1 to
+    /// [`TOKEN_LIFETIME_MAX_MAX_S`]). Default 2,592,000 (30 days).
+    pub token_lifetime_max_s: u64,
+    /// The `aud` the external issuer's tokens must carry. Default none (not checked).
+    pub audience: Option<String>,
+    /// The `iss` the external issuer's tokens must carry. Default none (not checked).
+    pub issuer: Option<String>,
 }
 
 /// Limits the gateway enforces (defined with the gateway, which enforces them).
@@ -248,6 +258,9 @@ impl Default for AuthSettings {
             public_key_pem_file: None,
             public_key_alg: None,
             leeway_s: 30,
+            token_lifetime_max_s: lectern_gateway::auth::TOKEN_LIFETIME_MAX_DEFAULT_S,
+            audience: None,
+            issuer: None,
         }
     }
 }
@@ -455,6 +468,9 @@ struct FileAuth {
     public_key_pem_file: Option<PathBuf>,
     public_key_alg: Option<String>,
     leeway_s: Option<u64>,
+    token_lifetime_max_s: Option<u64>,
+    audience: Option<String>,
+    issuer: Option<String>,
 }
 
 /// The file's `[limits]` table.
@@ -499,6 +515,15 @@ impl FileConfig {
         }
         if let Some(v) = a.leeway_s {
             c.auth.leeway_s = check_leeway(v, &at("auth.leeway_s"))?;
+        }
+        if let Some(v) = a.token_lifetime_max_s {
+            c.auth.token_lifetime_max_s = check_lifetime(v, &at("auth.token_lifetime_max_s"))?;
+        }
+        if let Some(v) = a.audience {
+            c.auth.audience = Some(v);
+        }
+        if let Some(v) = a.issuer {
+            c.auth.issuer = Some(v);
         }
         let m = self.mesh;
         if let Some(v) = m.name {
@@ -711,6 +736,16 @@ fn apply_env(c: &mut Config, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Re
         let key = "LECTERN_AUTH_LEEWAY_S";
         c.auth.leeway_s = check_leeway(parse_value(&v, key)?, key)?;
     }
+    if let Some(v) = get("LECTERN_AUTH_TOKEN_LIFETIME_MAX_S") {
+        let key = "LECTERN_AUTH_TOKEN_LIFETIME_MAX_S";
+        c.auth.token_lifetime_max_s = check_lifetime(parse_value(&v, key)?, key)?;
+    }
+    if let Some(v) = get("LECTERN_AUTH_AUDIENCE") {
+        c.auth.audience = Some(v);
+    }
+    if let Some(v) = get("LECTERN_AUTH_ISSUER") {
+        c.auth.issuer = Some(v);
+    }
     if let Some(v) = get("LECTERN_MESH_NAME") {
         c.mesh.name = check_node_name(&v, "LECTERN_MESH_NAME")?;
     }
@@ -919,6 +954,13 @@ fn check_resume_wait(v: u64, key: &str) -> anyhow::Result<u64> {
 fn check_leeway(v: u64, key: &str) -> anyhow::Result<u64> {
     if v > LEEWAY_MAX_S {
         bail!("{key}: {v} s is more than the {LEEWAY_MAX_S} s allowed");
+    }
+    Ok(v)
+}
+
+fn check_lifetime(v: u64, key: &str) -> anyhow::Result<u64> {
+    if v == 0 || v > TOKEN_LIFETIME_MAX_MAX_S {
+        bail!("{key}: {v} s is not between 1 and {TOKEN_LIFETIME_MAX_MAX_S} s");
     }
     Ok(v)
 }

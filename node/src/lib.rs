@@ -103,6 +103,9 @@ fn auth_config(config: &Config, secret: Vec<u8>) -> anyhow::Result<AuthConfig> {
         hs256_secret: secret,
         public_key,
         leeway_s: config.auth.leeway_s,
+        token_lifetime_max_s: config.auth.token_lifetime_max_s,
+        audience: config.auth.audience.clone(),
+        issuer: config.auth.issuer.clone(),
     })
 }
 

@@ -20,11 +20,11 @@ const NOW_S: u64 = 1_700_000_000;
 const LEEWAY_S: u64 = 30;
 
 /// An Ed25519 key pair made once with `openssl genpkey -algorithm ed25519` (test-only).
-const ED_PRIVATE: &str = "-----BEGIN PRIVATE KEY-----
+pub(super) const ED_PRIVATE: &str = "-----BEGIN PRIVATE KEY-----
 MC4CAQAwBQYDK2VwBCIEIOzPSXLEjkS5BkSjPJVqEmaLstG/FKdnxXYo9/6P2oCu
 -----END PRIVATE KEY-----
 ";
-const ED_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----
+pub(super) const ED_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----
 MCowBQYDK2VwAyEAsy3CQOoFe9pLrRY/b6gqqmSPYugWmb0mwtYY+W5FcKU=
 -----END PUBLIC KEY-----
 ";
@@ -53,6 +53,7 @@ fn hs256_only() -> Verifier {
         hs256_secret: SECRET.to_vec(),
         public_key: None,
         leeway_s: LEEWAY_S,
+        ..AuthConfig::default()
     })
     .expect("an HS256-only config is valid")
 }
@@ -65,6 +66,7 @@ fn with_ed_key() -> Verifier {
             pem: ED_PUBLIC.to_owned(),
         }),
         leeway_s: LEEWAY_S,
+        ..AuthConfig::default()
     })
     .expect("the test Ed25519 public key is a valid PEM")
 }
@@ -146,7 +148,11 @@ fn expiry_is_checked_against_the_passed_clock_with_leeway() {
 
     // The system clock is not consulted: a token that expired decades ago verifies at a
     // `now_s` before its expiry.
-    let old = minted(&claims("u1", "student", 1_000));
+    // (`iat` is 0 here: one after `now_s` would mean "issued in the future".)
+    let old = minted(&Claims {
+        iat: 0,
+        ..claims("u1", "student", 1_000)
+    });
     assert!(v.verify(&old, 900).is_ok());
 }
 
@@ -279,6 +285,7 @@ fn a_bad_pem_fails_at_startup() {
                 pem: "-----BEGIN PUBLIC KEY-----\nnot a key\n-----END PUBLIC KEY-----\n".into(),
             }),
             leeway_s: LEEWAY_S,
+            ..AuthConfig::default()
         };
         let e = Verifier::new(&config).expect_err("a garbage PEM is refused");
         assert_eq!(e.code(), "auth_config", "{alg:?}: {e}");
@@ -287,6 +294,7 @@ fn a_bad_pem_fails_at_startup() {
         hs256_secret: Vec::new(),
         public_key: None,
         leeway_s: LEEWAY_S,
+        ..AuthConfig::default()
     };
     assert!(Verifier::new(&nothing).is_err(), "no key at all is refused");
 }
@@ -362,6 +370,7 @@ fn cli_mint_verifies_with_the_nodes_secret() {
         hs256_secret: node.resolve_secret().expect("the node reads the secret"),
         public_key: None,
         leeway_s: node.auth.leeway_s,
+        ..AuthConfig::default()
     })
     .expect("valid config");
     let verified = verifier

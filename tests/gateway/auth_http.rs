@@ -6,6 +6,7 @@
 //! token expires is disconnected, told why.
 
 use anyhow::Context;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use lectern_gateway::auth::mint;
 use lectern_node::DEMO_COHORT;
 use lectern_testkit::{Client, ConnectError, Transport};
@@ -42,8 +43,22 @@ struct Case {
     code: &'static str,
 }
 
+/// `claims` (any JSON) signed with the demo node's secret, for claims [`claims`] cannot say.
+fn raw_token(demo: &Demo, claims: &Value) -> String {
+    let key = EncodingKey::from_secret(&demo.node.secret).expect("the node's secret is non-empty");
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &key).expect("HS256 signing works")
+}
+
 fn cases(demo: &Demo) -> Vec<Case> {
     let now = unix_now_s();
+    let student = |extra: Value| {
+        let mut c = json!({"sub": "student1", "role": "student", "cohorts": [DEMO_COHORT],
+            "exp": now + 3600});
+        if let (Some(c), Some(extra)) = (c.as_object_mut(), extra.as_object()) {
+            c.extend(extra.clone());
+        }
+        raw_token(demo, &c)
+    };
     let forged = mint(
         b"not-the-node-secret-0123456789ab",
         &claims("student1", "student", &[DEMO_COHORT], now + 3600),
@@ -68,6 +83,31 @@ fn cases(demo: &Demo) -> Vec<Case> {
             token: Some(demo.mint(&claims("student1", "student", &[DEMO_COHORT], now - 3600))),
             status: 401,
             code: "token_expired",
+        },
+        Case {
+            what: "not valid yet",
+            token: Some(student(json!({"nbf": now + 3600}))),
+            status: 401,
+            code: "token_not_yet_valid",
+        },
+        Case {
+            what: "issued in the future",
+            token: Some(student(json!({"iat": now + 3600}))),
+            status: 401,
+            code: "token_not_yet_valid",
+        },
+        Case {
+            // An `exp` near u64::MAX once overflowed a connection's deadline.
+            what: "lives for ever",
+            token: Some(student(json!({"exp": u64::MAX}))),
+            status: 401,
+            code: "token_lifetime",
+        },
+        Case {
+            what: "lives past the 30-day maximum",
+            token: Some(student(json!({"exp": now + 31 * 24 * 3600}))),
+            status: 401,
+            code: "token_lifetime",
         },
         Case {
             what: "other cohort",
@@ -252,6 +292,75 @@ async fn a_socket_is_disconnected_with_a_reason_when_its_token_expires() -> anyh
             }
         });
         futures_util::future::try_join_all(expiring).await?;
+        demo.stop().await
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_external_issuers_tokens_must_name_the_configured_audience_and_issuer()
+-> anyhow::Result<()> {
+    within(async {
+        let keys = crate::support::TempDir::new("auth-issuer-key");
+        let pem = keys.path().join("issuer.pem");
+        std::fs::write(&pem, super::auth::ED_PUBLIC)?;
+        let demo = Demo::start_with("auth-issuer", |c| {
+            c.auth.public_key_pem_file = Some(pem.clone());
+            c.auth.public_key_alg = Some("EdDSA".to_owned());
+            c.auth.audience = Some("lectern".to_owned());
+            c.auth.issuer = Some("https://lms.example".to_owned());
+        })
+        .await?;
+        let key = EncodingKey::from_ed_pem(super::auth::ED_PRIVATE.as_bytes())?;
+        let now = unix_now_s();
+        let sign = |extra: Value| -> anyhow::Result<String> {
+            let mut c = json!({"sub": "student1", "role": "student", "cohorts": [DEMO_COHORT],
+                "exp": now + 3600});
+            if let (Some(c), Some(extra)) = (c.as_object_mut(), extra.as_object()) {
+                c.extend(extra.clone());
+            }
+            Ok(jsonwebtoken::encode(
+                &Header::new(Algorithm::EdDSA),
+                &c,
+                &key,
+            )?)
+        };
+        let view = format!("/api/sessions/{}", demo.session);
+        let cases = [
+            ("neither", json!({}), 401),
+            (
+                "another audience",
+                json!({"aud": "other-app", "iss": "https://lms.example"}),
+                401,
+            ),
+            (
+                "another issuer",
+                json!({"aud": "lectern", "iss": "https://evil.example"}),
+                401,
+            ),
+            ("no issuer", json!({"aud": ["x", "lectern"]}), 401),
+            (
+                "both right",
+                json!({"aud": "lectern", "iss": "https://lms.example"}),
+                200,
+            ),
+            (
+                "audience in a list",
+                json!({"aud": ["x", "lectern"], "iss": "https://lms.example"}),
+                200,
+            ),
+        ];
+        for (what, extra, status) in cases {
+            let token = sign(extra)?;
+            let r = demo.http.get(&view, Some(&token)).await?;
+            assert_eq!(r.status, status, "{what}: {}", r.text());
+            if status == 401 {
+                assert_eq!(r.error_code().as_deref(), Some("wrong_issuer"), "{what}");
+            }
+        }
+        // The node's own HS256 tokens are not the external issuer's and need neither claim.
+        let own = demo.token("student1", "student");
+        assert_eq!(demo.http.get(&view, Some(&own)).await?.status, 200);
         demo.stop().await
     })
     .await

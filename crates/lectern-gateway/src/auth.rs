@@ -23,6 +23,11 @@ pub const TOKEN_LEN_MAX_BYTES: usize = 8 * 1024;
 /// Default clock-skew allowance on `exp`, in seconds.
 pub const LEEWAY_DEFAULT_S: u64 = 30;
 
+/// Default longest token lifetime accepted, in seconds (30 days): a token whose `exp` lies
+/// further ahead than this (beyond the leeway) is refused, so a leaked token cannot live for
+/// ever and no deadline computed from `exp` leaves the clock's range.
+pub const TOKEN_LIFETIME_MAX_DEFAULT_S: u64 = 30 * 24 * 3600;
+
 /// The cookie that carries a token when no `Authorization` header is sent.
 pub const TOKEN_COOKIE: &str = "lectern_token";
 
@@ -53,8 +58,18 @@ pub struct AuthConfig {
     pub hs256_secret: Vec<u8>,
     /// An external issuer's public key, if one is trusted.
     pub public_key: Option<PublicKey>,
-    /// Clock-skew allowance on `exp`, in seconds (default [`LEEWAY_DEFAULT_S`]).
+    /// Clock-skew allowance on `exp`, `nbf` and `iat`, in seconds (default
+    /// [`LEEWAY_DEFAULT_S`]).
     pub leeway_s: u64,
+    /// Longest accepted time from now to a token's `exp`, in seconds (default
+    /// [`TOKEN_LIFETIME_MAX_DEFAULT_S`]).
+    pub token_lifetime_max_s: u64,
+    /// The `aud` an external issuer's tokens must carry (one of theirs, when a list); `None`
+    /// means not checked. Applies to tokens verified with [`AuthConfig::public_key`].
+    pub audience: Option<String>,
+    /// The `iss` an external issuer's tokens must carry; `None` means not checked. Applies to
+    /// tokens verified with [`AuthConfig::public_key`].
+    pub issuer: Option<String>,
 }
 
 impl Default for AuthConfig {
@@ -63,6 +78,9 @@ impl Default for AuthConfig {
             hs256_secret: Vec::new(),
             public_key: None,
             leeway_s: LEEWAY_DEFAULT_S,
+            token_lifetime_max_s: TOKEN_LIFETIME_MAX_DEFAULT_S,
+            audience: None,
+            issuer: None,
         }
     }
 }
@@ -112,6 +130,15 @@ pub enum AuthError {
     /// The token's `exp` is past (beyond the leeway).
     #[error("the token has expired")]
     Expired,
+    /// The token's `nbf` or `iat` lies in the future (beyond the leeway).
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    /// The token's `exp` lies further ahead than the configured maximum lifetime.
+    #[error("the token lives longer than the {0} s allowed")]
+    LifetimeTooLong(u64),
+    /// An external issuer's token lacks the configured `aud` or `iss`.
+    #[error("the token is for another audience or from another issuer: {0}")]
+    WrongIssuer(String),
     /// The signature is good but a claim is missing or invalid.
     #[error("invalid token claims: {0}")]
     InvalidClaims(String),
@@ -129,6 +156,9 @@ impl AuthError {
             AuthError::Malformed(_) => "bad_token",
             AuthError::BadSignature => "bad_signature",
             AuthError::Expired => "token_expired",
+            AuthError::NotYetValid => "token_not_yet_valid",
+            AuthError::LifetimeTooLong(_) => "token_lifetime",
+            AuthError::WrongIssuer(_) => "wrong_issuer",
             AuthError::InvalidClaims(_) => "bad_claims",
             AuthError::Config(_) => "auth_config",
         }
@@ -177,12 +207,16 @@ impl Verifier {
                 hs256,
                 public,
                 leeway_s: config.leeway_s,
+                lifetime_max_s: config.token_lifetime_max_s,
+                audience: config.audience.clone(),
+                issuer: config.issuer.clone(),
             }),
         })
     }
 
     /// Verifies signature (HS256 with the secret, or the configured public-key algorithm when
-    /// the token's header says so), `exp` against `now_s` (with leeway), and turns claims into
+    /// the token's header says so), `exp`, `nbf` and `iat` against `now_s` (with leeway), the
+    /// maximum lifetime, the external issuer's `aud` and `iss` when configured, and turns claims into
     /// a Caller: sub must be a valid UserId, role one of student|ta|instructor|admin, cohorts
     /// valid CohortIds. Reject alg "none" and any algorithm not configured.
     pub fn verify(&self, token: &str, now_s: u64) -> Result<Verified, AuthError> {
@@ -203,9 +237,13 @@ impl Verifier {
             AuthError::Malformed(format!("unreadable header or unsupported algorithm: {e}"))
         })?;
         let keys = &*self.inner;
+        let mut external = false;
         let key = match (header.alg, &keys.hs256, &keys.public) {
             (Algorithm::HS256, Some(secret), _) => secret,
-            (alg, _, Some((public_alg, public))) if alg == *public_alg => public,
+            (alg, _, Some((public_alg, public))) if alg == *public_alg => {
+                external = true;
+                public
+            }
             (alg, _, _) => {
                 return Err(AuthError::Malformed(format!(
                     "algorithm {alg:?} is not accepted"
@@ -220,12 +258,34 @@ impl Verifier {
         // No audience is configured, so an `aud` claim (which LMS issuers add) is not checked.
         validation.validate_aud = false;
         validation.required_spec_claims = HashSet::from(["exp".to_owned(), "sub".to_owned()]);
-        let claims = jsonwebtoken::decode::<Claims>(token, key, &validation)
+        let Decoded {
+            claims,
+            nbf,
+            aud,
+            iss,
+        } = jsonwebtoken::decode::<Decoded>(token, key, &validation)
             .map_err(|e| classify(e.into_kind()))?
             .claims;
 
-        if claims.exp.saturating_add(keys.leeway_s) < now_s {
+        // Every comparison saturates: a claim near u64::MAX must not overflow.
+        let leeway = keys.leeway_s;
+        if claims.exp.saturating_add(leeway) < now_s {
             return Err(AuthError::Expired);
+        }
+        if nbf.unwrap_or(0) > now_s.saturating_add(leeway)
+            || claims.iat > now_s.saturating_add(leeway)
+        {
+            return Err(AuthError::NotYetValid);
+        }
+        if claims.exp
+            > now_s
+                .saturating_add(keys.lifetime_max_s)
+                .saturating_add(leeway)
+        {
+            return Err(AuthError::LifetimeTooLong(keys.lifetime_max_s));
+        }
+        if external {
+            keys.check_issuer(aud.as_ref(), iss.as_deref())?;
         }
         let caller = caller_from(claims.sub, claims.name, &claims.role, claims.cohorts)?;
         Ok(Verified {
@@ -242,6 +302,9 @@ impl std::fmt::Debug for Verifier {
             .field("hs256", &self.inner.hs256.is_some())
             .field("public", &self.inner.public.as_ref().map(|(alg, _)| *alg))
             .field("leeway_s", &self.inner.leeway_s)
+            .field("lifetime_max_s", &self.inner.lifetime_max_s)
+            .field("audience", &self.inner.audience)
+            .field("issuer", &self.inner.issuer)
             .finish()
     }
 }
@@ -264,11 +327,59 @@ pub fn token_from_parts(headers: &HeaderMap, query: Option<&str>) -> Option<Stri
         .or_else(|| query.and_then(|q| query_param(q, "token")))
 }
 
-/// The keys a [`Verifier`] holds.
+/// The keys a [`Verifier`] holds, and what it checks besides the signature.
 struct Keys {
     hs256: Option<DecodingKey>,
     public: Option<(Algorithm, DecodingKey)>,
     leeway_s: u64,
+    lifetime_max_s: u64,
+    audience: Option<String>,
+    issuer: Option<String>,
+}
+
+impl Keys {
+    /// An external issuer's token must name the configured audience and issuer, so a token
+    /// the same issuer minted for another application is not accepted here.
+    fn check_issuer(
+        &self,
+        aud: Option<&serde_json::Value>,
+        iss: Option<&str>,
+    ) -> Result<(), AuthError> {
+        if let Some(want) = &self.audience {
+            let ok = match aud {
+                Some(serde_json::Value::String(a)) => a == want,
+                Some(serde_json::Value::Array(list)) => {
+                    list.iter().any(|a| a.as_str() == Some(want.as_str()))
+                }
+                _ => false,
+            };
+            if !ok {
+                return Err(AuthError::WrongIssuer(format!("`aud` must name {want:?}")));
+            }
+        }
+        if let Some(want) = &self.issuer
+            && iss != Some(want.as_str())
+        {
+            return Err(AuthError::WrongIssuer(format!("`iss` must be {want:?}")));
+        }
+        Ok(())
+    }
+}
+
+/// The claims as decoded: Lectern's own, and the registered ones only the verifier reads.
+#[derive(Deserialize)]
+struct Decoded {
+    #[serde(flatten)]
+    claims: Claims,
+    /// Not before, seconds since the Unix epoch.
+    #[serde(default)]
+    nbf: Option<u64>,
+    /// Audience: a string or a list of strings.
+    #[serde(default)]
+    aud: Option<serde_json::Value>,
+    /// Issuer.
+    #[serde(default)]
+    iss: Option<String>,
 }
 
 /// Maps a jsonwebtoken failure to the case a client can act on.
