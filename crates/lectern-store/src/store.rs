@@ -293,6 +293,20 @@ impl Store {
         Ok(self.inner.shared.db.contains_key(key)?)
     }
 
+    /// The record of queued job `id`, if it is queued.
+    pub fn queued_job(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        keys::validate_job(id)?;
+        let key = keys::job_key(keys::JOB_QUEUE_PREFIX, id);
+        Ok(self.inner.shared.db.get(key)?.map(|v| v.to_vec()))
+    }
+
+    /// The record of dead-lettered job `id`, if it is dead-lettered.
+    pub fn dead_job(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        keys::validate_job(id)?;
+        let key = keys::job_key(keys::JOB_DEAD_PREFIX, id);
+        Ok(self.inner.shared.db.get(key)?.map(|v| v.to_vec()))
+    }
+
     fn jobs_under(&self, prefix: &[u8]) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let mut jobs = Vec::new();
         for entry in self.inner.shared.db.scan_prefix(prefix) {
