@@ -415,6 +415,13 @@ impl Config {
         }
         fs::create_dir_all(&self.data_dir)
             .with_context(|| format!("create data directory {}", self.data_dir.display()))?;
+        // Owner-only, like the store that will live here (which sets it again).
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&self.data_dir, fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("make {} private", self.data_dir.display()))?;
+        }
         create_secret(&path)?;
         read_secret(&path)?.with_context(|| format!("read back {}", path.display()))
     }

@@ -284,6 +284,18 @@ async fn without_smtp_emails_are_written_to_the_outbox_as_eml_files() {
         assert!(eml.contains("Subject: Your grade for quiz1 is ready\r\n"));
         assert!(eml.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"));
         assert!(eml.contains("List-Unsubscribe: <http://"));
+        // Private under any umask: the email's link unsubscribes, the store holds everything.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &std::path::Path| -> anyhow::Result<u32> {
+            Ok(std::fs::metadata(p)?.permissions().mode() & 0o777)
+        };
+        let store = node.node.hub.store().path();
+        assert_eq!(mode(&files[0])?, 0o600, "the .eml file");
+        assert_eq!(mode(&outbox)?, 0o700, "the outbox");
+        assert_eq!(mode(store)?, 0o700, "the data directory");
+        for file in ["db", "conf", "lectern.lock", "auth-secret"] {
+            assert_eq!(mode(&store.join(file))?, 0o600, "{file}");
+        }
         node.stop().await?;
         Ok(())
     })

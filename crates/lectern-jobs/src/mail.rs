@@ -155,8 +155,17 @@ impl Mailer {
                 // Durable before the job completes: written, fsynced, then renamed into place.
                 let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
                     use std::io::Write;
+                    // Owner-only: an email carries a live unsubscribe link and a grade.
                     std::fs::create_dir_all(&dir)?;
-                    let mut file = std::fs::File::create(&tmp)?;
+                    let mut options = std::fs::OpenOptions::new();
+                    options.write(true).create(true).truncate(true);
+                    #[cfg(unix)]
+                    {
+                        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+                        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+                        options.mode(0o600);
+                    }
+                    let mut file = options.open(&tmp)?;
                     file.write_all(&bytes)?;
                     file.sync_all()?;
                     std::fs::rename(&tmp, &path)?;
