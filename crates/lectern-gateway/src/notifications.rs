@@ -211,21 +211,37 @@ async fn unsubscribe(
     Query(q): Query<UnsubscribeQuery>,
 ) -> Result<Response, AppError> {
     let kinds = checked(&key, &q)?;
-    let user = crate::rest::parse_id(&q.u, "user")?;
+    let user: lectern_model::UserId = crate::rest::parse_id(&q.u, "user")?;
+    // The link's signature stands for its user: the command runs in their name (so it takes
+    // *their* rate token, not one bucket shared by every link), with the job runner's role,
+    // which may edit any inbox.
     let system = Caller {
-        // Invariant: a fixed, valid id.
-        user: "lectern-unsubscribe".parse().expect("a valid user id"),
+        user: user.clone(),
         name: "Lectern".to_owned(),
         role: Role::Admin,
         cohorts: Vec::new(),
     };
-    let body = CommandBody::InboxPrefs {
-        kinds: kinds.into_iter().map(|k| (k, Channel::InApp)).collect(),
-        digest: None,
-        email: None,
-    };
-    gw.run(&system, DocId::Inbox(user), Some(new_command_id()), body)
+    gw.inner.limiter.command(user.as_str())?;
+    // Idempotent: a link clicked again (or by every mail scanner) writes nothing when every
+    // kind it names is already off email.
+    let prefs = gw
+        .inner
+        .hub
+        .read(DocId::Inbox(user.clone()), |r| r.inbox_prefs())
         .await?;
+    let pending: Vec<NotifyKind> = kinds
+        .into_iter()
+        .filter(|k| !matches!(prefs.channel(*k), Channel::InApp | Channel::Off))
+        .collect();
+    if !pending.is_empty() {
+        let body = CommandBody::InboxPrefs {
+            kinds: pending.into_iter().map(|k| (k, Channel::InApp)).collect(),
+            digest: None,
+            email: None,
+        };
+        gw.run_charged(&system, DocId::Inbox(user), Some(new_command_id()), body)
+            .await?;
+    }
     Ok((
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         "You are unsubscribed from these emails.\n",
