@@ -53,6 +53,10 @@ pub struct Config {
     /// them when this node fails (`GET /api/nodes` lists this node's, then these; cross-origin
     /// requests from these origins are allowed). Default none: the page stays on its node.
     pub cluster_urls: Vec<String>,
+    /// Further browser origins (`https://class.example`) whose pages may authenticate with
+    /// the `lectern_token` cookie; the node's own origin, its `public_url`'s and the cluster
+    /// URLs' are always allowed. Default none.
+    pub allowed_origins: Vec<String>,
     /// Seed a demo course, cohort and live session and print links. Default `false`.
     pub demo: bool,
     /// Print the demo's links without seeding it (a node of a demo cluster that receives the
@@ -259,6 +263,7 @@ impl Default for Config {
             http: SocketAddr::from(([127, 0, 0, 1], 8080)),
             public_url: None,
             cluster_urls: Vec::new(),
+            allowed_origins: Vec::new(),
             demo: false,
             demo_links: false,
             auth: AuthSettings::default(),
@@ -448,6 +453,7 @@ struct FileConfig {
     http: Option<String>,
     public_url: Option<String>,
     cluster_urls: Option<Vec<String>>,
+    allowed_origins: Option<Vec<String>>,
     demo: Option<bool>,
     #[serde(default)]
     auth: FileAuth,
@@ -554,6 +560,9 @@ impl FileConfig {
         }
         if let Some(v) = self.cluster_urls {
             c.cluster_urls = check_urls(v, &at("cluster_urls"))?;
+        }
+        if let Some(v) = self.allowed_origins {
+            c.allowed_origins = check_urls(v, &at("allowed_origins"))?;
         }
         if let Some(v) = self.demo {
             c.demo = v;
@@ -789,6 +798,15 @@ fn apply_env(c: &mut Config, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Re
             .map(str::to_owned)
             .collect();
         c.cluster_urls = check_urls(urls, "LECTERN_CLUSTER_URLS")?;
+    }
+    if let Some(v) = get("LECTERN_ALLOWED_ORIGINS") {
+        let urls = v
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned)
+            .collect();
+        c.allowed_origins = check_urls(urls, "LECTERN_ALLOWED_ORIGINS")?;
     }
     if let Some(v) = get("LECTERN_DEMO") {
         c.demo = parse_bool(&v, "LECTERN_DEMO")?;

@@ -206,6 +206,11 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
                 )
                 .collect()
         },
+        // Pages of the public URL may use the cookie too (behind a proxy its host is not the
+        // request's `Host`).
+        allowed_origins: std::iter::once(public_base.clone())
+            .chain(config.allowed_origins.iter().cloned())
+            .collect(),
         ..GatewayConfig::new(auth_config(&config, secret.clone())?)
     };
     let (gateway, routes) =

@@ -303,18 +303,25 @@ fn a_bad_pem_fails_at_startup() {
 fn token_from_parts_precedence() {
     let q = Some("x=1&access_token=from-access&token=from-token");
     let mut headers = HeaderMap::new();
-    assert_eq!(token_from_parts(&headers, None), None);
     assert_eq!(
-        token_from_parts(&headers, Some("token=t%2Ea")).as_deref(),
+        token_from_parts(&headers, None, &[]).expect("no Origin: the cookie counts"),
+        None
+    );
+    assert_eq!(
+        token_from_parts(&headers, Some("token=t%2Ea"), &[])
+            .expect("no Origin: the cookie counts")
+            .as_deref(),
         Some("t.a")
     );
     assert_eq!(
-        token_from_parts(&headers, Some("token=&x=1")),
+        token_from_parts(&headers, Some("token=&x=1"), &[]).expect("no Origin: the cookie counts"),
         None,
         "empty is absent"
     );
     assert_eq!(
-        token_from_parts(&headers, q).as_deref(),
+        token_from_parts(&headers, q, &[])
+            .expect("no Origin: the cookie counts")
+            .as_deref(),
         Some("from-access")
     );
 
@@ -324,7 +331,9 @@ fn token_from_parts_precedence() {
         HeaderValue::from_static("a=b; lectern_token=from-cookie"),
     );
     assert_eq!(
-        token_from_parts(&headers, q).as_deref(),
+        token_from_parts(&headers, q, &[])
+            .expect("no Origin: the cookie counts")
+            .as_deref(),
         Some("from-cookie")
     );
 
@@ -334,7 +343,9 @@ fn token_from_parts_precedence() {
         HeaderValue::from_static("Basic dTpw"),
     );
     assert_eq!(
-        token_from_parts(&headers, q).as_deref(),
+        token_from_parts(&headers, q, &[])
+            .expect("no Origin: the cookie counts")
+            .as_deref(),
         Some("from-cookie")
     );
 
@@ -343,7 +354,9 @@ fn token_from_parts_precedence() {
         HeaderValue::from_static("bearer  from-header "),
     );
     assert_eq!(
-        token_from_parts(&headers, q).as_deref(),
+        token_from_parts(&headers, q, &[])
+            .expect("no Origin: the cookie counts")
+            .as_deref(),
         Some("from-header")
     );
 }

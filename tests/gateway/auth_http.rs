@@ -365,3 +365,103 @@ async fn an_external_issuers_tokens_must_name_the_configured_audience_and_issuer
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cookie_counts_only_from_an_allowed_origin_and_commands_take_only_json()
+-> anyhow::Result<()> {
+    within(async {
+        let demo = Demo::start_with("auth-origin", |c| {
+            c.allowed_origins = vec!["https://class.example".to_owned()];
+        })
+        .await?;
+        let token = demo.token("student1", "student");
+        let cookie = format!("lectern_token={token}");
+        let own = format!("http://{}", demo.node.http_addr);
+        let prefs = "/api/notifications/preferences";
+        let send = |origin: Option<&str>, content_type: &str, body: &str, bearer: bool| {
+            let mut headers = vec![("content-type", content_type.to_owned())];
+            if bearer {
+                headers.push(("authorization", format!("Bearer {token}")));
+            } else {
+                headers.push(("cookie", cookie.clone()));
+            }
+            if let Some(o) = origin {
+                headers.push(("origin", o.to_owned()));
+            }
+            let body = body.as_bytes().to_vec();
+            let http = &demo.http;
+            async move {
+                let headers: Vec<(&str, &str)> =
+                    headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                http.send("POST", prefs, &headers, Some(body), super::TEST_TIMEOUT)
+                    .await
+            }
+        };
+        let before: Value = demo.http.get(prefs, Some(&token)).await?.json()?;
+        let off = r#"{"kinds": {"announcement": "off"}}"#;
+        // Another site's page riding on the cookie: refused, JSON or not, and nothing changes.
+        for ct in ["application/json", "text/plain"] {
+            for origin in ["https://evil.example", "null"] {
+                let r = send(Some(origin), ct, off, false).await?;
+                assert_eq!(
+                    (r.status, r.error_code().as_deref()),
+                    (403, Some("bad_origin")),
+                    "{origin} {ct}: {}",
+                    r.text()
+                );
+            }
+        }
+        // The same with SSE: the cookie from another origin opens no stream.
+        let sse = demo
+            .http
+            .sse(
+                &format!("/api/stream/sessions/{}", demo.session),
+                &[("cookie", &cookie), ("origin", "https://evil.example")],
+            )
+            .await?;
+        let r = sse.err().context("a cross-site SSE stream was opened")?;
+        assert_eq!(
+            r.error_code().as_deref(),
+            Some("bad_origin"),
+            "{}",
+            r.text()
+        );
+        assert_eq!(before, demo.http.get(prefs, Some(&token)).await?.json()?);
+
+        // A body that is not declared JSON is refused even from the node's own pages.
+        for (ct, what) in [
+            ("text/plain", "text/plain"),
+            ("application/x-www-form-urlencoded", "form"),
+        ] {
+            let r = send(Some(&own), ct, off, false).await?;
+            assert_eq!(
+                (r.status, r.error_code().as_deref()),
+                (415, Some("unsupported_media_type")),
+                "{what}: {}",
+                r.text()
+            );
+        }
+        let r = send(None, "text/plain", off, true).await?;
+        assert_eq!(
+            r.status, 415,
+            "a bearer token does not make text/plain JSON"
+        );
+        assert_eq!(before, demo.http.get(prefs, Some(&token)).await?.json()?);
+
+        // Allowed: the node's own origin, a configured one, no Origin (curl), and a bearer
+        // token from anywhere.
+        for (origin, bearer) in [
+            (Some(own.as_str()), false),
+            (Some("https://class.example"), false),
+            (None, false),
+            (Some("https://evil.example"), true),
+        ] {
+            let r = send(origin, "application/json; charset=utf-8", off, bearer).await?;
+            assert_eq!(r.status, 200, "{origin:?} bearer={bearer}: {}", r.text());
+        }
+        let after: Value = demo.http.get(prefs, Some(&token)).await?.json()?;
+        assert_eq!(after["kinds"]["announcement"], "off", "{after}");
+        demo.stop().await
+    })
+    .await
+}

@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use axum::http::HeaderMap;
-use axum::http::header::{AUTHORIZATION, COOKIE};
+use axum::http::header::{AUTHORIZATION, COOKIE, HOST, ORIGIN};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use lectern_model::{Caller, CohortId, Role, UserId};
@@ -136,6 +136,9 @@ pub enum AuthError {
     /// The token's `exp` lies further ahead than the configured maximum lifetime.
     #[error("the token lives longer than the {0} s allowed")]
     LifetimeTooLong(u64),
+    /// The only token is the cookie, sent by a page of an origin that is not allowed.
+    #[error("the `lectern_token` cookie is not accepted from this Origin; send a bearer token")]
+    ForeignOrigin,
     /// An external issuer's token lacks the configured `aud` or `iss`.
     #[error("the token is for another audience or from another issuer: {0}")]
     WrongIssuer(String),
@@ -159,6 +162,7 @@ impl AuthError {
             AuthError::NotYetValid => "token_not_yet_valid",
             AuthError::LifetimeTooLong(_) => "token_lifetime",
             AuthError::WrongIssuer(_) => "wrong_issuer",
+            AuthError::ForeignOrigin => "bad_origin",
             AuthError::InvalidClaims(_) => "bad_claims",
             AuthError::Config(_) => "auth_config",
         }
@@ -320,11 +324,59 @@ pub fn mint(secret: &[u8], claims: &Claims) -> Result<String, AuthError> {
 /// The token of an HTTP request: `Authorization: Bearer …`, else cookie `lectern_token`, else
 /// query `access_token` or `token` (EventSource cannot set headers; the demo links carry
 /// `?token=`). `query` is the raw query string, without the `?`. Empty values are skipped.
-pub fn token_from_parts(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
-    bearer(headers)
-        .or_else(|| cookie(headers))
-        .or_else(|| query.and_then(|q| query_param(q, "access_token")))
-        .or_else(|| query.and_then(|q| query_param(q, "token")))
+///
+/// The cookie is the one credential a browser adds by itself, so another site's page could
+/// ride on it (CSRF, cross-site WebSocket hijacking): it counts only when
+/// [`origin_allowed`]; otherwise, if nothing else carries a token, the request is refused with
+/// [`AuthError::ForeignOrigin`]. A bearer token or a query token is never sent by a browser on
+/// its own, so those pass from any origin.
+pub fn token_from_parts(
+    headers: &HeaderMap,
+    query: Option<&str>,
+    allowed_origins: &[String],
+) -> Result<Option<String>, AuthError> {
+    if let Some(token) = bearer(headers) {
+        return Ok(Some(token));
+    }
+    let from_cookie = cookie(headers);
+    if from_cookie.is_some() && origin_allowed(headers, allowed_origins) {
+        return Ok(from_cookie);
+    }
+    let from_query =
+        query.and_then(|q| query_param(q, "access_token").or_else(|| query_param(q, "token")));
+    match (from_query, from_cookie) {
+        (Some(token), _) => Ok(Some(token)),
+        (None, Some(_)) => Err(AuthError::ForeignOrigin),
+        (None, None) => Ok(None),
+    }
+}
+
+/// Whether a request's `Origin` may use the cookie: no `Origin` at all (not a browser, or a
+/// same-origin GET), the request's own `Host` (the node's own pages), or one of `allowed`
+/// (compared without a trailing `/`, ASCII case-insensitively). `Origin: null` is refused.
+pub fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    let mut origins = headers.get_all(ORIGIN).iter();
+    let Some(origin) = origins.next() else {
+        return true;
+    };
+    if origins.next().is_some() {
+        return false;
+    }
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    let origin = origin.trim().trim_end_matches('/');
+    if allowed
+        .iter()
+        .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+    {
+        return true;
+    }
+    let authority = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    let host = headers.get(HOST).and_then(|h| h.to_str().ok());
+    matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h.trim()))
 }
 
 /// The keys a [`Verifier`] holds, and what it checks besides the signature.
