@@ -465,3 +465,44 @@ async fn the_cookie_counts_only_from_an_allowed_origin_and_commands_take_only_js
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_gateway_records_attendance() -> anyhow::Result<()> {
+    within(async {
+        let demo = Demo::start("auth-attendance").await?;
+        let s = demo.session.clone();
+        let before = demo.session_view().await?;
+        for role in ["student", "instructor"] {
+            let token = demo.token(if role == "student" { "student1" } else { "ada" }, role);
+            for name in ["attendance.join", "attendance.leave"] {
+                let r = demo.command(&token, name, json!({})).await?;
+                assert_eq!(
+                    (r.status, r.error_code().as_deref()),
+                    (403, Some("gateway_only")),
+                    "{role} {name}: {}",
+                    r.text()
+                );
+                let r = demo
+                    .http
+                    .post_json(
+                        &format!("/api/sessions/{s}/commands"),
+                        Some(&token),
+                        &json!({"cmd": name}),
+                    )
+                    .await?;
+                assert_eq!(
+                    r.error_code().as_deref(),
+                    Some("gateway_only"),
+                    "{role} {name}: {}",
+                    r.text()
+                );
+            }
+        }
+        assert_eq!(
+            before["attendance"],
+            demo.session_view().await?["attendance"]
+        );
+        demo.stop().await
+    })
+    .await
+}

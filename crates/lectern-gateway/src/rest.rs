@@ -15,7 +15,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use lectern_hub::JoinStart;
-use lectern_model::{Caller, CohortId, Command, DocId, ResumeToken, SessionId, UserId};
+use lectern_model::{
+    Caller, CohortId, Command, CommandBody, DocId, ResumeToken, SessionId, UserId,
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -258,6 +260,18 @@ async fn execute(
     doc: DocId,
     cmd: Command,
 ) -> Result<Response, AppError> {
+    if matches!(
+        cmd.body,
+        CommandBody::AttendanceJoin | CommandBody::AttendanceLeave
+    ) {
+        // Attendance is what the gateway sees of a user's connections; a client saying it
+        // joined would let one student inflate visits (and the session's quota) at will.
+        return Err(AppError::new(
+            StatusCode::FORBIDDEN,
+            "gateway_only",
+            "attendance is recorded by the node when you connect and join, not sent",
+        ));
+    }
     let ack = gw.run(caller, doc, Some(cmd.id), cmd.body).await?;
     Ok(Json(ack).into_response())
 }
