@@ -35,8 +35,8 @@ pub const SECRET_FILE_LEN_MAX_BYTES: usize = 4096;
 /// Largest accepted `auth.leeway_s`, in seconds: more would make expiry meaningless.
 pub const LEEWAY_MAX_S: u64 = 3600;
 
-/// Largest accepted `auth.token_lifetime_max_s`, in seconds (one year).
-pub const TOKEN_LIFETIME_MAX_MAX_S: u64 = 365 * 24 * 3600;
+/// Largest accepted `auth.token_lifetime_max_s`, in seconds (ten times the default).
+pub const TOKEN_LIFETIME_MAX_MAX_S: u64 = 10 * lectern_gateway::auth::TOKEN_LIFETIME_MAX_S;
 
 /// A node's validated configuration.
 #[derive(Debug, Clone)]
@@ -245,7 +245,7 @@ pub struct AuthSettings {
     /// Default 30.
     pub leeway_s: u64,
     /// Longest accepted time from now to a token's `exp`, in seconds (1 to
-    /// [`TOKEN_LIFETIME_MAX_MAX_S`]). Default 2,592,000 (30 days).
+    /// [`TOKEN_LIFETIME_MAX_MAX_S`]). Default 31,622,400 (366 days).
     pub token_lifetime_max_s: u64,
     /// The `aud` the external issuer's tokens must carry. Default none (not checked).
     pub audience: Option<String>,
@@ -418,14 +418,13 @@ impl Config {
         if let Some(secret) = read_secret(&path)? {
             return Ok(secret);
         }
-        fs::create_dir_all(&self.data_dir)
-            .with_context(|| format!("create data directory {}", self.data_dir.display()))?;
-        // Owner-only, like the store that will live here (which sets it again).
-        #[cfg(unix)]
         {
-            use std::os::unix::fs::PermissionsExt;
-            fs::set_permissions(&self.data_dir, fs::Permissions::from_mode(0o700))
-                .with_context(|| format!("make {} private", self.data_dir.display()))?;
+            use std::os::unix::fs::DirBuilderExt;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&self.data_dir)
+                .with_context(|| format!("create data directory {}", self.data_dir.display()))?;
         }
         create_secret(&path)?;
         read_secret(&path)?.with_context(|| format!("read back {}", path.display()))

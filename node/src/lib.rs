@@ -122,6 +122,7 @@ fn demo_token(secret: &[u8], user: &str, name: &str, role: &str) -> anyhow::Resu
         cohorts: vec![DEMO_COHORT.into()],
         exp: now + 7 * 24 * 3600,
         iat: now,
+        nbf: None,
     };
     mint(secret, &claims).context("mint a demo token")
 }

@@ -23,10 +23,14 @@ pub const TOKEN_LEN_MAX_BYTES: usize = 8 * 1024;
 /// Default clock-skew allowance on `exp`, in seconds.
 pub const LEEWAY_DEFAULT_S: u64 = 30;
 
-/// Default longest token lifetime accepted, in seconds (30 days): a token whose `exp` lies
-/// further ahead than this (beyond the leeway) is refused, so a leaked token cannot live for
-/// ever and no deadline computed from `exp` leaves the clock's range.
-pub const TOKEN_LIFETIME_MAX_DEFAULT_S: u64 = 30 * 24 * 3600;
+/// The longest a token may live by default, in seconds (one year and a day): a token whose
+/// `exp` is further from now is refused, so a leaked key cannot mint tokens that outlive its
+/// rotation by decades, and `exp` near `u64::MAX` never reaches the clock arithmetic of the
+/// transports. [`AuthConfig::token_lifetime_max_s`] sets another.
+pub const TOKEN_LIFETIME_MAX_S: u64 = 366 * 86_400;
+
+/// The default of [`AuthConfig::token_lifetime_max_s`], in seconds.
+pub const TOKEN_LIFETIME_MAX_DEFAULT_S: u64 = TOKEN_LIFETIME_MAX_S;
 
 /// The cookie that carries a token when no `Authorization` header is sent.
 pub const TOKEN_COOKIE: &str = "lectern_token";
@@ -46,9 +50,12 @@ pub struct Claims {
     pub cohorts: Vec<String>,
     /// Expiry, seconds since the Unix epoch.
     pub exp: u64,
-    /// Issue time, seconds since the Unix epoch (informational).
+    /// Issue time, seconds since the Unix epoch; one after now (beyond the leeway) is refused.
     #[serde(default)]
     pub iat: u64,
+    /// Not before, seconds since the Unix epoch; absent means valid from issue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
 }
 
 /// What the verifier trusts.
@@ -134,8 +141,8 @@ pub enum AuthError {
     #[error("the token is not valid yet")]
     NotYetValid,
     /// The token's `exp` lies further ahead than the configured maximum lifetime.
-    #[error("the token lives longer than the {0} s allowed")]
-    LifetimeTooLong(u64),
+    #[error("the token lives longer than this node allows (auth.token_lifetime_max_s)")]
+    TooLong,
     /// The only token is the cookie, sent by a page of an origin that is not allowed.
     #[error("the `lectern_token` cookie is not accepted from this Origin; send a bearer token")]
     ForeignOrigin,
@@ -160,7 +167,7 @@ impl AuthError {
             AuthError::BadSignature => "bad_signature",
             AuthError::Expired => "token_expired",
             AuthError::NotYetValid => "token_not_yet_valid",
-            AuthError::LifetimeTooLong(_) => "token_lifetime",
+            AuthError::TooLong => "token_too_long",
             AuthError::WrongIssuer(_) => "wrong_issuer",
             AuthError::ForeignOrigin => "bad_origin",
             AuthError::InvalidClaims(_) => "bad_claims",
@@ -262,12 +269,7 @@ impl Verifier {
         // No audience is configured, so an `aud` claim (which LMS issuers add) is not checked.
         validation.validate_aud = false;
         validation.required_spec_claims = HashSet::from(["exp".to_owned(), "sub".to_owned()]);
-        let Decoded {
-            claims,
-            nbf,
-            aud,
-            iss,
-        } = jsonwebtoken::decode::<Decoded>(token, key, &validation)
+        let Decoded { claims, aud, iss } = jsonwebtoken::decode::<Decoded>(token, key, &validation)
             .map_err(|e| classify(e.into_kind()))?
             .claims;
 
@@ -276,17 +278,13 @@ impl Verifier {
         if claims.exp.saturating_add(leeway) < now_s {
             return Err(AuthError::Expired);
         }
-        if nbf.unwrap_or(0) > now_s.saturating_add(leeway)
+        if claims.nbf.unwrap_or(0) > now_s.saturating_add(leeway)
             || claims.iat > now_s.saturating_add(leeway)
         {
             return Err(AuthError::NotYetValid);
         }
-        if claims.exp
-            > now_s
-                .saturating_add(keys.lifetime_max_s)
-                .saturating_add(leeway)
-        {
-            return Err(AuthError::LifetimeTooLong(keys.lifetime_max_s));
+        if claims.exp > now_s.saturating_add(keys.lifetime_max_s) {
+            return Err(AuthError::TooLong);
         }
         if external {
             keys.check_issuer(aud.as_ref(), iss.as_deref())?;
@@ -423,9 +421,6 @@ impl Keys {
 struct Decoded {
     #[serde(flatten)]
     claims: Claims,
-    /// Not before, seconds since the Unix epoch.
-    #[serde(default)]
-    nbf: Option<u64>,
     /// Audience: a string or a list of strings.
     #[serde(default)]
     aud: Option<serde_json::Value>,

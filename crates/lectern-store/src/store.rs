@@ -103,14 +103,26 @@ impl Store {
     /// [`StoreError::Locked`] if the directory is already open, here or in another process, and
     /// with [`StoreError::NewerSchema`] if a newer lectern wrote it.
     pub fn open_with(path: &Path, config: StoreConfig) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(path).map_err(|source| StoreError::Io {
-            action: format!("create the store directory {}", path.display()),
-            source,
-        })?;
-        make_private(path, DIR_MODE)?;
+        // Owner only: the store holds every class's content and the node's secrets beside it
+        // (sled's files are made under the umask; the directory keeps others out of them).
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(path)
+                .map_err(|source| StoreError::Io {
+                    action: format!("create the store directory {}", path.display()),
+                    source,
+                })?;
+            // A directory that already existed (made by hand, or by an older lectern) too.
+            use std::os::unix::fs::PermissionsExt;
+            if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)) {
+                tracing::warn!(path = %path.display(), error = %e, "could not make the store directory private");
+            }
+        }
         let lock_file = lock_dir(path)?;
         let db = open_sled(path, &config)?;
-        make_files_private(path)?;
         let identity = boot(path, &db)?;
         tracing::debug!(path = %path.display(), node = %identity.node_id, boot_epoch = identity.boot_epoch, "opened store");
 
@@ -464,55 +476,6 @@ impl Shared {
         self.db.flush()?;
         Ok(())
     }
-}
-
-/// Mode of the store directory: its owner only, so nobody else can read documents (names,
-/// questions, grades) whatever the umask gave the files inside.
-#[cfg(unix)]
-const DIR_MODE: u32 = 0o700;
-#[cfg(not(unix))]
-const DIR_MODE: u32 = 0;
-
-/// Mode of the files sled and lectern keep in the store directory: their owner only.
-#[cfg(unix)]
-const FILE_MODE: u32 = 0o600;
-
-/// Sets `path`'s permission bits to `mode` (Unix only; elsewhere the OS's ACLs decide).
-fn make_private(path: &Path, mode: u32) -> Result<(), StoreError> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(
-            |source| StoreError::Io {
-                action: format!("make {} private (mode {mode:o})", path.display()),
-                source,
-            },
-        )?;
-    }
-    #[cfg(not(unix))]
-    let _ = (path, mode);
-    Ok(())
-}
-
-/// Makes the regular files at the top of the store directory (sled's `db` and `conf`, the lock
-/// file) owner-only: sled creates them with the process umask, usually 022. Files sled adds
-/// later are still behind the 0700 directory.
-fn make_files_private(path: &Path) -> Result<(), StoreError> {
-    #[cfg(unix)]
-    {
-        let entries = std::fs::read_dir(path).map_err(|source| StoreError::Io {
-            action: format!("list {}", path.display()),
-            source,
-        })?;
-        for entry in entries.flatten() {
-            if entry.file_type().is_ok_and(|t| t.is_file()) {
-                make_private(&entry.path(), FILE_MODE)?;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = path;
-    Ok(())
 }
 
 /// Takes the exclusive lock on the store directory, or explains who has it.
