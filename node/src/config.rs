@@ -35,6 +35,9 @@ pub const SECRET_FILE_LEN_MAX_BYTES: usize = 4096;
 /// Largest accepted `auth.leeway_s`, in seconds: more would make expiry meaningless.
 pub const LEEWAY_MAX_S: u64 = 3600;
 
+/// Largest accepted `auth.token_lifetime_max_s`, in seconds (ten times the default).
+pub const TOKEN_LIFETIME_MAX_MAX_S: u64 = 10 * lectern_gateway::auth::TOKEN_LIFETIME_MAX_S;
+
 /// A node's validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -50,6 +53,10 @@ pub struct Config {
     /// them when this node fails (`GET /api/nodes` lists this node's, then these; cross-origin
     /// requests from these origins are allowed). Default none: the page stays on its node.
     pub cluster_urls: Vec<String>,
+    /// Further browser origins (`https://class.example`) whose pages may authenticate with
+    /// the `lectern_token` cookie; the node's own origin, its `public_url`'s and the cluster
+    /// URLs' are always allowed. Default none.
+    pub allowed_origins: Vec<String>,
     /// Seed a demo course, cohort and live session and print links. Default `false`.
     pub demo: bool,
     /// Print the demo's links without seeding it (a node of a demo cluster that receives the
@@ -237,6 +244,13 @@ pub struct AuthSettings {
     /// Clock-skew allowance on a token's `exp`, in seconds (at most [`LEEWAY_MAX_S`]).
     /// Default 30.
     pub leeway_s: u64,
+    /// Longest accepted time from now to a token's `exp`, in seconds (1 to
+    /// [`TOKEN_LIFETIME_MAX_MAX_S`]). Default 31,622,400 (366 days).
+    pub token_lifetime_max_s: u64,
+    /// The `aud` the external issuer's tokens must carry. Default none (not checked).
+    pub audience: Option<String>,
+    /// The `iss` the external issuer's tokens must carry. Default none (not checked).
+    pub issuer: Option<String>,
 }
 
 /// Limits the gateway enforces (defined with the gateway, which enforces them).
@@ -249,6 +263,7 @@ impl Default for Config {
             http: SocketAddr::from(([127, 0, 0, 1], 8080)),
             public_url: None,
             cluster_urls: Vec::new(),
+            allowed_origins: Vec::new(),
             demo: false,
             demo_links: false,
             auth: AuthSettings::default(),
@@ -268,6 +283,9 @@ impl Default for AuthSettings {
             public_key_pem_file: None,
             public_key_alg: None,
             leeway_s: 30,
+            token_lifetime_max_s: lectern_gateway::auth::TOKEN_LIFETIME_MAX_DEFAULT_S,
+            audience: None,
+            issuer: None,
         }
     }
 }
@@ -434,6 +452,7 @@ struct FileConfig {
     http: Option<String>,
     public_url: Option<String>,
     cluster_urls: Option<Vec<String>>,
+    allowed_origins: Option<Vec<String>>,
     demo: Option<bool>,
     #[serde(default)]
     auth: FileAuth,
@@ -506,6 +525,9 @@ struct FileAuth {
     public_key_pem_file: Option<PathBuf>,
     public_key_alg: Option<String>,
     leeway_s: Option<u64>,
+    token_lifetime_max_s: Option<u64>,
+    audience: Option<String>,
+    issuer: Option<String>,
 }
 
 /// The file's `[limits]` table.
@@ -538,6 +560,9 @@ impl FileConfig {
         if let Some(v) = self.cluster_urls {
             c.cluster_urls = check_urls(v, &at("cluster_urls"))?;
         }
+        if let Some(v) = self.allowed_origins {
+            c.allowed_origins = check_urls(v, &at("allowed_origins"))?;
+        }
         if let Some(v) = self.demo {
             c.demo = v;
         }
@@ -553,6 +578,15 @@ impl FileConfig {
         }
         if let Some(v) = a.leeway_s {
             c.auth.leeway_s = check_leeway(v, &at("auth.leeway_s"))?;
+        }
+        if let Some(v) = a.token_lifetime_max_s {
+            c.auth.token_lifetime_max_s = check_lifetime(v, &at("auth.token_lifetime_max_s"))?;
+        }
+        if let Some(v) = a.audience {
+            c.auth.audience = Some(v);
+        }
+        if let Some(v) = a.issuer {
+            c.auth.issuer = Some(v);
         }
         let m = self.mesh;
         if let Some(v) = m.name {
@@ -764,6 +798,15 @@ fn apply_env(c: &mut Config, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Re
             .collect();
         c.cluster_urls = check_urls(urls, "LECTERN_CLUSTER_URLS")?;
     }
+    if let Some(v) = get("LECTERN_ALLOWED_ORIGINS") {
+        let urls = v
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned)
+            .collect();
+        c.allowed_origins = check_urls(urls, "LECTERN_ALLOWED_ORIGINS")?;
+    }
     if let Some(v) = get("LECTERN_DEMO") {
         c.demo = parse_bool(&v, "LECTERN_DEMO")?;
     }
@@ -782,6 +825,16 @@ fn apply_env(c: &mut Config, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Re
     if let Some(v) = get("LECTERN_AUTH_LEEWAY_S") {
         let key = "LECTERN_AUTH_LEEWAY_S";
         c.auth.leeway_s = check_leeway(parse_value(&v, key)?, key)?;
+    }
+    if let Some(v) = get("LECTERN_AUTH_TOKEN_LIFETIME_MAX_S") {
+        let key = "LECTERN_AUTH_TOKEN_LIFETIME_MAX_S";
+        c.auth.token_lifetime_max_s = check_lifetime(parse_value(&v, key)?, key)?;
+    }
+    if let Some(v) = get("LECTERN_AUTH_AUDIENCE") {
+        c.auth.audience = Some(v);
+    }
+    if let Some(v) = get("LECTERN_AUTH_ISSUER") {
+        c.auth.issuer = Some(v);
     }
     if let Some(v) = get("LECTERN_MESH_NAME") {
         c.mesh.name = check_node_name(&v, "LECTERN_MESH_NAME")?;
@@ -1000,6 +1053,13 @@ fn check_resume_wait(v: u64, key: &str) -> anyhow::Result<u64> {
 fn check_leeway(v: u64, key: &str) -> anyhow::Result<u64> {
     if v > LEEWAY_MAX_S {
         bail!("{key}: {v} s is more than the {LEEWAY_MAX_S} s allowed");
+    }
+    Ok(v)
+}
+
+fn check_lifetime(v: u64, key: &str) -> anyhow::Result<u64> {
+    if v == 0 || v > TOKEN_LIFETIME_MAX_MAX_S {
+        bail!("{key}: {v} s is not between 1 and {TOKEN_LIFETIME_MAX_MAX_S} s");
     }
     Ok(v)
 }

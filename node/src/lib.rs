@@ -107,6 +107,9 @@ fn auth_config(config: &Config, secret: Vec<u8>) -> anyhow::Result<AuthConfig> {
         hs256_secret: secret,
         public_key,
         leeway_s: config.auth.leeway_s,
+        token_lifetime_max_s: config.auth.token_lifetime_max_s,
+        audience: config.auth.audience.clone(),
+        issuer: config.auth.issuer.clone(),
     })
 }
 
@@ -218,6 +221,11 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
                 )
                 .collect()
         },
+        // Pages of the public URL may use the cookie too (behind a proxy its host is not the
+        // request's `Host`).
+        allowed_origins: std::iter::once(public_base.clone())
+            .chain(config.allowed_origins.iter().cloned())
+            .collect(),
         ..GatewayConfig::new(auth_config(&config, secret.clone())?)
     };
     let (gateway, routes) =

@@ -20,11 +20,11 @@ const NOW_S: u64 = 1_700_000_000;
 const LEEWAY_S: u64 = 30;
 
 /// An Ed25519 key pair made once with `openssl genpkey -algorithm ed25519` (test-only).
-const ED_PRIVATE: &str = "-----BEGIN PRIVATE KEY-----
+pub(super) const ED_PRIVATE: &str = "-----BEGIN PRIVATE KEY-----
 MC4CAQAwBQYDK2VwBCIEIOzPSXLEjkS5BkSjPJVqEmaLstG/FKdnxXYo9/6P2oCu
 -----END PRIVATE KEY-----
 ";
-const ED_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----
+pub(super) const ED_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----
 MCowBQYDK2VwAyEAsy3CQOoFe9pLrRY/b6gqqmSPYugWmb0mwtYY+W5FcKU=
 -----END PUBLIC KEY-----
 ";
@@ -54,6 +54,7 @@ fn hs256_only() -> Verifier {
         hs256_secret: SECRET.to_vec(),
         public_key: None,
         leeway_s: LEEWAY_S,
+        ..AuthConfig::default()
     })
     .expect("an HS256-only config is valid")
 }
@@ -66,6 +67,7 @@ fn with_ed_key() -> Verifier {
             pem: ED_PUBLIC.to_owned(),
         }),
         leeway_s: LEEWAY_S,
+        ..AuthConfig::default()
     })
     .expect("the test Ed25519 public key is a valid PEM")
 }
@@ -147,7 +149,11 @@ fn expiry_is_checked_against_the_passed_clock_with_leeway() {
 
     // The system clock is not consulted: a token that expired decades ago verifies at a
     // `now_s` before its expiry.
-    let old = minted(&claims("u1", "student", 1_000));
+    // (`iat` is 0 here: one after `now_s` would mean "issued in the future".)
+    let old = minted(&Claims {
+        iat: 0,
+        ..claims("u1", "student", 1_000)
+    });
     assert!(v.verify(&old, 900).is_ok());
 }
 
@@ -306,6 +312,7 @@ fn a_bad_pem_fails_at_startup() {
                 pem: "-----BEGIN PUBLIC KEY-----\nnot a key\n-----END PUBLIC KEY-----\n".into(),
             }),
             leeway_s: LEEWAY_S,
+            ..AuthConfig::default()
         };
         let e = Verifier::new(&config).expect_err("a garbage PEM is refused");
         assert_eq!(e.code(), "auth_config", "{alg:?}: {e}");
@@ -314,6 +321,7 @@ fn a_bad_pem_fails_at_startup() {
         hs256_secret: Vec::new(),
         public_key: None,
         leeway_s: LEEWAY_S,
+        ..AuthConfig::default()
     };
     assert!(Verifier::new(&nothing).is_err(), "no key at all is refused");
 }
@@ -322,18 +330,25 @@ fn a_bad_pem_fails_at_startup() {
 fn token_from_parts_precedence() {
     let q = Some("x=1&access_token=from-access&token=from-token");
     let mut headers = HeaderMap::new();
-    assert_eq!(token_from_parts(&headers, None), None);
     assert_eq!(
-        token_from_parts(&headers, Some("token=t%2Ea")).as_deref(),
+        token_from_parts(&headers, None, &[]).expect("no Origin: the cookie counts"),
+        None
+    );
+    assert_eq!(
+        token_from_parts(&headers, Some("token=t%2Ea"), &[])
+            .expect("no Origin: the cookie counts")
+            .as_deref(),
         Some("t.a")
     );
     assert_eq!(
-        token_from_parts(&headers, Some("token=&x=1")),
+        token_from_parts(&headers, Some("token=&x=1"), &[]).expect("no Origin: the cookie counts"),
         None,
         "empty is absent"
     );
     assert_eq!(
-        token_from_parts(&headers, q).as_deref(),
+        token_from_parts(&headers, q, &[])
+            .expect("no Origin: the cookie counts")
+            .as_deref(),
         Some("from-access")
     );
 
@@ -343,7 +358,9 @@ fn token_from_parts_precedence() {
         HeaderValue::from_static("a=b; lectern_token=from-cookie"),
     );
     assert_eq!(
-        token_from_parts(&headers, q).as_deref(),
+        token_from_parts(&headers, q, &[])
+            .expect("no Origin: the cookie counts")
+            .as_deref(),
         Some("from-cookie")
     );
 
@@ -353,7 +370,9 @@ fn token_from_parts_precedence() {
         HeaderValue::from_static("Basic dTpw"),
     );
     assert_eq!(
-        token_from_parts(&headers, q).as_deref(),
+        token_from_parts(&headers, q, &[])
+            .expect("no Origin: the cookie counts")
+            .as_deref(),
         Some("from-cookie")
     );
 
@@ -362,7 +381,9 @@ fn token_from_parts_precedence() {
         HeaderValue::from_static("bearer  from-header "),
     );
     assert_eq!(
-        token_from_parts(&headers, q).as_deref(),
+        token_from_parts(&headers, q, &[])
+            .expect("no Origin: the cookie counts")
+            .as_deref(),
         Some("from-header")
     );
 }
@@ -389,6 +410,7 @@ fn cli_mint_verifies_with_the_nodes_secret() {
         hs256_secret: node.resolve_secret().expect("the node reads the secret"),
         public_key: None,
         leeway_s: node.auth.leeway_s,
+        ..AuthConfig::default()
     })
     .expect("valid config");
     let verified = verifier

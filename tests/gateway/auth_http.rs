@@ -6,6 +6,7 @@
 //! token expires is disconnected, told why.
 
 use anyhow::Context;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use lectern_gateway::auth::mint;
 use lectern_node::DEMO_COHORT;
 use lectern_testkit::{Client, ConnectError, Transport};
@@ -42,8 +43,22 @@ struct Case {
     code: &'static str,
 }
 
+/// `claims` (any JSON) signed with the demo node's secret, for claims [`claims`] cannot say.
+fn raw_token(demo: &Demo, claims: &Value) -> String {
+    let key = EncodingKey::from_secret(&demo.node.secret).expect("the node's secret is non-empty");
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &key).expect("HS256 signing works")
+}
+
 fn cases(demo: &Demo) -> Vec<Case> {
     let now = unix_now_s();
+    let student = |extra: Value| {
+        let mut c = json!({"sub": "student1", "role": "student", "cohorts": [DEMO_COHORT],
+            "exp": now + 3600});
+        if let (Some(c), Some(extra)) = (c.as_object_mut(), extra.as_object()) {
+            c.extend(extra.clone());
+        }
+        raw_token(demo, &c)
+    };
     let forged = mint(
         b"not-the-node-secret-0123456789ab",
         &claims("student1", "student", &[DEMO_COHORT], now + 3600),
@@ -68,6 +83,31 @@ fn cases(demo: &Demo) -> Vec<Case> {
             token: Some(demo.mint(&claims("student1", "student", &[DEMO_COHORT], now - 3600))),
             status: 401,
             code: "token_expired",
+        },
+        Case {
+            what: "not valid yet",
+            token: Some(student(json!({"nbf": now + 3600}))),
+            status: 401,
+            code: "token_not_yet_valid",
+        },
+        Case {
+            what: "issued in the future",
+            token: Some(student(json!({"iat": now + 3600}))),
+            status: 401,
+            code: "token_not_yet_valid",
+        },
+        Case {
+            // An `exp` near u64::MAX once overflowed a connection's deadline.
+            what: "lives for ever",
+            token: Some(student(json!({"exp": u64::MAX}))),
+            status: 401,
+            code: "token_too_long",
+        },
+        Case {
+            what: "lives past the one-year-and-a-day maximum",
+            token: Some(student(json!({"exp": now + 367 * 86_400}))),
+            status: 401,
+            code: "token_too_long",
         },
         Case {
             what: "other cohort",
@@ -252,6 +292,216 @@ async fn a_socket_is_disconnected_with_a_reason_when_its_token_expires() -> anyh
             }
         });
         futures_util::future::try_join_all(expiring).await?;
+        demo.stop().await
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_external_issuers_tokens_must_name_the_configured_audience_and_issuer()
+-> anyhow::Result<()> {
+    within(async {
+        let keys = crate::support::TempDir::new("auth-issuer-key");
+        let pem = keys.path().join("issuer.pem");
+        std::fs::write(&pem, super::auth::ED_PUBLIC)?;
+        let demo = Demo::start_with("auth-issuer", |c| {
+            c.auth.public_key_pem_file = Some(pem.clone());
+            c.auth.public_key_alg = Some("EdDSA".to_owned());
+            c.auth.audience = Some("lectern".to_owned());
+            c.auth.issuer = Some("https://lms.example".to_owned());
+        })
+        .await?;
+        let key = EncodingKey::from_ed_pem(super::auth::ED_PRIVATE.as_bytes())?;
+        let now = unix_now_s();
+        let sign = |extra: Value| -> anyhow::Result<String> {
+            let mut c = json!({"sub": "student1", "role": "student", "cohorts": [DEMO_COHORT],
+                "exp": now + 3600});
+            if let (Some(c), Some(extra)) = (c.as_object_mut(), extra.as_object()) {
+                c.extend(extra.clone());
+            }
+            Ok(jsonwebtoken::encode(
+                &Header::new(Algorithm::EdDSA),
+                &c,
+                &key,
+            )?)
+        };
+        let view = format!("/api/sessions/{}", demo.session);
+        let cases = [
+            ("neither", json!({}), 401),
+            (
+                "another audience",
+                json!({"aud": "other-app", "iss": "https://lms.example"}),
+                401,
+            ),
+            (
+                "another issuer",
+                json!({"aud": "lectern", "iss": "https://evil.example"}),
+                401,
+            ),
+            ("no issuer", json!({"aud": ["x", "lectern"]}), 401),
+            (
+                "both right",
+                json!({"aud": "lectern", "iss": "https://lms.example"}),
+                200,
+            ),
+            (
+                "audience in a list",
+                json!({"aud": ["x", "lectern"], "iss": "https://lms.example"}),
+                200,
+            ),
+        ];
+        for (what, extra, status) in cases {
+            let token = sign(extra)?;
+            let r = demo.http.get(&view, Some(&token)).await?;
+            assert_eq!(r.status, status, "{what}: {}", r.text());
+            if status == 401 {
+                assert_eq!(r.error_code().as_deref(), Some("wrong_issuer"), "{what}");
+            }
+        }
+        // The node's own HS256 tokens are not the external issuer's and need neither claim.
+        let own = demo.token("student1", "student");
+        assert_eq!(demo.http.get(&view, Some(&own)).await?.status, 200);
+        demo.stop().await
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cookie_counts_only_from_an_allowed_origin_and_commands_take_only_json()
+-> anyhow::Result<()> {
+    within(async {
+        let demo = Demo::start_with("auth-origin", |c| {
+            c.allowed_origins = vec!["https://class.example".to_owned()];
+        })
+        .await?;
+        let token = demo.token("student1", "student");
+        let cookie = format!("lectern_token={token}");
+        let own = format!("http://{}", demo.node.http_addr);
+        let prefs = "/api/notifications/preferences";
+        let send = |origin: Option<&str>, content_type: &str, body: &str, bearer: bool| {
+            let mut headers = vec![("content-type", content_type.to_owned())];
+            if bearer {
+                headers.push(("authorization", format!("Bearer {token}")));
+            } else {
+                headers.push(("cookie", cookie.clone()));
+            }
+            if let Some(o) = origin {
+                headers.push(("origin", o.to_owned()));
+            }
+            let body = body.as_bytes().to_vec();
+            let http = &demo.http;
+            async move {
+                let headers: Vec<(&str, &str)> =
+                    headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                http.send("POST", prefs, &headers, Some(body), super::TEST_TIMEOUT)
+                    .await
+            }
+        };
+        let before: Value = demo.http.get(prefs, Some(&token)).await?.json()?;
+        let off = r#"{"kinds": {"announcement": "off"}}"#;
+        // Another site's page riding on the cookie: refused, JSON or not, and nothing changes.
+        for ct in ["application/json", "text/plain"] {
+            for origin in ["https://evil.example", "null"] {
+                let r = send(Some(origin), ct, off, false).await?;
+                assert_eq!(
+                    (r.status, r.error_code().as_deref()),
+                    (403, Some("bad_origin")),
+                    "{origin} {ct}: {}",
+                    r.text()
+                );
+            }
+        }
+        // The same with SSE: the cookie from another origin opens no stream.
+        let sse = demo
+            .http
+            .sse(
+                &format!("/api/stream/sessions/{}", demo.session),
+                &[("cookie", &cookie), ("origin", "https://evil.example")],
+            )
+            .await?;
+        let r = sse.err().context("a cross-site SSE stream was opened")?;
+        assert_eq!(
+            r.error_code().as_deref(),
+            Some("bad_origin"),
+            "{}",
+            r.text()
+        );
+        assert_eq!(before, demo.http.get(prefs, Some(&token)).await?.json()?);
+
+        // A body that is not declared JSON is refused even from the node's own pages.
+        for (ct, what) in [
+            ("text/plain", "text/plain"),
+            ("application/x-www-form-urlencoded", "form"),
+        ] {
+            let r = send(Some(&own), ct, off, false).await?;
+            assert_eq!(
+                (r.status, r.error_code().as_deref()),
+                (415, Some("unsupported_media_type")),
+                "{what}: {}",
+                r.text()
+            );
+        }
+        let r = send(None, "text/plain", off, true).await?;
+        assert_eq!(
+            r.status, 415,
+            "a bearer token does not make text/plain JSON"
+        );
+        assert_eq!(before, demo.http.get(prefs, Some(&token)).await?.json()?);
+
+        // Allowed: the node's own origin, a configured one, no Origin (curl), and a bearer
+        // token from anywhere.
+        for (origin, bearer) in [
+            (Some(own.as_str()), false),
+            (Some("https://class.example"), false),
+            (None, false),
+            (Some("https://evil.example"), true),
+        ] {
+            let r = send(origin, "application/json; charset=utf-8", off, bearer).await?;
+            assert_eq!(r.status, 200, "{origin:?} bearer={bearer}: {}", r.text());
+        }
+        let after: Value = demo.http.get(prefs, Some(&token)).await?.json()?;
+        assert_eq!(after["kinds"]["announcement"], "off", "{after}");
+        demo.stop().await
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_gateway_records_attendance() -> anyhow::Result<()> {
+    within(async {
+        let demo = Demo::start("auth-attendance").await?;
+        let s = demo.session.clone();
+        let before = demo.session_view().await?;
+        for role in ["student", "instructor"] {
+            let token = demo.token(if role == "student" { "student1" } else { "ada" }, role);
+            for name in ["attendance.join", "attendance.leave"] {
+                let r = demo.command(&token, name, json!({})).await?;
+                assert_eq!(
+                    (r.status, r.error_code().as_deref()),
+                    (403, Some("gateway_only")),
+                    "{role} {name}: {}",
+                    r.text()
+                );
+                let r = demo
+                    .http
+                    .post_json(
+                        &format!("/api/sessions/{s}/commands"),
+                        Some(&token),
+                        &json!({"cmd": name}),
+                    )
+                    .await?;
+                assert_eq!(
+                    r.error_code().as_deref(),
+                    Some("gateway_only"),
+                    "{role} {name}: {}",
+                    r.text()
+                );
+            }
+        }
+        assert_eq!(
+            before["attendance"],
+            demo.session_view().await?["attendance"]
+        );
         demo.stop().await
     })
     .await

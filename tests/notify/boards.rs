@@ -544,3 +544,58 @@ async fn a_cohort_links_only_its_own_sessions_and_its_dashboard_never_shows_anot
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leaderboard_lists_only_roster_students_and_ties_do_not_betray_the_anonymous() {
+    within(async {
+        let smtp = SmtpServer::start().await?;
+        let node = NotifyNode::start("boards-lb-roster", &smtp).await?;
+        let s1 = node.token("student1", "student");
+        // student1 hides their name; both roster students tie. In user-id order student1
+        // ("Anonymous") would come first, telling everyone who it is.
+        node.cohort_command(
+            &s1,
+            json!({"cmd": "leaderboard.privacy", "anonymous": true}),
+        )
+        .await?;
+        node.grade("student1", "q1", 7).await?;
+        node.grade("student2", "q1", 7).await?;
+        // A student of the cohort's token who is not on the roster reports invented lessons.
+        let intruder = node.token("intruder", "student");
+        for lesson in ["invented-1", "invented-2"] {
+            node.cohort_command(
+                &intruder,
+                json!({"cmd": "progress.update", "student": "intruder", "lesson": lesson,
+                       "status": "completed"}),
+            )
+            .await?;
+        }
+
+        let path = format!("/api/stream/leaderboard/{DEMO_COHORT}");
+        for token in [&s1, &node.token("ada", "instructor")] {
+            let mut stream = open(&node, &path, token, None).await?;
+            let state = stream.next_event(WAIT).await?;
+            assert_eq!(state.event, "state");
+            let board = data(&state)?["state"].clone();
+            let entries = board["entries"].as_array().cloned().unwrap_or_default();
+            assert_eq!(entries.len(), 2, "only the roster's students: {board}");
+            assert!(!board.to_string().contains("intruder"), "{board}");
+            assert_eq!(
+                entries[0]["name"], "Linus",
+                "the named student first: {board}"
+            );
+            assert!(
+                entries[1]["anonymous"] == true || entries[1]["name"] == "Anonymous",
+                "the anonymous student second: {board}"
+            );
+            assert_eq!(
+                (&entries[0]["rank"], &entries[1]["rank"]),
+                (&json!(1), &json!(1))
+            );
+        }
+        node.stop().await?;
+        Ok(())
+    })
+    .await
+    .unwrap();
+}

@@ -346,3 +346,85 @@ async fn without_smtp_emails_are_written_to_the_outbox_as_eml_files() {
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsubscribe_links_are_rate_limited_per_user_and_write_nothing_when_nothing_changes() {
+    within(async {
+        let smtp = SmtpServer::start().await?;
+        let node = NotifyNode::start_with("notify-unsub-limit", &smtp, |c| {
+            c.limits.command_burst = 5;
+            c.limits.commands_per_s = 0.01;
+        })
+        .await?;
+        let key = node.node.secret.clone();
+        let path = |user: &str| -> anyhow::Result<String> {
+            let user: lectern_model::UserId = user.parse()?;
+            let link = lectern_jobs::unsubscribe::link("", &key, &user, None);
+            Ok(link)
+        };
+        let post = |path: String| {
+            let http = &node.http;
+            async move {
+                http.send(
+                    "POST",
+                    &path,
+                    &[("content-type", "application/x-www-form-urlencoded")],
+                    Some(b"List-Unsubscribe=One-Click".to_vec()),
+                    WAIT,
+                )
+                .await
+            }
+        };
+        let changes = |user: &str| {
+            let doc = DocId::Inbox(user.parse().expect("a valid user id"));
+            let hub = node.hub().clone();
+            async move { anyhow::Ok(hub.read(doc, |r| r.change_count()).await?) }
+        };
+        let one = path("student1")?;
+        let first = post(one.clone()).await?;
+        assert_eq!(first.status, 200, "{}", first.text());
+        let after_first = changes("student1").await?;
+        assert!(after_first > 0, "the first click changed the preferences");
+        // Clicked again (a mail scanner, an impatient user): nothing more is written, until the
+        // user's own bucket is empty.
+        let mut refused = 0;
+        for _ in 0..10 {
+            let r = post(one.clone()).await?;
+            match r.status {
+                200 => {}
+                429 => {
+                    assert_eq!(
+                        r.error_code().as_deref(),
+                        Some("rate_limited"),
+                        "{}",
+                        r.text()
+                    );
+                    refused += 1;
+                }
+                other => panic!("unexpected {other}: {}", r.text()),
+            }
+        }
+        assert!(refused > 0, "student1's clicks are rate limited");
+        assert_eq!(
+            changes("student1").await?,
+            after_first,
+            "a repeated click wrote a change"
+        );
+        // Another user's link is not in student1's bucket.
+        let two = post(path("student2")?).await?;
+        assert_eq!(two.status, 200, "{}", two.text());
+        let view = node
+            .http
+            .get(
+                "/api/notifications/preferences",
+                Some(&node.token("student2", "student")),
+            )
+            .await?
+            .json()?;
+        assert_eq!(view["kinds"]["grade"], "in_app", "{view}");
+        node.stop().await?;
+        Ok(())
+    })
+    .await
+    .unwrap();
+}

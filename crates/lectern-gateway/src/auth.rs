@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use axum::http::HeaderMap;
-use axum::http::header::{AUTHORIZATION, COOKIE};
+use axum::http::header::{AUTHORIZATION, COOKIE, HOST, ORIGIN};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use lectern_model::{Caller, CohortId, Role, UserId};
@@ -23,10 +23,14 @@ pub const TOKEN_LEN_MAX_BYTES: usize = 8 * 1024;
 /// Default clock-skew allowance on `exp`, in seconds.
 pub const LEEWAY_DEFAULT_S: u64 = 30;
 
-/// The longest a token may live, in seconds (one year and a day): a token whose `exp` is
-/// further from now is refused, so a leaked key cannot mint tokens that outlive its rotation by
-/// decades, and `exp` near `u64::MAX` never reaches the clock arithmetic of the transports.
+/// The longest a token may live by default, in seconds (one year and a day): a token whose
+/// `exp` is further from now is refused, so a leaked key cannot mint tokens that outlive its
+/// rotation by decades, and `exp` near `u64::MAX` never reaches the clock arithmetic of the
+/// transports. [`AuthConfig::token_lifetime_max_s`] sets another.
 pub const TOKEN_LIFETIME_MAX_S: u64 = 366 * 86_400;
+
+/// The default of [`AuthConfig::token_lifetime_max_s`], in seconds.
+pub const TOKEN_LIFETIME_MAX_DEFAULT_S: u64 = TOKEN_LIFETIME_MAX_S;
 
 /// The cookie that carries a token when no `Authorization` header is sent.
 pub const TOKEN_COOKIE: &str = "lectern_token";
@@ -46,11 +50,10 @@ pub struct Claims {
     pub cohorts: Vec<String>,
     /// Expiry, seconds since the Unix epoch.
     pub exp: u64,
-    /// Issue time, seconds since the Unix epoch (informational).
+    /// Issue time, seconds since the Unix epoch; one after now (beyond the leeway) is refused.
     #[serde(default)]
     pub iat: u64,
-    /// Not before, seconds since the Unix epoch: the token is refused until then (less the
-    /// leeway).
+    /// Not before, seconds since the Unix epoch; absent means valid from issue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbf: Option<u64>,
 }
@@ -62,8 +65,18 @@ pub struct AuthConfig {
     pub hs256_secret: Vec<u8>,
     /// An external issuer's public key, if one is trusted.
     pub public_key: Option<PublicKey>,
-    /// Clock-skew allowance on `exp`, in seconds (default [`LEEWAY_DEFAULT_S`]).
+    /// Clock-skew allowance on `exp`, `nbf` and `iat`, in seconds (default
+    /// [`LEEWAY_DEFAULT_S`]).
     pub leeway_s: u64,
+    /// Longest accepted time from now to a token's `exp`, in seconds (default
+    /// [`TOKEN_LIFETIME_MAX_DEFAULT_S`]).
+    pub token_lifetime_max_s: u64,
+    /// The `aud` an external issuer's tokens must carry (one of theirs, when a list); `None`
+    /// means not checked. Applies to tokens verified with [`AuthConfig::public_key`].
+    pub audience: Option<String>,
+    /// The `iss` an external issuer's tokens must carry; `None` means not checked. Applies to
+    /// tokens verified with [`AuthConfig::public_key`].
+    pub issuer: Option<String>,
 }
 
 impl Default for AuthConfig {
@@ -72,6 +85,9 @@ impl Default for AuthConfig {
             hs256_secret: Vec::new(),
             public_key: None,
             leeway_s: LEEWAY_DEFAULT_S,
+            token_lifetime_max_s: TOKEN_LIFETIME_MAX_DEFAULT_S,
+            audience: None,
+            issuer: None,
         }
     }
 }
@@ -121,12 +137,18 @@ pub enum AuthError {
     /// The token's `exp` is past (beyond the leeway).
     #[error("the token has expired")]
     Expired,
-    /// The token's `nbf` is still ahead (beyond the leeway).
+    /// The token's `nbf` or `iat` lies in the future (beyond the leeway).
     #[error("the token is not valid yet")]
     NotYetValid,
-    /// The token's `exp` is further away than [`TOKEN_LIFETIME_MAX_S`].
-    #[error("the token lives longer than the {TOKEN_LIFETIME_MAX_S} s allowed")]
+    /// The token's `exp` lies further ahead than the configured maximum lifetime.
+    #[error("the token lives longer than this node allows (auth.token_lifetime_max_s)")]
     TooLong,
+    /// The only token is the cookie, sent by a page of an origin that is not allowed.
+    #[error("the `lectern_token` cookie is not accepted from this Origin; send a bearer token")]
+    ForeignOrigin,
+    /// An external issuer's token lacks the configured `aud` or `iss`.
+    #[error("the token is for another audience or from another issuer: {0}")]
+    WrongIssuer(String),
     /// The signature is good but a claim is missing or invalid.
     #[error("invalid token claims: {0}")]
     InvalidClaims(String),
@@ -146,6 +168,8 @@ impl AuthError {
             AuthError::Expired => "token_expired",
             AuthError::NotYetValid => "token_not_yet_valid",
             AuthError::TooLong => "token_too_long",
+            AuthError::WrongIssuer(_) => "wrong_issuer",
+            AuthError::ForeignOrigin => "bad_origin",
             AuthError::InvalidClaims(_) => "bad_claims",
             AuthError::Config(_) => "auth_config",
         }
@@ -194,12 +218,16 @@ impl Verifier {
                 hs256,
                 public,
                 leeway_s: config.leeway_s,
+                lifetime_max_s: config.token_lifetime_max_s,
+                audience: config.audience.clone(),
+                issuer: config.issuer.clone(),
             }),
         })
     }
 
     /// Verifies signature (HS256 with the secret, or the configured public-key algorithm when
-    /// the token's header says so), `exp` against `now_s` (with leeway), and turns claims into
+    /// the token's header says so), `exp`, `nbf` and `iat` against `now_s` (with leeway), the
+    /// maximum lifetime, the external issuer's `aud` and `iss` when configured, and turns claims into
     /// a Caller: sub must be a valid UserId, role one of student|ta|instructor|admin, cohorts
     /// valid CohortIds. Reject alg "none" and any algorithm not configured.
     pub fn verify(&self, token: &str, now_s: u64) -> Result<Verified, AuthError> {
@@ -220,9 +248,13 @@ impl Verifier {
             AuthError::Malformed(format!("unreadable header or unsupported algorithm: {e}"))
         })?;
         let keys = &*self.inner;
+        let mut external = false;
         let key = match (header.alg, &keys.hs256, &keys.public) {
             (Algorithm::HS256, Some(secret), _) => secret,
-            (alg, _, Some((public_alg, public))) if alg == *public_alg => public,
+            (alg, _, Some((public_alg, public))) if alg == *public_alg => {
+                external = true;
+                public
+            }
             (alg, _, _) => {
                 return Err(AuthError::Malformed(format!(
                     "algorithm {alg:?} is not accepted"
@@ -237,21 +269,25 @@ impl Verifier {
         // No audience is configured, so an `aud` claim (which LMS issuers add) is not checked.
         validation.validate_aud = false;
         validation.required_spec_claims = HashSet::from(["exp".to_owned(), "sub".to_owned()]);
-        let claims = jsonwebtoken::decode::<Claims>(token, key, &validation)
+        let Decoded { claims, aud, iss } = jsonwebtoken::decode::<Decoded>(token, key, &validation)
             .map_err(|e| classify(e.into_kind()))?
             .claims;
 
-        if claims.exp.saturating_add(keys.leeway_s) < now_s {
+        // Every comparison saturates: a claim near u64::MAX must not overflow.
+        let leeway = keys.leeway_s;
+        if claims.exp.saturating_add(leeway) < now_s {
             return Err(AuthError::Expired);
         }
-        if claims
-            .nbf
-            .is_some_and(|nbf| nbf > now_s.saturating_add(keys.leeway_s))
+        if claims.nbf.unwrap_or(0) > now_s.saturating_add(leeway)
+            || claims.iat > now_s.saturating_add(leeway)
         {
             return Err(AuthError::NotYetValid);
         }
-        if claims.exp > now_s.saturating_add(TOKEN_LIFETIME_MAX_S) {
+        if claims.exp > now_s.saturating_add(keys.lifetime_max_s) {
             return Err(AuthError::TooLong);
+        }
+        if external {
+            keys.check_issuer(aud.as_ref(), iss.as_deref())?;
         }
         let caller = caller_from(claims.sub, claims.name, &claims.role, claims.cohorts)?;
         Ok(Verified {
@@ -268,6 +304,9 @@ impl std::fmt::Debug for Verifier {
             .field("hs256", &self.inner.hs256.is_some())
             .field("public", &self.inner.public.as_ref().map(|(alg, _)| *alg))
             .field("leeway_s", &self.inner.leeway_s)
+            .field("lifetime_max_s", &self.inner.lifetime_max_s)
+            .field("audience", &self.inner.audience)
+            .field("issuer", &self.inner.issuer)
             .finish()
     }
 }
@@ -283,18 +322,111 @@ pub fn mint(secret: &[u8], claims: &Claims) -> Result<String, AuthError> {
 /// The token of an HTTP request: `Authorization: Bearer …`, else cookie `lectern_token`, else
 /// query `access_token` or `token` (EventSource cannot set headers; the demo links carry
 /// `?token=`). `query` is the raw query string, without the `?`. Empty values are skipped.
-pub fn token_from_parts(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
-    bearer(headers)
-        .or_else(|| cookie(headers))
-        .or_else(|| query.and_then(|q| query_param(q, "access_token")))
-        .or_else(|| query.and_then(|q| query_param(q, "token")))
+///
+/// The cookie is the one credential a browser adds by itself, so another site's page could
+/// ride on it (CSRF, cross-site WebSocket hijacking): it counts only when
+/// [`origin_allowed`]; otherwise, if nothing else carries a token, the request is refused with
+/// [`AuthError::ForeignOrigin`]. A bearer token or a query token is never sent by a browser on
+/// its own, so those pass from any origin.
+pub fn token_from_parts(
+    headers: &HeaderMap,
+    query: Option<&str>,
+    allowed_origins: &[String],
+) -> Result<Option<String>, AuthError> {
+    if let Some(token) = bearer(headers) {
+        return Ok(Some(token));
+    }
+    let from_cookie = cookie(headers);
+    if from_cookie.is_some() && origin_allowed(headers, allowed_origins) {
+        return Ok(from_cookie);
+    }
+    let from_query =
+        query.and_then(|q| query_param(q, "access_token").or_else(|| query_param(q, "token")));
+    match (from_query, from_cookie) {
+        (Some(token), _) => Ok(Some(token)),
+        (None, Some(_)) => Err(AuthError::ForeignOrigin),
+        (None, None) => Ok(None),
+    }
 }
 
-/// The keys a [`Verifier`] holds.
+/// Whether a request's `Origin` may use the cookie: no `Origin` at all (not a browser, or a
+/// same-origin GET), the request's own `Host` (the node's own pages), or one of `allowed`
+/// (compared without a trailing `/`, ASCII case-insensitively). `Origin: null` is refused.
+pub fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    let mut origins = headers.get_all(ORIGIN).iter();
+    let Some(origin) = origins.next() else {
+        return true;
+    };
+    if origins.next().is_some() {
+        return false;
+    }
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    let origin = origin.trim().trim_end_matches('/');
+    if allowed
+        .iter()
+        .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+    {
+        return true;
+    }
+    let authority = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    let host = headers.get(HOST).and_then(|h| h.to_str().ok());
+    matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h.trim()))
+}
+
+/// The keys a [`Verifier`] holds, and what it checks besides the signature.
 struct Keys {
     hs256: Option<DecodingKey>,
     public: Option<(Algorithm, DecodingKey)>,
     leeway_s: u64,
+    lifetime_max_s: u64,
+    audience: Option<String>,
+    issuer: Option<String>,
+}
+
+impl Keys {
+    /// An external issuer's token must name the configured audience and issuer, so a token
+    /// the same issuer minted for another application is not accepted here.
+    fn check_issuer(
+        &self,
+        aud: Option<&serde_json::Value>,
+        iss: Option<&str>,
+    ) -> Result<(), AuthError> {
+        if let Some(want) = &self.audience {
+            let ok = match aud {
+                Some(serde_json::Value::String(a)) => a == want,
+                Some(serde_json::Value::Array(list)) => {
+                    list.iter().any(|a| a.as_str() == Some(want.as_str()))
+                }
+                _ => false,
+            };
+            if !ok {
+                return Err(AuthError::WrongIssuer(format!("`aud` must name {want:?}")));
+            }
+        }
+        if let Some(want) = &self.issuer
+            && iss != Some(want.as_str())
+        {
+            return Err(AuthError::WrongIssuer(format!("`iss` must be {want:?}")));
+        }
+        Ok(())
+    }
+}
+
+/// The claims as decoded: Lectern's own, and the registered ones only the verifier reads.
+#[derive(Deserialize)]
+struct Decoded {
+    #[serde(flatten)]
+    claims: Claims,
+    /// Audience: a string or a list of strings.
+    #[serde(default)]
+    aud: Option<serde_json::Value>,
+    /// Issuer.
+    #[serde(default)]
+    iss: Option<String>,
 }
 
 /// Maps a jsonwebtoken failure to the case a client can act on.

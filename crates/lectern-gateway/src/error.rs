@@ -79,7 +79,12 @@ impl From<HubError> for AppError {
 
 impl From<AuthError> for AppError {
     fn from(e: AuthError) -> Self {
-        AppError::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string())
+        let status = match e {
+            // The credential may be fine; where it comes from is not.
+            AuthError::ForeignOrigin => StatusCode::FORBIDDEN,
+            _ => StatusCode::UNAUTHORIZED,
+        };
+        AppError::new(status, e.code(), e.to_string())
     }
 }
 

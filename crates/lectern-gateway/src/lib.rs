@@ -68,6 +68,10 @@ pub struct GatewayConfig {
     /// a page should fail over to them (`GET /api/nodes`; CORS allows their origins). Default
     /// none: pages stay on their node.
     pub nodes: Vec<String>,
+    /// Browser origins (`https://class.example`) whose pages may use the `lectern_token`
+    /// cookie, besides the request's own host and the origins of [`GatewayConfig::nodes`].
+    /// A request with no `Origin` (curl, a server) is not a browser's and passes. Default none.
+    pub allowed_origins: Vec<String>,
 }
 
 impl GatewayConfig {
@@ -81,6 +85,7 @@ impl GatewayConfig {
             boards: BoardSettings::default(),
             content: None,
             nodes: Vec::new(),
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -146,12 +151,25 @@ pub(crate) struct Inner {
     keepalive: Duration,
     boards: boards::Boards,
     boards_settings: BoardSettings,
+    /// Origins whose pages may authenticate with the cookie (see `auth::origin_allowed`).
+    origins: Vec<String>,
 }
 
 /// The gateway. Cheap to clone.
 #[derive(Clone)]
 pub struct Gateway {
     inner: Arc<Inner>,
+}
+
+impl Gateway {
+    /// The token of a request (see [`auth::token_from_parts`]), with this node's origins.
+    pub(crate) fn request_token(
+        &self,
+        headers: &axum::http::HeaderMap,
+        query: Option<&str>,
+    ) -> Result<Option<String>, auth::AuthError> {
+        auth::token_from_parts(headers, query, &self.inner.origins)
+    }
 }
 
 /// Locks `m`, recovering the data if a holder panicked (the tables behind gateway mutexes are
@@ -188,6 +206,12 @@ impl Gateway {
                 keepalive: Duration::from_secs(config.keepalive_s.max(1)),
                 boards: boards::Boards::default(),
                 boards_settings: config.boards.clone(),
+                origins: config
+                    .allowed_origins
+                    .iter()
+                    .chain(&config.nodes)
+                    .cloned()
+                    .collect(),
             }),
         };
         // socketioxide takes its state at build time, and the gateway holds the io handle:

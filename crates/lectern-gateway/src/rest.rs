@@ -15,7 +15,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use lectern_hub::JoinStart;
-use lectern_model::{Caller, CohortId, Command, DocId, ResumeToken, SessionId, UserId};
+use lectern_model::{
+    Caller, CohortId, Command, CommandBody, DocId, ResumeToken, SessionId, UserId,
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -41,7 +43,7 @@ impl FromRequestParts<Gateway> for AuthedUntil {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, gw: &Gateway) -> Result<Self, AppError> {
-        let token = crate::auth::token_from_parts(&parts.headers, parts.uri.query());
+        let token = gw.request_token(&parts.headers, parts.uri.query())?;
         let verified = gw.verify(token.as_deref())?;
         Ok(AuthedUntil(verified.caller, verified.expires_at_s))
     }
@@ -72,18 +74,53 @@ impl FromRequest<Gateway> for RawBody {
     type Rejection = AppError;
 
     async fn from_request(req: Request, gw: &Gateway) -> Result<Self, AppError> {
-        Bytes::from_request(req, gw)
-            .await
-            .map(RawBody)
-            .map_err(|r: BytesRejection| {
-                let code = if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    "payload_too_large"
-                } else {
-                    "bad_request"
-                };
-                AppError::new(r.status(), code, r.body_text())
-            })
+        // JSON only: a page of another site can send a `text/plain` or form body without a
+        // CORS preflight, a JSON one it cannot.
+        let json = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .map(|v| v.to_str().is_ok_and(is_json_media_type));
+        if json == Some(false) {
+            return Err(not_json());
+        }
+        let body =
+            Bytes::from_request(req, gw)
+                .await
+                .map(RawBody)
+                .map_err(|r: BytesRejection| {
+                    let code = if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                        "payload_too_large"
+                    } else {
+                        "bad_request"
+                    };
+                    AppError::new(r.status(), code, r.body_text())
+                })?;
+        // No Content-Type is fine only for no body at all.
+        if json.is_none() && !body.0.is_empty() {
+            return Err(not_json());
+        }
+        Ok(body)
     }
+}
+
+/// `application/json`, or any `application/…+json`, with or without parameters.
+fn is_json_media_type(value: &str) -> bool {
+    let media = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    media == "application/json" || (media.starts_with("application/") && media.ends_with("+json"))
+}
+
+/// The refusal of a body that is not declared JSON.
+fn not_json() -> AppError {
+    AppError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        "send the body as JSON, with `Content-Type: application/json`",
+    )
 }
 
 /// The REST routes of the gateway (the shared middleware and the Socket.IO layer are added by
@@ -225,6 +262,18 @@ async fn execute(
     doc: DocId,
     cmd: Command,
 ) -> Result<Response, AppError> {
+    if matches!(
+        cmd.body,
+        CommandBody::AttendanceJoin | CommandBody::AttendanceLeave
+    ) {
+        // Attendance is what the gateway sees of a user's connections; a client saying it
+        // joined would let one student inflate visits (and the session's quota) at will.
+        return Err(AppError::new(
+            StatusCode::FORBIDDEN,
+            "gateway_only",
+            "attendance is recorded by the node when you connect and join, not sent",
+        ));
+    }
     let ack = gw.run(caller, doc, Some(cmd.id), cmd.body).await?;
     Ok(Json(ack).into_response())
 }

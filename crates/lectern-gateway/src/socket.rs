@@ -66,7 +66,10 @@ async fn authenticate(
     let conn = sio::authenticate(
         &gw,
         auth.ok().as_ref(),
-        crate::auth::token_from_parts(&parts.headers, parts.uri.query()),
+        // A cookie from a foreign origin counts as no token (see `ws.rs`).
+        gw.request_token(&parts.headers, parts.uri.query())
+            .ok()
+            .flatten(),
         Transport::SocketIo,
     )?;
     let client = SioClient::connected_elsewhere(sio::timing(&gw), conn.valid_for(), Instant::now());

@@ -382,7 +382,7 @@ impl Gateway {
         };
         let uri: axum::http::Uri = target.parse().map_err(|_| not_found())?;
         let route = stream_route(uri.path()).ok_or_else(not_found)?;
-        let token = crate::auth::token_from_parts(headers, uri.query());
+        let token = self.request_token(headers, uri.query())?;
         let verified = self.verify(token.as_deref())?;
         let (caller, expires_at_s) = (verified.caller, verified.expires_at_s);
         match route {

@@ -133,7 +133,9 @@ impl Gateway {
             out_bytes: out.iter().map(|o| o.bytes().len()).sum(),
             out,
             out_at: 0,
-            fallback_token: crate::auth::token_from_parts(headers, query),
+            // A cookie from a foreign origin counts as no token: the CONNECT is then refused
+            // unless its own `auth: {token}` carries one.
+            fallback_token: self.request_token(headers, query).ok().flatten(),
             conn: None,
             subs: Vec::new(),
             inflight: None,

@@ -34,6 +34,16 @@ fn students<D: ReadDoc>(r: &Reader<'_, D>) -> BTreeMap<String, String> {
     out
 }
 
+/// The roster's students only, as (user, name): the leaderboard's people. Progress from
+/// anyone else (a student the roster never had, with invented lessons) must not rank.
+fn roster_students<D: ReadDoc>(r: &Reader<'_, D>) -> BTreeMap<String, String> {
+    view::roster(r)
+        .into_iter()
+        .filter(|e| e.role == "student")
+        .map(|e| (e.user, e.name))
+        .collect()
+}
+
 fn anonymous<D: ReadDoc>(r: &Reader<'_, D>, user: &str) -> bool {
     r.root_map(ROSTER)
         .and_then(|ro| r.map(&ro, user))
@@ -41,11 +51,12 @@ fn anonymous<D: ReadDoc>(r: &Reader<'_, D>, user: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// The leaderboard: `(full, public)`. Both rank students by total score (ties share a rank).
+/// The leaderboard: `(full, public)` of the roster's students. Both rank them by total score
+/// (ties share a rank; within a tie, named students come before anonymous ones).
 /// `full` (for staff) names everyone; `public` (for students) shows "Anonymous" without a user
 /// id for those who opted out.
 pub(crate) fn leaderboard<D: ReadDoc>(r: &Reader<'_, D>, cohort: &str) -> (Value, Value) {
-    let mut rows: Vec<(i64, i64, u64, String, String, bool)> = students(r)
+    let mut rows: Vec<(i64, i64, u64, String, String, bool)> = roster_students(r)
         .into_iter()
         .map(|(user, name)| {
             let mut score = 0;
@@ -62,7 +73,22 @@ pub(crate) fn leaderboard<D: ReadDoc>(r: &Reader<'_, D>, cohort: &str) -> (Value
             (score, max, completed, user, name, anon)
         })
         .collect();
-    rows.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.3.cmp(&b.3)));
+    // Within a tie, named students first (by user id), then the anonymous ones by what the
+    // board shows of them: an anonymous row's place among named rows would otherwise betray
+    // its user id (user-id order), and anonymous rows that look alike cannot betray anything
+    // by their order among themselves.
+    rows.sort_by(|a, b| {
+        b.0.cmp(&a.0)
+            .then_with(|| a.5.cmp(&b.5))
+            .then_with(|| match a.5 {
+                false => a.3.cmp(&b.3),
+                true => {
+                    b.1.cmp(&a.1)
+                        .then_with(|| b.2.cmp(&a.2))
+                        .then_with(|| a.3.cmp(&b.3))
+                }
+            })
+    });
     let mut full = Vec::with_capacity(rows.len());
     let mut public = Vec::with_capacity(rows.len());
     let mut rank = 0;

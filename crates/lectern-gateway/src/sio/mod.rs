@@ -115,7 +115,7 @@ pub(crate) fn timing(gw: &Gateway) -> client::Timing {
 }
 
 /// The handshake: a token in the connect packet's `auth: {token}`, or else `request_token`
-/// (the request's `?token=` / Authorization / cookie, by [`crate::auth::token_from_parts`]);
+/// (the request's `?token=` / Authorization / cookie, by `Gateway::request_token`);
 /// then a connection slot, counted as `transport` in `/metrics` while the [`Conn`] lives.
 pub(crate) fn authenticate(
     gw: &Gateway,
