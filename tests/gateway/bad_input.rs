@@ -476,3 +476,55 @@ async fn every_route_refuses_an_oversized_body_and_hides_internal_headers() -> a
     })
     .await
 }
+
+/// A join, an SSE stream and a board view each take a token from the same per-user bucket as a
+/// command: with a burst of 3 and a negligible refill, the command after those three is
+/// refused. Kills: dropping `limiter.command` from the Socket.IO join (`sio::join`), from an
+/// SSE open (`sse.rs`) or from `leaderboard_me` (`boards.rs`): the command is then accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_streams_and_views_take_a_token_each() -> anyhow::Result<()> {
+    within(async {
+        // One token in 1,000 s: only the burst decides, however slow the machine.
+        let demo = Demo::start_with("rate-kinds", |c| {
+            c.limits.command_burst = 3;
+            c.limits.commands_per_s = 0.001;
+        })
+        .await?;
+        let s = demo.session.clone();
+        let student = demo.token("student1", "student");
+        // 1. A join.
+        let mut c = demo.sio(Transport::WebSocket, &student, "joiner").await?;
+        let ack = c.call("session:join", vec![json!(s)]).await?;
+        assert_eq!(ack["ok"], true, "{ack}");
+        // 2. A stream.
+        let path = format!("/api/stream/sessions/{s}?access_token={student}");
+        let stream = match demo.http.sse(&path, &[]).await? {
+            Ok(stream) => stream,
+            Err(resp) => anyhow::bail!("GET {path}: {} {}", resp.status, resp.text()),
+        };
+        // 3. A view.
+        let view = demo
+            .http
+            .get(
+                &format!("/api/cohorts/{}/leaderboard/me", lectern_node::DEMO_COHORT),
+                Some(&student),
+            )
+            .await?;
+        assert_ne!(view.status, 429, "the view had a token: {}", view.text());
+        // The bucket is empty: the next command is refused.
+        let r = demo
+            .command(&student, "chat.send", json!({"text": "a fourth request"}))
+            .await?;
+        assert_eq!(r.status, 429, "{}", r.text());
+        assert_eq!(
+            r.error_code().as_deref(),
+            Some("rate_limited"),
+            "{}",
+            r.text()
+        );
+        drop(stream);
+        c.disconnect().await;
+        demo.stop().await
+    })
+    .await
+}

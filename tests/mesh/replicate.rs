@@ -257,6 +257,10 @@ async fn a_node_restricted_to_its_cohorts_keeps_other_documents_out() -> anyhow:
     .await
 }
 
+/// Fails when two QUIC connections stay open between the pair (counted on each endpoint, not
+/// in the peer table keyed by name). Not killed yet: the mutations of the duplicate resolution
+/// (no `session.close("duplicate connection")` for the losing one), because nothing forces the
+/// two dials to cross here (A's first dial fails before B listens): 2 runs of 2 passed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_dialling_each_other_keep_one_connection_and_replicate_both_ways()
 -> anyhow::Result<()> {
@@ -310,6 +314,14 @@ async fn two_nodes_dialling_each_other_keep_one_connection_and_replicate_both_wa
                     let peers = mesh.status().peers;
                     peers.len() == 1 && peers[0].name == other && peers[0].state == "connected"
                 },
+            )
+            .await?;
+            // The table is keyed by peer name and cannot show two: count the endpoint's real
+            // QUIC connections (a replaced duplicate is closed, so it goes too).
+            eventually(
+                &format!("node {i} has one open QUIC connection"),
+                LIMIT,
+                || mesh.open_connections() == 1,
             )
             .await?;
         }

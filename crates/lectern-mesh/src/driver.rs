@@ -281,6 +281,13 @@ impl Mesh {
         names
     }
 
+    /// QUIC connections open on this node's endpoint now, in either direction and in any state
+    /// (handshaking, established or closing): what the peer table cannot show, such as a
+    /// duplicate connection to a peer that was replaced in the table but never closed.
+    pub fn open_connections(&self) -> usize {
+        self.endpoint.open_connections()
+    }
+
     /// A receiver that ticks whenever the set of connected peers changes.
     pub fn peer_changes(&self) -> watch::Receiver<u64> {
         self.shared.changed.subscribe()

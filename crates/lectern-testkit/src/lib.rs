@@ -14,6 +14,6 @@ pub mod smtp;
 pub mod udp_proxy;
 
 pub use http::{Http, Response, SseEvent, SseItem, SseStream};
-pub use sio::{Client, ConnectError, ServerEvent, Transport};
+pub use sio::{Client, ConnectError, Cursor, ServerEvent, Transport};
 pub use smtp::{ReceivedMail, SmtpMode, SmtpServer};
 pub use udp_proxy::{ProxyStats, UdpProxy};

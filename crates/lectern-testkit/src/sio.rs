@@ -10,8 +10,9 @@
 //! are not supported (Lectern sends none).
 //!
 //! One task per client owns the connection; [`Client`] talks to it through channels, keeps
-//! every event it received (so a test can wait for one that arrived earlier) and tracks the
-//! last resume token it saw.
+//! every event it received (so a test can wait for one that arrived earlier, or, from a
+//! [`Cursor`], only for one that arrives after an action) and tracks the last resume token it
+//! saw.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -114,6 +115,11 @@ enum Incoming {
     Event(ServerEvent),
     Closed(String),
 }
+
+/// A position in a client's received events ([`Client::cursor`]): the events after it are the
+/// ones that arrived later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor(usize);
 
 /// A connected Socket.IO client on namespace `/`.
 pub struct Client {
@@ -288,13 +294,35 @@ impl Client {
     }
 
     /// Waits for an event matching `pred` (one already received counts) and returns it;
-    /// `what` names it in the failure.
+    /// `what` names it in the failure. To wait for an event an action causes, take a
+    /// [`Client::cursor`] before the action and use [`Client::wait_after`]: an older event
+    /// that happens to match would make this one pass without the action.
     pub async fn wait_for(
         &mut self,
         what: &str,
         pred: impl Fn(&ServerEvent) -> bool,
     ) -> anyhow::Result<ServerEvent> {
-        if let Some(e) = self.seen.iter().find(|e| pred(e)) {
+        self.wait_after(Cursor(0), what, pred).await
+    }
+
+    /// The position after every event received so far: [`Client::wait_after`] with it
+    /// considers only events that arrive later.
+    pub fn cursor(&mut self) -> Cursor {
+        self.drain();
+        Cursor(self.seen.len())
+    }
+
+    /// Waits for an event matching `pred` among those received after `cursor` (taken by
+    /// [`Client::cursor`], typically just before the action that should cause it) and
+    /// returns it; `what` names it in the failure.
+    pub async fn wait_after(
+        &mut self,
+        cursor: Cursor,
+        what: &str,
+        pred: impl Fn(&ServerEvent) -> bool,
+    ) -> anyhow::Result<ServerEvent> {
+        self.drain();
+        if let Some(e) = self.seen.iter().skip(cursor.0).find(|e| pred(e)) {
             return Ok(e.clone());
         }
         let deadline = tokio::time::Instant::now() + WAIT_DEFAULT;
