@@ -165,3 +165,7 @@ impl Rooms {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "rooms_tests.rs"]
+mod tests;
