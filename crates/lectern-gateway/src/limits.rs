@@ -62,6 +62,10 @@ impl Default for Limits {
     }
 }
 
+/// Buckets kept before the table is pruned of full ones (idle users, whose fresh bucket would
+/// be the same): bounds the table's memory whatever the number of distinct users.
+const BUCKETS_PRUNE_ABOVE_COUNT: usize = 100_000;
+
 struct Bucket {
     tokens: f64,
     at: Instant,
@@ -73,6 +77,8 @@ pub(crate) struct Limiter {
     buckets: Mutex<HashMap<String, Bucket>>,
     conns: AtomicUsize,
     per_user: Mutex<HashMap<String, usize>>,
+    /// [`BUCKETS_PRUNE_ABOVE_COUNT`], a field so that unit tests can prune a small table.
+    buckets_prune_above_count: usize,
 }
 
 /// A held connection slot; released on drop.
@@ -88,6 +94,7 @@ impl Limiter {
             buckets: Mutex::new(HashMap::new()),
             conns: AtomicUsize::new(0),
             per_user: Mutex::new(HashMap::new()),
+            buckets_prune_above_count: BUCKETS_PRUNE_ABOVE_COUNT,
         }
     }
 
@@ -104,7 +111,7 @@ impl Limiter {
     pub(crate) fn command_at(&self, user: &str, now: Instant) -> Result<(), AppError> {
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         // Bound the table: drop full buckets (idle users) when it grows large.
-        if buckets.len() > 100_000 {
+        if buckets.len() > self.buckets_prune_above_count {
             let burst = f64::from(self.limits.command_burst);
             let rate = self.limits.commands_per_s;
             buckets.retain(|_, b| b.tokens + now.duration_since(b.at).as_secs_f64() * rate < burst);

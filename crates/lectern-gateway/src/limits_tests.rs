@@ -123,3 +123,86 @@ fn connection_caps_per_user_and_per_node() {
     let e = l.connect("a").err().expect("the node is full again");
     assert_eq!(e.code, "too_many_connections");
 }
+
+/// `limits()` hands back the limits the limiter was built with (the transports read the
+/// payload cap and queue sizes from it).
+///
+/// Kills: `Limiter::limits` returning `Limits::default()`.
+#[test]
+fn the_limiter_reports_its_configured_limits() {
+    let l = limiter(3.0, 7);
+    assert_eq!(l.limits().command_burst, 7);
+    assert_eq!(l.limits().commands_per_s, 3.0);
+}
+
+/// `command` (the real clock) spends tokens like `command_at`: with a burst of 1 and a refill
+/// of one token per 1,000 s, the second command is refused.
+///
+/// Kills: `Limiter::command` always answering `Ok(())`.
+#[test]
+fn the_real_clock_entry_point_spends_tokens() {
+    let l = limiter(0.001, 1);
+    assert!(l.command("u").is_ok());
+    let e = l.command("u").expect_err("the burst of 1 is spent");
+    assert_eq!(e.code, "rate_limited");
+}
+
+/// Past `BUCKETS_PRUNE_ABOVE_COUNT` buckets (100 here, so that a mutant pruning on every call
+/// stays fast), the table drops the full ones (a fresh bucket would
+/// be the same) and keeps every partly spent one; at exactly the threshold it prunes nothing.
+/// Buckets that refill to exactly the burst count as full.
+///
+/// Kills: the threshold's `>` changed to `==`, `<` or `>=`; the prune condition's `<` changed
+/// to `<=`, `==` or `>`; its `+` or `*` changed (the rate 2/s and half-second step make `*`
+/// and `/` differ).
+#[test]
+fn the_bucket_table_prunes_full_buckets_only_above_its_threshold() {
+    const BUCKETS_PRUNE_ABOVE_COUNT: usize = 100;
+    let mut l = limiter(2.0, 2);
+    l.buckets_prune_above_count = BUCKETS_PRUNE_ABOVE_COUNT;
+    let t0 = Instant::now();
+    let buckets = |l: &Limiter| l.buckets.lock().unwrap().len();
+    // "busy" spends its whole burst; the others one token each.
+    assert!(!refused(&l, "busy", t0));
+    assert!(!refused(&l, "busy", t0));
+    for i in 1..BUCKETS_PRUNE_ABOVE_COUNT {
+        assert!(!refused(&l, &format!("u{i}"), t0));
+    }
+    assert_eq!(buckets(&l), BUCKETS_PRUNE_ABOVE_COUNT);
+    // Half a second at 2/s: every "u" bucket is back to exactly 2 (full), "busy" holds 1.
+    let t1 = t0 + Duration::from_millis(500);
+    assert!(!refused(&l, "u1", t1));
+    assert_eq!(
+        buckets(&l),
+        BUCKETS_PRUNE_ABOVE_COUNT,
+        "no prune at exactly the threshold"
+    );
+    assert!(!refused(&l, "new", t1));
+    assert_eq!(buckets(&l), BUCKETS_PRUNE_ABOVE_COUNT + 1);
+    // Above the threshold: the full "u" buckets go; "busy", "u1" and "new" (spent) stay.
+    assert!(!refused(&l, "new2", t1));
+    assert_eq!(buckets(&l), 4, "busy, u1, new and new2 are kept");
+    // "busy" kept its state: one token, not a fresh burst of two.
+    assert!(!refused(&l, "busy", t1));
+    assert!(refused(&l, "busy", t1));
+}
+
+/// Releasing a connection frees exactly one of the user's slots, and the user's count is kept
+/// while other connections of theirs are open.
+///
+/// Kills: `*n -= 1` changed to `+=` or `/=` in `release`, and `*n == 0` changed to `!=` (the
+/// count forgotten while connections are still open).
+#[test]
+fn releasing_a_connection_frees_exactly_one_slot_of_its_user() {
+    let l = Arc::new(Limiter::new(Limits {
+        conns_per_user_max: 2,
+        conns_max: 100,
+        ..Limits::default()
+    }));
+    let a1 = l.connect("a").expect("a 1");
+    let _a2 = l.connect("a").expect("a 2");
+    drop(a1);
+    let _a3 = l.connect("a").expect("the released slot is usable");
+    let e = l.connect("a").err().expect("a holds two connections again");
+    assert_eq!(e.code, "too_many_connections");
+}

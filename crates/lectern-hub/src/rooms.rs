@@ -169,3 +169,7 @@ impl Rooms {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "rooms_tests.rs"]
+mod tests;
