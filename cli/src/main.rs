@@ -367,6 +367,9 @@ fn run(args: Args) -> anyhow::Result<()> {
                 hs256_secret: secret,
                 public_key: None,
                 leeway_s: config.auth.leeway_s,
+                token_lifetime_max_s: config.auth.token_lifetime_max_s,
+                audience: None,
+                issuer: None,
             })
             .context("load the HS256 secret")?;
             verifier
