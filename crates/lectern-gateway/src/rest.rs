@@ -83,24 +83,38 @@ impl FromRequest<Gateway> for RawBody {
         if json == Some(false) {
             return Err(not_json());
         }
-        let body =
-            Bytes::from_request(req, gw)
-                .await
-                .map(RawBody)
-                .map_err(|r: BytesRejection| {
-                    let code = if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                        "payload_too_large"
-                    } else {
-                        "bad_request"
-                    };
-                    AppError::new(r.status(), code, r.body_text())
-                })?;
+        let body = read_bytes(req, gw).await.map(RawBody)?;
         // No Content-Type is fine only for no body at all.
         if json.is_none() && !body.0.is_empty() {
             return Err(not_json());
         }
         Ok(body)
     }
+}
+
+/// A request body of any type (content uploads: `PUT`, which no other site can send without a
+/// CORS preflight, so the JSON-only rule is not needed there).
+pub(crate) struct AnyBody(pub(crate) Bytes);
+
+impl FromRequest<Gateway> for AnyBody {
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, gw: &Gateway) -> Result<Self, AppError> {
+        read_bytes(req, gw).await.map(AnyBody)
+    }
+}
+
+async fn read_bytes(req: Request, gw: &Gateway) -> Result<Bytes, AppError> {
+    Bytes::from_request(req, gw)
+        .await
+        .map_err(|r: BytesRejection| {
+            let code = if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                "payload_too_large"
+            } else {
+                "bad_request"
+            };
+            AppError::new(r.status(), code, r.body_text())
+        })
 }
 
 /// `application/json`, or any `application/…+json`, with or without parameters.
