@@ -100,6 +100,11 @@ pub struct MeshConfig {
     /// so a flood of handshakes costs the node a bounded amount. Default
     /// [`HANDSHAKES_MAX_DEFAULT`].
     pub handshakes_max: usize,
+    /// Who may connect to this node: `None` admits any node with a certificate of the cluster
+    /// CA (the behaviour of a seed node that everyone dials); `Some(names)` admits only the
+    /// nodes named in `peers` or in `names`, and closes any other certified node at its hello
+    /// (counted in `peer_faults`, logged with its name). Default `None`.
+    pub accept_from: Option<Vec<String>>,
 }
 
 /// Default of [`MeshConfig::handshakes_max`]: far more than a cluster's nodes redialling at
@@ -123,6 +128,18 @@ impl MeshConfig {
             connect_timeout_ms: 3_000,
             idle_timeout_ms: crate::IDLE_TIMEOUT_MS,
             handshakes_max: HANDSHAKES_MAX_DEFAULT,
+            accept_from: None,
+        }
+    }
+
+    /// Whether a node named `name` that dialled us may stay connected: see
+    /// [`MeshConfig::accept_from`].
+    pub fn admits(&self, name: &str) -> bool {
+        match &self.accept_from {
+            None => true,
+            Some(names) => {
+                self.peers.iter().any(|p| p.name == name) || names.iter().any(|n| n == name)
+            }
         }
     }
 }
@@ -646,6 +663,14 @@ async fn run_connection(
                         shared.faults.fetch_add(1, Ordering::Relaxed);
                         warn!(claimed = %info.name, "closing: the hello's name is not the certificate's");
                         session.close("the hello's name is not the certificate's");
+                        continue;
+                    }
+                    if direction == Direction::Accepted && !config.admits(&info.name) {
+                        // A certificate of the cluster CA alone is not membership: the node
+                        // must also be one this node was configured to talk with.
+                        shared.faults.fetch_add(1, Ordering::Relaxed);
+                        warn!(peer = %info.name, "closing: the node is not in this node's peer list");
+                        session.close("not in the peer list");
                         continue;
                     }
                     let dialer = match direction {
