@@ -100,11 +100,11 @@ pub struct MeshConfig {
     /// so a flood of handshakes costs the node a bounded amount. Default
     /// [`HANDSHAKES_MAX_DEFAULT`].
     pub handshakes_max: usize,
-    /// Who may connect to this node: `None` admits any node with a certificate of the cluster
-    /// CA (the behaviour of a seed node that everyone dials); `Some(names)` admits only the
-    /// nodes named in `peers` or in `names`, and closes any other certified node at its hello
-    /// (counted in `peer_faults`, logged with its name). Default `None`.
-    pub accept_from: Option<Vec<String>>,
+    /// Nodes that may connect to this node besides those in `peers` (a node that others dial
+    /// but that dials nobody lists them here). Any other node, even one holding a certificate
+    /// of the cluster CA, is closed at its hello, counted in `peer_faults` and logged with its
+    /// name: a certificate alone is not membership. Default empty: only `peers`.
+    pub accept_from: Vec<String>,
 }
 
 /// Default of [`MeshConfig::handshakes_max`]: far more than a cluster's nodes redialling at
@@ -128,19 +128,14 @@ impl MeshConfig {
             connect_timeout_ms: 3_000,
             idle_timeout_ms: crate::IDLE_TIMEOUT_MS,
             handshakes_max: HANDSHAKES_MAX_DEFAULT,
-            accept_from: None,
+            accept_from: Vec::new(),
         }
     }
 
     /// Whether a node named `name` that dialled us may stay connected: see
     /// [`MeshConfig::accept_from`].
     pub fn admits(&self, name: &str) -> bool {
-        match &self.accept_from {
-            None => true,
-            Some(names) => {
-                self.peers.iter().any(|p| p.name == name) || names.iter().any(|n| n == name)
-            }
-        }
+        self.peers.iter().any(|p| p.name == name) || self.accept_from.iter().any(|n| n == name)
     }
 }
 
