@@ -13,5 +13,6 @@ mod mesh;
 mod model;
 mod node;
 mod notify;
+mod ops;
 mod support;
 mod web;

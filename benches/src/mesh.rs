@@ -11,7 +11,12 @@
 //!   bytes exchanged meanwhile.
 //! - anti-entropy: D documents replicated to both nodes, the link cut, K of them changed, the
 //!   link healed: reconnect-to-converged time and bytes. Baseline: the same with K = 0
-//!   (the summary exchange alone).
+//!   (the digest exchange alone).
+//! - tree: the anti-entropy exchange alone at a scale no test store reaches (a million
+//!   documents): two real sans-IO `Session`s, their frames through the real encoder, no
+//!   sockets and no documents; D digests each, K different. Time from the handshake to the
+//!   last digest node (both trees built from scratch included), the digest frames' bytes each
+//!   way, and the documents found to sync (must be exactly K). Baseline: K = 0.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -30,8 +35,8 @@ use tokio::net::UdpSocket;
 /// Which measurement, and its size.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// latency, catch-up or anti-entropy.
-    #[arg(value_parser = ["latency", "catch-up", "anti-entropy"])]
+    /// latency, catch-up, anti-entropy or tree.
+    #[arg(value_parser = ["latency", "catch-up", "anti-entropy", "tree"])]
     what: String,
     /// latency: commands per second.
     #[arg(long, default_value_t = 1_000)]
@@ -49,6 +54,13 @@ pub struct Args {
 
 /// Runs the chosen measurement.
 pub fn run(args: &Args, json_out: bool) -> anyhow::Result<()> {
+    if args.what == "tree" {
+        return tree(
+            args.docs.unwrap_or(1_000_000),
+            args.changes.unwrap_or(10),
+            json_out,
+        );
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -501,4 +513,107 @@ async fn anti_entropy(docs: usize, differing: usize, json_out: bool) -> anyhow::
         );
     }
     pair.stop().await
+}
+
+/// A digest that depends on `i` and `salt` only (splitmix64), standing in for a document's
+/// heads digest.
+fn fake_digest(i: u64, salt: u64) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    let mut x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ salt;
+    for chunk in out.chunks_mut(8) {
+        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        chunk.copy_from_slice(&(z ^ (z >> 31)).to_be_bytes());
+    }
+    out
+}
+
+/// One exchange between two sessions holding `docs` digests, `differing` of them different.
+/// Returns (time, digest bytes A → B, digest bytes B → A, documents A and B asked to sync).
+fn tree_exchange(docs: usize, differing: usize) -> anyhow::Result<(Duration, u64, u64, usize)> {
+    use lectern_mesh::{Output, Session, SessionConfig, share_all};
+    let list_a: Vec<(String, [u8; 32])> = (0..docs as u64)
+        .map(|i| (format!("session/bench-{i:07}"), fake_digest(i, 0)))
+        .collect();
+    let step = docs.checked_div(differing).unwrap_or(docs).max(1);
+    let mut list_b = list_a.clone();
+    for (i, entry) in list_b.iter_mut().enumerate() {
+        if differing > 0 && i % step == 0 && i / step < differing {
+            entry.1 = fake_digest(i as u64, 1);
+        }
+    }
+    let now = Instant::now();
+    let mut sides = [
+        (
+            Session::new(SessionConfig::new("aaaa", "a", "r"), share_all(), now),
+            Some(list_a),
+        ),
+        (
+            Session::new(SessionConfig::new("bbbb", "b", "r"), share_all(), now),
+            Some(list_b),
+        ),
+    ];
+    let mut bytes = [0u64; 2];
+    let mut to_sync = std::collections::BTreeSet::new();
+    let started = Instant::now();
+    let mut inboxes: [Vec<lectern_wire::PeerFrame>; 2] = [Vec::new(), Vec::new()];
+    loop {
+        let mut moved = false;
+        for side in 0..2 {
+            let (session, list) = &mut sides[side];
+            for frame in std::mem::take(&mut inboxes[side]) {
+                session.handle_frame(frame, now);
+            }
+            while let Some(output) = session.poll_output() {
+                match output {
+                    Output::Send(frame) => {
+                        if matches!(frame, lectern_wire::PeerFrame::DigestNode { .. }) {
+                            bytes[side] += lectern_wire::encode_frame(&frame)?.len() as u64;
+                        }
+                        inboxes[1 - side].push(frame);
+                        moved = true;
+                    }
+                    Output::Established(_) => {
+                        session.send_summary(list.take().unwrap_or_default());
+                    }
+                    Output::GenerateSync(doc) => {
+                        to_sync.insert(doc);
+                    }
+                    Output::Close { reason } => anyhow::bail!("the session closed: {reason}"),
+                    Output::ReceiveSync { .. } | Output::Ephemeral { .. } => {}
+                }
+            }
+        }
+        if !moved && inboxes.iter().all(Vec::is_empty) {
+            break;
+        }
+    }
+    Ok((started.elapsed(), bytes[0], bytes[1], to_sync.len()))
+}
+
+/// `mesh tree`: see the module's doc.
+fn tree(docs: usize, differing: usize, json_out: bool) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    for (label, k) in [("baseline, 0 differ", 0), ("differing", differing)] {
+        let (took, a_to_b, b_to_a, found) = tree_exchange(docs, k)?;
+        anyhow::ensure!(found == k, "{found} documents to sync, {k} differ");
+        println!(
+            "mesh tree: {docs} documents, {label:>18} (k={k}): {:.0} ms from hello to the last digest node (both trees built); digest frames {:.1} KB A → B, {:.1} KB B → A ({:.1} KB both ways); {found} documents to sync",
+            took.as_secs_f64() * 1000.0,
+            a_to_b as f64 / 1e3,
+            b_to_a as f64 / 1e3,
+            (a_to_b + b_to_a) as f64 / 1e3
+        );
+        rows.push(json!({"differing": k, "ms": took.as_secs_f64() * 1000.0,
+            "bytes_a_to_b": a_to_b, "bytes_b_to_a": b_to_a, "to_sync": found}));
+    }
+    if json_out {
+        println!(
+            "{}",
+            json!({"bench": "mesh-tree", "docs": docs, "rows": rows})
+        );
+    }
+    Ok(())
 }

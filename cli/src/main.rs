@@ -2,7 +2,11 @@
 //! sled holds an exclusive lock), checks a node's health over HTTP, and mints tokens with the
 //! node's own secret (same config layers, same `auth-secret` file), so an operator can hand out
 //! a link without an identity provider. `cluster init` / `cluster issue-node` create the mesh's
-//! CA and node certificates; `status` and `peers` ask a running node's admin API.
+//! CA and node certificates; `status`, `peers` and `jobs` ask a running node's admin API.
+//!
+//! Every command takes `--json` (one JSON document on stdout, also for a failure:
+//! `{"error": {"code", "message", "exit"}}`), and the exit code says what kind of failure it was
+//! ([`Exit`], listed in the README), so a script can branch without parsing messages.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -10,7 +14,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
 use clap::{Parser, Subcommand};
 use lectern_gateway::auth::{AuthConfig, Claims, Verifier, mint};
 use lectern_node::config::{Config, Overrides};
@@ -19,12 +23,69 @@ use lectern_node::config::{Config, Overrides};
 /// revoked, only left to expire.
 const TOKEN_TTL_MAX_S: u64 = 366 * 24 * 3600;
 
+/// How long the admin API may take to answer, in seconds (a listing of many jobs included).
+const ADMIN_TIMEOUT_S: u64 = 30;
+
+/// Largest answer read from a node, in bytes (a full job listing is well under it).
+const RESPONSE_MAX_BYTES: u64 = 64 * 1024 * 1024;
+
 /// Operate Lectern nodes.
 #[derive(Debug, Parser)]
-#[command(name = "lectern", version, about)]
+#[command(name = "lectern", version, about, after_help = EXIT_CODES_HELP)]
 struct Args {
+    /// Print one JSON document on stdout (also for a failure).
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Cmd,
+}
+
+/// The exit codes, as `--help` lists them (the README has the same table).
+const EXIT_CODES_HELP: &str = "Exit codes: 0 success; 1 any other failure; 2 bad usage; \
+3 the node cannot be reached; 4 the admin API refused (no admin_token on the node, or a wrong \
+one); 5 not found (no such job or document); 6 busy (the job is running: try again); \
+7 the node is shutting down.";
+
+/// Why `lectern` failed, as its exit code: a script branches on these. 2 is clap's own (bad
+/// usage).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exit {
+    /// Anything not below (a local file, a bad answer, a failure inside the node).
+    Failure = 1,
+    /// Nothing answers at the address (connection refused, timed out).
+    Unreachable = 3,
+    /// The admin API refused: it is off on that node, or the token is wrong.
+    Refused = 4,
+    /// No such job or document.
+    NotFound = 5,
+    /// The job is running now; the same command later will do.
+    Busy = 6,
+    /// The node is shutting down.
+    Unavailable = 7,
+}
+
+/// A failure with its exit code and a stable code for `--json`.
+#[derive(Debug)]
+struct Failed {
+    exit: Exit,
+    code: String,
+    message: String,
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Failed {}
+
+fn failed(exit: Exit, code: &str, message: impl Into<String>) -> anyhow::Error {
+    anyhow!(Failed {
+        exit,
+        code: code.to_owned(),
+        message: message.into(),
+    })
 }
 
 #[derive(Debug, Subcommand)]
@@ -34,9 +95,6 @@ enum Cmd {
         /// The node's data directory.
         #[arg(long, default_value = "./lectern-data")]
         data_dir: PathBuf,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
     },
     /// Ask a running node for `/healthz`.
     Health {
@@ -64,31 +122,83 @@ enum Cmd {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// A running node's notification jobs: queued, parked and dead-lettered (admin API).
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCmd,
+    },
+    /// Print the shell completion script: `lectern completions bash > /etc/bash_completion.d/lectern`,
+    /// `lectern completions zsh > "${fpath[1]}/_lectern"`, `lectern completions fish >
+    /// ~/.config/fish/completions/lectern.fish`.
+    Completions {
+        /// The shell.
+        #[arg(value_parser = ["bash", "zsh", "fish"])]
+        shell: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum JobsCmd {
+    /// Queued (waiting, parked, running) and dead-lettered jobs, with counts.
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Which jobs: queued, dead or all.
+        #[arg(long, default_value = "all", value_parser = ["queued", "dead", "all"])]
+        state: String,
+        /// Show at most this many jobs (the counts are always complete).
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
+    /// One job's whole record: what it carries, its attempts, its last error.
+    Show {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The job id (from `jobs list`).
+        id: String,
+    },
+    /// Re-drive dead letters (attempts reset, due now) or run queued jobs now.
+    Retry {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The job ids (from `jobs list`).
+        #[arg(required_unless_present = "all_dead")]
+        ids: Vec<String>,
+        /// Re-drive every dead letter (after an outage is over).
+        #[arg(long, conflicts_with = "ids")]
+        all_dead: bool,
+    },
+    /// Forget a queued or dead-lettered job for good; it is never run.
+    Drop {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The job id (from `jobs list`).
+        id: String,
+    },
 }
 
 /// How to reach a node's admin API.
 #[derive(Debug, clap::Args)]
 struct AdminArgs {
-    /// The node's HTTP address (host:port).
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    /// The node's admin address (host:port): its `admin_http` if it has one, else its `http`.
+    #[arg(long, env = "LECTERN_ADMIN_HTTP", default_value = "127.0.0.1:8080")]
     http: String,
     /// The node's admin token.
     #[arg(long, env = "LECTERN_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: String,
-    /// Print JSON.
-    #[arg(long)]
-    json: bool,
 }
 
 #[derive(Debug, Subcommand)]
 enum ClusterCmd {
-    /// Create a cluster CA: DIR/ca.pem and DIR/ca.key (keep the key offline).
+    /// Create a cluster: its CA (DIR/ca.pem, DIR/ca.key) and the token key every node verifies
+    /// with (DIR/auth-secret). Keep the directory offline.
     Init {
         /// Where to write the CA (must not hold one yet).
         #[arg(long)]
         out: PathBuf,
     },
-    /// Issue a node certificate signed by the cluster CA: DIR/node.pem, DIR/node.key, DIR/ca.pem.
+    /// Issue a node's bundle: its certificate signed by the cluster CA (DIR/node.pem,
+    /// DIR/node.key, DIR/ca.pem) and the cluster's token key (DIR/auth-secret).
     IssueNode {
         /// The node's cluster name (a-z, 0-9, '-'); peers dial it as NAME@HOST:PORT.
         #[arg(long)]
@@ -133,31 +243,58 @@ enum TokenCmd {
 }
 
 fn main() -> ExitCode {
-    match run(Args::parse()) {
+    let args = Args::parse();
+    let json = args.json;
+    match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("lectern: {e:#}");
-            ExitCode::FAILURE
+            let (exit, code, message) = match e.downcast_ref::<Failed>() {
+                Some(f) => (f.exit, f.code.clone(), f.message.clone()),
+                None => (Exit::Failure, "failed".to_owned(), format!("{e:#}")),
+            };
+            if json {
+                let v = serde_json::json!({
+                    "error": {"code": code, "message": message, "exit": exit as u8}
+                });
+                println!("{v}");
+            } else {
+                eprintln!("lectern: {message}");
+            }
+            ExitCode::from(exit as u8)
         }
     }
 }
 
+/// Prints `v` as the command's JSON answer.
+fn print_json(v: &serde_json::Value) {
+    println!("{v:#}");
+}
+
 fn run(args: Args) -> anyhow::Result<()> {
+    let json = args.json;
     match args.command {
-        Cmd::StoreInfo { data_dir, json } => {
-            let store = lectern_store::Store::open(&data_dir)
-                .with_context(|| format!("open store at {}", data_dir.display()))?;
+        Cmd::StoreInfo { data_dir } => {
+            let store = lectern_store::Store::open(&data_dir).map_err(|e| {
+                failed(
+                    Exit::Failure,
+                    "store_unavailable",
+                    format!(
+                        "open store at {}: {e} (store-info reads a stopped node's store: stop the \
+                         node first, or ask a running one with `lectern status`)",
+                        data_dir.display()
+                    ),
+                )
+            })?;
             let id = store.identity();
             let docs = store.doc_ids().context("list documents")?;
             let size = store.size_on_disk().context("measure the store")?;
             if json {
-                let v = serde_json::json!({
+                print_json(&serde_json::json!({
                     "node": id.node_id.to_string(),
                     "bootEpoch": id.boot_epoch,
                     "documents": docs,
                     "bytesOnDisk": size,
-                });
-                println!("{v:#}");
+                }));
             } else {
                 println!("node:       {}", id.node_id);
                 println!("boot epoch: {}", id.boot_epoch);
@@ -170,8 +307,18 @@ fn run(args: Args) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Health { http } => {
-            let body = http_get(&http, "/healthz")?;
-            println!("{body}");
+            let v = request_json(&http, "GET", "/healthz", "")?;
+            if json {
+                print_json(&v);
+            } else {
+                println!(
+                    "{} node={} bootEpoch={} docsLoaded={}",
+                    v["status"].as_str().unwrap_or("?"),
+                    v["node"].as_str().unwrap_or("?"),
+                    v["bootEpoch"],
+                    v["docsLoaded"]
+                );
+            }
             Ok(())
         }
         Cmd::Token {
@@ -203,13 +350,15 @@ fn run(args: Args) -> anyhow::Result<()> {
                 .duration_since(UNIX_EPOCH)
                 .context("read the clock")?
                 .as_secs();
+            let exp = now_s.saturating_add(ttl_s);
             let claims = Claims {
                 name: name.unwrap_or_else(|| user.clone()),
                 sub: user,
                 role,
                 cohorts,
-                exp: now_s.saturating_add(ttl_s),
+                exp,
                 iat: now_s,
+                nbf: None,
             };
             let token = mint(&secret, &claims).context("sign the token")?;
             // Verify with the node's own rules so a bad user or cohort id is reported here,
@@ -223,7 +372,11 @@ fn run(args: Args) -> anyhow::Result<()> {
             verifier
                 .verify(&token, now_s)
                 .context("the node would refuse this token")?;
-            println!("{token}");
+            if json {
+                print_json(&serde_json::json!({"token": token, "exp": exp}));
+            } else {
+                println!("{token}");
+            }
             Ok(())
         }
         Cmd::Cluster {
@@ -231,23 +384,32 @@ fn run(args: Args) -> anyhow::Result<()> {
         } => {
             let ca = lectern_mesh::ClusterCa::generate()?;
             ca.write(&out)?;
-            println!("cluster CA written to {}", out.display());
+            lectern_node::create_cluster_secret(&out)?;
+            if json {
+                print_json(&serde_json::json!({"ca": out.display().to_string()}));
+            } else {
+                println!("cluster CA written to {}", out.display());
+            }
             Ok(())
         }
         Cmd::Cluster {
             command: ClusterCmd::IssueNode { id, ca, out },
         } => {
-            let ca = lectern_mesh::ClusterCa::read(&ca)?;
+            let ca_dir = ca;
+            let ca = lectern_mesh::ClusterCa::read(&ca_dir)?;
             ca.issue_node(&id)?.write(&out)?;
-            println!("node certificate for {id} written to {}", out.display());
+            lectern_node::install_cluster_secret(&ca_dir, &out)?;
+            if json {
+                print_json(&serde_json::json!({"node": id, "dir": out.display().to_string()}));
+            } else {
+                println!("node certificate for {id} written to {}", out.display());
+            }
             Ok(())
         }
         Cmd::Status { admin } => {
-            let body = admin_get(&admin, "/admin/status")?;
-            let v: serde_json::Value =
-                serde_json::from_str(&body).context("parse the node's answer")?;
-            if admin.json {
-                println!("{v:#}");
+            let v = admin_call(&admin, "GET", "/admin/status")?;
+            if json {
+                print_json(&v);
                 return Ok(());
             }
             let s = |k: &str| v[k].as_str().unwrap_or("-").to_owned();
@@ -260,17 +422,165 @@ fn run(args: Args) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Peers { admin } => {
-            let body = admin_get(&admin, "/admin/peers")?;
-            let v: serde_json::Value =
-                serde_json::from_str(&body).context("parse the node's answer")?;
-            if admin.json {
-                println!("{v:#}");
+            let v = admin_call(&admin, "GET", "/admin/peers")?;
+            if json {
+                print_json(&v);
             } else {
                 print_peers(&v["peers"]);
             }
             Ok(())
         }
+        Cmd::Jobs { command } => jobs(command, json),
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            let shell = match shell.as_str() {
+                "bash" => clap_complete::Shell::Bash,
+                "zsh" => clap_complete::Shell::Zsh,
+                _ => clap_complete::Shell::Fish,
+            };
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Args::command(), "lectern", &mut script);
+            let script = String::from_utf8(script).context("the completion script is text")?;
+            if json {
+                print_json(&serde_json::json!({"shell": shell.to_string(), "script": script}));
+            } else {
+                print!("{script}");
+            }
+            Ok(())
+        }
     }
+}
+
+/// `lectern jobs …`.
+fn jobs(command: JobsCmd, json: bool) -> anyhow::Result<()> {
+    match command {
+        JobsCmd::List {
+            admin,
+            state,
+            limit,
+        } => {
+            let v = admin_call(
+                &admin,
+                "GET",
+                &format!("/admin/jobs?state={state}&limit={limit}"),
+            )?;
+            if json {
+                print_json(&v);
+                return Ok(());
+            }
+            let c = &v["counts"];
+            println!(
+                "queued: {} (parked {}, running {})   dead: {}",
+                c["queued"], c["parked"], c["running"], c["dead"]
+            );
+            let list = v["jobs"].as_array().cloned().unwrap_or_default();
+            if !list.is_empty() {
+                println!(
+                    "{:<8} {:<8} {:>8}  {:<24} ID / LAST ERROR",
+                    "STATE", "KIND", "ATTEMPTS", "DUE (UTC)"
+                );
+            }
+            for j in list {
+                println!(
+                    "{:<8} {:<8} {:>8}  {:<24} {}",
+                    j["state"].as_str().unwrap_or("?"),
+                    j["kind"].as_str().unwrap_or("?"),
+                    j["attempts"],
+                    j["runAtMs"].as_u64().map(utc).unwrap_or_else(|| "-".into()),
+                    j["id"].as_str().unwrap_or("?"),
+                );
+                if let Some(e) = j["lastError"].as_str().or(j["unreadable"].as_str()) {
+                    println!("{:<53} {e}", "");
+                }
+            }
+            Ok(())
+        }
+        JobsCmd::Show { admin, id } => {
+            let v = admin_call(&admin, "GET", &format!("/admin/jobs/show?id={}", enc(&id)))?;
+            print_json(&v);
+            Ok(())
+        }
+        JobsCmd::Retry {
+            admin,
+            ids,
+            all_dead,
+        } => {
+            let ids = if all_dead {
+                let v = admin_call(&admin, "GET", "/admin/jobs?state=dead")?;
+                v["jobs"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|j| j["id"].as_str().map(str::to_owned))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            } else {
+                ids
+            };
+            let mut retried = Vec::new();
+            for id in &ids {
+                let v = admin_call(&admin, "POST", &format!("/admin/jobs/retry?id={}", enc(id)))?;
+                if !json {
+                    println!("retry {id}: queued, due now");
+                }
+                retried.push(v["job"].clone());
+            }
+            if json {
+                print_json(&serde_json::json!({"retried": retried}));
+            } else if ids.is_empty() {
+                println!("no dead letters");
+            }
+            Ok(())
+        }
+        JobsCmd::Drop { admin, id } => {
+            let v = admin_call(&admin, "POST", &format!("/admin/jobs/drop?id={}", enc(&id)))?;
+            if json {
+                print_json(&v);
+            } else {
+                println!(
+                    "dropped {id} (was {})",
+                    v["dropped"]["state"].as_str().unwrap_or("?")
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A time in ms since the Unix epoch as `YYYY-MM-DD HH:MM:SS` UTC.
+fn utc(ms: u64) -> String {
+    let s = ms / 1000;
+    let (days, rem) = (s / 86_400, s % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Percent-encodes a query value (job ids hold `/`).
+fn enc(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// A table of peers from the admin API's JSON.
@@ -297,39 +607,137 @@ fn print_peers(peers: &serde_json::Value) {
     }
 }
 
-/// GET `path` from the admin API with the admin token.
-fn admin_get(admin: &AdminArgs, path: &str) -> anyhow::Result<String> {
-    http_request(
+/// Calls the admin API with the admin token; its answer's JSON.
+fn admin_call(admin: &AdminArgs, method: &str, path: &str) -> anyhow::Result<serde_json::Value> {
+    request_json(
         &admin.http,
+        method,
         path,
         &format!("Authorization: Bearer {}\r\n", admin.admin_token),
     )
 }
 
-/// A minimal HTTP/1.0 GET, enough for a health probe without an HTTP client dependency.
-fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
-    http_request(addr, path, "")
-}
-
-/// A minimal HTTP/1.0 GET with extra header lines (each ending in CRLF).
-fn http_request(addr: &str, path: &str, headers: &str) -> anyhow::Result<String> {
-    let mut stream = TcpStream::connect(addr).with_context(|| format!("connect to {addr}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+/// One HTTP/1.0 request (enough for the admin API without an HTTP client dependency); a 200's
+/// JSON body, or a [`Failed`] that says what went wrong and what to do.
+fn request_json(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let unreachable = |e: std::io::Error| {
+        failed(
+            Exit::Unreachable,
+            "unreachable",
+            format!(
+                "cannot reach a node at {addr} ({e}): is it running, and is this its admin \
+                 address (--http or LECTERN_ADMIN_HTTP: the node's admin_http if set, else its http)?"
+            ),
+        )
+    };
+    let timeout = Duration::from_secs(ADMIN_TIMEOUT_S);
+    let mut last = None;
+    let mut stream = None;
+    for a in std::net::ToSocketAddrs::to_socket_addrs(addr).map_err(unreachable)? {
+        match TcpStream::connect_timeout(&a, timeout) {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    let mut stream = stream
+        .ok_or_else(|| unreachable(last.unwrap_or_else(|| std::io::Error::other("no address"))))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(unreachable)?;
+    stream
+        .set_write_timeout(Some(timeout))
+        .map_err(unreachable)?;
     write!(
         stream,
-        "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{headers}\r\n"
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{headers}Content-Length: 0\r\n\r\n"
     )
-    .context("send the request")?;
-    let mut response = String::new();
+    .map_err(unreachable)?;
+    let mut response = Vec::new();
     stream
-        .read_to_string(&mut response)
-        .context("read the response")?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .context("the response has no header end")?;
-    let status = head.lines().next().unwrap_or_default();
-    if !status.contains(" 200 ") {
-        bail!("{path} answered {status}");
+        .take(RESPONSE_MAX_BYTES)
+        .read_to_end(&mut response)
+        .map_err(unreachable)?;
+    let response = String::from_utf8_lossy(&response);
+    let (head, body) = response.split_once("\r\n\r\n").ok_or_else(|| {
+        failed(
+            Exit::Failure,
+            "bad_answer",
+            format!("{addr} did not answer HTTP"),
+        )
+    })?;
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let json: Option<serde_json::Value> = serde_json::from_str(body).ok();
+    if status == 200 {
+        return json.ok_or_else(|| {
+            failed(
+                Exit::Failure,
+                "bad_answer",
+                format!("{path}: the answer is not JSON"),
+            )
+        });
     }
-    Ok(body.to_owned())
+    let code = json
+        .as_ref()
+        .and_then(|v| v["error"]["code"].as_str())
+        .unwrap_or("")
+        .to_owned();
+    let message = json
+        .as_ref()
+        .and_then(|v| v["error"]["message"].as_str())
+        .unwrap_or(body.trim())
+        .to_owned();
+    Err(match (status, code.as_str()) {
+        (401, _) => failed(
+            Exit::Refused,
+            "unauthorized",
+            "the node refused the admin token: pass its admin_token with --admin-token or \
+             LECTERN_ADMIN_TOKEN",
+        ),
+        (404, "not_found") | (404, "") => failed(
+            Exit::Refused,
+            "admin_off",
+            format!(
+                "{path}: the node has no admin API (set admin_token in its configuration and \
+                 restart it), or {addr} is not its admin address"
+            ),
+        ),
+        (404, _) => failed(
+            Exit::NotFound,
+            &code,
+            format!("{message}; `lectern jobs list` shows what is queued and dead"),
+        ),
+        (409, _) => failed(
+            Exit::Busy,
+            &code,
+            format!("{message} (run the same command again in a moment)"),
+        ),
+        (503, _) => failed(
+            Exit::Unavailable,
+            if code.is_empty() {
+                "unavailable"
+            } else {
+                &code
+            },
+            format!(
+                "{message}: the node is shutting down; ask another node or wait for the restart"
+            ),
+        ),
+        _ => failed(
+            Exit::Failure,
+            if code.is_empty() { "failed" } else { &code },
+            format!("{path} answered {status}: {message}"),
+        ),
+    })
 }

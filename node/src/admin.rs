@@ -2,10 +2,12 @@
 //! hub and the mesh together.
 //!
 //! `GET /admin/status` (node id, name, region, uptime, documents, peers), `GET /admin/peers`
-//! (peers only) and `GET /admin/heads?doc=ID` (a document's heads digest, to compare replicas)
-//! answer only a `Authorization: Bearer {admin_token}`; without a configured token
-//! they answer 404, so an unconfigured node exposes nothing. `lectern status` and `lectern
-//! peers` call them.
+//! (peers only), `GET /admin/heads?doc=ID` (a document's heads digest, to compare replicas) and
+//! the job queue (`GET /admin/jobs[?state=queued|dead|all&limit=N]`, `GET
+//! /admin/jobs/show?id=ID`, `POST /admin/jobs/retry?id=ID`, `POST /admin/jobs/drop?id=ID`)
+//! answer only a `Authorization: Bearer {admin_token}`; without a configured token they answer
+//! 404, so an unconfigured node exposes nothing. `lectern status`, `lectern peers` and `lectern
+//! jobs` call them. Errors are `{error: {code, message}}` with a stable code.
 
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
@@ -13,51 +15,103 @@ use std::time::Instant;
 
 use axum::Json;
 use axum::Router;
+use axum::extract::Query;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use lectern_hub::Hub;
+use lectern_jobs::{JOBS_LIST_MAX, JobControl, JobFilter, JobView, JobsError};
 use lectern_mesh::{Mesh, ShareFilter};
-use lectern_model::{Caller, CohortId, DocId, Role, SessionId};
+use lectern_model::{Caller, CohortId, DocId, Role, SessionId, UserId};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
 /// The admin routes.
-pub(crate) fn routes(hub: Hub, mesh: Option<Arc<Mesh>>, token: Option<String>) -> Router {
+pub(crate) fn routes(
+    hub: Hub,
+    mesh: Option<Arc<Mesh>>,
+    jobs: JobControl,
+    token: Option<String>,
+) -> Router {
     let started = Instant::now();
     let state = Arc::new(AdminState {
         hub,
         mesh,
+        jobs,
         token,
         started,
     });
-    let status_state = state.clone();
-    let heads_state = state.clone();
+    let s = state.clone();
+    let heads = move |headers: HeaderMap, Query(q): Query<HeadsQuery>| {
+        let state = s.clone();
+        async move { state.guarded(&headers, |s| s.heads(&q.doc)) }
+    };
+    let s = state.clone();
+    let status = move |headers: HeaderMap| {
+        let state = s.clone();
+        async move { state.guarded(&headers, |s| s.status()) }
+    };
+    let s = state.clone();
+    let peers = move |headers: HeaderMap| {
+        let state = s.clone();
+        async move { state.guarded(&headers, |s| json!({"peers": s.peers()})) }
+    };
+    let s = state.clone();
+    let jobs_list = move |headers: HeaderMap, Query(q): Query<JobsQuery>| {
+        let state = s.clone();
+        async move {
+            if let Some(refused) = state.refusal(&headers) {
+                return refused;
+            }
+            state.jobs_list(q).await
+        }
+    };
+    let s = state.clone();
+    let jobs_show = move |headers: HeaderMap, Query(q): Query<JobQuery>| {
+        let state = s.clone();
+        async move {
+            if let Some(refused) = state.refusal(&headers) {
+                return refused;
+            }
+            match state.jobs.show(&q.id).await {
+                Ok(view) => Json(json!({"job": job_json(&view, true)})).into_response(),
+                Err(e) => jobs_error(&e),
+            }
+        }
+    };
+    let s = state.clone();
+    let jobs_retry = move |headers: HeaderMap, Query(q): Query<JobQuery>| {
+        let state = s.clone();
+        async move {
+            if let Some(refused) = state.refusal(&headers) {
+                return refused;
+            }
+            match state.jobs.retry(&q.id).await {
+                Ok(view) => Json(json!({"job": job_json(&view, false)})).into_response(),
+                Err(e) => jobs_error(&e),
+            }
+        }
+    };
+    let jobs_drop = move |headers: HeaderMap, Query(q): Query<JobQuery>| {
+        let state = state.clone();
+        async move {
+            if let Some(refused) = state.refusal(&headers) {
+                return refused;
+            }
+            match state.jobs.drop_job(&q.id).await {
+                Ok(view) => Json(json!({"dropped": job_json(&view, false)})).into_response(),
+                Err(e) => jobs_error(&e),
+            }
+        }
+    };
     Router::new()
-        .route(
-            "/admin/heads",
-            get(
-                move |headers: HeaderMap,
-                      axum::extract::Query(q): axum::extract::Query<HeadsQuery>| {
-                    let state = heads_state.clone();
-                    async move { state.guarded(&headers, |s| s.heads(&q.doc)) }
-                },
-            ),
-        )
-        .route(
-            "/admin/status",
-            get(move |headers: HeaderMap| {
-                let state = status_state.clone();
-                async move { state.guarded(&headers, |s| s.status()) }
-            }),
-        )
-        .route(
-            "/admin/peers",
-            get(move |headers: HeaderMap| {
-                let state = state.clone();
-                async move { state.guarded(&headers, |s| json!({"peers": s.peers()})) }
-            }),
-        )
+        .route("/admin/heads", get(heads))
+        .route("/admin/status", get(status))
+        .route("/admin/peers", get(peers))
+        .route("/admin/jobs", get(jobs_list))
+        .route("/admin/jobs/show", get(jobs_show))
+        .route("/admin/jobs/retry", post(jobs_retry))
+        .route("/admin/jobs/drop", post(jobs_drop))
 }
 
 /// `?doc=` of `/admin/heads`.
@@ -66,21 +120,36 @@ struct HeadsQuery {
     doc: String,
 }
 
+/// `?state=&limit=` of `/admin/jobs`.
+#[derive(serde::Deserialize)]
+struct JobsQuery {
+    state: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `?id=` of `/admin/jobs/{show,retry,drop}`.
+#[derive(serde::Deserialize)]
+struct JobQuery {
+    id: String,
+}
+
 struct AdminState {
     hub: Hub,
     mesh: Option<Arc<Mesh>>,
+    jobs: JobControl,
     token: Option<String>,
     started: Instant,
 }
 
 impl AdminState {
-    fn guarded(&self, headers: &HeaderMap, f: impl FnOnce(&AdminState) -> Value) -> Response {
+    /// The answer to a request without the admin token; `None` for one with it.
+    fn refusal(&self, headers: &HeaderMap) -> Option<Response> {
         let Some(expected) = &self.token else {
-            return error(
+            return Some(error(
                 StatusCode::NOT_FOUND,
                 "not_found",
-                "the admin API is not configured",
-            );
+                "the admin API is not configured (set admin_token)",
+            ));
         };
         let given = headers
             .get(axum::http::header::AUTHORIZATION)
@@ -88,13 +157,49 @@ impl AdminState {
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
         if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
-            return error(
+            return Some(error(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
                 "a valid admin token is required",
-            );
+            ));
         }
-        Json(f(self)).into_response()
+        None
+    }
+
+    fn guarded(&self, headers: &HeaderMap, f: impl FnOnce(&AdminState) -> Value) -> Response {
+        match self.refusal(headers) {
+            None => Json(f(self)).into_response(),
+            Some(refused) => refused,
+        }
+    }
+
+    async fn jobs_list(&self, q: JobsQuery) -> Response {
+        let filter = match q.state.as_deref() {
+            None | Some("all") => JobFilter::All,
+            Some("queued") => JobFilter::Queued,
+            Some("dead") => JobFilter::Dead,
+            Some(_) => {
+                return error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_state",
+                    "state must be queued, dead or all",
+                );
+            }
+        };
+        let limit = q.limit.unwrap_or(JOBS_LIST_MAX).min(JOBS_LIST_MAX);
+        match self.jobs.list(filter, limit).await {
+            Ok(listing) => Json(json!({
+                "counts": {
+                    "queued": listing.queued,
+                    "parked": listing.parked,
+                    "running": listing.running,
+                    "dead": listing.dead,
+                },
+                "jobs": listing.jobs.iter().map(|j| job_json(j, false)).collect::<Vec<_>>(),
+            }))
+            .into_response(),
+            Err(e) => jobs_error(&e),
+        }
     }
 
     fn status(&self) -> Value {
@@ -138,13 +243,58 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
         .into_response()
 }
 
+/// A job as the admin API shows it; `full` adds the whole stored record (what `lectern jobs
+/// show` prints). Listings carry the title but never the notification's body.
+fn job_json(view: &JobView, full: bool) -> Value {
+    let mut v = json!({"id": view.id, "state": view.state.as_str()});
+    match &view.record {
+        Ok(r) => {
+            let n = r.notification();
+            v["kind"] = json!(r.kind());
+            v["attempts"] = json!(r.attempts);
+            v["runAtMs"] = json!(r.run_at_ms);
+            v["lastError"] = json!(r.last_error);
+            v["parkedSinceMs"] = json!(r.parked_since_ms);
+            v["user"] = json!(r.user().map(|u| u.to_string()));
+            v["notification"] = json!({
+                "id": n.id.to_string(),
+                "kind": n.kind.as_str(),
+                "title": n.title,
+            });
+            if full {
+                v["record"] = serde_json::to_value(r).unwrap_or(Value::Null);
+            }
+        }
+        Err(reason) => v["unreadable"] = json!(reason),
+    }
+    v
+}
+
+/// The answer to a refused job request.
+fn jobs_error(e: &JobsError) -> Response {
+    let status = match e {
+        JobsError::NotFound(_) => StatusCode::NOT_FOUND,
+        JobsError::Running(_) => StatusCode::CONFLICT,
+        JobsError::BadId(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        JobsError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        JobsError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    if status == StatusCode::INTERNAL_SERVER_ERROR {
+        tracing::error!(error = %e, "an admin job request failed");
+    }
+    error(status, e.code(), &e.to_string())
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The share policy of a node restricted to `cohorts`: their cohort documents, and the session
-/// documents their cohort documents list (refreshed whenever one of them changes; the receiver
-/// ticks after each refresh, so the mesh can run anti-entropy for newly admitted sessions).
+/// The share policy of a node restricted to `cohorts`: their cohort documents, the session
+/// documents their cohort documents list, and the inboxes of their rosters' members (so a
+/// notification made on either side reaches its owner on the other), refreshed whenever one of
+/// the cohorts changes; the receiver ticks after each refresh, so the mesh can run
+/// anti-entropy for newly admitted documents. A member's inbox holds every notification of
+/// theirs, from other cohorts too: the node serves that member, so it may hold what they see.
 pub(crate) fn share_filter(hub: &Hub, cohorts: &[String]) -> (ShareFilter, watch::Receiver<u64>) {
     let cohort_docs: HashSet<String> = cohorts.iter().map(|c| format!("cohort/{c}")).collect();
     let sessions: Arc<RwLock<HashSet<String>>> = Arc::new(RwLock::new(HashSet::new()));
@@ -157,7 +307,8 @@ pub(crate) fn share_filter(hub: &Hub, cohorts: &[String]) -> (ShareFilter, watch
     (filter, rx)
 }
 
-/// Keeps `sessions` equal to the session documents listed by `cohorts`' documents.
+/// Keeps `sessions` equal to the session documents listed by `cohorts`' documents and the
+/// inboxes of their members.
 async fn refresh_sessions(
     hub: Hub,
     cohorts: Vec<CohortId>,
@@ -183,7 +334,7 @@ async fn refresh_sessions(
                     r.cohort_view(&reader)
                 })
                 .await;
-            if let Ok(Ok(view)) = view
+            if let Ok(Ok(view)) = &view
                 && let Some(list) = view["sessions"].as_array()
             {
                 for s in list {
@@ -209,6 +360,14 @@ async fn refresh_sessions(
                     if keep {
                         found.insert(format!("session/{id}"));
                     }
+                }
+            }
+            if let Ok(Ok(view)) = &view
+                && let Some(roster) = view["roster"].as_array()
+            {
+                let members = roster.iter().filter_map(|m| m["user"].as_str());
+                for user in members.filter_map(|u| u.parse::<UserId>().ok()) {
+                    found.insert(DocId::Inbox(user).to_string());
                 }
             }
         }

@@ -46,6 +46,10 @@ pub struct Config {
     /// Base URL printed in demo links, without a trailing `/`. Default none, meaning
     /// `http://{http}`.
     pub public_url: Option<String>,
+    /// The public client URLs of the cluster's other nodes, in the order a browser should try
+    /// them when this node fails (`GET /api/nodes` lists this node's, then these; cross-origin
+    /// requests from these origins are allowed). Default none: the page stays on its node.
+    pub cluster_urls: Vec<String>,
     /// Seed a demo course, cohort and live session and print links. Default `false`.
     pub demo: bool,
     /// Print the demo's links without seeding it (a node of a demo cluster that receives the
@@ -62,6 +66,11 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// Notifications: email, the job queue, digests.
     pub notify: NotifySettings,
+    /// A separate, private address for the operator's surface (`/metrics`, `/admin/*`,
+    /// `/healthz`): when set, they are served there only and the public listener answers 404
+    /// for them. Default none: they share the public listener (`http`), so put the node behind
+    /// a proxy that hides them (deploy/nginx does) or set this.
+    pub admin_http: Option<SocketAddr>,
 }
 
 /// Longest push coalescing window accepted, in ms (the replication-latency budget).
@@ -168,6 +177,13 @@ pub struct NotifySettings {
     /// How long a finished job's marker is kept (it keeps the job from being queued again), in
     /// ms; the file says `finished_jobs_kept_days`. Default 30 days.
     pub finished_jobs_kept_ms: u64,
+    /// How long an email waits (parked, spending no attempts) for a mail server that cannot be
+    /// reached before it is dead-lettered, in ms; the file says `park_unreachable_hours`; 0
+    /// turns parking off. Default 72 h.
+    pub park_unreachable_ms: u64,
+    /// While the mail server is unreachable, the longest time between two probes of it, in ms
+    /// (so the longest an email waits after the server is back). Default 60,000.
+    pub park_probe_max_ms: u64,
 }
 
 /// An SMTP server.
@@ -207,6 +223,8 @@ impl Default for NotifySettings {
             dashboard_interval_ms: 5_000,
             inactive_days: 7,
             finished_jobs_kept_ms: 30 * DAY_MS,
+            park_unreachable_ms: 72 * 3_600_000,
+            park_probe_max_ms: 60_000,
         }
     }
 }
@@ -235,6 +253,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./lectern-data"),
             http: SocketAddr::from(([127, 0, 0, 1], 8080)),
             public_url: None,
+            cluster_urls: Vec::new(),
             demo: false,
             demo_links: false,
             auth: AuthSettings::default(),
@@ -242,6 +261,7 @@ impl Default for Config {
             mesh: MeshSettings::default(),
             admin_token: None,
             notify: NotifySettings::default(),
+            admin_http: None,
         }
     }
 }
@@ -269,6 +289,8 @@ pub struct Overrides {
     pub http: Option<SocketAddr>,
     /// `--public-url URL`.
     pub public_url: Option<String>,
+    /// `--cluster-url URL` (repeatable; replaces the list of the other layers).
+    pub cluster_urls: Vec<String>,
     /// `--demo`: turns the demo on (a flag cannot turn it off).
     pub demo: bool,
     /// `--mesh-name NAME`.
@@ -283,11 +305,14 @@ pub struct Overrides {
     pub peers: Vec<String>,
     /// `--admin-token TOKEN`.
     pub admin_token: Option<String>,
+    /// `--admin-http ADDR`.
+    pub admin_http: Option<SocketAddr>,
 }
 
 impl Config {
     /// Loads: defaults < the TOML file (given path, else ./lectern.toml if it exists) <
-    /// environment (`LECTERN_DATA_DIR`, `LECTERN_HTTP`, `LECTERN_PUBLIC_URL`, `LECTERN_DEMO`,
+    /// environment (`LECTERN_DATA_DIR`, `LECTERN_HTTP`, `LECTERN_PUBLIC_URL`, `LECTERN_CLUSTER_URLS`,
+    /// `LECTERN_DEMO`,
     /// `LECTERN_AUTH_SECRET`, `LECTERN_AUTH_PUBLIC_KEY_FILE`, `LECTERN_AUTH_PUBLIC_KEY_ALG`,
     /// `LECTERN_AUTH_LEEWAY_S`, `LECTERN_RATE_COMMANDS_PER_S`, `LECTERN_RATE_COMMAND_BURST`,
     /// `LECTERN_PAYLOAD_MAX_BYTES`, `LECTERN_OUTBOUND_QUEUE_MAX`, `LECTERN_CONNS_MAX`,
@@ -328,6 +353,9 @@ impl Config {
         if let Some(url) = overrides.public_url {
             config.public_url = Some(check_url(&url).map_err(|e| anyhow!("--public-url: {e}"))?);
         }
+        if !overrides.cluster_urls.is_empty() {
+            config.cluster_urls = check_urls(overrides.cluster_urls, "--cluster-url")?;
+        }
         config.demo |= overrides.demo;
         if let Some(v) = overrides.mesh_name {
             config.mesh.name = check_node_name(&v, "--mesh-name")?;
@@ -347,6 +375,9 @@ impl Config {
         if let Some(v) = overrides.admin_token {
             config.admin_token = Some(check_secret(v, "--admin-token")?);
         }
+        if let Some(v) = overrides.admin_http {
+            config.admin_http = Some(v);
+        }
 
         config.check_together()?;
         Ok(config)
@@ -356,16 +387,32 @@ impl Config {
     /// bytes (hex) and mode 0600 on first use, so `lectern token mint --data-dir` can read the
     /// same secret. The key is the file's text (the 64 hex digits), so copying the file into
     /// `LECTERN_AUTH_SECRET` gives the same tokens.
+    ///
+    /// A node enrolled with `lectern cluster issue-node` finds the cluster's secret in its
+    /// certificate directory (`{mesh.tls_dir}/auth-secret`, made once by `lectern cluster
+    /// init`); that one comes before the data directory's, so every node of the cluster, and
+    /// `lectern token mint` with any node's configuration, accept and sign the same tokens.
     pub fn resolve_secret(&self) -> anyhow::Result<Vec<u8>> {
         if let Some(secret) = &self.auth.hs256_secret {
             return Ok(secret.as_bytes().to_vec());
+        }
+        if let Some(dir) = &self.mesh.tls_dir
+            && let Some(secret) = read_secret(&dir.join(SECRET_FILE))?
+        {
+            return Ok(secret);
         }
         let path = self.data_dir.join(SECRET_FILE);
         if let Some(secret) = read_secret(&path)? {
             return Ok(secret);
         }
-        fs::create_dir_all(&self.data_dir)
-            .with_context(|| format!("create data directory {}", self.data_dir.display()))?;
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&self.data_dir)
+                .with_context(|| format!("create data directory {}", self.data_dir.display()))?;
+        }
         create_secret(&path)?;
         read_secret(&path)?.with_context(|| format!("read back {}", path.display()))
     }
@@ -391,6 +438,7 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     http: Option<String>,
     public_url: Option<String>,
+    cluster_urls: Option<Vec<String>>,
     demo: Option<bool>,
     #[serde(default)]
     auth: FileAuth,
@@ -399,6 +447,7 @@ struct FileConfig {
     #[serde(default)]
     mesh: FileMesh,
     admin_token: Option<String>,
+    admin_http: Option<String>,
     #[serde(default)]
     notify: FileNotify,
 }
@@ -438,6 +487,8 @@ struct FileNotify {
     dashboard_interval_ms: Option<u64>,
     inactive_days: Option<u64>,
     finished_jobs_kept_days: Option<u64>,
+    park_unreachable_hours: Option<u64>,
+    park_probe_max_ms: Option<u64>,
     smtp: Option<FileSmtp>,
 }
 
@@ -489,6 +540,9 @@ impl FileConfig {
         }
         if let Some(v) = self.public_url {
             c.public_url = Some(check_url(&v).map_err(|e| anyhow!("{}: {e}", at("public_url")))?);
+        }
+        if let Some(v) = self.cluster_urls {
+            c.cluster_urls = check_urls(v, &at("cluster_urls"))?;
         }
         if let Some(v) = self.demo {
             c.demo = v;
@@ -553,6 +607,9 @@ impl FileConfig {
         if let Some(v) = self.admin_token {
             c.admin_token = Some(check_secret(v, &at("admin_token"))?);
         }
+        if let Some(v) = self.admin_http {
+            c.admin_http = Some(parse_value(&v, &at("admin_http"))?);
+        }
         let l = self.limits;
         if let Some(v) = l.commands_per_s {
             c.limits.commands_per_s = check_rate(v, &at("limits.commands_per_s"))?;
@@ -616,6 +673,12 @@ impl FileConfig {
         if let Some(v) = n.finished_jobs_kept_days {
             let days = check_min_1(v, &at("notify.finished_jobs_kept_days"))?;
             c.notify.finished_jobs_kept_ms = days.saturating_mul(DAY_MS);
+        }
+        if let Some(v) = n.park_unreachable_hours {
+            c.notify.park_unreachable_ms = v.saturating_mul(3_600_000);
+        }
+        if let Some(v) = n.park_probe_max_ms {
+            c.notify.park_probe_max_ms = check_min_1(v, &at("notify.park_probe_max_ms"))?;
         }
         if let Some(s) = n.smtp {
             let tls = match s.tls {
@@ -704,6 +767,15 @@ fn apply_env(c: &mut Config, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Re
     if let Some(v) = get("LECTERN_PUBLIC_URL") {
         c.public_url = Some(check_url(&v).map_err(|e| anyhow!("LECTERN_PUBLIC_URL: {e}"))?);
     }
+    if let Some(v) = get("LECTERN_CLUSTER_URLS") {
+        let urls = v
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned)
+            .collect();
+        c.cluster_urls = check_urls(urls, "LECTERN_CLUSTER_URLS")?;
+    }
     if let Some(v) = get("LECTERN_DEMO") {
         c.demo = parse_bool(&v, "LECTERN_DEMO")?;
     }
@@ -763,6 +835,9 @@ fn apply_env(c: &mut Config, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Re
     }
     if let Some(v) = get("LECTERN_ADMIN_TOKEN") {
         c.admin_token = Some(check_secret(v, "LECTERN_ADMIN_TOKEN")?);
+    }
+    if let Some(v) = get("LECTERN_ADMIN_HTTP") {
+        c.admin_http = Some(parse_value(&v, "LECTERN_ADMIN_HTTP")?);
     }
     if let Some(v) = get("LECTERN_RATE_COMMANDS_PER_S") {
         let key = "LECTERN_RATE_COMMANDS_PER_S";
@@ -864,6 +939,12 @@ fn check_url(raw: &str) -> Result<String, String> {
         ));
     }
     Ok(url.to_owned())
+}
+
+fn check_urls(urls: Vec<String>, key: &str) -> anyhow::Result<Vec<String>> {
+    urls.iter()
+        .map(|u| check_url(u).map_err(|e| anyhow!("{key}: {e}")))
+        .collect()
 }
 
 fn check_secret(secret: String, key: &str) -> anyhow::Result<String> {
@@ -979,6 +1060,26 @@ fn read_secret(path: &Path) -> anyhow::Result<Option<Vec<u8>>> {
 /// written and fsynced under a temporary name, then hard-linked into place: a link fails if
 /// the name exists, so two processes starting at once agree on one secret and neither can read
 /// a half-written file.
+/// Makes the cluster's token secret beside its CA (`lectern cluster init`): `{dir}/auth-secret`,
+/// 32 random bytes as hex, mode 0600; an existing one is kept.
+pub fn create_cluster_secret(dir: &Path) -> anyhow::Result<()> {
+    create_secret(&dir.join(SECRET_FILE))
+}
+
+/// Copies the cluster's token secret from the CA directory into a node's certificate
+/// directory (`lectern cluster issue-node`), mode 0600. Returns false when the CA directory has
+/// none (a CA made before clusters had one: its nodes keep their own secrets).
+pub fn install_cluster_secret(ca_dir: &Path, node_dir: &Path) -> anyhow::Result<bool> {
+    let Some(secret) = read_secret(&ca_dir.join(SECRET_FILE))? else {
+        return Ok(false);
+    };
+    let mut text = secret;
+    text.push(b'\n');
+    let path = node_dir.join(SECRET_FILE);
+    write_private(&path, &text).with_context(|| format!("write {}", path.display()))?;
+    Ok(true)
+}
+
 fn create_secret(path: &Path) -> anyhow::Result<()> {
     let bytes: [u8; 32] = rand::random();
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();

@@ -33,7 +33,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::info;
 
-pub use config::Config;
+pub use config::{Config, create_cluster_secret, install_cluster_secret};
 pub use demo::{DEMO_COHORT, DEMO_SESSION, seed_demo};
 
 /// How long [`Node::stop`] waits for the tasks that outlive the graceful shutdown (connection
@@ -57,6 +57,9 @@ pub struct DemoLinks {
 pub struct Node {
     /// The address HTTP is served on.
     pub http_addr: SocketAddr,
+    /// The private address of `/metrics` and `/admin/*`, when `admin_http` is set.
+    pub admin_addr: Option<SocketAddr>,
+    admin_server: Option<AdminServer>,
     /// The node's live documents.
     pub hub: Hub,
     /// The client-facing gateway.
@@ -116,6 +119,7 @@ fn demo_token(secret: &[u8], user: &str, name: &str, role: &str) -> anyhow::Resu
         cohorts: vec![DEMO_COHORT.into()],
         exp: now + 7 * 24 * 3600,
         iat: now,
+        nbf: None,
     };
     mint(secret, &claims).context("mint a demo token")
 }
@@ -186,11 +190,27 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
             inactive_days: config.notify.inactive_days,
             ..Default::default()
         },
+        // Pages fail over to the cluster's other nodes: this one first, then the configured.
+        nodes: if config.cluster_urls.is_empty() {
+            Vec::new()
+        } else {
+            std::iter::once(public_base.clone())
+                .chain(
+                    config
+                        .cluster_urls
+                        .iter()
+                        .filter(|u| **u != public_base)
+                        .cloned(),
+                )
+                .collect()
+        },
         ..GatewayConfig::new(auth_config(&config, secret.clone())?)
     };
     let (gateway, routes) =
         Gateway::new(hub.clone(), gateway_config).map_err(|e| anyhow::anyhow!("{e}"))?;
     gateway.add_metrics(metrics::jobs(&jobs));
+    gateway.add_metrics(metrics::hub(&hub));
+    gateway.add_metrics(metrics::process());
     let demo = if config.demo {
         seed_demo(&hub).await.context("seed the demo class")?;
         Some(demo_links(&secret, &public_base)?)
@@ -209,31 +229,42 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
         None => None,
     };
     info!(%http_addr, "serving HTTP");
-    let routes = routes.merge(admin::routes(
+    let admin_routes = admin::routes(
         hub.clone(),
         mesh.clone(),
+        jobs.control(),
         config.admin_token.clone(),
-    ));
-    let health_hub = hub.clone();
-    let app = routes.route(
-        "/healthz",
-        get(move || {
-            let hub = health_hub.clone();
-            async move {
-                let id = hub.identity();
-                Json(json!({
-                    "status": "ok",
-                    "node": id.node_id.to_string(),
-                    "bootEpoch": id.boot_epoch,
-                    "docsLoaded": hub.loaded_docs(),
-                }))
-            }
-        }),
     );
+    let health_hub = hub.clone();
+    let health = get(move || {
+        let hub = health_hub.clone();
+        async move {
+            let id = hub.identity();
+            Json(json!({
+                "status": "ok",
+                "node": id.node_id.to_string(),
+                "bootEpoch": id.boot_epoch,
+                "docsLoaded": hub.loaded_docs(),
+            }))
+        }
+    });
+    let (app, admin_server) = match config.admin_http {
+        None => (routes.merge(admin_routes).route("/healthz", health), None),
+        Some(addr) => {
+            let admin_server =
+                AdminServer::start(addr, admin_routes, health.clone(), &gateway).await?;
+            let app = routes
+                .route("/healthz", health)
+                .layer(axum::middleware::from_fn(hide_operator_routes));
+            (app, Some(admin_server))
+        }
+    };
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(serve::serve(listener, app, gateway.clone(), stopped));
     Ok(Node {
         http_addr,
+        admin_addr: admin_server.as_ref().map(|a| a.addr),
+        admin_server,
         hub,
         gateway,
         demo,
@@ -243,6 +274,82 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
         stop,
         server,
     })
+}
+
+/// The operator's listener (`admin_http`): `/metrics`, `/admin/*` and `/healthz` on a private
+/// address, served by axum (a handful of requests a minute; none of the public listener's
+/// memory concerns apply).
+struct AdminServer {
+    addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl AdminServer {
+    async fn start(
+        addr: SocketAddr,
+        admin_routes: axum::Router,
+        health: axum::routing::MethodRouter,
+        gateway: &Gateway,
+    ) -> anyhow::Result<AdminServer> {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("bind the admin listener on {addr}"))?;
+        let addr = listener.local_addr().context("read the admin address")?;
+        let gw = gateway.clone();
+        let app = admin_routes.route("/healthz", health).route(
+            "/metrics",
+            get(move || {
+                let gw = gw.clone();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4",
+                        )],
+                        gw.metrics_text(),
+                    )
+                }
+            }),
+        );
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        info!(%addr, "serving /metrics and /admin on the admin listener");
+        Ok(AdminServer { addr, stop, task })
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        match self.task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "the admin listener failed"),
+            Err(e) => tracing::warn!(error = %e, "the admin listener task failed"),
+        }
+    }
+}
+
+/// With a separate admin listener, the public one answers 404 for the operator's routes (as if
+/// they did not exist: nothing tells a client where they are).
+async fn hide_operator_routes(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let path = request.uri().path();
+    if path == "/metrics" || path == "/admin" || path.starts_with("/admin/") {
+        use axum::response::IntoResponse;
+        return (
+            axum::http::StatusCode::NOT_FOUND,
+            Json(json!({"error": {"code": "not_found", "message": "no such route"}})),
+        )
+            .into_response();
+    }
+    next.run(request).await
 }
 
 /// The regions of a demo cluster's nodes, in order.
@@ -288,10 +395,28 @@ pub async fn start_demo_cluster(config: Config, n: usize) -> anyhow::Result<Vec<
         let mut c = config.clone();
         c.data_dir = config.data_dir.join(name);
         c.http = SocketAddr::new(config.http.ip(), port(config.http.port(), i));
+        c.admin_http = config
+            .admin_http
+            .map(|a| SocketAddr::new(a.ip(), port(a.port(), i)));
         c.auth.hs256_secret = Some(secret.clone());
         c.demo = i == 0;
         c.demo_links = i != 0;
         c.public_url = None;
+        // With known ports, the pages learn the other demo nodes for failover (`/api/nodes`).
+        c.cluster_urls = if config.http.port() == 0 {
+            Vec::new()
+        } else {
+            (0..n)
+                .filter(|j| *j != i)
+                .map(|j| {
+                    format!(
+                        "http://{}:{}",
+                        config.http.ip(),
+                        port(config.http.port(), j)
+                    )
+                })
+                .collect()
+        };
         c.mesh.name = (*name).to_owned();
         c.mesh.region = (*name).to_owned();
         c.mesh.listen =
@@ -388,6 +513,8 @@ fn jobs_config(config: &Config, secret: &[u8], public_base: &str) -> JobsConfig 
         digest_offset_ms: n.digest_hour_utc * 3_600_000,
         digest_period_ms: n.digest_period_ms,
         finished_kept_ms: n.finished_jobs_kept_ms,
+        park_unreachable_ms: n.park_unreachable_ms,
+        park_probe_max_ms: n.park_probe_max_ms,
         ..JobsConfig::new(MailIdentity {
             from: n.from.clone(),
             public_url: public_base.to_owned(),
@@ -430,6 +557,9 @@ impl Node {
         }
         self.gateway.shutdown().await;
         let _ = self.stop.send(());
+        if let Some(admin) = self.admin_server {
+            admin.stop().await;
+        }
         self.server
             .await
             .context("join the HTTP server")?

@@ -31,6 +31,9 @@ struct Args {
     /// Base URL for printed links [default: http://<http>].
     #[arg(long)]
     public_url: Option<String>,
+    /// Another node's public client URL, where the page fails over (repeatable, in order).
+    #[arg(long = "cluster-url")]
+    cluster_urls: Vec<String>,
     /// Seed a demo course, cohort and live session, and print links to it.
     #[arg(long)]
     demo: bool,
@@ -55,6 +58,9 @@ struct Args {
     /// Bearer token of the admin API (/admin/status, /admin/peers).
     #[arg(long)]
     admin_token: Option<String>,
+    /// A private address for /metrics, /admin/* and /healthz (off the public listener).
+    #[arg(long)]
+    admin_http: Option<SocketAddr>,
 }
 
 fn main() -> ExitCode {
@@ -70,6 +76,7 @@ fn main() -> ExitCode {
         data_dir: args.data_dir,
         http: args.http,
         public_url: args.public_url,
+        cluster_urls: args.cluster_urls,
         demo: args.demo,
         mesh_name: args.mesh_name,
         region: args.region,
@@ -77,6 +84,7 @@ fn main() -> ExitCode {
         mesh_tls_dir: args.mesh_tls_dir,
         peers: args.peers,
         admin_token: args.admin_token,
+        admin_http: args.admin_http,
     };
     let nodes = args.nodes;
     let config = match Config::load(overrides, &|k| std::env::var(k).ok()) {

@@ -1,10 +1,13 @@
-//! The node's own sections of `/metrics`: its job runner and its mesh. The gateway renders its
-//! counters and appends these (see `Gateway::add_metrics`).
+//! The node's own sections of `/metrics`: its job runner (queue depth and lateness, parked and
+//! dead jobs, email outcomes), the hub's evictions, the process (memory, file descriptors
+//! against their limit) and its mesh. The gateway renders its counters and appends these (see
+//! `Gateway::add_metrics`); README lists every name.
 
 use std::fmt::Write;
 use std::sync::Arc;
 
 use lectern_gateway::MetricsSection;
+use lectern_hub::Hub;
 use lectern_jobs::{JobRunner, JobStats};
 use lectern_mesh::Mesh;
 
@@ -13,18 +16,40 @@ pub(crate) fn jobs(runner: &JobRunner) -> MetricsSection {
     let stats = runner.watch();
     Arc::new(move |out: &mut String| {
         let s: JobStats = *stats.borrow();
-        let gauges = [
+        let now_ms = lectern_hub::system_now().0;
+        let late_s = s
+            .next_due_ms
+            .map(|at| now_ms.saturating_sub(at) as f64 / 1000.0)
+            .unwrap_or(0.0);
+        let gauges: [(&str, &str, f64); 5] = [
             (
                 "lectern_jobs_pending",
-                "Jobs queued and waiting.",
-                s.pending,
+                "Jobs queued and waiting (parked ones included).",
+                s.pending as f64,
             ),
-            ("lectern_jobs_running", "Jobs running now.", s.running),
+            (
+                "lectern_jobs_running",
+                "Jobs running now.",
+                s.running as f64,
+            ),
+            (
+                "lectern_jobs_parked",
+                "Email jobs parked while the mail server cannot be reached.",
+                s.parked as f64,
+            ),
+            (
+                "lectern_jobs_dead_letters",
+                "Dead-lettered jobs in the store (until retried or dropped).",
+                s.dead_letters as f64,
+            ),
+            (
+                "lectern_jobs_oldest_due_seconds",
+                "How long the most overdue queued job (not running, not parked) has been due.",
+                late_s,
+            ),
         ];
         for (name, help, value) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} gauge");
-            let _ = writeln!(out, "{name} {value}");
+            gauge(out, name, help, value);
         }
         let counters = [
             (
@@ -34,7 +59,7 @@ pub(crate) fn jobs(runner: &JobRunner) -> MetricsSection {
             ),
             (
                 "lectern_jobs_retried_total",
-                "Failed job attempts that will be retried.",
+                "Failed job attempts that will be retried (parked tries included).",
                 s.retried,
             ),
             ("lectern_jobs_dead_total", "Jobs dead-lettered.", s.dead),
@@ -48,13 +73,118 @@ pub(crate) fn jobs(runner: &JobRunner) -> MetricsSection {
                 "Emails handed to SMTP or the outbox (a digest counts once).",
                 s.emails_sent,
             ),
+            (
+                "lectern_emails_dead_total",
+                "Email jobs dead-lettered.",
+                s.emails_dead,
+            ),
         ];
         for (name, help, value) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} counter");
-            let _ = writeln!(out, "{name} {value}");
+            counter(out, name, help, value);
+        }
+        let _ = writeln!(
+            out,
+            "# HELP lectern_email_failures_total Failed email attempts: refused (a 4xx or 5xx reply) or unreachable (no reply)."
+        );
+        let _ = writeln!(out, "# TYPE lectern_email_failures_total counter");
+        let _ = writeln!(
+            out,
+            "lectern_email_failures_total{{reason=\"refused\"}} {}",
+            s.emails_refused
+        );
+        let _ = writeln!(
+            out,
+            "lectern_email_failures_total{{reason=\"unreachable\"}} {}",
+            s.emails_unreachable
+        );
+    })
+}
+
+/// Documents the hub dropped from memory (`lectern_documents_loaded`, the gauge, is the
+/// gateway's).
+pub(crate) fn hub(hub: &Hub) -> MetricsSection {
+    let hub = hub.clone();
+    Arc::new(move |out: &mut String| {
+        let s = hub.stats();
+        counter(
+            out,
+            "lectern_documents_evictions_total",
+            "Documents dropped from memory for being idle.",
+            s.evictions,
+        );
+        counter(
+            out,
+            "lectern_documents_compactions_total",
+            "Documents whose chunks were folded into a fresh snapshot.",
+            s.compactions,
+        );
+    })
+}
+
+/// The process's memory and file descriptors against their limit, under the names Prometheus
+/// client libraries use (`process_*`), read from `/proc/self` (nothing is emitted where it
+/// cannot be read).
+pub(crate) fn process() -> MetricsSection {
+    Arc::new(|out: &mut String| {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let kb = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        if let Some(rss) = kb("VmRSS:") {
+            gauge(
+                out,
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes.",
+                (rss * 1024) as f64,
+            );
+        }
+        if let Some(vm) = kb("VmSize:") {
+            gauge(
+                out,
+                "process_virtual_memory_bytes",
+                "Virtual memory size in bytes.",
+                (vm * 1024) as f64,
+            );
+        }
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            gauge(
+                out,
+                "process_open_fds",
+                "Open file descriptors (sockets included).",
+                fds.count() as f64,
+            );
+        }
+        let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+        let max_fds = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .and_then(|l| l.split_whitespace().nth(3))
+            .and_then(|v| v.parse::<u64>().ok());
+        if let Some(max) = max_fds {
+            gauge(
+                out,
+                "process_max_fds",
+                "The soft limit of open file descriptors.",
+                max as f64,
+            );
         }
     })
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, value: f64) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} gauge");
+    let _ = writeln!(out, "{name} {value}");
+}
+
+fn counter(out: &mut String, name: &str, help: &str, value: u64) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} counter");
+    let _ = writeln!(out, "{name} {value}");
 }
 
 /// The configured peers by state, and each connected peer's round trip and lag.

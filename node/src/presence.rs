@@ -2,11 +2,15 @@
 //! frames; this glue (the node is the only place that knows both) relays one to the other.
 //!
 //! Out: whenever a session's local presence changes, and every [`HEARTBEAT_MS`] for every
-//! session, the node sends `{"users": [...]}` as an ephemeral message about `session/{id}`.
-//! In: a peer's message replaces what that peer reported for the session. A peer that
-//! disconnects is forgotten at once; one that stays connected but stops reporting a session is
-//! forgotten after [`PRESENCE_TTL_MS`]. So a dead node's students stop counting within the
-//! mesh's idle timeout (5 s by default), and never later than 30 s.
+//! session, the node sends `{"origin": name, "seq": n, "users": [...]}` as an ephemeral
+//! message about `session/{id}`.
+//! In: a message replaces what its origin node reported for the session, and is relayed once
+//! to every peer, so presence reaches the nodes of a partial mesh (region hubs) too: a
+//! message seen before (same origin, no newer `seq`) or from this node itself is dropped, so
+//! the flood ends. An origin that was a direct peer and disconnects is forgotten at once; any
+//! origin that stops reporting a session is forgotten after [`PRESENCE_TTL_MS`]. So a dead
+//! node's students stop counting within the mesh's idle timeout (5 s by default) on its
+//! neighbours, and never later than 30 s anywhere.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -34,9 +38,30 @@ pub(crate) fn start(gateway: Gateway, mesh: &Arc<Mesh>) {
     tokio::spawn(import(gateway, mesh.clone()));
 }
 
-fn send(mesh: &Mesh, session: &SessionId, mut users: Vec<String>) {
+/// This node's own reports: its name (the origin receivers count them under) and the next
+/// sequence number, starting at the boot's wall-clock ms so that a restarted node's reports
+/// are newer than its old ones wherever they are still relayed.
+struct Origin {
+    name: String,
+    seq: u64,
+}
+
+impl Origin {
+    fn new(name: String) -> Origin {
+        let boot_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        Origin { name, seq: boot_ms }
+    }
+}
+
+fn send(mesh: &Mesh, origin: &mut Origin, session: &SessionId, mut users: Vec<String>) {
     users.truncate(USERS_PER_MESSAGE_MAX);
-    let payload = json!({ "users": users }).to_string().into_bytes();
+    origin.seq += 1;
+    let payload = json!({ "origin": origin.name, "seq": origin.seq, "users": users })
+        .to_string()
+        .into_bytes();
     mesh.send_ephemeral(&DocId::Session(session.clone()).to_string(), payload);
 }
 
@@ -45,6 +70,7 @@ async fn export(gateway: Gateway, mesh: std::sync::Weak<Mesh>) {
     let mut changes = gateway.presence_changes();
     let mut heartbeat = tokio::time::interval(Duration::from_millis(HEARTBEAT_MS));
     let Some(m) = mesh.upgrade() else { return };
+    let mut origin = Origin::new(m.status().name);
     let mut peers = m.connected_peers();
     let mut peer_changes = m.peer_changes();
     drop(m);
@@ -54,7 +80,7 @@ async fn export(gateway: Gateway, mesh: std::sync::Weak<Mesh>) {
             _ = m.stopped() => return,
             change = changes.recv() => match change {
                 Ok(session) => {
-                    send(&m, &session, gateway.local_presence(&session));
+                    send(&m, &mut origin, &session, gateway.local_presence(&session));
                     false
                 }
                 Err(RecvError::Lagged(_)) => true,
@@ -70,16 +96,18 @@ async fn export(gateway: Gateway, mesh: std::sync::Weak<Mesh>) {
         };
         if resend_all {
             for (session, users) in gateway.local_presence_all() {
-                send(&m, &session, users);
+                send(&m, &mut origin, &session, users);
             }
         }
     }
 }
 
-/// Peers' presence → the gateway, with expiry.
+/// Peers' presence → the gateway, with expiry, and on to the other peers.
 async fn import(gateway: Gateway, mesh: Arc<Mesh>) {
     let mut incoming = mesh.ephemeral();
-    let mut seen: HashMap<(String, SessionId), Instant> = HashMap::new();
+    let own_name = mesh.status().name;
+    // (origin, session) → when last heard, and the newest sequence number heard.
+    let mut seen: HashMap<(String, SessionId), (Instant, u64)> = HashMap::new();
     let mut sweep = tokio::time::interval(Duration::from_millis(PRESENCE_TTL_MS / 6));
     let mut peers: HashSet<String> = mesh.connected_peers().into_iter().collect();
     let mut peer_changes = mesh.peer_changes();
@@ -96,6 +124,19 @@ async fn import(gateway: Gateway, mesh: Arc<Mesh>) {
                         tracing::debug!(peer = %msg.peer, "ignored a presence message that is not JSON");
                         continue;
                     };
+                    // A report without an origin is the direct peer's own (an older node).
+                    let origin = value["origin"].as_str().unwrap_or(&msg.peer).to_owned();
+                    let seq = value["seq"].as_u64().unwrap_or(0);
+                    if origin == own_name {
+                        continue;
+                    }
+                    let key = (origin.clone(), session.clone());
+                    if let Some((_, last)) = seen.get(&key)
+                        && seq <= *last
+                        && seq != 0
+                    {
+                        continue;
+                    }
                     let users: Vec<String> = value["users"]
                         .as_array()
                         .map(|a| {
@@ -105,18 +146,22 @@ async fn import(gateway: Gateway, mesh: Arc<Mesh>) {
                                 .collect()
                         })
                         .unwrap_or_default();
-                    seen.insert((msg.peer.clone(), session.clone()), Instant::now());
-                    gateway.set_remote_presence(&msg.peer, &session, users);
+                    seen.insert(key, (Instant::now(), seq));
+                    gateway.set_remote_presence(&origin, &session, users);
+                    if seq != 0 {
+                        // On to the other peers (and back to the sender, which drops it).
+                        mesh.send_ephemeral(&msg.doc, msg.payload.clone());
+                    }
                 }
                 Err(RecvError::Lagged(_)) => {}
                 Err(RecvError::Closed) => return,
             },
             _ = sweep.tick() => {
                 let ttl = Duration::from_millis(PRESENCE_TTL_MS);
-                seen.retain(|(peer, session), at| {
+                seen.retain(|(origin, session), (at, _)| {
                     let fresh = at.elapsed() < ttl;
                     if !fresh {
-                        gateway.set_remote_presence(peer, session, Vec::new());
+                        gateway.set_remote_presence(origin, session, Vec::new());
                     }
                     fresh
                 });
@@ -125,7 +170,7 @@ async fn import(gateway: Gateway, mesh: Arc<Mesh>) {
                 let now: HashSet<String> = mesh.connected_peers().into_iter().collect();
                 for gone in peers.difference(&now) {
                     gateway.clear_remote_presence(gone);
-                    seen.retain(|(peer, _), _| peer != gone);
+                    seen.retain(|(origin, _), _| origin != gone);
                 }
                 peers = now;
             }

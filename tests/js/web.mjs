@@ -10,6 +10,9 @@
 //   restart   the node is killed and restarted (by the Rust test, told over stdin/stdout)
 //             while the student acts; plus an ack lost on the wire, retried under its id
 //   restart-sse  the same with the page on SSE + POST
+//   failover  the page's node (of three) is killed and restarted by the Rust test (steps
+//             `kill`, whose reply is a question asked on the third node meanwhile, and
+//             `restart`); the page moves to the next node and back home
 //
 // Every wait is for a condition on the page (no fixed sleeps); each has a deadline.
 import { chromium } from 'playwright-core';
@@ -535,7 +538,50 @@ async function runRestart(browser) {
   out.offline = offline;
 }
 
-const SCENARIOS = { class: runClass, boards: runBoards, fallback: runFallback, restart: runRestart, 'restart-sse': runRestart };
+async function runFailover(browser) {
+  // The page's node (the first of three) is killed mid-class; the page must be live on the
+  // next node of the cluster's list within seconds, send what was queued once, show an event
+  // made on the third node meanwhile, and go home once its node is back.
+  const student = await open(browser, tStudent, 'student');
+  await waitConn(student, 'live', 'websocket');
+  out.homeNode = await student.getAttribute('#conn', 'data-node');
+  const before = 'Asked on the home node';
+  await askByKeyboard(student, before);
+  await question(student, before).waitFor({ timeout: WAIT_MS });
+  await waitQueued(student, 0);
+
+  const elsewhere = await ask('kill');
+  const killedAt = Date.now();
+  const during = 'Asked while the home node was dead';
+  await askByKeyboard(student, during);
+  await student.waitForFunction((home) => {
+    const c = document.getElementById('conn');
+    return c.dataset.state === 'live' && c.dataset.node && c.dataset.node !== home;
+  }, out.homeNode, { timeout: WAIT_MS });
+  out.failoverMs = Date.now() - killedAt;
+  out.awayNode = await student.getAttribute('#conn', 'data-node');
+  await waitQueued(student, 0);
+  await question(student, during).waitFor({ timeout: WAIT_MS });
+  await question(student, elsewhere).waitFor({ timeout: WAIT_MS });
+  await shot(student, 'failover-away.png');
+
+  if ((await ask('restart')) !== 'restarted') throw new Error('the test did not restart the node');
+  await student.waitForFunction((home) => {
+    const c = document.getElementById('conn');
+    return c.dataset.state === 'live' && c.dataset.node === home;
+  }, out.homeNode, { timeout: WAIT_MS });
+  out.backNode = await student.getAttribute('#conn', 'data-node');
+  const back = 'Asked back on the home node';
+  await askByKeyboard(student, back);
+  await question(student, back).waitFor({ timeout: WAIT_MS });
+  await waitQueued(student, 0);
+  out.texts = [before, during, elsewhere, back];
+  out.shown = [];
+  for (const t of out.texts) out.shown.push(await countQuestions(student, t));
+  out.snapshots = Number(await student.getAttribute('#conn', 'data-snapshots'));
+}
+
+const SCENARIOS = { failover: runFailover, class: runClass, boards: runBoards, fallback: runFallback, restart: runRestart, 'restart-sse': runRestart };
 
 let browser;
 const deadline = setTimeout(() => {

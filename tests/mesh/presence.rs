@@ -53,3 +53,49 @@ async fn attendance_counts_students_on_every_node_and_a_dead_node_expires() -> a
     })
     .await
 }
+
+/// A partial mesh (a region hub B with A and C each peered only with B): a student on A counts
+/// on C, because B relays presence reports once to its other peers. Kills: no relay in
+/// `node/src/presence.rs` (C then counts only its own student).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_crosses_a_partial_mesh_through_its_hub() -> anyhow::Result<()> {
+    within(async {
+        let mut cluster = Cluster::new("mesh-presence-hub")?;
+        let b = cluster.start("node-b", vec![], true).await?;
+        let a = cluster
+            .start("node-a", vec![cluster.peer(b)], false)
+            .await?;
+        let c = cluster
+            .start("node-c", vec![cluster.peer(b)], false)
+            .await?;
+        cluster.connected(b, 2).await?;
+        cluster.connected(a, 1).await?;
+        cluster.connected(c, 1).await?;
+        cluster
+            .converged(&demo_session(), &[a, b, c], Duration::from_secs(10))
+            .await?;
+
+        let (_on_a, _) = joined(cluster.node(a), "student1", "student", None).await?;
+        let (mut on_c, _) = joined(cluster.node(c), "student2", "student", None).await?;
+        on_c.wait_for("attendance of 2 on C, one of them on A", |e| {
+            e.name == "attendance:update" && e.data()["present"] == 2
+        })
+        .await?;
+        // The same user on two nodes counts once.
+        let (_again_on_a, _) = joined(cluster.node(a), "student2", "student", None).await?;
+        let (mut on_b, _) = joined(cluster.node(b), "student3", "student", None).await?;
+        on_b.wait_for("attendance of 3 on B", |e| {
+            e.name == "attendance:update" && e.data()["present"] == 3
+        })
+        .await?;
+        assert!(
+            !on_b
+                .seen()
+                .iter()
+                .any(|e| e.name == "attendance:update" && e.data()["present"].as_u64() > Some(3)),
+            "a user on two nodes counted twice"
+        );
+        cluster.stop_all().await
+    })
+    .await
+}

@@ -126,7 +126,8 @@ async fn a_student_on_a_asks_and_a_student_on_c_receives_qa_new() -> anyhow::Res
 async fn a_node_restricted_to_its_cohorts_keeps_other_documents_out() -> anyhow::Result<()> {
     within(async {
         let mut cluster = Cluster::new("mesh-share")?;
-        // B holds two cohorts' sessions; A (a classroom) shares only cohort c1.
+        // B holds two cohorts' sessions and two users' inboxes; A (a classroom) shares only
+        // cohort c1, whose roster names one of the two users.
         let b = cluster.start("node-b", vec![], false).await?;
         let admin = caller("admin", Role::Admin);
         let hub_b = cluster.node(b).hub.clone();
@@ -177,6 +178,27 @@ async fn a_node_restricted_to_its_cohorts_keeps_other_documents_out() -> anyhow:
             )
             .await?;
 
+        hub_b
+            .execute(
+                cohort.clone(),
+                admin.clone(),
+                cmd(
+                    "roster-sam",
+                    CommandBody::RosterAdd {
+                        user: "sam".parse()?,
+                        role: Role::Student,
+                        name: "Sam".into(),
+                    },
+                ),
+            )
+            .await?;
+        let (sams, outsiders) = (DocId::Inbox("sam".parse()?), DocId::Inbox("kim".parse()?));
+        for (inbox, id) in [(&sams, "n-sam"), (&outsiders, "n-kim")] {
+            hub_b
+                .execute(inbox.clone(), admin.clone(), cmd(id, notification(id)?))
+                .await?;
+        }
+
         let dir = crate::support::TempDir::new("mesh-share-a");
         let mut config = cluster.config("node-a", dir.path(), vec![cluster.peer(b)])?;
         config.mesh.share_cohorts = Some(vec!["c1".into()]);
@@ -195,6 +217,28 @@ async fn a_node_restricted_to_its_cohorts_keeps_other_documents_out() -> anyhow:
             cluster.node(a).hub.doc_heads(&theirs),
             None,
             "a session of another cohort never reaches the classroom node"
+        );
+        // A member's inbox travels both ways (made on the region, then on the classroom);
+        // a user outside the cohort keeps theirs off the classroom node.
+        cluster
+            .converged(&sams, &[a, b], Duration::from_secs(10))
+            .await?;
+        cluster
+            .node(a)
+            .hub
+            .execute(
+                sams.clone(),
+                admin.clone(),
+                cmd("n-sam-2", notification("n-sam-2")?),
+            )
+            .await?;
+        cluster
+            .converged(&sams, &[a, b], Duration::from_secs(10))
+            .await?;
+        assert_eq!(
+            cluster.node(a).hub.doc_heads(&outsiders),
+            None,
+            "the inbox of a user outside the shared cohorts never reaches the classroom node"
         );
         // A stopped classroom node lets go of its store (its share policy's tasks end with
         // the mesh), so it can be opened again at once, as a restart in this process would.
@@ -272,4 +316,16 @@ async fn two_nodes_dialling_each_other_keep_one_connection_and_replicate_both_wa
         cluster.stop_all().await
     })
     .await
+}
+
+/// A notification for an inbox, as the job runner pushes it.
+fn notification(id: &str) -> anyhow::Result<CommandBody> {
+    Ok(CommandBody::InboxPush {
+        notification: id.parse()?,
+        kind: lectern_model::NotifyKind::Announcement,
+        title: id.into(),
+        body: "Body".into(),
+        link: String::new(),
+        cohort: None,
+    })
 }

@@ -78,6 +78,9 @@ async fn a_mail_server_that_is_gone_dead_letters_with_the_reason_and_in_app_stil
         let node = NotifyNode::start_with("notify-down", &smtp, |c| {
             c.notify.attempts_max = 3;
             c.notify.backoff_base_ms = 20;
+            // Parking off: an unreachable server then spends attempts like a 4xx (parking is
+            // tested in tests/ops/park.rs).
+            c.notify.park_unreachable_ms = 0;
         })
         .await?;
         smtp.stop();

@@ -14,9 +14,16 @@
 //!   id; the node runs as a child process on a fixed port and data directory; the test
 //!   SIGKILLs it and starts it again while the student acts.
 //!
+//! * `failover::the_page_fails_over_to_another_node_and_comes_home`: three node processes;
+//!   the page's node SIGKILLed mid-class, the page live on the next node within 5 s, its queued
+//!   action sent once, an event made on the third node meanwhile shown once, and home again
+//!   once its node is back.
+//!
 //! Screenshots of every view go to `target/web-screenshots/{scenario}/` (printed by each test).
 //! Chromium and the npm package are installed by `scripts/setup`; without them these tests fail
 //! (they do not skip), saying so.
+
+mod failover;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -560,17 +567,22 @@ struct NodeChild {
 impl NodeChild {
     /// Starts the node child and waits for its READY line.
     fn start(dir: &Path, addr: SocketAddr, secret: &str) -> anyhow::Result<NodeChild> {
+        NodeChild::spawn(
+            "web::web_node_child",
+            &[
+                (CHILD_DIR, dir.display().to_string()),
+                (CHILD_ADDR, addr.to_string()),
+                (CHILD_SECRET, secret.to_owned()),
+            ],
+        )
+    }
+
+    /// Runs the test `entry` of this binary as a child with `env`, and waits for its READY line.
+    fn spawn(entry: &str, env: &[(&str, String)]) -> anyhow::Result<NodeChild> {
         let exe = std::env::current_exe().context("the test binary's path")?;
         let mut child = Command::new(exe)
-            .args([
-                "--exact",
-                "web::web_node_child",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_DIR, dir)
-            .env(CHILD_ADDR, addr.to_string())
-            .env(CHILD_SECRET, secret)
+            .args(["--exact", entry, "--nocapture", "--test-threads=1"])
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("LECTERN_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

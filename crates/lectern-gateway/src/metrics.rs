@@ -13,6 +13,12 @@ use lectern_hub::Hub;
 /// Upper bounds of the command-latency histogram, in seconds.
 const LATENCY_BUCKETS_S: [f64; 10] = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0];
 
+/// Upper bounds of the delivery-latency histogram (an event published → handed to the
+/// client's socket), in seconds: from a fan-out on an idle node to the SSE target (10 s).
+const DELIVERY_BUCKETS_S: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
 /// The transports whose deliveries are counted.
 const EVENT_TRANSPORTS: [&str; 4] = ["socketio", "websocket", "sse", "longpoll"];
 
@@ -31,6 +37,11 @@ pub(crate) struct Metrics {
     rejections: Mutex<BTreeMap<&'static str, u64>>,
     named_rejections: Mutex<BTreeMap<String, u64>>,
     events_in: AtomicU64,
+    /// Per transport of [`EVENT_TRANSPORTS`], per bucket of [`DELIVERY_BUCKETS_S`].
+    delivery_buckets: [[AtomicU64; DELIVERY_BUCKETS_S.len()]; EVENT_TRANSPORTS.len()],
+    delivery_sum_us: [AtomicU64; EVENT_TRANSPORTS.len()],
+    /// Connection attempts refused (token, limits, shutdown), by transport.
+    failed: Mutex<BTreeMap<&'static str, u64>>,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS_S.len()],
     latency_count: AtomicU64,
     latency_sum_us: AtomicU64,
@@ -52,10 +63,27 @@ impl Metrics {
         bump(&self.closed, transport);
     }
 
-    pub(crate) fn event_out(&self, transport: &'static str) {
+    /// Counts a delivery of an event published at `published_at` (its latency included).
+    pub(crate) fn event_out(&self, transport: &'static str, published_at: std::time::Instant) {
         if let Some(i) = EVENT_TRANSPORTS.iter().position(|t| *t == transport) {
             self.events_out[i].fetch_add(1, Ordering::Relaxed);
+            let d = published_at.elapsed();
+            let s = d.as_secs_f64();
+            if let Some(b) = DELIVERY_BUCKETS_S.iter().position(|le| s <= *le) {
+                // Counted in its own bucket only; rendering accumulates (one atomic add per
+                // delivery, not one per bucket).
+                self.delivery_buckets[i][b].fetch_add(1, Ordering::Relaxed);
+            }
+            self.delivery_sum_us[i].fetch_add(
+                u64::try_from(d.as_micros()).unwrap_or(u64::MAX),
+                Ordering::Relaxed,
+            );
         }
+    }
+
+    /// Counts a connection attempt refused before it opened.
+    pub(crate) fn connection_failed(&self, transport: &'static str) {
+        bump(&self.failed, transport);
     }
 
     pub(crate) fn event_in(&self) {
@@ -113,6 +141,60 @@ impl Metrics {
                 out,
                 "lectern_connections{{transport=\"{t}\"}} {}",
                 n.saturating_sub(c)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP lectern_connections_opened_total Connections opened, by transport."
+        );
+        let _ = writeln!(out, "# TYPE lectern_connections_opened_total counter");
+        for t in EVENT_TRANSPORTS {
+            let n = opened.get(t).copied().unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "lectern_connections_opened_total{{transport=\"{t}\"}} {n}"
+            );
+        }
+        let failed = lock(&self.failed);
+        let _ = writeln!(
+            out,
+            "# HELP lectern_connection_failures_total Connection attempts refused (token, limits, shutdown), by transport."
+        );
+        let _ = writeln!(out, "# TYPE lectern_connection_failures_total counter");
+        for t in EVENT_TRANSPORTS {
+            let n = failed.get(t).copied().unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "lectern_connection_failures_total{{transport=\"{t}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP lectern_delivery_latency_seconds From an event's publication (after fsync) to its hand-over to a client's socket, by transport."
+        );
+        let _ = writeln!(out, "# TYPE lectern_delivery_latency_seconds histogram");
+        for (i, t) in EVENT_TRANSPORTS.iter().enumerate() {
+            let mut cumulative = 0;
+            for (b, le) in DELIVERY_BUCKETS_S.iter().enumerate() {
+                cumulative += self.delivery_buckets[i][b].load(Ordering::Relaxed);
+                let _ = writeln!(
+                    out,
+                    "lectern_delivery_latency_seconds_bucket{{transport=\"{t}\",le=\"{le}\"}} {cumulative}"
+                );
+            }
+            let count = self.events_out[i].load(Ordering::Relaxed);
+            let sum = self.delivery_sum_us[i].load(Ordering::Relaxed) as f64 / 1e6;
+            let _ = writeln!(
+                out,
+                "lectern_delivery_latency_seconds_bucket{{transport=\"{t}\",le=\"+Inf\"}} {count}"
+            );
+            let _ = writeln!(
+                out,
+                "lectern_delivery_latency_seconds_sum{{transport=\"{t}\"}} {sum}"
+            );
+            let _ = writeln!(
+                out,
+                "lectern_delivery_latency_seconds_count{{transport=\"{t}\"}} {count}"
             );
         }
         let _ = writeln!(

@@ -222,7 +222,9 @@ async fn forward(
                     continue;
                 };
                 let meta = sio::event_meta(&e, &session);
-                gw.inner.metrics.event_out(Transport::SocketIo.label());
+                gw.inner
+                    .metrics
+                    .event_out(Transport::SocketIo.label(), e.published_at);
                 if s.emit(e.name, &(raw, meta)).is_ok() {
                     continue;
                 }

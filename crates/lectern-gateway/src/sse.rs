@@ -366,6 +366,7 @@ impl Gateway {
             Ok(opened) => Ok(LeanStream::new(self.clone(), opened)),
             Err(e) => {
                 self.count_rejection(e.code);
+                self.inner.metrics.connection_failed("sse");
                 Err(e)
             }
         }
@@ -530,7 +531,7 @@ impl LeanStream {
             match recv {
                 Ok(e) => {
                     if let Some(frame) = event_frame(&e, &self.user, self.staff, &self.filter) {
-                        self.gw.inner.metrics.event_out("sse");
+                        self.gw.inner.metrics.event_out("sse", e.published_at);
                         self.keepalive_at = tokio::time::Instant::now() + keepalive;
                         return Some(frame.to_vec());
                     }

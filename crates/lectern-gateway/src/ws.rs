@@ -600,7 +600,7 @@ impl Socket {
                 self.gw
                     .inner
                     .metrics
-                    .event_out(Transport::WebSocket.label());
+                    .event_out(Transport::WebSocket.label(), e.published_at);
                 self.push(Out::Shared(frame));
             }
             Input::Event(Err(RecvError::Lagged(_))) => {

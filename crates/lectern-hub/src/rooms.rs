@@ -24,6 +24,9 @@ pub struct Published {
     pub command: String,
     /// Serialized payloads by audience; the first match wins.
     pub deliveries: Vec<(Audience, Arc<str>)>,
+    /// When it was made (after its change was durable): the start of the delivery latency the
+    /// gateway measures (`lectern_delivery_latency_seconds`).
+    pub published_at: std::time::Instant,
     /// Each delivery in each [`Encoding`], made by the first subscriber that needs it
     /// (`deliveries.len() × ENCODINGS` slots).
     encoded: Box<[OnceLock<Arc<[u8]>>]>,
@@ -76,6 +79,7 @@ impl Published {
             token,
             command,
             deliveries,
+            published_at: std::time::Instant::now(),
             encoded,
         }
     }

@@ -17,7 +17,11 @@
 //!    * email: the message goes to SMTP (lettre) or, without SMTP, to an `.eml` file in the
 //!      outbox folder; a digest job takes every pending digest email of its user into one.
 //! 3. A job that fails is retried with exponential backoff (with jitter) until `attempts_max`,
-//!    then dead-lettered with its last error. Each step's outcome (completion plus follow-up
+//!    then dead-lettered with its last error. An email job whose mail server cannot be reached
+//!    (no SMTP reply at all: refused, reset, timed out) is instead parked, spending no attempts:
+//!    while the server is unreachable, due emails wait and one of them probes it at growing
+//!    intervals (up to `park_probe_max_ms`); the first answer releases them all. An email
+//!    parked longer than `park_unreachable_ms` (72 h) is dead-lettered. Each step's outcome (completion plus follow-up
 //!    jobs, or the retry state, or the dead letter) is one atomic batch, and a finished job id
 //!    is never enqueued again, so a step is never redone after it completed.
 //!
@@ -26,6 +30,7 @@
 //! completion reached disk) is sent again after the restart with the same Message-ID; a graceful
 //! stop lets running jobs finish, so a planned restart sends nothing twice.
 
+mod control;
 mod mail;
 mod record;
 mod runner;
@@ -37,6 +42,7 @@ use lectern_hub::JobHook;
 use lectern_model::{Millis, Trigger};
 use tokio::sync::mpsc;
 
+pub use control::{JOBS_LIST_MAX, JobControl, JobFilter, JobListing, JobState, JobView, JobsError};
 pub use mail::{MailError, MailIdentity, Mailer, Outgoing, SmtpConfig, TlsMode};
 pub use record::{Job, JobRecord, deliver_id, email_id, fanout_id};
 pub use runner::{JobRunner, JobStats};
@@ -78,6 +84,15 @@ pub struct JobsConfig {
     /// queued again. Markers past it are forgotten by a sweep at start and then every quarter
     /// of this (between [`PRUNE_EVERY_MIN_MS`] and [`PRUNE_EVERY_MAX_MS`]). Default 30 days.
     pub finished_kept_ms: u64,
+    /// How long an email job waits (parked) for a mail server that cannot be reached before it
+    /// is dead-lettered, in ms; its failures meanwhile spend no attempts. 0: never park (an
+    /// unreachable server counts as any transient failure). Default 72 h.
+    pub park_unreachable_ms: u64,
+    /// While the mail server is unreachable, one parked email probes it after a delay that
+    /// grows with the outage (from `backoff_base_ms`) up to this, in ms; the others wait for
+    /// the probe's answer. So an email goes out at most this long after the server is back.
+    /// Default 60 s.
+    pub park_probe_max_ms: u64,
     /// The clock; tests pass a fake one. Default: system time.
     pub clock: Arc<dyn Fn() -> Millis + Send + Sync>,
 }
@@ -97,6 +112,8 @@ impl JobsConfig {
             digest_offset_ms: 7 * 3_600_000,
             drain_timeout_ms: 10_000,
             finished_kept_ms: 30 * 86_400_000,
+            park_unreachable_ms: 72 * 3_600_000,
+            park_probe_max_ms: 60_000,
             clock: Arc::new(lectern_hub::system_now),
         }
     }

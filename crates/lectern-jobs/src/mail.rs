@@ -76,6 +76,10 @@ pub struct Outgoing {
 pub struct MailError {
     /// Retrying cannot help (a 5xx reply, an address the message cannot carry).
     pub permanent: bool,
+    /// The mail server could not be reached (connection refused or reset, a timeout, a name
+    /// that does not resolve): not a refusal of this message, so the job is parked until the
+    /// server answers again instead of spending its attempts.
+    pub unreachable: bool,
     /// What happened.
     pub reason: String,
 }
@@ -84,6 +88,7 @@ impl MailError {
     fn permanent(reason: impl Into<String>) -> MailError {
         MailError {
             permanent: true,
+            unreachable: false,
             reason: reason.into(),
         }
     }
@@ -136,6 +141,7 @@ impl Mailer {
                 Ok(_) => Ok(()),
                 Err(e) => Err(MailError {
                     permanent: e.is_permanent(),
+                    unreachable: unreachable(&e),
                     reason: format!("SMTP: {e}"),
                 }),
             },
@@ -149,8 +155,18 @@ impl Mailer {
                 // Durable before the job completes: written, fsynced, then renamed into place.
                 let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
                     use std::io::Write;
-                    std::fs::create_dir_all(&dir)?;
-                    let mut file = std::fs::File::create(&tmp)?;
+                    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+                    // The emails hold live unsubscribe links: readable by the node's user only.
+                    std::fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o700)
+                        .create(&dir)?;
+                    let mut file = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .mode(0o600)
+                        .open(&tmp)?;
                     file.write_all(&bytes)?;
                     file.sync_all()?;
                     std::fs::rename(&tmp, &path)?;
@@ -161,16 +177,38 @@ impl Mailer {
                     Ok(Ok(())) => Ok(()),
                     Ok(Err(e)) => Err(MailError {
                         permanent: false,
+                        unreachable: false,
                         reason: format!("outbox {shown}: {e}"),
                     }),
                     Err(e) => Err(MailError {
                         permanent: false,
+                        unreachable: false,
                         reason: format!("outbox {shown}: the writing task failed: {e}"),
                     }),
                 }
             }
         }
     }
+}
+
+/// Whether an SMTP failure means the server could not be reached: no SMTP reply at all (not a
+/// 4xx or 5xx, not a TLS failure, which is a configuration to fix) and a network error under
+/// it (connection refused or reset, a timeout, a name that does not resolve).
+fn unreachable(e: &lettre::transport::smtp::Error) -> bool {
+    if e.is_transient() || e.is_permanent() || e.is_tls() || e.is_response() {
+        return false;
+    }
+    if e.is_timeout() {
+        return true;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.is::<std::io::Error>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// A job id as a file name: `/` is the only character a job id has that a name cannot.

@@ -21,6 +21,11 @@ pub struct JobRecord {
     /// Why the last attempt failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// Since when (ms since the Unix epoch) an email job has been parked because its mail
+    /// server could not be reached; `None` when it is not parked. A parked job's failures do
+    /// not count as attempts until it has been parked for `park_unreachable_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parked_since_ms: Option<u64>,
     /// What to do.
     pub job: Job,
 }
@@ -65,6 +70,7 @@ impl JobRecord {
             attempts: 0,
             run_at_ms,
             last_error: None,
+            parked_since_ms: None,
             job,
         }
     }
@@ -78,6 +84,24 @@ impl JobRecord {
     /// A stored record, or why it does not read.
     pub fn decode(bytes: &[u8]) -> Result<JobRecord, String> {
         serde_json::from_slice(bytes).map_err(|e| format!("the job record does not read: {e}"))
+    }
+
+    /// What kind of job it is: `fanout`, `deliver` or `email`.
+    pub fn kind(&self) -> &'static str {
+        match &self.job {
+            Job::Fanout { .. } => "fanout",
+            Job::Deliver { .. } => "deliver",
+            Job::Email { .. } => "email",
+        }
+    }
+
+    /// The notification the job carries.
+    pub fn notification(&self) -> &Notification {
+        match &self.job {
+            Job::Fanout { notification, .. }
+            | Job::Deliver { notification, .. }
+            | Job::Email { notification, .. } => notification,
+        }
     }
 
     /// The recipient of a delivery or email job.

@@ -7,7 +7,7 @@
 //! runner twice (the start-up scan and the hook's message for the same job) runs once.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,9 +20,14 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
+use crate::control::{Control, JobControl, JobState, JobView, JobsError, queued_state};
 use crate::mail::{self, Mailer};
 use crate::record::{Job, JobRecord, deliver_id, email_id};
 use crate::{JobsConfig, PRUNE_EVERY_MAX_MS, PRUNE_EVERY_MIN_MS, QueueReceiver};
+
+/// Operator requests waiting for the runner's task at most; more wait for room (an operator's
+/// command is rare, and the admin API answers each in turn).
+const CONTROL_QUEUE_MAX: usize = 16;
 
 /// Counters and gauges of the runner.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -31,6 +36,19 @@ pub struct JobStats {
     pub pending: usize,
     /// Jobs running now.
     pub running: usize,
+    /// Email jobs parked (among `pending`): due, but waiting for an unreachable mail server.
+    pub parked: usize,
+    /// Dead letters in the store now (they stay until an operator retries or drops them).
+    pub dead_letters: usize,
+    /// The due time (ms since the Unix epoch) of the earliest queued job that is neither
+    /// running nor parked; `now - this`, when positive, is how late the queue runs.
+    pub next_due_ms: Option<u64>,
+    /// Email attempts the mail server refused with a reply (4xx, 5xx) since start.
+    pub emails_refused: u64,
+    /// Email attempts that found the mail server unreachable since start.
+    pub emails_unreachable: u64,
+    /// Email jobs dead-lettered since start.
+    pub emails_dead: u64,
     /// Jobs finished since start.
     pub completed: u64,
     /// Failed attempts that will be retried.
@@ -45,6 +63,7 @@ pub struct JobStats {
 
 /// A running job runner.
 pub struct JobRunner {
+    control: JobControl,
     stop: watch::Sender<bool>,
     stats: watch::Receiver<JobStats>,
     task: tokio::task::JoinHandle<()>,
@@ -71,10 +90,12 @@ impl JobRunner {
         // Everything the hook announced so far is on disk: the scan below includes it.
         while rx.try_recv().is_ok() {}
         let store = hub.store().clone();
-        let stored = tokio::task::spawn_blocking(move || store.pending_jobs())
-            .await
-            .map_err(|e| format!("the job scan task failed: {e}"))?
-            .map_err(|e| format!("read the job queue: {e}"))?;
+        let (stored, dead_letters) = tokio::task::spawn_blocking(move || {
+            Ok::<_, lectern_store::StoreError>((store.pending_jobs()?, store.dead_jobs()?.len()))
+        })
+        .await
+        .map_err(|e| format!("the job scan task failed: {e}"))?
+        .map_err(|e| format!("read the job queue: {e}"))?;
         let ctx = Arc::new(Ctx {
             committer: hub.store().committer(),
             hub,
@@ -100,18 +121,27 @@ impl JobRunner {
                 }
             }
         }
+        let corrupt_count = corrupt.len();
         if !corrupt.is_empty() {
             commit(&ctx.committer, corrupt).await?;
         }
         info!(jobs = queue.records.len(), "job runner started");
         let (stop, stop_rx) = watch::channel(false);
+        let dead_letters = dead_letters + corrupt_count;
         let (stats_tx, stats) = watch::channel(JobStats {
             pending: queue.records.len(),
+            dead_letters,
             ..JobStats::default()
         });
+        let (control_tx, control_rx) = tokio::sync::mpsc::channel(CONTROL_QUEUE_MAX);
+        let control = JobControl {
+            tx: control_tx,
+            store: ctx.hub.store().clone(),
+        };
         let pruner = tokio::spawn(prune_markers(ctx.clone(), stop_rx.clone()));
-        let task = tokio::spawn(run(ctx, queue, rx, stop_rx, stats_tx));
+        let task = tokio::spawn(run(ctx, queue, rx, control_rx, stop_rx, stats_tx));
         Ok(JobRunner {
+            control,
             stop,
             stats,
             task,
@@ -122,6 +152,11 @@ impl JobRunner {
     /// The counters now.
     pub fn stats(&self) -> JobStats {
         *self.stats.borrow()
+    }
+
+    /// The operator's handle on the queue (the admin API's `/admin/jobs`).
+    pub fn control(&self) -> JobControl {
+        self.control.clone()
     }
 
     /// A receiver that sees every change of the counters (tests wait on it).
@@ -183,6 +218,24 @@ struct Queue {
     records: HashMap<String, JobRecord>,
     due: BinaryHeap<Reverse<(u64, String)>>,
     running: HashSet<String>,
+    /// Email jobs (in `records`, not in `due`) waiting for the mail server, oldest first. An id
+    /// here whose record is gone (dropped, or retried by an operator and run) is skipped.
+    parked: VecDeque<String>,
+    /// What the email jobs found of the mail server.
+    gate: MailGate,
+}
+
+/// Whether the mail server can be reached, as the last email attempt found it. While it cannot,
+/// due email jobs are parked instead of run, and one of them probes the server at
+/// `next_probe_ms`; an answer of any kind (sent, or a 4xx/5xx refusal) opens the gate again.
+#[derive(Default)]
+struct MailGate {
+    /// Since when the server has been unreachable; `None`: it is reachable (or not tried).
+    down_since_ms: Option<u64>,
+    /// When a parked job next probes the server.
+    next_probe_ms: u64,
+    /// The task of the probe running now.
+    probe: Option<tokio::task::Id>,
 }
 
 impl Queue {
@@ -200,6 +253,58 @@ impl Queue {
     fn requeue(&mut self, record: JobRecord) {
         self.running.remove(&record.id);
         self.insert(record);
+    }
+
+    /// Parks a due email bundle while the mail server is unreachable (kept in `records`, so
+    /// it counts as pending and an operator can see, retry or drop it). Returns the records
+    /// parked for the first time (their parking time is to be stored).
+    fn park(&mut self, bundle: Vec<JobRecord>, now_ms: u64) -> Vec<JobRecord> {
+        let mut first = Vec::new();
+        for mut r in bundle {
+            self.running.remove(&r.id);
+            if self.records.contains_key(&r.id) {
+                continue;
+            }
+            if r.parked_since_ms.is_none() {
+                r.parked_since_ms = Some(now_ms);
+                first.push(r.clone());
+            }
+            self.parked.push_back(r.id.clone());
+            self.records.insert(r.id.clone(), r);
+        }
+        first
+    }
+
+    /// The parked jobs still queued (the list can hold ids dropped or run since).
+    fn parked_ids(&self) -> impl Iterator<Item = &String> {
+        self.parked
+            .iter()
+            .filter(|id| self.records.contains_key(*id) && !self.running.contains(*id))
+    }
+
+    /// The oldest parked job that is still parked (with its digest mates), marked running.
+    fn take_probe(&mut self) -> Option<Vec<JobRecord>> {
+        while let Some(id) = self.parked.pop_front() {
+            if self.running.contains(&id) {
+                continue;
+            }
+            if let Some(record) = self.records.remove(&id) {
+                return Some(self.bundle(record));
+            }
+        }
+        None
+    }
+
+    /// The mail server answered: every parked job is due now.
+    fn unpark_all(&mut self, now_ms: u64) {
+        self.gate = MailGate::default();
+        for id in std::mem::take(&mut self.parked) {
+            if let Some(r) = self.records.get_mut(&id) {
+                r.run_at_ms = now_ms;
+                r.parked_since_ms = None;
+                self.due.push(Reverse((now_ms, id)));
+            }
+        }
     }
 
     fn next_due_ms(&mut self) -> Option<u64> {
@@ -223,6 +328,11 @@ impl Queue {
         }
         let Reverse((_, id)) = self.due.pop()?;
         let record = self.records.remove(&id)?;
+        Some(self.bundle(record))
+    }
+
+    /// `record` with the rest of its user's digest (taken out of the queue), marked running.
+    fn bundle(&mut self, record: JobRecord) -> Vec<JobRecord> {
         let mut bundle = vec![record];
         if let Job::Email {
             digest: true, user, ..
@@ -246,8 +356,17 @@ impl Queue {
         for r in &bundle {
             self.running.insert(r.id.clone());
         }
-        Some(bundle)
+        bundle
     }
+}
+
+/// What an email attempt found of the mail server (`None` for other jobs).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reach {
+    /// The server answered (it took the message, or refused it with a reply).
+    Answered,
+    /// No reply at all: refused connection, reset, timeout.
+    Unreachable,
 }
 
 /// What a job task did (its batch is already committed).
@@ -272,29 +391,61 @@ async fn run(
     ctx: Arc<Ctx>,
     mut queue: Queue,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<Vec<(String, Vec<u8>)>>,
+    mut control: tokio::sync::mpsc::Receiver<Control>,
     mut stop: watch::Receiver<bool>,
     stats_tx: watch::Sender<JobStats>,
 ) {
     let workers_max = ctx.config.workers.max(1);
-    let mut tasks: JoinSet<Outcome> = JoinSet::new();
+    let mut tasks: JoinSet<(Outcome, Option<Reach>)> = JoinSet::new();
     let mut task_ids: HashMap<tokio::task::Id, Vec<String>> = HashMap::new();
-    let mut stats = JobStats::default();
+    let mut stats = *stats_tx.borrow();
     let mut stopping = false;
     let mut drain_deadline = None;
     loop {
         if !stopping {
             let now = ctx.now_ms();
+            // While the mail server is unreachable, the oldest parked email probes it when its
+            // time comes; the rest wait for the answer.
+            if queue.gate.down_since_ms.is_some()
+                && queue.gate.probe.is_none()
+                && now >= queue.gate.next_probe_ms
+                && tasks.len() < workers_max
+                && let Some(bundle) = queue.take_probe()
+            {
+                let ids = bundle.iter().map(|r| r.id.clone()).collect();
+                let handle = tasks.spawn(run_job(ctx.clone(), bundle));
+                queue.gate.probe = Some(handle.id());
+                task_ids.insert(handle.id(), ids);
+            }
+            let mut newly_parked = Vec::new();
             while tasks.len() < workers_max {
                 let Some(bundle) = queue.take_due(now) else {
                     break;
                 };
+                if queue.gate.down_since_ms.is_some() && matches!(bundle[0].job, Job::Email { .. })
+                {
+                    newly_parked.extend(queue.park(bundle, now));
+                    continue;
+                }
                 let ids = bundle.iter().map(|r| r.id.clone()).collect();
                 let handle = tasks.spawn(run_job(ctx.clone(), bundle));
                 task_ids.insert(handle.id(), ids);
             }
+            if !newly_parked.is_empty() {
+                // Stored, so the parking period survives a restart.
+                let mut batch = Batch::new();
+                for r in &newly_parked {
+                    batch.update_job(&r.id, r.encode());
+                }
+                if let Err(e) = commit(&ctx.committer, batch).await {
+                    warn!(error = %e, "could not store when jobs were parked");
+                }
+            }
         }
         stats.pending = queue.records.len();
         stats.running = queue.running.len();
+        stats.parked = queue.parked_ids().count();
+        stats.next_due_ms = queue.next_due_ms();
         stats_tx.send_if_modified(|s| {
             let changed = *s != stats;
             *s = stats;
@@ -306,9 +457,15 @@ async fn run(
         let wake = if stopping || tasks.len() >= workers_max {
             None
         } else {
-            queue
-                .next_due_ms()
-                .map(|at| Duration::from_millis(at.saturating_sub(ctx.now_ms())))
+            let probe = (queue.gate.down_since_ms.is_some()
+                && queue.gate.probe.is_none()
+                && queue.parked_ids().next().is_some())
+            .then_some(queue.gate.next_probe_ms);
+            match (queue.next_due_ms(), probe) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
+            .map(|at| Duration::from_millis(at.saturating_sub(ctx.now_ms())))
         };
         tokio::select! {
             received = rx.recv(), if !stopping => match received {
@@ -330,10 +487,47 @@ async fn run(
             joined = tasks.join_next_with_id(), if !tasks.is_empty() => {
                 let Some(joined) = joined else { continue };
                 match joined {
-                    Ok((task, outcome)) => {
+                    Ok((task, (outcome, reach))) => {
                         let ids = task_ids.remove(&task).unwrap_or_default();
                         for id in &ids {
                             queue.running.remove(id);
+                        }
+                        if queue.gate.probe == Some(task) {
+                            queue.gate.probe = None;
+                        }
+                        match reach {
+                            Some(Reach::Answered) if matches!(outcome, Outcome::Retry(_) | Outcome::Dead) => {
+                                stats.emails_refused += 1;
+                                if queue.gate.down_since_ms.is_some() {
+                                    info!("the mail server answers again; parked emails go out");
+                                    queue.unpark_all(ctx.now_ms());
+                                }
+                            }
+                            Some(Reach::Answered) if queue.gate.down_since_ms.is_some() => {
+                                info!("the mail server answers again; parked emails go out");
+                                queue.unpark_all(ctx.now_ms());
+                            }
+                            Some(Reach::Unreachable) if ctx.config.park_unreachable_ms == 0 => {
+                                stats.emails_unreachable += 1;
+                            }
+                            Some(Reach::Unreachable) => {
+                                stats.emails_unreachable += 1;
+                                let now = ctx.now_ms();
+                                if queue.gate.down_since_ms.is_none() {
+                                    warn!("the mail server cannot be reached; emails are parked until it answers");
+                                }
+                                let since = *queue.gate.down_since_ms.get_or_insert(now);
+                                let delay = now
+                                    .saturating_sub(since)
+                                    .clamp(ctx.config.backoff_base_ms, ctx.config.park_probe_max_ms.max(1));
+                                queue.gate.next_probe_ms =
+                                    now + delay + rand::random_range(0..=delay / 4);
+                                let expired = expire_parked(&ctx, &mut queue, now).await;
+                                stats.dead += expired;
+                                stats.emails_dead += expired;
+                                stats.dead_letters += expired as usize;
+                            }
+                            _ => {}
                         }
                         match outcome {
                             Outcome::Done { followups, inapp, emails } => {
@@ -345,13 +539,24 @@ async fn run(
                                 }
                             }
                             Outcome::Retry(records) => {
+                                let dead = (ids.len() - records.len()) as u64;
                                 stats.retried += records.len() as u64;
-                                stats.dead += (ids.len() - records.len()) as u64;
+                                stats.dead += dead;
+                                stats.dead_letters += dead as usize;
+                                if reach.is_some() {
+                                    stats.emails_dead += dead;
+                                }
                                 for r in records {
                                     queue.requeue(r);
                                 }
                             }
-                            Outcome::Dead => stats.dead += ids.len() as u64,
+                            Outcome::Dead => {
+                                stats.dead += ids.len() as u64;
+                                stats.dead_letters += ids.len();
+                                if reach.is_some() {
+                                    stats.emails_dead += ids.len() as u64;
+                                }
+                            }
                             Outcome::Skipped => {}
                             Outcome::StoreFailed(records) => {
                                 let later = ctx.now_ms() + 1_000;
@@ -363,6 +568,9 @@ async fn run(
                         }
                     }
                     Err(e) => {
+                        if queue.gate.probe == Some(e.id()) {
+                            queue.gate.probe = None;
+                        }
                         let ids = task_ids.remove(&e.id()).unwrap_or_default();
                         for id in &ids {
                             queue.running.remove(id);
@@ -371,6 +579,13 @@ async fn run(
                             error!(jobs = ?ids, error = %e, "a job task panicked; its jobs run again after a restart");
                         }
                     }
+                }
+            },
+            request = control.recv(), if !stopping => {
+                if let Some(request) = request
+                    && operate(&ctx, &mut queue, request).await
+                {
+                    stats.dead_letters = stats.dead_letters.saturating_sub(1);
                 }
             },
             () = sleep_for(wake) => {},
@@ -389,6 +604,189 @@ async fn run(
         }
     }
     debug!("job runner stopped");
+}
+
+/// Dead-letters the parked emails whose parking period is over (each is checked when a probe
+/// fails, however long the list: a probe reaches only one of them). Returns how many.
+async fn expire_parked(ctx: &Ctx, queue: &mut Queue, now_ms: u64) -> u64 {
+    let park_ms = ctx.config.park_unreachable_ms;
+    if park_ms == 0 {
+        return 0;
+    }
+    let expired: Vec<String> = queue
+        .parked_ids()
+        .filter(|id| {
+            queue.records.get(*id).is_some_and(|r| {
+                r.parked_since_ms
+                    .is_some_and(|since| now_ms.saturating_sub(since) >= park_ms)
+            })
+        })
+        .cloned()
+        .collect();
+    if expired.is_empty() {
+        return 0;
+    }
+    let mut batch = Batch::new();
+    let mut records = Vec::new();
+    for id in &expired {
+        if let Some(mut r) = queue.records.get(id).cloned() {
+            r.last_error = Some(format!(
+                "the mail server was unreachable for {} h: {}",
+                park_ms / 3_600_000,
+                r.last_error.as_deref().unwrap_or("no answer")
+            ));
+            batch.dead_letter_job(id, r.encode());
+            records.push(r);
+        }
+    }
+    match commit(&ctx.committer, batch).await {
+        Ok(()) => {
+            for r in &records {
+                queue.records.remove(&r.id);
+            }
+            warn!(
+                jobs = records.len(),
+                "parked emails dead-lettered after their parking period"
+            );
+            records.len() as u64
+        }
+        Err(e) => {
+            warn!(error = %e, "could not dead-letter expired parked emails; tried again on the next probe");
+            0
+        }
+    }
+}
+
+/// Does what an operator asked, on the runner's task (so never to a running job). Returns
+/// whether a dead letter left the store (requeued or dropped), for the dead-letter gauge.
+async fn operate(ctx: &Ctx, queue: &mut Queue, request: Control) -> bool {
+    match request {
+        Control::States(reply) => {
+            let parked = queue.parked_ids().cloned().collect();
+            let _ = reply.send((queue.running.iter().cloned().collect(), parked));
+            false
+        }
+        Control::Retry { id, reply } => {
+            let queued = queue.records.contains_key(&id);
+            let result = retry(ctx, queue, &id).await;
+            let dead_left = result.is_ok() && !queued;
+            let _ = reply.send(result);
+            dead_left
+        }
+        Control::Drop { id, reply } => {
+            let result = drop_job(ctx, queue, &id).await;
+            let dead_left = matches!(&result, Ok(v) if v.state == JobState::Dead);
+            let _ = reply.send(result);
+            dead_left
+        }
+    }
+}
+
+/// A queued job runs now (attempts kept); a dead letter goes back into the queue, due now,
+/// with its attempts reset (its last error kept until the next attempt replaces it).
+async fn retry(ctx: &Ctx, queue: &mut Queue, id: &str) -> Result<JobView, JobsError> {
+    if queue.running.contains(id) {
+        return Err(JobsError::Running(id.to_owned()));
+    }
+    let now = ctx.now_ms();
+    if let Some(record) = queue.records.get(id) {
+        let mut record = record.clone();
+        record.run_at_ms = now;
+        let mut batch = Batch::new();
+        batch.update_job(id, record.encode());
+        commit(&ctx.committer, batch)
+            .await
+            .map_err(JobsError::Store)?;
+        queue.records.remove(id);
+        let was_parked = queue.parked.iter().position(|p| p == id);
+        if let Some(at) = was_parked {
+            // The operator says the mail server may be back: probe it now (with this job, the
+            // oldest parked one or another, as the probe order has it).
+            queue.parked.remove(at);
+            queue.gate.next_probe_ms = now;
+        }
+        let state = queued_state(Some(&record), false, was_parked.is_some());
+        queue.insert(record.clone());
+        info!(job = %id, "an operator runs a queued job now");
+        return Ok(JobView {
+            id: id.to_owned(),
+            state,
+            record: Ok(record),
+        });
+    }
+    let store = ctx.hub.store().clone();
+    let key = id.to_owned();
+    let dead = tokio::task::spawn_blocking(move || store.dead_job(&key))
+        .await
+        .map_err(|e| JobsError::Store(e.to_string()))?
+        .map_err(|e| JobsError::Store(e.to_string()))?;
+    let Some(bytes) = dead else {
+        return Err(JobsError::NotFound(id.to_owned()));
+    };
+    let mut record = JobRecord::decode(&bytes).map_err(|e| {
+        JobsError::Store(format!(
+            "the dead letter does not read ({e}); drop it instead"
+        ))
+    })?;
+    if record.id != id {
+        return Err(JobsError::Store(format!(
+            "the dead letter under {id:?} is job {:?}; drop it instead",
+            record.id
+        )));
+    }
+    record.attempts = 0;
+    record.run_at_ms = now;
+    record.parked_since_ms = None;
+    let mut batch = Batch::new();
+    batch.requeue_dead_job(id, record.encode());
+    commit(&ctx.committer, batch)
+        .await
+        .map_err(JobsError::Store)?;
+    queue.insert(record.clone());
+    info!(job = %id, "an operator re-drives a dead letter");
+    Ok(JobView {
+        id: id.to_owned(),
+        state: JobState::Queued,
+        record: Ok(record),
+    })
+}
+
+/// Forgets a queued or dead job for good (marked finished).
+async fn drop_job(ctx: &Ctx, queue: &mut Queue, id: &str) -> Result<JobView, JobsError> {
+    if queue.running.contains(id) {
+        return Err(JobsError::Running(id.to_owned()));
+    }
+    let view = match queue.records.get(id) {
+        Some(record) => JobView {
+            id: id.to_owned(),
+            state: queued_state(Some(record), false, queue.parked.contains(&id.to_owned())),
+            record: Ok(record.clone()),
+        },
+        None => {
+            let store = ctx.hub.store().clone();
+            let key = id.to_owned();
+            let dead = tokio::task::spawn_blocking(move || store.dead_job(&key))
+                .await
+                .map_err(|e| JobsError::Store(e.to_string()))?
+                .map_err(|e| JobsError::Store(e.to_string()))?;
+            match dead {
+                Some(bytes) => JobView {
+                    id: id.to_owned(),
+                    state: JobState::Dead,
+                    record: JobRecord::decode(&bytes),
+                },
+                None => return Err(JobsError::NotFound(id.to_owned())),
+            }
+        }
+    };
+    let mut batch = Batch::new();
+    batch.drop_job(id, ctx.now_ms());
+    commit(&ctx.committer, batch)
+        .await
+        .map_err(JobsError::Store)?;
+    queue.records.remove(id);
+    warn!(job = %id, state = view.state.as_str(), "an operator dropped a job");
+    Ok(view)
 }
 
 async fn sleep_for(wake: Option<Duration>) {
@@ -432,6 +830,8 @@ fn system_caller() -> Caller {
 /// A failure of a step: transient ones retry, permanent ones dead-letter at once.
 struct Failure {
     permanent: bool,
+    /// The mail server could not be reached: the job parks instead of spending an attempt.
+    unreachable: bool,
     reason: String,
 }
 
@@ -439,6 +839,7 @@ impl Failure {
     fn transient(reason: impl Into<String>) -> Failure {
         Failure {
             permanent: false,
+            unreachable: false,
             reason: reason.into(),
         }
     }
@@ -446,12 +847,13 @@ impl Failure {
     fn permanent(reason: impl Into<String>) -> Failure {
         Failure {
             permanent: true,
+            unreachable: false,
             reason: reason.into(),
         }
     }
 }
 
-async fn run_job(ctx: Arc<Ctx>, bundle: Vec<JobRecord>) -> Outcome {
+async fn run_job(ctx: Arc<Ctx>, bundle: Vec<JobRecord>) -> (Outcome, Option<Reach>) {
     // A copy of a job that already ran (or was dead-lettered) is not queued any more.
     let store = ctx.hub.store().clone();
     let ids: Vec<String> = bundle.iter().map(|r| r.id.clone()).collect();
@@ -468,8 +870,9 @@ async fn run_job(ctx: Arc<Ctx>, bundle: Vec<JobRecord>) -> Outcome {
         .filter_map(|(r, q)| q.then_some(r))
         .collect();
     if bundle.is_empty() {
-        return Outcome::Skipped;
+        return (Outcome::Skipped, None);
     }
+    let is_email = matches!(bundle[0].job, Job::Email { .. });
     let result = match &bundle[0].job {
         Job::Fanout {
             notification,
@@ -478,7 +881,11 @@ async fn run_job(ctx: Arc<Ctx>, bundle: Vec<JobRecord>) -> Outcome {
         Job::Deliver { notification, user } => deliver(&ctx, notification, user).await,
         Job::Email { .. } => email(&ctx, &bundle).await,
     };
-    match result {
+    let reach = is_email.then_some(match &result {
+        Err(f) if f.unreachable => Reach::Unreachable,
+        _ => Reach::Answered,
+    });
+    let outcome = match result {
         Ok(step) => {
             let mut batch = Batch::new();
             for r in &bundle {
@@ -500,7 +907,8 @@ async fn run_job(ctx: Arc<Ctx>, bundle: Vec<JobRecord>) -> Outcome {
             }
         }
         Err(failure) => fail(&ctx, bundle, failure).await,
-    }
+    };
+    (outcome, reach)
 }
 
 /// What a successful step leaves to commit and count.
@@ -516,9 +924,30 @@ async fn fail(ctx: &Ctx, bundle: Vec<JobRecord>, failure: Failure) -> Outcome {
     let now = ctx.now_ms();
     let mut batch = Batch::new();
     let mut retry = Vec::new();
+    let park_ms = ctx.config.park_unreachable_ms;
     for mut r in bundle.iter().cloned() {
-        r.attempts += 1;
         r.last_error = Some(failure.reason.clone());
+        if failure.unreachable && park_ms > 0 {
+            // Parked: no attempt spent; due again at once, and the runner holds it until the
+            // mail server answers a probe.
+            let since = *r.parked_since_ms.get_or_insert(now);
+            if now.saturating_sub(since) >= park_ms {
+                r.last_error = Some(format!(
+                    "the mail server was unreachable for {} h: {}",
+                    park_ms / 3_600_000,
+                    failure.reason
+                ));
+                warn!(job = %r.id, reason = %failure.reason, "email dead-lettered after its parking period");
+                batch.dead_letter_job(&r.id, r.encode());
+            } else {
+                r.run_at_ms = now;
+                batch.update_job(&r.id, r.encode());
+                retry.push(r);
+            }
+            continue;
+        }
+        r.parked_since_ms = None;
+        r.attempts += 1;
         if failure.permanent || r.attempts >= ctx.config.attempts_max {
             warn!(job = %r.id, attempts = r.attempts, reason = %failure.reason, "job dead-lettered");
             batch.dead_letter_job(&r.id, r.encode());
@@ -715,10 +1144,12 @@ async fn email(ctx: &Ctx, bundle: &[JobRecord]) -> Result<Step, Failure> {
     }
     .map_err(|e| Failure {
         permanent: e.permanent,
+        unreachable: e.unreachable,
         reason: e.reason,
     })?;
     ctx.mailer.send(&outgoing).await.map_err(|e| Failure {
         permanent: e.permanent,
+        unreachable: e.unreachable,
         reason: e.reason,
     })?;
     Ok(Step {

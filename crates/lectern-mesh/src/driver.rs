@@ -304,8 +304,8 @@ impl Mesh {
         let _ = rx.wait_for(|s| *s).await;
     }
 
-    /// Runs anti-entropy again with every peer: a fresh heads summary each way compared with
-    /// the last one received. Call it when the share policy admits new documents.
+    /// Runs anti-entropy again with every peer: a fresh digest tree here, and the peer asked to
+    /// answer it with its root again. Call it when the share policy admits new documents.
     pub fn resync(&self) {
         self.shared.resync.send_modify(|v| *v += 1);
     }
@@ -764,7 +764,7 @@ async fn run_connection(
             change = feed.recv(), if open => match change {
                 Ok(change) => session.local_change(&change.doc.to_string(), Instant::now()),
                 Err(broadcast::error::RecvError::Lagged(n)) => {
-                    debug!(missed = n, "change feed lagged; resending the heads summary");
+                    debug!(missed = n, "change feed lagged; running anti-entropy again");
                     session.send_summary(summary(&shared.hub));
                 }
                 Err(broadcast::error::RecvError::Closed) => break 'conn,
@@ -802,7 +802,7 @@ async fn run_connection(
     registered
 }
 
-/// The hub's heads summary with doc ids as strings.
+/// The hub's heads digests with doc ids as strings: the leaves of the anti-entropy tree.
 fn summary(hub: &Hub) -> Vec<(String, [u8; 32])> {
     hub.heads_summary()
         .into_iter()

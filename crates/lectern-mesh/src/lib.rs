@@ -1,8 +1,9 @@
 //! Lectern's regional mesh: nodes replicate their automerge documents to each other over QUIC
 //! with mutual TLS.
 //!
-//! * [`session`]: the sans-IO core of one peer connection (handshake, heads-summary
-//!   anti-entropy, coalesced pushes, ephemeral frames), tested without sockets.
+//! * [`session`]: the sans-IO core of one peer connection (handshake, anti-entropy, coalesced
+//!   pushes, ephemeral frames), tested without sockets.
+//! * [`digest`]: the hash tree anti-entropy compares, so its bytes follow the differences.
 //! * [`tls`]: the cluster CA, node certificates, and rustls configs that refuse any peer
 //!   without a certificate of the cluster CA.
 //! * [`driver`]: the thin tokio + quinn layer: one endpoint per node, a dial loop per configured
@@ -16,6 +17,7 @@
 //! Architecture invariant: this crate knows QUIC and nothing of HTTP; only `lectern-node` knows
 //! both. It never mutates a document itself: every change goes through the hub.
 
+pub mod digest;
 pub mod driver;
 pub mod session;
 pub mod tls;

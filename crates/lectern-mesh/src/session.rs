@@ -8,10 +8,11 @@
 //! 1. Each side sends `Hello` (node id, cluster name, region, protocol version) first. A peer
 //!    that speaks another version, says anything else first, or is silent for
 //!    `hello_timeout_ms` is closed.
-//! 2. Each side then sends a `HeadsSummary` (doc id → digest of its heads) of the documents its
-//!    share policy lets it send. When a side has both summaries it starts automerge's sync for
-//!    exactly the documents whose digests differ or that only one side has: after a reconnect,
-//!    documents that did not change cost nothing.
+//! 2. Each side then sends the root of its hash tree of document heads (`digest.rs`) over the
+//!    documents its share policy lets it send, and answers the peer's nodes down to the
+//!    documents that differ: it starts automerge's sync for exactly the documents whose heads
+//!    differ or that only one side has. After a reconnect, documents that did not change cost
+//!    nothing, and the bytes follow the differences, not the number of documents.
 //! 3. Local changes mark documents dirty; dirty documents are pushed at most once per
 //!    `push_coalesce_ms` (the first change after a quiet period goes out at once, so coalescing
 //!    costs latency only under load).
@@ -21,7 +22,13 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lectern_wire::{PROTOCOL_VERSION, PeerFrame};
+use lectern_wire::{DigestContent, PROTOCOL_VERSION, PeerFrame};
+
+use crate::digest::Tree;
+
+/// Digest nodes a peer may send before our own tree exists (they wait for it); more close the
+/// connection. Each side sends one root first, so an honest peer sends one.
+pub const EARLY_DIGEST_NODES_MAX: usize = 64;
 
 /// Which documents may cross this connection (both ways): the share policy.
 pub type ShareFilter = Arc<dyn Fn(&str) -> bool + Send + Sync>;
@@ -120,6 +127,8 @@ pub struct SessionStats {
     pub docs_pushed: u64,
     /// Frames dropped for naming a document outside the share policy.
     pub frames_refused: u64,
+    /// Digest nodes sent (the anti-entropy tree's; roots included).
+    pub digest_nodes_sent: u64,
 }
 
 /// One peer connection's protocol state.
@@ -129,10 +138,10 @@ pub struct Session {
     phase: Phase,
     peer: Option<PeerInfo>,
     hello_deadline: Instant,
-    /// Our last summary, and the peer's last one (kept, so that a resync after a change of the
-    /// share policy can compare again).
-    local_summary: Option<HashMap<String, [u8; 32]>>,
-    remote_summary: Option<Vec<(String, [u8; 32])>>,
+    /// Our tree of the last summary; the peer's nodes that came before it (with their
+    /// `resync` flag).
+    tree: Option<Tree>,
+    early_nodes: Vec<(Vec<u8>, DigestContent, bool)>,
     dirty: BTreeSet<String>,
     flush_at: Option<Instant>,
     last_flush: Option<Instant>,
@@ -158,8 +167,8 @@ impl Session {
             phase: Phase::AwaitingHello,
             peer: None,
             hello_deadline,
-            local_summary: None,
-            remote_summary: None,
+            tree: None,
+            early_nodes: Vec::new(),
             dirty: BTreeSet::new(),
             flush_at: None,
             last_flush: None,
@@ -232,9 +241,18 @@ impl Session {
                         self.stats.frames_refused += 1;
                     }
                 }
-                PeerFrame::HeadsSummary { docs } => {
-                    self.remote_summary = Some(docs);
-                    self.compare_summaries();
+                PeerFrame::DigestNode {
+                    prefix,
+                    content,
+                    resync,
+                } => {
+                    if self.tree.is_some() {
+                        self.digest_node(&prefix, &content, resync);
+                    } else if self.early_nodes.len() < EARLY_DIGEST_NODES_MAX {
+                        self.early_nodes.push((prefix, content, resync));
+                    } else {
+                        self.close("too many digest nodes before our summary");
+                    }
                 }
                 PeerFrame::Ephemeral {
                     doc,
@@ -261,8 +279,9 @@ impl Session {
         }
     }
 
-    /// Sends our heads summary (call after [`Output::Established`], and again whenever the
-    /// driver lost track of local changes). Documents outside the share policy are left out.
+    /// Sends the root of our tree of document heads (call after [`Output::Established`], and
+    /// again whenever the driver lost track of local changes or the share policy changed: the
+    /// peer answers the new root). Documents outside the share policy are left out.
     pub fn send_summary(&mut self, docs: Vec<(String, [u8; 32])>) {
         if self.phase != Phase::Open {
             return;
@@ -271,10 +290,16 @@ impl Session {
             .into_iter()
             .filter(|(doc, _)| (self.share)(doc))
             .collect();
-        self.local_summary = Some(docs.iter().cloned().collect());
-        self.out
-            .push_back(Output::Send(PeerFrame::HeadsSummary { docs }));
-        self.compare_summaries();
+        let mut tree = Tree::new(docs);
+        let (prefix, content) = tree.root();
+        // The first round: both sides send their roots. A later one (a resync) asks the peer
+        // for its root again, since it answered its last one already.
+        let resync = self.tree.is_some();
+        self.tree = Some(tree);
+        self.send_node(prefix, content, resync);
+        for (prefix, content, resync) in std::mem::take(&mut self.early_nodes) {
+            self.digest_node(&prefix, &content, resync);
+        }
     }
 
     /// A document changed locally (durably): push it to the peer soon.
@@ -355,27 +380,46 @@ impl Session {
         self.out.push_back(Output::Close { reason });
     }
 
-    /// With both summaries in hand, starts syncing every document that differs.
-    fn compare_summaries(&mut self) {
-        let (Some(local), Some(remote)) = (&self.local_summary, &self.remote_summary) else {
+    /// Handles one of the peer's digest nodes: a resync root is answered with our root first;
+    /// then the node is compared with our tree: our nodes for the children that differ go
+    /// back, the documents that differ start syncing.
+    fn digest_node(&mut self, prefix: &[u8], content: &DigestContent, resync: bool) {
+        let Some(tree) = self.tree.as_mut() else {
             return;
         };
-        let mut differing: BTreeSet<String> = BTreeSet::new();
-        let mut seen_remote: BTreeSet<&str> = BTreeSet::new();
-        for (doc, digest) in remote {
-            seen_remote.insert(doc.as_str());
-            if local.get(doc) != Some(digest) && (self.share)(doc) {
-                differing.insert(doc.clone());
+        if resync && prefix.is_empty() {
+            let (root, ours) = tree.root();
+            self.send_node(root, ours, false);
+        }
+        let Some(tree) = self.tree.as_mut() else {
+            return;
+        };
+        match tree.compare(prefix, content) {
+            Ok(compared) => {
+                for (prefix, content) in compared.send {
+                    self.send_node(prefix, content, false);
+                }
+                let share = self.share.clone();
+                let differing: Vec<String> =
+                    compared.sync.into_iter().filter(|d| share(d)).collect();
+                self.stats.docs_differing += differing.len() as u64;
+                self.out
+                    .extend(differing.into_iter().map(Output::GenerateSync));
+            }
+            Err(e) => {
+                self.stats.frames_refused += 1;
+                self.close(&e.to_string());
             }
         }
-        for doc in local.keys() {
-            if !seen_remote.contains(doc.as_str()) {
-                differing.insert(doc.clone());
-            }
-        }
-        self.stats.docs_differing += differing.len() as u64;
-        self.out
-            .extend(differing.into_iter().map(Output::GenerateSync));
+    }
+
+    fn send_node(&mut self, prefix: Vec<u8>, content: DigestContent, resync: bool) {
+        self.stats.digest_nodes_sent += 1;
+        self.out.push_back(Output::Send(PeerFrame::DigestNode {
+            prefix,
+            content,
+            resync,
+        }));
     }
 }
 

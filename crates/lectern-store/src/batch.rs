@@ -108,6 +108,26 @@ impl Batch {
         });
     }
 
+    /// Moves dead-lettered job `id` back into the queue with the record `bytes` (an operator's
+    /// re-drive, `lectern jobs retry`). Does nothing unless the job is dead-lettered, so a
+    /// retry racing another retry, or a job that finished meanwhile, queues nothing twice.
+    pub fn requeue_dead_job(&mut self, id: &str, bytes: Vec<u8>) {
+        self.ops.push(Op::RequeueDeadJob {
+            id: id.to_owned(),
+            bytes,
+        });
+    }
+
+    /// Forgets job `id`, queued or dead-lettered, and records it as finished at `dropped_at_ms`
+    /// (an operator's `lectern jobs drop`): the marker keeps a replayed trigger from queuing it
+    /// again, exactly as for a job that ran.
+    pub fn drop_job(&mut self, id: &str, dropped_at_ms: u64) {
+        self.ops.push(Op::DropJob {
+            id: id.to_owned(),
+            dropped_at_ms,
+        });
+    }
+
     /// True when the batch holds no operation.
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
@@ -152,6 +172,10 @@ impl fmt::Debug for Batch {
                 Op::DeadLetterJob { id, bytes } => {
                     list.entry(&format_args!("dead_letter_job({id:?}, {} B)", bytes.len()))
                 }
+                Op::RequeueDeadJob { id, bytes } => {
+                    list.entry(&format_args!("requeue_dead_job({id:?}, {} B)", bytes.len()))
+                }
+                Op::DropJob { id, .. } => list.entry(&format_args!("drop_job({id:?})")),
             };
         }
         list.finish()
@@ -194,6 +218,14 @@ enum Op {
         id: String,
         bytes: Vec<u8>,
     },
+    RequeueDeadJob {
+        id: String,
+        bytes: Vec<u8>,
+    },
+    DropJob {
+        id: String,
+        dropped_at_ms: u64,
+    },
 }
 
 /// Applies `batch` atomically (without fsync) and counts it in the store's stats.
@@ -214,7 +246,9 @@ pub(crate) fn apply(shared: &Shared, batch: Batch) -> Result<(), StoreError> {
             Op::EnqueueJob { id, .. }
             | Op::UpdateJob { id, .. }
             | Op::CompleteJob { id, .. }
-            | Op::DeadLetterJob { id, .. } => keys::validate_job(id)?,
+            | Op::DeadLetterJob { id, .. }
+            | Op::RequeueDeadJob { id, .. }
+            | Op::DropJob { id, .. } => keys::validate_job(id)?,
         }
     }
 
@@ -285,6 +319,25 @@ pub(crate) fn apply(shared: &Shared, batch: Batch) -> Result<(), StoreError> {
             Op::DeadLetterJob { id, bytes } => {
                 writes.insert(keys::job_key(keys::JOB_QUEUE_PREFIX, &id), None);
                 writes.insert(keys::job_key(keys::JOB_DEAD_PREFIX, &id), Some(bytes));
+            }
+            Op::RequeueDeadJob { id, bytes } => {
+                let dead = keys::job_key(keys::JOB_DEAD_PREFIX, &id);
+                let present = match writes.get(&dead) {
+                    Some(value) => value.is_some(),
+                    None => shared.db.contains_key(&dead)?,
+                };
+                if present {
+                    writes.insert(dead, None);
+                    writes.insert(keys::job_key(keys::JOB_QUEUE_PREFIX, &id), Some(bytes));
+                }
+            }
+            Op::DropJob { id, dropped_at_ms } => {
+                writes.insert(keys::job_key(keys::JOB_QUEUE_PREFIX, &id), None);
+                writes.insert(keys::job_key(keys::JOB_DEAD_PREFIX, &id), None);
+                writes.insert(
+                    keys::job_key(keys::JOB_DONE_PREFIX, &id),
+                    Some(dropped_at_ms.to_be_bytes().to_vec()),
+                );
             }
         }
     }

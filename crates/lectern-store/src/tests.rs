@@ -639,6 +639,59 @@ fn finished_job_markers_are_pruned_by_age_and_nothing_else_is() {
     assert!(!store.job_pending("new").expect("pending"), "still marked");
 }
 
+#[test]
+fn an_operator_requeues_a_dead_letter_once_and_drops_jobs_for_good() {
+    let dir = TempDir::new("job-operator");
+    let store = Store::open(dir.path()).expect("open");
+    commit_one(&store, |b| {
+        for id in ["dead", "queued", "done"] {
+            b.enqueue_job(id, id.as_bytes().to_vec());
+        }
+    });
+    commit_one(&store, |b| {
+        b.dead_letter_job("dead", b"dead: 550".to_vec());
+        b.complete_job("done", 1_000);
+    });
+    assert_eq!(
+        store.dead_job("dead").expect("dead"),
+        Some(b"dead: 550".to_vec())
+    );
+    assert_eq!(store.queued_job("dead").expect("queued"), None);
+    // Requeued: out of the dead letters, back in the queue with the new record. A second
+    // requeue in a later batch (a racing retry) and a requeue of a job that is not dead change
+    // nothing.
+    commit_one(&store, |b| {
+        b.requeue_dead_job("dead", b"dead, again".to_vec())
+    });
+    commit_one(&store, |b| {
+        b.requeue_dead_job("dead", b"twice".to_vec());
+        b.requeue_dead_job("done", b"resurrected".to_vec());
+        b.requeue_dead_job("queued", b"replaced".to_vec());
+    });
+    assert_eq!(store.dead_job("dead").expect("dead"), None);
+    assert_eq!(
+        store.pending_jobs().expect("pending"),
+        vec![
+            ("dead".to_owned(), b"dead, again".to_vec()),
+            ("queued".to_owned(), b"queued".to_vec()),
+        ]
+    );
+    // Dropped: gone from the queue and the dead letters, and never enqueued again.
+    commit_one(&store, |b| {
+        b.drop_job("queued", 2_000);
+        b.dead_letter_job("dead", b"dead: 550 again".to_vec());
+    });
+    commit_one(&store, |b| b.drop_job("dead", 3_000));
+    commit_one(&store, |b| {
+        b.enqueue_job("queued", b"again".to_vec());
+        b.enqueue_job("dead", b"again".to_vec());
+    });
+    assert!(store.pending_jobs().expect("pending").is_empty());
+    assert!(store.dead_jobs().expect("dead").is_empty());
+    assert!(store.job_done("queued").expect("done"));
+    assert!(store.job_done("dead").expect("done"));
+}
+
 /// A fault-injection hook driven by the test: it can fail the next N batches before they are
 /// applied, fail the next N rounds before their fsync, or hold a round at its fsync until the
 /// test releases it (telling the test when a round arrived there).

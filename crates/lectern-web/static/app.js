@@ -101,9 +101,15 @@ function showStatus(s) {
   el.dataset.transport = s.transport || '';
   el.dataset.queued = String(s.queued);
   el.dataset.snapshots = String(s.snapshots || 0);
+  // The node in use (another one after a failover).
+  el.dataset.node = s.node || '';
   let text;
   switch (s.state) {
-    case 'live': text = `Live · ${TRANSPORT_TEXT[s.transport] || s.transport}`; break;
+    case 'live':
+      text = `Live · ${TRANSPORT_TEXT[s.transport] || s.transport}`;
+      // After a failover: say which node serves the page until it is back home.
+      if (s.node && s.node !== location.origin) text += ` · via ${new URL(s.node).host}`;
+      break;
     case 'connecting': text = 'Connecting…'; break;
     case 'reconnecting': text = 'Connection lost · reconnecting…'; break;
     case 'offline': text = 'Offline · waiting for the network'; break;

@@ -11,6 +11,12 @@
 // keeps it through retries; the server applies an id at most once and answers a retry with
 // `duplicate_command`, which the queue counts as success. So an action whose ack was lost in a
 // crash is sent again and still applied exactly once.
+//
+// Why the node changes only when it is down: the page learns the cluster's other nodes from
+// `GET /api/nodes` (its own node's list, nearest first). When its node stops answering a plain
+// GET twice in a row (a dead node, not a blocked transport), it moves to the first other node
+// that answers, with its resume token and its queue, so it misses no event and sends each
+// action once; while away it probes its home node and goes back once it answers again.
 import { io } from '/static/vendor/socket.io.esm.min.js';
 
 /** Transports, best first. */
@@ -27,6 +33,10 @@ const LONG_POLL_WAIT_S = 25;
 const RETRY_SEND_MS = 1000;
 /** Failed opens, with the node answering, before a transport counts as blocked. */
 const BLOCKED_STRIKES = 2;
+/** Between two probes of the home node while the page is on another node. */
+const HOME_PROBE_MS = 3000;
+/** A node is down when a probe fails, and again this long after. */
+const DOWN_CONFIRM_MS = 300;
 /** Commands kept in the offline queue at most (the oldest beyond are dropped, and said so). */
 const OUTBOX_MAX = 200;
 
@@ -230,7 +240,7 @@ class SocketTransport {
     return new Promise((resolve, reject) => {
       let settled = false;
       const buffered = [];
-      const s = io(location.origin, {
+      const s = io(conn.base, {
         transports: ['websocket'], auth: { token: conn.token }, reconnection: false,
         forceNew: true, timeout: CONNECT_TIMEOUT_MS,
       });
@@ -317,7 +327,7 @@ class SocketTransport {
 async function post(conn, cmd) {
   let res;
   try {
-    res = await fetch(`/api/sessions/${encodeURIComponent(conn.session)}/commands`, {
+    res = await fetch(`${conn.base}/api/sessions/${encodeURIComponent(conn.session)}/commands`, {
       method: 'POST', cache: 'no-store',
       headers: { Authorization: `Bearer ${conn.token}`, 'Content-Type': 'application/json' },
       body: JSON.stringify(cmd),
@@ -348,7 +358,7 @@ class SseTransport {
     if (resumed) headers['Last-Event-ID'] = conn.lastToken;
     let res;
     try {
-      res = await fetch(`/api/stream/sessions/${encodeURIComponent(conn.session)}`, {
+      res = await fetch(`${conn.base}/api/stream/sessions/${encodeURIComponent(conn.session)}`, {
         headers, signal: this.ctrl.signal, cache: 'no-store',
       });
     } catch (e) {
@@ -413,7 +423,7 @@ class LongPollTransport {
     if (conn.lastToken) q.set('since', conn.lastToken);
     let res;
     try {
-      res = await fetch(`/api/sessions/${encodeURIComponent(conn.session)}/events?${q}`, {
+      res = await fetch(`${conn.base}/api/sessions/${encodeURIComponent(conn.session)}/events?${q}`, {
         headers: { Authorization: `Bearer ${conn.token}` }, signal: this.ctrl.signal, cache: 'no-store',
       });
     } catch (e) {
@@ -485,6 +495,13 @@ export class Connection {
     this.snapshots = 0;
     this.outbox = new Outbox(`lectern:outbox:${session}:${user}`);
     this.status.queued = this.outbox.length;
+    // The node this page came from, the cluster's nodes (home first) and the one in use.
+    this.home = location.origin;
+    this.nodes = [this.home];
+    this.base = this.home;
+    this.goHome = false;
+    this.homeProbe = null;
+    this.status.node = this.base;
     addEventListener('online', () => this.wake && this.wake());
   }
 
@@ -499,11 +516,26 @@ export class Connection {
     return cmd.id;
   }
 
-  start() { this.run(); }
+  start() {
+    this.learnNodes();
+    this.run();
+  }
 
   stop() {
     this.stopped = true;
+    clearInterval(this.homeProbe);
     if (this.current) this.current.close();
+  }
+
+  /** The cluster's client URLs from the home node; its own URL there may be a proxy's name for
+   * it, so the page's origin stands for it. */
+  async learnNodes() {
+    try {
+      const r = await fetch('/api/nodes', { cache: 'no-store' });
+      const body = r.ok ? await r.json() : null;
+      const others = ((body && body.nodes) || []).slice(1).filter((u) => typeof u === 'string' && u !== this.home);
+      this.nodes = [this.home, ...others];
+    } catch (_) { /* no list: the page stays on its node */ }
   }
 
   // ---- called by transports ----
@@ -532,11 +564,11 @@ export class Connection {
     this.cb.onStatus && this.cb.onStatus(this.status);
   }
 
-  async nodeAnswers() {
+  async nodeAnswers(base = this.base) {
     const ctrl = new AbortController();
     const t = setTimeout(() => ctrl.abort(), PROBE_TIMEOUT_MS);
     try {
-      const r = await fetch('/readyz', { cache: 'no-store', signal: ctrl.signal });
+      const r = await fetch(`${base}/readyz`, { cache: 'no-store', signal: ctrl.signal });
       return r.ok;
     } catch (_) {
       return false;
@@ -545,10 +577,46 @@ export class Connection {
     }
   }
 
+  /** Down, not blocked: the node answers no plain GET, twice. */
+  async nodeDown() {
+    if (await this.nodeAnswers()) return false;
+    await sleep(DOWN_CONFIRM_MS);
+    return !(await this.nodeAnswers());
+  }
+
+  /** The first node, in the cluster's order, that answers (not the one that is down). */
+  async nextNode() {
+    for (const n of this.nodes) {
+      if (n !== this.base && await this.nodeAnswers(n)) return n;
+    }
+    return null;
+  }
+
+  moveTo(base, detail) {
+    this.base = base;
+    this.level = this.floor;
+    clearInterval(this.homeProbe);
+    this.homeProbe = null;
+    if (base !== this.home) {
+      // Away from home: go back once it answers again (its clients' usual place).
+      this.homeProbe = setInterval(async () => {
+        if (this.goHome || this.base === this.home || !(await this.nodeAnswers(this.home))) return;
+        this.goHome = true;
+        if (this.current) this.current.close();
+      }, HOME_PROBE_MS);
+    }
+    this.setStatus({ node: base, detail });
+  }
+
   async run() {
     let attempt = 0;
     let strikes = 0;
     while (!this.stopped) {
+      if (this.goHome) {
+        this.goHome = false;
+        this.moveTo(this.home, 'back on the home node');
+        attempt = 0;
+      }
       const name = TRANSPORTS[this.level];
       const t = new MAKERS[name](this);
       this.current = t;
@@ -570,6 +638,7 @@ export class Connection {
       t.close();
       this.current = null;
       if (this.stopped) return;
+      if (this.goHome) continue;
       if (reason instanceof Fatal) {
         this.setStatus({ state: 'error', detail: `${reason.code}: ${reason.message}` });
         return;
@@ -583,6 +652,15 @@ export class Connection {
           this.setStatus({ detail: `${name} blocked; trying ${TRANSPORTS[this.level]}` });
         }
         continue;
+      }
+      if (this.nodes.length > 1 && await this.nodeDown()) {
+        const next = await this.nextNode();
+        if (next) {
+          this.moveTo(next, `${this.base} is down; moved to ${next}`);
+          attempt = 0;
+          strikes = 0;
+          continue;
+        }
       }
       if (opened) {
         // A transport that worked and dropped: start again from the best one allowed.

@@ -15,7 +15,7 @@ mod frame;
 mod peer;
 
 pub use frame::{FRAME_LEN_MAX_BYTES, FrameDecoder, FrameError, encode_frame};
-pub use peer::{ALPN, PROTOCOL_VERSION, PeerFrame};
+pub use peer::{ALPN, DigestContent, PROTOCOL_VERSION, PeerFrame};
 
 #[cfg(test)]
 mod tests;

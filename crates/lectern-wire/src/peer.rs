@@ -1,15 +1,16 @@
 //! [`PeerFrame`]: the messages regional nodes exchange over the QUIC mesh.
 //!
 //! The mesh replicates automerge documents with automerge's own sync protocol ([`PeerFrame::Sync`]
-//! carries its messages untouched) and adds what automerge does not have: a handshake, a cheap
-//! summary of document heads to find out which docs need syncing at all, and ephemeral messages
+//! carries its messages untouched) and adds what automerge does not have: a handshake, a hash
+//! tree of document heads to find out which docs need syncing at all (bytes in proportion to
+//! the differences, not to the documents), and ephemeral messages
 //! (presence and the like) that are relayed but never persisted, in the manner of
 //! automerge-repo's `ephemeral` messages.
 
 use serde::{Deserialize, Serialize};
 
 /// The version of the peer protocol this build speaks; sent in [`PeerFrame::Hello`].
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The TLS ALPN protocol id of the peer mesh.
 pub const ALPN: &[u8] = b"lectern/1";
@@ -39,11 +40,19 @@ pub enum PeerFrame {
         /// The encoded `automerge::sync::Message`.
         message: Vec<u8>,
     },
-    /// The sender's current heads of every document it holds, hashed, so that the receiver can
-    /// start syncing only the documents whose hash differs.
-    HeadsSummary {
-        /// (doc id, hash of the doc's sorted heads).
-        docs: Vec<(String, [u8; 32])>,
+    /// One node of the sender's hash tree of document heads (anti-entropy): the documents
+    /// whose id hash starts with `prefix`, summed per child or listed. The receiver answers a
+    /// node whose children differ from its own with its own nodes for those children, and
+    /// starts syncing the documents a listed node shows different; equal subtrees cost nothing.
+    DigestNode {
+        /// Where in the tree: the first bytes of the documents' id hashes (empty: the root).
+        prefix: Vec<u8>,
+        /// What the sender holds there.
+        content: DigestContent,
+        /// Set on a root sent to start anti-entropy over (after the first round: a share
+        /// policy that admits new documents, a change feed that lagged): the receiver answers
+        /// with its own root, then the round goes on as the first one did.
+        resync: bool,
     },
     /// A message relayed to a document's subscribers and never persisted (presence, cursors).
     Ephemeral {
@@ -61,4 +70,14 @@ pub enum PeerFrame {
         /// Why the sender is closing, for the peer's log.
         reason: String,
     },
+}
+
+/// What a [`PeerFrame::DigestNode`] says of the documents under its prefix.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DigestContent {
+    /// Many documents: for each of the 256 values of the next byte of the id hash, a wrapping
+    /// sum of 64-bit hashes of (doc id, heads digest) of the documents there.
+    Children(Vec<u64>),
+    /// Few documents: each doc id with the first 16 bytes of its heads digest.
+    Leaves(Vec<(String, [u8; 16])>),
 }

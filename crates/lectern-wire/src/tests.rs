@@ -3,7 +3,8 @@
 use proptest::prelude::*;
 
 use crate::{
-    FRAME_LEN_MAX_BYTES, FrameDecoder, FrameError, PROTOCOL_VERSION, PeerFrame, encode_frame,
+    DigestContent, FRAME_LEN_MAX_BYTES, FrameDecoder, FrameError, PROTOCOL_VERSION, PeerFrame,
+    encode_frame,
 };
 
 /// One frame of every variant, with fields that exercise multi-byte varints and non-ASCII.
@@ -23,13 +24,24 @@ fn every_variant() -> Vec<PeerFrame> {
             doc: String::new(),
             message: Vec::new(),
         },
-        PeerFrame::HeadsSummary {
-            docs: vec![
-                ("session/a".into(), [7; 32]),
-                ("session/ab/ü".into(), [0; 32]),
-            ],
+        PeerFrame::DigestNode {
+            prefix: vec![3, 255],
+            content: DigestContent::Leaves(vec![
+                ("session/a".into(), [7; 16]),
+                ("session/ab/ü".into(), [0; 16]),
+            ]),
+            resync: false,
         },
-        PeerFrame::HeadsSummary { docs: Vec::new() },
+        PeerFrame::DigestNode {
+            prefix: Vec::new(),
+            content: DigestContent::Children((0..256).map(|i| u64::MAX - i).collect()),
+            resync: true,
+        },
+        PeerFrame::DigestNode {
+            prefix: Vec::new(),
+            content: DigestContent::Leaves(Vec::new()),
+            resync: false,
+        },
         PeerFrame::Ephemeral {
             doc: "session/abc".into(),
             sender: "client-1".into(),

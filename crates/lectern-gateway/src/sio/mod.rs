@@ -123,6 +123,20 @@ pub(crate) fn authenticate(
     request_token: Option<String>,
     transport: Transport,
 ) -> Result<Conn, AppError> {
+    let conn = open_conn(gw, auth, request_token, transport);
+    if conn.is_err() {
+        gw.inner.metrics.connection_failed(transport.label());
+    }
+    conn
+}
+
+/// [`authenticate`] before the failure is counted.
+fn open_conn(
+    gw: &Gateway,
+    auth: Option<&Value>,
+    request_token: Option<String>,
+    transport: Transport,
+) -> Result<Conn, AppError> {
     if gw.is_shutting_down() {
         return Err(AppError::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -244,11 +244,28 @@ fn a_node_connected_to_itself_closes() {
 
 #[test]
 fn summaries_sync_only_the_documents_that_differ() {
+    // Few documents: the roots list them.
+    differing_documents_are_synced_and_no_other(50);
+}
+
+#[test]
+fn a_deep_tree_syncs_only_the_documents_that_differ() {
+    // Many documents: the roots are sums, the differing children lists.
+    let nodes = differing_documents_are_synced_and_no_other(3_000);
+    assert!(
+        nodes <= 2 + 2 * 5,
+        "two roots and at most one node per differing document each way: {nodes}"
+    );
+}
+
+/// `n` documents on both sides, three changed and one only on each side; returns the digest
+/// nodes both sides sent.
+fn differing_documents_are_synced_and_no_other(n: usize) -> u64 {
     let now = Instant::now();
     let mut a = Side::new("aaaa", share_all(), now);
     let mut b = Side::new("bbbb", share_all(), now);
-    // 50 shared documents, identical on both sides.
-    for i in 0..50 {
+    // Shared documents, identical on both sides.
+    for i in 0..n {
         let mut doc = doc_with(&format!("same {i}"));
         let copy = doc.fork();
         a.docs.insert(format!("session/s{i}"), doc);
@@ -289,6 +306,7 @@ fn summaries_sync_only_the_documents_that_differ() {
     assert_eq!(a.session.stats().docs_differing, 5);
     assert_eq!(a.summary(), b.summary(), "identical heads everywhere");
     assert_eq!(value(&b.docs["cohort/only-a"]).as_deref(), Some("a"));
+    a.session.stats().digest_nodes_sent + b.session.stats().digest_nodes_sent
 }
 
 #[test]
@@ -390,8 +408,25 @@ fn any_frame() -> impl proptest::strategy::Strategy<Value = PeerFrame> {
         }),
         (s(), proptest::collection::vec(any::<u8>(), 0..32))
             .prop_map(|(doc, message)| PeerFrame::Sync { doc, message }),
-        proptest::collection::vec((s(), any::<[u8; 32]>()), 0..8)
-            .prop_map(|docs| PeerFrame::HeadsSummary { docs }),
+        (
+            proptest::collection::vec(any::<u8>(), 0..6),
+            proptest::collection::vec((s(), any::<[u8; 16]>()), 0..8)
+        )
+            .prop_map(|(prefix, docs)| PeerFrame::DigestNode {
+                prefix,
+                content: lectern_wire::DigestContent::Leaves(docs),
+                resync: false,
+            }),
+        (
+            proptest::collection::vec(any::<u8>(), 0..6),
+            proptest::collection::vec(any::<u64>(), 250..260),
+            any::<bool>()
+        )
+            .prop_map(|(prefix, sums, resync)| PeerFrame::DigestNode {
+                prefix,
+                content: lectern_wire::DigestContent::Children(sums),
+                resync,
+            }),
         (
             s(),
             s(),
@@ -433,7 +468,10 @@ proptest::proptest! {
         let mut closed = false;
         for (i, frame) in inputs.into_iter().enumerate() {
             let budget = match &frame {
-                PeerFrame::HeadsSummary { docs } => docs.len() + 2,
+                PeerFrame::DigestNode {
+                    content: lectern_wire::DigestContent::Leaves(docs),
+                    ..
+                } => docs.len() + 2,
                 _ => 3,
             };
             session.handle_frame(frame, now + Duration::from_millis(i as u64));
@@ -456,5 +494,42 @@ proptest::proptest! {
                 proptest::prop_assert!(!session.is_open());
             }
         }
+    }
+}
+
+#[test]
+fn a_resync_asks_the_peer_for_a_new_round() {
+    // A's share policy first keeps `session/new` out, then admits it (as a classroom node's
+    // does when its cohort links a session): A's resync makes B answer with its root again, and
+    // A gets the document. Without the `resync` flag B would ignore A's second root (it
+    // answered one already), and A would never learn of it.
+    for n in [20, 3_000] {
+        let now = Instant::now();
+        let admitted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let share: ShareFilter = {
+            let admitted = admitted.clone();
+            std::sync::Arc::new(move |doc: &str| {
+                doc != "session/new" || admitted.load(std::sync::atomic::Ordering::SeqCst)
+            })
+        };
+        let mut a = Side::new("aaaa", share, now);
+        let mut b = Side::new("bbbb", share_all(), now);
+        for i in 0..n {
+            let doc = doc_with(&format!("same {i}"));
+            b.docs.insert(format!("session/s{i}"), doc.clone());
+            a.docs.insert(format!("session/s{i}"), doc);
+        }
+        b.docs.insert("session/new".into(), doc_with("new"));
+        pump(&mut a, &mut b, now);
+        assert!(!a.docs.contains_key("session/new"), "kept out at first");
+        admitted.store(true, std::sync::atomic::Ordering::SeqCst);
+        let summary = a.summary();
+        a.session.send_summary(summary);
+        pump(&mut a, &mut b, now);
+        assert_eq!(
+            a.docs.get("session/new").and_then(value).as_deref(),
+            Some("new"),
+            "{n} documents"
+        );
     }
 }
