@@ -114,6 +114,8 @@ impl Pair {
             c.mesh.listen = "127.0.0.1:0".parse()?;
             c.mesh.tls_dir = Some(tls);
             c.mesh.peers = peers;
+            // Inbound peers must be named: B admits A, which dials it.
+            c.mesh.accept_from = vec!["node-a".into(), "node-b".into()];
             c.mesh.reconnect_max_ms = 200;
             c.mesh.peer_idle_timeout_ms = 1_000;
             c.mesh.connect_timeout_ms = 500;

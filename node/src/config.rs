@@ -101,6 +101,10 @@ pub struct MeshSettings {
     pub tls_dir: Option<PathBuf>,
     /// Peers to dial, each `NAME@HOST:PORT`. Default none.
     pub peers: Vec<String>,
+    /// Nodes (cluster names) that may dial this node besides those in `peers`: a node that
+    /// others dial but that dials nobody lists them here. Any other node is refused at its
+    /// hello, even with a certificate of the cluster CA. Default none: only `peers`.
+    pub accept_from: Vec<String>,
     /// Share only these cohorts' documents (and their sessions') with peers, in both
     /// directions: a classroom node restricted to its own cohorts. Default none: share all.
     pub share_cohorts: Option<Vec<String>>,
@@ -134,6 +138,7 @@ impl Default for MeshSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
             tls_dir: None,
             peers: Vec::new(),
+            accept_from: Vec::new(),
             share_cohorts: None,
             push_coalesce_ms: 10,
             reconnect_max_ms: 5_000,
@@ -475,6 +480,7 @@ struct FileMesh {
     listen: Option<String>,
     tls_dir: Option<PathBuf>,
     peers: Option<Vec<String>>,
+    accept_from: Option<Vec<String>>,
     share_cohorts: Option<Vec<String>>,
     push_coalesce_ms: Option<u64>,
     reconnect_max_ms: Option<u64>,
@@ -603,6 +609,12 @@ impl FileConfig {
         }
         if let Some(v) = m.peers {
             c.mesh.peers = check_peers(v, &at("mesh.peers"))?;
+        }
+        if let Some(v) = m.accept_from {
+            for name in &v {
+                check_node_name(name, &at("mesh.accept_from"))?;
+            }
+            c.mesh.accept_from = v;
         }
         if let Some(v) = m.share_cohorts {
             c.mesh.share_cohorts = Some(v);

@@ -454,6 +454,8 @@ pub async fn start_demo_cluster(config: Config, n: usize) -> anyhow::Result<Vec<
                 Some(format!("{peer}@{addr}"))
             })
             .collect();
+        // ...and admits the ones started after it (every other node of the demo).
+        c.mesh.accept_from = names.iter().map(|n| (*n).to_owned()).collect();
         let node = start(c)
             .await
             .with_context(|| format!("start demo node {name}"))?;
@@ -476,6 +478,7 @@ async fn start_mesh(
         .iter()
         .map(|p| p.parse::<PeerAddr>())
         .collect::<anyhow::Result<Vec<_>>>()?;
+    mesh_config.accept_from = settings.accept_from.clone();
     mesh_config.push_coalesce_ms = settings.push_coalesce_ms;
     mesh_config.backoff_max_ms = settings.reconnect_max_ms;
     mesh_config.idle_timeout_ms = settings.peer_idle_timeout_ms;

@@ -326,3 +326,58 @@ async fn a_flood_of_half_open_connections_is_capped_and_the_real_peer_gets_throu
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certified_node_outside_the_peer_list_is_refused_and_the_members_keep_replicating()
+-> anyhow::Result<()> {
+    within(async {
+        let mut cluster = Cluster::new("mesh-outsider")?;
+        let b = cluster.start("node-b", vec![], true).await?;
+        let a = cluster
+            .start("node-a", vec![cluster.peer(b)], false)
+            .await?;
+        cluster.connected(b, 1).await?;
+        cluster
+            .converged(&demo_session(), &[a, b], Duration::from_secs(10))
+            .await?;
+        let mesh_b = cluster.node(b).mesh.clone().context("mesh")?;
+        let before = mesh_b.status().peer_faults;
+
+        // A real node with a certificate of the cluster CA, in nobody's peer list, dials B.
+        let x = cluster
+            .start("node-x", vec![cluster.peer(b)], false)
+            .await?;
+        let mesh_x = cluster.node(x).mesh.clone().context("mesh")?;
+        eventually(
+            "B refuses node-x at its hello, twice (it redials)",
+            Duration::from_secs(20),
+            || mesh_b.status().peer_faults >= before + 2,
+        )
+        .await?;
+        // Refused every time: never registered on either side, and given no document.
+        assert_eq!(mesh_b.connected_peers(), vec!["node-a".to_owned()]);
+        assert!(mesh_x.connected_peers().is_empty());
+        assert!(
+            cluster.node(x).hub.doc_heads(&demo_session()).is_none(),
+            "the outsider received the demo session"
+        );
+
+        // The members are undisturbed: a command on A still reaches B.
+        cluster
+            .node(a)
+            .hub
+            .execute(
+                demo_session(),
+                demo_caller("student1", Role::Student),
+                cmd("after-outsider", ask("still replicating?")),
+            )
+            .await?;
+        cluster
+            .converged(&demo_session(), &[a, b], Duration::from_secs(10))
+            .await?;
+        assert!(cluster.node(x).hub.doc_heads(&demo_session()).is_none());
+        drop((mesh_b, mesh_x));
+        cluster.stop_all().await
+    })
+    .await
+}

@@ -54,6 +54,11 @@ pub const CONNECT_TIMEOUT_MS: u64 = 700;
 /// for an ack, so that a node that gives up is seen answering with a snapshot.
 pub const RESUME_WAIT_MS: u64 = 8_000;
 
+/// The cluster names of the honest nodes of every test cluster: each node admits these when
+/// they dial it (a node started earlier cannot list a later one's address). Any other name
+/// (the tests' intruders) is refused at its hello, certificate or not.
+pub const MEMBERS: [&str; 6] = ["node-a", "node-b", "node-c", "a", "b", "c"];
+
 /// Runs a test body under [`TEST_TIMEOUT`].
 pub async fn within<T>(body: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
     tokio::time::timeout(TEST_TIMEOUT, body)
@@ -196,6 +201,7 @@ impl Cluster {
         config.mesh.listen = "127.0.0.1:0".parse()?;
         config.mesh.tls_dir = Some(self.tls_dir(name)?);
         config.mesh.peers = peers;
+        config.mesh.accept_from = MEMBERS.iter().map(|m| (*m).to_owned()).collect();
         config.mesh.reconnect_max_ms = RECONNECT_MAX_MS;
         config.mesh.peer_idle_timeout_ms = PEER_IDLE_TIMEOUT_MS;
         config.mesh.connect_timeout_ms = CONNECT_TIMEOUT_MS;

@@ -39,6 +39,7 @@ fn mesh_child_entrypoint() {
         config.mesh.name = "node-b".into();
         config.mesh.listen = var("MESH_CHILD_QUIC").parse().expect("quic addr");
         config.mesh.tls_dir = Some(var("MESH_CHILD_TLS").into());
+        config.mesh.accept_from = super::MEMBERS.iter().map(|m| (*m).to_owned()).collect();
         config.mesh.peer_idle_timeout_ms = super::PEER_IDLE_TIMEOUT_MS;
         config.mesh.connect_timeout_ms = super::CONNECT_TIMEOUT_MS;
         config.mesh.reconnect_max_ms = super::RECONNECT_MAX_MS;

@@ -100,6 +100,11 @@ pub struct MeshConfig {
     /// so a flood of handshakes costs the node a bounded amount. Default
     /// [`HANDSHAKES_MAX_DEFAULT`].
     pub handshakes_max: usize,
+    /// Nodes that may connect to this node besides those in `peers` (a node that others dial
+    /// but that dials nobody lists them here). Any other node, even one holding a certificate
+    /// of the cluster CA, is closed at its hello, counted in `peer_faults` and logged with its
+    /// name: a certificate alone is not membership. Default empty: only `peers`.
+    pub accept_from: Vec<String>,
 }
 
 /// Default of [`MeshConfig::handshakes_max`]: far more than a cluster's nodes redialling at
@@ -123,7 +128,14 @@ impl MeshConfig {
             connect_timeout_ms: 3_000,
             idle_timeout_ms: crate::IDLE_TIMEOUT_MS,
             handshakes_max: HANDSHAKES_MAX_DEFAULT,
+            accept_from: Vec::new(),
         }
+    }
+
+    /// Whether a node named `name` that dialled us may stay connected: see
+    /// [`MeshConfig::accept_from`].
+    pub fn admits(&self, name: &str) -> bool {
+        self.peers.iter().any(|p| p.name == name) || self.accept_from.iter().any(|n| n == name)
     }
 }
 
@@ -653,6 +665,14 @@ async fn run_connection(
                         shared.faults.fetch_add(1, Ordering::Relaxed);
                         warn!(claimed = %info.name, "closing: the hello's name is not the certificate's");
                         session.close("the hello's name is not the certificate's");
+                        continue;
+                    }
+                    if direction == Direction::Accepted && !config.admits(&info.name) {
+                        // A certificate of the cluster CA alone is not membership: the node
+                        // must also be one this node was configured to talk with.
+                        shared.faults.fetch_add(1, Ordering::Relaxed);
+                        warn!(peer = %info.name, "closing: the node is not in this node's peer list");
+                        session.close("not in the peer list");
                         continue;
                     }
                     let dialer = match direction {
