@@ -475,3 +475,90 @@ fn the_table_names_each_key_variable_and_flag_once_with_a_valid_default() {
         }
     }
 }
+
+/// A TOML value of the table (a string, a list of strings without commas inside, a number, a
+/// boolean) as a variable or flag writes it: a string unquoted, a list item by item.
+fn as_text(toml_value: &str) -> Vec<String> {
+    let unquote = |s: &str| s.trim().trim_matches('"').to_owned();
+    match toml_value
+        .strip_prefix('[')
+        .and_then(|v| v.strip_suffix(']'))
+    {
+        Some(items) => items.split(',').map(unquote).collect(),
+        None => vec![unquote(toml_value)],
+    }
+}
+
+#[test]
+fn every_key_takes_its_example_alike_from_the_file_its_variable_and_its_flag() {
+    // Each key's example (a valid value other than the default) changes the configuration, and
+    // the same way from every layer: a loader that drops, misroutes or misreads a key fails.
+    let dir = TempDir::new("config-examples");
+    // Keys that need a partner get one: an SMTP key needs a host, a public key its algorithm.
+    let partners = [
+        ("auth", "public_key_pem_file", "\"/base.pem\""),
+        ("auth", "public_key_alg", "\"RS256\""),
+        ("notify.smtp", "host", "\"base.example\""),
+    ];
+    let render = |lines: &[(&str, &str, &str)]| {
+        let mut text = String::new();
+        for (section, leaf, value) in lines.iter().filter(|l| l.0.is_empty()) {
+            let _ = section;
+            text.push_str(&format!("{leaf} = {value}\n"));
+        }
+        for section in ["auth", "limits", "mesh", "notify", "notify.smtp"] {
+            text.push_str(&format!("[{section}]\n"));
+            for (_, leaf, value) in lines.iter().filter(|l| l.0 == section) {
+                text.push_str(&format!("{leaf} = {value}\n"));
+            }
+        }
+        text
+    };
+    let baseline = load(&write_file(dir.path(), &render(&partners)), &[]).expect("partners load");
+    let baseline = format!("{baseline:?}");
+    for key in keys::KEYS {
+        assert!(!key.example.is_empty(), "{} has no example", key.file);
+        let others: Vec<_> = partners
+            .iter()
+            .copied()
+            .filter(|(s, l, _)| (*s, *l) != (key.section(), key.leaf()))
+            .collect();
+        let mut with_example = others.clone();
+        with_example.push((key.section(), key.leaf(), key.example));
+        let from_file = load(&write_file(dir.path(), &render(&with_example)), &[])
+            .unwrap_or_else(|e| panic!("{} = {}: {e:#}", key.file, key.example));
+        let from_file = format!("{from_file:?}");
+        assert_ne!(
+            from_file, baseline,
+            "{} = {} changed nothing",
+            key.file, key.example
+        );
+
+        let without = write_file(dir.path(), &render(&others));
+        let values = as_text(key.example);
+        let from_env = load(&without, &[(key.env, &values.join(","))])
+            .unwrap_or_else(|e| panic!("{}: {e:#}", key.env));
+        assert_eq!(
+            format!("{from_env:?}"),
+            from_file,
+            "{} differs from the file",
+            key.env
+        );
+        if let Some(flag) = key.flag {
+            let mut overrides = Overrides {
+                config_file: Some(without.clone()),
+                ..Overrides::default()
+            };
+            for v in &values {
+                overrides = overrides.flag(flag, v.as_str());
+            }
+            let from_flag =
+                Config::load(overrides, &|_| None).unwrap_or_else(|e| panic!("--{flag}: {e:#}"));
+            assert_eq!(
+                format!("{from_flag:?}"),
+                from_file,
+                "--{flag} differs from the file"
+            );
+        }
+    }
+}

@@ -74,6 +74,9 @@ pub struct Config {
     /// for them. Default none: they share the public listener (`http`), so put the node behind
     /// a proxy that hides them (deploy/nginx does) or set this.
     pub admin_http: Option<SocketAddr>,
+    /// Seconds between the keep-alive comments of an idle SSE stream (so proxies do not close
+    /// it). Default 15.
+    pub sse_keepalive_s: u64,
 }
 
 /// Longest push coalescing window accepted, in ms (the replication-latency budget).
@@ -172,6 +175,8 @@ pub struct NotifySettings {
     pub dashboard_interval_ms: u64,
     /// The dashboard lists students inactive for this many days. Default 7.
     pub inactive_days: u64,
+    /// The dashboard reads this many of the cohort's newest sessions. Default 20.
+    pub dashboard_sessions_max: usize,
     /// How long a finished job's marker is kept (it keeps the job from being queued again), in
     /// ms; the file says `finished_jobs_kept_days`. Default 30 days.
     pub finished_jobs_kept_ms: u64,
@@ -226,6 +231,7 @@ impl Default for NotifySettings {
             leaderboard_interval_ms: 30_000,
             dashboard_interval_ms: 5_000,
             inactive_days: 7,
+            dashboard_sessions_max: 20,
             finished_jobs_kept_ms: 30 * DAY_MS,
             park_unreachable_ms: 72 * HOUR_MS,
             park_probe_max_ms: 60_000,
@@ -266,6 +272,7 @@ impl Default for Config {
             admin_token: None,
             notify: NotifySettings::default(),
             admin_http: None,
+            sse_keepalive_s: 15,
         }
     }
 }
