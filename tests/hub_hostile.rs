@@ -502,6 +502,102 @@ mod node_limits {
     }
 }
 
+mod votes {
+    //! `poll:vote` spends the sender's rate token before it reads the poll, and shows another
+    //! cohort's poll as it shows a session that does not exist.
+
+    use super::*;
+    use crate::gateway::{Demo, ack_code, within};
+
+    /// The burst the test node allows.
+    const BURST: usize = 8;
+
+    /// Kills: reading the poll before taking the rate token (a flood of votes on random
+    /// sessions is never rate limited), and answering a non-member about another cohort's
+    /// poll (`not_found` for a missing poll, an error about the choice for an existing one).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn votes_on_unknown_sessions_spend_tokens_and_reveal_nothing() -> anyhow::Result<()> {
+        within(async {
+            let demo = Demo::start_with("ghost-votes", |c| {
+                c.limits.command_burst = BURST as u32;
+                c.limits.commands_per_s = 0.01;
+            })
+            .await?;
+            // Another cohort's session with a poll.
+            let hub = demo.node.hub.clone();
+            let root = crate::mesh::demo_caller("root", Role::Admin);
+            hub.execute(
+                session("elsewhere"),
+                root.clone(),
+                cmd(
+                    "create-elsewhere",
+                    CommandBody::SessionCreate {
+                        cohort: "other-cohort".parse()?,
+                        title: "Elsewhere".into(),
+                        moderation: false,
+                    },
+                ),
+            )
+            .await?;
+            let mut mal = demo
+                .sio(
+                    Transport::WebSocket,
+                    &demo.token("student1", "student"),
+                    "mal",
+                )
+                .await?;
+            let poll = lectern_model::PollSpec {
+                question: "?".into(),
+                kind: lectern_model::PollKind::Single,
+                options: vec!["a".into(), "b".into()],
+                scale_max: None,
+                hide_results: false,
+            };
+            hub.execute(
+                session("elsewhere"),
+                root,
+                cmd("poll-elsewhere", CommandBody::PollCreate(poll)),
+            )
+            .await?;
+            let other = mal
+                .call(
+                    "poll:vote",
+                    vec![json!("elsewhere"), json!("poll-elsewhere"), json!(0)],
+                )
+                .await?;
+            anyhow::ensure!(
+                ack_code(&other) == "doc_not_found",
+                "another cohort's poll: {other}"
+            );
+            let mut codes = Vec::new();
+            for i in 0..BURST + 4 {
+                let ack = mal
+                    .call(
+                        "poll:vote",
+                        vec![json!(format!("ghost-vote-{i}")), json!("p1"), json!(0)],
+                    )
+                    .await?;
+                codes.push(ack_code(&ack));
+            }
+            // One token went on the vote above; the rest of the burst on these.
+            let expected: Vec<String> = (0..BURST + 4)
+                .map(|i| {
+                    if i + 1 < BURST {
+                        "doc_not_found"
+                    } else {
+                        "rate_limited"
+                    }
+                    .to_owned()
+                })
+                .collect();
+            anyhow::ensure!(codes == expected, "votes answered {codes:?}");
+            mal.disconnect().await;
+            demo.stop().await
+        })
+        .await
+    }
+}
+
 mod cluster {
     //! On a real two-node cluster: hostile requests on A create no document on B.
 

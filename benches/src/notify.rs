@@ -56,6 +56,7 @@ fn token(user: &str, role: &str) -> anyhow::Result<String> {
         cohorts: vec![COHORT.into()],
         exp: now + 24 * 3600,
         iat: now,
+        nbf: None,
     };
     mint(SECRET.as_bytes(), &claims).context("mint a token")
 }

@@ -360,6 +360,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 cohorts,
                 exp,
                 iat: now_s,
+                nbf: None,
             };
             let token = mint(&secret, &claims).context("sign the token")?;
             // Verify with the node's own rules so a bad user or cohort id is reported here,

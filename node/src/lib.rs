@@ -119,6 +119,7 @@ fn demo_token(secret: &[u8], user: &str, name: &str, role: &str) -> anyhow::Resu
         cohorts: vec![DEMO_COHORT.into()],
         exp: now + 7 * 24 * 3600,
         iat: now,
+        nbf: None,
     };
     mint(secret, &claims).context("mint a demo token")
 }
@@ -402,6 +403,21 @@ pub async fn start_demo_cluster(config: Config, n: usize) -> anyhow::Result<Vec<
         c.demo = i == 0;
         c.demo_links = i != 0;
         c.public_url = None;
+        // With known ports, the pages learn the other demo nodes for failover (`/api/nodes`).
+        c.cluster_urls = if config.http.port() == 0 {
+            Vec::new()
+        } else {
+            (0..n)
+                .filter(|j| *j != i)
+                .map(|j| {
+                    format!(
+                        "http://{}:{}",
+                        config.http.ip(),
+                        port(config.http.port(), j)
+                    )
+                })
+                .collect()
+        };
         c.mesh.name = (*name).to_owned();
         c.mesh.region = (*name).to_owned();
         c.mesh.listen =

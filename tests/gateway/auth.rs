@@ -45,6 +45,7 @@ fn claims(sub: &str, role: &str, exp: u64) -> Claims {
         cohorts: vec!["c1".to_owned(), "c2".to_owned()],
         exp,
         iat: NOW_S,
+        nbf: None,
     }
 }
 
@@ -148,6 +149,32 @@ fn expiry_is_checked_against_the_passed_clock_with_leeway() {
     // `now_s` before its expiry.
     let old = minted(&claims("u1", "student", 1_000));
     assert!(v.verify(&old, 900).is_ok());
+}
+
+/// Kills: `nbf` ignored; the lifetime cap missing or off by the boundary.
+#[test]
+fn not_before_and_the_longest_lifetime_are_checked_against_the_passed_clock() {
+    use lectern_gateway::auth::TOKEN_LIFETIME_MAX_S;
+    let v = hs256_only();
+    let at = |nbf: u64| {
+        minted(&Claims {
+            nbf: Some(nbf),
+            ..claims("u1", "student", NOW_S + 3600)
+        })
+    };
+    let early = refused(&v, &at(NOW_S + LEEWAY_S + 1));
+    assert_eq!(early, AuthError::NotYetValid);
+    assert_eq!(early.code(), "token_not_yet_valid");
+    for nbf in [NOW_S + LEEWAY_S, NOW_S, 0] {
+        assert!(v.verify(&at(nbf), NOW_S).is_ok(), "nbf = {nbf}");
+    }
+    let longest = minted(&claims("u1", "student", NOW_S + TOKEN_LIFETIME_MAX_S));
+    assert!(v.verify(&longest, NOW_S).is_ok());
+    for exp in [NOW_S + TOKEN_LIFETIME_MAX_S + 1, u64::MAX] {
+        let e = refused(&v, &minted(&claims("u1", "student", exp)));
+        assert_eq!(e, AuthError::TooLong, "exp = {exp}");
+        assert_eq!(e.code(), "token_too_long");
+    }
 }
 
 #[test]

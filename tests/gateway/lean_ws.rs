@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-use super::{Demo, ack_code, claims, within};
+use super::{Demo, ack_code, claims, unix_now_s, within};
 
 /// How long a raw client waits for one frame.
 const FRAME_WAIT: Duration = Duration::from_secs(10);
@@ -796,17 +796,32 @@ async fn a_client_that_sends_pings_and_never_reads_is_bounded_and_closed() -> an
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_token_valid_until_the_end_of_time_is_served_and_counted_right() -> anyhow::Result<()> {
+async fn a_token_valid_until_the_end_of_time_is_refused_and_the_longest_allowed_is_served()
+-> anyhow::Result<()> {
     within(async {
         let demo = Demo::start("lean-endless-token").await?;
         let s = demo.session.clone();
-        // Validly signed, expiring at the end of u64 time: the expiry deadline is past the
-        // clock's range on every transport.
-        let endless = demo.mint(&claims(
+        // Validly signed, expiring at the end of u64 time: refused as living too long.
+        // Kills: no lifetime cap in `Verifier::verify`.
+        let forever = demo.mint(&claims(
             "student1",
             "student",
             &[lectern_node::DEMO_COHORT],
             u64::MAX,
+        ));
+        let refused = demo
+            .http
+            .get(&format!("/api/sessions/{s}"), Some(&forever))
+            .await?;
+        assert_eq!(refused.status, 401, "{}", refused.text());
+        assert_eq!(refused.error_code().as_deref(), Some("token_too_long"));
+        // The longest lifetime allowed: its expiry deadline is served on every transport and
+        // every connection is counted closed.
+        let endless = demo.mint(&claims(
+            "student1",
+            "student",
+            &[lectern_node::DEMO_COHORT],
+            unix_now_s() + lectern_gateway::auth::TOKEN_LIFETIME_MAX_S,
         ));
         for transport in Transport::ALL {
             let mut c = demo.sio(transport, &endless, transport.name()).await?;

@@ -173,6 +173,7 @@ pub fn claims(user: &str, role: &str, cohorts: &[&str], exp: u64) -> Claims {
         cohorts: cohorts.iter().map(|c| (*c).to_owned()).collect(),
         exp,
         iat: unix_now_s(),
+        nbf: None,
     }
 }
 

@@ -12,6 +12,7 @@ mod hostile;
 mod notify;
 mod partition;
 mod presence;
+mod region;
 mod replicate;
 mod restart;
 
@@ -323,6 +324,7 @@ pub fn token(user: &str, role: &str) -> String {
         cohorts: vec![DEMO_COHORT.into()],
         exp: now + 3600,
         iat: now,
+        nbf: None,
     };
     mint(SECRET.as_bytes(), &claims).expect("minting with the test secret succeeds")
 }

@@ -140,6 +140,50 @@ async fn a_graded_quiz_sends_exactly_one_email_even_when_three_nodes_hold_the_co
         let view = inbox(&a, "student1").await?;
         assert_eq!(view["prefs"]["kinds"]["grade"], "in_app", "{view}");
 
+        // Clicking again changes nothing and writes nothing; clicking many times spends only
+        // this user's links' bucket: another user's link still works. Kills: one shared
+        // system bucket for every link; a command written per click.
+        let heads = a
+            .node
+            .hub
+            .doc_heads(&lectern_model::DocId::Inbox("student1".parse()?));
+        let one_click = |path: String| {
+            let http = &a.http;
+            async move {
+                http.send(
+                    "POST",
+                    &path,
+                    &[("content-type", "application/x-www-form-urlencoded")],
+                    Some(b"List-Unsubscribe=One-Click".to_vec()),
+                    WAIT,
+                )
+                .await
+            }
+        };
+        let mut statuses = Vec::new();
+        for _ in 0..40 {
+            statuses.push(one_click(path.to_owned()).await?.status);
+        }
+        assert!(
+            statuses.contains(&429),
+            "one link's clicks are rate limited: {statuses:?}"
+        );
+        assert_eq!(
+            a.node
+                .hub
+                .doc_heads(&lectern_model::DocId::Inbox("student1".parse()?)),
+            heads,
+            "a repeated click wrote nothing"
+        );
+        let other = lectern_jobs::unsubscribe::link(
+            "",
+            &a.node.secret,
+            &"student2".parse()?,
+            Some(lectern_model::NotifyKind::Grade),
+        );
+        let theirs = one_click(other).await?;
+        assert_eq!(theirs.status, 200, "{}", theirs.text());
+
         // The next grade reaches the inbox only.
         a.grade("student1", "quiz2", 9).await?;
         let stats = super::wait_jobs(&a.node, |s| {
@@ -284,6 +328,18 @@ async fn without_smtp_emails_are_written_to_the_outbox_as_eml_files() {
         assert!(eml.contains("Subject: Your grade for quiz1 is ready\r\n"));
         assert!(eml.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"));
         assert!(eml.contains("List-Unsubscribe: <http://"));
+        // Live unsubscribe links and the store: the node's user only.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &std::path::Path| -> anyhow::Result<u32> {
+            Ok(std::fs::metadata(p)?.permissions().mode() & 0o777)
+        };
+        assert_eq!(mode(&files[0])?, 0o600, "the email file");
+        assert_eq!(mode(&outbox)?, 0o700, "the outbox");
+        assert_eq!(
+            mode(node.node.hub.store().path())?,
+            0o700,
+            "the store directory"
+        );
         node.stop().await?;
         Ok(())
     })

@@ -192,3 +192,46 @@ async fn every_metric_the_rules_and_the_dashboard_use_is_exported_by_a_real_node
     .await
     .unwrap();
 }
+
+/// Every alert names a runbook that exists, and every link between runbooks resolves.
+#[test]
+fn every_alert_names_a_runbook_that_exists() -> anyhow::Result<()> {
+    let rules = std::fs::read_to_string(repo().join("deploy/prometheus/lectern-rules.yml"))?;
+    let named: BTreeSet<&str> = rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("runbook:"))
+        .map(str::trim)
+        .collect();
+    let alerts = rules
+        .lines()
+        .filter(|l| l.trim().starts_with("- alert:"))
+        .count();
+    let with_runbook = rules
+        .lines()
+        .filter(|l| l.trim().starts_with("runbook:"))
+        .count();
+    assert_eq!(alerts, with_runbook, "an alert without a runbook");
+    assert!(!named.is_empty());
+    for path in &named {
+        assert!(
+            repo().join(path).is_file(),
+            "{path} is named by an alert but missing"
+        );
+    }
+    let dir = repo().join("docs/runbooks");
+    for entry in std::fs::read_dir(&dir)? {
+        let path = entry?.path();
+        let text = std::fs::read_to_string(&path)?;
+        for link in text.split("](").skip(1) {
+            let target = link.split(')').next().unwrap_or_default();
+            if target.ends_with(".md") && !target.contains("://") {
+                assert!(
+                    dir.join(target).is_file(),
+                    "{} links to {target}, which is missing",
+                    path.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}

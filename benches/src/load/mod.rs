@@ -687,6 +687,7 @@ fn token(secret: &[u8], user: &str, cohort: &str) -> anyhow::Result<String> {
         cohorts: vec![cohort.to_owned()],
         exp: now + 24 * 3600,
         iat: now,
+        nbf: None,
     };
     mint(secret, &claims).map_err(|e| anyhow::anyhow!("mint a token: {e}"))
 }

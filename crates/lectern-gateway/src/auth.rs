@@ -23,6 +23,11 @@ pub const TOKEN_LEN_MAX_BYTES: usize = 8 * 1024;
 /// Default clock-skew allowance on `exp`, in seconds.
 pub const LEEWAY_DEFAULT_S: u64 = 30;
 
+/// The longest a token may live, in seconds (one year and a day): a token whose `exp` is
+/// further from now is refused, so a leaked key cannot mint tokens that outlive its rotation by
+/// decades, and `exp` near `u64::MAX` never reaches the clock arithmetic of the transports.
+pub const TOKEN_LIFETIME_MAX_S: u64 = 366 * 86_400;
+
 /// The cookie that carries a token when no `Authorization` header is sent.
 pub const TOKEN_COOKIE: &str = "lectern_token";
 
@@ -44,6 +49,10 @@ pub struct Claims {
     /// Issue time, seconds since the Unix epoch (informational).
     #[serde(default)]
     pub iat: u64,
+    /// Not before, seconds since the Unix epoch: the token is refused until then (less the
+    /// leeway).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
 }
 
 /// What the verifier trusts.
@@ -112,6 +121,12 @@ pub enum AuthError {
     /// The token's `exp` is past (beyond the leeway).
     #[error("the token has expired")]
     Expired,
+    /// The token's `nbf` is still ahead (beyond the leeway).
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    /// The token's `exp` is further away than [`TOKEN_LIFETIME_MAX_S`].
+    #[error("the token lives longer than the {TOKEN_LIFETIME_MAX_S} s allowed")]
+    TooLong,
     /// The signature is good but a claim is missing or invalid.
     #[error("invalid token claims: {0}")]
     InvalidClaims(String),
@@ -129,6 +144,8 @@ impl AuthError {
             AuthError::Malformed(_) => "bad_token",
             AuthError::BadSignature => "bad_signature",
             AuthError::Expired => "token_expired",
+            AuthError::NotYetValid => "token_not_yet_valid",
+            AuthError::TooLong => "token_too_long",
             AuthError::InvalidClaims(_) => "bad_claims",
             AuthError::Config(_) => "auth_config",
         }
@@ -226,6 +243,15 @@ impl Verifier {
 
         if claims.exp.saturating_add(keys.leeway_s) < now_s {
             return Err(AuthError::Expired);
+        }
+        if claims
+            .nbf
+            .is_some_and(|nbf| nbf > now_s.saturating_add(keys.leeway_s))
+        {
+            return Err(AuthError::NotYetValid);
+        }
+        if claims.exp > now_s.saturating_add(TOKEN_LIFETIME_MAX_S) {
+            return Err(AuthError::TooLong);
         }
         let caller = caller_from(claims.sub, claims.name, &claims.role, claims.cohorts)?;
         Ok(Verified {

@@ -280,6 +280,17 @@ impl Gateway {
         body: CommandBody,
     ) -> Result<Value, AppError> {
         self.inner.limiter.command(caller.user.as_str())?;
+        self.run_charged(caller, doc, id, body).await
+    }
+
+    /// [`Gateway::run`] for a command whose rate token was already taken.
+    async fn run_charged(
+        &self,
+        caller: &Caller,
+        doc: DocId,
+        id: Option<CommandId>,
+        body: CommandBody,
+    ) -> Result<Value, AppError> {
         // A cohort may link only its own sessions; the cohort document cannot see the session's.
         if let (DocId::Cohort(cohort), CommandBody::SessionLink { session, .. }) = (&doc, &body) {
             let owner = self
@@ -320,23 +331,36 @@ impl Gateway {
         let body = match parsed.body {
             Body::Ready(b) => b,
             Body::Vote(poll, raw) => {
+                // The vote's rate token is taken before the poll is read, and the poll is
+                // shown only to a member of the session's cohort: a flood of votes on random
+                // sessions spends the sender's tokens, and another cohort's session answers
+                // as one that does not exist (no existence oracle).
+                self.inner.limiter.command(caller.user.as_str())?;
                 let p = poll.clone();
-                let kind = self
+                let (cohort, kind) = self
                     .inner
                     .hub
-                    .read(doc.clone(), move |r| r.poll_kind(&p))
-                    .await?
-                    .ok_or_else(|| {
-                        AppError::new(
-                            StatusCode::NOT_FOUND,
-                            "not_found",
-                            format!("no poll {poll}"),
-                        )
-                    })?;
-                CommandBody::PollVote {
+                    .read(doc.clone(), move |r| (r.session_cohort(), r.poll_kind(&p)))
+                    .await?;
+                if !cohort.is_some_and(|c| caller.is_member(&c)) {
+                    return Err(AppError::new(
+                        StatusCode::NOT_FOUND,
+                        "doc_not_found",
+                        format!("no session {doc}"),
+                    ));
+                }
+                let kind = kind.ok_or_else(|| {
+                    AppError::new(
+                        StatusCode::NOT_FOUND,
+                        "not_found",
+                        format!("no poll {poll}"),
+                    )
+                })?;
+                let body = CommandBody::PollVote {
                     poll,
                     choice: commands::choice(kind, &raw)?,
-                }
+                };
+                return self.run_charged(caller, doc, parsed.id, body).await;
             }
         };
         self.run(caller, doc, parsed.id, body).await

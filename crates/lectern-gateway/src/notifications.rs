@@ -219,13 +219,22 @@ async fn unsubscribe(
         role: Role::Admin,
         cohorts: Vec::new(),
     };
-    let body = CommandBody::InboxPrefs {
-        kinds: kinds.into_iter().map(|k| (k, Channel::InApp)).collect(),
-        digest: None,
-        email: None,
-    };
-    gw.run(&system, DocId::Inbox(user), Some(new_command_id()), body)
-        .await?;
+    // The target user's own bucket (user ids have no ':'): clicking one's own link many times
+    // cannot spend the tokens of anyone else's.
+    gw.inner.limiter.command(&format!("unsubscribe:{user}"))?;
+    let inbox = DocId::Inbox(user);
+    // Already in-app only: nothing to write (a repeated click changes nothing).
+    let prefs = gw.inner.hub.read(inbox.clone(), |r| r.inbox_prefs()).await;
+    let done = prefs.is_ok_and(|p| kinds.iter().all(|k| p.channel(*k) == Channel::InApp));
+    if !done {
+        let body = CommandBody::InboxPrefs {
+            kinds: kinds.into_iter().map(|k| (k, Channel::InApp)).collect(),
+            digest: None,
+            email: None,
+        };
+        gw.run_charged(&system, inbox, Some(new_command_id()), body)
+            .await?;
+    }
     Ok((
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         "You are unsubscribed from these emails.\n",

@@ -9,8 +9,15 @@
 //! being processed (`in_flight` is raised under the lock by each send and lowered by the writer
 //! once the batch holding the message is done) and nobody follows its room; dropping its only
 //! sender then ends its task without it touching the store again.
+//!
+//! The charges cost a few bytes per user, since every connected user has one: users are kept
+//! as 64-bit hashes (a per-process random key, so nobody can aim two ids at one hash; a
+//! collision would only make two users share one quota), documents as their writer's id, and a
+//! user's usual single document inline, without an allocation.
 
+use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -34,8 +41,54 @@ pub(crate) struct Writer {
     pub(crate) in_flight: Arc<AtomicUsize>,
     /// When it was last sent something (a tick of [`Loaded`]'s clock).
     used: u64,
-    /// The users it is charged to.
-    owners: HashSet<UserId>,
+    /// The users it is charged to (their keys).
+    owners: HashSet<u64>,
+}
+
+/// The writers (ids) charged to one user: one inline, or a list (at most the per-user cap).
+#[derive(Debug)]
+enum Held {
+    One(u64),
+    Many(Vec<u64>),
+}
+
+impl Held {
+    fn insert(&mut self, id: u64) {
+        match self {
+            Held::One(held) if *held == id => {}
+            Held::One(held) => *self = Held::Many(vec![*held, id]),
+            Held::Many(ids) if !ids.contains(&id) => ids.push(id),
+            Held::Many(_) => {}
+        }
+    }
+
+    /// Removes `id`; whether nothing is left.
+    fn remove(&mut self, id: u64) -> bool {
+        match self {
+            Held::One(held) => *held == id,
+            Held::Many(ids) => {
+                ids.retain(|held| *held != id);
+                if let [last] = ids[..] {
+                    *self = Held::One(last);
+                }
+                matches!(self, Held::Many(ids) if ids.is_empty())
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Held::One(_) => 1,
+            Held::Many(ids) => ids.len(),
+        }
+    }
+
+    fn ids(&self) -> &[u64] {
+        match self {
+            Held::One(id) => std::slice::from_ref(id),
+            Held::Many(ids) => ids,
+        }
+    }
 }
 
 /// The loaded documents.
@@ -46,8 +99,12 @@ pub(crate) struct Loaded {
     lru: BTreeMap<u64, DocId>,
     tick: u64,
     next_id: u64,
-    /// The loaded documents charged to each user.
-    by_user: HashMap<UserId, HashSet<DocId>>,
+    /// The writers charged to each user (by the user's key).
+    by_user: HashMap<u64, Held>,
+    /// Each writer's document, by writer id.
+    by_id: HashMap<u64, DocId>,
+    /// Makes users' keys.
+    users: RandomState,
 }
 
 impl Loaded {
@@ -59,6 +116,11 @@ impl Loaded {
         self.writers.clear();
         self.lru.clear();
         self.by_user.clear();
+        self.by_id.clear();
+    }
+
+    fn user_key(&self, user: &UserId) -> u64 {
+        self.users.hash_one(user)
     }
 
     /// The writer of `doc`, marked as just used.
@@ -83,6 +145,7 @@ impl Loaded {
         self.next_id += 1;
         let id = self.next_id;
         self.lru.insert(self.tick, doc.clone());
+        self.by_id.insert(id, doc.clone());
         self.writers.insert(
             doc,
             Writer {
@@ -98,20 +161,22 @@ impl Loaded {
 
     /// Whether `doc` is loaded and charged to `user`.
     pub(crate) fn is_charged(&self, doc: &DocId, user: &UserId) -> bool {
+        let key = self.user_key(user);
         self.writers
             .get(doc)
-            .is_some_and(|w| w.owners.contains(user))
+            .is_some_and(|w| w.owners.contains(&key))
     }
 
     /// Charges the loaded `doc` to `user`.
     pub(crate) fn charge(&mut self, doc: &DocId, user: &UserId) {
+        let key = self.user_key(user);
         if let Some(w) = self.writers.get_mut(doc)
-            && w.owners.insert(user.clone())
+            && w.owners.insert(key)
         {
             self.by_user
-                .entry(user.clone())
-                .or_default()
-                .insert(doc.clone());
+                .entry(key)
+                .and_modify(|held| held.insert(w.id))
+                .or_insert(Held::One(w.id));
         }
     }
 
@@ -126,12 +191,12 @@ impl Loaded {
             return false;
         };
         self.lru.remove(&w.used);
+        self.by_id.remove(&w.id);
         for user in &w.owners {
-            if let Some(docs) = self.by_user.get_mut(user) {
-                docs.remove(doc);
-                if docs.is_empty() {
-                    self.by_user.remove(user);
-                }
+            if let Some(held) = self.by_user.get_mut(user)
+                && held.remove(w.id)
+            {
+                self.by_user.remove(user);
             }
         }
         true
@@ -139,17 +204,19 @@ impl Loaded {
 
     /// How many loaded documents are charged to `user`.
     pub(crate) fn held_by(&self, user: &UserId) -> usize {
-        self.by_user.get(user).map_or(0, HashSet::len)
+        self.by_user.get(&self.user_key(user)).map_or(0, Held::len)
     }
 
     /// Evicts the least recently used of `user`'s documents that may go (see
     /// [`Loaded::evict_lru`]). Whether one went.
     pub(crate) fn evict_users(&mut self, user: &UserId, followed: impl Fn(&DocId) -> bool) -> bool {
-        let Some(docs) = self.by_user.get(user) else {
+        let Some(held) = self.by_user.get(&self.user_key(user)) else {
             return false;
         };
-        let victim = docs
+        let victim = held
+            .ids()
             .iter()
+            .filter_map(|id| self.by_id.get(id))
             .filter_map(|d| self.writers.get(d).map(|w| (w.used, d)))
             .filter(|(_, d)| self.idle(d) && !followed(d))
             .min_by_key(|(used, _)| *used)
@@ -181,5 +248,26 @@ impl Loaded {
         self.writers
             .get(doc)
             .is_some_and(|w| w.in_flight.load(Ordering::SeqCst) == 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Held;
+
+    #[test]
+    fn a_users_holdings_grow_shrink_and_empty() {
+        let mut held = Held::One(1);
+        held.insert(1);
+        assert_eq!(held.ids(), &[1]);
+        held.insert(2);
+        held.insert(3);
+        held.insert(2);
+        assert_eq!(held.ids(), &[1, 2, 3]);
+        assert!(!held.remove(2));
+        assert!(!held.remove(1));
+        assert!(matches!(held, Held::One(3)), "back inline: {held:?}");
+        assert!(!held.remove(9), "another id leaves it");
+        assert!(held.remove(3), "empty");
     }
 }

@@ -155,8 +155,18 @@ impl Mailer {
                 // Durable before the job completes: written, fsynced, then renamed into place.
                 let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
                     use std::io::Write;
-                    std::fs::create_dir_all(&dir)?;
-                    let mut file = std::fs::File::create(&tmp)?;
+                    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+                    // The emails hold live unsubscribe links: readable by the node's user only.
+                    std::fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o700)
+                        .create(&dir)?;
+                    let mut file = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .mode(0o600)
+                        .open(&tmp)?;
                     file.write_all(&bytes)?;
                     file.sync_all()?;
                     std::fs::rename(&tmp, &path)?;

@@ -103,10 +103,24 @@ impl Store {
     /// [`StoreError::Locked`] if the directory is already open, here or in another process, and
     /// with [`StoreError::NewerSchema`] if a newer lectern wrote it.
     pub fn open_with(path: &Path, config: StoreConfig) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(path).map_err(|source| StoreError::Io {
-            action: format!("create the store directory {}", path.display()),
-            source,
-        })?;
+        // Owner only: the store holds every class's content and the node's secrets beside it
+        // (sled's files are made under the umask; the directory keeps others out of them).
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(path)
+                .map_err(|source| StoreError::Io {
+                    action: format!("create the store directory {}", path.display()),
+                    source,
+                })?;
+            // A directory that already existed (made by hand, or by an older lectern) too.
+            use std::os::unix::fs::PermissionsExt;
+            if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)) {
+                tracing::warn!(path = %path.display(), error = %e, "could not make the store directory private");
+            }
+        }
         let lock_file = lock_dir(path)?;
         let db = open_sled(path, &config)?;
         let identity = boot(path, &db)?;

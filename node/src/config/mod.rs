@@ -391,8 +391,14 @@ impl Config {
         if let Some(secret) = read_secret(&path)? {
             return Ok(secret);
         }
-        fs::create_dir_all(&self.data_dir)
-            .with_context(|| format!("create data directory {}", self.data_dir.display()))?;
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&self.data_dir)
+                .with_context(|| format!("create data directory {}", self.data_dir.display()))?;
+        }
         create_secret(&path)?;
         read_secret(&path)?.with_context(|| format!("read back {}", path.display()))
     }
