@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use lectern_node::config::{Config, Overrides};
+use lectern_node::config::{Config, Overrides, keys};
 
 use crate::support::TempDir;
 
@@ -100,9 +100,9 @@ resume_wait_ms = 4000
     let c = Config::load(
         Overrides {
             config_file: Some(file.clone()),
-            region: Some("apac-2".into()),
             ..Overrides::default()
-        },
+        }
+        .flag("region", "apac-2"),
         &|k| env.get(k).map(|v| v.to_string()),
     )
     .expect("loads");
@@ -175,10 +175,10 @@ conns_max = 100
     let c = Config::load(
         Overrides {
             config_file: Some(file),
-            http: Some(addr("127.0.0.1:9003")),
-            demo: true,
             ..Overrides::default()
-        },
+        }
+        .flag("http", "127.0.0.1:9003")
+        .flag("demo", "true"),
         &|k| env.get(k).map(|v| (*v).to_owned()),
     )
     .expect("valid layers load");
@@ -278,9 +278,9 @@ fn resolve_secret_creates_the_file_once_privately() {
     let c = Config::load(
         Overrides {
             config_file: Some(write_file(dir.path(), "")),
-            data_dir: Some(data_dir.clone()),
             ..Overrides::default()
-        },
+        }
+        .flag("data-dir", data_dir.display().to_string()),
         &|_| None,
     )
     .expect("defaults load");
@@ -314,4 +314,251 @@ fn resolve_secret_creates_the_file_once_privately() {
         configured.resolve_secret().expect("configured"),
         b"configured secret of 32 bytes...".to_vec()
     );
+}
+
+/// The path of a file of the repository.
+fn repo_file(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+}
+
+#[test]
+fn the_sample_file_names_every_key_and_variable_of_the_table() {
+    // Keys as the sample writes them, set or commented out: `[section]` headers then `key =`.
+    let text = std::fs::read_to_string(repo_file("deploy/lectern.toml")).expect("read the sample");
+    let mut section = String::new();
+    let mut written = std::collections::HashSet::new();
+    for line in text.lines() {
+        let line = line.trim_start_matches(['#', ' ']);
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.split(']').next()) {
+            section = name.to_owned();
+        } else if let Some((key, _)) = line.split_once('=')
+            && !key.trim().is_empty()
+            && key
+                .trim()
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        {
+            written.insert(if section.is_empty() {
+                key.trim().to_owned()
+            } else {
+                format!("{section}.{}", key.trim())
+            });
+        }
+    }
+    for key in keys::KEYS {
+        assert!(
+            written.contains(key.file),
+            "deploy/lectern.toml does not state {}",
+            key.file
+        );
+        assert!(
+            text.contains(key.env),
+            "deploy/lectern.toml does not name {}",
+            key.env
+        );
+        if let Some(flag) = key.flag {
+            assert!(
+                text.contains(&format!("--{flag}")),
+                "deploy/lectern.toml does not name --{flag}"
+            );
+        }
+    }
+    for key in &written {
+        assert!(
+            keys::by_file(key).is_some(),
+            "deploy/lectern.toml states unknown {key}"
+        );
+    }
+}
+
+#[test]
+fn the_reference_is_generated_from_the_table() {
+    let path = repo_file("docs/configuration.md");
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == keys::reference_markdown(),
+        "docs/configuration.md is stale: regenerate it with \
+         `cargo run -p lectern-node -- --print-config-reference > docs/configuration.md`"
+    );
+    for key in keys::KEYS {
+        assert!(committed.contains(key.env), "{} missing", key.env);
+    }
+}
+
+#[test]
+fn every_variable_and_flag_of_the_table_reaches_its_key() {
+    // A value no key accepts unchanged: each variable and flag either changes the
+    // configuration or is refused with an error naming it. A key the loaders forgot would
+    // leave the defaults untouched and load.
+    let dir = TempDir::new("config-every-key");
+    let empty = write_file(dir.path(), "");
+    let default = format!("{:?}", load(&empty, &[]).expect("defaults load"));
+    let odd = "@@ not a value @@";
+    for key in keys::KEYS {
+        let mut sources = vec![(key.env.to_owned(), load(&empty, &[(key.env, odd)]))];
+        if let Some(flag) = key.flag {
+            let flags = Overrides {
+                config_file: Some(empty.clone()),
+                ..Overrides::default()
+            }
+            .flag(flag, odd);
+            sources.push((format!("--{flag}"), Config::load(flags, &|_| None)));
+        }
+        for (source, loaded) in sources {
+            match loaded {
+                Ok(c) => assert_ne!(format!("{c:?}"), default, "{source} changed nothing"),
+                Err(e) => {
+                    let e = format!("{e:#}");
+                    assert!(e.contains(&source) || e.contains(key.file), "{source}: {e}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_gateway_limits_are_configurable_in_every_layer() {
+    let dir = TempDir::new("config-gateway-limits");
+    let file = write_file(
+        dir.path(),
+        "[limits]\nconnect_timeout_ms = 1500\noutbound_bytes_max = 65536\n",
+    );
+    let c = load(&file, &[("LECTERN_OUTBOUND_BYTES_MAX", "131072")]).expect("loads");
+    assert_eq!(c.limits.connect_timeout_ms, 1_500);
+    assert_eq!(c.limits.outbound_bytes_max, 131_072, "the environment wins");
+    let err = load_err(
+        &write_file(dir.path(), "[limits]\nconnect_timeout_ms = 0\n"),
+        &[],
+    );
+    assert!(err.contains("limits.connect_timeout_ms in"), "{err}");
+}
+
+#[test]
+fn the_table_names_each_key_variable_and_flag_once_with_a_valid_default() {
+    let dir = TempDir::new("config-table");
+    let default = format!("{:?}", Config::default());
+    let (mut files, mut envs, mut flags) = (Vec::new(), Vec::new(), Vec::new());
+    for key in keys::KEYS {
+        assert!(!files.contains(&key.file), "{} twice", key.file);
+        assert!(!envs.contains(&key.env), "{} twice", key.env);
+        assert!(key.env.starts_with("LECTERN_"), "{}", key.env);
+        assert!(
+            !keys::is_section(key.file),
+            "{} is a key and a table",
+            key.file
+        );
+        assert!(
+            !key.doc.contains('|'),
+            "{}: a pipe breaks the reference's table",
+            key.file
+        );
+        files.push(key.file);
+        envs.push(key.env);
+        if let Some(flag) = key.flag {
+            assert!(!flags.contains(&flag), "--{flag} twice");
+            flags.push(flag);
+        }
+        // The documented default, written in the file, loads and is the default.
+        if let Some(value) = key.default {
+            let text = match key.section() {
+                "" => format!("{} = {value}\n", key.leaf()),
+                section => format!("[{section}]\n{} = {value}\n", key.leaf()),
+            };
+            let c = load(&write_file(dir.path(), &text), &[])
+                .unwrap_or_else(|e| panic!("{text}: {e:#}"));
+            assert_eq!(
+                format!("{c:?}"),
+                default,
+                "{} = {value} is not the default",
+                key.file
+            );
+        }
+    }
+}
+
+/// A TOML value of the table (a string, a list of strings without commas inside, a number, a
+/// boolean) as a variable or flag writes it: a string unquoted, a list item by item.
+fn as_text(toml_value: &str) -> Vec<String> {
+    let unquote = |s: &str| s.trim().trim_matches('"').to_owned();
+    match toml_value
+        .strip_prefix('[')
+        .and_then(|v| v.strip_suffix(']'))
+    {
+        Some(items) => items.split(',').map(unquote).collect(),
+        None => vec![unquote(toml_value)],
+    }
+}
+
+#[test]
+fn every_key_takes_its_example_alike_from_the_file_its_variable_and_its_flag() {
+    // Each key's example (a valid value other than the default) changes the configuration, and
+    // the same way from every layer: a loader that drops, misroutes or misreads a key fails.
+    let dir = TempDir::new("config-examples");
+    // Keys that need a partner get one: an SMTP key needs a host, a public key its algorithm.
+    let partners = [
+        ("auth", "public_key_pem_file", "\"/base.pem\""),
+        ("auth", "public_key_alg", "\"RS256\""),
+        ("notify.smtp", "host", "\"base.example\""),
+    ];
+    let render = |lines: &[(&str, &str, &str)]| {
+        let mut text = String::new();
+        for (section, leaf, value) in lines.iter().filter(|l| l.0.is_empty()) {
+            let _ = section;
+            text.push_str(&format!("{leaf} = {value}\n"));
+        }
+        for section in ["auth", "limits", "mesh", "notify", "notify.smtp"] {
+            text.push_str(&format!("[{section}]\n"));
+            for (_, leaf, value) in lines.iter().filter(|l| l.0 == section) {
+                text.push_str(&format!("{leaf} = {value}\n"));
+            }
+        }
+        text
+    };
+    let baseline = load(&write_file(dir.path(), &render(&partners)), &[]).expect("partners load");
+    let baseline = format!("{baseline:?}");
+    for key in keys::KEYS {
+        assert!(!key.example.is_empty(), "{} has no example", key.file);
+        let others: Vec<_> = partners
+            .iter()
+            .copied()
+            .filter(|(s, l, _)| (*s, *l) != (key.section(), key.leaf()))
+            .collect();
+        let mut with_example = others.clone();
+        with_example.push((key.section(), key.leaf(), key.example));
+        let from_file = load(&write_file(dir.path(), &render(&with_example)), &[])
+            .unwrap_or_else(|e| panic!("{} = {}: {e:#}", key.file, key.example));
+        let from_file = format!("{from_file:?}");
+        assert_ne!(
+            from_file, baseline,
+            "{} = {} changed nothing",
+            key.file, key.example
+        );
+
+        let without = write_file(dir.path(), &render(&others));
+        let values = as_text(key.example);
+        let from_env = load(&without, &[(key.env, &values.join(","))])
+            .unwrap_or_else(|e| panic!("{}: {e:#}", key.env));
+        assert_eq!(
+            format!("{from_env:?}"),
+            from_file,
+            "{} differs from the file",
+            key.env
+        );
+        if let Some(flag) = key.flag {
+            let mut overrides = Overrides {
+                config_file: Some(without.clone()),
+                ..Overrides::default()
+            };
+            for v in &values {
+                overrides = overrides.flag(flag, v.as_str());
+            }
+            let from_flag =
+                Config::load(overrides, &|_| None).unwrap_or_else(|e| panic!("--{flag}: {e:#}"));
+            assert_eq!(
+                format!("{from_flag:?}"),
+                from_file,
+                "--{flag} differs from the file"
+            );
+        }
+    }
 }

@@ -336,11 +336,13 @@ fn run(args: Args) -> anyhow::Result<()> {
             if ttl_s == 0 || ttl_s > TOKEN_TTL_MAX_S {
                 bail!("--ttl-s must be between 1 and {TOKEN_TTL_MAX_S}");
             }
-            let overrides = Overrides {
+            let mut overrides = Overrides {
                 config_file: config,
-                data_dir,
                 ..Overrides::default()
             };
+            if let Some(dir) = data_dir {
+                overrides = overrides.flag("data-dir", dir.display().to_string());
+            }
             let config = Config::load(overrides, &|k| std::env::var(k).ok())
                 .context("load the node configuration")?;
             let secret = config

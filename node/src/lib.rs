@@ -204,9 +204,10 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
             leaderboard_interval_ms: config.notify.leaderboard_interval_ms,
             dashboard_interval_ms: config.notify.dashboard_interval_ms,
             inactive_days: config.notify.inactive_days,
-            ..Default::default()
+            dashboard_sessions_max: config.notify.dashboard_sessions_max,
         },
         content: Some(content.clone()),
+        keepalive_s: config.sse_keepalive_s,
         // Pages fail over to the cluster's other nodes: this one first, then the configured.
         nodes: if config.cluster_urls.is_empty() {
             Vec::new()

@@ -7,60 +7,28 @@
 //! (`{data_dir}/{name}`), HTTP port (`--http` port + i) and QUIC port (`--mesh-listen` port + i),
 //! connected by real mutual TLS with a cluster CA generated under `{data_dir}/cluster`.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
-use lectern_node::config::{Config, Overrides};
+use clap::{CommandFactory, FromArgMatches, Parser};
+use lectern_node::config::{Config, Overrides, keys};
 use lectern_node::{shutdown_signal, start};
 
-/// Runs a Lectern regional node.
+/// Runs a Lectern regional node. The flags of configuration keys come from the table of keys
+/// (`lectern_node::config::keys`), added to these at start.
 #[derive(Debug, Parser)]
 #[command(name = "lectern-node", version, about)]
 struct Args {
     /// TOML configuration file (default: ./lectern.toml if it exists).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Directory of the node's store [default: ./lectern-data].
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// Address to serve HTTP on [default: 127.0.0.1:8080].
-    #[arg(long)]
-    http: Option<SocketAddr>,
-    /// Base URL for printed links [default: http://<http>].
-    #[arg(long)]
-    public_url: Option<String>,
-    /// Another node's public client URL, where the page fails over (repeatable, in order).
-    #[arg(long = "cluster-url")]
-    cluster_urls: Vec<String>,
-    /// Seed a demo course, cohort and live session, and print links to it.
-    #[arg(long)]
-    demo: bool,
     /// With --demo: start a cluster of this many nodes in this process.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=9))]
     nodes: u16,
-    /// This node's cluster name (the --id of its certificate).
+    /// Print the configuration reference (every key, its environment variable, flag and
+    /// default) as Markdown, as docs/configuration.md holds it, and exit.
     #[arg(long)]
-    mesh_name: Option<String>,
-    /// This node's region.
-    #[arg(long)]
-    region: Option<String>,
-    /// UDP address to listen on for peers [default: 127.0.0.1:7400].
-    #[arg(long)]
-    mesh_listen: Option<SocketAddr>,
-    /// Directory with node.pem, node.key and ca.pem; turns the mesh on.
-    #[arg(long)]
-    mesh_tls_dir: Option<PathBuf>,
-    /// A peer to dial, NAME@HOST:PORT (repeatable).
-    #[arg(long = "peer")]
-    peers: Vec<String>,
-    /// Bearer token of the admin API (/admin/status, /admin/peers).
-    #[arg(long)]
-    admin_token: Option<String>,
-    /// A private address for /metrics, /admin/* and /healthz (off the public listener).
-    #[arg(long)]
-    admin_http: Option<SocketAddr>,
+    print_config_reference: bool,
 }
 
 fn main() -> ExitCode {
@@ -70,21 +38,18 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let args = Args::parse();
+    let matches = Args::command().args(keys::clap_args()).get_matches();
+    let args = match Args::from_arg_matches(&matches) {
+        Ok(args) => args,
+        Err(e) => e.exit(),
+    };
+    if args.print_config_reference {
+        print!("{}", keys::reference_markdown());
+        return ExitCode::SUCCESS;
+    }
     let overrides = Overrides {
         config_file: args.config,
-        data_dir: args.data_dir,
-        http: args.http,
-        public_url: args.public_url,
-        cluster_urls: args.cluster_urls,
-        demo: args.demo,
-        mesh_name: args.mesh_name,
-        region: args.region,
-        mesh_listen: args.mesh_listen,
-        mesh_tls_dir: args.mesh_tls_dir,
-        peers: args.peers,
-        admin_token: args.admin_token,
-        admin_http: args.admin_http,
+        flags: keys::flags_given(&matches),
     };
     let nodes = args.nodes;
     let config = match Config::load(overrides, &|k| std::env::var(k).ok()) {

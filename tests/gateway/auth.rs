@@ -394,10 +394,7 @@ fn cli_mint_verifies_with_the_nodes_secret() {
     let dir = TempDir::new("auth-mint");
     let load = || {
         Config::load(
-            Overrides {
-                data_dir: Some(dir.path().to_owned()),
-                ..Overrides::default()
-            },
+            Overrides::default().flag("data-dir", dir.path().display().to_string()),
             &|_| None,
         )
         .expect("defaults load")

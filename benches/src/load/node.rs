@@ -31,12 +31,10 @@ pub struct ServeArgs {
 /// the node's own (`LECTERN_*` environment, `./lectern.toml`), as for `lectern-node --demo`.
 /// Prints `node: http://ADDR` and `session: ID` once serving.
 pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
-    let overrides = Overrides {
-        data_dir: Some(args.data_dir.clone()),
-        http: Some(args.http),
-        demo: true,
-        ..Overrides::default()
-    };
+    let overrides = Overrides::default()
+        .flag("data-dir", args.data_dir.display().to_string())
+        .flag("http", args.http.to_string())
+        .flag("demo", "true");
     count_heap_if_asked();
     let config = Config::load(overrides, &|k| std::env::var(k).ok())?;
     // The same runtime as `lectern-node`: one worker per core.

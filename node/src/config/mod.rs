@@ -18,7 +18,10 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use anyhow::{Context, anyhow, bail};
-use serde::Deserialize;
+
+pub mod keys;
+
+use keys::{Draft, KEYS, Raw, Shape};
 
 /// The file read when no `--config` is given (and only if it exists).
 pub const CONFIG_FILE_DEFAULT: &str = "lectern.toml";
@@ -78,6 +81,9 @@ pub struct Config {
     /// for them. Default none: they share the public listener (`http`), so put the node behind
     /// a proxy that hides them (deploy/nginx does) or set this.
     pub admin_http: Option<SocketAddr>,
+    /// Seconds between the keep-alive comments of an idle SSE stream (so proxies do not close
+    /// it). Default 15.
+    pub sse_keepalive_s: u64,
 }
 
 /// Longest push coalescing window accepted, in ms (the replication-latency budget).
@@ -181,6 +187,8 @@ pub struct NotifySettings {
     pub dashboard_interval_ms: u64,
     /// The dashboard lists students inactive for this many days. Default 7.
     pub inactive_days: u64,
+    /// The dashboard reads this many of the cohort's newest sessions. Default 20.
+    pub dashboard_sessions_max: usize,
     /// How long a finished job's marker is kept (it keeps the job from being queued again), in
     /// ms; the file says `finished_jobs_kept_days`. Default 30 days.
     pub finished_jobs_kept_ms: u64,
@@ -213,6 +221,12 @@ pub struct SmtpSettings {
 /// A day, in ms.
 const DAY_MS: u64 = 86_400_000;
 
+/// An hour, in ms.
+const HOUR_MS: u64 = 3_600_000;
+
+/// Timeout of an SMTP connection or command when none is configured, in ms.
+const SMTP_TIMEOUT_DEFAULT_MS: u64 = 10_000;
+
 impl Default for NotifySettings {
     fn default() -> Self {
         NotifySettings {
@@ -229,8 +243,9 @@ impl Default for NotifySettings {
             leaderboard_interval_ms: 30_000,
             dashboard_interval_ms: 5_000,
             inactive_days: 7,
+            dashboard_sessions_max: 20,
             finished_jobs_kept_ms: 30 * DAY_MS,
-            park_unreachable_ms: 72 * 3_600_000,
+            park_unreachable_ms: 72 * HOUR_MS,
             park_probe_max_ms: 60_000,
         }
     }
@@ -277,6 +292,7 @@ impl Default for Config {
             admin_token: None,
             notify: NotifySettings::default(),
             admin_http: None,
+            sse_keepalive_s: 15,
         }
     }
 }
@@ -301,49 +317,34 @@ pub struct Overrides {
     /// `--config FILE`: the TOML file to read (it must exist). Without it, `./lectern.toml` is
     /// read if it exists.
     pub config_file: Option<PathBuf>,
-    /// `--data-dir DIR`.
-    pub data_dir: Option<PathBuf>,
-    /// `--http ADDR`.
-    pub http: Option<SocketAddr>,
-    /// `--public-url URL`.
-    pub public_url: Option<String>,
-    /// `--cluster-url URL` (repeatable; replaces the list of the other layers).
-    pub cluster_urls: Vec<String>,
-    /// `--demo`: turns the demo on (a flag cannot turn it off).
-    pub demo: bool,
-    /// `--mesh-name NAME`.
-    pub mesh_name: Option<String>,
-    /// `--region REGION`.
-    pub region: Option<String>,
-    /// `--mesh-listen ADDR`.
-    pub mesh_listen: Option<SocketAddr>,
-    /// `--mesh-tls-dir DIR`.
-    pub mesh_tls_dir: Option<PathBuf>,
-    /// `--peer NAME@HOST:PORT` (repeatable; replaces the peers of the other layers).
-    pub peers: Vec<String>,
-    /// `--admin-token TOKEN`.
-    pub admin_token: Option<String>,
-    /// `--admin-http ADDR`.
-    pub admin_http: Option<SocketAddr>,
+    /// The flags given, as `(flag without --, values)`; each must be the flag of a key in
+    /// [`keys::KEYS`]. A list key's values replace the list of the other layers; a switch is
+    /// turned on by any value that reads as true.
+    pub flags: Vec<(String, Vec<String>)>,
+}
+
+impl Overrides {
+    /// Adds the flag `--{flag} {value}` (repeat it for a list key).
+    pub fn flag(mut self, flag: &str, value: impl Into<String>) -> Overrides {
+        let value = value.into();
+        match self.flags.iter_mut().find(|(f, _)| f == flag) {
+            Some((_, values)) => values.push(value),
+            None => self.flags.push((flag.to_owned(), vec![value])),
+        }
+        self
+    }
 }
 
 impl Config {
     /// Loads: defaults < the TOML file (given path, else ./lectern.toml if it exists) <
-    /// environment (`LECTERN_DATA_DIR`, `LECTERN_HTTP`, `LECTERN_PUBLIC_URL`, `LECTERN_CLUSTER_URLS`,
-    /// `LECTERN_DEMO`,
-    /// `LECTERN_AUTH_SECRET`, `LECTERN_AUTH_PUBLIC_KEY_FILE`, `LECTERN_AUTH_PUBLIC_KEY_ALG`,
-    /// `LECTERN_AUTH_LEEWAY_S`, `LECTERN_RATE_COMMANDS_PER_S`, `LECTERN_RATE_COMMAND_BURST`,
-    /// `LECTERN_PAYLOAD_MAX_BYTES`, `LECTERN_OUTBOUND_QUEUE_MAX`, `LECTERN_CONNS_MAX`,
-    /// `LECTERN_CONNS_PER_USER_MAX`, `LECTERN_MAIL_FROM`, `LECTERN_EMAIL_DOMAIN`,
-    /// `LECTERN_SMTP_HOST`, `LECTERN_SMTP_PORT`, `LECTERN_SMTP_TLS`, `LECTERN_SMTP_USERNAME`,
-    /// `LECTERN_SMTP_PASSWORD`; an empty variable counts as unset) < overrides (flags).
-    /// Unknown TOML keys are an error naming the key; invalid values are errors naming the key
-    /// and the source.
+    /// environment (the `LECTERN_*` variable of every key in [`keys::KEYS`]; an empty variable
+    /// counts as unset) < overrides (flags). Unknown TOML keys are an error naming the key;
+    /// invalid values are errors naming the key and the source.
     pub fn load(
         overrides: Overrides,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> anyhow::Result<Config> {
-        let mut config = Config::default();
+        let mut draft = Draft::default();
 
         let file = match &overrides.config_file {
             Some(path) => Some(path.clone()),
@@ -355,48 +356,38 @@ impl Config {
         if let Some(path) = file {
             let text = fs::read_to_string(&path)
                 .with_context(|| format!("read config file {}", path.display()))?;
-            let parsed: FileConfig = toml::from_str(&text)
+            let table: toml::Table = toml::from_str(&text)
                 .with_context(|| format!("parse config file {}", path.display()))?;
-            parsed.apply(&mut config, &path.display().to_string())?;
+            apply_table(&mut draft, &table, "", &path.display().to_string())?;
         }
 
-        apply_env(&mut config, env)?;
-
-        if let Some(dir) = overrides.data_dir {
-            config.data_dir = check_path(dir, "--data-dir")?;
-        }
-        if let Some(http) = overrides.http {
-            config.http = http;
-        }
-        if let Some(url) = overrides.public_url {
-            config.public_url = Some(check_url(&url).map_err(|e| anyhow!("--public-url: {e}"))?);
-        }
-        if !overrides.cluster_urls.is_empty() {
-            config.cluster_urls = check_urls(overrides.cluster_urls, "--cluster-url")?;
-        }
-        config.demo |= overrides.demo;
-        if let Some(v) = overrides.mesh_name {
-            config.mesh.name = check_node_name(&v, "--mesh-name")?;
-        }
-        if let Some(v) = overrides.region {
-            config.mesh.region = check_nonempty(&v, "--region")?;
-        }
-        if let Some(v) = overrides.mesh_listen {
-            config.mesh.listen = v;
-        }
-        if let Some(v) = overrides.mesh_tls_dir {
-            config.mesh.tls_dir = Some(check_path(v, "--mesh-tls-dir")?);
-        }
-        if !overrides.peers.is_empty() {
-            config.mesh.peers = check_peers(overrides.peers, "--peer")?;
-        }
-        if let Some(v) = overrides.admin_token {
-            config.admin_token = Some(check_secret(v, "--admin-token")?);
-        }
-        if let Some(v) = overrides.admin_http {
-            config.admin_http = Some(v);
+        for key in KEYS {
+            if let Some(v) = env(key.env).filter(|v| !v.trim().is_empty()) {
+                (key.set)(&mut draft, &Raw::Text(&v), key.env)?;
+            }
         }
 
+        for (flag, values) in &overrides.flags {
+            let key = keys::by_flag(flag).ok_or_else(|| anyhow!("unknown flag --{flag}"))?;
+            let name = format!("--{flag}");
+            match (key.shape, values.as_slice()) {
+                (_, []) => {}
+                (Shape::List, values) => (key.set)(&mut draft, &Raw::List(values), &name)?,
+                (Shape::Switch, values) => {
+                    // A flag turns a switch on; it cannot turn it off.
+                    let mut on = false;
+                    for v in values {
+                        on |= parse_bool(v, &name)?;
+                    }
+                    if on {
+                        (key.set)(&mut draft, &Raw::Text("true"), &name)?;
+                    }
+                }
+                (Shape::Value, [.., last]) => (key.set)(&mut draft, &Raw::Text(last), &name)?,
+            }
+        }
+
+        let config = draft.finish()?;
         config.check_together()?;
         Ok(config)
     }
@@ -449,289 +440,57 @@ impl Config {
     }
 }
 
-/// The TOML file's layout; every key is optional and unknown keys are refused.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    data_dir: Option<PathBuf>,
-    http: Option<String>,
-    public_url: Option<String>,
-    cluster_urls: Option<Vec<String>>,
-    allowed_origins: Option<Vec<String>>,
-    demo: Option<bool>,
-    #[serde(default)]
-    auth: FileAuth,
-    #[serde(default)]
-    limits: FileLimits,
-    #[serde(default)]
-    mesh: FileMesh,
-    admin_token: Option<String>,
-    admin_http: Option<String>,
-    #[serde(default)]
-    notify: FileNotify,
-}
-
-/// The file's `[mesh]` table.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileMesh {
-    name: Option<String>,
-    region: Option<String>,
-    listen: Option<String>,
-    tls_dir: Option<PathBuf>,
-    peers: Option<Vec<String>>,
-    accept_from: Option<Vec<String>>,
-    share_cohorts: Option<Vec<String>>,
-    push_coalesce_ms: Option<u64>,
-    reconnect_max_ms: Option<u64>,
-    peer_idle_timeout_ms: Option<u64>,
-    connect_timeout_ms: Option<u64>,
-    handshakes_max: Option<u64>,
-    resume_wait_ms: Option<u64>,
-}
-
-/// The file's `[notify]` table.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileNotify {
-    outbox_dir: Option<PathBuf>,
-    from: Option<String>,
-    email_domain: Option<String>,
-    workers: Option<usize>,
-    attempts_max: Option<u32>,
-    backoff_base_ms: Option<u64>,
-    backoff_max_ms: Option<u64>,
-    digest_hour_utc: Option<u64>,
-    leaderboard_interval_ms: Option<u64>,
-    dashboard_interval_ms: Option<u64>,
-    inactive_days: Option<u64>,
-    finished_jobs_kept_days: Option<u64>,
-    park_unreachable_hours: Option<u64>,
-    park_probe_max_ms: Option<u64>,
-    smtp: Option<FileSmtp>,
-}
-
-/// The file's `[notify.smtp]` table.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileSmtp {
-    host: String,
-    port: Option<u16>,
-    tls: Option<String>,
-    username: Option<String>,
-    password: Option<String>,
-    timeout_ms: Option<u64>,
-}
-
-/// The file's `[auth]` table.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileAuth {
-    hs256_secret: Option<String>,
-    public_key_pem_file: Option<PathBuf>,
-    public_key_alg: Option<String>,
-    leeway_s: Option<u64>,
-    token_lifetime_max_s: Option<u64>,
-    audience: Option<String>,
-    issuer: Option<String>,
-}
-
-/// The file's `[limits]` table.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileLimits {
-    commands_per_s: Option<f64>,
-    command_burst: Option<u32>,
-    payload_max_bytes: Option<usize>,
-    outbound_queue_max: Option<usize>,
-    conns_max: Option<usize>,
-    conns_per_user_max: Option<usize>,
-    ping_interval_ms: Option<u64>,
-    ping_timeout_ms: Option<u64>,
-}
-
-impl FileConfig {
-    /// Applies every key the file sets; `file` names the file in errors.
-    fn apply(self, c: &mut Config, file: &str) -> anyhow::Result<()> {
-        let at = |key: &str| format!("{key} in {file}");
-        if let Some(v) = self.data_dir {
-            c.data_dir = check_path(v, &at("data_dir"))?;
-        }
-        if let Some(v) = self.http {
-            c.http = parse_value(&v, &at("http"))?;
-        }
-        if let Some(v) = self.public_url {
-            c.public_url = Some(check_url(&v).map_err(|e| anyhow!("{}: {e}", at("public_url")))?);
-        }
-        if let Some(v) = self.cluster_urls {
-            c.cluster_urls = check_urls(v, &at("cluster_urls"))?;
-        }
-        if let Some(v) = self.allowed_origins {
-            c.allowed_origins = check_urls(v, &at("allowed_origins"))?;
-        }
-        if let Some(v) = self.demo {
-            c.demo = v;
-        }
-        let a = self.auth;
-        if let Some(v) = a.hs256_secret {
-            c.auth.hs256_secret = Some(check_secret(v, &at("auth.hs256_secret"))?);
-        }
-        if let Some(v) = a.public_key_pem_file {
-            c.auth.public_key_pem_file = Some(check_path(v, &at("auth.public_key_pem_file"))?);
-        }
-        if let Some(v) = a.public_key_alg {
-            c.auth.public_key_alg = Some(check_alg(&v, &at("auth.public_key_alg"))?);
-        }
-        if let Some(v) = a.leeway_s {
-            c.auth.leeway_s = check_leeway(v, &at("auth.leeway_s"))?;
-        }
-        if let Some(v) = a.token_lifetime_max_s {
-            c.auth.token_lifetime_max_s = check_lifetime(v, &at("auth.token_lifetime_max_s"))?;
-        }
-        if let Some(v) = a.audience {
-            c.auth.audience = Some(v);
-        }
-        if let Some(v) = a.issuer {
-            c.auth.issuer = Some(v);
-        }
-        let m = self.mesh;
-        if let Some(v) = m.name {
-            c.mesh.name = check_node_name(&v, &at("mesh.name"))?;
-        }
-        if let Some(v) = m.region {
-            c.mesh.region = check_nonempty(&v, &at("mesh.region"))?;
-        }
-        if let Some(v) = m.listen {
-            c.mesh.listen = parse_value(&v, &at("mesh.listen"))?;
-        }
-        if let Some(v) = m.tls_dir {
-            c.mesh.tls_dir = Some(check_path(v, &at("mesh.tls_dir"))?);
-        }
-        if let Some(v) = m.peers {
-            c.mesh.peers = check_peers(v, &at("mesh.peers"))?;
-        }
-        if let Some(v) = m.accept_from {
-            for name in &v {
-                check_node_name(name, &at("mesh.accept_from"))?;
+/// Applies every key of a file table; `prefix` is the table's dotted name, `file` names the
+/// file in errors.
+fn apply_table(
+    draft: &mut Draft,
+    table: &toml::Table,
+    prefix: &str,
+    file: &str,
+) -> anyhow::Result<()> {
+    for (name, value) in table {
+        let path = if prefix.is_empty() {
+            name.clone()
+        } else {
+            format!("{prefix}.{name}")
+        };
+        match (keys::by_file(&path), value) {
+            (Some(key), value) => {
+                (key.set)(draft, &Raw::Toml(value), &format!("{path} in {file}"))?
             }
-            c.mesh.accept_from = v;
+            (None, toml::Value::Table(inner)) if keys::is_section(&path) => {
+                apply_table(draft, inner, &path, file)?;
+            }
+            (None, _) => bail!("unknown key `{path}` in {file}"),
         }
-        if let Some(v) = m.share_cohorts {
-            c.mesh.share_cohorts = Some(v);
+    }
+    Ok(())
+}
+
+impl Draft {
+    /// The configuration once every layer is applied: the SMTP keys become a server if a host
+    /// is set.
+    fn finish(self) -> anyhow::Result<Config> {
+        let Draft { mut config, smtp } = self;
+        match smtp.host {
+            Some(host) => {
+                let tls = smtp.tls.unwrap_or(lectern_jobs::TlsMode::Starttls);
+                config.notify.smtp = Some(SmtpSettings {
+                    host,
+                    port: smtp.port.unwrap_or_else(|| default_port(tls)),
+                    tls,
+                    username: smtp.username,
+                    password: smtp.password,
+                    timeout_ms: smtp.timeout_ms.unwrap_or(SMTP_TIMEOUT_DEFAULT_MS),
+                });
+            }
+            None => {
+                if let Some(source) = smtp.first {
+                    bail!("{source}: notify.smtp.host (LECTERN_SMTP_HOST) is not set");
+                }
+            }
         }
-        if let Some(v) = m.push_coalesce_ms {
-            c.mesh.push_coalesce_ms = check_coalesce(v, &at("mesh.push_coalesce_ms"))?;
-        }
-        if let Some(v) = m.reconnect_max_ms {
-            c.mesh.reconnect_max_ms = check_min_1(v, &at("mesh.reconnect_max_ms"))?;
-        }
-        if let Some(v) = m.peer_idle_timeout_ms {
-            c.mesh.peer_idle_timeout_ms = check_min_1(v, &at("mesh.peer_idle_timeout_ms"))?;
-        }
-        if let Some(v) = m.connect_timeout_ms {
-            c.mesh.connect_timeout_ms = check_min_1(v, &at("mesh.connect_timeout_ms"))?;
-        }
-        if let Some(v) = m.handshakes_max {
-            let v = check_min_1(v, &at("mesh.handshakes_max"))?;
-            c.mesh.handshakes_max = usize::try_from(v).unwrap_or(usize::MAX);
-        }
-        if let Some(v) = m.resume_wait_ms {
-            c.mesh.resume_wait_ms = check_resume_wait(v, &at("mesh.resume_wait_ms"))?;
-        }
-        if let Some(v) = self.admin_token {
-            c.admin_token = Some(check_secret(v, &at("admin_token"))?);
-        }
-        if let Some(v) = self.admin_http {
-            c.admin_http = Some(parse_value(&v, &at("admin_http"))?);
-        }
-        let l = self.limits;
-        if let Some(v) = l.commands_per_s {
-            c.limits.commands_per_s = check_rate(v, &at("limits.commands_per_s"))?;
-        }
-        if let Some(v) = l.command_burst {
-            c.limits.command_burst = check_min_1(v, &at("limits.command_burst"))?;
-        }
-        if let Some(v) = l.payload_max_bytes {
-            c.limits.payload_max_bytes = check_min_1(v, &at("limits.payload_max_bytes"))?;
-        }
-        if let Some(v) = l.outbound_queue_max {
-            c.limits.outbound_queue_max = check_min_1(v, &at("limits.outbound_queue_max"))?;
-        }
-        if let Some(v) = l.conns_max {
-            c.limits.conns_max = check_min_1(v, &at("limits.conns_max"))?;
-        }
-        if let Some(v) = l.conns_per_user_max {
-            c.limits.conns_per_user_max = check_min_1(v, &at("limits.conns_per_user_max"))?;
-        }
-        if let Some(v) = l.ping_interval_ms {
-            c.limits.ping_interval_ms = check_min_1(v, &at("limits.ping_interval_ms"))?;
-        }
-        if let Some(v) = l.ping_timeout_ms {
-            c.limits.ping_timeout_ms = check_min_1(v, &at("limits.ping_timeout_ms"))?;
-        }
-        let n = self.notify;
-        if let Some(v) = n.outbox_dir {
-            c.notify.outbox_dir = Some(check_path(v, &at("notify.outbox_dir"))?);
-        }
-        if let Some(v) = n.from {
-            c.notify.from = check_from(&v, &at("notify.from"))?;
-        }
-        if let Some(v) = n.email_domain {
-            c.notify.email_domain = Some(check_domain(&v, &at("notify.email_domain"))?);
-        }
-        if let Some(v) = n.workers {
-            c.notify.workers = check_min_1(v, &at("notify.workers"))?;
-        }
-        if let Some(v) = n.attempts_max {
-            c.notify.attempts_max = check_min_1(v, &at("notify.attempts_max"))?;
-        }
-        if let Some(v) = n.backoff_base_ms {
-            c.notify.backoff_base_ms = check_min_1(v, &at("notify.backoff_base_ms"))?;
-        }
-        if let Some(v) = n.backoff_max_ms {
-            c.notify.backoff_max_ms = check_min_1(v, &at("notify.backoff_max_ms"))?;
-        }
-        if let Some(v) = n.digest_hour_utc {
-            c.notify.digest_hour_utc = check_hour(v, &at("notify.digest_hour_utc"))?;
-        }
-        if let Some(v) = n.leaderboard_interval_ms {
-            c.notify.leaderboard_interval_ms =
-                check_min_1(v, &at("notify.leaderboard_interval_ms"))?;
-        }
-        if let Some(v) = n.dashboard_interval_ms {
-            c.notify.dashboard_interval_ms = check_min_1(v, &at("notify.dashboard_interval_ms"))?;
-        }
-        if let Some(v) = n.inactive_days {
-            c.notify.inactive_days = check_min_1(v, &at("notify.inactive_days"))?;
-        }
-        if let Some(v) = n.finished_jobs_kept_days {
-            let days = check_min_1(v, &at("notify.finished_jobs_kept_days"))?;
-            c.notify.finished_jobs_kept_ms = days.saturating_mul(DAY_MS);
-        }
-        if let Some(v) = n.park_unreachable_hours {
-            c.notify.park_unreachable_ms = v.saturating_mul(3_600_000);
-        }
-        if let Some(v) = n.park_probe_max_ms {
-            c.notify.park_probe_max_ms = check_min_1(v, &at("notify.park_probe_max_ms"))?;
-        }
-        if let Some(s) = n.smtp {
-            let tls = match s.tls {
-                Some(v) => parse_tls(&v, &at("notify.smtp.tls"))?,
-                None => lectern_jobs::TlsMode::Starttls,
-            };
-            c.notify.smtp = Some(SmtpSettings {
-                host: check_host(&s.host, &at("notify.smtp.host"))?,
-                port: s.port.unwrap_or_else(|| default_port(tls)),
-                tls,
-                username: s.username,
-                password: s.password,
-                timeout_ms: check_min_1(
-                    s.timeout_ms.unwrap_or(10_000),
-                    &at("notify.smtp.timeout_ms"),
-                )?,
-            });
-        }
-        Ok(())
+        Ok(config)
     }
 }
 
@@ -787,168 +546,6 @@ fn check_hour(v: u64, key: &str) -> anyhow::Result<u64> {
         bail!("{key}: invalid value {v}: expected an hour from 0 to 23");
     }
     Ok(v)
-}
-
-/// Applies every `LECTERN_*` variable that is set and not empty.
-fn apply_env(c: &mut Config, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<()> {
-    let get = |name: &str| env(name).filter(|v| !v.trim().is_empty());
-    if let Some(v) = get("LECTERN_DATA_DIR") {
-        c.data_dir = check_path(PathBuf::from(v), "LECTERN_DATA_DIR")?;
-    }
-    if let Some(v) = get("LECTERN_HTTP") {
-        c.http = parse_value(&v, "LECTERN_HTTP")?;
-    }
-    if let Some(v) = get("LECTERN_PUBLIC_URL") {
-        c.public_url = Some(check_url(&v).map_err(|e| anyhow!("LECTERN_PUBLIC_URL: {e}"))?);
-    }
-    if let Some(v) = get("LECTERN_CLUSTER_URLS") {
-        let urls = v
-            .split(',')
-            .map(str::trim)
-            .filter(|u| !u.is_empty())
-            .map(str::to_owned)
-            .collect();
-        c.cluster_urls = check_urls(urls, "LECTERN_CLUSTER_URLS")?;
-    }
-    if let Some(v) = get("LECTERN_ALLOWED_ORIGINS") {
-        let urls = v
-            .split(',')
-            .map(str::trim)
-            .filter(|u| !u.is_empty())
-            .map(str::to_owned)
-            .collect();
-        c.allowed_origins = check_urls(urls, "LECTERN_ALLOWED_ORIGINS")?;
-    }
-    if let Some(v) = get("LECTERN_DEMO") {
-        c.demo = parse_bool(&v, "LECTERN_DEMO")?;
-    }
-    if let Some(v) = get("LECTERN_AUTH_SECRET") {
-        c.auth.hs256_secret = Some(check_secret(v, "LECTERN_AUTH_SECRET")?);
-    }
-    if let Some(v) = get("LECTERN_AUTH_PUBLIC_KEY_FILE") {
-        c.auth.public_key_pem_file = Some(check_path(
-            PathBuf::from(v),
-            "LECTERN_AUTH_PUBLIC_KEY_FILE",
-        )?);
-    }
-    if let Some(v) = get("LECTERN_AUTH_PUBLIC_KEY_ALG") {
-        c.auth.public_key_alg = Some(check_alg(&v, "LECTERN_AUTH_PUBLIC_KEY_ALG")?);
-    }
-    if let Some(v) = get("LECTERN_AUTH_LEEWAY_S") {
-        let key = "LECTERN_AUTH_LEEWAY_S";
-        c.auth.leeway_s = check_leeway(parse_value(&v, key)?, key)?;
-    }
-    if let Some(v) = get("LECTERN_AUTH_TOKEN_LIFETIME_MAX_S") {
-        let key = "LECTERN_AUTH_TOKEN_LIFETIME_MAX_S";
-        c.auth.token_lifetime_max_s = check_lifetime(parse_value(&v, key)?, key)?;
-    }
-    if let Some(v) = get("LECTERN_AUTH_AUDIENCE") {
-        c.auth.audience = Some(v);
-    }
-    if let Some(v) = get("LECTERN_AUTH_ISSUER") {
-        c.auth.issuer = Some(v);
-    }
-    if let Some(v) = get("LECTERN_MESH_NAME") {
-        c.mesh.name = check_node_name(&v, "LECTERN_MESH_NAME")?;
-    }
-    if let Some(v) = get("LECTERN_REGION") {
-        c.mesh.region = check_nonempty(&v, "LECTERN_REGION")?;
-    }
-    if let Some(v) = get("LECTERN_MESH_LISTEN") {
-        c.mesh.listen = parse_value(&v, "LECTERN_MESH_LISTEN")?;
-    }
-    if let Some(v) = get("LECTERN_MESH_TLS_DIR") {
-        c.mesh.tls_dir = Some(check_path(PathBuf::from(v), "LECTERN_MESH_TLS_DIR")?);
-    }
-    if let Some(v) = get("LECTERN_MESH_PEERS") {
-        let peers = v
-            .split(',')
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-            .map(str::to_owned)
-            .collect();
-        c.mesh.peers = check_peers(peers, "LECTERN_MESH_PEERS")?;
-    }
-    if let Some(v) = get("LECTERN_MESH_SHARE_COHORTS") {
-        c.mesh.share_cohorts = Some(
-            v.split(',')
-                .map(str::trim)
-                .filter(|p| !p.is_empty())
-                .map(str::to_owned)
-                .collect(),
-        );
-    }
-    if let Some(v) = get("LECTERN_MESH_PUSH_COALESCE_MS") {
-        let key = "LECTERN_MESH_PUSH_COALESCE_MS";
-        c.mesh.push_coalesce_ms = check_coalesce(parse_value(&v, key)?, key)?;
-    }
-    if let Some(v) = get("LECTERN_MESH_RESUME_WAIT_MS") {
-        let key = "LECTERN_MESH_RESUME_WAIT_MS";
-        c.mesh.resume_wait_ms = check_resume_wait(parse_value(&v, key)?, key)?;
-    }
-    if let Some(v) = get("LECTERN_ADMIN_TOKEN") {
-        c.admin_token = Some(check_secret(v, "LECTERN_ADMIN_TOKEN")?);
-    }
-    if let Some(v) = get("LECTERN_ADMIN_HTTP") {
-        c.admin_http = Some(parse_value(&v, "LECTERN_ADMIN_HTTP")?);
-    }
-    if let Some(v) = get("LECTERN_RATE_COMMANDS_PER_S") {
-        let key = "LECTERN_RATE_COMMANDS_PER_S";
-        c.limits.commands_per_s = check_rate(parse_value(&v, key)?, key)?;
-    }
-    if let Some(v) = get("LECTERN_RATE_COMMAND_BURST") {
-        let key = "LECTERN_RATE_COMMAND_BURST";
-        c.limits.command_burst = check_min_1(parse_value(&v, key)?, key)?;
-    }
-    if let Some(v) = get("LECTERN_PAYLOAD_MAX_BYTES") {
-        let key = "LECTERN_PAYLOAD_MAX_BYTES";
-        c.limits.payload_max_bytes = check_min_1(parse_value(&v, key)?, key)?;
-    }
-    if let Some(v) = get("LECTERN_OUTBOUND_QUEUE_MAX") {
-        let key = "LECTERN_OUTBOUND_QUEUE_MAX";
-        c.limits.outbound_queue_max = check_min_1(parse_value(&v, key)?, key)?;
-    }
-    if let Some(v) = get("LECTERN_CONNS_MAX") {
-        let key = "LECTERN_CONNS_MAX";
-        c.limits.conns_max = check_min_1(parse_value(&v, key)?, key)?;
-    }
-    if let Some(v) = get("LECTERN_CONNS_PER_USER_MAX") {
-        let key = "LECTERN_CONNS_PER_USER_MAX";
-        c.limits.conns_per_user_max = check_min_1(parse_value(&v, key)?, key)?;
-    }
-    if let Some(v) = get("LECTERN_PING_INTERVAL_MS") {
-        let key = "LECTERN_PING_INTERVAL_MS";
-        c.limits.ping_interval_ms = check_min_1(parse_value(&v, key)?, key)?;
-    }
-    if let Some(v) = get("LECTERN_PING_TIMEOUT_MS") {
-        let key = "LECTERN_PING_TIMEOUT_MS";
-        c.limits.ping_timeout_ms = check_min_1(parse_value(&v, key)?, key)?;
-    }
-    if let Some(v) = get("LECTERN_MAIL_FROM") {
-        c.notify.from = check_from(&v, "LECTERN_MAIL_FROM")?;
-    }
-    if let Some(v) = get("LECTERN_EMAIL_DOMAIN") {
-        c.notify.email_domain = Some(check_domain(&v, "LECTERN_EMAIL_DOMAIN")?);
-    }
-    if let Some(v) = get("LECTERN_SMTP_HOST") {
-        let tls = match get("LECTERN_SMTP_TLS") {
-            Some(t) => parse_tls(&t, "LECTERN_SMTP_TLS")?,
-            None => lectern_jobs::TlsMode::Starttls,
-        };
-        let port = match get("LECTERN_SMTP_PORT") {
-            Some(p) => parse_value(&p, "LECTERN_SMTP_PORT")?,
-            None => default_port(tls),
-        };
-        c.notify.smtp = Some(SmtpSettings {
-            host: check_host(&v, "LECTERN_SMTP_HOST")?,
-            port,
-            tls,
-            username: get("LECTERN_SMTP_USERNAME"),
-            password: get("LECTERN_SMTP_PASSWORD"),
-            timeout_ms: 10_000,
-        });
-    }
-    Ok(())
 }
 
 /// Parses `raw` with `FromStr`; the error names `key` and quotes the value.
