@@ -284,6 +284,7 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
         }
     };
     let (stop, stopped) = oneshot::channel::<()>();
+    let app = gateway.front_door(app);
     let server = tokio::spawn(serve::serve(listener, app, gateway.clone(), stopped));
     Ok(Node {
         http_addr,

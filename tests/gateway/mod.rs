@@ -11,6 +11,7 @@
 //! [`Demo`] is the shared harness: a demo node in a temp dir, its HTTP client, and tokens for
 //! the demo class's people (students `student1`, `student2`, instructor `ada`).
 
+mod admission;
 mod auth;
 mod auth_http;
 mod bad_input;

@@ -784,6 +784,13 @@ async fn run_once(args: &Args, sources: &mut Sources) -> anyhow::Result<Figures>
             let env = vec![
                 ("LECTERN_AUTH_SECRET".to_owned(), secret.clone()),
                 ("LECTERN_CONNS_MAX".to_owned(), conns.to_string()),
+                // Every simulated client comes from 127.0.0.1, thousands at once: the
+                // pre-authentication caps are for strangers, not for this ramp.
+                ("LECTERN_PREAUTH_MAX".to_owned(), conns.to_string()),
+                (
+                    "LECTERN_PREAUTH_PER_ADDRESS_MAX".to_owned(),
+                    conns.to_string(),
+                ),
                 ("LECTERN_RATE_COMMANDS_PER_S".to_owned(), rate.to_string()),
                 (
                     "LECTERN_RATE_COMMAND_BURST".to_owned(),

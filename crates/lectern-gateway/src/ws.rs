@@ -46,6 +46,7 @@ use tracing::debug;
 use lectern_model::Caller;
 
 use crate::Gateway;
+use crate::admission::Admitted;
 use crate::error::AppError;
 use crate::sio::client::{self, Action, Dispatch, SioClient, Why};
 use crate::sio::{self, Cut, Transport};
@@ -100,13 +101,16 @@ impl Gateway {
     /// Takes over a request that [`is_lean_websocket`] accepted, on its `stream`: the returned
     /// future answers the upgrade and then speaks Engine.IO and Socket.IO until the socket
     /// ends (the caller runs it; nothing else of the request is kept). `early` holds bytes
-    /// the caller read past the request head. `None` when the request has no WebSocket key.
+    /// the caller read past the request head; `admitted` is the connection's place among those
+    /// waiting to authenticate ([`Gateway::admit`]), held until its `CONNECT` is accepted.
+    /// `None` when the request has no WebSocket key.
     pub fn open_websocket(
         &self,
         stream: TcpStream,
         target: &str,
         headers: &HeaderMap,
         early: Vec<u8>,
+        admitted: Admitted,
     ) -> Option<impl Future<Output = ()> + Send + 'static> {
         let key = headers.get("sec-websocket-key")?;
         let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
@@ -137,6 +141,7 @@ impl Gateway {
             // unless its own `auth: {token}` carries one.
             fallback_token: self.request_token(headers, query).ok().flatten(),
             conn: None,
+            preauth: Some(admitted),
             subs: Vec::new(),
             inflight: None,
             client: SioClient::open(timing, Instant::now()),
@@ -242,6 +247,9 @@ struct Socket {
     fallback_token: Option<String>,
     /// Set while namespace `/` is connected.
     conn: Option<sio::Conn>,
+    /// The socket's place among connections waiting to authenticate, given up once its
+    /// `CONNECT` is accepted (see `admission.rs`).
+    preauth: Option<Admitted>,
     /// The joined sessions' subscriptions (each one counts in presence).
     subs: Vec<Sub>,
     /// Commands, joins and leaves running; `None` (no allocation) when there are none.
@@ -479,6 +487,7 @@ impl Socket {
                     .client
                     .connected(&new_sid(), conn.valid_for(), Instant::now());
                 self.conn = Some(conn);
+                self.preauth = None;
                 reply
             }
             Err(e) => {

@@ -280,9 +280,9 @@ pub static KEYS: &[Key] = &[
     key("limits.outbound_bytes_max", "LECTERN_OUTBOUND_BYTES_MAX", "Bytes queued per connection before a slow consumer is cut off (one frame alone always goes through).",
         |d, v, k| { d.config.limits.outbound_bytes_max = v.min_1(k)?; Ok(()) })
         .default("4194304").example("1048576"),
-    key("limits.conns_max", "LECTERN_CONNS_MAX", "Connections (Socket.IO, SSE, long-poll) per node.",
+    key("limits.conns_max", "LECTERN_CONNS_MAX", "Authenticated connections (Socket.IO, SSE, long-poll) per node; with `preauth_max`, at most 90 % of the open-files limit.",
         |d, v, k| { d.config.limits.conns_max = v.min_1(k)?; Ok(()) })
-        .default("20000").example("50000"),
+        .default("16000").example("50000"),
     key("limits.conns_per_user_max", "LECTERN_CONNS_PER_USER_MAX", "Connections per user.",
         |d, v, k| { d.config.limits.conns_per_user_max = v.min_1(k)?; Ok(()) })
         .default("16").example("4"),
@@ -295,6 +295,15 @@ pub static KEYS: &[Key] = &[
     key("limits.connect_timeout_ms", "LECTERN_CONNECT_TIMEOUT_MS", "A Socket.IO connection that sends no CONNECT within this long is closed, in ms (socket.io's `connectTimeout`).",
         |d, v, k| { d.config.limits.connect_timeout_ms = v.min_1(k)?; Ok(()) })
         .default("45000").example("10000"),
+    key("limits.preauth_max", "LECTERN_PREAUTH_MAX", "Connections accepted that have not authenticated yet, in all; past it a new one gets 503 `node_busy` at once.",
+        |d, v, k| { d.config.limits.preauth_max = v.min_1(k)?; Ok(()) })
+        .default("2000").example("1000"),
+    key("limits.preauth_per_address_max", "LECTERN_PREAUTH_PER_ADDRESS_MAX", "Connections waiting to authenticate from one client address; past it 503 `address_busy` (behind a reverse proxy every client has its address: raise it).",
+        |d, v, k| { d.config.limits.preauth_per_address_max = v.min_1(k)?; Ok(()) })
+        .default("256").example("64"),
+    key("limits.body_read_timeout_ms", "LECTERN_BODY_READ_TIMEOUT_MS", "A request body (REST, polling, uploads) not fully received this long after its head fails, in ms.",
+        |d, v, k| { d.config.limits.body_read_timeout_ms = v.min_1(k)?; Ok(()) })
+        .default("30000").example("10000"),
     // [mesh]
     key("mesh.name", "LECTERN_MESH_NAME", "This node's cluster name: the `--id` its certificate was issued for.",
         |d, v, k| { d.config.mesh.name = check_node_name(&v.text(k)?, k)?; Ok(()) })
