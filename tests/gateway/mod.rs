@@ -17,6 +17,7 @@ mod auth_http;
 mod bad_input;
 mod lean_ws;
 mod long_poll;
+mod quotas;
 mod socketio_js;
 mod socketio_rust;
 mod sse;
