@@ -468,3 +468,25 @@ async fn a_twenty_thousand_change_document_reloads() {
         .await
         .expect("command after reload");
 }
+
+/// A peer's sync state is persisted from the first sync that brings a document to this node:
+/// after one full exchange, B has stored its state with A.
+///
+/// Kills: `!changed && live.saved.is_empty()` → `||` in `doc::process` (a batch that brings
+/// a document into being, or changes nothing, would drop its peers' sync states).
+#[tokio::test]
+async fn the_first_sync_of_a_document_persists_the_peers_state() {
+    let (da, db) = (TempDir::new("first-sync-a"), TempDir::new("first-sync-b"));
+    let a = hub_at(&da, HubConfig::default());
+    let b = hub_at(&db, HubConfig::default());
+    created(&a, "s").await;
+    sync_pair(&a, "A", &b, "B", "s").await;
+    assert_eq!(b.doc_heads(&session("s")), a.doc_heads(&session("s")));
+    assert!(
+        b.store()
+            .sync_state("A", "session/s")
+            .expect("read")
+            .is_some(),
+        "B keeps no sync state with A"
+    );
+}

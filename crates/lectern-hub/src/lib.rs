@@ -55,6 +55,8 @@ mod hub_tests;
 mod invariants_tests;
 #[cfg(test)]
 mod test_support;
+#[cfg(test)]
+mod writer_tests;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
