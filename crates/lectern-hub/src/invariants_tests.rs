@@ -7,12 +7,12 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lectern_hub::{Hub, HubConfig, HubError, JobHook};
 use lectern_model::{CommandBody, Millis, Role, Trigger};
 use lectern_store::{CommitHook, Store};
 use tokio::sync::mpsc;
 
-use crate::support::{TempDir, ask, caller, cmd, create_session, session};
+use crate::test_support::{TempDir, ask, caller, cmd, create_session, session};
+use crate::{Hub, HubConfig, HubError, JobHook};
 
 /// How long anything that should happen is waited for (a loaded 2-core machine is slow).
 const EXPECT_WITHIN: Duration = Duration::from_secs(30);
