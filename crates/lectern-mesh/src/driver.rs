@@ -28,7 +28,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, warn};
 
-use crate::session::{Output, PeerInfo, Session, SessionConfig, ShareFilter};
+use crate::session::{Output, PeerInfo, PeerScopes, Session, SessionConfig, ShareFilter};
 use crate::tls::NodeTls;
 
 /// Sync workers per connection: documents sync concurrently up to this many at a time.
@@ -83,6 +83,9 @@ pub struct MeshConfig {
     pub tls: NodeTls,
     /// Which documents to share (both ways).
     pub share: ShareFilter,
+    /// Per peer, the documents it may exchange with this node on top of `share` (both ways):
+    /// what a compromised peer can write here is bounded by its scope. Default none.
+    pub peer_scopes: PeerScopes,
     /// Local changes are pushed at most this often. Default 10 ms.
     pub push_coalesce_ms: u64,
     /// First reconnect delay. Default 100 ms.
@@ -121,6 +124,7 @@ impl MeshConfig {
             peers: Vec::new(),
             tls,
             share: crate::session::share_all(),
+            peer_scopes: PeerScopes::default(),
             push_coalesce_ms: 10,
             backoff_min_ms: 100,
             backoff_max_ms: 5_000,
@@ -186,6 +190,9 @@ pub struct MeshStatus {
     pub peers: Vec<PeerStatus>,
     /// Connections refused or dropped for a protocol fault since start.
     pub peer_faults: u64,
+    /// Peers' frames dropped since start for naming a document outside the share policy or
+    /// the peer's scope.
+    pub frames_refused: u64,
     /// Frame bytes sent to peers since start (headers included).
     pub bytes_sent: u64,
     /// Frame bytes received from peers since start.
@@ -222,6 +229,7 @@ struct Shared {
     ephemeral_in: broadcast::Sender<EphemeralIn>,
     next_conn_id: AtomicU64,
     faults: AtomicU64,
+    frames_refused: AtomicU64,
     bytes_sent: Arc<AtomicU64>,
     bytes_received: AtomicU64,
 }
@@ -258,6 +266,7 @@ impl Mesh {
             ephemeral_in,
             next_conn_id: AtomicU64::new(1),
             faults: AtomicU64::new(0),
+            frames_refused: AtomicU64::new(0),
             bytes_sent: Arc::new(AtomicU64::new(0)),
             bytes_received: AtomicU64::new(0),
         });
@@ -378,6 +387,7 @@ impl Mesh {
                 .unwrap_or_default(),
             peers,
             peer_faults: shared.faults.load(Ordering::Relaxed),
+            frames_refused: shared.frames_refused.load(Ordering::Relaxed),
             bytes_sent: shared.bytes_sent.load(Ordering::Relaxed),
             bytes_received: shared.bytes_received.load(Ordering::Relaxed),
         }
@@ -604,7 +614,9 @@ async fn run_connection(
     let config = &shared.config;
     let mut session_config = SessionConfig::new(&shared.node_id, &config.name, &config.region);
     session_config.push_coalesce_ms = config.push_coalesce_ms;
-    let mut session = Session::new(session_config, config.share.clone(), Instant::now());
+    let mut session = Session::new(session_config, config.share.clone(), Instant::now())
+        .with_scopes(config.peer_scopes.clone());
+    let mut refused_seen = 0u64;
     // Subscribed before the summary is taken, so no change falls between the two; consumed
     // only once the session is open.
     let mut feed = shared.hub.changes();
@@ -757,6 +769,20 @@ async fn run_connection(
                                 break;
                             }
                         }
+                    }
+                    let refused = session.stats().frames_refused;
+                    if refused > refused_seen {
+                        shared
+                            .frames_refused
+                            .fetch_add(refused - refused_seen, Ordering::Relaxed);
+                        // Once per connection at warn (a peer outside its scope keeps trying).
+                        let peer = session.peer().map(|p| p.name.clone()).unwrap_or_default();
+                        if refused_seen == 0 {
+                            warn!(%peer, "refused the peer's frames for documents outside its scope or the share policy");
+                        } else {
+                            debug!(%peer, refused, "refused more frames outside the peer's scope");
+                        }
+                        refused_seen = refused;
                     }
                 }
                 Ok(None) => {

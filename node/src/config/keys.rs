@@ -16,8 +16,8 @@ use anyhow::bail;
 use super::{
     Config, DAY_MS, HOUR_MS, check_alg, check_coalesce, check_domain, check_from, check_host,
     check_hour, check_leeway, check_lifetime, check_min_1, check_node_name, check_nonempty,
-    check_path, check_peers, check_rate, check_resume_wait, check_secret, check_url, check_urls,
-    parse_bool, parse_tls, parse_value,
+    check_path, check_peer_cohorts, check_peers, check_rate, check_resume_wait, check_secret,
+    check_url, check_urls, parse_bool, parse_tls, parse_value,
 };
 
 /// How a key is written on the command line and in the environment.
@@ -326,6 +326,9 @@ pub static KEYS: &[Key] = &[
     key("mesh.share_cohorts", "LECTERN_MESH_SHARE_COHORTS", "Share only these cohorts' documents (and their sessions') with peers, both ways. Unset: share everything.",
         |d, v, k| { d.config.mesh.share_cohorts = Some(v.list(k)?); Ok(()) })
         .list().example("[\"cs101-autumn\"]"),
+    key("mesh.peer_cohorts", "LECTERN_MESH_PEER_COHORTS", "Per peer, the only cohorts it may exchange documents of with this node (the cohort, its sessions, its members' inboxes; both ways), each `NAME=COHORT+COHORT`: a classroom node held to the cohorts it serves.",
+        |d, v, k| { d.config.mesh.peer_cohorts = v.list(k)?.iter().map(|e| check_peer_cohorts(e, k)).collect::<anyhow::Result<_>>()?; Ok(()) })
+        .list().default("[]").example("[\"classroom-12=cs101-autumn+cs102-autumn\"]"),
     key("mesh.push_coalesce_ms", "LECTERN_MESH_PUSH_COALESCE_MS", "Local changes are pushed to peers at most this often, in ms (at most 20).",
         |d, v, k| { d.config.mesh.push_coalesce_ms = check_coalesce(v.parse(k)?, k)?; Ok(()) })
         .default("10").example("5"),
