@@ -599,6 +599,12 @@ enum Work {
     Receive(String, Vec<u8>),
 }
 
+/// The key of a peer's sync states in the hub and the store: its certificate-verified cluster
+/// name and the node id it claims (a peer whose store is new gets new states).
+fn sync_states_key(peer: &PeerInfo) -> String {
+    format!("{}#{}", peer.name, peer.node_id)
+}
+
 /// Runs one peer connection until it ends. Returns whether the handshake completed.
 /// `handshake` (an accepted connection's place among the handshakes in progress) is released
 /// once the peer's hello is verified and it is registered.
@@ -706,13 +712,17 @@ async fn run_connection(
                     registered = true;
                     drop(handshake.take());
                     info!(peer = %span_peer, region = %info.region, ?direction, "peer connected");
-                    shared.hub.peer_connected(&info.node_id);
+                    // The sync states are kept under the certificate's name with the node id the
+                    // peer claims: a node claiming another's id (the id is not in its
+                    // certificate) reaches only states of its own name.
+                    let states_key = sync_states_key(&info);
+                    shared.hub.peer_connected(&states_key);
                     for _ in 0..SYNC_WORKERS {
                         let (tx, rx) = mpsc::channel(SYNC_WORKER_QUEUE_MAX);
                         workers.push(tx);
                         worker_tasks.spawn(sync_worker(
                             shared.hub.clone(),
-                            info.node_id.clone(),
+                            states_key.clone(),
                             rx,
                             frames_tx.clone(),
                         ));
@@ -888,7 +898,7 @@ fn worker_index(doc: &str, workers: usize) -> usize {
 /// Runs the hub's side of automerge's sync for the documents routed to this worker.
 async fn sync_worker(
     hub: Hub,
-    peer_node_id: String,
+    states_key: String,
     mut rx: mpsc::Receiver<Work>,
     frames: mpsc::UnboundedSender<Vec<u8>>,
 ) {
@@ -899,7 +909,7 @@ async fn sync_worker(
                     warn!(doc, "not a document id; skipped");
                     continue;
                 };
-                let result = hub.generate_sync(id, &peer_node_id).await;
+                let result = hub.generate_sync(id, &states_key).await;
                 (doc, result)
             }
             Work::Receive(doc, message) => {
@@ -907,7 +917,7 @@ async fn sync_worker(
                     warn!(doc, "a sync message for a malformed document id; dropped");
                     continue;
                 };
-                let result = hub.receive_sync(id, &peer_node_id, message).await;
+                let result = hub.receive_sync(id, &states_key, message).await;
                 (doc, result)
             }
         };
@@ -936,5 +946,25 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node that claims another's node id under its own certificate name gets sync states of
+    /// its own. Kills: states keyed by the claimed node id alone.
+    #[test]
+    fn sync_states_are_keyed_by_the_certificate_name_and_the_claimed_id() {
+        let peer = |name: &str, node_id: &str| PeerInfo {
+            node_id: node_id.into(),
+            name: name.into(),
+            region: "r".into(),
+        };
+        let real = sync_states_key(&peer("node-b", "b0b0"));
+        assert_ne!(real, sync_states_key(&peer("rogue", "b0b0")));
+        assert_ne!(real, sync_states_key(&peer("node-b", "fresh")));
+        assert_eq!(real, sync_states_key(&peer("node-b", "b0b0")));
     }
 }
