@@ -151,6 +151,12 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
         .await
         .context("join the store-opening task")?
         .with_context(|| format!("open store at {}", config.data_dir.display()))?;
+    start_on(config, store).await
+}
+
+/// [`start`] on a store the caller opened on `config.data_dir`, so that it can install a
+/// [`lectern_store::CommitHook`] before anything (the job runner's first jobs) writes.
+pub async fn start_on(config: Config, store: Store) -> anyhow::Result<Node> {
     let identity = store.identity();
     info!(
         node = %identity.node_id,

@@ -53,7 +53,9 @@ use crate::sio::{self, Cut, Transport};
 use crate::wsframe::{self, Message};
 
 /// Commands (and joins, leaves) of one socket running at once; past this the socket's input is
-/// not read until one finishes (backpressure, not an error).
+/// neither read nor decoded until one finishes (backpressure, not an error): frames already
+/// read wait undecoded in the input buffer, so a burst of small events packed into one read
+/// cannot start more than this many.
 const INFLIGHT_MAX: usize = 16;
 
 /// Bytes read from the socket per wake-up (a stack buffer: nothing is kept between frames).
@@ -283,8 +285,7 @@ impl Socket {
             }
             // Input is read only while output keeps up: what a client sends can make the socket
             // queue answers (acks, pongs), and the queue is bounded.
-            let reading = self.inflight.as_ref().map_or(0, FuturesUnordered::len) < INFLIGHT_MAX
-                && !self.at_budget();
+            let reading = self.has_slot() && !self.at_budget();
             tokio::select! {
                 r = &mut stopping, if stop_pending => {
                     // Never polled again once done. (An error would mean the gateway is gone,
@@ -304,7 +305,13 @@ impl Socket {
                 },
                 (i, input) = next_input(&mut self.subs) => self.on_input(i, input),
                 done = next_done(&mut self.inflight), if self.inflight.is_some() => match done {
-                    Some(done) => self.on_done(done),
+                    Some(done) => {
+                        self.on_done(done);
+                        // A slot is free: frames read while the socket was at its cap go on.
+                        if !self.inbuf.is_empty() && self.has_slot() {
+                            self.decode_all();
+                        }
+                    }
                     None => self.inflight = None,
                 },
                 () = &mut sleep => self.on_timer(),
@@ -404,10 +411,16 @@ impl Socket {
         }
     }
 
-    /// Handles every complete frame in `inbuf`; keeps the rest.
+    /// Whether another command may start ([`INFLIGHT_MAX`]).
+    fn has_slot(&self) -> bool {
+        self.inflight.as_ref().map_or(0, FuturesUnordered::len) < INFLIGHT_MAX
+    }
+
+    /// Handles the complete frames in `inbuf` until the socket is at its cap of commands in
+    /// flight; keeps the rest.
     fn decode_all(&mut self) {
         let mut at = 0;
-        while self.ending.is_none() {
+        while self.ending.is_none() && self.has_slot() {
             match self.decoder.decode(&mut self.inbuf[at..]) {
                 Ok(None) => break,
                 Ok(Some((n, message))) => {
