@@ -206,3 +206,63 @@ async fn a_trickled_body_gets_408_at_the_deadline() -> anyhow::Result<()> {
     })
     .await
 }
+
+/// A lean WebSocket past its rate is slowed down rather than answered a refusal per packet:
+/// after each `rate_limited` refusal it reads (and decodes) nothing for one token's refill (250
+/// ms at most), so forty packets past the burst, taken sixteen at a time (the commands a
+/// socket runs at once), take at least two pauses to be answered, and another student is
+/// served at once meanwhile. Kills: no pause (the last ack comes within milliseconds), a
+/// pause that stops reading but not decoding what was read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_past_its_rate_is_read_at_its_rate() -> anyhow::Result<()> {
+    within(async {
+        let demo = Demo::start_with("rate-pause", |c| {
+            c.limits.command_burst = 1;
+            c.limits.commands_per_s = 0.01;
+        })
+        .await?;
+        let s = demo.session.clone();
+        let mut flooder = demo
+            .sio(
+                Transport::WebSocket,
+                &demo.token("student1", "student"),
+                "flooder",
+            )
+            .await?;
+        let started = Instant::now();
+        for i in 0..40 {
+            flooder.send_raw(format!(
+                "42{}[\"chat:send\",\"{s}\",\"flood {i}\"]",
+                1000 + i
+            ))?;
+        }
+        let mut other = demo
+            .sio(
+                Transport::WebSocket,
+                &demo.token("student2", "student"),
+                "other",
+            )
+            .await?;
+        let other_started = Instant::now();
+        let ack = other
+            .call("chat:send", vec![json!(s), json!("not slowed")])
+            .await?;
+        assert_eq!(ack["ok"], true, "{ack}");
+        assert!(
+            other_started.elapsed() < Duration::from_secs(1),
+            "another student waited {:?}",
+            other_started.elapsed()
+        );
+        let ack = flooder
+            .call("chat:send", vec![json!(s), json!("the last")])
+            .await?;
+        assert_eq!(ack["error"]["code"], "rate_limited", "{ack}");
+        assert!(
+            started.elapsed() >= Duration::from_millis(500),
+            "forty refusals answered in {:?}: the socket was not slowed",
+            started.elapsed()
+        );
+        Ok(())
+    })
+    .await
+}

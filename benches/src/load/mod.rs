@@ -21,8 +21,8 @@
 
 pub mod floor;
 pub mod node;
-mod probe;
-mod sio;
+pub(crate) mod probe;
+pub(crate) mod sio;
 mod stream;
 
 use std::collections::BTreeMap;
@@ -304,7 +304,7 @@ impl Sources {
 
 /// Why a client did not get connected and joined.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum ConnectFailure {
+pub(crate) enum ConnectFailure {
     /// TCP connect (or bind) failed.
     Tcp,
     /// The HTTP upgrade to websocket failed.
@@ -323,7 +323,7 @@ enum ConnectFailure {
 
 /// A failure to connect, with the server's words.
 #[derive(Debug)]
-struct ConnectError {
+pub(crate) struct ConnectError {
     kind: ConnectFailure,
     detail: String,
 }
