@@ -261,17 +261,24 @@ pub async fn start_on(config: Config, store: Store) -> anyhow::Result<Node> {
     info!(%http_addr, "serving HTTP");
     let admin_routes = admin::routes(
         hub.clone(),
+        gateway.clone(),
         mesh.clone(),
         jobs.control(),
         config.admin_token.clone(),
     );
-    let health_hub = hub.clone();
+    let (health_hub, health_gateway) = (hub.clone(), gateway.clone());
     let health = get(move || {
-        let hub = health_hub.clone();
+        let (hub, gateway) = (health_hub.clone(), health_gateway.clone());
         async move {
             let id = hub.identity();
+            // Alive either way; a draining node fails `/readyz` instead.
+            let status = if gateway.is_draining() {
+                "draining"
+            } else {
+                "ok"
+            };
             Json(json!({
-                "status": "ok",
+                "status": status,
                 "node": id.node_id.to_string(),
                 "bootEpoch": id.boot_epoch,
                 "docsLoaded": hub.loaded_docs(),

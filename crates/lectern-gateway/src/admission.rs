@@ -82,6 +82,9 @@ pub(crate) struct Admission {
     /// Connections waiting to authenticate, per client address.
     preauth_per_address_max: usize,
     waiting: Mutex<Waiting>,
+    /// Keys the per-address table: a keyed hash, so nobody can pick an address that shares
+    /// another's count.
+    hasher: std::collections::hash_map::RandomState,
     refused_node: AtomicU64,
     refused_address: AtomicU64,
 }
@@ -89,14 +92,17 @@ pub(crate) struct Admission {
 #[derive(Debug, Default)]
 struct Waiting {
     total: usize,
-    per_address: HashMap<IpAddr, usize>,
+    /// By [`Admission::key`] of the address.
+    per_address: HashMap<u64, usize>,
 }
 
 /// A connection's place among those waiting to authenticate; dropping it frees the place.
+/// Sixteen bytes: a lean WebSocket holds it in every socket until its `CONNECT`.
 #[derive(Debug)]
 pub struct Admitted {
     admission: Arc<Admission>,
-    address: IpAddr,
+    /// The address's [`Admission::key`].
+    key: u64,
 }
 
 impl Admission {
@@ -105,28 +111,36 @@ impl Admission {
             preauth_max,
             preauth_per_address_max,
             waiting: Mutex::new(Waiting::default()),
+            hasher: std::collections::hash_map::RandomState::new(),
             refused_node: AtomicU64::new(0),
             refused_address: AtomicU64::new(0),
         }
     }
 
+    /// The per-address table's key of `address`.
+    fn key(&self, address: IpAddr) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one(address)
+    }
+
     /// Admits a connection from `address`, or says why not (and counts the refusal).
     pub(crate) fn admit(self: &Arc<Self>, address: IpAddr) -> Result<Admitted, Refused> {
+        let key = self.key(address);
         let mut w = lock(&self.waiting);
         if w.total >= self.preauth_max {
             self.refused_node.fetch_add(1, Ordering::Relaxed);
             return Err(Refused::NodeBusy);
         }
-        let n = w.per_address.get(&address).copied().unwrap_or(0);
+        let n = w.per_address.get(&key).copied().unwrap_or(0);
         if n >= self.preauth_per_address_max {
             self.refused_address.fetch_add(1, Ordering::Relaxed);
             return Err(Refused::AddressBusy);
         }
-        w.per_address.insert(address, n + 1);
+        w.per_address.insert(key, n + 1);
         w.total += 1;
         Ok(Admitted {
             admission: self.clone(),
-            address,
+            key,
         })
     }
 
@@ -135,13 +149,13 @@ impl Admission {
         lock(&self.waiting).total
     }
 
-    fn release(&self, address: IpAddr) {
+    fn release(&self, key: u64) {
         let mut w = lock(&self.waiting);
         w.total = w.total.saturating_sub(1);
-        if let Some(n) = w.per_address.get_mut(&address) {
+        if let Some(n) = w.per_address.get_mut(&key) {
             *n -= 1;
             if *n == 0 {
-                w.per_address.remove(&address);
+                w.per_address.remove(&key);
             }
         }
     }
@@ -169,7 +183,7 @@ impl Admission {
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        self.admission.release(self.address);
+        self.admission.release(self.key);
     }
 }
 

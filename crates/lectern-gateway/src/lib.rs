@@ -159,6 +159,8 @@ pub(crate) struct Inner {
     admission: Arc<admission::Admission>,
     /// How long a request body may take once its head is in.
     body_timeout: Duration,
+    /// Set by [`Gateway::drain`], cleared by [`Gateway::undrain`].
+    draining: AtomicBool,
 }
 
 /// The gateway. Cheap to clone.
@@ -223,6 +225,7 @@ impl Gateway {
                     limits.preauth_per_address_max,
                 )),
                 body_timeout: Duration::from_millis(limits.body_read_timeout_ms.max(1)),
+                draining: AtomicBool::new(false),
             }),
         };
         let admission = gw.inner.admission.clone();
@@ -284,6 +287,37 @@ impl Gateway {
         self.inner.admission.admit(address)
     }
 
+    /// Drains the node for maintenance: new Socket.IO connections and streams are refused
+    /// (503 `draining`; REST and the admin API still answer), `/readyz` answers 503 `draining`
+    /// so a load balancer sends no one here, and every connected client is told to reconnect to another node (`server:shutdown` with
+    /// `reconnect: true`; the page carries its resume tokens there) and its connection ends.
+    /// Requests in flight finish. [`Gateway::undrain`] takes clients again.
+    pub async fn drain(&self) {
+        self.inner.draining.store(true, Ordering::SeqCst);
+        self.inner.shutdown.send_replace(true);
+        let io = lock(&self.inner.io).clone();
+        if let Some(io) = io {
+            let _ = io.emit("server:shutdown", &sio::shutdown_payload()).await;
+            let _ = io.disconnect().await;
+        }
+    }
+
+    /// Ends a drain: the node takes new clients again.
+    pub fn undrain(&self) {
+        self.inner.draining.store(false, Ordering::SeqCst);
+        self.inner.shutdown.send_replace(false);
+    }
+
+    /// Whether the node is draining.
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::SeqCst)
+    }
+
+    /// Client connections open now (Socket.IO, SSE, long-poll), what a drain waits to see at 0.
+    pub fn connections(&self) -> usize {
+        self.inner.limiter.connections()
+    }
+
     /// The node's whole router (the gateway's routes and the node's own), with what every
     /// request passes first: its body read under the body deadline (408 `body_timeout`).
     pub fn front_door(&self, app: Router) -> Router {
@@ -301,7 +335,7 @@ impl Gateway {
     /// Tells every client to reconnect elsewhere and ends every stream.
     pub async fn shutdown(&self) {
         self.inner.shutting_down.store(true, Ordering::SeqCst);
-        let _ = self.inner.shutdown.send(true);
+        self.inner.shutdown.send_replace(true);
         let io = self
             .inner
             .io

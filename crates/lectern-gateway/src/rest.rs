@@ -225,6 +225,9 @@ async fn not_found() -> AppError {
 async fn readyz(State(gw): State<Gateway>) -> Response {
     if gw.is_shutting_down() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
+    } else if gw.is_draining() {
+        // A load balancer stops sending clients here (`lectern drain`).
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
     } else {
         (StatusCode::OK, "ready\n").into_response()
     }

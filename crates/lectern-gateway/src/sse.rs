@@ -373,6 +373,13 @@ impl Gateway {
     }
 
     async fn open_lean(&self, target: &str, headers: &HeaderMap) -> Result<Opened, AppError> {
+        if self.is_draining() {
+            return Err(AppError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "draining",
+                "this node is draining for maintenance; connect to another",
+            ));
+        }
         let not_found = || {
             AppError::new(
                 axum::http::StatusCode::NOT_FOUND,

@@ -52,6 +52,12 @@ use crate::sio::client::{self, Action, Dispatch, SioClient, Why};
 use crate::sio::{self, Cut, Transport};
 use crate::wsframe::{self, Message};
 
+/// Milliseconds since the first call, wrapping (the clock of rate-limit pauses).
+fn pause_clock_ms() -> u32 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u32
+}
+
 /// Bounds of the pause in reading after a `rate_limited` refusal (one token's refill at the
 /// configured rate, within these).
 const RATE_PAUSE_MIN: Duration = Duration::from_millis(10);
@@ -147,9 +153,10 @@ impl Gateway {
             out_at: 0,
             // A cookie from a foreign origin counts as no token: the CONNECT is then refused
             // unless its own `auth: {token}` carries one.
-            fallback_token: self.request_token(headers, query).ok().flatten(),
-            conn: None,
-            preauth: Some(admitted),
+            stage: Stage::Waiting {
+                fallback_token: self.request_token(headers, query).ok().flatten(),
+                preauth: admitted,
+            },
             subs: Vec::new(),
             inflight: None,
             client: SioClient::open(timing, Instant::now()),
@@ -157,6 +164,37 @@ impl Gateway {
             ending: None,
         };
         Some(socket.run(self.inner.shutdown.subscribe()))
+    }
+}
+
+/// A socket's Socket.IO life. What it needs only before `CONNECT` (the request's token, its
+/// place among the connections waiting to authenticate) and what it holds only after share
+/// one field: every idle socket carries it.
+enum Stage {
+    /// Namespace `/` not connected yet.
+    Waiting {
+        /// A token from the request (query, header, cookie), used when the connect packet has
+        /// none.
+        fallback_token: Option<String>,
+        /// The socket's place among connections waiting to authenticate (`admission.rs`).
+        preauth: Admitted,
+    },
+    /// Namespace `/` connected.
+    Connected(sio::Conn),
+    /// The namespace left (a new `CONNECT` must carry its token).
+    Left,
+}
+
+impl Stage {
+    /// The connection, if connected; the stage becomes [`Stage::Left`].
+    fn take_conn(&mut self) -> Option<sio::Conn> {
+        match std::mem::replace(self, Stage::Left) {
+            Stage::Connected(conn) => Some(conn),
+            other => {
+                *self = other;
+                None
+            }
+        }
     }
 }
 
@@ -252,13 +290,8 @@ struct Socket {
     out_at: usize,
     /// Bytes of the queued frames (whole frames, the front one included).
     out_bytes: usize,
-    /// A token from the request (query, header, cookie), used when the connect packet has none.
-    fallback_token: Option<String>,
-    /// Set while namespace `/` is connected.
-    conn: Option<sio::Conn>,
-    /// The socket's place among connections waiting to authenticate, given up once its
-    /// `CONNECT` is accepted (see `admission.rs`).
-    preauth: Option<Admitted>,
+    /// Before, during or after namespace `/`'s connection.
+    stage: Stage,
     /// The joined sessions' subscriptions (each one counts in presence).
     subs: Vec<Sub>,
     /// Commands, joins and leaves running; `None` (no allocation) when there are none.
@@ -266,8 +299,9 @@ struct Socket {
     /// The protocol state.
     client: SioClient,
     /// Set by a `rate_limited` refusal: nothing more is read until then, so a client past its
-    /// rate is slowed down by TCP instead of costing the node a refusal per packet.
-    read_paused_until: Option<Instant>,
+    /// rate is slowed down by TCP instead of costing the node a refusal per packet. In
+    /// [`pause_clock_ms`] time (four bytes, not an `Instant`'s sixteen, in every socket).
+    read_paused_until: Option<std::num::NonZeroU32>,
     ending: Option<End>,
 }
 
@@ -343,22 +377,30 @@ impl Socket {
             let now = Instant::now();
             now.checked_add(IDLE_WAKE).unwrap_or(now)
         });
-        match self.read_paused_until {
-            Some(at) => core.min(at),
+        match self.pause_left() {
+            Some(left) => core.min(Instant::now() + left),
             None => core,
         }
     }
 
+    /// What is left of a rate-limit pause, if one is on.
+    fn pause_left(&self) -> Option<Duration> {
+        let until = self.read_paused_until?.get();
+        // Serial arithmetic: the clock wraps every 49 days, a pause lasts 250 ms at most.
+        let left = until.wrapping_sub(pause_clock_ms()) as i32;
+        (left > 0).then(|| Duration::from_millis(left.unsigned_abs().into()))
+    }
+
     /// Whether reading waits out a rate-limit pause (cleared once it has passed).
     fn read_paused(&mut self) -> bool {
-        match self.read_paused_until {
-            Some(at) if Instant::now() < at => true,
-            Some(_) => {
-                self.read_paused_until = None;
-                false
-            }
-            None => false,
+        if self.read_paused_until.is_none() {
+            return false;
         }
+        if self.pause_left().is_some() {
+            return true;
+        }
+        self.read_paused_until = None;
+        false
     }
 
     /// Writes queued frames until the socket would block.
@@ -499,7 +541,7 @@ impl Socket {
             Action::Event(ack, dispatch) => self.dispatch(ack, dispatch),
             Action::Disconnected(sessions) => {
                 self.subs.retain(|s| !sessions.contains(&s.session));
-                let (gw, conn) = (self.gw.clone(), self.conn.take());
+                let (gw, conn) = (self.gw.clone(), self.stage.take_conn());
                 if let Some(conn) = conn {
                     self.start(Box::pin(async move {
                         for session in &sessions {
@@ -516,7 +558,16 @@ impl Socket {
     }
 
     fn authenticate(&mut self, auth: Option<Value>) {
-        let fallback = self.fallback_token.take();
+        let (fallback, preauth) = match std::mem::replace(&mut self.stage, Stage::Left) {
+            Stage::Waiting {
+                fallback_token,
+                preauth,
+            } => (fallback_token, Some(preauth)),
+            other => {
+                self.stage = other;
+                (None, None)
+            }
+        };
         let result = sio::authenticate(
             &self.gw,
             auth.as_ref(),
@@ -529,13 +580,18 @@ impl Socket {
                 let reply = self
                     .client
                     .connected(&new_sid(), conn.valid_for(), Instant::now());
-                self.conn = Some(conn);
-                self.preauth = None;
+                // The place among connections waiting to authenticate goes with `preauth`.
+                self.stage = Stage::Connected(conn);
                 reply
             }
             Err(e) => {
                 // The client may try again (with a fresh token) until the connect deadline.
-                self.fallback_token = fallback;
+                if let Some(preauth) = preauth {
+                    self.stage = Stage::Waiting {
+                        fallback_token: fallback,
+                        preauth,
+                    };
+                }
                 self.gw.count_rejection(e.code);
                 self.client.connect_refused(&e.to_string())
             }
@@ -544,7 +600,9 @@ impl Socket {
     }
 
     fn dispatch(&mut self, ack: Option<u64>, dispatch: Dispatch) {
-        let Some(conn) = &self.conn else { return };
+        let Stage::Connected(conn) = &self.stage else {
+            return;
+        };
         let (gw, caller) = (self.gw.clone(), conn.caller.clone());
         match dispatch {
             Dispatch::Reply(reply) => self.ack(ack, &reply),
@@ -589,7 +647,8 @@ impl Socket {
             // About one token's refill, within bounds: the flood slows to the client's rate.
             let per_token = 1.0 / self.gw.inner.limiter.limits().commands_per_s.max(1e-3);
             let pause = Duration::from_secs_f64(per_token).clamp(RATE_PAUSE_MIN, RATE_PAUSE_MAX);
-            self.read_paused_until = Some(Instant::now() + pause);
+            let until = pause_clock_ms().wrapping_add(pause.as_millis() as u32);
+            self.read_paused_until = std::num::NonZeroU32::new(until.max(1));
         }
         if let Some(id) = ack {
             self.push_text(&client::ack_packet(id, reply));
@@ -646,7 +705,7 @@ impl Socket {
                 }
             }
             Input::Event(Ok(e)) => {
-                let (Some(conn), Some(sub)) = (&self.conn, self.subs.get(i)) else {
+                let (Stage::Connected(conn), Some(sub)) = (&self.stage, self.subs.get(i)) else {
                     return;
                 };
                 let caller = &conn.caller;
@@ -744,7 +803,7 @@ impl Socket {
             }
         }
         self.client.take_sessions();
-        if let Some(conn) = self.conn.take() {
+        if let Some(conn) = self.stage.take_conn() {
             for sub in std::mem::take(&mut self.subs) {
                 self.gw.presence_leave(&sub.session, &conn.caller).await;
             }
