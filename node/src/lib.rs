@@ -290,6 +290,7 @@ pub async fn start_on(config: Config, store: Store) -> anyhow::Result<Node> {
         }
     };
     let (stop, stopped) = oneshot::channel::<()>();
+    let app = gateway.front_door(app);
     let server = tokio::spawn(serve::serve(listener, app, gateway.clone(), stopped));
     Ok(Node {
         http_addr,
@@ -492,18 +493,26 @@ async fn start_mesh(
     mesh_config.connect_timeout_ms = settings.connect_timeout_ms;
     mesh_config.handshakes_max = settings.handshakes_max;
     mesh_config.backoff_min_ms = mesh_config.backoff_min_ms.min(settings.reconnect_max_ms);
-    let mut admitted = None;
+    // Each filter's refresh ticks when it admits new sessions: anti-entropy runs again.
+    let mut admitted = Vec::new();
     if let Some(cohorts) = &settings.share_cohorts {
         let (filter, ticks) = admin::share_filter(&hub, cohorts);
         mesh_config.share = filter;
-        admitted = Some(ticks);
+        admitted.push(ticks);
     }
+    let mut scopes = std::collections::HashMap::new();
+    for (peer, cohorts) in &settings.peer_cohorts {
+        let (filter, ticks) = admin::share_filter(&hub, cohorts);
+        scopes.insert(peer.clone(), filter);
+        admitted.push(ticks);
+    }
+    mesh_config.peer_scopes = Arc::new(scopes);
     let mesh = Arc::new(
         Mesh::start(mesh_config, hub)
             .await
             .with_context(|| format!("start the mesh on {}", settings.listen))?,
     );
-    if let Some(mut ticks) = admitted {
+    for mut ticks in admitted {
         // New sessions admitted by the share policy: run anti-entropy again to fetch them.
         // Ends when the mesh stops, dropping the ticks, which ends the share policy's refresh
         // task and its handle on the hub (so a stopped node lets go of its store).

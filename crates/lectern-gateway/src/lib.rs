@@ -7,6 +7,7 @@
 //! model's (`lectern-model`), so it is the same on every transport; failures are one
 //! [`AppError`] with a stable code.
 
+mod admission;
 pub mod auth;
 mod boards;
 mod commands;
@@ -37,6 +38,7 @@ use serde_json::{Value, json};
 use socketioxide::SocketIo;
 use tokio::sync::{broadcast, watch};
 
+pub use admission::{Admitted, Refused};
 pub use auth::{AuthConfig, Verified, Verifier};
 pub use boards::BoardSettings;
 pub use error::AppError;
@@ -153,6 +155,10 @@ pub(crate) struct Inner {
     boards_settings: BoardSettings,
     /// Origins whose pages may authenticate with the cookie (see `auth::origin_allowed`).
     origins: Vec<String>,
+    /// Connections waiting to authenticate (see `admission.rs`).
+    admission: Arc<admission::Admission>,
+    /// How long a request body may take once its head is in.
+    body_timeout: Duration,
 }
 
 /// The gateway. Cheap to clone.
@@ -212,8 +218,15 @@ impl Gateway {
                     .chain(&config.nodes)
                     .cloned()
                     .collect(),
+                admission: Arc::new(admission::Admission::new(
+                    limits.preauth_max,
+                    limits.preauth_per_address_max,
+                )),
+                body_timeout: Duration::from_millis(limits.body_read_timeout_ms.max(1)),
             }),
         };
+        let admission = gw.inner.admission.clone();
+        gw.add_metrics(Arc::new(move |out: &mut String| admission.render(out)));
         // socketioxide takes its state at build time, and the gateway holds the io handle:
         // the handle is set once, right after.
         let (layer, io) = SocketIo::builder()
@@ -262,6 +275,22 @@ impl Gateway {
         self.inner
             .metrics
             .render(self.inner.limiter.connections(), &self.inner.hub)
+    }
+
+    /// Admits a connection accepted from `address`, before a byte of it is read: its place
+    /// among the connections waiting to authenticate (held until it authenticates or ends), or
+    /// the refusal to answer at once ([`Refused::response`]) before closing it.
+    pub fn admit(&self, address: std::net::IpAddr) -> Result<Admitted, Refused> {
+        self.inner.admission.admit(address)
+    }
+
+    /// The node's whole router (the gateway's routes and the node's own), with what every
+    /// request passes first: its body read under the body deadline (408 `body_timeout`).
+    pub fn front_door(&self, app: Router) -> Router {
+        app.layer(axum::middleware::from_fn_with_state(
+            self.inner.body_timeout,
+            admission::body_deadline,
+        ))
     }
 
     /// Adds a section to `/metrics` (the node's job runner and mesh add theirs).

@@ -108,6 +108,13 @@ async fn read_bytes(req: Request, gw: &Gateway) -> Result<Bytes, AppError> {
     Bytes::from_request(req, gw)
         .await
         .map_err(|r: BytesRejection| {
+            if crate::admission::is_body_timeout(&r) {
+                return AppError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    "the request body did not arrive in time".to_owned(),
+                );
+            }
             let code = if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 "payload_too_large"
             } else {

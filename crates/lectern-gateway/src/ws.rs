@@ -46,10 +46,17 @@ use tracing::debug;
 use lectern_model::Caller;
 
 use crate::Gateway;
+use crate::admission::Admitted;
 use crate::error::AppError;
 use crate::sio::client::{self, Action, Dispatch, SioClient, Why};
 use crate::sio::{self, Cut, Transport};
 use crate::wsframe::{self, Message};
+
+/// Bounds of the pause in reading after a `rate_limited` refusal (one token's refill at the
+/// configured rate, within these).
+const RATE_PAUSE_MIN: Duration = Duration::from_millis(10);
+/// See [`RATE_PAUSE_MIN`].
+const RATE_PAUSE_MAX: Duration = Duration::from_millis(250);
 
 /// Commands (and joins, leaves) of one socket running at once; past this the socket's input is
 /// neither read nor decoded until one finishes (backpressure, not an error): frames already
@@ -102,13 +109,16 @@ impl Gateway {
     /// Takes over a request that [`is_lean_websocket`] accepted, on its `stream`: the returned
     /// future answers the upgrade and then speaks Engine.IO and Socket.IO until the socket
     /// ends (the caller runs it; nothing else of the request is kept). `early` holds bytes
-    /// the caller read past the request head. `None` when the request has no WebSocket key.
+    /// the caller read past the request head; `admitted` is the connection's place among those
+    /// waiting to authenticate ([`Gateway::admit`]), held until its `CONNECT` is accepted.
+    /// `None` when the request has no WebSocket key.
     pub fn open_websocket(
         &self,
         stream: TcpStream,
         target: &str,
         headers: &HeaderMap,
         early: Vec<u8>,
+        admitted: Admitted,
     ) -> Option<impl Future<Output = ()> + Send + 'static> {
         let key = headers.get("sec-websocket-key")?;
         let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
@@ -139,9 +149,11 @@ impl Gateway {
             // unless its own `auth: {token}` carries one.
             fallback_token: self.request_token(headers, query).ok().flatten(),
             conn: None,
+            preauth: Some(admitted),
             subs: Vec::new(),
             inflight: None,
             client: SioClient::open(timing, Instant::now()),
+            read_paused_until: None,
             ending: None,
         };
         Some(socket.run(self.inner.shutdown.subscribe()))
@@ -244,12 +256,18 @@ struct Socket {
     fallback_token: Option<String>,
     /// Set while namespace `/` is connected.
     conn: Option<sio::Conn>,
+    /// The socket's place among connections waiting to authenticate, given up once its
+    /// `CONNECT` is accepted (see `admission.rs`).
+    preauth: Option<Admitted>,
     /// The joined sessions' subscriptions (each one counts in presence).
     subs: Vec<Sub>,
     /// Commands, joins and leaves running; `None` (no allocation) when there are none.
     inflight: Option<FuturesUnordered<Work>>,
     /// The protocol state.
     client: SioClient,
+    /// Set by a `rate_limited` refusal: nothing more is read until then, so a client past its
+    /// rate is slowed down by TCP instead of costing the node a refusal per packet.
+    read_paused_until: Option<Instant>,
     ending: Option<End>,
 }
 
@@ -266,6 +284,10 @@ impl Socket {
         let sleep = tokio::time::sleep_until(self.next_wake());
         tokio::pin!(sleep);
         while self.ending.is_none() {
+            // A rate-limit pause that has passed: frames read before it go on.
+            if !self.inbuf.is_empty() && self.has_slot() && !self.read_paused() {
+                self.decode_all();
+            }
             if let Err(e) = self.write_some() {
                 debug!(error = %e, "websocket write failed");
                 self.ending = Some(End::Gone);
@@ -277,7 +299,7 @@ impl Socket {
             }
             // Input is read only while output keeps up: what a client sends can make the socket
             // queue answers (acks, pongs), and the queue is bounded.
-            let reading = self.has_slot() && !self.at_budget();
+            let reading = self.has_slot() && !self.at_budget() && !self.read_paused();
             tokio::select! {
                 r = &mut stopping, if stop_pending => {
                     // Never polled again once done. (An error would mean the gateway is gone,
@@ -300,7 +322,7 @@ impl Socket {
                     Some(done) => {
                         self.on_done(done);
                         // A slot is free: frames read while the socket was at its cap go on.
-                        if !self.inbuf.is_empty() && self.has_slot() {
+                        if !self.inbuf.is_empty() && self.has_slot() && !self.read_paused() {
                             self.decode_all();
                         }
                     }
@@ -317,10 +339,26 @@ impl Socket {
     /// The core's next deadline (the next ping, a pong's deadline, the connect deadline, the
     /// token's expiry), or a day away when it has none within the clock's range.
     fn next_wake(&self) -> Instant {
-        self.client.next_deadline().unwrap_or_else(|| {
+        let core = self.client.next_deadline().unwrap_or_else(|| {
             let now = Instant::now();
             now.checked_add(IDLE_WAKE).unwrap_or(now)
-        })
+        });
+        match self.read_paused_until {
+            Some(at) => core.min(at),
+            None => core,
+        }
+    }
+
+    /// Whether reading waits out a rate-limit pause (cleared once it has passed).
+    fn read_paused(&mut self) -> bool {
+        match self.read_paused_until {
+            Some(at) if Instant::now() < at => true,
+            Some(_) => {
+                self.read_paused_until = None;
+                false
+            }
+            None => false,
+        }
     }
 
     /// Writes queued frames until the socket would block.
@@ -412,7 +450,7 @@ impl Socket {
     /// flight; keeps the rest.
     fn decode_all(&mut self) {
         let mut at = 0;
-        while self.ending.is_none() && self.has_slot() {
+        while self.ending.is_none() && self.has_slot() && !self.read_paused() {
             match self.decoder.decode(&mut self.inbuf[at..]) {
                 Ok(None) => break,
                 Ok(Some((n, message))) => {
@@ -492,6 +530,7 @@ impl Socket {
                     .client
                     .connected(&new_sid(), conn.valid_for(), Instant::now());
                 self.conn = Some(conn);
+                self.preauth = None;
                 reply
             }
             Err(e) => {
@@ -546,6 +585,12 @@ impl Socket {
     }
 
     fn ack(&mut self, ack: Option<u64>, reply: &Value) {
+        if reply["ok"] == false && reply["error"]["code"] == "rate_limited" {
+            // About one token's refill, within bounds: the flood slows to the client's rate.
+            let per_token = 1.0 / self.gw.inner.limiter.limits().commands_per_s.max(1e-3);
+            let pause = Duration::from_secs_f64(per_token).clamp(RATE_PAUSE_MIN, RATE_PAUSE_MAX);
+            self.read_paused_until = Some(Instant::now() + pause);
+        }
         if let Some(id) = ack {
             self.push_text(&client::ack_packet(id, reply));
         }

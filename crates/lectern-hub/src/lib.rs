@@ -44,6 +44,20 @@ mod doc;
 mod loaded;
 mod rooms;
 
+// The hub's tests with a real sled store (the writers, group commit, the ordering gate, the
+// loaded-document limits): here rather than in the `lectern-tests` binary, so that a change to
+// the hub (or a mutant of it) rebuilds this crate alone.
+#[cfg(test)]
+mod hostile_tests;
+#[cfg(test)]
+mod hub_tests;
+#[cfg(test)]
+mod invariants_tests;
+#[cfg(test)]
+mod test_support;
+#[cfg(test)]
+mod writer_tests;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
-use lectern_hub::{Hub, HubConfig, HubError, JoinStart};
 use lectern_model::{CommandBody, Millis, Replica, Role};
 use lectern_store::{Batch, Store};
 
-use crate::support::{TempDir, ask, caller, cmd, create_session, session};
+use crate::test_support::{TempDir, ask, caller, cmd, create_session, session};
+use crate::{Hub, HubConfig, HubError, JoinStart};
 
 fn hub_at(dir: &TempDir, config: HubConfig) -> Hub {
     Hub::new(Store::open(dir.path()).expect("open store"), config)
@@ -67,8 +67,8 @@ async fn sync_pair(a: &Hub, a_name: &str, b: &Hub, b_name: &str, id: &str) {
 
 /// The next event, failing (not hanging) if none comes within 5 s.
 async fn recv(
-    rx: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<lectern_hub::Published>>,
-) -> std::sync::Arc<lectern_hub::Published> {
+    rx: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<crate::Published>>,
+) -> std::sync::Arc<crate::Published> {
     tokio::time::timeout(Duration::from_secs(5), rx.recv())
         .await
         .expect("an event within 5 s")
@@ -272,7 +272,7 @@ async fn two_hubs_converge_through_sync_and_remote_changes_become_events() {
     let local = feed_a.recv().await.expect("A's feed");
     assert_eq!(
         local.origin,
-        lectern_hub::Origin::Local,
+        crate::Origin::Local,
         "a command accepted here is announced as local (side effects run here)"
     );
     sync_pair(&a, "A", &b, "B", "s").await;
@@ -283,7 +283,7 @@ async fn two_hubs_converge_through_sync_and_remote_changes_become_events() {
     assert_eq!(change.doc, session("s"));
     assert_eq!(
         change.origin,
-        lectern_hub::Origin::Remote,
+        crate::Origin::Remote,
         "a peer's change is announced as remote (no side effects on this node)"
     );
     assert_eq!(Some(change.heads), b.doc_heads(&session("s")));
@@ -436,7 +436,8 @@ async fn a_twenty_thousand_change_document_reloads() {
         .apply(&admin, &cmd("create", create_session("big")), Millis(1))
         .unwrap();
     for i in 0..20_000u64 {
-        let who = caller(&format!("u{}", i % 40), Role::Student);
+        // 400 people: one person's questions and chat are capped per session.
+        let who = caller(&format!("u{}", i % 400), Role::Student);
         let body = if i % 4 == 0 {
             ask(&format!("q {i}"))
         } else {
@@ -467,4 +468,26 @@ async fn a_twenty_thousand_change_document_reloads() {
     hub.execute(session("big"), admin, cmd("after", chat))
         .await
         .expect("command after reload");
+}
+
+/// A peer's sync state is persisted from the first sync that brings a document to this node:
+/// after one full exchange, B has stored its state with A.
+///
+/// Kills: `!changed && live.saved.is_empty()` → `||` in `doc::process` (a batch that brings
+/// a document into being, or changes nothing, would drop its peers' sync states).
+#[tokio::test]
+async fn the_first_sync_of_a_document_persists_the_peers_state() {
+    let (da, db) = (TempDir::new("first-sync-a"), TempDir::new("first-sync-b"));
+    let a = hub_at(&da, HubConfig::default());
+    let b = hub_at(&db, HubConfig::default());
+    created(&a, "s").await;
+    sync_pair(&a, "A", &b, "B", "s").await;
+    assert_eq!(b.doc_heads(&session("s")), a.doc_heads(&session("s")));
+    assert!(
+        b.store()
+            .sync_state("A", "session/s")
+            .expect("read")
+            .is_some(),
+        "B keeps no sync state with A"
+    );
 }

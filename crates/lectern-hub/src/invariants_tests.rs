@@ -7,12 +7,12 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lectern_hub::{Hub, HubConfig, HubError, JobHook};
 use lectern_model::{CommandBody, Millis, Role, Trigger};
 use lectern_store::{CommitHook, Store};
 use tokio::sync::mpsc;
 
-use crate::support::{TempDir, ask, caller, cmd, create_session, session};
+use crate::test_support::{TempDir, ask, caller, cmd, create_session, session};
+use crate::{Hub, HubConfig, HubError, JobHook};
 
 /// How long anything that should happen is waited for (a loaded 2-core machine is slow).
 const EXPECT_WITHIN: Duration = Duration::from_secs(30);
@@ -378,7 +378,8 @@ async fn writers_retire_under_load_without_losing_or_forking_anything() {
                     let id = format!("t{t}-{i}");
                     hub.execute(
                         session(DOCS[d]),
-                        caller(&format!("u{t}"), Role::Student),
+                        // A new person every 50 asks: one person's are capped per session.
+                        caller(&format!("u{t}-{}", i / 50), Role::Student),
                         cmd(&id, ask(&id)),
                     )
                     .await
