@@ -318,7 +318,8 @@ impl Socket {
         let sleep = tokio::time::sleep_until(self.next_wake());
         tokio::pin!(sleep);
         while self.ending.is_none() {
-            // A rate-limit pause that has passed: frames read before it go on.
+            // A rate-limit pause that has passed, or a command slot freed: frames read before
+            // go on.
             if !self.inbuf.is_empty() && self.has_slot() && !self.read_paused() {
                 self.decode_all();
             }
@@ -353,13 +354,9 @@ impl Socket {
                 },
                 (i, input) = next_input(&mut self.subs) => self.on_input(i, input),
                 done = next_done(&mut self.inflight), if self.inflight.is_some() => match done {
-                    Some(done) => {
-                        self.on_done(done);
-                        // A slot is free: frames read while the socket was at its cap go on.
-                        if !self.inbuf.is_empty() && self.has_slot() && !self.read_paused() {
-                            self.decode_all();
-                        }
-                    }
+                    // A slot is free: frames read while the socket was at its cap go on at
+                    // the loop's top.
+                    Some(done) => self.on_done(done),
                     None => self.inflight = None,
                 },
                 () = &mut sleep => self.on_timer(),
