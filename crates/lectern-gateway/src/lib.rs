@@ -390,8 +390,7 @@ impl Gateway {
                 .hub
                 .read(DocId::Session(session.clone()), |r| r.session_cohort())
                 .await?;
-            lectern_model::check_session_link(cohort, owner.as_ref())
-                .map_err(|r| AppError::from(lectern_hub::HubError::Rejected(r)))?;
+            lectern_model::check_session_link(cohort, owner.as_ref())?;
         }
         let id = id.unwrap_or_else(new_command_id);
         let started = Instant::now();

@@ -375,7 +375,7 @@ async fn read_view(
 ) -> Result<Response, AppError> {
     gw.inner.limiter.command(user)?;
     let view = gw.inner.hub.read(doc, f).await?;
-    let view = view.map_err(|r| AppError::from(lectern_hub::HubError::Rejected(r)))?;
+    let view = view?;
     Ok(Json(view).into_response())
 }
 

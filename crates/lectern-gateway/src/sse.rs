@@ -161,8 +161,7 @@ async fn open_progress(
             .inner
             .hub
             .read(doc.clone(), move |r| r.student_progress(&c, &s))
-            .await?
-            .map_err(|r| AppError::from(lectern_hub::HubError::Rejected(r)))?;
+            .await??;
         Ok(Some(progress))
     };
     let doc = DocId::Cohort(cohort);
