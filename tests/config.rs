@@ -506,7 +506,14 @@ fn every_key_takes_its_example_alike_from_the_file_its_variable_and_its_flag() {
             let _ = section;
             text.push_str(&format!("{leaf} = {value}\n"));
         }
-        for section in ["auth", "limits", "mesh", "notify", "notify.smtp"] {
+        for section in [
+            "auth",
+            "limits",
+            "classroom",
+            "mesh",
+            "notify",
+            "notify.smtp",
+        ] {
             text.push_str(&format!("[{section}]\n"));
             for (_, leaf, value) in lines.iter().filter(|l| l.0 == section) {
                 text.push_str(&format!("{leaf} = {value}\n"));

@@ -445,6 +445,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 ""
             };
             println!("clients:   {}{draining}", v["connections"]);
+            print_classroom(&v["classroom"]);
             print_peers(&v["peers"]);
             Ok(())
         }
@@ -511,6 +512,34 @@ fn run(args: Args) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// A classroom node's uplink in `lectern status` (nothing for other nodes).
+fn print_classroom(c: &serde_json::Value) {
+    if c.is_null() {
+        return;
+    }
+    let cohorts: Vec<&str> = c["cohorts"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|x| x.as_str()).collect())
+        .unwrap_or_default();
+    println!("classroom: cohorts {}", cohorts.join(", "));
+    let upstream = c["upstream"].as_str().unwrap_or("?");
+    if c["uplink"] == "up" {
+        println!(
+            "uplink:    {upstream} up, {} documents waiting to go up",
+            c["lagDocs"]
+        );
+    } else {
+        let error = c["lastError"]
+            .as_str()
+            .map(|e| format!("; last error: {e}"))
+            .unwrap_or_default();
+        println!(
+            "uplink:    {upstream} DOWN for {} s (the class runs on and merges when the link is back){error}",
+            c["offlineS"]
+        );
     }
 }
 

@@ -26,6 +26,8 @@ use lectern_jobs::{JOBS_LIST_MAX, JobControl, JobFilter, JobView, JobsError};
 use lectern_mesh::{Mesh, ShareFilter};
 use lectern_model::{Caller, CohortId, DocId, Role, SessionId, UserId};
 use serde_json::{Value, json};
+
+use crate::config::ClassroomSettings;
 use tokio::sync::watch;
 
 /// The admin routes.
@@ -35,11 +37,13 @@ pub(crate) fn routes(
     mesh: Option<Arc<Mesh>>,
     jobs: JobControl,
     token: Option<String>,
+    classroom: Option<ClassroomSettings>,
 ) -> Router {
     let started = Instant::now();
     let state = Arc::new(AdminState {
         hub,
         gateway,
+        classroom,
         mesh,
         jobs,
         token,
@@ -163,6 +167,7 @@ struct JobQuery {
 struct AdminState {
     hub: Hub,
     gateway: Gateway,
+    classroom: Option<ClassroomSettings>,
     mesh: Option<Arc<Mesh>>,
     jobs: JobControl,
     token: Option<String>,
@@ -245,7 +250,27 @@ impl AdminState {
             "peerFaults": mesh.as_ref().map(|m| m.peer_faults),
             "draining": self.gateway.is_draining(),
             "connections": self.gateway.connections(),
+            "classroom": self.classroom_status(mesh.as_ref()),
             "peers": self.peers(),
+        })
+    }
+
+    /// A classroom node's uplink: its upstream, its cohorts, whether the link is up (and for
+    /// how long it has been down), what waits to go up. `null` on other nodes.
+    fn classroom_status(&self, mesh: Option<&lectern_mesh::MeshStatus>) -> Value {
+        let Some(c) = &self.classroom else {
+            return Value::Null;
+        };
+        let upstream = c.upstream.clone().unwrap_or_default();
+        let name = upstream.split('@').next().unwrap_or_default();
+        let peer = mesh.and_then(|m| m.peers.iter().find(|p| p.name == name));
+        json!({
+            "upstream": upstream,
+            "cohorts": c.cohorts,
+            "uplink": if peer.is_some_and(|p| p.state == "connected") { "up" } else { "down" },
+            "offlineS": peer.and_then(|p| p.offline_s),
+            "lagDocs": peer.map(|p| p.lag_docs),
+            "lastError": peer.and_then(|p| p.last_error.clone()),
         })
     }
 

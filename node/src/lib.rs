@@ -156,7 +156,10 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
 
 /// [`start`] on a store the caller opened on `config.data_dir`, so that it can install a
 /// [`lectern_store::CommitHook`] before anything (the job runner's first jobs) writes.
-pub async fn start_on(config: Config, store: Store) -> anyhow::Result<Node> {
+pub async fn start_on(mut config: Config, store: Store) -> anyhow::Result<Node> {
+    // A classroom node: its upstream among the peers, its cohorts as the share policy.
+    let classroom = config.classroom.clone();
+    classroom.apply(&mut config.mesh)?;
     let identity = store.identity();
     info!(
         node = %identity.node_id,
@@ -265,6 +268,7 @@ pub async fn start_on(config: Config, store: Store) -> anyhow::Result<Node> {
         mesh.clone(),
         jobs.control(),
         config.admin_token.clone(),
+        config.classroom.is_on().then(|| config.classroom.clone()),
     );
     let (health_hub, health_gateway) = (hub.clone(), gateway.clone());
     let health = get(move || {

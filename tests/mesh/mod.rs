@@ -6,6 +6,7 @@
 //! dir, one shared token secret, and nodes started in order so that each later node dials the
 //! earlier ones (their QUIC ports are known by then).
 
+mod classroom;
 mod demo;
 mod failover;
 mod hostile;

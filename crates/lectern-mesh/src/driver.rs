@@ -175,6 +175,9 @@ pub struct PeerStatus {
     pub connected_s: Option<u64>,
     /// The last dial error, when not connected.
     pub last_error: Option<String>,
+    /// Seconds since the connection to it ended (or since this mesh started, if it never
+    /// connected), when not connected: how long a classroom's uplink has been down.
+    pub offline_s: Option<u64>,
 }
 
 /// The mesh as `lectern status` shows it.
@@ -222,6 +225,9 @@ struct Shared {
     ephemeral_sender: String,
     sessions: Mutex<HashMap<String, PeerEntry>>,
     dial_errors: Mutex<HashMap<String, String>>,
+    /// When each peer's last connection ended.
+    disconnected_at: Mutex<HashMap<String, Instant>>,
+    started: Instant,
     changed: watch::Sender<u64>,
     shutdown: watch::Sender<bool>,
     resync: watch::Sender<u64>,
@@ -259,6 +265,8 @@ impl Mesh {
             config,
             sessions: Mutex::new(HashMap::new()),
             dial_errors: Mutex::new(HashMap::new()),
+            disconnected_at: Mutex::new(HashMap::new()),
+            started: Instant::now(),
             changed: watch::channel(0).0,
             shutdown: watch::channel(false).0,
             resync: watch::channel(0).0,
@@ -345,6 +353,11 @@ impl Mesh {
             .lock()
             .map(|e| e.clone())
             .unwrap_or_default();
+        let disconnected = shared
+            .disconnected_at
+            .lock()
+            .map(|d| d.clone())
+            .unwrap_or_default();
         let mut peers: Vec<PeerStatus> = Vec::new();
         if let Ok(sessions) = &sessions {
             for (name, entry) in sessions.iter() {
@@ -358,6 +371,7 @@ impl Mesh {
                     lag_docs: entry.pending.load(Ordering::Relaxed),
                     connected_s: Some(entry.since.elapsed().as_secs()),
                     last_error: None,
+                    offline_s: None,
                 });
             }
             for peer in &shared.config.peers {
@@ -372,6 +386,14 @@ impl Mesh {
                         lag_docs: 0,
                         connected_s: None,
                         last_error: errors.get(&peer.name).cloned(),
+                        offline_s: Some(
+                            disconnected
+                                .get(&peer.name)
+                                .copied()
+                                .unwrap_or(shared.started)
+                                .elapsed()
+                                .as_secs(),
+                        ),
                     });
                 }
             }
@@ -588,6 +610,9 @@ impl Shared {
             Err(_) => false,
         };
         if removed {
+            if let Ok(mut at) = self.disconnected_at.lock() {
+                at.insert(name.to_owned(), Instant::now());
+            }
             self.changed.send_modify(|v| *v += 1);
         }
     }

@@ -304,6 +304,13 @@ pub static KEYS: &[Key] = &[
     key("limits.body_read_timeout_ms", "LECTERN_BODY_READ_TIMEOUT_MS", "A request body (REST, polling, uploads) not fully received this long after its head fails, in ms.",
         |d, v, k| { d.config.limits.body_read_timeout_ms = v.min_1(k)?; Ok(()) })
         .default("30000").example("10000"),
+    // [classroom]
+    key("classroom.upstream", "LECTERN_CLASSROOM_UPSTREAM", "Makes this a classroom node: the region node it syncs with, `NAME@HOST:PORT` (its certificate's name). Needs `classroom.cohorts` and `mesh.tls_dir`.",
+        |d, v, k| { d.config.classroom.upstream = check_peers(vec![v.text(k)?], k)?.pop(); Ok(()) })
+        .flag("upstream").example("\"eu-1@region.example:7400\""),
+    key("classroom.cohorts", "LECTERN_CLASSROOM_COHORTS", "The cohorts a classroom node serves: it holds their documents (the cohort, its sessions, its members' inboxes) and nothing else.",
+        |d, v, k| { d.config.classroom.cohorts = Some(v.list(k)?); Ok(()) })
+        .list().example("[\"cs101-autumn\"]"),
     // [mesh]
     key("mesh.name", "LECTERN_MESH_NAME", "This node's cluster name: the `--id` its certificate was issued for.",
         |d, v, k| { d.config.mesh.name = check_node_name(&v.text(k)?, k)?; Ok(()) })

@@ -84,6 +84,60 @@ pub struct Config {
     /// Seconds between the keep-alive comments of an idle SSE stream (so proxies do not close
     /// it). Default 15.
     pub sse_keepalive_s: u64,
+    /// The classroom profile (`--upstream NAME@HOST:PORT`, `[classroom]`). Default: not a
+    /// classroom node.
+    pub classroom: ClassroomSettings,
+}
+
+/// A classroom node: one upstream region node, the cohorts it serves. At start the upstream
+/// joins `mesh.peers` and the cohorts become `mesh.share_cohorts` ([`ClassroomSettings::apply`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClassroomSettings {
+    /// The region node it syncs with, `NAME@HOST:PORT`; set, it makes this a classroom node.
+    pub upstream: Option<String>,
+    /// The cohorts it serves.
+    pub cohorts: Option<Vec<String>>,
+}
+
+impl ClassroomSettings {
+    /// Whether this is a classroom node.
+    pub fn is_on(&self) -> bool {
+        self.upstream.is_some()
+    }
+
+    /// Applies the profile to `mesh`: the upstream among the peers, the cohorts as the share
+    /// policy. An error says what is missing or in conflict.
+    pub fn apply(&self, mesh: &mut MeshSettings) -> anyhow::Result<()> {
+        let Some(upstream) = &self.upstream else {
+            if self.cohorts.is_some() {
+                bail!(
+                    "classroom.cohorts is set but not classroom.upstream (a classroom node needs both)"
+                );
+            }
+            return Ok(());
+        };
+        let cohorts = match &self.cohorts {
+            Some(c) if !c.is_empty() => c.clone(),
+            _ => bail!(
+                "classroom.upstream: a classroom node needs classroom.cohorts (LECTERN_CLASSROOM_COHORTS): the cohorts it serves"
+            ),
+        };
+        if mesh.tls_dir.is_none() {
+            bail!(
+                "classroom.upstream: a classroom node needs mesh.tls_dir, its bundle from `lectern cluster issue-node`"
+            );
+        }
+        match &mesh.share_cohorts {
+            Some(shared) if shared != &cohorts => bail!(
+                "mesh.share_cohorts ({shared:?}) and classroom.cohorts ({cohorts:?}) differ: set only classroom.cohorts"
+            ),
+            _ => mesh.share_cohorts = Some(cohorts),
+        }
+        if !mesh.peers.contains(upstream) {
+            mesh.peers.insert(0, upstream.clone());
+        }
+        Ok(())
+    }
 }
 
 /// Longest push coalescing window accepted, in ms (the replication-latency budget).
@@ -299,6 +353,7 @@ impl Default for Config {
             notify: NotifySettings::default(),
             admin_http: None,
             sse_keepalive_s: 15,
+            classroom: ClassroomSettings::default(),
         }
     }
 }
