@@ -28,7 +28,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use lectern_gateway::auth::{Claims, mint};
 use lectern_node::{DEMO_COHORT, DEMO_SESSION};
 use lectern_testkit::Http;
 use serde_json::json;
@@ -93,20 +92,7 @@ struct PhaseFigures {
 }
 
 fn token(user: &str, role: &str) -> anyhow::Result<String> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let claims = Claims {
-        sub: user.into(),
-        name: user.into(),
-        role: role.into(),
-        cohorts: vec![DEMO_COHORT.into()],
-        exp: now + 24 * 3600,
-        iat: now,
-        nbf: None,
-    };
-    mint(SECRET.as_bytes(), &claims).context("mint a token")
+    crate::util::token(SECRET.as_bytes(), user, role, DEMO_COHORT)
 }
 
 /// Runs the benchmark.

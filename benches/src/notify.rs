@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use lectern_gateway::auth::{Claims, mint};
 use lectern_testkit::{Http, SmtpServer};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -45,20 +44,7 @@ const SECRET: &str = "lectern-bench-notify-secret-0123456789";
 const COHORT: &str = "demo-cohort";
 
 fn token(user: &str, role: &str) -> anyhow::Result<String> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let claims = Claims {
-        sub: user.into(),
-        name: user.into(),
-        role: role.into(),
-        cohorts: vec![COHORT.into()],
-        exp: now + 24 * 3600,
-        iat: now,
-        nbf: None,
-    };
-    mint(SECRET.as_bytes(), &claims).context("mint a token")
+    crate::util::token(SECRET.as_bytes(), user, role, COHORT)
 }
 
 /// Runs the benchmark.

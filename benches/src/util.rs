@@ -81,3 +81,22 @@ pub fn bytes(n: f64) -> String {
         format!("{:.1} KiB", n / 1024.0)
     }
 }
+
+/// A token for `user` with `role` in `cohort`, valid for a day, signed with `secret` (what the
+/// benchmarks' clients connect with).
+pub fn token(secret: &[u8], user: &str, role: &str, cohort: &str) -> anyhow::Result<String> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let claims = lectern_gateway::auth::Claims {
+        sub: user.into(),
+        name: user.into(),
+        role: role.into(),
+        cohorts: vec![cohort.into()],
+        exp: now + 24 * 3600,
+        iat: now,
+        nbf: None,
+    };
+    lectern_gateway::auth::mint(secret, &claims).context("mint a token")
+}

@@ -30,10 +30,9 @@ use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use lectern_gateway::auth::{Claims, mint};
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
@@ -676,20 +675,7 @@ fn progress(what: std::fmt::Arguments<'_>) {
 
 /// A token for `user`, valid for a day.
 fn token(secret: &[u8], user: &str, cohort: &str) -> anyhow::Result<String> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let claims = Claims {
-        sub: user.to_owned(),
-        name: user.to_owned(),
-        role: "student".to_owned(),
-        cohorts: vec![cohort.to_owned()],
-        exp: now + 24 * 3600,
-        iat: now,
-        nbf: None,
-    };
-    mint(secret, &claims).map_err(|e| anyhow::anyhow!("mint a token: {e}"))
+    crate::util::token(secret, user, "student", cohort)
 }
 
 /// Memory of `pid` if known, with its live heap if `child` counts it.
