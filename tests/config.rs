@@ -58,7 +58,7 @@ fn defaults_are_the_documented_ones() {
     assert_eq!(c.limits.command_burst, 20);
     assert_eq!(c.limits.payload_max_bytes, 16 * 1024);
     assert_eq!(c.limits.outbound_queue_max, 256);
-    assert_eq!(c.limits.conns_max, 20_000);
+    assert_eq!(c.limits.conns_max, 16_000);
     assert_eq!(c.limits.conns_per_user_max, 16);
 }
 

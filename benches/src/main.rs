@@ -24,6 +24,7 @@
 
 mod alloc;
 mod class_size;
+mod hostile;
 mod hub_throughput;
 mod load;
 mod mesh;
@@ -66,6 +67,10 @@ enum Bench {
     /// An announcement to N students connected over SSE: time until each stream shows it,
     /// until every email is accepted by SMTP, and the node's memory.
     Notify(notify::Args),
+    /// A class of students on one node under a document flood, a ping flood, a flood of
+    /// connections that never authenticate and a slow-body flood: delivery against the
+    /// unloaded baseline, and the node's memory.
+    Hostile(hostile::Args),
     /// Runs a node with the demo class for `load` (configured by `LECTERN_*`).
     #[command(hide = true)]
     Serve(load::node::ServeArgs),
@@ -88,6 +93,7 @@ fn main() -> ExitCode {
         Bench::Load(args) => load::run(args, cli.json),
         Bench::Mesh(args) => mesh::run(args, cli.json),
         Bench::Notify(args) => notify::run(args, cli.json),
+        Bench::Hostile(args) => hostile::run(args, cli.json),
         Bench::Serve(args) => load::node::serve(args),
         Bench::FloorServe(args) => load::floor::serve(args),
     };

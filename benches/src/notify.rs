@@ -90,6 +90,9 @@ async fn run_async(args: &Args, json_out: bool) -> anyhow::Result<()> {
         ("LECTERN_RATE_COMMANDS_PER_S", "1000000".to_owned()),
         ("LECTERN_RATE_COMMAND_BURST", "1000000".to_owned()),
         ("LECTERN_CONNS_MAX", "20000".to_owned()),
+        // Every simulated client comes from 127.0.0.1 at once.
+        ("LECTERN_PREAUTH_MAX", "20000".to_owned()),
+        ("LECTERN_PREAUTH_PER_ADDRESS_MAX", "20000".to_owned()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))

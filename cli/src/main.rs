@@ -122,6 +122,22 @@ enum Cmd {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Drain a running node before maintenance: it refuses new Socket.IO connections and
+    /// streams, fails its health check, and tells its clients to reconnect to another node
+    /// (admin API). With `--wait-s`, waits until no client connection is left.
+    Drain {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Wait up to this many seconds for the node's last client connection to go (exit 1 if
+        /// some are left then).
+        #[arg(long)]
+        wait_s: Option<u64>,
+    },
+    /// End a drain: the node takes clients again (admin API).
+    Undrain {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// A running node's notification jobs: queued, parked and dead-lettered (admin API).
     Jobs {
         #[command(subcommand)]
@@ -423,6 +439,12 @@ fn run(args: Args) -> anyhow::Result<()> {
             println!("quic:      {}", s("quic"));
             println!("uptime:    {} s", v["uptimeS"]);
             println!("documents: {} ({} loaded)", v["documents"], v["docsLoaded"]);
+            let draining = if v["draining"] == true {
+                " (draining)"
+            } else {
+                ""
+            };
+            println!("clients:   {}{draining}", v["connections"]);
             print_peers(&v["peers"]);
             Ok(())
         }
@@ -432,6 +454,42 @@ fn run(args: Args) -> anyhow::Result<()> {
                 print_json(&v);
             } else {
                 print_peers(&v["peers"]);
+            }
+            Ok(())
+        }
+        Cmd::Drain { admin, wait_s } => {
+            let mut v = admin_call(&admin, "POST", "/admin/drain")?;
+            let deadline = std::time::Instant::now() + Duration::from_secs(wait_s.unwrap_or(0));
+            while wait_s.is_some()
+                && v["connections"].as_u64() != Some(0)
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(200));
+                v = admin_call(&admin, "GET", "/admin/status")?;
+            }
+            let left = v["connections"].as_u64().unwrap_or(0);
+            if json {
+                print_json(&serde_json::json!({"draining": true, "connections": left}));
+            } else {
+                println!("draining: {left} client connections left");
+            }
+            if wait_s.is_some() && left > 0 {
+                return Err(failed(
+                    Exit::Failure,
+                    "still_connected",
+                    format!(
+                        "{left} client connections are still open; wait longer or stop the node"
+                    ),
+                ));
+            }
+            Ok(())
+        }
+        Cmd::Undrain { admin } => {
+            let v = admin_call(&admin, "POST", "/admin/undrain")?;
+            if json {
+                print_json(&v);
+            } else {
+                println!("taking clients again ({} connected)", v["connections"]);
             }
             Ok(())
         }

@@ -5,9 +5,10 @@
 //! (peers only), `GET /admin/heads?doc=ID` (a document's heads digest, to compare replicas) and
 //! the job queue (`GET /admin/jobs[?state=queued|dead|all&limit=N]`, `GET
 //! /admin/jobs/show?id=ID`, `POST /admin/jobs/retry?id=ID`, `POST /admin/jobs/drop?id=ID`)
+//! and the drain (`POST /admin/drain`, `POST /admin/undrain`: `{draining, connections}`)
 //! answer only a `Authorization: Bearer {admin_token}`; without a configured token they answer
 //! 404, so an unconfigured node exposes nothing. `lectern status`, `lectern peers` and `lectern
-//! jobs` call them. Errors are `{error: {code, message}}` with a stable code.
+//! jobs`, `lectern drain` and `lectern undrain` call them. Errors are `{error: {code, message}}` with a stable code.
 
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
@@ -19,6 +20,7 @@ use axum::extract::Query;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use lectern_gateway::Gateway;
 use lectern_hub::Hub;
 use lectern_jobs::{JOBS_LIST_MAX, JobControl, JobFilter, JobView, JobsError};
 use lectern_mesh::{Mesh, ShareFilter};
@@ -29,6 +31,7 @@ use tokio::sync::watch;
 /// The admin routes.
 pub(crate) fn routes(
     hub: Hub,
+    gateway: Gateway,
     mesh: Option<Arc<Mesh>>,
     jobs: JobControl,
     token: Option<String>,
@@ -36,6 +39,7 @@ pub(crate) fn routes(
     let started = Instant::now();
     let state = Arc::new(AdminState {
         hub,
+        gateway,
         mesh,
         jobs,
         token,
@@ -50,6 +54,27 @@ pub(crate) fn routes(
     let status = move |headers: HeaderMap| {
         let state = s.clone();
         async move { state.guarded(&headers, |s| s.status()) }
+    };
+    let s = state.clone();
+    let drain = move |headers: HeaderMap| {
+        let state = s.clone();
+        async move {
+            if let Some(refused) = state.refusal(&headers) {
+                return refused;
+            }
+            state.gateway.drain().await;
+            Json(state.drain_state()).into_response()
+        }
+    };
+    let s = state.clone();
+    let undrain = move |headers: HeaderMap| {
+        let state = s.clone();
+        async move {
+            state.guarded(&headers, |s| {
+                s.gateway.undrain();
+                s.drain_state()
+            })
+        }
     };
     let s = state.clone();
     let peers = move |headers: HeaderMap| {
@@ -108,6 +133,8 @@ pub(crate) fn routes(
         .route("/admin/heads", get(heads))
         .route("/admin/status", get(status))
         .route("/admin/peers", get(peers))
+        .route("/admin/drain", post(drain))
+        .route("/admin/undrain", post(undrain))
         .route("/admin/jobs", get(jobs_list))
         .route("/admin/jobs/show", get(jobs_show))
         .route("/admin/jobs/retry", post(jobs_retry))
@@ -135,6 +162,7 @@ struct JobQuery {
 
 struct AdminState {
     hub: Hub,
+    gateway: Gateway,
     mesh: Option<Arc<Mesh>>,
     jobs: JobControl,
     token: Option<String>,
@@ -215,7 +243,18 @@ impl AdminState {
             "documents": self.hub.heads_summary().len(),
             "docsLoaded": self.hub.loaded_docs(),
             "peerFaults": mesh.as_ref().map(|m| m.peer_faults),
+            "draining": self.gateway.is_draining(),
+            "connections": self.gateway.connections(),
             "peers": self.peers(),
+        })
+    }
+
+    /// What `/admin/drain` and `/admin/undrain` answer: whether the node drains and how many
+    /// client connections it still holds.
+    fn drain_state(&self) -> Value {
+        json!({
+            "draining": self.gateway.is_draining(),
+            "connections": self.gateway.connections(),
         })
     }
 

@@ -151,6 +151,12 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
         .await
         .context("join the store-opening task")?
         .with_context(|| format!("open store at {}", config.data_dir.display()))?;
+    start_on(config, store).await
+}
+
+/// [`start`] on a store the caller opened on `config.data_dir`, so that it can install a
+/// [`lectern_store::CommitHook`] before anything (the job runner's first jobs) writes.
+pub async fn start_on(config: Config, store: Store) -> anyhow::Result<Node> {
     let identity = store.identity();
     info!(
         node = %identity.node_id,
@@ -255,17 +261,24 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
     info!(%http_addr, "serving HTTP");
     let admin_routes = admin::routes(
         hub.clone(),
+        gateway.clone(),
         mesh.clone(),
         jobs.control(),
         config.admin_token.clone(),
     );
-    let health_hub = hub.clone();
+    let (health_hub, health_gateway) = (hub.clone(), gateway.clone());
     let health = get(move || {
-        let hub = health_hub.clone();
+        let (hub, gateway) = (health_hub.clone(), health_gateway.clone());
         async move {
             let id = hub.identity();
+            // Alive either way; a draining node fails `/readyz` instead.
+            let status = if gateway.is_draining() {
+                "draining"
+            } else {
+                "ok"
+            };
             Json(json!({
-                "status": "ok",
+                "status": status,
                 "node": id.node_id.to_string(),
                 "bootEpoch": id.boot_epoch,
                 "docsLoaded": hub.loaded_docs(),
@@ -284,6 +297,7 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
         }
     };
     let (stop, stopped) = oneshot::channel::<()>();
+    let app = gateway.front_door(app);
     let server = tokio::spawn(serve::serve(listener, app, gateway.clone(), stopped));
     Ok(Node {
         http_addr,
@@ -486,18 +500,26 @@ async fn start_mesh(
     mesh_config.connect_timeout_ms = settings.connect_timeout_ms;
     mesh_config.handshakes_max = settings.handshakes_max;
     mesh_config.backoff_min_ms = mesh_config.backoff_min_ms.min(settings.reconnect_max_ms);
-    let mut admitted = None;
+    // Each filter's refresh ticks when it admits new sessions: anti-entropy runs again.
+    let mut admitted = Vec::new();
     if let Some(cohorts) = &settings.share_cohorts {
         let (filter, ticks) = admin::share_filter(&hub, cohorts);
         mesh_config.share = filter;
-        admitted = Some(ticks);
+        admitted.push(ticks);
     }
+    let mut scopes = std::collections::HashMap::new();
+    for (peer, cohorts) in &settings.peer_cohorts {
+        let (filter, ticks) = admin::share_filter(&hub, cohorts);
+        scopes.insert(peer.clone(), filter);
+        admitted.push(ticks);
+    }
+    mesh_config.peer_scopes = Arc::new(scopes);
     let mesh = Arc::new(
         Mesh::start(mesh_config, hub)
             .await
             .with_context(|| format!("start the mesh on {}", settings.listen))?,
     );
-    if let Some(mut ticks) = admitted {
+    for mut ticks in admitted {
         // New sessions admitted by the share policy: run anti-entropy again to fetch them.
         // Ends when the mesh stops, dropping the ticks, which ends the share policy's refresh
         // task and its handle on the hub (so a stopped node lets go of its store).

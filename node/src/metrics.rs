@@ -233,6 +233,16 @@ pub(crate) fn mesh(mesh: &Arc<Mesh>) -> MetricsSection {
                 p.lag_docs
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP lectern_mesh_frames_refused_total Peers' frames dropped for a document outside the share policy or the peer's scope."
+        );
+        let _ = writeln!(out, "# TYPE lectern_mesh_frames_refused_total counter");
+        let _ = writeln!(
+            out,
+            "lectern_mesh_frames_refused_total {}",
+            status.frames_refused
+        );
     })
 }
 

@@ -31,7 +31,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use lectern_gateway::{AppError, Gateway, LeanStream, is_lean_websocket};
+use lectern_gateway::{Admitted, AppError, Gateway, LeanStream, is_lean_websocket};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
@@ -66,13 +66,23 @@ pub(crate) async fn serve(
             a = listener.accept() => a,
             _ = &mut stop => break,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (stream, from) = match accepted {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors or a connection reset before accept: keep serving the
                 // others, and give the system a moment to free descriptors.
                 warn!(error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        // Before a byte is read: a connection past the pre-authentication caps gets its fixed
+        // refusal (if the socket takes it at once) and is closed.
+        let admitted = match gateway.admit(from.ip()) {
+            Ok(admitted) => admitted,
+            Err(refused) => {
+                let _ = stream.try_write(refused.response());
+                debug!(%from, code = refused.code(), "connection refused before authentication");
                 continue;
             }
         };
@@ -83,7 +93,7 @@ pub(crate) async fn serve(
         let alive = alive.clone();
         tokio::spawn(async move {
             let _alive = alive;
-            connection(stream, app, gateway, closed).await;
+            connection(stream, admitted, app, gateway, closed).await;
         });
     }
     drop(listener);
@@ -110,9 +120,13 @@ enum Head {
     Other(Vec<u8>),
 }
 
-/// One connection: a stream written here, or hyper.
+/// One connection: a stream written here, or hyper. `admitted` is its place among the
+/// connections waiting to authenticate, given up once it has: a stream once it opens, a lean
+/// WebSocket once its `CONNECT` is accepted, a hyper connection once its first response is
+/// ready.
 async fn connection(
     mut stream: TcpStream,
+    admitted: Admitted,
     app: Router,
     gateway: Gateway,
     closed: watch::Receiver<bool>,
@@ -135,17 +149,24 @@ async fn connection(
     let rest: Pin<Box<dyn Future<Output = ()> + Send>> = match head {
         Head::Stream(target, headers) => {
             drop(app);
-            Box::pin(sse_stream(stream, gateway, target, headers, closed))
+            Box::pin(sse_stream(
+                stream, admitted, gateway, target, headers, closed,
+            ))
         }
         Head::WebSocket(target, headers, early) => {
             drop((app, closed));
             // The gateway ends it when the node stops (it tells the client first).
-            match gateway.open_websocket(stream, &target, &headers, early) {
+            match gateway.open_websocket(stream, &target, &headers, early, admitted) {
                 Some(socket) => Box::pin(socket),
                 None => return,
             }
         }
-        Head::Other(prefix) => Box::pin(serve_hyper(Prefixed::new(prefix, stream), app, closed)),
+        Head::Other(prefix) => Box::pin(serve_hyper(
+            Prefixed::new(prefix, stream),
+            admitted,
+            app,
+            closed,
+        )),
     };
     rest.await;
 }
@@ -153,13 +174,14 @@ async fn connection(
 /// Opens an SSE stream and writes it, or answers its refusal.
 async fn sse_stream(
     stream: TcpStream,
+    admitted: Admitted,
     gateway: Gateway,
     target: String,
     headers: HeaderMap,
     closed: watch::Receiver<bool>,
 ) {
     let opened = Box::pin(gateway.open_stream(&target, &headers)).await;
-    drop((target, headers, gateway));
+    drop((target, headers, gateway, admitted));
     match opened {
         Ok(lean) => {
             if let Err(e) = write_stream(stream, lean, closed).await {
@@ -280,8 +302,16 @@ async fn write_error(mut stream: TcpStream, e: &AppError) -> io::Result<()> {
 }
 
 /// Serves a connection with hyper until it ends, or gracefully once the server stops.
-async fn serve_hyper(io: Prefixed, app: Router, mut closed: watch::Receiver<bool>) {
-    let service = TowerToHyperService::new(app);
+async fn serve_hyper(
+    io: Prefixed,
+    admitted: Admitted,
+    app: Router,
+    mut closed: watch::Receiver<bool>,
+) {
+    let service = FirstResponseAdmits {
+        inner: TowerToHyperService::new(app),
+        admitted: std::sync::Mutex::new(Some(admitted)),
+    };
     let conn = http1::Builder::new()
         .writev(false)
         .timer(TokioTimer::new())
@@ -300,6 +330,38 @@ async fn serve_hyper(io: Prefixed, app: Router, mut closed: watch::Receiver<bool
     }
     conn.as_mut().graceful_shutdown();
     let _ = conn.await;
+}
+
+/// The app as hyper calls it, holding the connection's place among those waiting to
+/// authenticate until its first response is ready (its body read, its caller known): what a
+/// connection does after that is counted per user.
+struct FirstResponseAdmits {
+    inner: TowerToHyperService<Router>,
+    admitted: std::sync::Mutex<Option<Admitted>>,
+}
+
+impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for FirstResponseAdmits {
+    type Response = <TowerToHyperService<Router> as hyper::service::Service<
+        hyper::Request<hyper::body::Incoming>,
+    >>::Response;
+    type Error = <TowerToHyperService<Router> as hyper::service::Service<
+        hyper::Request<hyper::body::Incoming>,
+    >>::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn call(&self, request: hyper::Request<hyper::body::Incoming>) -> Self::Future {
+        let admitted = self
+            .admitted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let response = hyper::service::Service::call(&self.inner, request);
+        Box::pin(async move {
+            let response = response.await;
+            drop(admitted);
+            response
+        })
+    }
 }
 
 /// A socket whose first bytes were already read: they are read again first.

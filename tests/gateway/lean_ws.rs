@@ -2,10 +2,11 @@
 //! real clients over real sockets: which transport serves which client, the heartbeat (the
 //! same values socketioxide advertises; a silent client is closed), garbage frames (the socket
 //! closes with the RFC's status, nobody else notices), a slow consumer cut off and resuming by
-//! token without loss or duplicates, attendance counting the sockets of both transports, and
-//! the shutdown notice. The whole class, acks, bad input, the rate limit, oversized payloads
-//! and token expiry run over this transport in `socketio_rust`, `socketio_js`, `bad_input` and
-//! `auth_http` (their WebSocket cases open with `transport=websocket`).
+//! token without loss or duplicates, attendance counting the sockets of both transports, the
+//! shutdown notice, and the cap of 16 commands in flight per socket. The whole class, acks,
+//! bad input, the rate limit, oversized payloads and token expiry run over this transport in
+//! `socketio_rust`, `socketio_js`, `bad_input` and `auth_http` (their WebSocket cases open
+//! with `transport=websocket`).
 //!
 //! [`RawWs`] is a WebSocket client written for these tests from RFC 6455, so that a test can
 //! send frames no library would (unmasked, reserved bits, lying lengths) and stop reading at
@@ -1103,6 +1104,140 @@ async fn a_stopping_node_tells_lean_sockets_to_reconnect_elsewhere() -> anyhow::
         assert_eq!(e.data()["reconnect"], true);
         c.closed(Duration::from_secs(10)).await?;
         stop.await.context("join the stop")?
+    })
+    .await
+}
+
+/// A commit hook that holds the next round before its fsync until the test releases it (a
+/// slow disk), so every command of the node stays in flight meanwhile.
+#[derive(Default)]
+struct HoldCommits {
+    next: std::sync::Mutex<
+        Option<(
+            tokio::sync::mpsc::UnboundedSender<()>,
+            std::sync::mpsc::Receiver<()>,
+        )>,
+    >,
+}
+
+impl lectern_store::CommitHook for HoldCommits {
+    fn before_fsync(&self) -> bool {
+        let held = self.next.lock().ok().and_then(|mut h| h.take());
+        if let Some((arrived, release)) = held {
+            let _ = arrived.send(());
+            // Blocks the commit thread until the test releases it (or drops the sender).
+            let _ = release.recv();
+        }
+        true
+    }
+}
+
+/// The lean socket runs at most 16 commands at once (`INFLIGHT_MAX` in `ws.rs`); past that it
+/// reads and decodes nothing more until one finishes. With the store's commit held, 15 chat
+/// commands and a WebSocket ping sent in one write get the pong (a 16th slot is free); a 16th
+/// command, a ping and a 17th command in one write get nothing while the commit is held (the
+/// 16th takes the last slot, so the ping and the 17th wait undecoded); once released, all 17
+/// are acked once each, and the pong comes only after a command finished.
+///
+/// Kills: the cap removed (`has_slot` → `true`), off by one (`<` → `<=` in `has_slot`, or
+/// `INFLIGHT_MAX` 16 → 17: the ping is answered while 16 are held; 16 → 15: the first ping is
+/// not), `decode_all` not stopping at the cap (every frame of one read starts at once: the
+/// ping is answered while held), and the frames left undecoded at the cap not resumed when a
+/// slot frees (the pong and the 17th ack never come).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_runs_at_most_16_commands_at_once_and_acks_each_once() -> anyhow::Result<()> {
+    /// How long the test looks for a pong or an ack that a correct build cannot send while the
+    /// commit is held (the socket answers a ping within milliseconds when it reads it).
+    const ABSENT_FOR: Duration = Duration::from_millis(1_500);
+    within(async {
+        let demo = Demo::start_with("lean-inflight", |c| c.limits.command_burst = 1000).await?;
+        let s = demo.session.clone();
+        let (mut ws, _) = RawWs::open(demo.node.http_addr, "", None).await?;
+        ws.connect(&demo.token("student1", "student")).await?;
+        let chat = |id: u64| {
+            masked(
+                true,
+                1,
+                format!("42{id}{}", json!(["chat:send", s, format!("held {id}")])).as_bytes(),
+            )
+        };
+
+        let hold = std::sync::Arc::new(HoldCommits::default());
+        let (arrived_tx, mut arrived) = tokio::sync::mpsc::unbounded_channel();
+        let (release, release_rx) = std::sync::mpsc::channel();
+        *hold.next.lock().map_err(|_| anyhow::anyhow!("hold lock"))? =
+            Some((arrived_tx, release_rx));
+        demo.node.hub.store().set_commit_hook(Some(hold.clone()));
+
+        // 15 commands and a ping in one write: the socket still has a slot, so it reads on.
+        let mut burst: Vec<u8> = (1..=15).flat_map(chat).collect();
+        burst.extend(masked(true, 9, b"fifteen"));
+        ws.send_raw(&burst).await?;
+        tokio::time::timeout(FRAME_WAIT, arrived.recv())
+            .await
+            .context("no commit round reached the hold")?;
+        loop {
+            match ws.frame().await?.context("closed with 15 in flight")? {
+                Frame::Pong(p) if p == b"fifteen" => break,
+                Frame::Text(t) if t.starts_with("43") => {
+                    bail!("acked while the commit is held: {t}")
+                }
+                Frame::Close(code) => bail!("closed with 15 in flight ({code:?})"),
+                _ => {}
+            }
+        }
+
+        // The 16th takes the last slot: the ping after it is not even decoded, nor is a 17th
+        // command after that.
+        let mut burst = chat(16);
+        burst.extend(masked(true, 9, b"sixteen"));
+        burst.extend(chat(17));
+        ws.send_raw(&burst).await?;
+        let deadline = tokio::time::Instant::now() + ABSENT_FOR;
+        while let Ok(frame) = tokio::time::timeout_at(deadline, ws.frame()).await {
+            match frame?.context("closed with 16 in flight")? {
+                Frame::Pong(p) => bail!(
+                    "a ping was answered with 16 commands in flight: {}",
+                    String::from_utf8_lossy(&p)
+                ),
+                Frame::Text(t) if t.starts_with("43") => {
+                    bail!("acked while the commit is held: {t}")
+                }
+                Frame::Close(code) => bail!("closed with 16 in flight ({code:?})"),
+                _ => {}
+            }
+        }
+
+        release.send(()).context("release the commit")?;
+        let mut acks = std::collections::BTreeMap::new();
+        let mut pong_after_acks = None;
+        while acks.len() < 17 || pong_after_acks.is_none() {
+            match ws.frame().await?.context("closed after the release")? {
+                Frame::Pong(p) => {
+                    ensure!(p == b"sixteen", "unexpected pong {p:?}");
+                    ensure!(pong_after_acks.is_none(), "two pongs for one ping");
+                    pong_after_acks = Some(acks.len());
+                }
+                Frame::Text(t) if t.starts_with("43") => {
+                    let (id, reply) = t[2..].split_at(t[2..].find('[').context("ack args")?);
+                    let id: u64 = id.parse().context("ack id")?;
+                    let reply: Value = serde_json::from_str(reply)?;
+                    ensure!(reply[0]["ok"] == true, "command {id}: {reply}");
+                    ensure!(acks.insert(id, reply).is_none(), "command {id} acked twice");
+                }
+                Frame::Close(code) => bail!("closed after the release ({code:?})"),
+                _ => {}
+            }
+        }
+        assert_eq!(
+            acks.keys().copied().collect::<Vec<_>>(),
+            (1..=17).collect::<Vec<_>>()
+        );
+        assert!(
+            pong_after_acks >= Some(1),
+            "the ping was answered before any command finished"
+        );
+        demo.stop().await
     })
     .await
 }

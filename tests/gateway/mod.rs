@@ -11,11 +11,13 @@
 //! [`Demo`] is the shared harness: a demo node in a temp dir, its HTTP client, and tokens for
 //! the demo class's people (students `student1`, `student2`, instructor `ada`).
 
+mod admission;
 mod auth;
 mod auth_http;
 mod bad_input;
 mod lean_ws;
 mod long_poll;
+mod quotas;
 mod socketio_js;
 mod socketio_rust;
 mod sse;

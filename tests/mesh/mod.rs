@@ -15,6 +15,7 @@ mod presence;
 mod region;
 mod replicate;
 mod restart;
+mod scope;
 
 use std::future::Future;
 use std::net::SocketAddr;

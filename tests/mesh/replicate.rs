@@ -1,6 +1,7 @@
 //! Replication across three nodes: a student on A asks, a student on C receives `qa:new` over
 //! Socket.IO; the admin API reports the peers; a node restricted to its cohorts keeps the
-//! others' documents out; two nodes that dial each other keep one connection.
+//! others' documents out; two nodes that dial each other keep one connection, also when a
+//! second connection from the preferred dialer is forced.
 
 use std::time::Duration;
 
@@ -258,9 +259,9 @@ async fn a_node_restricted_to_its_cohorts_keeps_other_documents_out() -> anyhow:
 }
 
 /// Fails when two QUIC connections stay open between the pair (counted on each endpoint, not
-/// in the peer table keyed by name). Not killed yet: the mutations of the duplicate resolution
-/// (no `session.close("duplicate connection")` for the losing one), because nothing forces the
-/// two dials to cross here (A's first dial fails before B listens): 2 runs of 2 passed.
+/// in the peer table keyed by name). Nothing forces the two dials to cross here (A's first dial
+/// fails before B listens), so the duplicate resolution's mutations pass it; the crossing is
+/// forced by `a_second_connection_from_the_preferred_dialer_replaces_and_closes_the_first`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_dialling_each_other_keep_one_connection_and_replicate_both_ways()
 -> anyhow::Result<()> {
@@ -340,4 +341,102 @@ fn notification(id: &str) -> anyhow::Result<CommandBody> {
         link: String::new(),
         cohort: None,
     })
+}
+
+/// Forces the duplicate that two crossing dials make, deterministically: node `b` dials node
+/// `a` and they are connected; then a second connection reaches `b` from `a`'s side, made with
+/// `a`'s real cluster certificate and node id (as `a`'s own dial crossing `b`'s would be). `a`
+/// is the preferred dialer of the pair (the smaller name), so `b` keeps the new connection and
+/// must close its own: `b` is left with ONE open QUIC connection, and `a` sees `b`'s dial go.
+/// Once the second connection goes away, `b` dials `a` again, one connection each, and they
+/// replicate both ways.
+///
+/// Kills: no `close(…, "duplicate connection")` for the replaced connection in
+/// `Shared::register` (`crates/lectern-mesh/src/driver.rs`): `b` then keeps two connections
+/// open, and `a` the one `b` dialled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_connection_from_the_preferred_dialer_replaces_and_closes_the_first()
+-> anyhow::Result<()> {
+    within(async {
+        let mut cluster = Cluster::new("mesh-crossing")?;
+        let a = cluster.start("a", vec![], true).await?;
+        let b = cluster.start("b", vec![cluster.peer(a)], false).await?;
+        cluster.connected(a, 1).await?;
+        cluster.connected(b, 1).await?;
+        cluster
+            .converged(&demo_session(), &[a, b], Duration::from_secs(10))
+            .await?;
+        let mesh_a = cluster.node(a).mesh.clone().context("mesh a")?;
+        let mesh_b = cluster.node(b).mesh.clone().context("mesh b")?;
+        eventually("one connection each", LIMIT, || {
+            mesh_a.open_connections() == 1 && mesh_b.open_connections() == 1
+        })
+        .await?;
+
+        // `a`'s second connection to `b`: its certificate, its node id, its hello.
+        let tls = lectern_mesh::NodeTls::load(&cluster.tls_dir("a")?)?;
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+        endpoint.set_default_client_config(tls.client_config(super::PEER_IDLE_TIMEOUT_MS)?);
+        let second = endpoint.connect(cluster.quic(b), "b")?.await?;
+        let (mut send, _recv) = second.open_bi().await?;
+        send.write_all(&lectern_wire::encode_frame(
+            &lectern_wire::PeerFrame::Hello {
+                node_id: cluster.node(a).hub.identity().node_id.to_string(),
+                name: "a".into(),
+                region: "region-a".into(),
+                protocol_version: lectern_wire::PROTOCOL_VERSION,
+            },
+        )?)
+        .await?;
+        let second_addr = endpoint.local_addr()?.port();
+        eventually("b lists the second connection as a", LIMIT, || {
+            let peers = mesh_b.status().peers;
+            peers.len() == 1
+                && peers[0].state == "connected"
+                && peers[0]
+                    .addr
+                    .as_deref()
+                    .is_some_and(|addr| addr.ends_with(&format!(":{second_addr}")))
+        })
+        .await?;
+        eventually(
+            "b closes the connection it dialled: one open",
+            LIMIT,
+            || mesh_b.open_connections() == 1,
+        )
+        .await?;
+        eventually("a sees b's dial closed", LIMIT, || {
+            mesh_a.open_connections() == 0
+        })
+        .await?;
+
+        // The second connection goes: b dials a again, one connection each, both ways.
+        drop(send);
+        second.close(0u32.into(), b"done");
+        cluster.connected(a, 1).await?;
+        cluster.connected(b, 1).await?;
+        for (i, id) in [(a, "crossing-from-a"), (b, "crossing-from-b")] {
+            cluster
+                .node(i)
+                .hub
+                .execute(
+                    demo_session(),
+                    super::demo_caller("student1", Role::Student),
+                    cmd(id, crate::support::ask(id)),
+                )
+                .await?;
+        }
+        cluster
+            .converged(&demo_session(), &[a, b], Duration::from_secs(10))
+            .await?;
+        eventually("one connection each after the redial", LIMIT, || {
+            mesh_a.open_connections() == 1 && mesh_b.open_connections() == 1
+        })
+        .await?;
+        // The meshes hold their hubs: let go of them, or each stop waits for its store.
+        drop((mesh_a, mesh_b));
+        endpoint.close(0u32.into(), b"done");
+        cluster.stop_all().await
+    })
+    .await
 }

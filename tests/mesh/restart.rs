@@ -60,12 +60,12 @@ fn mesh_child_entrypoint() {
             let hub = node.hub.clone();
             let doc = doc.clone();
             tasks.push(tokio::spawn(async move {
-                let student = demo_caller("student2", Role::Student);
                 for n in 0.. {
                     let id = format!("b{epoch}-l{lane}-n{n}");
-                    let r = hub
-                        .execute(doc.clone(), student.clone(), cmd(&id, ask(&id)))
-                        .await;
+                    // Spread over a hundred students: one person's asks are capped per session.
+                    let student =
+                        demo_caller(&format!("student-l{lane}-{}", n % 100), Role::Student);
+                    let r = hub.execute(doc.clone(), student, cmd(&id, ask(&id))).await;
                     if r.is_ok() {
                         use std::io::Write;
                         let mut out = std::io::stdout().lock();
@@ -190,7 +190,7 @@ async fn a_node_killed_during_writes_restarts_and_catches_up_losing_nothing() ->
                     if hub
                         .execute(
                             demo_session(),
-                            demo_caller("student1", Role::Student),
+                            demo_caller(&format!("student-a{}", n % 10), Role::Student),
                             cmd(&id, ask(&id)),
                         )
                         .await
@@ -245,7 +245,7 @@ async fn a_node_killed_during_writes_restarts_and_catches_up_losing_nothing() ->
             hub_a
                 .execute(
                     demo_session(),
-                    demo_caller("student1", Role::Student),
+                    demo_caller(&format!("student-a{}", n % 10), Role::Student),
                     cmd(&id, ask(&id)),
                 )
                 .await?;

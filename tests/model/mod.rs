@@ -1,8 +1,9 @@
 //! Tests of `lectern-model`, the IO-free domain, at its public boundary: replicas of one
 //! document converge whatever the interleaving of commands and sync rounds (`convergence`),
 //! every command is authorized exactly as documented (`roles`), bad input is refused without a
-//! trace (`bad_input`), events replay exactly as they were emitted (`resume`), and course documents hold whole
-//! published versions (`course`).
+//! trace (`bad_input`), events replay exactly as they were emitted (`resume`), course documents hold whole
+//! published versions (`course`), and one person cannot use up a document's shared limits
+//! (`quotas`).
 //!
 //! This file holds what the four share: the cohort and session used everywhere, one caller per
 //! role, id and command builders, helpers that apply a command expecting success or a given
@@ -12,6 +13,7 @@
 mod bad_input;
 mod convergence;
 mod course;
+mod quotas;
 mod resume;
 mod roles;
 

@@ -11,6 +11,9 @@
 //! * `inbox`: the notifications SSE stream with unread counts, mark read, resume.
 //! * `boards`: the leaderboard and instructor dashboard streams.
 //! * `crash`: a SIGKILL in the middle of an announcement's emails.
+//! * `fanout_crash`: a process that dies in the middle of an announcement's fan-out (and would
+//!   die between a step and its follow-ups, were they two batches): every notification and
+//!   email once.
 //! * `smtp_hold`: the test SMTP server's hold, which `restart` and `crash` stop or kill a node
 //!   by, at a known point instead of a raced one.
 //!
@@ -22,6 +25,7 @@ mod boards;
 mod config;
 mod crash;
 mod email;
+mod fanout_crash;
 mod inbox;
 mod markers;
 mod restart;

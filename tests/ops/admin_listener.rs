@@ -7,8 +7,8 @@ use lectern_node::Config;
 use lectern_testkit::Http;
 
 use super::lectern;
+use super::within;
 use crate::config::{load, write_file};
-use crate::gateway::within;
 use crate::support::TempDir;
 
 const ADMIN_TOKEN: &str = "an-admin-token-for-the-listener-test";

@@ -4,8 +4,8 @@
 
 use lectern_node::Config;
 
+use super::within;
 use super::{Run, lectern};
-use crate::gateway::within;
 use crate::support::TempDir;
 
 const ADMIN_TOKEN: &str = "an-admin-token-for-the-cli-test";

@@ -7,7 +7,7 @@ use std::time::Duration;
 use lectern_testkit::{SmtpMode, SmtpServer};
 
 use super::lectern;
-use crate::gateway::within;
+use super::within;
 use crate::notify::{NotifyNode, wait_jobs};
 
 const ADMIN_TOKEN: &str = "an-admin-token-for-the-jobs-test";

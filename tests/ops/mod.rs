@@ -16,6 +16,7 @@
 
 mod admin_listener;
 mod cli;
+mod drain;
 mod jobs;
 mod park;
 mod prometheus;
@@ -27,6 +28,16 @@ use std::sync::OnceLock;
 
 use anyhow::Context;
 use serde_json::Value;
+
+/// [`crate::gateway::within`] for tests that run the `lectern` binary: the binary is built first
+/// (once per test run), outside the time limit, which is for the test's own work; a build on a
+/// loaded 2-core machine can take minutes.
+pub async fn within<T>(
+    body: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(lectern_bin).await??;
+    crate::gateway::within(body).await
+}
 
 /// The `lectern` binary, built once per test run with the same profile as this test binary
 /// (cargo builds a test's own package's binaries only; the operator's command lives in

@@ -10,7 +10,7 @@ use std::time::Duration;
 use lectern_testkit::SmtpServer;
 
 use super::lectern;
-use crate::gateway::within;
+use super::within;
 use crate::notify::{NotifyNode, wait_jobs};
 
 const ADMIN_TOKEN: &str = "an-admin-token-for-the-park-test";

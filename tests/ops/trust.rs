@@ -7,7 +7,7 @@ use lectern_node::Config;
 use lectern_testkit::Http;
 
 use super::lectern;
-use crate::gateway::within;
+use super::within;
 use crate::support::TempDir;
 
 /// A node started from `bundle` (its `mesh.tls_dir`) with its own data directory.

@@ -21,8 +21,8 @@
 
 pub mod floor;
 pub mod node;
-mod probe;
-mod sio;
+pub(crate) mod probe;
+pub(crate) mod sio;
 mod stream;
 
 use std::collections::BTreeMap;
@@ -304,7 +304,7 @@ impl Sources {
 
 /// Why a client did not get connected and joined.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum ConnectFailure {
+pub(crate) enum ConnectFailure {
     /// TCP connect (or bind) failed.
     Tcp,
     /// The HTTP upgrade to websocket failed.
@@ -323,7 +323,7 @@ enum ConnectFailure {
 
 /// A failure to connect, with the server's words.
 #[derive(Debug)]
-struct ConnectError {
+pub(crate) struct ConnectError {
     kind: ConnectFailure,
     detail: String,
 }
@@ -784,6 +784,13 @@ async fn run_once(args: &Args, sources: &mut Sources) -> anyhow::Result<Figures>
             let env = vec![
                 ("LECTERN_AUTH_SECRET".to_owned(), secret.clone()),
                 ("LECTERN_CONNS_MAX".to_owned(), conns.to_string()),
+                // Every simulated client comes from 127.0.0.1, thousands at once: the
+                // pre-authentication caps are for strangers, not for this ramp.
+                ("LECTERN_PREAUTH_MAX".to_owned(), conns.to_string()),
+                (
+                    "LECTERN_PREAUTH_PER_ADDRESS_MAX".to_owned(),
+                    conns.to_string(),
+                ),
                 ("LECTERN_RATE_COMMANDS_PER_S".to_owned(), rate.to_string()),
                 (
                     "LECTERN_RATE_COMMAND_BURST".to_owned(),

@@ -193,7 +193,7 @@ async fn authorize_read(gw: &Gateway, caller: &Caller, cohort: &CohortId) -> Res
         .hub
         .read(DocId::Cohort(cohort.clone()), move |r| r.authorize_read(&c))
         .await?
-        .map_err(|r| AppError::from(lectern_hub::HubError::Rejected(r)))
+        .map_err(AppError::from)
 }
 
 async fn leaderboard_stream(
@@ -428,7 +428,6 @@ fn reader(cohort: &CohortId) -> Caller {
 
 async fn compute(gw: &Gateway, board: Board, cohort: &CohortId) -> Result<Snapshot, AppError> {
     let doc = DocId::Cohort(cohort.clone());
-    let rejected = |r| AppError::from(lectern_hub::HubError::Rejected(r));
     match board {
         Board::Leaderboard => {
             let (full, public) = gw
@@ -436,7 +435,7 @@ async fn compute(gw: &Gateway, board: Board, cohort: &CohortId) -> Result<Snapsh
                 .hub
                 .read(doc.clone(), |r| r.leaderboard())
                 .await?
-                .map_err(rejected)?;
+                .map_err(AppError::from)?;
             Ok(Snapshot {
                 token: content_token(&full, &public),
                 full,
@@ -453,7 +452,6 @@ async fn dashboard(gw: &Gateway, cohort: &CohortId) -> Result<Snapshot, AppError
     let settings = &gw.inner.boards_settings;
     let doc = DocId::Cohort(cohort.clone());
     let staff = reader(cohort);
-    let rejected = |r| AppError::from(lectern_hub::HubError::Rejected(r));
     let (aggregates, activity) = gw
         .inner
         .hub
@@ -461,7 +459,7 @@ async fn dashboard(gw: &Gateway, cohort: &CohortId) -> Result<Snapshot, AppError
             Ok::<_, lectern_model::Rejection>((r.cohort_aggregates(&staff)?, r.cohort_activity()?))
         })
         .await?
-        .map_err(rejected)?;
+        .map_err(AppError::from)?;
     let now = lectern_hub::system_now();
     let mut watched = HashSet::from([doc]);
     let mut online: HashSet<String> = HashSet::new();

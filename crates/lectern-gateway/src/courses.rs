@@ -267,11 +267,7 @@ async fn course(
     if matches(&headers, &etag) {
         return Ok(cached(&etag, &headers, || Value::Null));
     }
-    let view = gw
-        .hub()
-        .read(doc, |r| r.course_view())
-        .await?
-        .map_err(|r| AppError::from(lectern_hub::HubError::Rejected(r)))?;
+    let view = gw.hub().read(doc, |r| r.course_view()).await??;
     Ok(cached(&etag, &headers, || view))
 }
 

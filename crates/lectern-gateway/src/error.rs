@@ -77,6 +77,13 @@ impl From<HubError> for AppError {
     }
 }
 
+/// A model refusal, with the status and code a hub refusal of it gets.
+impl From<lectern_model::Rejection> for AppError {
+    fn from(r: lectern_model::Rejection) -> Self {
+        AppError::from(HubError::Rejected(r))
+    }
+}
+
 impl From<AuthError> for AppError {
     fn from(e: AuthError) -> Self {
         let status = match e {

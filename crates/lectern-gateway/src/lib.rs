@@ -7,6 +7,7 @@
 //! model's (`lectern-model`), so it is the same on every transport; failures are one
 //! [`AppError`] with a stable code.
 
+mod admission;
 pub mod auth;
 mod boards;
 mod commands;
@@ -37,6 +38,7 @@ use serde_json::{Value, json};
 use socketioxide::SocketIo;
 use tokio::sync::{broadcast, watch};
 
+pub use admission::{Admitted, Refused};
 pub use auth::{AuthConfig, Verified, Verifier};
 pub use boards::BoardSettings;
 pub use error::AppError;
@@ -153,6 +155,12 @@ pub(crate) struct Inner {
     boards_settings: BoardSettings,
     /// Origins whose pages may authenticate with the cookie (see `auth::origin_allowed`).
     origins: Vec<String>,
+    /// Connections waiting to authenticate (see `admission.rs`).
+    admission: Arc<admission::Admission>,
+    /// How long a request body may take once its head is in.
+    body_timeout: Duration,
+    /// Set by [`Gateway::drain`], cleared by [`Gateway::undrain`].
+    draining: AtomicBool,
 }
 
 /// The gateway. Cheap to clone.
@@ -212,8 +220,16 @@ impl Gateway {
                     .chain(&config.nodes)
                     .cloned()
                     .collect(),
+                admission: Arc::new(admission::Admission::new(
+                    limits.preauth_max,
+                    limits.preauth_per_address_max,
+                )),
+                body_timeout: Duration::from_millis(limits.body_read_timeout_ms.max(1)),
+                draining: AtomicBool::new(false),
             }),
         };
+        let admission = gw.inner.admission.clone();
+        gw.add_metrics(Arc::new(move |out: &mut String| admission.render(out)));
         // socketioxide takes its state at build time, and the gateway holds the io handle:
         // the handle is set once, right after.
         let (layer, io) = SocketIo::builder()
@@ -264,6 +280,53 @@ impl Gateway {
             .render(self.inner.limiter.connections(), &self.inner.hub)
     }
 
+    /// Admits a connection accepted from `address`, before a byte of it is read: its place
+    /// among the connections waiting to authenticate (held until it authenticates or ends), or
+    /// the refusal to answer at once ([`Refused::response`]) before closing it.
+    pub fn admit(&self, address: std::net::IpAddr) -> Result<Admitted, Refused> {
+        self.inner.admission.admit(address)
+    }
+
+    /// Drains the node for maintenance: new Socket.IO connections and streams are refused
+    /// (503 `draining`; REST and the admin API still answer), `/readyz` answers 503 `draining`
+    /// so a load balancer sends no one here, and every connected client is told to reconnect to another node (`server:shutdown` with
+    /// `reconnect: true`; the page carries its resume tokens there) and its connection ends.
+    /// Requests in flight finish. [`Gateway::undrain`] takes clients again.
+    pub async fn drain(&self) {
+        self.inner.draining.store(true, Ordering::SeqCst);
+        self.inner.shutdown.send_replace(true);
+        let io = lock(&self.inner.io).clone();
+        if let Some(io) = io {
+            let _ = io.emit("server:shutdown", &sio::shutdown_payload()).await;
+            let _ = io.disconnect().await;
+        }
+    }
+
+    /// Ends a drain: the node takes new clients again.
+    pub fn undrain(&self) {
+        self.inner.draining.store(false, Ordering::SeqCst);
+        self.inner.shutdown.send_replace(false);
+    }
+
+    /// Whether the node is draining.
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::SeqCst)
+    }
+
+    /// Client connections open now (Socket.IO, SSE, long-poll), what a drain waits to see at 0.
+    pub fn connections(&self) -> usize {
+        self.inner.limiter.connections()
+    }
+
+    /// The node's whole router (the gateway's routes and the node's own), with what every
+    /// request passes first: its body read under the body deadline (408 `body_timeout`).
+    pub fn front_door(&self, app: Router) -> Router {
+        app.layer(axum::middleware::from_fn_with_state(
+            self.inner.body_timeout,
+            admission::body_deadline,
+        ))
+    }
+
     /// Adds a section to `/metrics` (the node's job runner and mesh add theirs).
     pub fn add_metrics(&self, section: MetricsSection) {
         self.inner.metrics.add_section(section);
@@ -272,7 +335,7 @@ impl Gateway {
     /// Tells every client to reconnect elsewhere and ends every stream.
     pub async fn shutdown(&self) {
         self.inner.shutting_down.store(true, Ordering::SeqCst);
-        let _ = self.inner.shutdown.send(true);
+        self.inner.shutdown.send_replace(true);
         let io = self
             .inner
             .io
@@ -327,8 +390,7 @@ impl Gateway {
                 .hub
                 .read(DocId::Session(session.clone()), |r| r.session_cohort())
                 .await?;
-            lectern_model::check_session_link(cohort, owner.as_ref())
-                .map_err(|r| AppError::from(lectern_hub::HubError::Rejected(r)))?;
+            lectern_model::check_session_link(cohort, owner.as_ref())?;
         }
         let id = id.unwrap_or_else(new_command_id);
         let started = Instant::now();

@@ -29,8 +29,9 @@ pub struct Limits {
     /// Bytes queued per lean WebSocket connection (every push counts) before it is cut off;
     /// one frame alone is always let through. Default 4 MiB.
     pub outbound_bytes_max: usize,
-    /// Connections (Socket.IO + SSE + long-poll) per node. Default 20,000, under a 20,000
-    /// open-files limit with room for the store and peers.
+    /// Authenticated connections (Socket.IO + SSE + long-poll) per node. Default 16,000: with
+    /// [`Limits::preauth_max`] it keeps 10 % of a 20,000 open-files limit for the store, the
+    /// peers and the admin listener.
     pub conns_max: usize,
     /// Connections per user. Default 16.
     pub conns_per_user_max: usize,
@@ -43,6 +44,16 @@ pub struct Limits {
     /// Milliseconds a Socket.IO connection may go without connecting namespace `/` before it
     /// is closed (both transports). Default 45,000 (socket.io's `connectTimeout`).
     pub connect_timeout_ms: u64,
+    /// Connections accepted that have not authenticated yet, in all (see `admission.rs`).
+    /// Default 2,000 (10 % of a 20,000 open-files limit).
+    pub preauth_max: usize,
+    /// Connections waiting to authenticate from one client address. Default 256 (a school
+    /// behind one NAT address opens a few per student at the bell; behind a reverse proxy
+    /// every client has the proxy's address, so raise it there).
+    pub preauth_per_address_max: usize,
+    /// Milliseconds a client may take to send a request body once its head is in (every
+    /// route hyper serves: REST, polling, uploads); past it the request fails. Default 30,000.
+    pub body_read_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -53,11 +64,14 @@ impl Default for Limits {
             payload_max_bytes: 16 * 1024,
             outbound_queue_max: 256,
             outbound_bytes_max: 4 * 1024 * 1024,
-            conns_max: 20_000,
+            conns_max: 16_000,
             conns_per_user_max: 16,
             ping_interval_ms: 25_000,
             ping_timeout_ms: 20_000,
             connect_timeout_ms: 45_000,
+            preauth_max: 2_000,
+            preauth_per_address_max: 256,
+            body_read_timeout_ms: 30_000,
         }
     }
 }

@@ -56,8 +56,7 @@ async fn list(State(gw): State<Gateway>, Authed(caller): Authed) -> Result<Respo
         .inner
         .hub
         .read(doc, move |r| r.inbox_view(&caller))
-        .await?
-        .map_err(|r| AppError::from(lectern_hub::HubError::Rejected(r)))?;
+        .await??;
     Ok(axum::Json(view).into_response())
 }
 

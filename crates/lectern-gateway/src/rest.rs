@@ -108,6 +108,13 @@ async fn read_bytes(req: Request, gw: &Gateway) -> Result<Bytes, AppError> {
     Bytes::from_request(req, gw)
         .await
         .map_err(|r: BytesRejection| {
+            if crate::admission::is_body_timeout(&r) {
+                return AppError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    "the request body did not arrive in time".to_owned(),
+                );
+            }
             let code = if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 "payload_too_large"
             } else {
@@ -218,6 +225,9 @@ async fn not_found() -> AppError {
 async fn readyz(State(gw): State<Gateway>) -> Response {
     if gw.is_shutting_down() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
+    } else if gw.is_draining() {
+        // A load balancer stops sending clients here (`lectern drain`).
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
     } else {
         (StatusCode::OK, "ready\n").into_response()
     }
@@ -365,7 +375,7 @@ async fn read_view(
 ) -> Result<Response, AppError> {
     gw.inner.limiter.command(user)?;
     let view = gw.inner.hub.read(doc, f).await?;
-    let view = view.map_err(|r| AppError::from(lectern_hub::HubError::Rejected(r)))?;
+    let view = view?;
     Ok(Json(view).into_response())
 }
 

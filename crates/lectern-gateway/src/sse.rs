@@ -161,8 +161,7 @@ async fn open_progress(
             .inner
             .hub
             .read(doc.clone(), move |r| r.student_progress(&c, &s))
-            .await?
-            .map_err(|r| AppError::from(lectern_hub::HubError::Rejected(r)))?;
+            .await??;
         Ok(Some(progress))
     };
     let doc = DocId::Cohort(cohort);
@@ -373,6 +372,13 @@ impl Gateway {
     }
 
     async fn open_lean(&self, target: &str, headers: &HeaderMap) -> Result<Opened, AppError> {
+        if self.is_draining() {
+            return Err(AppError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "draining",
+                "this node is draining for maintenance; connect to another",
+            ));
+        }
         let not_found = || {
             AppError::new(
                 axum::http::StatusCode::NOT_FOUND,

@@ -46,13 +46,28 @@ use tracing::debug;
 use lectern_model::Caller;
 
 use crate::Gateway;
+use crate::admission::Admitted;
 use crate::error::AppError;
 use crate::sio::client::{self, Action, Dispatch, SioClient, Why};
 use crate::sio::{self, Cut, Transport};
 use crate::wsframe::{self, Message};
 
+/// Milliseconds since the first call, wrapping (the clock of rate-limit pauses).
+fn pause_clock_ms() -> u32 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u32
+}
+
+/// Bounds of the pause in reading after a `rate_limited` refusal (one token's refill at the
+/// configured rate, within these).
+const RATE_PAUSE_MIN: Duration = Duration::from_millis(10);
+/// See [`RATE_PAUSE_MIN`].
+const RATE_PAUSE_MAX: Duration = Duration::from_millis(250);
+
 /// Commands (and joins, leaves) of one socket running at once; past this the socket's input is
-/// not read until one finishes (backpressure, not an error).
+/// neither read nor decoded until one finishes (backpressure, not an error): frames already
+/// read wait undecoded in the input buffer, so a burst of small events packed into one read
+/// cannot start more than this many.
 const INFLIGHT_MAX: usize = 16;
 
 /// Bytes read from the socket per wake-up (a stack buffer: nothing is kept between frames).
@@ -100,13 +115,16 @@ impl Gateway {
     /// Takes over a request that [`is_lean_websocket`] accepted, on its `stream`: the returned
     /// future answers the upgrade and then speaks Engine.IO and Socket.IO until the socket
     /// ends (the caller runs it; nothing else of the request is kept). `early` holds bytes
-    /// the caller read past the request head. `None` when the request has no WebSocket key.
+    /// the caller read past the request head; `admitted` is the connection's place among those
+    /// waiting to authenticate ([`Gateway::admit`]), held until its `CONNECT` is accepted.
+    /// `None` when the request has no WebSocket key.
     pub fn open_websocket(
         &self,
         stream: TcpStream,
         target: &str,
         headers: &HeaderMap,
         early: Vec<u8>,
+        admitted: Admitted,
     ) -> Option<impl Future<Output = ()> + Send + 'static> {
         let key = headers.get("sec-websocket-key")?;
         let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
@@ -135,14 +153,48 @@ impl Gateway {
             out_at: 0,
             // A cookie from a foreign origin counts as no token: the CONNECT is then refused
             // unless its own `auth: {token}` carries one.
-            fallback_token: self.request_token(headers, query).ok().flatten(),
-            conn: None,
+            stage: Stage::Waiting {
+                fallback_token: self.request_token(headers, query).ok().flatten(),
+                preauth: admitted,
+            },
             subs: Vec::new(),
             inflight: None,
             client: SioClient::open(timing, Instant::now()),
+            read_paused_until: None,
             ending: None,
         };
         Some(socket.run(self.inner.shutdown.subscribe()))
+    }
+}
+
+/// A socket's Socket.IO life. What it needs only before `CONNECT` (the request's token, its
+/// place among the connections waiting to authenticate) and what it holds only after share
+/// one field: every idle socket carries it.
+enum Stage {
+    /// Namespace `/` not connected yet.
+    Waiting {
+        /// A token from the request (query, header, cookie), used when the connect packet has
+        /// none.
+        fallback_token: Option<String>,
+        /// The socket's place among connections waiting to authenticate (`admission.rs`).
+        preauth: Admitted,
+    },
+    /// Namespace `/` connected.
+    Connected(sio::Conn),
+    /// The namespace left (a new `CONNECT` must carry its token).
+    Left,
+}
+
+impl Stage {
+    /// The connection, if connected; the stage becomes [`Stage::Left`].
+    fn take_conn(&mut self) -> Option<sio::Conn> {
+        match std::mem::replace(self, Stage::Left) {
+            Stage::Connected(conn) => Some(conn),
+            other => {
+                *self = other;
+                None
+            }
+        }
     }
 }
 
@@ -238,16 +290,18 @@ struct Socket {
     out_at: usize,
     /// Bytes of the queued frames (whole frames, the front one included).
     out_bytes: usize,
-    /// A token from the request (query, header, cookie), used when the connect packet has none.
-    fallback_token: Option<String>,
-    /// Set while namespace `/` is connected.
-    conn: Option<sio::Conn>,
+    /// Before, during or after namespace `/`'s connection.
+    stage: Stage,
     /// The joined sessions' subscriptions (each one counts in presence).
     subs: Vec<Sub>,
     /// Commands, joins and leaves running; `None` (no allocation) when there are none.
     inflight: Option<FuturesUnordered<Work>>,
     /// The protocol state.
     client: SioClient,
+    /// Set by a `rate_limited` refusal: nothing more is read until then, so a client past its
+    /// rate is slowed down by TCP instead of costing the node a refusal per packet. In
+    /// [`pause_clock_ms`] time (four bytes, not an `Instant`'s sixteen, in every socket).
+    read_paused_until: Option<std::num::NonZeroU32>,
     ending: Option<End>,
 }
 
@@ -264,6 +318,11 @@ impl Socket {
         let sleep = tokio::time::sleep_until(self.next_wake());
         tokio::pin!(sleep);
         while self.ending.is_none() {
+            // A rate-limit pause that has passed, or a command slot freed: frames read before
+            // go on.
+            if !self.inbuf.is_empty() && self.has_slot() && !self.read_paused() {
+                self.decode_all();
+            }
             if let Err(e) = self.write_some() {
                 debug!(error = %e, "websocket write failed");
                 self.ending = Some(End::Gone);
@@ -275,8 +334,7 @@ impl Socket {
             }
             // Input is read only while output keeps up: what a client sends can make the socket
             // queue answers (acks, pongs), and the queue is bounded.
-            let reading = self.inflight.as_ref().map_or(0, FuturesUnordered::len) < INFLIGHT_MAX
-                && !self.at_budget();
+            let reading = self.has_slot() && !self.at_budget() && !self.read_paused();
             tokio::select! {
                 r = &mut stopping, if stop_pending => {
                     // Never polled again once done. (An error would mean the gateway is gone,
@@ -296,6 +354,8 @@ impl Socket {
                 },
                 (i, input) = next_input(&mut self.subs) => self.on_input(i, input),
                 done = next_done(&mut self.inflight), if self.inflight.is_some() => match done {
+                    // A slot is free: frames read while the socket was at its cap go on at
+                    // the loop's top.
                     Some(done) => self.on_done(done),
                     None => self.inflight = None,
                 },
@@ -310,10 +370,34 @@ impl Socket {
     /// The core's next deadline (the next ping, a pong's deadline, the connect deadline, the
     /// token's expiry), or a day away when it has none within the clock's range.
     fn next_wake(&self) -> Instant {
-        self.client.next_deadline().unwrap_or_else(|| {
+        let core = self.client.next_deadline().unwrap_or_else(|| {
             let now = Instant::now();
             now.checked_add(IDLE_WAKE).unwrap_or(now)
-        })
+        });
+        match self.pause_left() {
+            Some(left) => core.min(Instant::now() + left),
+            None => core,
+        }
+    }
+
+    /// What is left of a rate-limit pause, if one is on.
+    fn pause_left(&self) -> Option<Duration> {
+        let until = self.read_paused_until?.get();
+        // Serial arithmetic: the clock wraps every 49 days, a pause lasts 250 ms at most.
+        let left = until.wrapping_sub(pause_clock_ms()) as i32;
+        (left > 0).then(|| Duration::from_millis(left.unsigned_abs().into()))
+    }
+
+    /// Whether reading waits out a rate-limit pause (cleared once it has passed).
+    fn read_paused(&mut self) -> bool {
+        if self.read_paused_until.is_none() {
+            return false;
+        }
+        if self.pause_left().is_some() {
+            return true;
+        }
+        self.read_paused_until = None;
+        false
     }
 
     /// Writes queued frames until the socket would block.
@@ -396,10 +480,16 @@ impl Socket {
         }
     }
 
-    /// Handles every complete frame in `inbuf`; keeps the rest.
+    /// Whether another command may start ([`INFLIGHT_MAX`]).
+    fn has_slot(&self) -> bool {
+        self.inflight.as_ref().map_or(0, FuturesUnordered::len) < INFLIGHT_MAX
+    }
+
+    /// Handles the complete frames in `inbuf` until the socket is at its cap of commands in
+    /// flight; keeps the rest.
     fn decode_all(&mut self) {
         let mut at = 0;
-        while self.ending.is_none() {
+        while self.ending.is_none() && self.has_slot() && !self.read_paused() {
             match self.decoder.decode(&mut self.inbuf[at..]) {
                 Ok(None) => break,
                 Ok(Some((n, message))) => {
@@ -448,7 +538,7 @@ impl Socket {
             Action::Event(ack, dispatch) => self.dispatch(ack, dispatch),
             Action::Disconnected(sessions) => {
                 self.subs.retain(|s| !sessions.contains(&s.session));
-                let (gw, conn) = (self.gw.clone(), self.conn.take());
+                let (gw, conn) = (self.gw.clone(), self.stage.take_conn());
                 if let Some(conn) = conn {
                     self.start(Box::pin(async move {
                         for session in &sessions {
@@ -465,7 +555,16 @@ impl Socket {
     }
 
     fn authenticate(&mut self, auth: Option<Value>) {
-        let fallback = self.fallback_token.take();
+        let (fallback, preauth) = match std::mem::replace(&mut self.stage, Stage::Left) {
+            Stage::Waiting {
+                fallback_token,
+                preauth,
+            } => (fallback_token, Some(preauth)),
+            other => {
+                self.stage = other;
+                (None, None)
+            }
+        };
         let result = sio::authenticate(
             &self.gw,
             auth.as_ref(),
@@ -478,12 +577,18 @@ impl Socket {
                 let reply = self
                     .client
                     .connected(&new_sid(), conn.valid_for(), Instant::now());
-                self.conn = Some(conn);
+                // The place among connections waiting to authenticate goes with `preauth`.
+                self.stage = Stage::Connected(conn);
                 reply
             }
             Err(e) => {
                 // The client may try again (with a fresh token) until the connect deadline.
-                self.fallback_token = fallback;
+                if let Some(preauth) = preauth {
+                    self.stage = Stage::Waiting {
+                        fallback_token: fallback,
+                        preauth,
+                    };
+                }
                 self.gw.count_rejection(e.code);
                 self.client.connect_refused(&e.to_string())
             }
@@ -492,7 +597,9 @@ impl Socket {
     }
 
     fn dispatch(&mut self, ack: Option<u64>, dispatch: Dispatch) {
-        let Some(conn) = &self.conn else { return };
+        let Stage::Connected(conn) = &self.stage else {
+            return;
+        };
         let (gw, caller) = (self.gw.clone(), conn.caller.clone());
         match dispatch {
             Dispatch::Reply(reply) => self.ack(ack, &reply),
@@ -533,6 +640,13 @@ impl Socket {
     }
 
     fn ack(&mut self, ack: Option<u64>, reply: &Value) {
+        if reply["ok"] == false && reply["error"]["code"] == "rate_limited" {
+            // About one token's refill, within bounds: the flood slows to the client's rate.
+            let per_token = 1.0 / self.gw.inner.limiter.limits().commands_per_s.max(1e-3);
+            let pause = Duration::from_secs_f64(per_token).clamp(RATE_PAUSE_MIN, RATE_PAUSE_MAX);
+            let until = pause_clock_ms().wrapping_add(pause.as_millis() as u32);
+            self.read_paused_until = std::num::NonZeroU32::new(until.max(1));
+        }
         if let Some(id) = ack {
             self.push_text(&client::ack_packet(id, reply));
         }
@@ -588,7 +702,7 @@ impl Socket {
                 }
             }
             Input::Event(Ok(e)) => {
-                let (Some(conn), Some(sub)) = (&self.conn, self.subs.get(i)) else {
+                let (Stage::Connected(conn), Some(sub)) = (&self.stage, self.subs.get(i)) else {
                     return;
                 };
                 let caller = &conn.caller;
@@ -686,7 +800,7 @@ impl Socket {
             }
         }
         self.client.take_sessions();
-        if let Some(conn) = self.conn.take() {
+        if let Some(conn) = self.stage.take_conn() {
             for sub in std::mem::take(&mut self.subs) {
                 self.gw.presence_leave(&sub.session, &conn.caller).await;
             }

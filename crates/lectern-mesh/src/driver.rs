@@ -28,7 +28,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, warn};
 
-use crate::session::{Output, PeerInfo, Session, SessionConfig, ShareFilter};
+use crate::session::{Output, PeerInfo, PeerScopes, Session, SessionConfig, ShareFilter};
 use crate::tls::NodeTls;
 
 /// Sync workers per connection: documents sync concurrently up to this many at a time.
@@ -83,6 +83,9 @@ pub struct MeshConfig {
     pub tls: NodeTls,
     /// Which documents to share (both ways).
     pub share: ShareFilter,
+    /// Per peer, the documents it may exchange with this node on top of `share` (both ways):
+    /// what a compromised peer can write here is bounded by its scope. Default none.
+    pub peer_scopes: PeerScopes,
     /// Local changes are pushed at most this often. Default 10 ms.
     pub push_coalesce_ms: u64,
     /// First reconnect delay. Default 100 ms.
@@ -121,6 +124,7 @@ impl MeshConfig {
             peers: Vec::new(),
             tls,
             share: crate::session::share_all(),
+            peer_scopes: PeerScopes::default(),
             push_coalesce_ms: 10,
             backoff_min_ms: 100,
             backoff_max_ms: 5_000,
@@ -186,6 +190,9 @@ pub struct MeshStatus {
     pub peers: Vec<PeerStatus>,
     /// Connections refused or dropped for a protocol fault since start.
     pub peer_faults: u64,
+    /// Peers' frames dropped since start for naming a document outside the share policy or
+    /// the peer's scope.
+    pub frames_refused: u64,
     /// Frame bytes sent to peers since start (headers included).
     pub bytes_sent: u64,
     /// Frame bytes received from peers since start.
@@ -222,6 +229,7 @@ struct Shared {
     ephemeral_in: broadcast::Sender<EphemeralIn>,
     next_conn_id: AtomicU64,
     faults: AtomicU64,
+    frames_refused: AtomicU64,
     bytes_sent: Arc<AtomicU64>,
     bytes_received: AtomicU64,
 }
@@ -258,6 +266,7 @@ impl Mesh {
             ephemeral_in,
             next_conn_id: AtomicU64::new(1),
             faults: AtomicU64::new(0),
+            frames_refused: AtomicU64::new(0),
             bytes_sent: Arc::new(AtomicU64::new(0)),
             bytes_received: AtomicU64::new(0),
         });
@@ -378,6 +387,7 @@ impl Mesh {
                 .unwrap_or_default(),
             peers,
             peer_faults: shared.faults.load(Ordering::Relaxed),
+            frames_refused: shared.frames_refused.load(Ordering::Relaxed),
             bytes_sent: shared.bytes_sent.load(Ordering::Relaxed),
             bytes_received: shared.bytes_received.load(Ordering::Relaxed),
         }
@@ -589,6 +599,12 @@ enum Work {
     Receive(String, Vec<u8>),
 }
 
+/// The key of a peer's sync states in the hub and the store: its certificate-verified cluster
+/// name and the node id it claims (a peer whose store is new gets new states).
+fn sync_states_key(peer: &PeerInfo) -> String {
+    format!("{}#{}", peer.name, peer.node_id)
+}
+
 /// Runs one peer connection until it ends. Returns whether the handshake completed.
 /// `handshake` (an accepted connection's place among the handshakes in progress) is released
 /// once the peer's hello is verified and it is registered.
@@ -604,7 +620,9 @@ async fn run_connection(
     let config = &shared.config;
     let mut session_config = SessionConfig::new(&shared.node_id, &config.name, &config.region);
     session_config.push_coalesce_ms = config.push_coalesce_ms;
-    let mut session = Session::new(session_config, config.share.clone(), Instant::now());
+    let mut session = Session::new(session_config, config.share.clone(), Instant::now())
+        .with_scopes(config.peer_scopes.clone());
+    let mut refused_seen = 0u64;
     // Subscribed before the summary is taken, so no change falls between the two; consumed
     // only once the session is open.
     let mut feed = shared.hub.changes();
@@ -694,13 +712,17 @@ async fn run_connection(
                     registered = true;
                     drop(handshake.take());
                     info!(peer = %span_peer, region = %info.region, ?direction, "peer connected");
-                    shared.hub.peer_connected(&info.node_id);
+                    // The sync states are kept under the certificate's name with the node id the
+                    // peer claims: a node claiming another's id (the id is not in its
+                    // certificate) reaches only states of its own name.
+                    let states_key = sync_states_key(&info);
+                    shared.hub.peer_connected(&states_key);
                     for _ in 0..SYNC_WORKERS {
                         let (tx, rx) = mpsc::channel(SYNC_WORKER_QUEUE_MAX);
                         workers.push(tx);
                         worker_tasks.spawn(sync_worker(
                             shared.hub.clone(),
-                            info.node_id.clone(),
+                            states_key.clone(),
                             rx,
                             frames_tx.clone(),
                         ));
@@ -757,6 +779,20 @@ async fn run_connection(
                                 break;
                             }
                         }
+                    }
+                    let refused = session.stats().frames_refused;
+                    if refused > refused_seen {
+                        shared
+                            .frames_refused
+                            .fetch_add(refused - refused_seen, Ordering::Relaxed);
+                        // Once per connection at warn (a peer outside its scope keeps trying).
+                        let peer = session.peer().map(|p| p.name.clone()).unwrap_or_default();
+                        if refused_seen == 0 {
+                            warn!(%peer, "refused the peer's frames for documents outside its scope or the share policy");
+                        } else {
+                            debug!(%peer, refused, "refused more frames outside the peer's scope");
+                        }
+                        refused_seen = refused;
                     }
                 }
                 Ok(None) => {
@@ -862,7 +898,7 @@ fn worker_index(doc: &str, workers: usize) -> usize {
 /// Runs the hub's side of automerge's sync for the documents routed to this worker.
 async fn sync_worker(
     hub: Hub,
-    peer_node_id: String,
+    states_key: String,
     mut rx: mpsc::Receiver<Work>,
     frames: mpsc::UnboundedSender<Vec<u8>>,
 ) {
@@ -873,7 +909,7 @@ async fn sync_worker(
                     warn!(doc, "not a document id; skipped");
                     continue;
                 };
-                let result = hub.generate_sync(id, &peer_node_id).await;
+                let result = hub.generate_sync(id, &states_key).await;
                 (doc, result)
             }
             Work::Receive(doc, message) => {
@@ -881,7 +917,7 @@ async fn sync_worker(
                     warn!(doc, "a sync message for a malformed document id; dropped");
                     continue;
                 };
-                let result = hub.receive_sync(id, &peer_node_id, message).await;
+                let result = hub.receive_sync(id, &states_key, message).await;
                 (doc, result)
             }
         };
@@ -910,5 +946,25 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node that claims another's node id under its own certificate name gets sync states of
+    /// its own. Kills: states keyed by the claimed node id alone.
+    #[test]
+    fn sync_states_are_keyed_by_the_certificate_name_and_the_claimed_id() {
+        let peer = |name: &str, node_id: &str| PeerInfo {
+            node_id: node_id.into(),
+            name: name.into(),
+            region: "r".into(),
+        };
+        let real = sync_states_key(&peer("node-b", "b0b0"));
+        assert_ne!(real, sync_states_key(&peer("rogue", "b0b0")));
+        assert_ne!(real, sync_states_key(&peer("node-b", "fresh")));
+        assert_eq!(real, sync_states_key(&peer("node-b", "b0b0")));
     }
 }

@@ -25,7 +25,7 @@ pub mod tls;
 pub use driver::{
     EphemeralIn, HANDSHAKES_MAX_DEFAULT, Mesh, MeshConfig, MeshStatus, PeerAddr, PeerStatus,
 };
-pub use session::{Output, PeerInfo, Session, SessionConfig, ShareFilter, share_all};
+pub use session::{Output, PeerInfo, PeerScopes, Session, SessionConfig, ShareFilter, share_all};
 pub use tls::{ClusterCa, NodeCert, NodeTls};
 
 /// QUIC keep-alive on a peer connection, so a quiet link is not taken for a dead one.

@@ -33,6 +33,11 @@ pub const EARLY_DIGEST_NODES_MAX: usize = 64;
 /// Which documents may cross this connection (both ways): the share policy.
 pub type ShareFilter = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
+/// Per peer (by cluster name), the documents it may exchange with this node, narrowing
+/// [`ShareFilter`] for that peer only: the cohorts a classroom node serves. A peer not named
+/// here is held only to the share policy.
+pub type PeerScopes = Arc<HashMap<String, ShareFilter>>;
+
 /// A filter that shares every document.
 pub fn share_all() -> ShareFilter {
     Arc::new(|_| true)
@@ -135,6 +140,8 @@ pub struct SessionStats {
 pub struct Session {
     config: SessionConfig,
     share: ShareFilter,
+    /// Narrowed onto `share` for the peer that says hello, before any of its frames counts.
+    scopes: Option<PeerScopes>,
     phase: Phase,
     peer: Option<PeerInfo>,
     hello_deadline: Instant,
@@ -164,6 +171,7 @@ impl Session {
         Session {
             config,
             share,
+            scopes: None,
             phase: Phase::AwaitingHello,
             peer: None,
             hello_deadline,
@@ -177,6 +185,13 @@ impl Session {
             out: VecDeque::from([Output::Send(hello)]),
             stats: SessionStats::default(),
         }
+    }
+
+    /// Holds each peer named in `scopes` to its scope as well as to the share policy, both
+    /// ways, from its hello on (the frames that follow the hello in the same read included).
+    pub fn with_scopes(mut self, scopes: PeerScopes) -> Session {
+        self.scopes = Some(scopes);
+        self
     }
 
     /// The peer, once it said hello.
@@ -219,6 +234,12 @@ impl Session {
                     } else if node_id == self.config.node_id {
                         self.close("connected to itself");
                     } else {
+                        if let Some(scope) =
+                            self.scopes.as_ref().and_then(|s| s.get(&name)).cloned()
+                        {
+                            let policy = self.share.clone();
+                            self.share = Arc::new(move |doc: &str| policy(doc) && scope(doc));
+                        }
                         let info = PeerInfo {
                             node_id,
                             name,

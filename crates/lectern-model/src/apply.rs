@@ -82,9 +82,42 @@ pub(crate) fn root(tx: &Transaction<'_>, key: &str) -> Result<ObjId, Rejection> 
     })
 }
 
-/// How many commands of each kind the document holds (from its envelopes), kept by the
-/// replica so that a limit check costs a hash lookup, not a walk of the map it limits.
-pub(crate) type Counts = std::collections::HashMap<String, usize>;
+/// How many commands of each kind the document holds (from its envelopes), in all and per
+/// user for the kinds with a per-user quota, kept by the replica so that a limit check costs a
+/// hash lookup, not a walk of the map it limits.
+#[derive(Debug, Default)]
+pub(crate) struct Counts {
+    by_command: std::collections::HashMap<String, usize>,
+    /// `(command, user)` → count, for [`PER_USER_QUOTA_COMMANDS`] only.
+    by_user: std::collections::HashMap<(String, String), usize>,
+}
+
+/// The commands counted per user (each has a per-user quota in a session).
+const PER_USER_QUOTA_COMMANDS: [&str; 3] = ["qa.ask", "chat.send", "attendance.join"];
+
+impl Counts {
+    /// Counts one command `cmd` by `user`.
+    pub(crate) fn count(&mut self, cmd: String, user: &str) {
+        if PER_USER_QUOTA_COMMANDS.contains(&cmd.as_str()) {
+            *self
+                .by_user
+                .entry((cmd.clone(), user.to_owned()))
+                .or_default() += 1;
+        }
+        *self.by_command.entry(cmd).or_default() += 1;
+    }
+
+    fn of(&self, cmd: &str) -> usize {
+        self.by_command.get(cmd).copied().unwrap_or(0)
+    }
+
+    fn of_user(&self, cmd: &str, user: &str) -> usize {
+        self.by_user
+            .get(&(cmd.to_owned(), user.to_owned()))
+            .copied()
+            .unwrap_or(0)
+    }
+}
 
 pub(crate) fn check_count(
     counts: &Counts,
@@ -92,11 +125,33 @@ pub(crate) fn check_count(
     max: usize,
     what: &str,
 ) -> Result<(), Rejection> {
-    let n = counts.get(cmd).copied().unwrap_or(0);
+    let n = counts.of(cmd);
     if n >= max {
         return Err(Rejection::new(
             RejectCode::LimitReached,
             format!("this document already holds {n} {what}, the limit is {max}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses `user`'s next `cmd` once they have `max` of them here: one person cannot use up a
+/// session's shared limit (staff are not held to it).
+fn check_user_count(
+    counts: &Counts,
+    cmd: &str,
+    caller: &Caller,
+    max: usize,
+    what: &str,
+) -> Result<(), Rejection> {
+    if caller.role.is_staff() {
+        return Ok(());
+    }
+    let n = counts.of_user(cmd, caller.user.as_str());
+    if n >= max {
+        return Err(Rejection::new(
+            RejectCode::LimitReached,
+            format!("you already have {n} {what} here, the limit per person is {max}"),
         ));
     }
     Ok(())
@@ -259,6 +314,13 @@ fn apply_session(
             let text = check_text("question", text, QUESTION_LEN_MAX_CHARS)?;
             let questions = root(tx, QUESTIONS)?;
             check_count(counts, "qa.ask", QUESTIONS_PER_SESSION_MAX, "questions")?;
+            check_user_count(
+                counts,
+                "qa.ask",
+                caller,
+                QUESTIONS_PER_USER_PER_SESSION_MAX,
+                "questions",
+            )?;
             let moderated = {
                 let r = Reader::now(&*tx);
                 let m = root(tx, META)?;
@@ -392,6 +454,13 @@ fn apply_session(
                 CHAT_MESSAGES_PER_SESSION_MAX,
                 "chat messages",
             )?;
+            check_user_count(
+                counts,
+                "chat.send",
+                caller,
+                CHAT_MESSAGES_PER_USER_PER_SESSION_MAX,
+                "chat messages",
+            )?;
             let m = put_map(tx, &chat, cmd.id.as_str())?;
             put(tx, &m, "text", text)?;
             put(tx, &m, "author", user)?;
@@ -427,6 +496,13 @@ fn apply_session(
         CommandBody::AttendanceJoin => {
             let att = root(tx, ATTENDANCE)?;
             check_count(counts, "attendance.join", VISITS_PER_SESSION_MAX, "visits")?;
+            check_user_count(
+                counts,
+                "attendance.join",
+                caller,
+                VISITS_PER_USER_PER_SESSION_MAX,
+                "visits",
+            )?;
             // Keyed `{user}/{visit}` so one user's visits are one range scan.
             let v = put_map(tx, &att, &format!("{user}/{}", cmd.id))?;
             put(tx, &v, "user", user)?;
@@ -708,6 +784,23 @@ fn apply_cohort(
                 None => put_map(tx, &progress, student.as_str())?,
             };
             let l = lesson.as_str();
+            // A student's lessons are bounded like a course's: nobody can grow a cohort's
+            // progress (and its aggregates, the dashboard) with invented lessons.
+            let (known, lessons) = {
+                let r = Reader::now(&*tx);
+                let keys = r.keys(&p);
+                let at = format!("{l}/at");
+                let lessons = keys.iter().filter(|k| k.ends_with("/at")).count();
+                (keys.contains(&at), lessons)
+            };
+            if !known && lessons >= LESSONS_PER_STUDENT_MAX {
+                return Err(Rejection::new(
+                    RejectCode::LimitReached,
+                    format!(
+                        "{student} already has progress in {lessons} lessons, the limit is {LESSONS_PER_STUDENT_MAX}"
+                    ),
+                ));
+            }
             if let Some(status) = status {
                 put(tx, &p, &format!("{l}/status"), status.as_str())?;
             }

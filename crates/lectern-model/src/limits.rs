@@ -45,6 +45,16 @@ pub const CHAT_MESSAGES_PER_SESSION_MAX: usize = 20_000;
 pub const BROADCASTS_PER_SESSION_MAX: usize = 1_000;
 /// Attendance visits (joins) one session records.
 pub const VISITS_PER_SESSION_MAX: usize = 50_000;
+/// Questions one person (not staff) may ask in a session: 50 people are needed to fill
+/// [`QUESTIONS_PER_SESSION_MAX`].
+pub const QUESTIONS_PER_USER_PER_SESSION_MAX: usize = 100;
+/// Chat messages one person (not staff) may send in a session.
+pub const CHAT_MESSAGES_PER_USER_PER_SESSION_MAX: usize = 1_000;
+/// Attendance visits recorded for one person (not staff) in a session (each connection that
+/// joins is one; past it they are still served, the visit is not recorded).
+pub const VISITS_PER_USER_PER_SESSION_MAX: usize = 1_000;
+/// Lessons one student may have progress in, per cohort (a course's most lessons).
+pub const LESSONS_PER_STUDENT_MAX: usize = crate::course::COURSE_LESSONS_MAX;
 /// Chat messages included in a joining client's state (the newest ones).
 pub const CHAT_IN_VIEW_MAX: usize = 200;
 /// Announcements one cohort holds.

@@ -119,7 +119,7 @@ impl Replica {
             id,
             doc,
             seen: HashSet::new(),
-            counts: Counts::new(),
+            counts: Counts::default(),
             present: HashSet::new(),
         }
     }
@@ -137,7 +137,7 @@ impl Replica {
             id,
             doc,
             seen: HashSet::new(),
-            counts: Counts::new(),
+            counts: Counts::default(),
             present,
         };
         let envelopes: Vec<Envelope> = replica
@@ -386,7 +386,7 @@ impl Replica {
 
     fn index(&mut self, env: Envelope) {
         if self.seen.insert(env.i) {
-            *self.counts.entry(env.c).or_default() += 1;
+            self.counts.count(env.c, &env.u);
         }
     }
 

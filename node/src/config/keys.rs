@@ -16,8 +16,8 @@ use anyhow::bail;
 use super::{
     Config, DAY_MS, HOUR_MS, check_alg, check_coalesce, check_domain, check_from, check_host,
     check_hour, check_leeway, check_lifetime, check_min_1, check_node_name, check_nonempty,
-    check_path, check_peers, check_rate, check_resume_wait, check_secret, check_url, check_urls,
-    parse_bool, parse_tls, parse_value,
+    check_path, check_peer_cohorts, check_peers, check_rate, check_resume_wait, check_secret,
+    check_url, check_urls, parse_bool, parse_tls, parse_value,
 };
 
 /// How a key is written on the command line and in the environment.
@@ -280,9 +280,9 @@ pub static KEYS: &[Key] = &[
     key("limits.outbound_bytes_max", "LECTERN_OUTBOUND_BYTES_MAX", "Bytes queued per connection before a slow consumer is cut off (one frame alone always goes through).",
         |d, v, k| { d.config.limits.outbound_bytes_max = v.min_1(k)?; Ok(()) })
         .default("4194304").example("1048576"),
-    key("limits.conns_max", "LECTERN_CONNS_MAX", "Connections (Socket.IO, SSE, long-poll) per node.",
+    key("limits.conns_max", "LECTERN_CONNS_MAX", "Authenticated connections (Socket.IO, SSE, long-poll) per node; with `preauth_max`, at most 90 % of the open-files limit.",
         |d, v, k| { d.config.limits.conns_max = v.min_1(k)?; Ok(()) })
-        .default("20000").example("50000"),
+        .default("16000").example("50000"),
     key("limits.conns_per_user_max", "LECTERN_CONNS_PER_USER_MAX", "Connections per user.",
         |d, v, k| { d.config.limits.conns_per_user_max = v.min_1(k)?; Ok(()) })
         .default("16").example("4"),
@@ -295,6 +295,15 @@ pub static KEYS: &[Key] = &[
     key("limits.connect_timeout_ms", "LECTERN_CONNECT_TIMEOUT_MS", "A Socket.IO connection that sends no CONNECT within this long is closed, in ms (socket.io's `connectTimeout`).",
         |d, v, k| { d.config.limits.connect_timeout_ms = v.min_1(k)?; Ok(()) })
         .default("45000").example("10000"),
+    key("limits.preauth_max", "LECTERN_PREAUTH_MAX", "Connections accepted that have not authenticated yet, in all; past it a new one gets 503 `node_busy` at once.",
+        |d, v, k| { d.config.limits.preauth_max = v.min_1(k)?; Ok(()) })
+        .default("2000").example("1000"),
+    key("limits.preauth_per_address_max", "LECTERN_PREAUTH_PER_ADDRESS_MAX", "Connections waiting to authenticate from one client address; past it 503 `address_busy` (behind a reverse proxy every client has its address: raise it).",
+        |d, v, k| { d.config.limits.preauth_per_address_max = v.min_1(k)?; Ok(()) })
+        .default("256").example("64"),
+    key("limits.body_read_timeout_ms", "LECTERN_BODY_READ_TIMEOUT_MS", "A request body (REST, polling, uploads) not fully received this long after its head fails, in ms.",
+        |d, v, k| { d.config.limits.body_read_timeout_ms = v.min_1(k)?; Ok(()) })
+        .default("30000").example("10000"),
     // [mesh]
     key("mesh.name", "LECTERN_MESH_NAME", "This node's cluster name: the `--id` its certificate was issued for.",
         |d, v, k| { d.config.mesh.name = check_node_name(&v.text(k)?, k)?; Ok(()) })
@@ -317,6 +326,9 @@ pub static KEYS: &[Key] = &[
     key("mesh.share_cohorts", "LECTERN_MESH_SHARE_COHORTS", "Share only these cohorts' documents (and their sessions') with peers, both ways. Unset: share everything.",
         |d, v, k| { d.config.mesh.share_cohorts = Some(v.list(k)?); Ok(()) })
         .list().example("[\"cs101-autumn\"]"),
+    key("mesh.peer_cohorts", "LECTERN_MESH_PEER_COHORTS", "Per peer, the only cohorts it may exchange documents of with this node (the cohort, its sessions, its members' inboxes; both ways), each `NAME=COHORT+COHORT`: a classroom node held to the cohorts it serves.",
+        |d, v, k| { d.config.mesh.peer_cohorts = v.list(k)?.iter().map(|e| check_peer_cohorts(e, k)).collect::<anyhow::Result<_>>()?; Ok(()) })
+        .list().default("[]").example("[\"classroom-12=cs101-autumn+cs102-autumn\"]"),
     key("mesh.push_coalesce_ms", "LECTERN_MESH_PUSH_COALESCE_MS", "Local changes are pushed to peers at most this often, in ms (at most 20).",
         |d, v, k| { d.config.mesh.push_coalesce_ms = check_coalesce(v.parse(k)?, k)?; Ok(()) })
         .default("10").example("5"),

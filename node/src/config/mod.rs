@@ -114,6 +114,11 @@ pub struct MeshSettings {
     /// Share only these cohorts' documents (and their sessions') with peers, in both
     /// directions: a classroom node restricted to its own cohorts. Default none: share all.
     pub share_cohorts: Option<Vec<String>>,
+    /// Per peer (cluster name), the cohorts it may exchange documents of with this node (the
+    /// cohort, its sessions, its members' inboxes), both ways, on top of `share_cohorts`: a
+    /// region node holds each classroom node to the cohorts it serves, so a compromised one
+    /// cannot write anything else here. Default none: peers are held to `share_cohorts` only.
+    pub peer_cohorts: Vec<(String, Vec<String>)>,
     /// Local changes are pushed to peers at most this often, in ms (at most
     /// [`PUSH_COALESCE_MAX_MS`]). Default 10.
     pub push_coalesce_ms: u64,
@@ -146,6 +151,7 @@ impl Default for MeshSettings {
             peers: Vec::new(),
             accept_from: Vec::new(),
             share_cohorts: None,
+            peer_cohorts: Vec::new(),
             push_coalesce_ms: 10,
             reconnect_max_ms: 5_000,
             peer_idle_timeout_ms: 5_000,
@@ -614,6 +620,21 @@ fn check_alg(raw: &str, key: &str) -> anyhow::Result<String> {
         "RS256" => Ok("RS256".to_owned()),
         _ => bail!("{key}: invalid value {raw:?}: expected \"EdDSA\" or \"RS256\""),
     }
+}
+
+/// Parses one `NAME=COHORT+COHORT` entry of `mesh.peer_cohorts`.
+fn check_peer_cohorts(entry: &str, key: &str) -> anyhow::Result<(String, Vec<String>)> {
+    let Some((name, cohorts)) = entry.split_once('=') else {
+        bail!("{key}: invalid value {entry:?}: expected NAME=COHORT+COHORT");
+    };
+    let name = check_node_name(name, key)?;
+    let cohorts: Vec<String> = cohorts.split('+').map(|c| c.trim().to_owned()).collect();
+    for c in &cohorts {
+        if c.parse::<lectern_model::CohortId>().is_err() {
+            bail!("{key}: invalid value {entry:?}: {c:?} is not a cohort id");
+        }
+    }
+    Ok((name, cohorts))
 }
 
 fn check_node_name(v: &str, key: &str) -> anyhow::Result<String> {

@@ -144,6 +144,13 @@ fn open_conn(
             "this node is shutting down; connect to another",
         ));
     }
+    if gw.is_draining() {
+        return Err(AppError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "this node is draining for maintenance; connect to another",
+        ));
+    }
     let from_auth = auth
         .and_then(|a| a.get("token"))
         .and_then(Value::as_str)

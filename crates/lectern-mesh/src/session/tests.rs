@@ -393,6 +393,84 @@ fn the_share_policy_keeps_other_documents_out_both_ways() {
     assert_eq!(a.session.pending_docs(), 0);
 }
 
+/// A peer named in the scopes is held to its scope both ways, on top of the share policy,
+/// and a peer not named is not. Kills: scopes never applied, applied only to what we send, or
+/// applied to every peer.
+#[test]
+fn a_scoped_peer_exchanges_only_the_documents_of_its_scope() {
+    let now = Instant::now();
+    let scopes: PeerScopes = Arc::new(HashMap::from([(
+        "bbbb".to_owned(),
+        Arc::new(|doc: &str| doc.starts_with("session/c1-")) as ShareFilter,
+    )]));
+    let mut a = Side::new("aaaa", share_all(), now);
+    a.session = Session::new(SessionConfig::new("aaaa", "aaaa", "r"), share_all(), now)
+        .with_scopes(scopes.clone());
+    let mut b = Side::new("bbbb", share_all(), now);
+    a.docs.insert("session/c1-a".into(), doc_with("a"));
+    a.docs.insert("session/c2-a".into(), doc_with("not for b"));
+    b.docs.insert("session/c1-b".into(), doc_with("b"));
+    b.docs
+        .insert("session/c2-forged".into(), doc_with("forged"));
+    pump(&mut a, &mut b, now);
+    assert!(a.docs.contains_key("session/c1-b"), "in scope: taken in");
+    assert!(b.docs.contains_key("session/c1-a"), "in scope: shared out");
+    assert!(
+        !a.docs.contains_key("session/c2-forged"),
+        "outside its scope: refused"
+    );
+    assert!(
+        !b.docs.contains_key("session/c2-a"),
+        "outside its scope: not shared"
+    );
+
+    // Another peer is not held to bbbb's scope.
+    let mut a2 = Side::new("aaaa", share_all(), now);
+    a2.session =
+        Session::new(SessionConfig::new("aaaa", "aaaa", "r"), share_all(), now).with_scopes(scopes);
+    let mut c = Side::new("cccc", share_all(), now);
+    c.docs.insert("session/c2-c".into(), doc_with("c"));
+    pump(&mut a2, &mut c, now);
+    assert!(a2.docs.contains_key("session/c2-c"));
+}
+
+/// Frames that follow the hello in the same read are held to the scope too: a scoped peer that
+/// sends a sync message for a document outside its scope right after its hello is refused.
+#[test]
+fn a_sync_frame_right_after_the_hello_is_held_to_the_scope() {
+    let now = Instant::now();
+    let scopes: PeerScopes = Arc::new(HashMap::from([(
+        "bbbb".to_owned(),
+        Arc::new(|doc: &str| doc == "session/mine") as ShareFilter,
+    )]));
+    let mut a =
+        Session::new(SessionConfig::new("aaaa", "aaaa", "r"), share_all(), now).with_scopes(scopes);
+    a.handle_frame(
+        PeerFrame::Hello {
+            node_id: "bbbb".into(),
+            name: "bbbb".into(),
+            region: "r".into(),
+            protocol_version: lectern_wire::PROTOCOL_VERSION,
+        },
+        now,
+    );
+    a.handle_frame(
+        PeerFrame::Sync {
+            doc: "session/other".into(),
+            message: vec![0x42],
+        },
+        now,
+    );
+    let mut received = Vec::new();
+    while let Some(o) = a.poll_output() {
+        if let Output::ReceiveSync { doc, .. } = o {
+            received.push(doc);
+        }
+    }
+    assert!(received.is_empty(), "{received:?}");
+    assert_eq!(a.stats().frames_refused, 1);
+}
+
 /// A frame of any variant with arbitrary fields.
 fn any_frame() -> impl proptest::strategy::Strategy<Value = PeerFrame> {
     use proptest::prelude::*;
