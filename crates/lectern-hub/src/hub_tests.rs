@@ -491,3 +491,81 @@ async fn the_first_sync_of_a_document_persists_the_peers_state() {
         "B keeps no sync state with A"
     );
 }
+
+/// Failover: a client resuming on B with a token from A, which is ahead, waits (up to
+/// `resume_wait_ms`) for A's changes to reach B, and then gets exactly the events it missed;
+/// the wait ends as soon as they arrive, and a token B knows needs no wait at all.
+///
+/// Kills, in `Hub::join`: `!behind` → `behind`, `>=` → `<` and `now + wait` → `now - wait`
+/// (no wait: a snapshot at once); `!behind || …` → `&&`, the match guard
+/// `change.doc != doc` → `true` and `!=` → `==` (the join waits out the whole 30 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_from_a_node_ahead_waits_for_its_changes() {
+    let (da, db) = (TempDir::new("wait-a"), TempDir::new("wait-b"));
+    let a = hub_at(&da, HubConfig::default());
+    let b = hub_at(
+        &db,
+        HubConfig {
+            resume_wait_ms: 30_000,
+            ..HubConfig::default()
+        },
+    );
+    created(&a, "s").await;
+    created(&a, "other").await;
+    sync_pair(&a, "A", &b, "B", "s").await;
+    sync_pair(&a, "A", &b, "B", "other").await;
+    let alice = caller("alice", Role::Student);
+    let seen = a
+        .execute(session("s"), alice.clone(), cmd("q1", ask("seen")))
+        .await
+        .expect("ask on A")
+        .token;
+    // A token B knows: answered at once (well inside the 30 s wait).
+    sync_pair(&a, "A", &b, "B", "s").await;
+    let known = tokio::time::timeout(
+        Duration::from_secs(10),
+        b.join(session("s"), alice.clone(), Some(seen.clone())),
+    )
+    .await
+    .expect("a known token is answered at once")
+    .expect("join");
+    assert!(matches!(known.start, JoinStart::Replay { ref events, .. } if events.is_empty()));
+    // A moves ahead of B: q2 on A only. The client saw it there.
+    let ahead = a
+        .execute(session("s"), alice.clone(), cmd("q2", ask("seen on A")))
+        .await
+        .expect("ask on A")
+        .token;
+    a.execute(session("s"), alice.clone(), cmd("q3", ask("missed")))
+        .await
+        .expect("ask on A");
+    let mut join = Box::pin(b.join(session("s"), alice.clone(), Some(ahead)));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut join)
+            .await
+            .is_err(),
+        "B answered a token it lacks without waiting"
+    );
+    // Another document changing on B (seen by the waiting join before the one it waits for)
+    // neither ends the wait nor stops it from seeing its own document's change.
+    a.execute(session("other"), alice.clone(), cmd("o1", ask("elsewhere")))
+        .await
+        .expect("ask on A");
+    sync_pair(&a, "A", &b, "B", "other").await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut join)
+            .await
+            .is_err(),
+        "another document's change ended the wait"
+    );
+    sync_pair(&a, "A", &b, "B", "s").await;
+    let joined = tokio::time::timeout(Duration::from_secs(10), join)
+        .await
+        .expect("the wait ends when the changes arrive, not at its deadline")
+        .expect("join");
+    let JoinStart::Replay { events, .. } = joined.start else {
+        panic!("expected a replay, got {:?}", joined.start)
+    };
+    let names: Vec<&str> = events.iter().map(|e| e.name).collect();
+    assert_eq!(names, vec!["qa:new"], "exactly the missed q3");
+}

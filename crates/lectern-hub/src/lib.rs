@@ -48,6 +48,8 @@ mod rooms;
 // loaded-document limits): here rather than in the `lectern-tests` binary, so that a change to
 // the hub (or a mutant of it) rebuilds this crate alone.
 #[cfg(test)]
+mod api_tests;
+#[cfg(test)]
 mod hostile_tests;
 #[cfg(test)]
 mod hub_tests;
