@@ -645,6 +645,26 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     node.stop().await
 }
 
+/// The node's log subscriber: `filter` decides the levels (`LECTERN_LOG`), `format` the lines
+/// (text, or one JSON object a line with the timestamp, level, target, message and fields),
+/// `writer` where they go (stderr for `lectern-node`).
+pub fn log_subscriber<W>(
+    format: config::LogFormat,
+    filter: tracing_subscriber::EnvFilter,
+    writer: W,
+) -> Box<dyn tracing::Subscriber + Send + Sync>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    match format {
+        config::LogFormat::Text => Box::new(builder.finish()),
+        config::LogFormat::Json => Box::new(builder.json().flatten_event(true).finish()),
+    }
+}
+
 /// A future that completes on SIGINT or SIGTERM: the signal that stops a node. The handlers
 /// are installed when this function is called, not when the future is first polled, so a
 /// signal that arrives in between is not lost to the default action.

@@ -32,12 +32,6 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LECTERN_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
     let matches = Args::command().args(keys::clap_args()).get_matches();
     let args = match Args::from_arg_matches(&matches) {
         Ok(args) => args,
@@ -59,6 +53,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LECTERN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = lectern_node::log_subscriber(config.log_format, filter, std::io::stderr);
+    if let Err(e) = tracing::subscriber::set_global_default(logs) {
+        eprintln!("lectern: set up logging: {e}");
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

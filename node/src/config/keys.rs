@@ -15,9 +15,9 @@ use anyhow::bail;
 
 use super::{
     Config, DAY_MS, HOUR_MS, check_alg, check_coalesce, check_domain, check_from, check_host,
-    check_hour, check_leeway, check_lifetime, check_min_1, check_node_name, check_nonempty,
-    check_path, check_peer_cohorts, check_peers, check_rate, check_resume_wait, check_secret,
-    check_url, check_urls, parse_bool, parse_tls, parse_value,
+    check_hour, check_leeway, check_lifetime, check_log_format, check_min_1, check_node_name,
+    check_nonempty, check_path, check_peer_cohorts, check_peers, check_rate, check_resume_wait,
+    check_secret, check_url, check_urls, parse_bool, parse_tls, parse_value,
 };
 
 /// How a key is written on the command line and in the environment.
@@ -239,6 +239,9 @@ pub static KEYS: &[Key] = &[
     key("admin_http", "LECTERN_ADMIN_HTTP", "A private address that alone serves `/metrics`, `/admin/*` and `/healthz`. Unset: they share the public `http` listener.",
         |d, v, k| { d.config.admin_http = Some(v.parse(k)?); Ok(()) })
         .flag("admin-http").example("\"127.0.0.1:9464\""),
+    key("log_format", "LECTERN_LOG_FORMAT", "The node's log lines on stderr: `text`, or `json` (one object a line: timestamp, level, target, message and fields) for a log shipper. The level comes from `LECTERN_LOG` (default `info`).",
+        |d, v, k| { d.config.log_format = check_log_format(&v.text(k)?, k)?; Ok(()) })
+        .flag("log-format").default("\"text\"").example("\"json\""),
     key("sse_keepalive_s", "LECTERN_SSE_KEEPALIVE_S", "Seconds between the keep-alive comments of an idle SSE stream, so proxies do not close it.",
         |d, v, k| { d.config.sse_keepalive_s = v.min_1(k)?; Ok(()) })
         .default("15").example("30"),

@@ -87,6 +87,18 @@ pub struct Config {
     /// The classroom profile (`--upstream NAME@HOST:PORT`, `[classroom]`). Default: not a
     /// classroom node.
     pub classroom: ClassroomSettings,
+    /// How log lines are written on stderr. Default [`LogFormat::Text`].
+    pub log_format: LogFormat,
+}
+
+/// How the node writes its log lines.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object a line.
+    Json,
 }
 
 /// A classroom node: one upstream region node, the cohorts it serves. At start the upstream
@@ -354,6 +366,7 @@ impl Default for Config {
             admin_http: None,
             sse_keepalive_s: 15,
             classroom: ClassroomSettings::default(),
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -690,6 +703,15 @@ fn check_peer_cohorts(entry: &str, key: &str) -> anyhow::Result<(String, Vec<Str
         }
     }
     Ok((name, cohorts))
+}
+
+/// `text` or `json` (any case).
+fn check_log_format(raw: &str, key: &str) -> anyhow::Result<LogFormat> {
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        _ => bail!("{key}: invalid value {raw:?}: expected \"text\" or \"json\""),
+    }
 }
 
 fn check_node_name(v: &str, key: &str) -> anyhow::Result<String> {
