@@ -15,6 +15,7 @@ mod admission;
 mod auth;
 mod auth_http;
 mod bad_input;
+mod compression;
 mod lean_ws;
 mod long_poll;
 mod quotas;
