@@ -122,6 +122,11 @@ enum Cmd {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// A running node's stored documents: sizes, heads, history (admin API).
+    Docs {
+        #[command(subcommand)]
+        command: DocsCmd,
+    },
     /// Drain a running node before maintenance: it refuses new Socket.IO connections and
     /// streams, fails its health check, and tells its clients to reconnect to another node
     /// (admin API). With `--wait-s`, waits until no client connection is left.
@@ -150,6 +155,31 @@ enum Cmd {
         /// The shell.
         #[arg(value_parser = ["bash", "zsh", "fish"])]
         shell: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DocsCmd {
+    /// Stored documents by id, a page at a time: size (snapshot and chunks) and heads.
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Only ids starting with this (`session/`, `cohort/`, `inbox/`, `course/`).
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Only ids after this one (the last of the previous page).
+        #[arg(long)]
+        after: Option<String>,
+        /// At most this many (the node caps it at 1,000).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// One document: its sizes, heads and history length (number of changes).
+    Show {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The document id (`session/ID`, `cohort/ID`, `inbox/USER`, `course/ID`).
+        id: String,
     },
 }
 
@@ -458,6 +488,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Cmd::Docs { command } => docs(command, json),
         Cmd::Drain { admin, wait_s } => {
             let mut v = admin_call(&admin, "POST", "/admin/drain")?;
             let deadline = std::time::Instant::now() + Duration::from_secs(wait_s.unwrap_or(0));
@@ -540,6 +571,51 @@ fn print_classroom(c: &serde_json::Value) {
             "uplink:    {upstream} DOWN for {} s (the class runs on and merges when the link is back){error}",
             c["offlineS"]
         );
+    }
+}
+
+/// `lectern docs …`.
+fn docs(command: DocsCmd, json: bool) -> anyhow::Result<()> {
+    match command {
+        DocsCmd::List {
+            admin,
+            prefix,
+            after,
+            limit,
+        } => {
+            let mut path = format!("/admin/docs?limit={limit}");
+            if let Some(p) = prefix {
+                path.push_str(&format!("&prefix={}", enc(&p)));
+            }
+            if let Some(a) = after {
+                path.push_str(&format!("&after={}", enc(&a)));
+            }
+            let v = admin_call(&admin, "GET", &path)?;
+            if json {
+                print_json(&v);
+                return Ok(());
+            }
+            println!("{:>10} {:>7}  {:<16} DOCUMENT", "BYTES", "CHUNKS", "HEADS");
+            for d in v["docs"].as_array().cloned().unwrap_or_default() {
+                let heads = d["heads"].as_str().unwrap_or("-");
+                println!(
+                    "{:>10} {:>7}  {:<16} {}",
+                    d["bytes"],
+                    d["chunks"],
+                    &heads[..heads.len().min(16)],
+                    d["doc"].as_str().unwrap_or("?")
+                );
+            }
+            if v["more"] == true {
+                println!("(more: --after the last id above)");
+            }
+            Ok(())
+        }
+        DocsCmd::Show { admin, id } => {
+            let v = admin_call(&admin, "GET", &format!("/admin/docs/show?doc={}", enc(&id)))?;
+            print_json(&v);
+            Ok(())
+        }
     }
 }
 
@@ -804,6 +880,11 @@ fn request_json(
                 "{path}: the node has no admin API (set admin_token in its configuration and \
                  restart it), or {addr} is not its admin address"
             ),
+        ),
+        (404, "doc_not_found") => failed(
+            Exit::NotFound,
+            &code,
+            format!("{message}; `lectern docs list` shows what this node stores"),
         ),
         (404, _) => failed(
             Exit::NotFound,

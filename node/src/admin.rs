@@ -5,10 +5,12 @@
 //! (peers only), `GET /admin/heads?doc=ID` (a document's heads digest, to compare replicas) and
 //! the job queue (`GET /admin/jobs[?state=queued|dead|all&limit=N]`, `GET
 //! /admin/jobs/show?id=ID`, `POST /admin/jobs/retry?id=ID`, `POST /admin/jobs/drop?id=ID`)
-//! and the drain (`POST /admin/drain`, `POST /admin/undrain`: `{draining, connections}`)
+//! the stored documents (`GET /admin/docs[?prefix=&after=&limit=]`, a page at a time, and
+//! `GET /admin/docs/show?doc=ID`) and the drain (`POST /admin/drain`, `POST /admin/undrain`:
+//! `{draining, connections}`)
 //! answer only a `Authorization: Bearer {admin_token}`; without a configured token they answer
 //! 404, so an unconfigured node exposes nothing. `lectern status`, `lectern peers` and `lectern
-//! jobs`, `lectern drain` and `lectern undrain` call them. Errors are `{error: {code, message}}` with a stable code.
+//! jobs`, `lectern docs`, `lectern drain` and `lectern undrain` call them. Errors are `{error: {code, message}}` with a stable code.
 
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
@@ -58,6 +60,26 @@ pub(crate) fn routes(
     let status = move |headers: HeaderMap| {
         let state = s.clone();
         async move { state.guarded(&headers, |s| s.status()) }
+    };
+    let s = state.clone();
+    let docs_list = move |headers: HeaderMap, Query(q): Query<DocsQuery>| {
+        let state = s.clone();
+        async move {
+            if let Some(refused) = state.refusal(&headers) {
+                return refused;
+            }
+            state.docs_list(q).await
+        }
+    };
+    let s = state.clone();
+    let docs_show = move |headers: HeaderMap, Query(q): Query<HeadsQuery>| {
+        let state = s.clone();
+        async move {
+            if let Some(refused) = state.refusal(&headers) {
+                return refused;
+            }
+            state.docs_show(&q.doc).await
+        }
     };
     let s = state.clone();
     let drain = move |headers: HeaderMap| {
@@ -137,6 +159,8 @@ pub(crate) fn routes(
         .route("/admin/heads", get(heads))
         .route("/admin/status", get(status))
         .route("/admin/peers", get(peers))
+        .route("/admin/docs", get(docs_list))
+        .route("/admin/docs/show", get(docs_show))
         .route("/admin/drain", post(drain))
         .route("/admin/undrain", post(undrain))
         .route("/admin/jobs", get(jobs_list))
@@ -149,6 +173,19 @@ pub(crate) fn routes(
 #[derive(serde::Deserialize)]
 struct HeadsQuery {
     doc: String,
+}
+
+/// Documents `/admin/docs` lists at most, whatever `limit` asks.
+const DOCS_LIST_MAX: usize = 1_000;
+
+/// `?prefix=&after=&limit=` of `/admin/docs`.
+#[derive(serde::Deserialize)]
+struct DocsQuery {
+    /// Only ids starting with this (`session/`, `cohort/`, `inbox/`, `course/`).
+    prefix: Option<String>,
+    /// Only ids after this one (the previous page's last).
+    after: Option<String>,
+    limit: Option<usize>,
 }
 
 /// `?state=&limit=` of `/admin/jobs`.
@@ -283,6 +320,82 @@ impl AdminState {
         })
     }
 
+    /// A stored document's sizes as `/admin/docs` lists them: snapshot and chunk bytes (a chunk
+    /// per commit since the last compaction) and its heads digest. `None` if not stored.
+    fn doc_entry(&self, doc: &str) -> Result<Option<Value>, Response> {
+        let stored = self.hub.store().load_doc(doc).map_err(|e| {
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "store_failed",
+                &e.to_string(),
+            )
+        })?;
+        Ok(stored.map(|d| {
+            json!({
+                "doc": doc,
+                "bytes": d.snapshot_bytes + d.chunk_bytes,
+                "snapshotBytes": d.snapshot_bytes,
+                "chunks": d.chunks.len(),
+                "chunkBytes": d.chunk_bytes,
+                "heads": self.heads(doc)["heads"],
+            })
+        }))
+    }
+
+    /// `/admin/docs`: a page of stored documents, by id.
+    async fn docs_list(&self, q: DocsQuery) -> Response {
+        let limit = q.limit.unwrap_or(100).min(DOCS_LIST_MAX);
+        let ids = match self.hub.store().doc_ids() {
+            Ok(ids) => ids,
+            Err(e) => {
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "store_failed",
+                    &e.to_string(),
+                );
+            }
+        };
+        let total = ids.len();
+        let mut docs = Vec::new();
+        let mut more = false;
+        for id in ids
+            .into_iter()
+            .filter(|id| q.prefix.as_deref().is_none_or(|p| id.starts_with(p)))
+            .filter(|id| q.after.as_deref().is_none_or(|a| id.as_str() > a))
+        {
+            if docs.len() == limit {
+                more = true;
+                break;
+            }
+            match self.doc_entry(&id) {
+                Ok(Some(entry)) => docs.push(entry),
+                Ok(None) => {}
+                Err(e) => return e,
+            }
+        }
+        Json(json!({"total": total, "docs": docs, "more": more})).into_response()
+    }
+
+    /// `/admin/docs/show`: one document's sizes, heads and history length (it is loaded to
+    /// count its changes). Whether a peer holds the same heads: `/admin/heads` on that peer.
+    async fn docs_show(&self, doc: &str) -> Response {
+        let entry = match self.doc_entry(doc) {
+            Ok(Some(entry)) => entry,
+            Ok(None) => return doc_not_found(doc),
+            Err(e) => return e,
+        };
+        let Ok(id) = DocId::parse(doc) else {
+            return doc_not_found(doc);
+        };
+        let changes = match self.hub.read(id, |r| r.change_count()).await {
+            Ok(n) => json!(n),
+            Err(e) => json!({"error": e.to_string()}),
+        };
+        let mut entry = entry;
+        entry["changes"] = changes;
+        Json(json!({"doc": entry})).into_response()
+    }
+
     fn heads(&self, doc: &str) -> Value {
         let digest = DocId::parse(doc)
             .ok()
@@ -297,6 +410,15 @@ impl AdminState {
             None => json!([]),
         }
     }
+}
+
+/// 404 `doc_not_found` (the CLI's exit code 5; `not_found` means the admin API is off).
+fn doc_not_found(doc: &str) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "doc_not_found",
+        &format!("no document {doc} on this node"),
+    )
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {

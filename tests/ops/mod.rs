@@ -16,6 +16,7 @@
 
 mod admin_listener;
 mod cli;
+mod docs;
 mod drain;
 mod jobs;
 mod park;
