@@ -322,14 +322,8 @@ impl AdminState {
 
     /// A stored document's sizes as `/admin/docs` lists them: snapshot and chunk bytes (a chunk
     /// per commit since the last compaction) and its heads digest. `None` if not stored.
-    fn doc_entry(&self, doc: &str) -> Result<Option<Value>, Response> {
-        let stored = self.hub.store().load_doc(doc).map_err(|e| {
-            error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "store_failed",
-                &e.to_string(),
-            )
-        })?;
+    fn doc_entry(&self, doc: &str) -> Result<Option<Value>, lectern_store::StoreError> {
+        let stored = self.hub.store().load_doc(doc)?;
         Ok(stored.map(|d| {
             json!({
                 "doc": doc,
@@ -370,7 +364,7 @@ impl AdminState {
             match self.doc_entry(&id) {
                 Ok(Some(entry)) => docs.push(entry),
                 Ok(None) => {}
-                Err(e) => return e,
+                Err(e) => return store_failed(&e),
             }
         }
         Json(json!({"total": total, "docs": docs, "more": more})).into_response()
@@ -382,7 +376,7 @@ impl AdminState {
         let entry = match self.doc_entry(doc) {
             Ok(Some(entry)) => entry,
             Ok(None) => return doc_not_found(doc),
-            Err(e) => return e,
+            Err(e) => return store_failed(&e),
         };
         let Ok(id) = DocId::parse(doc) else {
             return doc_not_found(doc);
@@ -410,6 +404,15 @@ impl AdminState {
             None => json!([]),
         }
     }
+}
+
+/// 500 `store_failed`: the store could not be read.
+fn store_failed(e: &lectern_store::StoreError) -> Response {
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "store_failed",
+        &e.to_string(),
+    )
 }
 
 /// 404 `doc_not_found` (the CLI's exit code 5; `not_found` means the admin API is off).
