@@ -13,7 +13,6 @@ mod demo;
 mod demo_course;
 mod metrics;
 mod presence;
-mod serve;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -302,7 +301,12 @@ pub async fn start_on(mut config: Config, store: Store) -> anyhow::Result<Node> 
     };
     let (stop, stopped) = oneshot::channel::<()>();
     let app = gateway.front_door(app);
-    let server = tokio::spawn(serve::serve(listener, app, gateway.clone(), stopped));
+    let server = tokio::spawn(lectern_gateway::serve(
+        listener,
+        app,
+        gateway.clone(),
+        stopped,
+    ));
     Ok(Node {
         http_addr,
         admin_addr: admin_server.as_ref().map(|a| a.addr),

@@ -13,6 +13,7 @@ mod boards;
 mod commands;
 mod courses;
 mod error;
+mod front;
 mod limits;
 mod metrics;
 mod nodes;
@@ -38,14 +39,12 @@ use serde_json::{Value, json};
 use socketioxide::SocketIo;
 use tokio::sync::{broadcast, watch};
 
-pub use admission::{Admitted, Refused};
 pub use auth::{AuthConfig, Verified, Verifier};
 pub use boards::BoardSettings;
 pub use error::AppError;
+pub use front::serve;
 pub use limits::Limits;
 pub use metrics::MetricsSection;
-pub use sse::LeanStream;
-pub use ws::is_lean_websocket;
 
 use commands::{Body, Parsed};
 
@@ -312,7 +311,10 @@ impl Gateway {
     /// Admits a connection accepted from `address`, before a byte of it is read: its place
     /// among the connections waiting to authenticate (held until it authenticates or ends), or
     /// the refusal to answer at once ([`Refused::response`]) before closing it.
-    pub fn admit(&self, address: std::net::IpAddr) -> Result<Admitted, Refused> {
+    pub(crate) fn admit(
+        &self,
+        address: std::net::IpAddr,
+    ) -> Result<admission::Admitted, admission::Refused> {
         self.inner.admission.admit(address)
     }
 

@@ -355,7 +355,7 @@ impl Gateway {
     /// `Last-Event-ID`, the rate limit, a connection slot, the join, the filters, the token's
     /// expiry, shutdown, keep-alive comments) and counts a refusal in `/metrics` as the
     /// router does. A target that is no stream route is `404 not_found`, like the router's.
-    pub async fn open_stream(
+    pub(crate) async fn open_stream(
         &self,
         target: &str,
         headers: &HeaderMap,

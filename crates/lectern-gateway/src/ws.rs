@@ -84,7 +84,7 @@ const CLOSE_FLUSH_MAX: Duration = Duration::from_secs(5);
 /// transport serves: `/socket.io/?EIO=4&transport=websocket` without a `sid` (an upgrade of a
 /// polling session has one and stays on socketioxide), asking for a version-13 WebSocket with
 /// a key. The method (`GET`) is the caller's to check.
-pub fn is_lean_websocket(target: &str, headers: &HeaderMap) -> bool {
+pub(crate) fn is_lean_websocket(target: &str, headers: &HeaderMap) -> bool {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     if path != "/socket.io/" && path != "/socket.io" {
         return false;
@@ -118,7 +118,7 @@ impl Gateway {
     /// the caller read past the request head; `admitted` is the connection's place among those
     /// waiting to authenticate ([`Gateway::admit`]), held until its `CONNECT` is accepted.
     /// `None` when the request has no WebSocket key.
-    pub fn open_websocket(
+    pub(crate) fn open_websocket(
         &self,
         stream: TcpStream,
         target: &str,

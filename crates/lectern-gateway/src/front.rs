@@ -1,7 +1,9 @@
-//! The HTTP accept loop: one task per accepted socket. SSE streams (`GET /api/stream/…`) are
+//! The front door: the HTTP accept loop, one task per accepted socket, where every route the
+//! gateway serves is told apart (the node hands it its listener and its router, and knows no
+//! URL). SSE streams (`GET /api/stream/…`) are
 //! written by the task itself, and a Socket.IO WebSocket that opens directly
 //! (`GET /socket.io/?EIO=4&transport=websocket`, no `sid`) is handed with its socket to the
-//! gateway's lean transport ([`Gateway::open_websocket`]); every other request is served by
+//! lean transport (`Gateway::open_websocket`); every other request is served by
 //! hyper's HTTP/1.1 connection, upgrades allowed (a Socket.IO polling session upgrading to
 //! WebSocket), and a stop lets open requests finish.
 //!
@@ -14,7 +16,7 @@
 //! Why SSE bypasses hyper: a hyper connection keeps its read and write buffers (8 KiB each)
 //! and its state machine for as long as a response streams, which for an idle SSE client is
 //! hours. The task reads the request head into a small buffer, parses it with `httparse`, and
-//! for a stream route hands it to [`Gateway::open_stream`], then writes the response itself:
+//! for a stream route hands it to `Gateway::open_stream`, then writes the response itself:
 //! `connection: close` framing (the body ends when the socket closes), each chunk formatted
 //! into a fresh buffer that is dropped once written. Any other request goes to hyper with the
 //! bytes already read replayed first ([`Prefixed`]). The lean WebSocket bypasses hyper for the
@@ -26,12 +28,15 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::admission::Admitted;
+use crate::sse::LeanStream;
+use crate::ws::is_lean_websocket;
+use crate::{AppError, Gateway};
 use axum::Router;
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use lectern_gateway::{Admitted, AppError, Gateway, LeanStream, is_lean_websocket};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
@@ -51,8 +56,10 @@ const HEAD_MAX_BYTES: usize = 64 * 1024;
 /// Most headers a request may have to take the lean SSE path (more go to hyper).
 const HEADERS_MAX: usize = 64;
 
-/// Serves `app` (and `gateway`'s SSE streams) on `listener` until `stop` fires, then drains.
-pub(crate) async fn serve(
+/// Serves `app` (the gateway's router, with the node's own routes merged, passed through
+/// [`Gateway::front_door`]) and `gateway`'s streams and lean WebSockets on `listener` until
+/// `stop` fires, then lets open requests finish (for at most 10 s).
+pub async fn serve(
     listener: TcpListener,
     app: Router,
     gateway: Gateway,
