@@ -195,7 +195,7 @@ fn model_and_wire_read_no_clock_or_randomness() {
 fn every_rust_file_opens_with_a_module_doc() {
     let root = workspace_root();
     let mut files = Vec::new();
-    for dir in ["crates", "node", "cli", "tests", "benches"] {
+    for dir in ["crates", "node", "cli", "tests", "benches", "fuzz"] {
         rust_files(&root.join(dir), &mut files);
     }
     assert!(files.len() >= 20, "found only {} files", files.len());

@@ -117,7 +117,7 @@ pub async fn serve(
 }
 
 /// What the first request of a connection is.
-enum Head {
+pub(crate) enum Head {
     /// `GET /api/stream/…`: its target and headers.
     Stream(String, HeaderMap),
     /// A Socket.IO WebSocket that opens directly (see [`is_lean_websocket`]): its target,
@@ -213,50 +213,59 @@ async fn read_head(stream: &mut TcpStream) -> io::Result<Option<Head>> {
         if stream.read_buf(&mut buf).await? == 0 {
             return Ok((!buf.is_empty()).then_some(Head::Other(buf)));
         }
-        let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(&buf) {
-            Ok(httparse::Status::Complete(head_len)) => {
-                let get = req.method == Some("GET");
-                let path = req.path.unwrap_or_default();
-                let stream = get && path.starts_with("/api/stream/");
-                let socket_io = get && path.starts_with("/socket.io");
-                if !stream && !socket_io {
-                    return Ok(Some(Head::Other(buf)));
-                }
-                let target = req.path.unwrap_or_default().to_owned();
-                let mut map = HeaderMap::with_capacity(req.headers.len());
-                for h in req.headers.iter() {
-                    if let (Ok(n), Ok(v)) = (
-                        HeaderName::from_bytes(h.name.as_bytes()),
-                        HeaderValue::from_bytes(h.value),
-                    ) {
-                        map.append(n, v);
-                    }
-                }
-                if stream {
-                    // A stream request that declares a body takes the router's path, where
-                    // the shared body limit and header hygiene apply to it like any route.
-                    let has_body = map.contains_key(axum::http::header::TRANSFER_ENCODING)
-                        || map
-                            .get(axum::http::header::CONTENT_LENGTH)
-                            .is_some_and(|v| v.as_bytes() != b"0");
-                    if has_body {
-                        return Ok(Some(Head::Other(buf)));
-                    }
-                    return Ok(Some(Head::Stream(target, map)));
-                }
-                if !is_lean_websocket(&target, &map) {
-                    // Polling, an upgrade of a polling session: socketioxide's.
-                    return Ok(Some(Head::Other(buf)));
-                }
-                let early = buf.get(head_len..).unwrap_or_default().to_vec();
-                return Ok(Some(Head::WebSocket(target, map, early)));
-            }
-            Ok(httparse::Status::Partial) if buf.len() < HEAD_MAX_BYTES => {}
-            // Malformed, too many headers or too long: hyper answers it.
-            _ => return Ok(Some(Head::Other(buf))),
+        if let Some(head) = head_of(&mut buf) {
+            return Ok(Some(head));
         }
+    }
+}
+
+/// What the request head at the start of `buf` asks for, or `None` while it is incomplete
+/// (and short enough to wait for more). Sans-IO, so that the fuzz targets (`fuzz/`) run it on
+/// any bytes; [`Head::Other`] takes `buf` whole, to be replayed to hyper.
+pub(crate) fn head_of(buf: &mut Vec<u8>) -> Option<Head> {
+    let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Complete(head_len)) => {
+            let get = req.method == Some("GET");
+            let path = req.path.unwrap_or_default();
+            let stream = get && path.starts_with("/api/stream/");
+            let socket_io = get && path.starts_with("/socket.io");
+            if !stream && !socket_io {
+                return Some(Head::Other(std::mem::take(buf)));
+            }
+            let target = req.path.unwrap_or_default().to_owned();
+            let mut map = HeaderMap::with_capacity(req.headers.len());
+            for h in req.headers.iter() {
+                if let (Ok(n), Ok(v)) = (
+                    HeaderName::from_bytes(h.name.as_bytes()),
+                    HeaderValue::from_bytes(h.value),
+                ) {
+                    map.append(n, v);
+                }
+            }
+            if stream {
+                // A stream request that declares a body takes the router's path, where
+                // the shared body limit and header hygiene apply to it like any route.
+                let has_body = map.contains_key(axum::http::header::TRANSFER_ENCODING)
+                    || map
+                        .get(axum::http::header::CONTENT_LENGTH)
+                        .is_some_and(|v| v.as_bytes() != b"0");
+                if has_body {
+                    return Some(Head::Other(std::mem::take(buf)));
+                }
+                return Some(Head::Stream(target, map));
+            }
+            if !is_lean_websocket(&target, &map) {
+                // Polling, an upgrade of a polling session: socketioxide's.
+                return Some(Head::Other(std::mem::take(buf)));
+            }
+            let early = buf.get(head_len..).unwrap_or_default().to_vec();
+            Some(Head::WebSocket(target, map, early))
+        }
+        Ok(httparse::Status::Partial) if buf.len() < HEAD_MAX_BYTES => None,
+        // Malformed, too many headers or too long: hyper answers it.
+        _ => Some(Head::Other(std::mem::take(buf))),
     }
 }
 

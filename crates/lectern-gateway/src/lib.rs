@@ -14,6 +14,8 @@ mod commands;
 mod courses;
 mod error;
 mod front;
+#[doc(hidden)]
+pub mod fuzzing;
 mod limits;
 mod metrics;
 mod nodes;

@@ -249,7 +249,17 @@ pub(crate) fn parse_id<T: std::str::FromStr<Err = lectern_model::IdError>>(
         .map_err(|e| AppError::bad_request(format!("{what}: {e}")))
 }
 
-fn json_body(body: &Bytes) -> Result<Value, AppError> {
+/// A session command's body: a JSON object `{id?, cmd, …fields}`, its `cmd` set to `name` when
+/// the route names it (`POST /api/sessions/{id}/{name}`).
+pub(crate) fn command_body(body: &[u8], name: Option<&str>) -> Result<Command, AppError> {
+    let mut v = json_body(body)?;
+    if let Some(name) = name {
+        v["cmd"] = json!(name);
+    }
+    command_from(v)
+}
+
+fn json_body(body: &[u8]) -> Result<Value, AppError> {
     if body.is_empty() {
         return Ok(json!({}));
     }
@@ -309,7 +319,7 @@ async fn session_command(
     RawBody(body): RawBody,
 ) -> Result<Response, AppError> {
     let session: SessionId = parse_id(&id, "session id")?;
-    let cmd = command_from(json_body(&body)?)?;
+    let cmd = command_body(&body, None)?;
     execute(&gw, &caller, DocId::Session(session), cmd).await
 }
 
@@ -320,9 +330,7 @@ async fn session_named_command(
     RawBody(body): RawBody,
 ) -> Result<Response, AppError> {
     let session: SessionId = parse_id(&id, "session id")?;
-    let mut v = json_body(&body)?;
-    v["cmd"] = json!(name);
-    let cmd = command_from(v)?;
+    let cmd = command_body(&body, Some(&name))?;
     execute(&gw, &caller, DocId::Session(session), cmd).await
 }
 

@@ -1,0 +1,66 @@
+//! The peer protocol's frame decoder (`lectern_wire::FrameDecoder`), fed a peer's bytes.
+//!
+//! Invariants: decoding never panics; the frames and errors are the same whether the bytes
+//! arrive whole or in pieces; between pushes the decoder holds at most one frame's worth
+//! (limit + 4 bytes); once a length over the limit is seen every later call says so; every
+//! frame decoded encodes and decodes back to itself; allocation is bounded by the input's
+//! size (a length field cannot make the decoder or bincode reserve what it claims).
+
+use lectern_wire::{FrameDecoder, FrameError, PeerFrame, encode_frame};
+
+use crate::alloc;
+
+/// The frame limit the harness decodes with: small, so the `TooLarge` path is reached.
+pub const FRAME_MAX_BYTES: usize = 64 * 1024;
+
+/// Frames and errors, in the order the decoder gave them.
+type Decoded = Vec<Result<PeerFrame, FrameError>>;
+
+/// Runs one input. The first byte picks the size of each push (1–64 bytes); the rest is the
+/// peer's byte stream.
+pub fn run(data: &[u8]) {
+    let Some((&first, stream)) = data.split_first() else {
+        return;
+    };
+    let whole = alloc::bounded("peer_frame", stream.len(), || {
+        decode(stream, stream.len().max(1))
+    });
+    let step = usize::from(first % 64) + 1;
+    let pieces = decode(stream, step);
+    assert_eq!(whole, pieces, "whole vs {step}-byte pushes");
+    for frame in whole.iter().flatten() {
+        let bytes = encode_frame(frame).expect("a decoded frame encodes");
+        let mut decoder = FrameDecoder::new(FRAME_MAX_BYTES);
+        decoder.push(&bytes);
+        assert_eq!(decoder.next_frame(), Ok(Some(frame.clone())), "round trip");
+        assert_eq!(decoder.next_frame(), Ok(None));
+    }
+}
+
+fn decode(stream: &[u8], step: usize) -> Decoded {
+    let mut decoder = FrameDecoder::new(FRAME_MAX_BYTES);
+    let mut out = Vec::new();
+    for chunk in stream.chunks(step) {
+        decoder.push(chunk);
+        loop {
+            match decoder.next_frame() {
+                Ok(Some(frame)) => out.push(Ok(frame)),
+                Ok(None) => break,
+                Err(e @ FrameError::TooLarge { .. }) => {
+                    // The stream cannot resynchronize: it stays refused.
+                    decoder.push(b"more");
+                    assert_eq!(decoder.next_frame(), Err(e.clone()));
+                    out.push(Err(e));
+                    return out;
+                }
+                Err(e) => out.push(Err(e)),
+            }
+        }
+        assert!(
+            decoder.buffered_len() <= FRAME_MAX_BYTES + 4,
+            "{} bytes buffered between pushes",
+            decoder.buffered_len()
+        );
+    }
+    out
+}
