@@ -191,6 +191,66 @@ fn model_and_wire_read_no_clock_or_randomness() {
     }
 }
 
+/// The gateway's `lib.rs` is its map: module declarations and re-exports, no code of its own.
+#[test]
+fn the_gateway_lib_rs_only_declares_modules_and_re_exports() {
+    let lib = workspace_root().join("crates/lectern-gateway/src/lib.rs");
+    let text = std::fs::read_to_string(&lib).unwrap();
+    let code: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("//"))
+        .collect();
+    assert!(
+        code.len() >= 10,
+        "lib.rs has only {} lines of code",
+        code.len()
+    );
+    let other: Vec<&&str> = code
+        .iter()
+        .filter(|l| {
+            !["mod ", "pub mod ", "pub use ", "pub(crate) use "]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
+        .collect();
+    assert!(
+        other.is_empty(),
+        "lib.rs holds more than its map: {other:?}"
+    );
+}
+
+/// Only `gateway.rs` reads the gateway's shared state; every other file asks through an
+/// accessor. The Socket.IO transports (`sio/`, `ws.rs`, `socket.rs`) are the last to move.
+#[test]
+fn only_gateway_rs_reaches_into_the_gateways_state() {
+    let src = workspace_root().join("crates/lectern-gateway/src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    assert!(files.len() >= 20, "found only {} files", files.len());
+    let pending = [
+        "gateway.rs",
+        "ws.rs",
+        "socket.rs",
+        "sio/mod.rs",
+        "sio/client.rs",
+    ];
+    let reaching: Vec<String> = files
+        .iter()
+        .map(|f| f.strip_prefix(&src).unwrap().display().to_string())
+        .filter(|name| !pending.contains(&name.as_str()))
+        .filter(|name| {
+            let text = std::fs::read_to_string(src.join(name)).unwrap();
+            let flat: String = text.split_whitespace().collect();
+            flat.contains("gw.inner.") || flat.contains("gateway.inner.")
+        })
+        .collect();
+    assert!(
+        reaching.is_empty(),
+        "files reaching into gw.inner: {reaching:?}"
+    );
+}
+
 #[test]
 fn every_rust_file_opens_with_a_module_doc() {
     let root = workspace_root();

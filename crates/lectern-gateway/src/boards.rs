@@ -19,10 +19,10 @@
 //!
 //! Every snapshot's event id is a hash of its content, `publishedAt` left out. A client that
 //! reconnects with `Last-Event-ID` equal to the current hash gets nothing until the next change;
-//! with any other id, the current board. Streams reuse the SSE machinery of `sse.rs`
-//! (keep-alive, token expiry, shutdown, slow consumers); the first event is `state`, then
-//! `leaderboard` or `dashboard` events. Staff see full names on the leaderboard; students see
-//! "Anonymous" for classmates who opted out (`leaderboard.privacy`).
+//! with any other id, the current board. Streams open and run as every SSE stream does
+//! (`stream.rs`: keep-alive, token expiry, shutdown, slow consumers); the first event is
+//! `state`, then `leaderboard` or `dashboard` events. Staff see full names on the leaderboard;
+//! students see "Anonymous" for classmates who opted out (`leaderboard.privacy`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -42,9 +42,9 @@ use tokio::sync::broadcast;
 
 use crate::Gateway;
 use crate::error::AppError;
-use crate::lock;
-use crate::rest::{Authed, AuthedUntil, parse_id};
-use crate::sse::{Filter, Opened, last_event_id, stream_response};
+use crate::extract::{Authed, AuthedUntil, parse_id};
+use crate::stream::{self, Source};
+use crate::sync::lock;
 
 /// Events buffered per board for slow subscribers (a board changes at most every few seconds).
 const BOARD_CHANNEL_CAPACITY: usize = 16;
@@ -147,13 +147,13 @@ async fn leaderboard_me(
     Path(cohort): Path<String>,
 ) -> Result<Json<Value>, AppError> {
     let cohort: CohortId = parse_id(&cohort, "cohort id")?;
-    gw.inner.limiter.command(caller.user.as_str())?;
+    gw.take_command_token(caller.user.as_str())?;
     authorize_read(&gw, &caller, &cohort).await?;
     let user = caller.user.as_str();
     let key = (Board::Leaderboard, cohort.clone());
     // The published board when its ticker runs (read in place: it may list thousands).
     let running = {
-        let tickers = lock(&gw.inner.boards.tickers);
+        let tickers = lock(&gw.boards().tickers);
         tickers
             .get(&key)
             .map(|t| place(&cohort, &lock(&t.latest).full, user))
@@ -189,8 +189,7 @@ fn place(cohort: &CohortId, full: &Value, user: &str) -> Value {
 /// Refuses `caller` unless they may read `cohort`'s document.
 async fn authorize_read(gw: &Gateway, caller: &Caller, cohort: &CohortId) -> Result<(), AppError> {
     let c = caller.clone();
-    gw.inner
-        .hub
+    gw.hub()
         .read(DocId::Cohort(cohort.clone()), move |r| r.authorize_read(&c))
         .await?
         .map_err(AppError::from)
@@ -198,100 +197,90 @@ async fn authorize_read(gw: &Gateway, caller: &Caller, cohort: &CohortId) -> Res
 
 async fn leaderboard_stream(
     State(gw): State<Gateway>,
-    AuthedUntil(caller, expires_at_s): AuthedUntil,
+    authed: AuthedUntil,
     Path(cohort): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
-    let opened = open_leaderboard(&gw, caller, expires_at_s, &cohort, &headers).await?;
-    Ok(stream_response(gw, opened))
+    let board = BoardStream::leaderboard(&cohort)?;
+    stream::respond(gw, authed, &headers, board).await
 }
 
 async fn dashboard_stream(
     State(gw): State<Gateway>,
-    AuthedUntil(caller, expires_at_s): AuthedUntil,
+    authed: AuthedUntil,
     Path(cohort): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
-    let opened = open_dashboard(&gw, caller, expires_at_s, &cohort, &headers).await?;
-    Ok(stream_response(gw, opened))
+    let board = BoardStream::dashboard(&cohort)?;
+    stream::respond(gw, authed, &headers, board).await
 }
 
-/// Everything `GET /api/stream/leaderboard/{cohort}` does before it streams.
-pub(crate) async fn open_leaderboard(
-    gw: &Gateway,
-    caller: Caller,
-    expires_at_s: u64,
-    cohort: &str,
-    headers: &HeaderMap,
-) -> Result<Opened, AppError> {
-    open(
-        gw,
-        Board::Leaderboard,
-        caller,
-        expires_at_s,
-        cohort,
-        headers,
-    )
-    .await
-}
-
-/// Everything `GET /api/stream/instructor/{cohort}` does before it streams.
-pub(crate) async fn open_dashboard(
-    gw: &Gateway,
-    caller: Caller,
-    expires_at_s: u64,
-    cohort: &str,
-    headers: &HeaderMap,
-) -> Result<Opened, AppError> {
-    open(gw, Board::Dashboard, caller, expires_at_s, cohort, headers).await
-}
-
-async fn open(
-    gw: &Gateway,
+/// A board of a cohort as a stream: its current snapshot (nothing, for a client that has it),
+/// then every update its ticker publishes.
+pub(crate) struct BoardStream {
     board: Board,
-    caller: Caller,
-    expires_at_s: u64,
-    cohort: &str,
-    headers: &HeaderMap,
-) -> Result<Opened, AppError> {
-    let cohort: CohortId = parse_id(cohort, "cohort id")?;
-    let since = last_event_id(headers)?;
-    gw.inner.limiter.command(caller.user.as_str())?;
-    authorize_read(gw, &caller, &cohort).await?;
-    if board == Board::Dashboard && !caller.is_staff_of(&cohort) {
-        return Err(AppError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "only staff of the cohort see its dashboard",
-        ));
+    cohort: CohortId,
+}
+
+impl BoardStream {
+    /// The leaderboard of `cohort` (its id as the path gives it): `GET
+    /// /api/stream/leaderboard/{cohort}`.
+    pub(crate) fn leaderboard(cohort: &str) -> Result<Self, AppError> {
+        Ok(BoardStream {
+            board: Board::Leaderboard,
+            cohort: parse_id(cohort, "cohort id")?,
+        })
     }
-    let slot = gw.inner.limiter.connect(caller.user.as_str())?;
-    let staff = caller.role.is_staff();
-    let (events, snapshot) = subscribe(gw, board, &cohort).await?;
-    let start = if since.as_ref() == Some(&snapshot.token) {
-        JoinStart::Replay {
-            events: Vec::new(),
-            token: snapshot.token,
+
+    /// The instructor dashboard of `cohort`: `GET /api/stream/instructor/{cohort}`.
+    pub(crate) fn dashboard(cohort: &str) -> Result<Self, AppError> {
+        Ok(BoardStream {
+            board: Board::Dashboard,
+            cohort: parse_id(cohort, "cohort id")?,
+        })
+    }
+}
+
+impl Source for BoardStream {
+    /// Members of the cohort may follow its leaderboard; only its staff, its dashboard.
+    async fn check(&self, gw: &Gateway, caller: &Caller) -> Result<(), AppError> {
+        authorize_read(gw, caller, &self.cohort).await?;
+        if self.board == Board::Dashboard && !caller.is_staff_of(&self.cohort) {
+            return Err(AppError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "only staff of the cohort see its dashboard",
+            ));
         }
-    } else {
-        JoinStart::Snapshot {
-            state: if staff {
-                snapshot.full
-            } else {
-                snapshot.public
-            },
-            token: snapshot.token,
-            resume_refused: None,
-        }
-    };
-    Ok(Opened {
-        joined: Joined { start, events },
-        user: caller.user.to_string(),
-        staff,
-        filter: Filter::All,
-        slot,
-        expires_at_s,
-    })
+        Ok(())
+    }
+
+    async fn join(
+        self,
+        gw: &Gateway,
+        caller: Caller,
+        since: Option<ResumeToken>,
+    ) -> Result<Joined, AppError> {
+        let staff = caller.role.is_staff();
+        let (events, snapshot) = subscribe(gw, self.board, &self.cohort).await?;
+        let start = if since.as_ref() == Some(&snapshot.token) {
+            JoinStart::Replay {
+                events: Vec::new(),
+                token: snapshot.token,
+            }
+        } else {
+            JoinStart::Snapshot {
+                state: if staff {
+                    snapshot.full
+                } else {
+                    snapshot.public
+                },
+                token: snapshot.token,
+                resume_refused: None,
+            }
+        };
+        Ok(Joined { start, events })
+    }
 }
 
 /// A receiver of the board's updates and its current snapshot, starting its ticker if needed.
@@ -302,7 +291,7 @@ async fn subscribe(
 ) -> Result<(broadcast::Receiver<Arc<Published>>, Snapshot), AppError> {
     let key = (board, cohort.clone());
     {
-        let tickers = lock(&gw.inner.boards.tickers);
+        let tickers = lock(&gw.boards().tickers);
         if let Some(t) = tickers.get(&key) {
             let latest = lock(&t.latest);
             return Ok((t.tx.subscribe(), latest.clone()));
@@ -310,7 +299,7 @@ async fn subscribe(
     }
     let at = lectern_hub::system_now().0;
     let computed = compute(gw, board, cohort).await?.stamped(at);
-    let mut tickers = lock(&gw.inner.boards.tickers);
+    let mut tickers = lock(&gw.boards().tickers);
     if let Some(t) = tickers.get(&key) {
         // Another subscriber started it meanwhile.
         let latest = lock(&t.latest);
@@ -339,13 +328,13 @@ async fn tick(
 ) {
     let every = Duration::from_millis(
         match board {
-            Board::Leaderboard => gw.inner.boards_settings.leaderboard_interval_ms,
-            Board::Dashboard => gw.inner.boards_settings.dashboard_interval_ms,
+            Board::Leaderboard => gw.board_settings().leaderboard_interval_ms,
+            Board::Dashboard => gw.board_settings().dashboard_interval_ms,
         }
         .max(1),
     );
-    let mut feed = gw.inner.hub.changes();
-    let mut shutdown = gw.inner.shutdown.subscribe();
+    let mut feed = gw.hub().changes();
+    let mut shutdown = gw.shutdown_signal();
     // The same moment on both clocks: stamps are `origin_ms` plus a tick's offset from `origin`.
     let origin = tokio::time::Instant::now();
     let origin_ms = lectern_hub::system_now().0;
@@ -360,7 +349,7 @@ async fn tick(
         tokio::select! {
             scheduled = interval.tick() => {
                 {
-                    let mut tickers = lock(&gw.inner.boards.tickers);
+                    let mut tickers = lock(&gw.boards().tickers);
                     if tx.receiver_count() == 0 {
                         tickers.remove(&(board, cohort.clone()));
                         return;
@@ -431,8 +420,7 @@ async fn compute(gw: &Gateway, board: Board, cohort: &CohortId) -> Result<Snapsh
     match board {
         Board::Leaderboard => {
             let (full, public) = gw
-                .inner
-                .hub
+                .hub()
                 .read(doc.clone(), |r| r.leaderboard())
                 .await?
                 .map_err(AppError::from)?;
@@ -449,12 +437,11 @@ async fn compute(gw: &Gateway, board: Board, cohort: &CohortId) -> Result<Snapsh
 
 /// The instructor dashboard of `cohort`, from the cohort and its newest sessions.
 async fn dashboard(gw: &Gateway, cohort: &CohortId) -> Result<Snapshot, AppError> {
-    let settings = &gw.inner.boards_settings;
+    let settings = gw.board_settings();
     let doc = DocId::Cohort(cohort.clone());
     let staff = reader(cohort);
     let (aggregates, activity) = gw
-        .inner
-        .hub
+        .hub()
         .read(doc.clone(), move |r| {
             Ok::<_, lectern_model::Rejection>((r.cohort_aggregates(&staff)?, r.cohort_activity()?))
         })
@@ -478,8 +465,7 @@ async fn dashboard(gw: &Gateway, cohort: &CohortId) -> Result<Snapshot, AppError
         let sdoc = DocId::Session(session);
         watched.insert(sdoc.clone());
         let summary = match gw
-            .inner
-            .hub
+            .hub()
             .read(sdoc, move |r| {
                 Ok::<_, lectern_model::Rejection>((r.session_cohort(), r.session_summary(now)?))
             })

@@ -29,7 +29,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use crate::admission::Admitted;
-use crate::sse::LeanStream;
+use crate::stream::LeanStream;
 use crate::ws::is_lean_websocket;
 use crate::{AppError, Gateway};
 use axum::Router;
