@@ -13,6 +13,7 @@ mod hostile;
 mod notify;
 mod partition;
 mod presence;
+mod recovery;
 mod region;
 mod replicate;
 mod restart;
