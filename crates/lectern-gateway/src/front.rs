@@ -28,7 +28,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use crate::admission::Admitted;
+use crate::admission::{Admitted, PreauthSession, Refused, Source};
 use crate::sse::LeanStream;
 use crate::ws::is_lean_websocket;
 use crate::{AppError, Gateway};
@@ -317,6 +317,7 @@ async fn serve_hyper(
 ) {
     let service = FirstResponseAdmits {
         inner: TowerToHyperService::new(app),
+        source: admitted.source(),
         admitted: std::sync::Mutex::new(Some(admitted)),
     };
     let conn = http1::Builder::new()
@@ -341,10 +342,50 @@ async fn serve_hyper(
 
 /// The app as hyper calls it, holding the connection's place among those waiting to
 /// authenticate until its first response is ready (its body read, its caller known): what a
-/// connection does after that is counted per user.
+/// connection does after that is counted per user. An Engine.IO polling handshake on it takes
+/// a place of its own for the session it opens ([`PreauthSession`]), or is refused.
 struct FirstResponseAdmits {
     inner: TowerToHyperService<Router>,
     admitted: std::sync::Mutex<Option<Admitted>>,
+    /// The connection's address, for the places of the polling sessions it opens.
+    source: Source,
+}
+
+/// Whether a request opens an Engine.IO polling session: `GET /socket.io/…?transport=polling`
+/// without a `sid`.
+fn opens_polling_session(request: &hyper::Request<hyper::body::Incoming>) -> bool {
+    if request.method() != axum::http::Method::GET
+        || !request.uri().path().starts_with("/socket.io")
+    {
+        return false;
+    }
+    let query = request.uri().query().unwrap_or_default();
+    let mut polling = false;
+    for pair in query.split('&') {
+        match pair.split_once('=').unwrap_or((pair, "")) {
+            ("sid", _) => return false,
+            ("transport", "polling") => polling = true,
+            _ => {}
+        }
+    }
+    polling
+}
+
+/// The 503 a refused polling handshake gets (the same error as a refused connection).
+fn refused_response(refused: Refused) -> axum::response::Response {
+    let body =
+        serde_json::json!({"error": {"code": refused.code(), "message": refused.to_string()}});
+    let mut response = axum::response::Response::new(axum::body::Body::from(body.to_string()));
+    *response.status_mut() = axum::http::StatusCode::SERVICE_UNAVAILABLE;
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        HeaderValue::from_static("5"),
+    );
+    response
 }
 
 impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for FirstResponseAdmits {
@@ -356,12 +397,27 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for FirstRes
     >>::Error;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
-    fn call(&self, request: hyper::Request<hyper::body::Incoming>) -> Self::Future {
-        let admitted = self
+    fn call(&self, mut request: hyper::Request<hyper::body::Incoming>) -> Self::Future {
+        let mut admitted = self
             .admitted
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
+        if opens_polling_session(&request) {
+            // The connection's own place (on its first request) moves to the session, which
+            // keeps waiting to authenticate after this response; a later request takes one.
+            match admitted.take().map_or_else(|| self.source.admit(), Ok) {
+                Ok(place) => {
+                    request.extensions_mut().insert(PreauthSession::new(place));
+                }
+                Err(refused) => {
+                    return Box::pin(async move {
+                        drop(admitted);
+                        Ok(refused_response(refused))
+                    });
+                }
+            }
+        }
         let response = hyper::service::Service::call(&self.inner, request);
         Box::pin(async move {
             let response = response.await;

@@ -28,6 +28,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 use tracing::debug;
 
+use crate::admission::PreauthSession;
 use crate::error::AppError;
 use crate::sio::client::{self, Action, Dispatch, SioClient, Why};
 use crate::sio::recovery::{self, Recovery};
@@ -77,6 +78,10 @@ async fn authenticate(
             .flatten(),
         Transport::SocketIo,
     )?;
+    // Authenticated: the session's place among those waiting to authenticate is freed.
+    if let Some(place) = parts.extensions.get::<PreauthSession>() {
+        place.release();
+    }
     let mut client =
         SioClient::connected_elsewhere(sio::timing(&gw), conn.valid_for(), Instant::now());
     // Connection State Recovery: the sessions are joined again before socketioxide sends the
