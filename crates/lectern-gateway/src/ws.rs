@@ -319,65 +319,76 @@ struct Socket {
 }
 
 impl Socket {
-    async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
-        // One wait for the node's stop, for the socket's life: re-created per wake-up, it
-        // would link into (and out of) a list every socket shares, once per event.
-        let stopping = shutdown.wait_for(|stop| *stop);
-        tokio::pin!(stopping);
-        let mut stop_pending = true;
-        if !self.inbuf.is_empty() {
-            self.decode_all();
-        }
-        let sleep = tokio::time::sleep_until(self.next_wake());
-        tokio::pin!(sleep);
-        while self.ending.is_none() {
-            // A rate-limit pause that has passed, or a command slot freed: frames read before
-            // go on.
-            if !self.inbuf.is_empty() && self.has_slot() && !self.read_paused() {
+    // Not an `async fn`: its parameters would be moved into the future's locals beside the
+    // captured ones, and every idle socket's task would hold the `Socket` twice.
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn would hold its parameters twice"
+    )]
+    fn run(
+        mut self,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        async move {
+            // One wait for the node's stop, for the socket's life: re-created per wake-up, it
+            // would link into (and out of) a list every socket shares, once per event.
+            let stopping = shutdown.wait_for(|stop| *stop);
+            tokio::pin!(stopping);
+            let mut stop_pending = true;
+            if !self.inbuf.is_empty() {
                 self.decode_all();
             }
-            if let Err(e) = self.write_some() {
-                debug!(error = %e, "websocket write failed");
-                self.ending = Some(End::Gone);
-                break;
-            }
-            let wake = self.next_wake();
-            if sleep.deadline() != wake {
-                sleep.as_mut().reset(wake);
-            }
-            // Input is read only while output keeps up: what a client sends can make the socket
-            // queue answers (acks, pongs), and the queue is bounded.
-            let reading = self.has_slot() && !self.at_budget() && !self.read_paused();
-            tokio::select! {
-                r = &mut stopping, if stop_pending => {
-                    // Never polled again once done. (An error would mean the gateway is gone,
-                    // which this socket's own handle on it rules out.)
-                    stop_pending = false;
-                    if r.is_ok() {
-                        self.shut_down();
-                    }
+            let sleep = tokio::time::sleep_until(self.next_wake());
+            tokio::pin!(sleep);
+            while self.ending.is_none() {
+                // A rate-limit pause that has passed, or a command slot freed: frames read before
+                // go on.
+                if !self.inbuf.is_empty() && self.has_slot() && !self.read_paused() {
+                    self.decode_all();
                 }
-                r = ready(&self.stream, reading, !self.out.is_empty()) => match r {
-                    Ok(readable) => {
-                        if readable {
-                            self.on_readable();
+                if let Err(e) = self.write_some() {
+                    debug!(error = %e, "websocket write failed");
+                    self.ending = Some(End::Gone);
+                    break;
+                }
+                let wake = self.next_wake();
+                if sleep.deadline() != wake {
+                    sleep.as_mut().reset(wake);
+                }
+                // Input is read only while output keeps up: what a client sends can make the socket
+                // queue answers (acks, pongs), and the queue is bounded.
+                let reading = self.has_slot() && !self.at_budget() && !self.read_paused();
+                tokio::select! {
+                    r = &mut stopping, if stop_pending => {
+                        // Never polled again once done. (An error would mean the gateway is gone,
+                        // which this socket's own handle on it rules out.)
+                        stop_pending = false;
+                        if r.is_ok() {
+                            self.shut_down();
                         }
                     }
-                    Err(_) => self.ending = Some(End::Gone),
-                },
-                (i, input) = next_input(&mut self.subs) => self.on_input(i, input),
-                done = next_done(&mut self.inflight), if self.inflight.is_some() => match done {
-                    // A slot is free: frames read while the socket was at its cap go on at
-                    // the loop's top.
-                    Some(done) => self.on_done(done),
-                    None => self.inflight = None,
-                },
-                () = &mut sleep => self.on_timer(),
+                    r = ready(&self.stream, reading, !self.out.is_empty()) => match r {
+                        Ok(readable) => {
+                            if readable {
+                                self.on_readable();
+                            }
+                        }
+                        Err(_) => self.ending = Some(End::Gone),
+                    },
+                    (i, input) = next_input(&mut self.subs) => self.on_input(i, input),
+                    done = next_done(&mut self.inflight), if self.inflight.is_some() => match done {
+                        // A slot is free: frames read while the socket was at its cap go on at
+                        // the loop's top.
+                        Some(done) => self.on_done(done),
+                        None => self.inflight = None,
+                    },
+                    () = &mut sleep => self.on_timer(),
+                }
             }
+            // Boxed: its presence and hub futures are large, and would otherwise size every idle
+            // socket's task.
+            Box::pin(self.finish()).await;
         }
-        // Boxed: its presence and hub futures are large, and would otherwise size every idle
-        // socket's task.
-        Box::pin(self.finish()).await;
     }
 
     /// The core's next deadline (the next ping, a pong's deadline, the connect deadline, the
@@ -951,6 +962,12 @@ mod tests {
         let socket = std::mem::size_of::<super::Socket>();
         let client = std::mem::size_of::<crate::sio::client::SioClient>();
         assert!(socket <= 416, "a Socket takes {socket} bytes");
+        fn returned<A, B, F>(_: impl FnOnce(A, B) -> F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        // The socket's task: the `Socket` once, its waits beside it.
+        let task = returned(super::Socket::run);
+        assert!(task <= 1088, "a socket's future takes {task} bytes");
         assert!(client <= 96, "a SioClient takes {client} bytes");
     }
 }
