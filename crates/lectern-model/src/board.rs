@@ -12,11 +12,8 @@ use serde_json::{Value, json};
 
 use crate::ids::Millis;
 use crate::read::Reader;
-use crate::schema::{PROGRESS, QUESTIONS, ROSTER, SESSIONS};
+use crate::schema::{LEADERBOARD_ANONYMOUS, PROGRESS, QUESTIONS, ROSTER, SESSIONS};
 use crate::view::{self, Poll, Question};
-
-/// The key in a roster entry that hides the student's name on leaderboards.
-pub(crate) const LEADERBOARD_ANONYMOUS: &str = "lb_anonymous";
 
 /// Students of a cohort: the roster's students plus anyone with progress (a roster may lag the
 /// LMS), as (user, name).
