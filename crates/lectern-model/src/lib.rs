@@ -48,6 +48,11 @@ mod trigger;
 mod replica;
 
 pub use auth::{Caller, Role};
+pub use board::{
+    CohortActivity, Dashboard, DashboardPoll, InactiveStudent, Leaderboard, LeaderboardEntry,
+    LeaderboardPlace, Online, PollSummary, PublicEntry, PublicLeaderboard, SessionSummary,
+    StudentActivity, StudentScore,
+};
 pub use command::{
     Command, CommandBody, PollChoice, PollKind, PollSpec, ProgressStatus, SessionState,
 };
@@ -67,6 +72,7 @@ pub use replica::{Applied, LoadError, Replica, SyncError};
 pub use resume::{ResumeError, ResumeToken};
 pub use session::check_session_link;
 pub use trigger::Trigger;
+pub use view::{CohortAggregates, LessonAggregate};
 
 /// Re-exported so that callers name the same automerge types the model uses.
 pub use automerge;

@@ -17,7 +17,9 @@ use automerge::transaction::CommitOptions;
 use automerge::{ActorId, Automerge, ChangeHash};
 use serde_json::Value;
 
+use crate::Caller;
 use crate::apply::apply;
+use crate::board::{self, CohortActivity, Leaderboard, SessionSummary};
 use crate::command::Command;
 use crate::derive::derive;
 use crate::envelope::Envelope;
@@ -28,8 +30,8 @@ use crate::read::Reader;
 use crate::reject::{RejectCode, Rejection};
 use crate::resume::{ResumeError, ResumeToken};
 use crate::schema::genesis;
+use crate::view::{self, CohortAggregates};
 use crate::write::{Counts, Target};
-use crate::{Caller, view};
 
 /// The result of an applied command.
 #[derive(Debug, Clone)]
@@ -322,8 +324,15 @@ impl Replica {
         view::student_progress(&Reader::now(&self.doc), id, viewer, student)
     }
 
-    /// Per-lesson aggregates of a cohort (staff).
+    /// Per-lesson aggregates of a cohort (staff), as clients receive them.
     pub fn cohort_aggregates(&self, viewer: &Caller) -> Result<Value, Rejection> {
+        let aggregates = self.aggregates(viewer)?;
+        serde_json::to_value(aggregates)
+            .map_err(|e| Rejection::new(RejectCode::Internal, format!("encode aggregates: {e}")))
+    }
+
+    /// Per-lesson aggregates of a cohort (staff).
+    pub fn aggregates(&self, viewer: &Caller) -> Result<CohortAggregates, Rejection> {
         let DocId::Cohort(id) = &self.id else {
             return Err(wrong_kind());
         };
@@ -448,41 +457,35 @@ impl Replica {
         }
     }
 
-    /// The leaderboard of a cohort as `(full, public)`: staff see `full`; in `public`, students
-    /// who opted out are "Anonymous". Authorize with [`Replica::authorize_read`] first.
-    pub fn leaderboard(&self) -> Result<(Value, Value), Rejection> {
+    /// The leaderboard of a cohort as staff see it ([`Leaderboard::public`] is the students'
+    /// board). Authorize with [`Replica::authorize_read`] first.
+    pub fn leaderboard(&self) -> Result<Leaderboard, Rejection> {
         let DocId::Cohort(id) = &self.id else {
             return Err(wrong_kind());
         };
         if !self.exists() {
             return Err(Rejection::new(RejectCode::DocNotFound, "no such cohort"));
         }
-        Ok(crate::board::leaderboard(
-            &Reader::now(&self.doc),
-            id.as_str(),
-        ))
+        let scores = board::student_scores(&Reader::now(&self.doc));
+        Ok(Leaderboard::rank(id.clone(), scores))
     }
 
     /// Per student of a cohort: their latest progress time; and the cohort's sessions, newest
     /// first (the instructor dashboard's cohort half).
-    pub fn cohort_activity(&self) -> Result<Value, Rejection> {
+    pub fn cohort_activity(&self) -> Result<CohortActivity, Rejection> {
         if !matches!(self.id, DocId::Cohort(_)) {
             return Err(wrong_kind());
         }
-        Ok(crate::board::cohort_activity(&Reader::now(&self.doc)))
+        Ok(board::cohort_activity(&Reader::now(&self.doc)))
     }
 
     /// A session for the instructor dashboard: present users, last-seen times, open questions,
     /// poll participation.
-    pub fn session_summary(&self, now: Millis) -> Result<Value, Rejection> {
+    pub fn session_summary(&self) -> Result<SessionSummary, Rejection> {
         let DocId::Session(id) = &self.id else {
             return Err(wrong_kind());
         };
-        Ok(crate::board::session_summary(
-            &Reader::now(&self.doc),
-            id.as_str(),
-            now,
-        ))
+        Ok(board::session_summary(&Reader::now(&self.doc), id))
     }
 
     /// The cohort this session document belongs to: `None` for a cohort or inbox document, or a
