@@ -244,7 +244,9 @@ enum ClusterCmd {
         out: PathBuf,
     },
     /// Issue a node's bundle: its certificate signed by the cluster CA (DIR/node.pem,
-    /// DIR/node.key, DIR/ca.pem) and the cluster's token key (DIR/auth-secret).
+    /// DIR/node.key, DIR/ca.pem) and the cluster's token key (DIR/auth-secret). With `--renew`,
+    /// replace the certificate and key of an existing bundle; a running node picks them up
+    /// within `mesh.tls_reload_ms`, without a restart.
     IssueNode {
         /// The node's cluster name (a-z, 0-9, '-'); peers dial it as NAME@HOST:PORT.
         #[arg(long)]
@@ -255,7 +257,58 @@ enum ClusterCmd {
         /// Where to write the node's files (the node's `mesh.tls_dir`).
         #[arg(long)]
         out: PathBuf,
+        /// How many days the certificate is valid (1 to 397).
+        #[arg(long, default_value_t = lectern_mesh::tls::NODE_CERT_VALIDITY_DAYS_DEFAULT,
+              value_parser = clap::value_parser!(u32).range(1..=i64::from(lectern_mesh::tls::NODE_CERT_VALIDITY_DAYS_MAX)))]
+        valid_days: u32,
+        /// Replace the certificate and key in an existing bundle (same CA) instead of creating one.
+        #[arg(long)]
+        renew: bool,
     },
+    /// Revoke a node: every certificate issued to it (DIR/issued.tsv) or one serial number is
+    /// added to the CA's revocation list, written to DIR/crl.pem. Copy that file into any
+    /// node's TLS directory (`mesh.tls_dir/crl.pem`): the node loads it within
+    /// `mesh.tls_reload_ms`, closes the revoked node's connections and passes the list to its
+    /// peers, which do the same; the revoked node is refused everywhere from then on.
+    Revoke {
+        /// The CA directory (`cluster init --out`).
+        #[arg(long)]
+        ca: PathBuf,
+        /// The node's cluster name: revoke every certificate issued to it.
+        #[arg(long, required_unless_present = "serial")]
+        id: Option<String>,
+        /// One certificate's serial number (hex, as `issue-node --json` prints it).
+        #[arg(long)]
+        serial: Option<String>,
+    },
+}
+
+/// The CA directory's record of issued certificates: `name<TAB>serial<TAB>not_after_s` lines.
+const ISSUED_FILE: &str = "issued.tsv";
+/// The CA directory's record of revoked serial numbers, one a line.
+const REVOKED_FILE: &str = "revoked.tsv";
+
+/// Appends `line` (and a newline) to `path`, creating it (mode 0600).
+fn append_line(path: &std::path::Path, line: &str) -> anyhow::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).append(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("open {}", path.display()))?;
+    writeln!(file, "{line}").with_context(|| format!("write {}", path.display()))?;
+    file.sync_all()
+        .with_context(|| format!("sync {}", path.display()))
+}
+
+/// The lines of `path`, none if it does not exist.
+fn read_lines(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(text.lines().map(str::to_owned).collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -444,16 +497,94 @@ fn run(args: Args) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Cluster {
-            command: ClusterCmd::IssueNode { id, ca, out },
+            command:
+                ClusterCmd::IssueNode {
+                    id,
+                    ca,
+                    out,
+                    valid_days,
+                    renew,
+                },
         } => {
             let ca_dir = ca;
             let ca = lectern_mesh::ClusterCa::read(&ca_dir)?;
-            ca.issue_node(&id)?.write(&out)?;
-            lectern_node::install_cluster_secret(&ca_dir, &out)?;
-            if json {
-                print_json(&serde_json::json!({"node": id, "dir": out.display().to_string()}));
+            let valid_for = Duration::from_secs(u64::from(valid_days) * 86_400);
+            let cert = ca.issue_node(&id, valid_for)?;
+            if renew {
+                cert.replace(&out)?;
             } else {
-                println!("node certificate for {id} written to {}", out.display());
+                cert.write(&out)?;
+                lectern_node::install_cluster_secret(&ca_dir, &out)?;
+            }
+            let line = format!("{id}\t{}\t{}", cert.serial_hex, cert.not_after_s);
+            append_line(&ca_dir.join(ISSUED_FILE), &line)?;
+            if json {
+                print_json(&serde_json::json!({
+                    "node": id, "dir": out.display().to_string(), "serial": cert.serial_hex,
+                    "notAfterS": cert.not_after_s, "renewed": renew,
+                }));
+            } else {
+                let verb = if renew { "renewed in" } else { "written to" };
+                println!(
+                    "node certificate for {id} (serial {}, valid {valid_days} days) {verb} {}",
+                    cert.serial_hex,
+                    out.display()
+                );
+            }
+            Ok(())
+        }
+        Cmd::Cluster {
+            command: ClusterCmd::Revoke { ca, id, serial },
+        } => {
+            let ca_dir = ca;
+            let authority = lectern_mesh::ClusterCa::read(&ca_dir)?;
+            let mut serials: Vec<String> = Vec::new();
+            if let Some(id) = &id {
+                for line in read_lines(&ca_dir.join(ISSUED_FILE))? {
+                    let mut fields = line.split('\t');
+                    if fields.next() == Some(id.as_str())
+                        && let Some(s) = fields.next()
+                    {
+                        serials.push(s.to_owned());
+                    }
+                }
+                if serials.is_empty() {
+                    bail!(
+                        "{} lists no certificate issued to {id}: pass --serial",
+                        ca_dir.join(ISSUED_FILE).display()
+                    );
+                }
+            }
+            if let Some(s) = serial {
+                serials.push(s.to_ascii_lowercase());
+            }
+            let mut revoked = read_lines(&ca_dir.join(REVOKED_FILE))?;
+            for s in serials {
+                if !revoked.contains(&s) {
+                    append_line(&ca_dir.join(REVOKED_FILE), &s)?;
+                    revoked.push(s);
+                }
+            }
+            // A later list has a higher number: the seconds since the epoch.
+            let number = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let pem = authority.revocation_list(&revoked, number)?;
+            let path = ca_dir.join(lectern_mesh::tls::CRL_FILE);
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, pem).with_context(|| format!("write {}", tmp.display()))?;
+            std::fs::rename(&tmp, &path).with_context(|| format!("write {}", path.display()))?;
+            if json {
+                print_json(
+                    &serde_json::json!({"crl": path.display().to_string(), "revoked": revoked}),
+                );
+            } else {
+                println!(
+                    "{} serial(s) revoked; revocation list written to {}: copy it to any node's mesh.tls_dir",
+                    revoked.len(),
+                    path.display()
+                );
             }
             Ok(())
         }

@@ -507,9 +507,9 @@ async fn long_poll(
     let out: Vec<Value> = events
         .iter()
         .filter_map(|e| {
-            token.clone_from(&e.token);
+            token.replace_range(.., &e.token);
             let p: Value = serde_json::from_str(e.payload_for(&user, staff)?).ok()?;
-            Some(json!({"event": e.name, "data": p, "token": e.token}))
+            Some(json!({"event": e.name, "data": p, "token": &*e.token}))
         })
         .collect();
     Ok(Json(json!({"events": out, "token": token})).into_response())

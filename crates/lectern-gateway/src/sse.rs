@@ -284,14 +284,14 @@ fn event_frame(e: &Published, user: &str, staff: bool, filter: &Filter) -> Optio
     }
     let named = e.encoded(delivery, Encoding::Sse, |payload| {
         let mut out = Vec::new();
-        write_event(&mut out, e.name, Some(&e.token), payload);
+        write_event(&mut out, e.name, Some(&*e.token), payload);
         out
     })?;
     match filter {
         Filter::All => Some(named),
         Filter::Progress(_) => {
             let mut both = named.to_vec();
-            write_message(&mut both, Some(&e.token), payload);
+            write_message(&mut both, Some(&*e.token), payload);
             Some(Arc::from(both))
         }
     }

@@ -49,7 +49,8 @@ use crate::Gateway;
 use crate::admission::Admitted;
 use crate::error::AppError;
 use crate::sio::client::{self, Action, Dispatch, SioClient, Why};
-use crate::sio::{self, Cut, Transport};
+use crate::sio::recovery::{self, Recovery};
+use crate::sio::{self, Cut, Rejoined, Transport};
 use crate::wsframe::{self, Message};
 
 /// Milliseconds since the first call, wrapping (the clock of rate-limit pauses).
@@ -136,7 +137,7 @@ impl Gateway {
         )
         .into_bytes();
         let open = client::open_packet(
-            &new_sid(),
+            &recovery::new_id(),
             &timing,
             self.inner.limiter.limits().payload_max_bytes,
         );
@@ -266,13 +267,25 @@ enum Done {
         caller: Arc<Caller>,
         result: Result<JoinedSession, AppError>,
     },
+    /// A recovery (Connection State Recovery) finished: `Ok` with every session joined again,
+    /// or `Err` when the client connects afresh (nothing is joined).
+    Recovered {
+        pid: String,
+        caller: Arc<Caller>,
+        result: Result<Vec<Rejoined<AttendanceWatch>>, ()>,
+    },
 }
 
-/// A join's ack, the session's events after it and the socket's `attendance:update`s.
+/// A socket's `attendance:update`s of one session (the finished frame of the latest).
+type AttendanceWatch = watch::Receiver<Option<Arc<[u8]>>>;
+
+/// A join's ack, the token it starts from, the session's events after it and the socket's
+/// `attendance:update`s.
 type JoinedSession = (
     Value,
+    Arc<str>,
     broadcast::Receiver<Arc<Published>>,
-    watch::Receiver<Option<Arc<[u8]>>>,
+    AttendanceWatch,
 );
 
 type Work = Pin<Box<dyn Future<Output = Done> + Send>>;
@@ -555,6 +568,10 @@ impl Socket {
     }
 
     fn authenticate(&mut self, auth: Option<Value>) {
+        if matches!(self.stage, Stage::Connected(_)) {
+            // A CONNECT while a recovery runs: the first one is being answered.
+            return;
+        }
         let (fallback, preauth) = match std::mem::replace(&mut self.stage, Stage::Left) {
             Stage::Waiting {
                 fallback_token,
@@ -574,12 +591,30 @@ impl Socket {
         let reply = match result {
             Ok(conn) => {
                 debug!(user = %conn.caller.user, "websocket connected");
-                let reply = self
-                    .client
-                    .connected(&new_sid(), conn.valid_for(), Instant::now());
+                let recovery = Recovery::from_auth(auth.as_ref());
+                let caller = conn.caller.clone();
                 // The place among connections waiting to authenticate goes with `preauth`.
                 self.stage = Stage::Connected(conn);
-                reply
+                let Some(recovery) = recovery else {
+                    self.reply_connected(recovery::new_id());
+                    return;
+                };
+                // The sessions are joined again before the CONNECT reply, which says whether
+                // they were (the core stays unconnected meanwhile).
+                let gw = self.gw.clone();
+                self.start(Box::pin(async move {
+                    let result = sio::recover(&gw, &caller, &recovery, |session| {
+                        gw.attendance_watch(session)
+                    })
+                    .await
+                    .map_err(drop);
+                    Done::Recovered {
+                        pid: recovery.pid,
+                        caller,
+                        result,
+                    }
+                }));
+                return;
             }
             Err(e) => {
                 // The client may try again (with a fresh token) until the connect deadline.
@@ -594,6 +629,55 @@ impl Socket {
             }
         };
         self.act(Some(reply));
+    }
+
+    /// Answers the CONNECT: `40{sid, pid}`.
+    fn reply_connected(&mut self, pid: String) {
+        let Stage::Connected(conn) = &self.stage else {
+            return;
+        };
+        let valid_for = conn.valid_for();
+        let reply = self
+            .client
+            .connected(&recovery::new_id(), &pid, valid_for, Instant::now());
+        self.act(Some(reply));
+    }
+
+    /// A recovery finished: the CONNECT reply (the client's pid if every session was joined
+    /// again, else a fresh one), then each session's missed events in order, then live ones.
+    fn on_recovered(
+        &mut self,
+        pid: String,
+        caller: &Caller,
+        result: Result<Vec<Rejoined<AttendanceWatch>>, ()>,
+    ) {
+        let Ok(rejoined) = result else {
+            self.reply_connected(recovery::new_id());
+            return;
+        };
+        self.client
+            .recovered(rejoined.iter().map(|r| (r.session.clone(), r.from.clone())));
+        self.reply_connected(pid);
+        let (user, staff) = (caller.user.as_str(), caller.role.is_staff());
+        for r in rejoined {
+            for e in &r.missed {
+                if e.delivery_for(user, staff).is_none() {
+                    continue;
+                }
+                let offset = self.client.advance(&r.session, &e.token);
+                if let Some(frame) = sio::event_frame(e, &r.session, user, staff, offset.as_deref())
+                {
+                    self.push(Out::Shared(frame));
+                }
+            }
+            self.client.advance(&r.session, &r.to);
+            self.subs.reserve_exact(1);
+            self.subs.push(Sub {
+                session: r.session,
+                events: r.events,
+                attendance: r.subscribed,
+            });
+        }
     }
 
     fn dispatch(&mut self, ack: Option<u64>, dispatch: Dispatch) {
@@ -656,15 +740,21 @@ impl Socket {
         match done {
             Done::Ack(ack, reply) => self.ack(ack, &reply),
             Done::Nothing => {}
+            Done::Recovered {
+                pid,
+                caller,
+                result,
+            } => self.on_recovered(pid, &caller, result),
             Done::Joined {
                 ack,
                 session,
                 caller,
                 result,
             } => {
-                let keep = self.client.join_done(&session, result.is_ok());
+                let joined = result.as_ref().ok().map(|(_, token, _, _)| token.clone());
+                let keep = self.client.join_done(&session, joined);
                 match result {
-                    Ok((reply, events, attendance)) if keep => {
+                    Ok((reply, _, events, attendance)) if keep => {
                         self.ack(ack, &reply);
                         // Most sockets join one session: no spare capacity.
                         self.subs.reserve_exact(1);
@@ -706,12 +796,12 @@ impl Socket {
                     return;
                 };
                 let caller = &conn.caller;
-                let frame = sio::event_frame(
-                    &e,
-                    &sub.session,
-                    caller.user.as_str(),
-                    caller.role.is_staff(),
-                );
+                let (user, staff) = (caller.user.as_str(), caller.role.is_staff());
+                if e.delivery_for(user, staff).is_none() {
+                    return;
+                }
+                let offset = self.client.advance(&sub.session, &e.token);
+                let frame = sio::event_frame(&e, &sub.session, user, staff, offset.as_deref());
                 let Some(frame) = frame else { return };
                 self.gw
                     .inner
@@ -788,14 +878,19 @@ impl Socket {
         let mut late = Vec::new();
         if let Some(mut inflight) = self.inflight.take() {
             while let Some(done) = inflight.next().await {
-                if let Done::Joined {
-                    session,
-                    caller,
-                    result: Ok(_),
-                    ..
-                } = done
-                {
-                    late.push((session, caller));
+                match done {
+                    Done::Joined {
+                        session,
+                        caller,
+                        result: Ok(_),
+                        ..
+                    } => late.push((session, caller)),
+                    Done::Recovered {
+                        caller,
+                        result: Ok(rejoined),
+                        ..
+                    } => late.extend(rejoined.into_iter().map(|r| (r.session, caller.clone()))),
+                    _ => {}
                 }
             }
         }
@@ -845,19 +940,6 @@ async fn next_done(inflight: &mut Option<FuturesUnordered<Work>>) -> Option<Done
         Some(work) => work.next().await,
         None => std::future::pending().await,
     }
-}
-
-/// A fresh Engine.IO / Socket.IO session id: 16 URL-safe characters (96 random bits).
-fn new_sid() -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut bits: u128 = rand::random();
-    (0..16)
-        .map(|_| {
-            let c = ALPHABET[(bits & 63) as usize];
-            bits >>= 6;
-            char::from(c)
-        })
-        .collect()
 }
 
 #[cfg(test)]

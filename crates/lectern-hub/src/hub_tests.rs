@@ -349,7 +349,7 @@ async fn resume_token_replays_exactly_the_missed_events() {
             )
             .await
             .expect("ask");
-        live.push(ack.event.expect("event").token.clone());
+        live.push(ack.event.expect("event").token.to_string());
     }
     let again = hub
         .join(session("s"), alice.clone(), Some(token))
@@ -358,7 +358,7 @@ async fn resume_token_replays_exactly_the_missed_events() {
     let JoinStart::Replay { events, .. } = again.start else {
         panic!("expected a replay")
     };
-    let replayed: Vec<String> = events.iter().map(|e| e.token.clone()).collect();
+    let replayed: Vec<String> = events.iter().map(|e| e.token.to_string()).collect();
     assert_eq!(replayed, live);
 
     // A token from a document this node never saw: a snapshot, with the reason.
