@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use automerge::{ObjId, ReadDoc};
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::Caller;
@@ -395,14 +396,14 @@ pub(crate) fn attendance<D: ReadDoc>(
 }
 
 /// When each user was last seen in the session: the latest of their joins and leaves (ms).
-pub(crate) fn last_seen<D: ReadDoc>(r: &Reader<'_, D>) -> Value {
+pub(crate) fn last_seen<D: ReadDoc>(r: &Reader<'_, D>) -> BTreeMap<String, i64> {
     let mut seen: BTreeMap<String, i64> = BTreeMap::new();
     for v in visits(r, None) {
         let t = v.leave_at.unwrap_or(v.join_at).max(v.join_at);
         let e = seen.entry(v.user).or_insert(t);
         *e = (*e).max(t);
     }
-    json!(seen)
+    seen
 }
 
 /// The session's meta as JSON (None until the session is created).
@@ -733,12 +734,44 @@ pub(crate) fn student_progress<D: ReadDoc>(
     Ok(json!({"student": student.as_str(), "lessons": lessons}))
 }
 
+/// One lesson's aggregates over a cohort's students.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LessonAggregate {
+    /// The lesson.
+    pub lesson: String,
+    /// Students who have not started it (all students minus the two counts below).
+    pub not_started: u64,
+    /// Students in progress.
+    pub in_progress: u64,
+    /// Students who completed it.
+    pub completed: u64,
+    /// Completed over all students, in percent, one decimal.
+    pub completion_rate: f64,
+    /// The average of the scored students' score percentages, one decimal (`None`: no score).
+    pub average_score_pct: Option<f64>,
+}
+
+/// Per-lesson aggregates of a cohort (`GET /api/cohorts/{id}/aggregates`, and the dashboard's).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CohortAggregates {
+    /// The cohort.
+    pub cohort: CohortId,
+    /// Its students: the roster's plus anyone with progress (a roster may lag the LMS).
+    pub students: u64,
+    /// Every lesson anyone has progress in, by lesson id.
+    pub lessons: Vec<LessonAggregate>,
+    /// Completed (student, lesson) pairs over all pairs, in percent, one decimal.
+    pub completion_rate: f64,
+}
+
 /// Per-lesson status counts, completion rate and average score percentage (staff only).
 pub(crate) fn cohort_aggregates<D: ReadDoc>(
     r: &Reader<'_, D>,
     cohort: &CohortId,
     viewer: &Caller,
-) -> Result<Value, Rejection> {
+) -> Result<CohortAggregates, Rejection> {
     cohort_must_exist(r)?;
     authorize(viewer, cohort, Needs::Staff)?;
     // Students: the roster's students plus anyone with progress (a roster may lag the LMS).
@@ -778,25 +811,31 @@ pub(crate) fn cohort_aggregates<D: ReadDoc>(
     }
     let n = students.len() as u64;
     let round = |x: f64| (x * 10.0).round() / 10.0;
-    let lessons_json: Vec<Value> = lessons
-        .iter()
-        .map(|(lesson, a)| {
-            json!({
-                "lesson": lesson,
-                "notStarted": n.saturating_sub(a.in_progress + a.completed),
-                "inProgress": a.in_progress,
-                "completed": a.completed,
-                "completionRate": if n == 0 { 0.0 } else { round(a.completed as f64 * 100.0 / n as f64) },
-                "averageScorePct": (a.scored > 0).then(|| round(a.score_pct_sum / a.scored as f64)),
-            })
-        })
-        .collect();
     let total: u64 = lessons.values().map(|a| a.completed).sum();
     let slots = n * lessons.len() as u64;
-    Ok(json!({
-        "cohort": cohort.as_str(),
-        "students": n,
-        "lessons": lessons_json,
-        "completionRate": if slots == 0 { 0.0 } else { round(total as f64 * 100.0 / slots as f64) },
-    }))
+    let lessons = lessons
+        .into_iter()
+        .map(|(lesson, a)| LessonAggregate {
+            lesson,
+            not_started: n.saturating_sub(a.in_progress + a.completed),
+            in_progress: a.in_progress,
+            completed: a.completed,
+            completion_rate: if n == 0 {
+                0.0
+            } else {
+                round(a.completed as f64 * 100.0 / n as f64)
+            },
+            average_score_pct: (a.scored > 0).then(|| round(a.score_pct_sum / a.scored as f64)),
+        })
+        .collect();
+    Ok(CohortAggregates {
+        cohort: cohort.clone(),
+        students: n,
+        lessons,
+        completion_rate: if slots == 0 {
+            0.0
+        } else {
+            round(total as f64 * 100.0 / slots as f64)
+        },
+    })
 }
