@@ -72,7 +72,7 @@ pub use replica::{Applied, LoadError, Replica, SyncError};
 pub use resume::{ResumeError, ResumeToken};
 pub use session::check_session_link;
 pub use trigger::Trigger;
-pub use view::{CohortAggregates, LessonAggregate};
+pub use view::{CohortAggregates, LessonAggregate, Listing};
 
 /// Re-exported so that callers name the same automerge types the model uses.
 pub use automerge;

@@ -57,6 +57,12 @@ pub const VISITS_PER_USER_PER_SESSION_MAX: usize = 1_000;
 pub const LESSONS_PER_STUDENT_MAX: usize = COURSE_LESSONS_MAX;
 /// Chat messages included in a joining client's state (the newest ones).
 pub const CHAT_IN_VIEW_MAX: usize = 200;
+/// Questions included in a joining client's state (the newest ones; older ones are paged).
+pub const QUESTIONS_IN_VIEW_MAX: usize = 500;
+/// Broadcasts included in a joining client's state (the newest ones; older ones are paged).
+pub const BROADCASTS_IN_VIEW_MAX: usize = 100;
+/// Most items one page of a session's questions, chat or broadcasts holds.
+pub const PAGE_ITEMS_MAX: usize = 200;
 /// Announcements one cohort holds.
 pub const ANNOUNCEMENTS_PER_COHORT_MAX: usize = 2_000;
 /// Highest score or maximum score recorded for a lesson.

@@ -30,7 +30,7 @@ use crate::read::Reader;
 use crate::reject::{RejectCode, Rejection};
 use crate::resume::{ResumeError, ResumeToken};
 use crate::schema::genesis;
-use crate::view::{self, CohortAggregates};
+use crate::view::{self, CohortAggregates, Listing};
 use crate::write::{Counts, Target};
 
 /// The result of an applied command.
@@ -306,6 +306,21 @@ impl Replica {
             now,
             self.present.len(),
         )
+    }
+
+    /// A page of a session's questions, chat or broadcasts for `viewer`, older than `before`
+    /// (`at` and id of the oldest item the client holds): `{items, more}`.
+    pub fn session_page(
+        &self,
+        viewer: &Caller,
+        listing: Listing,
+        before: Option<(i64, &str)>,
+        limit: usize,
+    ) -> Result<Value, Rejection> {
+        if !matches!(self.id, DocId::Session(_)) {
+            return Err(wrong_kind());
+        }
+        view::session_page(&Reader::now(&self.doc), viewer, listing, before, limit)
     }
 
     /// The cohort as `viewer` sees it.
