@@ -272,6 +272,11 @@ fn write_stream(
         // A client sends nothing more on a stream; a read notices it leave (EOF or reset) while
         // the stream is idle.
         let mut sink = [0u8; 32];
+        // One wait for the server's stop, for the stream's life (made afresh per event, it
+        // would join and leave a list every connection shares).
+        let stopping = closed.wait_for(|c| *c);
+        tokio::pin!(stopping);
+        let mut stop_pending = true;
         loop {
             let chunk = tokio::select! {
                 c = lean.next_chunk() => c,
@@ -279,12 +284,15 @@ fn write_stream(
                     Ok(0) | Err(_) => return Ok(()),
                     Ok(_) => continue,
                 },
-                _ = closed.wait_for(|c| *c) => None,
+                _ = &mut stopping, if stop_pending => {
+                    stop_pending = false;
+                    None
+                }
             };
             let Some(chunk) = chunk else {
                 break;
             };
-            stream.write_all(&chunk).await?;
+            stream.write_all(chunk.as_ref()).await?;
         }
         stream.shutdown().await
     }

@@ -235,21 +235,41 @@ enum End {
 struct Sub {
     session: SessionId,
     events: broadcast::Receiver<Arc<Published>>,
-    attendance: watch::Receiver<Option<Arc<[u8]>>>,
+    /// The wait for the session's next `attendance:update`, kept from one wake-up to the
+    /// next: made afresh on every event, it would join (and leave) the watch's list of waiters,
+    /// shared by every socket of the session, once per event and socket.
+    attendance: AttendanceWait,
+}
+
+/// A wait for a change of an attendance watch: the receiver back, once there is one.
+type AttendanceWait = Pin<Box<dyn Future<Output = AttendanceWatch> + Send>>;
+
+/// Waits for `watch` to change (never, once the gateway is gone).
+fn wait_attendance(mut watch: AttendanceWatch) -> AttendanceWait {
+    Box::pin(async move {
+        if watch.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        watch
+    })
 }
 
 /// What a joined session has for the socket.
 enum Input {
     Event(Result<Arc<Published>, RecvError>),
-    Attendance,
+    /// The finished frame of the latest `attendance:update`.
+    Attendance(Option<Arc<[u8]>>),
 }
 
 impl Sub {
     async fn next(&mut self) -> Input {
         tokio::select! {
             r = self.events.recv() => Input::Event(r),
-            // A closed watch (the gateway is gone) never yields: the pattern disables the branch.
-            Ok(()) = self.attendance.changed() => Input::Attendance,
+            mut watch = &mut self.attendance => {
+                let frame = watch.borrow_and_update().clone();
+                self.attendance = wait_attendance(watch);
+                Input::Attendance(frame)
+            }
         }
     }
 }
@@ -686,7 +706,7 @@ impl Socket {
             self.subs.push(Sub {
                 session: r.session,
                 events: r.events,
-                attendance: r.subscribed,
+                attendance: wait_attendance(r.subscribed),
             });
         }
     }
@@ -772,7 +792,7 @@ impl Socket {
                         self.subs.push(Sub {
                             session,
                             events,
-                            attendance,
+                            attendance: wait_attendance(attendance),
                         });
                     }
                     // The namespace left (or the socket closed) while the join ran: leave
@@ -793,11 +813,7 @@ impl Socket {
 
     fn on_input(&mut self, i: usize, input: Input) {
         match input {
-            Input::Attendance => {
-                let frame = self
-                    .subs
-                    .get_mut(i)
-                    .and_then(|s| s.attendance.borrow_and_update().clone());
+            Input::Attendance(frame) => {
                 if let Some(frame) = frame {
                     self.push(Out::Shared(frame));
                 }
