@@ -6,7 +6,7 @@
 //! the job queue (`GET /admin/jobs[?state=queued|dead|all&limit=N]`, `GET
 //! /admin/jobs/show?id=ID`, `POST /admin/jobs/retry?id=ID`, `POST /admin/jobs/drop?id=ID`)
 //! the stored documents (`GET /admin/docs[?prefix=&after=&limit=]`, a page at a time, and
-//! `GET /admin/docs/show?doc=ID`) and the drain (`POST /admin/drain`, `POST /admin/undrain`:
+//! `GET /admin/docs/show?doc=ID`, `POST /admin/docs/compact?doc=ID`) and the drain (`POST /admin/drain`, `POST /admin/undrain`:
 //! `{draining, connections}`)
 //! answer only a `Authorization: Bearer {admin_token}`; without a configured token they answer
 //! 404, so an unconfigured node exposes nothing. `lectern status`, `lectern peers` and `lectern
@@ -79,6 +79,16 @@ pub(crate) fn routes(
                 return refused;
             }
             state.docs_show(&q.doc).await
+        }
+    };
+    let s = state.clone();
+    let docs_compact = move |headers: HeaderMap, Query(q): Query<HeadsQuery>| {
+        let state = s.clone();
+        async move {
+            if let Some(refused) = state.refusal(&headers) {
+                return refused;
+            }
+            state.docs_compact(&q.doc).await
         }
     };
     let s = state.clone();
@@ -161,6 +171,7 @@ pub(crate) fn routes(
         .route("/admin/peers", get(peers))
         .route("/admin/docs", get(docs_list))
         .route("/admin/docs/show", get(docs_show))
+        .route("/admin/docs/compact", post(docs_compact))
         .route("/admin/drain", post(drain))
         .route("/admin/undrain", post(undrain))
         .route("/admin/jobs", get(jobs_list))
@@ -388,6 +399,24 @@ impl AdminState {
         let mut entry = entry;
         entry["changes"] = changes;
         Json(json!({"doc": entry})).into_response()
+    }
+
+    /// `/admin/docs/compact`: the document rewritten as one snapshot now (its chunks folded
+    /// in), after the commands queued before; its stored bytes before and after.
+    async fn docs_compact(&self, doc: &str) -> Response {
+        let Ok(id) = DocId::parse(doc) else {
+            return doc_not_found(doc);
+        };
+        match self.hub.compact(id).await {
+            Ok(c) => Json(json!({
+                "doc": doc,
+                "bytesBefore": c.bytes_before,
+                "bytesAfter": c.bytes_after,
+            }))
+            .into_response(),
+            Err(e) if e.code() == "doc_not_found" => doc_not_found(doc),
+            Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.code(), &e.to_string()),
+        }
     }
 
     fn heads(&self, doc: &str) -> Value {
