@@ -127,6 +127,26 @@ enum Cmd {
         #[command(subcommand)]
         command: DocsCmd,
     },
+    /// Back up a running node: every stored document, each as it was acknowledged when read,
+    /// into FILE (JSON lines with a SHA-256 trailer, verified before FILE is written); the
+    /// node keeps serving (admin API).
+    Backup {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Where to write the backup (replaced only once the new one is complete and verified).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Restore a backup into a new, empty data directory (the node must not run on it): every
+    /// document is checked first; a node started on DIR has a new identity and catches up from
+    /// its peers.
+    Restore {
+        /// The backup (`lectern backup --out`).
+        file: PathBuf,
+        /// The new node's data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
     /// Drain a running node before maintenance: it refuses new Socket.IO connections and
     /// streams, fails its health check, and tells its clients to reconnect to another node
     /// (admin API). With `--wait-s`, waits until no client connection is left.
@@ -628,6 +648,45 @@ fn run(args: Args) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Docs { command } => docs(command, json),
+        Cmd::Backup { admin, out } => {
+            let tmp = out.with_extension("partial");
+            let bytes = download(&admin, "/admin/backup", &tmp)?;
+            let verified = lectern_node::backup::verify(&tmp).map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                failed(Exit::Failure, "backup_damaged", format!("{e:#}"))
+            })?;
+            std::fs::rename(&tmp, &out).with_context(|| format!("write {}", out.display()))?;
+            if json {
+                print_json(&serde_json::json!({
+                    "out": out.display().to_string(), "docs": verified.docs.len(), "bytes": bytes,
+                    "node": verified.node,
+                }));
+            } else {
+                println!(
+                    "{} documents of node {} backed up to {} ({bytes} bytes, verified)",
+                    verified.docs.len(),
+                    verified.node,
+                    out.display()
+                );
+            }
+            Ok(())
+        }
+        Cmd::Restore { file, data_dir } => {
+            let verified = lectern_node::backup::verify(&file)
+                .map_err(|e| failed(Exit::Failure, "backup_damaged", format!("{e:#}")))?;
+            let n = lectern_node::backup::restore(&verified, &data_dir)?;
+            if json {
+                print_json(
+                    &serde_json::json!({"docs": n, "dataDir": data_dir.display().to_string()}),
+                );
+            } else {
+                println!(
+                    "{n} documents restored into {}: start a node on it; it catches up from its peers",
+                    data_dir.display()
+                );
+            }
+            Ok(())
+        }
         Cmd::Drain { admin, wait_s } => {
             let mut v = admin_call(&admin, "POST", "/admin/drain")?;
             let deadline = std::time::Instant::now() + Duration::from_secs(wait_s.unwrap_or(0));
@@ -935,6 +994,76 @@ fn admin_call(admin: &AdminArgs, method: &str, path: &str) -> anyhow::Result<ser
         path,
         &format!("Authorization: Bearer {}\r\n", admin.admin_token),
     )
+}
+
+/// `GET path` of the admin API into the file `to` (a 200's body, however long: HTTP/1.0, so
+/// the body runs to the end of the connection); its length. A refusal is the same error as
+/// [`request_json`]'s.
+fn download(admin: &AdminArgs, path: &str, to: &std::path::Path) -> anyhow::Result<u64> {
+    let addr = &admin.http;
+    let unreachable = |e: std::io::Error| {
+        failed(
+            Exit::Unreachable,
+            "unreachable",
+            format!("cannot reach a node at {addr} ({e}): is it running?"),
+        )
+    };
+    let timeout = Duration::from_secs(ADMIN_TIMEOUT_S);
+    let a = std::net::ToSocketAddrs::to_socket_addrs(addr.as_str())
+        .map_err(unreachable)?
+        .next()
+        .ok_or_else(|| unreachable(std::io::Error::other("no address")))?;
+    let mut stream = TcpStream::connect_timeout(&a, timeout).map_err(unreachable)?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(unreachable)?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\r\n",
+        admin.admin_token
+    )
+    .map_err(unreachable)?;
+    let mut reader = std::io::BufReader::new(stream);
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        let n = std::io::BufRead::read_line(&mut reader, &mut line).map_err(unreachable)?;
+        if n == 0 || line == "\r\n" {
+            break;
+        }
+        head.push_str(&line);
+    }
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    if status != 200 {
+        // The same answers as any admin call: read it as one.
+        return Err(match status {
+            401 => failed(
+                Exit::Refused,
+                "unauthorized",
+                "the node refused the admin token: pass its admin_token with --admin-token or \
+                 LECTERN_ADMIN_TOKEN",
+            ),
+            404 => failed(
+                Exit::Refused,
+                "admin_off",
+                "the node has no admin API (set admin_token on it)",
+            ),
+            s => failed(
+                Exit::Failure,
+                "backup_failed",
+                format!("the node answered {s}"),
+            ),
+        });
+    }
+    let mut file = std::fs::File::create(to).with_context(|| format!("create {}", to.display()))?;
+    let bytes = std::io::copy(&mut reader, &mut file).map_err(unreachable)?;
+    file.sync_all()
+        .with_context(|| format!("sync {}", to.display()))?;
+    Ok(bytes)
 }
 
 /// One HTTP/1.0 request (enough for the admin API without an HTTP client dependency); a 200's

@@ -92,6 +92,16 @@ pub(crate) fn routes(
         }
     };
     let s = state.clone();
+    let backup = move |headers: HeaderMap| {
+        let state = s.clone();
+        async move {
+            if let Some(refused) = state.refusal(&headers) {
+                return refused;
+            }
+            state.backup()
+        }
+    };
+    let s = state.clone();
     let drain = move |headers: HeaderMap| {
         let state = s.clone();
         async move {
@@ -172,6 +182,7 @@ pub(crate) fn routes(
         .route("/admin/docs", get(docs_list))
         .route("/admin/docs/show", get(docs_show))
         .route("/admin/docs/compact", post(docs_compact))
+        .route("/admin/backup", get(backup))
         .route("/admin/drain", post(drain))
         .route("/admin/undrain", post(undrain))
         .route("/admin/jobs", get(jobs_list))
@@ -401,6 +412,32 @@ impl AdminState {
         Json(json!({"doc": entry})).into_response()
     }
 
+    /// `/admin/backup`: every stored document, read through its writer while the node serves,
+    /// streamed as the lines of a backup (`crate::backup`).
+    fn backup(&self) -> Response {
+        let (tx, rx) = tokio::sync::mpsc::channel::<String>(BACKUP_LINES_IN_FLIGHT);
+        let hub = self.hub.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::backup::write(&hub, tx).await {
+                tracing::warn!(error = format!("{e:#}"), "a backup failed");
+            }
+        });
+        let lines = futures_util::stream::unfold(rx, |mut rx| async move {
+            let line = rx.recv().await?;
+            Some((Ok::<_, std::convert::Infallible>(line), rx))
+        });
+        Response::builder()
+            .header(axum::http::header::CONTENT_TYPE, "application/x-ndjson")
+            .body(axum::body::Body::from_stream(lines))
+            .unwrap_or_else(|_| {
+                error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "backup_failed",
+                    "no body",
+                )
+            })
+    }
+
     /// `/admin/docs/compact`: the document rewritten as one snapshot now (its chunks folded
     /// in), after the commands queued before; its stored bytes before and after.
     async fn docs_compact(&self, doc: &str) -> Response {
@@ -434,6 +471,9 @@ impl AdminState {
         }
     }
 }
+
+/// Backup lines (one document each) read ahead of the client.
+const BACKUP_LINES_IN_FLIGHT: usize = 16;
 
 /// 500 `store_failed`: the store could not be read.
 fn store_failed(e: &lectern_store::StoreError) -> Response {

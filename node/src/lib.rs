@@ -8,6 +8,7 @@
 //! and serves the admin API (`/admin/status`, `/admin/peers`) that reports on both.
 
 mod admin;
+pub mod backup;
 pub mod config;
 mod demo;
 mod demo_course;
