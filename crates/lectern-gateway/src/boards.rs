@@ -35,7 +35,10 @@ use axum::routing::get;
 use axum::{Json, Router};
 use lectern_hub::{JoinStart, Joined, Published};
 use lectern_model::automerge::ChangeHash;
-use lectern_model::{Audience, Caller, CohortId, DocId, ResumeToken, Role, SessionId};
+use lectern_model::{
+    Audience, Caller, CohortId, Dashboard, DocId, Leaderboard, Rejection, ResumeToken, Role,
+};
+use serde::Serialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::sync::broadcast;
@@ -88,12 +91,17 @@ impl Board {
     }
 }
 
-/// One computed board: its id (a content hash), the staff version and the students' version.
+/// One computed board: its id (a content hash), the staff version and the students' version
+/// as clients receive them (rendered once per computation by the model's typed boards).
 #[derive(Clone)]
 struct Snapshot {
     token: ResumeToken,
     full: Value,
     public: Value,
+    /// The leaderboard itself, where one student finds their place (`None` for a dashboard).
+    ranking: Option<Arc<Leaderboard>>,
+    /// When it was published (see the module docs); 0 until [`Snapshot::stamped`].
+    published_at_ms: u64,
     /// Documents whose change makes the board stale.
     watched: HashSet<DocId>,
 }
@@ -106,12 +114,41 @@ impl Snapshot {
     /// stays as it is).
     fn stamped(mut self, published_at_ms: u64) -> Snapshot {
         for v in [&mut self.full, &mut self.public] {
-            if let Value::Object(map) = v {
-                map.insert(PUBLISHED_AT.to_owned(), json!(published_at_ms));
-            }
+            stamp(v, published_at_ms);
         }
+        self.published_at_ms = published_at_ms;
         self
     }
+
+    /// `user`'s place on this leaderboard, stamped like the board (see [`leaderboard_me`]).
+    fn place(&self, cohort: &CohortId, user: &str) -> Result<Value, AppError> {
+        let place = match &self.ranking {
+            Some(board) => board.place(user),
+            // A dashboard ranks nobody.
+            None => Leaderboard::rank(cohort.clone(), Vec::new()).place(user),
+        };
+        let mut v = wire(&place)?;
+        stamp(&mut v, self.published_at_ms);
+        Ok(v)
+    }
+}
+
+/// Adds `publishedAt` to a board's JSON object.
+fn stamp(v: &mut Value, published_at_ms: u64) {
+    if let Value::Object(map) = v {
+        map.insert(PUBLISHED_AT.to_owned(), json!(published_at_ms));
+    }
+}
+
+/// A typed board as the JSON clients receive.
+fn wire(board: &impl Serialize) -> Result<Value, AppError> {
+    serde_json::to_value(board).map_err(|e| {
+        AppError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("encode a board: {e}"),
+        )
+    })
 }
 
 struct Ticker {
@@ -156,34 +193,17 @@ async fn leaderboard_me(
         let tickers = lock(&gw.boards().tickers);
         tickers
             .get(&key)
-            .map(|t| place(&cohort, &lock(&t.latest).full, user))
+            .map(|t| lock(&t.latest).place(&cohort, user))
     };
     let mine = match running {
-        Some(mine) => mine,
+        Some(mine) => mine?,
         None => {
             let at = lectern_hub::system_now().0;
             let board = compute(&gw, Board::Leaderboard, &cohort).await?;
-            place(&cohort, &board.stamped(at).full, user)
+            board.stamped(at).place(&cohort, user)?
         }
     };
     Ok(Json(mine))
-}
-
-/// `user`'s place on the full leaderboard `full` (see [`leaderboard_me`]).
-fn place(cohort: &CohortId, full: &Value, user: &str) -> Value {
-    let entries = full["entries"].as_array().map(Vec::as_slice).unwrap_or(&[]);
-    let me = entries.iter().find(|e| e["user"].as_str() == Some(user));
-    let field = |k: &str| me.map_or(Value::Null, |e| e[k].clone());
-    json!({
-        "cohort": cohort.as_str(),
-        "of": entries.len(),
-        "rank": field("rank"),
-        "score": field("score"),
-        "maxScore": field("maxScore"),
-        "completedLessons": field("completedLessons"),
-        "anonymous": me.is_some_and(|e| e["anonymous"] == true),
-        PUBLISHED_AT: full[PUBLISHED_AT],
-    })
 }
 
 /// Refuses `caller` unless they may read `cohort`'s document.
@@ -419,15 +439,19 @@ async fn compute(gw: &Gateway, board: Board, cohort: &CohortId) -> Result<Snapsh
     let doc = DocId::Cohort(cohort.clone());
     match board {
         Board::Leaderboard => {
-            let (full, public) = gw
+            let board = gw
                 .hub()
                 .read(doc.clone(), |r| r.leaderboard())
                 .await?
                 .map_err(AppError::from)?;
+            let full = wire(&board)?;
+            let public = wire(&board.public())?;
             Ok(Snapshot {
                 token: content_token(&full, &public),
                 full,
                 public,
+                ranking: Some(Arc::new(board)),
+                published_at_ms: 0,
                 watched: HashSet::from([doc]),
             })
         }
@@ -435,7 +459,8 @@ async fn compute(gw: &Gateway, board: Board, cohort: &CohortId) -> Result<Snapsh
     }
 }
 
-/// The instructor dashboard of `cohort`, from the cohort and its newest sessions.
+/// The instructor dashboard of `cohort`, from the cohort and its newest sessions: the gateway
+/// reads the documents, the model's [`Dashboard::compute`] does the rest.
 async fn dashboard(gw: &Gateway, cohort: &CohortId) -> Result<Snapshot, AppError> {
     let settings = gw.board_settings();
     let doc = DocId::Cohort(cohort.clone());
@@ -443,110 +468,49 @@ async fn dashboard(gw: &Gateway, cohort: &CohortId) -> Result<Snapshot, AppError
     let (aggregates, activity) = gw
         .hub()
         .read(doc.clone(), move |r| {
-            Ok::<_, lectern_model::Rejection>((r.cohort_aggregates(&staff)?, r.cohort_activity()?))
+            Ok::<_, Rejection>((r.aggregates(&staff)?, r.cohort_activity()?))
         })
         .await?
         .map_err(AppError::from)?;
     let now = lectern_hub::system_now();
     let mut watched = HashSet::from([doc]);
-    let mut online: HashSet<String> = HashSet::new();
-    let mut last_seen: HashMap<String, i64> = HashMap::new();
-    let mut open_questions = 0;
-    let mut polls = Vec::new();
-    let students = aggregates["students"].as_u64().unwrap_or(0);
-    let sessions: Vec<&str> = activity["sessions"]
-        .as_array()
-        .map(|s| s.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
-    for id in sessions.into_iter().take(settings.dashboard_sessions_max) {
-        let Ok(session) = id.parse::<SessionId>() else {
-            continue;
-        };
-        let sdoc = DocId::Session(session);
+    let mut sessions = Vec::new();
+    for session in activity
+        .sessions
+        .iter()
+        .take(settings.dashboard_sessions_max)
+    {
+        let sdoc = DocId::Session(session.clone());
         watched.insert(sdoc.clone());
-        let summary = match gw
+        let read = gw
             .hub()
-            .read(sdoc, move |r| {
-                Ok::<_, lectern_model::Rejection>((r.session_cohort(), r.session_summary(now)?))
+            .read(sdoc, |r| {
+                Ok::<_, Rejection>((r.session_cohort(), r.session_summary()?))
             })
-            .await
-        {
+            .await;
+        match read {
             // Only a session of this cohort counts, whatever the cohort document lists (a link
             // made by a peer or an older node may name another cohort's session).
-            Ok(Ok((Some(owner), s))) if &owner == cohort => s,
+            Ok(Ok((Some(owner), s))) if &owner == cohort => sessions.push(s),
             // A linked session that does not read (not here yet) is left out, not fatal.
             _ => continue,
-        };
-        for u in summary["present"].as_array().into_iter().flatten() {
-            if let Some(u) = u.as_str() {
-                online.insert(u.to_owned());
-            }
-        }
-        if let Some(seen) = summary["lastSeen"].as_object() {
-            for (u, t) in seen {
-                let t = t.as_i64().unwrap_or(0);
-                let e = last_seen.entry(u.clone()).or_insert(t);
-                *e = (*e).max(t);
-            }
-        }
-        open_questions += summary["openQuestions"].as_u64().unwrap_or(0);
-        for p in summary["polls"].as_array().into_iter().flatten() {
-            let voters = p["voters"].as_u64().unwrap_or(0);
-            let participation = if students == 0 {
-                0.0
-            } else {
-                (voters as f64 * 1000.0 / students as f64).round() / 10.0
-            };
-            polls.push(json!({
-                "session": id, "poll": p["id"], "question": p["question"], "open": p["open"],
-                "voters": voters, "participationPct": participation,
-            }));
         }
     }
-    let inactive_ms = settings.inactive_days.saturating_mul(86_400_000) as i64;
-    let cutoff = now.as_i64() - inactive_ms;
-    let inactive: Vec<Value> = activity["students"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|s| {
-            let user = s["user"].as_str()?;
-            let last = [s["lastProgressAt"].as_i64(), last_seen.get(user).copied()]
-                .into_iter()
-                .flatten()
-                .max();
-            match last {
-                Some(t) if t >= cutoff => None,
-                _ => Some(json!({"user": user, "name": s["name"], "lastActiveAt": last})),
-            }
-        })
-        .collect();
-    // Online now: the cohort's students; staff (and anyone else present) only as a count.
-    let roster: HashSet<&str> = activity["students"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|s| s["user"].as_str())
-        .collect();
-    let (mut online, others): (Vec<String>, Vec<String>) = online
-        .into_iter()
-        .partition(|u| roster.contains(u.as_str()));
-    online.sort();
-    let payload = json!({
-        "cohort": cohort.as_str(),
-        "students": students,
-        "online": {"count": online.len(), "users": online, "staff": others.len()},
-        "lessons": aggregates["lessons"],
-        "completionRate": aggregates["completionRate"],
-        "openQuestions": open_questions,
-        "polls": polls,
-        "inactiveDays": settings.inactive_days,
-        "inactive": inactive,
-    });
+    let board = Dashboard::compute(
+        cohort.clone(),
+        aggregates,
+        &activity,
+        &sessions,
+        settings.inactive_days,
+        now,
+    );
+    let payload = wire(&board)?;
     Ok(Snapshot {
         token: content_token(&payload, &payload),
         full: payload.clone(),
         public: payload,
+        ranking: None,
+        published_at_ms: 0,
         watched,
     })
 }

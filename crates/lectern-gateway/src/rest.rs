@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use lectern_hub::JoinStart;
 use lectern_model::{
-    Caller, CohortId, Command, CommandBody, DocId, ResumeToken, SessionId, UserId,
+    Caller, CohortId, Command, CommandBody, DocId, Listing, ResumeToken, SessionId, UserId,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -37,6 +37,7 @@ pub(crate) fn routes(gw: Gateway) -> Router {
             post(session_named_command),
         )
         .route("/api/sessions/{id}/events", get(long_poll))
+        .route("/api/sessions/{id}/older/{listing}", get(session_page))
         .route("/api/cohorts/{id}", get(cohort_view))
         .route("/api/cohorts/{id}/commands", post(cohort_command))
         .route("/api/cohorts/{id}/aggregates", get(cohort_aggregates))
@@ -201,6 +202,57 @@ async fn session_view(
     .await
 }
 
+/// Query of the session page route: `before=AT:ID` (the oldest item the client holds),
+/// `limit` (default and most: a page, see `lectern_model::limits::PAGE_ITEMS_MAX`).
+#[derive(Debug, Deserialize)]
+pub(crate) struct PageQuery {
+    before: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /api/sessions/{id}/older/{questions|chat|broadcasts}`: the items the session view left
+/// out (it holds the newest only, and says how many older ones there are), a page at a time.
+async fn session_page(
+    State(gw): State<Gateway>,
+    Authed(caller): Authed,
+    Path((id, listing)): Path<(String, String)>,
+    Query(q): Query<PageQuery>,
+) -> Result<Response, AppError> {
+    let session: SessionId = parse_id(&id, "session id")?;
+    let listing = match listing.as_str() {
+        "questions" => Listing::Questions,
+        "chat" => Listing::Chat,
+        "broadcasts" => Listing::Broadcasts,
+        _ => {
+            return Err(AppError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such list: questions, chat or broadcasts",
+            ));
+        }
+    };
+    let before = match q.before {
+        None => None,
+        Some(b) => {
+            let parsed = b
+                .split_once(':')
+                .and_then(|(at, id)| Some((at.parse::<i64>().ok()?, id.to_owned())));
+            Some(parsed.ok_or_else(|| AppError::bad_request("before is AT:ID"))?)
+        }
+    };
+    let limit = q.limit.unwrap_or(lectern_model::limits::PAGE_ITEMS_MAX);
+    read_view(
+        &gw,
+        &caller.user.to_string(),
+        DocId::Session(session),
+        move |r| {
+            let before = before.as_ref().map(|(at, id)| (*at, id.as_str()));
+            r.session_page(&caller, listing, before, limit)
+        },
+    )
+    .await
+}
+
 async fn cohort_view(
     State(gw): State<Gateway>,
     Authed(caller): Authed,
@@ -301,9 +353,9 @@ async fn long_poll(
     let out: Vec<Value> = events
         .iter()
         .filter_map(|e| {
-            token.clone_from(&e.token);
+            token.replace_range(.., &e.token);
             let p: Value = serde_json::from_str(e.payload_for(&user, staff)?).ok()?;
-            Some(json!({"event": e.name, "data": p, "token": e.token}))
+            Some(json!({"event": e.name, "data": p, "token": &*e.token}))
         })
         .collect();
     Ok(Json(json!({"events": out, "token": token})).into_response())

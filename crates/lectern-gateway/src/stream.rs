@@ -13,6 +13,8 @@
 //! naming the reason, and the client resumes from its last id.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use axum::http::HeaderMap;
@@ -145,7 +147,7 @@ fn stream_response(gw: Gateway, opened: Opened) -> Response {
     let lean = LeanStream::new(gw, opened);
     let chunks = stream::unfold(lean, |mut lean| async move {
         let chunk = lean.next_chunk().await?;
-        Some((Ok::<_, Infallible>(chunk), lean))
+        Some((Ok::<_, Infallible>(chunk.as_ref().to_vec()), lean))
     });
     Response::builder()
         .header(axum::http::header::CONTENT_TYPE, "text/event-stream")
@@ -225,14 +227,14 @@ fn event_frame(e: &Published, user: &str, staff: bool, filter: &Filter) -> Optio
     }
     let named = e.encoded(delivery, Encoding::Sse, |payload| {
         let mut out = Vec::new();
-        write_event(&mut out, e.name, Some(&e.token), payload);
+        write_event(&mut out, e.name, Some(&*e.token), payload);
         out
     })?;
     match filter {
         Filter::All => Some(named),
         Filter::Progress(_) => {
             let mut both = named.to_vec();
-            write_message(&mut both, Some(&e.token), payload);
+            write_message(&mut both, Some(&*e.token), payload);
             Some(Arc::from(both))
         }
     }
@@ -246,7 +248,11 @@ pub struct LeanStream {
     /// The start events, formatted; taken by the first chunk.
     start: Vec<u8>,
     events: tokio::sync::broadcast::Receiver<Arc<Published>>,
-    shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Done once the node is stopping. Kept from one chunk to the next, like `timer`: made
+    /// afresh for every event, each would join and leave a list every stream shares.
+    shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// Fires at the keep-alive (or the token's expiry); moved only when it fires.
+    timer: Pin<Box<tokio::time::Sleep>>,
     user: String,
     staff: bool,
     filter: Filter,
@@ -303,18 +309,26 @@ impl LeanStream {
             }
         }
         let now = tokio::time::Instant::now();
+        let mut shutdown = gw.shutdown_signal();
+        // Checked: a token that expires near the end of time must not overflow the clock.
+        let expires = now.checked_add(std::time::Duration::from_secs(
+            expires_at_s.saturating_sub(crate::auth::unix_now_s()),
+        ));
+        let keepalive_at = now + gw.keepalive();
+        let wake = expires.map_or(keepalive_at, |e| keepalive_at.min(e));
         LeanStream {
             start,
             events: joined.events,
-            shutdown: gw.shutdown_signal(),
+            shutdown: Box::pin(async move {
+                // A closed sender (the gateway is gone) counts as stopping too.
+                let _ = shutdown.wait_for(|stop| *stop).await;
+            }),
+            timer: Box::pin(tokio::time::sleep_until(wake)),
             user,
             staff,
             filter,
-            // Checked: a token that expires near the end of time must not overflow the clock.
-            expires: now.checked_add(std::time::Duration::from_secs(
-                expires_at_s.saturating_sub(crate::auth::unix_now_s()),
-            )),
-            keepalive_at: now + gw.keepalive(),
+            expires,
+            keepalive_at,
             done: false,
             _guard: guard,
             gw,
@@ -323,38 +337,42 @@ impl LeanStream {
 
     /// The next bytes of the body; `None` once the stream is over (close the connection).
     /// Cancel-safe: a dropped call loses nothing.
-    pub async fn next_chunk(&mut self) -> Option<Vec<u8>> {
+    pub async fn next_chunk(&mut self) -> Option<Chunk> {
         if self.done {
             return None;
         }
         let keepalive = self.gw.keepalive();
         if !self.start.is_empty() {
             self.keepalive_at = tokio::time::Instant::now() + keepalive;
-            return Some(std::mem::take(&mut self.start));
+            return Some(Chunk::Owned(std::mem::take(&mut self.start)));
         }
         loop {
-            // One timer for both the keep-alive and the token's expiry.
-            let wake = self
-                .expires
-                .map_or(self.keepalive_at, |e| self.keepalive_at.min(e));
             let recv = tokio::select! {
                 r = self.events.recv() => r,
-                () = tokio::time::sleep_until(wake) => {
+                () = self.timer.as_mut() => {
                     let now = tokio::time::Instant::now();
                     if self.expires.is_some_and(|e| now >= e) {
                         return Some(self.end(TOKEN_EXPIRED));
                     }
+                    if now < self.keepalive_at {
+                        // Events went out since it was set: wait out the rest.
+                        self.rearm();
+                        continue;
+                    }
                     self.keepalive_at = now + keepalive;
-                    return Some(b":\n\n".to_vec());
+                    self.rearm();
+                    return Some(Chunk::Owned(b":\n\n".to_vec()));
                 }
-                _ = self.shutdown.changed() => return Some(self.end(SHUTTING_DOWN)),
+                () = self.shutdown.as_mut() => return Some(self.end(SHUTTING_DOWN)),
             };
             match recv {
                 Ok(e) => {
                     if let Some(frame) = event_frame(&e, &self.user, self.staff, &self.filter) {
                         self.gw.metrics().event_out("sse", e.published_at);
+                        // The keep-alive moves with each event; the timer catches up when it
+                        // fires (one timer for both the keep-alive and the token's expiry).
                         self.keepalive_at = tokio::time::Instant::now() + keepalive;
-                        return Some(frame.to_vec());
+                        return Some(Chunk::Shared(frame));
                     }
                 }
                 Err(RecvError::Lagged(_)) => return Some(self.end(SLOW_CONSUMER)),
@@ -366,11 +384,38 @@ impl LeanStream {
         }
     }
 
+    /// Sets the timer to the next keep-alive or the token's expiry, whichever comes first.
+    fn rearm(&mut self) {
+        let wake = self
+            .expires
+            .map_or(self.keepalive_at, |e| self.keepalive_at.min(e));
+        self.timer.as_mut().reset(wake);
+    }
+
     /// The ending `error` event; the stream is over after it.
-    fn end(&mut self, code: &'static str) -> Vec<u8> {
+    fn end(&mut self, code: &'static str) -> Chunk {
         self.done = true;
         let mut out = Vec::new();
         write_event(&mut out, "error", None, &end_data(code));
-        out
+        Chunk::Owned(out)
+    }
+}
+
+/// Bytes of a stream's body: an event's frame shared by every stream that gets it, or bytes
+/// of this stream's own.
+#[derive(Debug)]
+pub enum Chunk {
+    /// A finished event, shared.
+    Shared(Arc<[u8]>),
+    /// The start, a keep-alive comment or the ending event.
+    Owned(Vec<u8>),
+}
+
+impl AsRef<[u8]> for Chunk {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            Chunk::Shared(b) => b,
+            Chunk::Owned(b) => b,
+        }
     }
 }
