@@ -191,6 +191,66 @@ fn model_and_wire_read_no_clock_or_randomness() {
     }
 }
 
+/// The gateway's `lib.rs` is its map: module declarations and re-exports, no code of its own.
+#[test]
+fn the_gateway_lib_rs_only_declares_modules_and_re_exports() {
+    let lib = workspace_root().join("crates/lectern-gateway/src/lib.rs");
+    let text = std::fs::read_to_string(&lib).unwrap();
+    let code: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("//"))
+        .collect();
+    assert!(
+        code.len() >= 10,
+        "lib.rs has only {} lines of code",
+        code.len()
+    );
+    let other: Vec<&&str> = code
+        .iter()
+        .filter(|l| {
+            !["mod ", "pub mod ", "pub use ", "pub(crate) use "]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
+        .collect();
+    assert!(
+        other.is_empty(),
+        "lib.rs holds more than its map: {other:?}"
+    );
+}
+
+/// Only `gateway.rs` reads the gateway's shared state; every other file asks through an
+/// accessor. The Socket.IO transports (`sio/`, `ws.rs`, `socket.rs`) are the last to move.
+#[test]
+fn only_gateway_rs_reaches_into_the_gateways_state() {
+    let src = workspace_root().join("crates/lectern-gateway/src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    assert!(files.len() >= 20, "found only {} files", files.len());
+    let pending = [
+        "gateway.rs",
+        "ws.rs",
+        "socket.rs",
+        "sio/mod.rs",
+        "sio/client.rs",
+    ];
+    let reaching: Vec<String> = files
+        .iter()
+        .map(|f| f.strip_prefix(&src).unwrap().display().to_string())
+        .filter(|name| !pending.contains(&name.as_str()))
+        .filter(|name| {
+            let text = std::fs::read_to_string(src.join(name)).unwrap();
+            let flat: String = text.split_whitespace().collect();
+            flat.contains("gw.inner.") || flat.contains("gateway.inner.")
+        })
+        .collect();
+    assert!(
+        reaching.is_empty(),
+        "files reaching into gw.inner: {reaching:?}"
+    );
+}
+
 #[test]
 fn every_rust_file_opens_with_a_module_doc() {
     let root = workspace_root();
@@ -295,4 +355,112 @@ fn socketio_semantics_live_in_one_place() {
             .any(|l| names_an_event(l))
     );
     assert!(!names_an_event("HTTP/1.1 101 Switching Protocols"));
+}
+
+/// The modules of `crates/lectern-model/src` each file names through `crate::` (a module, or
+/// an item the crate root re-exports from one), comments left out: file stem → stems.
+fn model_imports(root: &Path) -> HashMap<String, BTreeSet<String>> {
+    let src = root.join("crates/lectern-model/src");
+    let code = |path: &Path| -> String {
+        std::fs::read_to_string(path)
+            .expect("read a model file")
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("//"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let mut modules: BTreeSet<String> = BTreeSet::new();
+    for entry in std::fs::read_dir(&src).expect("read the model's src") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "rs") {
+            modules.insert(path.file_stem().unwrap().to_string_lossy().to_string());
+        }
+    }
+    modules.remove("lib");
+    let ident = |s: &str| -> String {
+        s.chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect()
+    };
+    // What the crate root re-exports: `pub use module::{A, B};` and `pub use module::A;`.
+    let lib = code(&src.join("lib.rs"));
+    let mut owner: HashMap<String, String> = HashMap::new();
+    for stmt in lib.split(';') {
+        let Some(rest) = stmt.trim().strip_prefix("pub use ") else {
+            continue;
+        };
+        let Some((module, names)) = rest.split_once("::") else {
+            continue;
+        };
+        for name in names.split([',', '{', '}']) {
+            let name = ident(name.trim());
+            if !name.is_empty() {
+                owner.insert(name, module.trim().to_owned());
+            }
+        }
+    }
+    let mut graph = HashMap::new();
+    for module in &modules {
+        let text = code(&src.join(format!("{module}.rs")));
+        let mut uses = BTreeSet::new();
+        for (i, _) in text.match_indices("crate::") {
+            let rest = &text[i + "crate::".len()..];
+            let firsts: Vec<String> = match rest.strip_prefix('{') {
+                Some(group) => {
+                    let group = &group[..group.find('}').unwrap_or(group.len())];
+                    group.split(',').map(|p| ident(p.trim())).collect()
+                }
+                None => vec![ident(rest)],
+            };
+            for first in firsts {
+                let target = if modules.contains(&first) {
+                    Some(first)
+                } else {
+                    owner.get(&first).cloned()
+                };
+                if let Some(t) = target.filter(|t| t != module) {
+                    uses.insert(t);
+                }
+            }
+        }
+        graph.insert(module.clone(), uses);
+    }
+    graph
+}
+
+#[test]
+fn the_model_is_a_one_way_chain_of_modules() {
+    let graph = model_imports(&workspace_root());
+    assert!(
+        graph.len() >= 20,
+        "found only {} model modules",
+        graph.len()
+    );
+    assert!(
+        graph["replica"].contains("apply") && graph["apply"].contains("session"),
+        "the import reader sees no imports: {graph:?}"
+    );
+    // Kahn's algorithm: whatever is left once every module that imports nothing left is
+    // peeled off lies on an import circle.
+    let mut left: HashMap<&str, BTreeSet<&str>> = graph
+        .iter()
+        .map(|(m, uses)| (m.as_str(), uses.iter().map(String::as_str).collect()))
+        .collect();
+    let mut ready: VecDeque<&str> = left
+        .iter()
+        .filter(|(_, uses)| uses.is_empty())
+        .map(|(m, _)| *m)
+        .collect();
+    while let Some(done) = ready.pop_front() {
+        left.remove(done);
+        for (m, uses) in left.iter_mut() {
+            if uses.remove(done) && uses.is_empty() {
+                ready.push_back(m);
+            }
+        }
+    }
+    assert!(
+        left.is_empty(),
+        "model modules on an import circle or above one (module -> what it still imports): {left:?}"
+    );
 }

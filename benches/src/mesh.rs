@@ -103,7 +103,8 @@ impl Pair {
         let ca = ClusterCa::generate()?;
         let config = |name: &str, peers: Vec<String>| -> anyhow::Result<Config> {
             let tls = dir.path().join(format!("{name}-tls"));
-            ca.issue_node(name)?.write(&tls)?;
+            ca.issue_node(name, lectern_mesh::tls::NODE_CERT_VALIDITY_DEFAULT)?
+                .write(&tls)?;
             let mut c = Config {
                 data_dir: dir.path().join(name),
                 http: "127.0.0.1:0".parse()?,
@@ -582,7 +583,9 @@ fn tree_exchange(docs: usize, differing: usize) -> anyhow::Result<(Duration, u64
                         to_sync.insert(doc);
                     }
                     Output::Close { reason } => anyhow::bail!("the session closed: {reason}"),
-                    Output::ReceiveSync { .. } | Output::Ephemeral { .. } => {}
+                    Output::ReceiveSync { .. }
+                    | Output::Ephemeral { .. }
+                    | Output::Revocations(_) => {}
                 }
             }
         }

@@ -127,6 +127,26 @@ enum Cmd {
         #[command(subcommand)]
         command: DocsCmd,
     },
+    /// Back up a running node: every stored document, each as it was acknowledged when read,
+    /// into FILE (JSON lines with a SHA-256 trailer, verified before FILE is written); the
+    /// node keeps serving (admin API).
+    Backup {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Where to write the backup (replaced only once the new one is complete and verified).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Restore a backup into a new, empty data directory (the node must not run on it): every
+    /// document is checked first; a node started on DIR has a new identity and catches up from
+    /// its peers.
+    Restore {
+        /// The backup (`lectern backup --out`).
+        file: PathBuf,
+        /// The new node's data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
     /// Drain a running node before maintenance: it refuses new Socket.IO connections and
     /// streams, fails its health check, and tells its clients to reconnect to another node
     /// (admin API). With `--wait-s`, waits until no client connection is left.
@@ -179,6 +199,14 @@ enum DocsCmd {
         #[command(flatten)]
         admin: AdminArgs,
         /// The document id (`session/ID`, `cohort/ID`, `inbox/USER`, `course/ID`).
+        id: String,
+    },
+    /// Rewrite one document as a single snapshot now (its chunks folded in); prints the stored
+    /// bytes before and after. Nodes also do this on their own when chunks outweigh the snapshot.
+    Compact {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The document id.
         id: String,
     },
 }
@@ -244,7 +272,9 @@ enum ClusterCmd {
         out: PathBuf,
     },
     /// Issue a node's bundle: its certificate signed by the cluster CA (DIR/node.pem,
-    /// DIR/node.key, DIR/ca.pem) and the cluster's token key (DIR/auth-secret).
+    /// DIR/node.key, DIR/ca.pem) and the cluster's token key (DIR/auth-secret). With `--renew`,
+    /// replace the certificate and key of an existing bundle; a running node picks them up
+    /// within `mesh.tls_reload_ms`, without a restart.
     IssueNode {
         /// The node's cluster name (a-z, 0-9, '-'); peers dial it as NAME@HOST:PORT.
         #[arg(long)]
@@ -255,7 +285,58 @@ enum ClusterCmd {
         /// Where to write the node's files (the node's `mesh.tls_dir`).
         #[arg(long)]
         out: PathBuf,
+        /// How many days the certificate is valid (1 to 397).
+        #[arg(long, default_value_t = lectern_mesh::tls::NODE_CERT_VALIDITY_DAYS_DEFAULT,
+              value_parser = clap::value_parser!(u32).range(1..=i64::from(lectern_mesh::tls::NODE_CERT_VALIDITY_DAYS_MAX)))]
+        valid_days: u32,
+        /// Replace the certificate and key in an existing bundle (same CA) instead of creating one.
+        #[arg(long)]
+        renew: bool,
     },
+    /// Revoke a node: every certificate issued to it (DIR/issued.tsv) or one serial number is
+    /// added to the CA's revocation list, written to DIR/crl.pem. Copy that file into any
+    /// node's TLS directory (`mesh.tls_dir/crl.pem`): the node loads it within
+    /// `mesh.tls_reload_ms`, closes the revoked node's connections and passes the list to its
+    /// peers, which do the same; the revoked node is refused everywhere from then on.
+    Revoke {
+        /// The CA directory (`cluster init --out`).
+        #[arg(long)]
+        ca: PathBuf,
+        /// The node's cluster name: revoke every certificate issued to it.
+        #[arg(long, required_unless_present = "serial")]
+        id: Option<String>,
+        /// One certificate's serial number (hex, as `issue-node --json` prints it).
+        #[arg(long)]
+        serial: Option<String>,
+    },
+}
+
+/// The CA directory's record of issued certificates: `name<TAB>serial<TAB>not_after_s` lines.
+const ISSUED_FILE: &str = "issued.tsv";
+/// The CA directory's record of revoked serial numbers, one a line.
+const REVOKED_FILE: &str = "revoked.tsv";
+
+/// Appends `line` (and a newline) to `path`, creating it (mode 0600).
+fn append_line(path: &std::path::Path, line: &str) -> anyhow::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).append(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("open {}", path.display()))?;
+    writeln!(file, "{line}").with_context(|| format!("write {}", path.display()))?;
+    file.sync_all()
+        .with_context(|| format!("sync {}", path.display()))
+}
+
+/// The lines of `path`, none if it does not exist.
+fn read_lines(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(text.lines().map(str::to_owned).collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -444,16 +525,94 @@ fn run(args: Args) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Cluster {
-            command: ClusterCmd::IssueNode { id, ca, out },
+            command:
+                ClusterCmd::IssueNode {
+                    id,
+                    ca,
+                    out,
+                    valid_days,
+                    renew,
+                },
         } => {
             let ca_dir = ca;
             let ca = lectern_mesh::ClusterCa::read(&ca_dir)?;
-            ca.issue_node(&id)?.write(&out)?;
-            lectern_node::install_cluster_secret(&ca_dir, &out)?;
-            if json {
-                print_json(&serde_json::json!({"node": id, "dir": out.display().to_string()}));
+            let valid_for = Duration::from_secs(u64::from(valid_days) * 86_400);
+            let cert = ca.issue_node(&id, valid_for)?;
+            if renew {
+                cert.replace(&out)?;
             } else {
-                println!("node certificate for {id} written to {}", out.display());
+                cert.write(&out)?;
+                lectern_node::install_cluster_secret(&ca_dir, &out)?;
+            }
+            let line = format!("{id}\t{}\t{}", cert.serial_hex, cert.not_after_s);
+            append_line(&ca_dir.join(ISSUED_FILE), &line)?;
+            if json {
+                print_json(&serde_json::json!({
+                    "node": id, "dir": out.display().to_string(), "serial": cert.serial_hex,
+                    "notAfterS": cert.not_after_s, "renewed": renew,
+                }));
+            } else {
+                let verb = if renew { "renewed in" } else { "written to" };
+                println!(
+                    "node certificate for {id} (serial {}, valid {valid_days} days) {verb} {}",
+                    cert.serial_hex,
+                    out.display()
+                );
+            }
+            Ok(())
+        }
+        Cmd::Cluster {
+            command: ClusterCmd::Revoke { ca, id, serial },
+        } => {
+            let ca_dir = ca;
+            let authority = lectern_mesh::ClusterCa::read(&ca_dir)?;
+            let mut serials: Vec<String> = Vec::new();
+            if let Some(id) = &id {
+                for line in read_lines(&ca_dir.join(ISSUED_FILE))? {
+                    let mut fields = line.split('\t');
+                    if fields.next() == Some(id.as_str())
+                        && let Some(s) = fields.next()
+                    {
+                        serials.push(s.to_owned());
+                    }
+                }
+                if serials.is_empty() {
+                    bail!(
+                        "{} lists no certificate issued to {id}: pass --serial",
+                        ca_dir.join(ISSUED_FILE).display()
+                    );
+                }
+            }
+            if let Some(s) = serial {
+                serials.push(s.to_ascii_lowercase());
+            }
+            let mut revoked = read_lines(&ca_dir.join(REVOKED_FILE))?;
+            for s in serials {
+                if !revoked.contains(&s) {
+                    append_line(&ca_dir.join(REVOKED_FILE), &s)?;
+                    revoked.push(s);
+                }
+            }
+            // A later list has a higher number: the seconds since the epoch.
+            let number = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let pem = authority.revocation_list(&revoked, number)?;
+            let path = ca_dir.join(lectern_mesh::tls::CRL_FILE);
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, pem).with_context(|| format!("write {}", tmp.display()))?;
+            std::fs::rename(&tmp, &path).with_context(|| format!("write {}", path.display()))?;
+            if json {
+                print_json(
+                    &serde_json::json!({"crl": path.display().to_string(), "revoked": revoked}),
+                );
+            } else {
+                println!(
+                    "{} serial(s) revoked; revocation list written to {}: copy it to any node's mesh.tls_dir",
+                    revoked.len(),
+                    path.display()
+                );
             }
             Ok(())
         }
@@ -489,6 +648,45 @@ fn run(args: Args) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Docs { command } => docs(command, json),
+        Cmd::Backup { admin, out } => {
+            let tmp = out.with_extension("partial");
+            let bytes = download(&admin, "/admin/backup", &tmp)?;
+            let verified = lectern_node::backup::verify(&tmp).map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                failed(Exit::Failure, "backup_damaged", format!("{e:#}"))
+            })?;
+            std::fs::rename(&tmp, &out).with_context(|| format!("write {}", out.display()))?;
+            if json {
+                print_json(&serde_json::json!({
+                    "out": out.display().to_string(), "docs": verified.docs.len(), "bytes": bytes,
+                    "node": verified.node,
+                }));
+            } else {
+                println!(
+                    "{} documents of node {} backed up to {} ({bytes} bytes, verified)",
+                    verified.docs.len(),
+                    verified.node,
+                    out.display()
+                );
+            }
+            Ok(())
+        }
+        Cmd::Restore { file, data_dir } => {
+            let verified = lectern_node::backup::verify(&file)
+                .map_err(|e| failed(Exit::Failure, "backup_damaged", format!("{e:#}")))?;
+            let n = lectern_node::backup::restore(&verified, &data_dir)?;
+            if json {
+                print_json(
+                    &serde_json::json!({"docs": n, "dataDir": data_dir.display().to_string()}),
+                );
+            } else {
+                println!(
+                    "{n} documents restored into {}: start a node on it; it catches up from its peers",
+                    data_dir.display()
+                );
+            }
+            Ok(())
+        }
         Cmd::Drain { admin, wait_s } => {
             let mut v = admin_call(&admin, "POST", "/admin/drain")?;
             let deadline = std::time::Instant::now() + Duration::from_secs(wait_s.unwrap_or(0));
@@ -614,6 +812,19 @@ fn docs(command: DocsCmd, json: bool) -> anyhow::Result<()> {
         DocsCmd::Show { admin, id } => {
             let v = admin_call(&admin, "GET", &format!("/admin/docs/show?doc={}", enc(&id)))?;
             print_json(&v);
+            Ok(())
+        }
+        DocsCmd::Compact { admin, id } => {
+            let path = format!("/admin/docs/compact?doc={}", enc(&id));
+            let v = admin_call(&admin, "POST", &path)?;
+            if json {
+                print_json(&v);
+            } else {
+                println!(
+                    "{id}: {} bytes stored before, {} after",
+                    v["bytesBefore"], v["bytesAfter"]
+                );
+            }
             Ok(())
         }
     }
@@ -783,6 +994,76 @@ fn admin_call(admin: &AdminArgs, method: &str, path: &str) -> anyhow::Result<ser
         path,
         &format!("Authorization: Bearer {}\r\n", admin.admin_token),
     )
+}
+
+/// `GET path` of the admin API into the file `to` (a 200's body, however long: HTTP/1.0, so
+/// the body runs to the end of the connection); its length. A refusal is the same error as
+/// [`request_json`]'s.
+fn download(admin: &AdminArgs, path: &str, to: &std::path::Path) -> anyhow::Result<u64> {
+    let addr = &admin.http;
+    let unreachable = |e: std::io::Error| {
+        failed(
+            Exit::Unreachable,
+            "unreachable",
+            format!("cannot reach a node at {addr} ({e}): is it running?"),
+        )
+    };
+    let timeout = Duration::from_secs(ADMIN_TIMEOUT_S);
+    let a = std::net::ToSocketAddrs::to_socket_addrs(addr.as_str())
+        .map_err(unreachable)?
+        .next()
+        .ok_or_else(|| unreachable(std::io::Error::other("no address")))?;
+    let mut stream = TcpStream::connect_timeout(&a, timeout).map_err(unreachable)?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(unreachable)?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\r\n",
+        admin.admin_token
+    )
+    .map_err(unreachable)?;
+    let mut reader = std::io::BufReader::new(stream);
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        let n = std::io::BufRead::read_line(&mut reader, &mut line).map_err(unreachable)?;
+        if n == 0 || line == "\r\n" {
+            break;
+        }
+        head.push_str(&line);
+    }
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    if status != 200 {
+        // The same answers as any admin call: read it as one.
+        return Err(match status {
+            401 => failed(
+                Exit::Refused,
+                "unauthorized",
+                "the node refused the admin token: pass its admin_token with --admin-token or \
+                 LECTERN_ADMIN_TOKEN",
+            ),
+            404 => failed(
+                Exit::Refused,
+                "admin_off",
+                "the node has no admin API (set admin_token on it)",
+            ),
+            s => failed(
+                Exit::Failure,
+                "backup_failed",
+                format!("the node answered {s}"),
+            ),
+        });
+    }
+    let mut file = std::fs::File::create(to).with_context(|| format!("create {}", to.display()))?;
+    let bytes = std::io::copy(&mut reader, &mut file).map_err(unreachable)?;
+    file.sync_all()
+        .with_context(|| format!("sync {}", to.display()))?;
+    Ok(bytes)
 }
 
 /// One HTTP/1.0 request (enough for the admin API without an HTTP client dependency); a 200's

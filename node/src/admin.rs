@@ -6,7 +6,7 @@
 //! the job queue (`GET /admin/jobs[?state=queued|dead|all&limit=N]`, `GET
 //! /admin/jobs/show?id=ID`, `POST /admin/jobs/retry?id=ID`, `POST /admin/jobs/drop?id=ID`)
 //! the stored documents (`GET /admin/docs[?prefix=&after=&limit=]`, a page at a time, and
-//! `GET /admin/docs/show?doc=ID`) and the drain (`POST /admin/drain`, `POST /admin/undrain`:
+//! `GET /admin/docs/show?doc=ID`, `POST /admin/docs/compact?doc=ID`) and the drain (`POST /admin/drain`, `POST /admin/undrain`:
 //! `{draining, connections}`)
 //! answer only a `Authorization: Bearer {admin_token}`; without a configured token they answer
 //! 404, so an unconfigured node exposes nothing. `lectern status`, `lectern peers` and `lectern
@@ -79,6 +79,26 @@ pub(crate) fn routes(
                 return refused;
             }
             state.docs_show(&q.doc).await
+        }
+    };
+    let s = state.clone();
+    let docs_compact = move |headers: HeaderMap, Query(q): Query<HeadsQuery>| {
+        let state = s.clone();
+        async move {
+            if let Some(refused) = state.refusal(&headers) {
+                return refused;
+            }
+            state.docs_compact(&q.doc).await
+        }
+    };
+    let s = state.clone();
+    let backup = move |headers: HeaderMap| {
+        let state = s.clone();
+        async move {
+            if let Some(refused) = state.refusal(&headers) {
+                return refused;
+            }
+            state.backup()
         }
     };
     let s = state.clone();
@@ -161,6 +181,8 @@ pub(crate) fn routes(
         .route("/admin/peers", get(peers))
         .route("/admin/docs", get(docs_list))
         .route("/admin/docs/show", get(docs_show))
+        .route("/admin/docs/compact", post(docs_compact))
+        .route("/admin/backup", get(backup))
         .route("/admin/drain", post(drain))
         .route("/admin/undrain", post(undrain))
         .route("/admin/jobs", get(jobs_list))
@@ -390,6 +412,50 @@ impl AdminState {
         Json(json!({"doc": entry})).into_response()
     }
 
+    /// `/admin/backup`: every stored document, read through its writer while the node serves,
+    /// streamed as the lines of a backup (`crate::backup`).
+    fn backup(&self) -> Response {
+        let (tx, rx) = tokio::sync::mpsc::channel::<String>(BACKUP_LINES_IN_FLIGHT);
+        let hub = self.hub.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::backup::write(&hub, tx).await {
+                tracing::warn!(error = format!("{e:#}"), "a backup failed");
+            }
+        });
+        let lines = futures_util::stream::unfold(rx, |mut rx| async move {
+            let line = rx.recv().await?;
+            Some((Ok::<_, std::convert::Infallible>(line), rx))
+        });
+        Response::builder()
+            .header(axum::http::header::CONTENT_TYPE, "application/x-ndjson")
+            .body(axum::body::Body::from_stream(lines))
+            .unwrap_or_else(|_| {
+                error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "backup_failed",
+                    "no body",
+                )
+            })
+    }
+
+    /// `/admin/docs/compact`: the document rewritten as one snapshot now (its chunks folded
+    /// in), after the commands queued before; its stored bytes before and after.
+    async fn docs_compact(&self, doc: &str) -> Response {
+        let Ok(id) = DocId::parse(doc) else {
+            return doc_not_found(doc);
+        };
+        match self.hub.compact(id).await {
+            Ok(c) => Json(json!({
+                "doc": doc,
+                "bytesBefore": c.bytes_before,
+                "bytesAfter": c.bytes_after,
+            }))
+            .into_response(),
+            Err(e) if e.code() == "doc_not_found" => doc_not_found(doc),
+            Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.code(), &e.to_string()),
+        }
+    }
+
     fn heads(&self, doc: &str) -> Value {
         let digest = DocId::parse(doc)
             .ok()
@@ -405,6 +471,9 @@ impl AdminState {
         }
     }
 }
+
+/// Backup lines (one document each) read ahead of the client.
+const BACKUP_LINES_IN_FLIGHT: usize = 16;
 
 /// 500 `store_failed`: the store could not be read.
 fn store_failed(e: &lectern_store::StoreError) -> Response {

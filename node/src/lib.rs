@@ -8,6 +8,7 @@
 //! and serves the admin API (`/admin/status`, `/admin/peers`) that reports on both.
 
 mod admin;
+pub mod backup;
 pub mod config;
 mod demo;
 mod demo_course;
@@ -436,7 +437,8 @@ pub async fn start_demo_cluster(config: Config, n: usize) -> anyhow::Result<Vec<
     for (i, name) in names.iter().enumerate() {
         let tls_dir = cluster_dir.join(name);
         if !tls_dir.join(lectern_mesh::tls::NODE_CERT_FILE).is_file() {
-            ca.issue_node(name)?.write(&tls_dir)?;
+            ca.issue_node(name, lectern_mesh::tls::NODE_CERT_VALIDITY_DEFAULT)?
+                .write(&tls_dir)?;
         }
         let mut c = config.clone();
         c.data_dir = config.data_dir.join(name);
@@ -487,6 +489,9 @@ pub async fn start_demo_cluster(config: Config, n: usize) -> anyhow::Result<Vec<
     Ok(nodes)
 }
 
+/// The revocation lists this node learned from its peers, in its data directory (PEM).
+pub const REVOCATIONS_FILE: &str = "mesh-crl.pem";
+
 /// Starts the mesh from the node's configuration.
 async fn start_mesh(
     config: &Config,
@@ -507,6 +512,9 @@ async fn start_mesh(
     mesh_config.idle_timeout_ms = settings.peer_idle_timeout_ms;
     mesh_config.connect_timeout_ms = settings.connect_timeout_ms;
     mesh_config.handshakes_max = settings.handshakes_max;
+    mesh_config.tls_dir = Some(tls_dir.to_path_buf());
+    mesh_config.tls_reload_ms = settings.tls_reload_ms;
+    mesh_config.revocations_file = Some(config.data_dir.join(REVOCATIONS_FILE));
     mesh_config.backoff_min_ms = mesh_config.backoff_min_ms.min(settings.reconnect_max_ms);
     // Each filter's refresh ticks when it admits new sessions: anti-entropy runs again.
     let mut admitted = Vec::new();

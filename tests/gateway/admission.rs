@@ -266,3 +266,94 @@ async fn a_socket_past_its_rate_is_read_at_its_rate() -> anyhow::Result<()> {
     })
     .await
 }
+
+/// One raw HTTP/1.1 exchange from `127.0.0.{from}` (the request closes the connection): the
+/// whole answer.
+async fn exchange_from(demo: &Demo, from: u8, request: &str) -> anyhow::Result<String> {
+    let mut s = connect_from(demo.node.http_addr, from).await?;
+    s.write_all(request.as_bytes()).await?;
+    read_to_close(&mut s, Duration::from_secs(20)).await
+}
+
+/// An Engine.IO polling handshake from `127.0.0.{from}`: the session id, or the answer if
+/// there is none.
+async fn polling_handshake(demo: &Demo, from: u8) -> anyhow::Result<Result<String, String>> {
+    let answer = exchange_from(
+        demo,
+        from,
+        "GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nhost: lectern\r\n\
+         connection: close\r\n\r\n",
+    )
+    .await?;
+    let sid = answer
+        .split("\"sid\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next());
+    Ok(match sid {
+        Some(sid) if answer.starts_with("HTTP/1.1 200") => Ok(sid.to_owned()),
+        _ => Err(answer),
+    })
+}
+
+/// Kills: polling sessions not counted before authentication (40,000 handshakes once cost
+/// 400 MB), a place not freed when the session's CONNECT is accepted, or not when the session
+/// ends without one (the address would stay busy for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_polling_sessions_hold_places_until_they_connect_or_end()
+-> anyhow::Result<()> {
+    within(async {
+        let demo = Demo::start_with("admission-polling", |c| {
+            c.limits.preauth_max = 10;
+            c.limits.preauth_per_address_max = 3;
+            c.limits.connect_timeout_ms = 1_500;
+        })
+        .await?;
+        // Three sessions from 127.0.0.1, their connections closed: the sessions hold places.
+        let mut sids = Vec::new();
+        for _ in 0..3 {
+            let sid = polling_handshake(&demo, 1).await?;
+            sids.push(sid.map_err(|a| anyhow::anyhow!("handshake refused: {a}"))?);
+        }
+        waiting_becomes(&demo, 3).await?;
+        // Refused at accept, without being read: the 503, or (the request was already sent
+        // when the node closed the socket) a reset. Either way it is counted, and no session.
+        match polling_handshake(&demo, 1).await {
+            Ok(Ok(sid)) => anyhow::bail!("a fourth session from one address: {sid}"),
+            Ok(Err(answer)) => assert!(
+                answer.starts_with("HTTP/1.1 503") && answer.contains("\"address_busy\""),
+                "{answer}"
+            ),
+            Err(_reset) => {}
+        }
+        let metrics = demo.node.gateway.metrics_text();
+        assert!(
+            metrics.contains("lectern_preauth_refused_total{cap=\"address\"} 1\n"),
+            "{metrics}"
+        );
+        // Another address opens one.
+        let other = polling_handshake(&demo, 2)
+            .await?
+            .map_err(|a| anyhow::anyhow!("handshake refused: {a}"))?;
+        waiting_becomes(&demo, 4).await?;
+
+        // That session authenticates (its CONNECT from its own address, which has room for
+        // the request's connection): its place is freed.
+        let token = demo.token("student1", "student");
+        let connect = format!("40{}", json!({ "token": token }));
+        let post = format!(
+            "POST /socket.io/?EIO=4&transport=polling&sid={} HTTP/1.1\r\nhost: lectern\r\n\
+             content-type: text/plain;charset=UTF-8\r\ncontent-length: {}\r\n\
+             connection: close\r\n\r\n{connect}",
+            other,
+            connect.len()
+        );
+        let answer = exchange_from(&demo, 2, &post).await?;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        waiting_becomes(&demo, 3).await?;
+        // The others never CONNECT: they end at the connect timeout, and their places go.
+        waiting_becomes(&demo, 0).await?;
+        assert!(polling_handshake(&demo, 1).await?.is_ok());
+        Ok(())
+    })
+    .await
+}

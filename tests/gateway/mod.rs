@@ -18,6 +18,7 @@ mod bad_input;
 mod compression;
 mod lean_ws;
 mod long_poll;
+mod paging;
 mod quotas;
 mod socketio_js;
 mod socketio_rust;

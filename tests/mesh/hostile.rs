@@ -124,7 +124,8 @@ async fn peers_without_a_cluster_certificate_or_sending_garbage_are_refused() ->
 
         // 2. A certificate of another CA (the client still trusts B's CA): refused.
         let before = faults();
-        let other = ClusterCa::generate()?.issue_node("node-x")?;
+        let other = ClusterCa::generate()?
+            .issue_node("node-x", lectern_mesh::tls::NODE_CERT_VALIDITY_DEFAULT)?;
         let foreign = NodeTls::from_pem(&other.cert_pem, &other.key_pem, &cluster.ca.cert_pem)?;
         let r = try_exchange(foreign.client_config(5_000)?, addr_b, b"hello?").await;
         assert!(r.is_err(), "a peer of another CA got an answer: {r:?}");
@@ -134,7 +135,9 @@ async fn peers_without_a_cluster_certificate_or_sending_garbage_are_refused() ->
         .await?;
 
         // 3. A valid certificate, then garbage instead of a hello: B says hello, then bye.
-        let intruder = cluster.ca.issue_node("node-i")?;
+        let intruder = cluster
+            .ca
+            .issue_node("node-i", lectern_mesh::tls::NODE_CERT_VALIDITY_DEFAULT)?;
         let valid = NodeTls::from_pem(&intruder.cert_pem, &intruder.key_pem, &intruder.ca_pem)?;
         let mut garbage = 7u32.to_be_bytes().to_vec();
         garbage.extend_from_slice(&[0xFF, 0x00, 0x13, 0x37, 0x42, 0x42, 0x42]);
@@ -162,11 +165,17 @@ async fn peers_without_a_cluster_certificate_or_sending_garbage_are_refused() ->
         )
         .await?;
 
-        // 5. A proper hello followed by a sync message that is not automerge: refused by the
-        // hub (bad_sync_message), logged; the connection and the node carry on.
+        // 5. A member's proper hello followed by a sync message that is not automerge: refused
+        // by the hub (bad_sync_message), logged; the connection and the node carry on. (A
+        // member, node-c, which is not running here: a node outside the peer list would be
+        // closed at its hello, and its frames never reach the hub.)
+        let member = cluster
+            .ca
+            .issue_node("node-c", lectern_mesh::tls::NODE_CERT_VALIDITY_DEFAULT)?;
+        let member = NodeTls::from_pem(&member.cert_pem, &member.key_pem, &member.ca_pem)?;
         let mut stream = encode_frame(&PeerFrame::Hello {
             node_id: "00000000000000000000000000000bad".into(),
-            name: "node-i".into(),
+            name: "node-c".into(),
             region: "nowhere".into(),
             protocol_version: PROTOCOL_VERSION,
         })?;
@@ -179,7 +188,7 @@ async fn peers_without_a_cluster_certificate_or_sending_garbage_are_refused() ->
             message: vec![1, 2, 3],
         })?);
         let heads_before = cluster.node(b).hub.heads_summary();
-        let answer = try_exchange(valid.client_config(5_000)?, addr_b, &stream).await?;
+        let answer = try_exchange(member.client_config(5_000)?, addr_b, &stream).await?;
         assert!(!answer.is_empty());
         assert_eq!(
             cluster.node(b).hub.heads_summary(),
@@ -261,7 +270,9 @@ async fn a_flood_of_half_open_connections_is_capped_and_the_real_peer_gets_throu
 
         // An intruder with a cluster certificate opens connections and never a stream: each
         // holds one of B's handshake places. One at a time, so the order is known.
-        let intruder = cluster.ca.issue_node("node-i")?;
+        let intruder = cluster
+            .ca
+            .issue_node("node-i", lectern_mesh::tls::NODE_CERT_VALIDITY_DEFAULT)?;
         let valid = NodeTls::from_pem(&intruder.cert_pem, &intruder.key_pem, &intruder.ca_pem)?;
         let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
         endpoint.set_default_client_config(valid.client_config(120_000)?);

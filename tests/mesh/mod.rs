@@ -13,10 +13,12 @@ mod hostile;
 mod notify;
 mod partition;
 mod presence;
+mod recovery;
 mod region;
 mod replicate;
 mod restart;
 mod scope;
+mod trust;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -180,9 +182,24 @@ impl Cluster {
     pub fn tls_dir(&self, name: &str) -> anyhow::Result<std::path::PathBuf> {
         let dir = self.tls_root.path().join(name);
         if !dir.join(lectern_mesh::tls::NODE_CERT_FILE).is_file() {
-            self.ca.issue_node(name)?.write(&dir)?;
+            self.ca
+                .issue_node(name, lectern_mesh::tls::NODE_CERT_VALIDITY_DEFAULT)?
+                .write(&dir)?;
         }
         Ok(dir)
+    }
+
+    /// Issues node `name` a certificate valid for `valid_for` into its TLS dir (replacing the
+    /// one there, as `lectern cluster issue-node --renew` does); the certificate.
+    pub fn issue(&self, name: &str, valid_for: Duration) -> anyhow::Result<lectern_mesh::NodeCert> {
+        let dir = self.tls_root.path().join(name);
+        let cert = self.ca.issue_node(name, valid_for)?;
+        if dir.join(lectern_mesh::tls::NODE_CERT_FILE).is_file() {
+            cert.replace(&dir)?;
+        } else {
+            cert.write(&dir)?;
+        }
+        Ok(cert)
     }
 
     /// The config of a node named `name` dialling `peers` (`NAME@ADDR`), storing in `dir`.

@@ -2,6 +2,7 @@
 //! (failures included), `--help` lists the exit codes, and `lectern completions` prints scripts
 //! that complete its commands (bash's is run in bash).
 
+use anyhow::Context;
 use lectern_node::Config;
 
 use super::within;
@@ -78,6 +79,67 @@ async fn every_command_answers_json() {
         ])
         .await?;
         assert_eq!(issued["node"], "n1");
+        assert_eq!(issued["renewed"], false);
+        let serial = issued["serial"].as_str().unwrap_or_default().to_owned();
+        // Renewed in place: another serial, same files; then revoked by name.
+        let renewed = json_ok(&[
+            "cluster",
+            "issue-node",
+            "--id",
+            "n1",
+            "--ca",
+            &ca,
+            "--out",
+            &issued_dir,
+            "--renew",
+            "--valid-days",
+            "7",
+        ])
+        .await?;
+        assert_eq!(renewed["renewed"], true);
+        assert_ne!(renewed["serial"], serial.as_str());
+        // 30 days (the default) against 7: 23 days apart, give or take the seconds between.
+        let shorter = issued["notAfterS"].as_u64().unwrap_or_default()
+            - renewed["notAfterS"]
+                .as_u64()
+                .unwrap_or(u64::MAX / 2)
+                .min(u64::MAX / 2);
+        assert!(shorter.abs_diff(23 * 86_400) < 120, "{issued} vs {renewed}");
+        lectern_mesh::NodeTls::load(std::path::Path::new(&issued_dir))?;
+        let too_long = lectern(&[
+            "--json",
+            "cluster",
+            "issue-node",
+            "--id",
+            "n2",
+            "--ca",
+            &ca,
+            "--out",
+            &issued_dir,
+            "--valid-days",
+            "400",
+        ])
+        .await?;
+        too_long
+            .expect_code(2)
+            .context("validity is capped at 397 days")?;
+        let revoked = json_ok(&["cluster", "revoke", "--ca", &ca, "--id", "n1"]).await?;
+        let listed: Vec<&str> = revoked["revoked"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+            .unwrap_or_default();
+        assert_eq!(listed.len(), 2, "both certificates of n1: {revoked}");
+        assert!(listed.contains(&serial.as_str()));
+        let crl = std::fs::read_to_string(revoked["crl"].as_str().unwrap_or_default())?;
+        assert_eq!(lectern_mesh::tls::parse_crls(&crl)?.len(), 1);
+        // The node's own directory with that list beside it: its own certificate is revoked,
+        // which the node still accepts as the CA's list.
+        std::fs::write(
+            std::path::Path::new(&issued_dir).join(lectern_mesh::tls::CRL_FILE),
+            &crl,
+        )?;
+        let tls = lectern_mesh::NodeTls::load(std::path::Path::new(&issued_dir))?;
+        assert_eq!(tls.crls().len(), 1);
         let completions = json_ok(&["completions", "bash"]).await?;
         assert!(
             completions["script"]

@@ -1,6 +1,6 @@
-//! `lectern docs list|show` against a running demo node: the stored documents with their sizes
-//! and heads, a page at a time, one document's history length, and exit code 5 for a document
-//! the node does not store.
+//! `lectern docs list|show|compact` against a running demo node: the stored documents with
+//! their sizes and heads, a page at a time, one document's history length, a document rewritten
+//! as one snapshot with nothing lost, and exit code 5 for a document the node does not store.
 
 use lectern_node::Config;
 
@@ -96,6 +96,26 @@ async fn lectern_docs_lists_pages_and_shows_the_stored_documents() {
             "{shown}"
         );
         run(&["docs", "show", "session/never-created"])
+            .await?
+            .expect_code(5)?;
+
+        // Compacted: one snapshot with the same heads, and shown so afterwards.
+        let compacted = run(&["docs", "compact", &session]).await?.expect_code(0)?;
+        let compacted: serde_json::Value = serde_json::from_str(&compacted.stdout)?;
+        assert!(
+            compacted["bytesAfter"].as_u64().unwrap_or(0) > 0,
+            "{compacted}"
+        );
+        let after = run(&["docs", "show", &session]).await?.expect_code(0)?;
+        let after: serde_json::Value = serde_json::from_str(&after.stdout)?;
+        assert_eq!(after["doc"]["heads"], shown["doc"]["heads"], "{after}");
+        assert_eq!(after["doc"]["changes"], shown["doc"]["changes"], "{after}");
+        assert_eq!(
+            after["doc"]["snapshotBytes"], compacted["bytesAfter"],
+            "{after} vs {compacted}"
+        );
+        assert_eq!(after["doc"]["chunkBytes"], 0, "{after}");
+        run(&["docs", "compact", "session/never-created"])
             .await?
             .expect_code(5)?;
         node.stop().await

@@ -15,6 +15,7 @@
 //! * `trust`: one token key per cluster, carried by every node's bundle.
 
 mod admin_listener;
+mod backup;
 mod cli;
 mod docs;
 mod drain;

@@ -75,7 +75,8 @@ fn cluster(dir: &Path, secret: &str) -> anyhow::Result<Vec<Member>> {
     let mut members = Vec::new();
     for (i, name) in names.iter().enumerate() {
         let tls = dir.join(format!("{name}-tls"));
-        ca.issue_node(name)?.write(&tls)?;
+        ca.issue_node(name, lectern_mesh::tls::NODE_CERT_VALIDITY_DEFAULT)?
+            .write(&tls)?;
         let others = |f: &dyn Fn(usize) -> String| -> Vec<String> {
             (0..names.len()).filter(|j| *j != i).map(f).collect()
         };

@@ -10,6 +10,13 @@
 //! of idle or slow sockets from one address, or from many, costs a bounded number of file
 //! descriptors and never starves the users already in.
 //!
+//! An Engine.IO polling session outlives the requests that carry it, so it takes a place of its
+//! own (same caps) at its handshake (`GET /socket.io/?transport=polling` without a `sid`): the
+//! place rides in the handshake request's extensions ([`PreauthSession`]), which the session
+//! keeps, and is freed when its Socket.IO `CONNECT` is accepted or when the session ends (no
+//! `CONNECT` within `connect_timeout_ms`). Past a cap the handshake gets the same 503, so a
+//! flood of unauthenticated polling sessions costs a bounded amount of memory.
+//!
 //! The per-address table holds only addresses with a connection waiting (at most
 //! `preauth_max` entries).
 //!
@@ -105,6 +112,48 @@ pub struct Admitted {
     key: u64,
 }
 
+impl Admitted {
+    /// Who this place was given to, to admit more from the same address after it is freed.
+    pub(crate) fn source(&self) -> Source {
+        Source {
+            admission: self.admission.clone(),
+            key: self.key,
+        }
+    }
+}
+
+/// A client address as admission knows it (its keyed hash).
+#[derive(Debug, Clone)]
+pub(crate) struct Source {
+    admission: Arc<Admission>,
+    key: u64,
+}
+
+impl Source {
+    /// Another place for the same address (an Engine.IO polling session's), or why not.
+    pub(crate) fn admit(&self) -> Result<Admitted, Refused> {
+        self.admission.admit_key(self.key)
+    }
+}
+
+/// An Engine.IO polling session's place among those waiting to authenticate, carried in its
+/// handshake request's extensions (which the session keeps): freed by [`PreauthSession::release`]
+/// when its `CONNECT` is accepted, or when the session ends.
+#[derive(Debug, Clone)]
+pub(crate) struct PreauthSession(Arc<Mutex<Option<Admitted>>>);
+
+impl PreauthSession {
+    /// Holds `place` for the session.
+    pub(crate) fn new(place: Admitted) -> PreauthSession {
+        PreauthSession(Arc::new(Mutex::new(Some(place))))
+    }
+
+    /// The session authenticated: its place is freed.
+    pub(crate) fn release(&self) {
+        drop(lock(&self.0).take());
+    }
+}
+
 impl Admission {
     pub(crate) fn new(preauth_max: usize, preauth_per_address_max: usize) -> Admission {
         Admission {
@@ -125,7 +174,11 @@ impl Admission {
 
     /// Admits a connection from `address`, or says why not (and counts the refusal).
     pub(crate) fn admit(self: &Arc<Self>, address: IpAddr) -> Result<Admitted, Refused> {
-        let key = self.key(address);
+        self.admit_key(self.key(address))
+    }
+
+    /// [`Admission::admit`] by the address's key.
+    fn admit_key(self: &Arc<Self>, key: u64) -> Result<Admitted, Refused> {
         let mut w = lock(&self.waiting);
         if w.total >= self.preauth_max {
             self.refused_node.fetch_add(1, Ordering::Relaxed);
@@ -164,7 +217,7 @@ impl Admission {
     pub(crate) fn render(&self, out: &mut String) {
         let _ = writeln!(
             out,
-            "# HELP lectern_preauth_connections Connections accepted that have not authenticated yet.\n\
+            "# HELP lectern_preauth_connections Connections accepted, and Engine.IO polling sessions opened, that have not authenticated yet.\n\
              # TYPE lectern_preauth_connections gauge\n\
              lectern_preauth_connections {}",
             self.waiting()

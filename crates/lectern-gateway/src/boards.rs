@@ -19,10 +19,10 @@
 //!
 //! Every snapshot's event id is a hash of its content, `publishedAt` left out. A client that
 //! reconnects with `Last-Event-ID` equal to the current hash gets nothing until the next change;
-//! with any other id, the current board. Streams reuse the SSE machinery of `sse.rs`
-//! (keep-alive, token expiry, shutdown, slow consumers); the first event is `state`, then
-//! `leaderboard` or `dashboard` events. Staff see full names on the leaderboard; students see
-//! "Anonymous" for classmates who opted out (`leaderboard.privacy`).
+//! with any other id, the current board. Streams open and run as every SSE stream does
+//! (`stream.rs`: keep-alive, token expiry, shutdown, slow consumers); the first event is
+//! `state`, then `leaderboard` or `dashboard` events. Staff see full names on the leaderboard;
+//! students see "Anonymous" for classmates who opted out (`leaderboard.privacy`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -35,16 +35,19 @@ use axum::routing::get;
 use axum::{Json, Router};
 use lectern_hub::{JoinStart, Joined, Published};
 use lectern_model::automerge::ChangeHash;
-use lectern_model::{Audience, Caller, CohortId, DocId, ResumeToken, Role, SessionId};
+use lectern_model::{
+    Audience, Caller, CohortId, Dashboard, DocId, Leaderboard, Rejection, ResumeToken, Role,
+};
+use serde::Serialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::sync::broadcast;
 
 use crate::Gateway;
 use crate::error::AppError;
-use crate::lock;
-use crate::rest::{Authed, AuthedUntil, parse_id};
-use crate::sse::{Filter, Opened, last_event_id, stream_response};
+use crate::extract::{Authed, AuthedUntil, parse_id};
+use crate::stream::{self, Source};
+use crate::sync::lock;
 
 /// Events buffered per board for slow subscribers (a board changes at most every few seconds).
 const BOARD_CHANNEL_CAPACITY: usize = 16;
@@ -88,12 +91,17 @@ impl Board {
     }
 }
 
-/// One computed board: its id (a content hash), the staff version and the students' version.
+/// One computed board: its id (a content hash), the staff version and the students' version
+/// as clients receive them (rendered once per computation by the model's typed boards).
 #[derive(Clone)]
 struct Snapshot {
     token: ResumeToken,
     full: Value,
     public: Value,
+    /// The leaderboard itself, where one student finds their place (`None` for a dashboard).
+    ranking: Option<Arc<Leaderboard>>,
+    /// When it was published (see the module docs); 0 until [`Snapshot::stamped`].
+    published_at_ms: u64,
     /// Documents whose change makes the board stale.
     watched: HashSet<DocId>,
 }
@@ -106,12 +114,41 @@ impl Snapshot {
     /// stays as it is).
     fn stamped(mut self, published_at_ms: u64) -> Snapshot {
         for v in [&mut self.full, &mut self.public] {
-            if let Value::Object(map) = v {
-                map.insert(PUBLISHED_AT.to_owned(), json!(published_at_ms));
-            }
+            stamp(v, published_at_ms);
         }
+        self.published_at_ms = published_at_ms;
         self
     }
+
+    /// `user`'s place on this leaderboard, stamped like the board (see [`leaderboard_me`]).
+    fn place(&self, cohort: &CohortId, user: &str) -> Result<Value, AppError> {
+        let place = match &self.ranking {
+            Some(board) => board.place(user),
+            // A dashboard ranks nobody.
+            None => Leaderboard::rank(cohort.clone(), Vec::new()).place(user),
+        };
+        let mut v = wire(&place)?;
+        stamp(&mut v, self.published_at_ms);
+        Ok(v)
+    }
+}
+
+/// Adds `publishedAt` to a board's JSON object.
+fn stamp(v: &mut Value, published_at_ms: u64) {
+    if let Value::Object(map) = v {
+        map.insert(PUBLISHED_AT.to_owned(), json!(published_at_ms));
+    }
+}
+
+/// A typed board as the JSON clients receive.
+fn wire(board: &impl Serialize) -> Result<Value, AppError> {
+    serde_json::to_value(board).map_err(|e| {
+        AppError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("encode a board: {e}"),
+        )
+    })
 }
 
 struct Ticker {
@@ -147,50 +184,32 @@ async fn leaderboard_me(
     Path(cohort): Path<String>,
 ) -> Result<Json<Value>, AppError> {
     let cohort: CohortId = parse_id(&cohort, "cohort id")?;
-    gw.inner.limiter.command(caller.user.as_str())?;
+    gw.take_command_token(caller.user.as_str())?;
     authorize_read(&gw, &caller, &cohort).await?;
     let user = caller.user.as_str();
     let key = (Board::Leaderboard, cohort.clone());
     // The published board when its ticker runs (read in place: it may list thousands).
     let running = {
-        let tickers = lock(&gw.inner.boards.tickers);
+        let tickers = lock(&gw.boards().tickers);
         tickers
             .get(&key)
-            .map(|t| place(&cohort, &lock(&t.latest).full, user))
+            .map(|t| lock(&t.latest).place(&cohort, user))
     };
     let mine = match running {
-        Some(mine) => mine,
+        Some(mine) => mine?,
         None => {
             let at = lectern_hub::system_now().0;
             let board = compute(&gw, Board::Leaderboard, &cohort).await?;
-            place(&cohort, &board.stamped(at).full, user)
+            board.stamped(at).place(&cohort, user)?
         }
     };
     Ok(Json(mine))
 }
 
-/// `user`'s place on the full leaderboard `full` (see [`leaderboard_me`]).
-fn place(cohort: &CohortId, full: &Value, user: &str) -> Value {
-    let entries = full["entries"].as_array().map(Vec::as_slice).unwrap_or(&[]);
-    let me = entries.iter().find(|e| e["user"].as_str() == Some(user));
-    let field = |k: &str| me.map_or(Value::Null, |e| e[k].clone());
-    json!({
-        "cohort": cohort.as_str(),
-        "of": entries.len(),
-        "rank": field("rank"),
-        "score": field("score"),
-        "maxScore": field("maxScore"),
-        "completedLessons": field("completedLessons"),
-        "anonymous": me.is_some_and(|e| e["anonymous"] == true),
-        PUBLISHED_AT: full[PUBLISHED_AT],
-    })
-}
-
 /// Refuses `caller` unless they may read `cohort`'s document.
 async fn authorize_read(gw: &Gateway, caller: &Caller, cohort: &CohortId) -> Result<(), AppError> {
     let c = caller.clone();
-    gw.inner
-        .hub
+    gw.hub()
         .read(DocId::Cohort(cohort.clone()), move |r| r.authorize_read(&c))
         .await?
         .map_err(AppError::from)
@@ -198,100 +217,90 @@ async fn authorize_read(gw: &Gateway, caller: &Caller, cohort: &CohortId) -> Res
 
 async fn leaderboard_stream(
     State(gw): State<Gateway>,
-    AuthedUntil(caller, expires_at_s): AuthedUntil,
+    authed: AuthedUntil,
     Path(cohort): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
-    let opened = open_leaderboard(&gw, caller, expires_at_s, &cohort, &headers).await?;
-    Ok(stream_response(gw, opened))
+    let board = BoardStream::leaderboard(&cohort)?;
+    stream::respond(gw, authed, &headers, board).await
 }
 
 async fn dashboard_stream(
     State(gw): State<Gateway>,
-    AuthedUntil(caller, expires_at_s): AuthedUntil,
+    authed: AuthedUntil,
     Path(cohort): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
-    let opened = open_dashboard(&gw, caller, expires_at_s, &cohort, &headers).await?;
-    Ok(stream_response(gw, opened))
+    let board = BoardStream::dashboard(&cohort)?;
+    stream::respond(gw, authed, &headers, board).await
 }
 
-/// Everything `GET /api/stream/leaderboard/{cohort}` does before it streams.
-pub(crate) async fn open_leaderboard(
-    gw: &Gateway,
-    caller: Caller,
-    expires_at_s: u64,
-    cohort: &str,
-    headers: &HeaderMap,
-) -> Result<Opened, AppError> {
-    open(
-        gw,
-        Board::Leaderboard,
-        caller,
-        expires_at_s,
-        cohort,
-        headers,
-    )
-    .await
-}
-
-/// Everything `GET /api/stream/instructor/{cohort}` does before it streams.
-pub(crate) async fn open_dashboard(
-    gw: &Gateway,
-    caller: Caller,
-    expires_at_s: u64,
-    cohort: &str,
-    headers: &HeaderMap,
-) -> Result<Opened, AppError> {
-    open(gw, Board::Dashboard, caller, expires_at_s, cohort, headers).await
-}
-
-async fn open(
-    gw: &Gateway,
+/// A board of a cohort as a stream: its current snapshot (nothing, for a client that has it),
+/// then every update its ticker publishes.
+pub(crate) struct BoardStream {
     board: Board,
-    caller: Caller,
-    expires_at_s: u64,
-    cohort: &str,
-    headers: &HeaderMap,
-) -> Result<Opened, AppError> {
-    let cohort: CohortId = parse_id(cohort, "cohort id")?;
-    let since = last_event_id(headers)?;
-    gw.inner.limiter.command(caller.user.as_str())?;
-    authorize_read(gw, &caller, &cohort).await?;
-    if board == Board::Dashboard && !caller.is_staff_of(&cohort) {
-        return Err(AppError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "only staff of the cohort see its dashboard",
-        ));
+    cohort: CohortId,
+}
+
+impl BoardStream {
+    /// The leaderboard of `cohort` (its id as the path gives it): `GET
+    /// /api/stream/leaderboard/{cohort}`.
+    pub(crate) fn leaderboard(cohort: &str) -> Result<Self, AppError> {
+        Ok(BoardStream {
+            board: Board::Leaderboard,
+            cohort: parse_id(cohort, "cohort id")?,
+        })
     }
-    let slot = gw.inner.limiter.connect(caller.user.as_str())?;
-    let staff = caller.role.is_staff();
-    let (events, snapshot) = subscribe(gw, board, &cohort).await?;
-    let start = if since.as_ref() == Some(&snapshot.token) {
-        JoinStart::Replay {
-            events: Vec::new(),
-            token: snapshot.token,
+
+    /// The instructor dashboard of `cohort`: `GET /api/stream/instructor/{cohort}`.
+    pub(crate) fn dashboard(cohort: &str) -> Result<Self, AppError> {
+        Ok(BoardStream {
+            board: Board::Dashboard,
+            cohort: parse_id(cohort, "cohort id")?,
+        })
+    }
+}
+
+impl Source for BoardStream {
+    /// Members of the cohort may follow its leaderboard; only its staff, its dashboard.
+    async fn check(&self, gw: &Gateway, caller: &Caller) -> Result<(), AppError> {
+        authorize_read(gw, caller, &self.cohort).await?;
+        if self.board == Board::Dashboard && !caller.is_staff_of(&self.cohort) {
+            return Err(AppError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "only staff of the cohort see its dashboard",
+            ));
         }
-    } else {
-        JoinStart::Snapshot {
-            state: if staff {
-                snapshot.full
-            } else {
-                snapshot.public
-            },
-            token: snapshot.token,
-            resume_refused: None,
-        }
-    };
-    Ok(Opened {
-        joined: Joined { start, events },
-        user: caller.user.to_string(),
-        staff,
-        filter: Filter::All,
-        slot,
-        expires_at_s,
-    })
+        Ok(())
+    }
+
+    async fn join(
+        self,
+        gw: &Gateway,
+        caller: Caller,
+        since: Option<ResumeToken>,
+    ) -> Result<Joined, AppError> {
+        let staff = caller.role.is_staff();
+        let (events, snapshot) = subscribe(gw, self.board, &self.cohort).await?;
+        let start = if since.as_ref() == Some(&snapshot.token) {
+            JoinStart::Replay {
+                events: Vec::new(),
+                token: snapshot.token,
+            }
+        } else {
+            JoinStart::Snapshot {
+                state: if staff {
+                    snapshot.full
+                } else {
+                    snapshot.public
+                },
+                token: snapshot.token,
+                resume_refused: None,
+            }
+        };
+        Ok(Joined { start, events })
+    }
 }
 
 /// A receiver of the board's updates and its current snapshot, starting its ticker if needed.
@@ -302,7 +311,7 @@ async fn subscribe(
 ) -> Result<(broadcast::Receiver<Arc<Published>>, Snapshot), AppError> {
     let key = (board, cohort.clone());
     {
-        let tickers = lock(&gw.inner.boards.tickers);
+        let tickers = lock(&gw.boards().tickers);
         if let Some(t) = tickers.get(&key) {
             let latest = lock(&t.latest);
             return Ok((t.tx.subscribe(), latest.clone()));
@@ -310,7 +319,7 @@ async fn subscribe(
     }
     let at = lectern_hub::system_now().0;
     let computed = compute(gw, board, cohort).await?.stamped(at);
-    let mut tickers = lock(&gw.inner.boards.tickers);
+    let mut tickers = lock(&gw.boards().tickers);
     if let Some(t) = tickers.get(&key) {
         // Another subscriber started it meanwhile.
         let latest = lock(&t.latest);
@@ -339,13 +348,13 @@ async fn tick(
 ) {
     let every = Duration::from_millis(
         match board {
-            Board::Leaderboard => gw.inner.boards_settings.leaderboard_interval_ms,
-            Board::Dashboard => gw.inner.boards_settings.dashboard_interval_ms,
+            Board::Leaderboard => gw.board_settings().leaderboard_interval_ms,
+            Board::Dashboard => gw.board_settings().dashboard_interval_ms,
         }
         .max(1),
     );
-    let mut feed = gw.inner.hub.changes();
-    let mut shutdown = gw.inner.shutdown.subscribe();
+    let mut feed = gw.hub().changes();
+    let mut shutdown = gw.shutdown_signal();
     // The same moment on both clocks: stamps are `origin_ms` plus a tick's offset from `origin`.
     let origin = tokio::time::Instant::now();
     let origin_ms = lectern_hub::system_now().0;
@@ -360,7 +369,7 @@ async fn tick(
         tokio::select! {
             scheduled = interval.tick() => {
                 {
-                    let mut tickers = lock(&gw.inner.boards.tickers);
+                    let mut tickers = lock(&gw.boards().tickers);
                     if tx.receiver_count() == 0 {
                         tickers.remove(&(board, cohort.clone()));
                         return;
@@ -430,16 +439,19 @@ async fn compute(gw: &Gateway, board: Board, cohort: &CohortId) -> Result<Snapsh
     let doc = DocId::Cohort(cohort.clone());
     match board {
         Board::Leaderboard => {
-            let (full, public) = gw
-                .inner
-                .hub
+            let board = gw
+                .hub()
                 .read(doc.clone(), |r| r.leaderboard())
                 .await?
                 .map_err(AppError::from)?;
+            let full = wire(&board)?;
+            let public = wire(&board.public())?;
             Ok(Snapshot {
                 token: content_token(&full, &public),
                 full,
                 public,
+                ranking: Some(Arc::new(board)),
+                published_at_ms: 0,
                 watched: HashSet::from([doc]),
             })
         }
@@ -447,120 +459,58 @@ async fn compute(gw: &Gateway, board: Board, cohort: &CohortId) -> Result<Snapsh
     }
 }
 
-/// The instructor dashboard of `cohort`, from the cohort and its newest sessions.
+/// The instructor dashboard of `cohort`, from the cohort and its newest sessions: the gateway
+/// reads the documents, the model's [`Dashboard::compute`] does the rest.
 async fn dashboard(gw: &Gateway, cohort: &CohortId) -> Result<Snapshot, AppError> {
-    let settings = &gw.inner.boards_settings;
+    let settings = gw.board_settings();
     let doc = DocId::Cohort(cohort.clone());
     let staff = reader(cohort);
     let (aggregates, activity) = gw
-        .inner
-        .hub
+        .hub()
         .read(doc.clone(), move |r| {
-            Ok::<_, lectern_model::Rejection>((r.cohort_aggregates(&staff)?, r.cohort_activity()?))
+            Ok::<_, Rejection>((r.aggregates(&staff)?, r.cohort_activity()?))
         })
         .await?
         .map_err(AppError::from)?;
     let now = lectern_hub::system_now();
     let mut watched = HashSet::from([doc]);
-    let mut online: HashSet<String> = HashSet::new();
-    let mut last_seen: HashMap<String, i64> = HashMap::new();
-    let mut open_questions = 0;
-    let mut polls = Vec::new();
-    let students = aggregates["students"].as_u64().unwrap_or(0);
-    let sessions: Vec<&str> = activity["sessions"]
-        .as_array()
-        .map(|s| s.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
-    for id in sessions.into_iter().take(settings.dashboard_sessions_max) {
-        let Ok(session) = id.parse::<SessionId>() else {
-            continue;
-        };
-        let sdoc = DocId::Session(session);
+    let mut sessions = Vec::new();
+    for session in activity
+        .sessions
+        .iter()
+        .take(settings.dashboard_sessions_max)
+    {
+        let sdoc = DocId::Session(session.clone());
         watched.insert(sdoc.clone());
-        let summary = match gw
-            .inner
-            .hub
-            .read(sdoc, move |r| {
-                Ok::<_, lectern_model::Rejection>((r.session_cohort(), r.session_summary(now)?))
+        let read = gw
+            .hub()
+            .read(sdoc, |r| {
+                Ok::<_, Rejection>((r.session_cohort(), r.session_summary()?))
             })
-            .await
-        {
+            .await;
+        match read {
             // Only a session of this cohort counts, whatever the cohort document lists (a link
             // made by a peer or an older node may name another cohort's session).
-            Ok(Ok((Some(owner), s))) if &owner == cohort => s,
+            Ok(Ok((Some(owner), s))) if &owner == cohort => sessions.push(s),
             // A linked session that does not read (not here yet) is left out, not fatal.
             _ => continue,
-        };
-        for u in summary["present"].as_array().into_iter().flatten() {
-            if let Some(u) = u.as_str() {
-                online.insert(u.to_owned());
-            }
-        }
-        if let Some(seen) = summary["lastSeen"].as_object() {
-            for (u, t) in seen {
-                let t = t.as_i64().unwrap_or(0);
-                let e = last_seen.entry(u.clone()).or_insert(t);
-                *e = (*e).max(t);
-            }
-        }
-        open_questions += summary["openQuestions"].as_u64().unwrap_or(0);
-        for p in summary["polls"].as_array().into_iter().flatten() {
-            let voters = p["voters"].as_u64().unwrap_or(0);
-            let participation = if students == 0 {
-                0.0
-            } else {
-                (voters as f64 * 1000.0 / students as f64).round() / 10.0
-            };
-            polls.push(json!({
-                "session": id, "poll": p["id"], "question": p["question"], "open": p["open"],
-                "voters": voters, "participationPct": participation,
-            }));
         }
     }
-    let inactive_ms = settings.inactive_days.saturating_mul(86_400_000) as i64;
-    let cutoff = now.as_i64() - inactive_ms;
-    let inactive: Vec<Value> = activity["students"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|s| {
-            let user = s["user"].as_str()?;
-            let last = [s["lastProgressAt"].as_i64(), last_seen.get(user).copied()]
-                .into_iter()
-                .flatten()
-                .max();
-            match last {
-                Some(t) if t >= cutoff => None,
-                _ => Some(json!({"user": user, "name": s["name"], "lastActiveAt": last})),
-            }
-        })
-        .collect();
-    // Online now: the cohort's students; staff (and anyone else present) only as a count.
-    let roster: HashSet<&str> = activity["students"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|s| s["user"].as_str())
-        .collect();
-    let (mut online, others): (Vec<String>, Vec<String>) = online
-        .into_iter()
-        .partition(|u| roster.contains(u.as_str()));
-    online.sort();
-    let payload = json!({
-        "cohort": cohort.as_str(),
-        "students": students,
-        "online": {"count": online.len(), "users": online, "staff": others.len()},
-        "lessons": aggregates["lessons"],
-        "completionRate": aggregates["completionRate"],
-        "openQuestions": open_questions,
-        "polls": polls,
-        "inactiveDays": settings.inactive_days,
-        "inactive": inactive,
-    });
+    let board = Dashboard::compute(
+        cohort.clone(),
+        aggregates,
+        &activity,
+        &sessions,
+        settings.inactive_days,
+        now,
+    );
+    let payload = wire(&board)?;
     Ok(Snapshot {
         token: content_token(&payload, &payload),
         full: payload.clone(),
         public: payload,
+        ranking: None,
+        published_at_ms: 0,
         watched,
     })
 }

@@ -32,7 +32,7 @@ use sha2::{Digest, Sha256};
 
 use crate::Gateway;
 use crate::error::AppError;
-use crate::rest::{AnyBody, Authed, RawBody, parse_id};
+use crate::extract::{AnyBody, Authed, RawBody, parse_id};
 
 /// 7 days, in seconds: how long clients and CDNs may use course metadata without revalidating.
 pub const COURSE_MAX_AGE_S: u64 = 7 * 24 * 3600;

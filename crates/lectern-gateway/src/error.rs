@@ -116,3 +116,10 @@ impl std::fmt::Display for AppError {
         write!(f, "{}: {}", self.code, self.message)
     }
 }
+
+/// A malformed resume token (`since`, `Last-Event-ID`): `400` with the token's own code.
+impl From<lectern_model::ResumeError> for AppError {
+    fn from(e: lectern_model::ResumeError) -> Self {
+        AppError::new(StatusCode::BAD_REQUEST, e.code(), e.to_string())
+    }
+}

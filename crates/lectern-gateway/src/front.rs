@@ -28,12 +28,13 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use crate::admission::Admitted;
-use crate::sse::LeanStream;
+use crate::admission::{Admitted, PreauthSession, Refused, Source};
+use crate::stream::LeanStream;
 use crate::ws::is_lean_websocket;
 use crate::{AppError, Gateway};
 use axum::Router;
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use futures_util::FutureExt;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -98,10 +99,7 @@ pub async fn serve(
         let gateway = gateway.clone();
         let closed = closed.clone();
         let alive = alive.clone();
-        tokio::spawn(async move {
-            let _alive = alive;
-            connection(stream, admitted, app, gateway, closed).await;
-        });
+        tokio::spawn(connection(stream, admitted, app, gateway, closed, alive));
     }
     drop(listener);
     drop(gateway);
@@ -130,13 +128,14 @@ pub(crate) enum Head {
 /// One connection: a stream written here, or hyper. `admitted` is its place among the
 /// connections waiting to authenticate, given up once it has: a stream once it opens, a lean
 /// WebSocket once its `CONNECT` is accepted, a hyper connection once its first response is
-/// ready.
+/// ready. `alive` is held until the connection ends (the drain waits for it).
 async fn connection(
     mut stream: TcpStream,
     admitted: Admitted,
     app: Router,
     gateway: Gateway,
     closed: watch::Receiver<bool>,
+    alive: tokio::sync::mpsc::Sender<()>,
 ) {
     let head = match tokio::time::timeout(HEADER_READ_TIMEOUT, read_head(&mut stream)).await {
         Ok(Ok(Some(head))) => head,
@@ -150,55 +149,45 @@ async fn connection(
             return;
         }
     };
-    // What serves the connection from here, boxed: a connection's task is sized by its
-    // largest state, so every path after the head lives in an allocation of its own size (an
-    // idle lean WebSocket or SSE stream holds hours of memory, per client).
-    let rest: Pin<Box<dyn Future<Output = ()> + Send>> = match head {
+    // What serves the connection from here runs in a task of its own, and this one (sized
+    // for reading a head) ends: a task's allocation is sized by its largest state, and an idle
+    // lean WebSocket or SSE stream holds its task for hours, per client. `alive` rides in a
+    // `map` rather than an `async` block: a block that captures a future and awaits it keeps
+    // room for both, which doubled every idle WebSocket's task.
+    let done = move |()| drop(alive);
+    match head {
         Head::Stream(target, headers) => {
             drop(app);
-            Box::pin(sse_stream(
-                stream, admitted, gateway, target, headers, closed,
-            ))
+            // Opened here (a short wait for the hub); only the writing lives on.
+            let opened = Box::pin(gateway.open_stream(&target, &headers)).await;
+            drop((target, headers, gateway, admitted));
+            match opened {
+                Ok(lean) => {
+                    let written = write_stream(stream, lean, closed).map(|r| {
+                        if let Err(e) = r {
+                            debug!(error = %e, "stream ended with an error");
+                        }
+                    });
+                    tokio::spawn(written.map(done));
+                }
+                Err(e) => {
+                    if let Err(e) = write_error(stream, &e).await {
+                        debug!(error = %e, "answering a refused stream failed");
+                    }
+                }
+            }
         }
         Head::WebSocket(target, headers, early) => {
             drop((app, closed));
             // The gateway ends it when the node stops (it tells the client first).
-            match gateway.open_websocket(stream, &target, &headers, early, admitted) {
-                Some(socket) => Box::pin(socket),
-                None => return,
+            if let Some(socket) = gateway.open_websocket(stream, &target, &headers, early, admitted)
+            {
+                tokio::spawn(socket.map(done));
             }
         }
-        Head::Other(prefix) => Box::pin(serve_hyper(
-            Prefixed::new(prefix, stream),
-            admitted,
-            app,
-            closed,
-        )),
-    };
-    rest.await;
-}
-
-/// Opens an SSE stream and writes it, or answers its refusal.
-async fn sse_stream(
-    stream: TcpStream,
-    admitted: Admitted,
-    gateway: Gateway,
-    target: String,
-    headers: HeaderMap,
-    closed: watch::Receiver<bool>,
-) {
-    let opened = Box::pin(gateway.open_stream(&target, &headers)).await;
-    drop((target, headers, gateway, admitted));
-    match opened {
-        Ok(lean) => {
-            if let Err(e) = write_stream(stream, lean, closed).await {
-                debug!(error = %e, "stream ended with an error");
-            }
-        }
-        Err(e) => {
-            if let Err(e) = write_error(stream, &e).await {
-                debug!(error = %e, "answering a refused stream failed");
-            }
+        Head::Other(prefix) => {
+            let served = serve_hyper(Prefixed::new(prefix, stream), admitted, app, closed);
+            tokio::spawn(served.map(done));
         }
     }
 }
@@ -270,35 +259,52 @@ pub(crate) fn head_of(buf: &mut Vec<u8>) -> Option<Head> {
 }
 
 /// Writes an open stream until it ends, the client goes away or the server stops.
-async fn write_stream(
+///
+/// Not an `async fn` (whose parameters would be moved into locals beside the captured ones):
+/// an idle stream's task holds this future for hours.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would hold its parameters twice"
+)]
+fn write_stream(
     mut stream: TcpStream,
     mut lean: LeanStream,
     mut closed: watch::Receiver<bool>,
-) -> io::Result<()> {
-    stream
+) -> impl Future<Output = io::Result<()>> + Send + 'static {
+    async move {
+        stream
         .write_all(
             b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
               connection: close\r\n\r\n",
         )
         .await?;
-    // A client sends nothing more on a stream; a read notices it leave (EOF or reset) while
-    // the stream is idle.
-    let mut sink = [0u8; 32];
-    loop {
-        let chunk = tokio::select! {
-            c = lean.next_chunk() => c,
-            r = stream.read(&mut sink) => match r {
-                Ok(0) | Err(_) => return Ok(()),
-                Ok(_) => continue,
-            },
-            _ = closed.wait_for(|c| *c) => None,
-        };
-        let Some(chunk) = chunk else {
-            break;
-        };
-        stream.write_all(&chunk).await?;
+        // A client sends nothing more on a stream; a read notices it leave (EOF or reset) while
+        // the stream is idle.
+        let mut sink = [0u8; 32];
+        // One wait for the server's stop, for the stream's life (made afresh per event, it
+        // would join and leave a list every connection shares).
+        let stopping = closed.wait_for(|c| *c);
+        tokio::pin!(stopping);
+        let mut stop_pending = true;
+        loop {
+            let chunk = tokio::select! {
+                c = lean.next_chunk() => c,
+                r = stream.read(&mut sink) => match r {
+                    Ok(0) | Err(_) => return Ok(()),
+                    Ok(_) => continue,
+                },
+                _ = &mut stopping, if stop_pending => {
+                    stop_pending = false;
+                    None
+                }
+            };
+            let Some(chunk) = chunk else {
+                break;
+            };
+            stream.write_all(chunk.as_ref()).await?;
+        }
+        stream.shutdown().await
     }
-    stream.shutdown().await
 }
 
 /// Answers a refused stream request with the usual JSON error, then closes.
@@ -326,6 +332,7 @@ async fn serve_hyper(
 ) {
     let service = FirstResponseAdmits {
         inner: TowerToHyperService::new(app),
+        source: admitted.source(),
         admitted: std::sync::Mutex::new(Some(admitted)),
     };
     let conn = http1::Builder::new()
@@ -350,10 +357,50 @@ async fn serve_hyper(
 
 /// The app as hyper calls it, holding the connection's place among those waiting to
 /// authenticate until its first response is ready (its body read, its caller known): what a
-/// connection does after that is counted per user.
+/// connection does after that is counted per user. An Engine.IO polling handshake on it takes
+/// a place of its own for the session it opens ([`PreauthSession`]), or is refused.
 struct FirstResponseAdmits {
     inner: TowerToHyperService<Router>,
     admitted: std::sync::Mutex<Option<Admitted>>,
+    /// The connection's address, for the places of the polling sessions it opens.
+    source: Source,
+}
+
+/// Whether a request opens an Engine.IO polling session: `GET /socket.io/…?transport=polling`
+/// without a `sid`.
+fn opens_polling_session(request: &hyper::Request<hyper::body::Incoming>) -> bool {
+    if request.method() != axum::http::Method::GET
+        || !request.uri().path().starts_with("/socket.io")
+    {
+        return false;
+    }
+    let query = request.uri().query().unwrap_or_default();
+    let mut polling = false;
+    for pair in query.split('&') {
+        match pair.split_once('=').unwrap_or((pair, "")) {
+            ("sid", _) => return false,
+            ("transport", "polling") => polling = true,
+            _ => {}
+        }
+    }
+    polling
+}
+
+/// The 503 a refused polling handshake gets (the same error as a refused connection).
+fn refused_response(refused: Refused) -> axum::response::Response {
+    let body =
+        serde_json::json!({"error": {"code": refused.code(), "message": refused.to_string()}});
+    let mut response = axum::response::Response::new(axum::body::Body::from(body.to_string()));
+    *response.status_mut() = axum::http::StatusCode::SERVICE_UNAVAILABLE;
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        HeaderValue::from_static("5"),
+    );
+    response
 }
 
 impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for FirstResponseAdmits {
@@ -365,12 +412,27 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for FirstRes
     >>::Error;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
-    fn call(&self, request: hyper::Request<hyper::body::Incoming>) -> Self::Future {
-        let admitted = self
+    fn call(&self, mut request: hyper::Request<hyper::body::Incoming>) -> Self::Future {
+        let mut admitted = self
             .admitted
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
+        if opens_polling_session(&request) {
+            // The connection's own place (on its first request) moves to the session, which
+            // keeps waiting to authenticate after this response; a later request takes one.
+            match admitted.take().map_or_else(|| self.source.admit(), Ok) {
+                Ok(place) => {
+                    request.extensions_mut().insert(PreauthSession::new(place));
+                }
+                Err(refused) => {
+                    return Box::pin(async move {
+                        drop(admitted);
+                        Ok(refused_response(refused))
+                    });
+                }
+            }
+        }
         let response = hyper::service::Service::call(&self.inner, request);
         Box::pin(async move {
             let response = response.await;
@@ -446,5 +508,19 @@ impl AsyncWrite for Prefixed {
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// An idle SSE stream's task holds this future (the idle memory per SSE stream in
+    /// BENCHMARKS.md): growing it is a choice to make knowingly, so this test fails first.
+    #[test]
+    fn an_idle_stream_stays_small() {
+        fn returned<A, B, C, F>(_: impl FnOnce(A, B, C) -> F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let task = returned(super::write_stream);
+        assert!(task <= 848, "a stream's future takes {task} bytes");
     }
 }

@@ -221,7 +221,7 @@ impl SioConnection {
             Action::Authenticate(_) => {
                 match self
                     .client
-                    .connected("fuzz", Duration::from_secs(3600), self.now)
+                    .connected("fuzz", "fuzz-pid", Duration::from_secs(3600), self.now)
                 {
                     Action::Send(text) => SioOutcome::Connected(text),
                     other => SioOutcome::Send(format!("{other:?}")),
@@ -241,7 +241,7 @@ impl SioConnection {
             Dispatch::Reply(_) | Dispatch::Leave { .. } => Ok(None),
             Dispatch::Refuse(e) => Err(e),
             Dispatch::Join { session, .. } => {
-                self.client.join_done(&session, true);
+                self.client.join_done(&session, Some("t0".into()));
                 Ok(None)
             }
             Dispatch::Command { event, args } => event_command(&event, args),
@@ -293,5 +293,5 @@ pub fn http_head(buf: &mut Vec<u8>) -> Option<HeadRoute> {
 /// A REST command body as `POST /api/sessions/{id}/commands` (`name: None`) or
 /// `POST /api/sessions/{id}/{name}` reads it into a [`Command`].
 pub fn rest_command(body: &[u8], name: Option<&str>) -> Result<Command, AppError> {
-    rest::command_body(body, name)
+    rest::command_body(&axum::body::Bytes::copy_from_slice(body), name)
 }

@@ -17,10 +17,11 @@ use axum::routing::{get, post};
 use lectern_model::{Caller, Channel, CommandBody, CommandId, DocId, NotifyKind, Role};
 use serde::Deserialize;
 
+use crate::Gateway;
 use crate::error::AppError;
-use crate::rest::{Authed, AuthedUntil, RawBody};
-use crate::sse::{Filter, Opened, last_event_id, stream_response};
-use crate::{Gateway, new_command_id};
+use crate::extract::{Authed, AuthedUntil, RawBody, parse_id, typed_body};
+use crate::run::new_command_id;
+use crate::stream::{self, DocStream};
 
 /// The notification routes. `unsubscribe_key` verifies unsubscribe links (the jobs sign them).
 pub(crate) fn routes(gw: Gateway, unsubscribe_key: Arc<[u8]>) -> Router {
@@ -50,13 +51,9 @@ fn inbox_of(caller: &Caller) -> DocId {
 
 /// `GET /api/notifications`: the newest notifications, the unread count and the preferences.
 async fn list(State(gw): State<Gateway>, Authed(caller): Authed) -> Result<Response, AppError> {
-    gw.inner.limiter.command(caller.user.as_str())?;
+    gw.take_command_token(caller.user.as_str())?;
     let doc = inbox_of(&caller);
-    let view = gw
-        .inner
-        .hub
-        .read(doc, move |r| r.inbox_view(&caller))
-        .await??;
+    let view = gw.hub().read(doc, move |r| r.inbox_view(&caller)).await??;
     Ok(axum::Json(view).into_response())
 }
 
@@ -71,28 +68,13 @@ struct ReadBody {
     id: Option<CommandId>,
 }
 
-fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, AppError> {
-    let body = if body.iter().all(u8::is_ascii_whitespace) {
-        b"{}".as_slice()
-    } else {
-        body
-    };
-    serde_json::from_slice(body).map_err(|e| {
-        AppError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_input",
-            format!("the body does not fit: {e}"),
-        )
-    })
-}
-
 /// `POST /api/notifications/read` `{ids?: [..]}`: marks notifications read (all without ids).
 async fn mark_read(
     State(gw): State<Gateway>,
     Authed(caller): Authed,
     RawBody(body): RawBody,
 ) -> Result<Response, AppError> {
-    let body: ReadBody = parse_body(&body)?;
+    let body: ReadBody = typed_body(&body)?;
     let doc = inbox_of(&caller);
     let ack = gw
         .run(
@@ -112,10 +94,9 @@ async fn preferences(
     State(gw): State<Gateway>,
     Authed(caller): Authed,
 ) -> Result<Response, AppError> {
-    gw.inner.limiter.command(caller.user.as_str())?;
+    gw.take_command_token(caller.user.as_str())?;
     let prefs = gw
-        .inner
-        .hub
+        .hub()
         .read(inbox_of(&caller), |r| r.inbox_prefs().to_json())
         .await?;
     Ok(axum::Json(prefs).into_response())
@@ -141,7 +122,7 @@ async fn set_preferences(
     Authed(caller): Authed,
     RawBody(body): RawBody,
 ) -> Result<Response, AppError> {
-    let body: PrefsBody = parse_body(&body)?;
+    let body: PrefsBody = typed_body(&body)?;
     let ack = gw
         .run(
             &caller,
@@ -210,7 +191,7 @@ async fn unsubscribe(
     Query(q): Query<UnsubscribeQuery>,
 ) -> Result<Response, AppError> {
     let kinds = checked(&key, &q)?;
-    let user = crate::rest::parse_id(&q.u, "user")?;
+    let user = parse_id(&q.u, "user")?;
     let system = Caller {
         // Invariant: a fixed, valid id.
         user: "lectern-unsubscribe".parse().expect("a valid user id"),
@@ -220,10 +201,10 @@ async fn unsubscribe(
     };
     // The target user's own bucket (user ids have no ':'): clicking one's own link many times
     // cannot spend the tokens of anyone else's.
-    gw.inner.limiter.command(&format!("unsubscribe:{user}"))?;
+    gw.take_command_token(&format!("unsubscribe:{user}"))?;
     let inbox = DocId::Inbox(user);
     // Already in-app only: nothing to write (a repeated click changes nothing).
-    let prefs = gw.inner.hub.read(inbox.clone(), |r| r.inbox_prefs()).await;
+    let prefs = gw.hub().read(inbox.clone(), |r| r.inbox_prefs()).await;
     let done = prefs.is_ok_and(|p| kinds.iter().all(|k| p.channel(*k) == Channel::InApp));
     if !done {
         let body = CommandBody::InboxPrefs {
@@ -241,36 +222,18 @@ async fn unsubscribe(
         .into_response())
 }
 
-/// Everything `GET /api/stream/notifications` does before it streams.
-pub(crate) async fn open(
-    gw: &Gateway,
-    caller: Caller,
-    expires_at_s: u64,
-    headers: &HeaderMap,
-) -> Result<Opened, AppError> {
-    let since = last_event_id(headers)?;
-    gw.inner.limiter.command(caller.user.as_str())?;
-    let slot = gw.inner.limiter.connect(caller.user.as_str())?;
-    let user = caller.user.to_string();
-    let staff = caller.role.is_staff();
-    let joined = gw.inner.hub.join(inbox_of(&caller), caller, since).await?;
-    Ok(Opened {
-        joined,
-        user,
-        staff,
-        filter: Filter::All,
-        slot,
-        expires_at_s,
-    })
+/// The caller's inbox as a stream: the inbox (`state`), then `notification` (with `unread`),
+/// `notifications:read` and `notifications:prefs` events.
+pub(crate) fn inbox_stream(caller: &Caller) -> DocStream {
+    DocStream(inbox_of(caller))
 }
 
-/// `GET /api/stream/notifications`: the inbox (`state`), then `notification` (with `unread`),
-/// `notifications:read` and `notifications:prefs` events.
+/// `GET /api/stream/notifications`: see [`inbox_stream`].
 async fn stream(
     State(gw): State<Gateway>,
-    AuthedUntil(caller, expires_at_s): AuthedUntil,
+    authed: AuthedUntil,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
-    let opened = open(&gw, caller, expires_at_s, &headers).await?;
-    Ok(stream_response(gw, opened))
+    let inbox = inbox_stream(&authed.0);
+    stream::respond(gw, authed, &headers, inbox).await
 }

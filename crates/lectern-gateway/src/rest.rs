@@ -1,151 +1,30 @@
 //! Plain HTTP: a POST for every command, GETs for the views, the long-poll events route,
-//! `/readyz` and `/metrics`, and the router that puts every transport together.
-//!
-//! Bodies are read as bytes and parsed here, so malformed JSON gets the same `{error: {code,
-//! message}}` body as every other failure, not a framework's plain-text rejection.
+//! `/readyz` and `/metrics`. Callers and bodies come from the shared extractors of
+//! `extract.rs`; the routes are merged with the others and given the shared middleware in
+//! `router.rs`.
 
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
-use axum::http::request::Parts;
+use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use lectern_hub::JoinStart;
 use lectern_model::{
-    Caller, CohortId, Command, CommandBody, DocId, ResumeToken, SessionId, UserId,
+    Caller, CohortId, Command, CommandBody, DocId, Listing, ResumeToken, SessionId, UserId,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::Gateway;
 use crate::error::AppError;
+use crate::extract::{Authed, RawBody, json_object, not_found, parse_id};
+use crate::run::new_command_id;
 use crate::sio::{ConnGuard, Transport};
-use crate::{Gateway, new_command_id};
-
-/// An authenticated HTTP caller (token by header, cookie or query).
-pub(crate) struct Authed(pub(crate) Caller);
-
-impl FromRequestParts<Gateway> for Authed {
-    type Rejection = AppError;
-
-    async fn from_request_parts(parts: &mut Parts, gw: &Gateway) -> Result<Self, AppError> {
-        Ok(Authed(AuthedUntil::from_request_parts(parts, gw).await?.0))
-    }
-}
-
-/// An authenticated caller and when their token expires (streams end then).
-pub(crate) struct AuthedUntil(pub(crate) Caller, pub(crate) u64);
-
-impl FromRequestParts<Gateway> for AuthedUntil {
-    type Rejection = AppError;
-
-    async fn from_request_parts(parts: &mut Parts, gw: &Gateway) -> Result<Self, AppError> {
-        let token = gw.request_token(&parts.headers, parts.uri.query())?;
-        let verified = gw.verify(token.as_deref())?;
-        Ok(AuthedUntil(verified.caller, verified.expires_at_s))
-    }
-}
-
-/// Counts every refused HTTP request by its code (the Socket.IO handlers count their own).
-async fn count_rejections(
-    State(gw): State<Gateway>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let mut response = next.run(request).await;
-    if let Some(code) = response
-        .headers_mut()
-        .remove(crate::error::ERROR_CODE_HEADER)
-        .and_then(|v| v.to_str().ok().map(str::to_owned))
-    {
-        gw.count_rejection(&code);
-    }
-    response
-}
-
-/// A request body as bytes. A body past `payload_max_bytes` (or one that cannot be read) is
-/// refused with the usual JSON error, not axum's plain-text rejection.
-pub(crate) struct RawBody(pub(crate) Bytes);
-
-impl FromRequest<Gateway> for RawBody {
-    type Rejection = AppError;
-
-    async fn from_request(req: Request, gw: &Gateway) -> Result<Self, AppError> {
-        // JSON only: a page of another site can send a `text/plain` or form body without a
-        // CORS preflight, a JSON one it cannot.
-        let json = req
-            .headers()
-            .get(axum::http::header::CONTENT_TYPE)
-            .map(|v| v.to_str().is_ok_and(is_json_media_type));
-        if json == Some(false) {
-            return Err(not_json());
-        }
-        let body = read_bytes(req, gw).await.map(RawBody)?;
-        // No Content-Type is fine only for no body at all.
-        if json.is_none() && !body.0.is_empty() {
-            return Err(not_json());
-        }
-        Ok(body)
-    }
-}
-
-/// A request body of any type (content uploads: `PUT`, which no other site can send without a
-/// CORS preflight, so the JSON-only rule is not needed there).
-pub(crate) struct AnyBody(pub(crate) Bytes);
-
-impl FromRequest<Gateway> for AnyBody {
-    type Rejection = AppError;
-
-    async fn from_request(req: Request, gw: &Gateway) -> Result<Self, AppError> {
-        read_bytes(req, gw).await.map(AnyBody)
-    }
-}
-
-async fn read_bytes(req: Request, gw: &Gateway) -> Result<Bytes, AppError> {
-    Bytes::from_request(req, gw)
-        .await
-        .map_err(|r: BytesRejection| {
-            if crate::admission::is_body_timeout(&r) {
-                return AppError::new(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "body_timeout",
-                    "the request body did not arrive in time".to_owned(),
-                );
-            }
-            let code = if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                "payload_too_large"
-            } else {
-                "bad_request"
-            };
-            AppError::new(r.status(), code, r.body_text())
-        })
-}
-
-/// `application/json`, or any `application/…+json`, with or without parameters.
-fn is_json_media_type(value: &str) -> bool {
-    let media = value
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    media == "application/json" || (media.starts_with("application/") && media.ends_with("+json"))
-}
-
-/// The refusal of a body that is not declared JSON.
-fn not_json() -> AppError {
-    AppError::new(
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "unsupported_media_type",
-        "send the body as JSON, with `Content-Type: application/json`",
-    )
-}
 
 /// The REST routes of the gateway (the shared middleware and the Socket.IO layer are added by
-/// [`Gateway::new`]).
+/// `router.rs`).
 pub(crate) fn routes(gw: Gateway) -> Router {
     Router::new()
         .route("/", get(crate::page::index))
@@ -158,6 +37,7 @@ pub(crate) fn routes(gw: Gateway) -> Router {
             post(session_named_command),
         )
         .route("/api/sessions/{id}/events", get(long_poll))
+        .route("/api/sessions/{id}/older/{listing}", get(session_page))
         .route("/api/cohorts/{id}", get(cohort_view))
         .route("/api/cohorts/{id}/commands", post(cohort_command))
         .route("/api/cohorts/{id}/aggregates", get(cohort_aggregates))
@@ -166,60 +46,8 @@ pub(crate) fn routes(gw: Gateway) -> Router {
             get(student_progress),
         )
         .route("/api/progress", post(progress))
-        .route("/api/stream/sessions/{id}", get(crate::sse::session_stream))
-        .route(
-            "/api/stream/progress/{student}",
-            get(crate::sse::progress_stream),
-        )
-        .fallback(not_found)
+        .fallback(async || not_found())
         .with_state(gw)
-}
-
-/// The middleware every HTTP route shares, applied by [`crate::Gateway::new`] once every
-/// router is merged (axum layers only the routes that exist when a layer is added, so a router
-/// merged after this would skip it): the body limit, a fast 413 for a declared body past it
-/// (also on routes that never read their body), and the rejection counter, which also takes the
-/// internal error-code header off every response.
-pub(crate) fn shared_middleware(router: Router, gw: &Gateway) -> Router {
-    let body_max = gw.inner.limiter.limits().payload_max_bytes;
-    router
-        .layer(DefaultBodyLimit::max(body_max))
-        .layer(axum::middleware::from_fn_with_state(
-            body_max,
-            refuse_declared_oversized,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            gw.clone(),
-            count_rejections,
-        ))
-}
-
-/// Refuses a request whose `Content-Length` is past `body_max` bytes before any handler runs.
-async fn refuse_declared_oversized(
-    State(body_max): State<usize>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    // Upload routes set a larger limit of their own (their route layer enforces it).
-    let body_max = crate::courses::own_body_limit(request.uri().path()).unwrap_or(body_max);
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    match declared {
-        Some(n) if n > body_max as u64 => AppError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("the body is {n} bytes, past the limit of {body_max}"),
-        )
-        .into_response(),
-        _ => next.run(request).await,
-    }
-}
-
-async fn not_found() -> AppError {
-    AppError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
 }
 
 async fn readyz(State(gw): State<Gateway>) -> Response {
@@ -241,39 +69,17 @@ async fn metrics(State(gw): State<Gateway>) -> Response {
         .into_response()
 }
 
-pub(crate) fn parse_id<T: std::str::FromStr<Err = lectern_model::IdError>>(
-    s: &str,
-    what: &str,
-) -> Result<T, AppError> {
-    s.parse()
-        .map_err(|e| AppError::bad_request(format!("{what}: {e}")))
-}
-
 /// A session command's body: a JSON object `{id?, cmd, …fields}`, its `cmd` set to `name` when
 /// the route names it (`POST /api/sessions/{id}/{name}`).
-pub(crate) fn command_body(body: &[u8], name: Option<&str>) -> Result<Command, AppError> {
-    let mut v = json_body(body)?;
+pub(crate) fn command_body(
+    body: &axum::body::Bytes,
+    name: Option<&str>,
+) -> Result<Command, AppError> {
+    let mut v = json_object(body)?;
     if let Some(name) = name {
         v["cmd"] = json!(name);
     }
     command_from(v)
-}
-
-fn json_body(body: &[u8]) -> Result<Value, AppError> {
-    if body.is_empty() {
-        return Ok(json!({}));
-    }
-    let v: Value = serde_json::from_slice(body).map_err(|e| {
-        AppError::new(
-            StatusCode::BAD_REQUEST,
-            "malformed_json",
-            format!("malformed JSON: {e}"),
-        )
-    })?;
-    if !v.is_object() {
-        return Err(AppError::bad_request("the body must be a JSON object"));
-    }
-    Ok(v)
 }
 
 /// A command from a JSON object `{id?, cmd, …fields}` (`id` generated when absent).
@@ -341,7 +147,7 @@ async fn cohort_command(
     RawBody(body): RawBody,
 ) -> Result<Response, AppError> {
     let cohort: CohortId = parse_id(&id, "cohort id")?;
-    let cmd = command_from(json_body(&body)?)?;
+    let cmd = command_from(json_object(&body)?)?;
     execute(&gw, &caller, DocId::Cohort(cohort), cmd).await
 }
 
@@ -351,7 +157,7 @@ async fn progress(
     Authed(caller): Authed,
     RawBody(body): RawBody,
 ) -> Result<Response, AppError> {
-    let v = json_body(&body)?;
+    let v = json_object(&body)?;
     let field = |k: &str| v.get(k).and_then(Value::as_str);
     let cohort = match field("cohort") {
         Some(c) => parse_id::<CohortId>(c, "cohort")?,
@@ -381,8 +187,8 @@ async fn read_view(
     doc: DocId,
     f: impl FnOnce(&lectern_model::Replica) -> Result<Value, lectern_model::Rejection> + Send + 'static,
 ) -> Result<Response, AppError> {
-    gw.inner.limiter.command(user)?;
-    let view = gw.inner.hub.read(doc, f).await?;
+    gw.take_command_token(user)?;
+    let view = gw.hub().read(doc, f).await?;
     let view = view?;
     Ok(Json(view).into_response())
 }
@@ -402,6 +208,57 @@ async fn session_view(
             let mut v = r.session_view(&caller, now)?;
             v["token"] = json!(r.token().to_string());
             Ok(v)
+        },
+    )
+    .await
+}
+
+/// Query of the session page route: `before=AT:ID` (the oldest item the client holds),
+/// `limit` (default and most: a page, see `lectern_model::limits::PAGE_ITEMS_MAX`).
+#[derive(Debug, Deserialize)]
+pub(crate) struct PageQuery {
+    before: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /api/sessions/{id}/older/{questions|chat|broadcasts}`: the items the session view left
+/// out (it holds the newest only, and says how many older ones there are), a page at a time.
+async fn session_page(
+    State(gw): State<Gateway>,
+    Authed(caller): Authed,
+    Path((id, listing)): Path<(String, String)>,
+    Query(q): Query<PageQuery>,
+) -> Result<Response, AppError> {
+    let session: SessionId = parse_id(&id, "session id")?;
+    let listing = match listing.as_str() {
+        "questions" => Listing::Questions,
+        "chat" => Listing::Chat,
+        "broadcasts" => Listing::Broadcasts,
+        _ => {
+            return Err(AppError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such list: questions, chat or broadcasts",
+            ));
+        }
+    };
+    let before = match q.before {
+        None => None,
+        Some(b) => {
+            let parsed = b
+                .split_once(':')
+                .and_then(|(at, id)| Some((at.parse::<i64>().ok()?, id.to_owned())));
+            Some(parsed.ok_or_else(|| AppError::bad_request("before is AT:ID"))?)
+        }
+    };
+    let limit = q.limit.unwrap_or(lectern_model::limits::PAGE_ITEMS_MAX);
+    read_view(
+        &gw,
+        &caller.user.to_string(),
+        DocId::Session(session),
+        move |r| {
+            let before = before.as_ref().map(|(at, id)| (*at, id.as_str()));
+            r.session_page(&caller, listing, before, limit)
         },
     )
     .await
@@ -473,20 +330,12 @@ async fn long_poll(
     Query(q): Query<PollQuery>,
 ) -> Result<Response, AppError> {
     let session: SessionId = parse_id(&id, "session id")?;
-    let since = q
-        .since
-        .as_deref()
-        .map(|t| {
-            ResumeToken::parse(t)
-                .map_err(|e| AppError::new(StatusCode::BAD_REQUEST, e.code(), e.to_string()))
-        })
-        .transpose()?;
+    let since = q.since.as_deref().map(ResumeToken::parse).transpose()?;
     let staff = caller.role.is_staff();
     let user = caller.user.to_string();
-    gw.inner.limiter.command(&user)?;
+    gw.take_command_token(&user)?;
     let mut joined = gw
-        .inner
-        .hub
+        .hub()
         .join(DocId::Session(session), caller, since)
         .await?;
     let (mut events, mut token) = match joined.start {
@@ -515,9 +364,9 @@ async fn long_poll(
     let out: Vec<Value> = events
         .iter()
         .filter_map(|e| {
-            token.clone_from(&e.token);
+            token.replace_range(.., &e.token);
             let p: Value = serde_json::from_str(e.payload_for(&user, staff)?).ok()?;
-            Some(json!({"event": e.name, "data": p, "token": e.token}))
+            Some(json!({"event": e.name, "data": p, "token": &*e.token}))
         })
         .collect();
     Ok(Json(json!({"events": out, "token": token})).into_response())

@@ -20,6 +20,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use socketioxide::SocketIo;
 use socketioxide::adapter::Adapter;
+use socketioxide::extensions::ConnectPid;
 use socketioxide::extract::{AckSender, Event, Extension, SocketRef, State, TryData};
 use socketioxide::handler::{ConnectHandler, FromMessageParts, Value as Payload};
 use socketioxide::socket::Socket;
@@ -27,9 +28,11 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 use tracing::debug;
 
+use crate::admission::PreauthSession;
 use crate::error::AppError;
 use crate::sio::client::{self, Action, Dispatch, SioClient, Why};
-use crate::sio::{self, Args, Cut, Transport};
+use crate::sio::recovery::{self, Recovery};
+use crate::sio::{self, Args, Cut, Rejoined, Transport};
 use crate::{Gateway, lock};
 
 /// How long a closing socket's last event (`server:error`) gets to leave before the socket is
@@ -44,6 +47,8 @@ pub(crate) struct Conn {
     client: Arc<Mutex<SioClient>>,
     /// Set to true when the socket disconnects, so its forwarding tasks end at once.
     closed: Arc<tokio::sync::watch::Sender<bool>>,
+    /// The sessions a recovery joined again, until the connect handler sends what they missed.
+    recovered: Arc<Mutex<Vec<Rejoined<()>>>>,
 }
 
 /// The Socket.IO room of a session's sockets on this node (for `attendance:update`).
@@ -62,21 +67,48 @@ async fn authenticate(
     TryData(auth): TryData<Value>,
     State(gw): State<Gateway>,
 ) -> Result<(), AppError> {
+    let auth = auth.ok();
     let parts = s.req_parts();
     let conn = sio::authenticate(
         &gw,
-        auth.ok().as_ref(),
+        auth.as_ref(),
         // A cookie from a foreign origin counts as no token (see `ws.rs`).
         gw.request_token(&parts.headers, parts.uri.query())
             .ok()
             .flatten(),
         Transport::SocketIo,
     )?;
-    let client = SioClient::connected_elsewhere(sio::timing(&gw), conn.valid_for(), Instant::now());
+    // Authenticated: the session's place among those waiting to authenticate is freed.
+    if let Some(place) = parts.extensions.get::<PreauthSession>() {
+        place.release();
+    }
+    let mut client =
+        SioClient::connected_elsewhere(sio::timing(&gw), conn.valid_for(), Instant::now());
+    // Connection State Recovery: the sessions are joined again before socketioxide sends the
+    // CONNECT reply, whose pid (set here) says whether they were.
+    let mut pid = recovery::new_id();
+    let mut recovered = Vec::new();
+    if let Some(r) = Recovery::from_auth(auth.as_ref()) {
+        let room = |session: &SessionId| s.join(session_room(session));
+        match sio::recover(&gw, &conn.caller, &r, room).await {
+            Ok(rejoined) => {
+                client.recovered(rejoined.iter().map(|j| (j.session.clone(), j.from.clone())));
+                recovered = rejoined;
+                pid = r.pid;
+            }
+            Err(undo) => {
+                for (session, ()) in undo {
+                    s.leave(session_room(&session));
+                }
+            }
+        }
+    }
+    s.extensions.insert(ConnectPid(pid));
     s.extensions.insert(Conn {
         conn: Arc::new(conn),
         client: Arc::new(Mutex::new(client)),
         closed: Arc::new(tokio::sync::watch::channel(false).0),
+        recovered: Arc::new(Mutex::new(recovered)),
     });
     // The handler is registered here, not in `on_connect`: socketioxide sends the connect
     // reply before it spawns the connect handler, so an event a client sends right after the
@@ -87,8 +119,31 @@ async fn authenticate(
     Ok(())
 }
 
-async fn on_connect(s: SocketRef, Extension(conn): Extension<Conn>) {
+async fn on_connect(s: SocketRef, Extension(conn): Extension<Conn>, State(gw): State<Gateway>) {
     debug!(sid = %s.id, user = %conn.conn.caller.user, "socket connected");
+    // After the CONNECT reply: what each recovered session missed, then its live events.
+    let recovered = std::mem::take(&mut *lock(&conn.recovered));
+    for r in recovered {
+        let mut cut = None;
+        for e in &r.missed {
+            cut = emit(&s, &gw, &conn, &r.session, e);
+            if cut.is_some() {
+                break;
+            }
+        }
+        lock(&conn.client).advance(&r.session, &r.to);
+        if let Some(cut) = cut {
+            cut_off(&s, &gw, &conn, cut);
+            break;
+        }
+        tokio::spawn(forward(
+            s.clone(),
+            gw.clone(),
+            conn.clone(),
+            r.session,
+            r.events,
+        ));
+    }
     // The core's deadlines (the token's expiry): the socket is cut off when one is due.
     let mut closed = conn.closed.subscribe();
     tokio::spawn(async move {
@@ -152,18 +207,16 @@ async fn on_event(
         Dispatch::Join { session, since } => {
             let room = session_room(&session);
             let joined = sio::join(&gw, caller, &session, since, || s.join(room.clone())).await;
-            let keep = lock(&conn.client).join_done(&session, joined.is_ok());
+            let at = joined.as_ref().ok().map(|(_, token, _, _)| token.clone());
+            let keep = lock(&conn.client).join_done(&session, at);
             match joined {
-                Ok((reply, events, ())) if keep => {
-                    let (user, staff) = (caller.user.to_string(), caller.role.is_staff());
+                Ok((reply, _, events, ())) if keep => {
                     tokio::spawn(forward(
                         s.clone(),
                         gw.clone(),
                         conn.clone(),
                         session,
                         events,
-                        user,
-                        staff,
                     ));
                     reply
                 }
@@ -204,8 +257,6 @@ async fn forward(
     conn: Conn,
     session: SessionId,
     mut events: tokio::sync::broadcast::Receiver<Arc<Published>>,
-    user: String,
-    staff: bool,
 ) {
     let mut closed = conn.closed.subscribe();
     loop {
@@ -217,32 +268,50 @@ async fn forward(
             return;
         }
         let cut = match event {
-            Ok(e) => {
-                let Some(payload) = e.payload_for(&user, staff) else {
-                    continue;
-                };
-                let Ok(raw) = RawValue::from_string(payload.to_string()) else {
-                    continue;
-                };
-                let meta = sio::event_meta(&e, &session);
-                gw.inner
-                    .metrics
-                    .event_out(Transport::SocketIo.label(), e.published_at);
-                if s.emit(e.name, &(raw, meta)).is_ok() {
-                    continue;
-                }
-                Cut::SlowConsumer
-            }
+            Ok(e) => match emit(&s, &gw, &conn, &session, &e) {
+                None => continue,
+                Some(cut) => cut,
+            },
             Err(RecvError::Lagged(_)) => Cut::Lagged,
             Err(RecvError::Closed) => Cut::ShuttingDown,
         };
-        if s.connected()
-            && let Some(Action::Close(why)) = lock(&conn.client).cut(cut)
-        {
-            gw.count_rejection(cut.code());
-            close(&s, why);
-        }
+        cut_off(&s, &gw, &conn, cut);
         return;
+    }
+}
+
+/// Sends event `e` of `session` to the socket, if its caller may see it, with its meta and
+/// offset (`42[name,payload,{token,session},offset]`); the cut-off due if its queue is full.
+fn emit(
+    s: &SocketRef,
+    gw: &Gateway,
+    conn: &Conn,
+    session: &SessionId,
+    e: &Published,
+) -> Option<Cut> {
+    let caller = &conn.conn.caller;
+    let payload = e.payload_for(caller.user.as_str(), caller.role.is_staff())?;
+    let raw = RawValue::from_string(payload.to_string()).ok()?;
+    let meta = sio::event_meta(e, session);
+    let offset = lock(&conn.client)
+        .advance(session, &e.token)
+        .unwrap_or_else(|| sio::own_offset(e, session));
+    gw.inner
+        .metrics
+        .event_out(Transport::SocketIo.label(), e.published_at);
+    match s.emit(e.name, &(raw, meta, offset)) {
+        Ok(()) => None,
+        Err(_) => Some(Cut::SlowConsumer),
+    }
+}
+
+/// Cuts the socket off for `cut` (it fell behind, or the node stops), telling it why.
+fn cut_off(s: &SocketRef, gw: &Gateway, conn: &Conn, cut: Cut) {
+    if s.connected()
+        && let Some(Action::Close(why)) = lock(&conn.client).cut(cut)
+    {
+        gw.count_rejection(cut.code());
+        close(s, why);
     }
 }
 

@@ -1,299 +1,121 @@
-//! Server-sent event streams: `/api/stream/sessions/{id}` and
-//! `/api/stream/progress/{studentId}` (which a plain browser `EventSource` can follow: each
-//! update also goes unnamed, for `onmessage`).
-//!
-//! Each event's `id:` is its resume token; a client that reconnects with `Last-Event-ID` (the
-//! browser's EventSource does it by itself) gets exactly the events it missed, from this node
-//! or another. A fresh stream starts with an `event: state` carrying the full view. Keep-alive
-//! comments flow every `keepalive_s`. A stream that falls behind is ended with an `error` event
-//! naming the reason, and the client resumes from its last id.
+//! The stream routes: `/api/stream/sessions/{id}` and `/api/stream/progress/{studentId}`
+//! (which a plain browser `EventSource` can follow: each update also goes unnamed, for
+//! `onmessage`), and the front door's way in to every stream route
+//! ([`Gateway::open_stream`]), which reads a stream target the way the router does and opens
+//! it through the same [`stream::open`] (the notification and board streams bring their own
+//! [`Source`](stream::Source)).
 
-use std::convert::Infallible;
-use std::sync::Arc;
-
+use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
-use futures_util::stream;
-use lectern_hub::{Encoding, JoinStart, Joined, Published};
+use axum::response::Response;
+use axum::routing::get;
+use lectern_hub::{JoinStart, Joined};
 use lectern_model::{Caller, CohortId, DocId, ResumeToken, SessionId, UserId};
 use serde::Deserialize;
-use serde_json::{Value, json};
-use tokio::sync::broadcast::error::RecvError;
 
 use crate::Gateway;
+use crate::boards::BoardStream;
 use crate::error::AppError;
-use crate::limits::ConnSlot;
-use crate::rest::{AuthedUntil, parse_id};
-use crate::sio::{ConnGuard, Transport};
+use crate::extract::{AuthedUntil, not_found, parse_id};
+use crate::stream::{self, DocStream, Filter, LeanStream, Source};
 
-/// Which events of a document a stream passes on.
-#[derive(Clone)]
-pub(crate) enum Filter {
-    /// Everything the subscriber may see.
-    All,
-    /// `progress` events of one student.
-    Progress(String),
-}
-
-impl Filter {
-    fn keeps(&self, e: &Published, payload: &str) -> bool {
-        match self {
-            Filter::All => true,
-            Filter::Progress(student) => {
-                e.name == "progress"
-                    && serde_json::from_str::<Value>(payload)
-                        .ok()
-                        .is_some_and(|p| p["student"] == student.as_str())
-            }
-        }
-    }
-}
-
-pub(crate) fn last_event_id(headers: &HeaderMap) -> Result<Option<ResumeToken>, AppError> {
-    match headers.get("last-event-id").map(|v| v.to_str()) {
-        None => Ok(None),
-        Some(Ok(s)) if s.trim().is_empty() => Ok(None),
-        Some(Ok(s)) => ResumeToken::parse(s).map(Some).map_err(|e| {
-            AppError::new(axum::http::StatusCode::BAD_REQUEST, e.code(), e.to_string())
-        }),
-        Some(Err(_)) => Err(AppError::bad_request("Last-Event-ID is not text")),
-    }
-}
-
-/// A subscription ready to stream, before it is turned into a response (axum's [`Sse`] or the
-/// node's lean writer, [`LeanStream`]).
-pub(crate) struct Opened {
-    pub(crate) joined: Joined,
-    pub(crate) user: String,
-    pub(crate) staff: bool,
-    pub(crate) filter: Filter,
-    /// The stream's connection slot, taken before the join.
-    pub(crate) slot: ConnSlot,
-    pub(crate) expires_at_s: u64,
-}
-
-/// What every document stream does before it streams, in this order: `Last-Event-ID`, a token
-/// from the caller's command-rate bucket (opening a stream loads a document, so a client cannot
-/// make the node load documents faster than it may send commands), a connection slot, then
-/// `snapshot` (a fresh stream's first state in place of the document's view, when it gives
-/// one) and the hub's join.
-async fn open_doc(
-    gw: &Gateway,
-    caller: Caller,
-    expires_at_s: u64,
-    doc: DocId,
-    headers: &HeaderMap,
-    filter: Filter,
-    snapshot: impl AsyncFnOnce(&Caller, &DocId) -> Result<Option<Value>, AppError>,
-) -> Result<Opened, AppError> {
-    let since = last_event_id(headers)?;
-    gw.inner.limiter.command(caller.user.as_str())?;
-    let slot = gw.inner.limiter.connect(caller.user.as_str())?;
-    let staff = caller.role.is_staff();
-    let user = caller.user.to_string();
-    let state = snapshot(&caller, &doc).await?;
-    let mut joined = gw.inner.hub.join(doc, caller, since).await?;
-    if let (JoinStart::Snapshot { state: start, .. }, Some(state)) = (&mut joined.start, state) {
-        *start = state;
-    }
-    Ok(Opened {
-        joined,
-        user,
-        staff,
-        filter,
-        slot,
-        expires_at_s,
-    })
-}
-
-/// Everything `GET /api/stream/sessions/{id}` does before it streams.
-async fn open_session(
-    gw: &Gateway,
-    caller: Caller,
-    expires_at_s: u64,
-    id: &str,
-    headers: &HeaderMap,
-) -> Result<Opened, AppError> {
-    let session: SessionId = parse_id(id, "session id")?;
-    let doc = DocId::Session(session);
-    open_doc(
-        gw,
-        caller,
-        expires_at_s,
-        doc,
-        headers,
-        Filter::All,
-        async |_, _| Ok(None),
-    )
-    .await
-}
-
-/// Everything `GET /api/stream/progress/{studentId}` does before it streams.
-async fn open_progress(
-    gw: &Gateway,
-    caller: Caller,
-    expires_at_s: u64,
-    student: &str,
-    q: &ProgressQuery,
-    headers: &HeaderMap,
-) -> Result<Opened, AppError> {
-    let student: UserId = parse_id(student, "student id")?;
-    let cohort: CohortId = match q.cohort.as_deref() {
-        Some(c) => parse_id(c, "cohort")?,
-        None => match caller.cohorts.as_slice() {
-            [only] => only.clone(),
-            _ => return Err(AppError::bad_request("say which cohort (`?cohort=`)")),
-        },
-    };
-    if !caller.role.is_staff() && caller.user != student {
-        return Err(AppError::new(
-            axum::http::StatusCode::FORBIDDEN,
-            "forbidden",
-            "a student may only follow their own progress",
-        ));
-    }
-    let filter = Filter::Progress(student.to_string());
-    // The initial state of a progress stream is the student's progress, not the cohort view.
-    let progress = async |caller: &Caller, doc: &DocId| {
-        let (c, s) = (caller.clone(), student.clone());
-        let progress = gw
-            .inner
-            .hub
-            .read(doc.clone(), move |r| r.student_progress(&c, &s))
-            .await??;
-        Ok(Some(progress))
-    };
-    let doc = DocId::Cohort(cohort);
-    open_doc(gw, caller, expires_at_s, doc, headers, filter, progress).await
+/// The stream routes of sessions and progress.
+pub(crate) fn routes(gw: Gateway) -> Router {
+    Router::new()
+        .route("/api/stream/sessions/{id}", get(session_stream))
+        .route("/api/stream/progress/{student}", get(progress_stream))
+        .with_state(gw)
 }
 
 /// `GET /api/stream/sessions/{id}`.
-pub(crate) async fn session_stream(
+async fn session_stream(
     State(gw): State<Gateway>,
-    AuthedUntil(caller, expires_at_s): AuthedUntil,
+    authed: AuthedUntil,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
-    let opened = open_session(&gw, caller, expires_at_s, &id, &headers).await?;
-    Ok(stream_response(gw, opened))
+    let session = session_source(&id)?;
+    stream::respond(gw, authed, &headers, session).await
+}
+
+/// The stream of a session (its id as the path gives it).
+fn session_source(id: &str) -> Result<DocStream, AppError> {
+    let session: SessionId = parse_id(id, "session id")?;
+    Ok(DocStream(DocId::Session(session)))
 }
 
 /// Query of the progress stream.
 #[derive(Debug, Default, Deserialize)]
-pub(crate) struct ProgressQuery {
+struct ProgressQuery {
     cohort: Option<String>,
 }
 
 /// `GET /api/stream/progress/{studentId}[?cohort=ID]`: a student sees only their own; staff of
 /// the cohort see any. The cohort defaults to the caller's only cohort.
-pub(crate) async fn progress_stream(
+async fn progress_stream(
     State(gw): State<Gateway>,
-    AuthedUntil(caller, expires_at_s): AuthedUntil,
+    authed: AuthedUntil,
     Path(student): Path<String>,
     Query(q): Query<ProgressQuery>,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
-    let opened = open_progress(&gw, caller, expires_at_s, &student, &q, &headers).await?;
-    Ok(stream_response(gw, opened))
+    let progress = ProgressStream::new(&authed.0, &student, &q)?;
+    stream::respond(gw, authed, &headers, progress).await
 }
 
-/// The same stream through axum (a stream request on a kept-alive connection, or a server
-/// that is not the node's accept loop): the lean stream's chunks as the response body.
-pub(crate) fn stream_response(gw: Gateway, opened: Opened) -> Response {
-    let lean = LeanStream::new(gw, opened);
-    let chunks = stream::unfold(lean, |mut lean| async move {
-        let chunk = lean.next_chunk().await?;
-        Some((Ok::<_, Infallible>(chunk), lean))
-    });
-    Response::builder()
-        .header(axum::http::header::CONTENT_TYPE, "text/event-stream")
-        .header(axum::http::header::CACHE_CONTROL, "no-cache")
-        .body(axum::body::Body::from_stream(chunks))
-        .unwrap_or_else(|_| {
-            AppError::new(
-                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "could not build the stream response",
-            )
-            .into_response()
-        })
+/// A student's progress in a cohort: the cohort's `progress` events of that student, starting
+/// from the student's progress (not the cohort view).
+struct ProgressStream {
+    cohort: CohortId,
+    student: UserId,
 }
 
-/// The `error` event that ends a stream whose token expired.
-const TOKEN_EXPIRED: &str = "token_expired";
-/// The `error` event that ends every stream when the node stops.
-const SHUTTING_DOWN: &str = "shutting_down";
-/// The `error` event that ends a stream that fell behind.
-const SLOW_CONSUMER: &str = "slow_consumer";
-
-/// The data of the `error` event that ends a stream, by its code.
-fn end_data(code: &'static str) -> String {
-    let message = match code {
-        TOKEN_EXPIRED => "your token expired; reconnect with a fresh one and your last event id",
-        SHUTTING_DOWN => {
-            "this node is shutting down; reconnect (to another node) with your last event id"
+impl ProgressStream {
+    /// The progress stream `caller` asks for, or why they may not have it (checked before
+    /// anything else: a student may only follow their own).
+    fn new(caller: &Caller, student: &str, q: &ProgressQuery) -> Result<Self, AppError> {
+        let student: UserId = parse_id(student, "student id")?;
+        let cohort: CohortId = match q.cohort.as_deref() {
+            Some(c) => parse_id(c, "cohort")?,
+            None => match caller.cohorts.as_slice() {
+                [only] => only.clone(),
+                _ => return Err(AppError::bad_request("say which cohort (`?cohort=`)")),
+            },
+        };
+        if !caller.role.is_staff() && caller.user != student {
+            return Err(AppError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "forbidden",
+                "a student may only follow their own progress",
+            ));
         }
-        _ => "this stream fell behind; reconnect with your last event id",
-    };
-    json!({"code": code, "message": message}).to_string()
-}
-
-/// Appends one event in the `text/event-stream` format (fields in the order axum's `Event`
-/// writes them: `event`, `id`, `data`).
-fn write_event(out: &mut Vec<u8>, name: &str, id: Option<&str>, data: &str) {
-    out.extend_from_slice(b"event: ");
-    out.extend_from_slice(name.as_bytes());
-    out.push(b'\n');
-    write_message(out, id, data);
-}
-
-/// Appends one unnamed event (EventSource's `message`, which `onmessage` receives).
-fn write_message(out: &mut Vec<u8>, id: Option<&str>, data: &str) {
-    if let Some(id) = id {
-        out.extend_from_slice(b"id: ");
-        out.extend_from_slice(id.as_bytes());
-        out.push(b'\n');
-    }
-    for line in data.split('\n') {
-        out.extend_from_slice(b"data: ");
-        out.extend_from_slice(line.as_bytes());
-        out.push(b'\n');
-    }
-    out.push(b'\n');
-}
-
-/// One event, formatted, when the subscriber may see it.
-fn lean_event_of(e: &Published, user: &str, staff: bool, filter: &Filter, out: &mut Vec<u8>) {
-    if let Some(frame) = event_frame(e, user, staff, filter) {
-        out.extend_from_slice(&frame);
+        Ok(ProgressStream { cohort, student })
     }
 }
 
-/// The `text/event-stream` event of `e` for a subscriber (`user`, staff or not), when it may
-/// see it: formatted once per event and audience, and shared by every stream that gets it.
-///
-/// A progress stream sends each update twice, with the same id: named `progress` (for clients
-/// that listen by name, like ours) and unnamed (for a plain `EventSource`'s `onmessage`, which
-/// never sees named events). A client resuming from either id misses nothing.
-fn event_frame(e: &Published, user: &str, staff: bool, filter: &Filter) -> Option<Arc<[u8]>> {
-    let delivery = e.delivery_for(user, staff)?;
-    let (_, payload) = e.deliveries.get(delivery)?;
-    if !filter.keeps(e, payload) {
-        return None;
+impl Source for ProgressStream {
+    fn filter(&self) -> Filter {
+        Filter::Progress(self.student.to_string())
     }
-    let named = e.encoded(delivery, Encoding::Sse, |payload| {
-        let mut out = Vec::new();
-        write_event(&mut out, e.name, Some(&e.token), payload);
-        out
-    })?;
-    match filter {
-        Filter::All => Some(named),
-        Filter::Progress(_) => {
-            let mut both = named.to_vec();
-            write_message(&mut both, Some(&e.token), payload);
-            Some(Arc::from(both))
+
+    async fn join(
+        self,
+        gw: &Gateway,
+        caller: Caller,
+        since: Option<ResumeToken>,
+    ) -> Result<Joined, AppError> {
+        let doc = DocId::Cohort(self.cohort);
+        let (c, s) = (caller.clone(), self.student);
+        let progress = gw
+            .hub()
+            .read(doc.clone(), move |r| r.student_progress(&c, &s))
+            .await??;
+        let mut joined = gw.hub().join(doc, caller, since).await?;
+        if let JoinStart::Snapshot { state, .. } = &mut joined.start {
+            *state = progress;
         }
+        Ok(joined)
     }
 }
 
@@ -365,13 +187,17 @@ impl Gateway {
             Ok(opened) => Ok(LeanStream::new(self.clone(), opened)),
             Err(e) => {
                 self.count_rejection(e.code);
-                self.inner.metrics.connection_failed("sse");
+                self.metrics().connection_failed("sse");
                 Err(e)
             }
         }
     }
 
-    async fn open_lean(&self, target: &str, headers: &HeaderMap) -> Result<Opened, AppError> {
+    async fn open_lean(
+        &self,
+        target: &str,
+        headers: &HeaderMap,
+    ) -> Result<stream::Opened, AppError> {
         if self.is_draining() {
             return Err(AppError::new(
                 axum::http::StatusCode::SERVICE_UNAVAILABLE,
@@ -379,13 +205,6 @@ impl Gateway {
                 "this node is draining for maintenance; connect to another",
             ));
         }
-        let not_found = || {
-            AppError::new(
-                axum::http::StatusCode::NOT_FOUND,
-                "not_found",
-                "no such route",
-            )
-        };
         let uri: axum::http::Uri = target.parse().map_err(|_| not_found())?;
         let route = stream_route(uri.path()).ok_or_else(not_found)?;
         let token = self.request_token(headers, uri.query())?;
@@ -393,8 +212,8 @@ impl Gateway {
         let (caller, expires_at_s) = (verified.caller, verified.expires_at_s);
         match route {
             StreamRoute::Session(id) => {
-                let id = percent_decode(id)?;
-                open_session(self, caller, expires_at_s, &id, headers).await
+                let session = session_source(&percent_decode(id)?)?;
+                stream::open(self, caller, expires_at_s, headers, session).await
             }
             StreamRoute::Progress(student) => {
                 let student = percent_decode(student)?;
@@ -406,156 +225,21 @@ impl Gateway {
                             .0
                     }
                 };
-                open_progress(self, caller, expires_at_s, &student, &q, headers).await
+                let progress = ProgressStream::new(&caller, &student, &q)?;
+                stream::open(self, caller, expires_at_s, headers, progress).await
             }
             StreamRoute::Notifications => {
-                crate::notifications::open(self, caller, expires_at_s, headers).await
+                let inbox = crate::notifications::inbox_stream(&caller);
+                stream::open(self, caller, expires_at_s, headers, inbox).await
             }
             StreamRoute::Leaderboard(cohort) => {
-                let cohort = percent_decode(cohort)?;
-                crate::boards::open_leaderboard(self, caller, expires_at_s, &cohort, headers).await
+                let board = BoardStream::leaderboard(&percent_decode(cohort)?)?;
+                stream::open(self, caller, expires_at_s, headers, board).await
             }
             StreamRoute::Instructor(cohort) => {
-                let cohort = percent_decode(cohort)?;
-                crate::boards::open_dashboard(self, caller, expires_at_s, &cohort, headers).await
+                let board = BoardStream::dashboard(&percent_decode(cohort)?)?;
+                stream::open(self, caller, expires_at_s, headers, board).await
             }
         }
-    }
-}
-
-/// An open SSE stream that its server writes itself: [`LeanStream::next_chunk`] gives the next
-/// bytes of the `text/event-stream` body (the start, events, keep-alive comments, the ending
-/// `error` event), formatted into a fresh buffer that the writer drops once written, so an
-/// idle stream holds no buffer. The connection counts as `transport="sse"` while it lives.
-pub struct LeanStream {
-    /// The start events, formatted; taken by the first chunk.
-    start: Vec<u8>,
-    events: tokio::sync::broadcast::Receiver<Arc<Published>>,
-    shutdown: tokio::sync::watch::Receiver<bool>,
-    user: String,
-    staff: bool,
-    filter: Filter,
-    /// When the caller's token expires: the stream ends then, saying why (`None`: past the
-    /// clock's range, so never while the node runs).
-    expires: Option<tokio::time::Instant>,
-    /// When the next keep-alive comment is due (each chunk postpones it).
-    keepalive_at: tokio::time::Instant,
-    done: bool,
-    /// Counts the stream as a connection while it lives.
-    _guard: ConnGuard,
-    gw: Gateway,
-}
-
-impl std::fmt::Debug for LeanStream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LeanStream")
-            .field("user", &self.user)
-            .field("done", &self.done)
-            .finish_non_exhaustive()
-    }
-}
-
-impl LeanStream {
-    fn new(gw: Gateway, opened: Opened) -> LeanStream {
-        let Opened {
-            joined,
-            user,
-            staff,
-            filter,
-            slot,
-            expires_at_s,
-        } = opened;
-        let guard = ConnGuard::counted(&gw, slot, Transport::Sse);
-        let mut start = Vec::new();
-        match &joined.start {
-            JoinStart::Snapshot {
-                state,
-                token,
-                resume_refused,
-            } => {
-                let data = json!({"state": state, "resumeRefused": resume_refused});
-                write_event(
-                    &mut start,
-                    "state",
-                    Some(&token.to_string()),
-                    &data.to_string(),
-                );
-            }
-            JoinStart::Replay { events, .. } => {
-                for e in events {
-                    lean_event_of(e, &user, staff, &filter, &mut start);
-                }
-            }
-        }
-        let now = tokio::time::Instant::now();
-        LeanStream {
-            start,
-            events: joined.events,
-            shutdown: gw.inner.shutdown.subscribe(),
-            user,
-            staff,
-            filter,
-            // Checked: a token that expires near the end of time must not overflow the clock.
-            expires: now.checked_add(std::time::Duration::from_secs(
-                expires_at_s.saturating_sub(crate::unix_now_s()),
-            )),
-            keepalive_at: now + gw.inner.keepalive,
-            done: false,
-            _guard: guard,
-            gw,
-        }
-    }
-
-    /// The next bytes of the body; `None` once the stream is over (close the connection).
-    /// Cancel-safe: a dropped call loses nothing.
-    pub async fn next_chunk(&mut self) -> Option<Vec<u8>> {
-        if self.done {
-            return None;
-        }
-        let keepalive = self.gw.inner.keepalive;
-        if !self.start.is_empty() {
-            self.keepalive_at = tokio::time::Instant::now() + keepalive;
-            return Some(std::mem::take(&mut self.start));
-        }
-        loop {
-            // One timer for both the keep-alive and the token's expiry.
-            let wake = self
-                .expires
-                .map_or(self.keepalive_at, |e| self.keepalive_at.min(e));
-            let recv = tokio::select! {
-                r = self.events.recv() => r,
-                () = tokio::time::sleep_until(wake) => {
-                    let now = tokio::time::Instant::now();
-                    if self.expires.is_some_and(|e| now >= e) {
-                        return Some(self.end(TOKEN_EXPIRED));
-                    }
-                    self.keepalive_at = now + keepalive;
-                    return Some(b":\n\n".to_vec());
-                }
-                _ = self.shutdown.changed() => return Some(self.end(SHUTTING_DOWN)),
-            };
-            match recv {
-                Ok(e) => {
-                    if let Some(frame) = event_frame(&e, &self.user, self.staff, &self.filter) {
-                        self.gw.inner.metrics.event_out("sse", e.published_at);
-                        self.keepalive_at = tokio::time::Instant::now() + keepalive;
-                        return Some(frame.to_vec());
-                    }
-                }
-                Err(RecvError::Lagged(_)) => return Some(self.end(SLOW_CONSUMER)),
-                Err(RecvError::Closed) => {
-                    self.done = true;
-                    return None;
-                }
-            }
-        }
-    }
-
-    /// The ending `error` event; the stream is over after it.
-    fn end(&mut self, code: &'static str) -> Vec<u8> {
-        self.done = true;
-        let mut out = Vec::new();
-        write_event(&mut out, "error", None, &end_data(code));
-        out
     }
 }

@@ -49,7 +49,8 @@ use crate::Gateway;
 use crate::admission::Admitted;
 use crate::error::AppError;
 use crate::sio::client::{self, Action, Dispatch, SioClient, Why};
-use crate::sio::{self, Cut, Transport};
+use crate::sio::recovery::{self, Recovery};
+use crate::sio::{self, Cut, Rejoined, Transport};
 use crate::wsframe::{self, Message};
 
 /// Milliseconds since the first call, wrapping (the clock of rate-limit pauses).
@@ -136,7 +137,7 @@ impl Gateway {
         )
         .into_bytes();
         let open = client::open_packet(
-            &new_sid(),
+            &recovery::new_id(),
             &timing,
             self.inner.limiter.limits().payload_max_bytes,
         );
@@ -234,21 +235,41 @@ enum End {
 struct Sub {
     session: SessionId,
     events: broadcast::Receiver<Arc<Published>>,
-    attendance: watch::Receiver<Option<Arc<[u8]>>>,
+    /// The wait for the session's next `attendance:update`, kept from one wake-up to the
+    /// next: made afresh on every event, it would join (and leave) the watch's list of waiters,
+    /// shared by every socket of the session, once per event and socket.
+    attendance: AttendanceWait,
+}
+
+/// A wait for a change of an attendance watch: the receiver back, once there is one.
+type AttendanceWait = Pin<Box<dyn Future<Output = AttendanceWatch> + Send>>;
+
+/// Waits for `watch` to change (never, once the gateway is gone).
+fn wait_attendance(mut watch: AttendanceWatch) -> AttendanceWait {
+    Box::pin(async move {
+        if watch.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        watch
+    })
 }
 
 /// What a joined session has for the socket.
 enum Input {
     Event(Result<Arc<Published>, RecvError>),
-    Attendance,
+    /// The finished frame of the latest `attendance:update`.
+    Attendance(Option<Arc<[u8]>>),
 }
 
 impl Sub {
     async fn next(&mut self) -> Input {
         tokio::select! {
             r = self.events.recv() => Input::Event(r),
-            // A closed watch (the gateway is gone) never yields: the pattern disables the branch.
-            Ok(()) = self.attendance.changed() => Input::Attendance,
+            mut watch = &mut self.attendance => {
+                let frame = watch.borrow_and_update().clone();
+                self.attendance = wait_attendance(watch);
+                Input::Attendance(frame)
+            }
         }
     }
 }
@@ -266,13 +287,25 @@ enum Done {
         caller: Arc<Caller>,
         result: Result<JoinedSession, AppError>,
     },
+    /// A recovery (Connection State Recovery) finished: `Ok` with every session joined again,
+    /// or `Err` when the client connects afresh (nothing is joined).
+    Recovered {
+        pid: String,
+        caller: Arc<Caller>,
+        result: Result<Vec<Rejoined<AttendanceWatch>>, ()>,
+    },
 }
 
-/// A join's ack, the session's events after it and the socket's `attendance:update`s.
+/// A socket's `attendance:update`s of one session (the finished frame of the latest).
+type AttendanceWatch = watch::Receiver<Option<Arc<[u8]>>>;
+
+/// A join's ack, the token it starts from, the session's events after it and the socket's
+/// `attendance:update`s.
 type JoinedSession = (
     Value,
+    Arc<str>,
     broadcast::Receiver<Arc<Published>>,
-    watch::Receiver<Option<Arc<[u8]>>>,
+    AttendanceWatch,
 );
 
 type Work = Pin<Box<dyn Future<Output = Done> + Send>>;
@@ -306,65 +339,76 @@ struct Socket {
 }
 
 impl Socket {
-    async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
-        // One wait for the node's stop, for the socket's life: re-created per wake-up, it
-        // would link into (and out of) a list every socket shares, once per event.
-        let stopping = shutdown.wait_for(|stop| *stop);
-        tokio::pin!(stopping);
-        let mut stop_pending = true;
-        if !self.inbuf.is_empty() {
-            self.decode_all();
-        }
-        let sleep = tokio::time::sleep_until(self.next_wake());
-        tokio::pin!(sleep);
-        while self.ending.is_none() {
-            // A rate-limit pause that has passed, or a command slot freed: frames read before
-            // go on.
-            if !self.inbuf.is_empty() && self.has_slot() && !self.read_paused() {
+    // Not an `async fn`: its parameters would be moved into the future's locals beside the
+    // captured ones, and every idle socket's task would hold the `Socket` twice.
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn would hold its parameters twice"
+    )]
+    fn run(
+        mut self,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        async move {
+            // One wait for the node's stop, for the socket's life: re-created per wake-up, it
+            // would link into (and out of) a list every socket shares, once per event.
+            let stopping = shutdown.wait_for(|stop| *stop);
+            tokio::pin!(stopping);
+            let mut stop_pending = true;
+            if !self.inbuf.is_empty() {
                 self.decode_all();
             }
-            if let Err(e) = self.write_some() {
-                debug!(error = %e, "websocket write failed");
-                self.ending = Some(End::Gone);
-                break;
-            }
-            let wake = self.next_wake();
-            if sleep.deadline() != wake {
-                sleep.as_mut().reset(wake);
-            }
-            // Input is read only while output keeps up: what a client sends can make the socket
-            // queue answers (acks, pongs), and the queue is bounded.
-            let reading = self.has_slot() && !self.at_budget() && !self.read_paused();
-            tokio::select! {
-                r = &mut stopping, if stop_pending => {
-                    // Never polled again once done. (An error would mean the gateway is gone,
-                    // which this socket's own handle on it rules out.)
-                    stop_pending = false;
-                    if r.is_ok() {
-                        self.shut_down();
-                    }
+            let sleep = tokio::time::sleep_until(self.next_wake());
+            tokio::pin!(sleep);
+            while self.ending.is_none() {
+                // A rate-limit pause that has passed, or a command slot freed: frames read before
+                // go on.
+                if !self.inbuf.is_empty() && self.has_slot() && !self.read_paused() {
+                    self.decode_all();
                 }
-                r = ready(&self.stream, reading, !self.out.is_empty()) => match r {
-                    Ok(readable) => {
-                        if readable {
-                            self.on_readable();
+                if let Err(e) = self.write_some() {
+                    debug!(error = %e, "websocket write failed");
+                    self.ending = Some(End::Gone);
+                    break;
+                }
+                let wake = self.next_wake();
+                if sleep.deadline() != wake {
+                    sleep.as_mut().reset(wake);
+                }
+                // Input is read only while output keeps up: what a client sends can make the socket
+                // queue answers (acks, pongs), and the queue is bounded.
+                let reading = self.has_slot() && !self.at_budget() && !self.read_paused();
+                tokio::select! {
+                    r = &mut stopping, if stop_pending => {
+                        // Never polled again once done. (An error would mean the gateway is gone,
+                        // which this socket's own handle on it rules out.)
+                        stop_pending = false;
+                        if r.is_ok() {
+                            self.shut_down();
                         }
                     }
-                    Err(_) => self.ending = Some(End::Gone),
-                },
-                (i, input) = next_input(&mut self.subs) => self.on_input(i, input),
-                done = next_done(&mut self.inflight), if self.inflight.is_some() => match done {
-                    // A slot is free: frames read while the socket was at its cap go on at
-                    // the loop's top.
-                    Some(done) => self.on_done(done),
-                    None => self.inflight = None,
-                },
-                () = &mut sleep => self.on_timer(),
+                    r = ready(&self.stream, reading, !self.out.is_empty()) => match r {
+                        Ok(readable) => {
+                            if readable {
+                                self.on_readable();
+                            }
+                        }
+                        Err(_) => self.ending = Some(End::Gone),
+                    },
+                    (i, input) = next_input(&mut self.subs) => self.on_input(i, input),
+                    done = next_done(&mut self.inflight), if self.inflight.is_some() => match done {
+                        // A slot is free: frames read while the socket was at its cap go on at
+                        // the loop's top.
+                        Some(done) => self.on_done(done),
+                        None => self.inflight = None,
+                    },
+                    () = &mut sleep => self.on_timer(),
+                }
             }
+            // Boxed: its presence and hub futures are large, and would otherwise size every idle
+            // socket's task.
+            Box::pin(self.finish()).await;
         }
-        // Boxed: its presence and hub futures are large, and would otherwise size every idle
-        // socket's task.
-        Box::pin(self.finish()).await;
     }
 
     /// The core's next deadline (the next ping, a pong's deadline, the connect deadline, the
@@ -555,6 +599,10 @@ impl Socket {
     }
 
     fn authenticate(&mut self, auth: Option<Value>) {
+        if matches!(self.stage, Stage::Connected(_)) {
+            // A CONNECT while a recovery runs: the first one is being answered.
+            return;
+        }
         let (fallback, preauth) = match std::mem::replace(&mut self.stage, Stage::Left) {
             Stage::Waiting {
                 fallback_token,
@@ -574,12 +622,30 @@ impl Socket {
         let reply = match result {
             Ok(conn) => {
                 debug!(user = %conn.caller.user, "websocket connected");
-                let reply = self
-                    .client
-                    .connected(&new_sid(), conn.valid_for(), Instant::now());
+                let recovery = Recovery::from_auth(auth.as_ref());
+                let caller = conn.caller.clone();
                 // The place among connections waiting to authenticate goes with `preauth`.
                 self.stage = Stage::Connected(conn);
-                reply
+                let Some(recovery) = recovery else {
+                    self.reply_connected(recovery::new_id());
+                    return;
+                };
+                // The sessions are joined again before the CONNECT reply, which says whether
+                // they were (the core stays unconnected meanwhile).
+                let gw = self.gw.clone();
+                self.start(Box::pin(async move {
+                    let result = sio::recover(&gw, &caller, &recovery, |session| {
+                        gw.attendance_watch(session)
+                    })
+                    .await
+                    .map_err(drop);
+                    Done::Recovered {
+                        pid: recovery.pid,
+                        caller,
+                        result,
+                    }
+                }));
+                return;
             }
             Err(e) => {
                 // The client may try again (with a fresh token) until the connect deadline.
@@ -594,6 +660,55 @@ impl Socket {
             }
         };
         self.act(Some(reply));
+    }
+
+    /// Answers the CONNECT: `40{sid, pid}`.
+    fn reply_connected(&mut self, pid: String) {
+        let Stage::Connected(conn) = &self.stage else {
+            return;
+        };
+        let valid_for = conn.valid_for();
+        let reply = self
+            .client
+            .connected(&recovery::new_id(), &pid, valid_for, Instant::now());
+        self.act(Some(reply));
+    }
+
+    /// A recovery finished: the CONNECT reply (the client's pid if every session was joined
+    /// again, else a fresh one), then each session's missed events in order, then live ones.
+    fn on_recovered(
+        &mut self,
+        pid: String,
+        caller: &Caller,
+        result: Result<Vec<Rejoined<AttendanceWatch>>, ()>,
+    ) {
+        let Ok(rejoined) = result else {
+            self.reply_connected(recovery::new_id());
+            return;
+        };
+        self.client
+            .recovered(rejoined.iter().map(|r| (r.session.clone(), r.from.clone())));
+        self.reply_connected(pid);
+        let (user, staff) = (caller.user.as_str(), caller.role.is_staff());
+        for r in rejoined {
+            for e in &r.missed {
+                if e.delivery_for(user, staff).is_none() {
+                    continue;
+                }
+                let offset = self.client.advance(&r.session, &e.token);
+                if let Some(frame) = sio::event_frame(e, &r.session, user, staff, offset.as_deref())
+                {
+                    self.push(Out::Shared(frame));
+                }
+            }
+            self.client.advance(&r.session, &r.to);
+            self.subs.reserve_exact(1);
+            self.subs.push(Sub {
+                session: r.session,
+                events: r.events,
+                attendance: wait_attendance(r.subscribed),
+            });
+        }
     }
 
     fn dispatch(&mut self, ack: Option<u64>, dispatch: Dispatch) {
@@ -656,22 +771,28 @@ impl Socket {
         match done {
             Done::Ack(ack, reply) => self.ack(ack, &reply),
             Done::Nothing => {}
+            Done::Recovered {
+                pid,
+                caller,
+                result,
+            } => self.on_recovered(pid, &caller, result),
             Done::Joined {
                 ack,
                 session,
                 caller,
                 result,
             } => {
-                let keep = self.client.join_done(&session, result.is_ok());
+                let joined = result.as_ref().ok().map(|(_, token, _, _)| token.clone());
+                let keep = self.client.join_done(&session, joined);
                 match result {
-                    Ok((reply, events, attendance)) if keep => {
+                    Ok((reply, _, events, attendance)) if keep => {
                         self.ack(ack, &reply);
                         // Most sockets join one session: no spare capacity.
                         self.subs.reserve_exact(1);
                         self.subs.push(Sub {
                             session,
                             events,
-                            attendance,
+                            attendance: wait_attendance(attendance),
                         });
                     }
                     // The namespace left (or the socket closed) while the join ran: leave
@@ -692,11 +813,7 @@ impl Socket {
 
     fn on_input(&mut self, i: usize, input: Input) {
         match input {
-            Input::Attendance => {
-                let frame = self
-                    .subs
-                    .get_mut(i)
-                    .and_then(|s| s.attendance.borrow_and_update().clone());
+            Input::Attendance(frame) => {
                 if let Some(frame) = frame {
                     self.push(Out::Shared(frame));
                 }
@@ -706,12 +823,12 @@ impl Socket {
                     return;
                 };
                 let caller = &conn.caller;
-                let frame = sio::event_frame(
-                    &e,
-                    &sub.session,
-                    caller.user.as_str(),
-                    caller.role.is_staff(),
-                );
+                let (user, staff) = (caller.user.as_str(), caller.role.is_staff());
+                if e.delivery_for(user, staff).is_none() {
+                    return;
+                }
+                let offset = self.client.advance(&sub.session, &e.token);
+                let frame = sio::event_frame(&e, &sub.session, user, staff, offset.as_deref());
                 let Some(frame) = frame else { return };
                 self.gw
                     .inner
@@ -788,14 +905,19 @@ impl Socket {
         let mut late = Vec::new();
         if let Some(mut inflight) = self.inflight.take() {
             while let Some(done) = inflight.next().await {
-                if let Done::Joined {
-                    session,
-                    caller,
-                    result: Ok(_),
-                    ..
-                } = done
-                {
-                    late.push((session, caller));
+                match done {
+                    Done::Joined {
+                        session,
+                        caller,
+                        result: Ok(_),
+                        ..
+                    } => late.push((session, caller)),
+                    Done::Recovered {
+                        caller,
+                        result: Ok(rejoined),
+                        ..
+                    } => late.extend(rejoined.into_iter().map(|r| (r.session, caller.clone()))),
+                    _ => {}
                 }
             }
         }
@@ -847,19 +969,6 @@ async fn next_done(inflight: &mut Option<FuturesUnordered<Work>>) -> Option<Done
     }
 }
 
-/// A fresh Engine.IO / Socket.IO session id: 16 URL-safe characters (96 random bits).
-fn new_sid() -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut bits: u128 = rand::random();
-    (0..16)
-        .map(|_| {
-            let c = ALPHABET[(bits & 63) as usize];
-            bits >>= 6;
-            char::from(c)
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     /// Every idle socket's task holds a [`super::Socket`] (the idle memory per WebSocket in
@@ -869,6 +978,12 @@ mod tests {
         let socket = std::mem::size_of::<super::Socket>();
         let client = std::mem::size_of::<crate::sio::client::SioClient>();
         assert!(socket <= 416, "a Socket takes {socket} bytes");
+        fn returned<A, B, F>(_: impl FnOnce(A, B) -> F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        // The socket's task: the `Socket` once, its waits beside it.
+        let task = returned(super::Socket::run);
+        assert!(task <= 1088, "a socket's future takes {task} bytes");
         assert!(client <= 96, "a SioClient takes {client} bytes");
     }
 }

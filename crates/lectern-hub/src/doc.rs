@@ -52,6 +52,20 @@ pub(crate) enum Msg {
         reply: SyncReply,
     },
     Read(ReadFn),
+    /// Rewrite the stored document as one snapshot now (its chunks folded in); answered
+    /// after the store has it, with the stored bytes before and after.
+    Compact {
+        reply: oneshot::Sender<Result<Compacted, HubError>>,
+    },
+}
+
+/// What a compaction did to a stored document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compacted {
+    /// Snapshot and chunk bytes before.
+    pub bytes_before: u64,
+    /// Snapshot bytes after (no chunks are left).
+    pub bytes_after: u64,
 }
 
 impl Msg {
@@ -63,6 +77,7 @@ impl Msg {
             Msg::Command { cmd, .. } => crate::creates_document(doc, &cmd.body),
             Msg::Sync { .. } | Msg::GenerateSync { .. } => true,
             Msg::Read(_) => matches!(doc, DocId::Inbox(_)),
+            Msg::Compact { .. } => false,
         }
     }
 }
@@ -250,6 +265,9 @@ fn fail_all(inner: &Arc<Inner>, batch: Vec<Msg>, e: &HubError) {
                 let _ = reply.send(Err(e.clone()));
             }
             Msg::Read(f) => f(Err(e.clone()), inner),
+            Msg::Compact { reply } => {
+                let _ = reply.send(Err(e.clone()));
+            }
         }
     }
 }
@@ -300,9 +318,14 @@ async fn process(inner: &Arc<Inner>, doc: &DocId, live: &mut Live, batch: Vec<Ms
     let mut deferred: Vec<Msg> = Vec::new();
     let mut rejected = 0u64;
     let mut jobs: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut compactions: Vec<oneshot::Sender<Result<Compacted, HubError>>> = Vec::new();
 
     for msg in batch {
         match msg {
+            Msg::Compact { reply } if !live.exists() || live.saved.is_empty() => {
+                let _ = reply.send(Err(HubError::not_found(doc)));
+            }
+            Msg::Compact { reply } => compactions.push(reply),
             Msg::Command { cmd, reply, .. }
                 if !live.exists() && !crate::creates_document(doc, &cmd.body) =>
             {
@@ -377,8 +400,10 @@ async fn process(inner: &Arc<Inner>, doc: &DocId, live: &mut Live, batch: Vec<Ms
     if !changed && live.saved.is_empty() {
         dirty_peers.clear();
     }
-    if changed || !dirty_peers.is_empty() {
-        let mut batch = storage_batch(inner, doc, live, changed, &dirty_peers);
+    let compact = !compactions.is_empty();
+    let bytes_before = live.snapshot_bytes + live.chunk_bytes;
+    if changed || !dirty_peers.is_empty() || compact {
+        let mut batch = storage_batch(inner, doc, live, changed, &dirty_peers, compact);
         for (id, record) in &jobs {
             batch.enqueue_job(id, record.clone());
         }
@@ -396,6 +421,9 @@ async fn process(inner: &Arc<Inner>, doc: &DocId, live: &mut Live, batch: Vec<Ms
                 let _ = reply.send(Err(e.clone()));
             }
             for (_, reply) in sync_replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+            for reply in compactions {
                 let _ = reply.send(Err(e.clone()));
             }
             fail_all(inner, deferred, &e);
@@ -423,6 +451,12 @@ async fn process(inner: &Arc<Inner>, doc: &DocId, live: &mut Live, batch: Vec<Ms
         .fetch_add(acks.len() as u64, Ordering::Relaxed);
     for (reply, ack) in acks {
         let _ = reply.send(Ok(ack));
+    }
+    for reply in compactions {
+        let _ = reply.send(Ok(Compacted {
+            bytes_before,
+            bytes_after: live.snapshot_bytes + live.chunk_bytes,
+        }));
     }
     if changed {
         inner.rooms.publish(doc, events);
@@ -453,29 +487,36 @@ async fn process(inner: &Arc<Inner>, doc: &DocId, live: &mut Live, batch: Vec<Ms
                 f(Err(HubError::not_found(doc)), inner)
             }
             Msg::Read(f) => f(Ok(&live.replica), inner),
-            Msg::Command { .. } | Msg::Sync { .. } => unreachable!("only reads are deferred"),
+            Msg::Command { .. } | Msg::Sync { .. } | Msg::Compact { .. } => {
+                unreachable!("only reads are deferred")
+            }
         }
     }
     true
 }
 
 /// The store batch for everything the batch changed: one incremental chunk (or, when chunks
-/// outweigh the snapshot, a fresh snapshot replacing them) and the touched peers' sync states.
+/// outweigh the snapshot or `force_compact` asks, a fresh snapshot replacing them) and the
+/// touched peers' sync states.
 fn storage_batch(
     inner: &Inner,
     doc: &DocId,
     live: &mut Live,
     changed: bool,
     dirty_peers: &HashSet<String>,
+    force_compact: bool,
 ) -> Batch {
     let key = doc.to_string();
     let mut batch = Batch::new();
-    if changed {
-        batch.put_heads(&key, crate::heads_digest(&live.replica.doc().get_heads()));
+    if changed || force_compact {
+        if changed {
+            batch.put_heads(&key, crate::heads_digest(&live.replica.doc().get_heads()));
+        }
         let chunk = live.replica.save_after(&live.saved);
         let chunk_len = chunk.len() as u64;
-        let compact =
-            live.chunk_bytes + chunk_len > live.snapshot_bytes.max(inner.config.compact_min_bytes);
+        let compact = force_compact
+            || live.chunk_bytes + chunk_len
+                > live.snapshot_bytes.max(inner.config.compact_min_bytes);
         if compact {
             let snapshot = live.replica.save();
             live.snapshot_bytes = snapshot.len() as u64;

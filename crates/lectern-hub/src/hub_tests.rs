@@ -349,7 +349,7 @@ async fn resume_token_replays_exactly_the_missed_events() {
             )
             .await
             .expect("ask");
-        live.push(ack.event.expect("event").token.clone());
+        live.push(ack.event.expect("event").token.to_string());
     }
     let again = hub
         .join(session("s"), alice.clone(), Some(token))
@@ -358,7 +358,7 @@ async fn resume_token_replays_exactly_the_missed_events() {
     let JoinStart::Replay { events, .. } = again.start else {
         panic!("expected a replay")
     };
-    let replayed: Vec<String> = events.iter().map(|e| e.token.clone()).collect();
+    let replayed: Vec<String> = events.iter().map(|e| e.token.to_string()).collect();
     assert_eq!(replayed, live);
 
     // A token from a document this node never saw: a snapshot, with the reason.
@@ -422,6 +422,60 @@ async fn compaction_keeps_content_and_heads() {
         "{} chunks left after compaction",
         stored.chunks.len()
     );
+    let replica = Replica::load(session("s"), &stored.concat(), &[3u8; 24]).expect("load");
+    assert_eq!(replica.token(), heads);
+    assert_eq!(replica.session_view(&admin, Millis(5)).unwrap(), view);
+}
+
+/// Kills: a compaction that only says it did (chunks left in the store), one that loses a
+/// change, one on a document the store does not hold (it would create it).
+#[tokio::test]
+async fn an_asked_compaction_leaves_one_snapshot_with_everything() {
+    let dir = TempDir::new("compact-now");
+    let admin = caller("admin", Role::Admin);
+    let (heads, view, compacted) = {
+        // Never compacts on its own here: every change is a chunk until asked.
+        let hub = hub_at(
+            &dir,
+            HubConfig {
+                compact_min_bytes: u64::MAX,
+                ..HubConfig::default()
+            },
+        );
+        created(&hub, "s").await;
+        for i in 0..20 {
+            hub.execute(
+                session("s"),
+                caller("u1", Role::Student),
+                cmd(&format!("q{i}"), ask(&format!("question {i}"))),
+            )
+            .await
+            .expect("ask");
+        }
+        let before = hub.store().load_doc("session/s").unwrap().unwrap();
+        assert!(before.chunks.len() >= 20, "{} chunks", before.chunks.len());
+        let compacted = hub.compact(session("s")).await.expect("compact");
+        assert!(
+            matches!(hub.compact(session("nope")).await, Err(e) if e.code() == "doc_not_found"),
+            "a document not stored is not compacted (nor created)"
+        );
+        assert!(hub.store().load_doc("session/nope").unwrap().is_none());
+        let a = admin.clone();
+        let out = hub
+            .read(session("s"), move |r| {
+                (r.token(), r.session_view(&a, Millis(5)).unwrap())
+            })
+            .await
+            .unwrap();
+        hub.shutdown().await.expect("shutdown");
+        (out.0, out.1, compacted)
+    };
+    let store = Store::open(dir.path()).expect("reopen");
+    let stored = store.load_doc("session/s").unwrap().unwrap();
+    assert!(stored.snapshot.is_some());
+    assert!(stored.chunks.is_empty(), "{} chunks", stored.chunks.len());
+    assert_eq!(compacted.bytes_after, stored.concat().len() as u64);
+    assert!(compacted.bytes_before > 0);
     let replica = Replica::load(session("s"), &stored.concat(), &[3u8; 24]).expect("load");
     assert_eq!(replica.token(), heads);
     assert_eq!(replica.session_view(&admin, Millis(5)).unwrap(), view);

@@ -113,6 +113,7 @@ pub fn heads_digest(heads: &[automerge::ChangeHash]) -> [u8; 32] {
     hasher.finalize().into()
 }
 
+pub use doc::Compacted;
 use doc::Msg;
 
 /// Hub settings; every default is safe for a production node.
@@ -471,6 +472,15 @@ impl Hub {
             let _ = reply.send(replica.map(f));
         });
         self.send(&doc, None, Msg::Read(job))?;
+        rx.await.map_err(|_| HubError::ShuttingDown)?
+    }
+
+    /// Rewrites a stored document as one snapshot now, its chunks folded in (`lectern docs
+    /// compact`), after everything queued before it; returns once the store has it. A document
+    /// this node does not store is [`HubError::not_found`].
+    pub async fn compact(&self, doc: DocId) -> Result<Compacted, HubError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(&doc, None, Msg::Compact { reply })?;
         rx.await.map_err(|_| HubError::ShuttingDown)?
     }
 

@@ -18,8 +18,9 @@ pub struct Published {
     pub doc: DocId,
     /// Client-facing name (`qa:new` …).
     pub name: &'static str,
-    /// Resume token after this event.
-    pub token: String,
+    /// Resume token after this event (shared: every socket keeps the last one it was sent as
+    /// its position, for Connection State Recovery).
+    pub token: Arc<str>,
     /// Id of the command that caused it.
     pub command: String,
     /// Serialized payloads by audience; the first match wins.
@@ -76,7 +77,7 @@ impl Published {
         Published {
             doc,
             name,
-            token,
+            token: Arc::from(token),
             command,
             deliveries,
             published_at: std::time::Instant::now(),

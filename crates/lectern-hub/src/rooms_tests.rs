@@ -79,7 +79,7 @@ fn an_event_is_published_with_its_payloads_serialized() {
     let p = Published::from_event(&session(), &event);
     assert_eq!(p.doc, session());
     assert_eq!((p.name, p.command.as_str()), ("chat:new", "k1"));
-    assert_eq!(p.token, event.token.to_string());
+    assert_eq!(&*p.token, event.token.to_string());
     assert_eq!(
         p.payload_for("anyone", false).map(|s| &**s),
         Some(r#"{"text":"hi"}"#)

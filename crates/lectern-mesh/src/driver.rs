@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,7 +29,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, warn};
 
-use crate::session::{Output, PeerInfo, PeerScopes, Session, SessionConfig, ShareFilter};
+use crate::session::{
+    Output, PeerInfo, PeerScopes, REVOCATION_LISTS_MAX, Session, SessionConfig, ShareFilter,
+};
 use crate::tls::NodeTls;
 
 /// Sync workers per connection: documents sync concurrently up to this many at a time.
@@ -108,7 +111,19 @@ pub struct MeshConfig {
     /// of the cluster CA, is closed at its hello, counted in `peer_faults` and logged with its
     /// name: a certificate alone is not membership. Default empty: only `peers`.
     pub accept_from: Vec<String>,
+    /// The directory `tls` was loaded from: re-read every `tls_reload_ms` when its files
+    /// change (a renewed certificate, a revocation list dropped in as `crl.pem`), so no restart
+    /// is needed. `None`: the material never changes.
+    pub tls_dir: Option<PathBuf>,
+    /// How often `tls_dir` is checked for changes. Default [`TLS_RELOAD_MS_DEFAULT`].
+    pub tls_reload_ms: u64,
+    /// Where the revocation lists learned from peers are kept across restarts (PEM). `None`:
+    /// in memory only.
+    pub revocations_file: Option<PathBuf>,
 }
+
+/// Default of [`MeshConfig::tls_reload_ms`].
+pub const TLS_RELOAD_MS_DEFAULT: u64 = 30_000;
 
 /// Default of [`MeshConfig::handshakes_max`]: far more than a cluster's nodes redialling at
 /// once, far fewer than a flood.
@@ -133,6 +148,9 @@ impl MeshConfig {
             idle_timeout_ms: crate::IDLE_TIMEOUT_MS,
             handshakes_max: HANDSHAKES_MAX_DEFAULT,
             accept_from: Vec::new(),
+            tls_dir: None,
+            tls_reload_ms: TLS_RELOAD_MS_DEFAULT,
+            revocations_file: None,
         }
     }
 
@@ -200,6 +218,8 @@ pub struct MeshStatus {
     pub bytes_sent: u64,
     /// Frame bytes received from peers since start.
     pub bytes_received: u64,
+    /// Certificate revocation lists in force (from `tls_dir` and from peers).
+    pub revocation_lists: usize,
 }
 
 /// The running mesh of one node.
@@ -221,6 +241,14 @@ struct PeerEntry {
 struct Shared {
     hub: Hub,
     config: MeshConfig,
+    endpoint: quinn::Endpoint,
+    /// The TLS material in force (`config.tls` until a reload or a new revocation list).
+    tls: Mutex<NodeTls>,
+    /// The QUIC client config made from `tls`, for new dials.
+    client_config: Mutex<quinn::ClientConfig>,
+    /// Ticks when the revocation lists in force change: every connection passes them on to
+    /// its peer and checks the peer's certificate again.
+    revocations: watch::Sender<u64>,
     node_id: String,
     ephemeral_sender: String,
     sessions: Mutex<HashMap<String, PeerEntry>>,
@@ -250,15 +278,20 @@ impl Mesh {
     /// Binds the endpoint, starts accepting peers and dialling the configured ones.
     pub async fn start(config: MeshConfig, hub: Hub) -> anyhow::Result<Mesh> {
         crate::tls::validate_node_name(&config.name)?;
-        let server = config.tls.server_config(config.idle_timeout_ms)?;
-        let client = config.tls.client_config(config.idle_timeout_ms)?;
+        let tls = with_learned_crls(config.tls.clone(), config.revocations_file.as_deref());
+        let server = tls.server_config(config.idle_timeout_ms)?;
+        let client = tls.client_config(config.idle_timeout_ms)?;
         let mut endpoint = quinn::Endpoint::server(server, config.listen)
             .with_context(|| format!("bind QUIC on {}", config.listen))?;
-        endpoint.set_default_client_config(client);
+        endpoint.set_default_client_config(client.clone());
         let identity = *hub.identity();
         let (ephemeral_out, _) = broadcast::channel(EPHEMERAL_CAPACITY);
         let (ephemeral_in, _) = broadcast::channel(EPHEMERAL_CAPACITY);
         let shared = Arc::new(Shared {
+            endpoint: endpoint.clone(),
+            tls: Mutex::new(tls),
+            client_config: Mutex::new(client),
+            revocations: watch::channel(0).0,
             node_id: identity.node_id.to_string(),
             ephemeral_sender: format!("{}.{}", identity.node_id, identity.boot_epoch),
             hub,
@@ -281,6 +314,9 @@ impl Mesh {
         let mut tasks = JoinSet::new();
         let span = tracing::info_span!("mesh", node = %shared.config.name);
         tasks.spawn(accept_loop(shared.clone(), endpoint.clone()).instrument(span.clone()));
+        if shared.config.tls_dir.is_some() {
+            tasks.spawn(tls_reload_loop(shared.clone()).instrument(span.clone()));
+        }
         for peer in shared.config.peers.clone() {
             let span = tracing::info_span!(parent: &span, "dial", peer = %peer.name);
             tasks.spawn(dial_loop(shared.clone(), endpoint.clone(), peer).instrument(span));
@@ -412,6 +448,7 @@ impl Mesh {
             frames_refused: shared.frames_refused.load(Ordering::Relaxed),
             bytes_sent: shared.bytes_sent.load(Ordering::Relaxed),
             bytes_received: shared.bytes_received.load(Ordering::Relaxed),
+            revocation_lists: shared.crl_ders().len(),
         }
     }
 
@@ -526,7 +563,7 @@ async fn dial_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint, peer: PeerAdd
         }
         let attempt = async {
             let connecting = endpoint
-                .connect(peer.addr, &peer.name)
+                .connect_with(shared.client_config(), peer.addr, &peer.name)
                 .context("start a QUIC connection")?;
             let conn = connecting.await.context("QUIC/TLS handshake")?;
             let (send, recv) = conn.open_bi().await.context("open the peer stream")?;
@@ -570,6 +607,86 @@ async fn dial_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint, peer: PeerAdd
 }
 
 impl Shared {
+    /// The client config for a new dial.
+    fn client_config(&self) -> quinn::ClientConfig {
+        match self.client_config.lock() {
+            Ok(c) => c.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// The revocation lists in force, DER.
+    fn crl_ders(&self) -> Vec<Vec<u8>> {
+        self.tls
+            .lock()
+            .map(|t| t.crls().iter().map(|c| c.as_ref().to_vec()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Puts `tls` in force: new handshakes (both ways) use it; if its revocation lists differ,
+    /// they are kept in `revocations_file` and every connection passes them on and checks its
+    /// peer again.
+    fn install(&self, tls: NodeTls) -> anyhow::Result<()> {
+        let server = tls.server_config(self.config.idle_timeout_ms)?;
+        let client = tls.client_config(self.config.idle_timeout_ms)?;
+        self.endpoint.set_server_config(Some(server));
+        if let Ok(mut c) = self.client_config.lock() {
+            *c = client;
+        }
+        let crls_changed = {
+            let Ok(mut current) = self.tls.lock() else {
+                return Ok(());
+            };
+            let changed = current.crls() != tls.crls();
+            *current = tls;
+            changed.then(|| current.crls().to_vec())
+        };
+        if let Some(crls) = crls_changed {
+            if let Some(path) = &self.config.revocations_file {
+                let written =
+                    std::fs::write(path.with_extension("tmp"), crate::tls::crls_pem(&crls))
+                        .and_then(|()| std::fs::rename(path.with_extension("tmp"), path));
+                if let Err(e) = written {
+                    warn!(error = %e, path = %path.display(), "could not keep the revocation lists");
+                }
+            }
+            info!(lists = crls.len(), "revocation lists in force");
+            self.revocations.send_modify(|v| *v += 1);
+        }
+        Ok(())
+    }
+
+    /// Revocation lists a peer sent: those the cluster CA signed and this node lacks are put
+    /// in force. How many it refused (not the CA's, or past [`REVOCATION_LISTS_MAX`]).
+    fn learn_crls(&self, ders: Vec<Vec<u8>>) -> usize {
+        let Ok(current) = self.tls.lock().map(|t| t.clone()) else {
+            return 0;
+        };
+        let mut refused = 0;
+        let mut new = Vec::new();
+        for der in ders {
+            let crl = rustls::pki_types::CertificateRevocationListDer::from(der);
+            if current.crls().contains(&crl) || new.contains(&crl) {
+                continue;
+            }
+            if current.crls().len() + new.len() < REVOCATION_LISTS_MAX && current.accepts_crl(&crl)
+            {
+                new.push(crl);
+            } else {
+                refused += 1;
+            }
+        }
+        if !new.is_empty()
+            && let Err(e) = self.install(current.with_crls(new))
+        {
+            warn!(
+                error = format!("{e:#}"),
+                "could not put new revocation lists in force"
+            );
+        }
+        refused
+    }
+
     fn is_connected(&self, name: &str) -> bool {
         self.sessions
             .lock()
@@ -654,6 +771,7 @@ async fn run_connection(
     let mut ephemeral_out = shared.ephemeral_out.subscribe();
     let mut shutdown = shared.shutdown.subscribe();
     let mut resync = shared.resync.subscribe();
+    let mut revocations = shared.revocations.subscribe();
     let pending = Arc::new(AtomicUsize::new(0));
 
     // Unbounded on purpose, yet bounded in practice: every frame comes from a queued sync step
@@ -754,6 +872,15 @@ async fn run_connection(
                     }
                     peer = Some(info);
                     session.send_summary(summary(&shared.hub));
+                    session.send_revocations(shared.crl_ders());
+                }
+                Output::Revocations(crls) => {
+                    let refused = shared.learn_crls(crls);
+                    if refused > 0 {
+                        shared.faults.fetch_add(1, Ordering::Relaxed);
+                        let peer = session.peer().map(|p| p.name.clone()).unwrap_or_default();
+                        warn!(%peer, refused, "refused revocation lists the cluster CA did not sign");
+                    }
                 }
                 Output::GenerateSync(doc) => {
                     if !dispatch(&workers, Work::Generate(doc)).await {
@@ -844,6 +971,15 @@ async fn run_connection(
                 }
             },
             _ = resync.changed(), if open => session.send_summary(summary(&shared.hub)),
+            _ = revocations.changed(), if open => {
+                session.send_revocations(shared.crl_ders());
+                if !peer_still_accepted(&shared, &conn) {
+                    shared.faults.fetch_add(1, Ordering::Relaxed);
+                    let peer = session.peer().map(|p| p.name.clone()).unwrap_or_default();
+                    warn!(%peer, "closing: the peer's certificate is revoked");
+                    session.close("certificate revoked");
+                }
+            },
             _ = sleep_until(timeout) => session.handle_timeout(Instant::now()),
             _ = shutdown.wait_for(|s| *s) => session.close("shutting down"),
             e = conn.closed() => {
@@ -870,12 +1006,99 @@ async fn run_connection(
     registered
 }
 
+/// `tls` with the revocation lists kept in `file` (learned from peers before a restart),
+/// each checked again as the CA's.
+fn with_learned_crls(tls: NodeTls, file: Option<&std::path::Path>) -> NodeTls {
+    let Some(text) = file.and_then(|f| std::fs::read_to_string(f).ok()) else {
+        return tls;
+    };
+    let crls = crate::tls::parse_crls(&text).unwrap_or_default();
+    let accepted: Vec<_> = crls.into_iter().filter(|c| tls.accepts_crl(c)).collect();
+    tls.with_crls(accepted)
+}
+
+/// What identifies the state of a TLS directory's files: each one's length and change time.
+fn tls_dir_state(dir: &std::path::Path) -> Vec<Option<(u64, std::time::SystemTime)>> {
+    [
+        crate::tls::NODE_CERT_FILE,
+        crate::tls::NODE_KEY_FILE,
+        crate::tls::CA_CERT_FILE,
+        crate::tls::CRL_FILE,
+    ]
+    .iter()
+    .map(|f| {
+        let meta = std::fs::metadata(dir.join(f)).ok()?;
+        Some((meta.len(), meta.modified().ok()?))
+    })
+    .collect()
+}
+
+/// Re-reads `tls_dir` whenever its files change: a renewed certificate or a new revocation
+/// list goes in force without a restart (the lists learned from peers are kept).
+async fn tls_reload_loop(shared: Arc<Shared>) {
+    let Some(dir) = shared.config.tls_dir.clone() else {
+        return;
+    };
+    let mut shutdown = shared.shutdown.subscribe();
+    let mut seen = tls_dir_state(&dir);
+    let every = Duration::from_millis(shared.config.tls_reload_ms.max(10));
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let now = tls_dir_state(&dir);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        let learned: Vec<_> = shared
+            .tls
+            .lock()
+            .map(|t| t.crls().to_vec())
+            .unwrap_or_default();
+        match NodeTls::load(&dir) {
+            Ok(tls) => {
+                let tls = tls.with_crls(learned);
+                match shared.install(tls) {
+                    Ok(()) => info!(dir = %dir.display(), "reloaded the mesh's TLS files"),
+                    Err(e) => warn!(
+                        error = format!("{e:#}"),
+                        "the reloaded TLS files are unusable; keeping the old ones"
+                    ),
+                }
+            }
+            // A half-copied directory: the next change (or the next check) tries again.
+            Err(e) => warn!(
+                error = format!("{e:#}"),
+                "could not reload the mesh's TLS files; keeping the old ones"
+            ),
+        }
+    }
+}
+
 /// The hub's heads digests with doc ids as strings: the leaves of the anti-entropy tree.
 fn summary(hub: &Hub) -> Vec<(String, [u8; 32])> {
     hub.heads_summary()
         .into_iter()
         .map(|(doc, digest)| (doc.to_string(), digest))
         .collect()
+}
+
+/// Whether the peer's certificate is still accepted by the TLS material in force (not revoked
+/// since the handshake).
+fn peer_still_accepted(shared: &Shared, conn: &quinn::Connection) -> bool {
+    let Some(certs) = conn.peer_identity().and_then(|id| {
+        id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+            .ok()
+    }) else {
+        return false;
+    };
+    shared
+        .tls
+        .lock()
+        .map(|t| t.accepts_peer(&certs))
+        .unwrap_or(true)
 }
 
 /// Whether the peer's certificate (verified against the cluster CA during the handshake) was

@@ -24,6 +24,7 @@ pub mod tls;
 
 pub use driver::{
     EphemeralIn, HANDSHAKES_MAX_DEFAULT, Mesh, MeshConfig, MeshStatus, PeerAddr, PeerStatus,
+    TLS_RELOAD_MS_DEFAULT,
 };
 pub use session::{Output, PeerInfo, PeerScopes, Session, SessionConfig, ShareFilter, share_all};
 pub use tls::{ClusterCa, NodeCert, NodeTls};

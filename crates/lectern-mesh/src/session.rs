@@ -30,6 +30,10 @@ use crate::digest::Tree;
 /// connection. Each side sends one root first, so an honest peer sends one.
 pub const EARLY_DIGEST_NODES_MAX: usize = 64;
 
+/// Most revocation lists one frame may carry (and a node keeps): the CA issues a new list for
+/// each revocation, each a superset of the last, so a handful are ever in force.
+pub const REVOCATION_LISTS_MAX: usize = 32;
+
 /// Which documents may cross this connection (both ways): the share policy.
 pub type ShareFilter = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
@@ -107,6 +111,8 @@ pub enum Output {
         /// The opaque payload.
         payload: Vec<u8>,
     },
+    /// Revocation lists from the peer (DER): the driver keeps those the cluster CA signed.
+    Revocations(Vec<Vec<u8>>),
     /// Close the connection (after sending what was queued before).
     Close {
         /// Why, for the log.
@@ -295,8 +301,24 @@ impl Session {
                         });
                     }
                 }
+                PeerFrame::Revocations { crls } => {
+                    if crls.len() > REVOCATION_LISTS_MAX {
+                        self.close("too many revocation lists");
+                    } else {
+                        self.out.push_back(Output::Revocations(crls));
+                    }
+                }
                 PeerFrame::Bye { reason } => self.closed(format!("peer said bye: {reason}")),
             },
+        }
+    }
+
+    /// Sends the revocation lists this node holds (after [`Output::Established`], and whenever
+    /// it learns a new one). Nothing is sent for none.
+    pub fn send_revocations(&mut self, crls: Vec<Vec<u8>>) {
+        if self.phase == Phase::Open && !crls.is_empty() {
+            self.out
+                .push_back(Output::Send(PeerFrame::Revocations { crls }));
         }
     }
 

@@ -8,6 +8,14 @@
 //! the cluster CA (no certificate, or one of another CA, fails the handshake), and the client
 //! checks that the server's certificate is the cluster's and names the peer it dialled.
 //!
+//! Node certificates are short-lived (`lectern cluster issue-node --valid-days`, default
+//! [`NODE_CERT_VALIDITY_DAYS_DEFAULT`]) and renewed in place (`--renew`); a running node picks
+//! renewed files up without a restart (the mesh driver reloads its TLS directory). The CA signs
+//! certificate revocation lists (`lectern cluster revoke`, [`ClusterCa::revocation_list`]): a
+//! node verifies peers against every CRL it holds ([`NodeTls::with_crls`]), and accepts a CRL
+//! only if the cluster CA signed it ([`NodeTls::accepts_crl`]), so the CRLs can travel over the
+//! mesh from any peer.
+//!
 //! Every config names its crypto provider (ring) explicitly instead of relying on a process-wide
 //! default, so a second provider elsewhere in the graph cannot make rustls panic.
 
@@ -20,9 +28,18 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose,
 };
 use rustls::RootCertStore;
+use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
+
+/// A certificate time `since_epoch` after the Unix epoch.
+macro_rules! at_unix {
+    ($since_epoch:expr) => {
+        rcgen::date_time_ymd(1970, 1, 1) + $since_epoch
+    };
+}
 
 /// The CA certificate's file name in a CA or node directory.
 pub const CA_CERT_FILE: &str = "ca.pem";
@@ -32,6 +49,20 @@ pub const CA_KEY_FILE: &str = "ca.key";
 pub const NODE_CERT_FILE: &str = "node.pem";
 /// The node key's file name in a node directory.
 pub const NODE_KEY_FILE: &str = "node.key";
+/// The certificate revocation lists' file name in a CA or node directory (PEM, any number of
+/// CRLs; optional in a node directory).
+pub const CRL_FILE: &str = "crl.pem";
+
+/// How long a node certificate is valid unless `issue-node --valid-days` says otherwise: short,
+/// so a stolen key is useful for weeks at most even if nobody revokes it.
+pub const NODE_CERT_VALIDITY_DAYS_DEFAULT: u32 = 30;
+/// [`NODE_CERT_VALIDITY_DAYS_DEFAULT`] as a duration.
+pub const NODE_CERT_VALIDITY_DEFAULT: std::time::Duration =
+    std::time::Duration::from_secs(NODE_CERT_VALIDITY_DAYS_DEFAULT as u64 * 86_400);
+/// The longest validity `issue-node` grants (the CA/Browser Forum's limit for TLS certificates).
+pub const NODE_CERT_VALIDITY_DAYS_MAX: u32 = 397;
+/// How far back a new certificate's validity starts, for clocks a little behind the CA's.
+const CLOCK_SKEW_ALLOWANCE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// The common name of every cluster CA. The issuer of a node certificate is rebuilt from it
 /// (rcgen cannot parse a certificate without the x509-parser dependency); a certificate of
@@ -54,6 +85,10 @@ pub struct NodeCert {
     pub key_pem: String,
     /// The cluster CA's certificate, PEM.
     pub ca_pem: String,
+    /// The certificate's serial number, lowercase hex (what a revocation names).
+    pub serial_hex: String,
+    /// When it stops being valid, in Unix seconds.
+    pub not_after_s: u64,
 }
 
 impl ClusterCa {
@@ -85,8 +120,9 @@ impl ClusterCa {
     }
 
     /// Issues a certificate for the node named `id` (its subject alternative name), usable as
-    /// both TLS server and client.
-    pub fn issue_node(&self, id: &str) -> anyhow::Result<NodeCert> {
+    /// both TLS server and client, valid from now (less an hour of clock skew) for `valid_for`,
+    /// with a random serial number.
+    pub fn issue_node(&self, id: &str, valid_for: std::time::Duration) -> anyhow::Result<NodeCert> {
         validate_node_name(id)?;
         let ca_key = KeyPair::from_pem(&self.key_pem).context("parse the CA key")?;
         let issuer = Issuer::new(ca_params(), ca_key);
@@ -101,7 +137,12 @@ impl ClusterCa {
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
-        params.not_after = rcgen::date_time_ymd(2100, 1, 1);
+        let now = unix_now();
+        params.not_before = at_unix!(now.saturating_sub(CLOCK_SKEW_ALLOWANCE));
+        let not_after = now + valid_for;
+        params.not_after = at_unix!(not_after);
+        let serial = random_serial();
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
         let key = KeyPair::generate().context("generate the node key")?;
         let cert = params
             .signed_by(&key, &issuer)
@@ -110,7 +151,42 @@ impl ClusterCa {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
             ca_pem: self.cert_pem.clone(),
+            serial_hex: hex(&serial),
+            not_after_s: not_after.as_secs(),
         })
+    }
+
+    /// A certificate revocation list naming `serials` (as [`NodeCert::serial_hex`] writes
+    /// them), numbered `number` (higher for a later list), signed by this CA; PEM.
+    pub fn revocation_list(&self, serials: &[String], number: u64) -> anyhow::Result<String> {
+        let ca_key = KeyPair::from_pem(&self.key_pem).context("parse the CA key")?;
+        let issuer = Issuer::new(ca_params(), ca_key);
+        let now = unix_now();
+        let revoked_certs = serials
+            .iter()
+            .map(|s| {
+                let bytes = unhex(s).with_context(|| format!("serial {s:?} is not hex"))?;
+                Ok(rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from_slice(&bytes),
+                    revocation_time: at_unix!(now),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: at_unix!(now),
+            // Nodes do not enforce the next update (the list stays in force until replaced).
+            next_update: at_unix!(now + std::time::Duration::from_secs(365 * 86_400)),
+            crl_number: rcgen::SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        let crl = params
+            .signed_by(&issuer)
+            .context("sign the revocation list")?;
+        crl.pem().context("encode the revocation list")
     }
 }
 
@@ -123,6 +199,21 @@ impl NodeCert {
         write_new(&dir.join(NODE_KEY_FILE), &self.key_pem, true)?;
         write_new(&dir.join(CA_CERT_FILE), &self.ca_pem, false)
     }
+
+    /// Renews the certificate of an existing node directory: its `ca.pem` must be this
+    /// certificate's CA; `node.key` then `node.pem` are replaced atomically (each written
+    /// beside it and renamed over it), so a node reloading the directory never reads half a
+    /// file.
+    pub fn replace(&self, dir: &Path) -> anyhow::Result<()> {
+        let ca = read(&dir.join(CA_CERT_FILE))?;
+        anyhow::ensure!(
+            ca.trim() == self.ca_pem.trim(),
+            "{} holds another cluster's CA: renew with the CA that issued it",
+            dir.display()
+        );
+        replace_file(&dir.join(NODE_KEY_FILE), &self.key_pem, true)?;
+        replace_file(&dir.join(NODE_CERT_FILE), &self.cert_pem, false)
+    }
 }
 
 /// A node's TLS material, parsed: its certificate chain, key and the cluster's root.
@@ -131,6 +222,8 @@ pub struct NodeTls {
     certs: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
     roots: Arc<RootCertStore>,
+    /// The revocation lists peers are checked against (each verified as the CA's).
+    crls: Vec<CertificateRevocationListDer<'static>>,
 }
 
 impl Clone for NodeTls {
@@ -139,19 +232,95 @@ impl Clone for NodeTls {
             certs: self.certs.clone(),
             key: self.key.clone_key(),
             roots: self.roots.clone(),
+            crls: self.crls.clone(),
         }
     }
 }
 
 impl NodeTls {
-    /// Loads `node.pem`, `node.key` and `ca.pem` from `dir`.
+    /// Loads `node.pem`, `node.key` and `ca.pem` from `dir`, and `crl.pem` if there is one
+    /// (each of its lists must be the CA's).
     pub fn load(dir: &Path) -> anyhow::Result<NodeTls> {
-        NodeTls::from_pem(
+        let tls = NodeTls::from_pem(
             &read(&dir.join(NODE_CERT_FILE))?,
             &read(&dir.join(NODE_KEY_FILE))?,
             &read(&dir.join(CA_CERT_FILE))?,
         )
-        .with_context(|| format!("load the node's TLS files from {}", dir.display()))
+        .with_context(|| format!("load the node's TLS files from {}", dir.display()))?;
+        let crl_path = dir.join(CRL_FILE);
+        if !crl_path.exists() {
+            return Ok(tls);
+        }
+        let crls = parse_crls(&read(&crl_path)?)
+            .with_context(|| format!("parse {}", crl_path.display()))?;
+        for crl in &crls {
+            anyhow::ensure!(
+                tls.accepts_crl(crl),
+                "{} holds a revocation list the cluster CA did not sign",
+                crl_path.display()
+            );
+        }
+        Ok(tls.with_crls(crls))
+    }
+
+    /// The same material checking peers against `crls` too (duplicates are kept once).
+    pub fn with_crls(
+        mut self,
+        crls: impl IntoIterator<Item = CertificateRevocationListDer<'static>>,
+    ) -> NodeTls {
+        for crl in crls {
+            if !self.crls.contains(&crl) {
+                self.crls.push(crl);
+            }
+        }
+        self
+    }
+
+    /// The revocation lists in force.
+    pub fn crls(&self) -> &[CertificateRevocationListDer<'static>] {
+        &self.crls
+    }
+
+    /// Whether `crl` is a revocation list the cluster CA signed: checked by verifying this
+    /// node's own certificate against it (a list this node is revoked by is the CA's too).
+    pub fn accepts_crl(&self, crl: &CertificateRevocationListDer<'static>) -> bool {
+        let Some((leaf, chain)) = self.certs.split_first() else {
+            return false;
+        };
+        let verifier = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider())
+            .with_crls([crl.clone()])
+            .only_check_end_entity_revocation()
+            .build();
+        let Ok(verifier) = verifier else {
+            return false;
+        };
+        match verifier.verify_client_cert(leaf, chain, UnixTime::now()) {
+            Ok(_) => true,
+            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)) => true,
+            Err(_) => false,
+        }
+    }
+
+    /// Whether a peer's certificate chain (as its handshake presented it) is still accepted:
+    /// the cluster CA's, valid now, and revoked by none of this node's lists.
+    pub fn accepts_peer(&self, certs: &[CertificateDer<'static>]) -> bool {
+        let Some((leaf, chain)) = certs.split_first() else {
+            return false;
+        };
+        let Ok(verifier) = self.client_verifier() else {
+            return false;
+        };
+        verifier
+            .verify_client_cert(leaf, chain, UnixTime::now())
+            .is_ok()
+    }
+
+    fn client_verifier(&self) -> anyhow::Result<Arc<dyn ClientCertVerifier>> {
+        WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider())
+            .with_crls(self.crls.clone())
+            .only_check_end_entity_revocation()
+            .build()
+            .context("build the client certificate verifier")
     }
 
     /// Parses PEM text (tests keep certificates in memory).
@@ -176,18 +345,15 @@ impl NodeTls {
             certs,
             key,
             roots: Arc::new(roots),
+            crls: Vec::new(),
         })
     }
 
     /// The QUIC server config (a peer silent for `idle_timeout_ms` is dropped): TLS 1.3, ALPN `lectern/1`, a client certificate of the cluster
     /// CA required.
     pub fn server_config(&self, idle_timeout_ms: u64) -> anyhow::Result<quinn::ServerConfig> {
-        let provider = provider();
-        let verifier =
-            WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider.clone())
-                .build()
-                .context("build the client certificate verifier")?;
-        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        let verifier = self.client_verifier()?;
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .context("TLS 1.3 with ring")?
             .with_client_cert_verifier(verifier)
@@ -204,10 +370,15 @@ impl NodeTls {
     /// The QUIC client config (a peer silent for `idle_timeout_ms` is dropped): TLS 1.3, ALPN `lectern/1`, the cluster CA as the only root and
     /// this node's certificate as the client certificate.
     pub fn client_config(&self, idle_timeout_ms: u64) -> anyhow::Result<quinn::ClientConfig> {
+        let verifier = WebPkiServerVerifier::builder_with_provider(self.roots.clone(), provider())
+            .with_crls(self.crls.clone())
+            .only_check_end_entity_revocation()
+            .build()
+            .context("build the server certificate verifier")?;
         let mut tls = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .context("TLS 1.3 with ring")?
-            .with_root_certificates(self.roots.clone())
+            .with_webpki_verifier(verifier)
             .with_client_auth_cert(self.certs.clone(), self.key.clone_key())
             .context("use the node certificate as the client certificate")?;
         tls.alpn_protocols = vec![lectern_wire::ALPN.to_vec()];
@@ -281,6 +452,72 @@ fn ca_params() -> CertificateParams {
     params
 }
 
+/// The revocation lists in PEM text.
+pub fn parse_crls(pem: &str) -> anyhow::Result<Vec<CertificateRevocationListDer<'static>>> {
+    CertificateRevocationListDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .context("parse the revocation lists")
+}
+
+/// Revocation lists as PEM text (what [`parse_crls`] reads).
+pub fn crls_pem(crls: &[CertificateRevocationListDer<'static>]) -> String {
+    use base64::Engine;
+    let mut out = String::new();
+    for crl in crls {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(crl.as_ref());
+        out.push_str("-----BEGIN X509 CRL-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            out.push_str(std::str::from_utf8(line).unwrap_or_default());
+            out.push('\n');
+        }
+        out.push_str("-----END X509 CRL-----\n");
+    }
+    out
+}
+
+/// Now, as a duration since the Unix epoch.
+fn unix_now() -> std::time::Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+/// A random positive serial number of 16 bytes (RFC 5280: at most 20, positive).
+fn random_serial() -> [u8; 16] {
+    let mut serial: [u8; 16] = rand::random();
+    serial[0] = (serial[0] & 0x7f) | 0x01;
+    serial
+}
+
+/// Lowercase hex.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Bytes from hex (either case); `None` if it is not.
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.is_empty() || !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Replaces `path` with `text` atomically: written to a file beside it (mode 0600 if
+/// `secret`), synced, then renamed over it.
+fn replace_file(path: &Path, text: &str, secret: bool) -> anyhow::Result<()> {
+    let tmp = path.with_extension("renew");
+    let _ = std::fs::remove_file(&tmp);
+    write_new(&tmp, text, secret)?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("sync {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("rename {} over {}", tmp.display(), path.display()))
+}
+
 fn read(path: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))
 }
@@ -301,4 +538,106 @@ fn write_new(path: &Path, text: &str, secret: bool) -> anyhow::Result<()> {
         .with_context(|| format!("create {} (it must not exist yet)", path.display()))?;
     file.write_all(text.as_bytes())
         .with_context(|| format!("write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    const MONTH: Duration = NODE_CERT_VALIDITY_DEFAULT;
+
+    fn tls(cert: &NodeCert) -> NodeTls {
+        NodeTls::from_pem(&cert.cert_pem, &cert.key_pem, &cert.ca_pem).expect("parses")
+    }
+
+    fn chain(cert: &NodeCert) -> Vec<CertificateDer<'static>> {
+        CertificateDer::pem_slice_iter(cert.cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .expect("parses")
+    }
+
+    #[test]
+    fn certificates_are_valid_for_the_time_asked_and_no_longer() {
+        let ca = ClusterCa::generate().unwrap();
+        let me = tls(&ca.issue_node("a", MONTH).unwrap());
+        let fresh = ca.issue_node("b", MONTH).unwrap();
+        assert!(me.accepts_peer(&chain(&fresh)));
+        let expired = ca.issue_node("c", Duration::ZERO).unwrap();
+        std::thread::sleep(Duration::from_millis(1100));
+        assert!(!me.accepts_peer(&chain(&expired)), "an expired certificate");
+        let other = ClusterCa::generate()
+            .unwrap()
+            .issue_node("d", MONTH)
+            .unwrap();
+        assert!(!me.accepts_peer(&chain(&other)), "another CA's certificate");
+        assert_ne!(fresh.serial_hex, expired.serial_hex);
+        let now = unix_now().as_secs();
+        assert!(fresh.not_after_s.abs_diff(now + MONTH.as_secs()) < 5);
+    }
+
+    #[test]
+    fn only_the_cas_revocation_lists_are_taken_and_they_revoke() {
+        let ca = ClusterCa::generate().unwrap();
+        let me = tls(&ca.issue_node("a", MONTH).unwrap());
+        let (b, c) = (
+            ca.issue_node("b", MONTH).unwrap(),
+            ca.issue_node("c", MONTH).unwrap(),
+        );
+        let crl = parse_crls(
+            &ca.revocation_list(std::slice::from_ref(&c.serial_hex), 7)
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(crl.len(), 1);
+        assert!(me.accepts_crl(&crl[0]));
+        let forged = ClusterCa::generate()
+            .unwrap()
+            .revocation_list(std::slice::from_ref(&b.serial_hex), 8)
+            .unwrap();
+        let forged = parse_crls(&forged).unwrap();
+        assert!(!me.accepts_crl(&forged[0]), "another CA's list");
+        let me = me.with_crls(crl.clone()).with_crls(crl.clone());
+        assert_eq!(me.crls().len(), 1, "a list is kept once");
+        assert!(me.accepts_peer(&chain(&b)));
+        assert!(!me.accepts_peer(&chain(&c)), "a revoked certificate");
+        // A list that revokes this node itself is still the CA's.
+        let mine = tls(&c);
+        assert!(mine.accepts_crl(&crl[0]));
+        // PEM round trip (how lists learned from peers are kept).
+        assert_eq!(parse_crls(&crls_pem(me.crls())).unwrap(), crl);
+        assert!(ca.revocation_list(&["not hex".into()], 9).is_err());
+    }
+
+    #[test]
+    fn a_renewal_replaces_the_certificate_of_the_same_cluster_only() {
+        let dir = std::env::temp_dir().join(format!("lectern-tls-renew-{}", rand::random::<u64>()));
+        let ca = ClusterCa::generate().unwrap();
+        let first = ca.issue_node("a", MONTH).unwrap();
+        first.write(&dir).unwrap();
+        assert!(first.write(&dir).is_err(), "write never overwrites");
+        let renewed = ca.issue_node("a", MONTH).unwrap();
+        renewed.replace(&dir).unwrap();
+        let loaded = NodeTls::load(&dir).unwrap();
+        assert_eq!(loaded.certs, chain(&renewed));
+        let foreign = ClusterCa::generate()
+            .unwrap()
+            .issue_node("a", MONTH)
+            .unwrap();
+        assert!(foreign.replace(&dir).is_err(), "another cluster's CA");
+        // A revocation list beside it is loaded (and must be the CA's).
+        let crl = ca
+            .revocation_list(std::slice::from_ref(&first.serial_hex), 1)
+            .unwrap();
+        std::fs::write(dir.join(CRL_FILE), crl).unwrap();
+        assert_eq!(NodeTls::load(&dir).unwrap().crls().len(), 1);
+        let forged = ClusterCa::generate()
+            .unwrap()
+            .revocation_list(&[], 1)
+            .unwrap();
+        std::fs::write(dir.join(CRL_FILE), forged).unwrap();
+        assert!(NodeTls::load(&dir).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::Role;
 use crate::ids::{CohortId, CommandId, DocKind, LessonId, PollId, QuestionId, SessionId, UserId};
-use crate::notify::{Channel, NotifyKind};
+use crate::notification::{Channel, NotifyKind};
+use crate::outline::CourseModule;
 
 /// A command with its idempotency id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -354,7 +355,7 @@ pub enum CommandBody {
         #[serde(default)]
         description: Option<String>,
         /// The whole outline of the new version.
-        modules: Vec<crate::course::CourseModule>,
+        modules: Vec<CourseModule>,
     },
 
     // ---- inbox documents ----

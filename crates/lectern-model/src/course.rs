@@ -19,60 +19,21 @@
 
 use automerge::ReadDoc;
 use automerge::transaction::Transaction;
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::Caller;
-use crate::apply::{Target, put, root};
 use crate::auth::Role;
 use crate::command::{Command, CommandBody};
-use crate::ids::{LessonId, Millis};
-use crate::limits::TITLE_LEN_MAX_CHARS;
+use crate::ids::Millis;
+use crate::limits::{
+    COURSE_DESCRIPTION_LEN_MAX_CHARS, COURSE_LESSONS_MAX, COURSE_MODULES_MAX, LESSON_ASSETS_MAX,
+    TITLE_LEN_MAX_CHARS,
+};
+use crate::outline::{CourseLesson, CourseModule, is_blob_hash};
 use crate::read::Reader;
 use crate::reject::{RejectCode, Rejection, check_text};
 use crate::schema::META;
-
-/// Longest course description, in characters.
-pub const COURSE_DESCRIPTION_LEN_MAX_CHARS: usize = 4000;
-/// Most modules in one course outline.
-pub const COURSE_MODULES_MAX: usize = 100;
-/// Most lessons in one course outline, over all its modules.
-pub const COURSE_LESSONS_MAX: usize = 500;
-/// Most assets one lesson references.
-pub const LESSON_ASSETS_MAX: usize = 200;
-
-/// A lesson as published in an outline: its Markdown body and assets, by blob hash.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CourseLesson {
-    /// The lesson's id, unique in the course (progress is recorded against it).
-    pub id: LessonId,
-    /// Its title.
-    pub title: String,
-    /// SHA-256 (64 lowercase hex digits) of the Markdown body blob.
-    pub body: String,
-    /// SHA-256 of the body rendered to sanitized HTML at publication (what clients show).
-    #[serde(default)]
-    pub html: Option<String>,
-    /// SHA-256 of every asset blob the body references.
-    #[serde(default)]
-    pub assets: Vec<String>,
-}
-
-/// A module of an outline: a titled, ordered group of lessons.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CourseModule {
-    /// Its title.
-    pub title: String,
-    /// Its lessons, in reading order.
-    pub lessons: Vec<CourseLesson>,
-}
-
-/// Whether `s` names a blob: 64 lowercase hex digits.
-pub fn is_blob_hash(s: &str) -> bool {
-    s.len() == 64
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
+use crate::write::{Target, put, root};
 
 fn invalid(message: impl Into<String>) -> Rejection {
     Rejection::new(RejectCode::InvalidInput, message)

@@ -10,40 +10,69 @@
 //! and remote changes alike are derived from those envelopes and the document's values, never
 //! from a full `diff`.
 
-mod apply;
+// Grouped from the bottom up: a module uses only modules of its own group or of the groups
+// above it, and no two modules use each other (no import circle).
+// Plain data and rules: ids, limits, refusals, document shapes, resume tokens, roles.
 mod auth;
-mod board;
-mod command;
-mod course;
-mod event;
 mod ids;
 pub mod limits;
-mod notify;
-mod read;
 mod reject;
-mod replica;
 mod resume;
 mod schema;
+// What commands carry, and the commands.
+mod command;
+mod notification;
+mod outline;
+// Reading and writing a document; what a change's commit says; what subscribers receive.
+mod envelope;
+mod event;
+mod read;
 mod view;
+mod write;
+// The command families, by document.
+mod apply;
+mod attendance;
+mod chat;
+mod cohort;
+mod course;
+mod inbox;
+mod poll;
+mod progress;
+mod qa;
+mod session;
+// What is derived from documents: events, notification triggers, the live boards.
+mod board;
+mod derive;
+mod trigger;
+// One document and everything the hub does with it.
+mod replica;
 
-pub use apply::check_session_link;
 pub use auth::{Caller, Role};
+pub use board::{
+    CohortActivity, Dashboard, DashboardPoll, InactiveStudent, Leaderboard, LeaderboardEntry,
+    LeaderboardPlace, Online, PollSummary, PublicEntry, PublicLeaderboard, SessionSummary,
+    StudentActivity, StudentScore,
+};
 pub use command::{
     Command, CommandBody, PollChoice, PollKind, PollSpec, ProgressStatus, SessionState,
 };
-pub use course::{
-    COURSE_DESCRIPTION_LEN_MAX_CHARS, COURSE_LESSONS_MAX, COURSE_MODULES_MAX, CourseLesson,
-    CourseModule, LESSON_ASSETS_MAX, is_blob_hash,
-};
+pub use envelope::Envelope;
 pub use event::{Audience, Delivery, Event};
 pub use ids::{
     CohortId, CommandId, CourseId, DocId, DocKind, IdError, LessonId, Millis, PollId, QuestionId,
     SessionId, UserId,
 };
-pub use notify::{Channel, InboxPrefs, Notification, NotifyKind, Trigger};
+pub use limits::{
+    COURSE_DESCRIPTION_LEN_MAX_CHARS, COURSE_LESSONS_MAX, COURSE_MODULES_MAX, LESSON_ASSETS_MAX,
+};
+pub use notification::{Channel, InboxPrefs, Notification, NotifyKind};
+pub use outline::{CourseLesson, CourseModule, is_blob_hash};
 pub use reject::{RejectCode, Rejection};
-pub use replica::{Applied, Envelope, LoadError, Replica, SyncError};
+pub use replica::{Applied, LoadError, Replica, SyncError};
 pub use resume::{ResumeError, ResumeToken};
+pub use session::check_session_link;
+pub use trigger::Trigger;
+pub use view::{CohortAggregates, LessonAggregate, Listing};
 
 /// Re-exported so that callers name the same automerge types the model uses.
 pub use automerge;

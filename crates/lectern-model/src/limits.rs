@@ -54,9 +54,15 @@ pub const CHAT_MESSAGES_PER_USER_PER_SESSION_MAX: usize = 1_000;
 /// joins is one; past it they are still served, the visit is not recorded).
 pub const VISITS_PER_USER_PER_SESSION_MAX: usize = 1_000;
 /// Lessons one student may have progress in, per cohort (a course's most lessons).
-pub const LESSONS_PER_STUDENT_MAX: usize = crate::course::COURSE_LESSONS_MAX;
+pub const LESSONS_PER_STUDENT_MAX: usize = COURSE_LESSONS_MAX;
 /// Chat messages included in a joining client's state (the newest ones).
 pub const CHAT_IN_VIEW_MAX: usize = 200;
+/// Questions included in a joining client's state (the newest ones; older ones are paged).
+pub const QUESTIONS_IN_VIEW_MAX: usize = 500;
+/// Broadcasts included in a joining client's state (the newest ones; older ones are paged).
+pub const BROADCASTS_IN_VIEW_MAX: usize = 100;
+/// Most items one page of a session's questions, chat or broadcasts holds.
+pub const PAGE_ITEMS_MAX: usize = 200;
 /// Announcements one cohort holds.
 pub const ANNOUNCEMENTS_PER_COHORT_MAX: usize = 2_000;
 /// Highest score or maximum score recorded for a lesson.
@@ -74,3 +80,12 @@ pub const INBOX_VIEW_ITEMS_MAX: usize = 100;
 
 /// Longest email address (RFC 5321's path limit).
 pub const EMAIL_ADDRESS_LEN_MAX_CHARS: usize = 254;
+
+/// Longest course description, in characters.
+pub const COURSE_DESCRIPTION_LEN_MAX_CHARS: usize = 4000;
+/// Most modules in one course outline.
+pub const COURSE_MODULES_MAX: usize = 100;
+/// Most lessons in one course outline, over all its modules.
+pub const COURSE_LESSONS_MAX: usize = 500;
+/// Most assets one lesson references.
+pub const LESSON_ASSETS_MAX: usize = 200;

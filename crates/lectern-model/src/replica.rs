@@ -15,56 +15,23 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use automerge::sync::{self, SyncDoc};
 use automerge::transaction::CommitOptions;
 use automerge::{ActorId, Automerge, ChangeHash};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::apply::{Counts, Target, apply};
+use crate::Caller;
+use crate::apply::apply;
+use crate::board::{self, CohortActivity, Leaderboard, SessionSummary};
 use crate::command::Command;
-use crate::event::{Event, derive};
+use crate::derive::derive;
+use crate::envelope::Envelope;
+use crate::event::Event;
 use crate::ids::{CohortId, CommandId, DocId, Millis, UserId};
 use crate::limits::REPLAY_EVENTS_MAX;
 use crate::read::Reader;
 use crate::reject::{RejectCode, Rejection};
 use crate::resume::{ResumeError, ResumeToken};
 use crate::schema::genesis;
-use crate::{Caller, view};
-
-/// The commit message of every command: small, so that replicas can derive events from
-/// `get_changes_meta` without a diff.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Envelope {
-    /// Command name (`qa.ask` …).
-    pub c: String,
-    /// Command id.
-    pub i: String,
-    /// Caller's user id.
-    pub u: String,
-    /// Target item, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub t: Option<String>,
-    /// Lesson, for progress.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub l: Option<String>,
-}
-
-impl Envelope {
-    fn parse(message: Option<&str>) -> Option<Envelope> {
-        serde_json::from_str(message?).ok()
-    }
-
-    /// The item an event reads: two changes with the same key touch the same state.
-    fn item_key(&self) -> (&str, Option<&str>) {
-        let family = self.c.split('.').next().unwrap_or("");
-        match self.c.as_str() {
-            "session.create" | "session.update" | "cohort.create" => ("meta", None),
-            // An inbox event carries the unread count, which every inbox command changes.
-            "inbox.push" | "inbox.read" | "inbox.prefs" => ("inbox", None),
-            // It writes the caller's roster entry.
-            "leaderboard.privacy" => ("roster", self.t.as_deref()),
-            _ => (family, self.t.as_deref()),
-        }
-    }
-}
+use crate::view::{self, CohortAggregates, Listing};
+use crate::write::{Counts, Target};
 
 /// The result of an applied command.
 #[derive(Debug, Clone)]
@@ -341,6 +308,21 @@ impl Replica {
         )
     }
 
+    /// A page of a session's questions, chat or broadcasts for `viewer`, older than `before`
+    /// (`at` and id of the oldest item the client holds): `{items, more}`.
+    pub fn session_page(
+        &self,
+        viewer: &Caller,
+        listing: Listing,
+        before: Option<(i64, &str)>,
+        limit: usize,
+    ) -> Result<Value, Rejection> {
+        if !matches!(self.id, DocId::Session(_)) {
+            return Err(wrong_kind());
+        }
+        view::session_page(&Reader::now(&self.doc), viewer, listing, before, limit)
+    }
+
     /// The cohort as `viewer` sees it.
     pub fn cohort_view(&self, viewer: &Caller) -> Result<Value, Rejection> {
         let DocId::Cohort(id) = &self.id else {
@@ -357,8 +339,15 @@ impl Replica {
         view::student_progress(&Reader::now(&self.doc), id, viewer, student)
     }
 
-    /// Per-lesson aggregates of a cohort (staff).
+    /// Per-lesson aggregates of a cohort (staff), as clients receive them.
     pub fn cohort_aggregates(&self, viewer: &Caller) -> Result<Value, Rejection> {
+        let aggregates = self.aggregates(viewer)?;
+        serde_json::to_value(aggregates)
+            .map_err(|e| Rejection::new(RejectCode::Internal, format!("encode aggregates: {e}")))
+    }
+
+    /// Per-lesson aggregates of a cohort (staff).
+    pub fn aggregates(&self, viewer: &Caller) -> Result<CohortAggregates, Rejection> {
         let DocId::Cohort(id) = &self.id else {
             return Err(wrong_kind());
         };
@@ -454,7 +443,7 @@ impl Replica {
                     return Err(Rejection::new(RejectCode::DocNotFound, "no such session"));
                 }
             },
-            DocId::Inbox(owner) => return crate::notify::authorize_read(caller, owner),
+            DocId::Inbox(owner) => return crate::inbox::authorize_read(caller, owner),
             // Course metadata is public: it is served to anyone, once the course exists.
             DocId::Course(_) => {
                 return if self.exists() {
@@ -483,41 +472,35 @@ impl Replica {
         }
     }
 
-    /// The leaderboard of a cohort as `(full, public)`: staff see `full`; in `public`, students
-    /// who opted out are "Anonymous". Authorize with [`Replica::authorize_read`] first.
-    pub fn leaderboard(&self) -> Result<(Value, Value), Rejection> {
+    /// The leaderboard of a cohort as staff see it ([`Leaderboard::public`] is the students'
+    /// board). Authorize with [`Replica::authorize_read`] first.
+    pub fn leaderboard(&self) -> Result<Leaderboard, Rejection> {
         let DocId::Cohort(id) = &self.id else {
             return Err(wrong_kind());
         };
         if !self.exists() {
             return Err(Rejection::new(RejectCode::DocNotFound, "no such cohort"));
         }
-        Ok(crate::board::leaderboard(
-            &Reader::now(&self.doc),
-            id.as_str(),
-        ))
+        let scores = board::student_scores(&Reader::now(&self.doc));
+        Ok(Leaderboard::rank(id.clone(), scores))
     }
 
     /// Per student of a cohort: their latest progress time; and the cohort's sessions, newest
     /// first (the instructor dashboard's cohort half).
-    pub fn cohort_activity(&self) -> Result<Value, Rejection> {
+    pub fn cohort_activity(&self) -> Result<CohortActivity, Rejection> {
         if !matches!(self.id, DocId::Cohort(_)) {
             return Err(wrong_kind());
         }
-        Ok(crate::board::cohort_activity(&Reader::now(&self.doc)))
+        Ok(board::cohort_activity(&Reader::now(&self.doc)))
     }
 
     /// A session for the instructor dashboard: present users, last-seen times, open questions,
     /// poll participation.
-    pub fn session_summary(&self, now: Millis) -> Result<Value, Rejection> {
+    pub fn session_summary(&self) -> Result<SessionSummary, Rejection> {
         let DocId::Session(id) = &self.id else {
             return Err(wrong_kind());
         };
-        Ok(crate::board::session_summary(
-            &Reader::now(&self.doc),
-            id.as_str(),
-            now,
-        ))
+        Ok(board::session_summary(&Reader::now(&self.doc), id))
     }
 
     /// The cohort this session document belongs to: `None` for a cohort or inbox document, or a
@@ -527,7 +510,7 @@ impl Replica {
         if !matches!(self.id, DocId::Session(_)) {
             return None;
         }
-        crate::apply::session_cohort(&self.doc)
+        crate::session::session_cohort(&self.doc)
     }
 
     /// The course as anyone sees it (its metadata is public); `doc_not_found` before
@@ -554,13 +537,13 @@ impl Replica {
         let DocId::Inbox(owner) = &self.id else {
             return Err(wrong_kind());
         };
-        crate::notify::inbox_view(&Reader::now(&self.doc), owner, viewer)
+        crate::inbox::inbox_view(&Reader::now(&self.doc), owner, viewer)
     }
 
     /// The notification preferences of an inbox (defaults for any other document).
     pub fn inbox_prefs(&self) -> crate::InboxPrefs {
         match &self.id {
-            DocId::Inbox(_) => crate::notify::read_prefs(&Reader::now(&self.doc)),
+            DocId::Inbox(_) => crate::inbox::read_prefs(&Reader::now(&self.doc)),
             _ => crate::InboxPrefs::default(),
         }
     }
@@ -574,7 +557,7 @@ impl Replica {
         cmd: &Command,
         now: Millis,
     ) -> Option<crate::Trigger> {
-        crate::notify::trigger(&self.doc, &self.id, caller, cmd, now)
+        crate::trigger::trigger(&self.doc, &self.id, caller, cmd, now)
     }
 }
 

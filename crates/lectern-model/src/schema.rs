@@ -14,7 +14,7 @@
 //! Cohort document (`cohort/{id}`):
 //! ```text
 //! meta          {course, title, home_region, created_at}
-//! roster        {user: {role, name, removed, at}}
+//! roster        {user: {role, name, removed, at, lb_anonymous}}
 //! progress      {student: {"{lesson}/status", "{lesson}/score", "{lesson}/max", "{lesson}/at"}}
 //! announcements {aid: {title, body, by, by_name, at}}
 //! sessions      {sid: {title, at}}
@@ -53,6 +53,9 @@ pub(crate) const ANNOUNCEMENTS: &str = "announcements";
 pub(crate) const SESSIONS: &str = "sessions";
 pub(crate) const ITEMS: &str = "items";
 pub(crate) const PREFS: &str = "prefs";
+
+/// The key in a roster entry that hides the student's name on leaderboards.
+pub(crate) const LEADERBOARD_ANONYMOUS: &str = "lb_anonymous";
 
 /// Question status values.
 pub(crate) const Q_VISIBLE: &str = "visible";

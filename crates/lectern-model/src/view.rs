@@ -9,13 +9,17 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use automerge::{ObjId, ReadDoc};
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::Caller;
 use crate::auth::{Needs, authorize};
 use crate::command::{PollKind, ProgressStatus};
 use crate::ids::{CohortId, Millis, UserId};
-use crate::limits::{CHAT_IN_VIEW_MAX, WORD_CLOUD_WORDS_MAX};
+use crate::limits::{
+    BROADCASTS_IN_VIEW_MAX, CHAT_IN_VIEW_MAX, PAGE_ITEMS_MAX, QUESTIONS_IN_VIEW_MAX,
+    WORD_CLOUD_WORDS_MAX,
+};
 use crate::read::Reader;
 use crate::reject::{RejectCode, Rejection};
 use crate::schema::*;
@@ -395,14 +399,14 @@ pub(crate) fn attendance<D: ReadDoc>(
 }
 
 /// When each user was last seen in the session: the latest of their joins and leaves (ms).
-pub(crate) fn last_seen<D: ReadDoc>(r: &Reader<'_, D>) -> Value {
+pub(crate) fn last_seen<D: ReadDoc>(r: &Reader<'_, D>) -> BTreeMap<String, i64> {
     let mut seen: BTreeMap<String, i64> = BTreeMap::new();
     for v in visits(r, None) {
         let t = v.leave_at.unwrap_or(v.join_at).max(v.join_at);
         let e = seen.entry(v.user).or_insert(t);
         *e = (*e).max(t);
     }
-    json!(seen)
+    seen
 }
 
 /// The session's meta as JSON (None until the session is created).
@@ -437,25 +441,8 @@ pub(crate) fn session_view<D: ReadDoc>(
     let staff = viewer.role.is_staff();
     let user = viewer.user.as_str();
 
-    let mut questions: Vec<Question> = r
-        .root_map(QUESTIONS)
-        .map(|qs| {
-            r.keys(&qs)
-                .iter()
-                .filter_map(|k| Question::read_obj(r, k, &r.map(&qs, k)?))
-                .filter(|q| q.visible_to(user, staff))
-                .collect()
-        })
-        .unwrap_or_default();
-    questions.sort_by(|a, b| a.at.cmp(&b.at).then_with(|| a.id.cmp(&b.id)));
-    let questions: Vec<Value> = questions
-        .iter()
-        .map(|q| {
-            let mut j = q.to_json(staff || q.author == user);
-            j["voted"] = json!(q.voted(r, user));
-            j
-        })
-        .collect();
+    let questions = items(r, Listing::Questions, user, staff);
+    let questions_more = questions.len().saturating_sub(QUESTIONS_IN_VIEW_MAX);
 
     let mut polls: Vec<Poll> = r
         .root_map(POLLS)
@@ -476,33 +463,18 @@ pub(crate) fn session_view<D: ReadDoc>(
         })
         .collect();
 
-    let mut chat: Vec<(i64, Value)> = r
-        .root_map(CHAT)
-        .map(|c| {
-            r.keys(&c)
-                .iter()
-                .filter_map(|k| chat_message(r, k))
-                .filter(|(_, deleted, _)| !deleted)
-                .map(|(at, _, j)| (at, j))
-                .collect()
-        })
-        .unwrap_or_default();
-    chat.sort_by(|a, b| {
-        a.0.cmp(&b.0)
-            .then_with(|| a.1["id"].as_str().cmp(&b.1["id"].as_str()))
-    });
-    let skip = chat.len().saturating_sub(CHAT_IN_VIEW_MAX);
-    let chat: Vec<Value> = chat.into_iter().skip(skip).map(|(_, j)| j).collect();
-
-    let mut broadcasts: Vec<(i64, Value)> = r
-        .root_map(BROADCASTS)
-        .map(|b| r.keys(&b).iter().filter_map(|k| broadcast(r, k)).collect())
-        .unwrap_or_default();
-    broadcasts.sort_by(|a, b| {
-        a.0.cmp(&b.0)
-            .then_with(|| a.1["id"].as_str().cmp(&b.1["id"].as_str()))
-    });
-    let broadcasts: Vec<Value> = broadcasts.into_iter().map(|(_, j)| j).collect();
+    let chat = items(r, Listing::Chat, user, staff);
+    let chat_more = chat.len().saturating_sub(CHAT_IN_VIEW_MAX);
+    let broadcasts = items(r, Listing::Broadcasts, user, staff);
+    let broadcasts_more = broadcasts.len().saturating_sub(BROADCASTS_IN_VIEW_MAX);
+    let newest = |list: Vec<Item>, skip: usize| -> Vec<Value> {
+        list.into_iter().skip(skip).map(|i| i.json).collect()
+    };
+    let (questions, chat, broadcasts) = (
+        newest(questions, questions_more),
+        newest(chat, chat_more),
+        newest(broadcasts, broadcasts_more),
+    );
 
     let attendance = if staff {
         let (present, users) = attendance(r, None, Some(now));
@@ -517,7 +489,120 @@ pub(crate) fn session_view<D: ReadDoc>(
     meta["chat"] = Value::Array(chat);
     meta["broadcasts"] = Value::Array(broadcasts);
     meta["attendance"] = attendance;
+    // How many older items each list left out: fetched on demand, a page at a time
+    // (`session_page`), so a join costs the same in a session of any age.
+    meta["older"] = json!({
+        "questions": questions_more,
+        "chat": chat_more,
+        "broadcasts": broadcasts_more,
+    });
     Ok(meta)
+}
+
+/// A list of a session that the view holds only the newest of, the rest paged on demand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listing {
+    /// The questions `viewer` may see.
+    Questions,
+    /// Chat messages not deleted.
+    Chat,
+    /// Instructor broadcasts.
+    Broadcasts,
+}
+
+/// One item of a [`Listing`]: its time and id (the order, and a page's cursor) and its JSON.
+struct Item {
+    at: i64,
+    id: String,
+    json: Value,
+}
+
+/// Every item of `listing` `user` may see, oldest first (by time, then id).
+fn items<D: ReadDoc>(r: &Reader<'_, D>, listing: Listing, user: &str, staff: bool) -> Vec<Item> {
+    let mut out: Vec<Item> = match listing {
+        Listing::Questions => r
+            .root_map(QUESTIONS)
+            .map(|qs| {
+                r.keys(&qs)
+                    .iter()
+                    .filter_map(|k| Question::read_obj(r, k, &r.map(&qs, k)?))
+                    .filter(|q| q.visible_to(user, staff))
+                    .map(|q| {
+                        let mut json = q.to_json(staff || q.author == user);
+                        json["voted"] = json!(q.voted(r, user));
+                        Item {
+                            at: q.at,
+                            id: q.id.clone(),
+                            json,
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        Listing::Chat => r
+            .root_map(CHAT)
+            .map(|c| {
+                r.keys(&c)
+                    .iter()
+                    .filter_map(|k| {
+                        let (at, deleted, json) = chat_message(r, k)?;
+                        (!deleted).then(|| Item {
+                            at,
+                            id: k.clone(),
+                            json,
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        Listing::Broadcasts => r
+            .root_map(BROADCASTS)
+            .map(|b| {
+                r.keys(&b)
+                    .iter()
+                    .filter_map(|k| {
+                        let (at, json) = broadcast(r, k)?;
+                        Some(Item {
+                            at,
+                            id: k.clone(),
+                            json,
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    };
+    out.sort_by(|a, b| a.at.cmp(&b.at).then_with(|| a.id.cmp(&b.id)));
+    out
+}
+
+/// A page of `listing` for `viewer`: at most `limit` (capped at [`PAGE_ITEMS_MAX`]) items older
+/// than `before` (the `at` and `id` of the oldest item the client holds; `None`: the newest),
+/// oldest first, and whether older ones remain: `{items, more}`.
+pub(crate) fn session_page<D: ReadDoc>(
+    r: &Reader<'_, D>,
+    viewer: &Caller,
+    listing: Listing,
+    before: Option<(i64, &str)>,
+    limit: usize,
+) -> Result<Value, Rejection> {
+    let Some((cohort, _)) = session_meta(r) else {
+        return Err(Rejection::new(RejectCode::DocNotFound, "no such session"));
+    };
+    authorize(viewer, &cohort, Needs::Member)?;
+    let all = items(r, listing, viewer.user.as_str(), viewer.role.is_staff());
+    let end = match before {
+        None => all.len(),
+        Some((at, id)) => all.partition_point(|i| (i.at, i.id.as_str()) < (at, id)),
+    };
+    let start = end.saturating_sub(limit.clamp(1, PAGE_ITEMS_MAX));
+    let page: Vec<Value> = all
+        .into_iter()
+        .skip(start)
+        .take(end - start)
+        .map(|i| i.json)
+        .collect();
+    Ok(json!({"items": page, "more": start > 0}))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -733,12 +818,44 @@ pub(crate) fn student_progress<D: ReadDoc>(
     Ok(json!({"student": student.as_str(), "lessons": lessons}))
 }
 
+/// One lesson's aggregates over a cohort's students.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LessonAggregate {
+    /// The lesson.
+    pub lesson: String,
+    /// Students who have not started it (all students minus the two counts below).
+    pub not_started: u64,
+    /// Students in progress.
+    pub in_progress: u64,
+    /// Students who completed it.
+    pub completed: u64,
+    /// Completed over all students, in percent, one decimal.
+    pub completion_rate: f64,
+    /// The average of the scored students' score percentages, one decimal (`None`: no score).
+    pub average_score_pct: Option<f64>,
+}
+
+/// Per-lesson aggregates of a cohort (`GET /api/cohorts/{id}/aggregates`, and the dashboard's).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CohortAggregates {
+    /// The cohort.
+    pub cohort: CohortId,
+    /// Its students: the roster's plus anyone with progress (a roster may lag the LMS).
+    pub students: u64,
+    /// Every lesson anyone has progress in, by lesson id.
+    pub lessons: Vec<LessonAggregate>,
+    /// Completed (student, lesson) pairs over all pairs, in percent, one decimal.
+    pub completion_rate: f64,
+}
+
 /// Per-lesson status counts, completion rate and average score percentage (staff only).
 pub(crate) fn cohort_aggregates<D: ReadDoc>(
     r: &Reader<'_, D>,
     cohort: &CohortId,
     viewer: &Caller,
-) -> Result<Value, Rejection> {
+) -> Result<CohortAggregates, Rejection> {
     cohort_must_exist(r)?;
     authorize(viewer, cohort, Needs::Staff)?;
     // Students: the roster's students plus anyone with progress (a roster may lag the LMS).
@@ -778,25 +895,31 @@ pub(crate) fn cohort_aggregates<D: ReadDoc>(
     }
     let n = students.len() as u64;
     let round = |x: f64| (x * 10.0).round() / 10.0;
-    let lessons_json: Vec<Value> = lessons
-        .iter()
-        .map(|(lesson, a)| {
-            json!({
-                "lesson": lesson,
-                "notStarted": n.saturating_sub(a.in_progress + a.completed),
-                "inProgress": a.in_progress,
-                "completed": a.completed,
-                "completionRate": if n == 0 { 0.0 } else { round(a.completed as f64 * 100.0 / n as f64) },
-                "averageScorePct": (a.scored > 0).then(|| round(a.score_pct_sum / a.scored as f64)),
-            })
-        })
-        .collect();
     let total: u64 = lessons.values().map(|a| a.completed).sum();
     let slots = n * lessons.len() as u64;
-    Ok(json!({
-        "cohort": cohort.as_str(),
-        "students": n,
-        "lessons": lessons_json,
-        "completionRate": if slots == 0 { 0.0 } else { round(total as f64 * 100.0 / slots as f64) },
-    }))
+    let lessons = lessons
+        .into_iter()
+        .map(|(lesson, a)| LessonAggregate {
+            lesson,
+            not_started: n.saturating_sub(a.in_progress + a.completed),
+            in_progress: a.in_progress,
+            completed: a.completed,
+            completion_rate: if n == 0 {
+                0.0
+            } else {
+                round(a.completed as f64 * 100.0 / n as f64)
+            },
+            average_score_pct: (a.scored > 0).then(|| round(a.score_pct_sum / a.scored as f64)),
+        })
+        .collect();
+    Ok(CohortAggregates {
+        cohort: cohort.clone(),
+        students: n,
+        lessons,
+        completion_rate: if slots == 0 {
+            0.0
+        } else {
+            round(total as f64 * 100.0 / slots as f64)
+        },
+    })
 }

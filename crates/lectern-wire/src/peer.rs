@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The version of the peer protocol this build speaks; sent in [`PeerFrame::Hello`].
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The TLS ALPN protocol id of the peer mesh.
 pub const ALPN: &[u8] = b"lectern/1";
@@ -64,6 +64,13 @@ pub enum PeerFrame {
         counter: u64,
         /// The opaque payload.
         payload: Vec<u8>,
+    },
+    /// The certificate revocation lists the sender holds (DER), sent after the hello and
+    /// whenever it learns a new one: the cluster shares revocations this way. A receiver keeps
+    /// only lists the cluster CA signed.
+    Revocations {
+        /// The lists, DER-encoded.
+        crls: Vec<Vec<u8>>,
     },
     /// The last frame before the sender closes the connection.
     Bye {

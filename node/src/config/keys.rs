@@ -354,6 +354,9 @@ pub static KEYS: &[Key] = &[
     key("mesh.handshakes_max", "LECTERN_MESH_HANDSHAKES_MAX", "Inbound peer connections allowed at once between their first packet and a verified hello.",
         |d, v, k| { d.config.mesh.handshakes_max = v.min_1(k)?; Ok(()) })
         .default("64").example("16"),
+    key("mesh.tls_reload_ms", "LECTERN_MESH_TLS_RELOAD_MS", "How often `mesh.tls_dir` is checked for a renewed certificate (`lectern cluster issue-node --renew`) or a new revocation list (`crl.pem`), in ms; a change goes in force without a restart.",
+        |d, v, k| { d.config.mesh.tls_reload_ms = v.min_1(k)?; Ok(()) })
+        .default("30000").example("60000"),
     key("mesh.resume_wait_ms", "LECTERN_MESH_RESUME_WAIT_MS", "A client failing over with a token from a node that is ahead waits this long for the mesh before it gets a snapshot, in ms (at most 60000; 0 answers at once).",
         |d, v, k| { d.config.mesh.resume_wait_ms = check_resume_wait(v.parse(k)?, k)?; Ok(()) })
         .default("2000").example("5000"),

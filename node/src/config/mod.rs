@@ -205,6 +205,9 @@ pub struct MeshSettings {
     /// the events it missed, in ms (at most [`RESUME_WAIT_MAX_MS`]; 0 answers at once). The
     /// wait ends as soon as the changes arrive. Default 2000.
     pub resume_wait_ms: u64,
+    /// How often `tls_dir` is checked for a renewed certificate or a new `crl.pem`, in ms.
+    /// Default 30000.
+    pub tls_reload_ms: u64,
 }
 
 impl Default for MeshSettings {
@@ -224,6 +227,7 @@ impl Default for MeshSettings {
             connect_timeout_ms: 3_000,
             handshakes_max: lectern_mesh::HANDSHAKES_MAX_DEFAULT,
             resume_wait_ms: 2_000,
+            tls_reload_ms: lectern_mesh::TLS_RELOAD_MS_DEFAULT,
         }
     }
 }

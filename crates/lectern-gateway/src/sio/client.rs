@@ -18,6 +18,7 @@
 //! after the handshake; binary events are refused with `unsupported` (their attachments are
 //! skipped).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::StatusCode;
@@ -26,6 +27,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::packet::{self, EnginePacket, SioKind};
+use super::recovery::push_offset;
 use super::{ARGS_MAX, Cut, already_joined, join_args, leave_args, shutdown_payload};
 use crate::commands::COMMAND_EVENTS;
 use crate::error::AppError;
@@ -94,6 +96,9 @@ struct Joined {
     session: SessionId,
     /// False while the join runs.
     settled: bool,
+    /// The resume token of the last event the client was sent from this session (or of the
+    /// join): its place in the offsets of Connection State Recovery (`sio::recovery`).
+    at: Option<Arc<str>>,
 }
 
 /// What an event asks of the transport (the ack, if the client asked for one, is the
@@ -437,6 +442,7 @@ impl SioClient {
                     self.sessions.push(Joined {
                         session: session.clone(),
                         settled: false,
+                        at: None,
                     });
                     Dispatch::Join { session, since }
                 }
@@ -469,10 +475,11 @@ impl SioClient {
             .then(|| Dispatch::Refuse(unsupported_binary()))
     }
 
-    /// A join the core asked for finished (`ok`: it succeeded). Whether the transport keeps
-    /// it: false when the namespace disconnected or the connection closed meanwhile (the
-    /// transport then leaves the session again and sends no ack).
-    pub(crate) fn join_done(&mut self, session: &SessionId, ok: bool) -> bool {
+    /// A join the core asked for finished: `joined` is the resume token it started from, or
+    /// `None` if it failed. Whether the transport keeps it: false when the namespace
+    /// disconnected or the connection closed meanwhile (the transport then leaves the session
+    /// again and sends no ack).
+    pub(crate) fn join_done(&mut self, session: &SessionId, joined: Option<Arc<str>>) -> bool {
         let Some(i) = self
             .sessions
             .iter()
@@ -480,8 +487,11 @@ impl SioClient {
         else {
             return false;
         };
-        if ok && self.is_connected() {
+        if let Some(at) = joined
+            && self.is_connected()
+        {
             self.sessions[i].settled = true;
+            self.sessions[i].at = Some(at);
             true
         } else {
             self.sessions.remove(i);
@@ -493,12 +503,56 @@ impl SioClient {
     }
 
     /// The CONNECT was authenticated (a token valid for `valid_for`): the reply to send,
-    /// `40{sid}`.
-    pub(crate) fn connected(&mut self, sid: &str, valid_for: Duration, now: Instant) -> Action {
+    /// `40{sid, pid}` (`pid`: the connection's private id, the client's own when it recovered,
+    /// see `sio::recovery`).
+    pub(crate) fn connected(
+        &mut self,
+        sid: &str,
+        pid: &str,
+        valid_for: Duration,
+        now: Instant,
+    ) -> Action {
         self.phase = Phase::Connected {
             expires: after(now, valid_for),
         };
-        Action::Send(format!("40{}", json!({ "sid": sid })))
+        Action::Send(format!("40{}", json!({ "sid": sid, "pid": pid })))
+    }
+
+    /// A recovery joined these sessions again, each from the token the client's offset named:
+    /// they count as joined (before [`SioClient::connected`], on the lean WebSocket).
+    pub(crate) fn recovered(&mut self, sessions: impl IntoIterator<Item = (SessionId, Arc<str>)>) {
+        for (session, at) in sessions {
+            self.sessions.push(Joined {
+                session,
+                settled: true,
+                at: Some(at),
+            });
+        }
+    }
+
+    /// An event of `session` whose resume token is `token` goes to the client, which moves the
+    /// session's place there. The offset the event carries as its last argument: `None` when
+    /// `session` is the only one joined (then it is the event's own `session~token`, the same
+    /// for every socket of the session, so its frame stays shared), else the place in every
+    /// joined session (`sio::recovery`).
+    pub(crate) fn advance(&mut self, session: &SessionId, token: &Arc<str>) -> Option<String> {
+        let mut settled = 0;
+        for j in self.sessions.iter_mut().filter(|j| j.settled) {
+            settled += 1;
+            if &j.session == session {
+                j.at = Some(token.clone());
+            }
+        }
+        if settled <= 1 {
+            return None;
+        }
+        let mut offset = String::new();
+        for j in self.sessions.iter().filter(|j| j.settled) {
+            if let Some(at) = &j.at {
+                push_offset(&mut offset, j.session.as_str(), at);
+            }
+        }
+        Some(offset)
     }
 
     /// The CONNECT was refused: the reply to send, `44{message}`. The client may try again
@@ -597,8 +651,8 @@ mod tests {
             c.on_text("40{\"token\":\"t\"}", now),
             Some(Action::Authenticate(Some(_)))
         ));
-        let reply = c.connected("abc", 3600 * SECOND, now);
-        assert!(matches!(reply, Action::Send(ref t) if t == "40{\"sid\":\"abc\"}"));
+        let reply = c.connected("abc", "pid", 3600 * SECOND, now);
+        assert!(matches!(reply, Action::Send(ref t) if t == "40{\"pid\":\"pid\",\"sid\":\"abc\"}"));
         c
     }
 
@@ -607,6 +661,11 @@ mod tests {
     }
 
     const SESSION: &str = "s1";
+
+    /// A resume token's text (the core treats it as opaque).
+    fn at(token: &str) -> Arc<str> {
+        Arc::from(token)
+    }
 
     fn session() -> SessionId {
         SESSION.parse().unwrap()
@@ -668,7 +727,7 @@ mod tests {
             c.on_text("40{\"token\":\"x\"}", t0),
             Some(Action::Authenticate(Some(_)))
         ));
-        c.connected("sid", SECOND, t0);
+        c.connected("sid", "pid", SECOND, t0);
         assert!(c.is_connected());
         // A second CONNECT of the connected namespace is ignored.
         assert!(c.on_text("40{}", t0).is_none());
@@ -807,7 +866,7 @@ mod tests {
         };
         assert!(again(&mut c));
         assert!(!c.is_joined(&session()));
-        assert!(c.join_done(&session(), true));
+        assert!(c.join_done(&session(), Some(at("t0"))));
         assert!(c.is_joined(&session()));
         assert!(again(&mut c));
         let leave = format!("422[\"session:leave\",\"{SESSION}\"]");
@@ -824,12 +883,12 @@ mod tests {
             c.on_text(&join, t0),
             Some(Action::Event(_, Dispatch::Join { .. }))
         ));
-        assert!(!c.join_done(&session(), false));
+        assert!(!c.join_done(&session(), None));
         assert!(matches!(
             c.on_text(&join, t0),
             Some(Action::Event(_, Dispatch::Join { .. }))
         ));
-        assert!(c.join_done(&session(), true));
+        assert!(c.join_done(&session(), Some(at("t0"))));
         assert_eq!(c.take_sessions(), vec![session()]);
         assert!(c.is_closed());
     }
@@ -840,14 +899,14 @@ mod tests {
         let mut c = connected(t0);
         let join = format!("42[\"session:join\",\"{SESSION}\"]");
         c.on_text(&join, t0);
-        c.join_done(&session(), true);
+        c.join_done(&session(), Some(at("t0")));
         c.on_text("42[\"session:join\",\"s2\"]", t0);
         let t1 = t0 + 10 * SECOND;
         let a = c.on_text("41", t1);
         assert!(matches!(a, Some(Action::Disconnected(ref s)) if s == &vec![session()]));
         assert!(!c.is_closed() && !c.is_connected());
         // The join that was running when the namespace left is not kept.
-        assert!(!c.join_done(&"s2".parse().unwrap(), true));
+        assert!(!c.join_done(&"s2".parse().unwrap(), Some(at("t0"))));
         // Events need a CONNECT again; the connection may CONNECT within a fresh timeout.
         assert_eq!(c.next_deadline(), Some(t0 + 25 * SECOND));
         assert!(matches!(c.on_timer(t0 + 25 * SECOND), Some(Action::Ping)));
@@ -862,7 +921,7 @@ mod tests {
             c.on_text("40", t1),
             Some(Action::Authenticate(None))
         ));
-        c.connected("again", SECOND, t1);
+        c.connected("again", "pid", SECOND, t1);
         assert!(c.is_connected());
         let mut c = connected(t0);
         c.on_text("41", t1);
@@ -907,7 +966,7 @@ mod tests {
         // A token valid until the end of time (a signed `exp` near u64::MAX): no overflow.
         let mut c = SioClient::open(timing(), t0);
         c.on_text("40", t0);
-        c.connected("sid", Duration::from_secs(u64::MAX), t0);
+        c.connected("sid", "pid", Duration::from_secs(u64::MAX), t0);
         assert!(c.is_connected());
         assert_eq!(c.next_deadline(), Some(t0 + 25 * SECOND));
         let c = SioClient::connected_elsewhere(timing(), Duration::MAX, t0);
@@ -951,5 +1010,56 @@ mod tests {
         assert_eq!(v["maxPayload"], 16384);
         assert_eq!(v["upgrades"], json!([]));
         assert_eq!(ack_packet(4, &json!({"ok": true})), "434[{\"ok\":true}]");
+    }
+
+    #[test]
+    fn offsets_name_the_only_session_by_its_event_and_several_by_their_places() {
+        let t0 = Instant::now();
+        let mut c = connected(t0);
+        let (s1, s2): (SessionId, SessionId) = ("s1".parse().unwrap(), "s2".parse().unwrap());
+        for (i, s) in [&s1, &s2].into_iter().enumerate() {
+            let join = format!("42{i}[\"session:join\",\"{s}\"]");
+            assert!(matches!(
+                c.on_text(&join, t0),
+                Some(Action::Event(_, Dispatch::Join { .. }))
+            ));
+        }
+        // One session settled: its events carry their own offset (a shared frame).
+        assert!(c.join_done(&s1, Some(at("j1"))));
+        assert_eq!(c.advance(&s1, &at("e1")), None);
+        // Two: every event carries both places, the one it moves included.
+        assert!(c.join_done(&s2, Some(at("j2"))));
+        assert_eq!(c.advance(&s2, &at("e2")).as_deref(), Some("s1~e1.s2~e2"));
+        assert_eq!(c.advance(&s1, &at("e3")).as_deref(), Some("s1~e3.s2~e2"));
+        // Leaving one goes back to the shared form.
+        let leave = "423[\"session:leave\",\"s1\"]";
+        assert!(matches!(
+            c.on_text(leave, t0),
+            Some(Action::Event(_, Dispatch::Leave { .. }))
+        ));
+        assert_eq!(c.advance(&s2, &at("e4")), None);
+    }
+
+    #[test]
+    fn a_recovery_rejoins_its_sessions_before_the_connect_reply() {
+        let t0 = Instant::now();
+        let mut c = SioClient::open(timing(), t0);
+        assert!(matches!(
+            c.on_text("40{\"token\":\"t\",\"pid\":\"p\",\"offset\":\"s1~x\"}", t0),
+            Some(Action::Authenticate(Some(_)))
+        ));
+        let (s1, s2): (SessionId, SessionId) = ("s1".parse().unwrap(), "s2".parse().unwrap());
+        c.recovered([(s1.clone(), at("a")), (s2.clone(), at("b"))]);
+        let reply = c.connected("sid2", "p", SECOND, t0);
+        assert!(matches!(reply, Action::Send(ref t) if t == "40{\"pid\":\"p\",\"sid\":\"sid2\"}"));
+        assert!(c.is_joined(&s1) && c.is_joined(&s2));
+        assert_eq!(c.advance(&s2, &at("c")).as_deref(), Some("s1~a.s2~c"));
+        // A recovered session is joined: joining it again is refused, as any second join.
+        let join = "421[\"session:join\",\"s1\"]";
+        assert!(matches!(
+            c.on_text(join, t0),
+            Some(Action::Event(_, Dispatch::Refuse(ref e))) if e.code == "already_joined"
+        ));
+        assert_eq!(c.take_sessions(), vec![s1, s2]);
     }
 }

@@ -7,11 +7,13 @@
 //! the work those actions name: the handshake's authentication and connection slot
 //! ([`authenticate`], [`ConnGuard`]), command events and their acks, `session:join` with
 //! resume (and presence), the `server:error` cut-offs and the `server:shutdown` notice.
-//! [`packet`] parses what clients send. What differs between transports is only how packets
-//! travel.
+//! [`packet`] parses what clients send; [`recovery`] holds Connection State Recovery's pid and
+//! offsets, and [`recover`] joins a recovered connection's sessions again. What differs between
+//! transports is only how packets travel.
 
 pub(crate) mod client;
 pub(crate) mod packet;
+pub(crate) mod recovery;
 
 use std::sync::Arc;
 
@@ -266,30 +268,27 @@ pub(crate) fn leave_args(args: &[Value]) -> Result<SessionId, AppError> {
 /// (a snapshot, or the replay after `since`), then `subscribe` (the transport subscribes the
 /// socket to the session's `attendance:update`s, once the caller is known to be allowed in),
 /// then presence, so the socket sees the update its own arrival causes. The ack (`{ok, state |
-/// events, token}`), the subscription to the events after it (no gap, no overlap) and what
-/// `subscribe` returned.
+/// events, token}`), the token it starts from, the subscription to the events after it (no
+/// gap, no overlap) and what `subscribe` returned.
 pub(crate) async fn join<T>(
     gw: &Gateway,
     caller: &Caller,
     session: &SessionId,
     since: Option<ResumeToken>,
     subscribe: impl FnOnce() -> T,
-) -> Result<(Value, broadcast::Receiver<Arc<Published>>, T), AppError> {
-    gw.inner.limiter.command(caller.user.as_str())?;
-    let joined = gw
-        .inner
-        .hub
-        .join(DocId::Session(session.clone()), caller.clone(), since)
-        .await?;
+) -> Result<(Value, Arc<str>, broadcast::Receiver<Arc<Published>>, T), AppError> {
+    let (start, events, subscribed) = join_start(gw, caller, session, since, subscribe).await?;
     let staff = caller.role.is_staff();
     let user = caller.user.as_str();
-    let reply = match joined.start {
+    let (reply, token) = match start {
         JoinStart::Snapshot {
             state,
             token,
             resume_refused,
         } => {
-            json!({"ok": true, "state": state, "token": token.to_string(), "resumeRefused": resume_refused})
+            let token = token.to_string();
+            let reply = json!({"ok": true, "state": state, "token": token, "resumeRefused": resume_refused});
+            (reply, token)
         }
         JoinStart::Replay { events, token } => {
             let events: Vec<Value> = events
@@ -297,37 +296,154 @@ pub(crate) async fn join<T>(
                 .filter_map(|e| {
                     let payload = e.payload_for(user, staff)?;
                     let payload: Value = serde_json::from_str(payload).ok()?;
-                    Some(json!({"event": e.name, "data": payload, "token": e.token}))
+                    Some(json!({"event": e.name, "data": payload, "token": &*e.token}))
                 })
                 .collect();
-            json!({"ok": true, "events": events, "token": token.to_string()})
+            let token = token.to_string();
+            (json!({"ok": true, "events": events, "token": token}), token)
         }
     };
+    Ok((reply, Arc::from(token), events, subscribed))
+}
+
+/// [`join`] up to the hub's answer: how the session starts for this socket, its events after
+/// that, and what `subscribe` returned (presence already counts the socket).
+async fn join_start<T>(
+    gw: &Gateway,
+    caller: &Caller,
+    session: &SessionId,
+    since: Option<ResumeToken>,
+    subscribe: impl FnOnce() -> T,
+) -> Result<(JoinStart, broadcast::Receiver<Arc<Published>>, T), AppError> {
+    gw.inner.limiter.command(caller.user.as_str())?;
+    let joined = gw
+        .inner
+        .hub
+        .join(DocId::Session(session.clone()), caller.clone(), since)
+        .await?;
     let subscribed = subscribe();
     gw.presence_join(session, caller).await;
-    Ok((reply, joined.events, subscribed))
+    Ok((joined.start, joined.events, subscribed))
+}
+
+/// One session a recovery joined again.
+pub(crate) struct Rejoined<T> {
+    /// The session.
+    pub(crate) session: SessionId,
+    /// The token the client's offset named (where it stood).
+    pub(crate) from: Arc<str>,
+    /// The events after it, in order, to send before any live one.
+    pub(crate) missed: Vec<Arc<Published>>,
+    /// The token after the last of them.
+    pub(crate) to: Arc<str>,
+    /// The session's events after `to`.
+    pub(crate) events: broadcast::Receiver<Arc<Published>>,
+    /// What the transport's `subscribe` returned.
+    pub(crate) subscribed: T,
+}
+
+/// Joins every session of a recovery again (see [`recovery`]), each as [`join`] does, from the
+/// token its offset names. `Ok` with every session if each can be replayed; otherwise the
+/// sessions joined so far are left again (presence) and `Err` hands back what `subscribe`
+/// returned for each, for the transport to undo: the client then connects afresh.
+pub(crate) async fn recover<T>(
+    gw: &Gateway,
+    caller: &Caller,
+    recovery: &recovery::Recovery,
+    mut subscribe: impl FnMut(&SessionId) -> T,
+) -> Result<Vec<Rejoined<T>>, Vec<(SessionId, T)>> {
+    let mut rejoined: Vec<Rejoined<T>> = Vec::with_capacity(recovery.sessions.len());
+    let mut failed = None;
+    for (session, since) in &recovery.sessions {
+        let from = Arc::from(since.to_string());
+        let start = join_start(gw, caller, session, Some(since.clone()), || {
+            subscribe(session)
+        });
+        match start.await {
+            Ok((
+                JoinStart::Replay {
+                    events: missed,
+                    token,
+                },
+                events,
+                subscribed,
+            )) => {
+                rejoined.push(Rejoined {
+                    session: session.clone(),
+                    from,
+                    missed,
+                    to: Arc::from(token.to_string()),
+                    events,
+                    subscribed,
+                });
+            }
+            // Not replayable here (a token this node cannot place, or too far behind).
+            Ok((JoinStart::Snapshot { .. }, _, subscribed)) => {
+                failed = Some(Some((session.clone(), subscribed)));
+                break;
+            }
+            Err(_) => {
+                failed = Some(None);
+                break;
+            }
+        }
+    }
+    let Some(last) = failed else {
+        return Ok(rejoined);
+    };
+    let mut undo: Vec<(SessionId, T)> = rejoined
+        .into_iter()
+        .map(|r| (r.session, r.subscribed))
+        .collect();
+    undo.extend(last);
+    for (session, _) in &undo {
+        gw.presence_leave(session, caller).await;
+    }
+    Err(undo)
 }
 
 /// The `{token, session}` meta that follows every event's payload.
 pub(crate) fn event_meta(e: &Published, session: &SessionId) -> Value {
-    json!({"token": e.token, "session": session.as_str()})
+    json!({"token": &*e.token, "session": session.as_str()})
 }
 
-/// The finished WebSocket frame of event `e` (`42["qa:new",payload,{token,session}]`) for a
-/// subscriber (`user`, staff or not) of `session`, if they may see it. Made once per event and
-/// audience and shared by every socket that gets the same payload.
+/// The offset an event of `session` carries when the socket joined that session only: its own
+/// `session~token` (see [`recovery`]).
+pub(crate) fn own_offset(e: &Published, session: &SessionId) -> String {
+    let mut offset = String::with_capacity(session.as_str().len() + 1 + e.token.len());
+    recovery::push_offset(&mut offset, session.as_str(), &e.token);
+    offset
+}
+
+/// The finished WebSocket frame of event `e`
+/// (`42["qa:new",payload,{token,session},"offset"]`) for a subscriber (`user`, staff or not) of
+/// `session`, if they may see it. With `offset` `None` (the socket joined `session` only, see
+/// [`client::SioClient::advance`]) the frame is made once per event and audience and shared by
+/// every socket that gets the same payload; with an offset of several sessions it is the
+/// socket's own.
 pub(crate) fn event_frame(
     e: &Published,
     session: &SessionId,
     user: &str,
     staff: bool,
+    offset: Option<&str>,
 ) -> Option<Arc<[u8]>> {
     let delivery = e.delivery_for(user, staff)?;
-    e.encoded(delivery, Encoding::SocketIoFrame, |payload| {
+    let frame = |payload: &str, offset: &str| {
         let name = Value::from(e.name);
         let meta = event_meta(e, session);
-        wsframe::text(format!("42[{name},{payload},{meta}]").as_bytes())
-    })
+        let offset = Value::from(offset);
+        wsframe::text(format!("42[{name},{payload},{meta},{offset}]").as_bytes())
+    };
+    match offset {
+        None => e.encoded(delivery, Encoding::SocketIoFrame, |payload| {
+            frame(payload, &own_offset(e, session))
+        }),
+        Some(offset) => {
+            let (_, payload) = e.deliveries.get(delivery)?;
+            Some(Arc::from(frame(payload, offset)))
+        }
+    }
 }
 
 /// The Engine.IO message of an event emitted by the server: `42[name, …args]`.

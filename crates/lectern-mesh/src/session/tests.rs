@@ -21,6 +21,7 @@ struct Side {
     ephemeral: Vec<(String, String, Vec<u8>)>,
     established: Option<PeerInfo>,
     closed: Option<String>,
+    revocations: Vec<Vec<Vec<u8>>>,
 }
 
 impl Side {
@@ -33,6 +34,7 @@ impl Side {
             ephemeral: Vec::new(),
             established: None,
             closed: None,
+            revocations: Vec::new(),
         }
     }
 
@@ -79,6 +81,7 @@ impl Side {
                     sender,
                     payload,
                 } => self.ephemeral.push((doc, sender, payload)),
+                Output::Revocations(crls) => self.revocations.push(crls),
                 Output::Close { reason } => self.closed = Some(reason),
             }
         }
@@ -610,4 +613,25 @@ fn a_resync_asks_the_peer_for_a_new_round() {
             "{n} documents"
         );
     }
+}
+
+#[test]
+fn revocation_lists_travel_once_open_and_too_many_close() {
+    let now = Instant::now();
+    let mut a = Side::new("aaaa", share_all(), now);
+    let mut b = Side::new("bbbb", share_all(), now);
+    // Before the hello nothing is sent.
+    a.session.send_revocations(vec![vec![1]]);
+    pump(&mut a, &mut b, now);
+    assert!(b.revocations.is_empty());
+    a.session.send_revocations(vec![vec![1, 2], vec![3]]);
+    a.session.send_revocations(Vec::new());
+    pump(&mut a, &mut b, now);
+    assert_eq!(b.revocations, vec![vec![vec![1, 2], vec![3]]]);
+    assert_eq!(b.closed, None);
+    let too_many = vec![vec![0u8]; REVOCATION_LISTS_MAX + 1];
+    b.session
+        .handle_frame(PeerFrame::Revocations { crls: too_many }, now);
+    b.drain();
+    assert!(b.closed.is_some(), "a frame of too many lists closes");
 }

@@ -1,0 +1,421 @@
+//! Opening and writing an SSE stream, whatever it follows: a session, a student's progress,
+//! the caller's inbox or a board. [`open`] is the one way a stream opens: the caller's
+//! `Last-Event-ID`, a token from their command-rate bucket (opening a stream loads a document,
+//! so a client cannot make the node load documents faster than it may send commands), the
+//! stream's own check, a connection slot, then its subscription; only the [`Source`] differs.
+//! The opened stream is written by [`LeanStream`], through axum ([`respond`]) or by the front
+//! door itself (`Gateway::open_stream`).
+//!
+//! Each event's `id:` is its resume token; a client that reconnects with `Last-Event-ID` (the
+//! browser's EventSource does it by itself) gets exactly the events it missed, from this node
+//! or another. A fresh stream starts with an `event: state` carrying the full view. Keep-alive
+//! comments flow every `keepalive_s`. A stream that falls behind is ended with an `error` event
+//! naming the reason, and the client resumes from its last id.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use futures_util::stream;
+use lectern_hub::{Encoding, JoinStart, Joined, Published};
+use lectern_model::{Caller, DocId, ResumeToken};
+use serde_json::{Value, json};
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::Gateway;
+use crate::error::AppError;
+use crate::extract::{AuthedUntil, last_event_id};
+use crate::limits::ConnSlot;
+use crate::sio::{ConnGuard, Transport};
+
+/// What one kind of stream brings to [`open`]: who may follow it beyond what its
+/// subscription checks, which events pass, and the subscription itself.
+pub(crate) trait Source {
+    /// Refuses `caller` before a connection slot is taken (default: no one; a document's join
+    /// checks membership itself).
+    async fn check(&self, _gw: &Gateway, _caller: &Caller) -> Result<(), AppError> {
+        Ok(())
+    }
+
+    /// Which of the subscription's events the subscriber gets (default: all it may see).
+    fn filter(&self) -> Filter {
+        Filter::All
+    }
+
+    /// Subscribes `caller`: the stream's start (the state, or the events after `since`) and
+    /// its live events.
+    async fn join(
+        self,
+        gw: &Gateway,
+        caller: Caller,
+        since: Option<ResumeToken>,
+    ) -> Result<Joined, AppError>;
+}
+
+/// The stream of a document's events, as the hub's join gives them (a session, an inbox).
+pub(crate) struct DocStream(pub(crate) DocId);
+
+impl Source for DocStream {
+    async fn join(
+        self,
+        gw: &Gateway,
+        caller: Caller,
+        since: Option<ResumeToken>,
+    ) -> Result<Joined, AppError> {
+        Ok(gw.hub().join(self.0, caller, since).await?)
+    }
+}
+
+/// Opens a stream of `source` for `caller`, whose token expires at `expires_at_s`; see the
+/// module docs for the order of its steps.
+pub(crate) async fn open(
+    gw: &Gateway,
+    caller: Caller,
+    expires_at_s: u64,
+    headers: &HeaderMap,
+    source: impl Source,
+) -> Result<Opened, AppError> {
+    let since = last_event_id(headers)?;
+    gw.take_command_token(caller.user.as_str())?;
+    source.check(gw, &caller).await?;
+    let slot = gw.connection_slot(caller.user.as_str())?;
+    let staff = caller.role.is_staff();
+    let user = caller.user.to_string();
+    let filter = source.filter();
+    let joined = source.join(gw, caller, since).await?;
+    Ok(Opened {
+        joined,
+        user,
+        staff,
+        filter,
+        slot,
+        expires_at_s,
+    })
+}
+
+/// A stream route's answer: [`open`], then the stream as the response body.
+pub(crate) async fn respond(
+    gw: Gateway,
+    AuthedUntil(caller, expires_at_s): AuthedUntil,
+    headers: &HeaderMap,
+    source: impl Source,
+) -> Result<Response, AppError> {
+    let opened = open(&gw, caller, expires_at_s, headers, source).await?;
+    Ok(stream_response(gw, opened))
+}
+
+/// Which events of a document a stream passes on.
+#[derive(Clone)]
+pub(crate) enum Filter {
+    /// Everything the subscriber may see.
+    All,
+    /// `progress` events of one student.
+    Progress(String),
+}
+
+impl Filter {
+    fn keeps(&self, e: &Published, payload: &str) -> bool {
+        match self {
+            Filter::All => true,
+            Filter::Progress(student) => {
+                e.name == "progress"
+                    && serde_json::from_str::<Value>(payload)
+                        .ok()
+                        .is_some_and(|p| p["student"] == student.as_str())
+            }
+        }
+    }
+}
+
+/// A subscription ready to stream, before it is written (by [`LeanStream`]).
+pub(crate) struct Opened {
+    joined: Joined,
+    user: String,
+    staff: bool,
+    filter: Filter,
+    /// The stream's connection slot, taken before the join.
+    slot: ConnSlot,
+    expires_at_s: u64,
+}
+
+/// The same stream through axum (a stream request on a kept-alive connection, or a server
+/// that is not the node's accept loop): the lean stream's chunks as the response body.
+fn stream_response(gw: Gateway, opened: Opened) -> Response {
+    let lean = LeanStream::new(gw, opened);
+    let chunks = stream::unfold(lean, |mut lean| async move {
+        let chunk = lean.next_chunk().await?;
+        Some((Ok::<_, Infallible>(chunk.as_ref().to_vec()), lean))
+    });
+    Response::builder()
+        .header(axum::http::header::CONTENT_TYPE, "text/event-stream")
+        .header(axum::http::header::CACHE_CONTROL, "no-cache")
+        .body(axum::body::Body::from_stream(chunks))
+        .unwrap_or_else(|_| {
+            AppError::new(
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "could not build the stream response",
+            )
+            .into_response()
+        })
+}
+
+/// The `error` event that ends a stream whose token expired.
+const TOKEN_EXPIRED: &str = "token_expired";
+/// The `error` event that ends every stream when the node stops.
+const SHUTTING_DOWN: &str = "shutting_down";
+/// The `error` event that ends a stream that fell behind.
+const SLOW_CONSUMER: &str = "slow_consumer";
+
+/// The data of the `error` event that ends a stream, by its code.
+fn end_data(code: &'static str) -> String {
+    let message = match code {
+        TOKEN_EXPIRED => "your token expired; reconnect with a fresh one and your last event id",
+        SHUTTING_DOWN => {
+            "this node is shutting down; reconnect (to another node) with your last event id"
+        }
+        _ => "this stream fell behind; reconnect with your last event id",
+    };
+    json!({"code": code, "message": message}).to_string()
+}
+
+/// Appends one event in the `text/event-stream` format (fields in the order axum's `Event`
+/// writes them: `event`, `id`, `data`).
+fn write_event(out: &mut Vec<u8>, name: &str, id: Option<&str>, data: &str) {
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(name.as_bytes());
+    out.push(b'\n');
+    write_message(out, id, data);
+}
+
+/// Appends one unnamed event (EventSource's `message`, which `onmessage` receives).
+fn write_message(out: &mut Vec<u8>, id: Option<&str>, data: &str) {
+    if let Some(id) = id {
+        out.extend_from_slice(b"id: ");
+        out.extend_from_slice(id.as_bytes());
+        out.push(b'\n');
+    }
+    for line in data.split('\n') {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(line.as_bytes());
+        out.push(b'\n');
+    }
+    out.push(b'\n');
+}
+
+/// One event, formatted, when the subscriber may see it.
+fn lean_event_of(e: &Published, user: &str, staff: bool, filter: &Filter, out: &mut Vec<u8>) {
+    if let Some(frame) = event_frame(e, user, staff, filter) {
+        out.extend_from_slice(&frame);
+    }
+}
+
+/// The `text/event-stream` event of `e` for a subscriber (`user`, staff or not), when it may
+/// see it: formatted once per event and audience, and shared by every stream that gets it.
+///
+/// A progress stream sends each update twice, with the same id: named `progress` (for clients
+/// that listen by name, like ours) and unnamed (for a plain `EventSource`'s `onmessage`, which
+/// never sees named events). A client resuming from either id misses nothing.
+fn event_frame(e: &Published, user: &str, staff: bool, filter: &Filter) -> Option<Arc<[u8]>> {
+    let delivery = e.delivery_for(user, staff)?;
+    let (_, payload) = e.deliveries.get(delivery)?;
+    if !filter.keeps(e, payload) {
+        return None;
+    }
+    let named = e.encoded(delivery, Encoding::Sse, |payload| {
+        let mut out = Vec::new();
+        write_event(&mut out, e.name, Some(&*e.token), payload);
+        out
+    })?;
+    match filter {
+        Filter::All => Some(named),
+        Filter::Progress(_) => {
+            let mut both = named.to_vec();
+            write_message(&mut both, Some(&*e.token), payload);
+            Some(Arc::from(both))
+        }
+    }
+}
+
+/// An open SSE stream that its server writes itself: [`LeanStream::next_chunk`] gives the next
+/// bytes of the `text/event-stream` body (the start, events, keep-alive comments, the ending
+/// `error` event), formatted into a fresh buffer that the writer drops once written, so an
+/// idle stream holds no buffer. The connection counts as `transport="sse"` while it lives.
+pub struct LeanStream {
+    /// The start events, formatted; taken by the first chunk.
+    start: Vec<u8>,
+    events: tokio::sync::broadcast::Receiver<Arc<Published>>,
+    /// Done once the node is stopping. Kept from one chunk to the next, like `timer`: made
+    /// afresh for every event, each would join and leave a list every stream shares.
+    shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// Fires at the keep-alive (or the token's expiry); moved only when it fires.
+    timer: Pin<Box<tokio::time::Sleep>>,
+    user: String,
+    staff: bool,
+    filter: Filter,
+    /// When the caller's token expires: the stream ends then, saying why (`None`: past the
+    /// clock's range, so never while the node runs).
+    expires: Option<tokio::time::Instant>,
+    /// When the next keep-alive comment is due (each chunk postpones it).
+    keepalive_at: tokio::time::Instant,
+    done: bool,
+    /// Counts the stream as a connection while it lives.
+    _guard: ConnGuard,
+    gw: Gateway,
+}
+
+impl std::fmt::Debug for LeanStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeanStream")
+            .field("user", &self.user)
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LeanStream {
+    pub(crate) fn new(gw: Gateway, opened: Opened) -> LeanStream {
+        let Opened {
+            joined,
+            user,
+            staff,
+            filter,
+            slot,
+            expires_at_s,
+        } = opened;
+        let guard = ConnGuard::counted(&gw, slot, Transport::Sse);
+        let mut start = Vec::new();
+        match &joined.start {
+            JoinStart::Snapshot {
+                state,
+                token,
+                resume_refused,
+            } => {
+                let data = json!({"state": state, "resumeRefused": resume_refused});
+                write_event(
+                    &mut start,
+                    "state",
+                    Some(&token.to_string()),
+                    &data.to_string(),
+                );
+            }
+            JoinStart::Replay { events, .. } => {
+                for e in events {
+                    lean_event_of(e, &user, staff, &filter, &mut start);
+                }
+            }
+        }
+        let now = tokio::time::Instant::now();
+        let mut shutdown = gw.shutdown_signal();
+        // Checked: a token that expires near the end of time must not overflow the clock.
+        let expires = now.checked_add(std::time::Duration::from_secs(
+            expires_at_s.saturating_sub(crate::auth::unix_now_s()),
+        ));
+        let keepalive_at = now + gw.keepalive();
+        let wake = expires.map_or(keepalive_at, |e| keepalive_at.min(e));
+        LeanStream {
+            start,
+            events: joined.events,
+            shutdown: Box::pin(async move {
+                // A closed sender (the gateway is gone) counts as stopping too.
+                let _ = shutdown.wait_for(|stop| *stop).await;
+            }),
+            timer: Box::pin(tokio::time::sleep_until(wake)),
+            user,
+            staff,
+            filter,
+            expires,
+            keepalive_at,
+            done: false,
+            _guard: guard,
+            gw,
+        }
+    }
+
+    /// The next bytes of the body; `None` once the stream is over (close the connection).
+    /// Cancel-safe: a dropped call loses nothing.
+    pub async fn next_chunk(&mut self) -> Option<Chunk> {
+        if self.done {
+            return None;
+        }
+        let keepalive = self.gw.keepalive();
+        if !self.start.is_empty() {
+            self.keepalive_at = tokio::time::Instant::now() + keepalive;
+            return Some(Chunk::Owned(std::mem::take(&mut self.start)));
+        }
+        loop {
+            let recv = tokio::select! {
+                r = self.events.recv() => r,
+                () = self.timer.as_mut() => {
+                    let now = tokio::time::Instant::now();
+                    if self.expires.is_some_and(|e| now >= e) {
+                        return Some(self.end(TOKEN_EXPIRED));
+                    }
+                    if now < self.keepalive_at {
+                        // Events went out since it was set: wait out the rest.
+                        self.rearm();
+                        continue;
+                    }
+                    self.keepalive_at = now + keepalive;
+                    self.rearm();
+                    return Some(Chunk::Owned(b":\n\n".to_vec()));
+                }
+                () = self.shutdown.as_mut() => return Some(self.end(SHUTTING_DOWN)),
+            };
+            match recv {
+                Ok(e) => {
+                    if let Some(frame) = event_frame(&e, &self.user, self.staff, &self.filter) {
+                        self.gw.metrics().event_out("sse", e.published_at);
+                        // The keep-alive moves with each event; the timer catches up when it
+                        // fires (one timer for both the keep-alive and the token's expiry).
+                        self.keepalive_at = tokio::time::Instant::now() + keepalive;
+                        return Some(Chunk::Shared(frame));
+                    }
+                }
+                Err(RecvError::Lagged(_)) => return Some(self.end(SLOW_CONSUMER)),
+                Err(RecvError::Closed) => {
+                    self.done = true;
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Sets the timer to the next keep-alive or the token's expiry, whichever comes first.
+    fn rearm(&mut self) {
+        let wake = self
+            .expires
+            .map_or(self.keepalive_at, |e| self.keepalive_at.min(e));
+        self.timer.as_mut().reset(wake);
+    }
+
+    /// The ending `error` event; the stream is over after it.
+    fn end(&mut self, code: &'static str) -> Chunk {
+        self.done = true;
+        let mut out = Vec::new();
+        write_event(&mut out, "error", None, &end_data(code));
+        Chunk::Owned(out)
+    }
+}
+
+/// Bytes of a stream's body: an event's frame shared by every stream that gets it, or bytes
+/// of this stream's own.
+#[derive(Debug)]
+pub enum Chunk {
+    /// A finished event, shared.
+    Shared(Arc<[u8]>),
+    /// The start, a keep-alive comment or the ending event.
+    Owned(Vec<u8>),
+}
+
+impl AsRef<[u8]> for Chunk {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            Chunk::Shared(b) => b,
+            Chunk::Owned(b) => b,
+        }
+    }
+}
