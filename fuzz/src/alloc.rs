@@ -11,9 +11,11 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-/// Bytes a decoder may hold at its peak regardless of its input (fixed-size tables, the
-/// first buffers of a `Vec` or a `String`).
-pub const ALLOC_BASE_BYTES: usize = 256 * 1024;
+/// Bytes a decoder may hold at its peak regardless of its input: serde preallocates a
+/// sequence's declared length up to 1 MiB ("cautious" size hints) before it reads an element,
+/// so a short bincode body claiming a long `Vec` holds 1 MiB for a moment; twice that leaves
+/// room for the rest. What must not happen is a peak that grows with the claimed length.
+pub const ALLOC_BASE_BYTES: usize = 2 * 1024 * 1024;
 
 /// Bytes a decoder may hold at its peak per byte of input (copies of the input: unmasked
 /// payloads, parsed JSON values, error messages quoting it).

@@ -256,6 +256,13 @@ impl Replica {
     ) -> Result<Vec<Event>, SyncError> {
         let message =
             sync::Message::decode(message).map_err(|e| SyncError::Decode(e.to_string()))?;
+        if message.have.iter().any(|h| bloom_without_bits(&h.bloom)) {
+            // automerge 0.12 takes its probes modulo the filter's bit count: a filter that
+            // claims entries but has no bits divides by zero and panics the writer task.
+            return Err(SyncError::Decode(
+                "a bloom filter with entries and no bits".to_owned(),
+            ));
+        }
         let old = self.doc.get_heads();
         self.doc
             .receive_sync_message(state, message)
@@ -570,5 +577,75 @@ impl Replica {
             .root_map(crate::schema::POLLS)
             .and_then(|ps| r.map(&ps, poll.as_str()))?;
         Some(view::poll_shape(&r, &p).kind)
+    }
+}
+
+/// Whether `bloom` claims entries but holds no bits (see `receive_sync_message_with`). Its
+/// encoding is three LEB128 numbers (entries, bits per entry, probes) and then the bits, or
+/// nothing at all for an empty filter.
+fn bloom_without_bits(bloom: &sync::BloomFilter) -> bool {
+    let bytes = bloom.to_bytes();
+    let mut rest = bytes.as_slice();
+    for _ in 0..3 {
+        match rest.iter().position(|b| b & 0x80 == 0) {
+            Some(end) => rest = &rest[end + 1..],
+            None => return true,
+        }
+    }
+    !bytes.is_empty() && rest.is_empty()
+}
+
+#[cfg(test)]
+mod hostile_sync_tests {
+    use super::*;
+    use crate::{Caller, Command, CommandBody, DocId, Millis, Role};
+
+    /// A sync message the `hub_sync` fuzz target found (`crash-c47cc5e9…` in its corpus, less
+    /// its first byte): a `have` whose bloom filter claims entries with zero bits per entry, so no bits.
+    const BITLESS_BLOOM: &[u8] = &[
+        0x42, 0x01, 0xde, 0xfe, 0x99, 0x30, 0x40, 0x71, 0x3e, 0x2a, 0x8c, 0xa1, 0x5b, 0xb1, 0x56,
+        0x9e, 0xb1, 0xe7, 0x12, 0x97, 0x35, 0xcd, 0x7a, 0x4e, 0x16, 0x32, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0xd4, 0x00, 0x01, 0x00, 0x07, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0x00, 0x03, 0x0a, 0x07, 0xcd, 0x5c, 0x5e, 0x64, 0x00, 0x02, 0x02, 0x84,
+    ];
+
+    #[test]
+    fn a_bloom_filter_without_bits_is_refused_not_a_panic() {
+        let doc = DocId::parse("session/s1").expect("a doc id");
+        let mut replica = Replica::new(doc, &[5; 16]);
+        let caller = Caller {
+            user: "u1".parse().expect("a user id"),
+            name: "Ada".into(),
+            role: Role::Instructor,
+            cohorts: vec!["c1".parse().expect("a cohort id")],
+        };
+        let create = Command {
+            id: "c1".parse().expect("a command id"),
+            body: CommandBody::SessionCreate {
+                cohort: "c1".parse().expect("a cohort id"),
+                title: "T".into(),
+                moderation: false,
+            },
+        };
+        replica
+            .apply(&caller, &create, Millis(1))
+            .expect("the session is created");
+        let mut state = sync::State::new();
+        let refused = replica.receive_sync_message(&mut state, BITLESS_BLOOM);
+        assert!(
+            matches!(&refused, Err(SyncError::Decode(why)) if why.contains("bloom")),
+            "{refused:?}"
+        );
+        // Taken into the state, that filter made the next message's generation (the hub's
+        // reply) divide by zero.
+        let _ = replica.generate_sync_message(&mut state);
+        // A well-formed message from an empty peer still syncs.
+        let empty = Replica::new(DocId::parse("session/s1").expect("a doc id"), &[6; 16]);
+        let hello = empty
+            .generate_sync_message(&mut sync::State::new())
+            .expect("a first message");
+        replica
+            .receive_sync_message(&mut sync::State::new(), &hello)
+            .expect("a real message is taken");
     }
 }
