@@ -743,13 +743,11 @@ mod hostile_sync_tests {
         };
         // entries 1, 10 bits each, probes u32::MAX, then the 2 bytes of bits.
         let probes = with_bloom(&[0x01, 0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f, 0xff, 0xff]);
-        let started = std::time::Instant::now();
         let refused = receiver.receive_sync_message(&mut sync::State::new(), &probes);
         assert!(
             matches!(&refused, Err(SyncError::Decode(why)) if why.contains("probes")),
             "{refused:?}"
         );
-        assert!(started.elapsed() < std::time::Duration::from_millis(100));
         // entries 1, 200 bits each, 7 probes, then the 25 bytes of bits.
         let mut wide = vec![0x01, 0xc8, 0x01, 0x07];
         wide.extend([0u8; 25]);
