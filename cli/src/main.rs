@@ -2,7 +2,8 @@
 //! sled holds an exclusive lock), checks a node's health over HTTP, and mints tokens with the
 //! node's own secret (same config layers, same `auth-secret` file), so an operator can hand out
 //! a link without an identity provider. `cluster init` / `cluster issue-node` create the mesh's
-//! CA and node certificates; `status`, `peers` and `jobs` ask a running node's admin API.
+//! CA and node certificates; `status`, `peers`, `jobs`, `docs`, `drain`, `backup` and `flags` ask a
+//! running node's admin API.
 //!
 //! Every command takes `--json` (one JSON document on stdout, also for a failure:
 //! `{"error": {"code", "message", "exit"}}`), and the exit code says what kind of failure it was
@@ -168,6 +169,12 @@ enum Cmd {
         #[command(subcommand)]
         command: JobsCmd,
     },
+    /// Feature flags of the cluster: switch chat, polls, leaderboard, email or copilot off (or
+    /// on) at run time, globally or for one cohort; replicated to every node (admin API).
+    Flags {
+        #[command(subcommand)]
+        command: FlagsCmd,
+    },
     /// Print the shell completion script: `lectern completions bash > /etc/bash_completion.d/lectern`,
     /// `lectern completions zsh > "${fpath[1]}/_lectern"`, `lectern completions fish >
     /// ~/.config/fish/completions/lectern.fish`.
@@ -248,6 +255,46 @@ enum JobsCmd {
         admin: AdminArgs,
         /// The job id (from `jobs list`).
         id: String,
+    },
+}
+
+/// The features a flag can switch (the node's `Feature` names).
+const FEATURES: [&str; 5] = ["chat", "polls", "leaderboard", "email", "copilot"];
+
+#[derive(Debug, Subcommand)]
+enum FlagsCmd {
+    /// The flags set, globally and per cohort (a feature not listed is on).
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Switch a feature on or off, for one cohort (`--cohort`) or globally; a cohort's flag
+    /// wins over the global one. In force on the node asked when the command returns, on the
+    /// others as soon as the mesh carries it (within a second or two).
+    Set {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The feature.
+        #[arg(value_parser = FEATURES)]
+        feature: String,
+        /// `off` or `on`.
+        #[arg(value_parser = ["off", "on"])]
+        state: String,
+        /// Only this cohort.
+        #[arg(long)]
+        cohort: Option<String>,
+    },
+    /// Forget a flag: a cohort's (`--cohort`; it follows the global flag again) or the global
+    /// one (the feature is on wherever no cohort flag says otherwise).
+    Unset {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The feature.
+        #[arg(value_parser = FEATURES)]
+        feature: String,
+        /// Only this cohort.
+        #[arg(long)]
+        cohort: Option<String>,
     },
 }
 
@@ -724,6 +771,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Jobs { command } => jobs(command, json),
+        Cmd::Flags { command } => flags(command, json),
         Cmd::Completions { shell } => {
             use clap::CommandFactory;
             let shell = match shell.as_str() {
@@ -925,6 +973,70 @@ fn jobs(command: JobsCmd, json: bool) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn flags(command: FlagsCmd, json: bool) -> anyhow::Result<()> {
+    let v = match command {
+        FlagsCmd::List { admin } => admin_call(&admin, "GET", "/admin/flags")?,
+        FlagsCmd::Set {
+            admin,
+            feature,
+            state,
+            cohort,
+        } => {
+            let mut path = format!(
+                "/admin/flags/set?feature={}&enabled={}",
+                enc(&feature),
+                state == "on"
+            );
+            if let Some(c) = &cohort {
+                path.push_str(&format!("&cohort={}", enc(c)));
+            }
+            admin_call(&admin, "POST", &path)?
+        }
+        FlagsCmd::Unset {
+            admin,
+            feature,
+            cohort,
+        } => {
+            let mut path = format!("/admin/flags/unset?feature={}", enc(&feature));
+            if let Some(c) = &cohort {
+                path.push_str(&format!("&cohort={}", enc(c)));
+            }
+            admin_call(&admin, "POST", &path)?
+        }
+    };
+    if json {
+        print_json(&v);
+        return Ok(());
+    }
+    let flags = &v["flags"];
+    let on_off = |b: &serde_json::Value| {
+        if b.as_bool() == Some(false) {
+            "off"
+        } else {
+            "on"
+        }
+    };
+    let mut lines = 0;
+    if let Some(global) = flags["global"].as_object() {
+        for (feature, value) in global {
+            println!("{:<12} {:<4} everywhere", feature, on_off(value));
+            lines += 1;
+        }
+    }
+    if let Some(cohorts) = flags["cohorts"].as_object() {
+        for (cohort, set) in cohorts {
+            for (feature, value) in set.as_object().into_iter().flatten() {
+                println!("{:<12} {:<4} cohort {cohort}", feature, on_off(value));
+                lines += 1;
+            }
+        }
+    }
+    if lines == 0 {
+        println!("no flags set: every feature is on");
+    }
+    Ok(())
 }
 
 /// A time in ms since the Unix epoch as `YYYY-MM-DD HH:MM:SS` UTC.

@@ -193,6 +193,11 @@ pub async fn start_on(mut config: Config, store: Store) -> anyhow::Result<Node> 
             ..HubConfig::default()
         },
     );
+    // The flags in force before anything is served: a feature switched off stays off across
+    // a restart.
+    hub.load_flags()
+        .await
+        .map_err(|e| anyhow::anyhow!("load the feature flags: {e}"))?;
     let mailer = mailer(&config)?;
     // Content blobs live beside the store's files, in their own directory.
     let content_dir = config.data_dir.join(CONTENT_DIR_NAME);

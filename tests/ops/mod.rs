@@ -5,6 +5,9 @@
 //! * `admin_listener`: `/metrics` and `/admin/*` on a private listener (`admin_http`), hidden
 //!   from the public one.
 //! * `cli`: `--json` on every command, the exit codes in `--help`, shell completions.
+//! * `flags`: `lectern flags set|unset|list`: a flag set on one node of a real cluster is in
+//!   force on the others (a classroom node too) within 2 s, refused with `feature_disabled` on
+//!   REST and Socket.IO, shown by `GET /api/flags`; a cohort flag wins; unset restores.
 //! * `jobs`: `lectern jobs list|show|retry|drop`: a dead-lettered email re-driven and delivered
 //!   exactly once, a job that is running refused as busy, a dropped job never sent, and the
 //!   errors an operator meets (wrong token, no admin API, no such job, no node).
@@ -19,6 +22,7 @@ mod backup;
 mod cli;
 mod docs;
 mod drain;
+mod flags;
 mod jobs;
 mod park;
 mod prometheus;
