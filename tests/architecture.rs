@@ -199,7 +199,8 @@ fn the_gateway_lib_rs_only_declares_modules_and_re_exports() {
     let code: Vec<&str> = text
         .lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with("//"))
+        // An attribute (`#[doc(hidden)]` on the fuzzing module) belongs to the declaration under it.
+        .filter(|l| !l.is_empty() && !l.starts_with("//") && !l.starts_with("#["))
         .collect();
     assert!(
         code.len() >= 10,
@@ -221,24 +222,18 @@ fn the_gateway_lib_rs_only_declares_modules_and_re_exports() {
 }
 
 /// Only `gateway.rs` reads the gateway's shared state; every other file asks through an
-/// accessor. The Socket.IO transports (`sio/`, `ws.rs`, `socket.rs`) are the last to move.
+/// accessor (the fields are private too, so the compiler holds this for `impl Gateway` blocks
+/// in other files; this test keeps a `pub(crate)` from creeping back).
 #[test]
 fn only_gateway_rs_reaches_into_the_gateways_state() {
     let src = workspace_root().join("crates/lectern-gateway/src");
     let mut files = Vec::new();
     rust_files(&src, &mut files);
     assert!(files.len() >= 20, "found only {} files", files.len());
-    let pending = [
-        "gateway.rs",
-        "ws.rs",
-        "socket.rs",
-        "sio/mod.rs",
-        "sio/client.rs",
-    ];
     let reaching: Vec<String> = files
         .iter()
         .map(|f| f.strip_prefix(&src).unwrap().display().to_string())
-        .filter(|name| !pending.contains(&name.as_str()))
+        .filter(|name| name != "gateway.rs")
         .filter(|name| {
             let text = std::fs::read_to_string(src.join(name)).unwrap();
             let flat: String = text.split_whitespace().collect();

@@ -29,6 +29,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use crate::admission::{Admitted, PreauthSession, Refused, Source};
+use crate::sio::packet::EngineQuery;
 use crate::stream::LeanStream;
 use crate::ws::is_lean_websocket;
 use crate::{AppError, Gateway};
@@ -374,16 +375,7 @@ fn opens_polling_session(request: &hyper::Request<hyper::body::Incoming>) -> boo
     {
         return false;
     }
-    let query = request.uri().query().unwrap_or_default();
-    let mut polling = false;
-    for pair in query.split('&') {
-        match pair.split_once('=').unwrap_or((pair, "")) {
-            ("sid", _) => return false,
-            ("transport", "polling") => polling = true,
-            _ => {}
-        }
-    }
-    polling
+    EngineQuery::parse(request.uri().query().unwrap_or_default()).opens("polling")
 }
 
 /// The 503 a refused polling handshake gets (the same error as a refused connection).

@@ -27,20 +27,18 @@ use crate::presence::Presence;
 use crate::sync::lock;
 use crate::{router, sio, socket};
 
-/// The gateway's shared state. Only `hub`, `limiter`, `metrics` and `shutdown` are seen
-/// outside this file, by the Socket.IO transports (`sio/`, `ws.rs`, `socket.rs`) until they
-/// move to the accessors below.
-pub(crate) struct Inner {
-    pub(crate) hub: Hub,
+/// The gateway's shared state, private to this file (the transports use the accessors below).
+struct Inner {
+    hub: Hub,
     verifier: Verifier,
-    pub(crate) limiter: Arc<limits::Limiter>,
+    limiter: Arc<limits::Limiter>,
     presence: Presence,
     /// The Socket.IO handle. It holds the gateway as its state, so shutdown takes it out to
     /// break that cycle.
     io: Mutex<Option<SocketIo>>,
-    pub(crate) metrics: metrics::Metrics,
+    metrics: metrics::Metrics,
     shutting_down: AtomicBool,
-    pub(crate) shutdown: watch::Sender<bool>,
+    shutdown: watch::Sender<bool>,
     keepalive: Duration,
     boards: Boards,
     boards_settings: BoardSettings,
@@ -57,7 +55,7 @@ pub(crate) struct Inner {
 /// The gateway. Cheap to clone.
 #[derive(Clone)]
 pub struct Gateway {
-    pub(crate) inner: Arc<Inner>,
+    inner: Arc<Inner>,
 }
 
 impl Gateway {

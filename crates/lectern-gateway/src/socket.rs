@@ -296,8 +296,7 @@ fn emit(
     let offset = lock(&conn.client)
         .advance(session, &e.token)
         .unwrap_or_else(|| sio::own_offset(e, session));
-    gw.inner
-        .metrics
+    gw.metrics()
         .event_out(Transport::SocketIo.label(), e.published_at);
     match s.emit(e.name, &(raw, meta, offset)) {
         Ok(()) => None,

@@ -49,6 +49,7 @@ use crate::Gateway;
 use crate::admission::Admitted;
 use crate::error::AppError;
 use crate::sio::client::{self, Action, Dispatch, SioClient, Why};
+use crate::sio::packet::EngineQuery;
 use crate::sio::recovery::{self, Recovery};
 use crate::sio::{self, Cut, Rejoined, Transport};
 use crate::wsframe::{self, Message};
@@ -90,22 +91,15 @@ pub(crate) fn is_lean_websocket(target: &str, headers: &HeaderMap) -> bool {
     if path != "/socket.io/" && path != "/socket.io" {
         return false;
     }
-    let (mut eio4, mut websocket) = (false, false);
-    for pair in query.split('&') {
-        match pair.split_once('=').unwrap_or((pair, "")) {
-            ("EIO", v) => eio4 = v == "4",
-            ("transport", v) => websocket = v == "websocket",
-            ("sid", _) => return false,
-            _ => {}
-        }
-    }
+    let query = EngineQuery::parse(query);
     let has = |name: &str, token: &str| {
         headers.get_all(name).iter().any(|v| {
             v.to_str()
                 .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
         })
     };
-    eio4 && websocket
+    query.eio4
+        && query.opens("websocket")
         && has("upgrade", "websocket")
         && has("connection", "upgrade")
         && has("sec-websocket-version", "13")
@@ -139,7 +133,7 @@ impl Gateway {
         let open = client::open_packet(
             &recovery::new_id(),
             &timing,
-            self.inner.limiter.limits().payload_max_bytes,
+            self.limits().payload_max_bytes,
         );
         handshake.extend_from_slice(&wsframe::text(open.as_bytes()));
         let mut out = VecDeque::with_capacity(1);
@@ -147,7 +141,7 @@ impl Gateway {
         let socket = Socket {
             gw: self.clone(),
             stream,
-            decoder: wsframe::Decoder::new(self.inner.limiter.limits().payload_max_bytes),
+            decoder: wsframe::Decoder::new(self.limits().payload_max_bytes),
             inbuf: early,
             out_bytes: out.iter().map(|o| o.bytes().len()).sum(),
             out,
@@ -164,7 +158,7 @@ impl Gateway {
             read_paused_until: None,
             ending: None,
         };
-        Some(socket.run(self.inner.shutdown.subscribe()))
+        Some(socket.run(self.shutdown_signal()))
     }
 }
 
@@ -471,13 +465,13 @@ impl Socket {
 
     /// Whether the queue holds its budget of frames or bytes.
     fn at_budget(&self) -> bool {
-        let limits = self.gw.inner.limiter.limits();
+        let limits = self.gw.limits();
         self.out.len() >= limits.outbound_queue_max || self.out_bytes >= limits.outbound_bytes_max
     }
 
     /// Whether the queue is past its budget (one frame alone never is).
     fn over_budget(&self) -> bool {
-        let limits = self.gw.inner.limiter.limits();
+        let limits = self.gw.limits();
         self.out.len() > 1
             && (self.out.len() > limits.outbound_queue_max
                 || self.out_bytes > limits.outbound_bytes_max)
@@ -757,7 +751,7 @@ impl Socket {
     fn ack(&mut self, ack: Option<u64>, reply: &Value) {
         if reply["ok"] == false && reply["error"]["code"] == "rate_limited" {
             // About one token's refill, within bounds: the flood slows to the client's rate.
-            let per_token = 1.0 / self.gw.inner.limiter.limits().commands_per_s.max(1e-3);
+            let per_token = 1.0 / self.gw.limits().commands_per_s.max(1e-3);
             let pause = Duration::from_secs_f64(per_token).clamp(RATE_PAUSE_MIN, RATE_PAUSE_MAX);
             let until = pause_clock_ms().wrapping_add(pause.as_millis() as u32);
             self.read_paused_until = std::num::NonZeroU32::new(until.max(1));
@@ -831,8 +825,7 @@ impl Socket {
                 let frame = sio::event_frame(&e, &sub.session, user, staff, offset.as_deref());
                 let Some(frame) = frame else { return };
                 self.gw
-                    .inner
-                    .metrics
+                    .metrics()
                     .event_out(Transport::WebSocket.label(), e.published_at);
                 self.push(Out::Shared(frame));
             }

@@ -65,13 +65,13 @@ pub(crate) struct ConnGuard {
 impl ConnGuard {
     /// Takes a connection slot for `user` and counts the connection as `transport`.
     pub(crate) fn open(gw: &Gateway, user: &str, transport: Transport) -> Result<Self, AppError> {
-        let slot = gw.inner.limiter.connect(user)?;
+        let slot = gw.connection_slot(user)?;
         Ok(Self::counted(gw, slot, transport))
     }
 
     /// Counts a connection whose slot is already taken as `transport`.
     pub(crate) fn counted(gw: &Gateway, slot: ConnSlot, transport: Transport) -> Self {
-        gw.inner.metrics.connection_opened(transport.label());
+        gw.metrics().connection_opened(transport.label());
         ConnGuard {
             gw: gw.clone(),
             transport,
@@ -82,10 +82,7 @@ impl ConnGuard {
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        self.gw
-            .inner
-            .metrics
-            .connection_closed(self.transport.label());
+        self.gw.metrics().connection_closed(self.transport.label());
     }
 }
 
@@ -107,7 +104,7 @@ impl Conn {
 
 /// The heartbeat and connect deadlines the gateway's limits set.
 pub(crate) fn timing(gw: &Gateway) -> client::Timing {
-    let limits = gw.inner.limiter.limits();
+    let limits = gw.limits();
     let ms = |v: u64| std::time::Duration::from_millis(v.max(1));
     client::Timing::new(
         ms(limits.ping_interval_ms),
@@ -127,7 +124,7 @@ pub(crate) fn authenticate(
 ) -> Result<Conn, AppError> {
     let conn = open_conn(gw, auth, request_token, transport);
     if conn.is_err() {
-        gw.inner.metrics.connection_failed(transport.label());
+        gw.metrics().connection_failed(transport.label());
     }
     conn
 }
@@ -224,7 +221,7 @@ pub(crate) async fn command(
 
 /// Counts a refusal and returns its ack.
 pub(crate) fn refused(gw: &Gateway, e: &AppError) -> Value {
-    gw.inner.metrics.rejected(e.code);
+    gw.metrics().rejected(e.code);
     e.ack()
 }
 
@@ -315,10 +312,9 @@ async fn join_start<T>(
     since: Option<ResumeToken>,
     subscribe: impl FnOnce() -> T,
 ) -> Result<(JoinStart, broadcast::Receiver<Arc<Published>>, T), AppError> {
-    gw.inner.limiter.command(caller.user.as_str())?;
+    gw.take_command_token(caller.user.as_str())?;
     let joined = gw
-        .inner
-        .hub
+        .hub()
         .join(DocId::Session(session.clone()), caller.clone(), since)
         .await?;
     let subscribed = subscribe();

@@ -145,9 +145,57 @@ fn number(text: &str) -> Result<(Option<u64>, &str), Invalid> {
     Ok((Some(n), after))
 }
 
+/// What the query string of a request to `/socket.io/` says about its Engine.IO connection:
+/// the one reading of it both the front door (a polling handshake to admit) and the lean
+/// WebSocket (a direct `transport=websocket` open) use.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct EngineQuery<'a> {
+    /// `EIO=4`: the Engine.IO version this gateway speaks.
+    pub(crate) eio4: bool,
+    /// The `transport` parameter (`polling`, `websocket`), the last one when repeated.
+    pub(crate) transport: Option<&'a str>,
+    /// A `sid` parameter: the request belongs to a connection already open.
+    pub(crate) has_sid: bool,
+}
+
+impl<'a> EngineQuery<'a> {
+    /// Reads `query` (without the `?`); parameters it does not know are skipped.
+    pub(crate) fn parse(query: &'a str) -> Self {
+        let mut out = EngineQuery::default();
+        for pair in query.split('&') {
+            match pair.split_once('=').unwrap_or((pair, "")) {
+                ("EIO", v) => out.eio4 = v == "4",
+                ("transport", v) => out.transport = Some(v),
+                ("sid", _) => out.has_sid = true,
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Whether the request opens a new connection over `transport` (no `sid` yet).
+    pub(crate) fn opens(&self, transport: &str) -> bool {
+        !self.has_sid && self.transport == Some(transport)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn engine_queries() {
+        let q = EngineQuery::parse("EIO=4&transport=websocket&t=abc");
+        assert!(q.eio4 && q.opens("websocket") && !q.opens("polling"));
+        let q = EngineQuery::parse("EIO=4&transport=polling&sid=x");
+        assert!(q.has_sid && !q.opens("polling"));
+        let q = EngineQuery::parse("EIO=3&transport=polling");
+        assert!(!q.eio4 && q.opens("polling"));
+        for odd in ["", "&&", "EIO", "transport", "=4", "EIO=4=4"] {
+            assert!(!EngineQuery::parse(odd).eio4, "{odd:?}");
+            assert!(!EngineQuery::parse(odd).opens("websocket"), "{odd:?}");
+        }
+    }
 
     #[test]
     fn engine_packets() {
