@@ -45,7 +45,7 @@ struct Args {
 const EXIT_CODES_HELP: &str = "Exit codes: 0 success; 1 any other failure; 2 bad usage; \
 3 the node cannot be reached; 4 the admin API refused (no admin_token on the node, or a wrong \
 one); 5 not found (no such job or document); 6 busy (the job is running: try again); \
-7 the node is shutting down.";
+7 the node is shutting down; 8 the store migration would lose data (see its message).";
 
 /// Why `lectern` failed, as its exit code: a script branches on these. 2 is clap's own (bad
 /// usage).
@@ -63,6 +63,8 @@ enum Exit {
     Busy = 6,
     /// The node is shutting down.
     Unavailable = 7,
+    /// A store migration would lose data the target version cannot hold (nothing was written).
+    Blocked = 8,
 }
 
 /// A failure with its exit code and a stable code for `--json`.
@@ -96,6 +98,11 @@ enum Cmd {
         /// The node's data directory.
         #[arg(long, default_value = "./lectern-data")]
         data_dir: PathBuf,
+    },
+    /// A stopped node's store: schema migrations (`lectern store migrate`).
+    Store {
+        #[command(subcommand)]
+        command: StoreCmd,
     },
     /// Ask a running node for `/healthz`.
     Health {
@@ -182,6 +189,26 @@ enum Cmd {
         /// The shell.
         #[arg(value_parser = ["bash", "zsh", "fish"])]
         shell: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum StoreCmd {
+    /// Move a STOPPED node's store to schema version N, up or down (a rollback across a schema
+    /// change: migrate down with the newer build, then start the older one). One atomic step;
+    /// running it again does nothing. Refuses (exit 8) what the older version cannot hold.
+    Migrate {
+        /// The node's data directory.
+        #[arg(long, default_value = "./lectern-data")]
+        data_dir: PathBuf,
+        /// The schema version to move to: 1 (before the feature-flags document) or 2 (this
+        /// build's).
+        #[arg(long)]
+        to: u32,
+        /// Going below version 2: delete the feature-flags document (the other nodes keep it)
+        /// instead of refusing.
+        #[arg(long)]
+        discard_flags: bool,
     },
 }
 
@@ -447,6 +474,44 @@ fn print_json(v: &serde_json::Value) {
 fn run(args: Args) -> anyhow::Result<()> {
     let json = args.json;
     match args.command {
+        Cmd::Store {
+            command:
+                StoreCmd::Migrate {
+                    data_dir,
+                    to,
+                    discard_flags,
+                },
+        } => {
+            use lectern_store::StoreError as E;
+            use lectern_store::migrate::{MigrateOptions, migrate};
+            let done = migrate(&data_dir, to, MigrateOptions { discard_flags }).map_err(|e| {
+                let (exit, code) = match &e {
+                    E::Locked { .. } => (Exit::Busy, "store_open"),
+                    E::MigrationBlocked { .. } => (Exit::Blocked, "migration_blocked"),
+                    E::NotAStore { .. } => (Exit::NotFound, "not_a_store"),
+                    E::UnknownSchema { .. } | E::NewerSchema { .. } => {
+                        (Exit::Failure, "unknown_version")
+                    }
+                    _ => (Exit::Failure, "store_failed"),
+                };
+                failed(exit, code, format!("migrate {}: {e}", data_dir.display()))
+            })?;
+            if json {
+                print_json(&serde_json::json!({
+                    "from": done.from,
+                    "to": done.to,
+                    "keysChanged": done.keys_changed,
+                }));
+            } else if done.from == done.to {
+                println!("the store is at schema version {}: nothing to do", done.to);
+            } else {
+                println!(
+                    "migrated from schema version {} to {} ({} keys changed)",
+                    done.from, done.to, done.keys_changed
+                );
+            }
+            Ok(())
+        }
         Cmd::StoreInfo { data_dir } => {
             let store = lectern_store::Store::open(&data_dir).map_err(|e| {
                 failed(

@@ -11,6 +11,9 @@
 //! * `jobs`: `lectern jobs list|show|retry|drop`: a dead-lettered email re-driven and delivered
 //!   exactly once, a job that is running refused as busy, a dropped job never sent, and the
 //!   errors an operator meets (wrong token, no admin API, no such job, no node).
+//! * `migrate`: `lectern store migrate` down to schema 1 and up again on a stopped node's
+//!   store: refused (exit 8) while the flags document is there, idempotent, a node of this
+//!   build names the command for an older store, nothing lost.
 //! * `park`: emails wait, parked, for a mail server that cannot be reached, and go out once
 //!   when it is back; a parking period that ends dead-letters them.
 //! * `prometheus`: the alert rules pass `promtool test rules`, and every metric they and the
@@ -24,6 +27,7 @@ mod docs;
 mod drain;
 mod flags;
 mod jobs;
+mod migrate;
 mod park;
 mod prometheus;
 mod trust;
