@@ -193,6 +193,16 @@ pub(crate) fn routes(
             state.flag_change(q, false).await
         }
     };
+    let s = state.clone();
+    let error_test = move |headers: HeaderMap, Query(q): Query<ErrorTestQuery>| {
+        let state = s.clone();
+        async move {
+            if let Some(refused) = state.refusal(&headers) {
+                return refused;
+            }
+            error_tracking_test(q).await
+        }
+    };
     let jobs_drop = move |headers: HeaderMap, Query(q): Query<JobQuery>| {
         let state = state.clone();
         async move {
@@ -222,6 +232,54 @@ pub(crate) fn routes(
         .route("/admin/flags", get(flags_list))
         .route("/admin/flags/set", post(flags_set))
         .route("/admin/flags/unset", post(flags_unset))
+        .route("/admin/error-tracking/test", post(error_test))
+}
+
+/// `?kind=error|panic&note=` of `/admin/error-tracking/test`.
+#[derive(serde::Deserialize)]
+struct ErrorTestQuery {
+    kind: Option<String>,
+    /// Words to carry in the event (at most [`ERROR_TEST_NOTE_MAX_CHARS`]), to find it again.
+    note: Option<String>,
+}
+
+/// The longest note a test event carries, in characters.
+const ERROR_TEST_NOTE_MAX_CHARS: usize = 200;
+
+/// `POST /admin/error-tracking/test`: an error-level event (`kind=error`, the default) or a
+/// panic in a task of its own (`kind=panic`; tokio catches it, the node goes on), so that an
+/// operator can check the DSN after a deploy. `{"enabled": bool}`: whether error tracking is on.
+async fn error_tracking_test(q: ErrorTestQuery) -> Response {
+    let note: String = q
+        .note
+        .unwrap_or_default()
+        .chars()
+        .take(ERROR_TEST_NOTE_MAX_CHARS)
+        .collect();
+    let enabled = sentry::Hub::current().client().is_some();
+    match q.kind.as_deref() {
+        None | Some("error") => {
+            tracing::error!(note = %note, "error tracking test: an operator asked for this event ({note})");
+        }
+        Some("panic") => {
+            let task = tokio::spawn(async move {
+                panic!("error tracking test: a node task panicked on purpose ({note})");
+            });
+            // Joined so the answer comes after the panic was reported; its error is the panic.
+            let _ = task.await;
+        }
+        Some(other) => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_input",
+                &format!("kind {other:?}: error or panic"),
+            );
+        }
+    }
+    if let Some(client) = sentry::Hub::current().client() {
+        client.flush(Some(std::time::Duration::from_secs(2)));
+    }
+    Json(json!({"enabled": enabled})).into_response()
 }
 
 /// `?feature=&cohort=&enabled=` of `/admin/flags/{set,unset}`.
