@@ -167,8 +167,8 @@ pub(crate) async fn run(writer: Writer, mut rx: mpsc::Receiver<Msg>, _alive: mps
         if let Some(l) = live.as_mut()
             && !process(&inner, &doc, l, batch).await
         {
-            // The store failed: memory may hold changes that are not on disk. Start over from
-            // the store with the next message.
+            // The store failed, or a peer's message panicked automerge: memory may hold changes
+            // that are not on disk. Start over from the store with the next message.
             live = None;
         }
         in_flight.fetch_sub(taken, Ordering::SeqCst);
@@ -312,7 +312,8 @@ fn sync_state<'a>(
     &mut entry.1
 }
 
-/// Processes one batch. Returns false if the store failed (the replica must be reloaded).
+/// Processes one batch. Returns false if the store failed or a peer's sync message panicked
+/// automerge (the replica must be reloaded).
 async fn process(inner: &Arc<Inner>, doc: &DocId, live: &mut Live, batch: Vec<Msg>) -> bool {
     let now = (inner.config.clock)();
     let mut acks: Vec<(oneshot::Sender<Result<Acked, HubError>>, Acked)> = Vec::new();
@@ -324,7 +325,10 @@ async fn process(inner: &Arc<Inner>, doc: &DocId, live: &mut Live, batch: Vec<Ms
     let mut jobs: Vec<(String, Vec<u8>)> = Vec::new();
     let mut compactions: Vec<oneshot::Sender<Result<Compacted, HubError>>> = Vec::new();
 
-    for msg in batch {
+    let mut batch = batch.into_iter();
+    // Set when a peer's sync message panicked automerge: the replica may be half-changed.
+    let mut poisoned = false;
+    for msg in batch.by_ref() {
         match msg {
             Msg::Compact { reply } if !live.exists() || live.saved.is_empty() => {
                 let _ = reply.send(Err(HubError::not_found(doc)));
@@ -405,6 +409,17 @@ async fn process(inner: &Arc<Inner>, doc: &DocId, live: &mut Live, batch: Vec<Ms
                         dirty_peers.insert(peer.clone());
                         sync_replies.push((peer, reply));
                     }
+                    Err(e @ lectern_model::SyncError::Panicked(_)) => {
+                        tracing::error!(
+                            peer,
+                            error = %e,
+                            "a peer's sync message panicked automerge; the document is loaded \
+                             again from the store"
+                        );
+                        let _ = reply.send(Err(HubError::Sync(e)));
+                        poisoned = true;
+                        break;
+                    }
                     Err(e) => {
                         warn!(peer, error = %e, "refused a sync message");
                         let _ = reply.send(Err(HubError::Sync(e)));
@@ -413,6 +428,23 @@ async fn process(inner: &Arc<Inner>, doc: &DocId, live: &mut Live, batch: Vec<Ms
             }
             other => deferred.push(other),
         }
+    }
+    if poisoned {
+        // Nothing of this batch is persisted or acknowledged: its commands and messages fail
+        // with a retryable error, and the writer starts over from the store.
+        let e = HubError::Store("the document was reloaded; retry".into());
+        for (reply, _) in acks {
+            let _ = reply.send(Err(e.clone()));
+        }
+        for (_, reply) in sync_replies {
+            let _ = reply.send(Err(e.clone()));
+        }
+        for reply in compactions {
+            let _ = reply.send(Err(e.clone()));
+        }
+        deferred.extend(batch);
+        fail_all(inner, deferred, &e);
+        return false;
     }
     inner
         .counters

@@ -57,6 +57,11 @@ pub enum SyncError {
     /// The message decoded but its changes do not apply.
     #[error("sync message does not apply: {0}")]
     Apply(String),
+    /// automerge panicked on the message (its change parser unwraps on some malformed
+    /// changes). The replica may be half-changed: its owner must drop it and load the document
+    /// again from the store.
+    #[error("sync message panicked automerge: {0}")]
+    Panicked(String),
 }
 
 struct ChangeInfo {
@@ -260,9 +265,23 @@ impl Replica {
             return Err(SyncError::Decode(why.to_owned()));
         }
         let old = self.doc.get_heads();
-        self.doc
-            .receive_sync_message(state, message)
-            .map_err(|e| SyncError::Apply(e.to_string()))?;
+        // automerge 0.12's change parser (hexane) unwraps on some malformed columns: a peer's
+        // bytes must not take the writer task down with them. Nothing else holds the document
+        // while it unwinds, and the caller drops this replica (see `SyncError::Panicked`).
+        let received = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.doc.receive_sync_message(state, message)
+        }));
+        match received {
+            Ok(r) => r.map_err(|e| SyncError::Apply(e.to_string()))?,
+            Err(panic) => {
+                let why = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("a panic without a message");
+                return Err(SyncError::Panicked(why.to_owned()));
+            }
+        }
         if self.doc.get_heads() == old {
             return Ok(Vec::new());
         }
