@@ -221,6 +221,7 @@ async fn load(inner: &Arc<Inner>, doc: &DocId) -> Result<Live, HubError> {
     let key = doc.to_string();
     let id = doc.clone();
     let actor = inner.identity.actor_bytes();
+    let flags_inner = inner.clone();
     tokio::task::spawn_blocking(move || {
         let stored = store
             .load_doc(&key)
@@ -241,6 +242,9 @@ async fn load(inner: &Arc<Inner>, doc: &DocId) -> Result<Live, HubError> {
             doc: key.clone(),
             reason: e.to_string(),
         })?;
+        if replica.id() == &DocId::Flags {
+            flags_inner.set_flags(replica.flags());
+        }
         Ok(Live {
             saved: replica.doc().get_heads(),
             replica,
@@ -335,6 +339,29 @@ async fn process(inner: &Arc<Inner>, doc: &DocId, live: &mut Live, batch: Vec<Ms
             {
                 rejected += 1;
                 let _ = reply.send(Err(HubError::not_found(doc)));
+            }
+            Msg::Command { cmd, reply, .. }
+                if cmd.body.feature().is_some_and(|f| {
+                    !inner
+                        .flags()
+                        .enabled(f, live.replica.flag_cohort().as_ref())
+                }) =>
+            {
+                rejected += 1;
+                let cohort = live.replica.flag_cohort();
+                let refusal = cmd
+                    .body
+                    .feature()
+                    .map(|f| inner.flags().check(f, cohort.as_ref()));
+                let rejection = match refusal {
+                    Some(Err(r)) => r,
+                    // The flag changed between the two looks: refuse all the same, once.
+                    _ => lectern_model::Rejection::new(
+                        lectern_model::RejectCode::FeatureDisabled,
+                        "this feature is switched off by the operators",
+                    ),
+                };
+                let _ = reply.send(Err(HubError::Rejected(rejection)));
             }
             Msg::Command { caller, cmd, reply } => match live.replica.apply(&caller, &cmd, now) {
                 Ok(applied) => {
@@ -474,6 +501,10 @@ async fn process(inner: &Arc<Inner>, doc: &DocId, live: &mut Live, batch: Vec<Ms
     let digest = crate::heads_digest(&heads);
     if changed && let Ok(mut index) = inner.heads.lock() {
         index.insert(doc.clone(), digest);
+    }
+    // Before the ack: once `flag.set` returns, this node already answers by the new flag.
+    if changed && *doc == DocId::Flags {
+        inner.set_flags(live.replica.flags());
     }
 
     let local = !acks.is_empty();

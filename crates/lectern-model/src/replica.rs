@@ -480,6 +480,18 @@ impl Replica {
                 }
                 c.clone()
             }
+            // Clients learn the flags that apply to them from the node's cached set
+            // (`GET /api/flags`); the document itself is the operators'.
+            DocId::Flags => {
+                return if caller.role == crate::auth::Role::Admin {
+                    Ok(())
+                } else {
+                    Err(Rejection::new(
+                        RejectCode::Forbidden,
+                        "only an admin reads the flags document",
+                    ))
+                };
+            }
         };
         crate::auth::authorize(caller, &cohort, crate::auth::Needs::Member)
     }
@@ -491,6 +503,7 @@ impl Replica {
             DocId::Cohort(_) => self.cohort_view(caller),
             DocId::Inbox(_) => self.inbox_view(caller),
             DocId::Course(_) => self.course_view(),
+            DocId::Flags => Ok(self.flags().to_json()),
         }
     }
 
@@ -533,6 +546,24 @@ impl Replica {
             return None;
         }
         crate::session::session_cohort(&self.doc)
+    }
+
+    /// The feature flags this document holds (none for any other document).
+    pub fn flags(&self) -> crate::FlagSet {
+        match &self.id {
+            DocId::Flags => crate::flags::read_flags(&Reader::now(&self.doc)),
+            _ => crate::FlagSet::new(),
+        }
+    }
+
+    /// The cohort whose feature flags apply to this document's commands: a cohort's own id, a
+    /// session's cohort (once created), none for any other document.
+    pub fn flag_cohort(&self) -> Option<CohortId> {
+        match &self.id {
+            DocId::Cohort(c) => Some(c.clone()),
+            DocId::Session(_) => self.session_cohort(),
+            _ => None,
+        }
     }
 
     /// The course as anyone sees it (its metadata is public); `doc_not_found` before
@@ -826,5 +857,54 @@ mod hostile_sync_tests {
             .expect("the question is asked");
         exchange(&mut x, &mut y, &mut sx, &mut sy);
         assert_eq!(x.doc.get_heads(), y.doc.get_heads(), "x has y's change");
+    }
+
+    /// Regression: a check of the bloom filters refused every empty filter too (its encoding
+    /// is no bytes at all), so two replicas that had synced once could never sync again.
+    #[test]
+    fn two_replicas_keep_syncing_after_their_first_exchange() {
+        let caller = Caller {
+            user: "u1".parse().expect("a user id"),
+            name: "Ada".into(),
+            role: Role::Instructor,
+            cohorts: vec!["c1".parse().expect("a cohort id")],
+        };
+        let doc = DocId::parse("session/s1").expect("a doc id");
+        let (mut a, mut b) = (
+            Replica::new(doc.clone(), &[5; 16]),
+            Replica::new(doc, &[6; 16]),
+        );
+        let (mut to_b, mut to_a) = (sync::State::new(), sync::State::new());
+        let exchange =
+            |a: &mut Replica, b: &mut Replica, to_b: &mut sync::State, to_a: &mut sync::State| {
+                for _ in 0..20 {
+                    let m1 = a.generate_sync_message(to_b);
+                    if let Some(m) = &m1 {
+                        b.receive_sync_message(to_a, m)
+                            .expect("b takes a's message");
+                    }
+                    let m2 = b.generate_sync_message(to_a);
+                    if let Some(m) = &m2 {
+                        a.receive_sync_message(to_b, m)
+                            .expect("a takes b's message");
+                    }
+                    if m1.is_none() && m2.is_none() {
+                        return;
+                    }
+                }
+            };
+        for (i, title) in ["one", "two"].into_iter().enumerate() {
+            let create = Command {
+                id: format!("c{i}").parse().expect("a command id"),
+                body: CommandBody::SessionCreate {
+                    cohort: "c1".parse().expect("a cohort id"),
+                    title: title.into(),
+                    moderation: false,
+                },
+            };
+            let _ = a.apply(&caller, &create, Millis(1));
+            exchange(&mut a, &mut b, &mut to_b, &mut to_a);
+            assert_eq!(a.doc().get_heads(), b.doc().get_heads(), "round {i}");
+        }
     }
 }
