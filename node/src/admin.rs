@@ -496,7 +496,9 @@ impl AdminState {
     }
 
     /// `/admin/docs/show`: one document's sizes, heads and history length (it is loaded to
-    /// count its changes). Whether a peer holds the same heads: `/admin/heads` on that peer.
+    /// count its changes), and where it is replicated: each peer this node has synced it
+    /// with, whether the heads both last had in common are this node's heads now (`inSync`),
+    /// and whether that peer is connected.
     async fn docs_show(&self, doc: &str) -> Response {
         let entry = match self.doc_entry(doc) {
             Ok(Some(entry)) => entry,
@@ -506,12 +508,51 @@ impl AdminState {
         let Ok(id) = DocId::parse(doc) else {
             return doc_not_found(doc);
         };
-        let changes = match self.hub.read(id, |r| r.change_count()).await {
-            Ok(n) => json!(n),
-            Err(e) => json!({"error": e.to_string()}),
+        let read = self
+            .hub
+            .read(id, |r| (r.change_count(), r.doc().get_heads()))
+            .await;
+        let (changes, heads) = match read {
+            Ok((n, heads)) => (json!(n), Some(heads)),
+            Err(e) => (json!({"error": e.to_string()}), None),
         };
+        let states = match self.hub.store().sync_states_of(doc) {
+            Ok(states) => states,
+            Err(e) => return store_failed(&e),
+        };
+        let connected = self
+            .mesh
+            .as_ref()
+            .map(|m| m.connected_peers())
+            .unwrap_or_default();
+        let replicated: Vec<serde_json::Value> = states
+            .iter()
+            .map(|(peer, bytes)| {
+                let shared = lectern_model::automerge::sync::State::decode(bytes)
+                    .ok()
+                    .map(|s| s.shared_heads);
+                let in_sync = match (&shared, &heads) {
+                    (Some(shared), Some(heads)) => {
+                        let mut a = shared.clone();
+                        let mut b = heads.clone();
+                        a.sort();
+                        b.sort();
+                        json!(a == b)
+                    }
+                    _ => serde_json::Value::Null,
+                };
+                // The state is kept under the peer's certificate name and node id.
+                let name = peer.split('#').next().unwrap_or(peer);
+                json!({
+                    "peer": peer,
+                    "inSync": in_sync,
+                    "connected": connected.iter().any(|c| c == name),
+                })
+            })
+            .collect();
         let mut entry = entry;
         entry["changes"] = changes;
+        entry["replicated"] = json!(replicated);
         Json(json!({"doc": entry})).into_response()
     }
 

@@ -339,6 +339,42 @@ async fn a_node_restored_from_a_backup_rejoins_its_cluster_and_converges() {
              the restored node has all of them, in {:?}",
             t0.elapsed()
         );
+        // `lectern docs show` on the surviving node says where the session is replicated: to
+        // the restored node, connected and in sync.
+        let admin_b = cluster.node(b).http_addr.to_string();
+        let doc = demo_session().to_string();
+        let shown_in_sync = Instant::now();
+        loop {
+            let shown = lectern(&[
+                "docs",
+                "show",
+                &doc,
+                "--http",
+                &admin_b,
+                "--admin-token",
+                "admin-token-0123456789",
+            ])
+            .await?
+            .expect_code(0)?
+            .json()?;
+            let replicated = shown["doc"]["replicated"]
+                .as_array()
+                .with_context(|| format!("no replicated list: {shown}"))?;
+            let restored_in_sync = replicated.iter().any(|p| {
+                p["peer"].as_str().is_some_and(|n| n.starts_with("a#"))
+                    && p["inSync"] == true
+                    && p["connected"] == true
+            });
+            if restored_in_sync {
+                break;
+            }
+            // The last sync reply may still be on its way after the heads agree.
+            anyhow::ensure!(
+                shown_in_sync.elapsed() < Duration::from_secs(20),
+                "the restored node is not shown in sync: {shown}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let t1 = Instant::now();
         cluster.stop_all().await?;
         println!("restore: stopped in {:?}", t1.elapsed());

@@ -249,6 +249,32 @@ impl Store {
         Ok(value.map(|bytes| bytes.to_vec()))
     }
 
+    /// Every peer holding a persisted sync state of `doc`, with that state: one seek per peer
+    /// this node has ever synced with, not a scan of every state.
+    pub fn sync_states_of(&self, doc: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        keys::validate_doc(doc)?;
+        let db = &self.inner.shared.db;
+        let mut out = Vec::new();
+        let mut from = b"y/".to_vec();
+        while let Some((key, _)) = db.range(from.as_slice()..).next().transpose()? {
+            let Some(rest) = key.strip_prefix(b"y/") else {
+                break;
+            };
+            let Some(slash) = rest.iter().position(|b| *b == b'/') else {
+                break;
+            };
+            let peer = std::str::from_utf8(&rest[..slash])
+                .map_err(|_| keys::corrupt_key(&key, "a peer name must be UTF-8"))?
+                .to_owned();
+            if let Some(state) = db.get(keys::sync_state_key(&peer, doc))? {
+                out.push((peer.clone(), state.to_vec()));
+            }
+            // The next peer: past every key of this one ('0' follows '/').
+            from = format!("y/{peer}0").into_bytes();
+        }
+        Ok(out)
+    }
+
     /// Every queued job as (id, record), in id order: what a job runner resumes after a restart.
     pub fn pending_jobs(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         self.jobs_under(keys::JOB_QUEUE_PREFIX)

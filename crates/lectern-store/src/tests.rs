@@ -258,6 +258,20 @@ fn sync_states_round_trip() {
     assert_eq!(state("peer1", "session/a/b").as_deref(), Some(&b"two"[..]));
     assert_eq!(state("peer2", "session/a").as_deref(), Some(&b"three"[..]));
     assert_eq!(state("peer3", "session/a"), None);
+    // Who holds a state of a document: each peer once, and only for that document.
+    let of = |doc| store.sync_states_of(doc).expect("sync states of");
+    assert_eq!(
+        of("session/a"),
+        vec![
+            ("peer1".to_owned(), b"four".to_vec()),
+            ("peer2".to_owned(), b"three".to_vec())
+        ]
+    );
+    assert_eq!(
+        of("session/a/b"),
+        vec![("peer1".to_owned(), b"two".to_vec())]
+    );
+    assert!(of("session/c").is_empty());
     assert!(
         store.doc_ids().expect("doc ids").is_empty(),
         "sync states are not docs"
