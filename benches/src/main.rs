@@ -14,6 +14,10 @@
 //!   every stream shows it, time until every email is accepted by a real SMTP server, and the
 //!   node's memory before and after; a one-student grade as the baseline.
 //!
+//! - `backup`: `GET /admin/backup` of a node storing 10,000 documents while a class sends 1,000
+//!   commands per second: the backup's duration and size, and the ack latency during it,
+//!   against the same load without a backup.
+//!
 //! - `mesh latency|catch-up|anti-entropy`: two nodes replicating over QUIC with mutual TLS on
 //!   loopback: replication latency at a fixed command rate, catch-up after both sides wrote
 //!   apart, and anti-entropy over many documents of which few differ.
@@ -23,6 +27,7 @@
 //! afterwards. BENCHMARKS.md at the repository root has the figures and how to read them.
 
 mod alloc;
+mod backup;
 mod class_size;
 mod hostile;
 mod hub_throughput;
@@ -62,6 +67,9 @@ enum Bench {
     /// N websocket + M SSE clients on one session: fan-out latency, delivery, node memory per
     /// connection, against a bare tokio floor.
     Load(load::Args),
+    /// A backup of a node storing N documents while a class writes: its duration, and ack
+    /// latency during it against the same load without a backup.
+    Backup(backup::Args),
     /// Two nodes over QUIC/mTLS: replication latency, catch-up, anti-entropy.
     Mesh(mesh::Args),
     /// An announcement to N students connected over SSE: time until each stream shows it,
@@ -91,6 +99,7 @@ fn main() -> ExitCode {
         Bench::RemoteApply(args) => remote_apply::run(args, cli.json),
         Bench::ClassSize(args) => class_size::run(args, cli.json),
         Bench::Load(args) => load::run(args, cli.json),
+        Bench::Backup(args) => backup::run(args, cli.json),
         Bench::Mesh(args) => mesh::run(args, cli.json),
         Bench::Notify(args) => notify::run(args, cli.json),
         Bench::Hostile(args) => hostile::run(args, cli.json),

@@ -361,8 +361,18 @@ pub async fn joined(
     role: &str,
     resume: Option<&str>,
 ) -> anyhow::Result<(Client, serde_json::Value)> {
+    joined_on(node.http_addr, user, role, resume).await
+}
+
+/// [`joined`], to the node serving HTTP at `addr`.
+pub async fn joined_on(
+    addr: SocketAddr,
+    user: &str,
+    role: &str,
+    resume: Option<&str>,
+) -> anyhow::Result<(Client, serde_json::Value)> {
     let mut client = Client::connect(
-        node.http_addr,
+        addr,
         Transport::WebSocket,
         json!({ "token": token(user, role) }),
         user,

@@ -121,3 +121,229 @@ async fn a_running_node_is_backed_up_and_restored_onto_a_new_one() {
     .await
     .unwrap();
 }
+
+/// A cluster node is backed up while a class writes to it from many lanes; it is then lost
+/// (stopped, its directory left behind), restored from the backup onto a fresh directory, and
+/// the restored node rejoins the mesh under its old name: it converges with the surviving node
+/// and holds every command either node acknowledged, including those acknowledged after the
+/// backup was taken (they come back from the peer). Kills: a restored node that cannot join (a
+/// stale identity refused by its peer), a restore that loses documents, a node that does not
+/// catch up on what it missed since the backup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restored_from_a_backup_rejoins_its_cluster_and_converges() {
+    use std::time::{Duration, Instant};
+
+    use anyhow::Context;
+    use lectern_model::CommandId;
+
+    use crate::mesh::{Cluster, demo_caller, demo_session};
+
+    /// Writers running side by side during the backup, each as its own student (so no
+    /// per-person quota is reached).
+    const LANES: usize = 32;
+    /// Sessions the class writes to besides the demo session, so the backup has documents to
+    /// read while they change.
+    const SESSIONS: usize = 60;
+    /// Commands each lane sends after the backup ends, which the backup cannot hold.
+    const AFTER_BACKUP: usize = 5;
+
+    within(async {
+        let t0 = Instant::now();
+        let mut cluster = Cluster::new("ops-restore")?;
+        let a = cluster.start("a", vec![], true).await?;
+        let b = cluster.start("b", vec![cluster.peer(a)], false).await?;
+        cluster.connected(b, 1).await?;
+        let mut docs = vec![demo_session()];
+        let instructor = demo_caller("ada", Role::Instructor);
+        for n in 0..SESSIONS {
+            let doc = DocId::Session(format!("restore-{n}").parse()?);
+            let body = CommandBody::SessionCreate {
+                cohort: lectern_node::DEMO_COHORT.parse()?,
+                title: format!("Restore {n}"),
+                moderation: false,
+            };
+            cluster
+                .node(a)
+                .hub
+                .execute(
+                    doc.clone(),
+                    instructor.clone(),
+                    cmd(&format!("mk{n}"), body),
+                )
+                .await?;
+            docs.push(doc);
+        }
+        for doc in &docs {
+            cluster
+                .converged(doc, &[a, b], Duration::from_secs(30))
+                .await?;
+        }
+        println!("restore: cluster ready in {:?}", t0.elapsed());
+        let docs = Arc::new(docs);
+        let admin = cluster.node(a).http_addr.to_string();
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(std::sync::Mutex::new(Vec::<(usize, CommandId)>::new()));
+        let mut lanes = Vec::new();
+        for lane in 0..LANES {
+            let (hub, stop, acked) = (cluster.node(a).hub.clone(), stop.clone(), acked.clone());
+            let docs = docs.clone();
+            lanes.push(tokio::spawn(async move {
+                let student = demo_caller(&format!("restore-{lane}"), Role::Student);
+                let mut n = 0usize;
+                // Quota: 1,000 chat messages per person per session.
+                while !stop.load(Ordering::Relaxed) && n < 900 {
+                    let id = format!("r{lane}-{n}");
+                    let at = (lane + n) % docs.len();
+                    let body = CommandBody::ChatSend { text: id.clone() };
+                    hub.execute(docs[at].clone(), student.clone(), cmd(&id, body))
+                        .await?;
+                    acked
+                        .lock()
+                        .map_err(|_| anyhow::anyhow!("poisoned"))?
+                        .push((at, id.parse()?));
+                    n += 1;
+                }
+                anyhow::Ok(n)
+            }));
+        }
+        // The backup starts once the class is writing.
+        while acked.lock().map(|v| v.len()).unwrap_or(0) < LANES {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let out = cluster.dirs[a].path().join("a.backup");
+        let out_s = out.display().to_string();
+        let started = Instant::now();
+        let before = acked.lock().map(|v| v.len()).unwrap_or(0);
+        let backed = lectern(&[
+            "--json",
+            "backup",
+            "--out",
+            &out_s,
+            "--http",
+            &admin,
+            "--admin-token",
+            "admin-token-0123456789",
+        ])
+        .await?
+        .expect_code(0)?;
+        let took = started.elapsed();
+        let during = acked.lock().map(|v| v.len()).unwrap_or(0) - before;
+        stop.store(true, Ordering::Relaxed);
+        for lane in lanes {
+            lane.await??;
+        }
+        let backed = backed.json()?;
+        println!(
+            "restore: backup of {} documents in {took:?} while the class wrote {during} \
+             commands ({:.0}/s)",
+            backed["docs"],
+            during as f64 / took.as_secs_f64().max(1e-3)
+        );
+        assert!(
+            during > 0,
+            "the node kept taking commands during the backup"
+        );
+        assert!(
+            backed["docs"].as_u64().unwrap_or(0) > SESSIONS as u64,
+            "{backed}"
+        );
+
+        // After the backup: more writes, which only the mesh can give back.
+        for n in 0..AFTER_BACKUP * LANES {
+            let id = format!("after-{n}");
+            let student = demo_caller(&format!("restore-{}", n % LANES), Role::Student);
+            let at = n % docs.len();
+            let body = CommandBody::ChatSend { text: id.clone() };
+            cluster
+                .node(a)
+                .hub
+                .execute(docs[at].clone(), student, cmd(&id, body))
+                .await?;
+            acked
+                .lock()
+                .map_err(|_| anyhow::anyhow!("poisoned"))?
+                .push((at, id.parse()?));
+        }
+        for doc in docs.iter() {
+            cluster
+                .converged(doc, &[a, b], Duration::from_secs(30))
+                .await?;
+        }
+
+        // Node a is lost; a new node on the restored backup takes its name and rejoins.
+        cluster.stop(a).await?;
+        let restored_dir = cluster.dirs[a].path().join("restored");
+        let restored_s = restored_dir.display().to_string();
+        lectern(&["--json", "restore", &out_s, "--data-dir", &restored_s])
+            .await?
+            .expect_code(0)?;
+        // What the restored directory holds before it meets the mesh: the backup, whole.
+        let verified = lectern_node::backup::verify(&out)?;
+        let config = cluster.config("a", &restored_dir, vec![cluster.peer(b)])?;
+        let acked = acked.lock().map(|v| v.clone()).unwrap_or_default();
+        let mut not_in_backup = 0;
+        for (at, doc) in docs.iter().enumerate() {
+            let (_, _, bytes) = verified
+                .docs
+                .iter()
+                .find(|(d, _, _)| d == doc)
+                .with_context(|| format!("{doc} is not in the backup"))?;
+            let replica = lectern_model::Replica::load(doc.clone(), bytes, &[0u8; 16])?;
+            not_in_backup += acked
+                .iter()
+                .filter(|(i, id)| *i == at && !replica.has_applied(id))
+                .count();
+        }
+        assert!(
+            not_in_backup >= AFTER_BACKUP * LANES,
+            "the backup lacks only {not_in_backup} acknowledged commands"
+        );
+        let node = lectern_node::start(config).await?;
+        cluster.nodes.push(("a".into(), Some(node)));
+        let r = cluster.nodes.len() - 1;
+        cluster.connected(r, 1).await?;
+        let started = Instant::now();
+        for doc in docs.iter() {
+            cluster
+                .converged(doc, &[r, b], Duration::from_secs(60))
+                .await?;
+        }
+        println!(
+            "restore: the restored node converged on {} sessions {:?} after it connected",
+            docs.len(),
+            started.elapsed()
+        );
+        let total = acked.len();
+        let mut missing = 0;
+        for (at, doc) in docs.iter().enumerate() {
+            let ids: Vec<CommandId> = acked
+                .iter()
+                .filter(|(i, _)| *i == at)
+                .map(|(_, id)| id.clone())
+                .collect();
+            missing += cluster
+                .node(r)
+                .hub
+                .read(doc.clone(), move |d| {
+                    ids.iter().filter(|id| !d.has_applied(id)).count()
+                })
+                .await?;
+        }
+        assert_eq!(
+            missing, 0,
+            "of {total} acknowledged commands, {missing} are missing on the restored node"
+        );
+        println!(
+            "restore: {not_in_backup} of {total} acknowledged commands were not in the backup; \
+             the restored node has all of them, in {:?}",
+            t0.elapsed()
+        );
+        let t1 = Instant::now();
+        cluster.stop_all().await?;
+        println!("restore: stopped in {:?}", t1.elapsed());
+        Ok(())
+    })
+    .await
+    .unwrap();
+}
