@@ -291,8 +291,6 @@ fn write_stream(
         let mut stop_pending = true;
         loop {
             let chunk = tokio::select! {
-                // The stream's chunks first: they are what wakes it most.
-                biased;
                 c = lean.next_chunk() => c,
                 r = stream.read(&mut sink) => match r {
                     Ok(0) | Err(_) => return Ok(()),

@@ -348,8 +348,6 @@ impl LeanStream {
         }
         loop {
             let recv = tokio::select! {
-                // Events first: they are what wakes a stream most.
-                biased;
                 r = self.events.recv() => r,
                 () = self.timer.as_mut() => {
                     let now = tokio::time::Instant::now();

@@ -259,8 +259,6 @@ enum Input {
 impl Sub {
     async fn next(&mut self) -> Input {
         tokio::select! {
-            // Events first: they are what wakes a socket most (see `Socket::run`).
-            biased;
             r = self.events.recv() => Input::Event(r),
             mut watch = &mut self.attendance => {
                 let frame = watch.borrow_and_update().clone();
@@ -380,11 +378,10 @@ impl Socket {
                 // queue answers (acks, pongs), and the queue is bounded.
                 let reading = self.has_slot() && !self.at_budget() && !self.read_paused();
                 tokio::select! {
-                    // In this order, events first: a socket wakes for an event far more often
-                    // than for anything else, and every branch polled before the ready one is
-                    // work per delivery. The others are polled whenever no event is waiting,
-                    // which is every time the socket has caught up.
-                    biased;
+                    // In random order (tokio's default), not events first: with events first, a
+                    // session whose attendance changed many times a second (a thousand clients
+                    // joining) kept sockets from reading and acking their clients' joins in
+                    // time (`ops::drain` timed out on joins).
                     (i, input) = next_input(&mut self.subs) => self.on_input(i, input),
                     r = ready(&self.stream, reading, !self.out.is_empty()) => match r {
                         Ok(readable) => {
