@@ -508,6 +508,7 @@ fn every_key_takes_its_example_alike_from_the_file_its_variable_and_its_flag() {
         }
         for section in [
             "auth",
+            "error_tracking",
             "limits",
             "classroom",
             "mesh",

@@ -9,6 +9,12 @@
 //!   each side writes N changes spread over D documents; the link heals. Time from the heal to
 //!   the reconnect, from the reconnect to identical heads on every document, and the frame
 //!   bytes exchanged meanwhile.
+//! - offline-class: the classroom's day apart. A 40-student class runs N commands (a
+//!   plausible mix, [`crate::workload::Class`]; 20,000 is about an hour) on node A while the
+//!   link is cut, and the region (node B) writes meanwhile: the class's TA and instructor from
+//!   the region in the same session (a fork of the class, N / 20 commands) and N / 10 questions
+//!   in 20 other sessions. The link heals: heal → reconnect, reconnect → identical heads on
+//!   every document, and the frame bytes. The 5,000-change `catch-up` is its baseline.
 //! - anti-entropy: D documents replicated to both nodes, the link cut, K of them changed, the
 //!   link healed: reconnect-to-converged time and bytes. Baseline: the same with K = 0
 //!   (the digest exchange alone).
@@ -35,8 +41,8 @@ use tokio::net::UdpSocket;
 /// Which measurement, and its size.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// latency, catch-up, anti-entropy or tree.
-    #[arg(value_parser = ["latency", "catch-up", "anti-entropy", "tree"])]
+    /// latency, catch-up, offline-class, anti-entropy or tree.
+    #[arg(value_parser = ["latency", "catch-up", "offline-class", "anti-entropy", "tree"])]
     what: String,
     /// latency: commands per second.
     #[arg(long, default_value_t = 1_000)]
@@ -44,7 +50,8 @@ pub struct Args {
     /// latency: seconds of load.
     #[arg(long, default_value_t = 5)]
     seconds: u64,
-    /// catch-up: changes written on each side while apart; anti-entropy: documents that differ.
+    /// catch-up: changes written on each side while apart; offline-class: the class's
+    /// commands; anti-entropy: documents that differ.
     #[arg(long)]
     changes: Option<usize>,
     /// catch-up / anti-entropy: documents.
@@ -69,6 +76,7 @@ pub fn run(args: &Args, json_out: bool) -> anyhow::Result<()> {
     rt.block_on(async {
         match args.what.as_str() {
             "latency" => latency(args, json_out).await,
+            "offline-class" => offline_class(args.changes.unwrap_or(20_000), json_out).await,
             "catch-up" => {
                 catch_up(
                     args.docs.unwrap_or(100),
@@ -180,7 +188,31 @@ impl Pair {
             if a.len() >= docs && a == self.b.hub.heads_summary() {
                 return Ok(start.elapsed());
             }
-            anyhow::ensure!(start.elapsed() < limit, "not converged within {limit:?}");
+            if start.elapsed() >= limit {
+                let b = self.b.hub.heads_summary();
+                let differ: Vec<String> = a
+                    .iter()
+                    .filter(|x| !b.contains(x))
+                    .map(|(d, _)| format!("{d} (A)"))
+                    .chain(
+                        b.iter()
+                            .filter(|x| !a.contains(x))
+                            .map(|(d, _)| format!("{d} (B)")),
+                    )
+                    .collect();
+                let mut counts = Vec::new();
+                for (d, _) in a.iter().filter(|x| !b.contains(x)).take(2) {
+                    let ca = self.a.hub.read(d.clone(), |r| r.change_count()).await?;
+                    let cb = self.b.hub.read(d.clone(), |r| r.change_count()).await?;
+                    counts.push(format!("{d}: {ca} changes on A, {cb} on B"));
+                }
+                anyhow::bail!(
+                    "not converged within {limit:?}: A holds {} documents, B {}; differing: \
+                     {differ:?}; {counts:?}",
+                    a.len(),
+                    b.len()
+                );
+            }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
@@ -462,6 +494,92 @@ async fn catch_up(docs: usize, changes: usize, json_out: bool) -> anyhow::Result
             "{}",
             json!({"bench": "mesh-catch-up", "docs": docs, "changes_per_side": changes,
                 "reconnect_ms": reconnect.as_secs_f64() * 1000.0,
+                "converge_ms": converge.as_secs_f64() * 1000.0, "bytes": bytes})
+        );
+    }
+    pair.stop().await
+}
+
+async fn offline_class(commands: usize, json_out: bool) -> anyhow::Result<()> {
+    use crate::workload::{Class, Mix};
+
+    /// Students in the classroom.
+    const STUDENTS: usize = 40;
+    /// The region's other sessions, written to while the classroom is apart.
+    const REGION_SESSIONS: usize = 20;
+
+    let pair = Pair::start().await?;
+    let class_doc = DocId::Session("offline-class".parse()?);
+    let mut class = Class::new(7, STUDENTS, Mix::CLASS, "k");
+    let (who, create) = class.create_session();
+    pair.a.hub.execute(class_doc.clone(), who, create).await?;
+    for (who, cmd) in class.setup_items(5, 1) {
+        pair.a.hub.execute(class_doc.clone(), who, cmd).await?;
+    }
+    let region_docs = create_sessions(&pair.b.hub, "region", REGION_SESSIONS).await?;
+    pair.wait_converged(1 + REGION_SESSIONS, Duration::from_secs(60))
+        .await?;
+    let mut region_class = class.fork(8, "r");
+    pair.link.set_cut(true);
+    pair.wait_disconnected().await?;
+    let apart = Instant::now();
+    let classroom = async {
+        for _ in 0..commands {
+            let (who, cmd) = class.next_command();
+            let id = cmd.id.clone();
+            pair.a
+                .hub
+                .execute(class_doc.clone(), who, cmd)
+                .await
+                .with_context(|| format!("classroom command {id}"))?;
+        }
+        anyhow::Ok(())
+    };
+    let region = async {
+        for _ in 0..commands / 20 {
+            let (who, cmd) = region_class.next_command();
+            let id = cmd.id.clone();
+            pair.b
+                .hub
+                .execute(class_doc.clone(), who, cmd)
+                .await
+                .with_context(|| format!("region command {id}"))?;
+        }
+        write_asks(&pair.b.hub, &region_docs, "region", commands / 10).await
+    };
+    let (ra, rb) = tokio::join!(classroom, region);
+    ra?;
+    rb?;
+    let written = apart.elapsed();
+    let changes_a = pair
+        .a
+        .hub
+        .read(class_doc.clone(), |r| r.change_count())
+        .await?;
+    let bytes_before = pair.bytes();
+    pair.link.set_cut(false);
+    let reconnect = pair.wait_connected(Duration::from_secs(10)).await?;
+    let converge = pair
+        .wait_converged(1 + REGION_SESSIONS, Duration::from_secs(120))
+        .await?;
+    let bytes = pair.bytes() - bytes_before;
+    let changes_b = pair.b.hub.read(class_doc, |r| r.change_count()).await?;
+    println!(
+        "mesh offline-class: {commands} classroom commands ({STUDENTS} students) and {} region \
+         commands written apart in {:.1} s; the class session holds {changes_a} changes on A \
+         before, {changes_b} on both after; heal → reconnect {:.1} ms; reconnect → identical \
+         heads {:.1} ms; {:.2} MB of frames (both ways)",
+        commands / 20 + commands / 10,
+        written.as_secs_f64(),
+        reconnect.as_secs_f64() * 1000.0,
+        converge.as_secs_f64() * 1000.0,
+        bytes as f64 / 1e6,
+    );
+    if json_out {
+        println!(
+            "{}",
+            json!({"bench": "mesh-offline-class", "commands": commands,
+                "changes": changes_b, "reconnect_ms": reconnect.as_secs_f64() * 1000.0,
                 "converge_ms": converge.as_secs_f64() * 1000.0, "bytes": bytes})
         );
     }

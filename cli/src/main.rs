@@ -2,7 +2,8 @@
 //! sled holds an exclusive lock), checks a node's health over HTTP, and mints tokens with the
 //! node's own secret (same config layers, same `auth-secret` file), so an operator can hand out
 //! a link without an identity provider. `cluster init` / `cluster issue-node` create the mesh's
-//! CA and node certificates; `status`, `peers` and `jobs` ask a running node's admin API.
+//! CA and node certificates; `status`, `peers`, `jobs`, `docs`, `drain`, `backup` and `flags` ask a
+//! running node's admin API.
 //!
 //! Every command takes `--json` (one JSON document on stdout, also for a failure:
 //! `{"error": {"code", "message", "exit"}}`), and the exit code says what kind of failure it was
@@ -44,7 +45,7 @@ struct Args {
 const EXIT_CODES_HELP: &str = "Exit codes: 0 success; 1 any other failure; 2 bad usage; \
 3 the node cannot be reached; 4 the admin API refused (no admin_token on the node, or a wrong \
 one); 5 not found (no such job or document); 6 busy (the job is running: try again); \
-7 the node is shutting down.";
+7 the node is shutting down; 8 the store migration would lose data (see its message).";
 
 /// Why `lectern` failed, as its exit code: a script branches on these. 2 is clap's own (bad
 /// usage).
@@ -62,6 +63,8 @@ enum Exit {
     Busy = 6,
     /// The node is shutting down.
     Unavailable = 7,
+    /// A store migration would lose data the target version cannot hold (nothing was written).
+    Blocked = 8,
 }
 
 /// A failure with its exit code and a stable code for `--json`.
@@ -95,6 +98,11 @@ enum Cmd {
         /// The node's data directory.
         #[arg(long, default_value = "./lectern-data")]
         data_dir: PathBuf,
+    },
+    /// A stopped node's store: schema migrations (`lectern store migrate`).
+    Store {
+        #[command(subcommand)]
+        command: StoreCmd,
     },
     /// Ask a running node for `/healthz`.
     Health {
@@ -168,6 +176,12 @@ enum Cmd {
         #[command(subcommand)]
         command: JobsCmd,
     },
+    /// Feature flags of the cluster: switch chat, polls, leaderboard, email or copilot off (or
+    /// on) at run time, globally or for one cohort; replicated to every node (admin API).
+    Flags {
+        #[command(subcommand)]
+        command: FlagsCmd,
+    },
     /// Print the shell completion script: `lectern completions bash > /etc/bash_completion.d/lectern`,
     /// `lectern completions zsh > "${fpath[1]}/_lectern"`, `lectern completions fish >
     /// ~/.config/fish/completions/lectern.fish`.
@@ -175,6 +189,26 @@ enum Cmd {
         /// The shell.
         #[arg(value_parser = ["bash", "zsh", "fish"])]
         shell: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum StoreCmd {
+    /// Move a STOPPED node's store to schema version N, up or down (a rollback across a schema
+    /// change: migrate down with the newer build, then start the older one). One atomic step;
+    /// running it again does nothing. Refuses (exit 8) what the older version cannot hold.
+    Migrate {
+        /// The node's data directory.
+        #[arg(long, default_value = "./lectern-data")]
+        data_dir: PathBuf,
+        /// The schema version to move to: 1 (before the feature-flags document) or 2 (this
+        /// build's).
+        #[arg(long)]
+        to: u32,
+        /// Going below version 2: delete the feature-flags document (the other nodes keep it)
+        /// instead of refusing.
+        #[arg(long)]
+        discard_flags: bool,
     },
 }
 
@@ -248,6 +282,46 @@ enum JobsCmd {
         admin: AdminArgs,
         /// The job id (from `jobs list`).
         id: String,
+    },
+}
+
+/// The features a flag can switch (the node's `Feature` names).
+const FEATURES: [&str; 5] = ["chat", "polls", "leaderboard", "email", "copilot"];
+
+#[derive(Debug, Subcommand)]
+enum FlagsCmd {
+    /// The flags set, globally and per cohort (a feature not listed is on).
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Switch a feature on or off, for one cohort (`--cohort`) or globally; a cohort's flag
+    /// wins over the global one. In force on the node asked when the command returns, on the
+    /// others as soon as the mesh carries it (within a second or two).
+    Set {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The feature.
+        #[arg(value_parser = FEATURES)]
+        feature: String,
+        /// `off` or `on`.
+        #[arg(value_parser = ["off", "on"])]
+        state: String,
+        /// Only this cohort.
+        #[arg(long)]
+        cohort: Option<String>,
+    },
+    /// Forget a flag: a cohort's (`--cohort`; it follows the global flag again) or the global
+    /// one (the feature is on wherever no cohort flag says otherwise).
+    Unset {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The feature.
+        #[arg(value_parser = FEATURES)]
+        feature: String,
+        /// Only this cohort.
+        #[arg(long)]
+        cohort: Option<String>,
     },
 }
 
@@ -400,6 +474,44 @@ fn print_json(v: &serde_json::Value) {
 fn run(args: Args) -> anyhow::Result<()> {
     let json = args.json;
     match args.command {
+        Cmd::Store {
+            command:
+                StoreCmd::Migrate {
+                    data_dir,
+                    to,
+                    discard_flags,
+                },
+        } => {
+            use lectern_store::StoreError as E;
+            use lectern_store::migrate::{MigrateOptions, migrate};
+            let done = migrate(&data_dir, to, MigrateOptions { discard_flags }).map_err(|e| {
+                let (exit, code) = match &e {
+                    E::Locked { .. } => (Exit::Busy, "store_open"),
+                    E::MigrationBlocked { .. } => (Exit::Blocked, "migration_blocked"),
+                    E::NotAStore { .. } => (Exit::NotFound, "not_a_store"),
+                    E::UnknownSchema { .. } | E::NewerSchema { .. } => {
+                        (Exit::Failure, "unknown_version")
+                    }
+                    _ => (Exit::Failure, "store_failed"),
+                };
+                failed(exit, code, format!("migrate {}: {e}", data_dir.display()))
+            })?;
+            if json {
+                print_json(&serde_json::json!({
+                    "from": done.from,
+                    "to": done.to,
+                    "keysChanged": done.keys_changed,
+                }));
+            } else if done.from == done.to {
+                println!("the store is at schema version {}: nothing to do", done.to);
+            } else {
+                println!(
+                    "migrated from schema version {} to {} ({} keys changed)",
+                    done.from, done.to, done.keys_changed
+                );
+            }
+            Ok(())
+        }
         Cmd::StoreInfo { data_dir } => {
             let store = lectern_store::Store::open(&data_dir).map_err(|e| {
                 failed(
@@ -724,6 +836,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Jobs { command } => jobs(command, json),
+        Cmd::Flags { command } => flags(command, json),
         Cmd::Completions { shell } => {
             use clap::CommandFactory;
             let shell = match shell.as_str() {
@@ -925,6 +1038,70 @@ fn jobs(command: JobsCmd, json: bool) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn flags(command: FlagsCmd, json: bool) -> anyhow::Result<()> {
+    let v = match command {
+        FlagsCmd::List { admin } => admin_call(&admin, "GET", "/admin/flags")?,
+        FlagsCmd::Set {
+            admin,
+            feature,
+            state,
+            cohort,
+        } => {
+            let mut path = format!(
+                "/admin/flags/set?feature={}&enabled={}",
+                enc(&feature),
+                state == "on"
+            );
+            if let Some(c) = &cohort {
+                path.push_str(&format!("&cohort={}", enc(c)));
+            }
+            admin_call(&admin, "POST", &path)?
+        }
+        FlagsCmd::Unset {
+            admin,
+            feature,
+            cohort,
+        } => {
+            let mut path = format!("/admin/flags/unset?feature={}", enc(&feature));
+            if let Some(c) = &cohort {
+                path.push_str(&format!("&cohort={}", enc(c)));
+            }
+            admin_call(&admin, "POST", &path)?
+        }
+    };
+    if json {
+        print_json(&v);
+        return Ok(());
+    }
+    let flags = &v["flags"];
+    let on_off = |b: &serde_json::Value| {
+        if b.as_bool() == Some(false) {
+            "off"
+        } else {
+            "on"
+        }
+    };
+    let mut lines = 0;
+    if let Some(global) = flags["global"].as_object() {
+        for (feature, value) in global {
+            println!("{:<12} {:<4} everywhere", feature, on_off(value));
+            lines += 1;
+        }
+    }
+    if let Some(cohorts) = flags["cohorts"].as_object() {
+        for (cohort, set) in cohorts {
+            for (feature, value) in set.as_object().into_iter().flatten() {
+                println!("{:<12} {:<4} cohort {cohort}", feature, on_off(value));
+                lines += 1;
+            }
+        }
+    }
+    if lines == 0 {
+        println!("no flags set: every feature is on");
+    }
+    Ok(())
 }
 
 /// A time in ms since the Unix epoch as `YYYY-MM-DD HH:MM:SS` UTC.

@@ -7,7 +7,10 @@
 //! /admin/jobs/show?id=ID`, `POST /admin/jobs/retry?id=ID`, `POST /admin/jobs/drop?id=ID`)
 //! the stored documents (`GET /admin/docs[?prefix=&after=&limit=]`, a page at a time, and
 //! `GET /admin/docs/show?doc=ID`, `POST /admin/docs/compact?doc=ID`) and the drain (`POST /admin/drain`, `POST /admin/undrain`:
-//! `{draining, connections}`)
+//! `{draining, connections}`) and the feature flags (`GET /admin/flags`, `POST
+//! /admin/flags/set?feature=F&enabled=true|false[&cohort=C]`, `POST
+//! /admin/flags/unset?feature=F[&cohort=C]`: `{flags: {global, cohorts}}`, the flags in force
+//! on this node once the change is durable here; the mesh carries it to the others)
 //! answer only a `Authorization: Bearer {admin_token}`; without a configured token they answer
 //! 404, so an unconfigured node exposes nothing. `lectern status`, `lectern peers` and `lectern
 //! jobs`, `lectern docs`, `lectern drain` and `lectern undrain` call them. Errors are `{error: {code, message}}` with a stable code.
@@ -26,7 +29,9 @@ use lectern_gateway::Gateway;
 use lectern_hub::Hub;
 use lectern_jobs::{JOBS_LIST_MAX, JobControl, JobFilter, JobView, JobsError};
 use lectern_mesh::{Mesh, ShareFilter};
-use lectern_model::{Caller, CohortId, DocId, Role, SessionId, UserId};
+use lectern_model::{
+    Caller, CohortId, Command, CommandBody, DocId, Feature, Role, SessionId, UserId,
+};
 use serde_json::{Value, json};
 
 use crate::config::ClassroomSettings;
@@ -163,6 +168,41 @@ pub(crate) fn routes(
             }
         }
     };
+    let s = state.clone();
+    let flags_list = move |headers: HeaderMap| {
+        let state = s.clone();
+        async move { state.guarded(&headers, |s| json!({"flags": s.hub.flags().to_json()})) }
+    };
+    let s = state.clone();
+    let flags_set = move |headers: HeaderMap, Query(q): Query<FlagQuery>| {
+        let state = s.clone();
+        async move {
+            if let Some(refused) = state.refusal(&headers) {
+                return refused;
+            }
+            state.flag_change(q, true).await
+        }
+    };
+    let s = state.clone();
+    let flags_unset = move |headers: HeaderMap, Query(q): Query<FlagQuery>| {
+        let state = s.clone();
+        async move {
+            if let Some(refused) = state.refusal(&headers) {
+                return refused;
+            }
+            state.flag_change(q, false).await
+        }
+    };
+    let s = state.clone();
+    let error_test = move |headers: HeaderMap, Query(q): Query<ErrorTestQuery>| {
+        let state = s.clone();
+        async move {
+            if let Some(refused) = state.refusal(&headers) {
+                return refused;
+            }
+            error_tracking_test(q).await
+        }
+    };
     let jobs_drop = move |headers: HeaderMap, Query(q): Query<JobQuery>| {
         let state = state.clone();
         async move {
@@ -189,7 +229,70 @@ pub(crate) fn routes(
         .route("/admin/jobs/show", get(jobs_show))
         .route("/admin/jobs/retry", post(jobs_retry))
         .route("/admin/jobs/drop", post(jobs_drop))
+        .route("/admin/flags", get(flags_list))
+        .route("/admin/flags/set", post(flags_set))
+        .route("/admin/flags/unset", post(flags_unset))
+        .route("/admin/error-tracking/test", post(error_test))
 }
+
+/// `?kind=error|panic&note=` of `/admin/error-tracking/test`.
+#[derive(serde::Deserialize)]
+struct ErrorTestQuery {
+    kind: Option<String>,
+    /// Words to carry in the event (at most [`ERROR_TEST_NOTE_MAX_CHARS`]), to find it again.
+    note: Option<String>,
+}
+
+/// The longest note a test event carries, in characters.
+const ERROR_TEST_NOTE_MAX_CHARS: usize = 200;
+
+/// `POST /admin/error-tracking/test`: an error-level event (`kind=error`, the default) or a
+/// panic in a task of its own (`kind=panic`; tokio catches it, the node goes on), so that an
+/// operator can check the DSN after a deploy. `{"enabled": bool}`: whether error tracking is on.
+async fn error_tracking_test(q: ErrorTestQuery) -> Response {
+    let note: String = q
+        .note
+        .unwrap_or_default()
+        .chars()
+        .take(ERROR_TEST_NOTE_MAX_CHARS)
+        .collect();
+    let enabled = sentry::Hub::current().client().is_some();
+    match q.kind.as_deref() {
+        None | Some("error") => {
+            tracing::error!(note = %note, "error tracking test: an operator asked for this event ({note})");
+        }
+        Some("panic") => {
+            let task = tokio::spawn(async move {
+                panic!("error tracking test: a node task panicked on purpose ({note})");
+            });
+            // Joined so the answer comes after the panic was reported; its error is the panic.
+            let _ = task.await;
+        }
+        Some(other) => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_input",
+                &format!("kind {other:?}: error or panic"),
+            );
+        }
+    }
+    if let Some(client) = sentry::Hub::current().client() {
+        client.flush(Some(std::time::Duration::from_secs(2)));
+    }
+    Json(json!({"enabled": enabled})).into_response()
+}
+
+/// `?feature=&cohort=&enabled=` of `/admin/flags/{set,unset}`.
+#[derive(serde::Deserialize)]
+struct FlagQuery {
+    feature: String,
+    cohort: Option<String>,
+    /// Only for `set`.
+    enabled: Option<bool>,
+}
+
+/// Tells apart the command ids of flag changes made within one millisecond on one node.
+static FLAG_CHANGES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// `?doc=` of `/admin/heads`.
 #[derive(serde::Deserialize)]
@@ -456,6 +559,93 @@ impl AdminState {
         }
     }
 
+    /// Sets (`set`) or unsets a flag as a `flag.set` / `flag.unset` command on the flags
+    /// document, acknowledged once durable here (and so in force here).
+    async fn flag_change(&self, q: FlagQuery, set: bool) -> Response {
+        let Some(feature) = Feature::parse(&q.feature) else {
+            let names: Vec<&str> = Feature::ALL.iter().map(|f| f.as_str()).collect();
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown_feature",
+                &format!(
+                    "no feature {:?}; the features are {}",
+                    q.feature,
+                    names.join(", ")
+                ),
+            );
+        };
+        let cohort = match q.cohort.as_deref().map(str::parse::<CohortId>).transpose() {
+            Ok(c) => c,
+            Err(e) => {
+                return error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_cohort",
+                    &format!("the cohort id is not valid: {e}"),
+                );
+            }
+        };
+        let body = match (set, q.enabled) {
+            (true, Some(enabled)) => CommandBody::FlagSet {
+                feature,
+                cohort,
+                enabled,
+            },
+            (true, None) => {
+                return error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_input",
+                    "set needs enabled=true or enabled=false",
+                );
+            }
+            (false, _) => CommandBody::FlagUnset { feature, cohort },
+        };
+        let n = FLAG_CHANGES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = format!(
+            "flag-{}-{}-{n}",
+            lectern_hub::system_now().0,
+            // The node id's first half and the boot epoch: unique enough per process, and
+            // the id stays within ID_LEN_MAX_BYTES (64).
+            {
+                let actor = self.hub.identity().actor_bytes();
+                actor[..8]
+                    .iter()
+                    .chain(&actor[16..])
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+            }
+        );
+        let Ok(id) = id.parse() else {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "could not make a command id",
+            );
+        };
+        let operator = Caller {
+            user: match "operator".parse() {
+                Ok(u) => u,
+                Err(_) => {
+                    return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "bad user id");
+                }
+            },
+            name: "operator".into(),
+            role: Role::Admin,
+            cohorts: Vec::new(),
+        };
+        match self
+            .hub
+            .execute(DocId::Flags, operator, Command { id, body })
+            .await
+        {
+            Ok(_) => Json(json!({"flags": self.hub.flags().to_json()})).into_response(),
+            // Unsetting before anything was ever set: nothing to forget.
+            Err(e) if !set && e.is_not_found() => {
+                Json(json!({"flags": self.hub.flags().to_json()})).into_response()
+            }
+            Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.code(), &e.to_string()),
+        }
+    }
+
     fn heads(&self, doc: &str) -> Value {
         let digest = DocId::parse(doc)
             .ok()
@@ -547,7 +737,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The share policy of a node restricted to `cohorts`: their cohort documents, the session
+/// The share policy of a node restricted to `cohorts`: the cluster's flags document
+/// (`flags/cluster`), their cohort documents, the session
 /// documents their cohort documents list, and the inboxes of their rosters' members (so a
 /// notification made on either side reaches its owner on the other), refreshed whenever one of
 /// the cohorts changes; the receiver ticks after each refresh, so the mesh can run
@@ -559,8 +750,13 @@ pub(crate) fn share_filter(hub: &Hub, cohorts: &[String]) -> (ShareFilter, watch
     let ids: Vec<CohortId> = cohorts.iter().filter_map(|c| c.parse().ok()).collect();
     let (ticks, rx) = watch::channel(0u64);
     tokio::spawn(refresh_sessions(hub.clone(), ids, sessions.clone(), ticks));
+    // The cluster's flags go everywhere, so that a feature switched off is off on a classroom
+    // node too (its cohort flags included: they live in the same document).
+    let flags_doc = DocId::Flags.to_string();
     let filter: ShareFilter = Arc::new(move |doc: &str| {
-        cohort_docs.contains(doc) || sessions.read().map(|s| s.contains(doc)).unwrap_or(false)
+        doc == flags_doc
+            || cohort_docs.contains(doc)
+            || sessions.read().map(|s| s.contains(doc)).unwrap_or(false)
     });
     (filter, rx)
 }

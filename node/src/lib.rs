@@ -12,6 +12,7 @@ pub mod backup;
 pub mod config;
 mod demo;
 mod demo_course;
+pub mod error_tracking;
 mod metrics;
 mod presence;
 
@@ -193,6 +194,11 @@ pub async fn start_on(mut config: Config, store: Store) -> anyhow::Result<Node> 
             ..HubConfig::default()
         },
     );
+    // The flags in force before anything is served: a feature switched off stays off across
+    // a restart.
+    hub.load_flags()
+        .await
+        .map_err(|e| anyhow::anyhow!("load the feature flags: {e}"))?;
     let mailer = mailer(&config)?;
     // Content blobs live beside the store's files, in their own directory.
     let content_dir = config.data_dir.join(CONTENT_DIR_NAME);
@@ -668,12 +674,16 @@ pub fn log_subscriber<W>(
 where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer);
+    use tracing_subscriber::layer::SubscriberExt;
+    // Error-level events also go to error tracking (a no-op unless `error_tracking::init`
+    // started it). A registry, because that layer filters on its own.
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(error_tracking::layer());
+    let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
     match format {
-        config::LogFormat::Text => Box::new(builder.finish()),
-        config::LogFormat::Json => Box::new(builder.json().flatten_event(true).finish()),
+        config::LogFormat::Text => Box::new(registry.with(fmt)),
+        config::LogFormat::Json => Box::new(registry.with(fmt.json().flatten_event(true))),
     }
 }
 

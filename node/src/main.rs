@@ -53,6 +53,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Before the logs and the runtime, so that a panic anywhere is reported.
+    let secrets = [config.admin_token.clone(), config.auth.hs256_secret.clone()]
+        .into_iter()
+        .flatten()
+        .collect();
+    let _error_tracking =
+        match lectern_node::error_tracking::init(config.error_tracking_dsn.as_deref(), secrets) {
+            Ok(guard) => guard,
+            Err(e) => {
+                eprintln!("lectern: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        };
     let filter = tracing_subscriber::EnvFilter::try_from_env("LECTERN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let logs = lectern_node::log_subscriber(config.log_format, filter, std::io::stderr);

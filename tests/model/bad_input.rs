@@ -158,6 +158,7 @@ fn views(r: &Replica, who: &Caller) -> Vec<String> {
         ],
         lectern_model::DocId::Inbox(_) => vec![render(r.inbox_view(who))],
         lectern_model::DocId::Course(_) => vec![render(r.course_view())],
+        lectern_model::DocId::Flags => vec![format!("{:?}", r.flags())],
     }
 }
 

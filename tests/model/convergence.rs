@@ -1477,8 +1477,8 @@ impl World {
                 DocId::Session(_) => Doc::Session,
                 DocId::Cohort(_) => Doc::Cohort,
                 DocId::Inbox(_) => Doc::Inbox,
-                // The convergence model drives no course document.
-                DocId::Course(_) => continue,
+                // The convergence model drives no course or flags document.
+                DocId::Course(_) | DocId::Flags => continue,
             };
             for s in self.accepted.iter().filter(|s| s.doc == kind) {
                 // Only a chat message deleted before the last change that wrote it reads as

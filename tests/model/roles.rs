@@ -42,6 +42,8 @@ enum Doc {
     FreshCourse,
     /// A course created by the instructor `ins1`.
     Course,
+    /// The flags document, before any flag was set.
+    Flags,
     /// The set-up cohort with every caller on its roster (even the outsider: membership comes
     /// from the token, not the roster).
     RosteredCohort,
@@ -393,6 +395,26 @@ fn table() -> Vec<Row> {
             },
             expect: [FORBIDDEN, FORBIDDEN, OK, OK, FORBIDDEN],
         },
+        // Feature flags are the operators': only an admin (the node's admin API) sets them.
+        Row {
+            name: "flag.set",
+            doc: Doc::Flags,
+            body: |_| B::FlagSet {
+                feature: lectern_model::Feature::Chat,
+                cohort: Some(cohort_id()),
+                enabled: false,
+            },
+            expect: [FORBIDDEN, FORBIDDEN, FORBIDDEN, OK, FORBIDDEN],
+        },
+        Row {
+            name: "flag.unset",
+            doc: Doc::Flags,
+            body: |_| B::FlagUnset {
+                feature: lectern_model::Feature::Chat,
+                cohort: None,
+            },
+            expect: [FORBIDDEN, FORBIDDEN, FORBIDDEN, OK, FORBIDDEN],
+        },
     ]
 }
 
@@ -432,9 +454,11 @@ fn variant(body: &CommandBody) -> usize {
         B::LeaderboardPrivacy { .. } => 28,
         B::CourseCreate { .. } => 29,
         B::CoursePublish { .. } => 30,
+        B::FlagSet { .. } => 31,
+        B::FlagUnset { .. } => 32,
     }
 }
-const VARIANTS: usize = 31;
+const VARIANTS: usize = 33;
 
 /// The session every session row starts from: created by the instructor, every member present,
 /// a visible question, a question waiting for moderation, an open poll and a chat message, all
@@ -576,6 +600,7 @@ fn every_command_has_exactly_the_tabled_outcome_for_every_role() {
                 Doc::RosteredCohort => copy(&rostered, cohort_doc(), actor),
                 Doc::FreshCourse => Replica::new(course_doc(), &[actor; 16]),
                 Doc::Course => copy(&course, course_doc(), actor),
+                Doc::Flags => Replica::new(DocId::Flags, &[actor; 16]),
             };
             let c = cmd("under-test", (row.body)(who));
             assert_eq!(

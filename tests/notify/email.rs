@@ -1,5 +1,6 @@
 //! Email: one graded quiz, one email with the right headers, however many nodes hold the
-//! cohort; the RFC 8058 one-click unsubscribe; preferences and the daily digest.
+//! cohort; the RFC 8058 one-click unsubscribe; preferences and the daily digest; emails skipped
+//! while the `email` feature flag is off.
 
 use std::time::Duration;
 
@@ -427,4 +428,67 @@ async fn unsubscribe_links_are_rate_limited_per_user_and_write_nothing_when_noth
     })
     .await
     .unwrap();
+}
+
+/// With the `email` feature switched off for the cohort, a grade's email job finishes without
+/// sending (skipped, not held: switching email on again sends no backlog) while the in-app
+/// notification arrives; switched on again, the next grade is emailed. Kills: a runner that
+/// ignores the flag, one that holds the email and sends it once the flag is unset, one that
+/// also drops the in-app notification.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_email_switched_off_the_email_is_skipped_and_the_in_app_notification_arrives() {
+    within(async {
+        let smtp = SmtpServer::start().await?;
+        let node = NotifyNode::start("notify-flag-email", &smtp).await?;
+        let set = |body| {
+            let hub = node.hub().clone();
+            async move {
+                let id = format!("flag-{}", rand_suffix());
+                hub.execute(DocId::Flags, super::admin(), crate::support::cmd(&id, body))
+                    .await
+            }
+        };
+        let cohort: lectern_model::CohortId = DEMO_COHORT.parse()?;
+        set(lectern_model::CommandBody::FlagSet {
+            feature: lectern_model::Feature::Email,
+            cohort: Some(cohort.clone()),
+            enabled: false,
+        })
+        .await?;
+        node.grade("student1", "quiz1", 10).await?;
+        let stats = node.jobs_idle().await?;
+        assert_eq!(stats.emails_sent, 0, "{stats:?}");
+        assert!(smtp.mails().is_empty(), "no email while the flag is off");
+        let items = inbox(&node, "student1").await?;
+        assert_eq!(items["items"].as_array().map(Vec::len), Some(1), "{items}");
+
+        set(lectern_model::CommandBody::FlagUnset {
+            feature: lectern_model::Feature::Email,
+            cohort: Some(cohort),
+        })
+        .await?;
+        node.grade("student1", "quiz2", 9).await?;
+        let stats = super::wait_jobs(&node.node, |s| s.emails_sent >= 1).await?;
+        assert_eq!(
+            stats.emails_sent, 1,
+            "only the new grade's email: {stats:?}"
+        );
+        let mails = smtp.mails();
+        assert_eq!(mails.len(), 1, "{mails:?}");
+        assert!(
+            mails[0].data.contains("quiz2") && !mails[0].data.contains("quiz1"),
+            "the skipped email is not sent later"
+        );
+        node.stop().await?;
+        Ok(())
+    })
+    .await
+    .unwrap();
+}
+
+/// A suffix that keeps command ids apart within one test.
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
 }

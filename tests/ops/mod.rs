@@ -5,9 +5,17 @@
 //! * `admin_listener`: `/metrics` and `/admin/*` on a private listener (`admin_http`), hidden
 //!   from the public one.
 //! * `cli`: `--json` on every command, the exit codes in `--help`, shell completions.
+//! * `error_tracking`: a `lectern-node` process with `error_tracking.dsn` sends a forced error
+//!   and a task's panic to a local HTTP endpoint, with tokens and secrets redacted.
+//! * `flags`: `lectern flags set|unset|list`: a flag set on one node of a real cluster is in
+//!   force on the others (a classroom node too) within 2 s, refused with `feature_disabled` on
+//!   REST and Socket.IO, shown by `GET /api/flags`; a cohort flag wins; unset restores.
 //! * `jobs`: `lectern jobs list|show|retry|drop`: a dead-lettered email re-driven and delivered
 //!   exactly once, a job that is running refused as busy, a dropped job never sent, and the
 //!   errors an operator meets (wrong token, no admin API, no such job, no node).
+//! * `migrate`: `lectern store migrate` down to schema 1 and up again on a stopped node's
+//!   store: refused (exit 8) while the flags document is there, idempotent, a node of this
+//!   build names the command for an older store, nothing lost.
 //! * `park`: emails wait, parked, for a mail server that cannot be reached, and go out once
 //!   when it is back; a parking period that ends dead-letters them.
 //! * `prometheus`: the alert rules pass `promtool test rules`, and every metric they and the
@@ -19,7 +27,10 @@ mod backup;
 mod cli;
 mod docs;
 mod drain;
+mod error_tracking;
+mod flags;
 mod jobs;
+mod migrate;
 mod park;
 mod prometheus;
 mod trust;
@@ -51,7 +62,20 @@ pub fn lectern_bin() -> anyhow::Result<PathBuf> {
         .map_err(anyhow::Error::msg)
 }
 
+/// The `lectern-node` binary, built once per test run like [`lectern_bin`] (for tests of what
+/// only its `main` does: error tracking, the log subscriber).
+pub fn node_bin() -> anyhow::Result<PathBuf> {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BIN.get_or_init(|| build_bin("lectern-node", "lectern-node").map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
 fn build_lectern() -> anyhow::Result<PathBuf> {
+    build_bin("lectern-cli", "lectern")
+}
+
+fn build_bin(package: &str, bin_name: &str) -> anyhow::Result<PathBuf> {
     // This test binary is `target/{profile}/deps/lectern-…`.
     let exe = std::env::current_exe().context("find the test binary")?;
     let profile_dir = exe
@@ -65,23 +89,20 @@ fn build_lectern() -> anyhow::Result<PathBuf> {
         .context("the tests crate sits in the workspace")?
         .to_path_buf();
     let mut cargo = Command::new(env!("CARGO"));
-    cargo.current_dir(&workspace).args([
-        "build",
-        "--quiet",
-        "-p",
-        "lectern-cli",
-        "--bin",
-        "lectern",
-    ]);
+    cargo
+        .current_dir(&workspace)
+        .args(["build", "--quiet", "-p", package, "--bin", bin_name]);
     if release {
         cargo.arg("--release");
     }
-    let status = cargo.status().context("run cargo build for lectern")?;
+    let status = cargo
+        .status()
+        .with_context(|| format!("run cargo build for {bin_name}"))?;
     anyhow::ensure!(
         status.success(),
-        "cargo build -p lectern-cli failed: {status}"
+        "cargo build -p {package} failed: {status}"
     );
-    let bin = profile_dir.join("lectern");
+    let bin = profile_dir.join(bin_name);
     anyhow::ensure!(bin.is_file(), "{} was not built", bin.display());
     Ok(bin)
 }

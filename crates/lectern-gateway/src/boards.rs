@@ -36,7 +36,8 @@ use axum::{Json, Router};
 use lectern_hub::{JoinStart, Joined, Published};
 use lectern_model::automerge::ChangeHash;
 use lectern_model::{
-    Audience, Caller, CohortId, Dashboard, DocId, Leaderboard, Rejection, ResumeToken, Role,
+    Audience, Caller, CohortId, Dashboard, DocId, Feature, Leaderboard, Rejection, ResumeToken,
+    Role,
 };
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -186,6 +187,9 @@ async fn leaderboard_me(
     let cohort: CohortId = parse_id(&cohort, "cohort id")?;
     gw.take_command_token(caller.user.as_str())?;
     authorize_read(&gw, &caller, &cohort).await?;
+    gw.hub()
+        .flags()
+        .check(Feature::Leaderboard, Some(&cohort))?;
     let user = caller.user.as_str();
     let key = (Board::Leaderboard, cohort.clone());
     // The published board when its ticker runs (read in place: it may list thousands).
@@ -265,6 +269,12 @@ impl Source for BoardStream {
     /// Members of the cohort may follow its leaderboard; only its staff, its dashboard.
     async fn check(&self, gw: &Gateway, caller: &Caller) -> Result<(), AppError> {
         authorize_read(gw, caller, &self.cohort).await?;
+        // A stream already open when the flag goes off keeps running; new ones are refused.
+        if self.board == Board::Leaderboard {
+            gw.hub()
+                .flags()
+                .check(Feature::Leaderboard, Some(&self.cohort))?;
+        }
         if self.board == Board::Dashboard && !caller.is_staff_of(&self.cohort) {
             return Err(AppError::new(
                 StatusCode::FORBIDDEN,

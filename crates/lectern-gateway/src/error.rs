@@ -52,7 +52,9 @@ impl From<HubError> for AppError {
     fn from(e: HubError) -> Self {
         let status = match &e {
             HubError::Rejected(r) => match r.code {
-                RejectCode::NotMember | RejectCode::Forbidden => StatusCode::FORBIDDEN,
+                RejectCode::NotMember | RejectCode::Forbidden | RejectCode::FeatureDisabled => {
+                    StatusCode::FORBIDDEN
+                }
                 RejectCode::DocNotFound | RejectCode::NotFound => StatusCode::NOT_FOUND,
                 RejectCode::AlreadyExists | RejectCode::DuplicateCommand => StatusCode::CONFLICT,
                 RejectCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,

@@ -16,7 +16,7 @@ use socketioxide::layer::SocketIoLayer;
 
 use crate::config::GatewayConfig;
 use crate::error::AppError;
-use crate::{Gateway, admission, boards, courses, nodes, notifications, page, rest, sse};
+use crate::{Gateway, admission, boards, courses, flags, nodes, notifications, page, rest, sse};
 
 /// The gateway's router: every route, the shared middleware, the Socket.IO `layer`.
 pub(crate) fn build(gw: &Gateway, config: &GatewayConfig, layer: SocketIoLayer) -> Router {
@@ -28,6 +28,7 @@ pub(crate) fn build(gw: &Gateway, config: &GatewayConfig, layer: SocketIoLayer) 
         ))
         .merge(sse::routes(gw.clone()))
         .merge(boards::routes(gw.clone()))
+        .merge(flags::routes(gw.clone()))
         .merge(courses::routes(gw.clone(), config.content.clone()))
         .merge(nodes::routes(config.nodes.clone()));
     // After every merge: a layer covers only the routes that exist when it is added.

@@ -167,8 +167,8 @@ pub(crate) async fn run(writer: Writer, mut rx: mpsc::Receiver<Msg>, _alive: mps
         if let Some(l) = live.as_mut()
             && !process(&inner, &doc, l, batch).await
         {
-            // The store failed: memory may hold changes that are not on disk. Start over from
-            // the store with the next message.
+            // The store failed, or a peer's message panicked automerge: memory may hold changes
+            // that are not on disk. Start over from the store with the next message.
             live = None;
         }
         in_flight.fetch_sub(taken, Ordering::SeqCst);
@@ -221,6 +221,7 @@ async fn load(inner: &Arc<Inner>, doc: &DocId) -> Result<Live, HubError> {
     let key = doc.to_string();
     let id = doc.clone();
     let actor = inner.identity.actor_bytes();
+    let flags_inner = inner.clone();
     tokio::task::spawn_blocking(move || {
         let stored = store
             .load_doc(&key)
@@ -241,6 +242,9 @@ async fn load(inner: &Arc<Inner>, doc: &DocId) -> Result<Live, HubError> {
             doc: key.clone(),
             reason: e.to_string(),
         })?;
+        if replica.id() == &DocId::Flags {
+            flags_inner.set_flags(replica.flags());
+        }
         Ok(Live {
             saved: replica.doc().get_heads(),
             replica,
@@ -308,7 +312,8 @@ fn sync_state<'a>(
     &mut entry.1
 }
 
-/// Processes one batch. Returns false if the store failed (the replica must be reloaded).
+/// Processes one batch. Returns false if the store failed or a peer's sync message panicked
+/// automerge (the replica must be reloaded).
 async fn process(inner: &Arc<Inner>, doc: &DocId, live: &mut Live, batch: Vec<Msg>) -> bool {
     let now = (inner.config.clock)();
     let mut acks: Vec<(oneshot::Sender<Result<Acked, HubError>>, Acked)> = Vec::new();
@@ -320,7 +325,10 @@ async fn process(inner: &Arc<Inner>, doc: &DocId, live: &mut Live, batch: Vec<Ms
     let mut jobs: Vec<(String, Vec<u8>)> = Vec::new();
     let mut compactions: Vec<oneshot::Sender<Result<Compacted, HubError>>> = Vec::new();
 
-    for msg in batch {
+    let mut batch = batch.into_iter();
+    // Set when a peer's sync message panicked automerge: the replica may be half-changed.
+    let mut poisoned = false;
+    for msg in batch.by_ref() {
         match msg {
             Msg::Compact { reply } if !live.exists() || live.saved.is_empty() => {
                 let _ = reply.send(Err(HubError::not_found(doc)));
@@ -331,6 +339,29 @@ async fn process(inner: &Arc<Inner>, doc: &DocId, live: &mut Live, batch: Vec<Ms
             {
                 rejected += 1;
                 let _ = reply.send(Err(HubError::not_found(doc)));
+            }
+            Msg::Command { cmd, reply, .. }
+                if cmd.body.feature().is_some_and(|f| {
+                    !inner
+                        .flags()
+                        .enabled(f, live.replica.flag_cohort().as_ref())
+                }) =>
+            {
+                rejected += 1;
+                let cohort = live.replica.flag_cohort();
+                let refusal = cmd
+                    .body
+                    .feature()
+                    .map(|f| inner.flags().check(f, cohort.as_ref()));
+                let rejection = match refusal {
+                    Some(Err(r)) => r,
+                    // The flag changed between the two looks: refuse all the same, once.
+                    _ => lectern_model::Rejection::new(
+                        lectern_model::RejectCode::FeatureDisabled,
+                        "this feature is switched off by the operators",
+                    ),
+                };
+                let _ = reply.send(Err(HubError::Rejected(rejection)));
             }
             Msg::Command { caller, cmd, reply } => match live.replica.apply(&caller, &cmd, now) {
                 Ok(applied) => {
@@ -378,6 +409,17 @@ async fn process(inner: &Arc<Inner>, doc: &DocId, live: &mut Live, batch: Vec<Ms
                         dirty_peers.insert(peer.clone());
                         sync_replies.push((peer, reply));
                     }
+                    Err(e @ lectern_model::SyncError::Panicked(_)) => {
+                        tracing::error!(
+                            peer,
+                            error = %e,
+                            "a peer's sync message panicked automerge; the document is loaded \
+                             again from the store"
+                        );
+                        let _ = reply.send(Err(HubError::Sync(e)));
+                        poisoned = true;
+                        break;
+                    }
                     Err(e) => {
                         warn!(peer, error = %e, "refused a sync message");
                         let _ = reply.send(Err(HubError::Sync(e)));
@@ -386,6 +428,23 @@ async fn process(inner: &Arc<Inner>, doc: &DocId, live: &mut Live, batch: Vec<Ms
             }
             other => deferred.push(other),
         }
+    }
+    if poisoned {
+        // Nothing of this batch is persisted or acknowledged: its commands and messages fail
+        // with a retryable error, and the writer starts over from the store.
+        let e = HubError::Store("the document was reloaded; retry".into());
+        for (reply, _) in acks {
+            let _ = reply.send(Err(e.clone()));
+        }
+        for (_, reply) in sync_replies {
+            let _ = reply.send(Err(e.clone()));
+        }
+        for reply in compactions {
+            let _ = reply.send(Err(e.clone()));
+        }
+        deferred.extend(batch);
+        fail_all(inner, deferred, &e);
+        return false;
     }
     inner
         .counters
@@ -442,6 +501,10 @@ async fn process(inner: &Arc<Inner>, doc: &DocId, live: &mut Live, batch: Vec<Ms
     let digest = crate::heads_digest(&heads);
     if changed && let Ok(mut index) = inner.heads.lock() {
         index.insert(doc.clone(), digest);
+    }
+    // Before the ack: once `flag.set` returns, this node already answers by the new flag.
+    if changed && *doc == DocId::Flags {
+        inner.set_flags(live.replica.flags());
     }
 
     let local = !acks.is_empty();

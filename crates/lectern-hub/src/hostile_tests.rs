@@ -765,3 +765,47 @@ mod limits {
         }
     }
 }
+
+/// A peer's sync message that panics automerge's change parser (found by the `hub_sync` fuzz
+/// target; the input is kept in its corpus, less the harness's first byte here) is refused
+/// with `bad_sync_message`, on a stored document and on one this node does not hold; the
+/// writer starts over from the store, so the stored document keeps its heads, takes the next
+/// command, and the other still does not exist. Kills: a panic that ends the writer task (the
+/// next command would fail), a half-applied replica kept in memory.
+#[tokio::test]
+async fn a_sync_message_that_panics_automerge_is_refused_and_the_document_reloaded() {
+    const CRASH: &[u8] = include_bytes!(
+        "../../../fuzz/corpus/hub_sync/crash-1b3dc66ce1610b92ff1ba24e4ab9563e822c9944"
+    );
+    let dir = TempDir::new("panicking-sync");
+    let hub = hub_at(&dir);
+    let ada = caller("ada", Role::Instructor);
+    let stored = session("stored");
+    hub.execute(stored.clone(), ada.clone(), cmd("mk", create_session("S")))
+        .await
+        .expect("created");
+    let before = hub.doc_heads(&stored);
+    for doc in [stored.clone(), session("never-seen")] {
+        let refused = hub
+            .receive_sync(doc.clone(), "peer-a", CRASH[1..].to_vec())
+            .await;
+        match refused {
+            Err(e) => assert_eq!(e.code(), "bad_sync_message", "{doc}: {e:?}"),
+            Ok(r) => panic!("{doc}: the message was taken: {r:?}"),
+        }
+    }
+    assert_eq!(
+        hub.doc_heads(&stored),
+        before,
+        "the stored document kept its heads"
+    );
+    assert_eq!(hub.doc_heads(&session("never-seen")), None);
+    hub.execute(
+        stored.clone(),
+        caller("sam", Role::Student),
+        cmd("q", ask("still here?")),
+    )
+    .await
+    .expect("the writer takes the next command");
+    assert_ne!(hub.doc_heads(&stored), before);
+}

@@ -66,8 +66,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lectern_model::{
-    Caller, Command, CommandBody, DocId, Millis, RejectCode, Rejection, Replica, ResumeToken, Role,
-    SyncError, Trigger, UserId,
+    Caller, Command, CommandBody, DocId, FlagSet, Millis, RejectCode, Rejection, Replica,
+    ResumeToken, Role, SyncError, Trigger, UserId,
 };
 use lectern_store::{NodeIdentity, Store};
 use serde_json::Value;
@@ -354,6 +354,23 @@ struct Counters {
     compactions: AtomicU64,
 }
 
+impl Inner {
+    fn flags(&self) -> Arc<FlagSet> {
+        match self.flags.read() {
+            Ok(f) => f.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn set_flags(&self, flags: FlagSet) {
+        let flags = Arc::new(flags);
+        match self.flags.write() {
+            Ok(mut f) => *f = flags,
+            Err(poisoned) => *poisoned.into_inner() = flags,
+        }
+    }
+}
+
 struct Inner {
     store: Store,
     committer: lectern_store::Committer,
@@ -372,6 +389,10 @@ struct Inner {
     /// an older conversation resets it to what was persisted.
     peer_epochs: Mutex<HashMap<String, u64>>,
     counters: Counters,
+    /// The cluster's feature flags as the `flags/cluster` document last read (set when its
+    /// writer loads it and after every durable batch that changed it, local or remote), so a
+    /// command's feature check costs a lock and a map lookup, not a document read.
+    flags: std::sync::RwLock<Arc<FlagSet>>,
     closing: AtomicBool,
     /// Every writer task holds a clone; shutdown waits for all of them to be dropped.
     alive: Mutex<Option<mpsc::Sender<()>>>,
@@ -422,6 +443,7 @@ impl Hub {
             docs: Mutex::new(loaded::Loaded::default()),
             feed,
             counters: Counters::default(),
+            flags: std::sync::RwLock::new(Arc::new(FlagSet::new())),
             closing: AtomicBool::new(false),
             alive: Mutex::new(Some(alive)),
             all_done: tokio::sync::Mutex::new(all_done),
@@ -429,6 +451,22 @@ impl Hub {
         Hub {
             inner: Arc::new(inner),
         }
+    }
+
+    /// The cluster's feature flags as this node knows them now (every feature on until the
+    /// flags document is loaded: call [`Hub::load_flags`] at start).
+    pub fn flags(&self) -> Arc<FlagSet> {
+        self.inner.flags()
+    }
+
+    /// Loads the stored flags document, if any, so that [`Hub::flags`] holds its flags from
+    /// now on (later changes, local or from peers, update them as they are made durable).
+    pub async fn load_flags(&self) -> Result<(), HubError> {
+        if !self.stored(&DocId::Flags) {
+            return Ok(());
+        }
+        // Loading the document's writer sets the flags; the read only makes it load.
+        self.read(DocId::Flags, |_| ()).await
     }
 
     /// This node's identity (and so its automerge actor for this process).
@@ -781,7 +819,7 @@ impl Hub {
 }
 
 /// Whether `body` may bring document `doc` into being: `session.create` for a session,
-/// `cohort.create` for a cohort, `course.create` for a course, and for an inbox the job runner's `inbox.push` and its owner's
+/// `cohort.create` for a cohort, `course.create` for a course, `flag.set` for the flags document, and for an inbox the job runner's `inbox.push` and its owner's
 /// `inbox.prefs` (an inbox is keyed by an authenticated user, who may set preferences before
 /// any notification; the model lets only the owner or an admin write it, so a caller can
 /// create at most their own). Every other command needs the document to exist.
@@ -791,6 +829,7 @@ pub fn creates_document(doc: &DocId, body: &CommandBody) -> bool {
         (DocId::Session(_), CommandBody::SessionCreate { .. })
             | (DocId::Cohort(_), CommandBody::CohortCreate { .. })
             | (DocId::Course(_), CommandBody::CourseCreate { .. })
+            | (DocId::Flags, CommandBody::FlagSet { .. })
             | (
                 DocId::Inbox(_),
                 CommandBody::InboxPush { .. } | CommandBody::InboxPrefs { .. }

@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use lectern_hub::{Hub, HubError};
 use lectern_model::{
-    Caller, Channel, Command, CommandBody, DocId, InboxPrefs, Notification, RejectCode, Role,
+    Caller, Channel, Command, CommandBody, DocId, Feature, InboxPrefs, Notification, RejectCode,
+    Role,
 };
 use lectern_store::{Batch, Committer};
 use tokio::sync::{oneshot, watch};
@@ -1123,6 +1124,18 @@ async fn email(ctx: &Ctx, bundle: &[JobRecord]) -> Result<Step, Failure> {
     else {
         return Err(Failure::permanent("not an email job"));
     };
+    // A notification whose cohort has email switched off (feature flag `email`) is skipped,
+    // not held: its job finishes without sending, and the in-app notification, delivered
+    // before this job was queued, is still there. Holding would mail a backlog of stale
+    // notifications the moment an operator switches email back on, which is the storm the
+    // flag is there to stop.
+    let flags = ctx.hub.flags();
+    let wanted = |n: &Notification| flags.enabled(Feature::Email, n.cohort.as_ref());
+    let skipped = Step {
+        followups: Vec::new(),
+        inapp: 0,
+        emails: 0,
+    };
     let identity = &ctx.config.mail;
     let outgoing = if *digest {
         let notifications: Vec<&Notification> = bundle
@@ -1131,7 +1144,12 @@ async fn email(ctx: &Ctx, bundle: &[JobRecord]) -> Result<Step, Failure> {
                 Job::Email { notification, .. } => Some(notification),
                 _ => None,
             })
+            .filter(|n| wanted(n))
             .collect();
+        if notifications.is_empty() {
+            info!(job = %bundle[0].id, "email is switched off: the digest is skipped");
+            return Ok(skipped);
+        }
         mail::digest(
             identity,
             &format!("{}/digest", bundle[0].id),
@@ -1140,6 +1158,10 @@ async fn email(ctx: &Ctx, bundle: &[JobRecord]) -> Result<Step, Failure> {
             to,
         )
     } else {
+        if !wanted(notification) {
+            info!(job = %bundle[0].id, "email is switched off: the email is skipped");
+            return Ok(skipped);
+        }
         mail::single(identity, &bundle[0].id, notification, user, to)
     }
     .map_err(|e| Failure {

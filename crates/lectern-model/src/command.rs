@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::Role;
+use crate::feature::Feature;
 use crate::ids::{CohortId, CommandId, DocKind, LessonId, PollId, QuestionId, SessionId, UserId};
 use crate::notification::{Channel, NotifyKind};
 use crate::outline::CourseModule;
@@ -397,6 +398,29 @@ pub enum CommandBody {
         #[serde(default)]
         email: Option<String>,
     },
+
+    // ---- the flags document ----
+    /// Switch a feature on or off, for one cohort or (no cohort) globally (an admin).
+    #[serde(rename = "flag.set")]
+    FlagSet {
+        /// The feature.
+        feature: Feature,
+        /// The cohort; none sets the global flag.
+        #[serde(default)]
+        cohort: Option<CohortId>,
+        /// On (true) or off (false).
+        enabled: bool,
+    },
+    /// Forget a feature's flag, for one cohort or (no cohort) the global one (an admin): the
+    /// cohort then follows the global flag, and without one the feature is on.
+    #[serde(rename = "flag.unset")]
+    FlagUnset {
+        /// The feature.
+        feature: Feature,
+        /// The cohort; none unsets the global flag.
+        #[serde(default)]
+        cohort: Option<CohortId>,
+    },
 }
 
 fn yes() -> bool {
@@ -438,6 +462,8 @@ impl CommandBody {
             CommandBody::InboxPush { .. } => "inbox.push",
             CommandBody::InboxRead { .. } => "inbox.read",
             CommandBody::InboxPrefs { .. } => "inbox.prefs",
+            CommandBody::FlagSet { .. } => "flag.set",
+            CommandBody::FlagUnset { .. } => "flag.unset",
         }
     }
 
@@ -455,7 +481,21 @@ impl CommandBody {
             | CommandBody::InboxRead { .. }
             | CommandBody::InboxPrefs { .. } => DocKind::Inbox,
             CommandBody::CourseCreate { .. } | CommandBody::CoursePublish { .. } => DocKind::Course,
+            CommandBody::FlagSet { .. } | CommandBody::FlagUnset { .. } => DocKind::Flags,
             _ => DocKind::Session,
+        }
+    }
+
+    /// The feature a command belongs to, which a feature flag can switch off (None: always on).
+    pub fn feature(&self) -> Option<Feature> {
+        match self {
+            CommandBody::ChatSend { .. } | CommandBody::ChatDelete { .. } => Some(Feature::Chat),
+            CommandBody::PollCreate(_)
+            | CommandBody::PollVote { .. }
+            | CommandBody::PollClose { .. }
+            | CommandBody::PollReveal { .. } => Some(Feature::Polls),
+            CommandBody::LeaderboardPrivacy { .. } => Some(Feature::Leaderboard),
+            _ => None,
         }
     }
 }

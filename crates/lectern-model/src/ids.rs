@@ -152,7 +152,12 @@ pub enum DocKind {
     Inbox,
     /// `course/{id}`: a course's title, description and published outline.
     Course,
+    /// `flags/cluster`: the cluster's feature flags (one document).
+    Flags,
 }
+
+/// The name of the one flags document (`flags/cluster`).
+const FLAGS_DOC_NAME: &str = "cluster";
 
 /// The id of a replicated document; its string form (`session/{id}`, `cohort/{id}`) is the key
 /// used in storage and on the wire.
@@ -166,6 +171,8 @@ pub enum DocId {
     Inbox(UserId),
     /// A course document.
     Course(CourseId),
+    /// The one feature-flags document of the cluster, `flags/cluster`.
+    Flags,
 }
 
 impl DocId {
@@ -176,16 +183,18 @@ impl DocId {
             DocId::Cohort(_) => DocKind::Cohort,
             DocId::Inbox(_) => DocKind::Inbox,
             DocId::Course(_) => DocKind::Course,
+            DocId::Flags => DocKind::Flags,
         }
     }
 
-    /// Parses `session/{id}`, `cohort/{id}`, `inbox/{user}` or `course/{id}`.
+    /// Parses `session/{id}`, `cohort/{id}`, `inbox/{user}`, `course/{id}` or `flags/cluster`.
     pub fn parse(s: &str) -> Result<DocId, IdError> {
         match s.split_once('/') {
             Some(("session", id)) => Ok(DocId::Session(SessionId::new(id)?)),
             Some(("cohort", id)) => Ok(DocId::Cohort(CohortId::new(id)?)),
             Some(("inbox", id)) => Ok(DocId::Inbox(UserId::new(id)?)),
             Some(("course", id)) => Ok(DocId::Course(CourseId::new(id)?)),
+            Some(("flags", FLAGS_DOC_NAME)) => Ok(DocId::Flags),
             _ => Err(IdError::BadChar { ch: '/' }),
         }
     }
@@ -198,6 +207,7 @@ impl fmt::Display for DocId {
             DocId::Cohort(id) => write!(f, "cohort/{id}"),
             DocId::Inbox(id) => write!(f, "inbox/{id}"),
             DocId::Course(id) => write!(f, "course/{id}"),
+            DocId::Flags => write!(f, "flags/{FLAGS_DOC_NAME}"),
         }
     }
 }

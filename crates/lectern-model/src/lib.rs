@@ -1,5 +1,5 @@
-//! Lectern's domain, free of IO: ids, roles, limits, the four replicated document kinds
-//! (session, cohort, a user's inbox and a course), the commands that change them, the views clients read and the events
+//! Lectern's domain, free of IO: ids, roles, limits, the five replicated document kinds
+//! (session, cohort, a user's inbox, a course and the cluster's feature flags), the commands that change them, the views clients read and the events
 //! they receive.
 //!
 //! Everything here is a pure function of its inputs. The clock, ids and the automerge actor are
@@ -14,6 +14,7 @@
 // above it, and no two modules use each other (no import circle).
 // Plain data and rules: ids, limits, refusals, document shapes, resume tokens, roles.
 mod auth;
+mod feature;
 mod ids;
 pub mod limits;
 mod reject;
@@ -35,6 +36,7 @@ mod attendance;
 mod chat;
 mod cohort;
 mod course;
+mod flags;
 mod inbox;
 mod poll;
 mod progress;
@@ -58,6 +60,7 @@ pub use command::{
 };
 pub use envelope::Envelope;
 pub use event::{Audience, Delivery, Event};
+pub use feature::{Feature, FlagSet};
 pub use ids::{
     CohortId, CommandId, CourseId, DocId, DocKind, IdError, LessonId, Millis, PollId, QuestionId,
     SessionId, UserId,

@@ -48,6 +48,9 @@ pub enum RejectCode {
     /// A session of another cohort named where only the document's own cohort's sessions may be
     /// (a `session.link`).
     WrongCohort,
+    /// The feature is switched off by a feature flag (globally or for the cohort); the same
+    /// command succeeds once an operator switches it on again.
+    FeatureDisabled,
 }
 
 impl RejectCode {
@@ -72,6 +75,7 @@ impl RejectCode {
             RejectCode::SessionEnded => "session_ended",
             RejectCode::Internal => "internal",
             RejectCode::WrongCohort => "wrong_cohort",
+            RejectCode::FeatureDisabled => "feature_disabled",
         }
     }
 }

@@ -57,6 +57,11 @@ pub enum SyncError {
     /// The message decoded but its changes do not apply.
     #[error("sync message does not apply: {0}")]
     Apply(String),
+    /// automerge panicked on the message (its change parser unwraps on some malformed
+    /// changes). The replica may be half-changed: its owner must drop it and load the document
+    /// again from the store.
+    #[error("sync message panicked automerge: {0}")]
+    Panicked(String),
 }
 
 struct ChangeInfo {
@@ -256,17 +261,27 @@ impl Replica {
     ) -> Result<Vec<Event>, SyncError> {
         let message =
             sync::Message::decode(message).map_err(|e| SyncError::Decode(e.to_string()))?;
-        if message.have.iter().any(|h| bloom_without_bits(&h.bloom)) {
-            // automerge 0.12 takes its probes modulo the filter's bit count: a filter that
-            // claims entries but has no bits divides by zero and panics the writer task.
-            return Err(SyncError::Decode(
-                "a bloom filter with entries and no bits".to_owned(),
-            ));
+        if let Some(why) = message.have.iter().find_map(|h| bloom_refused(&h.bloom)) {
+            return Err(SyncError::Decode(why.to_owned()));
         }
         let old = self.doc.get_heads();
-        self.doc
-            .receive_sync_message(state, message)
-            .map_err(|e| SyncError::Apply(e.to_string()))?;
+        // automerge 0.12's change parser (hexane) unwraps on some malformed columns: a peer's
+        // bytes must not take the writer task down with them. Nothing else holds the document
+        // while it unwinds, and the caller drops this replica (see `SyncError::Panicked`).
+        let received = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.doc.receive_sync_message(state, message)
+        }));
+        match received {
+            Ok(r) => r.map_err(|e| SyncError::Apply(e.to_string()))?,
+            Err(panic) => {
+                let why = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("a panic without a message");
+                return Err(SyncError::Panicked(why.to_owned()));
+            }
+        }
         if self.doc.get_heads() == old {
             return Ok(Vec::new());
         }
@@ -465,6 +480,18 @@ impl Replica {
                 }
                 c.clone()
             }
+            // Clients learn the flags that apply to them from the node's cached set
+            // (`GET /api/flags`); the document itself is the operators'.
+            DocId::Flags => {
+                return if caller.role == crate::auth::Role::Admin {
+                    Ok(())
+                } else {
+                    Err(Rejection::new(
+                        RejectCode::Forbidden,
+                        "only an admin reads the flags document",
+                    ))
+                };
+            }
         };
         crate::auth::authorize(caller, &cohort, crate::auth::Needs::Member)
     }
@@ -476,6 +503,7 @@ impl Replica {
             DocId::Cohort(_) => self.cohort_view(caller),
             DocId::Inbox(_) => self.inbox_view(caller),
             DocId::Course(_) => self.course_view(),
+            DocId::Flags => Ok(self.flags().to_json()),
         }
     }
 
@@ -518,6 +546,24 @@ impl Replica {
             return None;
         }
         crate::session::session_cohort(&self.doc)
+    }
+
+    /// The feature flags this document holds (none for any other document).
+    pub fn flags(&self) -> crate::FlagSet {
+        match &self.id {
+            DocId::Flags => crate::flags::read_flags(&Reader::now(&self.doc)),
+            _ => crate::FlagSet::new(),
+        }
+    }
+
+    /// The cohort whose feature flags apply to this document's commands: a cohort's own id, a
+    /// session's cohort (once created), none for any other document.
+    pub fn flag_cohort(&self) -> Option<CohortId> {
+        match &self.id {
+            DocId::Cohort(c) => Some(c.clone()),
+            DocId::Session(_) => self.session_cohort(),
+            _ => None,
+        }
     }
 
     /// The course as anyone sees it (its metadata is public); `doc_not_found` before
@@ -580,19 +626,58 @@ impl Replica {
     }
 }
 
-/// Whether `bloom` claims entries but holds no bits (see `receive_sync_message_with`). Its
-/// encoding is three LEB128 numbers (entries, bits per entry, probes) and then the bits, or
-/// nothing at all for an empty filter.
-fn bloom_without_bits(bloom: &sync::BloomFilter) -> bool {
+/// Most probes per hash a peer's bloom filter may ask for. automerge uses 7; it runs the probes
+/// for every change it tests against the filter, allocating and looping `probes` times each, so
+/// a filter claiming billions would hold the document's writer for seconds (or fail the
+/// allocation).
+pub const BLOOM_PROBES_MAX: u64 = 32;
+
+/// Most bits per entry a peer's bloom filter may declare (automerge uses 10).
+pub const BLOOM_BITS_PER_ENTRY_MAX: u64 = 64;
+
+/// Why a peer's bloom filter (a `have` of its sync message) is refused, if it is. automerge
+/// 0.12 trusts the filter's parameters: it takes its probes modulo the filter's bit count (a
+/// filter that claims entries but has no bits divides by zero and panics the writer task) and
+/// loops once per declared probe. Its encoding is nothing at all for the empty filter, or three
+/// LEB128 numbers (entries, bits per entry, probes) and then the bits.
+fn bloom_refused(bloom: &sync::BloomFilter) -> Option<&'static str> {
     let bytes = bloom.to_bytes();
+    if bytes.is_empty() {
+        // The empty filter of a side with nothing new since the shared heads: never probed.
+        return None;
+    }
     let mut rest = bytes.as_slice();
-    for _ in 0..3 {
-        match rest.iter().position(|b| b & 0x80 == 0) {
-            Some(end) => rest = &rest[end + 1..],
-            None => return true,
+    let mut numbers = [0u64; 3];
+    for n in &mut numbers {
+        let Ok(v) = leb128_u64(&mut rest) else {
+            return Some("a bloom filter that does not parse");
+        };
+        *n = v;
+    }
+    let [entries, bits_per_entry, probes] = numbers;
+    if entries > 0 && rest.is_empty() {
+        return Some("a bloom filter with entries and no bits");
+    }
+    if probes > BLOOM_PROBES_MAX {
+        return Some("a bloom filter with too many probes");
+    }
+    if bits_per_entry > BLOOM_BITS_PER_ENTRY_MAX {
+        return Some("a bloom filter with too many bits per entry");
+    }
+    None
+}
+
+/// Reads one unsigned LEB128 number (at most 10 bytes) off the front of `rest`.
+fn leb128_u64(rest: &mut &[u8]) -> Result<u64, ()> {
+    let mut value = 0u64;
+    for (i, b) in rest.iter().enumerate().take(10) {
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            *rest = &rest[i + 1..];
+            return Ok(value);
         }
     }
-    !bytes.is_empty() && rest.is_empty()
+    Err(())
 }
 
 #[cfg(test)]
@@ -647,5 +732,179 @@ mod hostile_sync_tests {
         replica
             .receive_sync_message(&mut sync::State::new(), &hello)
             .expect("a real message is taken");
+    }
+
+    /// A peer's bloom filter that asks for 4,294,967,295 probes per hash (found by the
+    /// `hub_sync` fuzz target as a 6-second hang of one input) is refused at once, as are too
+    /// many bits per entry; automerge's own parameters pass. Kills: a check that trusts the
+    /// filter's parameters.
+    #[test]
+    fn a_bloom_filter_with_absurd_parameters_is_refused_at_once() {
+        let doc = DocId::parse("session/s1").expect("a doc id");
+        let mut sender = Replica::new(doc.clone(), &[5; 16]);
+        let create = Command {
+            id: "c1".parse().expect("a command id"),
+            body: CommandBody::SessionCreate {
+                cohort: "c1".parse().expect("a cohort id"),
+                title: "T".into(),
+                moderation: false,
+            },
+        };
+        let ada = Caller {
+            user: "ada".parse().expect("a user id"),
+            name: "Ada".into(),
+            role: Role::Instructor,
+            cohorts: vec!["c1".parse().expect("a cohort id")],
+        };
+        sender
+            .apply(&ada, &create, Millis(1))
+            .expect("the session is created");
+        let mut receiver =
+            Replica::load(doc, &sender.save(), &[6; 16]).expect("the saved document loads");
+        let honest = sender
+            .generate_sync_message(&mut sync::State::new())
+            .expect("a first message");
+        let with_bloom = |bloom: &[u8]| {
+            let mut m = sync::Message::decode(&honest).expect("an honest message decodes");
+            m.have = vec![sync::Have {
+                last_sync: Vec::new(),
+                bloom: sync::BloomFilter::try_from(bloom).expect("the filter parses"),
+            }];
+            m.encode()
+        };
+        // entries 1, 10 bits each, probes u32::MAX, then the 2 bytes of bits.
+        let probes = with_bloom(&[0x01, 0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f, 0xff, 0xff]);
+        let refused = receiver.receive_sync_message(&mut sync::State::new(), &probes);
+        assert!(
+            matches!(&refused, Err(SyncError::Decode(why)) if why.contains("probes")),
+            "{refused:?}"
+        );
+        // entries 1, 200 bits each, 7 probes, then the 25 bytes of bits.
+        let mut wide = vec![0x01, 0xc8, 0x01, 0x07];
+        wide.extend([0u8; 25]);
+        let refused = receiver.receive_sync_message(&mut sync::State::new(), &with_bloom(&wide));
+        assert!(
+            matches!(&refused, Err(SyncError::Decode(why)) if why.contains("bits per entry")),
+            "{refused:?}"
+        );
+        // automerge's own: entries 1, 10 bits, 7 probes.
+        let fine = with_bloom(&[0x01, 0x0a, 0x07, 0x00, 0x00]);
+        receiver
+            .receive_sync_message(&mut sync::State::new(), &fine)
+            .expect("automerge's parameters pass");
+    }
+
+    /// Two replicas that synced, then parted (their sync states cut back to the persisted
+    /// part, as a reconnect does): one side writes, and the sync after the reconnect brings
+    /// the change across, with every message taken. Kills: a hostile-input check that refuses
+    /// the honest messages of this exchange (the bloom filters of a side with nothing new).
+    #[test]
+    fn replicas_that_parted_sync_again_with_every_message_taken() {
+        let doc = DocId::parse("session/s1").expect("a doc id");
+        let caller = |user: &str, role| Caller {
+            user: user.parse().expect("a user id"),
+            name: user.into(),
+            role,
+            cohorts: vec!["c1".parse().expect("a cohort id")],
+        };
+        let mut x = Replica::new(doc.clone(), &[5; 16]);
+        let create = Command {
+            id: "c1".parse().expect("a command id"),
+            body: CommandBody::SessionCreate {
+                cohort: "c1".parse().expect("a cohort id"),
+                title: "T".into(),
+                moderation: false,
+            },
+        };
+        x.apply(&caller("ada", Role::Instructor), &create, Millis(1))
+            .expect("the session is created");
+        let mut y = Replica::new(doc.clone(), &[6; 16]);
+        let (mut sx, mut sy) = (sync::State::new(), sync::State::new());
+        let exchange = |x: &mut Replica,
+                        y: &mut Replica,
+                        sx: &mut sync::State,
+                        sy: &mut sync::State| {
+            for round in 0..20 {
+                let a = x.generate_sync_message(sx);
+                if let Some(m) = &a {
+                    y.receive_sync_message(sy, m)
+                        .unwrap_or_else(|e| panic!("round {round}: y refused x's message: {e}"));
+                }
+                let b = y.generate_sync_message(sy);
+                if let Some(m) = &b {
+                    x.receive_sync_message(sx, m)
+                        .unwrap_or_else(|e| panic!("round {round}: x refused y's message: {e}"));
+                }
+                if a.is_none() && b.is_none() {
+                    return;
+                }
+            }
+            panic!("the exchange did not settle in 20 rounds");
+        };
+        exchange(&mut x, &mut y, &mut sx, &mut sy);
+        assert_eq!(x.doc.get_heads(), y.doc.get_heads());
+        // Parted: the states keep only their persisted part; y writes meanwhile.
+        let mut sx = sync::State::decode(&sx.encode()).expect("a state decodes");
+        let mut sy = sync::State::decode(&sy.encode()).expect("a state decodes");
+        let ask = Command {
+            id: "q1".parse().expect("a command id"),
+            body: CommandBody::QaAsk {
+                text: "while apart".into(),
+                anonymous: false,
+            },
+        };
+        y.apply(&caller("s1", Role::Student), &ask, Millis(2))
+            .expect("the question is asked");
+        exchange(&mut x, &mut y, &mut sx, &mut sy);
+        assert_eq!(x.doc.get_heads(), y.doc.get_heads(), "x has y's change");
+    }
+
+    /// Regression: a check of the bloom filters refused every empty filter too (its encoding
+    /// is no bytes at all), so two replicas that had synced once could never sync again.
+    #[test]
+    fn two_replicas_keep_syncing_after_their_first_exchange() {
+        let caller = Caller {
+            user: "u1".parse().expect("a user id"),
+            name: "Ada".into(),
+            role: Role::Instructor,
+            cohorts: vec!["c1".parse().expect("a cohort id")],
+        };
+        let doc = DocId::parse("session/s1").expect("a doc id");
+        let (mut a, mut b) = (
+            Replica::new(doc.clone(), &[5; 16]),
+            Replica::new(doc, &[6; 16]),
+        );
+        let (mut to_b, mut to_a) = (sync::State::new(), sync::State::new());
+        let exchange =
+            |a: &mut Replica, b: &mut Replica, to_b: &mut sync::State, to_a: &mut sync::State| {
+                for _ in 0..20 {
+                    let m1 = a.generate_sync_message(to_b);
+                    if let Some(m) = &m1 {
+                        b.receive_sync_message(to_a, m)
+                            .expect("b takes a's message");
+                    }
+                    let m2 = b.generate_sync_message(to_a);
+                    if let Some(m) = &m2 {
+                        a.receive_sync_message(to_b, m)
+                            .expect("a takes b's message");
+                    }
+                    if m1.is_none() && m2.is_none() {
+                        return;
+                    }
+                }
+            };
+        for (i, title) in ["one", "two"].into_iter().enumerate() {
+            let create = Command {
+                id: format!("c{i}").parse().expect("a command id"),
+                body: CommandBody::SessionCreate {
+                    cohort: "c1".parse().expect("a cohort id"),
+                    title: title.into(),
+                    moderation: false,
+                },
+            };
+            let _ = a.apply(&caller, &create, Millis(1));
+            exchange(&mut a, &mut b, &mut to_b, &mut to_a);
+            assert_eq!(a.doc().get_heads(), b.doc().get_heads(), "round {i}");
+        }
     }
 }

@@ -21,6 +21,8 @@
 //! ```
 //! Course document (`course/{id}`): see `course.rs`.
 //!
+//! Flags document (`flags/cluster`, one per cluster): see `flags.rs`.
+//!
 //! Inbox document (`inbox/{user}`):
 //! ```text
 //! items   {nid: {kind, title, body, link, cohort, at, read}}
@@ -53,6 +55,7 @@ pub(crate) const ANNOUNCEMENTS: &str = "announcements";
 pub(crate) const SESSIONS: &str = "sessions";
 pub(crate) const ITEMS: &str = "items";
 pub(crate) const PREFS: &str = "prefs";
+pub(crate) const FLAGS: &str = "flags";
 
 /// The key in a roster entry that hides the student's name on leaderboards.
 pub(crate) const LEADERBOARD_ANONYMOUS: &str = "lb_anonymous";
@@ -73,6 +76,7 @@ pub(crate) fn top_level(kind: DocKind) -> &'static [&'static str] {
         DocKind::Cohort => &[META, ROSTER, PROGRESS, ANNOUNCEMENTS, SESSIONS],
         DocKind::Inbox => &[ITEMS, PREFS],
         DocKind::Course => &[META],
+        DocKind::Flags => &[META, FLAGS],
     }
 }
 
@@ -83,6 +87,7 @@ pub(crate) fn genesis(kind: DocKind) -> Automerge {
         DocKind::Cohort => ActorId::from(b"lectern-genesis-cohort".as_slice()),
         DocKind::Inbox => ActorId::from(b"lectern-genesis-inbox".as_slice()),
         DocKind::Course => ActorId::from(b"lectern-genesis-course".as_slice()),
+        DocKind::Flags => ActorId::from(b"lectern-genesis-flags".as_slice()),
     };
     let mut doc = Automerge::new().with_actor(actor);
     let mut tx = doc.transaction();

@@ -38,7 +38,9 @@ pub enum StoreError {
     /// The directory was written by a newer build of lectern.
     #[error(
         "the store at {} has schema version {found}, but this build supports only up to \
-         version {supported}; run a newer lectern build",
+         version {supported}; run a newer lectern build, or, to roll back, migrate it down with \
+         the newer build's `lectern store migrate --data-dir {} --to {supported}`",
+        path.display(),
         path.display()
     )]
     NewerSchema {
@@ -48,6 +50,52 @@ pub enum StoreError {
         found: u32,
         /// The newest version this build can read.
         supported: u32,
+    },
+
+    /// The directory was written at an older schema version: a node does not migrate on its
+    /// own (a rollback must stay possible), the operator runs the migration.
+    #[error(
+        "the store at {} has schema version {found}, older than this build's {supported}; \
+         with the node stopped, run `lectern store migrate --data-dir {} --to {supported}`",
+        path.display(),
+        path.display()
+    )]
+    OlderSchema {
+        /// The store directory.
+        path: PathBuf,
+        /// The version found on disk.
+        found: u32,
+        /// The version this build opens.
+        supported: u32,
+    },
+
+    /// A migration to a version this build does not know.
+    #[error("schema version {version} is unknown to this build, which knows {min} to {max}")]
+    UnknownSchema {
+        /// The version asked for.
+        version: u32,
+        /// The oldest version this build migrates to.
+        min: u32,
+        /// The newest (its own).
+        max: u32,
+    },
+
+    /// A migration step would lose data the target version cannot represent.
+    #[error("cannot migrate from schema version {from} to {to}: {reason}")]
+    MigrationBlocked {
+        /// The step's starting version.
+        from: u32,
+        /// The step's target version.
+        to: u32,
+        /// What blocks it, and what to do.
+        reason: String,
+    },
+
+    /// A directory with no lectern store in it.
+    #[error("{} holds no lectern store (no sled database with a schema version)", path.display())]
+    NotAStore {
+        /// The directory.
+        path: PathBuf,
     },
 
     /// A file-system operation outside sled failed (creating or locking the directory).

@@ -27,6 +27,8 @@
 //! The crate is blocking on purpose (sled is): async callers wrap reads in `spawn_blocking` and
 //! use the committer's callback to wake a task.
 //!
+//! Schema versions and the migrations between them (`lectern store migrate`): [`migrate`].
+//!
 //! Architecture invariant: nothing outside this crate names a sled type. sled 0.34 calls itself
 //! beta and announces an on-disk format change, so it must stay replaceable.
 //!
@@ -38,6 +40,7 @@ mod commit;
 mod error;
 mod identity;
 mod keys;
+pub mod migrate;
 mod store;
 
 pub use batch::Batch;

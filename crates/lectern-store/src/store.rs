@@ -19,8 +19,9 @@ use crate::commit::{CommitHook, CommitThread, Committer, STAGE_BEFORE_APPLY, STA
 use crate::identity::{NodeId, NodeIdentity};
 use crate::keys::{self, DocKey};
 
-/// The schema version this build writes and the newest it can read.
-pub const SCHEMA_VERSION: u32 = 1;
+/// The schema version this build writes and opens; `lectern store migrate` moves a store
+/// between it and the older versions of `migrate.rs`.
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// The name of the lock file inside the store directory.
 ///
@@ -479,7 +480,7 @@ impl Shared {
 }
 
 /// Takes the exclusive lock on the store directory, or explains who has it.
-fn lock_dir(path: &Path) -> Result<File, StoreError> {
+pub(crate) fn lock_dir(path: &Path) -> Result<File, StoreError> {
     let lock_path = path.join(LOCK_FILE_NAME);
     let file = OpenOptions::new()
         .create(true)
@@ -511,7 +512,7 @@ const SLED_LOCK_WAIT: Duration = Duration::from_secs(15);
 /// moment, because sled's background pool still holds its file while it finishes a log write or
 /// a segment truncation. Holding `lectern.lock` means no other lectern has the directory, so a
 /// lock failure here is that tail: retry for [`SLED_LOCK_WAIT`] before reporting it.
-fn open_sled(path: &Path, config: &StoreConfig) -> Result<sled::Db, StoreError> {
+pub(crate) fn open_sled(path: &Path, config: &StoreConfig) -> Result<sled::Db, StoreError> {
     let deadline = Instant::now() + SLED_LOCK_WAIT;
     let mut pause = Duration::from_millis(5);
     loop {
@@ -553,6 +554,13 @@ fn boot(path: &Path, db: &sled::Db) -> Result<NodeIdentity, StoreError> {
             let found = u32::from_be_bytes(fixed(keys::META_SCHEMA_VERSION, &value)?);
             if found > SCHEMA_VERSION {
                 return Err(StoreError::NewerSchema {
+                    path: path.to_owned(),
+                    found,
+                    supported: SCHEMA_VERSION,
+                });
+            }
+            if found != 0 && found < SCHEMA_VERSION {
+                return Err(StoreError::OlderSchema {
                     path: path.to_owned(),
                     found,
                     supported: SCHEMA_VERSION,

@@ -508,14 +508,106 @@ fn newer_schema_is_refused() {
     assert!(
         matches!(
             error,
-            StoreError::NewerSchema {
-                found: 2,
-                supported: 1,
-                ..
-            }
+            StoreError::NewerSchema { found, supported, .. }
+                if found == SCHEMA_VERSION + 1 && supported == SCHEMA_VERSION
         ),
         "{error}"
     );
+}
+
+/// Writes `version` as the store's schema version behind its back (a store of another build).
+fn set_version(path: &Path, version: u32) {
+    let db = raw_sled(path);
+    db.insert(crate::keys::META_SCHEMA_VERSION, &version.to_be_bytes()[..])
+        .expect("insert");
+    db.flush().expect("flush");
+}
+
+#[test]
+fn an_older_schema_is_refused_naming_the_migration() {
+    let dir = TempDir::new("older-schema");
+    drop(Store::open(dir.path()).expect("open"));
+    set_version(dir.path(), 1);
+    let error = Store::open(dir.path()).expect_err("older schema");
+    assert!(
+        matches!(error, StoreError::OlderSchema { found: 1, .. }),
+        "{error}"
+    );
+    assert!(
+        error.to_string().contains(&format!(
+            "lectern store migrate --data-dir {} --to {SCHEMA_VERSION}",
+            dir.path().display()
+        )),
+        "{error}"
+    );
+}
+
+#[test]
+fn migrating_down_removes_exactly_the_flags_document_and_up_again_changes_nothing() {
+    use crate::migrate::{MigrateOptions, migrate, schema_version};
+    let dir = TempDir::new("migrate");
+    {
+        let store = Store::open(dir.path()).expect("open");
+        let mut b = Batch::new();
+        for doc in ["flags/cluster", "session/s1", "flags/cluster/x"] {
+            b.put_snapshot(doc, b"snapshot".to_vec(), 0);
+            b.append_chunk(doc, 0, b"chunk".to_vec());
+            b.put_heads(doc, [7; 32]);
+            b.put_sync_state("peer-a", doc, b"state".to_vec());
+        }
+        store.commit(b).expect("commit");
+    }
+    let keep = MigrateOptions::default();
+    // Blocked while the flags document is there; nothing written.
+    let blocked = migrate(dir.path(), 1, keep).expect_err("the flags document blocks");
+    assert!(
+        matches!(&blocked, StoreError::MigrationBlocked { from: 2, to: 1, reason } if reason.contains("flags/cluster")),
+        "{blocked}"
+    );
+    assert_eq!(schema_version(dir.path()).expect("version"), 2);
+    let discard = MigrateOptions {
+        discard_flags: true,
+    };
+    let down = migrate(dir.path(), 1, discard).expect("down");
+    // Snapshot, chunk, heads digest and one sync state.
+    assert_eq!((down.from, down.to, down.keys_changed), (2, 1, 4));
+    let again = migrate(dir.path(), 1, keep).expect("again");
+    assert_eq!((again.from, again.keys_changed), (1, 0));
+    let up = migrate(dir.path(), 2, keep).expect("up");
+    assert_eq!((up.from, up.to, up.keys_changed), (1, 2, 0));
+    let store = Store::open(dir.path()).expect("open at version 2");
+    assert_eq!(
+        store.doc_ids().expect("ids"),
+        vec!["flags/cluster/x".to_owned(), "session/s1".to_owned()],
+        "a document whose id only starts like the flags document's is not touched"
+    );
+    assert_eq!(
+        store.sync_state("peer-a", "flags/cluster").expect("read"),
+        None
+    );
+    assert!(
+        store
+            .sync_state("peer-a", "session/s1")
+            .expect("read")
+            .is_some()
+    );
+    let heads: Vec<String> = store
+        .heads_digests()
+        .expect("heads")
+        .into_iter()
+        .map(|(d, _)| d)
+        .collect();
+    assert!(!heads.contains(&"flags/cluster".to_owned()), "{heads:?}");
+    // An open store is not migrated under its node; an unknown version is refused.
+    assert!(matches!(
+        migrate(dir.path(), 1, discard),
+        Err(StoreError::Locked { .. })
+    ));
+    drop(store);
+    assert!(matches!(
+        migrate(dir.path(), SCHEMA_VERSION + 1, keep),
+        Err(StoreError::UnknownSchema { .. })
+    ));
 }
 
 #[test]

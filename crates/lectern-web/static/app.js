@@ -221,9 +221,36 @@ function render() {
 /** After a full state: the progress and side streams need the cohort, known from now on. */
 let streamsStarted = false;
 function startStreamsOnce() {
-  if (streamsStarted || !m.cohort || view === 'projector') return;
+  if (!m.cohort) return;
+  startFlagsOnce();
+  if (streamsStarted || view === 'projector') return;
   streamsStarted = true;
   startSideStreams();
+}
+
+// Feature flags: an operator may switch chat, polls or the leaderboard off at run time
+// (`lectern flags set chat off`). The node refuses their commands (`feature_disabled`) on
+// every transport; the page hides their panels, asking `GET /api/flags` once the cohort is
+// known and then every FLAGS_REFRESH_MS.
+const FLAGS_REFRESH_MS = 15000;
+let flagsStarted = false;
+function startFlagsOnce() {
+  if (flagsStarted) return;
+  flagsStarted = true;
+  refreshFlags();
+  setInterval(refreshFlags, FLAGS_REFRESH_MS);
+}
+
+async function refreshFlags() {
+  let flags;
+  try {
+    const r = await fetch(`/api/flags?cohort=${encodeURIComponent(m.cohort)}`, { headers: { Authorization: `Bearer ${token}` }, cache: 'no-store' });
+    if (!r.ok) return;
+    flags = await r.json();
+  } catch { return; }
+  for (const el of document.querySelectorAll('[data-feature]')) {
+    el.classList.toggle('feature-off', flags[el.dataset.feature] === false);
+  }
 }
 
 function renderBroadcast() {
@@ -534,8 +561,8 @@ function studentSkeleton() {
       <div><button class="primary" type="submit">Ask</button></div></form>
     ${sortControl()}
     <ol id="questions" class="items"></ol></section>
-  <section class="card" aria-labelledby="polls-h"><h2 id="polls-h">Polls</h2><ul id="polls" class="items"></ul></section>
-  <section class="card" aria-labelledby="chat-h"><h2 id="chat-h">Chat</h2><ul id="chat" class="items"></ul>
+  <section class="card" data-feature="polls" aria-labelledby="polls-h"><h2 id="polls-h">Polls</h2><ul id="polls" class="items"></ul></section>
+  <section class="card" data-feature="chat" aria-labelledby="chat-h"><h2 id="chat-h">Chat</h2><ul id="chat" class="items"></ul>
     <form id="chat-form" class="stack"><label for="chat-text">Message</label><input id="chat-text" type="text" maxlength="500" required>
     <div><button type="submit">Send</button></div></form></section>
   <section id="progress-card" class="card" aria-labelledby="prog-h" hidden><h2 id="prog-h">My progress</h2><ul id="progress" class="items"></ul></section>
@@ -556,7 +583,7 @@ function leaderboardSkeleton() {
   // Students choose whether classmates see their name (`leaderboard.privacy`).
   const privacy = staff ? '' : `<p class="lb-privacy"><label><input type="checkbox" id="lb-show-name" disabled> Show my name to classmates</label>
     <span id="lb-privacy-status" class="meta" role="status"></span></p>`;
-  return `<section id="lb-card" class="card" aria-labelledby="lb-h" hidden><h2 id="lb-h">Leaderboard</h2>${privacy}<div id="lb"></div></section>`;
+  return `<section id="lb-card" class="card" data-feature="leaderboard" aria-labelledby="lb-h" hidden><h2 id="lb-h">Leaderboard</h2>${privacy}<div id="lb"></div></section>`;
 }
 
 function instructorSkeleton() {
@@ -564,7 +591,7 @@ function instructorSkeleton() {
   return `<div id="broadcast" class="broadcast wide" hidden></div>
   <section class="card" aria-labelledby="mod-h"><h2 id="mod-h">Moderation queue <span id="mod-count" class="meta"></span></h2><ul id="moderation" class="items"></ul></section>
   <section class="card" aria-labelledby="qa-h"><h2 id="qa-h">Questions <span id="q-count" class="meta"></span></h2>${sortControl()}<ol id="questions" class="items"></ol></section>
-  <section class="card" aria-labelledby="polls-h"><h2 id="polls-h">Polls</h2>
+  <section class="card" data-feature="polls" aria-labelledby="polls-h"><h2 id="polls-h">Polls</h2>
     <form id="poll-form" class="stack"><label for="poll-q">New poll question</label><input id="poll-q" type="text" maxlength="300" required>
       <label for="poll-kind">Kind</label><select id="poll-kind"><option value="single">Single choice</option><option value="multiple">Multiple choice</option><option value="rating">Rating</option><option value="open_text">Open text</option></select>
       <label for="poll-options">Options, one per line</label><textarea id="poll-options" rows="3"></textarea>
@@ -577,7 +604,7 @@ function instructorSkeleton() {
     <div><button class="primary" type="submit">Broadcast</button></div></form>`}
     <p><a href="/?${esc(projector)}" target="_blank" rel="noopener">Open the projector view</a></p></section>
   <section class="card" aria-labelledby="att-h"><h2 id="att-h">Attendance: <span id="present">0</span> present</h2><ul id="attendance" class="items"></ul></section>
-  <section class="card" aria-labelledby="chat-h"><h2 id="chat-h">Chat</h2><ul id="chat" class="items"></ul>
+  <section class="card" data-feature="chat" aria-labelledby="chat-h"><h2 id="chat-h">Chat</h2><ul id="chat" class="items"></ul>
     <form id="chat-form" class="stack"><label for="chat-text">Message</label><input id="chat-text" type="text" maxlength="500" required>
     <div><button type="submit">Send</button></div></form></section>
   ${claims.role === 'ta' ? '' : `<section class="card" aria-labelledby="ann-h"><h2 id="ann-h">Announce to the cohort</h2>
@@ -597,7 +624,7 @@ function instructorSkeleton() {
 
 function projectorSkeleton() {
   return `<section class="proj-block" aria-labelledby="pq-h"><h2 id="pq-h" class="proj-label">Pinned question</h2><div id="proj-q" aria-live="polite"></div></section>
-  <section class="proj-block" aria-labelledby="pp-h"><h2 id="pp-h" class="proj-label">Poll</h2><div id="proj-poll"></div><p id="proj-sr" class="sr-only" aria-live="polite"></p></section>`;
+  <section class="proj-block" data-feature="polls" aria-labelledby="pp-h"><h2 id="pp-h" class="proj-label">Poll</h2><div id="proj-poll"></div><p id="proj-sr" class="sr-only" aria-live="polite"></p></section>`;
 }
 
 // ---------------------------------------------------------------------------------------------

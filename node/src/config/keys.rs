@@ -14,10 +14,10 @@ use std::str::FromStr;
 use anyhow::bail;
 
 use super::{
-    Config, DAY_MS, HOUR_MS, check_alg, check_coalesce, check_domain, check_from, check_host,
-    check_hour, check_leeway, check_lifetime, check_log_format, check_min_1, check_node_name,
-    check_nonempty, check_path, check_peer_cohorts, check_peers, check_rate, check_resume_wait,
-    check_secret, check_url, check_urls, parse_bool, parse_tls, parse_value,
+    Config, DAY_MS, HOUR_MS, check_alg, check_coalesce, check_domain, check_dsn, check_from,
+    check_host, check_hour, check_leeway, check_lifetime, check_log_format, check_min_1,
+    check_node_name, check_nonempty, check_path, check_peer_cohorts, check_peers, check_rate,
+    check_resume_wait, check_secret, check_url, check_urls, parse_bool, parse_tls, parse_value,
 };
 
 /// How a key is written on the command line and in the environment.
@@ -307,6 +307,10 @@ pub static KEYS: &[Key] = &[
     key("limits.body_read_timeout_ms", "LECTERN_BODY_READ_TIMEOUT_MS", "A request body (REST, polling, uploads) not fully received this long after its head fails, in ms.",
         |d, v, k| { d.config.limits.body_read_timeout_ms = v.min_1(k)?; Ok(()) })
         .default("30000").example("10000"),
+    // [error_tracking]
+    key("error_tracking.dsn", "LECTERN_ERROR_TRACKING_DSN", "Sentry DSN that panics and error-level log events are sent to (never request data, tokens or breadcrumbs; JWT-shaped text is replaced). Unset: error tracking is off.",
+        |d, v, k| { d.config.error_tracking_dsn = Some(check_dsn(&v.text(k)?, k)?); Ok(()) })
+        .example("\"https://public-key@o0.ingest.sentry.io/0\""),
     // [classroom]
     key("classroom.upstream", "LECTERN_CLASSROOM_UPSTREAM", "Makes this a classroom node: the region node it syncs with, `NAME@HOST:PORT` (its certificate's name). Needs `classroom.cohorts` and `mesh.tls_dir`.",
         |d, v, k| { d.config.classroom.upstream = check_peers(vec![v.text(k)?], k)?.pop(); Ok(()) })

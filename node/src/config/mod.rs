@@ -89,6 +89,9 @@ pub struct Config {
     pub classroom: ClassroomSettings,
     /// How log lines are written on stderr. Default [`LogFormat::Text`].
     pub log_format: LogFormat,
+    /// The Sentry DSN panics and error-level events go to (`error_tracking.dsn`). Default
+    /// none: error tracking is off.
+    pub error_tracking_dsn: Option<String>,
 }
 
 /// How the node writes its log lines.
@@ -371,6 +374,7 @@ impl Default for Config {
             sse_keepalive_s: 15,
             classroom: ClassroomSettings::default(),
             log_format: LogFormat::Text,
+            error_tracking_dsn: None,
         }
     }
 }
@@ -710,6 +714,17 @@ fn check_peer_cohorts(entry: &str, key: &str) -> anyhow::Result<(String, Vec<Str
 }
 
 /// `text` or `json` (any case).
+/// A Sentry DSN: `http(s)://PUBLIC_KEY@HOST[:PORT]/PROJECT_ID`, checked by the sentry crate's
+/// own parser so that a typo stops the node at start rather than dropping every event.
+fn check_dsn(raw: &str, key: &str) -> anyhow::Result<String> {
+    raw.parse::<sentry::types::Dsn>().map_err(|e| {
+        anyhow::anyhow!(
+            "{key}: {raw:?} is not a Sentry DSN ({e}); it looks like https://KEY@HOST/PROJECT"
+        )
+    })?;
+    Ok(raw.to_owned())
+}
+
 fn check_log_format(raw: &str, key: &str) -> anyhow::Result<LogFormat> {
     match raw.trim().to_ascii_lowercase().as_str() {
         "text" => Ok(LogFormat::Text),
