@@ -32,7 +32,7 @@ use crate::admission::{Admitted, PreauthSession, Refused, Source};
 use crate::sio::packet::EngineQuery;
 use crate::stream::LeanStream;
 use crate::ws::is_lean_websocket;
-use crate::{AppError, Gated, Gateway};
+use crate::{AppError, Gateway};
 use axum::Router;
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use futures_util::FutureExt;
@@ -283,11 +283,9 @@ fn write_stream(
         // the stream is idle.
         let mut sink = [0u8; 32];
         // One wait for the server's stop, for the stream's life (made afresh per event, it
-        // would join and leave a list every connection shares), gated as polling it takes
-        // that list's lock.
-        let mut stopping = Gated::new(closed.clone(), async move {
-            let _ = closed.wait_for(|c| *c).await;
-        });
+        // would join and leave a list every connection shares).
+        let stopping = closed.wait_for(|c| *c);
+        tokio::pin!(stopping);
         let mut stop_pending = true;
         loop {
             let chunk = tokio::select! {

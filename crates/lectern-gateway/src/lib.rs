@@ -50,4 +50,4 @@ pub use limits::Limits;
 pub use metrics::MetricsSection;
 
 pub(crate) use auth::unix_now_s;
-pub(crate) use sync::{Gated, lock};
+pub(crate) use sync::lock;

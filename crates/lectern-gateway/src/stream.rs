@@ -13,6 +13,7 @@
 //! naming the reason, and the client resumes from its last id.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -24,11 +25,11 @@ use lectern_model::{Caller, DocId, ResumeToken};
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
+use crate::Gateway;
 use crate::error::AppError;
 use crate::extract::{AuthedUntil, last_event_id};
 use crate::limits::ConnSlot;
 use crate::sio::{ConnGuard, Transport};
-use crate::{Gated, Gateway};
 
 /// What one kind of stream brings to [`open`]: who may follow it beyond what its
 /// subscription checks, which events pass, and the subscription itself.
@@ -248,9 +249,8 @@ pub struct LeanStream {
     start: Vec<u8>,
     events: tokio::sync::broadcast::Receiver<Arc<Published>>,
     /// Done once the node is stopping. Kept from one chunk to the next, like `timer`: made
-    /// afresh for every event, each would join and leave a list every stream shares; and
-    /// gated, as polling it takes that list's lock.
-    shutdown: Gated<bool, ()>,
+    /// afresh for every event, each would join and leave a list every stream shares.
+    shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
     /// Fires at the keep-alive (or the token's expiry); moved only when it fires.
     timer: Pin<Box<tokio::time::Sleep>>,
     user: String,
@@ -319,7 +319,7 @@ impl LeanStream {
         LeanStream {
             start,
             events: joined.events,
-            shutdown: Gated::new(shutdown.clone(), async move {
+            shutdown: Box::pin(async move {
                 // A closed sender (the gateway is gone) counts as stopping too.
                 let _ = shutdown.wait_for(|stop| *stop).await;
             }),
@@ -363,7 +363,7 @@ impl LeanStream {
                     self.rearm();
                     return Some(Chunk::Owned(b":\n\n".to_vec()));
                 }
-                () = &mut self.shutdown => return Some(self.end(SHUTTING_DOWN)),
+                () = self.shutdown.as_mut() => return Some(self.end(SHUTTING_DOWN)),
             };
             match recv {
                 Ok(e) => {

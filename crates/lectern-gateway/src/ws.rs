@@ -45,6 +45,7 @@ use tracing::debug;
 
 use lectern_model::Caller;
 
+use crate::Gateway;
 use crate::admission::Admitted;
 use crate::error::AppError;
 use crate::sio::client::{self, Action, Dispatch, SioClient, Why};
@@ -52,7 +53,6 @@ use crate::sio::packet::EngineQuery;
 use crate::sio::recovery::{self, Recovery};
 use crate::sio::{self, Cut, Rejoined, Transport};
 use crate::wsframe::{self, Message};
-use crate::{Gated, Gateway};
 
 /// Milliseconds since the first call, wrapping (the clock of rate-limit pauses).
 fn pause_clock_ms() -> u32 {
@@ -235,13 +235,12 @@ struct Sub {
     attendance: AttendanceWait,
 }
 
-/// A wait for a change of an attendance watch: the receiver back, once there is one. Gated
-/// ([`Gated`]): polled only once the watch changed, not on every event the socket writes.
-type AttendanceWait = Gated<Option<Arc<[u8]>>, AttendanceWatch>;
+/// A wait for a change of an attendance watch: the receiver back, once there is one.
+type AttendanceWait = Pin<Box<dyn Future<Output = AttendanceWatch> + Send>>;
 
 /// Waits for `watch` to change (never, once the gateway is gone).
 fn wait_attendance(mut watch: AttendanceWatch) -> AttendanceWait {
-    Gated::new(watch.clone(), async move {
+    Box::pin(async move {
         if watch.changed().await.is_err() {
             std::future::pending::<()>().await;
         }
@@ -346,13 +345,9 @@ impl Socket {
     ) -> impl Future<Output = ()> + Send + 'static {
         async move {
             // One wait for the node's stop, for the socket's life: re-created per wake-up, it
-            // would link into (and out of) a list every socket shares, once per event; and
-            // gated, as polling it takes that list's lock.
-            let mut stopping = Gated::new(shutdown.clone(), async move {
-                // An error would mean the gateway is gone, which this socket's own handle on
-                // it rules out.
-                shutdown.wait_for(|stop| *stop).await.is_ok()
-            });
+            // would link into (and out of) a list every socket shares, once per event.
+            let stopping = shutdown.wait_for(|stop| *stop);
+            tokio::pin!(stopping);
             let mut stop_pending = true;
             if !self.inbuf.is_empty() {
                 self.decode_all();
@@ -378,11 +373,14 @@ impl Socket {
                 // queue answers (acks, pongs), and the queue is bounded.
                 let reading = self.has_slot() && !self.at_budget() && !self.read_paused();
                 tokio::select! {
-                    // In random order (tokio's default), not events first: with events first, a
-                    // session whose attendance changed many times a second (a thousand clients
-                    // joining) kept sockets from reading and acking their clients' joins in
-                    // time (`ops::drain` timed out on joins).
-                    (i, input) = next_input(&mut self.subs) => self.on_input(i, input),
+                    r = &mut stopping, if stop_pending => {
+                        // Never polled again once done. (An error would mean the gateway is gone,
+                        // which this socket's own handle on it rules out.)
+                        stop_pending = false;
+                        if r.is_ok() {
+                            self.shut_down();
+                        }
+                    }
                     r = ready(&self.stream, reading, !self.out.is_empty()) => match r {
                         Ok(readable) => {
                             if readable {
@@ -391,6 +389,7 @@ impl Socket {
                         }
                         Err(_) => self.ending = Some(End::Gone),
                     },
+                    (i, input) = next_input(&mut self.subs) => self.on_input(i, input),
                     done = next_done(&mut self.inflight), if self.inflight.is_some() => match done {
                         // A slot is free: frames read while the socket was at its cap go on at
                         // the loop's top.
@@ -398,13 +397,6 @@ impl Socket {
                         None => self.inflight = None,
                     },
                     () = &mut sleep => self.on_timer(),
-                    stop = &mut stopping, if stop_pending => {
-                        // Never polled again once done.
-                        stop_pending = false;
-                        if stop {
-                            self.shut_down();
-                        }
-                    }
                 }
             }
             // Boxed: its presence and hub futures are large, and would otherwise size every idle
