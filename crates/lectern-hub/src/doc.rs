@@ -312,6 +312,28 @@ fn sync_state<'a>(
     &mut entry.1
 }
 
+/// Fails everything a batch was going to answer (its applied commands, sync replies and
+/// compactions, and the messages not yet processed) with `e`: nothing of it is persisted.
+fn fail_batch(
+    inner: &Arc<Inner>,
+    e: &HubError,
+    acks: Vec<(oneshot::Sender<Result<Acked, HubError>>, Acked)>,
+    sync_replies: Vec<(String, SyncReply)>,
+    compactions: Vec<oneshot::Sender<Result<Compacted, HubError>>>,
+    rest: Vec<Msg>,
+) {
+    for (reply, _) in acks {
+        let _ = reply.send(Err(e.clone()));
+    }
+    for (_, reply) in sync_replies {
+        let _ = reply.send(Err(e.clone()));
+    }
+    for reply in compactions {
+        let _ = reply.send(Err(e.clone()));
+    }
+    fail_all(inner, rest, e);
+}
+
 /// Processes one batch. Returns false if the store failed or a peer's sync message panicked
 /// automerge (the replica must be reloaded).
 async fn process(inner: &Arc<Inner>, doc: &DocId, live: &mut Live, batch: Vec<Msg>) -> bool {
@@ -433,17 +455,8 @@ async fn process(inner: &Arc<Inner>, doc: &DocId, live: &mut Live, batch: Vec<Ms
         // Nothing of this batch is persisted or acknowledged: its commands and messages fail
         // with a retryable error, and the writer starts over from the store.
         let e = HubError::Store("the document was reloaded; retry".into());
-        for (reply, _) in acks {
-            let _ = reply.send(Err(e.clone()));
-        }
-        for (_, reply) in sync_replies {
-            let _ = reply.send(Err(e.clone()));
-        }
-        for reply in compactions {
-            let _ = reply.send(Err(e.clone()));
-        }
         deferred.extend(batch);
-        fail_all(inner, deferred, &e);
+        fail_batch(inner, &e, acks, sync_replies, compactions, deferred);
         return false;
     }
     inner
@@ -476,16 +489,7 @@ async fn process(inner: &Arc<Inner>, doc: &DocId, live: &mut Live, batch: Vec<Ms
         };
         if let Err(e) = result {
             tracing::error!(error = %e, "persisting a batch failed; nothing in it is acknowledged");
-            for (reply, _) in acks {
-                let _ = reply.send(Err(e.clone()));
-            }
-            for (_, reply) in sync_replies {
-                let _ = reply.send(Err(e.clone()));
-            }
-            for reply in compactions {
-                let _ = reply.send(Err(e.clone()));
-            }
-            fail_all(inner, deferred, &e);
+            fail_batch(inner, &e, acks, sync_replies, compactions, deferred);
             return false;
         }
         inner.counters.batches.fetch_add(1, Ordering::Relaxed);
