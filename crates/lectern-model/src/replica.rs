@@ -694,16 +694,19 @@ mod hostile_sync_tests {
         0x00, 0x00, 0x03, 0x0a, 0x07, 0xcd, 0x5c, 0x5e, 0x64, 0x00, 0x02, 0x02, 0x84,
     ];
 
-    #[test]
-    fn a_bloom_filter_without_bits_is_refused_not_a_panic() {
-        let doc = DocId::parse("session/s1").expect("a doc id");
-        let mut replica = Replica::new(doc, &[5; 16]);
-        let caller = Caller {
-            user: "u1".parse().expect("a user id"),
-            name: "Ada".into(),
-            role: Role::Instructor,
+    /// A member of cohort `c1` with `role`.
+    fn member(user: &str, role: Role) -> Caller {
+        Caller {
+            user: user.parse().expect("a user id"),
+            name: user.into(),
+            role,
             cohorts: vec!["c1".parse().expect("a cohort id")],
-        };
+        }
+    }
+
+    /// `session/s1` in cohort `c1`, created by an instructor on a replica with `actor`.
+    fn created_session(actor: u8) -> Replica {
+        let mut replica = Replica::new(DocId::parse("session/s1").expect("a doc id"), &[actor; 16]);
         let create = Command {
             id: "c1".parse().expect("a command id"),
             body: CommandBody::SessionCreate {
@@ -713,8 +716,14 @@ mod hostile_sync_tests {
             },
         };
         replica
-            .apply(&caller, &create, Millis(1))
+            .apply(&member("ada", Role::Instructor), &create, Millis(1))
             .expect("the session is created");
+        replica
+    }
+
+    #[test]
+    fn a_bloom_filter_without_bits_is_refused_not_a_panic() {
+        let mut replica = created_session(5);
         let mut state = sync::State::new();
         let refused = replica.receive_sync_message(&mut state, BITLESS_BLOOM);
         assert!(
@@ -740,27 +749,9 @@ mod hostile_sync_tests {
     /// filter's parameters.
     #[test]
     fn a_bloom_filter_with_absurd_parameters_is_refused_at_once() {
-        let doc = DocId::parse("session/s1").expect("a doc id");
-        let mut sender = Replica::new(doc.clone(), &[5; 16]);
-        let create = Command {
-            id: "c1".parse().expect("a command id"),
-            body: CommandBody::SessionCreate {
-                cohort: "c1".parse().expect("a cohort id"),
-                title: "T".into(),
-                moderation: false,
-            },
-        };
-        let ada = Caller {
-            user: "ada".parse().expect("a user id"),
-            name: "Ada".into(),
-            role: Role::Instructor,
-            cohorts: vec!["c1".parse().expect("a cohort id")],
-        };
-        sender
-            .apply(&ada, &create, Millis(1))
-            .expect("the session is created");
-        let mut receiver =
-            Replica::load(doc, &sender.save(), &[6; 16]).expect("the saved document loads");
+        let sender = created_session(5);
+        let mut receiver = Replica::load(sender.id().clone(), &sender.save(), &[6; 16])
+            .expect("the saved document loads");
         let honest = sender
             .generate_sync_message(&mut sync::State::new())
             .expect("a first message");
@@ -800,24 +791,8 @@ mod hostile_sync_tests {
     /// the honest messages of this exchange (the bloom filters of a side with nothing new).
     #[test]
     fn replicas_that_parted_sync_again_with_every_message_taken() {
+        let mut x = created_session(5);
         let doc = DocId::parse("session/s1").expect("a doc id");
-        let caller = |user: &str, role| Caller {
-            user: user.parse().expect("a user id"),
-            name: user.into(),
-            role,
-            cohorts: vec!["c1".parse().expect("a cohort id")],
-        };
-        let mut x = Replica::new(doc.clone(), &[5; 16]);
-        let create = Command {
-            id: "c1".parse().expect("a command id"),
-            body: CommandBody::SessionCreate {
-                cohort: "c1".parse().expect("a cohort id"),
-                title: "T".into(),
-                moderation: false,
-            },
-        };
-        x.apply(&caller("ada", Role::Instructor), &create, Millis(1))
-            .expect("the session is created");
         let mut y = Replica::new(doc.clone(), &[6; 16]);
         let (mut sx, mut sy) = (sync::State::new(), sync::State::new());
         let exchange = |x: &mut Replica,
@@ -853,7 +828,7 @@ mod hostile_sync_tests {
                 anonymous: false,
             },
         };
-        y.apply(&caller("s1", Role::Student), &ask, Millis(2))
+        y.apply(&member("s1", Role::Student), &ask, Millis(2))
             .expect("the question is asked");
         exchange(&mut x, &mut y, &mut sx, &mut sy);
         assert_eq!(x.doc.get_heads(), y.doc.get_heads(), "x has y's change");
