@@ -264,6 +264,9 @@ impl Replica {
         if let Some(why) = message.have.iter().find_map(|h| bloom_refused(&h.bloom)) {
             return Err(SyncError::Decode(why.to_owned()));
         }
+        if let Some(why) = crate::chunks::changes_refused(message.changes.iter()) {
+            return Err(SyncError::Decode(why.to_owned()));
+        }
         let old = self.doc.get_heads();
         // automerge 0.12's change parser (hexane) unwraps on some malformed columns: a peer's
         // bytes must not take the writer task down with them. Nothing else holds the document
@@ -783,6 +786,29 @@ mod hostile_sync_tests {
         receiver
             .receive_sync_message(&mut sync::State::new(), &fine)
             .expect("automerge's parameters pass");
+    }
+
+    /// A certified peer's 736-byte sync message whose bundle declares runs of billions of rows
+    /// (found by the `hub_sync` fuzz target; automerge 0.12 alone allocated 24 GB on it until
+    /// the kernel killed the process) is refused before automerge parses it, and the replica
+    /// still syncs. Kills: a receive that hands a peer's changes to automerge unchecked (this
+    /// test then runs out of memory).
+    #[test]
+    fn changes_declaring_billions_of_rows_are_refused_before_automerge_parses_them() {
+        let mut replica = created_session(5);
+        let bomb = include_bytes!("../testdata/run-bomb.sync");
+        let refused = replica.receive_sync_message(&mut sync::State::new(), bomb);
+        assert!(
+            matches!(&refused, Err(SyncError::Decode(why)) if why.contains("rows")),
+            "{refused:?}"
+        );
+        let empty = Replica::new(DocId::parse("session/s1").expect("a doc id"), &[6; 16]);
+        let hello = empty
+            .generate_sync_message(&mut sync::State::new())
+            .expect("a first message");
+        replica
+            .receive_sync_message(&mut sync::State::new(), &hello)
+            .expect("a real message is taken");
     }
 
     /// Two replicas that synced, then parted (their sync states cut back to the persisted
