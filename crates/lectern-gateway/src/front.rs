@@ -337,7 +337,7 @@ async fn serve_hyper(
         admitted: std::sync::Mutex::new(Some(admitted)),
     };
     let conn = http1::Builder::new()
-        .writev(false)
+        .writev(true)
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .serve_connection(TokioIo::new(io), service)
