@@ -25,6 +25,7 @@
 mod admin_listener;
 mod backup;
 mod cli;
+mod content;
 mod docs;
 mod drain;
 mod error_tracking;

@@ -185,18 +185,27 @@ async fn upload(
         }
     }
     let size = body.len();
-    let stored = tokio::task::spawn_blocking(move || store.put_verified(hash, &body, content_type))
-        .await
-        .map_err(|_| {
-            AppError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "upload task failed",
-            )
-        })?;
+    // Whether the node had it: a blob is never written twice, and a publisher that pushes a
+    // package again learns what was new (201) and what was there (200).
+    let stored = tokio::task::spawn_blocking(move || {
+        let had = store.contains(hash);
+        store.put_verified(hash, &body, content_type).map(|()| had)
+    })
+    .await
+    .map_err(|_| {
+        AppError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "upload task failed",
+        )
+    })?;
     match stored {
-        Ok(()) => Ok((
-            StatusCode::CREATED,
+        Ok(had) => Ok((
+            if had {
+                StatusCode::OK
+            } else {
+                StatusCode::CREATED
+            },
             axum::Json(json!({"hash": hash.to_string(), "bytes": size})),
         )
             .into_response()),
