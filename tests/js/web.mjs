@@ -10,6 +10,7 @@
 //   restart   the node is killed and restarted (by the Rust test, told over stdin/stdout)
 //             while the student acts; plus an ack lost on the wire, retried under its id
 //   restart-sse  the same with the page on SSE + POST
+//   lesson    the student opens the cohort's course: a lesson, its image, "Mark complete"
 //   failover  the page's node (of three) is killed and restarted by the Rust test (steps
 //             `kill`, whose reply is a question asked on the third node meanwhile, and
 //             `restart`); the page moves to the next node and back home
@@ -581,7 +582,37 @@ async function runFailover(browser) {
   out.snapshots = Number(await student.getAttribute('#conn', 'data-snapshots'));
 }
 
-const SCENARIOS = { failover: runFailover, class: runClass, boards: runBoards, fallback: runFallback, restart: runRestart, 'restart-sse': runRestart };
+/** The student reads the cohort's course: the lesson list, a lesson opened in place with its
+ * image loaded from /content/, "Mark complete", and the status the progress stream brings. */
+async function runLesson(browser) {
+  const student = await open(browser, tStudent, 'student');
+  await waitConn(student, 'live');
+  const card = student.locator('#course-card:not([hidden])');
+  await card.waitFor({ timeout: WAIT_MS });
+  out.courseHeading = (await student.textContent('#course-h')).trim();
+  const button = student.locator('#lessons button[data-act="lesson"]').first();
+  out.lessonTitle = (await button.textContent()).trim();
+  out.statusBefore = (await student.locator('#lessons .lesson-status').first().textContent()).trim();
+  await button.click();
+  await student.locator('#lesson:not([hidden]) .lesson-body h1').waitFor({ timeout: WAIT_MS });
+  out.lessonHeading = (await student.textContent('#lesson .lesson-body h1')).trim();
+  // The image came from /content/ and decoded.
+  await student.waitForFunction(() => {
+    const img = document.querySelector('#lesson .lesson-body img');
+    return img && img.complete && img.naturalWidth > 0;
+  }, null, { timeout: WAIT_MS });
+  out.imageSrc = await student.getAttribute('#lesson .lesson-body img', 'src');
+  out.scriptsInLesson = await student.locator('#lesson script').count();
+  await shot(student, 'lesson-open.png');
+  out.a11y = await audit(student);
+  await student.click('#lesson-done');
+  await student.locator('#lessons .lesson-status', { hasText: 'completed' }).waitFor({ timeout: WAIT_MS });
+  await student.locator('#lesson-done[disabled]').waitFor({ timeout: WAIT_MS });
+  out.statusAfter = (await student.locator('#lessons .lesson-status').first().textContent()).trim();
+  await shot(student, 'lesson-done.png');
+}
+
+const SCENARIOS = { lesson: runLesson, failover: runFailover, class: runClass, boards: runBoards, fallback: runFallback, restart: runRestart, 'restart-sse': runRestart };
 
 let browser;
 const deadline = setTimeout(() => {

@@ -8,6 +8,9 @@
 //!   reach the student's notifications panel (2 unread, announced), marked read one and then
 //!   all (the node's inbox agrees); the leaderboard with the student's own rank and an opted-out
 //!   classmate anonymized; the instructor dashboard's values as text.
+//! * `a_student_reads_a_lesson_of_the_cohorts_course_and_marks_it_complete_in_chromium`: the
+//!   course the demo cohort follows, a lesson opened with its image from `/content/`, "Mark
+//!   complete" shown by the progress stream and recorded by the node.
 //! * `with_websocket_blocked_the_page_falls_back_to_sse_then_long_polling`.
 //! * `the_page_recovers_from_a_node_restart_and_sends_its_queue_exactly_once` (and `on_sse_…`,
 //!   the same with the page on SSE + POST): an ack lost on the wire is retried under its command
@@ -172,6 +175,52 @@ async fn run_demo_script(demo: &Demo, scenario: &'static str) -> anyhow::Result<
 
 fn no_steps(step: &str) -> anyhow::Result<String> {
     bail!("this scenario asks for no step, got {step}")
+}
+
+/// The student reads the course the demo cohort follows: its lesson listed with the student's
+/// status, opened in place with its image loaded from `/content/`, no script in it, marked
+/// complete, and the node's progress record agrees. Kills: a page that never shows the course,
+/// a lesson body that does not render or whose image does not load, a "Mark complete" that the
+/// node does not record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_student_reads_a_lesson_of_the_cohorts_course_and_marks_it_complete_in_chromium()
+-> anyhow::Result<()> {
+    let _one = BROWSER.lock().await;
+    let demo = Demo::start("web-lesson").await?;
+    let summary = run_demo_script(&demo, "lesson").await?;
+    assert_eq!(
+        summary["courseHeading"], "Course: Distributed Systems 101",
+        "{summary}"
+    );
+    assert_eq!(summary["lessonTitle"], "Why wall clocks lie", "{summary}");
+    assert_eq!(summary["statusBefore"], "not started", "{summary}");
+    assert_eq!(summary["lessonHeading"], "Why wall clocks lie", "{summary}");
+    let src = summary["imageSrc"].as_str().unwrap_or_default();
+    assert!(
+        src.starts_with("/content/") && src.ends_with(".png"),
+        "{summary}"
+    );
+    assert_eq!(summary["scriptsInLesson"], 0, "{summary}");
+    assert_eq!(summary["statusAfter"], "completed", "{summary}");
+    assert_eq!(summary["a11y"], serde_json::json!([]), "{summary}");
+    // The node holds the student's completion.
+    let token = demo.token("student1", "student");
+    let progress = demo
+        .http
+        .get(
+            &format!("/api/cohorts/{DEMO_COHORT}/progress/student1"),
+            Some(&token),
+        )
+        .await?;
+    ensure!(progress.status == 200, "progress: {}", progress.text());
+    let lessons = progress.json()?;
+    let clocks = lessons["lessons"]
+        .as_array()
+        .and_then(|ls| ls.iter().find(|l| l["lesson"] == "clocks"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    assert_eq!(clocks["status"], "completed", "{lessons}");
+    demo.stop().await
 }
 
 /// How many questions of `view` have `text`.
