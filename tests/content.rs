@@ -428,3 +428,87 @@ async fn instructors_upload_verified_blobs_and_publish_versions_without_overwrit
     assert_eq!((old.status, old.body), (200, v1));
     node.stop().await.expect("stop");
 }
+
+/// A user's enrollments and a cohort's roster are private, cached for a minute and revalidated
+/// by an `ETag` made of the cohorts' heads: a `304` until the cohort changes, then the new
+/// answer. The roster is for the cohort's staff. Kills: a public or uncached answer, an ETag
+/// that does not move with the cohort, a roster shown to a student.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrollments_and_the_roster_are_private_and_revalidated_by_etag() {
+    let demo = crate::gateway::Demo::start("content-enrollments")
+        .await
+        .expect("start");
+    let addr = demo.node.http_addr;
+    let cohort = lectern_node::DEMO_COHORT;
+    let student = format!("Bearer {}", demo.token("student1", "student"));
+    let ada = format!("Bearer {}", demo.token("ada", "instructor"));
+
+    let first = get_async(addr, "/api/me/enrollments", &[("Authorization", &student)]).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.header("cache-control"), "private, max-age=60");
+    let etag = first.header("etag").to_owned();
+    assert!(etag.starts_with('"'), "an ETag: {etag}");
+    let body = first.json();
+    assert_eq!(body["user"], "student1");
+    let enrolled = &body["enrollments"][0];
+    assert_eq!(enrolled["cohort"], cohort, "{body}");
+    assert_eq!(enrolled["courseId"], "demo-course", "{body}");
+    assert_eq!(enrolled["role"], "student", "{body}");
+    let again = get_async(
+        addr,
+        "/api/me/enrollments",
+        &[("Authorization", &student), ("If-None-Match", &etag)],
+    )
+    .await;
+    assert_eq!(again.status, 304);
+    assert!(again.body.is_empty());
+
+    let roster_path = format!("/api/cohorts/{cohort}/roster");
+    let refused = get_async(addr, &roster_path, &[("Authorization", &student)]).await;
+    assert_eq!(refused.status, 403);
+    let roster = get_async(addr, &roster_path, &[("Authorization", &ada)]).await;
+    assert_eq!(roster.status, 200);
+    assert_eq!(roster.header("cache-control"), "private, max-age=60");
+    let roster_etag = roster.header("etag").to_owned();
+    assert!(
+        roster.json()["roster"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|e| e["user"] == "student1")),
+        "{}",
+        String::from_utf8_lossy(&roster.body)
+    );
+
+    // A new member changes the cohort: both ETags move.
+    let add = serde_json::json!({"cmd": "roster.add", "id": "enrol-1", "user": "newcomer", "role": "student", "name": "Newcomer"});
+    let r = demo
+        .http
+        .post_json(
+            &format!("/api/cohorts/{cohort}/commands"),
+            Some(&demo.token("ada", "instructor")),
+            &add,
+        )
+        .await
+        .expect("roster.add");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let after = get_async(
+        addr,
+        &roster_path,
+        &[("Authorization", &ada), ("If-None-Match", &roster_etag)],
+    )
+    .await;
+    assert_eq!(after.status, 200, "the roster changed");
+    assert!(
+        after.json()["roster"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|e| e["user"] == "newcomer"))
+    );
+    let moved = get_async(
+        addr,
+        "/api/me/enrollments",
+        &[("Authorization", &student), ("If-None-Match", &etag)],
+    )
+    .await;
+    assert_eq!(moved.status, 200, "the cohort changed");
+    assert_ne!(moved.header("etag"), etag);
+    demo.stop().await.expect("stop");
+}

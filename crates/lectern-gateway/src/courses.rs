@@ -1,6 +1,8 @@
 //! Course content over HTTP, cached like a CDN origin: the content blobs
 //! (`GET /content/{sha256}`, from `lectern-content`), the catalog (`GET /api/courses`) and a
-//! course's metadata and outline (`GET /api/courses/{id}`).
+//! course's metadata and outline (`GET /api/courses/{id}`); and a user's enrollments
+//! (`GET /api/me/enrollments`) and a cohort's roster for its staff
+//! (`GET /api/cohorts/{id}/roster`), `private, max-age=60` with an `ETag` of the cohorts' heads.
 //!
 //! Course metadata is public and cached for 7 days (`public, max-age=604800`), with an `ETag`
 //! made of the course document's heads: an edit changes the heads, so a client or CDN that
@@ -48,6 +50,10 @@ pub const COURSE_SHARED_MAX_AGE_S: u64 = 10;
 pub const COURSE_STALE_WHILE_REVALIDATE_S: u64 = 24 * 3600;
 /// Most courses listed in the catalog (the rest are left off, oldest ids last).
 pub const CATALOG_COURSES_MAX: usize = 1000;
+
+/// 60 s: how long a client may keep a user's enrollments or a cohort's roster before it
+/// revalidates them (`private`: they are one user's, no shared cache may hold them).
+pub const ENROLLMENT_MAX_AGE_S: u64 = 60;
 
 /// Largest blob an upload may carry, in bytes (the store's own limit applies too).
 pub const CONTENT_UPLOAD_MAX_BYTES: usize = 32 * 1024 * 1024;
@@ -101,6 +107,8 @@ fn cache_control() -> HeaderValue {
 pub(crate) fn routes(gw: Gateway, content: Option<Arc<BlobStore>>) -> Router {
     let courses = Router::new()
         .route("/api/courses/{id}", get(course))
+        .route("/api/me/enrollments", get(enrollments))
+        .route("/api/cohorts/{id}/roster", get(roster))
         .merge(
             Router::new()
                 .route("/api/courses/{id}/commands", post(course_command))
@@ -365,4 +373,114 @@ async fn catalog(State(cat): State<Catalog>, headers: HeaderMap) -> Response {
         h.insert(header::ETAG, v);
     }
     response
+}
+
+/// A private, revalidated answer: `body` with `etag`, or `304` when `headers` hold it already.
+fn private_cached(etag: &str, headers: &HeaderMap, body: impl FnOnce() -> Value) -> Response {
+    let mut response = if matches(headers, etag) {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        axum::Json(body()).into_response()
+    };
+    let h = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&format!("private, max-age={ENROLLMENT_MAX_AGE_S}")) {
+        h.insert(header::CACHE_CONTROL, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(etag) {
+        h.insert(header::ETAG, v);
+    }
+    response
+}
+
+/// `GET /api/me/enrollments`: the cohorts the caller's token grants that this node stores, each
+/// with its title, the course it follows and the caller's role. The `ETag` is a hash of the
+/// caller and those cohorts' heads, from memory, so a revalidation of unchanged enrollments is a
+/// `304` that reads no document and takes no rate-limit token; a full answer takes one.
+async fn enrollments(
+    State(gw): State<Gateway>,
+    Authed(caller): Authed,
+    headers: HeaderMap,
+) -> Result<Response, AppError> {
+    let cohorts: Vec<(lectern_model::CohortId, [u8; 32])> = caller
+        .cohorts
+        .iter()
+        .filter_map(|c| {
+            gw.hub()
+                .doc_heads(&DocId::Cohort(c.clone()))
+                .map(|h| (c.clone(), h))
+        })
+        .collect();
+    let mut digest = Sha256::new();
+    digest.update(caller.user.as_str().as_bytes());
+    digest.update([0]);
+    digest.update(caller.role.as_str().as_bytes());
+    for (cohort, heads) in &cohorts {
+        digest.update([0]);
+        digest.update(cohort.as_str().as_bytes());
+        digest.update(heads);
+    }
+    let etag = etag_of(&digest.finalize());
+    if matches(&headers, &etag) {
+        return Ok(private_cached(&etag, &headers, || Value::Null));
+    }
+    gw.take_command_token(caller.user.as_str())?;
+    let mut list = Vec::with_capacity(cohorts.len());
+    for (cohort, _) in cohorts {
+        let viewer = caller.clone();
+        // A cohort whose view fails to read (gone meanwhile) is left out, not an error.
+        if let Ok(Ok(v)) = gw
+            .hub()
+            .read(DocId::Cohort(cohort.clone()), move |r| {
+                r.cohort_view(&viewer)
+            })
+            .await
+        {
+            list.push(json!({
+                "cohort": cohort.as_str(),
+                "title": v["title"],
+                "course": v["course"],
+                "courseId": v["courseId"],
+                "role": caller.role.as_str(),
+            }));
+        }
+    }
+    let body = json!({ "user": caller.user.as_str(), "enrollments": list });
+    Ok(private_cached(&etag, &headers, || body))
+}
+
+/// `GET /api/cohorts/{id}/roster` (the cohort's staff): its members with their roles. The
+/// `ETag` is the cohort document's heads digest, from memory.
+async fn roster(
+    State(gw): State<Gateway>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, AppError> {
+    let cohort: lectern_model::CohortId = parse_id(&id, "cohort id")?;
+    if !caller.is_staff_of(&cohort) {
+        return Err(AppError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the roster is for the cohort's staff",
+        ));
+    }
+    let doc = DocId::Cohort(cohort.clone());
+    let Some(heads) = gw.hub().doc_heads(&doc) else {
+        return Err(AppError::new(
+            StatusCode::NOT_FOUND,
+            "doc_not_found",
+            "no such cohort",
+        ));
+    };
+    let etag = etag_of(&heads);
+    if matches(&headers, &etag) {
+        return Ok(private_cached(&etag, &headers, || Value::Null));
+    }
+    gw.take_command_token(caller.user.as_str())?;
+    let view = gw
+        .hub()
+        .read(doc, move |r| r.cohort_view(&caller))
+        .await??;
+    let body = json!({ "cohort": cohort.as_str(), "roster": view["roster"] });
+    Ok(private_cached(&etag, &headers, || body))
 }
