@@ -58,12 +58,12 @@ async fn lectern_content_push_publishes_a_package_once_per_change() -> anyhow::R
         assert_eq!(first["published"], true, "{first}");
         assert_eq!(first["created"], true, "{first}");
         assert_eq!(first["version"], 1, "{first}");
-        assert_eq!(first["lessons"], 1, "{first}");
+        assert_eq!(first["lessons"], 3, "{first}");
         let blobs = &first["blobs"];
         assert_eq!(
             blobs["uploaded"].as_u64().unwrap_or(0) + blobs["present"].as_u64().unwrap_or(0),
-            3,
-            "the lesson's Markdown, its HTML and its image: {first}"
+            8,
+            "three lessons' Markdown and HTML, an image and an audio clip: {first}"
         );
         let (status, course) = get_json(&demo, "/api/courses/ds-push").await?;
         assert_eq!(status, 200, "{course}");
