@@ -240,14 +240,18 @@ impl Replica {
     ///
     /// The state holds what the peer last said (its heads, needs and bloom filters), and
     /// automerge 0.12 panics on some of it; a peer's bytes must not take the writer task down.
-    /// Then the state starts over (a fresh conversation, which the peer answers from scratch)
-    /// and the message is the one a fresh state makes.
+    /// Then the state starts over (a fresh conversation, which the peer answers from scratch,
+    /// read-only if it was) and the message is the one a fresh state makes.
     pub fn generate_sync_message(&self, state: &mut sync::State) -> Option<Vec<u8>> {
         let generated = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.doc.generate_sync_message(state).map(|m| m.encode())
         }));
         generated.unwrap_or_else(|_| {
+            // The conversation starts over in the same mode: a peer that may only read this
+            // document stays one that may only read it.
+            let read_only = state.read_only;
             *state = sync::State::new();
+            state.set_read_only(read_only);
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 self.doc.generate_sync_message(state).map(|m| m.encode())
             }))
