@@ -5,6 +5,8 @@
 //! * `admin_listener`: `/metrics` and `/admin/*` on a private listener (`admin_http`), hidden
 //!   from the public one.
 //! * `cli`: `--json` on every command, the exit codes in `--help`, shell completions.
+//! * `counters`: resumes and refused resumes on every transport, document loads and content
+//!   revalidations move their counters on a real node.
 //! * `error_tracking`: a `lectern-node` process with `error_tracking.dsn` sends a forced error
 //!   and a task's panic to a local HTTP endpoint, with tokens and secrets redacted.
 //! * `flags`: `lectern flags set|unset|list`: a flag set on one node of a real cluster is in
@@ -25,6 +27,7 @@
 mod admin_listener;
 mod backup;
 mod cli;
+mod counters;
 mod docs;
 mod drain;
 mod error_tracking;

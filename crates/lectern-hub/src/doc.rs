@@ -221,7 +221,7 @@ async fn load(inner: &Arc<Inner>, doc: &DocId) -> Result<Live, HubError> {
     let key = doc.to_string();
     let id = doc.clone();
     let actor = inner.identity.actor_bytes();
-    let flags_inner = inner.clone();
+    let hub_inner = inner.clone();
     tokio::task::spawn_blocking(move || {
         let stored = store
             .load_doc(&key)
@@ -243,8 +243,9 @@ async fn load(inner: &Arc<Inner>, doc: &DocId) -> Result<Live, HubError> {
             reason: e.to_string(),
         })?;
         if replica.id() == &DocId::Flags {
-            flags_inner.set_flags(replica.flags());
+            hub_inner.set_flags(replica.flags());
         }
+        hub_inner.counters.loads.fetch_add(1, Ordering::Relaxed);
         Ok(Live {
             saved: replica.doc().get_heads(),
             replica,

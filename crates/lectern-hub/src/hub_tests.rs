@@ -232,6 +232,9 @@ async fn idle_documents_are_evicted_and_reloaded_intact() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(hub.stats().evictions >= 1);
+    // Created in memory, never loaded from the store until now.
+    let loads = hub.stats().loads;
+    assert_eq!(loads, 0, "{:?}", hub.stats());
     let admin = caller("admin", Role::Admin);
     let view = hub
         .read(session("s"), move |r| r.session_view(&admin, Millis(0)))
@@ -239,6 +242,7 @@ async fn idle_documents_are_evicted_and_reloaded_intact() {
         .expect("read")
         .expect("view");
     assert_eq!(view["questions"][0]["question"], "kept?");
+    assert_eq!(hub.stats().loads, 1, "the reload is counted");
     // A retried command is still recognised after the reload.
     let again = hub
         .execute(

@@ -328,6 +328,9 @@ pub struct HubStats {
     pub sync_messages: u64,
     /// Documents in memory now.
     pub docs_loaded: usize,
+    /// Stored documents read from the store into memory (a writer starting on a document that
+    /// exists on disk; one that does not exist yet is not counted).
+    pub loads: u64,
     /// Documents dropped from memory for being idle.
     pub evictions: u64,
     /// Idle documents dropped to make room for a load (the hub was full, or the user at their
@@ -347,6 +350,7 @@ struct Counters {
     commands_rejected: AtomicU64,
     batches: AtomicU64,
     sync_messages: AtomicU64,
+    loads: AtomicU64,
     evictions: AtomicU64,
     evictions_lru: AtomicU64,
     refused_per_user: AtomicU64,
@@ -655,6 +659,7 @@ impl Hub {
             batches: c.batches.load(Ordering::Relaxed),
             sync_messages: c.sync_messages.load(Ordering::Relaxed),
             docs_loaded: self.loaded_docs(),
+            loads: c.loads.load(Ordering::Relaxed),
             evictions: c.evictions.load(Ordering::Relaxed),
             evictions_lru: c.evictions_lru.load(Ordering::Relaxed),
             refused_per_user: c.refused_per_user.load(Ordering::Relaxed),
