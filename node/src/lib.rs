@@ -276,6 +276,7 @@ pub async fn start_on(mut config: Config, store: Store) -> anyhow::Result<Node> 
         jobs.control(),
         config.admin_token.clone(),
         config.classroom.is_on().then(|| config.classroom.clone()),
+        config.mesh.share_cohorts.is_none(),
     );
     let (health_hub, health_gateway) = (hub.clone(), gateway.clone());
     let health = get(move || {

@@ -266,13 +266,18 @@ pub(crate) fn mesh(mesh: &Arc<Mesh>) -> MetricsSection {
         }
         let _ = writeln!(
             out,
-            "# HELP lectern_mesh_frames_refused_total Peers' frames dropped for a document outside the share policy or the peer's scope."
+            "# HELP lectern_mesh_frames_refused_total Peers' frames refused: for a document outside the share policy or the peer's scope (scope), or carrying a scoped peer's changes to the cluster's flags, which it may only read (read_only)."
         );
         let _ = writeln!(out, "# TYPE lectern_mesh_frames_refused_total counter");
         let _ = writeln!(
             out,
-            "lectern_mesh_frames_refused_total {}",
+            "lectern_mesh_frames_refused_total{{reason=\"scope\"}} {}",
             status.frames_refused
+        );
+        let _ = writeln!(
+            out,
+            "lectern_mesh_frames_refused_total{{reason=\"read_only\"}} {}",
+            status.writes_refused
         );
     })
 }

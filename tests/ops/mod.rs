@@ -11,7 +11,8 @@
 //!   and a task's panic to a local HTTP endpoint, with tokens and secrets redacted.
 //! * `flags`: `lectern flags set|unset|list`: a flag set on one node of a real cluster is in
 //!   force on the others (a classroom node too) within 2 s, refused with `feature_disabled` on
-//!   REST and Socket.IO, shown by `GET /api/flags`; a cohort flag wins; unset restores.
+//!   REST and Socket.IO, shown by `GET /api/flags`; a cohort flag wins; unset restores; a
+//!   classroom node held to a scope receives the flags but cannot change them.
 //! * `jobs`: `lectern jobs list|show|retry|drop`: a dead-lettered email re-driven and delivered
 //!   exactly once, a job that is running refused as busy, a dropped job never sent, and the
 //!   errors an operator meets (wrong token, no admin API, no such job, no node).

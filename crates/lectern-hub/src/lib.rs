@@ -284,6 +284,18 @@ pub struct Acked {
     pub event: Option<Arc<Published>>,
 }
 
+/// What a peer may do to a document through automerge's sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncAccess {
+    /// Read and write: its changes are applied (the default).
+    ReadWrite,
+    /// Read only: it receives this node's changes; its own are never applied, and its sync
+    /// state says so (automerge's read-only sync, so an honest peer stops sending them). Once a
+    /// writer has seen a peer read-only for a document, that peer stays so until the document
+    /// is unloaded.
+    ReadOnly,
+}
+
 /// Where a joining subscriber starts.
 #[derive(Debug)]
 pub enum JoinStart {
@@ -595,6 +607,20 @@ impl Hub {
         peer: &str,
         message: Vec<u8>,
     ) -> Result<Option<Vec<u8>>, HubError> {
+        self.receive_sync_as(doc, peer, message, SyncAccess::ReadWrite)
+            .await
+    }
+
+    /// [`Hub::receive_sync`] for a peer with `access` to `doc`: with
+    /// [`SyncAccess::ReadOnly`] the changes the message carries are not applied (its heads,
+    /// needs and bloom filter still are, so the peer keeps receiving this node's changes).
+    pub async fn receive_sync_as(
+        &self,
+        doc: DocId,
+        peer: &str,
+        message: Vec<u8>,
+        access: SyncAccess,
+    ) -> Result<Option<Vec<u8>>, HubError> {
         let (reply, rx) = oneshot::channel();
         self.send(
             &doc,
@@ -602,6 +628,7 @@ impl Hub {
             Msg::Sync {
                 peer: peer.to_owned(),
                 message,
+                read_only: access == SyncAccess::ReadOnly,
                 reply,
             },
         )?;
@@ -610,9 +637,30 @@ impl Hub {
 
     /// The next sync message for `peer` about `doc`, if there is anything to say.
     pub async fn generate_sync(&self, doc: DocId, peer: &str) -> Result<Option<Vec<u8>>, HubError> {
+        self.generate_sync_as(doc, peer, SyncAccess::ReadWrite)
+            .await
+    }
+
+    /// [`Hub::generate_sync`] for a peer with `access` to `doc` (a read-only peer is told so
+    /// and asked for nothing).
+    pub async fn generate_sync_as(
+        &self,
+        doc: DocId,
+        peer: &str,
+        access: SyncAccess,
+    ) -> Result<Option<Vec<u8>>, HubError> {
         let (reply, rx) = oneshot::channel();
         let peer = peer.to_owned();
-        self.send(&doc, None, Msg::GenerateSync { peer, reply })?;
+        let read_only = access == SyncAccess::ReadOnly;
+        self.send(
+            &doc,
+            None,
+            Msg::GenerateSync {
+                peer,
+                read_only,
+                reply,
+            },
+        )?;
         rx.await.map_err(|_| HubError::ShuttingDown)?
     }
 
