@@ -15,7 +15,8 @@ use serde_json::Value;
 
 use crate::support::TempDir;
 
-const COURSE_CACHE_CONTROL: &str = "public, max-age=604800, stale-while-revalidate=86400";
+const COURSE_CACHE_CONTROL: &str =
+    "public, max-age=604800, s-maxage=10, stale-while-revalidate=86400";
 
 struct Reply {
     status: u16,

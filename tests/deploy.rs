@@ -273,6 +273,59 @@ async fn the_nginx_edge_streams_sse_unbuffered_and_hides_operator_endpoints() ->
     .await
 }
 
+/// Course content through the edge as a CDN: an asset is a MISS, then a HIT; a class of 40
+/// students reading the catalog, the outline and every lesson with its assets is served by the
+/// edge's cache at ≥ 90 %; and a new version of a lesson published through the edge is seen by
+/// the next outline read once the node's `s-maxage` runs out (the edge revalidates with the
+/// ETag; nobody purges anything), its new body a MISS and then a HIT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nginx_edge_caches_course_content_and_reaches_a_new_version_without_a_purge()
+-> anyhow::Result<()> {
+    within(async {
+        let demo = Demo::start("edge-cdn").await?;
+        let edge = Edge::start(demo.node.http_addr)?;
+        let args = [
+            edge.url.clone(),
+            "demo-course".to_owned(),
+            demo.token("root", "admin"),
+            "40".to_owned(),
+        ];
+        let out = node_script(&edge, "cdn.mjs", &args).await?;
+        assert_eq!(out.get("error"), None, "{out}");
+        assert_eq!(out["outlineStatus"], 200, "{out}");
+        assert_eq!(
+            out["assetTwice"],
+            json!([[200, "MISS", true], [200, "HIT", true]]),
+            "{out}"
+        );
+        let tally = out["classTally"].as_object().context("a tally")?;
+        let total: u64 = tally.values().filter_map(Value::as_u64).sum();
+        let hits = tally.get("HIT").and_then(Value::as_u64).unwrap_or(0);
+        let ratio = hits as f64 / total.max(1) as f64;
+        println!(
+            "class workload through the edge: {hits} hits of {total} requests ({ratio:.3}): {out}"
+        );
+        assert!(total >= 40 * 4, "the class made its requests: {out}");
+        assert!(ratio >= 0.9, "hit ratio {ratio:.3} under 0.9: {out}");
+        assert_eq!(out["publishStatus"], 200, "{out}");
+        assert_eq!(out["newLessonHtml"], true, "{out}");
+        let shared_max_age_ms = lectern_gateway::COURSE_SHARED_MAX_AGE_S * 1000;
+        let seen_after = out["newVersionSeenAfterMs"].as_u64().context("seen")?;
+        assert!(
+            seen_after <= shared_max_age_ms + 5_000,
+            "the new version took {seen_after} ms through the edge: {out}"
+        );
+        assert_eq!(
+            out["newLessonTwice"],
+            json!([[200, "MISS", true], [200, "HIT", true]]),
+            "{out}"
+        );
+        drop(edge);
+        demo.stop().await
+    })
+    .await
+}
+
 /// The shipped systemd unit parses with no unknown key and names an executable command
 /// (the binary path swapped for this build's, since nothing is installed here).
 #[test]

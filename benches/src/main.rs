@@ -18,6 +18,9 @@
 //!   commands per second: the backup's duration and size, and the ack latency during it,
 //!   against the same load without a backup.
 //!
+//! - `content`: a 100 KB course asset, its `304` revalidation and the course catalog served by a
+//!   node, against nginx serving the same files from disk, with the same client in the same run.
+//!
 //! - `mesh latency|catch-up|anti-entropy`: two nodes replicating over QUIC with mutual TLS on
 //!   loopback: replication latency at a fixed command rate, catch-up after both sides wrote
 //!   apart, and anti-entropy over many documents of which few differ.
@@ -29,6 +32,7 @@
 mod alloc;
 mod backup;
 mod class_size;
+mod content;
 mod hostile;
 mod hub_throughput;
 mod load;
@@ -72,6 +76,9 @@ enum Bench {
     Backup(backup::Args),
     /// Two nodes over QUIC/mTLS: replication latency, catch-up, anti-entropy.
     Mesh(mesh::Args),
+    /// Course content (an asset, its revalidation, the catalog) from a node against nginx
+    /// serving the same files from disk: requests per second and latency.
+    Content(content::Args),
     /// An announcement to N students connected over SSE: time until each stream shows it,
     /// until every email is accepted by SMTP, and the node's memory.
     Notify(notify::Args),
@@ -101,6 +108,7 @@ fn main() -> ExitCode {
         Bench::Load(args) => load::run(args, cli.json),
         Bench::Backup(args) => backup::run(args, cli.json),
         Bench::Mesh(args) => mesh::run(args, cli.json),
+        Bench::Content(args) => content::run(args, cli.json),
         Bench::Notify(args) => notify::run(args, cli.json),
         Bench::Hostile(args) => hostile::run(args, cli.json),
         Bench::Serve(args) => load::node::serve(args),

@@ -3,7 +3,7 @@
 //! node's own secret (same config layers, same `auth-secret` file), so an operator can hand out
 //! a link without an identity provider. `cluster init` / `cluster issue-node` create the mesh's
 //! CA and node certificates; `status`, `peers`, `jobs`, `docs`, `drain`, `backup` and `flags` ask a
-//! running node's admin API.
+//! running node's admin API; `content push` publishes a course package through its public API.
 //!
 //! Every command takes `--json` (one JSON document on stdout, also for a failure:
 //! `{"error": {"code", "message", "exit"}}`), and the exit code says what kind of failure it was
@@ -19,6 +19,8 @@ use anyhow::{Context, anyhow, bail};
 use clap::{Parser, Subcommand};
 use lectern_gateway::auth::{AuthConfig, Claims, Verifier, mint};
 use lectern_node::config::{Config, Overrides};
+
+mod content;
 
 /// Longest lifetime `lectern token mint` grants, in seconds (one year): a token cannot be
 /// revoked, only left to expire.
@@ -181,6 +183,12 @@ enum Cmd {
     Flags {
         #[command(subcommand)]
         command: FlagsCmd,
+    },
+    /// Course content: publish a course package to a node (public API, an instructor's or
+    /// admin's token).
+    Content {
+        #[command(subcommand)]
+        command: content::ContentCmd,
     },
     /// Print the shell completion script: `lectern completions bash > /etc/bash_completion.d/lectern`,
     /// `lectern completions zsh > "${fpath[1]}/_lectern"`, `lectern completions fish >
@@ -837,6 +845,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         Cmd::Jobs { command } => jobs(command, json),
         Cmd::Flags { command } => flags(command, json),
+        Cmd::Content { command } => content::content(command, json),
         Cmd::Completions { shell } => {
             use clap::CommandFactory;
             let shell = match shell.as_str() {
@@ -1251,59 +1260,8 @@ fn request_json(
     path: &str,
     headers: &str,
 ) -> anyhow::Result<serde_json::Value> {
-    let unreachable = |e: std::io::Error| {
-        failed(
-            Exit::Unreachable,
-            "unreachable",
-            format!(
-                "cannot reach a node at {addr} ({e}): is it running, and is this its admin \
-                 address (--http or LECTERN_ADMIN_HTTP: the node's admin_http if set, else its http)?"
-            ),
-        )
-    };
-    let timeout = Duration::from_secs(ADMIN_TIMEOUT_S);
-    let mut last = None;
-    let mut stream = None;
-    for a in std::net::ToSocketAddrs::to_socket_addrs(addr).map_err(unreachable)? {
-        match TcpStream::connect_timeout(&a, timeout) {
-            Ok(s) => {
-                stream = Some(s);
-                break;
-            }
-            Err(e) => last = Some(e),
-        }
-    }
-    let mut stream = stream
-        .ok_or_else(|| unreachable(last.unwrap_or_else(|| std::io::Error::other("no address"))))?;
-    stream
-        .set_read_timeout(Some(timeout))
-        .map_err(unreachable)?;
-    stream
-        .set_write_timeout(Some(timeout))
-        .map_err(unreachable)?;
-    write!(
-        stream,
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{headers}Content-Length: 0\r\n\r\n"
-    )
-    .map_err(unreachable)?;
-    let mut response = Vec::new();
-    stream
-        .take(RESPONSE_MAX_BYTES)
-        .read_to_end(&mut response)
-        .map_err(unreachable)?;
-    let response = String::from_utf8_lossy(&response);
-    let (head, body) = response.split_once("\r\n\r\n").ok_or_else(|| {
-        failed(
-            Exit::Failure,
-            "bad_answer",
-            format!("{addr} did not answer HTTP"),
-        )
-    })?;
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let (status, body) = exchange(addr, method, path, headers, b"")?;
+    let body = body.as_str();
     let json: Option<serde_json::Value> = serde_json::from_str(body).ok();
     if status == 200 {
         return json.ok_or_else(|| {
@@ -1371,4 +1329,72 @@ fn request_json(
             format!("{path} answered {status}: {message}"),
         ),
     })
+}
+
+/// One HTTP/1.0 request with `body` (`headers` are whole lines, each ending in CRLF): the
+/// answer's status and body. Only an unreachable node or an answer that is not HTTP fails here.
+fn exchange(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &[u8],
+) -> anyhow::Result<(u16, String)> {
+    let unreachable = |e: std::io::Error| {
+        failed(
+            Exit::Unreachable,
+            "unreachable",
+            format!(
+                "cannot reach a node at {addr} ({e}): is it running, and is --http its address \
+                 (for the admin commands, LECTERN_ADMIN_HTTP too: the node's admin_http if set, \
+                 else its http)?"
+            ),
+        )
+    };
+    let timeout = Duration::from_secs(ADMIN_TIMEOUT_S);
+    let mut last = None;
+    let mut stream = None;
+    for a in std::net::ToSocketAddrs::to_socket_addrs(addr).map_err(unreachable)? {
+        match TcpStream::connect_timeout(&a, timeout) {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    let mut stream = stream
+        .ok_or_else(|| unreachable(last.unwrap_or_else(|| std::io::Error::other("no address"))))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(unreachable)?;
+    stream
+        .set_write_timeout(Some(timeout))
+        .map_err(unreachable)?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{headers}Content-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .map_err(unreachable)?;
+    stream.write_all(body).map_err(unreachable)?;
+    let mut response = Vec::new();
+    stream
+        .take(RESPONSE_MAX_BYTES)
+        .read_to_end(&mut response)
+        .map_err(unreachable)?;
+    let response = String::from_utf8_lossy(&response);
+    let (head, body) = response.split_once("\r\n\r\n").ok_or_else(|| {
+        failed(
+            Exit::Failure,
+            "bad_answer",
+            format!("{addr} did not answer HTTP"),
+        )
+    })?;
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Ok((status, body.to_owned()))
 }

@@ -1,6 +1,6 @@
 //! The demo course: one Markdown lesson with an image (`node/demo-course`, compiled into the
 //! binary so `--demo` works from any directory), stored as content blobs and published to the
-//! course document `course/demo-course`. Idempotent like the rest of the demo: the blobs are
+//! course document `course/demo-course`, which the demo cohort follows. Idempotent like the rest of the demo: the blobs are
 //! content-addressed (storing them again changes nothing) and the commands have fixed ids.
 
 use lectern_content::{BlobHash, BlobStore};
@@ -25,7 +25,8 @@ where
     s.parse().expect("demo ids are valid")
 }
 
-/// Stores the demo lesson's blobs and publishes the demo course (as the demo instructor).
+/// Stores the demo lesson's blobs, publishes the demo course and links the demo cohort to it
+/// (as the demo instructor).
 pub async fn seed_demo_course(hub: &Hub, store: &BlobStore) -> anyhow::Result<()> {
     let image = store.put(LESSON_IMAGE, "image/png")?;
     let image_url = format!("/content/{image}.png");
@@ -67,12 +68,24 @@ pub async fn seed_demo_course(hub: &Hub, store: &BlobStore) -> anyhow::Result<()
             },
         ),
     ];
-    for (cmd_id, body) in steps {
+    // The demo cohort follows the course: its students find it on their page.
+    let link = (
+        DocId::Cohort(parse(crate::demo::DEMO_COHORT)),
+        "demo-cohort-course",
+        CommandBody::CohortCourse {
+            course: parse(DEMO_COURSE),
+        },
+    );
+    let steps = steps
+        .into_iter()
+        .map(|(id, body)| (doc.clone(), id, body))
+        .chain([link]);
+    for (doc, cmd_id, body) in steps {
         let cmd = Command {
             id: parse(cmd_id),
             body,
         };
-        match hub.execute(doc.clone(), instructor.clone(), cmd).await {
+        match hub.execute(doc, instructor.clone(), cmd).await {
             Ok(_) => {}
             Err(HubError::Rejected(r)) if r.code == RejectCode::DuplicateCommand => {}
             Err(e) => return Err(anyhow::anyhow!("publish the demo course: {e}")),

@@ -312,6 +312,14 @@ fn table() -> Vec<Row> {
             expect: [FORBIDDEN, FORBIDDEN, OK, OK, NOT_MEMBER],
         },
         Row {
+            name: "cohort.course",
+            doc: Doc::Cohort,
+            body: |_| B::CohortCourse {
+                course: lectern_model::CourseId::new("course-9").expect("valid id"),
+            },
+            expect: [FORBIDDEN, FORBIDDEN, OK, OK, NOT_MEMBER],
+        },
+        Row {
             name: "leaderboard.privacy",
             doc: Doc::RosteredCohort,
             body: |_| B::LeaderboardPrivacy { anonymous: true },
@@ -456,9 +464,10 @@ fn variant(body: &CommandBody) -> usize {
         B::CoursePublish { .. } => 30,
         B::FlagSet { .. } => 31,
         B::FlagUnset { .. } => 32,
+        B::CohortCourse { .. } => 33,
     }
 }
-const VARIANTS: usize = 33;
+const VARIANTS: usize = 34;
 
 /// The session every session row starts from: created by the instructor, every member present,
 /// a visible question, a question waiting for moderation, an open poll and a chat message, all

@@ -28,6 +28,7 @@
 mod admin_listener;
 mod backup;
 mod cli;
+mod content;
 mod counters;
 mod docs;
 mod drain;

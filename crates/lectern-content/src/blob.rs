@@ -262,10 +262,17 @@ impl BlobStore {
         self.path(hash, "").is_file()
     }
 
+    /// The blob if the memory cache holds it (verified when it was read), without touching
+    /// the disk: what an async caller tries before it hands [`BlobStore::get`] to a blocking
+    /// thread.
+    pub fn cached(&self, hash: BlobHash) -> Option<Arc<Blob>> {
+        self.lock_cache().get(hash)
+    }
+
     /// The blob, verified, or `None` when it is absent or failed verification (then it has
     /// been moved to `corrupt/` and a caller may fetch it again).
     pub fn get(&self, hash: BlobHash) -> Result<Option<Arc<Blob>>, BlobError> {
-        if let Some(blob) = self.lock_cache().get(hash) {
+        if let Some(blob) = self.cached(hash) {
             return Ok(Some(blob));
         }
         let Some(blob) = self.read_verified(hash)? else {

@@ -65,11 +65,18 @@ async fn get_content(
         cache_headers(resp.headers_mut(), &etag);
         return resp;
     }
-    let found = tokio::task::spawn_blocking({
-        let store = Arc::clone(&store);
-        move || store.get(hash)
-    })
-    .await;
+    // A blob in the memory cache is served from this task; only a read from disk (and its
+    // verification) goes to a blocking thread, whose hand-offs would cost more than the copy.
+    let found = match store.cached(hash) {
+        Some(blob) => Ok(Ok(Some(blob))),
+        None => {
+            tokio::task::spawn_blocking({
+                let store = Arc::clone(&store);
+                move || store.get(hash)
+            })
+            .await
+        }
+    };
     let blob = match found {
         Ok(Ok(Some(blob))) => blob,
         Ok(Ok(None)) => {

@@ -5,7 +5,10 @@
 //! Course metadata is public and cached for 7 days (`public, max-age=604800`), with an `ETag`
 //! made of the course document's heads: an edit changes the heads, so a client or CDN that
 //! revalidates after an edit gets the new outline, and one that holds the current version gets
-//! a `304` without a document read. Lesson bodies and assets are immutable blobs named by hash
+//! a `304` without a document read. Shared caches (a CDN) revalidate after
+//! [`COURSE_SHARED_MAX_AGE_S`] (`s-maxage`), so a publication reaches every student through the
+//! CDN within that time, with no purge; browsers keep the week (the page revalidates the
+//! outline it shows). Lesson bodies and assets are immutable blobs named by hash
 //! in the outline, so a stale outline only ever points at lessons that still exist. The catalog's
 //! `ETag` is a hash of every course's heads, built from memory without loading a document.
 //!
@@ -16,7 +19,8 @@
 //! bytes, and a new lesson version is a new name.
 //!
 //! These reads take no rate-limit token: they are public, cacheable, and a `304` costs a
-//! map lookup.
+//! map lookup. The catalog is rendered once per set of course heads and kept, so a read of an
+//! unchanged catalog costs no document read either.
 
 use std::sync::Arc;
 
@@ -36,6 +40,10 @@ use crate::extract::{AnyBody, Authed, RawBody, parse_id};
 
 /// 7 days, in seconds: how long clients and CDNs may use course metadata without revalidating.
 pub const COURSE_MAX_AGE_S: u64 = 7 * 24 * 3600;
+/// 10 s: how long a shared cache (a CDN) may use course metadata before it revalidates it
+/// with the node (`s-maxage`, which shared caches take over `max-age`); an unchanged course
+/// answers that revalidation with a `304` from memory.
+pub const COURSE_SHARED_MAX_AGE_S: u64 = 10;
 /// 1 day, in seconds: how long a cache may serve stale metadata while it revalidates.
 pub const COURSE_STALE_WHILE_REVALIDATE_S: u64 = 24 * 3600;
 /// Most courses listed in the catalog (the rest are left off, oldest ids last).
@@ -78,17 +86,20 @@ pub(crate) fn own_body_limit(path: &str) -> Option<usize> {
 }
 
 fn cache_control() -> HeaderValue {
-    // Invariant: digits and ASCII punctuation make a valid header value.
-    HeaderValue::from_str(&format!(
-        "public, max-age={COURSE_MAX_AGE_S}, stale-while-revalidate={COURSE_STALE_WHILE_REVALIDATE_S}"
-    ))
-    .expect("an ASCII header value")
+    static VALUE: std::sync::LazyLock<HeaderValue> = std::sync::LazyLock::new(|| {
+        // Invariant: digits and ASCII punctuation make a valid header value.
+        HeaderValue::from_str(&format!(
+            "public, max-age={COURSE_MAX_AGE_S}, s-maxage={COURSE_SHARED_MAX_AGE_S}, stale-while-revalidate={COURSE_STALE_WHILE_REVALIDATE_S}"
+        ))
+        .expect("an ASCII header value")
+    });
+    VALUE.clone()
 }
 
-/// The content and course routes; `content` is the node's blob store, if it has one.
+/// The course routes and content uploads; `content` is the node's blob store, if it has one (its
+/// `GET /content/…` is served by the front door, [`crate::router::content`]).
 pub(crate) fn routes(gw: Gateway, content: Option<Arc<BlobStore>>) -> Router {
     let courses = Router::new()
-        .route("/api/courses", get(catalog))
         .route("/api/courses/{id}", get(course))
         .merge(
             Router::new()
@@ -97,15 +108,13 @@ pub(crate) fn routes(gw: Gateway, content: Option<Arc<BlobStore>>) -> Router {
         )
         .with_state(gw.clone());
     match content {
-        Some(store) => courses
-            .merge(
-                Router::new()
-                    .route("/api/content/{hash}", put(upload))
-                    .layer(DefaultBodyLimit::max(CONTENT_UPLOAD_MAX_BYTES))
-                    .layer(axum::Extension(store.clone()))
-                    .with_state(gw),
-            )
-            .merge(lectern_content::routes(store)),
+        Some(store) => courses.merge(
+            Router::new()
+                .route("/api/content/{hash}", put(upload))
+                .layer(DefaultBodyLimit::max(CONTENT_UPLOAD_MAX_BYTES))
+                .layer(axum::Extension(store.clone()))
+                .with_state(gw),
+        ),
         None => courses,
     }
 }
@@ -176,18 +185,27 @@ async fn upload(
         }
     }
     let size = body.len();
-    let stored = tokio::task::spawn_blocking(move || store.put_verified(hash, &body, content_type))
-        .await
-        .map_err(|_| {
-            AppError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "upload task failed",
-            )
-        })?;
+    // Whether the node had it: a blob is never written twice, and a publisher that pushes a
+    // package again learns what was new (201) and what was there (200).
+    let stored = tokio::task::spawn_blocking(move || {
+        let had = store.contains(hash);
+        store.put_verified(hash, &body, content_type).map(|()| had)
+    })
+    .await
+    .map_err(|_| {
+        AppError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "upload task failed",
+        )
+    })?;
     match stored {
-        Ok(()) => Ok((
-            StatusCode::CREATED,
+        Ok(had) => Ok((
+            if had {
+                StatusCode::OK
+            } else {
+                StatusCode::CREATED
+            },
             axum::Json(json!({"hash": hash.to_string(), "bytes": size})),
         )
             .into_response()),
@@ -215,8 +233,10 @@ async fn upload(
 fn etag_of(bytes: &[u8]) -> String {
     let mut s = String::with_capacity(2 + bytes.len() * 2);
     s.push('"');
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     for b in bytes {
-        s.push_str(&format!("{b:02x}"));
+        s.push(char::from(HEX[usize::from(b >> 4)]));
+        s.push(char::from(HEX[usize::from(b & 0xf)]));
     }
     s.push('"');
     s
@@ -271,14 +291,26 @@ async fn course(
     Ok(cached(&etag, &headers, || view))
 }
 
-async fn catalog(State(gw): State<Gateway>, headers: HeaderMap) -> Result<Response, AppError> {
-    let courses: Vec<(DocId, [u8; 32])> = gw
-        .hub()
-        .heads_summary()
-        .into_iter()
-        .filter(|(d, _)| matches!(d, DocId::Course(_)))
-        .take(CATALOG_COURSES_MAX)
-        .collect();
+/// `GET /api/courses`, the catalog, which the front door serves before the other routes'
+/// middleware ([`crate::router::cacheable`]): it never answers with an `AppError`.
+pub(crate) fn catalog_routes(gw: Gateway) -> Router {
+    Router::new()
+        .route("/api/courses", get(catalog))
+        .with_state(Catalog {
+            gw,
+            rendered: Arc::default(),
+        })
+}
+
+/// The catalog route's state: the gateway, and the catalog last rendered with its `ETag`.
+#[derive(Clone)]
+struct Catalog {
+    gw: Gateway,
+    rendered: Arc<std::sync::Mutex<Option<(String, axum::body::Bytes)>>>,
+}
+
+async fn catalog(State(cat): State<Catalog>, headers: HeaderMap) -> Response {
+    let courses = cat.gw.hub().course_heads(CATALOG_COURSES_MAX);
     let mut digest = Sha256::new();
     for (doc, heads) in &courses {
         digest.update(doc.to_string().as_bytes());
@@ -287,19 +319,50 @@ async fn catalog(State(gw): State<Gateway>, headers: HeaderMap) -> Result<Respon
     }
     let etag = etag_of(&digest.finalize());
     if matches(&headers, &etag) {
-        return Ok(cached(&etag, &headers, || Value::Null));
+        return cached(&etag, &headers, || Value::Null);
     }
-    let mut list = Vec::with_capacity(courses.len());
-    for (doc, _) in courses {
-        // A course whose read fails (not created here after all) is left out, not an error.
-        if let Ok(Ok(v)) = gw.hub().read(doc, |r| r.course_view()).await {
-            list.push(json!({
-                "id": v["id"],
-                "title": v["title"],
-                "description": v["description"],
-                "version": v["version"],
-            }));
+    let kept = cat.rendered.lock().ok().and_then(|r| {
+        r.as_ref()
+            .filter(|(e, _)| *e == etag)
+            .map(|(_, b)| b.clone())
+    });
+    let body = match kept {
+        Some(body) => body,
+        None => {
+            let mut list = Vec::with_capacity(courses.len());
+            for (doc, _) in courses {
+                // A course whose read fails (not created here after all) is left out, not an
+                // error.
+                if let Ok(Ok(v)) = cat.gw.hub().read(doc, |r| r.course_view()).await {
+                    list.push(json!({
+                        "id": v["id"],
+                        "title": v["title"],
+                        "description": v["description"],
+                        "version": v["version"],
+                    }));
+                }
+            }
+            let body = axum::body::Bytes::from(json!({ "courses": list }).to_string());
+            // Kept under the ETag of the heads it was rendered from: a publication meanwhile
+            // changes the ETag of the next read, which renders again.
+            if let Ok(mut r) = cat.rendered.lock() {
+                *r = Some((etag.clone(), body.clone()));
+            }
+            body
         }
+    };
+    let mut response = (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response();
+    let h = response.headers_mut();
+    h.insert(header::CACHE_CONTROL, cache_control());
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        h.insert(header::ETAG, v);
     }
-    Ok(cached(&etag, &headers, || json!({ "courses": list })))
+    response
 }

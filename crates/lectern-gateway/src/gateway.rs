@@ -48,6 +48,10 @@ struct Inner {
     admission: Arc<admission::Admission>,
     /// How long a request body may take once its head is in.
     body_timeout: Duration,
+    /// The node's content blob store, if it has one.
+    content: Option<Arc<lectern_content::BlobStore>>,
+    /// The cluster's public client URLs (for CORS on the routes the front door serves first).
+    nodes: Vec<String>,
     /// Set by [`Gateway::drain`], cleared by [`Gateway::undrain`].
     draining: AtomicBool,
 }
@@ -88,6 +92,8 @@ impl Gateway {
                     limits.preauth_per_address_max,
                 )),
                 body_timeout: Duration::from_millis(limits.body_read_timeout_ms.max(1)),
+                content: config.content.clone(),
+                nodes: config.nodes.clone(),
                 draining: AtomicBool::new(false),
             }),
         };
@@ -162,7 +168,8 @@ impl Gateway {
     /// request passes first: its body read under the body deadline (408 `body_timeout`), and
     /// its JSON answer compressed when the client accepts it.
     pub fn front_door(&self, app: Router) -> Router {
-        router::front_door(app, self.inner.body_timeout)
+        let cacheable = router::cacheable(self, self.inner.content.clone(), &self.inner.nodes);
+        router::front_door(app, self.inner.body_timeout, cacheable)
     }
 
     /// Adds a section to `/metrics` (the node's job runner and mesh add theirs).

@@ -43,6 +43,7 @@ mod wsframe;
 pub use auth::{AuthConfig, Verified, Verifier};
 pub use boards::BoardSettings;
 pub use config::GatewayConfig;
+pub use courses::{COURSE_MAX_AGE_S, COURSE_SHARED_MAX_AGE_S};
 pub use error::AppError;
 pub use front::serve;
 pub use gateway::Gateway;

@@ -149,6 +149,17 @@ async fn cohort_command(
 ) -> Result<Response, AppError> {
     let cohort: CohortId = parse_id(&id, "cohort id")?;
     let cmd = command_from(json_object(&body)?)?;
+    // The course a cohort follows lives in its own document, which the cohort's model cannot
+    // see: a link to a course this node does not store is refused here.
+    if let lectern_model::CommandBody::CohortCourse { course } = &cmd.body
+        && gw.hub().doc_heads(&DocId::Course(course.clone())).is_none()
+    {
+        return Err(AppError::new(
+            StatusCode::NOT_FOUND,
+            "doc_not_found",
+            "no such course",
+        ));
+    }
     execute(&gw, &caller, DocId::Cohort(cohort), cmd).await
 }
 

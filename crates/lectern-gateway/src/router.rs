@@ -44,13 +44,38 @@ pub(crate) fn build(gw: &Gateway, config: &GatewayConfig, layer: SocketIoLayer) 
 
 /// The node's whole router (the gateway's routes and the node's own) with what every request
 /// passes first: its body read under `body_timeout` (408 `body_timeout`), and its JSON answer
-/// compressed when the client accepts it ([`compression`]).
-pub(crate) fn front_door(app: Router, body_timeout: Duration) -> Router {
-    app.layer(axum::middleware::from_fn_with_state(
-        body_timeout,
-        admission::body_deadline,
-    ))
-    .layer(compression())
+/// compressed when the client accepts it ([`compression`]). The public cacheable reads
+/// (`cacheable`, from [`cacheable`]) are matched before all of it: a `GET` of an immutable blob
+/// or of the catalog carries no body, is never refused, is compressed ahead of time or not at
+/// all (its `ETag` names one representation), and costs less to answer from memory than the
+/// routes' middleware costs to pass (measured by `lectern-bench content`).
+pub(crate) fn front_door(app: Router, body_timeout: Duration, cacheable: Router) -> Router {
+    let app = app
+        .layer(axum::middleware::from_fn_with_state(
+            body_timeout,
+            admission::body_deadline,
+        ))
+        .layer(compression());
+    cacheable.fallback_service(app)
+}
+
+/// The public cacheable reads the front door serves first: `GET /content/{sha256}` over
+/// `content` and the catalog, `GET /api/courses`, with the cluster's CORS (a page that failed
+/// over to another node reads them from it). Neither answers with an `AppError`, so neither
+/// needs the rejection counter.
+pub(crate) fn cacheable(
+    gw: &Gateway,
+    content: Option<Arc<lectern_content::BlobStore>>,
+    nodes: &[String],
+) -> Router {
+    let mut routes = courses::catalog_routes(gw.clone());
+    if let Some(store) = content {
+        routes = routes.merge(lectern_content::routes(store));
+    }
+    match nodes::cors(nodes) {
+        Some(cors) => routes.layer(cors),
+        None => routes,
+    }
 }
 
 /// The middleware every HTTP route shares, applied once every router is merged (a router

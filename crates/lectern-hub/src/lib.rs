@@ -397,7 +397,7 @@ struct Inner {
     feed: broadcast::Sender<Change>,
     /// The heads digest of every stored document (seeded from the store, updated after every
     /// durable batch).
-    heads: Mutex<HashMap<DocId, [u8; 32]>>,
+    heads: Mutex<HeadsIndex>,
     /// Documents the store holds without a heads digest (written by a tool, or restored): they
     /// exist all the same. A writer that loads one puts its digest into `heads`.
     undigested: Mutex<std::collections::HashSet<DocId>>,
@@ -413,6 +413,41 @@ struct Inner {
     /// Every writer task holds a clone; shutdown waits for all of them to be dropped.
     alive: Mutex<Option<mpsc::Sender<()>>>,
     all_done: tokio::sync::Mutex<mpsc::Receiver<()>>,
+}
+
+/// The heads digest of every stored document, with the courses' also kept apart: the catalog
+/// lists them on every request, and courses are a few among many documents.
+#[derive(Default)]
+struct HeadsIndex {
+    all: HashMap<DocId, [u8; 32]>,
+    courses: std::collections::BTreeMap<DocId, [u8; 32]>,
+}
+
+impl HeadsIndex {
+    fn insert(&mut self, doc: DocId, digest: [u8; 32]) {
+        if matches!(doc, DocId::Course(_)) {
+            self.courses.insert(doc.clone(), digest);
+        }
+        self.all.insert(doc, digest);
+    }
+
+    fn get(&self, doc: &DocId) -> Option<&[u8; 32]> {
+        self.all.get(doc)
+    }
+
+    fn contains_key(&self, doc: &DocId) -> bool {
+        self.all.contains_key(doc)
+    }
+}
+
+impl FromIterator<(DocId, [u8; 32])> for HeadsIndex {
+    fn from_iter<I: IntoIterator<Item = (DocId, [u8; 32])>>(iter: I) -> Self {
+        let mut index = HeadsIndex::default();
+        for (doc, digest) in iter {
+            index.insert(doc, digest);
+        }
+        index
+    }
 }
 
 /// The live documents of one node. Cheap to clone.
@@ -433,7 +468,7 @@ impl Hub {
                 .collect(),
             Err(e) => {
                 tracing::error!(error = %e, "reading the heads digests failed; anti-entropy starts empty");
-                HashMap::new()
+                HeadsIndex::default()
             }
         };
         let undigested = match store.doc_ids() {
@@ -677,10 +712,26 @@ impl Hub {
             .inner
             .heads
             .lock()
-            .map(|h| h.iter().map(|(d, h)| (d.clone(), *h)).collect())
+            .map(|h| h.all.iter().map(|(d, h)| (d.clone(), *h)).collect())
             .unwrap_or_default();
         list.sort_unstable();
         list
+    }
+
+    /// The heads digests of the first `max` courses this node stores, sorted by id: what the
+    /// catalog lists, without a walk over every document.
+    pub fn course_heads(&self, max: usize) -> Vec<(DocId, [u8; 32])> {
+        self.inner
+            .heads
+            .lock()
+            .map(|h| {
+                h.courses
+                    .iter()
+                    .take(max)
+                    .map(|(d, h)| (d.clone(), *h))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// The heads digest of `doc`, if this node stores it.

@@ -1,6 +1,6 @@
 //! The cohort document's commands: one place that checks a command against the cohort
 //! (created? may this caller run it?) and dispatches it: `cohort.create`, the roster, a
-//! student's leaderboard privacy, announcements and session links are here; progress is in
+//! student's leaderboard privacy, announcements, session links and the course link are here; progress is in
 //! `progress.rs`.
 //!
 //! Every function runs inside the command's automerge transaction: a refusal rolls it back, so
@@ -10,7 +10,7 @@ use automerge::transaction::Transaction;
 
 use crate::auth::{Caller, Needs, Role, authorize};
 use crate::command::{Command, CommandBody};
-use crate::ids::{CohortId, Millis, SessionId, UserId};
+use crate::ids::{CohortId, CourseId, Millis, SessionId, UserId};
 use crate::limits::{
     ANNOUNCEMENT_LEN_MAX_CHARS, ANNOUNCEMENTS_PER_COHORT_MAX, DISPLAY_NAME_LEN_MAX_CHARS,
     ID_LEN_MAX_BYTES, TITLE_LEN_MAX_CHARS,
@@ -32,9 +32,11 @@ fn cohort_exists(tx: &Transaction<'_>) -> bool {
 fn cohort_needs(body: &CommandBody) -> Option<Needs> {
     use CommandBody::*;
     match body {
-        RosterAdd { .. } | RosterRemove { .. } | AnnouncementPost { .. } | SessionLink { .. } => {
-            Some(Needs::Instructor)
-        }
+        RosterAdd { .. }
+        | RosterRemove { .. }
+        | AnnouncementPost { .. }
+        | SessionLink { .. }
+        | CohortCourse { .. } => Some(Needs::Instructor),
         ProgressUpdate { .. } | LeaderboardPrivacy { .. } => Some(Needs::Member),
         _ => None,
     }
@@ -103,6 +105,7 @@ fn dispatch(
         AnnouncementPost { title, body } => announce(tx, ctx, title, body),
         LeaderboardPrivacy { anonymous } => privacy(tx, ctx, *anonymous),
         SessionLink { session, title } => link(tx, ctx, session, title),
+        CohortCourse { course } => link_course(tx, course),
         _ => Err(wrong_document()),
     }
 }
@@ -187,6 +190,14 @@ fn announce(
     put(tx, &a, "by_name", ctx.caller.display_name())?;
     put(tx, &a, "at", ctx.now.as_i64())?;
     Ok(Target::item(ctx.id.as_str()))
+}
+
+/// `cohort.course` (instructor): the course the cohort follows. Whether that course exists
+/// lives in another document: the gateway checks it before it runs the command.
+fn link_course(tx: &mut Transaction<'_>, course: &CourseId) -> Result<Target, Rejection> {
+    let m = root(tx, META)?;
+    put(tx, &m, "course_id", course.as_str())?;
+    Ok(Target::default())
 }
 
 /// `leaderboard.privacy`: a member on the roster hides (or shows) their name on leaderboards.

@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::Role;
 use crate::feature::Feature;
-use crate::ids::{CohortId, CommandId, DocKind, LessonId, PollId, QuestionId, SessionId, UserId};
+use crate::ids::{
+    CohortId, CommandId, CourseId, DocKind, LessonId, PollId, QuestionId, SessionId, UserId,
+};
 use crate::notification::{Channel, NotifyKind};
 use crate::outline::CourseModule;
 
@@ -328,6 +330,14 @@ pub enum CommandBody {
         title: String,
     },
 
+    /// Link the cohort to the course it follows (instructor or admin): the course its students
+    /// read and record progress against. Linking again replaces the link.
+    #[serde(rename = "cohort.course")]
+    CohortCourse {
+        /// The course.
+        course: CourseId,
+    },
+
     /// Show or hide the caller's name on the cohort's leaderboard (any member on the roster,
     /// for themselves).
     #[serde(rename = "leaderboard.privacy")]
@@ -457,6 +467,7 @@ impl CommandBody {
             CommandBody::AnnouncementPost { .. } => "announcement.post",
             CommandBody::SessionLink { .. } => "session.link",
             CommandBody::LeaderboardPrivacy { .. } => "leaderboard.privacy",
+            CommandBody::CohortCourse { .. } => "cohort.course",
             CommandBody::CourseCreate { .. } => "course.create",
             CommandBody::CoursePublish { .. } => "course.publish",
             CommandBody::InboxPush { .. } => "inbox.push",
@@ -476,7 +487,8 @@ impl CommandBody {
             | CommandBody::ProgressUpdate { .. }
             | CommandBody::AnnouncementPost { .. }
             | CommandBody::SessionLink { .. }
-            | CommandBody::LeaderboardPrivacy { .. } => DocKind::Cohort,
+            | CommandBody::LeaderboardPrivacy { .. }
+            | CommandBody::CohortCourse { .. } => DocKind::Cohort,
             CommandBody::InboxPush { .. }
             | CommandBody::InboxRead { .. }
             | CommandBody::InboxPrefs { .. } => DocKind::Inbox,

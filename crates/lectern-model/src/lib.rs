@@ -47,6 +47,7 @@ mod board;
 mod derive;
 mod trigger;
 // One document and everything the hub does with it.
+mod chunks;
 mod replica;
 
 pub use auth::{Caller, Role};
@@ -55,6 +56,7 @@ pub use board::{
     LeaderboardPlace, Online, PollSummary, PublicEntry, PublicLeaderboard, SessionSummary,
     StudentActivity, StudentScore,
 };
+pub use chunks::{SYNC_MESSAGE_INFLATED_BYTES_MAX, SYNC_MESSAGE_ROWS_MAX};
 pub use command::{
     Command, CommandBody, PollChoice, PollKind, PollSpec, ProgressStatus, SessionState,
 };

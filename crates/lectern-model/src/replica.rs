@@ -237,8 +237,23 @@ impl Replica {
     }
 
     /// The next sync message for a peer, if there is anything to say.
+    ///
+    /// The state holds what the peer last said (its heads, needs and bloom filters), and
+    /// automerge 0.12 panics on some of it; a peer's bytes must not take the writer task down.
+    /// Then the state starts over (a fresh conversation, which the peer answers from scratch)
+    /// and the message is the one a fresh state makes.
     pub fn generate_sync_message(&self, state: &mut sync::State) -> Option<Vec<u8>> {
-        self.doc.generate_sync_message(state).map(|m| m.encode())
+        let generated = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.doc.generate_sync_message(state).map(|m| m.encode())
+        }));
+        generated.unwrap_or_else(|_| {
+            *state = sync::State::new();
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.doc.generate_sync_message(state).map(|m| m.encode())
+            }))
+            .ok()
+            .flatten()
+        })
     }
 
     /// Applies a peer's sync message and returns the events of the changes it brought.
@@ -264,24 +279,38 @@ impl Replica {
         if let Some(why) = message.have.iter().find_map(|h| bloom_refused(&h.bloom)) {
             return Err(SyncError::Decode(why.to_owned()));
         }
-        let old = self.doc.get_heads();
-        // automerge 0.12's change parser (hexane) unwraps on some malformed columns: a peer's
-        // bytes must not take the writer task down with them. Nothing else holds the document
-        // while it unwinds, and the caller drops this replica (see `SyncError::Panicked`).
-        let received = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.doc.receive_sync_message(state, message)
-        }));
-        match received {
-            Ok(r) => r.map_err(|e| SyncError::Apply(e.to_string()))?,
-            Err(panic) => {
-                let why = panic
-                    .downcast_ref::<String>()
-                    .map(String::as_str)
-                    .or_else(|| panic.downcast_ref::<&str>().copied())
-                    .unwrap_or("a panic without a message");
-                return Err(SyncError::Panicked(why.to_owned()));
-            }
+        if let Some(why) = crate::chunks::changes_refused(message.changes.iter()) {
+            return Err(SyncError::Decode(why.to_owned()));
         }
+        // automerge 0.12's change parser (hexane) unwraps on some malformed columns, and what
+        // a peer's changes leave in the document is read right after (their history, their
+        // events): a peer's bytes must not take the writer task down with them. Nothing else
+        // holds the document while it unwinds, and the caller drops this replica (see
+        // `SyncError::Panicked`).
+        let received = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.apply_sync_message(state, message, with_events)
+        }));
+        received.unwrap_or_else(|panic| {
+            let why = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("a panic without a message");
+            Err(SyncError::Panicked(why.to_owned()))
+        })
+    }
+
+    /// The part of [`Replica::receive_sync_message_with`] that runs automerge on the message.
+    fn apply_sync_message(
+        &mut self,
+        state: &mut sync::State,
+        message: sync::Message,
+        with_events: bool,
+    ) -> Result<Vec<Event>, SyncError> {
+        let old = self.doc.get_heads();
+        self.doc
+            .receive_sync_message(state, message)
+            .map_err(|e| SyncError::Apply(e.to_string()))?;
         if self.doc.get_heads() == old {
             return Ok(Vec::new());
         }
@@ -783,6 +812,29 @@ mod hostile_sync_tests {
         receiver
             .receive_sync_message(&mut sync::State::new(), &fine)
             .expect("automerge's parameters pass");
+    }
+
+    /// A certified peer's 736-byte sync message whose bundle declares runs of billions of rows
+    /// (found by the `hub_sync` fuzz target; automerge 0.12 alone allocated 24 GB on it until
+    /// the kernel killed the process) is refused before automerge parses it, and the replica
+    /// still syncs. Kills: a receive that hands a peer's changes to automerge unchecked (this
+    /// test then runs out of memory).
+    #[test]
+    fn changes_declaring_billions_of_rows_are_refused_before_automerge_parses_them() {
+        let mut replica = created_session(5);
+        let bomb = include_bytes!("../testdata/run-bomb.sync");
+        let refused = replica.receive_sync_message(&mut sync::State::new(), bomb);
+        assert!(
+            matches!(&refused, Err(SyncError::Decode(why)) if why.contains("rows")),
+            "{refused:?}"
+        );
+        let empty = Replica::new(DocId::parse("session/s1").expect("a doc id"), &[6; 16]);
+        let hello = empty
+            .generate_sync_message(&mut sync::State::new())
+            .expect("a first message");
+        replica
+            .receive_sync_message(&mut sync::State::new(), &hello)
+            .expect("a real message is taken");
     }
 
     /// Two replicas that synced, then parted (their sync states cut back to the persisted

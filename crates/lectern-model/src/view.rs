@@ -765,6 +765,7 @@ pub(crate) fn cohort_view<D: ReadDoc>(
     Ok(json!({
         "id": cohort.as_str(),
         "course": r.str(&m, "course").unwrap_or_default(),
+        "courseId": r.str(&m, "course_id"),
         "title": r.str(&m, "title").unwrap_or_default(),
         "homeRegion": r.str(&m, "home_region").unwrap_or_default(),
         "announcements": announcements,

@@ -24,7 +24,7 @@ const view = params.get('view') === 'projector' ? 'projector' : staff ? 'instruc
 const first = TRANSPORTS.includes(params.get('transport')) ? params.get('transport') : 'websocket';
 
 const m = emptySession();
-const ui = { order: 'top', drafts: new Map(), answering: null, dirty: false, progress: null, notes: new Map(), unread: null, notesOn: false, focusNote: null, dash: null, board: null, lbMe: null, lbHidden: null, privacyChosen: false, privacyBusy: false, missing: new Set() };
+const ui = { order: 'top', drafts: new Map(), answering: null, dirty: false, progress: null, notes: new Map(), unread: null, notesOn: false, focusNote: null, dash: null, board: null, lbMe: null, lbHidden: null, privacyChosen: false, privacyBusy: false, missing: new Set(), course: null, lessonOpen: null, lessonHtml: '', lessonBusy: false };
 
 function decodeClaims(t) {
   try {
@@ -212,7 +212,10 @@ function render() {
     renderModeration();
     renderAttendance();
   }
-  if (view === 'student') renderProgress();
+  if (view === 'student') {
+    renderProgress();
+    renderCourse();
+  }
   renderNotes();
   renderLeaderboard();
   renderDashboard();
@@ -223,6 +226,7 @@ let streamsStarted = false;
 function startStreamsOnce() {
   if (!m.cohort) return;
   startFlagsOnce();
+  if (view === 'student') loadCourseOnce();
   if (streamsStarted || view === 'projector') return;
   streamsStarted = true;
   startSideStreams();
@@ -384,6 +388,88 @@ function renderProgress() {
   sec.hidden = false;
   const lessons = [...ui.progress.values()];
   renderInto($('progress'), lessons.length ? lessons.map((l) => `<li>${esc(l.lesson)} <span class="meta">${esc(l.status.replace('_', ' '))}${l.score != null ? ` · ${l.score}/${l.maxScore}` : ''}</span></li>`).join('') : '<li class="empty">No lessons started yet.</li>');
+}
+
+// The course the session's cohort follows (`cohort.course`): its lessons in order with the
+// student's own status, a lesson's body (rendered and sanitized by the node at publication,
+// an immutable /content/ blob) opened in place, and "Mark complete", a `progress.update` that
+// the progress stream then shows. The outline is revalidated on every load (`no-cache`: a
+// 304 when nothing was published), so a new version shows without waiting out its max-age.
+let courseLoaded = false;
+function loadCourseOnce() {
+  if (courseLoaded) return;
+  courseLoaded = true;
+  loadCourse();
+}
+
+async function loadCourse() {
+  try {
+    const c = await fetch(`/api/cohorts/${encodeURIComponent(m.cohort)}`, { headers: { Authorization: `Bearer ${token}` }, cache: 'no-store' });
+    if (!c.ok) return;
+    const cohort = await c.json();
+    if (!cohort.courseId) return;
+    const r = await fetch(`/api/courses/${encodeURIComponent(cohort.courseId)}`, { cache: 'no-cache' });
+    if (!r.ok) return;
+    ui.course = await r.json();
+  } catch { return; }
+  schedule();
+}
+
+function lessonStatus(id) {
+  const p = ui.progress && ui.progress.get(id);
+  return p ? p.status.replace('_', ' ') : 'not started';
+}
+
+function renderCourse() {
+  const sec = $('course-card');
+  const c = ui.course;
+  if (!c) { sec.hidden = true; return; }
+  sec.hidden = false;
+  $('course-h').textContent = c.title ? `Course: ${c.title}` : 'Course';
+  const lessons = (c.modules || []).flatMap((mod) => (mod.lessons || []).map((l) => ({ ...l, module: mod.title })));
+  renderInto($('lessons'), lessons.length ? lessons.map((l) => `<li><button type="button" class="link" data-key="lesson-${esc(l.id)}" data-act="lesson" data-lesson="${esc(l.id)}" aria-expanded="${ui.lessonOpen === l.id}">${esc(l.title)}</button> <span class="meta">${esc(l.module)} · <span class="lesson-status">${esc(lessonStatus(l.id))}</span></span></li>`).join('') : '<li class="empty">No lessons published yet.</li>');
+  const art = $('lesson');
+  const open = lessons.find((l) => l.id === ui.lessonOpen);
+  if (!open) { art.hidden = true; return; }
+  art.hidden = false;
+  const done = lessonStatus(open.id) === 'completed';
+  const body = `<div class="lesson-body">${ui.lessonHtml}</div>
+    <p><button type="button" class="primary" id="lesson-done" data-key="lesson-done" data-act="lesson-done" data-lesson="${esc(open.id)}" ${done || ui.lessonBusy ? 'disabled' : ''}>${done ? 'Completed' : 'Mark complete'}</button></p>`;
+  if (art.dataset.shown !== `${open.id}|${done}|${ui.lessonBusy}`) {
+    art.dataset.shown = `${open.id}|${done}|${ui.lessonBusy}`;
+    renderInto(art, body);
+  }
+}
+
+async function openLesson(id) {
+  const lesson = (ui.course.modules || []).flatMap((mod) => mod.lessons || []).find((l) => l.id === id);
+  if (!lesson) return;
+  if (ui.lessonOpen === id) { ui.lessonOpen = null; schedule(); return; }
+  try {
+    const r = await fetch(`/content/${lesson.html}.html`);
+    if (!r.ok) { showError(`The lesson did not load: ${await errorText(r)}`); return; }
+    // Sanitized by the node when the lesson was published (and refused if it was not).
+    ui.lessonHtml = await r.text();
+  } catch (_) { showError('The lesson did not load; try again.'); return; }
+  ui.lessonOpen = id;
+  $('lesson').dataset.shown = '';
+  schedule();
+}
+
+async function completeLesson(id) {
+  ui.lessonBusy = true;
+  schedule();
+  let res = null;
+  try {
+    res = await fetch('/api/progress', {
+      method: 'POST', cache: 'no-store',
+      headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'application/json' },
+      body: JSON.stringify({ cohort: m.cohort, student: claims.sub, lesson: id, status: 'completed', id: newCommandId() }),
+    });
+  } catch (_) { /* said below */ }
+  ui.lessonBusy = false;
+  if (!res || !res.ok) showError(res ? `Not saved: ${await errorText(res)}` : 'That did not reach the server; try again.');
+  schedule();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -566,6 +652,8 @@ function studentSkeleton() {
     <form id="chat-form" class="stack"><label for="chat-text">Message</label><input id="chat-text" type="text" maxlength="500" required>
     <div><button type="submit">Send</button></div></form></section>
   <section id="progress-card" class="card" aria-labelledby="prog-h" hidden><h2 id="prog-h">My progress</h2><ul id="progress" class="items"></ul></section>
+  <section id="course-card" class="card wide" aria-labelledby="course-h" hidden><h2 id="course-h">Course</h2><ol id="lessons" class="items"></ol>
+    <article id="lesson" class="lesson" aria-live="polite" hidden></article></section>
   ${notesSkeleton()}
   ${leaderboardSkeleton()}`;
 }
@@ -740,6 +828,8 @@ function wire() {
         schedule();
         break;
       case 'answer': openAnswer(q); break;
+      case 'lesson': openLesson(b.dataset.lesson); break;
+      case 'lesson-done': completeLesson(b.dataset.lesson); break;
       case 'pin': submit({ cmd: 'qa.pin', question: q.id, pinned: !q.pinned }); break;
       case 'dismiss': submit({ cmd: 'qa.dismiss', question: q.id }); break;
       case 'approve': submit({ cmd: 'qa.approve', question: q.id }); break;
