@@ -10,7 +10,8 @@
 //! `{draining, connections}`) and the feature flags (`GET /admin/flags`, `POST
 //! /admin/flags/set?feature=F&enabled=true|false[&cohort=C]`, `POST
 //! /admin/flags/unset?feature=F[&cohort=C]`: `{flags: {global, cohorts}}`, the flags in force
-//! on this node once the change is durable here; the mesh carries it to the others)
+//! on this node once the change is durable here; the mesh carries it to the others; a node
+//! restricted to some cohorts answers 403 `flags_read_only`)
 //! answer only a `Authorization: Bearer {admin_token}`; without a configured token they answer
 //! 404, so an unconfigured node exposes nothing. `lectern status`, `lectern peers` and `lectern
 //! jobs`, `lectern docs`, `lectern drain` and `lectern undrain` call them. Errors are `{error: {code, message}}` with a stable code.
@@ -45,12 +46,14 @@ pub(crate) fn routes(
     jobs: JobControl,
     token: Option<String>,
     classroom: Option<ClassroomSettings>,
+    flags_writable: bool,
 ) -> Router {
     let started = Instant::now();
     let state = Arc::new(AdminState {
         hub,
         gateway,
         classroom,
+        flags_writable,
         mesh,
         jobs,
         token,
@@ -330,6 +333,9 @@ struct AdminState {
     hub: Hub,
     gateway: Gateway,
     classroom: Option<ClassroomSettings>,
+    /// False on a node restricted to some cohorts (`mesh.share_cohorts`, a classroom node):
+    /// it takes the cluster's flags from its region, whose mesh holds it read-only for them.
+    flags_writable: bool,
     mesh: Option<Arc<Mesh>>,
     jobs: JobControl,
     token: Option<String>,
@@ -603,6 +609,17 @@ impl AdminState {
     /// Sets (`set`) or unsets a flag as a `flag.set` / `flag.unset` command on the flags
     /// document, acknowledged once durable here (and so in force here).
     async fn flag_change(&self, q: FlagQuery, set: bool) -> Response {
+        if !self.flags_writable {
+            // The region would not take the change (a scoped peer's writes to the flags are
+            // refused there), so the flag would hold on this node alone, against the cluster.
+            return error(
+                StatusCode::FORBIDDEN,
+                "flags_read_only",
+                "this node serves only some cohorts (a classroom node): it takes the cluster's \
+                 feature flags from its region and cannot set them; run the command against a \
+                 region node",
+            );
+        }
         let Some(feature) = Feature::parse(&q.feature) else {
             let names: Vec<&str> = Feature::ALL.iter().map(|f| f.as_str()).collect();
             return error(

@@ -248,6 +248,7 @@ pub async fn start_on(mut config: Config, store: Store) -> anyhow::Result<Node> 
         Gateway::new(hub.clone(), gateway_config).map_err(|e| anyhow::anyhow!("{e}"))?;
     gateway.add_metrics(metrics::jobs(&jobs));
     gateway.add_metrics(metrics::hub(&hub));
+    gateway.add_metrics(metrics::content(&content));
     gateway.add_metrics(metrics::process());
     let demo = if config.demo {
         seed_demo(&hub).await.context("seed the demo class")?;
@@ -275,6 +276,7 @@ pub async fn start_on(mut config: Config, store: Store) -> anyhow::Result<Node> 
         jobs.control(),
         config.admin_token.clone(),
         config.classroom.is_on().then(|| config.classroom.clone()),
+        config.mesh.share_cohorts.is_none(),
     );
     let (health_hub, health_gateway) = (hub.clone(), gateway.clone());
     let health = get(move || {

@@ -1,5 +1,5 @@
 //! The node's own sections of `/metrics`: its job runner (queue depth and lateness, parked and
-//! dead jobs, email outcomes), the hub's evictions, the process (memory, file descriptors
+//! dead jobs, email outcomes), the hub's evictions, course content served, the process (memory, file descriptors
 //! against their limit) and its mesh. The gateway renders its counters and appends these (see
 //! `Gateway::add_metrics`); README lists every name.
 
@@ -109,14 +109,45 @@ pub(crate) fn hub(hub: &Hub) -> MetricsSection {
         counter(
             out,
             "lectern_documents_evictions_total",
-            "Documents dropped from memory for being idle.",
-            s.evictions,
+            "Documents dropped from memory: idle, or the least recently used idle one to make room for a load.",
+            s.evictions + s.evictions_lru,
         );
         counter(
             out,
             "lectern_documents_compactions_total",
             "Documents whose chunks were folded into a fresh snapshot.",
             s.compactions,
+        );
+    })
+}
+
+/// Course content served (`/content/…`): requests answered `304` from the client's own copy,
+/// and blob reads from the memory cache or the disk. The node's cache hit ratio is
+/// (`not_modified` + `memory`) over all three.
+pub(crate) fn content(store: &Arc<lectern_content::BlobStore>) -> MetricsSection {
+    let store = Arc::clone(store);
+    Arc::new(move |out: &mut String| {
+        let s = store.stats();
+        counter(
+            out,
+            "lectern_content_not_modified_total",
+            "Content requests answered 304 Not Modified (the client's copy is current).",
+            s.not_modified,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP lectern_content_reads_total Content blobs read to answer a request: from the memory cache or from disk (verified)."
+        );
+        let _ = writeln!(out, "# TYPE lectern_content_reads_total counter");
+        let _ = writeln!(
+            out,
+            "lectern_content_reads_total{{from=\"memory\"}} {}",
+            s.cache_hits
+        );
+        let _ = writeln!(
+            out,
+            "lectern_content_reads_total{{from=\"disk\"}} {}",
+            s.disk_reads
         );
     })
 }
@@ -235,13 +266,18 @@ pub(crate) fn mesh(mesh: &Arc<Mesh>) -> MetricsSection {
         }
         let _ = writeln!(
             out,
-            "# HELP lectern_mesh_frames_refused_total Peers' frames dropped for a document outside the share policy or the peer's scope."
+            "# HELP lectern_mesh_frames_refused_total Peers' frames refused: for a document outside the share policy or the peer's scope (scope), or carrying a scoped peer's changes to the cluster's flags, which it may only read (read_only)."
         );
         let _ = writeln!(out, "# TYPE lectern_mesh_frames_refused_total counter");
         let _ = writeln!(
             out,
-            "lectern_mesh_frames_refused_total {}",
+            "lectern_mesh_frames_refused_total{{reason=\"scope\"}} {}",
             status.frames_refused
+        );
+        let _ = writeln!(
+            out,
+            "lectern_mesh_frames_refused_total{{reason=\"read_only\"}} {}",
+            status.writes_refused
         );
     })
 }

@@ -11,6 +11,8 @@
 //             while the student acts; plus an ack lost on the wire, retried under its id
 //   restart-sse  the same with the page on SSE + POST
 //   lesson    the student opens the cohort's course: a lesson, its image, "Mark complete"
+//   flags     chat switched off (step `chat-off`, by the Rust test with `lectern flags set`):
+//             the open page hides its panel, polls stay; on again (step `chat-on`): shown
 //   failover  the page's node (of three) is killed and restarted by the Rust test (steps
 //             `kill`, whose reply is a question asked on the third node meanwhile, and
 //             `restart`); the page moves to the next node and back home
@@ -612,7 +614,43 @@ async function runLesson(browser) {
   await shot(student, 'lesson-done.png');
 }
 
-const SCENARIOS = { lesson: runLesson, failover: runFailover, class: runClass, boards: runBoards, fallback: runFallback, restart: runRestart, 'restart-sse': runRestart };
+/** Whether the panel of `feature` on `page` is shown (`null` if the view has none). */
+async function panelShown(page, feature) {
+  const panel = page.locator(`section[data-feature="${feature}"]`);
+  if ((await panel.count()) === 0) return null;
+  return panel.first().isVisible();
+}
+
+// The page hides a switched-off feature: the Rust test switches chat off with `lectern flags
+// set` (step `chat-off`); the open page hides the chat panel at its next reading of
+// /api/flags (every 15 s, no reload) while polls stay shown; the test switches it on again
+// (step `chat-on`), and a reload shows it.
+async function runFlags(browser) {
+  const student = await open(browser, tStudent, 'student');
+  await waitConn(student, 'live', 'websocket');
+  await student.locator('section[data-feature="chat"]').waitFor({ state: 'visible', timeout: WAIT_MS });
+  out.before = { chat: await panelShown(student, 'chat'), polls: await panelShown(student, 'polls') };
+
+  if ((await ask('chat-off')) !== 'off') throw new Error('the test did not switch chat off');
+  const offAt = Date.now();
+  // The page rereads the flags every 15 s: allow that and a loaded machine's slack.
+  await student.locator('section[data-feature="chat"]').waitFor({ state: 'hidden', timeout: 40000 });
+  out.hiddenAfterMs = Date.now() - offAt;
+  out.off = { chat: await panelShown(student, 'chat'), polls: await panelShown(student, 'polls') };
+  await shot(student, 'flags-chat-off.png');
+
+  if ((await ask('chat-on')) !== 'on') throw new Error('the test did not switch chat on');
+  const flagsRead = student.waitForResponse((r) => new URL(r.url()).pathname === '/api/flags', { timeout: WAIT_MS });
+  await student.reload();
+  const flags = await (await flagsRead).json();
+  out.flagsAfterReload = flags;
+  await waitConn(student, 'live', 'websocket');
+  await student.locator('section[data-feature="chat"]').waitFor({ state: 'visible', timeout: WAIT_MS });
+  out.on = { chat: await panelShown(student, 'chat'), polls: await panelShown(student, 'polls') };
+  await shot(student, 'flags-chat-on.png');
+}
+
+const SCENARIOS = { lesson: runLesson, flags: runFlags, failover: runFailover, class: runClass, boards: runBoards, fallback: runFallback, restart: runRestart, 'restart-sse': runRestart };
 
 let browser;
 const deadline = setTimeout(() => {

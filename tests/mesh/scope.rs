@@ -150,7 +150,7 @@ async fn a_scoped_peer_writes_only_inside_its_cohorts_and_sees_nothing_else() ->
         let metrics = cluster.node(b).gateway.metrics_text();
         assert!(
             metrics.lines().any(|l| l
-                .strip_prefix("lectern_mesh_frames_refused_total ")
+                .strip_prefix("lectern_mesh_frames_refused_total{reason=\"scope\"} ")
                 .and_then(|n| n.parse::<u64>().ok())
                 .is_some_and(|n| n >= 2)),
             "{metrics}"

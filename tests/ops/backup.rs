@@ -122,7 +122,8 @@ async fn a_running_node_is_backed_up_and_restored_onto_a_new_one() {
     .unwrap();
 }
 
-/// A cluster node is backed up while a class writes to it from many lanes; it is then lost
+/// A cluster node is backed up while a class writes to it from many lanes (at least 1,000
+/// acknowledged commands a second during the backup); it is then lost
 /// (stopped, its directory left behind), restored from the backup onto a fresh directory, and
 /// the restored node rejoins the mesh under its old name: it converges with the surviving node
 /// and holds every command either node acknowledged, including those acknowledged after the
@@ -139,13 +140,19 @@ async fn a_node_restored_from_a_backup_rejoins_its_cluster_and_converges() {
     use crate::mesh::{Cluster, demo_caller, demo_session};
 
     /// Writers running side by side during the backup, each as its own student (so no
-    /// per-person quota is reached).
-    const LANES: usize = 32;
+    /// per-person quota is reached), each with one command in flight: 32 offered ≈ 900 to
+    /// 1,250 commands/s in a debug build on a loaded 2-core machine (each waits out a group
+    /// commit's fsync); 128 keep the commit rounds full.
+    const LANES: usize = 128;
     /// Sessions the class writes to besides the demo session, so the backup has documents to
     /// read while they change.
     const SESSIONS: usize = 60;
     /// Commands each lane sends after the backup ends, which the backup cannot hold.
     const AFTER_BACKUP: usize = 5;
+    /// The write load a backup must be taken under (acknowledged commands per second).
+    const WRITE_RATE_MIN: f64 = 1_000.0;
+    /// Backups taken at most until one is taken under [`WRITE_RATE_MIN`].
+    const BACKUP_ATTEMPTS_MAX: usize = 5;
 
     within(async {
         let t0 = Instant::now();
@@ -191,7 +198,8 @@ async fn a_node_restored_from_a_backup_rejoins_its_cluster_and_converges() {
             lanes.push(tokio::spawn(async move {
                 let student = demo_caller(&format!("restore-{lane}"), Role::Student);
                 let mut n = 0usize;
-                // Quota: 1,000 chat messages per person per session.
+                // Quota: 1,000 chat messages per person per session (and each lane spreads
+                // its messages over every session).
                 while !stop.load(Ordering::Relaxed) && n < 900 {
                     let id = format!("r{lane}-{n}");
                     let at = (lane + n) % docs.len();
@@ -213,57 +221,78 @@ async fn a_node_restored_from_a_backup_rejoins_its_cluster_and_converges() {
         }
         let out = cluster.dirs[a].path().join("a.backup");
         let out_s = out.display().to_string();
-        let started = Instant::now();
-        let before = acked.lock().map(|v| v.len()).unwrap_or(0);
-        let backed = lectern(&[
-            "--json",
-            "backup",
-            "--out",
-            &out_s,
-            "--http",
-            &admin,
-            "--admin-token",
-            "admin-token-0123456789",
-        ])
-        .await?
-        .expect_code(0)?;
-        let took = started.elapsed();
-        let during = acked.lock().map(|v| v.len()).unwrap_or(0) - before;
+        // The backup must be taken under at least WRITE_RATE_MIN acknowledged commands a
+        // second. The offered load is far above it, but on a 2-core machine shared with
+        // builds the node may be starved of CPU for a moment: a backup taken under less is
+        // taken again (the class keeps writing), up to BACKUP_ATTEMPTS_MAX times.
+        let mut rates = Vec::new();
+        let backed = loop {
+            let started = Instant::now();
+            let before = acked.lock().map(|v| v.len()).unwrap_or(0);
+            let backed = lectern(&[
+                "--json",
+                "backup",
+                "--out",
+                &out_s,
+                "--http",
+                &admin,
+                "--admin-token",
+                "admin-token-0123456789",
+            ])
+            .await?
+            .expect_code(0)?
+            .json()?;
+            let took = started.elapsed();
+            let during = acked.lock().map(|v| v.len()).unwrap_or(0) - before;
+            let rate = during as f64 / took.as_secs_f64().max(1e-3);
+            println!(
+                "restore: backup of {} documents in {took:?} while the class wrote {during} \
+                 commands ({rate:.0}/s)",
+                backed["docs"],
+            );
+            rates.push(rate.round());
+            if rate >= WRITE_RATE_MIN {
+                break backed;
+            }
+            anyhow::ensure!(
+                rates.len() < BACKUP_ATTEMPTS_MAX,
+                "no backup was taken under {WRITE_RATE_MIN} commands/s: {rates:?} \
+                 (a machine this busy cannot offer the load)"
+            );
+        };
         stop.store(true, Ordering::Relaxed);
         for lane in lanes {
             lane.await??;
         }
-        let backed = backed.json()?;
-        println!(
-            "restore: backup of {} documents in {took:?} while the class wrote {during} \
-             commands ({:.0}/s)",
-            backed["docs"],
-            during as f64 / took.as_secs_f64().max(1e-3)
-        );
-        assert!(
-            during > 0,
-            "the node kept taking commands during the backup"
-        );
         assert!(
             backed["docs"].as_u64().unwrap_or(0) > SESSIONS as u64,
             "{backed}"
         );
 
-        // After the backup: more writes, which only the mesh can give back.
-        for n in 0..AFTER_BACKUP * LANES {
-            let id = format!("after-{n}");
-            let student = demo_caller(&format!("restore-{}", n % LANES), Role::Student);
-            let at = n % docs.len();
-            let body = CommandBody::ChatSend { text: id.clone() };
-            cluster
-                .node(a)
-                .hub
-                .execute(docs[at].clone(), student, cmd(&id, body))
-                .await?;
-            acked
-                .lock()
-                .map_err(|_| anyhow::anyhow!("poisoned"))?
-                .push((at, id.parse()?));
+        // After the backup: more writes, which only the mesh can give back (every lane at
+        // once).
+        let mut after = Vec::new();
+        for lane in 0..LANES {
+            let (hub, acked, docs) = (cluster.node(a).hub.clone(), acked.clone(), docs.clone());
+            after.push(tokio::spawn(async move {
+                let student = demo_caller(&format!("restore-{lane}"), Role::Student);
+                for k in 0..AFTER_BACKUP {
+                    let n = lane * AFTER_BACKUP + k;
+                    let id = format!("after-{n}");
+                    let at = n % docs.len();
+                    let body = CommandBody::ChatSend { text: id.clone() };
+                    hub.execute(docs[at].clone(), student.clone(), cmd(&id, body))
+                        .await?;
+                    acked
+                        .lock()
+                        .map_err(|_| anyhow::anyhow!("poisoned"))?
+                        .push((at, id.parse()?));
+                }
+                anyhow::Ok(())
+            }));
+        }
+        for lane in after {
+            lane.await??;
         }
         for doc in docs.iter() {
             cluster

@@ -5,11 +5,14 @@
 //! * `admin_listener`: `/metrics` and `/admin/*` on a private listener (`admin_http`), hidden
 //!   from the public one.
 //! * `cli`: `--json` on every command, the exit codes in `--help`, shell completions.
+//! * `counters`: resumes and refused resumes on every transport, document loads and content
+//!   revalidations move their counters on a real node.
 //! * `error_tracking`: a `lectern-node` process with `error_tracking.dsn` sends a forced error
 //!   and a task's panic to a local HTTP endpoint, with tokens and secrets redacted.
 //! * `flags`: `lectern flags set|unset|list`: a flag set on one node of a real cluster is in
 //!   force on the others (a classroom node too) within 2 s, refused with `feature_disabled` on
-//!   REST and Socket.IO, shown by `GET /api/flags`; a cohort flag wins; unset restores.
+//!   REST and Socket.IO, shown by `GET /api/flags`; a cohort flag wins; unset restores; a
+//!   classroom node held to a scope receives the flags but cannot change them.
 //! * `jobs`: `lectern jobs list|show|retry|drop`: a dead-lettered email re-driven and delivered
 //!   exactly once, a job that is running refused as busy, a dropped job never sent, and the
 //!   errors an operator meets (wrong token, no admin API, no such job, no node).
@@ -26,6 +29,7 @@ mod admin_listener;
 mod backup;
 mod cli;
 mod content;
+mod counters;
 mod docs;
 mod drain;
 mod error_tracking;

@@ -1,6 +1,6 @@
 //! The alert rules and the dashboard against the real thing: `promtool test rules` passes on
-//! the rules' fixtures, and every metric name the rules and the Grafana dashboard use is
-//! exported by a real node of a two-node mesh (so a renamed metric cannot silently disarm an
+//! the rules' fixtures, and every metric name the rules, the Grafana dashboard and README's
+//! metrics table use is exported by a real node of a two-node mesh (so a renamed metric cannot silently disarm an
 //! alert), with the process gauges reading sensible values.
 
 use std::collections::BTreeSet;
@@ -103,6 +103,26 @@ async fn every_metric_the_rules_and_the_dashboard_use_is_exported_by_a_real_node
             serde_json::from_str(&dashboard).context("the dashboard is JSON")?;
         let mut wanted = metric_names(&rules);
         wanted.extend(metric_names(&dashboard));
+        // Every metric README's table names, too (what an operator reads about must exist).
+        let readme = std::fs::read_to_string(repo().join("README.md"))?;
+        let table = readme
+            .split_once("### Metrics, alerts and the dashboard")
+            .and_then(|(_, rest)| rest.split_once("Not measured yet"))
+            .map(|(table, _)| table)
+            .context("README's metrics section")?;
+        let named = metric_names(table);
+        for family in [
+            "lectern_documents_loads_total",
+            "lectern_documents_evictions_total",
+            "lectern_reconnects_total",
+            "lectern_resumes_total",
+            "lectern_resumes_refused_total",
+            "lectern_content_not_modified_total",
+            "lectern_content_reads_total",
+        ] {
+            assert!(named.contains(family), "README names {family}");
+        }
+        wanted.extend(named);
         // The rules cover what the checklist asks for: if a family drops out of the rules, this
         // list says so.
         for family in [

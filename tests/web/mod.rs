@@ -11,6 +11,8 @@
 //! * `a_student_reads_a_lesson_of_the_cohorts_course_and_marks_it_complete_in_chromium`: the
 //!   course the demo cohort follows, a lesson opened with its image from `/content/`, "Mark
 //!   complete" shown by the progress stream and recorded by the node.
+//! * `a_feature_switched_off_is_hidden_by_the_page_and_shown_again_when_on`: `lectern flags
+//!   set chat off` hides the open page's chat panel (polls stay), and `unset` shows it again.
 //! * `with_websocket_blocked_the_page_falls_back_to_sse_then_long_polling`.
 //! * `the_page_recovers_from_a_node_restart_and_sends_its_queue_exactly_once` (and `on_sse_…`,
 //!   the same with the page on SSE + POST): an ack lost on the wire is retried under its command
@@ -531,6 +533,84 @@ async fn notifications_the_leaderboard_and_the_dashboard_in_chromium() -> anyhow
             "axe-core finds WCAG 2.1 AA violations in the {view} view"
         );
     }
+    demo.stop().await
+}
+
+/// The admin token of the flags scenario's node (the `lectern` binary's, too).
+const FLAGS_ADMIN_TOKEN: &str = "web-flags-admin-token-0123";
+
+/// Runs the `lectern` binary (built by [`crate::ops::lectern_bin`]) with `args` against
+/// `http`; its stdout if it exits 0. Blocking.
+fn lectern_blocking(http: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(crate::ops::lectern_bin()?)
+        .args(args)
+        .args(["--http", http, "--admin-token", FLAGS_ADMIN_TOKEN])
+        .env_remove("LECTERN_ADMIN_TOKEN")
+        .env_remove("LECTERN_ADMIN_HTTP")
+        .output()
+        .context("run lectern")?;
+    ensure!(
+        out.status.success(),
+        "lectern {args:?}: {:?}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The page hides a feature switched off with `lectern flags set` (the open page, at its next
+/// reading of `/api/flags`, no reload) and shows the others; switched on again, a reload shows
+/// it. Kills: a page that ignores the flags, one that hides every panel, one that keeps a
+/// panel hidden once its feature is back on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feature_switched_off_is_hidden_by_the_page_and_shown_again_when_on() -> anyhow::Result<()>
+{
+    let _one = BROWSER.lock().await;
+    // Built before the browser starts (a build on a loaded machine takes minutes).
+    tokio::task::spawn_blocking(crate::ops::lectern_bin).await??;
+    let demo = Demo::start_with("web-flags", |c| {
+        c.admin_token = Some(FLAGS_ADMIN_TOKEN.into());
+    })
+    .await?;
+    let base = format!("http://{}", demo.node.http_addr);
+    let http = demo.node.http_addr.to_string();
+    let (session, s, i) = (
+        demo.session.clone(),
+        demo.token("student1", "student"),
+        demo.token("ada", "instructor"),
+    );
+    let summary = tokio::task::spawn_blocking(move || {
+        run_script("flags", &base, &session, [&s, &i], |step| match step {
+            "chat-off" => {
+                lectern_blocking(&http, &["flags", "set", "chat", "off"])?;
+                Ok("off".into())
+            }
+            "chat-on" => {
+                lectern_blocking(&http, &["flags", "unset", "chat"])?;
+                Ok("on".into())
+            }
+            other => bail!("unknown step {other}"),
+        })
+    })
+    .await??;
+    println!(
+        "chat panel hidden {} ms after `lectern flags set chat off` returned (the page rereads \
+         the flags every 15 s)",
+        summary["hiddenAfterMs"]
+    );
+    let shown = |chat: bool, polls: bool| serde_json::json!({"chat": chat, "polls": polls});
+    assert_eq!(summary["before"], shown(true, true), "{summary}");
+    assert_eq!(summary["off"], shown(false, true), "{summary}");
+    assert_eq!(summary["flagsAfterReload"]["chat"], true, "{summary}");
+    assert_eq!(summary["on"], shown(true, true), "{summary}");
+    assert_eq!(summary["screenshots"].as_array().map(Vec::len), Some(2));
+    // The node agrees: nothing is left set.
+    assert_eq!(
+        *demo.node.hub.flags(),
+        lectern_model::FlagSet::new(),
+        "the flags after unset"
+    );
     demo.stop().await
 }
 

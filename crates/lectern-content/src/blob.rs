@@ -185,6 +185,9 @@ pub struct BlobStats {
     pub disk_reads: u64,
     /// Blobs that failed verification and were moved aside.
     pub corrupt: u64,
+    /// Conditional requests answered `304 Not Modified` (the client's copy is current; no
+    /// read at all), counted by the HTTP routes through [`BlobStore::count_not_modified`].
+    pub not_modified: u64,
 }
 
 /// The metadata file beside a blob.
@@ -279,6 +282,11 @@ impl BlobStore {
         self.lock_cache()
             .insert(Arc::clone(&blob), self.limits.cache_max_bytes);
         Ok(Some(blob))
+    }
+
+    /// Counts a request answered `304 Not Modified` (see [`BlobStats::not_modified`]).
+    pub fn count_not_modified(&self) {
+        self.lock_cache().stats.not_modified += 1;
     }
 
     /// The store's counters.

@@ -60,6 +60,7 @@ async fn get_content(
     if let Some(inm) = headers.get(header::IF_NONE_MATCH)
         && etag_matches(inm, &etag)
     {
+        store.count_not_modified();
         let mut resp = StatusCode::NOT_MODIFIED.into_response();
         cache_headers(resp.headers_mut(), &etag);
         return resp;
@@ -276,6 +277,7 @@ mod tests {
 
     struct Fixture {
         _dir: crate::test_dir::TestDir,
+        store: Arc<BlobStore>,
         router: Router,
         lesson: Vec<u8>,
         lesson_hash: BlobHash,
@@ -292,7 +294,8 @@ mod tests {
         let video_hash = store.put(&video, "video/webm").unwrap();
         Fixture {
             _dir: dir,
-            router: routes(store),
+            router: routes(Arc::clone(&store)),
+            store,
             lesson,
             lesson_hash,
             video,
@@ -374,6 +377,10 @@ mod tests {
             assert_eq!(h(&headers, "etag"), tag);
             assert_eq!(h(&headers, "cache-control"), CACHE_CONTROL);
         }
+        // Each 304 is counted, and none of them read the blob.
+        let stats = f.store.stats();
+        assert_eq!(stats.not_modified, 4, "{stats:?}");
+        assert_eq!(stats.cache_hits + stats.disk_reads, 0, "{stats:?}");
         let (status, _, _) = get(
             &f.router,
             &format!("/content/{}", f.lesson_hash),

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lectern_hub::Hub;
+use lectern_hub::{Hub, JoinStart};
 
 /// Upper bounds of the command-latency histogram, in seconds.
 const LATENCY_BUCKETS_S: [f64; 10] = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0];
@@ -21,6 +21,21 @@ const DELIVERY_BUCKETS_S: [f64; 12] = [
 
 /// The transports whose deliveries are counted.
 const EVENT_TRANSPORTS: [&str; 4] = ["socketio", "websocket", "sse", "longpoll"];
+
+/// The reason of a resume token that does not parse (`Last-Event-ID`, `since`, an offset).
+pub(crate) const BAD_TOKEN: &str = "bad_token";
+
+/// The reason of a Socket.IO recovery whose join was refused.
+pub(crate) const JOIN_FAILED: &str = "join_failed";
+
+/// Why a resume was refused (the client got the state afresh instead of the events it missed):
+/// the hub's reasons (`bad_token`: the token does not fit the document; `unknown_heads`: this
+/// node does not have its heads, history gone or never seen; `too_far_behind`: more missed
+/// than a replay holds), and `join_failed` (a Socket.IO recovery whose join was refused, such
+/// as a session gone or the rate limit). A fixed set, so the label's cardinality is bounded:
+/// anything else counts as `join_failed`.
+pub(crate) const RESUME_REFUSED_REASONS: [&str; 4] =
+    [BAD_TOKEN, "unknown_heads", "too_far_behind", JOIN_FAILED];
 
 /// A section of `/metrics` rendered by another part of the node (its job runner, its mesh):
 /// it appends complete Prometheus lines, `# HELP` and `# TYPE` included.
@@ -42,6 +57,11 @@ pub(crate) struct Metrics {
     delivery_sum_us: [AtomicU64; EVENT_TRANSPORTS.len()],
     /// Connection attempts refused (token, limits, shutdown), by transport.
     failed: Mutex<BTreeMap<&'static str, u64>>,
+    /// Joins that carried a resume token and were replayed from it, by transport.
+    resumes: [AtomicU64; EVENT_TRANSPORTS.len()],
+    /// Joins that carried a resume token and got a fresh start, by transport and reason of
+    /// [`RESUME_REFUSED_REASONS`].
+    resumes_refused: [[AtomicU64; RESUME_REFUSED_REASONS.len()]; EVENT_TRANSPORTS.len()],
     latency_buckets: [AtomicU64; LATENCY_BUCKETS_S.len()],
     latency_count: AtomicU64,
     latency_sum_us: AtomicU64,
@@ -84,6 +104,41 @@ impl Metrics {
     /// Counts a connection attempt refused before it opened.
     pub(crate) fn connection_failed(&self, transport: &'static str) {
         bump(&self.failed, transport);
+    }
+
+    /// Counts a join that carried a resume token: replayed from it (`refused` `None`), or
+    /// started afresh for `refused`'s reason (one of [`RESUME_REFUSED_REASONS`]; any other
+    /// counts as `join_failed`).
+    pub(crate) fn resume(&self, transport: &'static str, refused: Option<&str>) {
+        let Some(t) = EVENT_TRANSPORTS.iter().position(|x| *x == transport) else {
+            return;
+        };
+        match refused {
+            None => {
+                self.resumes[t].fetch_add(1, Ordering::Relaxed);
+            }
+            Some(reason) => {
+                let r = RESUME_REFUSED_REASONS
+                    .iter()
+                    .position(|x| *x == reason)
+                    .unwrap_or(RESUME_REFUSED_REASONS.len() - 1);
+                self.resumes_refused[t][r].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Counts how a join that carried a resume token started: a replay is a resume, a snapshot
+    /// with a reason a refused one (a snapshot without one comes from a stream that does not
+    /// resume, such as a board, and is not counted).
+    pub(crate) fn resume_start(&self, transport: &'static str, start: &JoinStart) {
+        match start {
+            JoinStart::Replay { .. } => self.resume(transport, None),
+            JoinStart::Snapshot {
+                resume_refused: Some(reason),
+                ..
+            } => self.resume(transport, Some(reason)),
+            JoinStart::Snapshot { .. } => {}
+        }
     }
 
     pub(crate) fn event_in(&self) {
@@ -197,6 +252,7 @@ impl Metrics {
                 "lectern_delivery_latency_seconds_count{{transport=\"{t}\"}} {count}"
             );
         }
+        self.render_resumes(&mut out);
         let _ = writeln!(
             out,
             "# HELP lectern_connections_total Connections counted by the limiter."
@@ -264,6 +320,12 @@ impl Metrics {
         let _ = writeln!(out, "# HELP lectern_documents_loaded Documents in memory.");
         let _ = writeln!(out, "# TYPE lectern_documents_loaded gauge");
         let _ = writeln!(out, "lectern_documents_loaded {}", stats.docs_loaded);
+        let _ = writeln!(
+            out,
+            "# HELP lectern_documents_loads_total Stored documents read from the store into memory."
+        );
+        let _ = writeln!(out, "# TYPE lectern_documents_loads_total counter");
+        let _ = writeln!(out, "lectern_documents_loads_total {}", stats.loads);
         let _ = writeln!(out, "# TYPE lectern_hub_commands_applied_total counter");
         let _ = writeln!(
             out,
@@ -313,5 +375,52 @@ impl Metrics {
             section(&mut out);
         }
         out
+    }
+
+    /// `lectern_reconnects_total`, `lectern_resumes_total` and `lectern_resumes_refused_total`,
+    /// every series present from the start (zero until counted) so rates and alerts see them.
+    fn render_resumes(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "# HELP lectern_reconnects_total Joins that carried a resume token (a client back after a drop; every long-poll after the first), by transport: resumed plus refused."
+        );
+        let _ = writeln!(out, "# TYPE lectern_reconnects_total counter");
+        for (t, transport) in EVENT_TRANSPORTS.iter().enumerate() {
+            let refused: u64 = self.resumes_refused[t]
+                .iter()
+                .map(|n| n.load(Ordering::Relaxed))
+                .sum();
+            let n = self.resumes[t].load(Ordering::Relaxed) + refused;
+            let _ = writeln!(
+                out,
+                "lectern_reconnects_total{{transport=\"{transport}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP lectern_resumes_total Joins replayed from their resume token (exactly the missed events), by transport."
+        );
+        let _ = writeln!(out, "# TYPE lectern_resumes_total counter");
+        for (t, transport) in EVENT_TRANSPORTS.iter().enumerate() {
+            let n = self.resumes[t].load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "lectern_resumes_total{{transport=\"{transport}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP lectern_resumes_refused_total Joins with a resume token that started afresh instead, by transport and reason."
+        );
+        let _ = writeln!(out, "# TYPE lectern_resumes_refused_total counter");
+        for (t, transport) in EVENT_TRANSPORTS.iter().enumerate() {
+            for (r, reason) in RESUME_REFUSED_REASONS.iter().enumerate() {
+                let n = self.resumes_refused[t][r].load(Ordering::Relaxed);
+                let _ = writeln!(
+                    out,
+                    "lectern_resumes_refused_total{{transport=\"{transport}\",reason=\"{reason}\"}} {n}"
+                );
+            }
+        }
     }
 }

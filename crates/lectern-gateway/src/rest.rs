@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 use crate::Gateway;
 use crate::error::AppError;
 use crate::extract::{Authed, RawBody, json_object, not_found, parse_id};
+use crate::metrics;
 use crate::run::new_command_id;
 use crate::sio::{ConnGuard, Transport};
 
@@ -341,14 +342,27 @@ async fn long_poll(
     Query(q): Query<PollQuery>,
 ) -> Result<Response, AppError> {
     let session: SessionId = parse_id(&id, "session id")?;
-    let since = q.since.as_deref().map(ResumeToken::parse).transpose()?;
+    let since = q
+        .since
+        .as_deref()
+        .map(ResumeToken::parse)
+        .transpose()
+        .inspect_err(|_| {
+            gw.metrics()
+                .resume(Transport::LongPoll.label(), Some(metrics::BAD_TOKEN));
+        })?;
     let staff = caller.role.is_staff();
     let user = caller.user.to_string();
     gw.take_command_token(&user)?;
+    let resuming = since.is_some();
     let mut joined = gw
         .hub()
         .join(DocId::Session(session), caller, since)
         .await?;
+    if resuming {
+        gw.metrics()
+            .resume_start(Transport::LongPoll.label(), &joined.start);
+    }
     let (mut events, mut token) = match joined.start {
         JoinStart::Snapshot {
             state,

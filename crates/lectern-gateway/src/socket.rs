@@ -31,7 +31,7 @@ use tracing::debug;
 use crate::admission::PreauthSession;
 use crate::error::AppError;
 use crate::sio::client::{self, Action, Dispatch, SioClient, Why};
-use crate::sio::recovery::{self, Recovery};
+use crate::sio::recovery;
 use crate::sio::{self, Args, Cut, Rejoined, Transport};
 use crate::{Gateway, lock};
 
@@ -88,9 +88,9 @@ async fn authenticate(
     // CONNECT reply, whose pid (set here) says whether they were.
     let mut pid = recovery::new_id();
     let mut recovered = Vec::new();
-    if let Some(r) = Recovery::from_auth(auth.as_ref()) {
+    if let Some(r) = sio::recovery_asked(&gw, Transport::SocketIo, auth.as_ref()) {
         let room = |session: &SessionId| s.join(session_room(session));
-        match sio::recover(&gw, &conn.caller, &r, room).await {
+        match sio::recover(&gw, Transport::SocketIo, &conn.caller, &r, room).await {
             Ok(rejoined) => {
                 client.recovered(rejoined.iter().map(|j| (j.session.clone(), j.from.clone())));
                 recovered = rejoined;
@@ -206,7 +206,10 @@ async fn on_event(
         Dispatch::Command { event, args } => sio::command(&gw, caller, &event, Ok(args)).await,
         Dispatch::Join { session, since } => {
             let room = session_room(&session);
-            let joined = sio::join(&gw, caller, &session, since, || s.join(room.clone())).await;
+            let joined = sio::join(&gw, Transport::SocketIo, caller, &session, since, || {
+                s.join(room.clone())
+            })
+            .await;
             let at = joined.as_ref().ok().map(|(_, token, _, _)| token.clone());
             let keep = lock(&conn.client).join_done(&session, at);
             match joined {

@@ -29,6 +29,7 @@ use crate::Gateway;
 use crate::error::AppError;
 use crate::extract::{AuthedUntil, last_event_id};
 use crate::limits::ConnSlot;
+use crate::metrics;
 use crate::sio::{ConnGuard, Transport};
 
 /// What one kind of stream brings to [`open`]: who may follow it beyond what its
@@ -78,14 +79,22 @@ pub(crate) async fn open(
     headers: &HeaderMap,
     source: impl Source,
 ) -> Result<Opened, AppError> {
-    let since = last_event_id(headers)?;
+    let since = last_event_id(headers).inspect_err(|_| {
+        gw.metrics()
+            .resume(Transport::Sse.label(), Some(metrics::BAD_TOKEN));
+    })?;
     gw.take_command_token(caller.user.as_str())?;
     source.check(gw, &caller).await?;
     let slot = gw.connection_slot(caller.user.as_str())?;
     let staff = caller.role.is_staff();
     let user = caller.user.to_string();
     let filter = source.filter();
+    let resuming = since.is_some();
     let joined = source.join(gw, caller, since).await?;
+    if resuming {
+        gw.metrics()
+            .resume_start(Transport::Sse.label(), &joined.start);
+    }
     Ok(Opened {
         joined,
         user,

@@ -50,7 +50,7 @@ use crate::admission::Admitted;
 use crate::error::AppError;
 use crate::sio::client::{self, Action, Dispatch, SioClient, Why};
 use crate::sio::packet::EngineQuery;
-use crate::sio::recovery::{self, Recovery};
+use crate::sio::recovery;
 use crate::sio::{self, Cut, Rejoined, Transport};
 use crate::wsframe::{self, Message};
 
@@ -616,7 +616,7 @@ impl Socket {
         let reply = match result {
             Ok(conn) => {
                 debug!(user = %conn.caller.user, "websocket connected");
-                let recovery = Recovery::from_auth(auth.as_ref());
+                let recovery = sio::recovery_asked(&self.gw, Transport::WebSocket, auth.as_ref());
                 let caller = conn.caller.clone();
                 // The place among connections waiting to authenticate goes with `preauth`.
                 self.stage = Stage::Connected(conn);
@@ -628,11 +628,12 @@ impl Socket {
                 // they were (the core stays unconnected meanwhile).
                 let gw = self.gw.clone();
                 self.start(Box::pin(async move {
-                    let result = sio::recover(&gw, &caller, &recovery, |session| {
-                        gw.attendance_watch(session)
-                    })
-                    .await
-                    .map_err(drop);
+                    let result =
+                        sio::recover(&gw, Transport::WebSocket, &caller, &recovery, |session| {
+                            gw.attendance_watch(session)
+                        })
+                        .await
+                        .map_err(drop);
                     Done::Recovered {
                         pid: recovery.pid,
                         caller,
@@ -721,7 +722,7 @@ impl Socket {
             })),
             Dispatch::Join { session, since } => self.start(Box::pin(async move {
                 // Subscribed before presence counts this socket, so it sees that update.
-                let result = sio::join(&gw, &caller, &session, since, || {
+                let result = sio::join(&gw, Transport::WebSocket, &caller, &session, since, || {
                     gw.attendance_watch(&session)
                 })
                 .await;

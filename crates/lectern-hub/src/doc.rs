@@ -45,10 +45,13 @@ pub(crate) enum Msg {
     Sync {
         peer: String,
         message: Vec<u8>,
+        /// The peer may read the document but not write it (see [`crate::SyncAccess`]).
+        read_only: bool,
         reply: SyncReply,
     },
     GenerateSync {
         peer: String,
+        read_only: bool,
         reply: SyncReply,
     },
     Read(ReadFn),
@@ -221,7 +224,7 @@ async fn load(inner: &Arc<Inner>, doc: &DocId) -> Result<Live, HubError> {
     let key = doc.to_string();
     let id = doc.clone();
     let actor = inner.identity.actor_bytes();
-    let flags_inner = inner.clone();
+    let hub_inner = inner.clone();
     tokio::task::spawn_blocking(move || {
         let stored = store
             .load_doc(&key)
@@ -243,8 +246,9 @@ async fn load(inner: &Arc<Inner>, doc: &DocId) -> Result<Live, HubError> {
             reason: e.to_string(),
         })?;
         if replica.id() == &DocId::Flags {
-            flags_inner.set_flags(replica.flags());
+            hub_inner.set_flags(replica.flags());
         }
+        hub_inner.counters.loads.fetch_add(1, Ordering::Relaxed);
         Ok(Live {
             saved: replica.doc().get_heads(),
             replica,
@@ -279,11 +283,18 @@ fn fail_all(inner: &Arc<Inner>, batch: Vec<Msg>, e: &HubError) {
 /// The sync state of (`peer`, `doc`), loaded from the store on first use. A state from an
 /// earlier conversation with `peer` is cut back to its persisted part (the shared heads): what it
 /// says about messages in flight belonged to a connection that is gone.
+///
+/// With `read_only` the state becomes automerge's read-only one, for as long as the writer
+/// keeps it (across the peer's reconnects too): the peer's changes are not applied, nothing is
+/// asked of it, and its messages tell it so (it then sends none), while ours still carry our
+/// changes to it. Only the persisted shared heads are stored, so the mode is set again by the
+/// caller after a reload.
 fn sync_state<'a>(
     inner: &Inner,
     doc: &DocId,
     peers: &'a mut HashMap<String, (u64, sync::State)>,
     peer: &str,
+    read_only: bool,
 ) -> &'a mut sync::State {
     let epoch = inner
         .peer_epochs
@@ -306,8 +317,13 @@ fn sync_state<'a>(
         (epoch, state)
     });
     if entry.0 != epoch {
+        let was_read_only = entry.1.read_only;
         entry.1 = sync::State::decode(&entry.1.encode()).unwrap_or_else(|_| sync::State::new());
+        entry.1.set_read_only(was_read_only);
         entry.0 = epoch;
+    }
+    if read_only && !entry.1.read_only {
+        entry.1.set_read_only(true);
     }
     &mut entry.1
 }
@@ -413,9 +429,10 @@ async fn process(inner: &Arc<Inner>, doc: &DocId, live: &mut Live, batch: Vec<Ms
             Msg::Sync {
                 peer,
                 message,
+                read_only,
                 reply,
             } => {
-                let state = sync_state(inner, doc, &mut live.peers, &peer);
+                let state = sync_state(inner, doc, &mut live.peers, &peer, read_only);
                 let followed = inner.rooms.has_subscribers(doc);
                 match live
                     .replica
@@ -539,13 +556,18 @@ async fn process(inner: &Arc<Inner>, doc: &DocId, live: &mut Live, batch: Vec<Ms
         });
     }
     for (peer, reply) in sync_replies {
-        let state = sync_state(inner, doc, &mut live.peers, &peer);
+        // A read-only state stays so (set when its message was received).
+        let state = sync_state(inner, doc, &mut live.peers, &peer, false);
         let _ = reply.send(Ok(live.replica.generate_sync_message(state)));
     }
     for msg in deferred {
         match msg {
-            Msg::GenerateSync { peer, reply } => {
-                let state = sync_state(inner, doc, &mut live.peers, &peer);
+            Msg::GenerateSync {
+                peer,
+                read_only,
+                reply,
+            } => {
+                let state = sync_state(inner, doc, &mut live.peers, &peer, read_only);
                 let _ = reply.send(Ok(live.replica.generate_sync_message(state)));
             }
             // A session or cohort that does not exist has nothing to read; an inbox that does

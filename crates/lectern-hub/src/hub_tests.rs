@@ -232,6 +232,9 @@ async fn idle_documents_are_evicted_and_reloaded_intact() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(hub.stats().evictions >= 1);
+    // Created in memory, never loaded from the store until now.
+    let loads = hub.stats().loads;
+    assert_eq!(loads, 0, "{:?}", hub.stats());
     let admin = caller("admin", Role::Admin);
     let view = hub
         .read(session("s"), move |r| r.session_view(&admin, Millis(0)))
@@ -239,6 +242,7 @@ async fn idle_documents_are_evicted_and_reloaded_intact() {
         .expect("read")
         .expect("view");
     assert_eq!(view["questions"][0]["question"], "kept?");
+    assert_eq!(hub.stats().loads, 1, "the reload is counted");
     // A retried command is still recognised after the reload.
     let again = hub
         .execute(
@@ -622,4 +626,145 @@ async fn a_resume_from_a_node_ahead_waits_for_its_changes() {
     };
     let names: Vec<&str> = events.iter().map(|e| e.name).collect();
     assert_eq!(names, vec!["qa:new"], "exactly the missed q3");
+}
+
+/// Sets `feature` globally on `hub`'s flags document, as the operator's `flag.set` does.
+async fn flag_set(hub: &Hub, id: &str, feature: lectern_model::Feature, enabled: bool) {
+    hub.execute(
+        lectern_model::DocId::Flags,
+        caller("operator", Role::Admin),
+        cmd(
+            id,
+            CommandBody::FlagSet {
+                feature,
+                cohort: None,
+                enabled,
+            },
+        ),
+    )
+    .await
+    .expect("flag.set");
+}
+
+/// Syncs the flags document between a region hub, which holds the classroom read-only, and a
+/// classroom hub, until neither has anything to say.
+async fn sync_flags_read_only(region: &Hub, classroom: &Hub) {
+    use crate::SyncAccess::{ReadOnly, ReadWrite};
+    let flags = || lectern_model::DocId::Flags;
+    for _ in 0..10 {
+        let mut quiet = true;
+        // (message, whether it goes to the region)
+        let mut next = Vec::new();
+        if let Some(m) = region
+            .generate_sync_as(flags(), "classroom", ReadOnly)
+            .await
+            .expect("gen region")
+        {
+            next.push((m, false));
+        }
+        if let Some(m) = classroom
+            .generate_sync_as(flags(), "region", ReadWrite)
+            .await
+            .expect("gen classroom")
+        {
+            next.push((m, true));
+        }
+        for (first, mut to_region) in next {
+            quiet = false;
+            let mut message = Some(first);
+            let mut steps = 0;
+            while let Some(m) = message.take() {
+                steps += 1;
+                assert!(steps < 100, "sync did not quiesce");
+                message = if to_region {
+                    region
+                        .receive_sync_as(flags(), "classroom", m, ReadOnly)
+                        .await
+                        .expect("region receives")
+                } else {
+                    classroom
+                        .receive_sync_as(flags(), "region", m, ReadWrite)
+                        .await
+                        .expect("classroom receives")
+                };
+                to_region = !to_region;
+            }
+        }
+        if quiet {
+            return;
+        }
+    }
+    panic!("sync did not quiesce");
+}
+
+/// A peer held read-only for a document (a scoped classroom node for the cluster's flags)
+/// receives the document's changes, but its own are never taken, and the exchange ends.
+/// Kills: a read-only peer's changes applied; a read-only peer starved of ours; a sync that
+/// ping-pongs over changes that are refused.
+#[tokio::test]
+async fn a_read_only_peer_gets_the_flags_and_its_own_changes_to_them_are_not_taken() {
+    use lectern_model::Feature;
+    let (dir_r, dir_c) = (TempDir::new("ro-region"), TempDir::new("ro-classroom"));
+    let region = hub_at(&dir_r, HubConfig::default());
+    let classroom = hub_at(&dir_c, HubConfig::default());
+    flag_set(&region, "region-chat-off", Feature::Chat, false).await;
+    flag_set(&classroom, "classroom-polls-off", Feature::Polls, false).await;
+
+    sync_flags_read_only(&region, &classroom).await;
+    assert!(
+        !classroom.flags().enabled(Feature::Chat, None),
+        "reached it"
+    );
+    assert!(
+        region.flags().enabled(Feature::Polls, None),
+        "the read-only peer's change was taken"
+    );
+    assert!(!region.flags().enabled(Feature::Chat, None));
+
+    // A later change of the region's reaches it too; the classroom's still does not come up.
+    flag_set(&region, "region-board-off", Feature::Leaderboard, false).await;
+    sync_flags_read_only(&region, &classroom).await;
+    assert!(!classroom.flags().enabled(Feature::Leaderboard, None));
+    assert!(region.flags().enabled(Feature::Polls, None));
+
+    // The same exchange read-write (the control): the classroom's change is taken.
+    let (dir_o, open) = {
+        let d = TempDir::new("ro-open-region");
+        let h = hub_at(&d, HubConfig::default());
+        (d, h)
+    };
+    flag_set(&open, "open-chat-off", Feature::Chat, false).await;
+    for _ in 0..10 {
+        sync_pair_flags(&open, &classroom).await;
+    }
+    assert!(
+        !open.flags().enabled(Feature::Polls, None),
+        "read-write takes it"
+    );
+    drop(dir_o);
+}
+
+/// Syncs the flags document both ways, read-write.
+async fn sync_pair_flags(a: &Hub, b: &Hub) {
+    let flags = || lectern_model::DocId::Flags;
+    for (from, to, from_name, to_name) in [(a, b, "a", "b"), (b, a, "b", "a")] {
+        let Some(mut message) = from.generate_sync(flags(), to_name).await.expect("gen") else {
+            continue;
+        };
+        let (mut sender, mut receiver) = ((from, from_name), (to, to_name));
+        for _ in 0..100 {
+            match receiver
+                .0
+                .receive_sync(flags(), sender.1, message)
+                .await
+                .expect("receive")
+            {
+                Some(reply) => {
+                    message = reply;
+                    std::mem::swap(&mut sender, &mut receiver);
+                }
+                None => break,
+            }
+        }
+    }
 }

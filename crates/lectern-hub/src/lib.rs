@@ -284,6 +284,18 @@ pub struct Acked {
     pub event: Option<Arc<Published>>,
 }
 
+/// What a peer may do to a document through automerge's sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncAccess {
+    /// Read and write: its changes are applied (the default).
+    ReadWrite,
+    /// Read only: it receives this node's changes; its own are never applied, and its sync
+    /// state says so (automerge's read-only sync, so an honest peer stops sending them). Once a
+    /// writer has seen a peer read-only for a document, that peer stays so until the document
+    /// is unloaded.
+    ReadOnly,
+}
+
 /// Where a joining subscriber starts.
 #[derive(Debug)]
 pub enum JoinStart {
@@ -328,6 +340,9 @@ pub struct HubStats {
     pub sync_messages: u64,
     /// Documents in memory now.
     pub docs_loaded: usize,
+    /// Stored documents read from the store into memory (a writer starting on a document that
+    /// exists on disk; one that does not exist yet is not counted).
+    pub loads: u64,
     /// Documents dropped from memory for being idle.
     pub evictions: u64,
     /// Idle documents dropped to make room for a load (the hub was full, or the user at their
@@ -347,6 +362,7 @@ struct Counters {
     commands_rejected: AtomicU64,
     batches: AtomicU64,
     sync_messages: AtomicU64,
+    loads: AtomicU64,
     evictions: AtomicU64,
     evictions_lru: AtomicU64,
     refused_per_user: AtomicU64,
@@ -626,6 +642,20 @@ impl Hub {
         peer: &str,
         message: Vec<u8>,
     ) -> Result<Option<Vec<u8>>, HubError> {
+        self.receive_sync_as(doc, peer, message, SyncAccess::ReadWrite)
+            .await
+    }
+
+    /// [`Hub::receive_sync`] for a peer with `access` to `doc`: with
+    /// [`SyncAccess::ReadOnly`] the changes the message carries are not applied (its heads,
+    /// needs and bloom filter still are, so the peer keeps receiving this node's changes).
+    pub async fn receive_sync_as(
+        &self,
+        doc: DocId,
+        peer: &str,
+        message: Vec<u8>,
+        access: SyncAccess,
+    ) -> Result<Option<Vec<u8>>, HubError> {
         let (reply, rx) = oneshot::channel();
         self.send(
             &doc,
@@ -633,6 +663,7 @@ impl Hub {
             Msg::Sync {
                 peer: peer.to_owned(),
                 message,
+                read_only: access == SyncAccess::ReadOnly,
                 reply,
             },
         )?;
@@ -641,9 +672,30 @@ impl Hub {
 
     /// The next sync message for `peer` about `doc`, if there is anything to say.
     pub async fn generate_sync(&self, doc: DocId, peer: &str) -> Result<Option<Vec<u8>>, HubError> {
+        self.generate_sync_as(doc, peer, SyncAccess::ReadWrite)
+            .await
+    }
+
+    /// [`Hub::generate_sync`] for a peer with `access` to `doc` (a read-only peer is told so
+    /// and asked for nothing).
+    pub async fn generate_sync_as(
+        &self,
+        doc: DocId,
+        peer: &str,
+        access: SyncAccess,
+    ) -> Result<Option<Vec<u8>>, HubError> {
         let (reply, rx) = oneshot::channel();
         let peer = peer.to_owned();
-        self.send(&doc, None, Msg::GenerateSync { peer, reply })?;
+        let read_only = access == SyncAccess::ReadOnly;
+        self.send(
+            &doc,
+            None,
+            Msg::GenerateSync {
+                peer,
+                read_only,
+                reply,
+            },
+        )?;
         rx.await.map_err(|_| HubError::ShuttingDown)?
     }
 
@@ -706,6 +758,7 @@ impl Hub {
             batches: c.batches.load(Ordering::Relaxed),
             sync_messages: c.sync_messages.load(Ordering::Relaxed),
             docs_loaded: self.loaded_docs(),
+            loads: c.loads.load(Ordering::Relaxed),
             evictions: c.evictions.load(Ordering::Relaxed),
             evictions_lru: c.evictions_lru.load(Ordering::Relaxed),
             refused_per_user: c.refused_per_user.load(Ordering::Relaxed),

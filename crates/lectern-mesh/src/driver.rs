@@ -15,12 +15,12 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use lectern_hub::Hub;
+use lectern_hub::{Hub, SyncAccess};
 use lectern_model::DocId;
 use lectern_wire::{FRAME_LEN_MAX_BYTES, FrameDecoder, FrameError, PeerFrame, encode_frame};
 use rand::Rng;
@@ -214,6 +214,9 @@ pub struct MeshStatus {
     /// Peers' frames dropped since start for naming a document outside the share policy or
     /// the peer's scope.
     pub frames_refused: u64,
+    /// Scoped peers' sync messages that carried changes to a document they may only read (the
+    /// cluster's flags), since start: the changes were not applied.
+    pub writes_refused: u64,
     /// Frame bytes sent to peers since start (headers included).
     pub bytes_sent: u64,
     /// Frame bytes received from peers since start.
@@ -264,6 +267,7 @@ struct Shared {
     next_conn_id: AtomicU64,
     faults: AtomicU64,
     frames_refused: AtomicU64,
+    writes_refused: AtomicU64,
     bytes_sent: Arc<AtomicU64>,
     bytes_received: AtomicU64,
 }
@@ -308,6 +312,7 @@ impl Mesh {
             next_conn_id: AtomicU64::new(1),
             faults: AtomicU64::new(0),
             frames_refused: AtomicU64::new(0),
+            writes_refused: AtomicU64::new(0),
             bytes_sent: Arc::new(AtomicU64::new(0)),
             bytes_received: AtomicU64::new(0),
         });
@@ -446,6 +451,7 @@ impl Mesh {
             peers,
             peer_faults: shared.faults.load(Ordering::Relaxed),
             frames_refused: shared.frames_refused.load(Ordering::Relaxed),
+            writes_refused: shared.writes_refused.load(Ordering::Relaxed),
             bytes_sent: shared.bytes_sent.load(Ordering::Relaxed),
             bytes_received: shared.bytes_received.load(Ordering::Relaxed),
             revocation_lists: shared.crl_ders().len(),
@@ -860,12 +866,18 @@ async fn run_connection(
                     // certificate) reaches only states of its own name.
                     let states_key = sync_states_key(&info);
                     shared.hub.peer_connected(&states_key);
+                    let sync_peer = SyncPeer {
+                        name: info.name.clone(),
+                        states_key,
+                        scoped: config.peer_scopes.contains_key(&info.name),
+                        warned: Arc::new(AtomicBool::new(false)),
+                    };
                     for _ in 0..SYNC_WORKERS {
                         let (tx, rx) = mpsc::channel(SYNC_WORKER_QUEUE_MAX);
                         workers.push(tx);
                         worker_tasks.spawn(sync_worker(
-                            shared.hub.clone(),
-                            states_key.clone(),
+                            shared.clone(),
+                            sync_peer.clone(),
                             rx,
                             frames_tx.clone(),
                         ));
@@ -1143,13 +1155,47 @@ fn worker_index(doc: &str, workers: usize) -> usize {
     (hash % workers as u64) as usize
 }
 
+/// Who a connection's sync workers speak with.
+#[derive(Clone)]
+struct SyncPeer {
+    /// Its cluster name (its certificate's).
+    name: String,
+    /// The key of its sync states in the hub (see [`sync_states_key`]).
+    states_key: String,
+    /// Held to a scope (`peer_scopes`): it may read the cluster's flags but not write them.
+    scoped: bool,
+    /// Set once a refused write of this connection was logged at warn.
+    warned: Arc<AtomicBool>,
+}
+
+/// What a peer may do to `doc` through sync: a scoped peer (a classroom node) receives the
+/// cluster's feature flags, which its scope admits so that a feature switched off is off there
+/// too, but may not change them: a flag is set on a region node and holds for the whole
+/// cluster, so a compromised classroom node must not switch a feature off (or on) everywhere.
+/// Every other document its scope admits it may write.
+fn peer_access(scoped: bool, doc: &DocId) -> SyncAccess {
+    if scoped && *doc == DocId::Flags {
+        SyncAccess::ReadOnly
+    } else {
+        SyncAccess::ReadWrite
+    }
+}
+
+/// Whether a sync message carries changes (one that does not decode is left to the hub, which
+/// refuses it).
+fn carries_changes(message: &[u8]) -> bool {
+    automerge::sync::Message::decode(message).is_ok_and(|m| !m.changes.is_empty())
+}
+
 /// Runs the hub's side of automerge's sync for the documents routed to this worker.
 async fn sync_worker(
-    hub: Hub,
-    states_key: String,
+    shared: Arc<Shared>,
+    peer: SyncPeer,
     mut rx: mpsc::Receiver<Work>,
     frames: mpsc::UnboundedSender<Vec<u8>>,
 ) {
+    let hub = &shared.hub;
+    let states_key = &peer.states_key;
     while let Some(work) = rx.recv().await {
         let (doc, result) = match work {
             Work::Generate(doc) => {
@@ -1157,7 +1203,8 @@ async fn sync_worker(
                     warn!(doc, "not a document id; skipped");
                     continue;
                 };
-                let result = hub.generate_sync(id, &states_key).await;
+                let access = peer_access(peer.scoped, &id);
+                let result = hub.generate_sync_as(id, states_key, access).await;
                 (doc, result)
             }
             Work::Receive(doc, message) => {
@@ -1165,7 +1212,18 @@ async fn sync_worker(
                     warn!(doc, "a sync message for a malformed document id; dropped");
                     continue;
                 };
-                let result = hub.receive_sync(id, &states_key, message).await;
+                let access = peer_access(peer.scoped, &id);
+                if access == SyncAccess::ReadOnly && carries_changes(&message) {
+                    // Still handed to the hub: its heads and needs keep our changes flowing to
+                    // the peer; the hub's read-only sync state leaves its changes out.
+                    shared.writes_refused.fetch_add(1, Ordering::Relaxed);
+                    if peer.warned.swap(true, Ordering::Relaxed) {
+                        debug!(peer = %peer.name, doc, "refused more changes to a document the peer may only read");
+                    } else {
+                        warn!(peer = %peer.name, doc, "refused the peer's changes to a document it may only read (scoped peers do not write the cluster's feature flags)");
+                    }
+                }
+                let result = hub.receive_sync_as(id, states_key, message, access).await;
                 (doc, result)
             }
         };
@@ -1200,6 +1258,18 @@ async fn sleep_until(at: Option<Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only a scoped peer, and only for the cluster's flags, is read-only. Kills: every peer
+    /// read-only for the flags (a region could not set them for its peers), a scoped peer
+    /// read-only for its cohort's documents.
+    #[test]
+    fn a_scoped_peer_may_read_but_not_write_the_cluster_flags() {
+        let cohort = DocId::Cohort("c1".parse().expect("a cohort id"));
+        assert_eq!(peer_access(true, &DocId::Flags), SyncAccess::ReadOnly);
+        assert_eq!(peer_access(true, &cohort), SyncAccess::ReadWrite);
+        assert_eq!(peer_access(false, &DocId::Flags), SyncAccess::ReadWrite);
+        assert_eq!(peer_access(false, &cohort), SyncAccess::ReadWrite);
+    }
 
     /// A node that claims another's node id under its own certificate name gets sync states of
     /// its own. Kills: states keyed by the claimed node id alone.

@@ -269,12 +269,14 @@ pub(crate) fn leave_args(args: &[Value]) -> Result<SessionId, AppError> {
 /// gap, no overlap) and what `subscribe` returned.
 pub(crate) async fn join<T>(
     gw: &Gateway,
+    transport: Transport,
     caller: &Caller,
     session: &SessionId,
     since: Option<ResumeToken>,
     subscribe: impl FnOnce() -> T,
 ) -> Result<(Value, Arc<str>, broadcast::Receiver<Arc<Published>>, T), AppError> {
-    let (start, events, subscribed) = join_start(gw, caller, session, since, subscribe).await?;
+    let (start, events, subscribed) =
+        join_start(gw, transport, caller, session, since, subscribe).await?;
     let staff = caller.role.is_staff();
     let user = caller.user.as_str();
     let (reply, token) = match start {
@@ -304,22 +306,44 @@ pub(crate) async fn join<T>(
 }
 
 /// [`join`] up to the hub's answer: how the session starts for this socket, its events after
-/// that, and what `subscribe` returned (presence already counts the socket).
+/// that, and what `subscribe` returned (presence already counts the socket). A join from a
+/// resume token is counted, resumed or refused, under `transport`.
 async fn join_start<T>(
     gw: &Gateway,
+    transport: Transport,
     caller: &Caller,
     session: &SessionId,
     since: Option<ResumeToken>,
     subscribe: impl FnOnce() -> T,
 ) -> Result<(JoinStart, broadcast::Receiver<Arc<Published>>, T), AppError> {
     gw.take_command_token(caller.user.as_str())?;
+    let resuming = since.is_some();
     let joined = gw
         .hub()
         .join(DocId::Session(session.clone()), caller.clone(), since)
         .await?;
+    if resuming {
+        gw.metrics().resume_start(transport.label(), &joined.start);
+    }
     let subscribed = subscribe();
     gw.presence_join(session, caller).await;
     Ok((joined.start, joined.events, subscribed))
+}
+
+/// The recovery a CONNECT's auth payload asks for ([`recovery::Recovery::from_auth`]). One
+/// that asks (it names a `pid`) with an offset that does not parse connects afresh, and is
+/// counted as a resume refused `bad_token` under `transport`.
+pub(crate) fn recovery_asked(
+    gw: &Gateway,
+    transport: Transport,
+    auth: Option<&Value>,
+) -> Option<recovery::Recovery> {
+    let asked = recovery::Recovery::from_auth(auth);
+    if asked.is_none() && auth.is_some_and(|a| a.get("pid").is_some()) {
+        gw.metrics()
+            .resume(transport.label(), Some(crate::metrics::BAD_TOKEN));
+    }
+    asked
 }
 
 /// One session a recovery joined again.
@@ -342,8 +366,13 @@ pub(crate) struct Rejoined<T> {
 /// token its offset names. `Ok` with every session if each can be replayed; otherwise the
 /// sessions joined so far are left again (presence) and `Err` hands back what `subscribe`
 /// returned for each, for the transport to undo: the client then connects afresh.
+///
+/// Each session's join is counted under `transport` as a resume or a resume refused; a join
+/// that fails (the session gone, the caller no longer a member, the rate limit) as refused
+/// `join_failed`. The sessions after the first that fails are not tried, nor counted.
 pub(crate) async fn recover<T>(
     gw: &Gateway,
+    transport: Transport,
     caller: &Caller,
     recovery: &recovery::Recovery,
     mut subscribe: impl FnMut(&SessionId) -> T,
@@ -352,7 +381,7 @@ pub(crate) async fn recover<T>(
     let mut failed = None;
     for (session, since) in &recovery.sessions {
         let from = Arc::from(since.to_string());
-        let start = join_start(gw, caller, session, Some(since.clone()), || {
+        let start = join_start(gw, transport, caller, session, Some(since.clone()), || {
             subscribe(session)
         });
         match start.await {
@@ -379,6 +408,8 @@ pub(crate) async fn recover<T>(
                 break;
             }
             Err(_) => {
+                gw.metrics()
+                    .resume(transport.label(), Some(crate::metrics::JOIN_FAILED));
                 failed = Some(None);
                 break;
             }
