@@ -261,14 +261,25 @@ fn matches(headers: &HeaderMap, etag: &str) -> bool {
         .any(|t| t == etag || t == "*")
 }
 
+/// A public course answer: `body` with `etag`, or `304` when `headers` hold it already.
 fn cached(etag: &str, headers: &HeaderMap, body: impl FnOnce() -> Value) -> Response {
+    revalidated(etag, headers, cache_control(), body)
+}
+
+/// `body` (or `304` when `headers` hold `etag` already) with `etag` and `cache_control`.
+fn revalidated(
+    etag: &str,
+    headers: &HeaderMap,
+    cache_control: HeaderValue,
+    body: impl FnOnce() -> Value,
+) -> Response {
     let mut response = if matches(headers, etag) {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
         axum::Json(body()).into_response()
     };
     let h = response.headers_mut();
-    h.insert(header::CACHE_CONTROL, cache_control());
+    h.insert(header::CACHE_CONTROL, cache_control);
     if let Ok(v) = HeaderValue::from_str(etag) {
         h.insert(header::ETAG, v);
     }
@@ -377,19 +388,12 @@ async fn catalog(State(cat): State<Catalog>, headers: HeaderMap) -> Response {
 
 /// A private, revalidated answer: `body` with `etag`, or `304` when `headers` hold it already.
 fn private_cached(etag: &str, headers: &HeaderMap, body: impl FnOnce() -> Value) -> Response {
-    let mut response = if matches(headers, etag) {
-        StatusCode::NOT_MODIFIED.into_response()
-    } else {
-        axum::Json(body()).into_response()
-    };
-    let h = response.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&format!("private, max-age={ENROLLMENT_MAX_AGE_S}")) {
-        h.insert(header::CACHE_CONTROL, v);
-    }
-    if let Ok(v) = HeaderValue::from_str(etag) {
-        h.insert(header::ETAG, v);
-    }
-    response
+    static PRIVATE: std::sync::LazyLock<HeaderValue> = std::sync::LazyLock::new(|| {
+        // Invariant: digits and ASCII punctuation make a valid header value.
+        HeaderValue::from_str(&format!("private, max-age={ENROLLMENT_MAX_AGE_S}"))
+            .expect("an ASCII header value")
+    });
+    revalidated(etag, headers, PRIVATE.clone(), body)
 }
 
 /// `GET /api/me/enrollments`: the cohorts the caller's token grants that this node stores, each

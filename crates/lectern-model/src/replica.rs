@@ -737,6 +737,17 @@ mod hostile_sync_tests {
         }
     }
 
+    /// Asserts that `replica` still takes a well-formed first message from an empty peer.
+    fn still_syncs(replica: &mut Replica) {
+        let empty = Replica::new(DocId::parse("session/s1").expect("a doc id"), &[6; 16]);
+        let hello = empty
+            .generate_sync_message(&mut sync::State::new())
+            .expect("a first message");
+        replica
+            .receive_sync_message(&mut sync::State::new(), &hello)
+            .expect("a real message is taken");
+    }
+
     /// `session/s1` in cohort `c1`, created by an instructor on a replica with `actor`.
     fn created_session(actor: u8) -> Replica {
         let mut replica = Replica::new(DocId::parse("session/s1").expect("a doc id"), &[actor; 16]);
@@ -767,13 +778,7 @@ mod hostile_sync_tests {
         // reply) divide by zero.
         let _ = replica.generate_sync_message(&mut state);
         // A well-formed message from an empty peer still syncs.
-        let empty = Replica::new(DocId::parse("session/s1").expect("a doc id"), &[6; 16]);
-        let hello = empty
-            .generate_sync_message(&mut sync::State::new())
-            .expect("a first message");
-        replica
-            .receive_sync_message(&mut sync::State::new(), &hello)
-            .expect("a real message is taken");
+        still_syncs(&mut replica);
     }
 
     /// A peer's bloom filter that asks for 4,294,967,295 probes per hash (found by the
@@ -832,13 +837,7 @@ mod hostile_sync_tests {
             matches!(&refused, Err(SyncError::Decode(why)) if why.contains("rows")),
             "{refused:?}"
         );
-        let empty = Replica::new(DocId::parse("session/s1").expect("a doc id"), &[6; 16]);
-        let hello = empty
-            .generate_sync_message(&mut sync::State::new())
-            .expect("a first message");
-        replica
-            .receive_sync_message(&mut sync::State::new(), &hello)
-            .expect("a real message is taken");
+        still_syncs(&mut replica);
     }
 
     /// Two replicas that synced, then parted (their sync states cut back to the persisted
