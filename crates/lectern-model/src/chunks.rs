@@ -290,11 +290,20 @@ fn rows(encoding: u32, bytes: &[u8], rows_max: u64) -> Check<Counted> {
     Ok(counted)
 }
 
-/// A cursor over a peer's bytes; every read fails cleanly at the end.
-struct Reader<'a>(&'a [u8]);
+/// A cursor over a peer's bytes; every read fails cleanly at the end. The model reads the
+/// rest of a peer's sync message (its bloom filters) with it too.
+pub(crate) struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
     const SHORT: &'static str = "a chunk shorter than it declares";
+
+    pub(crate) fn new(bytes: &'a [u8]) -> Self {
+        Reader(bytes)
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 
     fn take(&mut self, n: u64) -> Check<&'a [u8]> {
         let n = usize::try_from(n).map_err(|_| Self::SHORT)?;
@@ -307,7 +316,7 @@ impl<'a> Reader<'a> {
     }
 
     /// An unsigned LEB128 number (at most ten bytes).
-    fn u(&mut self) -> Check<u64> {
+    pub(crate) fn u(&mut self) -> Check<u64> {
         let mut value = 0u64;
         for (i, b) in self.0.iter().enumerate().take(10) {
             value |= u64::from(b & 0x7f).checked_shl(7 * i as u32).unwrap_or(0);

@@ -679,10 +679,10 @@ fn bloom_refused(bloom: &sync::BloomFilter) -> Option<&'static str> {
         // The empty filter of a side with nothing new since the shared heads: never probed.
         return None;
     }
-    let mut rest = bytes.as_slice();
+    let mut rest = crate::chunks::Reader::new(&bytes);
     let mut numbers = [0u64; 3];
     for n in &mut numbers {
-        let Ok(v) = leb128_u64(&mut rest) else {
+        let Ok(v) = rest.u() else {
             return Some("a bloom filter that does not parse");
         };
         *n = v;
@@ -698,19 +698,6 @@ fn bloom_refused(bloom: &sync::BloomFilter) -> Option<&'static str> {
         return Some("a bloom filter with too many bits per entry");
     }
     None
-}
-
-/// Reads one unsigned LEB128 number (at most 10 bytes) off the front of `rest`.
-fn leb128_u64(rest: &mut &[u8]) -> Result<u64, ()> {
-    let mut value = 0u64;
-    for (i, b) in rest.iter().enumerate().take(10) {
-        value |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            *rest = &rest[i + 1..];
-            return Ok(value);
-        }
-    }
-    Err(())
 }
 
 #[cfg(test)]
