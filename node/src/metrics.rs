@@ -6,7 +6,7 @@
 use std::fmt::Write;
 use std::sync::Arc;
 
-use lectern_gateway::MetricsSection;
+use lectern_gateway::{MetricsSection, labelled_counter};
 use lectern_hub::Hub;
 use lectern_jobs::{JobRunner, JobStats};
 use lectern_mesh::Mesh;
@@ -82,20 +82,15 @@ pub(crate) fn jobs(runner: &JobRunner) -> MetricsSection {
         for (name, help, value) in counters {
             counter(out, name, help, value);
         }
-        let _ = writeln!(
+        labelled_counter(
             out,
-            "# HELP lectern_email_failures_total Failed email attempts: refused (a 4xx or 5xx reply) or unreachable (no reply)."
-        );
-        let _ = writeln!(out, "# TYPE lectern_email_failures_total counter");
-        let _ = writeln!(
-            out,
-            "lectern_email_failures_total{{reason=\"refused\"}} {}",
-            s.emails_refused
-        );
-        let _ = writeln!(
-            out,
-            "lectern_email_failures_total{{reason=\"unreachable\"}} {}",
-            s.emails_unreachable
+            "lectern_email_failures_total",
+            "Failed email attempts: refused (a 4xx or 5xx reply) or unreachable (no reply).",
+            "reason",
+            &[
+                ("refused", s.emails_refused),
+                ("unreachable", s.emails_unreachable),
+            ],
         );
     })
 }
@@ -134,20 +129,12 @@ pub(crate) fn content(store: &Arc<lectern_content::BlobStore>) -> MetricsSection
             "Content requests answered 304 Not Modified (the client's copy is current).",
             s.not_modified,
         );
-        let _ = writeln!(
+        labelled_counter(
             out,
-            "# HELP lectern_content_reads_total Content blobs read to answer a request: from the memory cache or from disk (verified)."
-        );
-        let _ = writeln!(out, "# TYPE lectern_content_reads_total counter");
-        let _ = writeln!(
-            out,
-            "lectern_content_reads_total{{from=\"memory\"}} {}",
-            s.cache_hits
-        );
-        let _ = writeln!(
-            out,
-            "lectern_content_reads_total{{from=\"disk\"}} {}",
-            s.disk_reads
+            "lectern_content_reads_total",
+            "Content blobs read to answer a request: from the memory cache or from disk (verified).",
+            "from",
+            &[("memory", s.cache_hits), ("disk", s.disk_reads)],
         );
     })
 }

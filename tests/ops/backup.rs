@@ -201,15 +201,15 @@ async fn a_node_restored_from_a_backup_rejoins_its_cluster_and_converges() {
                 // Quota: 1,000 chat messages per person per session (and each lane spreads
                 // its messages over every session).
                 while !stop.load(Ordering::Relaxed) && n < 900 {
-                    let id = format!("r{lane}-{n}");
-                    let at = (lane + n) % docs.len();
-                    let body = CommandBody::ChatSend { text: id.clone() };
-                    hub.execute(docs[at].clone(), student.clone(), cmd(&id, body))
-                        .await?;
-                    acked
-                        .lock()
-                        .map_err(|_| anyhow::anyhow!("poisoned"))?
-                        .push((at, id.parse()?));
+                    chat(
+                        &hub,
+                        &docs,
+                        (lane + n) % docs.len(),
+                        &student,
+                        &format!("r{lane}-{n}"),
+                        &acked,
+                    )
+                    .await?;
                     n += 1;
                 }
                 anyhow::Ok(n)
@@ -278,15 +278,15 @@ async fn a_node_restored_from_a_backup_rejoins_its_cluster_and_converges() {
                 let student = demo_caller(&format!("restore-{lane}"), Role::Student);
                 for k in 0..AFTER_BACKUP {
                     let n = lane * AFTER_BACKUP + k;
-                    let id = format!("after-{n}");
-                    let at = n % docs.len();
-                    let body = CommandBody::ChatSend { text: id.clone() };
-                    hub.execute(docs[at].clone(), student.clone(), cmd(&id, body))
-                        .await?;
-                    acked
-                        .lock()
-                        .map_err(|_| anyhow::anyhow!("poisoned"))?
-                        .push((at, id.parse()?));
+                    chat(
+                        &hub,
+                        &docs,
+                        n % docs.len(),
+                        &student,
+                        &format!("after-{n}"),
+                        &acked,
+                    )
+                    .await?;
                 }
                 anyhow::Ok(())
             }));
@@ -411,4 +411,26 @@ async fn a_node_restored_from_a_backup_rejoins_its_cluster_and_converges() {
     })
     .await
     .unwrap();
+}
+
+/// Sends chat message `id` (its own text) to `docs[at]` as `student`, and records it in
+/// `acked` once the hub acknowledged it.
+async fn chat(
+    hub: &lectern_hub::Hub,
+    docs: &[DocId],
+    at: usize,
+    student: &Caller,
+    id: &str,
+    acked: &std::sync::Mutex<Vec<(usize, lectern_model::CommandId)>>,
+) -> anyhow::Result<()> {
+    let body = CommandBody::ChatSend {
+        text: id.to_owned(),
+    };
+    hub.execute(docs[at].clone(), student.clone(), cmd(id, body))
+        .await?;
+    acked
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .push((at, id.parse()?));
+    Ok(())
 }

@@ -48,7 +48,7 @@ pub use error::AppError;
 pub use front::serve;
 pub use gateway::Gateway;
 pub use limits::Limits;
-pub use metrics::MetricsSection;
+pub use metrics::{MetricsSection, labelled_counter};
 
 pub(crate) use auth::unix_now_s;
 pub(crate) use sync::lock;

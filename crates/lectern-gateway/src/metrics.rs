@@ -67,6 +67,22 @@ pub(crate) struct Metrics {
     latency_sum_us: AtomicU64,
 }
 
+/// Writes one Prometheus counter with a series per value of `label` (its `# HELP` and
+/// `# TYPE` lines first): for the node's own metric sections too.
+pub fn labelled_counter(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    label: &str,
+    series: &[(&str, u64)],
+) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} counter");
+    for (value, n) in series {
+        let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {n}");
+    }
+}
+
 fn bump(map: &Mutex<BTreeMap<&'static str, u64>>, key: &'static str) {
     *map.lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -340,35 +356,22 @@ impl Metrics {
         );
         let _ = writeln!(out, "# TYPE lectern_hub_batches_total counter");
         let _ = writeln!(out, "lectern_hub_batches_total {}", stats.batches);
-        let _ = writeln!(
-            out,
-            "# HELP lectern_hub_evictions_total Documents dropped from memory: idle for doc_idle_ms, or the least recently used idle one to make room for a load."
+        labelled_counter(
+            &mut out,
+            "lectern_hub_evictions_total",
+            "Documents dropped from memory: idle for doc_idle_ms, or the least recently used idle one to make room for a load.",
+            "reason",
+            &[("idle", stats.evictions), ("room", stats.evictions_lru)],
         );
-        let _ = writeln!(out, "# TYPE lectern_hub_evictions_total counter");
-        let _ = writeln!(
-            out,
-            "lectern_hub_evictions_total{{reason=\"idle\"}} {}",
-            stats.evictions
-        );
-        let _ = writeln!(
-            out,
-            "lectern_hub_evictions_total{{reason=\"room\"}} {}",
-            stats.evictions_lru
-        );
-        let _ = writeln!(
-            out,
-            "# HELP lectern_hub_loads_refused_total Loads refused: the hub full of busy or followed documents, or the user at docs_loaded_per_user_max."
-        );
-        let _ = writeln!(out, "# TYPE lectern_hub_loads_refused_total counter");
-        let _ = writeln!(
-            out,
-            "lectern_hub_loads_refused_total{{reason=\"full\"}} {}",
-            stats.refused_full
-        );
-        let _ = writeln!(
-            out,
-            "lectern_hub_loads_refused_total{{reason=\"per_user\"}} {}",
-            stats.refused_per_user
+        labelled_counter(
+            &mut out,
+            "lectern_hub_loads_refused_total",
+            "Loads refused: the hub full of busy or followed documents, or the user at docs_loaded_per_user_max.",
+            "reason",
+            &[
+                ("full", stats.refused_full),
+                ("per_user", stats.refused_per_user),
+            ],
         );
         let sections = crate::lock(&self.sections).clone();
         for section in sections {
