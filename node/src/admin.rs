@@ -797,7 +797,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// The share policy of a node restricted to `cohorts`: the cluster's flags document
 /// (`flags/cluster`), their cohort documents, the session
-/// documents their cohort documents list, and the inboxes of their rosters' members (so a
+/// documents their cohort documents list, the course each follows (whose blobs the node then
+/// prefetches), and the inboxes of their rosters' members (so a
 /// notification made on either side reaches its owner on the other), refreshed whenever one of
 /// the cohorts changes; the receiver ticks after each refresh, so the mesh can run
 /// anti-entropy for newly admitted documents. A member's inbox holds every notification of
@@ -819,8 +820,8 @@ pub(crate) fn share_filter(hub: &Hub, cohorts: &[String]) -> (ShareFilter, watch
     (filter, rx)
 }
 
-/// Keeps `sessions` equal to the session documents listed by `cohorts`' documents and the
-/// inboxes of their members.
+/// Keeps `sessions` equal to the session documents listed by `cohorts`' documents, the
+/// courses they follow and the inboxes of their members.
 async fn refresh_sessions(
     hub: Hub,
     cohorts: Vec<CohortId>,
@@ -873,6 +874,13 @@ async fn refresh_sessions(
                         found.insert(format!("session/{id}"));
                     }
                 }
+            }
+            // The course the cohort follows: its outline, hence the blobs its lessons need.
+            if let Ok(Ok(view)) = &view
+                && let Some(course) = view["courseId"].as_str()
+                && let Ok(course) = course.parse()
+            {
+                found.insert(DocId::Course(course).to_string());
             }
             if let Ok(Ok(view)) = &view
                 && let Some(roster) = view["roster"].as_array()

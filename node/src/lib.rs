@@ -9,6 +9,7 @@
 
 mod admin;
 pub mod backup;
+mod blobs;
 pub mod config;
 mod demo;
 mod demo_course;
@@ -37,6 +38,7 @@ use tracing::info;
 
 pub use config::{Config, create_cluster_secret, install_cluster_secret};
 pub use demo::{DEMO_COHORT, DEMO_SESSION, seed_demo};
+pub use demo_course::DEMO_COURSE;
 
 /// How long [`Node::stop`] waits for the tasks that outlive the graceful shutdown (connection
 /// tasks past the drain, mesh tasks being aborted) to let go of the hub and so of the store.
@@ -72,6 +74,8 @@ pub struct Node {
     pub secret: Vec<u8>,
     /// The regional mesh, when configured.
     pub mesh: Option<Arc<Mesh>>,
+    /// The content blob store (`{data_dir}/content`).
+    pub content: Arc<lectern_content::BlobStore>,
     /// The notification job runner.
     pub jobs: JobRunner,
     stop: oneshot::Sender<()>,
@@ -261,8 +265,14 @@ pub async fn start_on(mut config: Config, store: Store) -> anyhow::Result<Node> 
     };
     let mesh = match &config.mesh.tls_dir {
         Some(dir) => {
-            let mesh = start_mesh(&config, dir, hub.clone()).await?;
+            let mesh = start_mesh(&config, dir, hub.clone(), &content).await?;
             presence::start(gateway.clone(), &mesh);
+            blobs::start(
+                hub.clone(),
+                content.clone(),
+                &mesh,
+                config.mesh.prefetch_content,
+            );
             gateway.add_metrics(metrics::mesh(&mesh));
             Some(mesh)
         }
@@ -325,6 +335,7 @@ pub async fn start_on(mut config: Config, store: Store) -> anyhow::Result<Node> 
         demo,
         secret,
         mesh,
+        content,
         jobs,
         stop,
         server,
@@ -505,6 +516,7 @@ async fn start_mesh(
     config: &Config,
     tls_dir: &std::path::Path,
     hub: Hub,
+    content: &Arc<lectern_content::BlobStore>,
 ) -> anyhow::Result<Arc<Mesh>> {
     let tls = NodeTls::load(tls_dir)?;
     let settings = &config.mesh;
@@ -524,6 +536,7 @@ async fn start_mesh(
     mesh_config.tls_reload_ms = settings.tls_reload_ms;
     mesh_config.revocations_file = Some(config.data_dir.join(REVOCATIONS_FILE));
     mesh_config.backoff_min_ms = mesh_config.backoff_min_ms.min(settings.reconnect_max_ms);
+    mesh_config.blobs = Some(Arc::new(blobs::StoreSource(content.clone())));
     // Each filter's refresh ticks when it admits new sessions: anti-entropy runs again.
     let mut admitted = Vec::new();
     if let Some(cohorts) = &settings.share_cohorts {

@@ -7,6 +7,7 @@
 //! earlier ones (their QUIC ports are known by then).
 
 mod classroom;
+mod content;
 mod demo;
 mod failover;
 mod hostile;

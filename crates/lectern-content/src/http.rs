@@ -67,35 +67,23 @@ async fn get_content(
     }
     // A blob in the memory cache is served from this task; only a read from disk (and its
     // verification) goes to a blocking thread, whose hand-offs would cost more than the copy.
+    // A blob this node lacks (or whose copy failed verification) comes from a peer if one of
+    // the node's courses names it.
     let found = match store.cached(hash) {
-        Some(blob) => Ok(Ok(Some(blob))),
-        None => {
-            tokio::task::spawn_blocking({
-                let store = Arc::clone(&store);
-                move || store.get(hash)
-            })
-            .await
-        }
+        Some(blob) => Ok(Some(blob)),
+        None => store.get_or_pull(hash).await,
     };
     let blob = match found {
-        Ok(Ok(Some(blob))) => blob,
-        Ok(Ok(None)) => {
+        Ok(Some(blob)) => blob,
+        Ok(None) => {
             return error(
                 StatusCode::NOT_FOUND,
                 "not_found",
                 "no content with that hash on this node",
             );
         }
-        Ok(Err(e)) => {
-            tracing::error!(blob = %hash, "reading a blob failed: {e}");
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "the content could not be read",
-            );
-        }
         Err(e) => {
-            tracing::error!(blob = %hash, "the blob reader panicked: {e}");
+            tracing::error!(blob = %hash, "reading a blob failed: {e}");
             return error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
