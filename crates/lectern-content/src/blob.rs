@@ -499,15 +499,23 @@ pub fn is_compressible(content_type: &str) -> bool {
 }
 
 fn gzip(bytes: &[u8]) -> io::Result<Vec<u8>> {
-    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-    enc.write_all(bytes)?;
-    enc.finish()
+    gzip_at(bytes, 9)
 }
 
 fn brotli_compress(bytes: &[u8]) -> io::Result<Vec<u8>> {
     // Quality 11 (the best) once at publish time: every later download is smaller.
+    brotli_at(bytes, 11)
+}
+
+pub(crate) fn gzip_at(bytes: &[u8], level: u32) -> io::Result<Vec<u8>> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level.min(9)));
+    enc.write_all(bytes)?;
+    enc.finish()
+}
+
+pub(crate) fn brotli_at(bytes: &[u8], quality: u32) -> io::Result<Vec<u8>> {
     let params = brotli::enc::BrotliEncoderParams {
-        quality: 11,
+        quality: quality.min(11) as i32,
         ..Default::default()
     };
     let mut out = Vec::new();

@@ -25,6 +25,6 @@ pub mod pull;
 mod test_dir;
 
 pub use blob::{Blob, BlobError, BlobHash, BlobLimits, BlobStats, BlobStore};
-pub use http::routes;
+pub use http::{Encoding, choose_encoding, routes};
 pub use package::{Package, PackageError};
 pub use pull::{BlobPeers, FetchFuture, PeerBlob, PrefetchReport};
