@@ -10,6 +10,7 @@ mod gateway;
 mod hub_hostile;
 mod mesh;
 mod model;
+mod netns;
 mod node;
 mod notify;
 mod ops;

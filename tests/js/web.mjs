@@ -16,6 +16,11 @@
 //   failover  the page's node (of three) is killed and restarted by the Rust test (steps
 //             `kill`, whose reply is a question asked on the third node meanwhile, and
 //             `restart`); the page moves to the next node and back home
+//   offline-class  for tests/netns/: the student's page on a classroom node whose uplink
+//             the Rust test cuts (step `offline`, whose reply is the question of a poll
+//             opened meanwhile): it asks, votes and chats with the uplink down, then (step
+//             `acted`, answered `online` once the link is back and the nodes agree) shows
+//             the region's announcement, never having left the session
 //
 // Every wait is for a condition on the page (no fixed sleeps); each has a deadline.
 import { chromium } from 'playwright-core';
@@ -650,7 +655,38 @@ async function runFlags(browser) {
   await shot(student, 'flags-chat-on.png');
 }
 
-const SCENARIOS = { lesson: runLesson, flags: runFlags, failover: runFailover, class: runClass, boards: runBoards, fallback: runFallback, restart: runRestart, 'restart-sse': runRestart };
+// A student's page on a classroom node through a cut uplink (tests/netns/offline_class.rs):
+// the node stays reachable on the school network, so the page stays live and everything it
+// does is acknowledged by the classroom; the region's announcement reaches it after the merge.
+async function runOfflineClass(browser) {
+  const student = await open(browser, tStudent, 'student');
+  await waitConn(student, 'live', 'websocket');
+  await student.locator('#notes-count[data-unread]').waitFor({ timeout: WAIT_MS });
+  const pollQuestion = await ask('offline');
+  const asked = 'Asked in Chromium while the uplink was down';
+  await askByKeyboard(student, asked);
+  await question(student, asked).waitFor({ timeout: WAIT_MS });
+  await vote(student, pollQuestion, 'Lamport');
+  const said = 'Chromium is here, offline';
+  await student.fill('#chat-text', said);
+  await student.press('#chat-text', 'Enter');
+  await student.locator('#chat li', { hasText: said }).waitFor({ timeout: WAIT_MS });
+  await waitQueued(student, 0);
+  out.stateOffline = await student.getAttribute('#conn', 'data-state');
+  await shot(student, 'offline-class-uplink-down.png');
+
+  if ((await ask('acted')) !== 'online') throw new Error('the test did not bring the uplink back');
+  await student.locator('#notes > li', { hasText: 'Field trip moved' }).waitFor({ timeout: WAIT_MS });
+  await student.locator('#notes > li', { hasText: `Poll closed: ${pollQuestion}` }).waitFor({ timeout: WAIT_MS });
+  out.notes = await student.$$eval('#notes > li .note-title strong', (els) => els.map((e) => e.textContent.trim()));
+  out.stateAfter = await student.getAttribute('#conn', 'data-state');
+  out.snapshots = Number(await student.getAttribute('#conn', 'data-snapshots'));
+  out.asked = asked;
+  out.said = said;
+  await shot(student, 'offline-class-merged.png');
+}
+
+const SCENARIOS = { 'offline-class': runOfflineClass, lesson: runLesson, flags: runFlags, failover: runFailover, class: runClass, boards: runBoards, fallback: runFallback, restart: runRestart, 'restart-sse': runRestart };
 
 let browser;
 const deadline = setTimeout(() => {

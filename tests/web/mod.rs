@@ -53,7 +53,7 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(240);
 
 /// One Chromium at a time: three browsers at once on two cores would only make each slower.
-static BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(crate) static BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn js_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("js")
@@ -91,7 +91,8 @@ fn check_installed() -> anyhow::Result<()> {
 
 /// Runs `web.mjs scenario` against `base`; `on_step` answers the steps the script asks for
 /// (`kill`, `restart`). Returns the script's summary. Blocking: call from `spawn_blocking`.
-fn run_script(
+/// (`tests/netns/` runs the `offline-class` scenario against a classroom node with it.)
+pub(crate) fn run_script(
     scenario: &str,
     base: &str,
     session: &str,
