@@ -360,7 +360,9 @@ impl NodeProcess {
             .arg("--config")
             .arg(&config)
             .env_clear()
-            .env("LECTERN_LOG", "info,lectern_mesh=debug")
+            .env("LECTERN_LOG", "info")
+            // Plain text in the log file that a failure's message quotes.
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)

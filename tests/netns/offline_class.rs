@@ -65,6 +65,9 @@ const HTTP_PORT: u16 = 8080;
 /// The port each node's mesh listens on, in its own namespace.
 const QUIC_PORT: u16 = 7400;
 
+/// Lines of each node's log a failure shows.
+const LOG_LINES: usize = 40;
+
 /// The mail domain of every user (`{user}@example.test`).
 const EMAIL_DOMAIN: &str = "example.test";
 
@@ -217,6 +220,20 @@ impl Setup {
         )
         .await
         .context("start the classroom node")
+    }
+
+    /// The last lines of both nodes' logs, for a failure's message.
+    fn log_tails(&self) -> String {
+        let tail = |dir: &TempDir| {
+            let text = std::fs::read_to_string(dir.path().join("node.log")).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(LOG_LINES)..].join("\n")
+        };
+        format!(
+            "the region's log ends:\n{}\nthe classroom's log ends:\n{}",
+            tail(&self.region_dir),
+            tail(&self.classroom_dir)
+        )
     }
 
     /// A token of the cluster for `user` with `role` in the demo cohort, valid for an hour.
@@ -386,6 +403,8 @@ async fn a_class_runs_offline_on_the_classroom_node_and_merges_when_the_uplink_r
 -> anyhow::Result<()> {
     within(async {
         let s = Setup::new("netns-offline").await?;
+        let started = Instant::now();
+        let result = async {
         let region = s.start_region().await?;
         let (rh, ch) = (s.region_http(), s.classroom_http());
         let admin_token = s.token("admin", "admin");
@@ -619,6 +638,10 @@ async fn a_class_runs_offline_on_the_classroom_node_and_merges_when_the_uplink_r
             let u = uplink(ch).await?;
             anyhow::ensure!(u["uplink"] == "down", "{u}");
             anyhow::ensure!(u["offlineS"].as_u64() >= Some(OFFLINE_S_MIN), "{u}");
+            // Still parked, none dead-lettered, after many failed probes.
+            let jobs = admin(ch, "/admin/jobs").await?;
+            anyhow::ensure!(jobs["counts"]["parked"] == CLASS, "{}", jobs["counts"]);
+            anyhow::ensure!(jobs["counts"]["dead"] == 0, "{}", jobs["counts"]);
             Ok(())
         })
         .await?;
@@ -626,8 +649,34 @@ async fn a_class_runs_offline_on_the_classroom_node_and_merges_when_the_uplink_r
             s.classroom_smtp.attempts().is_empty(),
             "the classroom reached its mail server with the uplink down"
         );
-        let parked = admin(ch, "/admin/jobs").await?;
-        anyhow::ensure!(parked["counts"]["parked"] == CLASS, "{parked}");
+        // What the school's IT person sees.
+        let upstream = SocketAddr::new(s.lab.addrs.region_uplink().into(), QUIC_PORT);
+        let status = crate::ops::lectern(&[
+            "status",
+            "--http",
+            &ch.to_string(),
+            "--admin-token",
+            ADMIN_TOKEN,
+        ])
+        .await?
+        .expect_code(0)?;
+        anyhow::ensure!(
+            status
+                .stdout
+                .contains(&format!("uplink:    region@{upstream} DOWN for")),
+            "lectern status: {}",
+            status.stdout
+        );
+        let metrics = Http::new(ch).get("/metrics", None).await?.text();
+        let unreachable: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("lectern_email_failures_total{reason=\"unreachable\"} "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        anyhow::ensure!(
+            unreachable >= 2,
+            "the parked emails probed the unreachable server again and again: {unreachable}"
+        );
         let offline_for = cut.elapsed();
 
         // The link comes back.
@@ -804,7 +853,11 @@ async fn a_class_runs_offline_on_the_classroom_node_and_merges_when_the_uplink_r
         assert!(!teacher.is_closed(), "the instructor was disconnected");
         drop(region);
         drop(classroom);
-        Ok(())
+        anyhow::Ok(())
+        }
+        .await;
+        eprintln!("offline class: the test took {:?}", started.elapsed());
+        result.with_context(|| s.log_tails())
     })
     .await
 }
@@ -817,111 +870,117 @@ async fn a_classroom_node_started_with_its_uplink_down_serves_what_it_pulled_bef
 -> anyhow::Result<()> {
     within(async {
         let s = Setup::new("netns-cold").await?;
-        let _region = s.start_region().await?;
-        let (rh, ch) = (s.region_http(), s.classroom_http());
-        let classroom = s.start_classroom().await?;
-        let course = lectern_node::DEMO_COURSE;
-        until(
-            "the classroom pulls its cohort and course",
-            WAIT,
-            || async {
-                let c = doc_heads(ch).await?;
-                for doc in [
-                    format!("cohort/{DEMO_COHORT}"),
-                    format!("session/{DEMO_SESSION}"),
-                    format!("course/{course}"),
-                ] {
-                    anyhow::ensure!(c.contains_key(&doc), "{doc} not pulled: {c:?}");
-                }
-                heads_agree(rh, ch).await.map(|_| ())
-            },
-        )
-        .await?;
-        let outline = get(
-            ch,
-            &format!("/api/courses/{course}"),
-            &s.token("student1", "student"),
-        )
-        .await?;
-        // Every blob the outline names: the lessons' Markdown, HTML and assets.
-        let blobs: BTreeSet<String> = outline["modules"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .flat_map(|m| m["lessons"].as_array().into_iter().flatten())
-            .flat_map(|l| {
-                let assets = l["assets"].as_array().into_iter().flatten();
-                [&l["body"], &l["html"]].into_iter().chain(assets)
-            })
-            .filter_map(|h| h.as_str().map(str::to_owned))
-            .collect();
-        anyhow::ensure!(!blobs.is_empty(), "no lessons: {outline}");
-        until("the classroom prefetches the lessons", WAIT, || async {
-            let metrics = Http::new(ch)
-                .get("/metrics", Some(ADMIN_TOKEN))
-                .await?
-                .text();
-            let pulled: u64 = metrics
-                .lines()
-                .find_map(|l| l.strip_prefix("lectern_content_pulled_total "))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
-            anyhow::ensure!(pulled >= blobs.len() as u64, "{pulled} blobs pulled");
-            Ok(())
-        })
-        .await?;
-
-        // Stopped, the uplink cut, started again: it has never seen its upstream since.
-        classroom.stop().await?;
-        s.lab.uplink_down()?;
-        let _classroom = s.start_classroom().await?;
-        let u = uplink(ch).await?;
-        anyhow::ensure!(u["uplink"] == "down", "{u}");
-
-        let token = s.token("student1", "student");
-        let mut student = Client::connect(
-            ch,
-            Transport::WebSocket,
-            json!({"token": token}),
-            "student1",
-        )
-        .await?;
-        let joined = call_ok(&mut student, "session:join", vec![json!(DEMO_SESSION)]).await?;
-        anyhow::ensure!(
-            joined["state"]["questions"]
+        let started = Instant::now();
+        let result = async {
+            let _region = s.start_region().await?;
+            let (rh, ch) = (s.region_http(), s.classroom_http());
+            let classroom = s.start_classroom().await?;
+            let course = lectern_node::DEMO_COURSE;
+            until(
+                "the classroom pulls its cohort and course",
+                WAIT,
+                || async {
+                    let c = doc_heads(ch).await?;
+                    for doc in [
+                        format!("cohort/{DEMO_COHORT}"),
+                        format!("session/{DEMO_SESSION}"),
+                        format!("course/{course}"),
+                    ] {
+                        anyhow::ensure!(c.contains_key(&doc), "{doc} not pulled: {c:?}");
+                    }
+                    heads_agree(rh, ch).await.map(|_| ())
+                },
+            )
+            .await?;
+            let outline = get(
+                ch,
+                &format!("/api/courses/{course}"),
+                &s.token("student1", "student"),
+            )
+            .await?;
+            // Every blob the outline names: the lessons' Markdown, HTML and assets.
+            let blobs: BTreeSet<String> = outline["modules"]
                 .as_array()
-                .is_some_and(|q| !q.is_empty()),
-            "the session the classroom pulled, with its questions: {joined}"
-        );
-        let asked = call_ok(
-            &mut student,
-            "qa:ask",
-            vec![
-                json!(DEMO_SESSION),
-                json!("Asked on a classroom node that never saw its uplink"),
-            ],
-        )
-        .await?["id"]
-            .as_str()
-            .context("a question id")?
-            .to_owned();
-        let view = get(ch, &format!("/api/sessions/{DEMO_SESSION}"), &token).await?;
-        anyhow::ensure!(ids(&view, "questions").contains(&asked), "{view}");
-        get(ch, &format!("/api/cohorts/{DEMO_COHORT}"), &token).await?;
-        for hash in &blobs {
-            let r = Http::new(ch).get(&format!("/content/{hash}"), None).await?;
-            anyhow::ensure!(r.status == 200, "lesson {hash} offline: {}", r.status);
-        }
+                .into_iter()
+                .flatten()
+                .flat_map(|m| m["lessons"].as_array().into_iter().flatten())
+                .flat_map(|l| {
+                    let assets = l["assets"].as_array().into_iter().flatten();
+                    [&l["body"], &l["html"]].into_iter().chain(assets)
+                })
+                .filter_map(|h| h.as_str().map(str::to_owned))
+                .collect();
+            anyhow::ensure!(!blobs.is_empty(), "no lessons: {outline}");
+            until("the classroom prefetches the lessons", WAIT, || async {
+                let metrics = Http::new(ch)
+                    .get("/metrics", Some(ADMIN_TOKEN))
+                    .await?
+                    .text();
+                let pulled: u64 = metrics
+                    .lines()
+                    .find_map(|l| l.strip_prefix("lectern_content_pulled_total "))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                anyhow::ensure!(pulled >= blobs.len() as u64, "{pulled} blobs pulled");
+                Ok(())
+            })
+            .await?;
 
-        // The link comes back: the question reaches the region.
-        s.lab.uplink_up()?;
-        until("the offline question reaches the region", WAIT, || async {
-            let v = get(rh, &format!("/api/sessions/{DEMO_SESSION}"), &token).await?;
-            anyhow::ensure!(ids(&v, "questions").contains(&asked));
-            heads_agree(rh, ch).await.map(|_| ())
-        })
-        .await?;
-        Ok(())
+            // Stopped, the uplink cut, started again: it has never seen its upstream since.
+            classroom.stop().await?;
+            s.lab.uplink_down()?;
+            let _classroom = s.start_classroom().await?;
+            let u = uplink(ch).await?;
+            anyhow::ensure!(u["uplink"] == "down", "{u}");
+
+            let token = s.token("student1", "student");
+            let mut student = Client::connect(
+                ch,
+                Transport::WebSocket,
+                json!({"token": token}),
+                "student1",
+            )
+            .await?;
+            let joined = call_ok(&mut student, "session:join", vec![json!(DEMO_SESSION)]).await?;
+            anyhow::ensure!(
+                joined["state"]["questions"]
+                    .as_array()
+                    .is_some_and(|q| !q.is_empty()),
+                "the session the classroom pulled, with its questions: {joined}"
+            );
+            let asked = call_ok(
+                &mut student,
+                "qa:ask",
+                vec![
+                    json!(DEMO_SESSION),
+                    json!("Asked on a classroom node that never saw its uplink"),
+                ],
+            )
+            .await?["id"]
+                .as_str()
+                .context("a question id")?
+                .to_owned();
+            let view = get(ch, &format!("/api/sessions/{DEMO_SESSION}"), &token).await?;
+            anyhow::ensure!(ids(&view, "questions").contains(&asked), "{view}");
+            get(ch, &format!("/api/cohorts/{DEMO_COHORT}"), &token).await?;
+            for hash in &blobs {
+                let r = Http::new(ch).get(&format!("/content/{hash}"), None).await?;
+                anyhow::ensure!(r.status == 200, "lesson {hash} offline: {}", r.status);
+            }
+
+            // The link comes back: the question reaches the region.
+            s.lab.uplink_up()?;
+            until("the offline question reaches the region", WAIT, || async {
+                let v = get(rh, &format!("/api/sessions/{DEMO_SESSION}"), &token).await?;
+                anyhow::ensure!(ids(&v, "questions").contains(&asked));
+                heads_agree(rh, ch).await.map(|_| ())
+            })
+            .await?;
+            anyhow::Ok(())
+        }
+        .await;
+        eprintln!("cold start: the test took {:?}", started.elapsed());
+        result.with_context(|| s.log_tails())
     })
     .await
 }
