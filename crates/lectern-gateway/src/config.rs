@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::auth::AuthConfig;
 use crate::boards::BoardSettings;
 use crate::limits::Limits;
+use crate::refresh::RefreshPolicy;
 
 /// Gateway settings.
 #[derive(Clone)]
@@ -33,6 +34,9 @@ pub struct GatewayConfig {
     /// cookie, besides the request's own host and the origins of [`GatewayConfig::nodes`].
     /// A request with no `Origin` (curl, a server) is not a browser's and passes. Default none.
     pub allowed_origins: Vec<String>,
+    /// A classroom node's token extensions (`POST /api/token/refresh`). Default none: the
+    /// route answers `token_refresh_off`.
+    pub refresh: Option<RefreshPolicy>,
 }
 
 impl GatewayConfig {
@@ -47,6 +51,7 @@ impl GatewayConfig {
             content: None,
             nodes: Vec::new(),
             allowed_origins: Vec::new(),
+            refresh: None,
         }
     }
 }

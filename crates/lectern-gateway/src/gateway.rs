@@ -24,6 +24,7 @@ use crate::error::AppError;
 use crate::limits::{self, ConnSlot, Limits};
 use crate::metrics::{self, MetricsSection};
 use crate::presence::Presence;
+use crate::refresh::RefreshPolicy;
 use crate::sync::lock;
 use crate::{router, sio, socket};
 
@@ -54,6 +55,9 @@ struct Inner {
     nodes: Vec<String>,
     /// Set by [`Gateway::drain`], cleared by [`Gateway::undrain`].
     draining: AtomicBool,
+    /// A classroom node's token extensions and the key it signs them with; `None` extends
+    /// nothing.
+    refresh: Option<(RefreshPolicy, Arc<[u8]>)>,
 }
 
 /// The gateway. Cheap to clone.
@@ -95,6 +99,12 @@ impl Gateway {
                 content: config.content.clone(),
                 nodes: config.nodes.clone(),
                 draining: AtomicBool::new(false),
+                // Extensions are signed with the cluster's HS256 key: without one, none.
+                refresh: config
+                    .refresh
+                    .clone()
+                    .filter(|p| p.extend_max_s > 0 && !config.auth.hs256_secret.is_empty())
+                    .map(|p| (p, Arc::from(config.auth.hs256_secret.as_slice()))),
             }),
         };
         let admission = gw.inner.admission.clone();
@@ -210,6 +220,24 @@ impl Gateway {
         query: Option<&str>,
     ) -> Result<Option<String>, auth::AuthError> {
         auth::token_from_parts(headers, query, &self.inner.origins)
+    }
+
+    /// The token extensions this node grants and the key that signs them, if any.
+    pub(crate) fn refresh_policy(&self) -> Option<(RefreshPolicy, Arc<[u8]>)> {
+        self.inner.refresh.clone()
+    }
+
+    /// Verifies a token presented for an extension ([`Verifier::verify_for_refresh`]).
+    pub(crate) fn verify_for_refresh(
+        &self,
+        token: &str,
+        now_s: u64,
+        grace_s: u64,
+    ) -> Result<auth::Presented, AppError> {
+        Ok(self
+            .inner
+            .verifier
+            .verify_for_refresh(token, now_s, grace_s)?)
     }
 
     /// Verifies a token (None → `missing_token`).

@@ -29,6 +29,7 @@ mod nodes;
 mod notifications;
 mod page;
 mod presence;
+pub mod refresh;
 mod rest;
 mod router;
 mod run;
@@ -49,6 +50,7 @@ pub use front::serve;
 pub use gateway::Gateway;
 pub use limits::Limits;
 pub use metrics::{MetricsSection, labelled_counter};
+pub use refresh::RefreshPolicy;
 
 pub(crate) use auth::unix_now_s;
 pub(crate) use sync::lock;

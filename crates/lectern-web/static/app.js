@@ -6,7 +6,9 @@
 // Rendering replaces a container's HTML and then gives focus back to the control that had it
 // (matched by `data-key`), so keyboard users keep their place while events arrive. What a
 // user is typing or choosing lives outside re-rendered markup or in `drafts`.
-import { Connection, followStream, newCommandId, TRANSPORTS } from '/static/conn.js';
+import {
+  Connection, decodeClaims, followStream, keepTokenFresh, newCommandId, TRANSPORTS,
+} from '/static/conn.js';
 import {
   applyEvent, applyState, currentPoll, emptySession, pinnedQuestion, pollLabels, resultsText,
   visibleQuestions,
@@ -17,7 +19,8 @@ const esc = (s) => String(s ?? '').replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '
 
 const params = new URLSearchParams(location.search);
 const session = params.get('session') || '';
-const token = params.get('token') || '';
+// Renewed by a classroom node before it ends (`keepTokenFresh`).
+let token = params.get('token') || '';
 const claims = decodeClaims(token);
 const staff = !!claims && ['ta', 'instructor', 'admin'].includes(claims.role);
 const view = params.get('view') === 'projector' ? 'projector' : staff ? 'instructor' : 'student';
@@ -26,14 +29,6 @@ const first = TRANSPORTS.includes(params.get('transport')) ? params.get('transpo
 const m = emptySession();
 const ui = { order: 'top', drafts: new Map(), answering: null, dirty: false, progress: null, notes: new Map(), unread: null, notesOn: false, focusNote: null, dash: null, board: null, lbMe: null, lbHidden: null, privacyChosen: false, privacyBusy: false, missing: new Set(), course: null, lessonOpen: null, lessonHtml: '', lessonBusy: false };
 
-function decodeClaims(t) {
-  try {
-    const b = t.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
-    return JSON.parse(decodeURIComponent(escape(atob(b))));
-  } catch (_) {
-    return null;
-  }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Start
@@ -64,7 +59,18 @@ function main() {
       onNotice: notice,
     });
     conn.start();
+    keepTokenFresh(token, renewToken);
   }
+}
+
+/** A renewed token: every later request, stream and reconnect uses it, and the address bar
+ * carries it, so a reload keeps the user in. */
+function renewToken(t) {
+  token = t;
+  if (conn) conn.setToken(t);
+  const q = new URLSearchParams(location.search);
+  q.set('token', t);
+  history.replaceState(history.state, '', `${location.pathname}?${q}${location.hash}`);
 }
 
 function showJoinForm() {
@@ -879,7 +885,7 @@ function returnFocus() {
 function startSideStreams() {
   if (view === 'student') {
     const url = `/api/stream/progress/${encodeURIComponent(claims.sub)}?cohort=${encodeURIComponent(m.cohort)}`;
-    followStream(url, token, {
+    followStream(url, () => token, {
       onEvent: (name, d) => {
         if (name === 'state' && d && d.state) {
           ui.progress = new Map((d.state.lessons || []).map((l) => [l.lesson, l]));
@@ -895,7 +901,7 @@ function startSideStreams() {
   // The inbox: `state` is the list (`items`, `unread`); then `notification` (one item with the
   // new `unread`), `notifications:read` (`unread`). A resumed stream replays what was missed,
   // so items are kept by id.
-  followStream('/api/stream/notifications', token, {
+  followStream('/api/stream/notifications', () => token, {
     onOpen: () => { ui.notesOn = true; schedule(); },
     onEvent: (name, d) => {
       if (!d || typeof d !== 'object') return;
@@ -914,7 +920,7 @@ function startSideStreams() {
     },
     onMissing: () => { ui.notesOn = false; ui.missing.add('notes'); schedule(); },
   });
-  const board = (kind, key) => followStream(`/api/stream/${kind}/${encodeURIComponent(m.cohort)}`, token, {
+  const board = (kind, key) => followStream(`/api/stream/${kind}/${encodeURIComponent(m.cohort)}`, () => token, {
     onEvent: (name, d) => {
       if (!d || typeof d !== 'object') return;
       if (name === 'state' && d.state) ui[key] = d.state;
