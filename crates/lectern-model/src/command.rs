@@ -346,6 +346,38 @@ pub enum CommandBody {
         anonymous: bool,
     },
 
+    /// Make a join code for one of the cohort's sessions (instructor or admin), for a newcomer
+    /// who arrives while the node cannot reach the cohort's issuer (a classroom offline): who
+    /// redeems it before `expires_at` joins the roster with `role` (student or TA). Only the
+    /// code's keyed hash (`key`) is stored, never the code.
+    #[serde(rename = "join_code.create")]
+    JoinCodeCreate {
+        /// The code's keyed hash: [`JOIN_CODE_KEY_LEN_CHARS`](crate::limits::JOIN_CODE_KEY_LEN_CHARS)
+        /// lowercase hex digits.
+        key: String,
+        /// The session the code lets newcomers into; the cohort must list it.
+        session: SessionId,
+        /// The role it grants: student or TA.
+        role: Role,
+        /// When it stops letting anyone in, ms since the Unix epoch (at most
+        /// [`JOIN_CODE_TTL_MAX_MS`](crate::limits::JOIN_CODE_TTL_MAX_MS) ahead).
+        expires_at: u64,
+        /// How many newcomers it lets in.
+        uses_max: u32,
+    },
+    /// Let a newcomer in with a join code (the node, as an admin, for whoever presents the
+    /// code): a roster entry for `user` with the code's role that records the code, its session
+    /// and who made it, so the cohort's staff and the region see who came in and how.
+    #[serde(rename = "join_code.redeem")]
+    JoinCodeRedeem {
+        /// The code's keyed hash.
+        key: String,
+        /// The newcomer's (fresh) user id.
+        user: UserId,
+        /// Their display name.
+        name: String,
+    },
+
     // ---- course documents ----
     /// Create the course (an instructor or admin).
     #[serde(rename = "course.create")]
@@ -468,6 +500,8 @@ impl CommandBody {
             CommandBody::SessionLink { .. } => "session.link",
             CommandBody::LeaderboardPrivacy { .. } => "leaderboard.privacy",
             CommandBody::CohortCourse { .. } => "cohort.course",
+            CommandBody::JoinCodeCreate { .. } => "join_code.create",
+            CommandBody::JoinCodeRedeem { .. } => "join_code.redeem",
             CommandBody::CourseCreate { .. } => "course.create",
             CommandBody::CoursePublish { .. } => "course.publish",
             CommandBody::InboxPush { .. } => "inbox.push",
@@ -488,7 +522,9 @@ impl CommandBody {
             | CommandBody::AnnouncementPost { .. }
             | CommandBody::SessionLink { .. }
             | CommandBody::LeaderboardPrivacy { .. }
-            | CommandBody::CohortCourse { .. } => DocKind::Cohort,
+            | CommandBody::CohortCourse { .. }
+            | CommandBody::JoinCodeCreate { .. }
+            | CommandBody::JoinCodeRedeem { .. } => DocKind::Cohort,
             CommandBody::InboxPush { .. }
             | CommandBody::InboxRead { .. }
             | CommandBody::InboxPrefs { .. } => DocKind::Inbox,
