@@ -242,7 +242,7 @@ pub async fn start_on(mut config: Config, store: Store) -> anyhow::Result<Node> 
         allowed_origins: std::iter::once(public_base.clone())
             .chain(config.allowed_origins.iter().cloned())
             .collect(),
-        refresh: config.classroom.refresh_policy(),
+        classroom: config.classroom.classroom_policy(),
         ..GatewayConfig::new(auth_config(&config, secret.clone())?)
     };
     let (gateway, routes) =

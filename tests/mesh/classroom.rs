@@ -2,7 +2,8 @@
 //! its upstream region node and its cohorts dials the region, pulls those cohorts' documents,
 //! shows its uplink in `/admin/status` (`lectern status`), keeps serving its class when the
 //! region goes away, and says since when the uplink is down; and extends the tokens of its
-//! cohorts' members while offline, within its cap, across a restart.
+//! cohorts' members while offline, within its cap, across a restart; and lets a newcomer in
+//! with a teacher's join code, which the region sees once the uplink is back.
 
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use super::{Cluster, SECRET, demo_caller, demo_session, eventually_ok, within};
 use crate::support::{ask, cmd};
 
 /// The admin status of node `i`.
-async fn status(cluster: &Cluster, i: usize) -> anyhow::Result<serde_json::Value> {
+async fn admin_status(cluster: &Cluster, i: usize) -> anyhow::Result<serde_json::Value> {
     let r = Http::new(cluster.node(i).http_addr)
         .get("/admin/status", Some("admin-token-0123456789"))
         .await?;
@@ -68,7 +69,7 @@ async fn a_classroom_node_pulls_its_cohorts_and_reports_its_uplink() -> anyhow::
             )
             .await?;
         assert_eq!(cluster.node(classroom).hub.doc_heads(&other), None);
-        let up = status(&cluster, classroom).await?;
+        let up = admin_status(&cluster, classroom).await?;
         assert_eq!(up["classroom"]["uplink"], "up", "{up}");
         assert_eq!(up["classroom"]["cohorts"][0], DEMO_COHORT, "{up}");
 
@@ -78,7 +79,7 @@ async fn a_classroom_node_pulls_its_cohorts_and_reports_its_uplink() -> anyhow::
             "the uplink is reported down",
             Duration::from_secs(20),
             || async {
-                let s = status(&cluster, classroom).await?;
+                let s = admin_status(&cluster, classroom).await?;
                 anyhow::ensure!(s["classroom"]["uplink"] == "down", "{s}");
                 anyhow::ensure!(s["classroom"]["offlineS"].is_u64(), "{s}");
                 Ok(())
@@ -343,6 +344,196 @@ async fn a_classroom_node_extends_its_members_tokens_within_the_cap_and_across_a
         let (status, code, body) = refresh(addr, &extended).await?;
         assert_eq!((status, code), (200, None), "{body}");
         assert_eq!(body["origExp"], now + 40, "{body}");
+        cluster.stop_all().await
+    })
+    .await
+}
+
+/// `POST path` with `body` (and `token`) on `addr`: status, code and body.
+async fn post(
+    addr: std::net::SocketAddr,
+    path: &str,
+    token: Option<&str>,
+    body: serde_json::Value,
+) -> anyhow::Result<(u16, Option<String>, serde_json::Value)> {
+    let r = Http::new(addr).post_json(path, token, &body).await?;
+    let json = r.json().unwrap_or(serde_json::Value::Null);
+    Ok((r.status, r.error_code(), json))
+}
+
+/// The roster entry of `user` in the demo cohort on `node`, as its staff see it.
+async fn roster_entry(node: &lectern_node::Node, user: &str) -> anyhow::Result<serde_json::Value> {
+    let staff = demo_caller("ada", Role::Instructor);
+    let view = node
+        .hub
+        .read(DocId::Cohort(DEMO_COHORT.parse()?), move |r| {
+            r.cohort_view(&staff)
+        })
+        .await??;
+    let entry = view["roster"]
+        .as_array()
+        .and_then(|list| list.iter().find(|m| m["user"] == user).cloned());
+    Ok(entry.unwrap_or(serde_json::Value::Null))
+}
+
+/// Kills: no join code offline, a student making one, a code granting more than asked or
+/// outside its bounds, a code redeemed past its uses or when unknown, the newcomer's token
+/// not working or not renewable, guessing not rate-limited, a region node taking codes, or
+/// the redemption not reaching the region (with who made the code) once the uplink is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_teacher_lets_a_newcomer_in_offline_with_a_join_code_and_the_region_sees_it_after()
+-> anyhow::Result<()> {
+    within(async {
+        let mut cluster = Cluster::new("mesh-classroom-join")?;
+        let region = cluster.start("node-b", vec![], true).await?;
+        let link = lectern_testkit::UdpProxy::start(cluster.quic(region), 7).await?;
+        let upstream = format!("node-b@{}", link.addr());
+        let classroom = cluster
+            .start_with("node-a", vec![], false, |c| {
+                c.classroom.upstream = Some(upstream);
+                c.classroom.cohorts = Some(vec![DEMO_COHORT.into()]);
+            })
+            .await?;
+        let cohort = DocId::Cohort(DEMO_COHORT.parse()?);
+        for doc in [&cohort, &demo_session()] {
+            cluster
+                .converged(doc, &[region, classroom], Duration::from_secs(15))
+                .await?;
+        }
+        let s = lectern_node::DEMO_SESSION;
+        let codes = format!("/api/sessions/{s}/join-codes");
+        let now = now_s();
+        let ada = token_until(
+            SECRET,
+            "ada",
+            "instructor",
+            &[DEMO_COHORT],
+            now + 3600,
+            None,
+        );
+        // A region node neither makes nor takes join codes.
+        let (status, code, _) = post(
+            cluster.node(region).http_addr,
+            &codes,
+            Some(&ada),
+            serde_json::json!({}),
+        )
+        .await?;
+        assert_eq!((status, code.as_deref()), (403, Some("join_codes_off")));
+
+        // The uplink goes down.
+        link.partition();
+        eventually_ok(
+            "the uplink is reported down",
+            Duration::from_secs(30),
+            || async {
+                let s = admin_status(&cluster, classroom).await?;
+                anyhow::ensure!(s["classroom"]["uplink"] == "down", "{s}");
+                Ok(())
+            },
+        )
+        .await?;
+        let addr = cluster.node(classroom).http_addr;
+        let grace = token_until(
+            SECRET,
+            "student1",
+            "student",
+            &[DEMO_COHORT],
+            now + 3600,
+            None,
+        );
+        let (status, code, _) = post(addr, &codes, Some(&grace), serde_json::json!({})).await?;
+        assert_eq!(
+            (status, code.as_deref()),
+            (403, Some("forbidden")),
+            "a student makes no code"
+        );
+        for bad in [
+            serde_json::json!({"role": "instructor"}),
+            serde_json::json!({"minutes": 721}),
+            serde_json::json!({"uses": 0}),
+        ] {
+            let (status, code, _) = post(addr, &codes, Some(&ada), bad.clone()).await?;
+            assert_eq!(
+                (status, code.as_deref()),
+                (422, Some("invalid_input")),
+                "{bad}"
+            );
+        }
+        let (status, _, made) = post(
+            addr,
+            &codes,
+            Some(&ada),
+            serde_json::json!({"role": "student", "minutes": 30, "uses": 2}),
+        )
+        .await?;
+        assert_eq!(status, 200, "{made}");
+        let the_code = made["code"].as_str().context("a code")?.to_owned();
+        assert_eq!(the_code.len(), 11, "{made}");
+        assert_eq!(made["role"], "student");
+
+        // A newcomer types it in lower case without the dash.
+        let typed = the_code.replace('-', "").to_lowercase();
+        let join =
+            |name: &str, code: &str| serde_json::json!({"session": s, "code": code, "name": name});
+        let (status, code, joined) = post(addr, "/api/join", None, join("Hedy", &typed)).await?;
+        assert_eq!((status, code), (200, None), "{joined}");
+        assert_eq!(joined["role"], "student");
+        assert_eq!(joined["cohort"], DEMO_COHORT);
+        let newcomer = joined["token"].as_str().context("a token")?.to_owned();
+        let user = joined["user"].as_str().context("a user")?.to_owned();
+        let r = Http::new(addr)
+            .post_json(
+                &format!("/api/sessions/{s}/commands/qa.ask"),
+                Some(&newcomer),
+                &serde_json::json!({"text": "I just arrived: what did I miss?"}),
+            )
+            .await?;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let (status, _, renewed) = refresh(addr, &newcomer).await?;
+        assert_eq!(status, 200, "the newcomer's token renews: {renewed}");
+        let entry = roster_entry(cluster.node(classroom), &user).await?;
+        assert_eq!(entry["joined"]["by"], "ada", "{entry}");
+        assert_eq!(entry["joined"]["session"], s, "{entry}");
+
+        // The second use is the last; an unknown code and a made-up session let nobody in.
+        let (status, _, _) = post(addr, "/api/join", None, join("Alan", &the_code)).await?;
+        assert_eq!(status, 200);
+        let (status, code, _) = post(addr, "/api/join", None, join("Barbara", &the_code)).await?;
+        assert_eq!((status, code.as_deref()), (403, Some("join_code_used_up")));
+        let (status, code, _) = post(addr, "/api/join", None, join("Eve", "ABCDE-FGHJK")).await?;
+        assert_eq!((status, code.as_deref()), (404, Some("join_code_unknown")));
+        let elsewhere =
+            serde_json::json!({"session": "no-such-session", "code": the_code, "name": "Eve"});
+        let (status, code, _) = post(addr, "/api/join", None, elsewhere).await?;
+        assert_eq!((status, code.as_deref()), (404, Some("doc_not_found")));
+        // Guessing is rate-limited per session.
+        let burst = lectern_gateway::join::JOIN_ATTEMPTS_BURST as usize;
+        let mut limited_after = None;
+        for i in 0..burst * 2 {
+            let (status, code, _) =
+                post(addr, "/api/join", None, join("Eve", "ZZZZZ-ZZZZZ")).await?;
+            if status == 429 {
+                assert_eq!(code.as_deref(), Some("rate_limited"));
+                limited_after = Some(i);
+                break;
+            }
+            assert_eq!(code.as_deref(), Some("join_code_unknown"));
+        }
+        let limited_after = limited_after.context("guesses were never rate-limited")?;
+        assert!(
+            limited_after <= burst + 5,
+            "{limited_after} guesses before 429"
+        );
+
+        // The uplink returns: the region sees who came in, and through whom.
+        link.heal();
+        cluster
+            .converged(&cohort, &[region, classroom], Duration::from_secs(30))
+            .await?;
+        let seen = roster_entry(cluster.node(region), &user).await?;
+        assert_eq!(seen["role"], "student", "{seen}");
+        assert_eq!(seen["joined"]["by"], "ada", "{seen}");
         cluster.stop_all().await
     })
     .await

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::auth::AuthConfig;
 use crate::boards::BoardSettings;
 use crate::limits::Limits;
-use crate::refresh::RefreshPolicy;
+use crate::refresh::ClassroomPolicy;
 
 /// Gateway settings.
 #[derive(Clone)]
@@ -34,9 +34,10 @@ pub struct GatewayConfig {
     /// cookie, besides the request's own host and the origins of [`GatewayConfig::nodes`].
     /// A request with no `Origin` (curl, a server) is not a browser's and passes. Default none.
     pub allowed_origins: Vec<String>,
-    /// A classroom node's token extensions (`POST /api/token/refresh`). Default none: the
-    /// route answers `token_refresh_off`.
-    pub refresh: Option<RefreshPolicy>,
+    /// A classroom node's policy: its cohorts, its token extensions (`POST
+    /// /api/token/refresh`) and join codes. Default none: those routes answer
+    /// `token_refresh_off` and `join_codes_off`.
+    pub classroom: Option<ClassroomPolicy>,
 }
 
 impl GatewayConfig {
@@ -51,7 +52,7 @@ impl GatewayConfig {
             content: None,
             nodes: Vec::new(),
             allowed_origins: Vec::new(),
-            refresh: None,
+            classroom: None,
         }
     }
 }

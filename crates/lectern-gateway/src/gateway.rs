@@ -24,7 +24,7 @@ use crate::error::AppError;
 use crate::limits::{self, ConnSlot, Limits};
 use crate::metrics::{self, MetricsSection};
 use crate::presence::Presence;
-use crate::refresh::RefreshPolicy;
+use crate::refresh::ClassroomPolicy;
 use crate::sync::lock;
 use crate::{router, sio, socket};
 
@@ -55,9 +55,11 @@ struct Inner {
     nodes: Vec<String>,
     /// Set by [`Gateway::drain`], cleared by [`Gateway::undrain`].
     draining: AtomicBool,
-    /// A classroom node's token extensions and the key it signs them with; `None` extends
-    /// nothing.
-    refresh: Option<(RefreshPolicy, Arc<[u8]>)>,
+    /// A classroom node's policy (token extensions, join codes) and the key it signs tokens
+    /// and join-code keys with; `None` on any other node.
+    classroom: Option<(ClassroomPolicy, Arc<[u8]>)>,
+    /// Join-code attempts per session (`join.rs`), apart from the users' command buckets.
+    join_attempts: Arc<limits::Limiter>,
 }
 
 /// The gateway. Cheap to clone.
@@ -99,12 +101,13 @@ impl Gateway {
                 content: config.content.clone(),
                 nodes: config.nodes.clone(),
                 draining: AtomicBool::new(false),
-                // Extensions are signed with the cluster's HS256 key: without one, none.
-                refresh: config
-                    .refresh
+                // Tokens are signed with the cluster's HS256 key: without one, no classroom.
+                classroom: config
+                    .classroom
                     .clone()
-                    .filter(|p| p.extend_max_s > 0 && !config.auth.hs256_secret.is_empty())
+                    .filter(|_| !config.auth.hs256_secret.is_empty())
                     .map(|p| (p, Arc::from(config.auth.hs256_secret.as_slice()))),
+                join_attempts: Arc::new(limits::Limiter::new(crate::join::attempt_limits())),
             }),
         };
         let admission = gw.inner.admission.clone();
@@ -222,9 +225,20 @@ impl Gateway {
         auth::token_from_parts(headers, query, &self.inner.origins)
     }
 
-    /// The token extensions this node grants and the key that signs them, if any.
-    pub(crate) fn refresh_policy(&self) -> Option<(RefreshPolicy, Arc<[u8]>)> {
-        self.inner.refresh.clone()
+    /// A classroom node's policy and the key that signs its tokens, if this is one.
+    pub(crate) fn classroom_policy(&self) -> Option<(ClassroomPolicy, Arc<[u8]>)> {
+        self.inner.classroom.clone()
+    }
+
+    /// Takes one join-code attempt from `session`'s bucket (see `join.rs`).
+    pub(crate) fn take_join_attempt(&self, session: &str) -> Result<(), AppError> {
+        self.inner.join_attempts.command(session).map_err(|_| {
+            AppError::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many join-code attempts for this session: wait a minute and try again",
+            )
+        })
     }
 
     /// Verifies a token presented for an extension ([`Verifier::verify_for_refresh`]).

@@ -23,6 +23,7 @@ mod front;
 #[doc(hidden)]
 pub mod fuzzing;
 mod gateway;
+pub mod join;
 mod limits;
 mod metrics;
 mod nodes;
@@ -50,7 +51,7 @@ pub use front::serve;
 pub use gateway::Gateway;
 pub use limits::Limits;
 pub use metrics::{MetricsSection, labelled_counter};
-pub use refresh::RefreshPolicy;
+pub use refresh::ClassroomPolicy;
 
 pub(crate) use auth::unix_now_s;
 pub(crate) use sync::lock;

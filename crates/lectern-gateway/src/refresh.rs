@@ -34,10 +34,12 @@ pub const REFRESHED_TOKEN_LIFETIME_S: u64 = 4 * 3600;
 /// its user out.
 pub const REFRESH_GRACE_S: u64 = 15 * 60;
 
-/// What a classroom node may extend (set by the node from `[classroom]`).
+/// What a classroom node grants (set by the node from `[classroom]`): token extensions here,
+/// join codes (`join.rs`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RefreshPolicy {
-    /// The cohorts this node serves: an extended token names no other.
+pub struct ClassroomPolicy {
+    /// The cohorts this node serves: an extended token names no other, and join codes are made
+    /// for their sessions only.
     pub cohorts: Vec<CohortId>,
     /// How far past the expiry its issuer gave a token an extension may reach, in seconds
     /// (`classroom.token_extend_max_h`); 0 turns extensions off.
@@ -97,7 +99,7 @@ pub struct Extension {
 /// that this node serves and whose roster lists the user. Pure: the caller verified the token
 /// (within [`REFRESH_GRACE_S`]) and read the rosters.
 pub fn extend(
-    policy: &RefreshPolicy,
+    policy: &ClassroomPolicy,
     presented: &Presented,
     members: &[CohortId],
     now_s: u64,
@@ -159,7 +161,7 @@ async fn refresh(
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, AppError> {
-    let Some((policy, secret)) = gw.refresh_policy() else {
+    let Some((policy, secret)) = gw.classroom_policy().filter(|(p, _)| p.extend_max_s > 0) else {
         return Err(RefreshError::Off.into());
     };
     let token = gw
@@ -196,7 +198,7 @@ async fn refresh(
 
 /// The cohorts of `caller`'s token that `policy` serves and whose roster (on this node) lists
 /// the user, not removed. A cohort this node does not store lists nobody.
-async fn roster_members(gw: &Gateway, policy: &RefreshPolicy, caller: &Caller) -> Vec<CohortId> {
+async fn roster_members(gw: &Gateway, policy: &ClassroomPolicy, caller: &Caller) -> Vec<CohortId> {
     let mut members = Vec::new();
     for cohort in caller.cohorts.iter().filter(|c| policy.cohorts.contains(c)) {
         let reader = Caller {
@@ -233,8 +235,8 @@ mod tests {
         s.parse().expect("a valid cohort id")
     }
 
-    fn policy() -> RefreshPolicy {
-        RefreshPolicy {
+    fn policy() -> ClassroomPolicy {
+        ClassroomPolicy {
             cohorts: vec![cohort("c1"), cohort("c2")],
             extend_max_s: 24 * 3600,
         }
@@ -307,7 +309,7 @@ mod tests {
             extend(&policy(), &p, &[cohort("c9")], NOW).unwrap_err(),
             RefreshError::NotMember
         );
-        let off = RefreshPolicy {
+        let off = ClassroomPolicy {
             extend_max_s: 0,
             ..policy()
         };

@@ -17,7 +17,8 @@ use socketioxide::layer::SocketIoLayer;
 use crate::config::GatewayConfig;
 use crate::error::AppError;
 use crate::{
-    Gateway, admission, boards, courses, flags, nodes, notifications, page, refresh, rest, sse,
+    Gateway, admission, boards, courses, flags, join, nodes, notifications, page, refresh, rest,
+    sse,
 };
 
 /// The gateway's router: every route, the shared middleware, the Socket.IO `layer`.
@@ -33,7 +34,8 @@ pub(crate) fn build(gw: &Gateway, config: &GatewayConfig, layer: SocketIoLayer) 
         .merge(flags::routes(gw.clone()))
         .merge(courses::routes(gw.clone(), config.content.clone()))
         .merge(nodes::routes(config.nodes.clone()))
-        .merge(refresh::routes(gw.clone()));
+        .merge(refresh::routes(gw.clone()))
+        .merge(join::routes(gw.clone()));
     // After every merge: a layer covers only the routes that exist when it is added.
     let router = shared_middleware(merged, gw)
         .layer(layer)

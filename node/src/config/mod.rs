@@ -135,12 +135,13 @@ pub const TOKEN_EXTEND_DEFAULT_H: u64 = 24;
 pub const TOKEN_EXTEND_MAX_H: u64 = 7 * 24;
 
 impl ClassroomSettings {
-    /// The token extensions this classroom node grants, if it is one and they are on.
-    pub fn refresh_policy(&self) -> Option<lectern_gateway::RefreshPolicy> {
-        if !self.is_on() || self.token_extend_max_h == 0 {
+    /// What the gateway of this classroom node grants (token extensions, join codes), if it
+    /// is one.
+    pub fn classroom_policy(&self) -> Option<lectern_gateway::ClassroomPolicy> {
+        if !self.is_on() {
             return None;
         }
-        Some(lectern_gateway::RefreshPolicy {
+        Some(lectern_gateway::ClassroomPolicy {
             cohorts: self
                 .cohorts
                 .iter()
