@@ -9,6 +9,7 @@
 
 mod admin;
 pub mod backup;
+mod classroom;
 pub mod config;
 mod demo;
 mod demo_course;
@@ -264,6 +265,9 @@ pub async fn start_on(mut config: Config, store: Store) -> anyhow::Result<Node> 
         Some(dir) => {
             let mesh = start_mesh(&config, dir, hub.clone()).await?;
             presence::start(gateway.clone(), &mesh);
+            if config.classroom.is_on() {
+                classroom::start(&gateway, &mesh, config.classroom.clone());
+            }
             gateway.add_metrics(metrics::mesh(&mesh));
             Some(mesh)
         }

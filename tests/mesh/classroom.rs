@@ -349,6 +349,39 @@ async fn a_classroom_node_extends_its_members_tokens_within_the_cap_and_across_a
     .await
 }
 
+/// `GET /api/classroom` on `addr` with `token`: status, code and body.
+async fn uplink(
+    addr: std::net::SocketAddr,
+    token: &str,
+) -> anyhow::Result<(u16, Option<String>, serde_json::Value)> {
+    let r = Http::new(addr).get("/api/classroom", Some(token)).await?;
+    let json = r.json().unwrap_or(serde_json::Value::Null);
+    Ok((r.status, r.error_code(), json))
+}
+
+/// Waits until the classroom at `addr` tells its staff (`token`) that the uplink is `state`.
+async fn uplink_becomes(
+    addr: std::net::SocketAddr,
+    token: &str,
+    state: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let mut last = serde_json::Value::Null;
+    eventually_ok(
+        &format!("the staff see the uplink {state}"),
+        Duration::from_secs(30),
+        || async {
+            let (status, _, body) = uplink(addr, token).await?;
+            anyhow::ensure!(status == 200 && body["state"] == state, "{status} {body}");
+            Ok(())
+        },
+    )
+    .await?;
+    if let (200, _, body) = uplink(addr, token).await? {
+        last = body;
+    }
+    Ok(last)
+}
+
 /// `POST path` with `body` (and `token`) on `addr`: status, code and body.
 async fn post(
     addr: std::net::SocketAddr,
@@ -379,7 +412,9 @@ async fn roster_entry(node: &lectern_node::Node, user: &str) -> anyhow::Result<s
 /// Kills: no join code offline, a student making one, a code granting more than asked or
 /// outside its bounds, a code redeemed past its uses or when unknown, the newcomer's token
 /// not working or not renewable, guessing not rate-limited, a region node taking codes, or
-/// the redemption not reaching the region (with who made the code) once the uplink is back.
+/// the redemption not reaching the region (with who made the code) once the uplink is back;
+/// and the staff's view of the uplink (`GET /api/classroom`) not saying in sync, offline since
+/// when, and in sync again, or shown to a student or by a region node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_teacher_lets_a_newcomer_in_offline_with_a_join_code_and_the_region_sees_it_after()
 -> anyhow::Result<()> {
@@ -421,7 +456,23 @@ async fn a_teacher_lets_a_newcomer_in_offline_with_a_join_code_and_the_region_se
         .await?;
         assert_eq!((status, code.as_deref()), (403, Some("join_codes_off")));
 
+        let addr = cluster.node(classroom).http_addr;
+        uplink_becomes(addr, &ada, "in_sync").await?;
+        let student = token_until(
+            SECRET,
+            "student1",
+            "student",
+            &[DEMO_COHORT],
+            now + 3600,
+            None,
+        );
+        let (st, code, _) = uplink(addr, &student).await?;
+        assert_eq!((st, code.as_deref()), (403, Some("forbidden")));
+        let (st, code, _) = uplink(cluster.node(region).http_addr, &ada).await?;
+        assert_eq!((st, code.as_deref()), (404, Some("not_classroom")));
+
         // The uplink goes down.
+        let cut_at = now_s();
         link.partition();
         eventually_ok(
             "the uplink is reported down",
@@ -433,16 +484,10 @@ async fn a_teacher_lets_a_newcomer_in_offline_with_a_join_code_and_the_region_se
             },
         )
         .await?;
-        let addr = cluster.node(classroom).http_addr;
-        let grace = token_until(
-            SECRET,
-            "student1",
-            "student",
-            &[DEMO_COHORT],
-            now + 3600,
-            None,
-        );
-        let (status, code, _) = post(addr, &codes, Some(&grace), serde_json::json!({})).await?;
+        let offline = uplink_becomes(addr, &ada, "offline").await?;
+        let since = offline["offlineSince"].as_u64().context("offlineSince")?;
+        assert!(since + 2 >= cut_at && since <= now_s(), "{offline}");
+        let (status, code, _) = post(addr, &codes, Some(&student), serde_json::json!({})).await?;
         assert_eq!(
             (status, code.as_deref()),
             (403, Some("forbidden")),
@@ -534,6 +579,7 @@ async fn a_teacher_lets_a_newcomer_in_offline_with_a_join_code_and_the_region_se
         let seen = roster_entry(cluster.node(region), &user).await?;
         assert_eq!(seen["role"], "student", "{seen}");
         assert_eq!(seen["joined"]["by"], "ada", "{seen}");
+        uplink_becomes(addr, &ada, "in_sync").await?;
         cluster.stop_all().await
     })
     .await

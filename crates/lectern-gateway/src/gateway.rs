@@ -26,6 +26,7 @@ use crate::metrics::{self, MetricsSection};
 use crate::presence::Presence;
 use crate::refresh::ClassroomPolicy;
 use crate::sync::lock;
+use crate::uplink::{UplinkReport, UplinkSource};
 use crate::{router, sio, socket};
 
 /// The gateway's shared state, private to this file (the transports use the accessors below).
@@ -60,6 +61,8 @@ struct Inner {
     classroom: Option<(ClassroomPolicy, Arc<[u8]>)>,
     /// Join-code attempts per session (`join.rs`), apart from the users' command buckets.
     join_attempts: Arc<limits::Limiter>,
+    /// A classroom node's uplink, given by the node once its mesh runs (`uplink.rs`).
+    uplink: Mutex<Option<UplinkSource>>,
 }
 
 /// The gateway. Cheap to clone.
@@ -108,6 +111,7 @@ impl Gateway {
                     .filter(|_| !config.auth.hs256_secret.is_empty())
                     .map(|p| (p, Arc::from(config.auth.hs256_secret.as_slice()))),
                 join_attempts: Arc::new(limits::Limiter::new(crate::join::attempt_limits())),
+                uplink: Mutex::new(None),
             }),
         };
         let admission = gw.inner.admission.clone();
@@ -228,6 +232,18 @@ impl Gateway {
     /// A classroom node's policy and the key that signs its tokens, if this is one.
     pub(crate) fn classroom_policy(&self) -> Option<(ClassroomPolicy, Arc<[u8]>)> {
         self.inner.classroom.clone()
+    }
+
+    /// Sets where a classroom node's uplink report comes from (`GET /api/classroom`); the node
+    /// calls it once its mesh runs.
+    pub fn set_uplink(&self, source: UplinkSource) {
+        *lock(&self.inner.uplink) = Some(source);
+    }
+
+    /// The classroom node's uplink now, if this is one.
+    pub(crate) fn uplink_report(&self) -> Option<UplinkReport> {
+        let source = lock(&self.inner.uplink).clone();
+        source.and_then(|f| f())
     }
 
     /// Takes one join-code attempt from `session`'s bucket (see `join.rs`).

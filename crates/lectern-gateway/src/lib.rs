@@ -39,6 +39,7 @@ mod socket;
 mod sse;
 mod stream;
 mod sync;
+pub mod uplink;
 mod ws;
 mod wsframe;
 
@@ -52,6 +53,7 @@ pub use gateway::Gateway;
 pub use limits::Limits;
 pub use metrics::{MetricsSection, labelled_counter};
 pub use refresh::ClassroomPolicy;
+pub use uplink::{UplinkReport, UplinkSource, UplinkState};
 
 pub(crate) use auth::unix_now_s;
 pub(crate) use sync::lock;

@@ -18,7 +18,7 @@ use crate::config::GatewayConfig;
 use crate::error::AppError;
 use crate::{
     Gateway, admission, boards, courses, flags, join, nodes, notifications, page, refresh, rest,
-    sse,
+    sse, uplink,
 };
 
 /// The gateway's router: every route, the shared middleware, the Socket.IO `layer`.
@@ -35,7 +35,8 @@ pub(crate) fn build(gw: &Gateway, config: &GatewayConfig, layer: SocketIoLayer) 
         .merge(courses::routes(gw.clone(), config.content.clone()))
         .merge(nodes::routes(config.nodes.clone()))
         .merge(refresh::routes(gw.clone()))
-        .merge(join::routes(gw.clone()));
+        .merge(join::routes(gw.clone()))
+        .merge(uplink::routes(gw.clone()));
     // After every merge: a layer covers only the routes that exist when it is added.
     let router = shared_middleware(merged, gw)
         .layer(layer)
