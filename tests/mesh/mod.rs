@@ -260,6 +260,17 @@ impl Cluster {
         Ok(self.nodes.len() - 1)
     }
 
+    /// Starts a classroom node `name` (`[classroom]`) for the demo cohort, with node `region`
+    /// as its upstream and nothing seeded; its index.
+    pub async fn start_classroom(&mut self, name: &str, region: usize) -> anyhow::Result<usize> {
+        let upstream = self.peer(region);
+        self.start_with(name, vec![], false, |c| {
+            c.classroom.upstream = Some(upstream);
+            c.classroom.cohorts = Some(vec![DEMO_COHORT.into()]);
+        })
+        .await
+    }
+
     /// Node `i`.
     pub fn node(&self, i: usize) -> &Node {
         // Invariant: tests only address nodes they started and have not stopped.
