@@ -43,6 +43,7 @@ pub(crate) fn routes(
     hub: Hub,
     gateway: Gateway,
     mesh: Option<Arc<Mesh>>,
+    content: Arc<lectern_content::BlobStore>,
     jobs: JobControl,
     token: Option<String>,
     classroom: Option<ClassroomSettings>,
@@ -52,6 +53,7 @@ pub(crate) fn routes(
     let state = Arc::new(AdminState {
         hub,
         gateway,
+        content,
         classroom,
         flags_writable,
         mesh,
@@ -337,6 +339,8 @@ struct AdminState {
     /// it takes the cluster's flags from its region, whose mesh holds it read-only for them.
     flags_writable: bool,
     mesh: Option<Arc<Mesh>>,
+    /// The content blobs, for what `status` says this node holds.
+    content: Arc<lectern_content::BlobStore>,
     jobs: JobControl,
     token: Option<String>,
     started: Instant,
@@ -419,7 +423,21 @@ impl AdminState {
             "draining": self.gateway.is_draining(),
             "connections": self.gateway.connections(),
             "classroom": self.classroom_status(mesh.as_ref()),
+            "content": self.content_status(),
             "peers": self.peers(),
+        })
+    }
+
+    /// The content blobs the stored courses name and how many are here (with peers, the node
+    /// brings the rest), and how many came from peers since start.
+    fn content_status(&self) -> Value {
+        let (wanted, held) = self.content.wanted_held();
+        let stats = self.content.stats();
+        json!({
+            "courseBlobs": wanted,
+            "held": held,
+            "pulled": stats.pulled,
+            "pullFailures": stats.pull_failures,
         })
     }
 

@@ -283,6 +283,7 @@ pub async fn start_on(mut config: Config, store: Store) -> anyhow::Result<Node> 
         hub.clone(),
         gateway.clone(),
         mesh.clone(),
+        content.clone(),
         jobs.control(),
         config.admin_token.clone(),
         config.classroom.is_on().then(|| config.classroom.clone()),

@@ -81,6 +81,13 @@ async fn a_classroom_node_prefetches_its_course_refetches_a_corrupted_blob_and_s
         )
         .await?;
         assert_eq!(store.stats().pulled, blobs.len() as u64);
+        // `lectern status` says what the classroom holds for its offline day.
+        let status = Http::new(cluster.node(classroom).http_addr)
+            .get("/admin/status", Some("admin-token-0123456789"))
+            .await?
+            .json()?;
+        assert_eq!(status["content"]["courseBlobs"], blobs.len());
+        assert_eq!(status["content"]["held"], blobs.len());
 
         // A copy that no longer matches its name is refused and brought again.
         let victim = blobs[0];
