@@ -39,27 +39,10 @@ use crate::config::ClassroomSettings;
 use tokio::sync::watch;
 
 /// The admin routes.
-pub(crate) fn routes(
-    hub: Hub,
-    gateway: Gateway,
-    mesh: Option<Arc<Mesh>>,
-    content: Arc<lectern_content::BlobStore>,
-    jobs: JobControl,
-    token: Option<String>,
-    classroom: Option<ClassroomSettings>,
-    flags_writable: bool,
-) -> Router {
-    let started = Instant::now();
+pub(crate) fn routes(parts: AdminParts) -> Router {
     let state = Arc::new(AdminState {
-        hub,
-        gateway,
-        content,
-        classroom,
-        flags_writable,
-        mesh,
-        jobs,
-        token,
-        started,
+        parts,
+        started: Instant::now(),
     });
     let s = state.clone();
     let heads = move |headers: HeaderMap, Query(q): Query<HeadsQuery>| {
@@ -331,19 +314,35 @@ struct JobQuery {
     id: String,
 }
 
-struct AdminState {
-    hub: Hub,
-    gateway: Gateway,
-    classroom: Option<ClassroomSettings>,
+/// What the admin API reads and acts on.
+pub(crate) struct AdminParts {
+    pub(crate) hub: Hub,
+    pub(crate) gateway: Gateway,
+    /// The mesh, when configured.
+    pub(crate) mesh: Option<Arc<Mesh>>,
+    /// The content blobs, for what `status` says this node holds.
+    pub(crate) content: Arc<lectern_content::BlobStore>,
+    pub(crate) jobs: JobControl,
+    /// The admin token; `None`: no admin API.
+    pub(crate) token: Option<String>,
+    /// A classroom node's settings.
+    pub(crate) classroom: Option<ClassroomSettings>,
     /// False on a node restricted to some cohorts (`mesh.share_cohorts`, a classroom node):
     /// it takes the cluster's flags from its region, whose mesh holds it read-only for them.
-    flags_writable: bool,
-    mesh: Option<Arc<Mesh>>,
-    /// The content blobs, for what `status` says this node holds.
-    content: Arc<lectern_content::BlobStore>,
-    jobs: JobControl,
-    token: Option<String>,
+    pub(crate) flags_writable: bool,
+}
+
+struct AdminState {
+    parts: AdminParts,
     started: Instant,
+}
+
+impl std::ops::Deref for AdminState {
+    type Target = AdminParts;
+
+    fn deref(&self) -> &AdminParts {
+        &self.parts
+    }
 }
 
 impl AdminState {

@@ -279,16 +279,16 @@ pub async fn start_on(mut config: Config, store: Store) -> anyhow::Result<Node> 
         None => None,
     };
     info!(%http_addr, "serving HTTP");
-    let admin_routes = admin::routes(
-        hub.clone(),
-        gateway.clone(),
-        mesh.clone(),
-        content.clone(),
-        jobs.control(),
-        config.admin_token.clone(),
-        config.classroom.is_on().then(|| config.classroom.clone()),
-        config.mesh.share_cohorts.is_none(),
-    );
+    let admin_routes = admin::routes(admin::AdminParts {
+        hub: hub.clone(),
+        gateway: gateway.clone(),
+        mesh: mesh.clone(),
+        content: content.clone(),
+        jobs: jobs.control(),
+        token: config.admin_token.clone(),
+        classroom: config.classroom.is_on().then(|| config.classroom.clone()),
+        flags_writable: config.mesh.share_cohorts.is_none(),
+    });
     let (health_hub, health_gateway) = (hub.clone(), gateway.clone());
     let health = get(move || {
         let (hub, gateway) = (health_hub.clone(), health_gateway.clone());
