@@ -512,3 +512,88 @@ async fn enrollments_and_the_roster_are_private_and_revalidated_by_etag() {
     assert_ne!(moved.header("etag"), etag);
     demo.stop().await.expect("stop");
 }
+
+fn unbrotli(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    brotli::Decompressor::new(bytes, 4096)
+        .read_to_end(&mut out)
+        .expect("a brotli body");
+    out
+}
+
+fn gunzip(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(bytes)
+        .read_to_end(&mut out)
+        .expect("a gzip body");
+    out
+}
+
+/// The catalog and a course's outline are compressed as the client allows, each coding with
+/// its own strong `ETag` (`"…-br"`, `"…-gzip"`) and `Vary: accept-encoding`, and a tag of any
+/// coding revalidates to a `304`. Kills: uncompressed ETag-bearing answers, one tag for
+/// several byte sequences, a compressed catalog's tag that no longer revalidates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_catalog_and_a_course_are_compressed_with_an_etag_per_coding() {
+    let dir = TempDir::new("content-coding");
+    let node = start(demo_config(&dir)).await.expect("start");
+    let addr = node.http_addr;
+    // A catalog worth compressing: some courses with real descriptions.
+    let admin = Caller {
+        user: "root".parse().expect("an id"),
+        name: "Root".into(),
+        role: Role::Admin,
+        cohorts: Vec::new(),
+    };
+    for i in 0..12 {
+        node.hub
+            .execute(
+                DocId::Course(format!("elective-{i}").parse().expect("an id")),
+                admin.clone(),
+                Command {
+                    id: format!("create-{i}").parse().expect("an id"),
+                    body: CommandBody::CourseCreate {
+                        title: format!("Elective {i}: consensus in practice"),
+                        description:
+                            "Raft, Paxos and the failure detectors they need, with a lab per week."
+                                .into(),
+                    },
+                },
+            )
+            .await
+            .expect("create a course");
+    }
+    for path in ["/api/courses", "/api/courses/demo-course"] {
+        let plain = get_async(addr, path, &[]).await;
+        assert_eq!(plain.status, 200);
+        assert!(
+            plain.body.len() >= 1024,
+            "{path} is {} bytes",
+            plain.body.len()
+        );
+        assert_eq!(plain.header("content-encoding"), "");
+        let tag = plain.header("etag").to_owned();
+        let inner = tag.trim_end_matches('"');
+        for (coding, decode) in [("br", unbrotli as fn(&[u8]) -> Vec<u8>), ("gzip", gunzip)] {
+            let r = get_async(addr, path, &[("Accept-Encoding", coding)]).await;
+            assert_eq!(r.status, 200);
+            assert_eq!(r.header("content-encoding"), coding, "{path}");
+            assert_eq!(r.header("vary"), "accept-encoding");
+            assert_eq!(r.header("etag"), format!("{inner}-{coding}\""));
+            assert!(r.body.len() < plain.body.len(), "{path} in {coding}");
+            assert_eq!(decode(&r.body), plain.body, "{path} in {coding}");
+            // The coded tag revalidates, and so does the identity one (same data).
+            for held in [r.header("etag"), tag.as_str()] {
+                let again = get_async(
+                    addr,
+                    path,
+                    &[("Accept-Encoding", coding), ("If-None-Match", held)],
+                )
+                .await;
+                assert_eq!(again.status, 304, "{path} {coding} holding {held}");
+                assert_eq!(again.header("etag"), r.header("etag"));
+            }
+        }
+    }
+    node.stop().await.expect("stop");
+}

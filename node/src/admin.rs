@@ -39,25 +39,10 @@ use crate::config::ClassroomSettings;
 use tokio::sync::watch;
 
 /// The admin routes.
-pub(crate) fn routes(
-    hub: Hub,
-    gateway: Gateway,
-    mesh: Option<Arc<Mesh>>,
-    jobs: JobControl,
-    token: Option<String>,
-    classroom: Option<ClassroomSettings>,
-    flags_writable: bool,
-) -> Router {
-    let started = Instant::now();
+pub(crate) fn routes(parts: AdminParts) -> Router {
     let state = Arc::new(AdminState {
-        hub,
-        gateway,
-        classroom,
-        flags_writable,
-        mesh,
-        jobs,
-        token,
-        started,
+        parts,
+        started: Instant::now(),
     });
     let s = state.clone();
     let heads = move |headers: HeaderMap, Query(q): Query<HeadsQuery>| {
@@ -329,17 +314,35 @@ struct JobQuery {
     id: String,
 }
 
-struct AdminState {
-    hub: Hub,
-    gateway: Gateway,
-    classroom: Option<ClassroomSettings>,
+/// What the admin API reads and acts on.
+pub(crate) struct AdminParts {
+    pub(crate) hub: Hub,
+    pub(crate) gateway: Gateway,
+    /// The mesh, when configured.
+    pub(crate) mesh: Option<Arc<Mesh>>,
+    /// The content blobs, for what `status` says this node holds.
+    pub(crate) content: Arc<lectern_content::BlobStore>,
+    pub(crate) jobs: JobControl,
+    /// The admin token; `None`: no admin API.
+    pub(crate) token: Option<String>,
+    /// A classroom node's settings.
+    pub(crate) classroom: Option<ClassroomSettings>,
     /// False on a node restricted to some cohorts (`mesh.share_cohorts`, a classroom node):
     /// it takes the cluster's flags from its region, whose mesh holds it read-only for them.
-    flags_writable: bool,
-    mesh: Option<Arc<Mesh>>,
-    jobs: JobControl,
-    token: Option<String>,
+    pub(crate) flags_writable: bool,
+}
+
+struct AdminState {
+    parts: AdminParts,
     started: Instant,
+}
+
+impl std::ops::Deref for AdminState {
+    type Target = AdminParts;
+
+    fn deref(&self) -> &AdminParts {
+        &self.parts
+    }
 }
 
 impl AdminState {
@@ -419,7 +422,21 @@ impl AdminState {
             "draining": self.gateway.is_draining(),
             "connections": self.gateway.connections(),
             "classroom": self.classroom_status(mesh.as_ref()),
+            "content": self.content_status(),
             "peers": self.peers(),
+        })
+    }
+
+    /// The content blobs the stored courses name and how many are here (with peers, the node
+    /// brings the rest), and how many came from peers since start.
+    fn content_status(&self) -> Value {
+        let (wanted, held) = self.content.wanted_held();
+        let stats = self.content.stats();
+        json!({
+            "courseBlobs": wanted,
+            "held": held,
+            "pulled": stats.pulled,
+            "pullFailures": stats.pull_failures,
         })
     }
 
@@ -797,7 +814,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// The share policy of a node restricted to `cohorts`: the cluster's flags document
 /// (`flags/cluster`), their cohort documents, the session
-/// documents their cohort documents list, and the inboxes of their rosters' members (so a
+/// documents their cohort documents list, the course each follows (whose blobs the node then
+/// prefetches), and the inboxes of their rosters' members (so a
 /// notification made on either side reaches its owner on the other), refreshed whenever one of
 /// the cohorts changes; the receiver ticks after each refresh, so the mesh can run
 /// anti-entropy for newly admitted documents. A member's inbox holds every notification of
@@ -819,8 +837,8 @@ pub(crate) fn share_filter(hub: &Hub, cohorts: &[String]) -> (ShareFilter, watch
     (filter, rx)
 }
 
-/// Keeps `sessions` equal to the session documents listed by `cohorts`' documents and the
-/// inboxes of their members.
+/// Keeps `sessions` equal to the session documents listed by `cohorts`' documents, the
+/// courses they follow and the inboxes of their members.
 async fn refresh_sessions(
     hub: Hub,
     cohorts: Vec<CohortId>,
@@ -873,6 +891,13 @@ async fn refresh_sessions(
                         found.insert(format!("session/{id}"));
                     }
                 }
+            }
+            // The course the cohort follows: its outline, hence the blobs its lessons need.
+            if let Ok(Ok(view)) = &view
+                && let Some(course) = view["courseId"].as_str()
+                && let Ok(course) = course.parse()
+            {
+                found.insert(DocId::Course(course).to_string());
             }
             if let Ok(Ok(view)) = &view
                 && let Some(roster) = view["roster"].as_array()

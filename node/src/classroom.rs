@@ -94,6 +94,9 @@ mod tests {
             bytes_sent: 0,
             bytes_received: 0,
             revocation_lists: 0,
+            blobs_sent: 0,
+            blobs_received: 0,
+            blobs_refused: 0,
         }
     }
 

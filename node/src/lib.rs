@@ -9,6 +9,7 @@
 
 mod admin;
 pub mod backup;
+mod blobs;
 mod classroom;
 pub mod config;
 mod demo;
@@ -38,6 +39,7 @@ use tracing::info;
 
 pub use config::{Config, create_cluster_secret, install_cluster_secret};
 pub use demo::{DEMO_COHORT, DEMO_SESSION, seed_demo};
+pub use demo_course::DEMO_COURSE;
 
 /// How long [`Node::stop`] waits for the tasks that outlive the graceful shutdown (connection
 /// tasks past the drain, mesh tasks being aborted) to let go of the hub and so of the store.
@@ -73,6 +75,8 @@ pub struct Node {
     pub secret: Vec<u8>,
     /// The regional mesh, when configured.
     pub mesh: Option<Arc<Mesh>>,
+    /// The content blob store (`{data_dir}/content`).
+    pub content: Arc<lectern_content::BlobStore>,
     /// The notification job runner.
     pub jobs: JobRunner,
     stop: oneshot::Sender<()>,
@@ -263,8 +267,14 @@ pub async fn start_on(mut config: Config, store: Store) -> anyhow::Result<Node> 
     };
     let mesh = match &config.mesh.tls_dir {
         Some(dir) => {
-            let mesh = start_mesh(&config, dir, hub.clone()).await?;
+            let mesh = start_mesh(&config, dir, hub.clone(), &content).await?;
             presence::start(gateway.clone(), &mesh);
+            blobs::start(
+                hub.clone(),
+                content.clone(),
+                &mesh,
+                config.mesh.prefetch_content,
+            );
             if config.classroom.is_on() {
                 classroom::start(&gateway, &mesh, config.classroom.clone());
             }
@@ -274,15 +284,16 @@ pub async fn start_on(mut config: Config, store: Store) -> anyhow::Result<Node> 
         None => None,
     };
     info!(%http_addr, "serving HTTP");
-    let admin_routes = admin::routes(
-        hub.clone(),
-        gateway.clone(),
-        mesh.clone(),
-        jobs.control(),
-        config.admin_token.clone(),
-        config.classroom.is_on().then(|| config.classroom.clone()),
-        config.mesh.share_cohorts.is_none(),
-    );
+    let admin_routes = admin::routes(admin::AdminParts {
+        hub: hub.clone(),
+        gateway: gateway.clone(),
+        mesh: mesh.clone(),
+        content: content.clone(),
+        jobs: jobs.control(),
+        token: config.admin_token.clone(),
+        classroom: config.classroom.is_on().then(|| config.classroom.clone()),
+        flags_writable: config.mesh.share_cohorts.is_none(),
+    });
     let (health_hub, health_gateway) = (hub.clone(), gateway.clone());
     let health = get(move || {
         let (hub, gateway) = (health_hub.clone(), health_gateway.clone());
@@ -330,6 +341,7 @@ pub async fn start_on(mut config: Config, store: Store) -> anyhow::Result<Node> 
         demo,
         secret,
         mesh,
+        content,
         jobs,
         stop,
         server,
@@ -570,6 +582,7 @@ async fn start_mesh(
     config: &Config,
     tls_dir: &std::path::Path,
     hub: Hub,
+    content: &Arc<lectern_content::BlobStore>,
 ) -> anyhow::Result<Arc<Mesh>> {
     let tls = NodeTls::load(tls_dir)?;
     let settings = &config.mesh;
@@ -589,6 +602,7 @@ async fn start_mesh(
     mesh_config.tls_reload_ms = settings.tls_reload_ms;
     mesh_config.revocations_file = Some(config.data_dir.join(REVOCATIONS_FILE));
     mesh_config.backoff_min_ms = mesh_config.backoff_min_ms.min(settings.reconnect_max_ms);
+    mesh_config.blobs = Some(Arc::new(blobs::StoreSource(content.clone())));
     // Each filter's refresh ticks when it admits new sessions: anti-entropy runs again.
     let mut admitted = Vec::new();
     if let Some(cohorts) = &settings.share_cohorts {

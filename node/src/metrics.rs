@@ -136,6 +136,18 @@ pub(crate) fn content(store: &Arc<lectern_content::BlobStore>) -> MetricsSection
             "from",
             &[("memory", s.cache_hits), ("disk", s.disk_reads)],
         );
+        counter(
+            out,
+            "lectern_content_pulled_total",
+            "Content blobs this node lacked (or whose copy failed verification) brought from a peer, verified and stored: on a first request or by a prefetch.",
+            s.pulled,
+        );
+        counter(
+            out,
+            "lectern_content_pull_failures_total",
+            "Pulls of a wanted blob that no peer delivered.",
+            s.pull_failures,
+        );
     })
 }
 
@@ -265,6 +277,22 @@ pub(crate) fn mesh(mesh: &Arc<Mesh>) -> MetricsSection {
             out,
             "lectern_mesh_frames_refused_total{{reason=\"read_only\"}} {}",
             status.writes_refused
+        );
+        labelled_counter(
+            out,
+            "lectern_mesh_blobs_total",
+            "Content blobs exchanged with peers, verified on receipt.",
+            "direction",
+            &[
+                ("sent", status.blobs_sent),
+                ("received", status.blobs_received),
+            ],
+        );
+        counter(
+            out,
+            "lectern_mesh_blobs_refused_total",
+            "Blobs refused because a peer's bytes did not hash to the name asked for.",
+            status.blobs_refused,
         );
     })
 }

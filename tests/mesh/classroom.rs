@@ -50,13 +50,7 @@ async fn a_classroom_node_pulls_its_cohorts_and_reports_its_uplink() -> anyhow::
                 ),
             )
             .await?;
-        let upstream = cluster.peer(region);
-        let classroom = cluster
-            .start_with("node-a", vec![], false, |c| {
-                c.classroom.upstream = Some(upstream);
-                c.classroom.cohorts = Some(vec![DEMO_COHORT.into()]);
-            })
-            .await?;
+        let classroom = cluster.start_classroom("node-a", region).await?;
         let cohort = DocId::Cohort(DEMO_COHORT.parse()?);
         cluster
             .converged(&cohort, &[region, classroom], Duration::from_secs(15))

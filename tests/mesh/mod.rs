@@ -7,6 +7,7 @@
 //! earlier ones (their QUIC ports are known by then).
 
 mod classroom;
+mod content;
 mod demo;
 mod failover;
 mod hostile;
@@ -276,6 +277,17 @@ impl Cluster {
             .with_context(|| format!("restart node {name}"))?;
         self.nodes[i].1 = Some(node);
         Ok(())
+    }
+
+    /// Starts a classroom node `name` (`[classroom]`) for the demo cohort, with node `region`
+    /// as its upstream and nothing seeded; its index.
+    pub async fn start_classroom(&mut self, name: &str, region: usize) -> anyhow::Result<usize> {
+        let upstream = self.peer(region);
+        self.start_with(name, vec![], false, |c| {
+            c.classroom.upstream = Some(upstream);
+            c.classroom.cohorts = Some(vec![DEMO_COHORT.into()]);
+        })
+        .await
     }
 
     /// Node `i`.

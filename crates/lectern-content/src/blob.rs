@@ -63,6 +63,11 @@ impl BlobHash {
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }
+
+    /// The name made of a raw digest (what a peer asks for).
+    pub fn from_bytes(digest: [u8; 32]) -> BlobHash {
+        BlobHash(digest)
+    }
 }
 
 impl fmt::Display for BlobHash {
@@ -188,6 +193,10 @@ pub struct BlobStats {
     /// Conditional requests answered `304 Not Modified` (the client's copy is current; no
     /// read at all), counted by the HTTP routes through [`BlobStore::count_not_modified`].
     pub not_modified: u64,
+    /// Blobs brought from peers (on a first request or by a prefetch), verified and stored.
+    pub pulled: u64,
+    /// Pulls no peer could answer.
+    pub pull_failures: u64,
 }
 
 /// The metadata file beside a blob.
@@ -210,6 +219,8 @@ pub struct BlobStore {
     dir: PathBuf,
     limits: BlobLimits,
     cache: Mutex<Cache>,
+    /// Blobs brought from peers (see [`crate::pull`]).
+    pub(crate) pull: crate::pull::Pull,
 }
 
 impl BlobStore {
@@ -226,6 +237,7 @@ impl BlobStore {
             dir: dir.to_path_buf(),
             limits,
             cache: Mutex::new(Cache::default()),
+            pull: crate::pull::Pull::default(),
         })
     }
 
@@ -291,7 +303,13 @@ impl BlobStore {
 
     /// The store's counters.
     pub fn stats(&self) -> BlobStats {
-        self.lock_cache().stats
+        let mut stats = self.lock_cache().stats;
+        stats.pulled = self.pull.pulled.load(std::sync::atomic::Ordering::Relaxed);
+        stats.pull_failures = self
+            .pull
+            .pull_failures
+            .load(std::sync::atomic::Ordering::Relaxed);
+        stats
     }
 
     fn lock_cache(&self) -> std::sync::MutexGuard<'_, Cache> {
@@ -481,15 +499,23 @@ pub fn is_compressible(content_type: &str) -> bool {
 }
 
 fn gzip(bytes: &[u8]) -> io::Result<Vec<u8>> {
-    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-    enc.write_all(bytes)?;
-    enc.finish()
+    gzip_at(bytes, 9)
 }
 
 fn brotli_compress(bytes: &[u8]) -> io::Result<Vec<u8>> {
     // Quality 11 (the best) once at publish time: every later download is smaller.
+    brotli_at(bytes, 11)
+}
+
+pub(crate) fn gzip_at(bytes: &[u8], level: u32) -> io::Result<Vec<u8>> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level.min(9)));
+    enc.write_all(bytes)?;
+    enc.finish()
+}
+
+pub(crate) fn brotli_at(bytes: &[u8], quality: u32) -> io::Result<Vec<u8>> {
     let params = brotli::enc::BrotliEncoderParams {
-        quality: 11,
+        quality: quality.min(11) as i32,
         ..Default::default()
     };
     let mut out = Vec::new();

@@ -67,35 +67,23 @@ async fn get_content(
     }
     // A blob in the memory cache is served from this task; only a read from disk (and its
     // verification) goes to a blocking thread, whose hand-offs would cost more than the copy.
+    // A blob this node lacks (or whose copy failed verification) comes from a peer if one of
+    // the node's courses names it.
     let found = match store.cached(hash) {
-        Some(blob) => Ok(Ok(Some(blob))),
-        None => {
-            tokio::task::spawn_blocking({
-                let store = Arc::clone(&store);
-                move || store.get(hash)
-            })
-            .await
-        }
+        Some(blob) => Ok(Some(blob)),
+        None => store.get_or_pull(hash).await,
     };
     let blob = match found {
-        Ok(Ok(Some(blob))) => blob,
-        Ok(Ok(None)) => {
+        Ok(Some(blob)) => blob,
+        Ok(None) => {
             return error(
                 StatusCode::NOT_FOUND,
                 "not_found",
                 "no content with that hash on this node",
             );
         }
-        Ok(Err(e)) => {
-            tracing::error!(blob = %hash, "reading a blob failed: {e}");
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "the content could not be read",
-            );
-        }
         Err(e) => {
-            tracing::error!(blob = %hash, "the blob reader panicked: {e}");
+            tracing::error!(blob = %hash, "reading a blob failed: {e}");
             return error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -224,15 +212,40 @@ fn single_range(value: &str, len: u64) -> RangeAnswer {
     }
 }
 
-#[derive(Debug, PartialEq, Eq)]
-enum Encoding {
+/// A content coding a response may be sent in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// `br`.
     Br,
+    /// `gzip`.
     Gzip,
+    /// The bytes as they are.
     Identity,
 }
 
-/// Brotli, then gzip, then the bytes as stored, by what `Accept-Encoding` allows.
-fn choose_encoding(headers: &HeaderMap, has_br: bool, has_gzip: bool) -> Encoding {
+impl Encoding {
+    /// Its `Content-Encoding` token, `None` for identity.
+    pub fn token(self) -> Option<&'static str> {
+        match self {
+            Encoding::Br => Some("br"),
+            Encoding::Gzip => Some("gzip"),
+            Encoding::Identity => None,
+        }
+    }
+
+    /// `bytes` in this coding (compressed at `quality`, 0 to 11 for brotli, 0 to 9 for gzip).
+    pub fn encode(self, bytes: &[u8], quality: u32) -> std::io::Result<Vec<u8>> {
+        match self {
+            Encoding::Br => crate::blob::brotli_at(bytes, quality),
+            Encoding::Gzip => crate::blob::gzip_at(bytes, quality),
+            Encoding::Identity => Ok(bytes.to_vec()),
+        }
+    }
+}
+
+/// Brotli, then gzip (each only if `has_br`/`has_gzip`), then the bytes as stored, by what
+/// `Accept-Encoding` allows (q-values honoured; `*` counts for a coding it does not name).
+pub fn choose_encoding(headers: &HeaderMap, has_br: bool, has_gzip: bool) -> Encoding {
     let Some(accept) = headers
         .get(header::ACCEPT_ENCODING)
         .and_then(|v| v.to_str().ok())

@@ -8,6 +8,8 @@
 //!   content negotiation, `nosniff`).
 //! * [`markdown`]: lesson Markdown to sanitized HTML (pulldown-cmark, then ammonia), asset
 //!   URLs resolved to their blobs.
+//! * [`pull`]: blobs this node lacks, brought from its peers on a first request or ahead of
+//!   time, only those its courses name.
 //! * [`package`]: a folder of lessons and assets with a `course.toml`, read and checked whole
 //!   into the blobs to publish.
 //!
@@ -18,9 +20,11 @@ pub mod blob;
 pub mod http;
 pub mod markdown;
 pub mod package;
+pub mod pull;
 #[cfg(test)]
 mod test_dir;
 
 pub use blob::{Blob, BlobError, BlobHash, BlobLimits, BlobStats, BlobStore};
-pub use http::routes;
+pub use http::{Encoding, choose_encoding, routes};
 pub use package::{Package, PackageError};
+pub use pull::{BlobPeers, FetchFuture, PeerBlob, PrefetchReport};

@@ -27,11 +27,12 @@
 use std::sync::Arc;
 
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use lectern_content::{BlobError, BlobHash, BlobStore};
+use lectern_content::{BlobError, BlobHash, BlobStore, Encoding, choose_encoding};
 use lectern_model::{CourseId, DocId};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -50,6 +51,15 @@ pub const COURSE_SHARED_MAX_AGE_S: u64 = 10;
 pub const COURSE_STALE_WHILE_REVALIDATE_S: u64 = 24 * 3600;
 /// Most courses listed in the catalog (the rest are left off, oldest ids last).
 pub const CATALOG_COURSES_MAX: usize = 1000;
+
+/// Revalidated JSON answers shorter than this go out uncompressed (compressing saves too
+/// little).
+const COMPRESS_MIN_BYTES: usize = 1024;
+
+/// Brotli/gzip quality of a revalidated answer compressed for one request (a course's outline,
+/// enrollments): fast, most of the size win. The catalog, compressed once per version, uses the
+/// best.
+const COMPRESS_QUALITY: u32 = 4;
 
 /// 60 s: how long a client may keep a user's enrollments or a cohort's roster before it
 /// revalidates them (`private`: they are one user's, no shared cache may hold them).
@@ -250,15 +260,53 @@ fn etag_of(bytes: &[u8]) -> String {
     s
 }
 
-/// Whether `If-None-Match` names `etag` (or is `*`).
-fn matches(headers: &HeaderMap, etag: &str) -> bool {
+/// Whether `If-None-Match` names the representation tagged `base` in any coding (or is `*`):
+/// the bytes differ by coding, the data they carry does not, so any of them is current.
+fn matches(headers: &HeaderMap, base: &str) -> bool {
     headers
         .get_all(header::IF_NONE_MATCH)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(|t| t.trim().trim_start_matches("W/"))
-        .any(|t| t == etag || t == "*")
+        .any(|t| t == "*" || without_coding(t) == base)
+}
+
+/// `"…-br"` and `"…-gzip"` back to `"…"`.
+fn without_coding(tag: &str) -> std::borrow::Cow<'_, str> {
+    for suffix in ["-br\"", "-gzip\""] {
+        if let Some(inner) = tag.strip_suffix(suffix) {
+            return format!("{inner}\"").into();
+        }
+    }
+    tag.into()
+}
+
+/// The `ETag` of the representation tagged `base` in `coding`. A strong tag names one byte
+/// sequence, so each coding gets its own (`"…-br"`, `"…-gzip"`, as Apache's `mod_deflate`
+/// does). The tag follows the coding the request chose, not whether the body was large enough
+/// to compress: the same tag always stands for the same bytes, compressed or not.
+fn tag_for(base: &str, coding: Encoding) -> String {
+    match (coding.token(), base.strip_suffix('"')) {
+        (Some(token), Some(inner)) => format!("{inner}-{token}\""),
+        _ => base.to_owned(),
+    }
+}
+
+/// The coding a revalidated answer is sent in: brotli or gzip if the client takes them.
+fn chosen_coding(headers: &HeaderMap) -> Encoding {
+    choose_encoding(headers, true, true)
+}
+
+/// `body` in `coding` if it is worth compressing, at `quality`; with its `Content-Encoding`.
+fn encode_body(body: Bytes, coding: Encoding, quality: u32) -> (Bytes, Option<&'static str>) {
+    if body.len() < COMPRESS_MIN_BYTES {
+        return (body, None);
+    }
+    match coding.encode(&body, quality) {
+        Ok(encoded) if coding != Encoding::Identity => (Bytes::from(encoded), coding.token()),
+        _ => (body, None),
+    }
 }
 
 /// A public course answer: `body` with `etag`, or `304` when `headers` hold it already.
@@ -266,21 +314,63 @@ fn cached(etag: &str, headers: &HeaderMap, body: impl FnOnce() -> Value) -> Resp
     revalidated(etag, headers, cache_control(), body)
 }
 
-/// `body` (or `304` when `headers` hold `etag` already) with `etag` and `cache_control`.
+/// `body` (or `304` when `headers` hold `etag` already) with `etag` and `cache_control`,
+/// compressed as the client allows.
 fn revalidated(
     etag: &str,
     headers: &HeaderMap,
     cache_control: HeaderValue,
     body: impl FnOnce() -> Value,
 ) -> Response {
-    let mut response = if matches(headers, etag) {
-        StatusCode::NOT_MODIFIED.into_response()
-    } else {
-        axum::Json(body()).into_response()
-    };
+    let coding = chosen_coding(headers);
+    if matches(headers, etag) {
+        return tagged(
+            StatusCode::NOT_MODIFIED.into_response(),
+            etag,
+            coding,
+            cache_control,
+        );
+    }
+    let json = Bytes::from(body().to_string());
+    let (bytes, encoding) = encode_body(json, coding, COMPRESS_QUALITY);
+    json_answer(bytes, encoding, etag, coding, cache_control)
+}
+
+/// A `200` of JSON `bytes` sent in `encoding`, tagged for `coding`.
+fn json_answer(
+    bytes: Bytes,
+    encoding: Option<&'static str>,
+    etag: &str,
+    coding: Encoding,
+    cache_control: HeaderValue,
+) -> Response {
+    let mut response = (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        bytes,
+    )
+        .into_response();
+    if let Some(token) = encoding {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_ENCODING, HeaderValue::from_static(token));
+    }
+    tagged(response, etag, coding, cache_control)
+}
+
+/// `response` with the caching headers of the representation tagged `base` in `coding`.
+fn tagged(
+    mut response: Response,
+    base: &str,
+    coding: Encoding,
+    cache_control: HeaderValue,
+) -> Response {
     let h = response.headers_mut();
     h.insert(header::CACHE_CONTROL, cache_control);
-    if let Ok(v) = HeaderValue::from_str(etag) {
+    h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    if let Ok(v) = HeaderValue::from_str(&tag_for(base, coding)) {
         h.insert(header::ETAG, v);
     }
     response
@@ -325,7 +415,28 @@ pub(crate) fn catalog_routes(gw: Gateway) -> Router {
 #[derive(Clone)]
 struct Catalog {
     gw: Gateway,
-    rendered: Arc<std::sync::Mutex<Option<(String, axum::body::Bytes)>>>,
+    rendered: Arc<std::sync::Mutex<Option<Arc<Rendered>>>>,
+}
+
+/// The catalog as rendered for one `ETag`: its JSON, and each compressed coding made once, on
+/// the first request that asks for it.
+struct Rendered {
+    etag: String,
+    json: Bytes,
+    br: std::sync::OnceLock<(Bytes, Option<&'static str>)>,
+    gzip: std::sync::OnceLock<(Bytes, Option<&'static str>)>,
+}
+
+impl Rendered {
+    fn body(&self, coding: Encoding) -> (Bytes, Option<&'static str>) {
+        // Made once per version and kept: the best quality costs nothing on later reads.
+        let made = |quality| move || encode_body(self.json.clone(), coding, quality);
+        match coding {
+            Encoding::Br => self.br.get_or_init(made(11)).clone(),
+            Encoding::Gzip => self.gzip.get_or_init(made(9)).clone(),
+            Encoding::Identity => (self.json.clone(), None),
+        }
+    }
 }
 
 async fn catalog(State(cat): State<Catalog>, headers: HeaderMap) -> Response {
@@ -340,13 +451,13 @@ async fn catalog(State(cat): State<Catalog>, headers: HeaderMap) -> Response {
     if matches(&headers, &etag) {
         return cached(&etag, &headers, || Value::Null);
     }
-    let kept = cat.rendered.lock().ok().and_then(|r| {
-        r.as_ref()
-            .filter(|(e, _)| *e == etag)
-            .map(|(_, b)| b.clone())
-    });
-    let body = match kept {
-        Some(body) => body,
+    let kept = cat
+        .rendered
+        .lock()
+        .ok()
+        .and_then(|r| r.as_ref().filter(|r| r.etag == etag).cloned());
+    let rendered = match kept {
+        Some(rendered) => rendered,
         None => {
             let mut list = Vec::with_capacity(courses.len());
             for (doc, _) in courses {
@@ -361,29 +472,23 @@ async fn catalog(State(cat): State<Catalog>, headers: HeaderMap) -> Response {
                     }));
                 }
             }
-            let body = axum::body::Bytes::from(json!({ "courses": list }).to_string());
+            let rendered = Arc::new(Rendered {
+                etag: etag.clone(),
+                json: Bytes::from(json!({ "courses": list }).to_string()),
+                br: std::sync::OnceLock::new(),
+                gzip: std::sync::OnceLock::new(),
+            });
             // Kept under the ETag of the heads it was rendered from: a publication meanwhile
             // changes the ETag of the next read, which renders again.
             if let Ok(mut r) = cat.rendered.lock() {
-                *r = Some((etag.clone(), body.clone()));
+                *r = Some(rendered.clone());
             }
-            body
+            rendered
         }
     };
-    let mut response = (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        body,
-    )
-        .into_response();
-    let h = response.headers_mut();
-    h.insert(header::CACHE_CONTROL, cache_control());
-    if let Ok(v) = HeaderValue::from_str(&etag) {
-        h.insert(header::ETAG, v);
-    }
-    response
+    let coding = chosen_coding(&headers);
+    let (bytes, encoding) = rendered.body(coding);
+    json_answer(bytes, encoding, &etag, coding, cache_control())
 }
 
 /// A private, revalidated answer: `body` with `etag`, or `304` when `headers` hold it already.

@@ -152,8 +152,8 @@ const JSON_COMPRESS_LEVEL: i32 = 4;
 /// Compression of JSON answers (views, listings) of at least [`JSON_COMPRESS_MIN_BYTES`], br
 /// or gzip by `Accept-Encoding`, with `Vary: accept-encoding`. Not compressed: other types
 /// (content blobs bring their own stored variants, Socket.IO polling is text), and answers
-/// with an `ETag` (the catalog's heads-based ETag names one representation; a compressed one
-/// would need its own).
+/// with an `ETag`: a strong tag names one byte sequence, so those (the catalog, a course, the
+/// enrollments) are compressed where they are made, with a tag per coding (`courses.rs`).
 fn compression()
 -> tower_http::compression::CompressionLayer<impl tower_http::compression::Predicate> {
     use tower_http::compression::predicate::{Predicate, SizeAbove};

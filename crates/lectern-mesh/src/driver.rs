@@ -29,6 +29,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, warn};
 
+use crate::blobs::{BlobFetchError, BlobSource, FetchedBlob};
 use crate::session::{
     Output, PeerInfo, PeerScopes, REVOCATION_LISTS_MAX, Session, SessionConfig, ShareFilter,
 };
@@ -120,6 +121,9 @@ pub struct MeshConfig {
     /// Where the revocation lists learned from peers are kept across restarts (PEM). `None`:
     /// in memory only.
     pub revocations_file: Option<PathBuf>,
+    /// The content blobs this node serves its peers (see [`crate::blobs`]). `None`: it answers
+    /// every blob request that it holds nothing.
+    pub blobs: Option<Arc<dyn BlobSource>>,
 }
 
 /// Default of [`MeshConfig::tls_reload_ms`].
@@ -151,6 +155,7 @@ impl MeshConfig {
             tls_dir: None,
             tls_reload_ms: TLS_RELOAD_MS_DEFAULT,
             revocations_file: None,
+            blobs: None,
         }
     }
 
@@ -223,6 +228,12 @@ pub struct MeshStatus {
     pub bytes_received: u64,
     /// Certificate revocation lists in force (from `tls_dir` and from peers).
     pub revocation_lists: usize,
+    /// Content blobs sent to peers since start.
+    pub blobs_sent: u64,
+    /// Content blobs received from peers, verified, since start.
+    pub blobs_received: u64,
+    /// Blobs refused since start because a peer's bytes did not hash to the name asked for.
+    pub blobs_refused: u64,
 }
 
 /// The running mesh of one node.
@@ -241,9 +252,9 @@ struct PeerEntry {
     pending: Arc<AtomicUsize>,
 }
 
-struct Shared {
+pub(crate) struct Shared {
     hub: Hub,
-    config: MeshConfig,
+    pub(crate) config: MeshConfig,
     endpoint: quinn::Endpoint,
     /// The TLS material in force (`config.tls` until a reload or a new revocation list).
     tls: Mutex<NodeTls>,
@@ -265,11 +276,14 @@ struct Shared {
     ephemeral_out: broadcast::Sender<(String, Vec<u8>)>,
     ephemeral_in: broadcast::Sender<EphemeralIn>,
     next_conn_id: AtomicU64,
-    faults: AtomicU64,
+    pub(crate) faults: AtomicU64,
     frames_refused: AtomicU64,
     writes_refused: AtomicU64,
     bytes_sent: Arc<AtomicU64>,
     bytes_received: AtomicU64,
+    pub(crate) blobs_sent: AtomicU64,
+    pub(crate) blobs_received: AtomicU64,
+    pub(crate) blobs_refused: AtomicU64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -315,6 +329,9 @@ impl Mesh {
             writes_refused: AtomicU64::new(0),
             bytes_sent: Arc::new(AtomicU64::new(0)),
             bytes_received: AtomicU64::new(0),
+            blobs_sent: AtomicU64::new(0),
+            blobs_received: AtomicU64::new(0),
+            blobs_refused: AtomicU64::new(0),
         });
         let mut tasks = JoinSet::new();
         let span = tracing::info_span!("mesh", node = %shared.config.name);
@@ -455,7 +472,21 @@ impl Mesh {
             bytes_sent: shared.bytes_sent.load(Ordering::Relaxed),
             bytes_received: shared.bytes_received.load(Ordering::Relaxed),
             revocation_lists: shared.crl_ders().len(),
+            blobs_sent: shared.blobs_sent.load(Ordering::Relaxed),
+            blobs_received: shared.blobs_received.load(Ordering::Relaxed),
+            blobs_refused: shared.blobs_refused.load(Ordering::Relaxed),
         }
+    }
+
+    /// Asks the connected peers, nearest first, for the content blob whose SHA-256 is `hash`,
+    /// refusing one over `max_bytes` and any bytes that do not hash to `hash` (see
+    /// [`crate::blobs`]).
+    pub async fn fetch_blob(
+        &self,
+        hash: [u8; 32],
+        max_bytes: u64,
+    ) -> Result<FetchedBlob, BlobFetchError> {
+        crate::blobs::fetch(&self.shared, hash, max_bytes).await
     }
 
     /// Says bye to every peer, closes the endpoint and waits for the mesh's tasks.
@@ -693,6 +724,22 @@ impl Shared {
         refused
     }
 
+    /// The connected peers and their connections, nearest (smallest round-trip time) first.
+    pub(crate) fn connections_by_rtt(&self) -> Vec<(String, quinn::Connection)> {
+        let mut peers: Vec<(Duration, String, quinn::Connection)> = match self.sessions.lock() {
+            Ok(s) => s
+                .iter()
+                .map(|(name, e)| (e.conn.rtt(), name.clone(), e.conn.clone()))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        peers.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+        peers
+            .into_iter()
+            .map(|(_, name, conn)| (name, conn))
+            .collect()
+    }
+
     fn is_connected(&self, name: &str) -> bool {
         self.sessions
             .lock()
@@ -882,6 +929,12 @@ async fn run_connection(
                             frames_tx.clone(),
                         ));
                     }
+                    // Its blob requests, on streams of their own, once it is a verified member.
+                    worker_tasks.spawn(crate::blobs::serve(
+                        shared.clone(),
+                        conn.clone(),
+                        info.name.clone(),
+                    ));
                     peer = Some(info);
                     session.send_summary(summary(&shared.hub));
                     session.send_revocations(shared.crl_ders());

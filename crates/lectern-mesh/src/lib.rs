@@ -4,6 +4,8 @@
 //! * [`session`]: the sans-IO core of one peer connection (handshake, anti-entropy, coalesced
 //!   pushes, ephemeral frames), tested without sockets.
 //! * [`digest`]: the hash tree anti-entropy compares, so its bytes follow the differences.
+//! * [`blobs`]: content blobs between nodes, each request on a QUIC stream of its own,
+//!   verified against its hash.
 //! * [`tls`]: the cluster CA, node certificates, and rustls configs that refuse any peer
 //!   without a certificate of the cluster CA.
 //! * [`driver`]: the thin tokio + quinn layer: one endpoint per node, a dial loop per configured
@@ -17,11 +19,13 @@
 //! Architecture invariant: this crate knows QUIC and nothing of HTTP; only `lectern-node` knows
 //! both. It never mutates a document itself: every change goes through the hub.
 
+pub mod blobs;
 pub mod digest;
 pub mod driver;
 pub mod session;
 pub mod tls;
 
+pub use blobs::{BlobFetchError, BlobSource, FetchedBlob};
 pub use driver::{
     EphemeralIn, HANDSHAKES_MAX_DEFAULT, Mesh, MeshConfig, MeshStatus, PeerAddr, PeerStatus,
     TLS_RELOAD_MS_DEFAULT,

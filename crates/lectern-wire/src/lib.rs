@@ -11,9 +11,14 @@
 //! Architecture invariant: no input makes this crate panic or allocate without bound; a frame
 //! longer than its limit is refused from its 4-byte header, before its body is buffered.
 
+mod blob;
 mod frame;
 mod peer;
 
+pub use blob::{
+    BLOB_ANSWER_HEADER_MAX, BLOB_REQUEST_LEN, BLOB_REQUEST_MAGIC, BlobAnswer, BlobWireError,
+    decode_blob_answer, decode_blob_request, encode_blob_answer, encode_blob_request,
+};
 pub use frame::{FRAME_LEN_MAX_BYTES, FrameDecoder, FrameError, encode_frame};
 pub use peer::{ALPN, DigestContent, PROTOCOL_VERSION, PeerFrame};
 

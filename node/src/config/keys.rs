@@ -341,12 +341,15 @@ pub static KEYS: &[Key] = &[
     key("mesh.accept_from", "LECTERN_MESH_ACCEPT_FROM", "Peers, besides those of `mesh.peers`, allowed to dial in (their certificate names); any other certified node is refused at its hello.",
         |d, v, k| { d.config.mesh.accept_from = v.list(k)?.iter().map(|n| check_node_name(n, k)).collect::<anyhow::Result<_>>()?; Ok(()) })
         .list().default("[]").example("[\"classroom-12\"]"),
-    key("mesh.share_cohorts", "LECTERN_MESH_SHARE_COHORTS", "Share only these cohorts' documents (and their sessions') with peers, both ways. Unset: share everything.",
+    key("mesh.share_cohorts", "LECTERN_MESH_SHARE_COHORTS", "Share only these cohorts' documents (the cohort, its sessions, its members' inboxes, the course it follows) with peers, both ways. Unset: share everything.",
         |d, v, k| { d.config.mesh.share_cohorts = Some(v.list(k)?); Ok(()) })
         .list().example("[\"cs101-autumn\"]"),
     key("mesh.peer_cohorts", "LECTERN_MESH_PEER_COHORTS", "Per peer, the only cohorts it may exchange documents of with this node (the cohort, its sessions, its members' inboxes; both ways), each `NAME=COHORT+COHORT`: a classroom node held to the cohorts it serves.",
         |d, v, k| { d.config.mesh.peer_cohorts = v.list(k)?.iter().map(|e| check_peer_cohorts(e, k)).collect::<anyhow::Result<_>>()?; Ok(()) })
         .list().default("[]").example("[\"classroom-12=cs101-autumn+cs102-autumn\"]"),
+    key("mesh.prefetch_content", "LECTERN_MESH_PREFETCH_CONTENT", "Bring every content blob (lesson bodies, assets) of the courses this node stores from its peers ahead of time, so its lessons stay readable with the uplink down. False: a blob comes from a peer on its first request only.",
+        |d, v, k| { d.config.mesh.prefetch_content = v.bool(k)?; Ok(()) })
+        .default("true").example("false"),
     key("mesh.push_coalesce_ms", "LECTERN_MESH_PUSH_COALESCE_MS", "Local changes are pushed to peers at most this often, in ms (at most 20).",
         |d, v, k| { d.config.mesh.push_coalesce_ms = check_coalesce(v.parse(k)?, k)?; Ok(()) })
         .default("10").example("5"),

@@ -217,8 +217,9 @@ pub struct MeshSettings {
     /// others dial but that dials nobody lists them here. Any other node is refused at its
     /// hello, even with a certificate of the cluster CA. Default none: only `peers`.
     pub accept_from: Vec<String>,
-    /// Share only these cohorts' documents (and their sessions') with peers, in both
-    /// directions: a classroom node restricted to its own cohorts. Default none: share all.
+    /// Share only these cohorts' documents (their sessions, their members' inboxes and the
+    /// course each follows) with peers, in both directions: a classroom node restricted to its
+    /// own cohorts. Default none: share all.
     pub share_cohorts: Option<Vec<String>>,
     /// Per peer (cluster name), the cohorts it may exchange documents of with this node (the
     /// cohort, its sessions, its members' inboxes), both ways, on top of `share_cohorts`: a
@@ -248,6 +249,10 @@ pub struct MeshSettings {
     /// How often `tls_dir` is checked for a renewed certificate or a new `crl.pem`, in ms.
     /// Default 30000.
     pub tls_reload_ms: u64,
+    /// Bring every content blob of the courses this node stores from its peers ahead of time
+    /// (a classroom node then serves its lessons with the uplink down). False: a blob comes
+    /// from a peer on its first request only. Default true.
+    pub prefetch_content: bool,
 }
 
 impl Default for MeshSettings {
@@ -268,6 +273,7 @@ impl Default for MeshSettings {
             handshakes_max: lectern_mesh::HANDSHAKES_MAX_DEFAULT,
             resume_wait_ms: 2_000,
             tls_reload_ms: lectern_mesh::TLS_RELOAD_MS_DEFAULT,
+            prefetch_content: true,
         }
     }
 }
