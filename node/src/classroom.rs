@@ -46,13 +46,49 @@ pub(crate) fn report(
     })
 }
 
-/// Gives `gateway` the uplink report of this classroom node, read from `mesh` on each request.
+/// Gives `gateway` the uplink report of this classroom node, read from `mesh` on each request,
+/// and the same as a `/metrics` section ([`render`]).
 pub(crate) fn start(gateway: &Gateway, mesh: &Arc<Mesh>, settings: ClassroomSettings) {
-    let mesh: Weak<Mesh> = Arc::downgrade(mesh);
-    gateway.set_uplink(Arc::new(move || {
-        let status = mesh.upgrade()?.status();
+    let weak: Weak<Mesh> = Arc::downgrade(mesh);
+    let source = Arc::new(move || {
+        let status = weak.upgrade()?.status();
         report(&settings, &status, crate::unix_now_s())
+    });
+    gateway.set_uplink(source.clone());
+    gateway.add_metrics(Arc::new(move |out: &mut String| {
+        if let Some(r) = source() {
+            render(&r, out);
+        }
     }));
+}
+
+/// The uplink as Prometheus gauges: up or down, for how long, and what waits to go up (the
+/// catch-up still to do once it is back).
+pub(crate) fn render(r: &UplinkReport, out: &mut String) {
+    use std::fmt::Write as _;
+    let up = r.offline_s.is_none();
+    let gauges = [
+        (
+            "lectern_classroom_uplink_up",
+            "Whether this classroom node's uplink to its upstream is up (1) or down (0).",
+            u64::from(up),
+        ),
+        (
+            "lectern_classroom_offline_seconds",
+            "How long the uplink has been down, in seconds (0 while it is up).",
+            r.offline_s.unwrap_or(0),
+        ),
+        (
+            "lectern_classroom_waiting_documents",
+            "Documents waiting to go up to the upstream (the catch-up still to do).",
+            u64::try_from(r.waiting_docs).unwrap_or(u64::MAX),
+        ),
+    ];
+    for (name, help, value) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        let _ = writeln!(out, "{name}{{upstream=\"{}\"}} {value}", r.upstream);
+    }
 }
 
 #[cfg(test)]

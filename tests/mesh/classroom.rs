@@ -324,6 +324,16 @@ async fn a_classroom_node_extends_its_members_tokens_within_the_cap_and_across_a
             assert_eq!((status, code.as_deref()), (want.0, Some(want.1)), "{what}");
         }
 
+        // Each extension is counted by its result.
+        let text = metrics(addr).await?;
+        for series in [
+            "lectern_token_extensions_total{result=\"ok\"} 4",
+            "lectern_token_extensions_total{result=\"not_classroom_member\"} 2",
+            "lectern_token_extensions_total{result=\"token_extend_cap\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == series), "{series} in:\n{text}");
+        }
+
         // The classroom node restarts, still offline: the extended token still works and
         // can still be extended.
         cluster.stop(classroom).await?;
@@ -341,6 +351,13 @@ async fn a_classroom_node_extends_its_members_tokens_within_the_cap_and_across_a
         cluster.stop_all().await
     })
     .await
+}
+
+/// The `/metrics` text of the node at `addr`.
+async fn metrics(addr: std::net::SocketAddr) -> anyhow::Result<String> {
+    let r = Http::new(addr).get("/metrics", None).await?;
+    anyhow::ensure!(r.status == 200, "metrics: {}", r.status);
+    Ok(r.text())
 }
 
 /// `GET /api/classroom` on `addr` with `token`: status, code and body.
@@ -479,6 +496,12 @@ async fn a_teacher_lets_a_newcomer_in_offline_with_a_join_code_and_the_region_se
         )
         .await?;
         let offline = uplink_becomes(addr, &ada, "offline").await?;
+        let text = metrics(addr).await?;
+        assert!(
+            text.lines()
+                .any(|l| l == "lectern_classroom_uplink_up{upstream=\"node-b\"} 0"),
+            "{text}"
+        );
         let since = offline["offlineSince"].as_u64().context("offlineSince")?;
         assert!(since + 2 >= cut_at && since <= now_s(), "{offline}");
         let (status, code, _) = post(addr, &codes, Some(&student), serde_json::json!({})).await?;
@@ -564,6 +587,14 @@ async fn a_teacher_lets_a_newcomer_in_offline_with_a_join_code_and_the_region_se
             limited_after <= burst + 5,
             "{limited_after} guesses before 429"
         );
+        let text = metrics(addr).await?;
+        for series in [
+            "lectern_join_redemptions_total{result=\"ok\"} 2",
+            "lectern_join_redemptions_total{result=\"join_code_used_up\"} 1",
+            "lectern_join_redemptions_total{result=\"rate_limited\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == series), "{series} in:\n{text}");
+        }
 
         // The uplink returns: the region sees who came in, and through whom.
         link.heal();
@@ -574,6 +605,12 @@ async fn a_teacher_lets_a_newcomer_in_offline_with_a_join_code_and_the_region_se
         assert_eq!(seen["role"], "student", "{seen}");
         assert_eq!(seen["joined"]["by"], "ada", "{seen}");
         uplink_becomes(addr, &ada, "in_sync").await?;
+        let text = metrics(addr).await?;
+        assert!(
+            text.lines()
+                .any(|l| l == "lectern_classroom_uplink_up{upstream=\"node-b\"} 1"),
+            "{text}"
+        );
         cluster.stop_all().await
     })
     .await

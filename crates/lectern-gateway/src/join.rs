@@ -248,10 +248,18 @@ struct RedeemBody {
 }
 
 /// `POST /api/join` `{session, code, name}` (no token): `{token, user, name, role, cohort,
-/// session, expiresAt (s)}`.
+/// session, expiresAt (s)}`. Counted by result in `lectern_join_redemptions_total`.
 async fn redeem(State(gw): State<Gateway>, RawBody(body): RawBody) -> Result<Response, AppError> {
+    let result = redeem_body(&gw, &body).await;
+    gw.metrics()
+        .join_redemption(result.as_ref().map_or_else(|e| e.code, |_| "ok"));
+    result
+}
+
+/// The work of [`redeem`].
+async fn redeem_body(gw: &Gateway, body: &[u8]) -> Result<Response, AppError> {
     let body: RedeemBody =
-        serde_json::from_slice(&body).map_err(|e| AppError::bad_request(format!("join: {e}")))?;
+        serde_json::from_slice(body).map_err(|e| AppError::bad_request(format!("join: {e}")))?;
     let Some((policy, secret)) = gw.classroom_policy() else {
         return Err(off("only a classroom node takes join codes"));
     };

@@ -155,17 +155,26 @@ pub(crate) fn routes(gw: Gateway) -> Router {
 }
 
 /// `POST /api/token/refresh` with the token to extend (bearer, cookie or query, as every
-/// route): `{token, expiresAt, origExp, capAt, cohorts}`.
+/// route): `{token, expiresAt, origExp, capAt, cohorts}`. Counted by result in
+/// `lectern_token_extensions_total`.
 async fn refresh(
     State(gw): State<Gateway>,
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, AppError> {
+    let result = extend_for(&gw, &headers, &uri).await;
+    gw.metrics()
+        .token_extension(result.as_ref().map_or_else(|e| e.code, |_| "ok"));
+    result
+}
+
+/// The work of [`refresh`].
+async fn extend_for(gw: &Gateway, headers: &HeaderMap, uri: &Uri) -> Result<Response, AppError> {
     let Some((policy, secret)) = gw.classroom_policy().filter(|(p, _)| p.extend_max_s > 0) else {
         return Err(RefreshError::Off.into());
     };
     let token = gw
-        .request_token(&headers, uri.query())?
+        .request_token(headers, uri.query())?
         .ok_or(AuthError::Missing)?;
     let now_s = auth::unix_now_s();
     let presented = gw.verify_for_refresh(&token, now_s, REFRESH_GRACE_S)?;
@@ -174,7 +183,7 @@ async fn refresh(
     }
     // A refresh reads documents: it pays like a read.
     gw.take_command_token(presented.caller.user.as_str())?;
-    let members = roster_members(&gw, &policy, &presented.caller).await;
+    let members = roster_members(gw, &policy, &presented.caller).await;
     let ext = extend(&policy, &presented, &members, now_s)?;
     let signed = auth::mint_extension(&secret, &ext.claims, ext.orig_exp)?;
     tracing::info!(
