@@ -569,6 +569,50 @@ async fn a_teacher_lets_a_newcomer_in_offline_with_a_join_code_and_the_region_se
             serde_json::json!({"session": "no-such-session", "code": the_code, "name": "Eve"});
         let (status, code, _) = post(addr, "/api/join", None, elsewhere).await?;
         assert_eq!((status, code.as_deref()), (404, Some("doc_not_found")));
+        // A code past its expiry lets nobody in: one made (as the gateway makes them) to
+        // expire in a second and a half.
+        let expiring = "EXPRD00000";
+        let cohort_id: lectern_model::CohortId = DEMO_COHORT.parse()?;
+        let session_id: lectern_model::SessionId = s.parse()?;
+        let expires_at = u64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_millis(),
+        )? + 1_500;
+        cluster
+            .node(classroom)
+            .hub
+            .execute(
+                cohort.clone(),
+                demo_caller("ada", Role::Instructor),
+                cmd(
+                    "expiring-code",
+                    CommandBody::JoinCodeCreate {
+                        key: lectern_gateway::join::key_of(
+                            SECRET.as_bytes(),
+                            &cohort_id,
+                            &session_id,
+                            expiring,
+                        ),
+                        session: session_id.clone(),
+                        role: Role::Student,
+                        expires_at,
+                        uses_max: 5,
+                    },
+                ),
+            )
+            .await?;
+        let now_ms = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis())
+        };
+        super::eventually("the code's expiry passes", Duration::from_secs(20), || {
+            now_ms() > u128::from(expires_at)
+        })
+        .await?;
+        let (status, code, _) = post(addr, "/api/join", None, join("Late", "exprd-00000")).await?;
+        assert_eq!((status, code.as_deref()), (403, Some("join_code_expired")));
         // Guessing is rate-limited per session.
         let burst = lectern_gateway::join::JOIN_ATTEMPTS_BURST as usize;
         let mut limited_after = None;
