@@ -1,13 +1,15 @@
 //! The gateway's settings ([`GatewayConfig`]), given by the node when it builds the gateway:
-//! token verification, limits, stream keep-alives, boards, content, the cluster's public URLs
-//! and the browser origins that may use the cookie.
+//! token verification, limits, stream keep-alives, boards, content, the cluster's public URLs,
+//! the browser origins that may use the cookie, and a classroom node's policy
+//! ([`ClassroomPolicy`]).
 
 use std::sync::Arc;
+
+use lectern_model::CohortId;
 
 use crate::auth::AuthConfig;
 use crate::boards::BoardSettings;
 use crate::limits::Limits;
-use crate::refresh::ClassroomPolicy;
 
 /// Gateway settings.
 #[derive(Clone)]
@@ -55,4 +57,16 @@ impl GatewayConfig {
             classroom: None,
         }
     }
+}
+
+/// What a classroom node grants (set by the node from `[classroom]`): token extensions
+/// (`refresh.rs`) and join codes (`join.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClassroomPolicy {
+    /// The cohorts this node serves: an extended token names no other, and join codes are made
+    /// for their sessions only.
+    pub cohorts: Vec<CohortId>,
+    /// How far past the expiry its issuer gave a token an extension may reach, in seconds
+    /// (`classroom.token_extend_max_h`); 0 turns extensions off.
+    pub extend_max_s: u64,
 }

@@ -45,14 +45,13 @@ mod wsframe;
 
 pub use auth::{AuthConfig, Verified, Verifier};
 pub use boards::BoardSettings;
-pub use config::GatewayConfig;
+pub use config::{ClassroomPolicy, GatewayConfig};
 pub use courses::{COURSE_MAX_AGE_S, COURSE_SHARED_MAX_AGE_S};
 pub use error::AppError;
 pub use front::serve;
 pub use gateway::Gateway;
 pub use limits::Limits;
 pub use metrics::{MetricsSection, labelled_counter};
-pub use refresh::ClassroomPolicy;
 pub use uplink::{UplinkReport, UplinkSource, UplinkState};
 
 pub(crate) use auth::unix_now_s;

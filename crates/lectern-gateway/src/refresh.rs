@@ -22,6 +22,7 @@ use serde_json::json;
 
 use crate::Gateway;
 use crate::auth::{self, AuthError, Claims, Presented};
+use crate::config::ClassroomPolicy;
 use crate::error::AppError;
 
 /// How long a token minted by an extension lives at most, in seconds: the page asks again
@@ -33,18 +34,6 @@ pub const REFRESHED_TOKEN_LIFETIME_S: u64 = 4 * 3600;
 /// seconds: a laptop asleep or a node restarting over the moment a token ended does not log
 /// its user out.
 pub const REFRESH_GRACE_S: u64 = 15 * 60;
-
-/// What a classroom node grants (set by the node from `[classroom]`): token extensions here,
-/// join codes (`join.rs`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClassroomPolicy {
-    /// The cohorts this node serves: an extended token names no other, and join codes are made
-    /// for their sessions only.
-    pub cohorts: Vec<CohortId>,
-    /// How far past the expiry its issuer gave a token an extension may reach, in seconds
-    /// (`classroom.token_extend_max_h`); 0 turns extensions off.
-    pub extend_max_s: u64,
-}
 
 /// Why a token was not extended.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
