@@ -85,7 +85,7 @@ function showJoinForm() {
   <section class="card" aria-labelledby="jc-h"><h2 id="jc-h">I have a join code</h2>
     <p class="meta">When the school's link is down, your teacher can let you in with a code.</p>
     <form id="join-with-code" class="stack">
-      <label for="jc-session">Session code</label><input id="jc-session" type="text" required autocomplete="off" value="${esc(session)}">
+      <label for="jc-session">Session</label><input id="jc-session" type="text" required autocomplete="off" value="${esc(session)}">
       <label for="jc-code">Join code</label><input id="jc-code" type="text" required autocomplete="off" placeholder="ABCDE-FGHJK">
       <label for="jc-name">Your name</label><input id="jc-name" type="text" required maxlength="80" autocomplete="name">
       <div><button class="primary" type="submit">Join with the code</button></div>
