@@ -403,6 +403,22 @@ fn table() -> Vec<Row> {
             },
             expect: [FORBIDDEN, FORBIDDEN, OK, OK, FORBIDDEN],
         },
+        Row {
+            name: "course.lesson",
+            doc: Doc::Course,
+            body: |_| B::CourseLessonPut {
+                module: 0,
+                module_title: Some("Basics".into()),
+                lesson: Box::new(lectern_model::CourseLesson {
+                    id: lid("l2"),
+                    title: "Hello again".into(),
+                    body: "ef".repeat(32),
+                    html: None,
+                    assets: Vec::new(),
+                }),
+            },
+            expect: [FORBIDDEN, FORBIDDEN, OK, OK, FORBIDDEN],
+        },
         // Feature flags are the operators': only an admin (the node's admin API) sets them.
         Row {
             name: "flag.set",
@@ -465,9 +481,10 @@ fn variant(body: &CommandBody) -> usize {
         B::FlagSet { .. } => 31,
         B::FlagUnset { .. } => 32,
         B::CohortCourse { .. } => 33,
+        B::CourseLessonPut { .. } => 34,
     }
 }
-const VARIANTS: usize = 34;
+const VARIANTS: usize = 35;
 
 /// The session every session row starts from: created by the instructor, every member present,
 /// a visible question, a question waiting for moderation, an open poll and a chat message, all
