@@ -427,6 +427,22 @@ fn table() -> Vec<Row> {
             },
             expect: [FORBIDDEN, FORBIDDEN, OK, OK, FORBIDDEN],
         },
+        Row {
+            name: "course.lesson",
+            doc: Doc::Course,
+            body: |_| B::CourseLessonPut {
+                module: 0,
+                module_title: Some("Basics".into()),
+                lesson: Box::new(lectern_model::CourseLesson {
+                    id: lid("l2"),
+                    title: "Hello again".into(),
+                    body: "ef".repeat(32),
+                    html: None,
+                    assets: Vec::new(),
+                }),
+            },
+            expect: [FORBIDDEN, FORBIDDEN, OK, OK, FORBIDDEN],
+        },
         // Feature flags are the operators': only an admin (the node's admin API) sets them.
         Row {
             name: "flag.set",
@@ -489,11 +505,12 @@ fn variant(body: &CommandBody) -> usize {
         B::FlagSet { .. } => 31,
         B::FlagUnset { .. } => 32,
         B::CohortCourse { .. } => 33,
-        B::JoinCodeCreate { .. } => 34,
-        B::JoinCodeRedeem { .. } => 35,
+        B::CourseLessonPut { .. } => 34,
+        B::JoinCodeCreate { .. } => 35,
+        B::JoinCodeRedeem { .. } => 36,
     }
 }
-const VARIANTS: usize = 36;
+const VARIANTS: usize = 37;
 
 /// The key of the join code the cohort fixture holds.
 const JOIN_KEY: &str = "0123456789abcdef0123456789abcdef";

@@ -14,7 +14,7 @@ use crate::ids::{
     CohortId, CommandId, CourseId, DocKind, LessonId, PollId, QuestionId, SessionId, UserId,
 };
 use crate::notification::{Channel, NotifyKind};
-use crate::outline::CourseModule;
+use crate::outline::{CourseLesson, CourseModule};
 
 /// A command with its idempotency id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -400,6 +400,21 @@ pub enum CommandBody {
         /// The whole outline of the new version.
         modules: Vec<CourseModule>,
     },
+    /// Add or replace one lesson of the published outline (its creator or an admin), leaving
+    /// the others as they are: a lesson whose id the outline has is replaced where it stands;
+    /// a new one is appended to module `module`, and `module` one past the last starts a new
+    /// module titled `module_title`. A new version, like a publication.
+    #[serde(rename = "course.lesson")]
+    CourseLessonPut {
+        /// The module (0-based) a new lesson is appended to.
+        #[serde(default)]
+        module: usize,
+        /// The title of the module a new lesson starts.
+        #[serde(default)]
+        module_title: Option<String>,
+        /// The lesson (boxed: every command is as large as its largest kind).
+        lesson: Box<CourseLesson>,
+    },
 
     // ---- inbox documents ----
     /// Put a notification into the inbox (the node's job runner, as an admin).
@@ -504,6 +519,7 @@ impl CommandBody {
             CommandBody::JoinCodeRedeem { .. } => "join_code.redeem",
             CommandBody::CourseCreate { .. } => "course.create",
             CommandBody::CoursePublish { .. } => "course.publish",
+            CommandBody::CourseLessonPut { .. } => "course.lesson",
             CommandBody::InboxPush { .. } => "inbox.push",
             CommandBody::InboxRead { .. } => "inbox.read",
             CommandBody::InboxPrefs { .. } => "inbox.prefs",
@@ -528,7 +544,9 @@ impl CommandBody {
             CommandBody::InboxPush { .. }
             | CommandBody::InboxRead { .. }
             | CommandBody::InboxPrefs { .. } => DocKind::Inbox,
-            CommandBody::CourseCreate { .. } | CommandBody::CoursePublish { .. } => DocKind::Course,
+            CommandBody::CourseCreate { .. }
+            | CommandBody::CoursePublish { .. }
+            | CommandBody::CourseLessonPut { .. } => DocKind::Course,
             CommandBody::FlagSet { .. } | CommandBody::FlagUnset { .. } => DocKind::Flags,
             _ => DocKind::Session,
         }
