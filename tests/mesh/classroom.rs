@@ -376,21 +376,20 @@ async fn uplink_becomes(
     token: &str,
     state: &str,
 ) -> anyhow::Result<serde_json::Value> {
-    let mut last = serde_json::Value::Null;
+    // The answer that showed the state, as the staff saw it.
+    let seen = std::sync::Mutex::new(serde_json::Value::Null);
     eventually_ok(
         &format!("the staff see the uplink {state}"),
         Duration::from_secs(30),
         || async {
             let (status, _, body) = uplink(addr, token).await?;
             anyhow::ensure!(status == 200 && body["state"] == state, "{status} {body}");
+            *seen.lock().unwrap_or_else(|e| e.into_inner()) = body;
             Ok(())
         },
     )
     .await?;
-    if let (200, _, body) = uplink(addr, token).await? {
-        last = body;
-    }
-    Ok(last)
+    Ok(seen.into_inner().unwrap_or_else(|e| e.into_inner()))
 }
 
 /// `POST path` with `body` (and `token`) on `addr`: status, code and body.
