@@ -425,7 +425,32 @@ async fn instructors_upload_verified_blobs_and_publish_versions_without_overwrit
     assert_eq!(course["version"], 2);
     assert_eq!(course["modules"][0]["lessons"][0]["body"], sha256_hex(&v2));
     let old = get_async(addr, &format!("/content/{}.md", sha256_hex(&v1)), &[]).await;
-    assert_eq!((old.status, old.body), (200, v1));
+    assert_eq!((old.status, old.body), (200, v1.clone()));
+    // One lesson added through the instructor route, the other left as it was.
+    let add = serde_json::to_vec(&serde_json::json!({
+        "id": "put-two", "cmd": "course.lesson", "module": 0,
+        "lesson": {"id": "two", "title": "Two", "body": sha256_hex(&v1)}
+    }))
+    .unwrap();
+    let r = req(
+        "POST",
+        "/api/courses/k9/commands".into(),
+        json_auth(&ins),
+        add,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let course = get_async(addr, "/api/courses/k9", &[]).await.json();
+    assert_eq!(course["version"], 3);
+    let ids: Vec<&str> = course["modules"][0]["lessons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["one", "two"]);
+    assert_eq!(course["modules"][0]["lessons"][0]["body"], sha256_hex(&v2));
     node.stop().await.expect("stop");
 }
 

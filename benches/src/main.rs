@@ -74,6 +74,9 @@ enum Bench {
     /// A backup of a node storing N documents while a class writes: its duration, and ack
     /// latency during it against the same load without a backup.
     Backup(backup::Args),
+    /// One session spread over three nodes of a region (N websocket clients on each) against
+    /// the same class on one node: delivery and fan-out latency per node.
+    Region(load::region::Args),
     /// Two nodes over QUIC/mTLS: replication latency, catch-up, anti-entropy.
     Mesh(mesh::Args),
     /// Course content (an asset, its revalidation, the catalog) from a node against nginx
@@ -106,6 +109,7 @@ fn main() -> ExitCode {
         Bench::RemoteApply(args) => remote_apply::run(args, cli.json),
         Bench::ClassSize(args) => class_size::run(args, cli.json),
         Bench::Load(args) => load::run(args, cli.json),
+        Bench::Region(args) => load::region::run(args, cli.json),
         Bench::Backup(args) => backup::run(args, cli.json),
         Bench::Mesh(args) => mesh::run(args, cli.json),
         Bench::Content(args) => content::run(args, cli.json),

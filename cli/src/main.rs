@@ -755,6 +755,13 @@ fn run(args: Args) -> anyhow::Result<()> {
             };
             println!("clients:   {}{draining}", v["connections"]);
             print_classroom(&v["classroom"]);
+            let content = &v["content"];
+            if content["courseBlobs"].as_u64().is_some_and(|n| n > 0) {
+                println!(
+                    "content:   {} of {} blobs of the stored courses held ({} brought from peers)",
+                    content["held"], content["courseBlobs"], content["pulled"]
+                );
+            }
             print_peers(&v["peers"]);
             Ok(())
         }

@@ -39,25 +39,10 @@ use crate::config::ClassroomSettings;
 use tokio::sync::watch;
 
 /// The admin routes.
-pub(crate) fn routes(
-    hub: Hub,
-    gateway: Gateway,
-    mesh: Option<Arc<Mesh>>,
-    jobs: JobControl,
-    token: Option<String>,
-    classroom: Option<ClassroomSettings>,
-    flags_writable: bool,
-) -> Router {
-    let started = Instant::now();
+pub(crate) fn routes(parts: AdminParts) -> Router {
     let state = Arc::new(AdminState {
-        hub,
-        gateway,
-        classroom,
-        flags_writable,
-        mesh,
-        jobs,
-        token,
-        started,
+        parts,
+        started: Instant::now(),
     });
     let s = state.clone();
     let heads = move |headers: HeaderMap, Query(q): Query<HeadsQuery>| {
@@ -329,17 +314,35 @@ struct JobQuery {
     id: String,
 }
 
-struct AdminState {
-    hub: Hub,
-    gateway: Gateway,
-    classroom: Option<ClassroomSettings>,
+/// What the admin API reads and acts on.
+pub(crate) struct AdminParts {
+    pub(crate) hub: Hub,
+    pub(crate) gateway: Gateway,
+    /// The mesh, when configured.
+    pub(crate) mesh: Option<Arc<Mesh>>,
+    /// The content blobs, for what `status` says this node holds.
+    pub(crate) content: Arc<lectern_content::BlobStore>,
+    pub(crate) jobs: JobControl,
+    /// The admin token; `None`: no admin API.
+    pub(crate) token: Option<String>,
+    /// A classroom node's settings.
+    pub(crate) classroom: Option<ClassroomSettings>,
     /// False on a node restricted to some cohorts (`mesh.share_cohorts`, a classroom node):
     /// it takes the cluster's flags from its region, whose mesh holds it read-only for them.
-    flags_writable: bool,
-    mesh: Option<Arc<Mesh>>,
-    jobs: JobControl,
-    token: Option<String>,
+    pub(crate) flags_writable: bool,
+}
+
+struct AdminState {
+    parts: AdminParts,
     started: Instant,
+}
+
+impl std::ops::Deref for AdminState {
+    type Target = AdminParts;
+
+    fn deref(&self) -> &AdminParts {
+        &self.parts
+    }
 }
 
 impl AdminState {
@@ -419,7 +422,21 @@ impl AdminState {
             "draining": self.gateway.is_draining(),
             "connections": self.gateway.connections(),
             "classroom": self.classroom_status(mesh.as_ref()),
+            "content": self.content_status(),
             "peers": self.peers(),
+        })
+    }
+
+    /// The content blobs the stored courses name and how many are here (with peers, the node
+    /// brings the rest), and how many came from peers since start.
+    fn content_status(&self) -> Value {
+        let (wanted, held) = self.content.wanted_held();
+        let stats = self.content.stats();
+        json!({
+            "courseBlobs": wanted,
+            "held": held,
+            "pulled": stats.pulled,
+            "pullFailures": stats.pull_failures,
         })
     }
 

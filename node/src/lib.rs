@@ -10,6 +10,7 @@
 mod admin;
 pub mod backup;
 mod blobs;
+mod classroom;
 pub mod config;
 mod demo;
 mod demo_course;
@@ -246,6 +247,7 @@ pub async fn start_on(mut config: Config, store: Store) -> anyhow::Result<Node> 
         allowed_origins: std::iter::once(public_base.clone())
             .chain(config.allowed_origins.iter().cloned())
             .collect(),
+        classroom: config.classroom.classroom_policy(),
         ..GatewayConfig::new(auth_config(&config, secret.clone())?)
     };
     let (gateway, routes) =
@@ -273,21 +275,25 @@ pub async fn start_on(mut config: Config, store: Store) -> anyhow::Result<Node> 
                 &mesh,
                 config.mesh.prefetch_content,
             );
+            if config.classroom.is_on() {
+                classroom::start(&gateway, &mesh, config.classroom.clone());
+            }
             gateway.add_metrics(metrics::mesh(&mesh));
             Some(mesh)
         }
         None => None,
     };
     info!(%http_addr, "serving HTTP");
-    let admin_routes = admin::routes(
-        hub.clone(),
-        gateway.clone(),
-        mesh.clone(),
-        jobs.control(),
-        config.admin_token.clone(),
-        config.classroom.is_on().then(|| config.classroom.clone()),
-        config.mesh.share_cohorts.is_none(),
-    );
+    let admin_routes = admin::routes(admin::AdminParts {
+        hub: hub.clone(),
+        gateway: gateway.clone(),
+        mesh: mesh.clone(),
+        content: content.clone(),
+        jobs: jobs.control(),
+        token: config.admin_token.clone(),
+        classroom: config.classroom.is_on().then(|| config.classroom.clone()),
+        flags_writable: config.mesh.share_cohorts.is_none(),
+    });
     let (health_hub, health_gateway) = (hub.clone(), gateway.clone());
     let health = get(move || {
         let (hub, gateway) = (health_hub.clone(), health_gateway.clone());
@@ -430,6 +436,21 @@ const DEMO_REGIONS: [&str; 9] = [
 /// The first node seeds the demo class; the others receive it over the mesh. Returns
 /// `(name, node)` in order.
 pub async fn start_demo_cluster(config: Config, n: usize) -> anyhow::Result<Vec<(String, Node)>> {
+    start_demo_cluster_with(config, n, false).await
+}
+
+/// The name of the classroom node of a demo cluster (`--demo-classroom`).
+pub const DEMO_CLASSROOM: &str = "classroom";
+
+/// [`start_demo_cluster`], and with `classroom` one more node, [`DEMO_CLASSROOM`]: a classroom
+/// node of the demo cohort whose upstream is the first node (which holds it to that cohort),
+/// so its instructor page shows the uplink and makes join codes (ports: the next after the
+/// region nodes').
+pub async fn start_demo_cluster_with(
+    config: Config,
+    n: usize,
+    classroom: bool,
+) -> anyhow::Result<Vec<(String, Node)>> {
     let n = n.clamp(1, DEMO_REGIONS.len());
     let cluster_dir = config.data_dir.join("cluster");
     let ca_dir = cluster_dir.join("ca");
@@ -500,10 +521,55 @@ pub async fn start_demo_cluster(config: Config, n: usize) -> anyhow::Result<Vec<
             .collect();
         // ...and admits the ones started after it (every other node of the demo).
         c.mesh.accept_from = names.iter().map(|n| (*n).to_owned()).collect();
+        if classroom && i == 0 {
+            // The classroom dials the first node, which holds it to the demo cohort.
+            c.mesh.accept_from.push(DEMO_CLASSROOM.to_owned());
+            c.mesh
+                .peer_cohorts
+                .push((DEMO_CLASSROOM.to_owned(), vec![DEMO_COHORT.to_owned()]));
+        }
         let node = start(c)
             .await
             .with_context(|| format!("start demo node {name}"))?;
         nodes.push(((*name).to_owned(), node));
+    }
+    if classroom {
+        let tls_dir = cluster_dir.join(DEMO_CLASSROOM);
+        if !tls_dir.join(lectern_mesh::tls::NODE_CERT_FILE).is_file() {
+            ca.issue_node(
+                DEMO_CLASSROOM,
+                lectern_mesh::tls::NODE_CERT_VALIDITY_DEFAULT,
+            )?
+            .write(&tls_dir)?;
+        }
+        let (first, first_node) = nodes.first().context("a demo cluster has a first node")?;
+        let upstream = first_node
+            .mesh
+            .as_ref()
+            .and_then(|m| m.local_addr().ok())
+            .context("the first demo node runs a mesh")?;
+        let mut c = config.clone();
+        c.data_dir = config.data_dir.join(DEMO_CLASSROOM);
+        c.http = SocketAddr::new(config.http.ip(), port(config.http.port(), n));
+        c.admin_http = config
+            .admin_http
+            .map(|a| SocketAddr::new(a.ip(), port(a.port(), n)));
+        c.auth.hs256_secret = Some(secret.clone());
+        c.demo = false;
+        c.demo_links = true;
+        c.public_url = None;
+        c.cluster_urls = Vec::new();
+        c.mesh.name = DEMO_CLASSROOM.to_owned();
+        c.mesh.region = DEMO_CLASSROOM.to_owned();
+        c.mesh.listen =
+            SocketAddr::new(config.mesh.listen.ip(), port(config.mesh.listen.port(), n));
+        c.mesh.tls_dir = Some(tls_dir);
+        c.mesh.peers = Vec::new();
+        c.mesh.accept_from = Vec::new();
+        c.classroom.upstream = Some(format!("{first}@{upstream}"));
+        c.classroom.cohorts = Some(vec![DEMO_COHORT.to_owned()]);
+        let node = start(c).await.context("start the demo classroom node")?;
+        nodes.push((DEMO_CLASSROOM.to_owned(), node));
     }
     Ok(nodes)
 }

@@ -6,6 +6,8 @@
 //! `--demo --nodes N` starts a demo cluster in this process: N nodes, each with its own store
 //! (`{data_dir}/{name}`), HTTP port (`--http` port + i) and QUIC port (`--mesh-listen` port + i),
 //! connected by real mutual TLS with a cluster CA generated under `{data_dir}/cluster`.
+//! `--demo-classroom` adds a classroom node of the demo cohort, `classroom`, whose upstream is
+//! the first node.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,6 +27,10 @@ struct Args {
     /// With --demo: start a cluster of this many nodes in this process.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=9))]
     nodes: u16,
+    /// With --demo: one more node, `classroom`, a classroom node of the demo cohort whose
+    /// upstream is the first node (its instructor page shows the uplink and makes join codes).
+    #[arg(long)]
+    demo_classroom: bool,
     /// Print the configuration reference (every key, its environment variable, flag and
     /// default) as Markdown, as docs/configuration.md holds it, and exit.
     #[arg(long)]
@@ -46,6 +52,7 @@ fn main() -> ExitCode {
         flags: keys::flags_given(&matches),
     };
     let nodes = args.nodes;
+    let demo_classroom = args.demo_classroom;
     let config = match Config::load(overrides, &|k| std::env::var(k).ok()) {
         Ok(c) => c,
         Err(e) => {
@@ -82,8 +89,10 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         let stop = shutdown_signal();
-        if config.demo && nodes > 1 {
-            let cluster = lectern_node::start_demo_cluster(config, usize::from(nodes)).await?;
+        if config.demo && (nodes > 1 || demo_classroom) {
+            let cluster =
+                lectern_node::start_demo_cluster_with(config, usize::from(nodes), demo_classroom)
+                    .await?;
             for (name, node) in &cluster {
                 println!("node {name}: http://{}", node.http_addr);
                 if let Some(demo) = &node.demo {

@@ -1,8 +1,8 @@
 //! Presence across nodes: the gateway knows who is connected here, the mesh carries ephemeral
 //! frames; this glue (the node is the only place that knows both) relays one to the other.
 //!
-//! Out: whenever a session's local presence changes, and every [`HEARTBEAT_MS`] for every
-//! session, the node sends `{"origin": name, "seq": n, "users": [...]}` as an ephemeral
+//! Out: when a session's local presence changes (at most every [`COALESCE_MS`]), and every
+//! [`HEARTBEAT_MS`] for every session, the node sends `{"origin": name, "seq": n, "users": [...]}` as an ephemeral
 //! message about `session/{id}`.
 //! In: a message replaces what its origin node reported for the session, and is relayed once
 //! to every peer, so presence reaches the nodes of a partial mesh (region hubs) too: a
@@ -27,6 +27,11 @@ pub const HEARTBEAT_MS: u64 = 10_000;
 
 /// A peer's report about a session expires after this long without a refresh, in ms.
 pub const PRESENCE_TTL_MS: u64 = 30_000;
+
+/// A session's changes of local presence are sent at most this often, in ms: a class of a
+/// thousand joining at once costs its peers a few reports a second, not a thousand of its
+/// growing user list (which would also overrun the receivers' queues and lose the last one).
+pub const COALESCE_MS: u64 = 100;
 
 /// Longest user list relayed for one session (larger lists are cut; the count is approximate
 /// beyond it).
@@ -74,17 +79,32 @@ async fn export(gateway: Gateway, mesh: std::sync::Weak<Mesh>) {
     let mut peers = m.connected_peers();
     let mut peer_changes = m.peer_changes();
     drop(m);
+    // Sessions whose presence changed since the last report, sent when `flush` fires.
+    let mut dirty: HashSet<SessionId> = HashSet::new();
+    let flush = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(flush);
     loop {
         let Some(m) = mesh.upgrade() else { return };
         let resend_all = tokio::select! {
             _ = m.stopped() => return,
             change = changes.recv() => match change {
                 Ok(session) => {
-                    send(&m, &mut origin, &session, gateway.local_presence(&session));
+                    if dirty.is_empty() {
+                        flush
+                            .as_mut()
+                            .reset(tokio::time::Instant::now() + Duration::from_millis(COALESCE_MS));
+                    }
+                    dirty.insert(session);
                     false
                 }
                 Err(RecvError::Lagged(_)) => true,
                 Err(RecvError::Closed) => return,
+            },
+            () = &mut flush, if !dirty.is_empty() => {
+                for session in std::mem::take(&mut dirty) {
+                    send(&m, &mut origin, &session, gateway.local_presence(&session));
+                }
+                false
             },
             _ = heartbeat.tick() => true,
             _ = peer_changes.changed() => {
@@ -95,6 +115,10 @@ async fn export(gateway: Gateway, mesh: std::sync::Weak<Mesh>) {
             }
         };
         if resend_all {
+            // The changed ones first: one that emptied is not in the list of all below.
+            for session in std::mem::take(&mut dirty) {
+                send(&m, &mut origin, &session, gateway.local_presence(&session));
+            }
             for (session, users) in gateway.local_presence_all() {
                 send(&m, &mut origin, &session, users);
             }

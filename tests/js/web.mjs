@@ -13,6 +13,9 @@
 //   lesson    the student opens the cohort's course: a lesson, its image, "Mark complete"
 //   flags     chat switched off (step `chat-off`, by the Rust test with `lectern flags set`):
 //             the open page hides its panel, polls stay; on again (step `chat-on`): shown
+//   classroom on a classroom node: the uplink in sync, offline (step `cut`), a join code used
+//             by a page with no token, the instructor's short token renewed, in sync again
+//             (step `heal`)
 //   failover  the page's node (of three) is killed and restarted by the Rust test (steps
 //             `kill`, whose reply is a question asked on the third node meanwhile, and
 //             `restart`); the page moves to the next node and back home
@@ -686,7 +689,54 @@ async function runOfflineClass(browser) {
   await shot(student, 'offline-class-merged.png');
 }
 
-const SCENARIOS = { 'offline-class': runOfflineClass, lesson: runLesson, flags: runFlags, failover: runFailover, class: runClass, boards: runBoards, fallback: runFallback, restart: runRestart, 'restart-sse': runRestart };
+// A classroom node (the Rust test runs a region and a classroom node over a link it can cut):
+// the instructor page says "In sync", then (step `cut`) "Offline since …"; it makes a join
+// code, which a page with no token uses to join and ask; the instructor's short token is
+// renewed by the page; after step `heal` it says "In sync" again.
+async function runClassroom(browser) {
+  const teacher = await open(browser, tInstructor, 'instructor');
+  await waitConn(teacher, 'live');
+  await teacher.locator('#uplink[data-state="in_sync"]').waitFor({ timeout: WAIT_MS });
+  out.inSync = (await teacher.textContent('#uplink')).trim();
+  if ((await ask('cut')) !== 'cut') throw new Error('the test did not cut the link');
+  await teacher.locator('#uplink[data-state="offline"]').waitFor({ timeout: 40000 });
+  out.offline = (await teacher.textContent('#uplink')).trim();
+  await teacher.selectOption('#jc-role', 'student');
+  await teacher.fill('#jc-uses', '2');
+  await teacher.click('#jc-form button[type="submit"]');
+  await teacher.locator('#jc-value').waitFor({ timeout: WAIT_MS });
+  const code = (await teacher.textContent('#jc-value')).trim();
+  out.code = code;
+  await shot(teacher, 'classroom-offline.png');
+  out.a11yTeacher = await audit(teacher);
+
+  const ctx = await browser.newContext({ viewport: { width: 1280, height: 900 }, reducedMotion: 'reduce' });
+  const newcomer = await ctx.newPage();
+  newcomer.on('pageerror', (e) => log('newcomer page error:', e.message));
+  await newcomer.goto(`${base}/?session=${encodeURIComponent(session)}`);
+  await newcomer.fill('#jc-code', code.toLowerCase());
+  await newcomer.fill('#jc-name', 'Hedy');
+  out.a11yJoin = await audit(newcomer);
+  await shot(newcomer, 'classroom-join.png');
+  await newcomer.click('#join-with-code button[type="submit"]');
+  await waitConn(newcomer, 'live');
+  out.newcomerWho = (await newcomer.textContent('#who')).trim();
+  await askByKeyboard(newcomer, 'I just arrived: what did I miss?');
+  await question(teacher, 'I just arrived: what did I miss?').waitFor({ timeout: WAIT_MS });
+
+  // The instructor's token lives 30 s: the page renews it from the classroom node.
+  await teacher.waitForFunction((old) => new URL(location.href).searchParams.get('token') !== old, tInstructor, { timeout: 60000 });
+  out.tokenRenewed = true;
+  await waitConn(teacher, 'live');
+
+  if ((await ask('heal')) !== 'healed') throw new Error('the test did not heal the link');
+  await teacher.locator('#uplink[data-state="in_sync"]').waitFor({ timeout: 40000 });
+  out.inSyncAgain = (await teacher.textContent('#uplink')).trim();
+  await shot(teacher, 'classroom-in-sync.png');
+  await ctx.close();
+}
+
+const SCENARIOS = { 'offline-class': runOfflineClass, classroom: runClassroom, lesson: runLesson, flags: runFlags, failover: runFailover, class: runClass, boards: runBoards, fallback: runFallback, restart: runRestart, 'restart-sse': runRestart };
 
 let browser;
 const deadline = setTimeout(() => {

@@ -12,7 +12,7 @@ use lectern_content::BlobHash;
 use lectern_hub::{Hub, HubConfig};
 use lectern_mesh::{BlobFetchError, BlobSource, Mesh, MeshConfig, NodeTls, PeerAddr};
 use lectern_model::DocId;
-use lectern_node::{DEMO_COHORT, DEMO_COURSE, Node};
+use lectern_node::{DEMO_COURSE, Node};
 use lectern_testkit::Http;
 
 use super::{Cluster, MEMBERS, eventually, eventually_ok, reserved_udp_addr, within};
@@ -58,13 +58,7 @@ async fn a_classroom_node_prefetches_its_course_refetches_a_corrupted_blob_and_s
     within(async {
         let mut cluster = Cluster::new("mesh-content")?;
         let region = cluster.start("node-b", vec![], true).await?;
-        let upstream = cluster.peer(region);
-        let classroom = cluster
-            .start_with("node-a", vec![], false, |c| {
-                c.classroom.upstream = Some(upstream);
-                c.classroom.cohorts = Some(vec![DEMO_COHORT.into()]);
-            })
-            .await?;
+        let classroom = cluster.start_classroom("node-a", region).await?;
         let course = DocId::Course(DEMO_COURSE.parse()?);
         cluster
             .converged(&course, &[region, classroom], Duration::from_secs(20))
@@ -87,6 +81,13 @@ async fn a_classroom_node_prefetches_its_course_refetches_a_corrupted_blob_and_s
         )
         .await?;
         assert_eq!(store.stats().pulled, blobs.len() as u64);
+        // `lectern status` says what the classroom holds for its offline day.
+        let status = Http::new(cluster.node(classroom).http_addr)
+            .get("/admin/status", Some("admin-token-0123456789"))
+            .await?
+            .json()?;
+        assert_eq!(status["content"]["courseBlobs"], blobs.len());
+        assert_eq!(status["content"]["held"], blobs.len());
 
         // A copy that no longer matches its name is refused and brought again.
         let victim = blobs[0];

@@ -66,3 +66,65 @@ async fn a_demo_cluster_of_three_serves_the_same_session_on_every_node() -> anyh
     })
     .await
 }
+
+/// `lectern-node --demo --demo-classroom`: the demo's region node and a classroom node of the
+/// demo cohort. Kills: the classroom node not pulling the class from its upstream, its
+/// instructor link not seeing the uplink in sync, or not making a join code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demo_with_a_classroom_node_shows_the_uplink_and_makes_join_codes() -> anyhow::Result<()>
+{
+    within(async {
+        let dir = TempDir::new("mesh-demo-classroom");
+        let mut config = Config {
+            data_dir: dir.path().to_path_buf(),
+            http: "127.0.0.1:0".parse()?,
+            demo: true,
+            ..Default::default()
+        };
+        config.mesh.listen = "127.0.0.1:0".parse()?;
+        let cluster = lectern_node::start_demo_cluster_with(config, 1, true).await?;
+        let names: Vec<&str> = cluster.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["sydney", lectern_node::DEMO_CLASSROOM]);
+        let (region, classroom) = (&cluster[0].1, &cluster[1].1);
+        eventually(
+            "the classroom node has the demo session",
+            Duration::from_secs(15),
+            || {
+                let heads = classroom.hub.doc_heads(&demo_session());
+                heads.is_some() && heads == region.hub.doc_heads(&demo_session())
+            },
+        )
+        .await?;
+        let links = classroom
+            .demo
+            .as_ref()
+            .context("the classroom prints links")?;
+        let token = links
+            .instructor
+            .split("token=")
+            .nth(1)
+            .context("the link has a token")?
+            .to_owned();
+        let http = Http::new(classroom.http_addr);
+        super::eventually_ok("the uplink in sync", Duration::from_secs(15), || async {
+            let r = http.get("/api/classroom", Some(&token)).await?;
+            anyhow::ensure!(r.status == 200, "{} {}", r.status, r.text());
+            anyhow::ensure!(r.json()?["state"] == "in_sync", "{}", r.text());
+            Ok(())
+        })
+        .await?;
+        let made = http
+            .post_json(
+                &format!("/api/sessions/{DEMO_SESSION}/join-codes"),
+                Some(&token),
+                &serde_json::json!({}),
+            )
+            .await?;
+        assert_eq!(made.status, 200, "{}", made.text());
+        for (_, node) in cluster {
+            node.stop().await?;
+        }
+        Ok(())
+    })
+    .await
+}

@@ -260,6 +260,36 @@ impl Cluster {
         Ok(self.nodes.len() - 1)
     }
 
+    /// Restarts stopped node `i` on its own data directory, dialling `peers`, after `edit`
+    /// adjusts its configuration (as a machine restarting the same node would).
+    pub async fn restart_with(
+        &mut self,
+        i: usize,
+        peers: Vec<String>,
+        edit: impl FnOnce(&mut Config),
+    ) -> anyhow::Result<()> {
+        anyhow::ensure!(self.nodes[i].1.is_none(), "node {i} is still running");
+        let name = self.nodes[i].0.clone();
+        let mut config = self.config(&name, self.dirs[i].path(), peers)?;
+        edit(&mut config);
+        let node = lectern_node::start(config)
+            .await
+            .with_context(|| format!("restart node {name}"))?;
+        self.nodes[i].1 = Some(node);
+        Ok(())
+    }
+
+    /// Starts a classroom node `name` (`[classroom]`) for the demo cohort, with node `region`
+    /// as its upstream and nothing seeded; its index.
+    pub async fn start_classroom(&mut self, name: &str, region: usize) -> anyhow::Result<usize> {
+        let upstream = self.peer(region);
+        self.start_with(name, vec![], false, |c| {
+            c.classroom.upstream = Some(upstream);
+            c.classroom.cohorts = Some(vec![DEMO_COHORT.into()]);
+        })
+        .await
+    }
+
     /// Node `i`.
     pub fn node(&self, i: usize) -> &Node {
         // Invariant: tests only address nodes they started and have not stopped.

@@ -178,3 +178,98 @@ fn concurrent_publications_converge_on_one_whole_version() {
         "a mix of two versions: {got:?}"
     );
 }
+
+fn lesson_put(module: usize, module_title: Option<&str>, id: &str, body: &str) -> CommandBody {
+    CommandBody::CourseLessonPut {
+        module,
+        module_title: module_title.map(str::to_owned),
+        lesson: Box::new(CourseLesson {
+            id: lid(id),
+            title: format!("Lesson {id}"),
+            body: body.into(),
+            html: None,
+            assets: Vec::new(),
+        }),
+    }
+}
+
+/// `course.lesson` adds one lesson or replaces one in place, leaving the others, each time a
+/// new version; a lesson for a module that does not exist, or a new module without a title, is
+/// refused without a trace; only the course's instructor or an admin may do it. Kills: a put
+/// that drops the other lessons, appends a replaced lesson twice, or skips the version.
+#[test]
+fn one_lesson_is_added_or_replaced_in_place_as_a_new_version() {
+    let mut r = Replica::new(course_doc(), &[1; 16]);
+    ok(&mut r, &instructor(), &cmd("c", create()), NOW);
+    let (h1, h2, h3, h4) = (
+        "a1".repeat(32),
+        "b2".repeat(32),
+        "c3".repeat(32),
+        "d4".repeat(32),
+    );
+    ok(&mut r, &instructor(), &cmd("p1", publish("l1", &h1)), NOW);
+    // Appended to module 0, then a new module 1.
+    ok(
+        &mut r,
+        &instructor(),
+        &cmd("put2", lesson_put(0, None, "l2", &h2)),
+        NOW,
+    );
+    ok(
+        &mut r,
+        &admin(),
+        &cmd("put3", lesson_put(1, Some("Advanced"), "l3", &h3)),
+        NOW,
+    );
+    // A new version of l1 replaces it where it stands, whatever module is named.
+    ok(
+        &mut r,
+        &instructor(),
+        &cmd("put1", lesson_put(1, None, "l1", &h4)),
+        NOW,
+    );
+    let v = r.course_view().expect("published");
+    assert_eq!(v["version"], 4);
+    assert_eq!(
+        lessons(&v),
+        vec![
+            ("l1".to_owned(), h4.clone()),
+            ("l2".to_owned(), h2.clone()),
+            ("l3".to_owned(), h3.clone())
+        ]
+    );
+    assert_eq!(v["modules"][1]["title"], "Advanced");
+    for (body, code) in [
+        (
+            lesson_put(3, Some("Far"), "l9", &h1),
+            RejectCode::InvalidInput,
+        ),
+        (lesson_put(2, None, "l9", &h1), RejectCode::InvalidInput),
+        (
+            lesson_put(0, None, "l9", "not-a-hash"),
+            RejectCode::InvalidInput,
+        ),
+    ] {
+        assert_eq!(refused(&mut r, &admin(), &cmd("bad", body), NOW), code);
+    }
+    let other = lectern_model::Caller {
+        user: "ins2".parse().expect("an id"),
+        ..instructor()
+    };
+    let code = refused(
+        &mut r,
+        &other,
+        &cmd("theirs", lesson_put(0, None, "l9", &h1)),
+        NOW,
+    );
+    assert_eq!(code, RejectCode::Forbidden);
+    assert_eq!(
+        refused(
+            &mut r,
+            &student("stu1"),
+            &cmd("stu", lesson_put(0, None, "l9", &h1)),
+            NOW
+        ),
+        RejectCode::Forbidden
+    );
+}

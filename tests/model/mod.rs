@@ -2,7 +2,8 @@
 //! document converge whatever the interleaving of commands and sync rounds (`convergence`),
 //! every command is authorized exactly as documented (`roles`), bad input is refused without a
 //! trace (`bad_input`), events replay exactly as they were emitted (`resume`), course documents hold whole
-//! published versions (`course`), and one person cannot use up a document's shared limits
+//! published versions (`course`), join codes let newcomers in only within their bounds
+//! (`join_codes`), and one person cannot use up a document's shared limits
 //! (`quotas`).
 //!
 //! This file holds what the four share: the cohort and session used everywhere, one caller per
@@ -13,6 +14,7 @@
 mod bad_input;
 mod convergence;
 mod course;
+mod join_codes;
 mod quotas;
 mod resume;
 mod roles;

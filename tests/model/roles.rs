@@ -319,6 +319,30 @@ fn table() -> Vec<Row> {
             },
             expect: [FORBIDDEN, FORBIDDEN, OK, OK, NOT_MEMBER],
         },
+        // A join code is made by the cohort's instructor; only the node (as an admin) redeems
+        // one, for a newcomer who has no token yet.
+        Row {
+            name: "join_code.create",
+            doc: Doc::Cohort,
+            body: |_| B::JoinCodeCreate {
+                key: JOIN_KEY_NEW.into(),
+                session: lectern_model::SessionId::new("s1").expect("valid id"),
+                role: Role::Student,
+                expires_at: NOW.0 + 3_600_000,
+                uses_max: 5,
+            },
+            expect: [FORBIDDEN, FORBIDDEN, OK, OK, NOT_MEMBER],
+        },
+        Row {
+            name: "join_code.redeem",
+            doc: Doc::Cohort,
+            body: |_| B::JoinCodeRedeem {
+                key: JOIN_KEY.into(),
+                user: uid("newcomer1"),
+                name: "New Comer".into(),
+            },
+            expect: [FORBIDDEN, FORBIDDEN, FORBIDDEN, OK, NOT_MEMBER],
+        },
         Row {
             name: "leaderboard.privacy",
             doc: Doc::RosteredCohort,
@@ -403,6 +427,22 @@ fn table() -> Vec<Row> {
             },
             expect: [FORBIDDEN, FORBIDDEN, OK, OK, FORBIDDEN],
         },
+        Row {
+            name: "course.lesson",
+            doc: Doc::Course,
+            body: |_| B::CourseLessonPut {
+                module: 0,
+                module_title: Some("Basics".into()),
+                lesson: Box::new(lectern_model::CourseLesson {
+                    id: lid("l2"),
+                    title: "Hello again".into(),
+                    body: "ef".repeat(32),
+                    html: None,
+                    assets: Vec::new(),
+                }),
+            },
+            expect: [FORBIDDEN, FORBIDDEN, OK, OK, FORBIDDEN],
+        },
         // Feature flags are the operators': only an admin (the node's admin API) sets them.
         Row {
             name: "flag.set",
@@ -465,9 +505,17 @@ fn variant(body: &CommandBody) -> usize {
         B::FlagSet { .. } => 31,
         B::FlagUnset { .. } => 32,
         B::CohortCourse { .. } => 33,
+        B::CourseLessonPut { .. } => 34,
+        B::JoinCodeCreate { .. } => 35,
+        B::JoinCodeRedeem { .. } => 36,
     }
 }
-const VARIANTS: usize = 34;
+const VARIANTS: usize = 37;
+
+/// The key of the join code the cohort fixture holds.
+const JOIN_KEY: &str = "0123456789abcdef0123456789abcdef";
+/// The key of a join code no fixture holds.
+const JOIN_KEY_NEW: &str = "fedcba9876543210fedcba9876543210";
 
 /// The session every session row starts from: created by the instructor, every member present,
 /// a visible question, a question waiting for moderation, an open poll and a chat message, all
@@ -534,18 +582,40 @@ fn session_fixture() -> Replica {
     r
 }
 
-/// The cohort every cohort row starts from: created, with a second student on the roster.
+/// The cohort every cohort row starts from: created, with a second student on the roster,
+/// session `s1` listed and a join code for it.
 fn cohort_fixture() -> Replica {
     let mut r = live_cohort(&[0xb0; 16]);
-    let add = cmd(
-        "add-stu2",
-        CommandBody::RosterAdd {
-            user: uid("stu2"),
-            role: Role::Student,
-            name: "Student Two".into(),
-        },
-    );
-    ok(&mut r, &instructor(), &add, NOW);
+    let steps = [
+        (
+            "add-stu2",
+            CommandBody::RosterAdd {
+                user: uid("stu2"),
+                role: Role::Student,
+                name: "Student Two".into(),
+            },
+        ),
+        (
+            "link-s1",
+            CommandBody::SessionLink {
+                session: lectern_model::SessionId::new("s1").expect("valid id"),
+                title: "Lecture 1".into(),
+            },
+        ),
+        (
+            "code-s1",
+            CommandBody::JoinCodeCreate {
+                key: JOIN_KEY.into(),
+                session: lectern_model::SessionId::new("s1").expect("valid id"),
+                role: Role::Student,
+                expires_at: NOW.0 + 3_600_000,
+                uses_max: 5,
+            },
+        ),
+    ];
+    for (id, body) in steps {
+        ok(&mut r, &instructor(), &cmd(id, body), NOW);
+    }
     r
 }
 

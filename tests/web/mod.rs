@@ -24,10 +24,16 @@
 //!   action sent once, an event made on the third node meanwhile shown once, and home again
 //!   once its node is back.
 //!
+//! * `classroom::the_instructor_page_follows_the_uplink_and_lets_a_newcomer_in_with_a_join_code_in_chromium`:
+//!   a region and a classroom node over a cuttable link; the instructor page says in sync,
+//!   offline since the cut, in sync after the heal; it makes a join code, a page with no token
+//!   joins with it and asks; the instructor's 30-second token is renewed by the page.
+//!
 //! Screenshots of every view go to `target/web-screenshots/{scenario}/` (printed by each test).
 //! Chromium and the npm package are installed by `scripts/setup`; without them these tests fail
 //! (they do not skip), saying so.
 
+mod classroom;
 mod failover;
 
 use std::io::{BufRead, BufReader, Write};

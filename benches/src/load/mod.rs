@@ -22,6 +22,7 @@
 pub mod floor;
 pub mod node;
 pub(crate) mod probe;
+pub mod region;
 pub(crate) mod sio;
 mod stream;
 
@@ -386,12 +387,28 @@ impl Clients {
     }
 }
 
+/// How clients are opened: at most `concurrency` at once, each within `timeout`.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    concurrency: usize,
+    timeout: Duration,
+}
+
+impl Pace {
+    fn of(args: &Args) -> Pace {
+        Pace {
+            concurrency: args.connect_concurrency,
+            timeout: Duration::from_secs(args.connect_timeout_s),
+        }
+    }
+}
+
 /// Opens `count` clients with `connect(i, source)`, at most `concurrency` at once; each one
 /// listens (recording into `probe`) from the moment it is connected until `stop`.
 async fn open<F, Fut>(
     count: usize,
     sources: &[Ipv4Addr],
-    args: &Args,
+    pace: Pace,
     probe: Arc<Probe>,
     stop: &watch::Sender<bool>,
     connect: F,
@@ -401,9 +418,9 @@ where
     Fut: Future<Output = Result<Conn, ConnectError>> + Send + 'static,
 {
     let started = Instant::now();
-    let gate = Arc::new(Semaphore::new(args.connect_concurrency));
+    let gate = Arc::new(Semaphore::new(pace.concurrency));
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
-    let timeout = Duration::from_secs(args.connect_timeout_s);
+    let timeout = pace.timeout;
     let mut tasks = Vec::with_capacity(count);
     for i in 0..count {
         let source = sources[i % sources.len()];
@@ -854,7 +871,7 @@ async fn run_once(args: &Args, sources: &mut Sources) -> anyhow::Result<Figures>
         open(
             args.ws,
             &sources.block(args.ws),
-            args,
+            Pace::of(args),
             ws_probe.clone(),
             &ws_stop,
             move |i, source| {
@@ -899,7 +916,7 @@ async fn run_once(args: &Args, sources: &mut Sources) -> anyhow::Result<Figures>
         open(
             args.sse,
             &sources.block(args.sse),
-            args,
+            Pace::of(args),
             sse_probe.clone(),
             &sse_stop,
             move |i, source| {
@@ -1093,7 +1110,7 @@ async fn floor_run(
     let ws = open(
         args.ws,
         &sources.block(args.ws),
-        args,
+        Pace::of(args),
         ws_probe,
         &ws_stop,
         move |_, source| async move {
@@ -1110,7 +1127,7 @@ async fn floor_run(
     let sse = open(
         args.sse,
         &sources.block(args.sse),
-        args,
+        Pace::of(args),
         sse_probe,
         &sse_stop,
         move |_, source| async move {

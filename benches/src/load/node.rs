@@ -25,6 +25,9 @@ pub struct ServeArgs {
     /// Address to serve HTTP on.
     #[arg(long, default_value = "127.0.0.1:0")]
     pub http: SocketAddr,
+    /// Seed nothing: the node gets the demo class from a peer (`region`).
+    #[arg(long)]
+    pub no_demo: bool,
 }
 
 /// Runs a node with the demo class until stdin closes or a signal arrives. Configuration is
@@ -34,7 +37,7 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let overrides = Overrides::default()
         .flag("data-dir", args.data_dir.display().to_string())
         .flag("http", args.http.to_string())
-        .flag("demo", "true");
+        .flag("demo", (!args.no_demo).to_string());
     count_heap_if_asked();
     let config = Config::load(overrides, &|k| std::env::var(k).ok())?;
     // The same runtime as `lectern-node`: one worker per core.

@@ -16,7 +16,9 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
+use std::time::Duration;
 use tokio::net::{TcpSocket, TcpStream};
+
 use tokio::sync::watch;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -128,6 +130,37 @@ impl Client {
             let packet = self.next_text().await?;
             if let Some(ack) = parse_ack(&packet) {
                 return Ok(ack);
+            }
+        }
+    }
+
+    /// Reads events until an `attendance:update` says `want` users are present (answering
+    /// pings); the last count seen if `limit` passes first.
+    pub async fn wait_attendance(
+        &mut self,
+        want: u64,
+        limit: Duration,
+    ) -> Result<u64, ConnectError> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut last = 0;
+        loop {
+            let packet = match tokio::time::timeout_at(deadline, self.next_text()).await {
+                Ok(p) => p?,
+                Err(_) => return Ok(last),
+            };
+            let Some(args) = packet.strip_prefix("42") else {
+                continue;
+            };
+            let Ok(Value::Array(args)) = serde_json::from_str::<Value>(args) else {
+                continue;
+            };
+            if args.first().and_then(Value::as_str) == Some("attendance:update")
+                && let Some(present) = args.get(1).and_then(|v| v["present"].as_u64())
+            {
+                last = present;
+                if present == want {
+                    return Ok(present);
+                }
             }
         }
     }

@@ -117,6 +117,20 @@ impl BlobStore {
         }
     }
 
+    /// How many blobs the stored courses name, and how many of those are on this node's disk
+    /// (`lectern status`: what a classroom node holds for its offline day). Checks each one's
+    /// file, so it blocks for a moment.
+    pub fn wanted_held(&self) -> (usize, usize) {
+        let wanted: Vec<BlobHash> = self
+            .pull
+            .wanted
+            .read()
+            .map(|w| w.iter().copied().collect())
+            .unwrap_or_default();
+        let held = wanted.iter().filter(|h| self.contains(**h)).count();
+        (wanted.len(), held)
+    }
+
     /// The blob, verified: from memory or disk, else from a peer if it is wanted and this
     /// store has peers. `None`: absent here and not to be had.
     pub async fn get_or_pull(

@@ -120,6 +120,20 @@ pub struct Verified {
     pub expires_at_s: u64,
 }
 
+/// A verified token presented for an extension ([`Verifier::verify_for_refresh`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Presented {
+    /// Who is calling.
+    pub caller: Caller,
+    /// Its `exp`, seconds since the Unix epoch.
+    pub exp: u64,
+    /// Its `iat` (0 when absent), seconds since the Unix epoch.
+    pub iat: u64,
+    /// Its [`ORIG_EXP_CLAIM`]: the expiry its issuer gave the first token of the chain, when
+    /// this one is itself an extension.
+    pub orig_exp: Option<u64>,
+}
+
 /// Why a token was refused (or a key could not be loaded).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
@@ -231,6 +245,28 @@ impl Verifier {
     /// a Caller: sub must be a valid UserId, role one of student|ta|instructor|admin, cohorts
     /// valid CohortIds. Reject alg "none" and any algorithm not configured.
     pub fn verify(&self, token: &str, now_s: u64) -> Result<Verified, AuthError> {
+        let presented = self.check(token, now_s, 0)?;
+        Ok(Verified {
+            caller: presented.caller,
+            expires_at_s: presented.exp,
+        })
+    }
+
+    /// [`Verifier::verify`] for a token presented to be extended (a classroom node's
+    /// `POST /api/token/refresh`): the same checks, except that a token expired less than
+    /// `grace_s` ago (beyond the leeway) still passes, and the answer carries what the
+    /// extension is bounded by (`iat`, `orig_exp`).
+    pub fn verify_for_refresh(
+        &self,
+        token: &str,
+        now_s: u64,
+        grace_s: u64,
+    ) -> Result<Presented, AuthError> {
+        self.check(token, now_s, grace_s)
+    }
+
+    /// Every check of [`Verifier::verify`], with `exp` allowed `grace_s` beyond the leeway.
+    fn check(&self, token: &str, now_s: u64, grace_s: u64) -> Result<Presented, AuthError> {
         let token = token.trim();
         if token.is_empty() {
             return Err(AuthError::Missing);
@@ -269,13 +305,18 @@ impl Verifier {
         // No audience is configured, so an `aud` claim (which LMS issuers add) is not checked.
         validation.validate_aud = false;
         validation.required_spec_claims = HashSet::from(["exp".to_owned(), "sub".to_owned()]);
-        let Decoded { claims, aud, iss } = jsonwebtoken::decode::<Decoded>(token, key, &validation)
+        let Decoded {
+            claims,
+            aud,
+            iss,
+            orig_exp,
+        } = jsonwebtoken::decode::<Decoded>(token, key, &validation)
             .map_err(|e| classify(e.into_kind()))?
             .claims;
 
         // Every comparison saturates: a claim near u64::MAX must not overflow.
         let leeway = keys.leeway_s;
-        if claims.exp.saturating_add(leeway) < now_s {
+        if claims.exp.saturating_add(leeway).saturating_add(grace_s) < now_s {
             return Err(AuthError::Expired);
         }
         if claims.nbf.unwrap_or(0) > now_s.saturating_add(leeway)
@@ -289,10 +330,13 @@ impl Verifier {
         if external {
             keys.check_issuer(aud.as_ref(), iss.as_deref())?;
         }
+        let (exp, iat) = (claims.exp, claims.iat);
         let caller = caller_from(claims.sub, claims.name, &claims.role, claims.cohorts)?;
-        Ok(Verified {
+        Ok(Presented {
             caller,
-            expires_at_s: claims.exp,
+            exp,
+            iat,
+            orig_exp,
         })
     }
 }
@@ -317,6 +361,31 @@ pub fn mint(secret: &[u8], claims: &Claims) -> Result<String, AuthError> {
         .map_err(|e| AuthError::Config(format!("HS256 secret: {e}")))?;
     jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &key)
         .map_err(|e| AuthError::Config(format!("sign the token: {e}")))
+}
+
+/// The claim an extended token carries: the `exp` its issuer gave the first token of the
+/// chain, seconds since the Unix epoch. A classroom node bounds every extension by it, so
+/// extending an extension does not move the bound.
+pub const ORIG_EXP_CLAIM: &str = "orig_exp";
+
+/// HS256-signs `claims` as an extension of a token whose issuer gave it `orig_exp` (see
+/// [`ORIG_EXP_CLAIM`]).
+pub fn mint_extension(secret: &[u8], claims: &Claims, orig_exp: u64) -> Result<String, AuthError> {
+    /// The claims with the bound every later extension keeps.
+    #[derive(Serialize)]
+    struct Extended<'a> {
+        #[serde(flatten)]
+        claims: &'a Claims,
+        orig_exp: u64,
+    }
+    let key = EncodingKey::from_secret(secret)
+        .map_err(|e| AuthError::Config(format!("HS256 secret: {e}")))?;
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &Extended { claims, orig_exp },
+        &key,
+    )
+    .map_err(|e| AuthError::Config(format!("sign the token: {e}")))
 }
 
 /// The token of an HTTP request: `Authorization: Bearer …`, else cookie `lectern_token`, else
@@ -427,6 +496,9 @@ struct Decoded {
     /// Issuer.
     #[serde(default)]
     iss: Option<String>,
+    /// Set by a classroom node's extension ([`ORIG_EXP_CLAIM`]).
+    #[serde(default)]
+    orig_exp: Option<u64>,
 }
 
 /// Maps a jsonwebtoken failure to the case a client can act on.

@@ -1,8 +1,11 @@
 //! The gateway's settings ([`GatewayConfig`]), given by the node when it builds the gateway:
-//! token verification, limits, stream keep-alives, boards, content, the cluster's public URLs
-//! and the browser origins that may use the cookie.
+//! token verification, limits, stream keep-alives, boards, content, the cluster's public URLs,
+//! the browser origins that may use the cookie, and a classroom node's policy
+//! ([`ClassroomPolicy`]).
 
 use std::sync::Arc;
+
+use lectern_model::CohortId;
 
 use crate::auth::AuthConfig;
 use crate::boards::BoardSettings;
@@ -33,6 +36,10 @@ pub struct GatewayConfig {
     /// cookie, besides the request's own host and the origins of [`GatewayConfig::nodes`].
     /// A request with no `Origin` (curl, a server) is not a browser's and passes. Default none.
     pub allowed_origins: Vec<String>,
+    /// A classroom node's policy: its cohorts, its token extensions (`POST
+    /// /api/token/refresh`) and join codes. Default none: those routes answer
+    /// `token_refresh_off` and `join_codes_off`.
+    pub classroom: Option<ClassroomPolicy>,
 }
 
 impl GatewayConfig {
@@ -47,6 +54,19 @@ impl GatewayConfig {
             content: None,
             nodes: Vec::new(),
             allowed_origins: Vec::new(),
+            classroom: None,
         }
     }
+}
+
+/// What a classroom node grants (set by the node from `[classroom]`): token extensions
+/// (`refresh.rs`) and join codes (`join.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClassroomPolicy {
+    /// The cohorts this node serves: an extended token names no other, and join codes are made
+    /// for their sessions only.
+    pub cohorts: Vec<CohortId>,
+    /// How far past the expiry its issuer gave a token an extension may reach, in seconds
+    /// (`classroom.token_extend_max_h`); 0 turns extensions off.
+    pub extend_max_s: u64,
 }

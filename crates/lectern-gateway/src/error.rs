@@ -55,7 +55,10 @@ impl From<HubError> for AppError {
                 RejectCode::NotMember | RejectCode::Forbidden | RejectCode::FeatureDisabled => {
                     StatusCode::FORBIDDEN
                 }
-                RejectCode::DocNotFound | RejectCode::NotFound => StatusCode::NOT_FOUND,
+                RejectCode::JoinCodeExpired | RejectCode::JoinCodeUsedUp => StatusCode::FORBIDDEN,
+                RejectCode::DocNotFound | RejectCode::NotFound | RejectCode::JoinCodeUnknown => {
+                    StatusCode::NOT_FOUND
+                }
                 RejectCode::AlreadyExists | RejectCode::DuplicateCommand => StatusCode::CONFLICT,
                 RejectCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
                 _ => StatusCode::UNPROCESSABLE_ENTITY,

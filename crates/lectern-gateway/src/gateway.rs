@@ -19,12 +19,14 @@ use tokio::sync::watch;
 use crate::admission;
 use crate::auth::{self, Verified, Verifier};
 use crate::boards::{BoardSettings, Boards};
+use crate::config::ClassroomPolicy;
 use crate::config::GatewayConfig;
 use crate::error::AppError;
 use crate::limits::{self, ConnSlot, Limits};
 use crate::metrics::{self, MetricsSection};
 use crate::presence::Presence;
 use crate::sync::lock;
+use crate::uplink::{UplinkReport, UplinkSource};
 use crate::{router, sio, socket};
 
 /// The gateway's shared state, private to this file (the transports use the accessors below).
@@ -54,6 +56,13 @@ struct Inner {
     nodes: Vec<String>,
     /// Set by [`Gateway::drain`], cleared by [`Gateway::undrain`].
     draining: AtomicBool,
+    /// A classroom node's policy (token extensions, join codes) and the key it signs tokens
+    /// and join-code keys with; `None` on any other node.
+    classroom: Option<(ClassroomPolicy, Arc<[u8]>)>,
+    /// Join-code attempts per session (`join.rs`), apart from the users' command buckets.
+    join_attempts: Arc<limits::Limiter>,
+    /// A classroom node's uplink, given by the node once its mesh runs (`uplink.rs`).
+    uplink: Mutex<Option<UplinkSource>>,
 }
 
 /// The gateway. Cheap to clone.
@@ -95,6 +104,14 @@ impl Gateway {
                 content: config.content.clone(),
                 nodes: config.nodes.clone(),
                 draining: AtomicBool::new(false),
+                // Tokens are signed with the cluster's HS256 key: without one, no classroom.
+                classroom: config
+                    .classroom
+                    .clone()
+                    .filter(|_| !config.auth.hs256_secret.is_empty())
+                    .map(|p| (p, Arc::from(config.auth.hs256_secret.as_slice()))),
+                join_attempts: Arc::new(limits::Limiter::new(crate::join::attempt_limits())),
+                uplink: Mutex::new(None),
             }),
         };
         let admission = gw.inner.admission.clone();
@@ -210,6 +227,47 @@ impl Gateway {
         query: Option<&str>,
     ) -> Result<Option<String>, auth::AuthError> {
         auth::token_from_parts(headers, query, &self.inner.origins)
+    }
+
+    /// A classroom node's policy and the key that signs its tokens, if this is one.
+    pub(crate) fn classroom_policy(&self) -> Option<(ClassroomPolicy, Arc<[u8]>)> {
+        self.inner.classroom.clone()
+    }
+
+    /// Sets where a classroom node's uplink report comes from (`GET /api/classroom`); the node
+    /// calls it once its mesh runs.
+    pub fn set_uplink(&self, source: UplinkSource) {
+        *lock(&self.inner.uplink) = Some(source);
+    }
+
+    /// The classroom node's uplink now, if this is one.
+    pub(crate) fn uplink_report(&self) -> Option<UplinkReport> {
+        let source = lock(&self.inner.uplink).clone();
+        source.and_then(|f| f())
+    }
+
+    /// Takes one join-code attempt from `session`'s bucket (see `join.rs`).
+    pub(crate) fn take_join_attempt(&self, session: &str) -> Result<(), AppError> {
+        self.inner.join_attempts.command(session).map_err(|_| {
+            AppError::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many join-code attempts for this session: wait a minute and try again",
+            )
+        })
+    }
+
+    /// Verifies a token presented for an extension ([`Verifier::verify_for_refresh`]).
+    pub(crate) fn verify_for_refresh(
+        &self,
+        token: &str,
+        now_s: u64,
+        grace_s: u64,
+    ) -> Result<auth::Presented, AppError> {
+        Ok(self
+            .inner
+            .verifier
+            .verify_for_refresh(token, now_s, grace_s)?)
     }
 
     /// Verifies a token (None → `missing_token`).

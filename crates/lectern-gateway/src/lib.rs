@@ -23,12 +23,14 @@ mod front;
 #[doc(hidden)]
 pub mod fuzzing;
 mod gateway;
+pub mod join;
 mod limits;
 mod metrics;
 mod nodes;
 mod notifications;
 mod page;
 mod presence;
+pub mod refresh;
 mod rest;
 mod router;
 mod run;
@@ -37,18 +39,20 @@ mod socket;
 mod sse;
 mod stream;
 mod sync;
+pub mod uplink;
 mod ws;
 mod wsframe;
 
 pub use auth::{AuthConfig, Verified, Verifier};
 pub use boards::BoardSettings;
-pub use config::GatewayConfig;
+pub use config::{ClassroomPolicy, GatewayConfig};
 pub use courses::{COURSE_MAX_AGE_S, COURSE_SHARED_MAX_AGE_S};
 pub use error::AppError;
 pub use front::serve;
 pub use gateway::Gateway;
 pub use limits::Limits;
 pub use metrics::{MetricsSection, labelled_counter};
+pub use uplink::{UplinkReport, UplinkSource, UplinkState};
 
 pub(crate) use auth::unix_now_s;
 pub(crate) use sync::lock;

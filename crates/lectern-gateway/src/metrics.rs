@@ -65,6 +65,11 @@ pub(crate) struct Metrics {
     latency_buckets: [AtomicU64; LATENCY_BUCKETS_S.len()],
     latency_count: AtomicU64,
     latency_sum_us: AtomicU64,
+    /// A classroom node's token extensions, by result (`ok` or the refusal's code: a fixed
+    /// set of static codes).
+    extensions: Mutex<BTreeMap<&'static str, u64>>,
+    /// Join-code redemptions, by result (`ok` or the refusal's code).
+    joins: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 /// Writes one Prometheus counter with a series per value of `label` (its `# HELP` and
@@ -91,6 +96,16 @@ fn bump(map: &Mutex<BTreeMap<&'static str, u64>>, key: &'static str) {
 }
 
 impl Metrics {
+    /// Counts a token extension asked of a classroom node, by `result`.
+    pub(crate) fn token_extension(&self, result: &'static str) {
+        bump(&self.extensions, result);
+    }
+
+    /// Counts a join-code redemption asked of a classroom node, by `result`.
+    pub(crate) fn join_redemption(&self, result: &'static str) {
+        bump(&self.joins, result);
+    }
+
     pub(crate) fn connection_opened(&self, transport: &'static str) {
         bump(&self.opened, transport);
     }
@@ -269,6 +284,24 @@ impl Metrics {
             );
         }
         self.render_resumes(&mut out);
+        for (map, name, help) in [
+            (
+                &self.extensions,
+                "lectern_token_extensions_total",
+                "Token extensions asked of this classroom node (POST /api/token/refresh), by result: ok or the refusal's code.",
+            ),
+            (
+                &self.joins,
+                "lectern_join_redemptions_total",
+                "Join codes presented to this classroom node (POST /api/join), by result: ok or the refusal's code.",
+            ),
+        ] {
+            let series = lock(map);
+            if !series.is_empty() {
+                let series: Vec<(&str, u64)> = series.iter().map(|(k, v)| (*k, *v)).collect();
+                labelled_counter(&mut out, name, help, "result", &series);
+            }
+        }
         let _ = writeln!(
             out,
             "# HELP lectern_connections_total Connections counted by the limiter."

@@ -16,7 +16,10 @@ use socketioxide::layer::SocketIoLayer;
 
 use crate::config::GatewayConfig;
 use crate::error::AppError;
-use crate::{Gateway, admission, boards, courses, flags, nodes, notifications, page, rest, sse};
+use crate::{
+    Gateway, admission, boards, courses, flags, join, nodes, notifications, page, refresh, rest,
+    sse, uplink,
+};
 
 /// The gateway's router: every route, the shared middleware, the Socket.IO `layer`.
 pub(crate) fn build(gw: &Gateway, config: &GatewayConfig, layer: SocketIoLayer) -> Router {
@@ -30,7 +33,10 @@ pub(crate) fn build(gw: &Gateway, config: &GatewayConfig, layer: SocketIoLayer) 
         .merge(boards::routes(gw.clone()))
         .merge(flags::routes(gw.clone()))
         .merge(courses::routes(gw.clone(), config.content.clone()))
-        .merge(nodes::routes(config.nodes.clone()));
+        .merge(nodes::routes(config.nodes.clone()))
+        .merge(refresh::routes(gw.clone()))
+        .merge(join::routes(gw.clone()))
+        .merge(uplink::routes(gw.clone()));
     // After every merge: a layer covers only the routes that exist when it is added.
     let router = shared_middleware(merged, gw)
         .layer(layer)

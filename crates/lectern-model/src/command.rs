@@ -14,7 +14,7 @@ use crate::ids::{
     CohortId, CommandId, CourseId, DocKind, LessonId, PollId, QuestionId, SessionId, UserId,
 };
 use crate::notification::{Channel, NotifyKind};
-use crate::outline::CourseModule;
+use crate::outline::{CourseLesson, CourseModule};
 
 /// A command with its idempotency id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -346,6 +346,38 @@ pub enum CommandBody {
         anonymous: bool,
     },
 
+    /// Make a join code for one of the cohort's sessions (instructor or admin), for a newcomer
+    /// who arrives while the node cannot reach the cohort's issuer (a classroom offline): who
+    /// redeems it before `expires_at` joins the roster with `role` (student or TA). Only the
+    /// code's keyed hash (`key`) is stored, never the code.
+    #[serde(rename = "join_code.create")]
+    JoinCodeCreate {
+        /// The code's keyed hash: [`JOIN_CODE_KEY_LEN_CHARS`](crate::limits::JOIN_CODE_KEY_LEN_CHARS)
+        /// lowercase hex digits.
+        key: String,
+        /// The session the code lets newcomers into; the cohort must list it.
+        session: SessionId,
+        /// The role it grants: student or TA.
+        role: Role,
+        /// When it stops letting anyone in, ms since the Unix epoch (at most
+        /// [`JOIN_CODE_TTL_MAX_MS`](crate::limits::JOIN_CODE_TTL_MAX_MS) ahead).
+        expires_at: u64,
+        /// How many newcomers it lets in.
+        uses_max: u32,
+    },
+    /// Let a newcomer in with a join code (the node, as an admin, for whoever presents the
+    /// code): a roster entry for `user` with the code's role that records the code, its session
+    /// and who made it, so the cohort's staff and the region see who came in and how.
+    #[serde(rename = "join_code.redeem")]
+    JoinCodeRedeem {
+        /// The code's keyed hash.
+        key: String,
+        /// The newcomer's (fresh) user id.
+        user: UserId,
+        /// Their display name.
+        name: String,
+    },
+
     // ---- course documents ----
     /// Create the course (an instructor or admin).
     #[serde(rename = "course.create")]
@@ -367,6 +399,21 @@ pub enum CommandBody {
         description: Option<String>,
         /// The whole outline of the new version.
         modules: Vec<CourseModule>,
+    },
+    /// Add or replace one lesson of the published outline (its creator or an admin), leaving
+    /// the others as they are: a lesson whose id the outline has is replaced where it stands;
+    /// a new one is appended to module `module`, and `module` one past the last starts a new
+    /// module titled `module_title`. A new version, like a publication.
+    #[serde(rename = "course.lesson")]
+    CourseLessonPut {
+        /// The module (0-based) a new lesson is appended to.
+        #[serde(default)]
+        module: usize,
+        /// The title of the module a new lesson starts.
+        #[serde(default)]
+        module_title: Option<String>,
+        /// The lesson (boxed: every command is as large as its largest kind).
+        lesson: Box<CourseLesson>,
     },
 
     // ---- inbox documents ----
@@ -468,8 +515,11 @@ impl CommandBody {
             CommandBody::SessionLink { .. } => "session.link",
             CommandBody::LeaderboardPrivacy { .. } => "leaderboard.privacy",
             CommandBody::CohortCourse { .. } => "cohort.course",
+            CommandBody::JoinCodeCreate { .. } => "join_code.create",
+            CommandBody::JoinCodeRedeem { .. } => "join_code.redeem",
             CommandBody::CourseCreate { .. } => "course.create",
             CommandBody::CoursePublish { .. } => "course.publish",
+            CommandBody::CourseLessonPut { .. } => "course.lesson",
             CommandBody::InboxPush { .. } => "inbox.push",
             CommandBody::InboxRead { .. } => "inbox.read",
             CommandBody::InboxPrefs { .. } => "inbox.prefs",
@@ -488,11 +538,15 @@ impl CommandBody {
             | CommandBody::AnnouncementPost { .. }
             | CommandBody::SessionLink { .. }
             | CommandBody::LeaderboardPrivacy { .. }
-            | CommandBody::CohortCourse { .. } => DocKind::Cohort,
+            | CommandBody::CohortCourse { .. }
+            | CommandBody::JoinCodeCreate { .. }
+            | CommandBody::JoinCodeRedeem { .. } => DocKind::Cohort,
             CommandBody::InboxPush { .. }
             | CommandBody::InboxRead { .. }
             | CommandBody::InboxPrefs { .. } => DocKind::Inbox,
-            CommandBody::CourseCreate { .. } | CommandBody::CoursePublish { .. } => DocKind::Course,
+            CommandBody::CourseCreate { .. }
+            | CommandBody::CoursePublish { .. }
+            | CommandBody::CourseLessonPut { .. } => DocKind::Course,
             CommandBody::FlagSet { .. } | CommandBody::FlagUnset { .. } => DocKind::Flags,
             _ => DocKind::Session,
         }

@@ -11,6 +11,9 @@
 //! of the two versions (last writer wins), never a mix of both lesson lists. Lesson bodies and
 //! assets are immutable blobs referenced by hash, so a new version of a lesson is a new hash in
 //! a new outline and nothing is overwritten; the blobs themselves never enter the document.
+//! `course.lesson` adds or replaces one lesson: it writes a whole new outline too (the current
+//! one with that lesson changed), so two of them made at once on two nodes also end with one
+//! of the two outlines, and the other edit is to be made again.
 //!
 //! A course belongs to no cohort: `course.create` needs an instructor or admin role, and only
 //! the instructor who created the course or an admin may publish to it. Its metadata is public
@@ -123,7 +126,7 @@ fn course_exists<D: ReadDoc>(doc: &D) -> bool {
     r.root_map(META).and_then(|m| r.str(&m, "title")).is_some()
 }
 
-/// Applies a course command (`course.create`, `course.publish`).
+/// Applies a course command (`course.create`, `course.publish`, `course.lesson`).
 pub(crate) fn apply_course(
     tx: &mut Transaction<'_>,
     caller: &Caller,
@@ -159,50 +162,99 @@ pub(crate) fn apply_course(
             title,
             description,
             modules,
-        } => {
-            if !course_exists(tx) {
-                return Err(Rejection::new(
-                    RejectCode::DocNotFound,
-                    "no such course (it was never created)",
-                ));
+        } => publish(
+            tx,
+            caller,
+            now,
+            title.as_deref(),
+            description.as_deref(),
+            |_| Ok(modules.clone()),
+        ),
+        CommandBody::CourseLessonPut {
+            module,
+            module_title,
+            lesson,
+        } => publish(tx, caller, now, None, None, |mut outline| {
+            let at = outline.iter().enumerate().find_map(|(m, md)| {
+                md.lessons
+                    .iter()
+                    .position(|l| l.id == lesson.id)
+                    .map(|i| (m, i))
+            });
+            match at {
+                Some((m, i)) => outline[m].lessons[i] = (**lesson).clone(),
+                None if *module < outline.len() => {
+                    outline[*module].lessons.push((**lesson).clone())
+                }
+                None if *module == outline.len() => outline.push(CourseModule {
+                    title: module_title.clone().ok_or_else(|| {
+                        invalid("a lesson that starts a new module needs its module_title")
+                    })?,
+                    lessons: vec![(**lesson).clone()],
+                }),
+                None => {
+                    return Err(invalid(format!(
+                        "module {module}: the outline has {} modules",
+                        outline.len()
+                    )));
+                }
             }
-            let m = root(tx, META)?;
-            let r = Reader::now(&*tx);
-            let owner = r.str(&m, "created_by");
-            let version = r.int(&m, "version").unwrap_or(0);
-            let allowed = caller.role == Role::Admin
-                || (caller.role.is_instructor() && owner.as_deref() == Some(caller.user.as_str()));
-            if !allowed {
-                return Err(Rejection::new(
-                    RejectCode::Forbidden,
-                    "only the course's instructor or an admin may publish it",
-                ));
-            }
-            let outline = check_outline(modules)?;
-            let title = title
-                .as_deref()
-                .map(|t| check_text("title", t, TITLE_LEN_MAX_CHARS))
-                .transpose()?;
-            let description = description.as_deref().map(check_description).transpose()?;
-            let outline = serde_json::to_string(&outline)
-                .map_err(|e| Rejection::new(RejectCode::Internal, e.to_string()))?;
-            if let Some(t) = title {
-                put(tx, &m, "title", t)?;
-            }
-            if let Some(d) = description {
-                put(tx, &m, "description", d)?;
-            }
-            put(tx, &m, "outline", outline)?;
-            put(tx, &m, "version", version.saturating_add(1))?;
-            put(tx, &m, "published_at", now.as_i64())?;
-            put(tx, &m, "published_by", caller.user.as_str())?;
-            Ok(Target::default())
-        }
+            Ok(outline)
+        }),
         other => Err(Rejection::new(
             RejectCode::WrongDocument,
             format!("{} does not apply to a course", other.name()),
         )),
     }
+}
+
+/// Publishes a new version: the outline `edit` makes of the current one (checked whole), and
+/// a new title or description if given. Only on a created course, by its creator or an admin.
+fn publish(
+    tx: &mut Transaction<'_>,
+    caller: &Caller,
+    now: Millis,
+    title: Option<&str>,
+    description: Option<&str>,
+    edit: impl FnOnce(Vec<CourseModule>) -> Result<Vec<CourseModule>, Rejection>,
+) -> Result<Target, Rejection> {
+    if !course_exists(tx) {
+        return Err(Rejection::new(
+            RejectCode::DocNotFound,
+            "no such course (it was never created)",
+        ));
+    }
+    let m = root(tx, META)?;
+    let r = Reader::now(&*tx);
+    let owner = r.str(&m, "created_by");
+    let version = r.int(&m, "version").unwrap_or(0);
+    let allowed = caller.role == Role::Admin
+        || (caller.role.is_instructor() && owner.as_deref() == Some(caller.user.as_str()));
+    if !allowed {
+        return Err(Rejection::new(
+            RejectCode::Forbidden,
+            "only the course's instructor or an admin may publish it",
+        ));
+    }
+    let current = course_outline(&r);
+    let outline = check_outline(&edit(current)?)?;
+    let title = title
+        .map(|t| check_text("title", t, TITLE_LEN_MAX_CHARS))
+        .transpose()?;
+    let description = description.map(check_description).transpose()?;
+    let outline = serde_json::to_string(&outline)
+        .map_err(|e| Rejection::new(RejectCode::Internal, e.to_string()))?;
+    if let Some(t) = title {
+        put(tx, &m, "title", t)?;
+    }
+    if let Some(d) = description {
+        put(tx, &m, "description", d)?;
+    }
+    put(tx, &m, "outline", outline)?;
+    put(tx, &m, "version", version.saturating_add(1))?;
+    put(tx, &m, "published_at", now.as_i64())?;
+    put(tx, &m, "published_by", caller.user.as_str())?;
+    Ok(Target::default())
 }
 
 /// The course as anyone sees it: `None` if it was never created.

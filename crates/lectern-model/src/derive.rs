@@ -140,7 +140,7 @@ pub(crate) fn derive<D: ReadDoc>(
             });
             Some(("cohort:updated", Delivery::all(payload)))
         }
-        "roster.add" | "roster.remove" | "leaderboard.privacy" => {
+        "roster.add" | "roster.remove" | "leaderboard.privacy" | "join_code.redeem" => {
             let e = view::roster_entry(r, target?)?;
             Some((
                 "roster:updated",

@@ -89,3 +89,16 @@ pub const COURSE_MODULES_MAX: usize = 100;
 pub const COURSE_LESSONS_MAX: usize = 500;
 /// Most assets one lesson references.
 pub const LESSON_ASSETS_MAX: usize = 200;
+
+/// Longest a join code stays redeemable after it is made, in ms (a school day).
+pub const JOIN_CODE_TTL_MAX_MS: u64 = 12 * 3_600_000;
+/// Most newcomers one join code lets in.
+pub const JOIN_CODE_USES_MAX: u32 = 500;
+/// Join codes one cohort holds over its life (then `join_code.create` is refused with
+/// `limit_reached`).
+pub const JOIN_CODES_PER_COHORT_MAX: usize = 1_000;
+/// Newcomers join codes let into one cohort over its life.
+pub const JOINS_PER_COHORT_MAX: usize = 5_000;
+/// Length of a join code's key: lowercase hex digits of the code's keyed hash, which the
+/// gateway computes (the code itself is never stored).
+pub const JOIN_CODE_KEY_LEN_CHARS: usize = 32;

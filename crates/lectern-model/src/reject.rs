@@ -51,6 +51,12 @@ pub enum RejectCode {
     /// The feature is switched off by a feature flag (globally or for the cohort); the same
     /// command succeeds once an operator switches it on again.
     FeatureDisabled,
+    /// No join code of this cohort has this key (a mistyped or made-up code).
+    JoinCodeUnknown,
+    /// The join code's expiry has passed.
+    JoinCodeExpired,
+    /// The join code let in as many newcomers as it was made for.
+    JoinCodeUsedUp,
 }
 
 impl RejectCode {
@@ -76,6 +82,9 @@ impl RejectCode {
             RejectCode::Internal => "internal",
             RejectCode::WrongCohort => "wrong_cohort",
             RejectCode::FeatureDisabled => "feature_disabled",
+            RejectCode::JoinCodeUnknown => "join_code_unknown",
+            RejectCode::JoinCodeExpired => "join_code_expired",
+            RejectCode::JoinCodeUsedUp => "join_code_used_up",
         }
     }
 }

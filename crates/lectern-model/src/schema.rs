@@ -13,8 +13,11 @@
 //! ```
 //! Cohort document (`cohort/{id}`):
 //! ```text
-//! meta          {course, title, home_region, created_at}
-//! roster        {user: {role, name, removed, at, lb_anonymous}}
+//! meta          {course, title, home_region, created_at, course_id,
+//!                "join_code/{key}": {session, role, expires_at, uses_max, by, by_name, at,
+//!                                    uses: {user: at}}}
+//! roster        {user: {role, name, removed, at, lb_anonymous,
+//!                       via_code, via_session, via_by (a newcomer let in by a join code)}}
 //! progress      {student: {"{lesson}/status", "{lesson}/score", "{lesson}/max", "{lesson}/at"}}
 //! announcements {aid: {title, body, by, by_name, at}}
 //! sessions      {sid: {title, at}}

@@ -704,6 +704,19 @@ pub(crate) struct RosterEntry {
     pub(crate) user: String,
     pub(crate) role: String,
     pub(crate) name: String,
+    /// How a newcomer let in by a join code came in (see [`joined`]).
+    pub(crate) joined: Option<Value>,
+}
+
+/// A roster entry made by `join_code.redeem`: `{session, by, at}` (the code's session, the
+/// staff member who made the code, when the newcomer came in), for the cohort's staff.
+fn joined<D: ReadDoc>(r: &Reader<'_, D>, e: &ObjId) -> Option<Value> {
+    r.str(e, "via_code")?;
+    Some(json!({
+        "session": r.str(e, "via_session").unwrap_or_default(),
+        "by": r.str(e, "via_by").unwrap_or_default(),
+        "at": r.int(e, "at").unwrap_or(0),
+    }))
 }
 
 pub(crate) fn roster<D: ReadDoc>(r: &Reader<'_, D>) -> Vec<RosterEntry> {
@@ -721,6 +734,7 @@ pub(crate) fn roster<D: ReadDoc>(r: &Reader<'_, D>) -> Vec<RosterEntry> {
                 user: k.clone(),
                 role: r.str(&e, "role")?,
                 name: r.str(&e, "name").unwrap_or_default(),
+                joined: joined(r, &e),
             })
         })
         .collect()
@@ -759,7 +773,10 @@ pub(crate) fn cohort_view<D: ReadDoc>(
     let roster_json = viewer.is_staff_of(cohort).then(|| {
         roster(r)
             .into_iter()
-            .map(|e| json!({"user": e.user, "role": e.role, "name": e.name}))
+            .map(|e| match e.joined {
+                Some(j) => json!({"user": e.user, "role": e.role, "name": e.name, "joined": j}),
+                None => json!({"user": e.user, "role": e.role, "name": e.name}),
+            })
             .collect::<Vec<_>>()
     });
     Ok(json!({
@@ -789,12 +806,16 @@ pub(crate) fn announcement<D: ReadDoc>(r: &Reader<'_, D>, id: &str) -> Option<Va
 /// A roster entry as JSON (also for removed entries, flagged).
 pub(crate) fn roster_entry<D: ReadDoc>(r: &Reader<'_, D>, user: &str) -> Option<Value> {
     let e = r.root_map(ROSTER).and_then(|x| r.map(&x, user))?;
-    Some(json!({
+    let mut entry = json!({
         "user": user,
         "role": r.str(&e, "role")?,
         "name": r.str(&e, "name").unwrap_or_default(),
         "removed": r.bool(&e, "removed").unwrap_or(false),
-    }))
+    });
+    if let Some(j) = joined(r, &e) {
+        entry["joined"] = j;
+    }
+    Some(entry)
 }
 
 /// A student's progress: the student themself or staff of the cohort.

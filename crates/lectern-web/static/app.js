@@ -6,7 +6,9 @@
 // Rendering replaces a container's HTML and then gives focus back to the control that had it
 // (matched by `data-key`), so keyboard users keep their place while events arrive. What a
 // user is typing or choosing lives outside re-rendered markup or in `drafts`.
-import { Connection, followStream, newCommandId, TRANSPORTS } from '/static/conn.js';
+import {
+  Connection, decodeClaims, followStream, keepTokenFresh, newCommandId, TRANSPORTS,
+} from '/static/conn.js';
 import {
   applyEvent, applyState, currentPoll, emptySession, pinnedQuestion, pollLabels, resultsText,
   visibleQuestions,
@@ -17,7 +19,8 @@ const esc = (s) => String(s ?? '').replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '
 
 const params = new URLSearchParams(location.search);
 const session = params.get('session') || '';
-const token = params.get('token') || '';
+// Renewed by a classroom node before it ends (`keepTokenFresh`).
+let token = params.get('token') || '';
 const claims = decodeClaims(token);
 const staff = !!claims && ['ta', 'instructor', 'admin'].includes(claims.role);
 const view = params.get('view') === 'projector' ? 'projector' : staff ? 'instructor' : 'student';
@@ -26,14 +29,6 @@ const first = TRANSPORTS.includes(params.get('transport')) ? params.get('transpo
 const m = emptySession();
 const ui = { order: 'top', drafts: new Map(), answering: null, dirty: false, progress: null, notes: new Map(), unread: null, notesOn: false, focusNote: null, dash: null, board: null, lbMe: null, lbHidden: null, privacyChosen: false, privacyBusy: false, missing: new Set(), course: null, lessonOpen: null, lessonHtml: '', lessonBusy: false };
 
-function decodeClaims(t) {
-  try {
-    const b = t.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
-    return JSON.parse(decodeURIComponent(escape(atob(b))));
-  } catch (_) {
-    return null;
-  }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Start
@@ -64,7 +59,19 @@ function main() {
       onNotice: notice,
     });
     conn.start();
+    keepTokenFresh(token, renewToken);
+    if (view === 'instructor') followClassroom();
   }
+}
+
+/** A renewed token: every later request, stream and reconnect uses it, and the address bar
+ * carries it, so a reload keeps the user in. */
+function renewToken(t) {
+  token = t;
+  if (conn) conn.setToken(t);
+  const q = new URLSearchParams(location.search);
+  q.set('token', t);
+  history.replaceState(history.state, '', `${location.pathname}?${q}${location.hash}`);
 }
 
 function showJoinForm() {
@@ -74,6 +81,15 @@ function showJoinForm() {
       <label for="join-code">Session code</label><input id="join-code" type="text" required autocomplete="off" value="${esc(session)}">
       <label for="join-token">Access token (from your course or the link you were sent)</label><input id="join-token" type="text" required autocomplete="off" value="${esc(token)}">
       <button class="primary" type="submit">Join</button>
+    </form></section>
+  <section class="card" aria-labelledby="jc-h"><h2 id="jc-h">I have a join code</h2>
+    <p class="meta">When the school's link is down, your teacher can let you in with a code.</p>
+    <form id="join-with-code" class="stack">
+      <label for="jc-session">Session</label><input id="jc-session" type="text" required autocomplete="off" value="${esc(session)}">
+      <label for="jc-code">Join code</label><input id="jc-code" type="text" required autocomplete="off" placeholder="ABCDE-FGHJK">
+      <label for="jc-name">Your name</label><input id="jc-name" type="text" required maxlength="80" autocomplete="name">
+      <div><button class="primary" type="submit">Join with the code</button></div>
+      <p id="jc-status" class="meta" role="status"></p>
     </form></section>`;
   showStatus({ state: 'error', transport: '', queued: 0, detail: 'not joined' });
   $('join').addEventListener('submit', (e) => {
@@ -81,6 +97,112 @@ function showJoinForm() {
     const q = new URLSearchParams({ session: $('join-code').value.trim(), token: $('join-token').value.trim() });
     location.search = q.toString();
   });
+  $('join-with-code').addEventListener('submit', (e) => {
+    e.preventDefault();
+    joinWithCode();
+  });
+}
+
+/** What the page says for a refused join code. */
+const JOIN_REFUSED = {
+  join_code_unknown: 'That code is not one of this session\'s: check it with your teacher.',
+  join_code_expired: 'That code has expired: ask your teacher for a new one.',
+  join_code_used_up: 'That code has let in as many people as it was made for: ask your teacher for a new one.',
+  rate_limited: 'Too many tries for this session: wait a minute and try again.',
+  doc_not_found: 'There is no such session on this node: check the session code.',
+  join_codes_off: 'This node does not take join codes (only a classroom node does).',
+};
+
+/** `POST /api/join`: the session, the code and a name give a token; the page opens with it. */
+async function joinWithCode() {
+  const status = $('jc-status');
+  const sessionId = $('jc-session').value.trim();
+  status.textContent = 'Joining…';
+  try {
+    const r = await fetch('/api/join', {
+      method: 'POST', cache: 'no-store',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ session: sessionId, code: $('jc-code').value, name: $('jc-name').value }),
+    });
+    const body = await r.json().catch(() => ({}));
+    if (r.ok && body.token) {
+      location.search = new URLSearchParams({ session: sessionId, token: body.token }).toString();
+      return;
+    }
+    const code = body.error && body.error.code;
+    status.textContent = JOIN_REFUSED[code] || `Not joined: ${(body.error && body.error.message) || r.status}`;
+  } catch (_) {
+    status.textContent = 'The node did not answer: try again.';
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Classroom node: the uplink and join codes (staff)
+// ---------------------------------------------------------------------------------------------
+
+/** How often the instructor page rereads the classroom's uplink, in ms. */
+const CLASSROOM_POLL_MS = 5000;
+
+const clock = (s) => new Date(s * 1000).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+
+function minutesText(s) {
+  const min = Math.floor((s || 0) / 60);
+  if (min < 1) return 'under a minute';
+  return min < 120 ? `${min} min` : `${Math.floor(min / 60)} h ${min % 60} min`;
+}
+
+/** What the page says about the uplink (`GET /api/classroom`). */
+function uplinkText(u) {
+  if (u.state === 'offline') {
+    return `Offline since ${clock(u.offlineSince)} (${minutesText(u.offlineS)}): the class runs on this classroom node, and everything merges with ${u.upstream} when the link is back.`;
+  }
+  if (u.state === 'syncing') {
+    const n = u.waitingDocs;
+    return `Syncing with ${u.upstream}: ${n} document${n === 1 ? '' : 's'} to go up.`;
+  }
+  return `In sync with ${u.upstream}.`;
+}
+
+/** Shows the classroom card while this is a classroom node (a 404 or 403 hides it for good). */
+async function followClassroom() {
+  for (;;) {
+    try {
+      const r = await fetch('/api/classroom', { headers: { Authorization: `Bearer ${token}` }, cache: 'no-store' });
+      if (r.status === 404 || r.status === 403) return;
+      if (r.ok) {
+        const u = await r.json();
+        const el = $('uplink');
+        if (el.dataset.state !== u.state || el.textContent !== uplinkText(u)) {
+          el.dataset.state = u.state;
+          el.textContent = uplinkText(u);
+        }
+        $('classroom-card').hidden = false;
+      }
+    } catch (_) { /* the node is away: the connection pill says so */ }
+    await new Promise((r) => setTimeout(r, CLASSROOM_POLL_MS));
+  }
+}
+
+/** `POST /api/sessions/{id}/join-codes`: shows the new code once, in large type. */
+async function makeJoinCode() {
+  const out = $('jc-made');
+  out.textContent = 'Making a code…';
+  try {
+    const r = await fetch(`/api/sessions/${encodeURIComponent(session)}/join-codes`, {
+      method: 'POST', cache: 'no-store',
+      headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'application/json' },
+      body: JSON.stringify({ role: $('jc-role').value, minutes: Number($('jc-minutes').value), uses: Number($('jc-uses').value) }),
+    });
+    const body = await r.json().catch(() => ({}));
+    if (!r.ok) {
+      out.textContent = `No code: ${(body.error && body.error.message) || r.status}`;
+      return;
+    }
+    const who = body.role === 'ta' ? 'teaching assistant' : 'student';
+    out.innerHTML = `Join code: <strong class="code" id="jc-value">${esc(body.code)}</strong> <span class="meta">lets in up to ${esc(body.uses)} ${who}${body.uses === 1 ? '' : 's'} until ${esc(clock(Math.floor(body.expiresAt / 1000)))}; session code ${esc(session)}</span>`;
+  } catch (_) {
+    out.textContent = 'The node did not answer: try again.';
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -700,6 +822,14 @@ function instructorSkeleton() {
       <label for="ann-body">Message</label><textarea id="ann-body" rows="3" maxlength="5000" required></textarea>
       <div><button class="primary" type="submit">Post announcement</button></div>
       <p id="ann-status" class="meta" role="status"></p></form></section>`}
+  <section id="classroom-card" class="card" aria-labelledby="cr-h" hidden><h2 id="cr-h">Classroom</h2>
+    <p id="uplink" class="uplink" data-state="" role="status"></p>
+    ${claims.role === 'ta' ? '' : `<form id="jc-form" class="stack"><h3>Let someone in</h3>
+      <label for="jc-role">Lets in</label><select id="jc-role"><option value="student">Students</option><option value="ta">Teaching assistants</option></select>
+      <label for="jc-minutes">Valid for (minutes, at most 720)</label><input id="jc-minutes" type="number" min="1" max="720" value="60">
+      <label for="jc-uses">How many may use it (at most 500)</label><input id="jc-uses" type="number" min="1" max="500" value="30">
+      <div><button class="primary" type="submit">Make a join code</button></div>
+      <p id="jc-made" class="join-code" aria-live="polite"></p></form>`}</section>
   <section id="dash-card" class="card wide" aria-labelledby="dash-h" hidden><h2 id="dash-h">Cohort dashboard</h2><div id="dash"></div></section>
   ${leaderboardSkeleton()}
   ${notesSkeleton()}
@@ -731,6 +861,7 @@ function onSubmit(id, f) {
 
 function wire() {
   const main = $('main');
+  onSubmit('jc-form', () => makeJoinCode());
   onSubmit('ask-form', () => {
     const text = $('ask-text').value.trim();
     if (!text) return;
@@ -879,7 +1010,7 @@ function returnFocus() {
 function startSideStreams() {
   if (view === 'student') {
     const url = `/api/stream/progress/${encodeURIComponent(claims.sub)}?cohort=${encodeURIComponent(m.cohort)}`;
-    followStream(url, token, {
+    followStream(url, () => token, {
       onEvent: (name, d) => {
         if (name === 'state' && d && d.state) {
           ui.progress = new Map((d.state.lessons || []).map((l) => [l.lesson, l]));
@@ -895,7 +1026,7 @@ function startSideStreams() {
   // The inbox: `state` is the list (`items`, `unread`); then `notification` (one item with the
   // new `unread`), `notifications:read` (`unread`). A resumed stream replays what was missed,
   // so items are kept by id.
-  followStream('/api/stream/notifications', token, {
+  followStream('/api/stream/notifications', () => token, {
     onOpen: () => { ui.notesOn = true; schedule(); },
     onEvent: (name, d) => {
       if (!d || typeof d !== 'object') return;
@@ -914,7 +1045,7 @@ function startSideStreams() {
     },
     onMissing: () => { ui.notesOn = false; ui.missing.add('notes'); schedule(); },
   });
-  const board = (kind, key) => followStream(`/api/stream/${kind}/${encodeURIComponent(m.cohort)}`, token, {
+  const board = (kind, key) => followStream(`/api/stream/${kind}/${encodeURIComponent(m.cohort)}`, () => token, {
     onEvent: (name, d) => {
       if (!d || typeof d !== 'object') return;
       if (name === 'state' && d.state) ui[key] = d.state;

@@ -190,13 +190,15 @@ async function readEventStream(res, onEvent, signal) {
  * the stream is not tried again. Returns a function that stops it.
  */
 export function followStream(url, token, { onEvent, onOpen, onMissing }) {
+  // `token` may be a function, so a reconnect uses the page's current (renewed) token.
+  const current = typeof token === 'function' ? token : () => token;
   const ctrl = new AbortController();
   let last = null;
   (async () => {
     let attempt = 0;
     while (!ctrl.signal.aborted) {
       try {
-        const headers = { Authorization: `Bearer ${token}`, Accept: 'text/event-stream' };
+        const headers = { Authorization: `Bearer ${current()}`, Accept: 'text/event-stream' };
         if (last) headers['Last-Event-ID'] = last;
         const res = await fetch(url, { headers, signal: ctrl.signal, cache: 'no-store' });
         if (res.status === 404 || res.status === 405) { onMissing && onMissing(); return; }
@@ -218,6 +220,70 @@ export function followStream(url, token, { onEvent, onOpen, onMissing }) {
     }
   })();
   return () => ctrl.abort();
+}
+
+/** Seconds before a token ends at which the page asks its node for an extension (at most a
+ * third of the token's life, for short tokens). */
+const TOKEN_REFRESH_BEFORE_S = 600;
+
+/** Wait before asking again after a refresh that may work later (no network, 429, 5xx), ms. */
+const TOKEN_REFRESH_RETRY_MS = 30000;
+
+/** A token's claims, unverified (the page only reads its own token's times and role). */
+export function decodeClaims(t) {
+  try {
+    const b = t.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+    return JSON.parse(decodeURIComponent(escape(atob(b))));
+  } catch (_) {
+    return null;
+  }
+}
+
+/**
+ * Keeps the page's token alive on a classroom node (`POST /api/token/refresh`): shortly before
+ * the token ends, asks for an extension and hands the new token to `onToken(token, answer)`.
+ * A node that extends nothing, or refuses this token (`token_refresh_off`,
+ * `not_classroom_member`, `token_extend_cap`, an expired token: any 401 or 403), is not asked
+ * again; a failure that may pass (the node down, 429, 5xx) is retried. Returns a function that
+ * stops it.
+ */
+export function keepTokenFresh(initial, onToken) {
+  let token = initial;
+  let timer = null;
+  let stopped = false;
+  const plan = (delayMs) => {
+    clearTimeout(timer);
+    if (!stopped) timer = setTimeout(attempt, Math.min(Math.max(delayMs, 1000), 2 ** 31 - 1));
+  };
+  const planFromClaims = () => {
+    const c = decodeClaims(token);
+    if (!c || typeof c.exp !== 'number') return;
+    const life = typeof c.iat === 'number' && c.iat > 0 && c.exp > c.iat ? c.exp - c.iat : TOKEN_REFRESH_BEFORE_S * 3;
+    const before = Math.min(TOKEN_REFRESH_BEFORE_S, life / 3);
+    plan((c.exp - before) * 1000 - Date.now());
+  };
+  const attempt = async () => {
+    try {
+      const r = await fetch('/api/token/refresh', {
+        method: 'POST', cache: 'no-store', body: '{}',
+        headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'application/json' },
+      });
+      if (r.ok) {
+        const body = await r.json();
+        if (typeof body.token === 'string' && body.token) {
+          token = body.token;
+          onToken(token, body);
+          planFromClaims();
+          return;
+        }
+      } else if (r.status === 401 || r.status === 403) {
+        return;
+      }
+    } catch (_) { /* the node is unreachable: ask again later */ }
+    plan(TOKEN_REFRESH_RETRY_MS);
+  };
+  planFromClaims();
+  return () => { stopped = true; clearTimeout(timer); };
 }
 
 // ------------------------------------------------------------------------------------------
@@ -521,6 +587,18 @@ export class Connection {
     this.run();
   }
 
+  /** Takes a renewed token (see `keepTokenFresh`): the live transport is closed and opened
+   * again at once with it, resuming from the last event, since the node ends a connection when
+   * the token it opened with ends. */
+  setToken(token) {
+    if (token === this.token) return;
+    this.token = token;
+    if (this.current) {
+      this.renewed = true;
+      this.current.close();
+    }
+  }
+
   stop() {
     this.stopped = true;
     clearInterval(this.homeProbe);
@@ -639,6 +717,10 @@ export class Connection {
       this.current = null;
       if (this.stopped) return;
       if (this.goHome) continue;
+      if (this.renewed) {
+        this.renewed = false;
+        continue;
+      }
       if (reason instanceof Fatal) {
         this.setStatus({ state: 'error', detail: `${reason.code}: ${reason.message}` });
         return;

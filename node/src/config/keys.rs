@@ -14,10 +14,11 @@ use std::str::FromStr;
 use anyhow::bail;
 
 use super::{
-    Config, DAY_MS, HOUR_MS, check_alg, check_coalesce, check_domain, check_dsn, check_from,
-    check_host, check_hour, check_leeway, check_lifetime, check_log_format, check_min_1,
-    check_node_name, check_nonempty, check_path, check_peer_cohorts, check_peers, check_rate,
-    check_resume_wait, check_secret, check_url, check_urls, parse_bool, parse_tls, parse_value,
+    Config, DAY_MS, HOUR_MS, check_alg, check_coalesce, check_domain, check_dsn, check_extend_h,
+    check_from, check_host, check_hour, check_leeway, check_lifetime, check_log_format,
+    check_min_1, check_node_name, check_nonempty, check_path, check_peer_cohorts, check_peers,
+    check_rate, check_resume_wait, check_secret, check_url, check_urls, parse_bool, parse_tls,
+    parse_value,
 };
 
 /// How a key is written on the command line and in the environment.
@@ -318,6 +319,9 @@ pub static KEYS: &[Key] = &[
     key("classroom.cohorts", "LECTERN_CLASSROOM_COHORTS", "The cohorts a classroom node serves: it holds their documents (the cohort, its sessions, its members' inboxes) and nothing else.",
         |d, v, k| { d.config.classroom.cohorts = Some(v.list(k)?); Ok(()) })
         .list().example("[\"cs101-autumn\"]"),
+    key("classroom.token_extend_max_h", "LECTERN_CLASSROOM_TOKEN_EXTEND_MAX_H", "How far past the expiry its issuer gave it a classroom node may extend the token of a member of its cohorts (`POST /api/token/refresh`), in hours (at most 168); 0: never.",
+        |d, v, k| { d.config.classroom.token_extend_max_h = check_extend_h(v.parse(k)?, k)?; Ok(()) })
+        .default("24").example("12"),
     // [mesh]
     key("mesh.name", "LECTERN_MESH_NAME", "This node's cluster name: the `--id` its certificate was issued for.",
         |d, v, k| { d.config.mesh.name = check_node_name(&v.text(k)?, k)?; Ok(()) })

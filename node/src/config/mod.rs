@@ -106,15 +106,52 @@ pub enum LogFormat {
 
 /// A classroom node: one upstream region node, the cohorts it serves. At start the upstream
 /// joins `mesh.peers` and the cohorts become `mesh.share_cohorts` ([`ClassroomSettings::apply`]).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClassroomSettings {
     /// The region node it syncs with, `NAME@HOST:PORT`; set, it makes this a classroom node.
     pub upstream: Option<String>,
     /// The cohorts it serves.
     pub cohorts: Option<Vec<String>>,
+    /// How far past the expiry its issuer gave it a classroom node may extend the token of a
+    /// member of its cohorts (`POST /api/token/refresh`), in hours; 0: never. Default 24.
+    pub token_extend_max_h: u64,
 }
 
+impl Default for ClassroomSettings {
+    fn default() -> Self {
+        ClassroomSettings {
+            upstream: None,
+            cohorts: None,
+            token_extend_max_h: TOKEN_EXTEND_DEFAULT_H,
+        }
+    }
+}
+
+/// The default of `classroom.token_extend_max_h`: a school day's outage, and the night after.
+pub const TOKEN_EXTEND_DEFAULT_H: u64 = 24;
+
+/// Largest accepted `classroom.token_extend_max_h`: a week, so a stolen token of a classroom's
+/// member cannot be kept alive for long after its issuer let it end.
+pub const TOKEN_EXTEND_MAX_H: u64 = 7 * 24;
+
 impl ClassroomSettings {
+    /// What the gateway of this classroom node grants (token extensions, join codes), if it
+    /// is one.
+    pub fn classroom_policy(&self) -> Option<lectern_gateway::ClassroomPolicy> {
+        if !self.is_on() {
+            return None;
+        }
+        Some(lectern_gateway::ClassroomPolicy {
+            cohorts: self
+                .cohorts
+                .iter()
+                .flatten()
+                .filter_map(|c| c.parse().ok())
+                .collect(),
+            extend_max_s: self.token_extend_max_h.saturating_mul(3600),
+        })
+    }
+
     /// Whether this is a classroom node.
     pub fn is_on(&self) -> bool {
         self.upstream.is_some()
@@ -627,6 +664,13 @@ fn check_from(raw: &str, key: &str) -> anyhow::Result<String> {
         );
     }
     Ok(from.to_owned())
+}
+
+fn check_extend_h(v: u64, key: &str) -> anyhow::Result<u64> {
+    if v > TOKEN_EXTEND_MAX_H {
+        bail!("{key}: {v} h is more than the {TOKEN_EXTEND_MAX_H} h allowed");
+    }
+    Ok(v)
 }
 
 fn check_hour(v: u64, key: &str) -> anyhow::Result<u64> {
