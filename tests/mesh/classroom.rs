@@ -276,8 +276,42 @@ async fn a_classroom_node_extends_its_members_tokens_within_the_cap_and_across_a
         let (status, code, _) = refresh(addr, &past).await?;
         assert_eq!((status, code.as_deref()), (403, Some("token_extend_cap")));
 
-        // Not a member, another cohort, an admin, another key: refused.
+        // A member the roster no longer lists: removed on the classroom node while offline.
+        cluster
+            .node(classroom)
+            .hub
+            .execute(
+                DocId::Cohort(DEMO_COHORT.parse()?),
+                demo_caller("ada", Role::Instructor),
+                cmd(
+                    "remove-student2",
+                    CommandBody::RosterRemove {
+                        user: "student2".parse()?,
+                    },
+                ),
+            )
+            .await?;
+
+        // Not a member, a removed one, a role above the roster's, another cohort, an admin,
+        // another key: refused.
         for (what, token, want) in [
+            (
+                "a member removed from the roster",
+                token_until(
+                    SECRET,
+                    "student2",
+                    "student",
+                    &[DEMO_COHORT],
+                    now + 40,
+                    None,
+                ),
+                (403, "not_classroom_member"),
+            ),
+            (
+                "a role the roster does not give (a student's token saying TA)",
+                token_until(SECRET, "student1", "ta", &[DEMO_COHORT], now + 40, None),
+                (403, "not_classroom_member"),
+            ),
             (
                 "a user on no roster",
                 token_until(
@@ -328,7 +362,7 @@ async fn a_classroom_node_extends_its_members_tokens_within_the_cap_and_across_a
         let text = metrics(addr).await?;
         for series in [
             "lectern_token_extensions_total{result=\"ok\"} 4",
-            "lectern_token_extensions_total{result=\"not_classroom_member\"} 2",
+            "lectern_token_extensions_total{result=\"not_classroom_member\"} 4",
             "lectern_token_extensions_total{result=\"token_extend_cap\"} 1",
         ] {
             assert!(text.lines().any(|l| l == series), "{series} in:\n{text}");
