@@ -26,8 +26,8 @@ use crate::config::ClassroomPolicy;
 use crate::error::AppError;
 
 /// How long a token minted by an extension lives at most, in seconds: the page asks again
-/// well before (`lectern-web`'s `token.js`), so a short life costs nothing, and a copied token
-/// is good for little.
+/// well before (`lectern-web`'s `conn.js`, `keepTokenFresh`), so a short life costs nothing,
+/// and a copied token is good for little.
 pub const REFRESHED_TOKEN_LIFETIME_S: u64 = 4 * 3600;
 
 /// How long after its expiry (beyond the verifier's leeway) a token may still be extended, in
