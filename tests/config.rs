@@ -250,6 +250,7 @@ fn bad_values_are_errors_naming_the_key_and_source() {
         ("LECTERN_RATE_COMMANDS_PER_S", "0"),
         ("LECTERN_PUBLIC_URL", "ftp://x"),
         ("LECTERN_DEMO", "maybe"),
+        ("LECTERN_CLASSROOM_COHORTS", "cs101,not a cohort/id"),
     ] {
         let err = load_err(&empty, &[(var, value)]);
         assert!(err.contains(var), "{var} not named in: {err}");

@@ -8,8 +8,16 @@
 //! a few dozen bytes can reach for a moment by declaring a long string (bincode allocates a
 //! string's declared length before reading it; the fuzzer found such a 45-byte body), plus the
 //! usual per-input allowance.
+//!
+//! The same bytes also go to the blob exchange's decoders (`decode_blob_request`,
+//! `decode_blob_answer`: what a peer writes on a blob stream): never a panic; an answer header
+//! decoded from the input re-encodes to exactly its bytes, and every shorter prefix of it
+//! still asks for more.
 
-use lectern_wire::{FRAME_LEN_MAX_BYTES, FrameDecoder, FrameError, PeerFrame, encode_frame};
+use lectern_wire::{
+    FRAME_LEN_MAX_BYTES, FrameDecoder, FrameError, PeerFrame, decode_blob_answer,
+    decode_blob_request, encode_blob_answer, encode_frame,
+};
 
 use crate::alloc;
 
@@ -31,6 +39,7 @@ pub fn run(data: &[u8]) {
     let whole = alloc::bounded_by("peer_frame", stream.len(), budget, || {
         decode(stream, stream.len().max(1))
     });
+    blob_exchange(stream);
     let step = usize::from(first % 64) + 1;
     let pieces = decode(stream, step);
     assert_eq!(whole, pieces, "whole vs {step}-byte pushes");
@@ -40,6 +49,25 @@ pub fn run(data: &[u8]) {
         decoder.push(&bytes);
         assert_eq!(decoder.next_frame(), Ok(Some(frame.clone())), "round trip");
         assert_eq!(decoder.next_frame(), Ok(None));
+    }
+}
+
+fn blob_exchange(bytes: &[u8]) {
+    let _ = decode_blob_request(bytes);
+    if let Ok(Some((answer, len))) = decode_blob_answer(bytes) {
+        let header = encode_blob_answer(&answer).expect("a decoded answer encodes");
+        assert_eq!(
+            header,
+            bytes[..len],
+            "an answer header re-encodes to its bytes"
+        );
+        for cut in 0..len {
+            assert_eq!(
+                decode_blob_answer(&bytes[..cut]),
+                Ok(None),
+                "a prefix of {cut}"
+            );
+        }
     }
 }
 

@@ -295,6 +295,35 @@ fn eddsa_public_key_verifies_an_external_issuer() {
     let expired = ed_signed(ED_PRIVATE, &claims("lms-42", "ta", NOW_S - LEEWAY_S - 1));
     assert_eq!(refused(&v, &expired), AuthError::Expired);
 
+    // An outside issuer's `orig_exp` is not the cluster's extension bound: ignored, so it
+    // cannot move a classroom node's cap; the cluster's own extensions keep theirs.
+    let mut with_bound = serde_json::to_value(claims("lms-42", "ta", NOW_S + 60)).unwrap();
+    with_bound["orig_exp"] = serde_json::json!(NOW_S + 3_600_000);
+    let outside = jsonwebtoken::encode(
+        &Header::new(Algorithm::EdDSA),
+        &with_bound,
+        &EncodingKey::from_ed_pem(ED_PRIVATE.as_bytes()).expect("test key is a valid PEM"),
+    )
+    .expect("EdDSA signing works");
+    assert_eq!(
+        v.verify_for_refresh(&outside, NOW_S, 0)
+            .expect("verifies")
+            .orig_exp,
+        None
+    );
+    let own = lectern_gateway::auth::mint_extension(
+        SECRET,
+        &claims("u1", "student", NOW_S + 60),
+        NOW_S + 30,
+    )
+    .expect("signing works");
+    assert_eq!(
+        v.verify_for_refresh(&own, NOW_S, 0)
+            .expect("verifies")
+            .orig_exp,
+        Some(NOW_S + 30)
+    );
+
     // A header claiming RS256 is not accepted when the configured key is EdDSA.
     let parts: Vec<&str> = token.split('.').collect();
     let rs256_header = "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9"; // {"alg":"RS256","typ":"JWT"}

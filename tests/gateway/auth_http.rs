@@ -467,7 +467,7 @@ async fn the_cookie_counts_only_from_an_allowed_origin_and_commands_take_only_js
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_the_gateway_records_attendance() -> anyhow::Result<()> {
+async fn only_the_gateway_records_attendance_and_makes_join_codes() -> anyhow::Result<()> {
     within(async {
         let demo = Demo::start("auth-attendance").await?;
         let s = demo.session.clone();
@@ -502,6 +502,27 @@ async fn only_the_gateway_records_attendance() -> anyhow::Result<()> {
             before["attendance"],
             demo.session_view().await?["attendance"]
         );
+        // Join codes likewise: only the node's join-code routes make and redeem them (a raw
+        // command could store a key of the sender's choosing, or write who let whom in).
+        let cohort = lectern_node::DEMO_COHORT;
+        for (role, user, cmd) in [
+            ("instructor", "ada", json!({"id": "jc1", "cmd": "join_code.create", "key": "ab".repeat(32),
+                "session": s, "role": "student", "expires_at": 4_102_444_800_000_u64, "uses_max": 5})),
+            ("admin", "root", json!({"id": "jc2", "cmd": "join_code.redeem", "key": "ab".repeat(32),
+                "user": "intruder", "name": "Intruder"})),
+        ] {
+            let token = demo.token(user, role);
+            let r = demo
+                .http
+                .post_json(&format!("/api/cohorts/{cohort}/commands"), Some(&token), &cmd)
+                .await?;
+            assert_eq!(
+                (r.status, r.error_code().as_deref()),
+                (403, Some("gateway_only")),
+                "{cmd}: {}",
+                r.text()
+            );
+        }
         demo.stop().await
     })
     .await

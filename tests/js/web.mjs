@@ -724,9 +724,20 @@ async function runClassroom(browser) {
   await askByKeyboard(newcomer, 'I just arrived: what did I miss?');
   await question(teacher, 'I just arrived: what did I miss?').waitFor({ timeout: WAIT_MS });
 
-  // The instructor's token lives 30 s: the page renews it from the classroom node.
-  await teacher.waitForFunction((old) => new URL(location.href).searchParams.get('token') !== old, tInstructor, { timeout: 60000 });
+  // The instructor's token lives 30 s: the page renews it from the classroom node, keeps it in
+  // the tab (not in the address bar), and its connection outlives the first token.
+  out.tokenInAddressBar = new URL(teacher.url()).searchParams.has('token');
+  await teacher.waitForFunction((old) => {
+    const now = sessionStorage.getItem('lectern_token');
+    return !!now && now !== old;
+  }, tInstructor, { timeout: 60000 });
   out.tokenRenewed = true;
+  // Past the first token's end, what a student asks still reaches the teacher's page.
+  const firstExp = JSON.parse(Buffer.from(tInstructor.split('.')[1], 'base64url').toString()).exp;
+  await teacher.waitForFunction((exp) => Date.now() / 1000 > exp + 2, firstExp, { timeout: 60000 });
+  await askByKeyboard(newcomer, 'Is the teacher still connected?');
+  await question(teacher, 'Is the teacher still connected?').waitFor({ timeout: WAIT_MS });
+  out.stateAfterFirstExpiry = await teacher.getAttribute('#conn', 'data-state');
   await waitConn(teacher, 'live');
 
   if ((await ask('heal')) !== 'healed') throw new Error('the test did not heal the link');

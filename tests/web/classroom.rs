@@ -94,6 +94,11 @@ async fn the_instructor_page_follows_the_uplink_and_lets_a_newcomer_in_with_a_jo
             "{summary}"
         );
         assert_eq!(summary["tokenRenewed"], true, "{summary}");
+        // The token is kept by the tab, not shown in the address bar (history, logged URLs).
+        assert_eq!(summary["tokenInAddressBar"], false, "{summary}");
+        // The renewed connection outlived the first token: a question asked after its end
+        // reached the teacher, whose page stayed live.
+        assert_eq!(summary["stateAfterFirstExpiry"], "live", "{summary}");
         for page in ["a11yTeacher", "a11yJoin"] {
             assert_eq!(summary[page], serde_json::json!([]), "{page}: {summary}");
         }

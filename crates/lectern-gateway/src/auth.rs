@@ -130,7 +130,8 @@ pub struct Presented {
     /// Its `iat` (0 when absent), seconds since the Unix epoch.
     pub iat: u64,
     /// Its [`ORIG_EXP_CLAIM`]: the expiry its issuer gave the first token of the chain, when
-    /// this one is itself an extension.
+    /// this one is itself an extension (the cluster's own HS256 tokens only; `None` for an
+    /// outside issuer's).
     pub orig_exp: Option<u64>,
 }
 
@@ -336,7 +337,9 @@ impl Verifier {
             caller,
             exp,
             iat,
-            orig_exp,
+            // Only the cluster's own extensions carry the bound: an outside issuer's claim of
+            // that name means nothing here, and must not move the extension cap.
+            orig_exp: if external { None } else { orig_exp },
         })
     }
 }

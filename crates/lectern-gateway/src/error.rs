@@ -91,6 +91,16 @@ impl From<lectern_model::Rejection> for AppError {
 
 impl From<AuthError> for AppError {
     fn from(e: AuthError) -> Self {
+        if matches!(e, AuthError::Config(_)) {
+            // The node's own keys failed (signing an extension or a newcomer's token): not the
+            // client's fault, and a 401 would make a page stop renewing for good.
+            tracing::error!(error = %e, "internal error");
+            return AppError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error; it has been logged",
+            );
+        }
         let status = match e {
             // The credential may be fine; where it comes from is not.
             AuthError::ForeignOrigin => StatusCode::FORBIDDEN,

@@ -108,7 +108,15 @@ impl Gateway {
                 classroom: config
                     .classroom
                     .clone()
-                    .filter(|_| !config.auth.hs256_secret.is_empty())
+                    .filter(|_| {
+                        let keyed = !config.auth.hs256_secret.is_empty();
+                        if !keyed {
+                            tracing::warn!(
+                                "a classroom node without an HS256 token key: no token extensions and no join codes"
+                            );
+                        }
+                        keyed
+                    })
                     .map(|p| (p, Arc::from(config.auth.hs256_secret.as_slice()))),
                 join_attempts: Arc::new(limits::Limiter::new(crate::join::attempt_limits())),
                 uplink: Mutex::new(None),

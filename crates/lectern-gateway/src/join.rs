@@ -309,26 +309,18 @@ async fn redeem_body(gw: &Gateway, body: &[u8]) -> Result<Response, AppError> {
     gw.run_charged(&node, DocId::Cohort(cohort.clone()), None, command)
         .await?;
     // The role the code granted, as the roster now says.
-    let reader = node.clone();
     let who = user.as_str().to_owned();
     let role = gw
         .hub()
-        .read(DocId::Cohort(cohort.clone()), move |r| {
-            r.cohort_view(&reader).ok().and_then(|v| {
-                v["roster"].as_array().and_then(|list| {
-                    list.iter()
-                        .find(|m| m["user"] == who.as_str())
-                        .and_then(|m| m["role"].as_str().and_then(Role::parse))
-                })
-            })
-        })
+        .read(DocId::Cohort(cohort.clone()), move |r| r.roster_role(&who))
         .await?
         .filter(|r| matches!(r, Role::Student | Role::Ta))
         .ok_or_else(|| {
+            tracing::error!(%cohort, user = %user, "a redeemed join code left no student or TA on the roster");
             AppError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
-                "the newcomer is not on the roster",
+                "internal error; it has been logged",
             )
         })?;
     let now_s = auth::unix_now_s();

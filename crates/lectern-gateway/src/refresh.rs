@@ -26,8 +26,8 @@ use crate::config::ClassroomPolicy;
 use crate::error::AppError;
 
 /// How long a token minted by an extension lives at most, in seconds: the page asks again
-/// well before (`lectern-web`'s `token.js`), so a short life costs nothing, and a copied token
-/// is good for little.
+/// well before (`lectern-web`'s `conn.js`, `keepTokenFresh`), so a short life costs nothing,
+/// and a copied token is good for little.
 pub const REFRESHED_TOKEN_LIFETIME_S: u64 = 4 * 3600;
 
 /// How long after its expiry (beyond the verifier's leeway) a token may still be extended, in
@@ -195,34 +195,34 @@ async fn extend_for(gw: &Gateway, headers: &HeaderMap, uri: &Uri) -> Result<Resp
 }
 
 /// The cohorts of `caller`'s token that `policy` serves and whose roster (on this node) lists
-/// the user, not removed. A cohort this node does not store lists nobody.
+/// the user, not removed, with at least the token's role: a TA demoted to student on the
+/// roster is not confirmed as a TA, so the token is not extended with staff rights. A cohort
+/// this node does not store lists nobody.
 async fn roster_members(gw: &Gateway, policy: &ClassroomPolicy, caller: &Caller) -> Vec<CohortId> {
     let mut members = Vec::new();
     for cohort in caller.cohorts.iter().filter(|c| policy.cohorts.contains(c)) {
-        let reader = Caller {
-            // Invariant: a fixed, valid id.
-            user: "lectern-refresh".parse().expect("a valid user id"),
-            name: "Lectern".to_owned(),
-            role: Role::Admin,
-            cohorts: Vec::new(),
-        };
         let user = caller.user.as_str().to_owned();
         let listed = gw
             .hub()
-            .read(DocId::Cohort(cohort.clone()), move |r| {
-                r.cohort_view(&reader).is_ok_and(|v| {
-                    v["roster"]
-                        .as_array()
-                        .is_some_and(|list| list.iter().any(|m| m["user"] == user.as_str()))
-                })
-            })
+            .read(DocId::Cohort(cohort.clone()), move |r| r.roster_role(&user))
             .await
-            .unwrap_or(false);
-        if listed {
+            .ok()
+            .flatten();
+        if listed.is_some_and(|role| rank(role) >= rank(caller.role)) {
             members.push(cohort.clone());
         }
     }
     members
+}
+
+/// Roles from least to most rights.
+fn rank(role: Role) -> u8 {
+    match role {
+        Role::Student => 0,
+        Role::Ta => 1,
+        Role::Instructor => 2,
+        Role::Admin => 3,
+    }
 }
 
 #[cfg(test)]

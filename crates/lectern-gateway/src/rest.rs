@@ -115,6 +115,19 @@ async fn execute(
             "attendance is recorded by the node when you connect and join, not sent",
         ));
     }
+    if matches!(
+        cmd.body,
+        CommandBody::JoinCodeCreate { .. } | CommandBody::JoinCodeRedeem { .. }
+    ) {
+        // A code's stored key is made by the node with the cluster's key, and a redemption
+        // writes who let whom in: only the join-code routes (`join.rs`), which check the
+        // classroom policy and make both, may send them.
+        return Err(AppError::new(
+            StatusCode::FORBIDDEN,
+            "gateway_only",
+            "join codes are made with POST /api/sessions/{id}/join-codes and redeemed with POST /api/join",
+        ));
+    }
     let ack = gw.run(caller, doc, Some(cmd.id), cmd.body).await?;
     Ok(Json(ack).into_response())
 }

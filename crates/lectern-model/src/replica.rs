@@ -581,6 +581,20 @@ impl Replica {
         crate::session::session_cohort(&self.doc)
     }
 
+    /// The role a cohort document's roster gives `user`: `None` when the roster does not list
+    /// them, lists them as removed, or this is not a cohort document. What a classroom node
+    /// checks a token against before it extends it.
+    pub fn roster_role(&self, user: &str) -> Option<crate::Role> {
+        if !matches!(self.id, DocId::Cohort(_)) {
+            return None;
+        }
+        let entry = crate::view::roster_entry(&Reader::now(&self.doc), user)?;
+        if entry["removed"] == true {
+            return None;
+        }
+        crate::Role::parse(entry["role"].as_str()?)
+    }
+
     /// The feature flags this document holds (none for any other document).
     pub fn flags(&self) -> crate::FlagSet {
         match &self.id {

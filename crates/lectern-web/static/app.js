@@ -19,8 +19,17 @@ const esc = (s) => String(s ?? '').replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '
 
 const params = new URLSearchParams(location.search);
 const session = params.get('session') || '';
-// Renewed by a classroom node before it ends (`keepTokenFresh`).
-let token = params.get('token') || '';
+// The tab's token: from the link it was opened with, then kept in this tab's sessionStorage and
+// taken out of the address bar, so it stays out of the history and of logged URLs while a reload
+// keeps the user in. Renewed by a classroom node before it ends (`keepTokenFresh`).
+const TOKEN_KEY = 'lectern_token';
+let token = params.get('token') || readStoredToken();
+if (params.has('token')) {
+  storeToken(token);
+  const q = new URLSearchParams(location.search);
+  q.delete('token');
+  history.replaceState(history.state, '', `${location.pathname}${q.size ? `?${q}` : ''}${location.hash}`);
+}
 const claims = decodeClaims(token);
 const staff = !!claims && ['ta', 'instructor', 'admin'].includes(claims.role);
 const view = params.get('view') === 'projector' ? 'projector' : staff ? 'instructor' : 'student';
@@ -64,14 +73,20 @@ function main() {
   }
 }
 
-/** A renewed token: every later request, stream and reconnect uses it, and the address bar
- * carries it, so a reload keeps the user in. */
+/** A renewed token: every later request, stream and reconnect uses it, and the tab keeps it,
+ * so a reload keeps the user in. */
 function renewToken(t) {
   token = t;
   if (conn) conn.setToken(t);
-  const q = new URLSearchParams(location.search);
-  q.set('token', t);
-  history.replaceState(history.state, '', `${location.pathname}?${q}${location.hash}`);
+  storeToken(t);
+}
+
+function readStoredToken() {
+  try { return sessionStorage.getItem(TOKEN_KEY) || ''; } catch (_) { return ''; }
+}
+
+function storeToken(t) {
+  try { sessionStorage.setItem(TOKEN_KEY, t); } catch (_) { /* storage off: this page only */ }
 }
 
 function showJoinForm() {

@@ -271,8 +271,13 @@ export function keepTokenFresh(initial, onToken) {
       if (r.ok) {
         const body = await r.json();
         if (typeof body.token === 'string' && body.token) {
+          const before = decodeClaims(token);
           token = body.token;
+          // At the cap the node answers the same end again: nothing gained, so the page keeps
+          // its connection and stops asking instead of reconnecting ever more often.
+          if (before && before.exp === body.expiresAt) return;
           onToken(token, body);
+          if (typeof body.capAt === 'number' && body.expiresAt >= body.capAt) return;
           planFromClaims();
           return;
         }
@@ -596,6 +601,11 @@ export class Connection {
     if (this.current) {
       this.renewed = true;
       this.current.close();
+    } else if (this.halted && !this.stopped) {
+      // A reconnect with the old token lost the race against its renewal (refused as
+      // expired): start again with the new one.
+      this.halted = false;
+      this.run();
     }
   }
 
@@ -723,6 +733,7 @@ export class Connection {
       }
       if (reason instanceof Fatal) {
         this.setStatus({ state: 'error', detail: `${reason.code}: ${reason.message}` });
+        this.halted = true;
         return;
       }
       if (!opened && reason && reason.blocked !== false && this.level < TRANSPORTS.length - 1 && await this.nodeAnswers()) {

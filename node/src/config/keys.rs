@@ -317,7 +317,7 @@ pub static KEYS: &[Key] = &[
         |d, v, k| { d.config.classroom.upstream = check_peers(vec![v.text(k)?], k)?.pop(); Ok(()) })
         .flag("upstream").example("\"eu-1@region.example:7400\""),
     key("classroom.cohorts", "LECTERN_CLASSROOM_COHORTS", "The cohorts a classroom node serves: it holds their documents (the cohort, its sessions, its members' inboxes) and nothing else.",
-        |d, v, k| { d.config.classroom.cohorts = Some(v.list(k)?); Ok(()) })
+        |d, v, k| { d.config.classroom.cohorts = Some(check_cohort_ids(v.list(k)?, k)?); Ok(()) })
         .list().example("[\"cs101-autumn\"]"),
     key("classroom.token_extend_max_h", "LECTERN_CLASSROOM_TOKEN_EXTEND_MAX_H", "How far past the expiry its issuer gave it a classroom node may extend the token of a member of its cohorts (`POST /api/token/refresh`), in hours (at most 168); 0: never.",
         |d, v, k| { d.config.classroom.token_extend_max_h = check_extend_h(v.parse(k)?, k)?; Ok(()) })
@@ -542,4 +542,15 @@ pub fn reference_markdown() -> String {
         ));
     }
     out
+}
+
+/// Every entry of `list` is a cohort id (a mistyped one would otherwise be dropped quietly,
+/// and a classroom node would hold nothing of it).
+fn check_cohort_ids(list: Vec<String>, key: &str) -> anyhow::Result<Vec<String>> {
+    for c in &list {
+        if let Err(e) = c.parse::<lectern_model::CohortId>() {
+            bail!("{key}: {c:?} is not a cohort id: {e}");
+        }
+    }
+    Ok(list)
 }
