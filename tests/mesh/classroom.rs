@@ -467,12 +467,7 @@ async fn a_teacher_lets_a_newcomer_in_offline_with_a_join_code_and_the_region_se
         let region = cluster.start("node-b", vec![], true).await?;
         let link = lectern_testkit::UdpProxy::start(cluster.quic(region), 7).await?;
         let upstream = format!("node-b@{}", link.addr());
-        let classroom = cluster
-            .start_with("node-a", vec![], false, |c| {
-                c.classroom.upstream = Some(upstream);
-                c.classroom.cohorts = Some(vec![DEMO_COHORT.into()]);
-            })
-            .await?;
+        let classroom = cluster.start_classroom_via("node-a", upstream).await?;
         let cohort = DocId::Cohort(DEMO_COHORT.parse()?);
         for doc in [&cohort, &demo_session()] {
             cluster

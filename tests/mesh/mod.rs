@@ -283,6 +283,16 @@ impl Cluster {
     /// as its upstream and nothing seeded; its index.
     pub async fn start_classroom(&mut self, name: &str, region: usize) -> anyhow::Result<usize> {
         let upstream = self.peer(region);
+        self.start_classroom_via(name, upstream).await
+    }
+
+    /// [`Cluster::start_classroom`] with its upstream at `upstream` (`NAME@ADDR`: a relay in
+    /// front of the region, for a link the test cuts).
+    pub async fn start_classroom_via(
+        &mut self,
+        name: &str,
+        upstream: String,
+    ) -> anyhow::Result<usize> {
         self.start_with(name, vec![], false, |c| {
             c.classroom.upstream = Some(upstream);
             c.classroom.cohorts = Some(vec![DEMO_COHORT.into()]);

@@ -45,12 +45,7 @@ async fn the_instructor_page_follows_the_uplink_and_lets_a_newcomer_in_with_a_jo
         let region = cluster.start("node-b", vec![], true).await?;
         let link = Arc::new(UdpProxy::start(cluster.quic(region), 11).await?);
         let upstream = format!("node-b@{}", link.addr());
-        let classroom = cluster
-            .start_with("node-a", vec![], false, |c| {
-                c.classroom.upstream = Some(upstream);
-                c.classroom.cohorts = Some(vec![DEMO_COHORT.into()]);
-            })
-            .await?;
+        let classroom = cluster.start_classroom_via("node-a", upstream).await?;
         let cohort = DocId::Cohort(DEMO_COHORT.parse()?);
         for doc in [&cohort, &demo_session()] {
             cluster
