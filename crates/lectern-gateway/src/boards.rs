@@ -266,6 +266,10 @@ impl BoardStream {
 }
 
 impl Source for BoardStream {
+    fn channel(&self) -> String {
+        format!("{}/{}", self.board.event(), self.cohort)
+    }
+
     /// Members of the cohort may follow its leaderboard; only its staff, its dashboard.
     async fn check(&self, gw: &Gateway, caller: &Caller) -> Result<(), AppError> {
         authorize_read(gw, caller, &self.cohort).await?;

@@ -33,7 +33,6 @@ use std::time::Duration;
 
 use crate::admission::{Admitted, PreauthSession, Refused, Source};
 use crate::sio::packet::EngineQuery;
-use crate::stream::LeanStream;
 use crate::ws::is_lean_websocket;
 use crate::{AppError, Gateway};
 use axum::Router;
@@ -167,12 +166,7 @@ async fn connection(
             drop((target, headers, gateway, admitted));
             match opened {
                 Ok(lean) => {
-                    let written = write_stream(stream, lean, closed).map(|r| {
-                        if let Err(e) = r {
-                            debug!(error = %e, "stream ended with an error");
-                        }
-                    });
-                    tokio::spawn(written.map(done));
+                    tokio::spawn(lean.write_through(stream, closed).map(done));
                 }
                 Err(e) => {
                     if let Err(e) = write_error(stream, &e).await {
@@ -259,55 +253,6 @@ pub(crate) fn head_of(buf: &mut Vec<u8>) -> Option<Head> {
         Ok(httparse::Status::Partial) if buf.len() < HEAD_MAX_BYTES => None,
         // Malformed, too many headers or too long: hyper answers it.
         _ => Some(Head::Other(std::mem::take(buf))),
-    }
-}
-
-/// Writes an open stream until it ends, the client goes away or the server stops.
-///
-/// Not an `async fn` (whose parameters would be moved into locals beside the captured ones):
-/// an idle stream's task holds this future for hours.
-#[expect(
-    clippy::manual_async_fn,
-    reason = "an async fn would hold its parameters twice"
-)]
-fn write_stream(
-    mut stream: TcpStream,
-    mut lean: LeanStream,
-    mut closed: watch::Receiver<bool>,
-) -> impl Future<Output = io::Result<()>> + Send + 'static {
-    async move {
-        stream
-        .write_all(
-            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
-              connection: close\r\n\r\n",
-        )
-        .await?;
-        // A client sends nothing more on a stream; a read notices it leave (EOF or reset) while
-        // the stream is idle.
-        let mut sink = [0u8; 32];
-        // One wait for the server's stop, for the stream's life (made afresh per event, it
-        // would join and leave a list every connection shares).
-        let stopping = closed.wait_for(|c| *c);
-        tokio::pin!(stopping);
-        let mut stop_pending = true;
-        loop {
-            let chunk = tokio::select! {
-                c = lean.next_chunk() => c,
-                r = stream.read(&mut sink) => match r {
-                    Ok(0) | Err(_) => return Ok(()),
-                    Ok(_) => continue,
-                },
-                _ = &mut stopping, if stop_pending => {
-                    stop_pending = false;
-                    None
-                }
-            };
-            let Some(chunk) = chunk else {
-                break;
-            };
-            stream.write_all(chunk.as_ref()).await?;
-        }
-        stream.shutdown().await
     }
 }
 
@@ -503,19 +448,5 @@ impl AsyncWrite for Prefixed {
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    /// An idle SSE stream's task holds this future (the idle memory per SSE stream in
-    /// BENCHMARKS.md): growing it is a choice to make knowingly, so this test fails first.
-    #[test]
-    fn an_idle_stream_stays_small() {
-        fn returned<A, B, C, F>(_: impl FnOnce(A, B, C) -> F) -> usize {
-            std::mem::size_of::<F>()
-        }
-        let task = returned(super::write_stream);
-        assert!(task <= 848, "a stream's future takes {task} bytes");
     }
 }

@@ -22,6 +22,7 @@ use crate::boards::{BoardSettings, Boards};
 use crate::config::ClassroomPolicy;
 use crate::config::GatewayConfig;
 use crate::error::AppError;
+use crate::fanout::{Fanouts, Outlet};
 use crate::limits::{self, ConnSlot, Limits};
 use crate::metrics::{self, MetricsSection};
 use crate::presence::Presence;
@@ -63,6 +64,8 @@ struct Inner {
     join_attempts: Arc<limits::Limiter>,
     /// A classroom node's uplink, given by the node once its mesh runs (`uplink.rs`).
     uplink: Mutex<Option<UplinkSource>>,
+    /// The write-through fan-outs of the channels lean connections follow (`fanout.rs`).
+    fanouts: Fanouts,
 }
 
 /// The gateway. Cheap to clone.
@@ -120,6 +123,7 @@ impl Gateway {
                     .map(|p| (p, Arc::from(config.auth.hs256_secret.as_slice()))),
                 join_attempts: Arc::new(limits::Limiter::new(crate::join::attempt_limits())),
                 uplink: Mutex::new(None),
+                fanouts: Fanouts::default(),
             }),
         };
         let admission = gw.inner.admission.clone();
@@ -300,6 +304,17 @@ impl Gateway {
     /// The rates, sizes and caps the gateway runs under.
     pub(crate) fn limits(&self) -> &Limits {
         self.inner.limiter.limits()
+    }
+
+    /// The fan-outs lean connections follow their channels through.
+    pub(crate) fn fanouts(&self) -> &Fanouts {
+        &self.inner.fanouts
+    }
+
+    /// An outlet for a lean connection's `stream`, with the outbound queue's budget.
+    pub(crate) fn outlet(&self, stream: tokio::net::TcpStream) -> Arc<Outlet> {
+        let limits = self.limits();
+        Outlet::new(stream, limits.outbound_queue_max, limits.outbound_bytes_max)
     }
 
     /// The gateway's counters, for the parts that count what they do.

@@ -18,6 +18,7 @@ mod config;
 mod courses;
 mod error;
 mod extract;
+mod fanout;
 mod flags;
 mod front;
 #[doc(hidden)]

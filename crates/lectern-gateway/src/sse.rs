@@ -95,6 +95,10 @@ impl ProgressStream {
 }
 
 impl Source for ProgressStream {
+    fn channel(&self) -> String {
+        DocId::Cohort(self.cohort.clone()).to_string()
+    }
+
     fn filter(&self) -> Filter {
         Filter::Progress(self.student.to_string())
     }

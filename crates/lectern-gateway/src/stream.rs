@@ -23,11 +23,14 @@ use futures_util::stream;
 use lectern_hub::{Encoding, JoinStart, Joined, Published};
 use lectern_model::{Caller, DocId, ResumeToken};
 use serde_json::{Value, json};
+use tokio::net::TcpStream;
 use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::watch;
 
 use crate::Gateway;
 use crate::error::AppError;
 use crate::extract::{AuthedUntil, last_event_id};
+use crate::fanout::{self, Framer, Out, Positions, Pushed, Trouble};
 use crate::limits::ConnSlot;
 use crate::metrics;
 use crate::sio::{ConnGuard, Transport};
@@ -35,6 +38,10 @@ use crate::sio::{ConnGuard, Transport};
 /// What one kind of stream brings to [`open`]: who may follow it beyond what its
 /// subscription checks, which events pass, and the subscription itself.
 pub(crate) trait Source {
+    /// The key of the channel the stream follows (its fan-out's, `fanout.rs`): the document's
+    /// name, or the board's.
+    fn channel(&self) -> String;
+
     /// Refuses `caller` before a connection slot is taken (default: no one; a document's join
     /// checks membership itself).
     async fn check(&self, _gw: &Gateway, _caller: &Caller) -> Result<(), AppError> {
@@ -60,6 +67,10 @@ pub(crate) trait Source {
 pub(crate) struct DocStream(pub(crate) DocId);
 
 impl Source for DocStream {
+    fn channel(&self) -> String {
+        self.0.to_string()
+    }
+
     async fn join(
         self,
         gw: &Gateway,
@@ -89,6 +100,7 @@ pub(crate) async fn open(
     let staff = caller.role.is_staff();
     let user = caller.user.to_string();
     let filter = source.filter();
+    let channel = source.channel();
     let resuming = since.is_some();
     let joined = source.join(gw, caller, since).await?;
     if resuming {
@@ -97,6 +109,7 @@ pub(crate) async fn open(
     }
     Ok(Opened {
         joined,
+        channel,
         user,
         staff,
         filter,
@@ -142,6 +155,8 @@ impl Filter {
 /// A subscription ready to stream, before it is written (by [`LeanStream`]).
 pub(crate) struct Opened {
     joined: Joined,
+    /// The key of the channel it follows.
+    channel: String,
     user: String,
     staff: bool,
     filter: Filter,
@@ -170,6 +185,32 @@ fn stream_response(gw: Gateway, opened: Opened) -> Response {
             )
             .into_response()
         })
+}
+
+/// The head of a stream's response when the front door writes it: `connection: close` framing,
+/// the body ends when the socket closes.
+const RESPONSE_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+    cache-control: no-cache\r\nconnection: close\r\n\r\n";
+
+/// How long a stream that ends may take to send its last bytes before it is dropped.
+const CLOSE_FLUSH_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How a stream frames the events of the channel it follows (the fan-out calls it).
+struct StreamFramer {
+    gw: Gateway,
+    user: String,
+    staff: bool,
+    filter: Filter,
+}
+
+impl Framer for StreamFramer {
+    fn frame(&self, e: &Published, _: &Positions<'_>) -> Option<Arc<[u8]>> {
+        let frame = event_frame(e, &self.user, self.staff, &self.filter)?;
+        self.gw
+            .metrics()
+            .event_out(Transport::Sse.label(), e.published_at);
+        Some(frame)
+    }
 }
 
 /// The `error` event that ends a stream whose token expired.
@@ -274,6 +315,8 @@ pub struct LeanStream {
     /// Counts the stream as a connection while it lives.
     _guard: ConnGuard,
     gw: Gateway,
+    /// The key of the channel it follows (for its fan-out, when the front door writes it).
+    channel: String,
 }
 
 impl std::fmt::Debug for LeanStream {
@@ -289,6 +332,7 @@ impl LeanStream {
     pub(crate) fn new(gw: Gateway, opened: Opened) -> LeanStream {
         let Opened {
             joined,
+            channel,
             user,
             staff,
             filter,
@@ -341,6 +385,113 @@ impl LeanStream {
             done: false,
             _guard: guard,
             gw,
+            channel,
+        }
+    }
+
+    /// Writes the stream on `stream`, the front door's way: the response's head and the start
+    /// from this task, the events from the channel's fan-out (`fanout.rs`), the keep-alives and
+    /// the ending from this task again, until the stream ends, the client leaves or the server
+    /// stops (`closed`). The task wakes for an event only when it did not all go out.
+    ///
+    /// Not an `async fn` (whose parameters would be moved into locals beside the captured
+    /// ones): an idle stream's task holds this future for hours.
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn would hold its parameters twice"
+    )]
+    pub(crate) fn write_through(
+        mut self,
+        stream: TcpStream,
+        mut closed: watch::Receiver<bool>,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        async move {
+            // The stream's fields are used in place, not moved out into locals: the future keeps
+            // `self`'s room either way, and locals would take as much again.
+            let outlet = self.gw.outlet(stream);
+            let mut head = RESPONSE_HEAD.to_vec();
+            head.append(&mut self.start);
+            if outlet.push(Out::Owned(head)) == Pushed::Gone {
+                return;
+            }
+            let framer = StreamFramer {
+                gw: self.gw.clone(),
+                user: self.user,
+                staff: self.staff,
+                filter: self.filter,
+            };
+            let channel = self.channel;
+            let tap =
+                self.gw
+                    .fanouts()
+                    .follow(&channel, self.events, None, &outlet, Box::new(framer));
+            drop(channel);
+            // One wait for the server's stop, for the stream's life (made afresh per wake-up,
+            // it would join and leave a list every connection shares).
+            let stopping = closed.wait_for(|c| *c);
+            tokio::pin!(stopping);
+            let keepalive = self.gw.keepalive();
+            let end = loop {
+                if outlet.flush().is_err() {
+                    return;
+                }
+                let writing = outlet.is_queued();
+                tokio::select! {
+                    // A client sends nothing more on a stream; a read notices it leave (EOF or
+                    // reset) while the stream is idle.
+                    r = fanout::ready(outlet.stream(), true, writing) => match r {
+                        Ok(true) => match outlet.stream().try_read(&mut [0u8; 32]) {
+                            Ok(0) => return,
+                            Ok(_) => {}
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                            Err(_) => return,
+                        },
+                        Ok(false) => {}
+                        Err(_) => return,
+                    },
+                    () = std::future::poll_fn(|cx| outlet.poll_nudged(cx)) => {
+                        match outlet.take_trouble() {
+                            None => {}
+                            Some(Trouble::Gone) => return,
+                            Some(Trouble::Closed) => break None,
+                            Some(Trouble::Lagged | Trouble::OverBudget) => break Some(SLOW_CONSUMER),
+                        }
+                    }
+                    () = self.timer.as_mut() => {
+                        let now = tokio::time::Instant::now();
+                        if self.expires.is_some_and(|e| now >= e) {
+                            break Some(TOKEN_EXPIRED);
+                        }
+                        if outlet.take_sent_event() {
+                            // Events went out: the keep-alive waits for a quiet interval.
+                            self.keepalive_at = now + keepalive;
+                        } else if now >= self.keepalive_at {
+                            self.keepalive_at = now + keepalive;
+                            match outlet.push(Out::Static(b":\n\n")) {
+                                Pushed::Ok => {}
+                                Pushed::OverBudget => break Some(SLOW_CONSUMER),
+                                Pushed::Gone => return,
+                            }
+                        }
+                        let wake = self.expires.map_or(self.keepalive_at, |e| self.keepalive_at.min(e));
+                        self.timer.as_mut().reset(wake);
+                    }
+                    () = self.shutdown.as_mut() => break Some(SHUTTING_DOWN),
+                    _ = &mut stopping => break None,
+                }
+            };
+            // The fan-out writes no more: what follows is the stream's last words.
+            match end {
+                Some(SLOW_CONSUMER) => outlet.cut(),
+                _ => outlet.close(),
+            }
+            if let Some(code) = end {
+                let mut out = Vec::new();
+                write_event(&mut out, "error", None, &end_data(code));
+                outlet.push(Out::Owned(out));
+            }
+            outlet.finish(CLOSE_FLUSH_MAX).await;
+            drop(tap);
         }
     }
 
@@ -426,5 +577,19 @@ impl AsRef<[u8]> for Chunk {
             Chunk::Shared(b) => b,
             Chunk::Owned(b) => b,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// An idle SSE stream's task holds this future (the idle memory per SSE stream in
+    /// BENCHMARKS.md): growing it is a choice to make knowingly, so this test fails first.
+    #[test]
+    fn an_idle_stream_stays_small() {
+        fn returned<A, B, C, F>(_: impl FnOnce(A, B, C) -> F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let task = returned(super::LeanStream::write_through);
+        assert!(task <= 848, "a stream's future takes {task} bytes");
     }
 }

@@ -1,14 +1,14 @@
 //! The lean Socket.IO WebSocket transport: Engine.IO v4 / Socket.IO v5 for a client that opens
 //! with `GET /socket.io/?EIO=4&transport=websocket` (no `sid`), served by ONE tokio task per
-//! socket that owns the TCP stream, the room subscriptions, the heartbeat, the token's expiry
-//! and the outbound queue.
+//! socket that owns its reading, the joined sessions, the heartbeat and the token's expiry, and
+//! shares its outbound side (the TCP stream's writes and the queue) with its sessions' fan-outs.
 //!
 //! Why not socketioxide for these: it gives every socket three tasks (reader, writer,
 //! heartbeat), a 32-slot `mpsc` block queue, per-event boxed handlers, tungstenite's buffers
 //! and the upgrade request's parts — ≈ 25 KiB of heap per idle socket, none of it configurable
 //! (BENCHMARKS.md §5). Here an idle socket holds its task, the socket, its subscription and a
-//! few timers; no read or write buffer lives between frames. Fan-out writes the event's finished
-//! frame, made once per event and audience ([`sio::event_frame`]), with one `write`.
+//! few timers; no read or write buffer lives between frames. The fan-out writes the event's
+//! finished frame, made once per event and audience ([`sio::event_frame`]), with one `write`.
 //!
 //! This file keeps only the TCP stream, WebSocket framing, the queue and the timers: what the
 //! packets mean (the handshake, CONNECT, events and acks, joins, the heartbeat and connect
@@ -17,13 +17,16 @@
 //! long-polling and clients that upgrade from it) drives too. This file carries out its
 //! [`Action`]s.
 //!
+//! Events reach the socket through its [`Outlet`]: the fan-out of each session it joined
+//! writes them (`fanout.rs`), and this task is woken only to flush what did not go out or to
+//! end the socket. The task's own frames go through the same outlet, in order with them.
+//!
 //! Every frame the socket sends (events, acks, pongs, Engine.IO echoes, pings) counts against
 //! ONE budget of `outbound_queue_max` frames and `outbound_bytes_max` bytes queued: while the
 //! queue is at the budget the socket's input is not read (so a client that sends and never
 //! reads stops itself by TCP flow control), and a push past it cuts the socket off as a slow
 //! consumer (the client is told why and resumes by token).
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -36,9 +39,7 @@ use futures_util::stream::FuturesUnordered;
 use lectern_hub::Published;
 use lectern_model::SessionId;
 use serde_json::Value;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 use tracing::debug;
@@ -48,6 +49,7 @@ use lectern_model::Caller;
 use crate::Gateway;
 use crate::admission::Admitted;
 use crate::error::AppError;
+use crate::fanout::{self, Framer, Out, Outlet, Positions, Pushed, Tap, Trouble};
 use crate::sio::client::{self, Action, Dispatch, SioClient, Why};
 use crate::sio::packet::EngineQuery;
 use crate::sio::recovery;
@@ -136,16 +138,16 @@ impl Gateway {
             self.limits().payload_max_bytes,
         );
         handshake.extend_from_slice(&wsframe::text(open.as_bytes()));
-        let mut out = VecDeque::with_capacity(1);
-        out.push_back(Out::Owned(handshake));
+        let outlet = self.outlet(stream);
+        let mut ending = None;
+        if outlet.push(Out::Owned(handshake)) == Pushed::Gone {
+            ending = Some(End::Gone);
+        }
         let socket = Socket {
             gw: self.clone(),
-            stream,
+            outlet,
             decoder: wsframe::Decoder::new(self.limits().payload_max_bytes),
             inbuf: early,
-            out_bytes: out.iter().map(|o| o.bytes().len()).sum(),
-            out,
-            out_at: 0,
             // A cookie from a foreign origin counts as no token: the CONNECT is then refused
             // unless its own `auth: {token}` carries one.
             stage: Stage::Waiting {
@@ -156,7 +158,7 @@ impl Gateway {
             inflight: None,
             client: SioClient::open(timing, Instant::now()),
             read_paused_until: None,
-            ending: None,
+            ending,
         };
         Some(socket.run(self.shutdown_signal()))
     }
@@ -193,26 +195,6 @@ impl Stage {
     }
 }
 
-/// A frame waiting to be written.
-enum Out {
-    /// An event's frame, shared by every subscriber of the same audience.
-    Shared(Arc<[u8]>),
-    /// A frame for this socket only (acks, the handshake).
-    Owned(Vec<u8>),
-    /// A constant frame (the ping).
-    Static(&'static [u8]),
-}
-
-impl Out {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            Out::Shared(b) => b,
-            Out::Owned(b) => b,
-            Out::Static(b) => b,
-        }
-    }
-}
-
 /// The Engine.IO ping, as a finished frame.
 const PING_FRAME: &[u8] = &[0x81, 0x01, b'2'];
 
@@ -228,7 +210,8 @@ enum End {
 /// One joined session.
 struct Sub {
     session: SessionId,
-    events: broadcast::Receiver<Arc<Published>>,
+    /// The session's events, written by its fan-out; dropping it stops them.
+    _events: Tap,
     /// The wait for the session's next `attendance:update`, kept from one wake-up to the
     /// next: made afresh on every event, it would join (and leave) the watch's list of waiters,
     /// shared by every socket of the session, once per event and socket.
@@ -248,23 +231,42 @@ fn wait_attendance(mut watch: AttendanceWatch) -> AttendanceWait {
     })
 }
 
-/// What a joined session has for the socket.
-enum Input {
-    Event(Result<Arc<Published>, RecvError>),
-    /// The finished frame of the latest `attendance:update`.
-    Attendance(Option<Arc<[u8]>>),
+impl Sub {
+    /// The finished frame of the session's next `attendance:update`.
+    async fn next(&mut self) -> Option<Arc<[u8]>> {
+        let mut watch = (&mut self.attendance).await;
+        let frame = watch.borrow_and_update().clone();
+        self.attendance = wait_attendance(watch);
+        frame
+    }
 }
 
-impl Sub {
-    async fn next(&mut self) -> Input {
-        tokio::select! {
-            r = self.events.recv() => Input::Event(r),
-            mut watch = &mut self.attendance => {
-                let frame = watch.borrow_and_update().clone();
-                self.attendance = wait_attendance(watch);
-                Input::Attendance(frame)
+/// How a socket frames the events of one session it joined (its fan-out calls it).
+struct SessionFramer {
+    gw: Gateway,
+    session: SessionId,
+    caller: Arc<Caller>,
+}
+
+impl Framer for SessionFramer {
+    fn frame(&self, e: &Published, positions: &Positions<'_>) -> Option<Arc<[u8]>> {
+        let (user, staff) = (self.caller.user.as_str(), self.caller.role.is_staff());
+        // With more than one session joined, each event carries every session's position
+        // (Connection State Recovery's offset); with one, the event's own.
+        let offset = (positions.len() > 1).then(|| {
+            let mut offset = String::new();
+            for (session, at) in positions.iter() {
+                if let Some(at) = at {
+                    recovery::push_offset(&mut offset, session, at);
+                }
             }
-        }
+            offset
+        });
+        let frame = sio::event_frame(e, &self.session, user, staff, offset.as_deref())?;
+        self.gw
+            .metrics()
+            .event_out(Transport::WebSocket.label(), e.published_at);
+        Some(frame)
     }
 }
 
@@ -307,16 +309,12 @@ type Work = Pin<Box<dyn Future<Output = Done> + Send>>;
 /// One socket: everything it holds, owned by its one task.
 struct Socket {
     gw: Gateway,
-    stream: TcpStream,
+    /// The TCP stream and the frames queued for it, shared with the fan-outs of the joined
+    /// sessions.
+    outlet: Arc<Outlet>,
     decoder: wsframe::Decoder,
     /// Bytes read and not yet decoded (part of a frame); empty and unallocated between frames.
     inbuf: Vec<u8>,
-    /// Frames to write, in order; empty and unallocated when the socket keeps up.
-    out: VecDeque<Out>,
-    /// Bytes of the front frame already written.
-    out_at: usize,
-    /// Bytes of the queued frames (whole frames, the front one included).
-    out_bytes: usize,
     /// Before, during or after namespace `/`'s connection.
     stage: Stage,
     /// The joined sessions' subscriptions (each one counts in presence).
@@ -371,7 +369,9 @@ impl Socket {
                 }
                 // Input is read only while output keeps up: what a client sends can make the socket
                 // queue answers (acks, pongs), and the queue is bounded.
-                let reading = self.has_slot() && !self.at_budget() && !self.read_paused();
+                let reading = self.has_slot() && !self.outlet.at_budget() && !self.read_paused();
+                let writing = self.outlet.is_queued();
+                let outlet = &*self.outlet;
                 tokio::select! {
                     r = &mut stopping, if stop_pending => {
                         // Never polled again once done. (An error would mean the gateway is gone,
@@ -381,7 +381,7 @@ impl Socket {
                             self.shut_down();
                         }
                     }
-                    r = ready(&self.stream, reading, !self.out.is_empty()) => match r {
+                    r = fanout::ready(outlet.stream(), reading, writing) => match r {
                         Ok(readable) => {
                             if readable {
                                 self.on_readable();
@@ -389,7 +389,8 @@ impl Socket {
                         }
                         Err(_) => self.ending = Some(End::Gone),
                     },
-                    (i, input) = next_input(&mut self.subs) => self.on_input(i, input),
+                    () = std::future::poll_fn(|cx| outlet.poll_nudged(cx)) => self.on_nudged(),
+                    frame = next_attendance(&mut self.subs) => self.on_attendance(frame),
                     done = next_done(&mut self.inflight), if self.inflight.is_some() => match done {
                         // A slot is free: frames read while the socket was at its cap go on at
                         // the loop's top.
@@ -440,64 +441,21 @@ impl Socket {
 
     /// Writes queued frames until the socket would block.
     fn write_some(&mut self) -> io::Result<()> {
-        while let Some(front) = self.out.front() {
-            let bytes = &front.bytes()[self.out_at..];
-            match self.stream.try_write(bytes) {
-                Ok(n) => {
-                    self.out_at += n;
-                    if n == bytes.len() {
-                        if let Some(done) = self.out.pop_front() {
-                            self.out_bytes -= done.bytes().len();
-                        }
-                        self.out_at = 0;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
-            }
-        }
-        if self.out.is_empty() && self.out.capacity() > 0 {
-            // A socket that caught up keeps no queue.
-            self.out = VecDeque::new();
-        }
-        Ok(())
+        self.outlet.flush()
     }
 
-    /// Whether the queue holds its budget of frames or bytes.
-    fn at_budget(&self) -> bool {
-        let limits = self.gw.limits();
-        self.out.len() >= limits.outbound_queue_max || self.out_bytes >= limits.outbound_bytes_max
-    }
-
-    /// Whether the queue is past its budget (one frame alone never is).
-    fn over_budget(&self) -> bool {
-        let limits = self.gw.limits();
-        self.out.len() > 1
-            && (self.out.len() > limits.outbound_queue_max
-                || self.out_bytes > limits.outbound_bytes_max)
-    }
-
-    /// Sends `frame` after what is queued: written at once when nothing is (the usual case,
-    /// which allocates nothing), queued when the socket would block. A push past the budget
-    /// cuts the socket off (once closing, the last frames are let through).
+    /// Sends `frame` after what is queued (see [`Outlet::push`]). A push past the budget cuts
+    /// the socket off (once closing, the last frames are let through).
     fn push(&mut self, frame: Out) {
-        if self.out.is_empty() {
-            let bytes = frame.bytes();
-            match self.stream.try_write(bytes) {
-                Ok(n) if n == bytes.len() => return,
-                Ok(n) => self.out_at = n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => {
-                    self.ending = Some(End::Gone);
-                    return;
+        match self.outlet.push(frame) {
+            Pushed::Ok => {}
+            Pushed::OverBudget => {
+                if self.ending.is_none() {
+                    let cut = self.client.cut(Cut::SlowConsumer);
+                    self.act(cut);
                 }
             }
-        }
-        self.out_bytes += frame.bytes().len();
-        self.out.push_back(frame);
-        if self.ending.is_none() && self.over_budget() {
-            let cut = self.client.cut(Cut::SlowConsumer);
-            self.act(cut);
+            Pushed::Gone => self.ending = Some(End::Gone),
         }
     }
 
@@ -507,7 +465,7 @@ impl Socket {
 
     fn on_readable(&mut self) {
         let mut chunk = [0u8; READ_CHUNK_BYTES];
-        match self.stream.try_read(&mut chunk) {
+        match self.outlet.stream().try_read(&mut chunk) {
             Ok(0) => self.ending = Some(End::Gone),
             Ok(n) => {
                 self.inbuf.extend_from_slice(&chunk[..n]);
@@ -674,7 +632,7 @@ impl Socket {
     fn on_recovered(
         &mut self,
         pid: String,
-        caller: &Caller,
+        caller: &Arc<Caller>,
         result: Result<Vec<Rejoined<AttendanceWatch>>, ()>,
     ) {
         let Ok(rejoined) = result else {
@@ -697,13 +655,37 @@ impl Socket {
                 }
             }
             self.client.advance(&r.session, &r.to);
+            let events = self.follow(&r.session, r.events, r.to, caller);
             self.subs.reserve_exact(1);
             self.subs.push(Sub {
                 session: r.session,
-                events: r.events,
+                _events: events,
                 attendance: wait_attendance(r.subscribed),
             });
         }
+    }
+
+    /// Has the session's fan-out write its events after `at` (where `events` stands) to the
+    /// socket.
+    fn follow(
+        &self,
+        session: &SessionId,
+        events: broadcast::Receiver<Arc<Published>>,
+        at: Arc<str>,
+        caller: &Arc<Caller>,
+    ) -> Tap {
+        let framer = SessionFramer {
+            gw: self.gw.clone(),
+            session: session.clone(),
+            caller: caller.clone(),
+        };
+        self.gw.fanouts().follow(
+            session.as_str(),
+            events,
+            Some(at),
+            &self.outlet,
+            Box::new(framer),
+        )
     }
 
     fn dispatch(&mut self, ack: Option<u64>, dispatch: Dispatch) {
@@ -780,13 +762,14 @@ impl Socket {
                 let joined = result.as_ref().ok().map(|(_, token, _, _)| token.clone());
                 let keep = self.client.join_done(&session, joined);
                 match result {
-                    Ok((reply, _, events, attendance)) if keep => {
+                    Ok((reply, at, events, attendance)) if keep => {
                         self.ack(ack, &reply);
+                        let events = self.follow(&session, events, at, &caller);
                         // Most sockets join one session: no spare capacity.
                         self.subs.reserve_exact(1);
                         self.subs.push(Sub {
                             session,
-                            events,
+                            _events: events,
                             attendance: wait_attendance(attendance),
                         });
                     }
@@ -806,39 +789,27 @@ impl Socket {
         }
     }
 
-    fn on_input(&mut self, i: usize, input: Input) {
-        match input {
-            Input::Attendance(frame) => {
-                if let Some(frame) = frame {
-                    self.push(Out::Shared(frame));
-                }
-            }
-            Input::Event(Ok(e)) => {
-                let (Stage::Connected(conn), Some(sub)) = (&self.stage, self.subs.get(i)) else {
-                    return;
-                };
-                let caller = &conn.caller;
-                let (user, staff) = (caller.user.as_str(), caller.role.is_staff());
-                if e.delivery_for(user, staff).is_none() {
-                    return;
-                }
-                let offset = self.client.advance(&sub.session, &e.token);
-                let frame = sio::event_frame(&e, &sub.session, user, staff, offset.as_deref());
-                let Some(frame) = frame else { return };
-                self.gw
-                    .metrics()
-                    .event_out(Transport::WebSocket.label(), e.published_at);
-                self.push(Out::Shared(frame));
-            }
-            Input::Event(Err(RecvError::Lagged(_))) => {
-                let cut = self.client.cut(Cut::Lagged);
-                self.act(cut);
-            }
-            Input::Event(Err(RecvError::Closed)) => {
-                let cut = self.client.cut(Cut::ShuttingDown);
-                self.act(cut);
-            }
+    fn on_attendance(&mut self, frame: Option<Arc<[u8]>>) {
+        if let Some(frame) = frame {
+            self.push(Out::Shared(frame));
         }
+    }
+
+    /// A fan-out left the socket something to do: frames to flush (the loop does), or a reason
+    /// to end it.
+    fn on_nudged(&mut self) {
+        let cut = match self.outlet.take_trouble() {
+            None => return,
+            Some(Trouble::Gone) => {
+                self.ending = Some(End::Gone);
+                return;
+            }
+            Some(Trouble::OverBudget) => Cut::SlowConsumer,
+            Some(Trouble::Lagged) => Cut::Lagged,
+            Some(Trouble::Closed) => Cut::ShuttingDown,
+        };
+        let cut = self.client.cut(cut);
+        self.act(cut);
     }
 
     fn on_timer(&mut self) {
@@ -851,9 +822,9 @@ impl Socket {
     /// last frame before the close frame.
     fn close(&mut self, why: Why) {
         if let Why::Cut(_) = why {
-            let keep = usize::from(self.out_at > 0);
-            self.out.truncate(keep);
-            self.out_bytes = self.out.iter().map(|o| o.bytes().len()).sum();
+            self.outlet.cut();
+        } else {
+            self.outlet.close();
         }
         if let Some(code) = why.code() {
             self.gw.count_rejection(code);
@@ -876,24 +847,11 @@ impl Socket {
     /// Sends the last frames (bounded in time), closes, finishes running work, leaves every
     /// session's presence and releases the connection.
     async fn finish(mut self) {
+        self.outlet.close();
         if let Some(End::Close(code, reason)) = self.ending {
             self.push(Out::Owned(wsframe::close(code, reason)));
-            let deadline = Instant::now() + CLOSE_FLUSH_MAX;
-            while !self.out.is_empty() {
-                if self.write_some().is_err() {
-                    break;
-                }
-                if self.out.is_empty() {
-                    break;
-                }
-                match tokio::time::timeout_at(deadline, self.stream.writable()).await {
-                    Ok(Ok(())) => {}
-                    _ => break,
-                }
-            }
-            let _ = self.stream.shutdown().await;
+            self.outlet.finish(CLOSE_FLUSH_MAX).await;
         }
-        drop(self.stream);
         // A join that was running may already count in presence: let it finish, and leave it
         // below like the others.
         let mut late = Vec::new();
@@ -927,31 +885,14 @@ impl Socket {
     }
 }
 
-/// Waits until the socket is readable (when `read`) or writable (when `write`); whether it is
-/// readable. Polls tokio's per-direction readiness, which keeps the waker in the socket's
-/// registration: nothing is linked into a waiter list and unlinked again on every wake-up.
-async fn ready(stream: &TcpStream, read: bool, write: bool) -> io::Result<bool> {
-    std::future::poll_fn(|cx| {
-        if read && let std::task::Poll::Ready(r) = stream.poll_read_ready(cx) {
-            return std::task::Poll::Ready(r.map(|()| true));
-        }
-        if write && let std::task::Poll::Ready(r) = stream.poll_write_ready(cx) {
-            return std::task::Poll::Ready(r.map(|()| false));
-        }
-        std::task::Poll::Pending
-    })
-    .await
-}
-
-/// The next thing a joined session has for the socket, and which session; never, without one.
-async fn next_input(subs: &mut [Sub]) -> (usize, Input) {
+/// The next `attendance:update` of a joined session; never, without one.
+async fn next_attendance(subs: &mut [Sub]) -> Option<Arc<[u8]>> {
     match subs {
         [] => std::future::pending().await,
-        [only] => (0, only.next().await),
+        [only] => only.next().await,
         many => {
             let nexts = many.iter_mut().map(|s| Box::pin(s.next()));
-            let (input, i, _) = futures_util::future::select_all(nexts).await;
-            (i, input)
+            futures_util::future::select_all(nexts).await.0
         }
     }
 }
