@@ -273,9 +273,9 @@ impl Outlet {
         q.taps.clear();
     }
 
-    /// What a fan-out noticed since the last call, if anything.
-    pub(crate) fn take_trouble(&self) -> Option<Trouble> {
-        lock(&self.queue).trouble.take()
+    /// Why the connection must end, if a fan-out found a reason (it then writes no more to it).
+    pub(crate) fn trouble(&self) -> Option<Trouble> {
+        lock(&self.queue).trouble
     }
 
     /// Whether an event went out since the last call.
@@ -437,7 +437,7 @@ impl Fanouts {
         };
         lock(&outlet.queue).taps.push(Tapped {
             id,
-            key: Arc::from(key),
+            key: fanout.key.clone(),
             events,
             at,
             framer,
@@ -500,3 +500,7 @@ pub(crate) async fn ready(stream: &TcpStream, read: bool, write: bool) -> io::Re
     })
     .await
 }
+
+#[cfg(test)]
+#[path = "fanout_tests.rs"]
+mod tests;

@@ -450,7 +450,7 @@ impl LeanStream {
                         Err(_) => return,
                     },
                     () = std::future::poll_fn(|cx| outlet.poll_nudged(cx)) => {
-                        match outlet.take_trouble() {
+                        match outlet.trouble() {
                             None => {}
                             Some(Trouble::Gone) => return,
                             Some(Trouble::Closed) => break None,

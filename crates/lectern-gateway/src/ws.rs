@@ -798,7 +798,7 @@ impl Socket {
     /// A fan-out left the socket something to do: frames to flush (the loop does), or a reason
     /// to end it.
     fn on_nudged(&mut self) {
-        let cut = match self.outlet.take_trouble() {
+        let cut = match self.outlet.trouble() {
             None => return,
             Some(Trouble::Gone) => {
                 self.ending = Some(End::Gone);
