@@ -59,7 +59,7 @@ impl Out {
     }
 }
 
-/// Why a connection's task must end it, noticed by a fan-out (or by the task itself).
+/// Why a connection's task must end it, noticed by a fan-out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Trouble {
     /// Its queue went past its budget: a slow consumer.
@@ -355,13 +355,12 @@ pub(crate) struct Tap {
     fanout: Arc<Fanout>,
     outlet: Arc<Outlet>,
     id: u64,
-    fanouts: Arc<Registry>,
 }
 
 impl Drop for Tap {
     fn drop(&mut self) {
         lock(&self.outlet.queue).taps.retain(|t| t.id != self.id);
-        let mut registry = lock(&self.fanouts.map);
+        let mut registry = lock(&self.fanout.registry.map);
         let mut outlets = lock(&self.fanout.outlets);
         outlets.retain(|(_, id)| *id != self.id);
         if outlets.is_empty() {
@@ -380,6 +379,8 @@ impl Drop for Tap {
 /// The fan-out of one channel: the outlets following it, written by its task.
 struct Fanout {
     key: Arc<str>,
+    /// The registry it is listed in (it leaves it with its last follower).
+    registry: Arc<Registry>,
     /// A receiver of the channel, kept drained by the task, by which a follower's receiver is
     /// matched to its channel ([`broadcast::Receiver::same_channel`]).
     identity: Mutex<Channel>,
@@ -424,6 +425,7 @@ impl Fanouts {
             let fanout = found.unwrap_or_else(|| {
                 let fanout = Arc::new(Fanout {
                     key: Arc::from(key),
+                    registry: self.0.clone(),
                     identity: Mutex::new(events.resubscribe()),
                     outlets: Mutex::new(Vec::new()),
                     stop: Notify::new(),
@@ -450,7 +452,6 @@ impl Fanouts {
             fanout,
             outlet: outlet.clone(),
             id,
-            fanouts: self.0.clone(),
         }
     }
 }
@@ -477,6 +478,10 @@ async fn run(fanout: Arc<Fanout>, mut wake: Channel) {
         followers.extend(lock(&fanout.outlets).iter().cloned());
         for (outlet, id) in &followers {
             outlet.take_events(*id);
+            // A pass over thousands of connections takes tens of milliseconds: it gives the
+            // worker back every so often (tokio's budget), so that commands, acks and the
+            // hub's writers run meanwhile instead of waiting for the pass to end.
+            tokio::task::coop::consume_budget().await;
         }
         followers.clear();
         if closed {

@@ -149,9 +149,12 @@ async fn a_reader_that_does_not_keep_up_is_told_to_end_and_gets_nothing_more() {
         tx
     });
     loop {
-        tokio::time::timeout(Duration::from_secs(10), std::future::poll_fn(|cx| outlet.poll_nudged(cx)))
-            .await
-            .expect("the connection's task is nudged");
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            std::future::poll_fn(|cx| outlet.poll_nudged(cx)),
+        )
+        .await
+        .expect("the connection's task is nudged");
         match outlet.trouble() {
             Some(trouble) => {
                 assert_eq!(trouble, Trouble::OverBudget);
@@ -187,7 +190,7 @@ async fn a_follower_that_falls_behind_its_channel_is_told_so() {
 
 #[tokio::test]
 async fn the_last_follower_leaving_ends_the_fanout_and_a_new_channel_under_the_same_key_gets_its_own()
-{
+ {
     let fanouts = Fanouts::default();
     let (old_tx, _) = broadcast::channel::<Arc<Published>>(16);
     let (end_a, mut client_a) = pair().await;

@@ -409,8 +409,12 @@ impl LeanStream {
             // The stream's fields are used in place, not moved out into locals: the future keeps
             // `self`'s room either way, and locals would take as much again.
             let outlet = self.gw.outlet(stream);
-            let mut head = RESPONSE_HEAD.to_vec();
-            head.append(&mut self.start);
+            // Taken, not appended from: the start's buffer must not stay for the stream's life.
+            let start = std::mem::take(&mut self.start);
+            let mut head = Vec::with_capacity(RESPONSE_HEAD.len() + start.len());
+            head.extend_from_slice(RESPONSE_HEAD);
+            head.extend_from_slice(&start);
+            drop(start);
             if outlet.push(Out::Owned(head)) == Pushed::Gone {
                 return;
             }
