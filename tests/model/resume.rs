@@ -15,8 +15,8 @@ use lectern_model::{
 use serde_json::Value;
 
 use super::{
-    NOW, SyncStates, admin, cid, cmd, cohort_doc, cohort_id, instructor, lid, ok, pid, qid,
-    session_doc, student, ta, uid,
+    NOW, SyncStates, admin, cid, cmd, cohort_doc, cohort_id, instructor, lid, live_session, ok,
+    pid, qid, session_doc, student, sync_all, ta, uid,
 };
 use lectern_model::Millis;
 
@@ -880,4 +880,108 @@ fn a_pending_question_reaches_staff_and_its_author_only() {
 /// Another student of the same cohort who is not the author.
 fn another_classmate() -> Caller {
     student("s9")
+}
+
+/// Regression (found by `netns::chaos`, seed 1): a client whose node died before its ack sends
+/// the same command again to another node, which applies it too: two changes carry one
+/// command id. The effect merges into one chat message, but each node emitted the message
+/// again when the other's change arrived, and a subscriber resuming on the other node got it
+/// again in the replay. One command, one event: live, and in a replay from any token.
+#[test]
+fn a_command_applied_on_two_nodes_before_they_met_gets_one_event() {
+    let mut replicas = vec![live_session(b"node-a"), live_session(b"node-b")];
+    sync_all(&mut replicas);
+    let before = replicas[0].token();
+    let send = cmd(
+        "retried",
+        CommandBody::ChatSend {
+            text: "once".into(),
+        },
+    );
+    let on_a = ok(&mut replicas[0], &student("s1"), &send, at(1));
+    let on_b = ok(&mut replicas[1], &student("s1"), &send, at(2));
+    assert!(
+        on_a.event.is_some() && on_b.event.is_some(),
+        "each node emits its own"
+    );
+    let token_a = on_a.token.clone();
+    let merged = sync_all(&mut replicas);
+    for (i, events) in merged.iter().enumerate() {
+        assert!(
+            events.iter().all(|e| e.command != "retried"),
+            "replica {i} emitted the command again on merge: {:?}",
+            events.iter().map(|e| &e.command).collect::<Vec<_>>()
+        );
+    }
+    for (i, r) in replicas.iter().enumerate() {
+        let after_a = r.events_since(&token_a).expect("both hold A's change");
+        assert!(
+            after_a.iter().all(|e| e.command != "retried"),
+            "replica {i} replays it after A's token"
+        );
+        let all = r.events_since(&before).expect("both hold the start");
+        assert_eq!(
+            all.iter().filter(|e| e.command == "retried").count(),
+            1,
+            "replica {i} replays it once from before it"
+        );
+    }
+}
+
+/// Regression (found by `netns::chaos`, seed 16106795469005557332): the same retried `qa.ask`
+/// applied on two nodes made two copies of the question's map; after the merge one copy reads,
+/// and the acked upvotes given on the other copy were gone. The votes of both copies count,
+/// each user once, on both replicas; a user's own `voted` too.
+#[test]
+fn a_question_asked_on_two_nodes_before_they_met_keeps_the_votes_of_both() {
+    let mut replicas = vec![live_session(b"node-a"), live_session(b"node-b")];
+    sync_all(&mut replicas);
+    let ask = cmd(
+        "asked-twice",
+        CommandBody::QaAsk {
+            text: "Why?".into(),
+            anonymous: false,
+        },
+    );
+    let upvote = |id: &str| {
+        cmd(
+            id,
+            CommandBody::QaUpvote {
+                question: qid("asked-twice"),
+            },
+        )
+    };
+    ok(&mut replicas[0], &student("s1"), &ask, at(1));
+    ok(&mut replicas[1], &student("s1"), &ask, at(2));
+    // Each copy holds a vote the other lacks, and s3 voted on both.
+    ok(&mut replicas[0], &student("s2"), &upvote("up-s2"), at(3));
+    ok(
+        &mut replicas[0],
+        &student("s3"),
+        &upvote("up-s3-on-a"),
+        at(4),
+    );
+    ok(
+        &mut replicas[1],
+        &student("s3"),
+        &upvote("up-s3-on-b"),
+        at(5),
+    );
+    ok(&mut replicas[1], &student("s4"), &upvote("up-s4"), at(6));
+    sync_all(&mut replicas);
+    for (i, r) in replicas.iter().enumerate() {
+        for voter in ["s2", "s4"] {
+            let view = r.session_view(&student(voter), NOW).expect("view");
+            let questions = view["questions"].as_array().expect("questions");
+            assert_eq!(questions.len(), 1, "replica {i}: one question: {view}");
+            assert_eq!(
+                questions[0]["upvotes"], 3,
+                "replica {i}: s2, s3, s4, once each"
+            );
+            assert_eq!(
+                questions[0]["voted"], true,
+                "replica {i}: {voter}'s own vote"
+            );
+        }
+    }
 }

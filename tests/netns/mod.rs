@@ -3,19 +3,30 @@
 //! be cut (`ip link set … down`) and brought back like a school's uplink, which a loopback test
 //! cannot do (there, a "partition" is a proxy in the test process).
 //!
-//! [`Lab`] is the harness: a region namespace and a classroom namespace, each joined to the
-//! test's own (root) namespace by a veth pair (the students and the admin calls of the test
-//! reach the nodes that way), and an uplink veth pair between them, which is the classroom's
-//! default route. The region forwards, so the classroom reaches the root namespace's SMTP
-//! catcher only through the uplink: with the uplink down its mail server is unreachable, as a
-//! school's is when its uplink is. Addresses come from 198.18.0.0/15 (RFC 2544, set aside for
-//! test networks), one /28 per lab chosen from the test process's id. Dropping the lab kills
+//! [`Lab`] is the harness: a namespace per node, each joined to the test's own (root)
+//! namespace by a veth pair (the clients and the admin calls of the test reach the nodes that
+//! way), and a veth pair for each pair of nodes the test links (the mesh). A veth pair per link,
+//! rather than one bridge namespace, is what lets a test cut exactly one link between two
+//! nodes (`ip link set … down` on one end) and leave the others up, as a partition between
+//! two regions does. Addresses come from 198.18.0.0/15 (RFC 2544, set aside for test
+//! networks): one /26 per lab chosen from the test process's id, cut into /30s, one per link
+//! ([`Addrs`]). The offline classroom's lab ([`Lab::region_and_classroom`]) is two namespaces
+//! whose uplink is the classroom's default route; the region forwards, so the classroom
+//! reaches the root namespace's SMTP catcher only through the uplink: with the uplink down its
+//! mail server is unreachable, as a school's is when its uplink is. Dropping the lab kills
 //! every process left in its namespaces and deletes them (also when the test failed); a lab
-//! left over by a test process that was killed is removed by the next one.
+//! left over by a test process that was killed is removed by the next one. [`NodeProcess`] is
+//! a real `lectern-node` in a namespace, stopped cleanly or SIGKILLed and started again on its
+//! data directory; [`Trust`] is one cluster trust (`lectern cluster init/issue-node`).
 //!
 //! * `offline_class`: a class of 40 students on a classroom node with its uplink cut, merged
 //!   with its region when the link is back; a classroom node that starts with its uplink down.
+//! * `chaos`: three nodes and 1,000 clients (Socket.IO, SSE + POST, REST) under a seeded
+//!   schedule of SIGKILLs, restarts and link cuts; every acked command on every node, the
+//!   heads identical within 2 s of the last heal, no duplicated effect, and every client's
+//!   event stream without gap or duplicate across reconnects and failovers.
 
+mod chaos;
 mod offline_class;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -120,189 +131,259 @@ fn remove_stale_labs() {
     }
 }
 
-/// The addresses of one lab: a /28 of 198.18.0.0/15.
+/// The largest number of namespaces a lab holds: their host links and the links between them
+/// fit its /26 (16 /30 subnets), as long as `nodes + links <= 16`.
+const LAB_NAMESPACES_MAX: usize = 5;
+
+/// The /30 subnets of a lab's /26.
+const LAB_SUBNETS: u32 = 16;
+
+/// The port each lab node serves HTTP on, in its own namespace.
+pub const HTTP_PORT: u16 = 8080;
+
+/// The port each lab node's mesh listens on, in its own namespace.
+pub const QUIC_PORT: u16 = 7400;
+
+/// The addresses of one lab: a /26 of 198.18.0.0/15, cut into /30s. Subnet `i` is namespace
+/// `i`'s host link (the root namespace's end `.1`, the namespace's `.2`); subnet `nodes + j`
+/// is link `j` between two namespaces (its first namespace's end `.1`, its second's `.2`).
 #[derive(Debug, Clone, Copy)]
 pub struct Addrs {
     base: u32,
+    nodes: u32,
 }
 
 impl Addrs {
-    fn at(self, offset: u32) -> Ipv4Addr {
-        Ipv4Addr::from(self.base + offset)
+    fn at(self, subnet: u32, host: u32) -> Ipv4Addr {
+        Ipv4Addr::from(self.base + subnet * 4 + host)
+    }
+
+    /// The root namespace's end of namespace `i`'s host link.
+    pub fn root_end(self, i: usize) -> Ipv4Addr {
+        self.at(i as u32, 1)
+    }
+
+    /// Namespace `i`'s end of its host link: its HTTP address, which the test's clients use.
+    pub fn node(self, i: usize) -> Ipv4Addr {
+        self.at(i as u32, 2)
+    }
+
+    /// The address of link `j`'s end in its first namespace (`first`) or its second.
+    pub fn link_end(self, j: usize, first: bool) -> Ipv4Addr {
+        self.at(self.nodes + j as u32, if first { 1 } else { 2 })
     }
 
     /// The root namespace's end of its link to the region (where the SMTP catchers listen).
     pub fn root_to_region(self) -> Ipv4Addr {
-        self.at(1)
+        self.root_end(REGION)
     }
 
     /// The region's end of its link to the root namespace (its HTTP address).
     pub fn region(self) -> Ipv4Addr {
-        self.at(2)
-    }
-
-    /// The root namespace's end of its link to the classroom.
-    pub fn root_to_classroom(self) -> Ipv4Addr {
-        self.at(5)
+        self.node(REGION)
     }
 
     /// The classroom's end of its link to the root namespace (its HTTP address).
     pub fn classroom(self) -> Ipv4Addr {
-        self.at(6)
+        self.node(CLASSROOM)
     }
 
     /// The region's end of the uplink (its QUIC address for the classroom).
     pub fn region_uplink(self) -> Ipv4Addr {
-        self.at(9)
-    }
-
-    /// The classroom's end of the uplink.
-    pub fn classroom_uplink(self) -> Ipv4Addr {
-        self.at(10)
+        self.link_end(UPLINK, true)
     }
 }
 
-/// A region namespace and a classroom namespace, linked to the root namespace and to each
-/// other (see the module's documentation).
+/// A link between two of a lab's namespaces: a veth pair, one end in each.
+struct Link {
+    /// The second namespace's index.
+    b: usize,
+    /// The interface at the second namespace's end (the one cut and brought back).
+    b_end: String,
+}
+
+/// The region's namespace in [`Lab::region_and_classroom`].
+const REGION: usize = 0;
+/// The classroom's namespace in [`Lab::region_and_classroom`].
+const CLASSROOM: usize = 1;
+/// The uplink in [`Lab::region_and_classroom`].
+const UPLINK: usize = 0;
+
+/// Namespaces joined to the root namespace and to each other by veth pairs (see the module's
+/// documentation).
 pub struct Lab {
-    /// The region's namespace.
-    pub region_ns: String,
-    /// The classroom's namespace.
-    pub classroom_ns: String,
+    /// The namespaces, in the order their names were given.
+    namespaces: Vec<String>,
     /// The lab's addresses.
     pub addrs: Addrs,
-    /// The classroom's end of the uplink (an interface in its namespace).
-    uplink: String,
-    /// The root namespace's ends of the two host links.
-    root_links: [String; 2],
+    /// The links between namespaces, in the order given.
+    links: Vec<Link>,
+    /// The root namespace's ends of the host links.
+    root_links: Vec<String>,
 }
 
 impl Lab {
-    /// Makes the namespaces and links. Needs root and iproute2.
-    pub fn new() -> anyhow::Result<Lab> {
+    /// A namespace per name, each with a host link to the root namespace, and a veth pair for
+    /// each `(a, b)` of `links` (indexes into `names`). Needs root and iproute2.
+    pub fn new(names: &[&str], links: &[(usize, usize)]) -> anyhow::Result<Lab> {
         static LABS: AtomicU32 = AtomicU32::new(0);
+        anyhow::ensure!(
+            names.len() <= LAB_NAMESPACES_MAX && (names.len() + links.len()) as u32 <= LAB_SUBNETS,
+            "a lab holds at most {LAB_NAMESPACES_MAX} namespaces and {LAB_SUBNETS} links in all"
+        );
         remove_stale_labs();
         let pid = std::process::id();
         let n = LABS.fetch_add(1, Ordering::Relaxed);
-        // Interface names are at most 15 bytes: "l" + pid in hex (≤ 6) + n + 2.
+        // Interface names are at most 15 bytes: "l" + pid in hex (≤ 6) + n + 2 or 3.
         let tag = format!("l{pid:x}{n:x}");
-        let slot = (pid.wrapping_mul(4).wrapping_add(n)) % 8_192;
+        // 198.18.0.0/15 holds 2,048 /26s.
+        let slot = (pid.wrapping_mul(4).wrapping_add(n)) % 2_048;
         let addrs = Addrs {
-            base: u32::from(Ipv4Addr::new(198, 18, 0, 0)) + slot * 16,
+            base: u32::from(Ipv4Addr::new(198, 18, 0, 0)) + slot * 64,
+            nodes: names.len() as u32,
         };
         let mut lab = Lab {
-            region_ns: format!("{NS_PREFIX}{pid}-{n}-region"),
-            classroom_ns: format!("{NS_PREFIX}{pid}-{n}-classroom"),
+            namespaces: names
+                .iter()
+                .map(|name| format!("{NS_PREFIX}{pid}-{n}-{name}"))
+                .collect(),
             addrs,
-            uplink: format!("{tag}uc"),
-            root_links: [format!("{tag}rr"), format!("{tag}cr")],
+            links: Vec::new(),
+            root_links: Vec::new(),
         };
-        lab.build(&tag)
+        lab.build(&tag, links)
             .with_context(|| format!("build the network namespaces of lab {tag}"))?;
         Ok(lab)
     }
 
-    fn build(&mut self, tag: &str) -> anyhow::Result<()> {
-        let a = self.addrs;
-        let (r, c) = (self.region_ns.clone(), self.classroom_ns.clone());
-        let cidr = |ip: Ipv4Addr| format!("{ip}/30");
-        ip(&["netns", "add", &r])?;
-        ip(&["netns", "add", &c])?;
-        for ns in [&r, &c] {
-            ip(&["-n", ns, "link", "set", "lo", "up"])?;
-        }
-        // The host links: root ⇄ region, root ⇄ classroom.
-        for (root_end, ns, ns_end, root_ip, ns_ip) in [
-            (
-                &self.root_links[0],
-                &r,
-                format!("{tag}rx"),
-                a.root_to_region(),
-                a.region(),
-            ),
-            (
-                &self.root_links[1],
-                &c,
-                format!("{tag}cx"),
-                a.root_to_classroom(),
-                a.classroom(),
-            ),
-        ] {
-            ip(&[
-                "link", "add", root_end, "type", "veth", "peer", "name", &ns_end, "netns", ns,
-            ])?;
-            ip(&["addr", "add", &cidr(root_ip), "dev", root_end])?;
-            ip(&["link", "set", root_end, "up"])?;
-            ip(&["-n", ns, "addr", "add", &cidr(ns_ip), "dev", &ns_end])?;
-            ip(&["-n", ns, "link", "set", &ns_end, "up"])?;
-        }
-        // The uplink: region ⇄ classroom, the classroom's default route.
-        let region_end = format!("{tag}ur");
-        ip(&[
-            "-n",
-            &r,
-            "link",
-            "add",
-            &region_end,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &self.uplink,
-            "netns",
-            &c,
-        ])?;
-        ip(&[
-            "-n",
-            &r,
-            "addr",
-            "add",
-            &cidr(a.region_uplink()),
-            "dev",
-            &region_end,
-        ])?;
-        ip(&["-n", &r, "link", "set", &region_end, "up"])?;
-        ip(&[
-            "-n",
-            &c,
-            "addr",
-            "add",
-            &cidr(a.classroom_uplink()),
-            "dev",
-            &self.uplink,
-        ])?;
-        self.uplink_up()?;
-        // The region routes between the uplink and the root namespace, which routes the
-        // uplink's replies back through the region.
+    /// The offline classroom's lab: a region and a classroom namespace, joined by an uplink
+    /// that is the classroom's default route. The region forwards, so the classroom reaches
+    /// the root namespace only through the uplink.
+    pub fn region_and_classroom() -> anyhow::Result<Lab> {
+        let lab = Lab::new(&["region", "classroom"], &[(REGION, CLASSROOM)])?;
+        let r = lab.namespace(REGION);
         let forward = ip_command()
-            .args(["netns", "exec", &r, "sh", "-c"])
+            .args(["netns", "exec", r, "sh", "-c"])
             .arg("echo 1 > /proc/sys/net/ipv4/ip_forward")
             .status()
             .context("switch forwarding on in the region's namespace")?;
         anyhow::ensure!(forward.success(), "ip_forward in {r}: {forward}");
-        let uplink_net = format!("{}/30", a.at(8));
-        ip(&["route", "add", &uplink_net, "via", &a.region().to_string()])?;
+        // The root namespace routes the uplink's replies back through the region.
+        let uplink_net = format!("{}/30", lab.addrs.at(lab.addrs.nodes + UPLINK as u32, 0));
+        ip(&[
+            "route",
+            "add",
+            &uplink_net,
+            "via",
+            &lab.addrs.region().to_string(),
+        ])?;
+        lab.uplink_up()?;
+        Ok(lab)
+    }
+
+    /// Namespace `i`'s name.
+    pub fn namespace(&self, i: usize) -> &str {
+        &self.namespaces[i]
+    }
+
+    fn build(&mut self, tag: &str, links: &[(usize, usize)]) -> anyhow::Result<()> {
+        let a = self.addrs;
+        let cidr = |ip: Ipv4Addr| format!("{ip}/30");
+        for ns in &self.namespaces {
+            ip(&["netns", "add", ns])?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        for (i, ns) in self.namespaces.iter().enumerate() {
+            let (root_end, ns_end) = (format!("{tag}r{i}"), format!("{tag}x{i}"));
+            ip(&[
+                "link", "add", &root_end, "type", "veth", "peer", "name", &ns_end, "netns", ns,
+            ])?;
+            self.root_links.push(root_end.clone());
+            ip(&["addr", "add", &cidr(a.root_end(i)), "dev", &root_end])?;
+            ip(&["link", "set", &root_end, "up"])?;
+            ip(&["-n", ns, "addr", "add", &cidr(a.node(i)), "dev", &ns_end])?;
+            ip(&["-n", ns, "link", "set", &ns_end, "up"])?;
+        }
+        for (j, &(i, k)) in links.iter().enumerate() {
+            let (first, second) = (&self.namespaces[i], &self.namespaces[k]);
+            let (a_end, b_end) = (format!("{tag}a{j}"), format!("{tag}b{j}"));
+            ip(&[
+                "-n", first, "link", "add", &a_end, "type", "veth", "peer", "name", &b_end,
+                "netns", second,
+            ])?;
+            ip(&[
+                "-n",
+                first,
+                "addr",
+                "add",
+                &cidr(a.link_end(j, true)),
+                "dev",
+                &a_end,
+            ])?;
+            ip(&["-n", first, "link", "set", &a_end, "up"])?;
+            ip(&[
+                "-n",
+                second,
+                "addr",
+                "add",
+                &cidr(a.link_end(j, false)),
+                "dev",
+                &b_end,
+            ])?;
+            ip(&["-n", second, "link", "set", &b_end, "up"])?;
+            self.links.push(Link { b: k, b_end });
+        }
         Ok(())
     }
 
-    /// Cuts the uplink (the classroom's end goes down, and its routes through it with it).
-    pub fn uplink_down(&self) -> anyhow::Result<()> {
+    /// Cuts link `j` (its second namespace's end goes down, and the routes through it).
+    pub fn link_down(&self, j: usize) -> anyhow::Result<()> {
+        let link = &self.links[j];
         ip(&[
             "-n",
-            &self.classroom_ns,
+            &self.namespaces[link.b],
             "link",
             "set",
-            &self.uplink,
+            &link.b_end,
             "down",
         ])
     }
 
-    /// Brings the uplink back, with the classroom's default route through it.
-    pub fn uplink_up(&self) -> anyhow::Result<()> {
-        ip(&["-n", &self.classroom_ns, "link", "set", &self.uplink, "up"])?;
+    /// Brings link `j` back (the kernel restores its /30's route with it).
+    pub fn link_up(&self, j: usize) -> anyhow::Result<()> {
+        let link = &self.links[j];
         ip(&[
             "-n",
-            &self.classroom_ns,
+            &self.namespaces[link.b],
+            "link",
+            "set",
+            &link.b_end,
+            "up",
+        ])
+    }
+
+    /// The region's namespace in [`Lab::region_and_classroom`].
+    pub fn region_ns(&self) -> &str {
+        self.namespace(REGION)
+    }
+
+    /// The classroom's namespace in [`Lab::region_and_classroom`].
+    pub fn classroom_ns(&self) -> &str {
+        self.namespace(CLASSROOM)
+    }
+
+    /// Cuts the uplink of [`Lab::region_and_classroom`] (the classroom's end goes down, and its
+    /// routes through it with it).
+    pub fn uplink_down(&self) -> anyhow::Result<()> {
+        self.link_down(UPLINK)
+    }
+
+    /// Brings the uplink back, with the classroom's default route through it.
+    pub fn uplink_up(&self) -> anyhow::Result<()> {
+        self.link_up(UPLINK)?;
+        ip(&[
+            "-n",
+            self.classroom_ns(),
             "route",
             "replace",
             "default",
@@ -314,8 +395,9 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        remove_namespace(&self.region_ns);
-        remove_namespace(&self.classroom_ns);
+        for ns in &self.namespaces {
+            remove_namespace(ns);
+        }
         // Deleting one end of a veth pair deletes both; these are gone already unless a
         // namespace outlived its name (a process in it still exiting).
         for link in &self.root_links {
@@ -344,6 +426,17 @@ impl NodeProcess {
         toml: &str,
         http: SocketAddr,
     ) -> anyhow::Result<NodeProcess> {
+        Self::start_for(ns, dir, toml, http, NODE_LIFETIME_MAX).await
+    }
+
+    /// [`NodeProcess::start`] for a node that may live up to `lifetime` (a long chaos run).
+    pub async fn start_for(
+        ns: &str,
+        dir: &Path,
+        toml: &str,
+        http: SocketAddr,
+        lifetime: Duration,
+    ) -> anyhow::Result<NodeProcess> {
         let config = dir.join("lectern.toml");
         std::fs::write(&config, toml).with_context(|| format!("write {}", config.display()))?;
         let log = dir.join("node.log");
@@ -368,7 +461,7 @@ impl NodeProcess {
             .stderr(stderr)
             .spawn()
             .context("start lectern-node in its namespace")?;
-        let watchdog = Watchdog::arm(child.id(), NODE_LIFETIME_MAX);
+        let watchdog = Watchdog::arm(child.id(), lifetime);
         let mut node = NodeProcess {
             child: KillOnDrop(child),
             _watchdog: watchdog,
@@ -399,6 +492,13 @@ impl NodeProcess {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// Kills it with SIGKILL (a crash: nothing flushed that was not already) and reaps it.
+    pub fn kill(mut self) -> anyhow::Result<()> {
+        self.child.kill().context("SIGKILL lectern-node")?;
+        self.child.wait().context("reap lectern-node")?;
+        Ok(())
     }
 
     /// Stops it with SIGTERM (a clean stop: the store flushed) and waits for it to exit.

@@ -35,7 +35,7 @@ use lectern_node::{DEMO_COHORT, DEMO_SESSION};
 use lectern_testkit::{Client, Http, ReceivedMail, SmtpServer, Transport};
 use serde_json::{Value, json};
 
-use super::{ADMIN_TOKEN, Lab, NodeProcess, Trust, admin, doc_heads};
+use super::{ADMIN_TOKEN, HTTP_PORT, Lab, NodeProcess, QUIC_PORT, Trust, admin, doc_heads};
 use crate::gateway::{claims, unix_now_s};
 use crate::support::TempDir;
 
@@ -60,12 +60,6 @@ const WAIT: Duration = Duration::from_secs(30);
 
 /// The longest a test of this module may run.
 const TEST_MAX: Duration = Duration::from_secs(150);
-
-/// The port each node serves HTTP on, in its own namespace.
-const HTTP_PORT: u16 = 8080;
-
-/// The port each node's mesh listens on, in its own namespace.
-const QUIC_PORT: u16 = 7400;
 
 /// Lines of each node's log a failure shows.
 const LOG_LINES: usize = 40;
@@ -159,7 +153,7 @@ struct Setup {
 
 impl Setup {
     async fn new(tag: &str) -> anyhow::Result<Setup> {
-        let lab = Lab::new()?;
+        let lab = Lab::region_and_classroom()?;
         let trust = Trust::new(&["region", "classroom"]).await?;
         // Both catchers listen on the root namespace's end of the region's link: the region
         // reaches them directly, the classroom only through the uplink.
@@ -192,7 +186,7 @@ impl Setup {
             REGION_MESH,
         );
         NodeProcess::start(
-            &self.lab.region_ns,
+            self.lab.region_ns(),
             self.region_dir.path(),
             &toml,
             self.region_http(),
@@ -215,7 +209,7 @@ impl Setup {
             &classroom,
         );
         NodeProcess::start(
-            &self.lab.classroom_ns,
+            self.lab.classroom_ns(),
             self.classroom_dir.path(),
             &toml,
             self.classroom_http(),

@@ -105,6 +105,16 @@ impl<'a, D: ReadDoc> Reader<'a, D> {
             .collect()
     }
 
+    /// The boolean values of a map (a voters map), by key.
+    pub(crate) fn bools(&self, obj: &ObjId) -> Vec<(String, bool)> {
+        self.range(obj, ..)
+            .filter_map(|item| match item.value {
+                ValueRef::Scalar(ScalarValueRef::Boolean(b)) => Some((item.key.into_owned(), b)),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The number of `true` values in a map (a voters map), in one pass.
     pub(crate) fn count_true(&self, obj: &ObjId) -> usize {
         self.range(obj, ..)

@@ -75,6 +75,10 @@ pub struct Replica {
     id: DocId,
     doc: Automerge,
     seen: HashSet<String>,
+    /// The command ids that more than one change carries, with how many: a command applied on
+    /// two nodes before they met (a client's retry on another node, the first node's ack lost
+    /// with it). Its effect merges into one; its event must go out once (`events_for`).
+    repeated: HashMap<String, usize>,
     counts: Counts,
     /// The users with an open visit (sessions only): kept as attendance changes arrive, so
     /// that a join's view does not read every visit of a big class (joins run one after
@@ -91,6 +95,7 @@ impl Replica {
             id,
             doc,
             seen: HashSet::new(),
+            repeated: HashMap::new(),
             counts: Counts::default(),
             present: HashSet::new(),
         }
@@ -109,6 +114,7 @@ impl Replica {
             id,
             doc,
             seen: HashSet::new(),
+            repeated: HashMap::new(),
             counts: Counts::default(),
             present,
         };
@@ -429,7 +435,10 @@ impl Replica {
     }
 
     fn index(&mut self, env: Envelope) {
-        if self.seen.insert(env.i) {
+        if self.seen.contains(&env.i) {
+            *self.repeated.entry(env.i).or_insert(1) += 1;
+        } else {
+            self.seen.insert(env.i);
             self.counts.count(env.c, &env.u);
         }
     }
@@ -453,6 +462,16 @@ impl Replica {
                 last_touch.insert(env.item_key(), i);
             }
         }
+        // A command id that several changes carry gets one event: for the first of them that
+        // `changes` holds, none if `start`'s history holds one already. So a subscriber that
+        // saw it live on one node and resumes on the other does not get it again.
+        let mut repeats_here: HashMap<&str, usize> = HashMap::new();
+        for env in changes.iter().filter_map(|c| c.envelope.as_ref()) {
+            if self.repeated.contains_key(&env.i) {
+                *repeats_here.entry(env.i.as_str()).or_default() += 1;
+            }
+        }
+        let mut once: HashSet<&str> = HashSet::new();
         let mut heads: BTreeSet<ChangeHash> = start.iter().copied().collect();
         let mut events = Vec::new();
         for (i, c) in changes.iter().enumerate() {
@@ -461,6 +480,12 @@ impl Replica {
             }
             heads.insert(c.hash);
             let Some(env) = &c.envelope else { continue };
+            if let Some(&carried) = self.repeated.get(&env.i) {
+                let earlier = carried > repeats_here.get(env.i.as_str()).copied().unwrap_or(0);
+                if earlier || !once.insert(env.i.as_str()) {
+                    continue;
+                }
+            }
             let at: Vec<ChangeHash> = heads.iter().copied().collect();
             let derived = if last_touch.get(&env.item_key()) == Some(&i) {
                 derive(&Reader::now(&self.doc), env)

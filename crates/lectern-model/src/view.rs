@@ -41,7 +41,9 @@ pub(crate) struct Question {
     pinned: bool,
     answer: Option<Answer>,
     upvotes: usize,
-    voters: Option<ObjId>,
+    /// The voters maps of the question's copies: the one that reads (the winner of a
+    /// conflict) first, then those of copies made concurrently with it (see [`Question::read`]).
+    voters: Vec<ObjId>,
 }
 
 #[derive(Debug, Clone)]
@@ -64,14 +66,42 @@ impl Question {
     }
 
     /// Reads `questions[id]`.
+    ///
+    /// Two nodes that both applied one `qa.ask` before they met (a client's retry on another
+    /// node after the first one died with its ack) each made the question's map; after the
+    /// merge one copy reads, and the votes given on the other copy would be lost with it. So
+    /// the votes are merged across the copies: a user's vote is the one in the first copy
+    /// (the winner first) that holds one.
     pub(crate) fn read<D: ReadDoc>(r: &Reader<'_, D>, id: &str) -> Option<Question> {
-        let q = r.root_map(QUESTIONS).and_then(|qs| r.map(&qs, id))?;
-        Self::read_obj(r, id, &q)
+        let qs = r.root_map(QUESTIONS)?;
+        Self::read_obj(r, &qs, id)
     }
 
-    fn read_obj<D: ReadDoc>(r: &Reader<'_, D>, id: &str, q: &ObjId) -> Option<Question> {
-        let voters = r.map(q, "voters");
-        let upvotes = voters.as_ref().map(|v| r.count_true(v)).unwrap_or(0);
+    fn read_obj<D: ReadDoc>(r: &Reader<'_, D>, qs: &ObjId, id: &str) -> Option<Question> {
+        let q = &r.map(qs, id)?;
+        let voters: Vec<ObjId> = r
+            .map(q, "voters")
+            .into_iter()
+            .chain(
+                r.all_maps(qs, id)
+                    .into_iter()
+                    .filter(|copy| copy != q)
+                    .filter_map(|copy| r.map(&copy, "voters")),
+            )
+            .collect();
+        let upvotes = match voters.as_slice() {
+            [] => 0,
+            [only] => r.count_true(only),
+            copies => {
+                let mut votes = BTreeMap::new();
+                for copy in copies {
+                    for (user, up) in r.bools(copy) {
+                        votes.entry(user).or_insert(up);
+                    }
+                }
+                votes.values().filter(|up| **up).count()
+            }
+        };
         let answer = r.str(q, "answer").map(|text| Answer {
             text,
             by: r.str(q, "answer_by").unwrap_or_default(),
@@ -100,9 +130,7 @@ impl Question {
 
     /// Whether `user`'s vote on this question is on.
     fn voted<D: ReadDoc>(&self, r: &Reader<'_, D>, user: &str) -> bool {
-        self.voters
-            .as_ref()
-            .is_some_and(|v| r.bool(v, user) == Some(true))
+        self.voters.iter().find_map(|v| r.bool(v, user)) == Some(true)
     }
 
     /// Everyone sees visible questions; staff see all; an author sees their own.
@@ -525,7 +553,7 @@ fn items<D: ReadDoc>(r: &Reader<'_, D>, listing: Listing, user: &str, staff: boo
             .map(|qs| {
                 r.keys(&qs)
                     .iter()
-                    .filter_map(|k| Question::read_obj(r, k, &r.map(&qs, k)?))
+                    .filter_map(|k| Question::read_obj(r, &qs, k))
                     .filter(|q| q.visible_to(user, staff))
                     .map(|q| {
                         let mut json = q.to_json(staff || q.author == user);

@@ -362,6 +362,20 @@ impl Client {
         }
     }
 
+    /// Waits up to `timeout` for something to arrive (an event, or the connection's end) unless
+    /// it already has; what arrived is in [`Client::seen`] and [`Client::is_closed`]. For a
+    /// client that follows a stream while it does other things in between.
+    pub async fn settle(&mut self, timeout: Duration) {
+        let before = self.seen.len();
+        self.drain();
+        if self.closed.is_some() || self.seen.len() > before {
+            return;
+        }
+        // `pump` records what it receives before it returns, and its wait on the inbox
+        // loses nothing when cut short.
+        let _ = tokio::time::timeout(timeout, self.pump()).await;
+    }
+
     /// Whether the connection is known to be closed (by what has arrived so far).
     pub fn is_closed(&mut self) -> bool {
         self.drain();
