@@ -54,9 +54,22 @@ async fn pair() -> (TcpStream, TcpStream) {
 
 /// Reads lines from `client` until `n` arrived (or fails after 10 s).
 async fn read_lines(client: &mut TcpStream, n: usize) -> Vec<String> {
+    read_until(client, |text| text.lines().count() >= n).await
+}
+
+/// Reads lines until `last` arrived.
+async fn read_lines_until(client: &mut TcpStream, last: &str) -> Vec<String> {
+    read_until(client, |text| {
+        text.ends_with('\n') && text.lines().last() == Some(last)
+    })
+    .await
+}
+
+/// Reads from `client` until what arrived is `done` (or fails after 10 s); its lines.
+async fn read_until(client: &mut TcpStream, done: impl Fn(&str) -> bool) -> Vec<String> {
     let mut text = String::new();
     let mut buf = [0u8; 4096];
-    while text.lines().count() < n {
+    while !done(&text) {
         let read = tokio::time::timeout(Duration::from_secs(10), client.read(&mut buf))
             .await
             .expect("lines in time")
@@ -113,21 +126,6 @@ async fn every_event_arrives_once_and_in_order_even_for_a_follower_that_joins_wh
             "a late follower gets every event after its start, once, in order"
         );
     }
-}
-
-/// Reads lines until `last` arrived.
-async fn read_lines_until(client: &mut TcpStream, last: &str) -> Vec<String> {
-    let mut text = String::new();
-    let mut buf = [0u8; 4096];
-    while text.lines().last() != Some(last) || !text.ends_with('\n') {
-        let read = tokio::time::timeout(Duration::from_secs(10), client.read(&mut buf))
-            .await
-            .expect("lines in time")
-            .expect("read");
-        assert!(read > 0, "the outlet closed after {text:?}");
-        text.push_str(std::str::from_utf8(&buf[..read]).expect("utf-8"));
-    }
-    text.lines().map(str::to_owned).collect()
 }
 
 #[tokio::test]
