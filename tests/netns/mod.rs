@@ -338,19 +338,16 @@ impl Lab {
 
     /// Cuts link `j` (its second namespace's end goes down, and the routes through it).
     pub fn link_down(&self, j: usize) -> anyhow::Result<()> {
-        let link = &self.links[j];
-        ip(&[
-            "-n",
-            &self.namespaces[link.b],
-            "link",
-            "set",
-            &link.b_end,
-            "down",
-        ])
+        self.set_link(j, "down")
     }
 
     /// Brings link `j` back (the kernel restores its /30's route with it).
     pub fn link_up(&self, j: usize) -> anyhow::Result<()> {
+        self.set_link(j, "up")
+    }
+
+    /// Sets the second namespace's end of link `j` `down` or `up`.
+    fn set_link(&self, j: usize, state: &str) -> anyhow::Result<()> {
         let link = &self.links[j];
         ip(&[
             "-n",
@@ -358,7 +355,7 @@ impl Lab {
             "link",
             "set",
             &link.b_end,
-            "up",
+            state,
         ])
     }
 
