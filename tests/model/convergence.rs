@@ -1584,17 +1584,38 @@ fn map_at(doc: &automerge::Automerge, obj: &ObjId, key: &str) -> Option<ObjId> {
 }
 
 /// Users whose vote on `question` is `true` in the document, read directly from automerge.
+///
+/// A question asked on two replicas before they met (a retry through another node) has two
+/// copies after the merge, and a vote given on either counts: a user's vote is the one in the
+/// first copy that holds one, the copy that reads (automerge's winner) first, then the others
+/// in automerge's order.
 fn true_voters(doc: &automerge::Automerge, question: &str) -> BTreeSet<String> {
-    let Some(voters) = map_at(doc, &ROOT, "questions")
-        .and_then(|qs| map_at(doc, &qs, question))
-        .and_then(|q| map_at(doc, &q, "voters"))
-    else {
+    let Some(questions) = map_at(doc, &ROOT, "questions") else {
         return BTreeSet::new();
     };
-    doc.keys(&voters)
-        .filter(|k| {
-            matches!(doc.get(&voters, k.as_str()), Ok(Some((automerge::Value::Scalar(s), _))) if s.as_bool() == Some(true))
-        })
+    let winner = map_at(doc, &questions, question);
+    let copies = doc.get_all(&questions, question).unwrap_or_default();
+    let others = copies.into_iter().filter_map(|(value, id)| {
+        (matches!(value, automerge::Value::Object(_)) && Some(&id) != winner.as_ref()).then_some(id)
+    });
+    let ordered: Vec<ObjId> = winner.clone().into_iter().chain(others).collect();
+    let mut votes: BTreeMap<String, bool> = BTreeMap::new();
+    for copy in ordered {
+        let Some(voters) = map_at(doc, &copy, "voters") else {
+            continue;
+        };
+        for user in doc.keys(&voters) {
+            let up = matches!(
+                doc.get(&voters, user.as_str()),
+                Ok(Some((automerge::Value::Scalar(s), _))) if s.as_bool() == Some(true)
+            );
+            votes.entry(user).or_insert(up);
+        }
+    }
+    votes
+        .into_iter()
+        .filter(|(_, up)| *up)
+        .map(|(user, _)| user)
         .collect()
 }
 
