@@ -985,3 +985,69 @@ fn a_question_asked_on_two_nodes_before_they_met_keeps_the_votes_of_both() {
         }
     }
 }
+
+/// The same question asked on two nodes before they met (above), then answered on one node's
+/// copy and pinned, then dismissed, on the other's: after the merge one copy reads, and what
+/// was written on the other copy was lost with it. Both replicas show the answer, and the
+/// moderation done last; whichever copy wins (both actor orders are tried).
+#[test]
+fn a_question_asked_on_two_nodes_keeps_the_answer_and_moderation_of_both_copies() {
+    for actors in [[&b"node-a"[..], &b"node-b"[..]], [b"node-b", b"node-a"]] {
+        let mut replicas = vec![live_session(actors[0]), live_session(actors[1])];
+        sync_all(&mut replicas);
+        let ask = cmd(
+            "asked-twice",
+            CommandBody::QaAsk {
+                text: "Why?".into(),
+                anonymous: false,
+            },
+        );
+        let question = || qid("asked-twice");
+        ok(&mut replicas[0], &student("s1"), &ask, at(1));
+        ok(&mut replicas[1], &student("s1"), &ask, at(2));
+        let answer = cmd(
+            "answer",
+            CommandBody::QaAnswer {
+                question: question(),
+                text: "Because.".into(),
+            },
+        );
+        ok(&mut replicas[0], &instructor(), &answer, at(3));
+        let pin = cmd(
+            "pin",
+            CommandBody::QaPin {
+                question: question(),
+                pinned: true,
+            },
+        );
+        ok(&mut replicas[1], &instructor(), &pin, at(4));
+        sync_all(&mut replicas);
+        for (i, r) in replicas.iter().enumerate() {
+            let view = r.session_view(&student("s2"), NOW).expect("view");
+            let q = &view["questions"][0];
+            assert_eq!(q["answer"]["text"], "Because.", "replica {i}: {view}");
+            assert_eq!(q["pinned"], true, "replica {i}: {view}");
+        }
+        // After the merge, a write goes to the copy that reads and sorts after both.
+        let dismiss = cmd(
+            "dismiss",
+            CommandBody::QaDismiss {
+                question: question(),
+            },
+        );
+        ok(&mut replicas[0], &instructor(), &dismiss, at(5));
+        sync_all(&mut replicas);
+        for (i, r) in replicas.iter().enumerate() {
+            let view = r.session_view(&instructor(), NOW).expect("view");
+            let q = &view["questions"][0];
+            assert_eq!(q["status"], "dismissed", "replica {i}: {view}");
+            assert_eq!(q["pinned"], false, "replica {i}: dismissing unpins: {view}");
+            let students = r.session_view(&student("s2"), NOW).expect("view");
+            assert_eq!(
+                students["questions"].as_array().map(Vec::len),
+                Some(0),
+                "replica {i}: a dismissed question is hidden from classmates: {students}"
+            );
+        }
+    }
+}

@@ -9,8 +9,8 @@
 //!
 //! Two nodes that both dial each other end up with two connections; the one dialled by the node
 //! with the smaller name is kept, on both sides alike, and the other is closed. A dial loop
-//! waits while its peer is connected (either way) and otherwise retries with jittered
-//! exponential backoff.
+//! waits while its peer is connected (either way) and otherwise dials it, a new dial every
+//! jittered, exponentially growing backoff while earlier ones still run (see `dial_loop`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -94,7 +94,9 @@ pub struct MeshConfig {
     pub push_coalesce_ms: u64,
     /// First reconnect delay. Default 100 ms.
     pub backoff_min_ms: u64,
-    /// Longest reconnect delay. Default 5 s.
+    /// Longest wait between two dials of a peer that is not connected (the dials overlap:
+    /// see `dial_loop`), so at most this long passes between a link coming back and the dial
+    /// that finds it. Default 1 s.
     pub backoff_max_ms: u64,
     /// Largest frame accepted from a peer. Default: the protocol's 16 MiB.
     pub frame_len_max_bytes: usize,
@@ -146,7 +148,7 @@ impl MeshConfig {
             peer_scopes: PeerScopes::default(),
             push_coalesce_ms: 10,
             backoff_min_ms: 100,
-            backoff_max_ms: 5_000,
+            backoff_max_ms: 1_000,
             frame_len_max_bytes: FRAME_LEN_MAX_BYTES,
             connect_timeout_ms: 3_000,
             idle_timeout_ms: crate::IDLE_TIMEOUT_MS,
@@ -550,6 +552,15 @@ async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
                 .await
                 {
                     Ok(Ok(conn)) => conn,
+                    // A dialer that got through with another of its overlapping dials drops
+                    // the rest (see `dial_loop`), which QUIC reports during the handshake as
+                    // an application error: not a fault.
+                    Ok(Err(quinn::ConnectionError::ConnectionClosed(ref e)))
+                        if e.error_code == quinn::TransportErrorCode::APPLICATION_ERROR =>
+                    {
+                        debug!(error = %e, "a peer gave up a handshake");
+                        return;
+                    }
                     Ok(Err(e)) => {
                         shared.faults.fetch_add(1, Ordering::Relaxed);
                         warn!(error = %e, "refused a peer: handshake failed");
@@ -582,6 +593,18 @@ async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
     connections.shutdown().await;
 }
 
+/// A dial's outcome: the connection and its stream.
+type Dialed = (quinn::Connection, quinn::SendStream, quinn::RecvStream);
+
+/// Keeps `peer` connected: while it is not (whichever side dialled), dials it.
+///
+/// Dials overlap: a new one starts every backoff (jittered, doubling from `backoff_min_ms` to
+/// `backoff_max_ms`) while earlier ones still run, each for up to `connect_timeout_ms`. So a
+/// handshake slowed by a lossy link is not cut short by the next try, and a link that comes
+/// back (a partition healed, the peer restarted) is found by the next dial, at most
+/// `backoff_max_ms` later, not after a handshake started during the cut has retransmitted its
+/// way through a backoff grown by then (QUIC doubles its probe timeout each time). The first
+/// dial to succeed wins; the others are dropped.
 async fn dial_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint, peer: PeerAddr) {
     let config = &shared.config;
     let mut backoff = config.backoff_min_ms.max(1);
@@ -598,48 +621,74 @@ async fn dial_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint, peer: PeerAdd
         if *shutdown.borrow() {
             return;
         }
-        let attempt = async {
-            let connecting = endpoint
-                .connect_with(shared.client_config(), peer.addr, &peer.name)
-                .context("start a QUIC connection")?;
-            let conn = connecting.await.context("QUIC/TLS handshake")?;
-            let (send, recv) = conn.open_bi().await.context("open the peer stream")?;
-            anyhow::Ok((conn, send, recv))
-        };
-        let result = tokio::select! {
-            r = tokio::time::timeout(Duration::from_millis(shared.config.connect_timeout_ms), attempt) => r,
-            _ = shutdown.wait_for(|s| *s) => return,
-        };
-        match result {
-            Ok(Ok((conn, send, recv))) => {
-                if let Ok(mut errors) = shared.dial_errors.lock() {
-                    errors.remove(&peer.name);
-                }
-                let established =
-                    run_connection(shared.clone(), conn, send, recv, Direction::Dialed, None).await;
-                if established {
-                    backoff = config.backoff_min_ms.max(1);
+        let mut dials = JoinSet::new();
+        let dialed = 'dialing: loop {
+            dials.spawn(dial(shared.clone(), endpoint.clone(), peer.clone()));
+            // Jitter in [backoff/2, backoff], so that nodes restarted together do not dial in
+            // step.
+            let next = rand::rng().random_range(backoff / 2..=backoff);
+            let next = tokio::time::sleep(Duration::from_millis(next));
+            tokio::pin!(next);
+            loop {
+                tokio::select! {
+                    Some(done) = dials.join_next() => match done {
+                        Ok(Ok(dialed)) => break 'dialing Some(dialed),
+                        Ok(Err(e)) => {
+                            debug!(error = e.as_str(), "dial failed");
+                            if let Ok(mut errors) = shared.dial_errors.lock() {
+                                errors.insert(peer.name.clone(), e);
+                            }
+                        }
+                        // A dial task that panicked: the next one tries again.
+                        Err(_) => {}
+                    },
+                    () = &mut next => break,
+                    _ = changed.changed() => {
+                        if shared.is_connected(&peer.name) {
+                            break 'dialing None;
+                        }
+                    }
+                    _ = shutdown.wait_for(|s| *s) => return,
                 }
             }
-            Ok(Err(e)) => {
-                debug!(error = format!("{e:#}"), "dial failed");
-                if let Ok(mut errors) = shared.dial_errors.lock() {
-                    errors.insert(peer.name.clone(), format!("{e:#}"));
-                }
+            backoff = (backoff * 2).min(config.backoff_max_ms.max(1));
+        };
+        // The dials still running are dropped: their handshakes end.
+        dials.abort_all();
+        drop(dials);
+        if let Some((conn, send, recv)) = dialed {
+            if let Ok(mut errors) = shared.dial_errors.lock() {
+                errors.remove(&peer.name);
             }
-            Err(_) => {
-                if let Ok(mut errors) = shared.dial_errors.lock() {
-                    errors.insert(peer.name.clone(), "timed out".into());
-                }
+            let established =
+                run_connection(shared.clone(), conn, send, recv, Direction::Dialed, None).await;
+            if established {
+                backoff = config.backoff_min_ms.max(1);
             }
         }
-        // Jitter in [backoff/2, backoff], so that nodes restarted together do not dial in step.
-        let delay = rand::rng().random_range(backoff / 2..=backoff);
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(delay)) => {}
-            _ = shutdown.wait_for(|s| *s) => return,
-        }
-        backoff = (backoff * 2).min(config.backoff_max_ms.max(1));
+    }
+}
+
+/// One dial of `peer`: the QUIC/TLS handshake and the peer stream, within
+/// `connect_timeout_ms`. The error is what `/admin/peers` shows.
+async fn dial(
+    shared: Arc<Shared>,
+    endpoint: quinn::Endpoint,
+    peer: PeerAddr,
+) -> Result<Dialed, String> {
+    let attempt = async {
+        let connecting = endpoint
+            .connect_with(shared.client_config(), peer.addr, &peer.name)
+            .context("start a QUIC connection")?;
+        let conn = connecting.await.context("QUIC/TLS handshake")?;
+        let (send, recv) = conn.open_bi().await.context("open the peer stream")?;
+        anyhow::Ok((conn, send, recv))
+    };
+    let timeout = Duration::from_millis(shared.config.connect_timeout_ms);
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(Ok(dialed)) => Ok(dialed),
+        Ok(Err(e)) => Err(format!("{e:#}")),
+        Err(_) => Err("timed out".into()),
     }
 }
 

@@ -5,7 +5,7 @@
 //! (`session.rs`); what is left is the question's own: its text, the session's limits, and
 //! whether the caller may see the question they act on.
 
-use automerge::ObjId;
+use automerge::{ObjId, ScalarValue};
 use automerge::transaction::Transaction;
 
 use crate::auth::Caller;
@@ -16,6 +16,7 @@ use crate::limits::{
 use crate::read::Reader;
 use crate::reject::{RejectCode, Rejection, check_text};
 use crate::schema::{META, Q_DISMISSED, Q_PENDING, Q_REJECTED, Q_VISIBLE, QUESTIONS};
+use crate::view::Question;
 use crate::write::{Ctx, Target, check_count, check_user_count, map_or_new, put, put_map, root};
 
 /// A question the caller may act on: staff see every question; a student sees visible ones
@@ -27,13 +28,46 @@ fn find_question(tx: &Transaction<'_>, id: &str, caller: &Caller) -> Result<ObjI
         .and_then(|qs| r.map(&qs, id))
         .ok_or_else(|| Rejection::not_found("question", id))?;
     if !caller.role.is_staff() {
-        let visible = r.str(&q, "status").as_deref() == Some(Q_VISIBLE);
-        let own = r.str(&q, "author").as_deref() == Some(caller.user.as_str());
+        let read = Question::read(&r, id);
+        let visible = read.as_ref().is_some_and(|q| q.status == Q_VISIBLE);
+        let own = read.is_some_and(|q| q.author == caller.user.as_str());
         if !(visible || own) {
             return Err(Rejection::not_found("question", id));
         }
     }
     Ok(q)
+}
+
+/// Every copy of a question the caller may act on (see [`find_question`]): one, unless two
+/// nodes applied its `qa.ask` before they met. A change of a field is written to each copy,
+/// so that it is the field's last write in every copy ([`Question::read`] reads each field
+/// from the copy that wrote it last; automerge makes no operation for a value a copy already
+/// holds, so writing the reading copy alone could leave an older write on another copy last).
+fn question_copies(
+    tx: &Transaction<'_>,
+    id: &str,
+    caller: &Caller,
+) -> Result<Vec<ObjId>, Rejection> {
+    let q = find_question(tx, id, caller)?;
+    let r = Reader::now(tx);
+    let all = r
+        .root_map(QUESTIONS)
+        .map(|qs| r.all_maps(&qs, id))
+        .unwrap_or_default();
+    Ok(if all.len() > 1 { all } else { vec![q] })
+}
+
+/// Sets `key` to `value` on every copy of a question.
+fn put_each(
+    tx: &mut Transaction<'_>,
+    copies: &[ObjId],
+    key: &str,
+    value: impl Into<ScalarValue> + Clone,
+) -> Result<(), Rejection> {
+    for copy in copies {
+        put(tx, copy, key, value.clone())?;
+    }
+    Ok(())
 }
 
 /// `qa.ask`: a new question, waiting for moderation if the session is moderated.
@@ -99,11 +133,11 @@ pub(crate) fn answer(
     text: &str,
 ) -> Result<Target, Rejection> {
     let text = check_text("answer", text, ANSWER_LEN_MAX_CHARS)?;
-    let q = find_question(tx, question, ctx.caller)?;
-    put(tx, &q, "answer", text)?;
-    put(tx, &q, "answer_by", ctx.user())?;
-    put(tx, &q, "answer_by_name", ctx.caller.display_name())?;
-    put(tx, &q, "answer_at", ctx.now.as_i64())?;
+    let q = question_copies(tx, question, ctx.caller)?;
+    put_each(tx, &q, "answer", text)?;
+    put_each(tx, &q, "answer_by", ctx.user())?;
+    put_each(tx, &q, "answer_by_name", ctx.caller.display_name())?;
+    put_each(tx, &q, "answer_at", ctx.now.as_i64())?;
     Ok(Target::item(question))
 }
 
@@ -114,8 +148,8 @@ pub(crate) fn pin(
     question: &str,
     pinned: bool,
 ) -> Result<Target, Rejection> {
-    let q = find_question(tx, question, ctx.caller)?;
-    put(tx, &q, "pinned", pinned)?;
+    let q = question_copies(tx, question, ctx.caller)?;
+    put_each(tx, &q, "pinned", pinned)?;
     Ok(Target::item(question))
 }
 
@@ -125,9 +159,9 @@ pub(crate) fn dismiss(
     ctx: &Ctx<'_>,
     question: &str,
 ) -> Result<Target, Rejection> {
-    let q = find_question(tx, question, ctx.caller)?;
-    put(tx, &q, "status", Q_DISMISSED)?;
-    put(tx, &q, "pinned", false)?;
+    let q = question_copies(tx, question, ctx.caller)?;
+    put_each(tx, &q, "status", Q_DISMISSED)?;
+    put_each(tx, &q, "pinned", false)?;
     Ok(Target::item(question))
 }
 
@@ -138,8 +172,8 @@ pub(crate) fn moderate(
     question: &str,
     approve: bool,
 ) -> Result<Target, Rejection> {
-    let q = find_question(tx, question, ctx.caller)?;
-    let status = Reader::now(&*tx).str(&q, "status");
+    let q = question_copies(tx, question, ctx.caller)?;
+    let status = Question::read(&Reader::now(&*tx), question).map(|q| q.status);
     if status.as_deref() != Some(Q_PENDING) {
         return Err(Rejection::new(
             RejectCode::InvalidInput,
@@ -147,6 +181,6 @@ pub(crate) fn moderate(
         ));
     }
     let to = if approve { Q_VISIBLE } else { Q_REJECTED };
-    put(tx, &q, "status", to)?;
+    put_each(tx, &q, "status", to)?;
     Ok(Target::item(question))
 }

@@ -60,6 +60,20 @@ impl<'a, D: ReadDoc> Reader<'a, D> {
             .collect()
     }
 
+    /// Of several copies of one map (concurrent creations of one key, see
+    /// [`Reader::all_maps`]), the one whose `key` was written last in automerge's order of
+    /// operations (a Lamport clock: a write made after seeing another sorts after it, and
+    /// concurrent writes sort by actor, the same on every replica). Reading each field from
+    /// the copy this names makes the copies read as one map, each field its last write in any
+    /// copy, as if they had been one map all along. `None` if no copy holds `key`.
+    pub(crate) fn latest<'c>(&self, copies: &'c [ObjId], key: &str) -> Option<&'c ObjId> {
+        copies
+            .iter()
+            .filter_map(|copy| Some((self.get(copy, key)?.1, copy)))
+            .max_by(|(a, _), (b, _)| a.cmp(b))
+            .map(|(_, copy)| copy)
+    }
+
     /// A string at `obj[key]`.
     pub(crate) fn str(&self, obj: &ObjId, key: &str) -> Option<String> {
         match self.get(obj, key)? {

@@ -8,6 +8,7 @@
 //! hold the document.
 
 use automerge::Automerge;
+use sha2::{Digest, Sha256};
 
 use crate::auth::Caller;
 use crate::command::{Command, CommandBody};
@@ -25,6 +26,25 @@ pub struct Trigger {
     pub recipients: Vec<UserId>,
 }
 
+/// The id of the notification `command` of `doc` triggers: `n` and 24 hex digits of the
+/// SHA-256 of the document's id and the command's id. It depends on nothing else, so a command
+/// applied on two nodes before they met (a client's retry on another node after the first one
+/// died with its ack) notifies under one id on both: the inbox holds it once (the two pushes
+/// write one key), and its emails share one Message-ID.
+pub(crate) fn notification_id(doc: &DocId, command: &CommandId) -> CommandId {
+    let mut hash = Sha256::new();
+    hash.update(doc.to_string().as_bytes());
+    // A separator no id contains, so that ("a", "bc") and ("ab", "c") differ.
+    hash.update([0]);
+    hash.update(command.as_str().as_bytes());
+    let hex: String = hash.finalize()[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    // Invariant: "n" and 24 hex digits are a valid id.
+    CommandId::new(format!("n{hex}")).expect("a hex notification id is valid")
+}
+
 /// The trigger of `cmd`, just applied by `caller` to `doc` (whose last local change it is).
 pub(crate) fn trigger(
     doc: &Automerge,
@@ -33,10 +53,7 @@ pub(crate) fn trigger(
     cmd: &Command,
     at: Millis,
 ) -> Option<Trigger> {
-    let hash = doc.get_last_local_change()?.hash();
-    let hex: String = hash.0[..12].iter().map(|b| format!("{b:02x}")).collect();
-    // Invariant: "n" and 24 hex digits are a valid id.
-    let nid = CommandId::new(format!("n{hex}")).expect("a hex notification id is valid");
+    let nid = notification_id(id, &cmd.id);
     let r = Reader::now(doc);
     let me = caller.user.as_str();
     let (kind, title, body, link, cohort, recipients): (_, String, String, String, _, Vec<String>) =

@@ -69,26 +69,24 @@ impl Question {
     ///
     /// Two nodes that both applied one `qa.ask` before they met (a client's retry on another
     /// node after the first one died with its ack) each made the question's map; after the
-    /// merge one copy reads, and the votes given on the other copy would be lost with it. So
-    /// the votes are merged across the copies: a user's vote is the one in the first copy
-    /// (the winner first) that holds one.
+    /// merge one copy reads (automerge's winner), and what was written on the other copy before
+    /// the merge (votes, an answer, a pin, moderation) would be lost with it. So the copies
+    /// read as one question: each field is its last write in any copy ([`Reader::latest`]),
+    /// and the votes are merged: a user's vote is the one in the first copy (the winner first)
+    /// that holds one. Writes after the merge go to the winner and sort after everything seen.
     pub(crate) fn read<D: ReadDoc>(r: &Reader<'_, D>, id: &str) -> Option<Question> {
         let qs = r.root_map(QUESTIONS)?;
         Self::read_obj(r, &qs, id)
     }
 
     fn read_obj<D: ReadDoc>(r: &Reader<'_, D>, qs: &ObjId, id: &str) -> Option<Question> {
-        let q = &r.map(qs, id)?;
-        let voters: Vec<ObjId> = r
-            .map(q, "voters")
-            .into_iter()
-            .chain(
-                r.all_maps(qs, id)
-                    .into_iter()
-                    .filter(|copy| copy != q)
-                    .filter_map(|copy| r.map(&copy, "voters")),
-            )
-            .collect();
+        let q = r.map(qs, id)?;
+        let mut copies = vec![q.clone()];
+        let all = r.all_maps(qs, id);
+        if all.len() > 1 {
+            copies.extend(all.into_iter().filter(|copy| *copy != q));
+        }
+        let voters: Vec<ObjId> = copies.iter().filter_map(|c| r.map(c, "voters")).collect();
         let upvotes = match voters.as_slice() {
             [] => 0,
             [only] => r.count_true(only),
@@ -102,21 +100,27 @@ impl Question {
                 votes.values().filter(|up| **up).count()
             }
         };
-        let answer = r.str(q, "answer").map(|text| Answer {
+        // The copy holding the last write of `key` (the only copy, nearly always).
+        let at = |key: &str| r.latest(&copies, key).unwrap_or(&q);
+        // The answer's fields are written together: read them from one copy.
+        let answered = at("answer");
+        let answer = r.str(answered, "answer").map(|text| Answer {
             text,
-            by: r.str(q, "answer_by").unwrap_or_default(),
-            by_name: r.str(q, "answer_by_name").unwrap_or_default(),
-            at: r.int(q, "answer_at").unwrap_or(0),
+            by: r.str(answered, "answer_by").unwrap_or_default(),
+            by_name: r.str(answered, "answer_by_name").unwrap_or_default(),
+            at: r.int(answered, "answer_at").unwrap_or(0),
         });
         Some(Question {
             id: id.to_owned(),
-            text: r.str(q, "text")?,
-            author: r.str(q, "author")?,
-            author_name: r.str(q, "author_name").unwrap_or_default(),
-            anonymous: r.bool(q, "anonymous").unwrap_or(false),
-            status: r.str(q, "status").unwrap_or_else(|| Q_VISIBLE.to_owned()),
-            at: r.int(q, "at").unwrap_or(0),
-            pinned: r.bool(q, "pinned").unwrap_or(false),
+            text: r.str(&q, "text")?,
+            author: r.str(&q, "author")?,
+            author_name: r.str(&q, "author_name").unwrap_or_default(),
+            anonymous: r.bool(&q, "anonymous").unwrap_or(false),
+            status: r
+                .str(at("status"), "status")
+                .unwrap_or_else(|| Q_VISIBLE.to_owned()),
+            at: r.int(&q, "at").unwrap_or(0),
+            pinned: r.bool(at("pinned"), "pinned").unwrap_or(false),
             answer,
             upvotes,
             voters,

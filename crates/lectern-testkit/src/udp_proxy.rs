@@ -92,10 +92,20 @@ pub struct UdpProxy {
 impl UdpProxy {
     /// Starts a proxy on `127.0.0.1:0` forwarding to `target`; `seed` drives random loss.
     pub async fn start(target: SocketAddr, seed: u64) -> anyhow::Result<UdpProxy> {
+        UdpProxy::start_at(SocketAddr::from(([127, 0, 0, 1], 0)), target, seed).await
+    }
+
+    /// Starts a proxy listening on `listen` (an address of a network namespace's link, say)
+    /// forwarding to `target`; `seed` drives random loss.
+    pub async fn start_at(
+        listen: SocketAddr,
+        target: SocketAddr,
+        seed: u64,
+    ) -> anyhow::Result<UdpProxy> {
         let listen = Arc::new(
-            UdpSocket::bind("127.0.0.1:0")
+            UdpSocket::bind(listen)
                 .await
-                .context("bind the proxy socket")?,
+                .with_context(|| format!("bind the proxy socket on {listen}"))?,
         );
         let addr = listen.local_addr().context("read the proxy address")?;
         let faults = Arc::new(Faults {
@@ -161,7 +171,12 @@ async fn run(listen: Arc<UdpSocket>, target: SocketAddr, faults: Arc<Faults>) {
         let upstream = match upstreams.get(&client) {
             Some((socket, _)) => socket.clone(),
             None => {
-                let Ok(socket) = UdpSocket::bind("127.0.0.1:0").await else {
+                // The kernel picks the source address of the route to the target.
+                let any = match target {
+                    SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+                    SocketAddr::V6(_) => SocketAddr::from(([0u16; 8], 0)),
+                };
+                let Ok(socket) = UdpSocket::bind(any).await else {
                     continue;
                 };
                 if socket.connect(target).await.is_err() {

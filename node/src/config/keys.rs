@@ -353,9 +353,9 @@ pub static KEYS: &[Key] = &[
     key("mesh.push_coalesce_ms", "LECTERN_MESH_PUSH_COALESCE_MS", "Local changes are pushed to peers at most this often, in ms (at most 20).",
         |d, v, k| { d.config.mesh.push_coalesce_ms = check_coalesce(v.parse(k)?, k)?; Ok(()) })
         .default("10").example("5"),
-    key("mesh.reconnect_max_ms", "LECTERN_MESH_RECONNECT_MAX_MS", "Longest wait between two dials of an unreachable peer, in ms (jittered exponential backoff from 100 ms).",
+    key("mesh.reconnect_max_ms", "LECTERN_MESH_RECONNECT_MAX_MS", "Longest wait between two dials of an unreachable peer, in ms (jittered exponential backoff from 100 ms; dials overlap, each lasting up to connect_timeout_ms), so at most this long passes between a link coming back and the dial that finds it.",
         |d, v, k| { d.config.mesh.reconnect_max_ms = v.min_1(k)?; Ok(()) })
-        .default("5000").example("10000"),
+        .default("1000").example("500"),
     key("mesh.peer_idle_timeout_ms", "LECTERN_MESH_PEER_IDLE_TIMEOUT_MS", "A peer silent for this long is dead (its connection closes, its presence expires), in ms.",
         |d, v, k| { d.config.mesh.peer_idle_timeout_ms = v.min_1(k)?; Ok(()) })
         .default("5000").example("8000"),

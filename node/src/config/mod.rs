@@ -230,7 +230,7 @@ pub struct MeshSettings {
     /// [`PUSH_COALESCE_MAX_MS`]). Default 10.
     pub push_coalesce_ms: u64,
     /// Longest wait between two dials of an unreachable peer, in ms (jittered exponential
-    /// backoff from 100 ms up to this). Default 5000.
+    /// backoff from 100 ms up to this; the dials overlap). Default 1000.
     pub reconnect_max_ms: u64,
     /// A peer silent for this long is dead (its connection closes, its presence expires), in
     /// ms. Default 5000.
@@ -267,7 +267,7 @@ impl Default for MeshSettings {
             share_cohorts: None,
             peer_cohorts: Vec::new(),
             push_coalesce_ms: 10,
-            reconnect_max_ms: 5_000,
+            reconnect_max_ms: 1_000,
             peer_idle_timeout_ms: 5_000,
             connect_timeout_ms: 3_000,
             handshakes_max: lectern_mesh::HANDSHAKES_MAX_DEFAULT,
