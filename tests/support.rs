@@ -31,8 +31,12 @@ impl TempDir {
 }
 
 impl Drop for TempDir {
+    /// Removes the directory, unless `LECTERN_KEEP_TEST_DIRS` is set (to read a node's log
+    /// after a run: a run's directories are named after the test and the process id).
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        if std::env::var_os("LECTERN_KEEP_TEST_DIRS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 }
 

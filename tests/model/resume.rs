@@ -1051,3 +1051,54 @@ fn a_question_asked_on_two_nodes_keeps_the_answer_and_moderation_of_both_copies(
         }
     }
 }
+
+/// An answer retried on a second node after the first died with its ack is applied on both,
+/// and each node's job runner notifies the asker. The notification's id was a hash of each
+/// node's own change, so the asker's inbox held the notification twice. It is now made of the
+/// document's and the command's ids: the same on both nodes (the inbox holds it once), and
+/// another answer's differs.
+#[test]
+fn a_command_applied_on_two_nodes_notifies_under_one_id() {
+    let mut replicas = vec![live_session(b"node-a"), live_session(b"node-b")];
+    let ask = cmd(
+        "q",
+        CommandBody::QaAsk {
+            text: "Why?".into(),
+            anonymous: false,
+        },
+    );
+    ok(&mut replicas[0], &student("s1"), &ask, at(1));
+    sync_all(&mut replicas);
+    let answer = |id: &str, text: &str| {
+        cmd(
+            id,
+            CommandBody::QaAnswer {
+                question: qid("q"),
+                text: text.into(),
+            },
+        )
+    };
+    let retried = answer("answer", "Because.");
+    let mut ids = Vec::new();
+    for (i, r) in replicas.iter_mut().enumerate() {
+        ok(r, &instructor(), &retried, at(2 + i));
+        let trigger = r
+            .trigger_for(&instructor(), &retried, at(2 + i))
+            .expect("an answer notifies its asker");
+        assert_eq!(trigger.recipients, vec![uid("s1")], "replica {i}");
+        ids.push(trigger.notification.id);
+    }
+    assert_eq!(
+        ids[0], ids[1],
+        "one command, one notification id on both nodes"
+    );
+    let other = answer("another-answer", "Because, really.");
+    ok(&mut replicas[0], &instructor(), &other, at(5));
+    let trigger = replicas[0]
+        .trigger_for(&instructor(), &other, at(5))
+        .expect("an answer notifies its asker");
+    assert_ne!(
+        trigger.notification.id, ids[0],
+        "another command, another id"
+    );
+}

@@ -25,7 +25,7 @@
 //!
 //! The checker, once every node runs again and every link is up (the last heal):
 //! * every acknowledged command is on every node: each acked question and chat message is in
-//!   every node's view of its session; each question's upvote count on every node lies between
+//!   every node's view of its session, each acked answer's question answered there; each question's upvote count on every node lies between
 //!   the users whose upvote of it was acked and the users who sent one (each user sends at most
 //!   one upvote per question, so a count outside means an acked vote lost or one counted twice);
 //! * every node has the same heads for every document within [`CONVERGENCE_MAX`] of the last
@@ -41,8 +41,9 @@
 //!   not an order shared by the nodes, so order across origins is not checked; order is what
 //!   the resume token encodes, and a wrong order would show as a gap or a repeat after resume.
 //!
-//! * no duplicated in-app notification: the instructor of each session answers every question
-//!   whose ask was acked (`a-{i}`, retried with its id like the clients' commands), and once
+//! * no duplicated in-app notification: the instructor of each session answers the question of
+//!   every [`ANSWERED_EVERY`]th client once its ask was acked (`a-{i}`, retried with its id like
+//!   the clients' commands), and once
 //!   the jobs have run, every asker whose answer was acked holds exactly one notification of it
 //!   in its inbox on every node, and nobody holds two of one answer anywhere.
 //!
@@ -82,6 +83,10 @@ const SESSIONS: usize = 10;
 
 /// Upvotes each client sends (of distinct classmates' questions).
 const UPVOTES_EACH: usize = 2;
+
+/// The instructors answer the question of every this many clients (each answer notifies its
+/// asker in-app: a job, and an inbox document per asker that every node stores).
+const ANSWERED_EVERY: usize = 4;
 
 /// Seconds of workload and faults when `LECTERN_CHAOS_SECS` is unset.
 const SECS_DEFAULT: u64 = 60;
@@ -123,7 +128,7 @@ const LONG_POLL_WAIT_S: u64 = 5;
 const ROUND_PAUSE: Duration = Duration::from_millis(300);
 
 /// Lines of each node's log a failure shows.
-const LOG_LINES: usize = 30;
+const LOG_LINES: usize = 80;
 
 /// The refusal of a command id the node has applied already: the answer to a retry whose
 /// first ack was lost, as good as an ack.
@@ -517,6 +522,7 @@ impl Chaos {
                 session: session_id(k),
                 askers: (k..CLIENTS)
                     .step_by(SESSIONS)
+                    .filter(|i| i % ANSWERED_EVERY == 0)
                     .map(|i| (i, records[i].clone()))
                     .collect(),
                 jwt: instructor.clone(),
@@ -1422,52 +1428,64 @@ struct Answers {
     /// Askers whose answer was sent and never acknowledged (it may be applied or not).
     unacked: BTreeSet<usize>,
     retries: usize,
+    /// How long each send took to answer (or fail).
+    latencies: Vec<Duration>,
 }
 
 impl Answerer {
+    /// Watches for asks acked, and answers each from its own task (a node that is slow to
+    /// answer one holds up no other answer), until the workload's end.
     async fn run(self, mut go: tokio::sync::watch::Receiver<Option<tokio::time::Instant>>) {
         let Ok(t0) = go.wait_for(Option::is_some).await.map(|t| t.expect("set")) else {
             return;
         };
         let end = t0 + Duration::from_secs(self.secs);
-        let path = format!("/api/sessions/{}/commands", self.session);
-        let mut on = 0;
-        let mut pending: BTreeSet<usize> = BTreeSet::new();
+        let me = Arc::new(self);
+        let mut started = BTreeSet::new();
+        let mut answering = tokio::task::JoinSet::new();
         while tokio::time::Instant::now() < end {
-            let answered = lock(&self.answers).acked.clone();
-            for (i, record) in &self.askers {
-                let asked = lock(record)
-                    .acked
-                    .iter()
-                    .any(|(id, _)| *id == format!("q-{i}"));
-                if asked && !answered.contains(i) {
-                    pending.insert(*i);
-                }
-            }
-            for &i in &pending.clone() {
-                let body = json!({"id": format!("a-{i}"), "cmd": "qa.answer",
-                    "question": format!("q-{i}"), "text": format!("Answer to q-{i}")});
-                let acked = match Http::new(self.https[on])
-                    .post_json(&path, Some(&self.jwt), &body)
-                    .await
-                {
-                    Ok(r) => r.status == 200 || r.error_code().as_deref() == Some(ALREADY_APPLIED),
-                    Err(_) => false,
-                };
-                if acked {
-                    pending.remove(&i);
-                    lock(&self.answers).acked.insert(i);
-                } else {
-                    lock(&self.answers).retries += 1;
-                    on = (on + 1) % self.https.len();
-                }
-                if tokio::time::Instant::now() >= end {
-                    break;
+            for (i, record) in &me.askers {
+                let ask = format!("q-{i}");
+                if !started.contains(i) && lock(record).acked.iter().any(|(id, _)| *id == ask) {
+                    started.insert(*i);
+                    answering.spawn(me.clone().answer(*i, end));
                 }
             }
             tokio::time::sleep(ROUND_PAUSE).await;
         }
-        lock(&self.answers).unacked.extend(pending);
+        while answering.join_next().await.is_some() {}
+    }
+
+    /// Answers client `i`'s question, with the same id to the next node after a failure.
+    async fn answer(self: Arc<Self>, i: usize, end: tokio::time::Instant) {
+        let path = format!("/api/sessions/{}/commands", self.session);
+        let body = json!({"id": format!("a-{i}"), "cmd": "qa.answer",
+            "question": format!("q-{i}"), "text": format!("Answer to q-{i}")});
+        let mut on = i % self.https.len();
+        while tokio::time::Instant::now() < end {
+            let sent = Instant::now();
+            let answer = Http::new(self.https[on])
+                .post_json(&path, Some(&self.jwt), &body)
+                .await;
+            let acked = answer.is_ok_and(|r| {
+                r.status == 200 || r.error_code().as_deref() == Some(ALREADY_APPLIED)
+            });
+            {
+                let mut answers = lock(&self.answers);
+                answers.latencies.push(sent.elapsed());
+                if acked {
+                    answers.acked.insert(i);
+                } else {
+                    answers.retries += 1;
+                }
+            }
+            if acked {
+                return;
+            }
+            on = (on + 1) % self.https.len();
+            tokio::time::sleep(ROUND_PAUSE).await;
+        }
+        lock(&self.answers).unacked.insert(i);
     }
 }
 
@@ -1767,12 +1785,17 @@ impl fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "  answers: {} acked, {} unacked at the end, {} retries; {} in-app notifications \
-             of them over the {NODES} nodes, one per answer and node ({} ms after the streams \
-             caught up)",
+            "  answers: {} acked, {} unacked at the end, {} retries, sends answered in {:?} \
+             (median, max); {} in-app notifications of them over the {NODES} nodes, one per \
+             answer and node ({} ms after the streams caught up)",
             self.answers.acked.len(),
             self.answers.unacked.len(),
             self.answers.retries,
+            {
+                let mut l = self.answers.latencies.clone();
+                l.sort();
+                (l.get(l.len() / 2).copied(), l.last().copied())
+            },
             self.notified,
             self.delivered.as_millis()
         )?;

@@ -528,23 +528,27 @@ pub async fn admin(http: SocketAddr, path: &str) -> anyhow::Result<serde_json::V
     r.json()
 }
 
-/// Every document a node stores, with its heads digest (`/admin/docs`).
+/// Every document a node stores, with its heads digest (`/admin/docs`, a page of 1,000 at a
+/// time).
 pub async fn doc_heads(
     http: SocketAddr,
 ) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
-    let docs = admin(http, "/admin/docs?limit=1000").await?;
-    anyhow::ensure!(docs["more"] == false, "more than 1,000 documents: {docs}");
-    Ok(docs["docs"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|d| {
-            Some((
-                d["doc"].as_str()?.to_owned(),
-                d["heads"].as_str().unwrap_or_default().to_owned(),
-            ))
-        })
-        .collect())
+    let mut out = std::collections::BTreeMap::new();
+    let mut after = String::new();
+    loop {
+        let page = admin(http, &format!("/admin/docs?limit=1000&after={after}")).await?;
+        let docs = page["docs"].as_array().cloned().unwrap_or_default();
+        for d in &docs {
+            if let Some(doc) = d["doc"].as_str() {
+                let heads = d["heads"].as_str().unwrap_or_default().to_owned();
+                out.insert(doc.to_owned(), heads);
+                after = doc.to_owned();
+            }
+        }
+        if page["more"] != true || docs.is_empty() {
+            return Ok(out);
+        }
+    }
 }
 
 /// A lab's certificates and token key, made with the `lectern` binary as an operator would

@@ -664,6 +664,16 @@ async fn dial_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint, peer: PeerAdd
                 run_connection(shared.clone(), conn, send, recv, Direction::Dialed, None).await;
             if established {
                 backoff = config.backoff_min_ms.max(1);
+            } else {
+                // Connected, then refused before the hello was through (not a member, a
+                // revoked certificate): wait before the next round, so that a peer refusing
+                // us is not dialled in a tight loop.
+                let pause = rand::rng().random_range(backoff / 2..=backoff);
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(pause)) => {}
+                    _ = shutdown.wait_for(|s| *s) => return,
+                }
+                backoff = (backoff * 2).min(config.backoff_max_ms.max(1));
             }
         }
     }
@@ -907,6 +917,15 @@ async fn run_connection(
     let mut peer: Option<PeerInfo> = None;
     let mut registered = false;
     let mut close_reason = String::from("connection ended");
+    // QUIC's own idle timeout is at least three probe timeouts, which grow with the round trips
+    // measured: a peer that stalled under load for a while before it died can keep a dead
+    // connection open for half a minute, while its restarted process waits to be dialled. So
+    // the peer is also dead once nothing at all came from it for `idle_timeout_ms`: a live
+    // peer acknowledges the keep-alives sent every third of that.
+    let silence = Duration::from_millis(config.idle_timeout_ms.max(1));
+    let mut watchdog = tokio::time::interval((silence / 4).max(Duration::from_millis(10)));
+    watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut heard = (conn.stats().udp_rx.datagrams, Instant::now());
 
     'conn: loop {
         // Carry out everything the session asked for.
@@ -1095,6 +1114,15 @@ async fn run_connection(
                 }
             },
             _ = sleep_until(timeout) => session.handle_timeout(Instant::now()),
+            _ = watchdog.tick() => {
+                let received = conn.stats().udp_rx.datagrams;
+                if received != heard.0 {
+                    heard = (received, Instant::now());
+                } else if heard.1.elapsed() >= silence {
+                    close_reason = format!("the peer was silent for {} ms", silence.as_millis());
+                    break 'conn;
+                }
+            }
             _ = shutdown.wait_for(|s| *s) => session.close("shutting down"),
             e = conn.closed() => {
                 close_reason = format!("connection closed: {e}");

@@ -5,8 +5,8 @@
 //! (`session.rs`); what is left is the question's own: its text, the session's limits, and
 //! whether the caller may see the question they act on.
 
-use automerge::{ObjId, ScalarValue};
 use automerge::transaction::Transaction;
+use automerge::{ObjId, ScalarValue};
 
 use crate::auth::Caller;
 use crate::limits::{

@@ -673,8 +673,8 @@ impl Replica {
         }
     }
 
-    /// Who `cmd` notifies, when `caller` just applied it here (it must be this replica's last
-    /// local change) at `now`. The hub asks only for commands it accepted itself, never for
+    /// Who `cmd` notifies, when `caller` just applied it here at `now` (the notification's id
+    /// is made of the document's and the command's ids: the same wherever it is applied). The hub asks only for commands it accepted itself, never for
     /// changes from peers: one notification per event however many nodes hold the document.
     pub fn trigger_for(
         &self,

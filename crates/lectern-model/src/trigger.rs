@@ -45,7 +45,7 @@ pub(crate) fn notification_id(doc: &DocId, command: &CommandId) -> CommandId {
     CommandId::new(format!("n{hex}")).expect("a hex notification id is valid")
 }
 
-/// The trigger of `cmd`, just applied by `caller` to `doc` (whose last local change it is).
+/// The trigger of `cmd`, just applied by `caller` to `doc`.
 pub(crate) fn trigger(
     doc: &Automerge,
     id: &DocId,
