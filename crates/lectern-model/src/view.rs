@@ -100,8 +100,12 @@ impl Question {
                 votes.values().filter(|up| **up).count()
             }
         };
-        // The copy holding the last write of `key` (the only copy, nearly always).
-        let at = |key: &str| r.latest(&copies, key).unwrap_or(&q);
+        // The copy holding the last write of `key` (the only copy, nearly always: then no
+        // lookup).
+        let at = |key: &str| match copies.as_slice() {
+            [_] => &q,
+            _ => r.latest(&copies, key).unwrap_or(&q),
+        };
         // The answer's fields are written together: read them from one copy.
         let answered = at("answer");
         let answer = r.str(answered, "answer").map(|text| Answer {
