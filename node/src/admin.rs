@@ -5,7 +5,7 @@
 //! (peers only), `GET /admin/heads?doc=ID` (a document's heads digest, to compare replicas) and
 //! the job queue (`GET /admin/jobs[?state=queued|dead|all&limit=N]`, `GET
 //! /admin/jobs/show?id=ID`, `POST /admin/jobs/retry?id=ID`, `POST /admin/jobs/drop?id=ID`)
-//! the stored documents (`GET /admin/docs[?prefix=&after=&limit=]`, a page at a time, and
+//! the stored documents (`GET /admin/docs[?prefix=&after=&limit=&heads_only=]`, a page at a time, and
 //! `GET /admin/docs/show?doc=ID`, `POST /admin/docs/compact?doc=ID`) and the drain (`POST /admin/drain`, `POST /admin/undrain`:
 //! `{draining, connections}`) and the feature flags (`GET /admin/flags`, `POST
 //! /admin/flags/set?feature=F&enabled=true|false[&cohort=C]`, `POST
@@ -291,7 +291,7 @@ struct HeadsQuery {
 /// Documents `/admin/docs` lists at most, whatever `limit` asks.
 const DOCS_LIST_MAX: usize = 1_000;
 
-/// `?prefix=&after=&limit=` of `/admin/docs`.
+/// `?prefix=&after=&limit=&heads_only=` of `/admin/docs`.
 #[derive(serde::Deserialize)]
 struct DocsQuery {
     /// Only ids starting with this (`session/`, `cohort/`, `inbox/`, `course/`).
@@ -299,6 +299,10 @@ struct DocsQuery {
     /// Only ids after this one (the previous page's last).
     after: Option<String>,
     limit: Option<usize>,
+    /// Each document's id and heads only, without reading its bytes from the store: a cheap
+    /// page for comparing the nodes of a cluster.
+    #[serde(default)]
+    heads_only: bool,
 }
 
 /// `?state=&limit=` of `/admin/jobs`.
@@ -508,6 +512,10 @@ impl AdminState {
             if docs.len() == limit {
                 more = true;
                 break;
+            }
+            if q.heads_only {
+                docs.push(self.heads(&id));
+                continue;
             }
             match self.doc_entry(&id) {
                 Ok(Some(entry)) => docs.push(entry),

@@ -536,7 +536,11 @@ pub async fn doc_heads(
     let mut out = std::collections::BTreeMap::new();
     let mut after = String::new();
     loop {
-        let page = admin(http, &format!("/admin/docs?limit=1000&after={after}")).await?;
+        let page = admin(
+            http,
+            &format!("/admin/docs?limit=1000&heads_only=true&after={after}"),
+        )
+        .await?;
         let docs = page["docs"].as_array().cloned().unwrap_or_default();
         for d in &docs {
             if let Some(doc) = d["doc"].as_str() {
