@@ -934,15 +934,7 @@ fn a_command_applied_on_two_nodes_before_they_met_gets_one_event() {
 /// each user once, on both replicas; a user's own `voted` too.
 #[test]
 fn a_question_asked_on_two_nodes_before_they_met_keeps_the_votes_of_both() {
-    let mut replicas = vec![live_session(b"node-a"), live_session(b"node-b")];
-    sync_all(&mut replicas);
-    let ask = cmd(
-        "asked-twice",
-        CommandBody::QaAsk {
-            text: "Why?".into(),
-            anonymous: false,
-        },
-    );
+    let mut replicas = asked_on_both([b"node-a", b"node-b"]);
     let upvote = |id: &str| {
         cmd(
             id,
@@ -951,8 +943,6 @@ fn a_question_asked_on_two_nodes_before_they_met_keeps_the_votes_of_both() {
             },
         )
     };
-    ok(&mut replicas[0], &student("s1"), &ask, at(1));
-    ok(&mut replicas[1], &student("s1"), &ask, at(2));
     // Each copy holds a vote the other lacks, and s3 voted on both.
     ok(&mut replicas[0], &student("s2"), &upvote("up-s2"), at(3));
     ok(
@@ -993,18 +983,8 @@ fn a_question_asked_on_two_nodes_before_they_met_keeps_the_votes_of_both() {
 #[test]
 fn a_question_asked_on_two_nodes_keeps_the_answer_and_moderation_of_both_copies() {
     for actors in [[&b"node-a"[..], &b"node-b"[..]], [b"node-b", b"node-a"]] {
-        let mut replicas = vec![live_session(actors[0]), live_session(actors[1])];
-        sync_all(&mut replicas);
-        let ask = cmd(
-            "asked-twice",
-            CommandBody::QaAsk {
-                text: "Why?".into(),
-                anonymous: false,
-            },
-        );
+        let mut replicas = asked_on_both(actors);
         let question = || qid("asked-twice");
-        ok(&mut replicas[0], &student("s1"), &ask, at(1));
-        ok(&mut replicas[1], &student("s1"), &ask, at(2));
         let answer = cmd(
             "answer",
             CommandBody::QaAnswer {
@@ -1101,4 +1081,21 @@ fn a_command_applied_on_two_nodes_notifies_under_one_id() {
         trigger.notification.id, ids[0],
         "another command, another id"
     );
+}
+
+/// Two replicas of a live session, in sync, that then both apply s1's `qa.ask` of
+/// `asked-twice` (at steps 1 and 2) before they meet again: two copies of one question.
+fn asked_on_both(actors: [&[u8]; 2]) -> Vec<lectern_model::Replica> {
+    let mut replicas = vec![live_session(actors[0]), live_session(actors[1])];
+    sync_all(&mut replicas);
+    let ask = cmd(
+        "asked-twice",
+        CommandBody::QaAsk {
+            text: "Why?".into(),
+            anonymous: false,
+        },
+    );
+    ok(&mut replicas[0], &student("s1"), &ask, at(1));
+    ok(&mut replicas[1], &student("s1"), &ask, at(2));
+    replicas
 }
