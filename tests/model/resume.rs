@@ -9,7 +9,7 @@
 
 use lectern_model::automerge::ChangeHash;
 use lectern_model::{
-    Caller, CommandBody, Event, PollChoice, PollKind, PollSpec, ProgressStatus, Replica,
+    Caller, Command, CommandBody, Event, PollChoice, PollKind, PollSpec, ProgressStatus, Replica,
     ResumeError, ResumeToken, Role, SessionId, SessionState,
 };
 use serde_json::Value;
@@ -1040,14 +1040,7 @@ fn a_question_asked_on_two_nodes_keeps_the_answer_and_moderation_of_both_copies(
 #[test]
 fn a_command_applied_on_two_nodes_notifies_under_one_id() {
     let mut replicas = vec![live_session(b"node-a"), live_session(b"node-b")];
-    let ask = cmd(
-        "q",
-        CommandBody::QaAsk {
-            text: "Why?".into(),
-            anonymous: false,
-        },
-    );
-    ok(&mut replicas[0], &student("s1"), &ask, at(1));
+    ok(&mut replicas[0], &student("s1"), &ask("q"), at(1));
     sync_all(&mut replicas);
     let answer = |id: &str, text: &str| {
         cmd(
@@ -1085,17 +1078,21 @@ fn a_command_applied_on_two_nodes_notifies_under_one_id() {
 
 /// Two replicas of a live session, in sync, that then both apply s1's `qa.ask` of
 /// `asked-twice` (at steps 1 and 2) before they meet again: two copies of one question.
-fn asked_on_both(actors: [&[u8]; 2]) -> Vec<lectern_model::Replica> {
+fn asked_on_both(actors: [&[u8]; 2]) -> Vec<Replica> {
     let mut replicas = vec![live_session(actors[0]), live_session(actors[1])];
     sync_all(&mut replicas);
-    let ask = cmd(
-        "asked-twice",
+    ok(&mut replicas[0], &student("s1"), &ask("asked-twice"), at(1));
+    ok(&mut replicas[1], &student("s1"), &ask("asked-twice"), at(2));
+    replicas
+}
+
+/// `qa.ask` of "Why?" with command (and question) id `id`.
+fn ask(id: &str) -> Command {
+    cmd(
+        id,
         CommandBody::QaAsk {
             text: "Why?".into(),
             anonymous: false,
         },
-    );
-    ok(&mut replicas[0], &student("s1"), &ask, at(1));
-    ok(&mut replicas[1], &student("s1"), &ask, at(2));
-    replicas
+    )
 }

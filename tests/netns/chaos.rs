@@ -603,13 +603,13 @@ impl Chaos {
         for t in &tasks {
             t.abort();
         }
+        let notified = std::cell::Cell::new(0);
         let delivered = crate::mesh::eventually_ok("every answer notifies once", WAIT, || async {
-            check_notifications(self, &plans, &answers, plan.secs)
-                .await
-                .map(|_| ())
+            notified.set(check_notifications(self, &plans, &answers, plan.secs).await?);
+            Ok(())
         })
         .await?;
-        let notified = check_notifications(self, &plans, &answers, plan.secs).await?;
+        let notified = notified.get();
         let retried: BTreeSet<String> = records
             .iter()
             .flat_map(|r| lock(r).retried.clone())

@@ -311,26 +311,11 @@ impl Lab {
                 "-n", first, "link", "add", &a_end, "type", "veth", "peer", "name", &b_end,
                 "netns", second,
             ])?;
-            ip(&[
-                "-n",
-                first,
-                "addr",
-                "add",
-                &cidr(a.link_end(j, true)),
-                "dev",
-                &a_end,
-            ])?;
-            ip(&["-n", first, "link", "set", &a_end, "up"])?;
-            ip(&[
-                "-n",
-                second,
-                "addr",
-                "add",
-                &cidr(a.link_end(j, false)),
-                "dev",
-                &b_end,
-            ])?;
-            ip(&["-n", second, "link", "set", &b_end, "up"])?;
+            for (ns, end, is_first) in [(first, &a_end, true), (second, &b_end, false)] {
+                let addr = cidr(a.link_end(j, is_first));
+                ip(&["-n", ns, "addr", "add", &addr, "dev", end])?;
+                ip(&["-n", ns, "link", "set", end, "up"])?;
+            }
             self.links.push(Link { b: k, b_end });
         }
         Ok(())

@@ -16,45 +16,37 @@ use crate::limits::{
 use crate::read::Reader;
 use crate::reject::{RejectCode, Rejection, check_text};
 use crate::schema::{META, Q_DISMISSED, Q_PENDING, Q_REJECTED, Q_VISIBLE, QUESTIONS};
-use crate::view::Question;
 use crate::write::{Ctx, Target, check_count, check_user_count, map_or_new, put, put_map, root};
 
-/// A question the caller may act on: staff see every question; a student sees visible ones
-/// and their own.
-fn find_question(tx: &Transaction<'_>, id: &str, caller: &Caller) -> Result<ObjId, Rejection> {
+/// Every copy of a question the caller may act on ([`Reader::copies`]: the one that reads
+/// first; more than one only if two nodes applied its `qa.ask` before they met). Staff see
+/// every question; a student sees visible ones and their own. A change of a field is written
+/// to each copy, so that it is the field's last write in every copy (`Question::read` reads
+/// each field from the copy that wrote it last; automerge makes no operation for a value a copy
+/// already holds, so writing the reading copy alone could leave an older write on another copy
+/// last).
+fn find_question(tx: &Transaction<'_>, id: &str, caller: &Caller) -> Result<Vec<ObjId>, Rejection> {
     let r = Reader::now(tx);
-    let q = r
+    let copies = r
         .root_map(QUESTIONS)
-        .and_then(|qs| r.map(&qs, id))
+        .map(|qs| r.copies(&qs, id))
+        .unwrap_or_default();
+    let q = copies
+        .first()
         .ok_or_else(|| Rejection::not_found("question", id))?;
     if !caller.role.is_staff() {
-        let read = Question::read(&r, id);
-        let visible = read.as_ref().is_some_and(|q| q.status == Q_VISIBLE);
-        let own = read.is_some_and(|q| q.author == caller.user.as_str());
+        let visible = status(&r, &copies).as_deref() == Some(Q_VISIBLE);
+        let own = r.str(q, "author").as_deref() == Some(caller.user.as_str());
         if !(visible || own) {
             return Err(Rejection::not_found("question", id));
         }
     }
-    Ok(q)
+    Ok(copies)
 }
 
-/// Every copy of a question the caller may act on (see [`find_question`]): one, unless two
-/// nodes applied its `qa.ask` before they met. A change of a field is written to each copy,
-/// so that it is the field's last write in every copy ([`Question::read`] reads each field
-/// from the copy that wrote it last; automerge makes no operation for a value a copy already
-/// holds, so writing the reading copy alone could leave an older write on another copy last).
-fn question_copies(
-    tx: &Transaction<'_>,
-    id: &str,
-    caller: &Caller,
-) -> Result<Vec<ObjId>, Rejection> {
-    let q = find_question(tx, id, caller)?;
-    let r = Reader::now(tx);
-    let all = r
-        .root_map(QUESTIONS)
-        .map(|qs| r.all_maps(&qs, id))
-        .unwrap_or_default();
-    Ok(if all.len() > 1 { all } else { vec![q] })
+/// A question's status: its last write in any copy.
+fn status<D: automerge::ReadDoc>(r: &Reader<'_, D>, copies: &[ObjId]) -> Option<String> {
+    r.latest(copies, "status").and_then(|c| r.str(c, "status"))
 }
 
 /// Sets `key` to `value` on every copy of a question.
@@ -117,8 +109,9 @@ pub(crate) fn vote(
     question: &str,
     up: bool,
 ) -> Result<Target, Rejection> {
-    let q = find_question(tx, question, ctx.caller)?;
-    let voters = map_or_new(tx, &q, "voters")?;
+    // Votes go to the copy that reads; the voters of every copy are merged when read.
+    let copies = find_question(tx, question, ctx.caller)?;
+    let voters = map_or_new(tx, &copies[0], "voters")?;
     // A vote is a register per user, true or false: upvote and unvote are both
     // idempotent, and a user voting on two nodes at once still counts once.
     put(tx, &voters, ctx.user(), up)?;
@@ -133,7 +126,7 @@ pub(crate) fn answer(
     text: &str,
 ) -> Result<Target, Rejection> {
     let text = check_text("answer", text, ANSWER_LEN_MAX_CHARS)?;
-    let q = question_copies(tx, question, ctx.caller)?;
+    let q = find_question(tx, question, ctx.caller)?;
     put_each(tx, &q, "answer", text)?;
     put_each(tx, &q, "answer_by", ctx.user())?;
     put_each(tx, &q, "answer_by_name", ctx.caller.display_name())?;
@@ -148,7 +141,7 @@ pub(crate) fn pin(
     question: &str,
     pinned: bool,
 ) -> Result<Target, Rejection> {
-    let q = question_copies(tx, question, ctx.caller)?;
+    let q = find_question(tx, question, ctx.caller)?;
     put_each(tx, &q, "pinned", pinned)?;
     Ok(Target::item(question))
 }
@@ -159,7 +152,7 @@ pub(crate) fn dismiss(
     ctx: &Ctx<'_>,
     question: &str,
 ) -> Result<Target, Rejection> {
-    let q = question_copies(tx, question, ctx.caller)?;
+    let q = find_question(tx, question, ctx.caller)?;
     put_each(tx, &q, "status", Q_DISMISSED)?;
     put_each(tx, &q, "pinned", false)?;
     Ok(Target::item(question))
@@ -172,9 +165,8 @@ pub(crate) fn moderate(
     question: &str,
     approve: bool,
 ) -> Result<Target, Rejection> {
-    let q = question_copies(tx, question, ctx.caller)?;
-    let status = Question::read(&Reader::now(&*tx), question).map(|q| q.status);
-    if status.as_deref() != Some(Q_PENDING) {
+    let q = find_question(tx, question, ctx.caller)?;
+    if status(&Reader::now(&*tx), &q).as_deref() != Some(Q_PENDING) {
         return Err(Rejection::new(
             RejectCode::InvalidInput,
             format!("question {question} is not waiting for moderation"),

@@ -60,6 +60,21 @@ impl<'a, D: ReadDoc> Reader<'a, D> {
             .collect()
     }
 
+    /// Every copy of the map at `obj[key]`: the one that reads (automerge's winner) first,
+    /// then those created concurrently with it (two nodes that applied one `qa.ask` before
+    /// they met). Nearly always one.
+    pub(crate) fn copies(&self, obj: &ObjId, key: &str) -> Vec<ObjId> {
+        let Some(winner) = self.map(obj, key) else {
+            return Vec::new();
+        };
+        let all = self.all_maps(obj, key);
+        if all.len() < 2 {
+            return vec![winner];
+        }
+        let others = all.into_iter().filter(|copy| *copy != winner);
+        std::iter::once(winner.clone()).chain(others).collect()
+    }
+
     /// Of several copies of one map (concurrent creations of one key, see
     /// [`Reader::all_maps`]), the one whose `key` was written last in automerge's order of
     /// operations (a Lamport clock: a write made after seeing another sorts after it, and

@@ -80,12 +80,8 @@ impl Question {
     }
 
     fn read_obj<D: ReadDoc>(r: &Reader<'_, D>, qs: &ObjId, id: &str) -> Option<Question> {
-        let q = r.map(qs, id)?;
-        let mut copies = vec![q.clone()];
-        let all = r.all_maps(qs, id);
-        if all.len() > 1 {
-            copies.extend(all.into_iter().filter(|copy| *copy != q));
-        }
+        let copies = r.copies(qs, id);
+        let q = copies.first()?.clone();
         let voters: Vec<ObjId> = copies.iter().filter_map(|c| r.map(c, "voters")).collect();
         let upvotes = match voters.as_slice() {
             [] => 0,
